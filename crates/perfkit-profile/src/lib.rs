@@ -1,0 +1,164 @@
+//! perfkit's profile data model and file formats.
+//!
+//! Owns [`CallTree`] (interned functions, one tree of call paths per thread)
+//! and every reader and writer of profile files: pstats/`.prof` (marshal,
+//! with perfkit's exact-tree trailer), collapsed stacks and speedscope JSON.
+//! It also derives the pstats function table from a tree ([`stats`]), infers
+//! an approximate tree from a foreign pstats table, and prints the table as
+//! pstats' `print_stats` does ([`table`]). [`load`] reads any of the formats.
+//! Every other part of perfkit (CLI, viewer, bindings) goes through here and
+//! never parses a file on its own. Pure Rust: it must not depend on Python.
+
+use std::path::{Path, PathBuf};
+
+pub mod collapsed;
+pub mod marshal;
+pub mod prof;
+pub mod speedscope;
+pub mod stats;
+pub mod table;
+pub mod tree;
+
+pub use prof::Profile;
+pub use stats::{EdgeStats, FuncStats, StatsTable};
+pub use table::{Restriction, SortKey};
+pub use tree::{CallTree, Children, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk, ROOT_FUNC};
+
+/// Everything that can go wrong reading or writing a profile. Each message is
+/// one line that says what is wrong (and, through [`Error::InFile`], where).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system error; `action` is e.g. "cannot read".
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not any profile format perfkit knows.
+    #[error("not a profile file: {0}")]
+    NotProfile(String),
+    /// The data stops before its end: a partial copy or an interrupted write.
+    #[error("truncated profile: {0}")]
+    Truncated(String),
+    /// The data is inconsistent: corrupted bytes or a broken perfkit trailer.
+    #[error("damaged profile: {0}")]
+    Damaged(String),
+    /// Valid data this version of perfkit cannot use.
+    #[error("unsupported profile: {0}")]
+    Unsupported(String),
+    /// The data would expand beyond the reader's memory bounds.
+    #[error("profile too large: {0}")]
+    TooLarge(String),
+    /// A collapsed-stacks text with a line that does not parse.
+    #[error("collapsed stacks, line {line}: {message}")]
+    Collapsed { line: usize, message: String },
+    /// A speedscope JSON document that does not parse or is inconsistent.
+    #[error("speedscope profile: {0}")]
+    Speedscope(String),
+    /// A bad argument to a report (unknown sort key, …).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Another error, about the file at `path`.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// This error, said about the file at `path`.
+    pub fn in_file(self, path: &Path) -> Error {
+        match self {
+            Error::Io { .. } | Error::InFile { .. } => self,
+            other => Error::InFile { path: path.to_path_buf(), source: Box::new(other) },
+        }
+    }
+}
+
+/// The formats [`load`] recognises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A marshalled pstats dict (cProfile's `dump_stats`, perfkit's `.prof`).
+    Prof,
+    /// Collapsed stacks (`frame;frame;frame weight` lines).
+    Collapsed,
+    /// speedscope JSON.
+    Speedscope,
+}
+
+/// Guesses the format of a profile from its first bytes; `None` when it is
+/// none of them.
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    let first = *bytes.first()?;
+    if first & !marshal::FLAG_REF == b'{' {
+        // JSON also opens with '{', but continues with a quote, a brace or
+        // whitespace, none of which is a marshal type code.
+        let second = bytes.get(1).copied().unwrap_or(b'}');
+        let json = first == b'{' && matches!(second, b'"' | b'}' | b' ' | b'\t' | b'\r' | b'\n');
+        return Some(if json { Format::Speedscope } else { Format::Prof });
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let text = text.trim_start_matches('\u{feff}').trim_start();
+    if text.starts_with('{') {
+        return Some(Format::Speedscope);
+    }
+    let first_line = text.lines().find(|l| !l.trim().is_empty())?;
+    if collapsed::looks_like(first_line) {
+        return Some(Format::Collapsed);
+    }
+    None
+}
+
+/// Reads a profile in any known format, detected from its content: a
+/// pstats/`.prof` file, collapsed stacks or speedscope JSON. For the text
+/// formats, [`Profile::stats`] is derived from the tree.
+pub fn load(path: &Path) -> Result<Profile, Error> {
+    let bytes = read_bytes(path)?;
+    from_any_bytes(&bytes).map_err(|e| e.in_file(path))
+}
+
+/// [`load`] for bytes already in memory.
+pub fn from_any_bytes(bytes: &[u8]) -> Result<Profile, Error> {
+    if bytes.is_empty() {
+        return Err(Error::NotProfile("the file is empty (0 bytes)".into()));
+    }
+    let from_tree = |tree: CallTree| Profile { stats: tree.to_stats(), tree };
+    match sniff(bytes) {
+        Some(Format::Prof) => prof::from_bytes(bytes),
+        Some(Format::Speedscope) => speedscope::read(utf8(bytes)?).map(from_tree),
+        Some(Format::Collapsed) => collapsed::read(utf8(bytes)?).map(from_tree),
+        None => Err(Error::NotProfile(format!(
+            "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}",
+            describe_bytes(bytes)
+        ))),
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(bytes)
+        .map_err(|e| Error::NotProfile(format!("text is not UTF-8 (bad byte at offset {})", e.valid_up_to())))
+}
+
+/// Reads a whole file, with one-line errors that name it.
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io { action: "cannot read", path: path.into(), source })?;
+    if meta.is_dir() {
+        return Err(Error::NotProfile("it is a directory".into()).in_file(path));
+    }
+    std::fs::read(path).map_err(|source| Error::Io { action: "cannot read", path: path.into(), source })
+}
+
+/// The first few bytes in hex, for "found …" messages.
+pub(crate) fn describe_bytes(bytes: &[u8]) -> String {
+    let shown: Vec<String> = bytes.iter().take(8).map(|b| format!("0x{b:02x}")).collect();
+    let more = if bytes.len() > 8 { " …" } else { "" };
+    if shown.is_empty() {
+        "no bytes".into()
+    } else {
+        format!("bytes {}{more}", shown.join(" "))
+    }
+}

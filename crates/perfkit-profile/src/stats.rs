@@ -1,0 +1,372 @@
+//! The pstats function table: what cProfile's `create_stats` leaves in
+//! `Profile.stats`, derived from (or, for foreign files, turned into) a [`CallTree`].
+
+use rustc_hash::FxHashMap;
+
+use crate::tree::{CallTree, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk, ROOT_FUNC};
+
+/// One row of the pstats dict. pstats stores it as `(cc, nc, tt, ct, callers)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FuncStats {
+    pub func: FuncKey,
+    /// Primitive calls: calls made while the function was not already running.
+    pub cc: u64,
+    /// All calls, recursive ones included.
+    pub nc: u64,
+    /// Own time in seconds, callees excluded.
+    pub tt: f64,
+    /// Cumulative time in seconds, counted for primitive calls only.
+    pub ct: f64,
+    /// Who called this function, in dict order.
+    pub callers: Vec<(FuncKey, EdgeStats)>,
+}
+
+/// Calls from one caller to one callee. pstats stores it as `(nc, cc, tt, ct)`,
+/// note: `nc` first, unlike [`FuncStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct EdgeStats {
+    pub nc: u64,
+    pub cc: u64,
+    /// The callee's own time during these calls.
+    pub tt: f64,
+    /// The callee's cumulative time during the calls that were not recursive
+    /// for this caller→callee pair.
+    pub ct: f64,
+}
+
+/// The pstats dict as an ordered table; order is the dict's iteration order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StatsTable {
+    pub entries: Vec<FuncStats>,
+}
+
+impl StatsTable {
+    /// Sum of `nc` over all functions: pstats' "N function calls".
+    pub fn total_calls(&self) -> u128 {
+        self.entries.iter().map(|e| e.nc as u128).sum()
+    }
+
+    /// Sum of `cc` over all functions: pstats' "(M primitive calls)".
+    pub fn primitive_calls(&self) -> u128 {
+        self.entries.iter().map(|e| e.cc as u128).sum()
+    }
+
+    /// Sum of own times, added in dict order exactly as pstats does, so the
+    /// printed total rounds the same way.
+    pub fn total_tt(&self) -> f64 {
+        self.entries.iter().fold(0.0, |sum, e| sum + e.tt)
+    }
+
+    /// The row of `func`, if any.
+    pub fn get(&self, func: &FuncKey) -> Option<&FuncStats> {
+        self.entries.iter().find(|e| &e.func == func)
+    }
+}
+
+fn seconds(ns: u128) -> f64 {
+    ns as f64 / 1e9
+}
+
+#[derive(Default, Clone, Copy)]
+struct Acc {
+    cc: u64,
+    nc: u64,
+    tt: u128,
+    ct: u128,
+}
+
+impl Acc {
+    fn add(&mut self, node: &Node, primitive: bool) {
+        self.nc = self.nc.saturating_add(node.calls);
+        self.tt += node.own_ns as u128;
+        if primitive {
+            self.cc = self.cc.saturating_add(node.calls);
+            self.ct += node.total_ns as u128;
+        }
+    }
+}
+
+const NOT_SEEN: u32 = u32::MAX;
+
+impl CallTree {
+    /// The table cProfile (`Modules/_lsprof.c` and `cProfile.snapshot_stats`)
+    /// would have produced for the calls this tree records.
+    ///
+    /// cProfile keeps a recursion level per function and per caller→callee
+    /// pair; a call counts as primitive, and adds its cumulative time, only
+    /// when that level was zero. In a tree that level is the number of
+    /// ancestors with the same function (or the same pair), which one walk
+    /// per thread tracks with counters for the current path.
+    ///
+    /// Rows come in order of first appearance in preorder (threads in order,
+    /// children by index); callers likewise. Functions are keyed by
+    /// [`FuncKey`], so duplicate entries in [`CallTree::funcs`] fold together.
+    pub fn to_stats(&self) -> StatsTable {
+        let canon = self.canonical_ids();
+        let nfuncs = self.funcs.len();
+        let mut row_of = vec![NOT_SEEN; nfuncs];
+        let mut rows: Vec<(FuncId, Acc)> = Vec::new();
+        let mut on_path = vec![0u32; nfuncs];
+
+        let mut edge_of: FxHashMap<(FuncId, FuncId), u32> = FxHashMap::default();
+        let mut edges: Vec<(FuncId, FuncId, Acc)> = Vec::new();
+        let mut edge_on_path: Vec<u32> = Vec::new();
+
+        for thread in &self.threads {
+            let children = thread.children();
+            // Per node: its canonical function and its edge index, valid only
+            // while the node is on the path.
+            let mut func_at = vec![ROOT_FUNC; thread.nodes.len()];
+            let mut edge_at = vec![NOT_SEEN; thread.nodes.len()];
+            let mut skip_depth: Option<usize> = None;
+            let mut walk = Walk::new(&children);
+            while let Some(visit) = walk.next() {
+                match visit {
+                    Visit::Enter(id) => {
+                        if skip_depth.is_some() {
+                            continue;
+                        }
+                        let node = &thread.nodes[id as usize];
+                        let Some(&f) = canon.get(node.func as usize) else {
+                            // An unknown function: leave its whole subtree out.
+                            skip_depth = Some(walk.depth());
+                            continue;
+                        };
+                        func_at[id as usize] = f;
+                        let fi = f as usize;
+                        if row_of[fi] == NOT_SEEN {
+                            row_of[fi] = rows.len() as u32;
+                            rows.push((f, Acc::default()));
+                        }
+                        rows[row_of[fi] as usize].1.add(node, on_path[fi] == 0);
+                        on_path[fi] += 1;
+
+                        let g = func_at[node.parent as usize];
+                        if node.parent != 0 && g != ROOT_FUNC {
+                            let e = *edge_of.entry((g, f)).or_insert_with(|| {
+                                edges.push((g, f, Acc::default()));
+                                edge_on_path.push(0);
+                                (edges.len() - 1) as u32
+                            });
+                            edges[e as usize].2.add(node, edge_on_path[e as usize] == 0);
+                            edge_on_path[e as usize] += 1;
+                            edge_at[id as usize] = e;
+                        }
+                    }
+                    Visit::Leave(id) => {
+                        if let Some(depth) = skip_depth {
+                            // `depth()` counts the node being left.
+                            if walk.depth() + 1 == depth {
+                                skip_depth = None;
+                            }
+                            continue;
+                        }
+                        let f = func_at[id as usize];
+                        on_path[f as usize] -= 1;
+                        let e = edge_at[id as usize];
+                        if e != NOT_SEEN {
+                            edge_on_path[e as usize] -= 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut callers: Vec<Vec<(FuncKey, EdgeStats)>> = vec![Vec::new(); rows.len()];
+        for (g, f, acc) in &edges {
+            callers[row_of[*f as usize] as usize].push((
+                self.funcs[*g as usize].clone(),
+                EdgeStats { nc: acc.nc, cc: acc.cc, tt: seconds(acc.tt), ct: seconds(acc.ct) },
+            ));
+        }
+        let entries = rows
+            .into_iter()
+            .zip(callers)
+            .map(|((f, acc), callers)| FuncStats {
+                func: self.funcs[f as usize].clone(),
+                cc: acc.cc,
+                nc: acc.nc,
+                tt: seconds(acc.tt),
+                ct: seconds(acc.ct),
+                callers,
+            })
+            .collect();
+        StatsTable { entries }
+    }
+}
+
+/// Limits of [`StatsTable::infer_tree`].
+const INFER_MAX_NODES: usize = 2_000_000;
+const INFER_MAX_DEPTH: usize = 256;
+/// Children whose estimated time is below this share of the roots' time are
+/// not expanded: they are invisible in any view and would multiply the paths.
+const INFER_MIN_SHARE: f64 = 1e-6;
+
+fn to_ns(seconds: f64) -> u64 {
+    if seconds.is_finite() && seconds > 0.0 {
+        (seconds * 1e9).round().min(u64::MAX as f64) as u64
+    } else {
+        0
+    }
+}
+
+fn scaled(value: f64, scale: f64) -> f64 {
+    let v = value * scale;
+    if v.is_finite() && v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
+impl StatsTable {
+    /// An approximate call tree for a table that came without one (a foreign
+    /// cProfile file): `meta.exact` is false.
+    ///
+    /// Roots are the functions nobody else called, plus, for call graphs
+    /// entered in the middle of a cycle, the first function of each part not
+    /// reachable from them. Below a node of `f` with total time `T`, each
+    /// callee `c` gets `T / ct(f)` of the `f→c` edge: its calls and
+    /// cumulative time scale the edge's, its own time scales `tt(c)` by its
+    /// share of `ct(c)` (so own times add up to the table's). A function is
+    /// never expanded below itself: recursion folds into the outermost node.
+    /// Expansion is breadth-first, so when the node budget runs out every
+    /// branch is cut at a similar depth.
+    pub fn infer_tree(&self) -> CallTree {
+        let mut id_of: FxHashMap<&FuncKey, FuncId> = FxHashMap::default();
+        for e in &self.entries {
+            let next = id_of.len() as FuncId;
+            id_of.entry(&e.func).or_insert(next);
+        }
+        let nfuncs = id_of.len();
+        // Later duplicates of a key would be shadowed in a Python dict; the
+        // first row per key stands for the function here.
+        let mut row: Vec<&FuncStats> = Vec::with_capacity(nfuncs);
+        let mut funcs: Vec<FuncKey> = Vec::with_capacity(nfuncs);
+        for e in &self.entries {
+            if id_of[&e.func] as usize == row.len() {
+                row.push(e);
+                funcs.push(e.func.clone());
+            }
+        }
+
+        let mut callees: Vec<Vec<(FuncId, EdgeStats)>> = vec![Vec::new(); nfuncs];
+        let mut has_caller = vec![false; nfuncs];
+        for (c, e) in row.iter().enumerate() {
+            for (caller, edge) in &e.callers {
+                if let Some(&g) = id_of.get(caller) {
+                    if g as usize != c {
+                        callees[g as usize].push((c as FuncId, *edge));
+                        has_caller[c] = true;
+                    }
+                }
+            }
+        }
+
+        let mut roots: Vec<FuncId> = Vec::new();
+        let mut reached = vec![false; nfuncs];
+        let mut queue: Vec<FuncId> = Vec::new();
+        let mut reach_from = |start: FuncId, reached: &mut Vec<bool>| {
+            reached[start as usize] = true;
+            queue.push(start);
+            while let Some(f) = queue.pop() {
+                for &(c, _) in &callees[f as usize] {
+                    if !reached[c as usize] {
+                        reached[c as usize] = true;
+                        queue.push(c);
+                    }
+                }
+            }
+        };
+        for f in 0..nfuncs {
+            if !has_caller[f] {
+                roots.push(f as FuncId);
+                reach_from(f as FuncId, &mut reached);
+            }
+        }
+        for f in 0..nfuncs {
+            if !reached[f] {
+                roots.push(f as FuncId);
+                reach_from(f as FuncId, &mut reached);
+            }
+        }
+
+        let grand: f64 = roots.iter().map(|&f| scaled(row[f as usize].ct, 1.0)).sum();
+        let min_ns = to_ns(grand * INFER_MIN_SHARE);
+
+        let mut thread = ThreadTree::new("MainThread", 0, 0);
+        let mut depth: Vec<u32> = vec![0];
+        // Per node: the factor that turns its function's table values into
+        // this node's share of them.
+        let mut scale: Vec<f64> = vec![0.0];
+        for &f in roots.iter().take(INFER_MAX_NODES) {
+            let e = row[f as usize];
+            thread.nodes.push(Node { func: f, parent: 0, calls: e.nc, own_ns: to_ns(e.tt), total_ns: to_ns(e.ct) });
+            depth.push(1);
+            scale.push(1.0);
+        }
+
+        // Marks the functions on the path of the node being expanded.
+        let mut mark = vec![NOT_SEEN; nfuncs];
+        let mut next = 1usize;
+        while next < thread.nodes.len() && thread.nodes.len() < INFER_MAX_NODES {
+            let id = next;
+            next += 1;
+            if depth[id] as usize >= INFER_MAX_DEPTH {
+                continue;
+            }
+            let mut at = id;
+            while at != 0 {
+                mark[thread.nodes[at].func as usize] = id as u32;
+                at = thread.nodes[at].parent as usize;
+            }
+            let f = thread.nodes[id].func as usize;
+            let s = scale[id];
+            for &(c, edge) in &callees[f] {
+                if mark[c as usize] == id as u32 {
+                    continue;
+                }
+                let callee = row[c as usize];
+                let total = scaled(edge.ct, s);
+                let total_ns = to_ns(total);
+                let calls = scaled(edge.nc as f64, s).round().min(u64::MAX as f64) as u64;
+                if total_ns < min_ns || (total_ns == 0 && calls == 0) {
+                    continue;
+                }
+                let share = if callee.ct > 0.0 && callee.ct.is_finite() {
+                    total / callee.ct
+                } else if callee.nc > 0 {
+                    calls as f64 / callee.nc as f64
+                } else {
+                    0.0
+                };
+                if thread.nodes.len() >= INFER_MAX_NODES {
+                    break;
+                }
+                thread.nodes.push(Node {
+                    func: c,
+                    parent: id as NodeId,
+                    calls,
+                    own_ns: to_ns(scaled(callee.tt, share)),
+                    total_ns,
+                });
+                depth.push(depth[id] + 1);
+                scale.push(share);
+            }
+        }
+
+        let builtins = funcs.iter().any(FuncKey::is_builtin);
+        CallTree {
+            funcs,
+            threads: vec![thread],
+            meta: Meta {
+                exact: false,
+                clock: Clock::Wall,
+                builtins,
+                recorder: "cProfile (tree inferred from caller/callee pairs)".into(),
+                duration_ns: 0,
+                started_unix: 0.0,
+            },
+        }
+    }
+}

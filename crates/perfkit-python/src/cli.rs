@@ -1,0 +1,175 @@
+//! The `perfkit` command line. Parsing (clap) and the file commands run in
+//! Rust; the commands that run Python code (`record`, `demo`) hand over to
+//! `perfkit.cli`. Every error is one line on stderr and exit code 2.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use perfkit_profile::table::{self, Restriction, SortKey};
+use pyo3::prelude::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "perfkit", version = crate::VERSION, about = "perfkit: profile, view, parallelize and cache Python code.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClockArg {
+    Wall,
+    Cpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// pstats-compatible .prof (with perfkit's exact tree)
+    Prof,
+    /// collapsed stacks, one `frame;frame;… weight` line per path
+    Collapsed,
+    /// speedscope JSON
+    Speedscope,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Profile a Python script or module, like `python -m cProfile`.
+    Record {
+        /// Where to write the profile [default: <script>.prof]
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Clock that times calls: wall time or the thread's CPU time.
+        #[arg(long, value_enum, default_value = "wall")]
+        clock: ClockArg,
+        /// Record Python frames only; time in C functions stays in their callers.
+        #[arg(long)]
+        no_builtins: bool,
+        /// Run a library module as a script, like `python -m`.
+        #[arg(short = 'm')]
+        module: bool,
+        /// The script (or, with -m, the module) and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT [ARGS]...")]
+        command: Vec<String>,
+    },
+    /// Print the pstats table of a profile (perfkit or cProfile file).
+    Stats {
+        file: PathBuf,
+        /// Sort key, as pstats names them (cumulative, tottime, calls, name, …); repeat for ties.
+        #[arg(short, long, default_value = "cumulative")]
+        sort: Vec<String>,
+        /// Show at most N rows (or a fraction such as 0.1).
+        #[arg(short, long)]
+        limit: Option<String>,
+        /// Show only rows whose `file:line(function)` matches this regular expression.
+        #[arg(short, long)]
+        filter: Option<String>,
+    },
+    /// Convert a profile to another format, chosen by --format or by the output's extension.
+    Export {
+        file: PathBuf,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+    },
+    /// Profile a bundled workload and show where its time goes.
+    Demo,
+}
+
+/// Runs the command line; returns the process exit code.
+#[pyfunction]
+pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(e.exit_code());
+        }
+    };
+    let result = match cli.command {
+        Command::Record { output, clock, no_builtins, module, command } => {
+            let clock = match clock {
+                ClockArg::Wall => "wall",
+                ClockArg::Cpu => "cpu",
+            };
+            let (target, args) = command.split_first().expect("clap requires one value");
+            return py
+                .import("perfkit.cli")?
+                .call_method1("record", (target, module, args.to_vec(), output, clock, !no_builtins))?
+                .extract();
+        }
+        Command::Demo => return py.import("perfkit.demo")?.call_method0("main")?.extract(),
+        Command::Stats { file, sort, limit, filter } => py.detach(|| stats(&file, &sort, limit.as_deref(), filter.as_deref())),
+        Command::Export { file, output, format } => py.detach(|| export(&file, &output, format)),
+    };
+    Ok(match result {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("perfkit: error: {msg}");
+            2
+        }
+    })
+}
+
+fn stats(file: &Path, sort: &[String], limit: Option<&str>, filter: Option<&str>) -> Result<(), String> {
+    let keys = sort
+        .iter()
+        .map(|s| SortKey::parse(s).ok_or_else(|| format!("unknown sort key {s:?} (try cumulative, tottime, calls, name)")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut restrictions = Vec::new();
+    if let Some(re) = filter {
+        restrictions.push(Restriction::regex(re).map_err(|e| format!("bad --filter: {e}"))?);
+    }
+    if let Some(l) = limit {
+        restrictions.push(Restriction::parse_limit(l).ok_or_else(|| format!("--limit takes a count or a fraction, not {l:?}"))?);
+    }
+    let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
+    let text = table::print_stats(&profile.stats, Some(&file.display().to_string()), &keys, &restrictions);
+    write_stdout(text.as_bytes())
+}
+
+fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<(), String> {
+    let format = match format {
+        Some(f) => f,
+        None => format_from_extension(output)?,
+    };
+    let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
+    let written = match format {
+        ExportFormat::Prof => perfkit_profile::prof::write_file(output, &profile.tree).map_err(|e| e.to_string()),
+        ExportFormat::Collapsed => write_atomic(output, perfkit_profile::collapsed::write(&profile.tree).as_bytes()),
+        ExportFormat::Speedscope => write_atomic(output, perfkit_profile::speedscope::write(&profile.tree).as_bytes()),
+    };
+    written?;
+    eprintln!("perfkit: wrote {}", output.display());
+    Ok(())
+}
+
+fn format_from_extension(output: &Path) -> Result<ExportFormat, String> {
+    let name = output.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".prof") || name.ends_with(".pstats") {
+        Ok(ExportFormat::Prof)
+    } else if name.ends_with(".json") {
+        Ok(ExportFormat::Speedscope)
+    } else if name.ends_with(".txt") || name.ends_with(".collapsed") || name.ends_with(".folded") {
+        Ok(ExportFormat::Collapsed)
+    } else {
+        Err(format!(
+            "cannot tell the format of {} from its extension: use .prof, .txt/.collapsed/.folded, .speedscope.json, or --format",
+            output.display()
+        ))
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    perfkit_profile::write_atomic(path, bytes).map_err(|e| e.to_string())
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`perfkit stats f | head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("cannot write to stdout: {e}")),
+    }
+}

@@ -1,0 +1,163 @@
+//! `Session` (a recording in progress) and `Recording` (a CallTree in hand).
+
+use crate::ProfileError;
+use perfkit_profile::{CallTree, FuncKey};
+use perfkit_record::{ClockKind, Mode, StartError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::path::PathBuf;
+
+pub(crate) fn profile_error(e: perfkit_profile::Error) -> PyErr {
+    ProfileError::new_err(e.to_string())
+}
+
+/// A recording that hooks into the interpreter while enabled.
+#[pyclass(module = "perfkit._native")]
+pub struct Session {
+    inner: perfkit_record::Session,
+    /// Files whose functions are the profiler's own API (perfkit/profiler.py).
+    hidden_files: Vec<String>,
+}
+
+#[pymethods]
+impl Session {
+    #[new]
+    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new()))]
+    fn new(builtins: bool, clock: &str, hidden_files: Vec<String>) -> PyResult<Self> {
+        let clock = ClockKind::parse(clock)
+            .ok_or_else(|| PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}")))?;
+        let mode = if builtins { Mode::Full } else { Mode::PythonFrames };
+        Ok(Session { inner: perfkit_record::Session::new(mode, clock), hidden_files })
+    }
+
+    fn enable(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.inner.enable(py).map_err(|e| match e {
+            StartError::Busy(msg) => PyRuntimeError::new_err(msg),
+            StartError::Python(e) => e,
+        })
+    }
+
+    fn disable(&mut self, py: Python<'_>) {
+        self.inner.disable(py);
+    }
+
+    fn clear(&mut self, py: Python<'_>) {
+        self.inner.clear(py);
+    }
+
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.inner.is_enabled()
+    }
+
+    #[getter]
+    fn builtins(&self) -> bool {
+        self.inner.mode() == Mode::Full
+    }
+
+    /// The tree recorded so far, as a `Recording`.
+    fn recording(&mut self, py: Python<'_>) -> Recording {
+        for ident in self.inner.unnamed_threads() {
+            if let Some(name) = thread_name(py, ident) {
+                self.inner.set_thread_name(ident, &name);
+            }
+        }
+        let hidden_files = &self.hidden_files;
+        let hidden = |k: &FuncKey| {
+            if k.is_builtin() {
+                k.name.contains("perfkit._native")
+            } else {
+                hidden_files.iter().any(|f| *f == k.file)
+            }
+        };
+        let recorder = format!("perfkit {} / CPython {}", crate::VERSION, py.version().split_whitespace().next().unwrap_or("?"));
+        Recording { tree: self.inner.tree(&recorder, &hidden) }
+    }
+}
+
+fn thread_name(py: Python<'_>, ident: u64) -> Option<String> {
+    let active = py.import("threading").ok()?.getattr("_active").ok()?;
+    active.get_item(ident).ok()?.getattr("_name").ok()?.extract().ok()
+}
+
+/// A call tree in hand: recorded here or read from a file.
+#[pyclass(module = "perfkit._native", frozen)]
+pub struct Recording {
+    pub(crate) tree: CallTree,
+}
+
+fn key_tuple<'py>(py: Python<'py>, k: &FuncKey) -> PyResult<Bound<'py, PyTuple>> {
+    PyTuple::new(py, [k.file.as_str().into_pyobject(py)?.into_any(), k.line.into_pyobject(py)?.into_any(), k.name.as_str().into_pyobject(py)?.into_any()])
+}
+
+#[pymethods]
+impl Recording {
+    /// The pstats dictionary: `{(file, line, name): (cc, nc, tt, ct, {caller: (nc, cc, tt, ct)})}`.
+    fn stats_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let table = self.tree.to_stats();
+        let out = PyDict::new(py);
+        for e in &table.entries {
+            let callers = PyDict::new(py);
+            for (caller, s) in &e.callers {
+                callers.set_item(key_tuple(py, caller)?, (s.nc, s.cc, s.tt, s.ct))?;
+            }
+            out.set_item(key_tuple(py, &e.func)?, (e.cc, e.nc, e.tt, e.ct, callers))?;
+        }
+        Ok(out)
+    }
+
+    /// Writes a `.prof` file (pstats-compatible, with the exact tree), atomically.
+    fn dump(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| perfkit_profile::prof::write_file(&path, &self.tree)).map_err(profile_error)
+    }
+
+    /// Each thread as `(name, thread_id, pid, nodes)` with nodes as
+    /// `(func_index, parent_index, calls, own_ns, total_ns)`.
+    fn threads<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, u64, u32, Vec<(u32, u32, u64, u64, u64)>)>> {
+        let _ = py;
+        Ok(self
+            .tree
+            .threads
+            .iter()
+            .map(|t| {
+                let nodes = t.nodes.iter().map(|n| (n.func, n.parent, n.calls, n.own_ns, n.total_ns)).collect();
+                (t.name.clone(), t.thread_id, t.pid, nodes)
+            })
+            .collect())
+    }
+
+    /// The function table: `(file, line, name)` per function index.
+    fn funcs(&self) -> Vec<(String, u32, String)> {
+        self.tree.funcs.iter().map(|k| (k.file.clone(), k.line, k.name.clone())).collect()
+    }
+
+    /// Whether every call path was recorded (False for a tree inferred from a cProfile file).
+    #[getter]
+    fn exact(&self) -> bool {
+        self.tree.meta.exact
+    }
+
+    #[getter]
+    fn duration(&self) -> f64 {
+        self.tree.meta.duration_ns as f64 / 1e9
+    }
+
+    fn __repr__(&self) -> String {
+        let nodes: usize = self.tree.threads.iter().map(|t| t.nodes.len() - 1).sum();
+        format!(
+            "<perfkit Recording: {} functions, {} call paths, {} threads{}>",
+            self.tree.funcs.len(),
+            nodes,
+            self.tree.threads.len(),
+            if self.tree.meta.exact { "" } else { ", approximate" }
+        )
+    }
+}
+
+/// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).
+#[pyfunction]
+pub fn load(py: Python<'_>, path: PathBuf) -> PyResult<Recording> {
+    let profile = py.detach(|| perfkit_profile::load(&path)).map_err(profile_error)?;
+    Ok(Recording { tree: profile.tree })
+}

@@ -1,0 +1,172 @@
+//! Reading interpreter frames: the one place that knows CPython's private
+//! frame layouts, with one path per version. The structs mirror
+//! `Include/internal/pycore_frame.h` (3.11–3.13) and
+//! `Include/cpython/frameobject.h` (3.9–3.10) up to the last field we read;
+//! the fields after it are never touched, so their changes cannot hurt us.
+
+use pyo3::ffi;
+
+/// What the frame-evaluation hook receives (PEP 523): a frame object before
+/// 3.11, an interpreter frame from 3.11 on.
+#[cfg(not(Py_3_11))]
+pub type EvalFrame = ffi::PyFrameObject;
+#[cfg(Py_3_11)]
+pub type EvalFrame = ffi::_PyInterpreterFrame;
+
+#[cfg(not(Py_3_11))]
+#[repr(C)]
+struct FrameObject {
+    ob_base: ffi::PyVarObject,
+    f_back: *mut ffi::PyObject,
+    f_code: *mut ffi::PyObject,
+}
+
+#[cfg(all(Py_3_11, not(Py_3_12)))]
+#[repr(C)]
+struct FrameObject {
+    ob_base: ffi::PyObject,
+    f_back: *mut ffi::PyObject,
+    f_frame: *mut InterpreterFrame,
+}
+
+#[cfg(all(Py_3_11, not(Py_3_12)))]
+#[repr(C)]
+struct InterpreterFrame {
+    f_func: *mut ffi::PyObject,
+    f_globals: *mut ffi::PyObject,
+    f_builtins: *mut ffi::PyObject,
+    f_locals: *mut ffi::PyObject,
+    f_code: *mut ffi::PyObject,
+    frame_obj: *mut ffi::PyObject,
+    previous: *mut InterpreterFrame,
+    prev_instr: *mut u16,
+    stacktop: libc::c_int,
+    is_entry: bool,
+    owner: libc::c_char,
+}
+
+#[cfg(Py_3_12)]
+#[repr(C)]
+struct InterpreterFrame {
+    /// `f_code` on 3.12, `f_executable` (a code object here) on 3.13.
+    f_code: *mut ffi::PyObject,
+    previous: *mut InterpreterFrame,
+    f_funcobj: *mut ffi::PyObject,
+    f_globals: *mut ffi::PyObject,
+    f_builtins: *mut ffi::PyObject,
+    f_locals: *mut ffi::PyObject,
+    frame_obj: *mut ffi::PyObject,
+    instr: *mut u16,
+    stacktop: libc::c_int,
+    return_offset: u16,
+    owner: libc::c_char,
+}
+
+/// `FRAME_OWNED_BY_GENERATOR` in every version that has owners (3.11+).
+#[cfg(Py_3_11)]
+const FRAME_OWNED_BY_GENERATOR: libc::c_char = 1;
+
+/// The code object of a frame object, as the profile hook receives it (borrowed).
+///
+/// # Safety
+/// `frame` must be a live frame object and the GIL held.
+#[cfg(not(Py_3_12))]
+#[inline(always)]
+pub unsafe fn code_of_frame_object(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
+    let f = frame as *mut FrameObject;
+    #[cfg(not(Py_3_11))]
+    {
+        (*f).f_code
+    }
+    #[cfg(Py_3_11)]
+    {
+        (*((*f).f_frame as *mut InterpreterFrame)).f_code
+    }
+}
+
+/// The code object of the frame the evaluation hook is about to run (borrowed),
+/// or null when the frame runs something other than a code object.
+///
+/// # Safety
+/// `frame` must be the frame passed to the evaluation hook, with the GIL held.
+#[inline(always)]
+pub unsafe fn code_of_eval_frame(frame: *mut EvalFrame) -> *mut ffi::PyObject {
+    #[cfg(not(Py_3_11))]
+    {
+        code_of_frame_object(frame)
+    }
+    #[cfg(Py_3_11)]
+    {
+        let code = (*(frame as *mut InterpreterFrame)).f_code;
+        // 3.13's f_executable may in principle hold a non-code object.
+        if ffi::PyCode_Check(code) != 0 {
+            code
+        } else {
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Whether this evaluation resumes a suspended generator or coroutine (a
+/// call, as cProfile counts it) rather than the evaluation that merely
+/// creates it. From 3.11 a generator function's call runs its frame up to
+/// RETURN_GENERATOR, which no profiler reports as a call; before 3.11 that
+/// evaluation does not happen at all.
+///
+/// # Safety
+/// As [`code_of_eval_frame`].
+#[inline(always)]
+pub unsafe fn is_generator_resume(frame: *mut EvalFrame) -> bool {
+    #[cfg(not(Py_3_11))]
+    {
+        let _ = frame;
+        true
+    }
+    #[cfg(Py_3_11)]
+    {
+        (*(frame as *mut InterpreterFrame)).owner == FRAME_OWNED_BY_GENERATOR
+    }
+}
+
+extern "C" {
+    /// The interpreter's own frame evaluator, exported on every supported version.
+    pub fn _PyEval_EvalFrameDefault(
+        tstate: *mut ffi::PyThreadState,
+        frame: *mut EvalFrame,
+        throwflag: libc::c_int,
+    ) -> *mut ffi::PyObject;
+
+    /// Exported by CPython (Objects/typeobject.c) on every supported version;
+    /// cProfile uses it to name built-in methods.
+    pub fn _PyType_Lookup(ty: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
+
+    /// Present since 3.9 (Python/ceval.c): sets the profile function of any thread.
+    #[cfg(not(Py_3_12))]
+    pub fn _PyEval_SetProfile(
+        tstate: *mut ffi::PyThreadState,
+        func: Option<ffi::Py_tracefunc>,
+        arg: *mut ffi::PyObject,
+    ) -> libc::c_int;
+}
+
+/// The layout of a built-in function object (`PyCFunctionObject`, the same
+/// on 3.9–3.13) up to the fields cProfile reads.
+#[repr(C)]
+pub struct CFunction {
+    pub ob_base: ffi::PyObject,
+    pub m_ml: *mut ffi::PyMethodDef,
+    pub m_self: *mut ffi::PyObject,
+    pub m_module: *mut ffi::PyObject,
+}
+
+/// `PyCFunction_Check`, with the exact-type tests first: this runs on every call event.
+///
+/// # Safety
+/// `obj` must be a live object, GIL held.
+#[inline(always)]
+pub unsafe fn is_cfunction(obj: *mut ffi::PyObject) -> bool {
+    let ty = ffi::Py_TYPE(obj);
+    ty == &raw mut ffi::PyCFunction_Type
+        || ty == &raw mut ffi::PyCMethod_Type
+        || (ty != &raw mut ffi::PyFunction_Type && ffi::PyType_IsSubtype(ty, &raw mut ffi::PyCFunction_Type) != 0)
+}

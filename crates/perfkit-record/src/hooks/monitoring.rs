@@ -1,0 +1,159 @@
+//! `sys.monitoring` (PEP 669, 3.12+): C calls in full mode, through native
+//! callbacks for CALL, C_RETURN and C_RAISE, named and keyed exactly as
+//! cProfile's own callbacks do (Modules/_lsprof.c, `get_cfunc_from_callable`).
+//! Python calls come from the frame-evaluation hook instead.
+
+use super::PROFILER_TOOL_ID;
+use crate::frames::{self, CFunction};
+use crate::session::{intern_cfunction, now, recorder};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use std::ptr;
+
+static mut MISSING: *mut ffi::PyObject = ptr::null_mut();
+
+static mut CALL_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
+    ml_name: c"_perfkit_call".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: on_call },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: ptr::null(),
+};
+static mut RETURN_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
+    ml_name: c"_perfkit_c_return".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: on_c_return },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: ptr::null(),
+};
+
+/// The `PyMethodDef` address that keys a called C function, or 0 when the
+/// callable is not one: a built-in function, or a method descriptor called
+/// with a `self` of its type (cProfile binds those and profiles the result).
+#[inline(always)]
+unsafe fn c_key(callable: *mut ffi::PyObject, arg0: *mut ffi::PyObject) -> usize {
+    let ty = ffi::Py_TYPE(callable);
+    if ty == &raw mut ffi::PyFunction_Type {
+        return 0;
+    }
+    if ty == &raw mut ffi::PyMethodDescr_Type {
+        let descr = callable as *mut ffi::PyMethodDescrObject;
+        if arg0 == MISSING || ffi::PyObject_TypeCheck(arg0, (*descr).d_common.d_type) == 0 {
+            return 0;
+        }
+        return (*descr).d_method as usize;
+    }
+    if frames::is_cfunction(callable) {
+        return (*(callable as *mut CFunction)).m_ml as usize;
+    }
+    0
+}
+
+#[cold]
+unsafe fn intern_callable(key: usize, callable: *mut ffi::PyObject, arg0: *mut ffi::PyObject) -> (u32, u8) {
+    if ffi::Py_TYPE(callable) != &raw mut ffi::PyMethodDescr_Type {
+        return intern_cfunction(key, callable);
+    }
+    let descr_get = (*ffi::Py_TYPE(callable)).tp_descr_get.expect("method descriptors bind");
+    let bound = descr_get(callable, arg0, ffi::Py_TYPE(arg0) as *mut ffi::PyObject);
+    if bound.is_null() {
+        ffi::PyErr_Clear();
+        return intern_cfunction(key, callable);
+    }
+    let out = intern_cfunction(key, bound);
+    ffi::Py_DECREF(bound);
+    out
+}
+
+#[inline(always)]
+unsafe fn none() -> *mut ffi::PyObject {
+    let none = ffi::Py_None();
+    ffi::Py_INCREF(none);
+    none
+}
+
+unsafe extern "C" fn on_call(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if nargs >= 4 {
+        let (callable, arg0) = (*args.add(2), *args.add(3));
+        let key = c_key(callable, arg0);
+        if key != 0 {
+            let rec = recorder();
+            if !rec.is_null() {
+                let node = (*rec).child(key, || intern_callable(key, callable, arg0));
+                (*rec).enter(node, now());
+            }
+        }
+    }
+    none()
+}
+
+unsafe extern "C" fn on_c_return(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if nargs >= 4 {
+        let t = now();
+        let key = c_key(*args.add(2), *args.add(3));
+        if key != 0 {
+            let rec = recorder();
+            if !rec.is_null() {
+                (*rec).exit_c(key, t);
+            }
+        }
+    }
+    none()
+}
+
+fn monitoring(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("sys")?.getattr("monitoring")
+}
+
+/// Takes cProfile's tool id, so that cProfile cannot start while we record.
+pub(super) unsafe fn claim(py: Python<'_>) -> PyResult<()> {
+    let m = monitoring(py)?;
+    m.call_method1("use_tool_id", (PROFILER_TOOL_ID, "perfkit"))?;
+    if MISSING.is_null() {
+        MISSING = m.getattr("MISSING")?.into_ptr();
+    }
+    Ok(())
+}
+
+pub(super) unsafe fn install_c_calls(py: Python<'_>) -> PyResult<()> {
+    let m = monitoring(py)?;
+    let events = m.getattr("events")?;
+    let call = ffi::PyCFunction_NewEx(&raw mut CALL_DEF, ptr::null_mut(), ptr::null_mut());
+    let ret = ffi::PyCFunction_NewEx(&raw mut RETURN_DEF, ptr::null_mut(), ptr::null_mut());
+    if call.is_null() || ret.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    let call = Bound::from_owned_ptr(py, call);
+    let ret = Bound::from_owned_ptr(py, ret);
+    let ev = |name: &str| -> PyResult<i64> { events.getattr(name)?.extract() };
+    m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("CALL")?, &call))?;
+    m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("C_RETURN")?, &ret))?;
+    m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("C_RAISE")?, &ret))?;
+    let all = ev("CALL")? | ev("C_RETURN")? | ev("C_RAISE")?;
+    m.call_method1("set_events", (PROFILER_TOOL_ID, all))?;
+    Ok(())
+}
+
+/// Removes our callbacks and frees the tool id; safe to call in any state.
+pub(super) unsafe fn release(py: Python<'_>) {
+    let Ok(m) = monitoring(py) else { return };
+    let _ = m.call_method1("set_events", (PROFILER_TOOL_ID, 0));
+    if let Ok(events) = m.getattr("events") {
+        for name in ["CALL", "C_RETURN", "C_RAISE"] {
+            if let Ok(e) = events.getattr(name) {
+                let _ = m.call_method1("register_callback", (PROFILER_TOOL_ID, e, py.None()));
+            }
+        }
+    }
+    if let Ok(tool) = m.call_method1("get_tool", (PROFILER_TOOL_ID,)) {
+        if tool.extract::<String>().ok().as_deref() == Some("perfkit") {
+            let _ = m.call_method1("free_tool_id", (PROFILER_TOOL_ID,));
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! One thread's recorder: the call tree as it grows, and the stack of calls
+//! in flight. Every event of every hook ends in [`ThreadRecorder::enter`] or
+//! [`ThreadRecorder::exit`], so these are kept to a cache check, at most one
+//! hash lookup, and a few additions.
+
+use perfkit_profile::{FuncId, Node, ThreadTree, ROOT_FUNC};
+use rustc_hash::FxHashMap;
+
+/// A node of the tree while recording. `key` is the identity the hooks see
+/// (a code object or a `PyMethodDef` address), resolved to a [`FuncId`]
+/// only when the node is first created.
+pub(crate) struct NodeRec {
+    key: usize,
+    parent: u32,
+    func: FuncId,
+    pub(crate) flags: u8,
+    calls: u64,
+    own: u64,
+    total: u64,
+    /// The child reached last from here: loops call the same callee again and again.
+    last_key: usize,
+    last_child: u32,
+}
+
+/// The function is a generator, coroutine or async generator.
+pub(crate) const FLAG_GENERATOR: u8 = 1;
+/// The function is a C function (its calls come from C-call events).
+pub(crate) const FLAG_C: u8 = 2;
+
+#[derive(Clone, Copy)]
+struct Frame {
+    node: u32,
+    start: u64,
+    /// Time spent in completed callees of this call.
+    children: u64,
+}
+
+pub(crate) struct ThreadRecorder {
+    pub(crate) thread_id: u64,
+    pub(crate) name: Option<String>,
+    nodes: Vec<NodeRec>,
+    children: FxHashMap<(u32, usize), u32>,
+    /// `stack[0]` stands for the thread's root and is never popped.
+    stack: Vec<Frame>,
+}
+
+impl ThreadRecorder {
+    pub(crate) fn new(thread_id: u64) -> Self {
+        let root = NodeRec {
+            key: 0,
+            parent: 0,
+            func: ROOT_FUNC,
+            flags: 0,
+            calls: 0,
+            own: 0,
+            total: 0,
+            last_key: 0,
+            last_child: 0,
+        };
+        ThreadRecorder {
+            thread_id,
+            name: None,
+            nodes: vec![root],
+            children: FxHashMap::default(),
+            stack: vec![Frame { node: 0, start: 0, children: 0 }],
+        }
+    }
+
+    /// The node for calling `key` from the current call, created on first use
+    /// with the function and flags that `resolve` gives.
+    #[inline(always)]
+    pub(crate) fn child(&mut self, key: usize, resolve: impl FnOnce() -> (FuncId, u8)) -> u32 {
+        // SAFETY: the stack always holds the root frame, and every node id on it is in `nodes`.
+        let parent = unsafe { self.stack.last().unwrap_unchecked().node };
+        let p = unsafe { self.nodes.get_unchecked(parent as usize) };
+        if p.last_key == key {
+            return p.last_child;
+        }
+        self.child_slow(parent, key, resolve)
+    }
+
+    #[inline(never)]
+    fn child_slow(&mut self, parent: u32, key: usize, resolve: impl FnOnce() -> (FuncId, u8)) -> u32 {
+        let id = match self.children.get(&(parent, key)) {
+            Some(&id) => id,
+            None => {
+                let (func, flags) = resolve();
+                let id = self.nodes.len() as u32;
+                self.nodes.push(NodeRec {
+                    key,
+                    parent,
+                    func,
+                    flags,
+                    calls: 0,
+                    own: 0,
+                    total: 0,
+                    last_key: 0,
+                    last_child: 0,
+                });
+                self.children.insert((parent, key), id);
+                id
+            }
+        };
+        let p = &mut self.nodes[parent as usize];
+        p.last_key = key;
+        p.last_child = id;
+        id
+    }
+
+    #[inline(always)]
+    pub(crate) fn flags(&self, node: u32) -> u8 {
+        self.nodes[node as usize].flags
+    }
+
+    /// Starts a call of `node` at time `now`; returns the depth to give back to [`Self::exit_to`].
+    #[inline(always)]
+    pub(crate) fn enter(&mut self, node: u32, now: u64) -> usize {
+        self.stack.push(Frame { node, start: now, children: 0 });
+        self.stack.len() - 1
+    }
+
+    /// Ends the innermost call. A return with no call in flight (a frame that
+    /// started before profiling did) is ignored, as cProfile ignores it.
+    #[cfg(not(Py_3_12))]
+    #[inline(always)]
+    pub(crate) fn exit(&mut self, now: u64) {
+        if self.stack.len() > 1 {
+            self.pop(now);
+        }
+    }
+
+    /// Ends the innermost call if it is a C call of `key`.
+    #[inline(always)]
+    pub(crate) fn exit_c(&mut self, key: usize, now: u64) {
+        if self.stack.len() > 1 {
+            // SAFETY: len > 1, and node ids on the stack are in `nodes`.
+            let top = unsafe { self.stack.last().unwrap_unchecked().node };
+            let n = unsafe { self.nodes.get_unchecked(top as usize) };
+            if n.key == key && n.flags & FLAG_C != 0 {
+                self.pop(now);
+            }
+        }
+    }
+
+    /// Ends every call from `depth` up: the frame-evaluation hook knows its
+    /// own depth, so a C call left open by an unwinding frame is closed with it.
+    #[inline(always)]
+    pub(crate) fn exit_to(&mut self, depth: usize, now: u64) {
+        while self.stack.len() > depth && self.stack.len() > 1 {
+            self.pop(now);
+        }
+    }
+
+    #[inline(always)]
+    fn pop(&mut self, now: u64) {
+        // SAFETY: callers check that more than the root frame is on the stack.
+        let f = unsafe { self.stack.pop().unwrap_unchecked() };
+        let elapsed = now.saturating_sub(f.start);
+        let n = unsafe { self.nodes.get_unchecked_mut(f.node as usize) };
+        n.calls += 1;
+        n.total += elapsed;
+        n.own += elapsed.saturating_sub(f.children);
+        let parent = unsafe { self.stack.last_mut().unwrap_unchecked() };
+        parent.children += elapsed;
+    }
+
+    /// Ends every call in flight at `now`, as cProfile does when it is
+    /// disabled: they count as calls that lasted until now.
+    pub(crate) fn flush(&mut self, now: u64) {
+        self.exit_to(1, now);
+    }
+
+    /// Ends every call in flight at the start of the innermost one: for a
+    /// CPU clock, another thread's "now" cannot be read, and this undercounts
+    /// rather than inventing time.
+    pub(crate) fn flush_at_last_event(&mut self) {
+        let last = self.stack.last().map(|f| f.start).unwrap_or(0);
+        self.exit_to(1, last);
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.stack.len()
+    }
+
+    /// The recorded tree, without nodes that never completed a call and have
+    /// no such descendant (a generator's creation, say), and with `hidden`
+    /// functions that lead to no visible call folded into their caller's own time.
+    ///
+    /// `scale` converts clock ticks to nanoseconds.
+    pub(crate) fn to_thread_tree(&self, name: String, pid: u32, scale: f64, hidden: &dyn Fn(FuncId) -> bool) -> ThreadTree {
+        let ns = |ticks: u64| (ticks as f64 * scale).round() as u64;
+        let n = self.nodes.len();
+        let mut keep = vec![false; n];
+        let mut folded = vec![0u64; n];
+        keep[0] = true;
+        // Children have larger ids than their parents, so a backward pass sees children first.
+        for i in (1..n).rev() {
+            let node = &self.nodes[i];
+            let visible_below = keep[i];
+            let drop_hidden = hidden(node.func) && !visible_below;
+            if drop_hidden {
+                keep[i] = false;
+                folded[node.parent as usize] += node.total;
+            } else if node.calls > 0 || visible_below {
+                keep[i] = true;
+                keep[node.parent as usize] = true;
+            }
+        }
+        let mut tree = ThreadTree::new(name, self.thread_id, pid);
+        tree.nodes.clear();
+        let mut new_id = vec![u32::MAX; n];
+        for i in 0..n {
+            if !keep[i] {
+                continue;
+            }
+            let node = &self.nodes[i];
+            new_id[i] = tree.nodes.len() as u32;
+            let parent = if i == 0 { 0 } else { new_id[node.parent as usize] };
+            tree.nodes.push(Node {
+                func: node.func,
+                parent,
+                calls: node.calls,
+                own_ns: ns(node.own + folded[i]),
+                total_ns: ns(node.total),
+            });
+        }
+        tree
+    }
+}

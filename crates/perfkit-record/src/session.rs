@@ -1,0 +1,384 @@
+//! A profiling session: what one `perfkit.Profiler` records across its
+//! enable/disable cycles, and the process-wide state that the hooks read.
+//!
+//! Only one session records at a time. The hooks find it through
+//! [`ACTIVE`] and find their thread's recorder through a thread-local slot
+//! tagged with a generation number, so the hot path is one thread-local read
+//! and one comparison. All of this state is touched only with the GIL held.
+
+use crate::clock::{self, ClockKind};
+use crate::hooks;
+use crate::names;
+use crate::recorder::{ThreadRecorder, FLAG_C, FLAG_GENERATOR};
+use perfkit_profile::{CallTree, FuncId, FuncKey, Meta};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use rustc_hash::FxHashMap;
+use std::cell::Cell;
+use std::ptr;
+
+/// What the profiler watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// cProfile's view: Python calls and C calls.
+    Full,
+    /// Python frames only (`builtins=False`): C calls are not rows, their
+    /// time stays in the caller.
+    PythonFrames,
+}
+
+/// Why profiling could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Another perfkit session, cProfile, or another tool holds the hooks.
+    Busy(String),
+    Python(PyErr),
+}
+
+impl From<PyErr> for StartError {
+    fn from(e: PyErr) -> Self {
+        StartError::Python(e)
+    }
+}
+
+pub(crate) struct SessionData {
+    id: u64,
+    pub(crate) mode: Mode,
+    pub(crate) clock: ClockKind,
+    funcs: Vec<FuncKey>,
+    func_ids: FxHashMap<usize, (FuncId, u8)>,
+    /// Strong references to the code objects seen, so that their addresses,
+    /// our keys, are never reused by other code objects while we record.
+    held: Vec<*mut ffi::PyObject>,
+    threads: Vec<Box<ThreadRecorder>>,
+    enabled: bool,
+    enabled_at_ns: u64,
+    recorded_ns: u64,
+    started_unix: f64,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    gen: u64,
+    session: u64,
+    rec: *mut ThreadRecorder,
+}
+
+thread_local! {
+    static SLOT: Cell<Slot> = const { Cell::new(Slot { gen: 0, session: 0, rec: ptr::null_mut() }) };
+}
+
+/// The generation of the session now recording; [`INACTIVE`] when none is.
+/// A fresh value on every enable, so a slot filled under an earlier one never matches.
+pub(crate) static mut GEN: u64 = INACTIVE;
+const INACTIVE: u64 = u64::MAX;
+static mut NEXT_GEN: u64 = 1;
+static mut NEXT_SESSION: u64 = 1;
+pub(crate) static mut ACTIVE: *mut SessionData = ptr::null_mut();
+pub(crate) static mut CLOCK: ClockKind = ClockKind::Wall;
+
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: written only in enable, with the GIL held, like every read.
+    clock::read(unsafe { CLOCK })
+}
+
+/// The calling thread's recorder in the session now recording, or null.
+/// A raw pointer: hooks re-enter through the calls they wrap, so no `&mut` may span them.
+///
+/// # Safety
+/// GIL held. The pointer is valid while [`GEN`] keeps its value.
+#[inline(always)]
+pub(crate) unsafe fn recorder() -> *mut ThreadRecorder {
+    let slot = SLOT.with(Cell::get);
+    if slot.gen == GEN {
+        slot.rec
+    } else {
+        register_thread(slot)
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
+    if GEN == INACTIVE || ACTIVE.is_null() {
+        return ptr::null_mut();
+    }
+    let session = &mut *ACTIVE;
+    // The slot is per OS thread: the same session id means this very thread
+    // recorded before a disable/enable cycle, and its tree goes on.
+    let rec = if slot.session == session.id && !slot.rec.is_null() {
+        slot.rec
+    } else {
+        let ident = ffi::PyThread_get_thread_ident() as u64;
+        session.threads.push(Box::new(ThreadRecorder::new(ident)));
+        &mut **session.threads.last_mut().unwrap() as *mut ThreadRecorder
+    };
+    SLOT.with(|s| s.set(Slot { gen: GEN, session: session.id, rec }));
+    rec
+}
+
+/// Runs `f` with any pending exception set aside: interning calls into the
+/// C API, and a hook may run while an exception is being thrown or raised.
+unsafe fn preserving_exception<T>(f: impl FnOnce(Python<'_>) -> T) -> T {
+    let (mut t, mut v, mut tb) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    #[allow(deprecated)]
+    ffi::PyErr_Fetch(&mut t, &mut v, &mut tb);
+    let out = f(Python::assume_attached());
+    #[allow(deprecated)]
+    ffi::PyErr_Restore(t, v, tb);
+    out
+}
+
+/// The function id and flags of a code object, interned on first sight.
+///
+/// # Safety
+/// GIL held, a session active, `code` a live code object.
+pub(crate) unsafe fn intern_code(code: *mut ffi::PyObject) -> (FuncId, u8) {
+    let session = &mut *ACTIVE;
+    if let Some(&v) = session.func_ids.get(&(code as usize)) {
+        return v;
+    }
+    preserving_exception(|py| {
+        let obj = Bound::from_borrowed_ptr(py, code);
+        let key = names::code_key(&obj);
+        let flags = if names::code_is_generator(&obj) { FLAG_GENERATOR } else { 0 };
+        ffi::Py_INCREF(code);
+        session.held.push(code);
+        session.add_func(code as usize, key, flags)
+    })
+}
+
+/// The function id of a C function keyed by its `PyMethodDef`; `func` is a
+/// built-in function object to name it by.
+///
+/// # Safety
+/// GIL held, a session active, `func` a live `PyCFunctionObject`.
+pub(crate) unsafe fn intern_cfunction(key: usize, func: *mut ffi::PyObject) -> (FuncId, u8) {
+    let session = &mut *ACTIVE;
+    if let Some(&v) = session.func_ids.get(&key) {
+        return v;
+    }
+    preserving_exception(|py| {
+        let fk = names::cfunction_key(py, func);
+        session.add_func(key, fk, FLAG_C)
+    })
+}
+
+impl SessionData {
+    pub(crate) fn name_thread(&mut self, thread_id: u64, name: &str) {
+        for rec in self.threads.iter_mut().filter(|r| r.thread_id == thread_id && r.name.is_none()) {
+            rec.name = Some(name.to_owned());
+        }
+    }
+
+    fn add_func(&mut self, raw: usize, key: FuncKey, flags: u8) -> (FuncId, u8) {
+        let id = self.funcs.len() as FuncId;
+        self.funcs.push(key);
+        self.func_ids.insert(raw, (id, flags));
+        (id, flags)
+    }
+}
+
+/// One profiler's recording. Dropping it stops it.
+pub struct Session {
+    data: Box<SessionData>,
+}
+
+// SAFETY: every use of a Session happens with the GIL held (it lives inside a
+// Python object), which serialises access from any thread.
+unsafe impl Send for Session {}
+unsafe impl Sync for Session {}
+
+impl Session {
+    pub fn new(mode: Mode, clock: ClockKind) -> Session {
+        // SAFETY: GIL held by the caller (sessions are created from Python).
+        let id = unsafe {
+            let id = NEXT_SESSION;
+            NEXT_SESSION += 1;
+            id
+        };
+        Session {
+            data: Box::new(SessionData {
+                id,
+                mode,
+                clock,
+                funcs: Vec::new(),
+                func_ids: FxHashMap::default(),
+                held: Vec::new(),
+                threads: Vec::new(),
+                enabled: false,
+                enabled_at_ns: 0,
+                recorded_ns: 0,
+                started_unix: 0.0,
+            }),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.data.mode
+    }
+
+    pub fn clock(&self) -> ClockKind {
+        self.data.clock
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.data.enabled
+    }
+
+    /// Starts recording: installs the hooks for this interpreter's version and mode.
+    pub fn enable(&mut self, py: Python<'_>) -> Result<(), StartError> {
+        if self.data.enabled {
+            return Ok(());
+        }
+        // SAFETY: GIL held (we have `py`); the hooks are not installed yet, so
+        // nothing reads the globals while we set them.
+        unsafe {
+            if !ACTIVE.is_null() {
+                return Err(StartError::Busy(
+                    "another perfkit profiler is already recording in this process; disable it first".into(),
+                ));
+            }
+            hooks::check_free(py, self.data.mode)?;
+            clock::init();
+            let gen = NEXT_GEN;
+            NEXT_GEN += 1;
+            ACTIVE = &mut *self.data;
+            CLOCK = self.data.clock;
+            GEN = gen;
+            if let Err(e) = hooks::install(py, self.data.mode) {
+                GEN = INACTIVE;
+                ACTIVE = ptr::null_mut();
+                return Err(e);
+            }
+        }
+        let d = &mut self.data;
+        d.enabled = true;
+        d.enabled_at_ns = clock::monotonic_ns();
+        if d.started_unix == 0.0 {
+            d.started_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_secs_f64())
+                .unwrap_or(0.0);
+        }
+        Ok(())
+    }
+
+    /// Stops recording. Calls still in flight end now, as in cProfile.
+    pub fn disable(&mut self, py: Python<'_>) {
+        if !self.data.enabled {
+            return;
+        }
+        // SAFETY: GIL held; this session is the active one.
+        unsafe {
+            hooks::uninstall(py, self.data.mode);
+            GEN = INACTIVE;
+            ACTIVE = ptr::null_mut();
+        }
+        let d = &mut self.data;
+        d.enabled = false;
+        let wall = clock::monotonic_ns();
+        d.recorded_ns += wall.saturating_sub(d.enabled_at_ns);
+        // Each thread's calls end at its own clock's now (for the CPU clock that
+        // is this thread's CPU time, so other threads' stacks end at their last
+        // event's time instead; see ThreadRecorder::flush).
+        let t = clock::read(d.clock);
+        for rec in d.threads.iter_mut() {
+            if d.clock == ClockKind::Wall || rec.thread_id == unsafe { ffi::PyThread_get_thread_ident() } as u64 {
+                rec.flush(t);
+            } else {
+                rec.flush_at_last_event();
+            }
+        }
+    }
+
+    /// Names a thread by its `threading.get_ident()`.
+    pub fn set_thread_name(&mut self, thread_id: u64, name: &str) {
+        self.data.name_thread(thread_id, name);
+    }
+
+    /// The thread ids recorded that have no name yet.
+    pub fn unnamed_threads(&self) -> Vec<u64> {
+        self.data.threads.iter().filter(|r| r.name.is_none()).map(|r| r.thread_id).collect()
+    }
+
+    /// Number of calls in flight on the calling thread (for tests of flushing).
+    pub fn depth(&self) -> usize {
+        self.data.threads.iter().map(|r| r.depth() - 1).sum()
+    }
+
+    /// The tree recorded so far. `hidden` marks the profiler's own functions,
+    /// which are left out where nothing of the user's runs below them.
+    pub fn tree(&self, recorder_name: &str, hidden: &dyn Fn(&FuncKey) -> bool) -> CallTree {
+        let d = &self.data;
+        let hidden_ids: Vec<bool> = d.funcs.iter().map(hidden).collect();
+        let is_hidden = |f: FuncId| hidden_ids.get(f as usize).copied().unwrap_or(false);
+        let pid = std::process::id();
+        let scale = clock::nanos_per_tick(d.clock);
+        let threads = d
+            .threads
+            .iter()
+            .map(|r| {
+                let name = r.name.clone().unwrap_or_else(|| format!("Thread-{}", r.thread_id));
+                r.to_thread_tree(name, pid, scale, &is_hidden)
+            })
+            .filter(|t| t.nodes.len() > 1)
+            .collect();
+        let mut duration = d.recorded_ns;
+        if d.enabled {
+            duration += clock::monotonic_ns().saturating_sub(d.enabled_at_ns);
+        }
+        CallTree {
+            funcs: d.funcs.clone(),
+            threads,
+            meta: Meta {
+                exact: true,
+                clock: match d.clock {
+                    ClockKind::Wall => perfkit_profile::Clock::Wall,
+                    ClockKind::Cpu => perfkit_profile::Clock::Cpu,
+                },
+                builtins: d.mode == Mode::Full,
+                recorder: recorder_name.to_owned(),
+                duration_ns: duration,
+                started_unix: d.started_unix,
+            },
+        }
+    }
+
+    /// Forgets everything recorded (must be disabled).
+    pub fn clear(&mut self, py: Python<'_>) {
+        if self.data.enabled {
+            return;
+        }
+        let d = &mut self.data;
+        d.threads.clear();
+        d.funcs.clear();
+        d.func_ids.clear();
+        release(py, &mut d.held);
+        d.recorded_ns = 0;
+        d.started_unix = 0.0;
+        // A fresh id so that no thread slot points into the cleared recorders.
+        // SAFETY: GIL held.
+        unsafe {
+            d.id = NEXT_SESSION;
+            NEXT_SESSION += 1;
+        }
+    }
+}
+
+fn release(_py: Python<'_>, held: &mut Vec<*mut ffi::PyObject>) {
+    for obj in held.drain(..) {
+        // SAFETY: each pointer holds a reference we took in `intern_code`; GIL held via `_py`.
+        unsafe { ffi::Py_DECREF(obj) };
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        Python::attach(|py| {
+            self.disable(py);
+            release(py, &mut self.data.held);
+        });
+    }
+}

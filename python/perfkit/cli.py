@@ -1,0 +1,97 @@
+"""The ``perfkit`` command. Parsing happens in Rust (``_native.cli_main``);
+this module runs the parts that need the interpreter: ``perfkit record``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import types
+from typing import List, Optional
+
+from perfkit import _native
+from perfkit.profiler import Profiler
+
+
+def main() -> None:
+    sys.exit(_native.cli_main(["perfkit", *sys.argv[1:]]))
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def record(
+    target: str,
+    is_module: bool,
+    args: List[str],
+    output: Optional[str],
+    clock: str,
+    builtins: bool,
+) -> int:
+    """Run ``target`` as ``__main__`` under the profiler; write the profile
+    whatever way the program ends; return the program's exit code."""
+    if output is None:
+        stem = target.rsplit(".", 1)[-1] if is_module else os.path.splitext(os.path.basename(target))[0]
+        output = f"{stem or 'perfkit'}.prof"
+    output = os.fspath(output)
+
+    if is_module:
+        import runpy
+
+        sys.argv[:] = [target, *args]
+        code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
+        namespace = {"_run_module": runpy.run_module, "_modname": target}
+    else:
+        try:
+            with open(target, "rb") as fp:
+                source = fp.read()
+        except OSError as e:
+            print(f"perfkit: error: cannot run {target}: {e.strerror}", file=sys.stderr)
+            return 2
+        sys.argv[:] = [target, *args]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+        try:
+            code = compile(source, target, "exec")
+        except SyntaxError:
+            traceback.print_exc()
+            return 1
+        # A real module object as __main__, so that pickling functions and
+        # classes defined in the script works as it does under `python script.py`.
+        main_module = types.ModuleType("__main__")
+        main_module.__file__ = target
+        main_module.__builtins__ = __builtins__
+        sys.modules["__main__"] = main_module
+        namespace = main_module.__dict__
+
+    profiler = Profiler(builtins=builtins, clock=clock)
+    exit_code = 0
+    try:
+        profiler.runctx(code, namespace, None)
+    except SystemExit as e:
+        exit_code = _exit_code(e)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        exit_code = 130
+    except BaseException:
+        traceback.print_exc()
+        exit_code = 1
+    sys.stdout.flush()
+    rec = profiler.recording()
+    try:
+        rec.dump(output)
+    except (OSError, _native.ProfileError) as e:
+        print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded). "
+        f"Hot spots: perfkit stats {output} --sort tottime --limit 15",
+        file=sys.stderr,
+    )
+    return exit_code

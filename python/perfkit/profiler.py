@@ -1,0 +1,206 @@
+"""cProfile's API on perfkit's recorder.
+
+``Profiler`` mirrors ``cProfile.Profile`` (enable/disable, runcall/run/runctx,
+create_stats/stats for ``pstats.Stats(profiler)``, print_stats, dump_stats,
+context manager); ``run``/``runctx`` mirror ``cProfile.run``/``runctx``;
+``profile`` is a context manager and decorator. The recording itself happens
+in Rust (``perfkit._native.Session``); this module only adapts the API.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from perfkit import _native
+
+__all__ = ["Profiler", "profile", "run", "runctx"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The profiler's own frames (enable/disable/__exit__) are left out of profiles.
+_THIS_FILE = os.path.abspath(__file__)
+_HIDDEN_FILES = [__file__, _THIS_FILE]
+
+
+class Profiler:
+    """A deterministic call-tree profiler with ``cProfile.Profile``'s interface.
+
+    ``builtins=False`` records Python frames only (C calls are not rows, and
+    cost far less); ``clock`` is ``"wall"`` (monotonic) or ``"cpu"`` (each
+    thread's CPU time). All threads are recorded, each with its own tree.
+    """
+
+    def __init__(self, builtins: bool = True, clock: str = "wall") -> None:
+        self._session = _native.Session(builtins=builtins, clock=clock, hidden_files=_HIDDEN_FILES)
+        self.stats: dict = {}
+
+    # -- recording -------------------------------------------------------
+    def enable(self) -> None:
+        """Start recording. Raises RuntimeError if another profiler is active."""
+        self._session.enable()
+
+    def disable(self) -> None:
+        """Stop recording; calls still in flight count as ending now."""
+        self._session.disable()
+
+    @property
+    def enabled(self) -> bool:
+        return self._session.enabled
+
+    def clear(self) -> None:
+        """Forget everything recorded so far."""
+        self._session.disable()
+        self._session.clear()
+        self.stats = {}
+
+    def __enter__(self) -> "Profiler":
+        self.enable()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.disable()
+
+    def runcall(self, func: Callable[..., Any], /, *args: Any, **kw: Any) -> Any:
+        self.enable()
+        try:
+            return func(*args, **kw)
+        finally:
+            self.disable()
+
+    def run(self, cmd: str) -> "Profiler":
+        import __main__
+
+        namespace = __main__.__dict__
+        return self.runctx(cmd, namespace, namespace)
+
+    def runctx(self, cmd: Any, globals: dict, locals: Optional[dict]) -> "Profiler":
+        self.enable()
+        try:
+            exec(cmd, globals, locals)
+        finally:
+            self.disable()
+        return self
+
+    # -- results ---------------------------------------------------------
+    def recording(self) -> _native.Recording:
+        """The exact call tree recorded so far (all threads)."""
+        return self._session.recording()
+
+    def create_stats(self) -> None:
+        """Stop and fill ``self.stats`` with the pstats dictionary (for ``pstats.Stats(self)``)."""
+        self.disable()
+        self.snapshot_stats()
+
+    def snapshot_stats(self) -> None:
+        self.stats = self.recording().stats_dict()
+
+    def print_stats(self, sort: Union[str, int, tuple] = -1) -> None:
+        import pstats
+
+        if not isinstance(sort, tuple):
+            sort = (sort,)
+        pstats.Stats(self).strip_dirs().sort_stats(*sort).print_stats()
+
+    def dump_stats(self, file: Union[str, os.PathLike]) -> None:
+        """Write a ``.prof`` file: pstats and snakeviz read it; perfkit also reads the exact tree."""
+        self.disable()
+        self.recording().dump(os.fspath(file))
+
+
+class profile:
+    """Profile a block or every call of a function.
+
+    ``with perfkit.profile("out.prof"): ...`` or ``@perfkit.profile("out.prof")``.
+    The file is written (atomically) when the block or call ends; without a
+    file name, nothing is written and ``.profiler`` holds the results.
+    Calls of a decorated function accumulate in one profile.
+    """
+
+    def __init__(
+        self,
+        output: Union[str, os.PathLike, Callable[..., Any], None] = None,
+        *,
+        builtins: bool = True,
+        clock: str = "wall",
+        print_stats: Optional[int] = None,
+        sort: str = "cumulative",
+    ) -> None:
+        func = None
+        if callable(output):  # used bare, as @perfkit.profile
+            func, output = output, None
+        self.output = output
+        self.print_limit = print_stats
+        self.sort = sort
+        self.profiler = Profiler(builtins=builtins, clock=clock)
+        if func is not None:
+            self._wrapped = self(func)
+
+    def __enter__(self) -> Profiler:
+        self.profiler.enable()
+        return self.profiler
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.profiler.disable()
+        self._report()
+
+    def _report(self) -> None:
+        if self.output is not None:
+            self.profiler.dump_stats(self.output)
+        if self.print_limit is not None:
+            import pstats
+
+            pstats.Stats(self.profiler).sort_stats(self.sort).print_stats(self.print_limit)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        wrapped = getattr(self, "_wrapped", None)
+        if wrapped is not None:  # the bare-decorator form is being called
+            return wrapped(*args, **kwargs)
+        (func,) = args
+        profiler = self.profiler
+
+        @functools.wraps(func)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            if profiler.enabled:  # a recursive call of the decorated function
+                return func(*a, **kw)
+            profiler.enable()
+            try:
+                return func(*a, **kw)
+            finally:
+                profiler.disable()
+                self._report()
+
+        wrapper.profiler = profiler  # type: ignore[attr-defined]
+        return wrapper
+
+
+def run(statement: str, filename: Optional[str] = None, sort: Union[str, int] = -1) -> None:
+    """Like ``cProfile.run``: profile ``statement`` in ``__main__``; write or print the stats."""
+    import __main__
+
+    namespace = __main__.__dict__
+    return runctx(statement, namespace, namespace, filename, sort)
+
+
+def runctx(
+    statement: str,
+    globals: dict,
+    locals: Optional[dict],
+    filename: Optional[str] = None,
+    sort: Union[str, int] = -1,
+) -> None:
+    """Like ``cProfile.runctx``."""
+    prof = Profiler()
+    try:
+        prof.runctx(statement, globals, locals)
+    except SystemExit:
+        pass
+    finally:
+        if filename is not None:
+            prof.dump_stats(filename)
+        else:
+            prof.print_stats(sort)
+
+
