@@ -27,6 +27,19 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _print_program_traceback(exc: BaseException) -> None:
+    """The traceback as `python script.py` would print it: without the
+    frames of perfkit that ran the program."""
+    tb = exc.__traceback__
+    perfkit_dir = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and (
+        os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == perfkit_dir
+        or tb.tb_frame.f_code.co_filename == "<perfkit>"
+    ):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb)
+
+
 def record(
     target: str,
     is_module: bool,
@@ -45,6 +58,8 @@ def record(
     if is_module:
         import runpy
 
+        # As `python -m` does: the current directory comes first on the path.
+        sys.path.insert(0, os.getcwd())
         sys.argv[:] = [target, *args]
         code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
         namespace = {"_run_module": runpy.run_module, "_modname": target}
@@ -76,11 +91,11 @@ def record(
         profiler.runctx(code, namespace, None)
     except SystemExit as e:
         exit_code = _exit_code(e)
-    except KeyboardInterrupt:
-        traceback.print_exc()
+    except KeyboardInterrupt as e:
+        _print_program_traceback(e)
         exit_code = 130
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as e:
+        _print_program_traceback(e)
         exit_code = 1
     sys.stdout.flush()
     rec = profiler.recording()

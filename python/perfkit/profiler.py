@@ -110,33 +110,15 @@ class Profiler:
         self.recording().dump(os.fspath(file))
 
 
-class profile:
-    """Profile a block or every call of a function.
+class _ProfileBlock:
+    """What :func:`profile` returns when not given a function: a context
+    manager, and a decorator whose calls accumulate in one profile."""
 
-    ``with perfkit.profile("out.prof"): ...`` or ``@perfkit.profile("out.prof")``.
-    The file is written (atomically) when the block or call ends; without a
-    file name, nothing is written and ``.profiler`` holds the results.
-    Calls of a decorated function accumulate in one profile.
-    """
-
-    def __init__(
-        self,
-        output: Union[str, os.PathLike, Callable[..., Any], None] = None,
-        *,
-        builtins: bool = True,
-        clock: str = "wall",
-        print_stats: Optional[int] = None,
-        sort: str = "cumulative",
-    ) -> None:
-        func = None
-        if callable(output):  # used bare, as @perfkit.profile
-            func, output = output, None
+    def __init__(self, output, builtins: bool, clock: str, print_stats: Optional[int], sort: str) -> None:
         self.output = output
         self.print_limit = print_stats
         self.sort = sort
         self.profiler = Profiler(builtins=builtins, clock=clock)
-        if func is not None:
-            self._wrapped = self(func)
 
     def __enter__(self) -> Profiler:
         self.profiler.enable()
@@ -154,26 +136,44 @@ class profile:
 
             pstats.Stats(self.profiler).sort_stats(self.sort).print_stats(self.print_limit)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = getattr(self, "_wrapped", None)
-        if wrapped is not None:  # the bare-decorator form is being called
-            return wrapped(*args, **kwargs)
-        (func,) = args
+    def __call__(self, func: F) -> F:
         profiler = self.profiler
 
         @functools.wraps(func)
-        def wrapper(*a: Any, **kw: Any) -> Any:
-            if profiler.enabled:  # a recursive call of the decorated function
-                return func(*a, **kw)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if profiler.enabled:  # a recursive call: the outer call records it
+                return func(*args, **kwargs)
             profiler.enable()
             try:
-                return func(*a, **kw)
+                return func(*args, **kwargs)
             finally:
                 profiler.disable()
                 self._report()
 
         wrapper.profiler = profiler  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper  # type: ignore[return-value]
+
+
+def profile(
+    output: Union[str, "os.PathLike[str]", Callable[..., Any], None] = None,
+    *,
+    builtins: bool = True,
+    clock: str = "wall",
+    print_stats: Optional[int] = None,
+    sort: str = "cumulative",
+) -> Any:
+    """Profile a block, or every call of a function.
+
+    ``with perfkit.profile("out.prof") as prof: ...``, ``@perfkit.profile``
+    or ``@perfkit.profile("out.prof", builtins=False)``. The file (if named)
+    is written atomically when the block or each call ends; ``print_stats=N``
+    prints the top N rows sorted by ``sort``. The decorated function keeps
+    its name and docstring, works on methods, and has a ``.profiler``
+    attribute holding every call's results.
+    """
+    if callable(output):  # used bare: @perfkit.profile
+        return _ProfileBlock(None, builtins, clock, print_stats, sort)(output)
+    return _ProfileBlock(output, builtins, clock, print_stats, sort)
 
 
 def run(statement: str, filename: Optional[str] = None, sort: Union[str, int] = -1) -> None:

@@ -26,7 +26,13 @@ use crate::Error;
 /// split frames or lines are replaced.
 fn frame_text(key: &FuncKey, out: &mut String) {
     let clean = |s: &str, out: &mut String| {
-        out.extend(s.chars().map(|c| if matches!(c, ';' | '\n' | '\r') { '_' } else { c }));
+        out.extend(s.chars().map(|c| {
+            if matches!(c, ';' | '\n' | '\r') {
+                '_'
+            } else {
+                c
+            }
+        }));
     };
     clean(&key.name, out);
     if key.is_builtin() || (key.file.is_empty() && key.line == 0) {
@@ -133,10 +139,16 @@ pub fn parse_frame(frame: &str) -> FuncKey {
             }
         }
     }
-    if frame.ends_with('>') && (frame.starts_with("<built-in ") || frame.starts_with("<method ")) {
-        return FuncKey::builtin(frame);
+    parse_frame_bare(frame.to_string())
+}
+
+/// A frame that names no file: a built-in when it reads like cProfile's
+/// built-in names, else a plain label.
+pub(crate) fn parse_frame_bare(name: String) -> FuncKey {
+    if name.ends_with('>') && (name.starts_with("<built-in ") || name.starts_with("<method ")) {
+        return FuncKey::builtin(name);
     }
-    FuncKey::new("", 0, frame)
+    FuncKey::new("", 0, name)
 }
 
 /// Splits a py-spy or perfkit thread frame into a name and thread id.
@@ -148,7 +160,14 @@ fn thread_of(frame: &str) -> (String, u64) {
             let hex = id.trim_start_matches("0x").trim_start_matches("0X");
             if let Ok(tid) = u64::from_str_radix(hex, 16) {
                 let name = name.strip_prefix(": ").unwrap_or(name).trim();
-                return (if name.is_empty() { id.to_string() } else { name.to_string() }, tid);
+                return (
+                    if name.is_empty() {
+                        id.to_string()
+                    } else {
+                        name.to_string()
+                    },
+                    tid,
+                );
             }
         }
     }
@@ -180,13 +199,22 @@ pub(crate) struct ThreadBuilder {
 
 impl ThreadBuilder {
     pub(crate) fn new(name: String, thread_id: u64) -> ThreadBuilder {
-        ThreadBuilder { tree: ThreadTree::new(name, thread_id, 0), child: FxHashMap::default() }
+        ThreadBuilder {
+            tree: ThreadTree::new(name, thread_id, 0),
+            child: FxHashMap::default(),
+        }
     }
 
     pub(crate) fn child(&mut self, parent: NodeId, func: FuncId) -> NodeId {
         let nodes = &mut self.tree.nodes;
         *self.child.entry((parent, func)).or_insert_with(|| {
-            nodes.push(Node { func, parent, calls: 0, own_ns: 0, total_ns: 0 });
+            nodes.push(Node {
+                func,
+                parent,
+                calls: 0,
+                own_ns: 0,
+                total_ns: 0,
+            });
             (nodes.len() - 1) as NodeId
         })
     }
@@ -217,9 +245,14 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let err = |message: String| Error::Collapsed { line: i + 1, message };
+        let err = |message: String| Error::Collapsed {
+            line: i + 1,
+            message,
+        };
         let Some((stack, weight)) = split_line(line) else {
-            return Err(err("expected `frame;frame;… weight`, found no weight after the frames".into()));
+            return Err(err(
+                "expected `frame;frame;… weight`, found no weight after the frames".into(),
+            ));
         };
         let weight = weight.map_err(|_| {
             let found: String = line.rsplit(' ').next().unwrap_or("").chars().take(40).collect();
@@ -231,11 +264,18 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
         lines.push((i + 1, stack, weight));
     }
     if lines.is_empty() {
-        return Err(Error::NotProfile("the collapsed-stacks text has no stacks".into()));
+        return Err(Error::NotProfile(
+            "the collapsed-stacks text has no stacks".into(),
+        ));
     }
-    let threaded = lines.iter().all(|(_, stack, _)| stack.starts_with("thread "));
+    let threaded = lines
+        .iter()
+        .all(|(_, stack, _)| stack.starts_with("thread "));
 
-    let mut b = Builder { funcs: Vec::new(), func_ids: FxHashMap::default() };
+    let mut b = Builder {
+        funcs: Vec::new(),
+        func_ids: FxHashMap::default(),
+    };
     let mut threads: Vec<ThreadBuilder> = Vec::new();
     let mut thread_index: FxHashMap<&str, usize> = FxHashMap::default();
     for (_, stack, weight) in lines {
@@ -267,7 +307,10 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
     let builtins = b.funcs.iter().any(FuncKey::is_builtin);
     Ok(CallTree {
         funcs: b.funcs,
-        threads: threads.into_iter().map(ThreadBuilder::totals_from_own).collect(),
+        threads: threads
+            .into_iter()
+            .map(ThreadBuilder::totals_from_own)
+            .collect(),
         meta: Meta {
             exact: true,
             clock: Clock::Wall,

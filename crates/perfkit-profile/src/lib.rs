@@ -9,6 +9,7 @@
 //! Every other part of perfkit (CLI, viewer, bindings) goes through here and
 //! never parses a file on its own. Pure Rust: it must not depend on Python.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 pub mod collapsed;
@@ -22,7 +23,10 @@ pub mod tree;
 pub use prof::Profile;
 pub use stats::{EdgeStats, FuncStats, StatsTable};
 pub use table::{Restriction, SortKey};
-pub use tree::{CallTree, Children, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk, ROOT_FUNC};
+pub use tree::{
+    CallTree, Children, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk,
+    ROOT_FUNC,
+};
 
 /// Everything that can go wrong reading or writing a profile. Each message is
 /// one line that says what is wrong (and, through [`Error::InFile`], where).
@@ -74,7 +78,10 @@ impl Error {
     pub fn in_file(self, path: &Path) -> Error {
         match self {
             Error::Io { .. } | Error::InFile { .. } => self,
-            other => Error::InFile { path: path.to_path_buf(), source: Box::new(other) },
+            other => Error::InFile {
+                path: path.to_path_buf(),
+                source: Box::new(other),
+            },
         }
     }
 }
@@ -97,9 +104,13 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     if first & !marshal::FLAG_REF == b'{' {
         // JSON also opens with '{', but continues with a quote, a brace or
         // whitespace, none of which is a marshal type code.
-        let second = bytes.get(1).copied().unwrap_or(b'}');
+        let second = bytes.get(1).copied().unwrap_or(0);
         let json = first == b'{' && matches!(second, b'"' | b'}' | b' ' | b'\t' | b'\r' | b'\n');
-        return Some(if json { Format::Speedscope } else { Format::Prof });
+        return Some(if json {
+            Format::Speedscope
+        } else {
+            Format::Prof
+        });
     }
     let text = std::str::from_utf8(bytes).ok()?;
     let text = text.trim_start_matches('\u{feff}').trim_start();
@@ -126,10 +137,24 @@ pub fn from_any_bytes(bytes: &[u8]) -> Result<Profile, Error> {
     if bytes.is_empty() {
         return Err(Error::NotProfile("the file is empty (0 bytes)".into()));
     }
-    let from_tree = |tree: CallTree| Profile { stats: tree.to_stats(), tree };
+    let from_tree = |tree: CallTree| Profile {
+        stats: tree.to_stats(),
+        tree,
+    };
     match sniff(bytes) {
         Some(Format::Prof) => prof::from_bytes(bytes),
-        Some(Format::Speedscope) => speedscope::read(utf8(bytes)?).map(from_tree),
+        Some(Format::Speedscope) => {
+            let text = utf8(bytes)?;
+            speedscope::read(text).map(from_tree).or_else(|err| {
+                // Collapsed stacks whose first frame happens to open with a brace.
+                match text.lines().next() {
+                    Some(line) if collapsed::looks_like(line) => {
+                        collapsed::read(text).map(from_tree)
+                    }
+                    _ => Err(err),
+                }
+            })
+        }
         Some(Format::Collapsed) => collapsed::read(utf8(bytes)?).map(from_tree),
         None => Err(Error::NotProfile(format!(
             "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}",
@@ -139,17 +164,29 @@ pub fn from_any_bytes(bytes: &[u8]) -> Result<Profile, Error> {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, Error> {
-    std::str::from_utf8(bytes)
-        .map_err(|e| Error::NotProfile(format!("text is not UTF-8 (bad byte at offset {})", e.valid_up_to())))
+    std::str::from_utf8(bytes).map_err(|e| {
+        Error::NotProfile(format!(
+            "text is not UTF-8 (bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    })
 }
 
 /// Reads a whole file, with one-line errors that name it.
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io { action: "cannot read", path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        action: "cannot read",
+        path: path.into(),
+        source,
+    })?;
     if meta.is_dir() {
         return Err(Error::NotProfile("it is a directory".into()).in_file(path));
     }
-    std::fs::read(path).map_err(|source| Error::Io { action: "cannot read", path: path.into(), source })
+    std::fs::read(path).map_err(|source| Error::Io {
+        action: "cannot read",
+        path: path.into(),
+        source,
+    })
 }
 
 /// The first few bytes in hex, for "found …" messages.
@@ -161,4 +198,110 @@ pub(crate) fn describe_bytes(bytes: &[u8]) -> String {
     } else {
         format!("bytes {}{more}", shown.join(" "))
     }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or
+/// the new one: a temporary file next to it, flushed to disk, then renamed
+/// over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io {
+            action,
+            path: p,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err(Error::Io {
+            action: "cannot write",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path does not name a file",
+            ),
+        });
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(
+        ".{}.{}.{stamp}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        // Where the kernel offers it, the data goes into an unnamed file that
+        // vanishes with the process if it is killed while writing; it gets a
+        // name only once complete, just before the rename.
+        #[cfg(target_os = "linux")]
+        if let Some(f) = unnamed_file(&dir) {
+            let mut f = f;
+            f.write_all(bytes).map_err(io("cannot write", path))?;
+            f.sync_all().map_err(io("cannot flush", path))?;
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+            let (from, to) = (
+                std::ffi::CString::new(proc_path),
+                std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()),
+            );
+            if let (Ok(from), Ok(to)) = (from, to) {
+                // SAFETY: both arguments are valid NUL-terminated paths.
+                let linked = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
+                if linked == 0 {
+                    return std::fs::rename(&tmp, path).map_err(io("cannot replace", path));
+                }
+            }
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io("cannot create", &tmp))?;
+        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
+        f.sync_all().map_err(io("cannot flush", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io("cannot replace", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // The rename itself is durable only once the directory is flushed; not
+    // every platform or file system allows that, and the data is safe anyway.
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// An anonymous file in `dir` (Linux `O_TMPFILE`), or None where the file
+/// system does not support it.
+#[cfg(target_os = "linux")]
+fn unnamed_file(dir: &Path) -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: `dir` is a valid NUL-terminated path; the flags create no name.
+    let fd = unsafe {
+        libc::open(
+            dir.as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o666,
+        )
+    };
+    // SAFETY: a non-negative fd was just opened and is owned by nobody else.
+    (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) })
 }

@@ -95,7 +95,10 @@ impl Value {
             digits.push((m & 0x7fff) as u16);
             m >>= 15;
         }
-        Value::BigInt { negative: v < 0, digits }
+        Value::BigInt {
+            negative: v < 0,
+            digits,
+        }
     }
 }
 
@@ -115,10 +118,19 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Truncated { inside, offset } => write!(f, "input ends inside {inside} at byte {offset}"),
-            Error::Bad { message, offset } => write!(f, "bad marshal data at byte {offset}: {message}"),
-            Error::Unsupported { message, offset } => write!(f, "unsupported marshal data at byte {offset}: {message}"),
-            Error::Limit { message, offset } => write!(f, "marshal data at byte {offset} exceeds a limit: {message}"),
+            Error::Truncated { inside, offset } => {
+                write!(f, "input ends inside {inside} at byte {offset}")
+            }
+            Error::Bad { message, offset } => {
+                write!(f, "bad marshal data at byte {offset}: {message}")
+            }
+            Error::Unsupported { message, offset } => {
+                write!(f, "unsupported marshal data at byte {offset}: {message}")
+            }
+            Error::Limit { message, offset } => write!(
+                f,
+                "marshal data at byte {offset} exceeds a limit: {message}"
+            ),
         }
     }
 }
@@ -139,7 +151,10 @@ impl Limits {
     /// objects than it has bytes; the slack lets back-references share small
     /// tuples. Memory stays proportional to the input.
     pub fn for_input(len: usize) -> Limits {
-        Limits { max_depth: 64, max_objects: len.saturating_mul(2).saturating_add(4096) }
+        Limits {
+            max_depth: 64,
+            max_objects: len.saturating_mul(2).saturating_add(4096),
+        }
     }
 }
 
@@ -179,7 +194,13 @@ pub fn read(bytes: &[u8]) -> Result<(Value, usize), Error> {
 
 /// [`read`] with explicit limits.
 pub fn read_with_limits(bytes: &[u8], limits: Limits) -> Result<(Value, usize), Error> {
-    let mut r = Reader { bytes, pos: 0, refs: Vec::new(), objects: 0, limits };
+    let mut r = Reader {
+        bytes,
+        pos: 0,
+        refs: Vec::new(),
+        objects: 0,
+        limits,
+    };
     let value = r.object(0)?;
     Ok((value, r.pos))
 }
@@ -201,7 +222,10 @@ impl Reader<'_> {
 
     fn take(&mut self, n: usize, inside: &'static str) -> Result<&[u8], Error> {
         if n > self.remaining() {
-            return Err(Error::Truncated { inside, offset: self.bytes.len() });
+            return Err(Error::Truncated {
+                inside,
+                offset: self.bytes.len(),
+            });
         }
         let s = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
@@ -225,7 +249,10 @@ impl Reader<'_> {
     }
 
     fn bad(&self, at: usize, message: impl Into<String>) -> Error {
-        Error::Bad { message: message.into(), offset: at }
+        Error::Bad {
+            message: message.into(),
+            offset: at,
+        }
     }
 
     /// A length prefix, checked against what is left: each of `n` items needs
@@ -237,7 +264,10 @@ impl Reader<'_> {
         }
         let n = n as usize;
         if n.saturating_mul(min_item) > self.remaining() {
-            return Err(Error::Truncated { inside, offset: self.bytes.len() });
+            return Err(Error::Truncated {
+                inside,
+                offset: self.bytes.len(),
+            });
         }
         Ok(n)
     }
@@ -246,7 +276,10 @@ impl Reader<'_> {
         self.objects = self.objects.saturating_add(n);
         if self.objects > self.limits.max_objects {
             return Err(Error::Limit {
-                message: format!("more than {} objects (shared references copied too often?)", self.limits.max_objects),
+                message: format!(
+                    "more than {} objects (shared references copied too often?)",
+                    self.limits.max_objects
+                ),
                 offset: at,
             });
         }
@@ -269,8 +302,13 @@ impl Reader<'_> {
         let at = self.pos;
         let n = self.byte("a float")? as usize;
         let raw = self.take(n, "a float")?;
-        let text = std::str::from_utf8(raw).map_err(|_| self.bad(at, "float text is not ASCII"))?;
-        text.trim().parse::<f64>().map_err(|_| self.bad(at, format!("float text {text:?} is not a number")))
+        let parsed = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok());
+        parsed.ok_or_else(|| {
+            let shown = String::from_utf8_lossy(&self.bytes[at + 1..at + 1 + n]).into_owned();
+            self.bad(at, format!("float text {shown:?} is not a number"))
+        })
     }
 
     fn items(&mut self, n: usize, depth: usize) -> Result<Vec<Value>, Error> {
@@ -284,7 +322,10 @@ impl Reader<'_> {
     fn object(&mut self, depth: usize) -> Result<Value, Error> {
         let at = self.pos;
         if depth > self.limits.max_depth {
-            return Err(Error::Limit { message: format!("nested deeper than {}", self.limits.max_depth), offset: at });
+            return Err(Error::Limit {
+                message: format!("nested deeper than {}", self.limits.max_depth),
+                offset: at,
+            });
         }
         let code = self.byte("an object")?;
         let flag = code & FLAG_REF != 0;
@@ -308,7 +349,10 @@ impl Reader<'_> {
                         self.count(size.saturating_sub(1), at)?;
                         Ok(v)
                     }
-                    Some(None) => Err(self.bad(at, format!("reference {n} points into the object that contains it"))),
+                    Some(None) => Err(self.bad(
+                        at,
+                        format!("reference {n} points into the object that contains it"),
+                    )),
                     None => Err(self.bad(at, format!("reference {n} to an object not read yet"))),
                 };
             }
@@ -335,7 +379,10 @@ impl Reader<'_> {
                 let n = self.i32("an int")?;
                 let size = n.unsigned_abs() as usize;
                 if size.saturating_mul(2) > self.remaining() {
-                    return Err(Error::Truncated { inside: "an int", offset: self.bytes.len() });
+                    return Err(Error::Truncated {
+                        inside: "an int",
+                        offset: self.bytes.len(),
+                    });
                 }
                 let mut digits = Vec::with_capacity(size);
                 for _ in 0..size {
@@ -349,7 +396,10 @@ impl Reader<'_> {
                 if digits.last() == Some(&0) {
                     return Err(self.bad(at, "unnormalized long data"));
                 }
-                let v = Value::BigInt { negative: n < 0, digits };
+                let v = Value::BigInt {
+                    negative: n < 0,
+                    digits,
+                };
                 match v.as_i128().and_then(|i| i64::try_from(i).ok()) {
                     Some(i) => Value::Int(i),
                     None => v,
@@ -405,7 +455,10 @@ impl Reader<'_> {
                 let mut entries = Vec::new();
                 loop {
                     if self.remaining() == 0 {
-                        return Err(Error::Truncated { inside: "a dict", offset: self.bytes.len() });
+                        return Err(Error::Truncated {
+                            inside: "a dict",
+                            offset: self.bytes.len(),
+                        });
                     }
                     if self.bytes[self.pos] & !FLAG_REF == b'0' {
                         self.pos += 1;
@@ -417,8 +470,18 @@ impl Reader<'_> {
                 }
                 Value::Dict(entries)
             }
-            b'c' => return Err(Error::Unsupported { message: "code objects are not read".into(), offset: at }),
-            b':' => return Err(Error::Unsupported { message: "slice objects are not read".into(), offset: at }),
+            b'c' => {
+                return Err(Error::Unsupported {
+                    message: "code objects are not read".into(),
+                    offset: at,
+                })
+            }
+            b':' => {
+                return Err(Error::Unsupported {
+                    message: "slice objects are not read".into(),
+                    offset: at,
+                })
+            }
             b'?' => return Err(self.bad(at, "unknown object type '?'")),
             other => return Err(self.bad(at, format!("unknown type code 0x{other:02x}"))),
         };
@@ -502,7 +565,8 @@ impl Writer {
     fn long_digits(&mut self, negative: bool, digits: &[u16]) {
         self.buf.push(b'l');
         let n = digits.len() as i32;
-        self.buf.extend_from_slice(&(if negative { -n } else { n }).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(if negative { -n } else { n }).to_le_bytes());
         for d in digits {
             self.buf.extend_from_slice(&d.to_le_bytes());
         }

@@ -19,8 +19,7 @@
 //! ([`StatsTable::infer_tree`]). A trailer that is present but inconsistent is
 //! an error, never a silent fallback to the inferred tree.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustc_hash::FxHashMap;
 
@@ -64,7 +63,14 @@ pub fn profile_to_bytes(profile: &Profile) -> Vec<u8> {
 /// Writes [`to_bytes`] to `path` atomically: a crash leaves either the old
 /// file or the new one, never a partial file.
 pub fn write_file(path: &Path, tree: &CallTree) -> Result<(), Error> {
-    write_atomic(path, &to_bytes(tree))
+    crate::write_atomic(path, &to_bytes(tree))
+}
+
+/// Writes [`profile_to_bytes`] to `path` atomically: for a profile read from
+/// a foreign file this keeps its table as it was instead of deriving one from
+/// the inferred tree.
+pub fn write_profile(path: &Path, profile: &Profile) -> Result<(), Error> {
+    crate::write_atomic(path, &profile_to_bytes(profile))
 }
 
 /// Reads a `.prof` file; errors name the file.
@@ -79,7 +85,11 @@ pub fn read_file(path: &Path) -> Result<Profile, Error> {
 pub fn stats_to_marshal(stats: &StatsTable) -> Vec<u8> {
     let mut w = marshal::Writer::new();
     let mut keys: FxHashMap<&FuncKey, RefSlot> = FxHashMap::default();
-    let mut key = |w: &mut marshal::Writer, k: &'_ FuncKey, keys: &mut FxHashMap<_, _>| {
+    fn key<'a>(
+        w: &mut marshal::Writer,
+        k: &'a FuncKey,
+        keys: &mut FxHashMap<&'a FuncKey, RefSlot>,
+    ) {
         if let Some(&slot) = keys.get(k) {
             w.reference(slot);
             return;
@@ -91,7 +101,7 @@ pub fn stats_to_marshal(stats: &StatsTable) -> Vec<u8> {
         if let Some(slot) = slot {
             keys.insert(k, slot);
         }
-    };
+    }
     w.dict();
     for e in &stats.entries {
         key(&mut w, &e.func, &mut keys);
@@ -131,14 +141,29 @@ fn append_trailer(out: &mut Vec<u8>, tree: &CallTree) {
 /// Parses a `.prof` file (perfkit's or any cProfile/pstats dump).
 pub fn from_bytes(bytes: &[u8]) -> Result<Profile, Error> {
     let Some(&first) = bytes.first() else {
-        return Err(Error::NotProfile("expected a marshalled pstats dict, found an empty file".into()));
+        return Err(Error::NotProfile(
+            "expected a marshalled pstats dict, found an empty file".into(),
+        ));
     };
+    if matches!(
+        crate::sniff(bytes),
+        Some(crate::Format::Speedscope | crate::Format::Collapsed)
+    ) {
+        return Err(Error::NotProfile(
+            "expected a marshalled pstats dict, found text (speedscope JSON or collapsed stacks? `load` reads those)".into(),
+        ));
+    }
     if first & !marshal::FLAG_REF != b'{' {
         let found = match marshal::type_code_name(first) {
-            Some(kind) => format!("marshal data holding {kind} ({})", crate::describe_bytes(bytes)),
+            Some(kind) => format!(
+                "marshal data holding {kind} ({})",
+                crate::describe_bytes(bytes)
+            ),
             None => crate::describe_bytes(bytes),
         };
-        return Err(Error::NotProfile(format!("expected a marshalled pstats dict, found {found}")));
+        return Err(Error::NotProfile(format!(
+            "expected a marshalled pstats dict, found {found}"
+        )));
     }
     let (value, used) = marshal::read(bytes).map_err(|e| match e {
         marshal::Error::Truncated { inside, .. } => Error::Truncated(format!(
@@ -146,7 +171,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Profile, Error> {
             bytes.len()
         )),
         marshal::Error::Bad { .. } => Error::Damaged(format!("in the pstats dict: {e}")),
-        marshal::Error::Unsupported { .. } => Error::NotProfile(format!("expected a pstats dict: {e}")),
+        marshal::Error::Unsupported { .. } => {
+            Error::NotProfile(format!("expected a pstats dict: {e}"))
+        }
         marshal::Error::Limit { .. } => Error::TooLarge(e.to_string()),
     })?;
     // Keys are copied into every caller entry, so the table may be larger
@@ -154,7 +181,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Profile, Error> {
     let mut budget = bytes.len().saturating_mul(64).saturating_add(1 << 20);
     let stats = stats_from_value(&value, &mut budget)?;
     let rest = &bytes[used..];
-    let tree = if rest.is_empty() { stats.infer_tree() } else { read_trailer(rest)? };
+    let tree = if rest.is_empty() {
+        stats.infer_tree()
+    } else {
+        read_trailer(rest)?
+    };
     Ok(Profile { stats, tree })
 }
 
@@ -191,13 +222,23 @@ fn read_trailer(rest: &[u8]) -> Result<CallTree, Error> {
         )));
     }
     if have > needed {
-        return Err(Error::Damaged(format!("{} unexpected bytes after the perfkit trailer", have - needed)));
+        return Err(Error::Damaged(format!(
+            "{} unexpected bytes after the perfkit trailer",
+            have - needed
+        )));
     }
     let payload_end = HEADER_LEN + payload_len as usize;
     let payload = &rest[HEADER_LEN..payload_end];
-    let stored = u32::from_le_bytes([rest[payload_end], rest[payload_end + 1], rest[payload_end + 2], rest[payload_end + 3]]);
+    let stored = u32::from_le_bytes([
+        rest[payload_end],
+        rest[payload_end + 1],
+        rest[payload_end + 2],
+        rest[payload_end + 3],
+    ]);
     if rest[payload_end + 4..] != END_MAGIC {
-        return Err(Error::Damaged("the perfkit trailer's end marker is wrong".into()));
+        return Err(Error::Damaged(
+            "the perfkit trailer's end marker is wrong".into(),
+        ));
     }
     let computed = crc32fast::hash(&rest[START_MAGIC.len()..payload_end]);
     if stored != computed {
@@ -205,12 +246,22 @@ fn read_trailer(rest: &[u8]) -> Result<CallTree, Error> {
             "the perfkit trailer's checksum does not match (stored 0x{stored:08x}, computed 0x{computed:08x})"
         )));
     }
-    let (tree, unread) = postcard::take_from_bytes::<CallTree>(payload)
-        .map_err(|e| Error::Damaged(format!("cannot decode the perfkit trailer's call tree: {e}")))?;
+    let (tree, unread) = postcard::take_from_bytes::<CallTree>(payload).map_err(|e| {
+        Error::Damaged(format!(
+            "cannot decode the perfkit trailer's call tree: {e}"
+        ))
+    })?;
     if !unread.is_empty() {
-        return Err(Error::Damaged(format!("{} stray bytes at the end of the perfkit trailer's call tree", unread.len())));
+        return Err(Error::Damaged(format!(
+            "{} stray bytes at the end of the perfkit trailer's call tree",
+            unread.len()
+        )));
     }
-    tree.validate().map_err(|e| Error::Damaged(format!("the perfkit trailer's call tree is inconsistent: {e}")))?;
+    tree.validate().map_err(|e| {
+        Error::Damaged(format!(
+            "the perfkit trailer's call tree is inconsistent: {e}"
+        ))
+    })?;
     Ok(tree)
 }
 
@@ -233,18 +284,37 @@ fn shape(message: String) -> Error {
 fn take_budget(budget: &mut usize, key: &FuncKey) -> Result<(), Error> {
     let cost = key.file.len() + key.name.len() + 32;
     if cost > *budget {
-        return Err(Error::TooLarge("function names repeat more often than a pstats file of this size allows".into()));
+        return Err(Error::TooLarge(
+            "function names repeat more often than a pstats file of this size allows".into(),
+        ));
     }
     *budget -= cost;
     Ok(())
 }
 
 fn func_key(v: &Value, what: &dyn Fn() -> String, budget: &mut usize) -> Result<FuncKey, Error> {
-    let fail = || shape(format!("{} is {}, expected a (file, line, name) tuple", what(), describe(v)));
-    let Value::Tuple(items) = v else { return Err(fail()) };
-    let [Value::Str(file), line, Value::Str(name)] = items.as_slice() else { return Err(fail()) };
-    let line = line.as_i128().and_then(|l| u32::try_from(l).ok()).ok_or_else(fail)?;
-    let key = FuncKey { file: file.to_string(), line, name: name.to_string() };
+    let fail = || {
+        shape(format!(
+            "{} is {}, expected a (file, line, name) tuple",
+            what(),
+            describe(v)
+        ))
+    };
+    let Value::Tuple(items) = v else {
+        return Err(fail());
+    };
+    let [Value::Str(file), line, Value::Str(name)] = items.as_slice() else {
+        return Err(fail());
+    };
+    let line = line
+        .as_i128()
+        .and_then(|l| u32::try_from(l).ok())
+        .ok_or_else(fail)?;
+    let key = FuncKey {
+        file: file.to_string(),
+        line,
+        name: name.to_string(),
+    };
     take_budget(budget, &key)?;
     Ok(key)
 }
@@ -254,8 +324,13 @@ fn count(v: &Value, what: &dyn Fn() -> String) -> Result<u64, Error> {
         Value::Bool(b) => Some(*b as i128),
         other => other.as_i128(),
     };
-    n.and_then(|n| u64::try_from(n).ok())
-        .ok_or_else(|| shape(format!("{} is {}, expected a call count", what(), describe(v))))
+    n.and_then(|n| u64::try_from(n).ok()).ok_or_else(|| {
+        shape(format!(
+            "{} is {}, expected a call count",
+            what(),
+            describe(v)
+        ))
+    })
 }
 
 fn time(v: &Value, what: &dyn Fn() -> String) -> Result<f64, Error> {
@@ -263,10 +338,13 @@ fn time(v: &Value, what: &dyn Fn() -> String) -> Result<f64, Error> {
         Value::Float(f) => Ok(*f),
         Value::Bool(b) => Ok(*b as u8 as f64),
         Value::Int(i) => Ok(*i as f64),
-        other => other
-            .as_i128()
-            .map(|i| i as f64)
-            .ok_or_else(|| shape(format!("{} is {}, expected a time in seconds", what(), describe(v)))),
+        other => other.as_i128().map(|i| i as f64).ok_or_else(|| {
+            shape(format!(
+                "{} is {}, expected a time in seconds",
+                what(),
+                describe(v)
+            ))
+        }),
     }
 }
 
@@ -287,11 +365,19 @@ pub(crate) fn stats_from_value(value: &Value, budget: &mut usize) -> Result<Stat
         let (cc, nc, tt, ct, callers) = match v {
             Value::Tuple(t) if t.len() == 5 => (&t[0], &t[1], &t[2], &t[3], &t[4]),
             other => {
-                return Err(shape(format!("{} is {}, expected (cc, nc, tt, ct, callers)", label(), describe(other))));
+                return Err(shape(format!(
+                    "{} is {}, expected (cc, nc, tt, ct, callers)",
+                    label(),
+                    describe(other)
+                )));
             }
         };
         let Value::Dict(caller_items) = callers else {
-            return Err(shape(format!("the callers of {} are {}, expected a dict", func.std_string(), describe(callers))));
+            return Err(shape(format!(
+                "the callers of {} are {}, expected a dict",
+                func.std_string(),
+                describe(callers)
+            )));
         };
         let mut row = FuncStats {
             func: func.clone(),
@@ -303,7 +389,11 @@ pub(crate) fn stats_from_value(value: &Value, budget: &mut usize) -> Result<Stat
         };
         let mut caller_index: FxHashMap<FuncKey, usize> = FxHashMap::default();
         for (j, (ck, cv)) in caller_items.iter().enumerate() {
-            let caller = func_key(ck, &|| format!("caller {j} of {}", func.std_string()), budget)?;
+            let caller = func_key(
+                ck,
+                &|| format!("caller {j} of {}", func.std_string()),
+                budget,
+            )?;
             let what = || format!("the edge {} -> {}", caller.std_string(), func.std_string());
             let edge = match cv {
                 Value::Tuple(t) if t.len() == 4 => EdgeStats {
@@ -315,9 +405,20 @@ pub(crate) fn stats_from_value(value: &Value, budget: &mut usize) -> Result<Stat
                 // The pure-Python `profile` module stores only a call count.
                 Value::Int(_) | Value::BigInt { .. } => {
                     let n = count(cv, &what)?;
-                    EdgeStats { nc: n, cc: n, tt: 0.0, ct: 0.0 }
+                    EdgeStats {
+                        nc: n,
+                        cc: n,
+                        tt: 0.0,
+                        ct: 0.0,
+                    }
                 }
-                other => return Err(shape(format!("{} is {}, expected (nc, cc, tt, ct)", what(), describe(other)))),
+                other => {
+                    return Err(shape(format!(
+                        "{} is {}, expected (nc, cc, tt, ct)",
+                        what(),
+                        describe(other)
+                    )))
+                }
             };
             match caller_index.get(&caller) {
                 Some(&at) => row.callers[at].1 = edge,
@@ -336,44 +437,4 @@ pub(crate) fn stats_from_value(value: &Value, budget: &mut usize) -> Result<Stat
         }
     }
     Ok(StatsTable { entries })
-}
-
-/// Writes `bytes` to a temporary file next to `path`, flushes it to disk and
-/// renames it over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| Error::Io { action, path: p, source }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let Some(name) = path.file_name() else {
-        return Err(Error::Io {
-            action: "cannot write",
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path does not name a file"),
-        });
-    };
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let tmp = dir.join(format!(".{}.{}.{stamp}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        f.sync_all().map_err(io("cannot flush", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io("cannot replace", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // The rename itself is durable only once the directory is flushed; not
-    // every platform or file system allows that, and the data is safe anyway.
-    #[cfg(unix)]
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }

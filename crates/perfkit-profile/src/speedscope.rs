@@ -29,7 +29,11 @@ struct File {
     profiles: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    #[serde(rename = "activeProfileIndex", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "activeProfileIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     active_profile_index: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exporter: Option<String>,
@@ -47,8 +51,10 @@ struct Frame {
     name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     file: Option<String>,
+    /// A JSON number as written: py-spy and pyinstrument write integers,
+    /// other tools may not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    line: Option<f64>,
+    line: Option<serde_json::Number>,
 }
 
 #[derive(Serialize)]
@@ -119,12 +125,17 @@ pub fn write(tree: &CallTree) -> String {
                         continue;
                     };
                     let frame = *frame_of.entry(key).or_insert_with(|| {
-                        let (file, line) = if key.is_builtin() || (key.file.is_empty() && key.line == 0) {
-                            (None, None)
-                        } else {
-                            (Some(key.file.clone()), Some(key.line as f64))
-                        };
-                        frames.push(Frame { name: Some(key.name.clone()), file, line });
+                        let (file, line) =
+                            if key.is_builtin() || (key.file.is_empty() && key.line == 0) {
+                                (None, None)
+                            } else {
+                                (Some(key.file.clone()), Some(key.line.into()))
+                            };
+                        frames.push(Frame {
+                            name: Some(key.name.clone()),
+                            file,
+                            line,
+                        });
                         (frames.len() - 1) as u32
                     });
                     path.push(frame);
@@ -160,7 +171,11 @@ pub fn write(tree: &CallTree) -> String {
         schema: Some(SCHEMA.into()),
         shared: Shared { frames },
         profiles,
-        name: Some(if tree.meta.recorder.is_empty() { "perfkit profile".into() } else { tree.meta.recorder.clone() }),
+        name: Some(if tree.meta.recorder.is_empty() {
+            "perfkit profile".into()
+        } else {
+            tree.meta.recorder.clone()
+        }),
         active_profile_index: Some(0.into()),
         exporter: Some(format!("perfkit {}", env!("CARGO_PKG_VERSION"))),
     };
@@ -191,7 +206,12 @@ fn frame_key(frame: &Frame) -> FuncKey {
     let name = frame.name.clone().unwrap_or_else(|| "<unknown>".into());
     match &frame.file {
         Some(file) if !file.is_empty() => {
-            let line = frame.line.filter(|l| l.is_finite() && *l >= 0.0).map_or(0, |l| l.min(u32::MAX as f64) as u32);
+            let line = frame
+                .line
+                .as_ref()
+                .and_then(serde_json::Number::as_f64)
+                .filter(|l| l.is_finite() && *l >= 0.0)
+                .map_or(0, |l| l.min(u32::MAX as f64) as u32);
             FuncKey::new(file.as_str(), line, name)
         }
         _ => crate::collapsed::parse_frame_bare(name),
@@ -201,7 +221,8 @@ fn frame_key(frame: &Frame) -> FuncKey {
 /// Parses a speedscope JSON document.
 pub fn read(text: &str) -> Result<CallTree, Error> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let file: File = serde_json::from_str(text).map_err(|e| Error::Speedscope(format!("invalid speedscope JSON: {e}")))?;
+    let file: File = serde_json::from_str(text)
+        .map_err(|e| Error::Speedscope(format!("invalid speedscope JSON: {e}")))?;
     if file.profiles.is_empty() {
         return Err(Error::Speedscope("the file has no profiles".into()));
     }
@@ -221,15 +242,26 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
         })
         .collect();
     let func_of = |profile: usize, frame: u64| -> Result<FuncId, Error> {
-        usize::try_from(frame).ok().and_then(|f| frame_func.get(f)).copied().ok_or_else(|| {
-            Error::Speedscope(format!("profile {profile} refers to frame {frame}, but there are {} frames", frame_func.len()))
-        })
+        usize::try_from(frame)
+            .ok()
+            .and_then(|f| frame_func.get(f))
+            .copied()
+            .ok_or_else(|| {
+                Error::Speedscope(format!(
+                    "profile {profile} refers to frame {frame}, but there are {} frames",
+                    frame_func.len()
+                ))
+            })
     };
 
     let mut threads = Vec::with_capacity(file.profiles.len());
     let mut duration_ns = 0u64;
     for (p, raw) in file.profiles.into_iter().enumerate() {
-        let kind = raw.get("type").and_then(|t| t.as_str()).unwrap_or("").to_string();
+        let kind = raw
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_string();
         let bad = |e: serde_json::Error| Error::Speedscope(format!("profile {p} ({kind}): {e}"));
         match kind.as_str() {
             "sampled" => {
@@ -335,6 +367,13 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
     Ok(CallTree {
         funcs,
         threads,
-        meta: Meta { exact: true, clock: Clock::Wall, builtins, recorder, duration_ns, started_unix: 0.0 },
+        meta: Meta {
+            exact: true,
+            clock: Clock::Wall,
+            builtins,
+            recorder,
+            duration_ns,
+            started_unix: 0.0,
+        },
     })
 }

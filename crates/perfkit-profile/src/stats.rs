@@ -3,7 +3,9 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::tree::{CallTree, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk, ROOT_FUNC};
+use crate::tree::{
+    CallTree, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk, ROOT_FUNC,
+};
 
 /// One row of the pstats dict. pstats stores it as `(cc, nc, tt, ct, callers)`.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,7 +178,12 @@ impl CallTree {
         for (g, f, acc) in &edges {
             callers[row_of[*f as usize] as usize].push((
                 self.funcs[*g as usize].clone(),
-                EdgeStats { nc: acc.nc, cc: acc.cc, tt: seconds(acc.tt), ct: seconds(acc.ct) },
+                EdgeStats {
+                    nc: acc.nc,
+                    cc: acc.cc,
+                    tt: seconds(acc.tt),
+                    ct: seconds(acc.ct),
+                },
             ));
         }
         let entries = rows
@@ -197,6 +204,9 @@ impl CallTree {
 
 /// Limits of [`StatsTable::infer_tree`].
 const INFER_MAX_NODES: usize = 2_000_000;
+/// Nodes allowed per function and edge of the table, so that a small (or
+/// corrupted) table with a dense call graph cannot spend the whole budget.
+const INFER_NODES_PER_ITEM: usize = 1_000;
 const INFER_MAX_DEPTH: usize = 256;
 /// Children whose estimated time is below this share of the roots' time are
 /// not expanded: they are invisible in any view and would multiply the paths.
@@ -223,13 +233,15 @@ impl StatsTable {
     /// An approximate call tree for a table that came without one (a foreign
     /// cProfile file): `meta.exact` is false.
     ///
-    /// Roots are the functions nobody else called, plus, for call graphs
+    /// Roots are the functions with calls no caller accounts for (cProfile's
+    /// top-level calls) or with no caller at all, plus, for call graphs
     /// entered in the middle of a cycle, the first function of each part not
     /// reachable from them. Below a node of `f` with total time `T`, each
-    /// callee `c` gets `T / ct(f)` of the `f→c` edge: its calls and
-    /// cumulative time scale the edge's, its own time scales `tt(c)` by its
-    /// share of `ct(c)` (so own times add up to the table's). A function is
-    /// never expanded below itself: recursion folds into the outermost node.
+    /// callee `c` gets `T / ct(f)` of the `f→c` edge's calls and cumulative
+    /// time. A function is never expanded below itself: recursion folds into
+    /// the outermost node. Finally each function's `tt` and `nc` are shared
+    /// out over its nodes in proportion to their totals and calls, so the
+    /// tree's own times and call counts add up to the table's.
     /// Expansion is breadth-first, so when the node budget runs out every
     /// branch is cut at a similar depth.
     pub fn infer_tree(&self) -> CallTree {
@@ -239,8 +251,8 @@ impl StatsTable {
             id_of.entry(&e.func).or_insert(next);
         }
         let nfuncs = id_of.len();
-        // Later duplicates of a key would be shadowed in a Python dict; the
-        // first row per key stands for the function here.
+        // A table built in code may repeat a key; its first row stands for
+        // the function.
         let mut row: Vec<&FuncStats> = Vec::with_capacity(nfuncs);
         let mut funcs: Vec<FuncKey> = Vec::with_capacity(nfuncs);
         for e in &self.entries {
@@ -252,8 +264,13 @@ impl StatsTable {
 
         let mut callees: Vec<Vec<(FuncId, EdgeStats)>> = vec![Vec::new(); nfuncs];
         let mut has_caller = vec![false; nfuncs];
+        // cProfile counts every call of f either under a caller pair or, when
+        // nothing profiled was running, as a top-level call; the difference
+        // finds the functions called from the top of the stack.
+        let mut top_calls: Vec<u64> = row.iter().map(|e| e.nc).collect();
         for (c, e) in row.iter().enumerate() {
             for (caller, edge) in &e.callers {
+                top_calls[c] = top_calls[c].saturating_sub(edge.nc);
                 if let Some(&g) = id_of.get(caller) {
                     if g as usize != c {
                         callees[g as usize].push((c as FuncId, *edge));
@@ -263,7 +280,8 @@ impl StatsTable {
             }
         }
 
-        let mut roots: Vec<FuncId> = Vec::new();
+        // Roots with their calls and total time.
+        let mut roots: Vec<(FuncId, u64, f64)> = Vec::new();
         let mut reached = vec![false; nfuncs];
         let mut queue: Vec<FuncId> = Vec::new();
         let mut reach_from = |start: FuncId, reached: &mut Vec<bool>| {
@@ -278,20 +296,30 @@ impl StatsTable {
                 }
             }
         };
-        for f in 0..nfuncs {
+        for (f, e) in row.iter().enumerate() {
             if !has_caller[f] {
-                roots.push(f as FuncId);
-                reach_from(f as FuncId, &mut reached);
+                roots.push((f as FuncId, e.nc, e.ct));
+            } else if top_calls[f] > 0 {
+                // Top-level calls are primitive: they get their share of ct.
+                let share = if e.cc > 0 {
+                    (top_calls[f] as f64 / e.cc as f64).min(1.0)
+                } else {
+                    1.0
+                };
+                roots.push((f as FuncId, top_calls[f], scaled(e.ct, share)));
+            } else {
+                continue;
             }
+            reach_from(f as FuncId, &mut reached);
         }
-        for f in 0..nfuncs {
+        for (f, e) in row.iter().enumerate() {
             if !reached[f] {
-                roots.push(f as FuncId);
+                roots.push((f as FuncId, e.nc, e.ct));
                 reach_from(f as FuncId, &mut reached);
             }
         }
 
-        let grand: f64 = roots.iter().map(|&f| scaled(row[f as usize].ct, 1.0)).sum();
+        let grand: f64 = roots.iter().map(|&(_, _, ct)| scaled(ct, 1.0)).sum();
         let min_ns = to_ns(grand * INFER_MIN_SHARE);
 
         let mut thread = ThreadTree::new("MainThread", 0, 0);
@@ -299,17 +327,29 @@ impl StatsTable {
         // Per node: the factor that turns its function's table values into
         // this node's share of them.
         let mut scale: Vec<f64> = vec![0.0];
-        for &f in roots.iter().take(INFER_MAX_NODES) {
+        let edge_count: usize = callees.iter().map(Vec::len).sum();
+        let max_nodes = (nfuncs + edge_count)
+            .saturating_mul(INFER_NODES_PER_ITEM)
+            .saturating_add(10_000)
+            .min(INFER_MAX_NODES);
+        for &(f, calls, ct) in roots.iter().take(max_nodes) {
             let e = row[f as usize];
-            thread.nodes.push(Node { func: f, parent: 0, calls: e.nc, own_ns: to_ns(e.tt), total_ns: to_ns(e.ct) });
+            let share = if e.ct > 0.0 { ct / e.ct } else { 1.0 };
+            thread.nodes.push(Node {
+                func: f,
+                parent: 0,
+                calls,
+                own_ns: to_ns(scaled(e.tt, share)),
+                total_ns: to_ns(ct),
+            });
             depth.push(1);
-            scale.push(1.0);
+            scale.push(share);
         }
 
         // Marks the functions on the path of the node being expanded.
         let mut mark = vec![NOT_SEEN; nfuncs];
         let mut next = 1usize;
-        while next < thread.nodes.len() && thread.nodes.len() < INFER_MAX_NODES {
+        while next < thread.nodes.len() && thread.nodes.len() < max_nodes {
             let id = next;
             next += 1;
             if depth[id] as usize >= INFER_MAX_DEPTH {
@@ -327,7 +367,9 @@ impl StatsTable {
                     continue;
                 }
                 let callee = row[c as usize];
-                let total = scaled(edge.ct, s);
+                // A call cannot outlast its caller; capping also keeps odd
+                // tables from growing times down the tree.
+                let total = scaled(edge.ct, s).min(thread.nodes[id].total_ns as f64 / 1e9);
                 let total_ns = to_ns(total);
                 let calls = scaled(edge.nc as f64, s).round().min(u64::MAX as f64) as u64;
                 if total_ns < min_ns || (total_ns == 0 && calls == 0) {
@@ -340,7 +382,7 @@ impl StatsTable {
                 } else {
                     0.0
                 };
-                if thread.nodes.len() >= INFER_MAX_NODES {
+                if thread.nodes.len() >= max_nodes {
                     break;
                 }
                 thread.nodes.push(Node {
@@ -352,6 +394,27 @@ impl StatsTable {
                 });
                 depth.push(depth[id] + 1);
                 scale.push(share);
+            }
+        }
+
+        // Paths overlap where recursion runs through other functions, so the
+        // scaled shares of a function can add up to more than its row; share
+        // its own time and calls out by each node's part of the sum instead.
+        let mut total_sum = vec![0u128; nfuncs];
+        let mut calls_sum = vec![0u128; nfuncs];
+        for n in thread.nodes.iter().skip(1) {
+            total_sum[n.func as usize] += n.total_ns as u128;
+            calls_sum[n.func as usize] += n.calls as u128;
+        }
+        for n in thread.nodes.iter_mut().skip(1) {
+            let (f, e) = (n.func as usize, row[n.func as usize]);
+            if total_sum[f] > 0 {
+                let part = n.total_ns as f64 / total_sum[f] as f64;
+                n.own_ns = to_ns(scaled(e.tt, part)).min(n.total_ns);
+            }
+            if calls_sum[f] > 0 {
+                let part = n.calls as f64 / calls_sum[f] as f64;
+                n.calls = scaled(e.nc as f64, part).round().min(u64::MAX as f64) as u64;
             }
         }
 

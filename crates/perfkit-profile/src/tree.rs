@@ -24,12 +24,20 @@ pub struct FuncKey {
 
 impl FuncKey {
     pub fn new(file: impl Into<String>, line: u32, name: impl Into<String>) -> Self {
-        FuncKey { file: file.into(), line, name: name.into() }
+        FuncKey {
+            file: file.into(),
+            line,
+            name: name.into(),
+        }
     }
 
     /// A built-in (C) function, keyed as cProfile keys it.
     pub fn builtin(name: impl Into<String>) -> Self {
-        FuncKey { file: "~".into(), line: 0, name: name.into() }
+        FuncKey {
+            file: "~".into(),
+            line: 0,
+            name: name.into(),
+        }
     }
 
     pub fn is_builtin(&self) -> bool {
@@ -84,13 +92,24 @@ impl ThreadTree {
             name: name.into(),
             thread_id,
             pid,
-            nodes: vec![Node { func: ROOT_FUNC, parent: 0, calls: 0, own_ns: 0, total_ns: 0 }],
+            nodes: vec![Node {
+                func: ROOT_FUNC,
+                parent: 0,
+                calls: 0,
+                own_ns: 0,
+                total_ns: 0,
+            }],
         }
     }
 
     /// Sum of the total time of the root's children.
     pub fn total_ns(&self) -> u64 {
-        self.nodes.iter().skip(1).filter(|n| n.parent == 0).map(|n| n.total_ns).sum()
+        self.nodes
+            .iter()
+            .skip(1)
+            .filter(|n| n.parent == 0)
+            .map(|n| n.total_ns)
+            .sum()
     }
 }
 
@@ -193,7 +212,11 @@ pub struct Walk<'a> {
 
 impl<'a> Walk<'a> {
     pub fn new(children: &'a Children) -> Walk<'a> {
-        Walk { children, stack: Vec::new(), started: false }
+        Walk {
+            children,
+            stack: Vec::new(),
+            started: false,
+        }
     }
 
     /// Number of nodes entered and not yet left (the root excluded).
@@ -233,11 +256,6 @@ impl ThreadTree {
     pub fn children(&self) -> Children {
         Children::new(self)
     }
-
-    /// Sum of every node's own time.
-    pub fn own_ns_sum(&self) -> u128 {
-        self.nodes.iter().skip(1).map(|n| n.own_ns as u128).sum()
-    }
 }
 
 impl CallTree {
@@ -247,14 +265,20 @@ impl CallTree {
     /// first violation.
     pub fn validate(&self) -> Result<(), String> {
         if self.funcs.len() >= ROOT_FUNC as usize {
-            return Err(format!("{} functions is more than a tree can index", self.funcs.len()));
+            return Err(format!(
+                "{} functions is more than a tree can index",
+                self.funcs.len()
+            ));
         }
         for (t, thread) in self.threads.iter().enumerate() {
             let Some(root) = thread.nodes.first() else {
                 return Err(format!("thread {t} ({:?}) has no root node", thread.name));
             };
             if root.func != ROOT_FUNC || root.parent != 0 {
-                return Err(format!("thread {t} ({:?}): node 0 is not a root", thread.name));
+                return Err(format!(
+                    "thread {t} ({:?}): node 0 is not a root",
+                    thread.name
+                ));
             }
             if thread.nodes.len() > NodeId::MAX as usize {
                 return Err(format!("thread {t} ({:?}) has too many nodes", thread.name));
@@ -314,12 +338,19 @@ impl CallTree {
             }
             for (i, node) in thread.nodes.iter().enumerate().skip(1) {
                 let parent = node.parent as usize;
-                if parent >= i || map[parent] == UNPLACED || node.func as usize >= self.funcs.len() {
+                if parent >= i || map[parent] == UNPLACED || node.func as usize >= self.funcs.len()
+                {
                     continue;
                 }
                 let key = (map[parent], node.func);
                 let id = *index.entry(key).or_insert_with(|| {
-                    out.nodes.push(Node { func: node.func, parent: key.0, calls: 0, own_ns: 0, total_ns: 0 });
+                    out.nodes.push(Node {
+                        func: node.func,
+                        parent: key.0,
+                        calls: 0,
+                        own_ns: 0,
+                        total_ns: 0,
+                    });
                     (out.nodes.len() - 1) as NodeId
                 });
                 let merged = &mut out.nodes[id as usize];
@@ -329,6 +360,10 @@ impl CallTree {
                 map[i] = id;
             }
         }
-        CallTree { funcs: self.funcs.clone(), threads: vec![out], meta: self.meta.clone() }
+        CallTree {
+            funcs: self.funcs.clone(),
+            threads: vec![out],
+            meta: self.meta.clone(),
+        }
     }
 }

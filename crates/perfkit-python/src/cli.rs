@@ -48,7 +48,12 @@ enum Command {
         #[arg(short = 'm')]
         module: bool,
         /// The script (or, with -m, the module) and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT [ARGS]...")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "SCRIPT [ARGS]..."
+        )]
         command: Vec<String>,
     },
     /// Print the pstats table of a profile (perfkit or cProfile file).
@@ -87,7 +92,13 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
         }
     };
     let result = match cli.command {
-        Command::Record { output, clock, no_builtins, module, command } => {
+        Command::Record {
+            output,
+            clock,
+            no_builtins,
+            module,
+            command,
+        } => {
             let clock = match clock {
                 ClockArg::Wall => "wall",
                 ClockArg::Cpu => "cpu",
@@ -95,12 +106,24 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             let (target, args) = command.split_first().expect("clap requires one value");
             return py
                 .import("perfkit.cli")?
-                .call_method1("record", (target, module, args.to_vec(), output, clock, !no_builtins))?
+                .call_method1(
+                    "record",
+                    (target, module, args.to_vec(), output, clock, !no_builtins),
+                )?
                 .extract();
         }
         Command::Demo => return py.import("perfkit.demo")?.call_method0("main")?.extract(),
-        Command::Stats { file, sort, limit, filter } => py.detach(|| stats(&file, &sort, limit.as_deref(), filter.as_deref())),
-        Command::Export { file, output, format } => py.detach(|| export(&file, &output, format)),
+        Command::Stats {
+            file,
+            sort,
+            limit,
+            filter,
+        } => py.detach(|| stats(&file, &sort, limit.as_deref(), filter.as_deref())),
+        Command::Export {
+            file,
+            output,
+            format,
+        } => py.detach(|| export(&file, &output, format)),
     };
     Ok(match result {
         Ok(()) => 0,
@@ -111,20 +134,33 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
     })
 }
 
-fn stats(file: &Path, sort: &[String], limit: Option<&str>, filter: Option<&str>) -> Result<(), String> {
+fn stats(
+    file: &Path,
+    sort: &[String],
+    limit: Option<&str>,
+    filter: Option<&str>,
+) -> Result<(), String> {
     let keys = sort
         .iter()
-        .map(|s| SortKey::parse(s).ok_or_else(|| format!("unknown sort key {s:?} (try cumulative, tottime, calls, name)")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|s| SortKey::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    // Applied in pstats' order: the filter first, then the limit on what it kept.
     let mut restrictions = Vec::new();
     if let Some(re) = filter {
         restrictions.push(Restriction::regex(re).map_err(|e| format!("bad --filter: {e}"))?);
     }
     if let Some(l) = limit {
-        restrictions.push(Restriction::parse_limit(l).ok_or_else(|| format!("--limit takes a count or a fraction, not {l:?}"))?);
+        match Restriction::parse(l) {
+            Restriction::Regex(_) => {
+                return Err(format!("--limit takes a count or a fraction, not {l:?}"))
+            }
+            r => restrictions.push(r),
+        }
     }
     let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
-    let text = table::print_stats(&profile.stats, Some(&file.display().to_string()), &keys, &restrictions);
+    let label = table::file_label(file);
+    let text = table::print_stats(&profile.stats, Some(&label), &keys, &restrictions);
     write_stdout(text.as_bytes())
 }
 
@@ -135,9 +171,17 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
     };
     let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
     let written = match format {
-        ExportFormat::Prof => perfkit_profile::prof::write_file(output, &profile.tree).map_err(|e| e.to_string()),
-        ExportFormat::Collapsed => write_atomic(output, perfkit_profile::collapsed::write(&profile.tree).as_bytes()),
-        ExportFormat::Speedscope => write_atomic(output, perfkit_profile::speedscope::write(&profile.tree).as_bytes()),
+        ExportFormat::Prof => {
+            perfkit_profile::prof::write_profile(output, &profile).map_err(|e| e.to_string())
+        }
+        ExportFormat::Collapsed => write_atomic(
+            output,
+            perfkit_profile::collapsed::write(&profile.tree).as_bytes(),
+        ),
+        ExportFormat::Speedscope => write_atomic(
+            output,
+            perfkit_profile::speedscope::write(&profile.tree).as_bytes(),
+        ),
     };
     written?;
     eprintln!("perfkit: wrote {}", output.display());
@@ -145,7 +189,10 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
 }
 
 fn format_from_extension(output: &Path) -> Result<ExportFormat, String> {
-    let name = output.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     if name.ends_with(".prof") || name.ends_with(".pstats") {
         Ok(ExportFormat::Prof)
     } else if name.ends_with(".json") {

@@ -25,10 +25,18 @@ impl Session {
     #[new]
     #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new()))]
     fn new(builtins: bool, clock: &str, hidden_files: Vec<String>) -> PyResult<Self> {
-        let clock = ClockKind::parse(clock)
-            .ok_or_else(|| PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}")))?;
-        let mode = if builtins { Mode::Full } else { Mode::PythonFrames };
-        Ok(Session { inner: perfkit_record::Session::new(mode, clock), hidden_files })
+        let clock = ClockKind::parse(clock).ok_or_else(|| {
+            PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}"))
+        })?;
+        let mode = if builtins {
+            Mode::Full
+        } else {
+            Mode::PythonFrames
+        };
+        Ok(Session {
+            inner: perfkit_record::Session::new(mode, clock),
+            hidden_files,
+        })
     }
 
     fn enable(&mut self, py: Python<'_>) -> PyResult<()> {
@@ -58,11 +66,7 @@ impl Session {
 
     /// The tree recorded so far, as a `Recording`.
     fn recording(&mut self, py: Python<'_>) -> Recording {
-        for ident in self.inner.unnamed_threads() {
-            if let Some(name) = thread_name(py, ident) {
-                self.inner.set_thread_name(ident, &name);
-            }
-        }
+        self.inner.name_live_threads(py);
         let hidden_files = &self.hidden_files;
         let hidden = |k: &FuncKey| {
             if k.is_builtin() {
@@ -71,14 +75,18 @@ impl Session {
                 hidden_files.iter().any(|f| *f == k.file)
             }
         };
-        let recorder = format!("perfkit {} / CPython {}", crate::VERSION, py.version().split_whitespace().next().unwrap_or("?"));
-        Recording { tree: self.inner.tree(&recorder, &hidden) }
+        let v = py.version_info();
+        let recorder = format!(
+            "perfkit {} / CPython {}.{}.{}",
+            crate::VERSION,
+            v.major,
+            v.minor,
+            v.patch
+        );
+        Recording {
+            tree: self.inner.tree(&recorder, &hidden),
+        }
     }
-}
-
-fn thread_name(py: Python<'_>, ident: u64) -> Option<String> {
-    let active = py.import("threading").ok()?.getattr("_active").ok()?;
-    active.get_item(ident).ok()?.getattr("_name").ok()?.extract().ok()
 }
 
 /// A call tree in hand: recorded here or read from a file.
@@ -88,7 +96,14 @@ pub struct Recording {
 }
 
 fn key_tuple<'py>(py: Python<'py>, k: &FuncKey) -> PyResult<Bound<'py, PyTuple>> {
-    PyTuple::new(py, [k.file.as_str().into_pyobject(py)?.into_any(), k.line.into_pyobject(py)?.into_any(), k.name.as_str().into_pyobject(py)?.into_any()])
+    PyTuple::new(
+        py,
+        [
+            k.file.as_str().into_pyobject(py)?.into_any(),
+            k.line.into_pyobject(py)?.into_any(),
+            k.name.as_str().into_pyobject(py)?.into_any(),
+        ],
+    )
 }
 
 #[pymethods]
@@ -109,19 +124,27 @@ impl Recording {
 
     /// Writes a `.prof` file (pstats-compatible, with the exact tree), atomically.
     fn dump(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| perfkit_profile::prof::write_file(&path, &self.tree)).map_err(profile_error)
+        py.detach(|| perfkit_profile::prof::write_file(&path, &self.tree))
+            .map_err(profile_error)
     }
 
     /// Each thread as `(name, thread_id, pid, nodes)` with nodes as
     /// `(func_index, parent_index, calls, own_ns, total_ns)`.
-    fn threads<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, u64, u32, Vec<(u32, u32, u64, u64, u64)>)>> {
+    fn threads<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(String, u64, u32, Vec<(u32, u32, u64, u64, u64)>)>> {
         let _ = py;
         Ok(self
             .tree
             .threads
             .iter()
             .map(|t| {
-                let nodes = t.nodes.iter().map(|n| (n.func, n.parent, n.calls, n.own_ns, n.total_ns)).collect();
+                let nodes = t
+                    .nodes
+                    .iter()
+                    .map(|n| (n.func, n.parent, n.calls, n.own_ns, n.total_ns))
+                    .collect();
                 (t.name.clone(), t.thread_id, t.pid, nodes)
             })
             .collect())
@@ -129,7 +152,11 @@ impl Recording {
 
     /// The function table: `(file, line, name)` per function index.
     fn funcs(&self) -> Vec<(String, u32, String)> {
-        self.tree.funcs.iter().map(|k| (k.file.clone(), k.line, k.name.clone())).collect()
+        self.tree
+            .funcs
+            .iter()
+            .map(|k| (k.file.clone(), k.line, k.name.clone()))
+            .collect()
     }
 
     /// Whether every call path was recorded (False for a tree inferred from a cProfile file).
@@ -150,7 +177,11 @@ impl Recording {
             self.tree.funcs.len(),
             nodes,
             self.tree.threads.len(),
-            if self.tree.meta.exact { "" } else { ", approximate" }
+            if self.tree.meta.exact {
+                ""
+            } else {
+                ", approximate"
+            }
         )
     }
 }
@@ -158,6 +189,8 @@ impl Recording {
 /// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).
 #[pyfunction]
 pub fn load(py: Python<'_>, path: PathBuf) -> PyResult<Recording> {
-    let profile = py.detach(|| perfkit_profile::load(&path)).map_err(profile_error)?;
+    let profile = py
+        .detach(|| perfkit_profile::load(&path))
+        .map_err(profile_error)?;
     Ok(Recording { tree: profile.tree })
 }

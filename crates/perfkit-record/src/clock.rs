@@ -42,16 +42,22 @@ static mut USE_TSC: bool = false;
 
 fn kernel_trusts_tsc() -> bool {
     cfg!(target_arch = "x86_64")
-        && std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .map(|s| s.trim() == "tsc")
-            .unwrap_or(false)
+        && std::fs::read_to_string(
+            "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+        )
+        .map(|s| s.trim() == "tsc")
+        .unwrap_or(false)
 }
 
 /// Chooses the wall clock; call before the first [`read`] (done on every enable).
 pub fn init() {
     let origin = ORIGIN.get_or_init(|| {
         let use_tsc = kernel_trusts_tsc();
-        Origin { use_tsc, ticks: ticks(use_tsc), nanos: posix(libc::CLOCK_MONOTONIC) }
+        Origin {
+            use_tsc,
+            ticks: ticks(use_tsc),
+            nanos: posix(libc::CLOCK_MONOTONIC),
+        }
     });
     // SAFETY: written with the same value every time, before any hook runs, GIL held.
     unsafe { USE_TSC = origin.use_tsc };
@@ -75,10 +81,15 @@ pub fn nanos_per_tick(kind: ClockKind) -> f64 {
 
 #[inline(always)]
 fn posix(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec and the clock ids used here exist on Linux.
     unsafe { libc::clock_gettime(id, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 #[inline(always)]

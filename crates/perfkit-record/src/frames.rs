@@ -138,7 +138,10 @@ extern "C" {
 
     /// Exported by CPython (Objects/typeobject.c) on every supported version;
     /// cProfile uses it to name built-in methods.
-    pub fn _PyType_Lookup(ty: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
+    pub fn _PyType_Lookup(
+        ty: *mut ffi::PyTypeObject,
+        name: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
 
     /// Present since 3.9 (Python/ceval.c): sets the profile function of any thread.
     #[cfg(not(Py_3_12))]
@@ -168,5 +171,6 @@ pub unsafe fn is_cfunction(obj: *mut ffi::PyObject) -> bool {
     let ty = ffi::Py_TYPE(obj);
     ty == &raw mut ffi::PyCFunction_Type
         || ty == &raw mut ffi::PyCMethod_Type
-        || (ty != &raw mut ffi::PyFunction_Type && ffi::PyType_IsSubtype(ty, &raw mut ffi::PyCFunction_Type) != 0)
+        || (ty != &raw mut ffi::PyFunction_Type
+            && ffi::PyType_IsSubtype(ty, &raw mut ffi::PyCFunction_Type) != 0)
 }

@@ -2,7 +2,7 @@
 //! Python functions by their code object, C functions by `normalizeUserObj`
 //! in CPython's Modules/_lsprof.c.
 
-use crate::frames::{CFunction, _PyType_Lookup};
+use crate::frames::{_PyType_Lookup, CFunction};
 use perfkit_profile::FuncKey;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -16,13 +16,19 @@ pub(crate) fn code_key(code: &Bound<'_, PyAny>) -> FuncKey {
             .and_then(|v| v.extract::<String>())
             .unwrap_or_else(|_| "?".to_owned())
     };
-    let line = code.getattr("co_firstlineno").and_then(|v| v.extract::<u32>()).unwrap_or(0);
+    let line = code
+        .getattr("co_firstlineno")
+        .and_then(|v| v.extract::<u32>())
+        .unwrap_or(0);
     FuncKey::new(get_str("co_filename"), line, get_str("co_name"))
 }
 
 /// Whether a code object is a generator, coroutine or async generator.
 pub(crate) fn code_is_generator(code: &Bound<'_, PyAny>) -> bool {
-    let flags = code.getattr("co_flags").and_then(|v| v.extract::<i32>()).unwrap_or(0);
+    let flags = code
+        .getattr("co_flags")
+        .and_then(|v| v.extract::<i32>())
+        .unwrap_or(0);
     flags & (ffi::CO_GENERATOR | ffi::CO_COROUTINE | ffi::CO_ASYNC_GENERATOR) != 0
 }
 
@@ -48,7 +54,10 @@ pub(crate) unsafe fn cfunction_key(py: Python<'_>, func: *mut ffi::PyObject) -> 
             return s.to_str().ok().map(str::to_owned);
         }
         if let Ok(m) = module.cast::<PyModule>() {
-            return m.name().ok().and_then(|n| n.to_str().ok().map(str::to_owned));
+            return m
+                .name()
+                .ok()
+                .and_then(|n| n.to_str().ok().map(str::to_owned));
         }
         None
     };
@@ -65,7 +74,10 @@ pub(crate) unsafe fn cfunction_key(py: Python<'_>, func: *mut ffi::PyObject) -> 
         let repr = if found.is_null() {
             None
         } else {
-            Bound::from_borrowed_ptr(py, found).repr().ok().map(|r| r.to_string())
+            Bound::from_borrowed_ptr(py, found)
+                .repr()
+                .ok()
+                .map(|r| r.to_string())
         };
         match repr {
             Some(r) => r,

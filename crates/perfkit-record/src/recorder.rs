@@ -62,7 +62,11 @@ impl ThreadRecorder {
             name: None,
             nodes: vec![root],
             children: FxHashMap::default(),
-            stack: vec![Frame { node: 0, start: 0, children: 0 }],
+            stack: vec![Frame {
+                node: 0,
+                start: 0,
+                children: 0,
+            }],
         }
     }
 
@@ -80,7 +84,12 @@ impl ThreadRecorder {
     }
 
     #[inline(never)]
-    fn child_slow(&mut self, parent: u32, key: usize, resolve: impl FnOnce() -> (FuncId, u8)) -> u32 {
+    fn child_slow(
+        &mut self,
+        parent: u32,
+        key: usize,
+        resolve: impl FnOnce() -> (FuncId, u8),
+    ) -> u32 {
         let id = match self.children.get(&(parent, key)) {
             Some(&id) => id,
             None => {
@@ -115,7 +124,11 @@ impl ThreadRecorder {
     /// Starts a call of `node` at time `now`; returns the depth to give back to [`Self::exit_to`].
     #[inline(always)]
     pub(crate) fn enter(&mut self, node: u32, now: u64) -> usize {
-        self.stack.push(Frame { node, start: now, children: 0 });
+        self.stack.push(Frame {
+            node,
+            start: now,
+            children: 0,
+        });
         self.stack.len() - 1
     }
 
@@ -183,46 +196,73 @@ impl ThreadRecorder {
     }
 
     /// The recorded tree, without nodes that never completed a call and have
-    /// no such descendant (a generator's creation, say), and with `hidden`
-    /// functions that lead to no visible call folded into their caller's own time.
+    /// no such descendant (a generator's creation, say), and without the
+    /// `hidden` functions (the profiler's own API): where one leads to no
+    /// visible call it is dropped and its time stays in its caller's own
+    /// time; where it wraps visible calls (a profiling decorator on a
+    /// recursive function) it is spliced out, its callees merged into its
+    /// caller's by function.
     ///
     /// `scale` converts clock ticks to nanoseconds.
-    pub(crate) fn to_thread_tree(&self, name: String, pid: u32, scale: f64, hidden: &dyn Fn(FuncId) -> bool) -> ThreadTree {
+    pub(crate) fn to_thread_tree(
+        &self,
+        name: String,
+        pid: u32,
+        scale: f64,
+        hidden: &dyn Fn(FuncId) -> bool,
+    ) -> ThreadTree {
         let ns = |ticks: u64| (ticks as f64 * scale).round() as u64;
         let n = self.nodes.len();
-        let mut keep = vec![false; n];
-        let mut folded = vec![0u64; n];
-        keep[0] = true;
         // Children have larger ids than their parents, so a backward pass sees children first.
+        let mut useful = vec![false; n];
         for i in (1..n).rev() {
             let node = &self.nodes[i];
-            let visible_below = keep[i];
-            let drop_hidden = hidden(node.func) && !visible_below;
-            if drop_hidden {
-                keep[i] = false;
-                folded[node.parent as usize] += node.total;
-            } else if node.calls > 0 || visible_below {
-                keep[i] = true;
-                keep[node.parent as usize] = true;
+            if node.calls > 0 && !hidden(node.func) {
+                useful[i] = true;
+            }
+            if useful[i] {
+                useful[node.parent as usize] = true;
             }
         }
         let mut tree = ThreadTree::new(name, self.thread_id, pid);
-        tree.nodes.clear();
-        let mut new_id = vec![u32::MAX; n];
-        for i in 0..n {
-            if !keep[i] {
+        // Where each recorded node went in the output (a spliced node maps to its caller's).
+        let mut out_id = vec![0u32; n];
+        let mut index: FxHashMap<(u32, FuncId), u32> = FxHashMap::default();
+        for i in 1..n {
+            let node = &self.nodes[i];
+            if !useful[i] {
                 continue;
             }
-            let node = &self.nodes[i];
-            new_id[i] = tree.nodes.len() as u32;
-            let parent = if i == 0 { 0 } else { new_id[node.parent as usize] };
-            tree.nodes.push(Node {
-                func: node.func,
-                parent,
-                calls: node.calls,
-                own_ns: ns(node.own + folded[i]),
-                total_ns: ns(node.total),
+            let parent = out_id[node.parent as usize];
+            if hidden(node.func) {
+                out_id[i] = parent;
+                continue;
+            }
+            let id = *index.entry((parent, node.func)).or_insert_with(|| {
+                tree.nodes.push(Node {
+                    func: node.func,
+                    parent,
+                    calls: 0,
+                    own_ns: 0,
+                    total_ns: 0,
+                });
+                (tree.nodes.len() - 1) as u32
             });
+            let out = &mut tree.nodes[id as usize];
+            out.calls += node.calls;
+            out.total_ns += ns(node.total);
+            out_id[i] = id;
+        }
+        // Own time is what the total leaves to the children, taken after
+        // rounding, so that own + children == total holds exactly in
+        // nanoseconds as it does in ticks (dropped hidden calls are no longer
+        // children, so their time is their caller's own).
+        let mut children_ns = vec![0u64; tree.nodes.len()];
+        for node in tree.nodes.iter().skip(1) {
+            children_ns[node.parent as usize] += node.total_ns;
+        }
+        for (node, below) in tree.nodes.iter_mut().zip(children_ns).skip(1) {
+            node.own_ns = node.total_ns.saturating_sub(below);
         }
         tree
     }

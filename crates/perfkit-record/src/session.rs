@@ -51,6 +51,9 @@ pub(crate) struct SessionData {
     /// our keys, are never reused by other code objects while we record.
     held: Vec<*mut ffi::PyObject>,
     threads: Vec<Box<ThreadRecorder>>,
+    /// `threading` names of the threads alive at enable, for the ones that
+    /// never pass through our thread-start hook.
+    known_names: FxHashMap<u64, String>,
     enabled: bool,
     enabled_at_ns: u64,
     recorded_ns: u64,
@@ -111,10 +114,18 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
         slot.rec
     } else {
         let ident = ffi::PyThread_get_thread_ident() as u64;
-        session.threads.push(Box::new(ThreadRecorder::new(ident)));
+        let mut rec = ThreadRecorder::new(ident);
+        rec.name = session.known_names.get(&ident).cloned();
+        session.threads.push(Box::new(rec));
         &mut **session.threads.last_mut().unwrap() as *mut ThreadRecorder
     };
-    SLOT.with(|s| s.set(Slot { gen: GEN, session: session.id, rec }));
+    SLOT.with(|s| {
+        s.set(Slot {
+            gen: GEN,
+            session: session.id,
+            rec,
+        })
+    });
     rec
 }
 
@@ -142,7 +153,11 @@ pub(crate) unsafe fn intern_code(code: *mut ffi::PyObject) -> (FuncId, u8) {
     preserving_exception(|py| {
         let obj = Bound::from_borrowed_ptr(py, code);
         let key = names::code_key(&obj);
-        let flags = if names::code_is_generator(&obj) { FLAG_GENERATOR } else { 0 };
+        let flags = if names::code_is_generator(&obj) {
+            FLAG_GENERATOR
+        } else {
+            0
+        };
         ffi::Py_INCREF(code);
         session.held.push(code);
         session.add_func(code as usize, key, flags)
@@ -167,7 +182,11 @@ pub(crate) unsafe fn intern_cfunction(key: usize, func: *mut ffi::PyObject) -> (
 
 impl SessionData {
     pub(crate) fn name_thread(&mut self, thread_id: u64, name: &str) {
-        for rec in self.threads.iter_mut().filter(|r| r.thread_id == thread_id && r.name.is_none()) {
+        for rec in self
+            .threads
+            .iter_mut()
+            .filter(|r| r.thread_id == thread_id && r.name.is_none())
+        {
             rec.name = Some(name.to_owned());
         }
     }
@@ -207,6 +226,7 @@ impl Session {
                 func_ids: FxHashMap::default(),
                 held: Vec::new(),
                 threads: Vec::new(),
+                known_names: FxHashMap::default(),
                 enabled: false,
                 enabled_at_ns: 0,
                 recorded_ns: 0,
@@ -242,6 +262,7 @@ impl Session {
             }
             hooks::check_free(py, self.data.mode)?;
             clock::init();
+            self.data.known_names = live_thread_names(py);
             let gen = NEXT_GEN;
             NEXT_GEN += 1;
             ACTIVE = &mut *self.data;
@@ -285,7 +306,9 @@ impl Session {
         // event's time instead; see ThreadRecorder::flush).
         let t = clock::read(d.clock);
         for rec in d.threads.iter_mut() {
-            if d.clock == ClockKind::Wall || rec.thread_id == unsafe { ffi::PyThread_get_thread_ident() } as u64 {
+            if d.clock == ClockKind::Wall
+                || rec.thread_id == unsafe { ffi::PyThread_get_thread_ident() } as u64
+            {
                 rec.flush(t);
             } else {
                 rec.flush_at_last_event();
@@ -293,14 +316,14 @@ impl Session {
         }
     }
 
-    /// Names a thread by its `threading.get_ident()`.
-    pub fn set_thread_name(&mut self, thread_id: u64, name: &str) {
-        self.data.name_thread(thread_id, name);
-    }
-
-    /// The thread ids recorded that have no name yet.
-    pub fn unnamed_threads(&self) -> Vec<u64> {
-        self.data.threads.iter().filter(|r| r.name.is_none()).map(|r| r.thread_id).collect()
+    /// Names the recorded threads that have no name yet and are still alive.
+    pub fn name_live_threads(&mut self, py: Python<'_>) {
+        if self.data.threads.iter().all(|r| r.name.is_some()) {
+            return;
+        }
+        for (ident, name) in live_thread_names(py) {
+            self.data.name_thread(ident, &name);
+        }
     }
 
     /// Number of calls in flight on the calling thread (for tests of flushing).
@@ -320,7 +343,10 @@ impl Session {
             .threads
             .iter()
             .map(|r| {
-                let name = r.name.clone().unwrap_or_else(|| format!("Thread-{}", r.thread_id));
+                let name = r
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("Thread-{}", r.thread_id));
                 r.to_thread_tree(name, pid, scale, &is_hidden)
             })
             .filter(|t| t.nodes.len() > 1)
@@ -365,6 +391,27 @@ impl Session {
             NEXT_SESSION += 1;
         }
     }
+}
+
+/// `{ident: name}` of the threads in `threading._active`, read without
+/// running Python code (see `hooks::threads::thread_name`).
+fn live_thread_names(py: Python<'_>) -> FxHashMap<u64, String> {
+    let mut names = FxHashMap::default();
+    let Ok(active) = py.import("threading").and_then(|t| t.getattr("_active")) else {
+        return names;
+    };
+    let Ok(active) = active.cast_into::<pyo3::types::PyDict>() else {
+        return names;
+    };
+    for (ident, thread) in active.iter() {
+        if let (Ok(ident), Ok(name)) = (
+            ident.extract::<u64>(),
+            thread.getattr("_name").and_then(|n| n.extract::<String>()),
+        ) {
+            names.insert(ident, name);
+        }
+    }
+    names
 }
 
 fn release(_py: Python<'_>, held: &mut Vec<*mut ffi::PyObject>) {

@@ -3,7 +3,7 @@
 //! which times it around the interpreter's own evaluator. Unlike a profile
 //! or trace function it leaves the specializing interpreter on.
 
-use crate::frames::{self, EvalFrame, _PyEval_EvalFrameDefault};
+use crate::frames::{self, _PyEval_EvalFrameDefault, EvalFrame};
 use crate::recorder::FLAG_GENERATOR;
 use crate::session::{self, intern_code, now, recorder};
 use pyo3::ffi;

@@ -40,7 +40,9 @@ pub(crate) fn check_free(py: Python<'_>, mode: Mode) -> Result<(), StartError> {
     }
     #[cfg(Py_3_12)]
     {
-        let tool = sys.getattr("monitoring")?.call_method1("get_tool", (PROFILER_TOOL_ID,))?;
+        let tool = sys
+            .getattr("monitoring")?
+            .call_method1("get_tool", (PROFILER_TOOL_ID,))?;
         if !tool.is_none() {
             return Err(StartError::Busy(format!(
                 "sys.monitoring's profiler slot is held by {} (cProfile?); disable it first",

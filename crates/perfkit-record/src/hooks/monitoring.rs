@@ -14,13 +14,17 @@ static mut MISSING: *mut ffi::PyObject = ptr::null_mut();
 
 static mut CALL_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
     ml_name: c"_perfkit_call".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: on_call },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: on_call,
+    },
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: ptr::null(),
 };
 static mut RETURN_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
     ml_name: c"_perfkit_c_return".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: on_c_return },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: on_c_return,
+    },
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: ptr::null(),
 };
@@ -48,11 +52,17 @@ unsafe fn c_key(callable: *mut ffi::PyObject, arg0: *mut ffi::PyObject) -> usize
 }
 
 #[cold]
-unsafe fn intern_callable(key: usize, callable: *mut ffi::PyObject, arg0: *mut ffi::PyObject) -> (u32, u8) {
+unsafe fn intern_callable(
+    key: usize,
+    callable: *mut ffi::PyObject,
+    arg0: *mut ffi::PyObject,
+) -> (u32, u8) {
     if ffi::Py_TYPE(callable) != &raw mut ffi::PyMethodDescr_Type {
         return intern_cfunction(key, callable);
     }
-    let descr_get = (*ffi::Py_TYPE(callable)).tp_descr_get.expect("method descriptors bind");
+    let descr_get = (*ffi::Py_TYPE(callable))
+        .tp_descr_get
+        .expect("method descriptors bind");
     let bound = descr_get(callable, arg0, ffi::Py_TYPE(arg0) as *mut ffi::PyObject);
     if bound.is_null() {
         ffi::PyErr_Clear();
@@ -133,8 +143,14 @@ pub(super) unsafe fn install_c_calls(py: Python<'_>) -> PyResult<()> {
     let ret = Bound::from_owned_ptr(py, ret);
     let ev = |name: &str| -> PyResult<i64> { events.getattr(name)?.extract() };
     m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("CALL")?, &call))?;
-    m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("C_RETURN")?, &ret))?;
-    m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("C_RAISE")?, &ret))?;
+    m.call_method1(
+        "register_callback",
+        (PROFILER_TOOL_ID, ev("C_RETURN")?, &ret),
+    )?;
+    m.call_method1(
+        "register_callback",
+        (PROFILER_TOOL_ID, ev("C_RAISE")?, &ret),
+    )?;
     let all = ev("CALL")? | ev("C_RETURN")? | ev("C_RAISE")?;
     m.call_method1("set_events", (PROFILER_TOOL_ID, all))?;
     Ok(())

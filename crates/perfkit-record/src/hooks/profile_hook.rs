@@ -2,7 +2,7 @@
 //! on 3.9–3.11: full mode there. Hooks are per thread, so it is set on every
 //! thread that exists at enable, and on new ones by `threads`.
 
-use crate::frames::{self, CFunction, _PyEval_SetProfile};
+use crate::frames::{self, _PyEval_SetProfile, CFunction};
 use crate::session::{intern_cfunction, intern_code, now, recorder};
 use pyo3::ffi;
 use std::ptr;
@@ -44,7 +44,11 @@ unsafe extern "C" fn callback(
 
 /// Feeds an event given as a Python-level profile function sees it
 /// (`frame, "call", arg`) to [`callback`].
-pub(super) unsafe fn dispatch_python_event(frame: *mut ffi::PyObject, event: *mut ffi::PyObject, arg: *mut ffi::PyObject) {
+pub(super) unsafe fn dispatch_python_event(
+    frame: *mut ffi::PyObject,
+    event: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+) {
     if ffi::PyFrame_Check(frame) == 0 || ffi::PyUnicode_Check(event) == 0 {
         return;
     }

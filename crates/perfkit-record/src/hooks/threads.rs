@@ -18,7 +18,9 @@ static mut INSTALL_PROFILE_HOOK: bool = false;
 
 static mut REGISTRAR_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
     ml_name: c"_perfkit_thread_started".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: thread_started },
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: thread_started,
+    },
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: ptr::null(),
 };
@@ -76,7 +78,8 @@ pub(super) unsafe fn install(py: Python<'_>, mode: Mode) -> PyResult<()> {
     let threading = py.import("threading")?;
     let saved = threading.getattr("_profile_hook")?;
     if REGISTRAR.is_null() {
-        REGISTRAR = ffi::PyCFunction_NewEx(&raw mut REGISTRAR_DEF, ptr::null_mut(), ptr::null_mut());
+        REGISTRAR =
+            ffi::PyCFunction_NewEx(&raw mut REGISTRAR_DEF, ptr::null_mut(), ptr::null_mut());
         if REGISTRAR.is_null() {
             return Err(PyErr::fetch(py));
         }

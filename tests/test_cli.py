@@ -1,0 +1,391 @@
+"""The ``perfkit`` command, run as a subprocess: record, stats, export."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import perfkit
+import pytest
+from conftest import (
+    PROGRAMS_DIR,
+    assert_same_counts,
+    gc_disabled,
+    no_crash_noise,
+    perfkit_command,
+    program,
+    run_cli,
+    run_cprofile,
+    summarize,
+)
+
+sensitive = pytest.mark.version_sensitive
+
+
+def script(name: str) -> str:
+    return str(PROGRAMS_DIR / name)
+
+
+def file_rows(path, file: str):
+    """Counts of the rows of ``path`` that belong to ``file``."""
+    s = summarize(pstats.Stats(str(path)).stats)
+    return s.only(lambda k: os.path.abspath(k[0]) == os.path.abspath(file))
+
+
+def test_perfkit_command_exists():
+    cmd = perfkit_command()
+    assert Path(cmd[0]).exists()
+    r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    for sub in ("record", "stats", "export"):
+        assert sub in r.stdout
+
+
+# -- record ------------------------------------------------------------------------------
+
+
+@sensitive
+def test_record_script_gets_its_own_argv(tmp_path):
+    report, out = tmp_path / "report.json", tmp_path / "out.prof"
+    target = script("cli_argv.py")
+    r = run_cli("record", "-o", out, target, "-o", "x", "--clock", "cpu", "--", "last",
+                env={"PK_REPORT": str(report)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(report.read_text())
+    assert seen == {"argv": [target, "-o", "x", "--clock", "cpu", "--", "last"], "name": "__main__"}
+    assert not (tmp_path / "x").exists()
+    # The same script under python -m cProfile: the script's rows agree.
+    cp_out = tmp_path / "c.prof"
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(cp_out), target, "-o", "x"],
+                   env={**os.environ, "PK_REPORT": str(report)}, check=True, cwd=tmp_path)
+    cp, pk = file_rows(cp_out, target), file_rows(out, target)
+    assert {k[2] for k in cp.funcs} >= {"main", "branch", "leaf", "<module>"}
+    assert_same_counts(cp, pk)
+    assert perfkit.load(out).exact is True
+    assert no_crash_noise(r.stderr) == []
+
+
+@sensitive
+def test_record_default_output_name(tmp_path):
+    target = tmp_path / "myscript.py"
+    target.write_text("def f():\n    return 1\n\nf()\n")
+    r = run_cli("record", target.name, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "myscript.prof"
+    assert out.exists()
+    assert any(k[2] == "f" for k in pstats.Stats(str(out)).stats)
+    assert "myscript.prof" in r.stderr
+
+
+def _module(tmp_path):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "pkmod.py").write_text(
+        "import json, os, sys\n"
+        "def helper(n):\n    return list(range(n))\n"
+        "helper(3)\n"
+        "with open(os.environ['PK_REPORT'], 'w') as fp:\n"
+        "    json.dump({'argv': sys.argv, 'name': __name__}, fp)\n"
+    )
+    return mods
+
+
+@sensitive
+def test_record_module(tmp_path):
+    mods = _module(tmp_path)
+    report, out = tmp_path / "report.json", tmp_path / "mod.prof"
+    r = run_cli("record", "-o", out, "-m", "pkmod", "-o", "y", "z",
+                env={"PK_REPORT": str(report), "PYTHONPATH": str(mods)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(report.read_text())
+    assert seen["name"] == "__main__"
+    assert seen["argv"][1:] == ["-o", "y", "z"]
+    assert seen["argv"][0].endswith("pkmod.py")
+    assert any(k[2] == "helper" for k in pstats.Stats(str(out)).stats)
+
+
+@sensitive
+def test_record_module_from_current_directory(tmp_path):
+    """Like ``python -m``: a module in the current directory is found."""
+    mods = _module(tmp_path)
+    report = tmp_path / "report.json"
+    r = run_cli("record", "-o", tmp_path / "mod.prof", "-m", "pkmod", env={"PK_REPORT": str(report)}, cwd=mods)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(report.read_text())["name"] == "__main__"
+
+
+@sensitive
+def test_record_no_builtins_and_clocks(tmp_path):
+    target = script("cli_sleep.py")
+    wall, cpu, py = tmp_path / "wall.prof", tmp_path / "cpu.prof", tmp_path / "py.prof"
+    for out, extra in ((wall, ["--clock", "wall"]), (cpu, ["--clock", "cpu"]), (py, ["--no-builtins"])):
+        r = run_cli("record", "-o", out, *extra, target, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+
+    def nap_ct(path):
+        stats = pstats.Stats(str(path)).stats
+        (row,) = [v for k, v in stats.items() if k[2] == "nap"]
+        return row[3]
+
+    assert nap_ct(wall) >= 0.19
+    assert nap_ct(cpu) < 0.05
+    py_stats = pstats.Stats(str(py)).stats
+    assert [k for k in py_stats if k[0] == "~"] == []
+    assert {"nap", "compute", "<genexpr>"} <= {k[2] for k in py_stats}
+    assert any(k[0] == "~" for k in pstats.Stats(str(wall)).stats)
+
+
+@sensitive
+def test_record_program_that_raises(tmp_path):
+    out = tmp_path / "raise.prof"
+    r = run_cli("record", "-o", out, script("cli_raise.py"), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "ValueError: boom from cli_raise" in r.stderr
+    assert "panicked" not in r.stderr
+    stats = pstats.Stats(str(out)).stats
+    rows = {k[2]: v for k, v in stats.items() if k[0] == script("cli_raise.py")}
+    assert rows["inner"][:2] == (1, 1) and rows["outer"][:2] == (1, 1)
+
+
+@sensitive
+def test_record_program_that_exits_3(tmp_path):
+    out = tmp_path / "exit.prof"
+    r = run_cli("record", "-o", out, script("cli_exit.py"), cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert no_crash_noise(r.stderr) == []
+    assert any(k[2] == "work" for k in pstats.Stats(str(out)).stats)
+
+
+@sensitive
+def test_record_ctrl_c(tmp_path):
+    out = tmp_path / "int.prof"
+    proc = subprocess.Popen(
+        [*perfkit_command(), "record", "-o", str(out), script("cli_loop.py")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    for own in ("perfkit/cli.py", "perfkit/profiler.py", "panicked"):
+        assert own not in stderr, f"perfkit's own traceback on Ctrl-C:\n{stderr}"
+    stats = pstats.Stats(str(out)).stats
+    ticks = [v for k, v in stats.items() if k[2] == "tick"]
+    assert ticks and ticks[0][1] > 1000
+    assert perfkit.load(out).exact is True
+
+
+@sensitive
+def test_record_killed_leaves_no_partial_file(tmp_path):
+    """Killed at any moment, record leaves no output or a complete one."""
+    loaded = 0
+    for i, delay in enumerate([0, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3]):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        proc = subprocess.Popen(
+            [*perfkit_command(), "record", "-o", str(d / "out.prof"), script("cli_many.py"), "2"],
+            cwd=d, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+            proc.kill()
+        finally:
+            proc.wait()
+            proc.stdout.close()
+        for f in d.iterdir():
+            assert f.name == "out.prof", f"left behind: {f.name}"
+            pstats.Stats(str(f))
+            perfkit.load(f)
+            loaded += 1
+    # The last attempts give the program time to finish: the kill must not be the only outcome tested.
+    assert loaded >= 1
+
+
+@sensitive
+def test_record_pickles_functions_of_the_script(tmp_path):
+    r = run_cli("record", "-o", tmp_path / "p.prof", script("cli_pickle.py"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "pickled ok" in r.stdout
+
+
+# -- stats -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory):
+    """A perfkit and a cProfile file of the same program."""
+    d = tmp_path_factory.mktemp("profiles")
+    prog = program("mixed")
+    prog.main()
+    cp = run_cprofile(prog.main)
+    cp.dump_stats(str(d / "cprofile.prof"))
+    pk = perfkit.Profiler()
+    with gc_disabled():
+        pk.runcall(prog.main)
+    pk.dump_stats(d / "perfkit.prof")
+    return d
+
+
+def pstats_text(path, sort, restrictions):
+    buf = io.StringIO()
+    pstats.Stats(str(path), stream=buf).sort_stats(*sort).print_stats(*restrictions)
+    return buf.getvalue()
+
+
+def without_file_lines(text: str, path) -> list:
+    """The printed table without the header line that names the file."""
+    return [line for line in text.splitlines() if str(path) not in line and Path(path).name not in line]
+
+
+STATS_IDS = [
+    "default", "tottime-limit10", "calls+name", "ncalls-limit0.5", "time-filter", "filename-filter-limit",
+    "pcalls", "line", "nfl", "stdname-limit7", "module+cumulative",
+]
+STATS_CASES = [
+    ([], [], []),
+    (["tottime"], ["--limit", "10"], [10]),
+    (["calls", "name"], [], []),
+    (["ncalls"], ["--limit", "0.5"], [0.5]),
+    (["time"], ["--filter", "fib|fact"], ["fib|fact"]),
+    (["filename"], ["--filter", "built-in", "--limit", "3"], ["built-in", 3]),
+    (["pcalls"], [], []),
+    (["line"], [], []),
+    (["nfl"], [], []),
+    (["stdname"], ["--limit", "7"], [7]),
+    (["module", "cumulative"], [], []),
+]
+
+
+def _stats_case(path, sort, cli_extra, restrictions):
+    args = ["stats", path]
+    for s in sort:
+        args += ["--sort", s]
+    r = run_cli(*args, *cli_extra)
+    assert r.returncode == 0, r.stderr
+    want = pstats_text(path, sort or ["cumulative"], restrictions)
+    got_lines, want_lines = without_file_lines(r.stdout, path), without_file_lines(want, path)
+    assert got_lines == want_lines
+
+
+@sensitive
+@pytest.mark.parametrize("sort,cli_extra,restrictions", STATS_CASES, ids=STATS_IDS)
+def test_stats_matches_pstats_on_perfkit_file(profiles, sort, cli_extra, restrictions):
+    _stats_case(profiles / "perfkit.prof", sort, cli_extra, restrictions)
+
+
+@sensitive
+@pytest.mark.parametrize("sort,cli_extra,restrictions", STATS_CASES, ids=STATS_IDS)
+def test_stats_matches_pstats_on_cprofile_file(profiles, sort, cli_extra, restrictions):
+    _stats_case(profiles / "cprofile.prof", sort, cli_extra, restrictions)
+
+
+@sensitive
+def test_stats_unknown_sort_key(profiles):
+    r = run_cli("stats", profiles / "perfkit.prof", "--sort", "bogus")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "bogus" in r.stderr
+    assert no_crash_noise(r.stderr) == []
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+@sensitive
+def test_export_prof_roundtrip(profiles, tmp_path):
+    src = profiles / "perfkit.prof"
+    out = tmp_path / "copy.prof"
+    r = run_cli("export", src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert_same_counts(summarize(pstats.Stats(str(src)).stats), summarize(pstats.Stats(str(out)).stats))
+    a, b = perfkit.load(src), perfkit.load(out)
+    assert b.exact is True
+    assert b.threads() == a.threads() and b.funcs() == a.funcs()
+
+
+@sensitive
+def test_export_prof_from_cprofile_file(profiles, tmp_path):
+    src = profiles / "cprofile.prof"
+    out = tmp_path / "from-cprofile.prof"
+    r = run_cli("export", src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert_same_counts(summarize(pstats.Stats(str(src)).stats), summarize(pstats.Stats(str(out)).stats))
+    assert perfkit.load(out).exact is False, "a tree inferred from a cProfile file is not exact"
+
+
+@sensitive
+def test_export_collapsed(tmp_path):
+    prog = program("callsites")
+    p = perfkit.Profiler()
+    p.runcall(prog.main)
+    src = tmp_path / "cs.prof"
+    p.dump_stats(src)
+    out = tmp_path / "cs.txt"
+    r = run_cli("export", src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines
+    paths = {}
+    for line in lines:
+        stack, _, weight = line.rpartition(" ")
+        assert stack and weight.isdigit(), line
+        paths[tuple(frame.split(" (")[0] for frame in stack.split(";"))] = int(weight)
+    # f is hot (three calls of f(20000)) along main;a;f.
+    assert paths.get(("main", "a", "f"), 0) > 0
+    stats = pstats.Stats(str(src))
+    total_us = stats.total_tt * 1e6
+    assert abs(sum(paths.values()) - total_us) <= len(lines) + 0.01 * total_us
+    back = perfkit.load(out)
+    assert {"main", "a", "f"} <= {k[2] for k in back.funcs()}
+
+
+@sensitive
+def test_export_speedscope(tmp_path):
+    prog = program("callsites")
+    p = perfkit.Profiler()
+    p.runcall(prog.main)
+    src = tmp_path / "cs.prof"
+    p.dump_stats(src)
+    out = tmp_path / "cs.speedscope.json"
+    r = run_cli("export", src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    names = {f["name"] for f in doc["shared"]["frames"]}
+    assert {"main", "a", "b", "f", "g", "h"} <= {n.split(" (")[0] for n in names}
+    assert doc["profiles"]
+    for prof in doc["profiles"]:
+        assert prof["type"] in ("evented", "sampled")
+        if prof["type"] == "evented":
+            depth = 0
+            for ev in prof["events"]:
+                depth += 1 if ev["type"] == "O" else -1
+                assert depth >= 0
+            assert depth == 0
+    back = perfkit.load(out)
+    assert {"main", "a", "f"} <= {k[2] for k in back.funcs()}
+
+
+@sensitive
+def test_export_format_option_and_unknown_extension(profiles, tmp_path):
+    src = profiles / "perfkit.prof"
+    r = run_cli("export", src, "-o", tmp_path / "out.weird")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "out.weird" in r.stderr
+    assert not (tmp_path / "out.weird").exists()
+    r = run_cli("export", src, "-o", tmp_path / "out.weird", "--format", "collapsed")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.weird").read_text().strip()

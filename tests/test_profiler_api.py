@@ -1,0 +1,497 @@
+"""perfkit's Python API: cProfile's interface (Profiler, run, runctx),
+perfkit.profile as context manager and decorator, clocks, and the errors
+when two profilers collide."""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import re
+import sys
+
+import perfkit
+import pytest
+from conftest import (
+    assert_same_counts,
+    assert_same_python_counts,
+    gc_disabled,
+    is_profiler_key,
+    program,
+    run_cprofile,
+    summarize,
+)
+
+sensitive = pytest.mark.version_sensitive
+
+
+CALLSITES = program("callsites")
+RECURSION = program("recursion")
+
+
+def _body():
+    """What the API tests profile: a small, deterministic program."""
+    CALLSITES.main()
+    RECURSION.fib(8)
+
+
+def _cprofile_summary(func=_body, times=1):
+    func()
+    prof = cProfile.Profile()
+    with gc_disabled():
+        for _ in range(times):
+            prof.enable()
+            func()
+            prof.disable()
+    prof.create_stats()
+    return summarize(prof.stats)
+
+
+def _rows(text: str):
+    """The (ncalls, function) pairs of a printed pstats table, profiler rows left out."""
+    rows = set()
+    in_table = False
+    for line in text.splitlines():
+        if line.strip().startswith("ncalls"):
+            in_table = True
+            continue
+        if in_table and line.strip():
+            parts = line.split(None, 5)
+            if len(parts) == 6:
+                name = parts[5]
+                if "_lsprof" in name or "cProfile.py" in name or "perfkit" in name or "profiler.py" in name:
+                    continue
+                rows.add((parts[0], name))
+    return rows
+
+
+def _ordered_by(text: str):
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("Ordered by:")]
+
+
+# -- Profiler ----------------------------------------------------------------------------
+
+
+def test_profiler_defaults_and_state():
+    p = perfkit.Profiler()
+    assert p.enabled is False
+    p.enable()
+    try:
+        assert p.enabled is True
+    finally:
+        p.disable()
+    assert p.enabled is False
+    p.disable()  # a second disable is harmless
+    assert p.enabled is False
+
+
+def test_profiler_rejects_unknown_clock():
+    with pytest.raises(ValueError, match="clock"):
+        perfkit.Profiler(clock="sundial")
+
+
+@sensitive
+def test_enable_disable_create_stats_matches_cprofile():
+    cp = _cprofile_summary()
+    p = perfkit.Profiler()
+    with gc_disabled():
+        p.enable()
+        _body()
+        p.disable()
+    p.create_stats()
+    assert isinstance(p.stats, dict) and p.stats
+    assert_same_counts(cp, summarize(p.stats))
+
+
+@sensitive
+def test_enable_disable_cycles_accumulate():
+    cp = _cprofile_summary(times=2)
+    p = perfkit.Profiler()
+    with gc_disabled():
+        for _ in range(2):
+            p.enable()
+            _body()
+            p.disable()
+    assert_same_counts(cp, summarize(pstats.Stats(p).stats))
+
+
+@sensitive
+def test_clear_forgets():
+    p = perfkit.Profiler()
+    p.runcall(_body)
+    p.clear()
+    p.runcall(program("recursion").fact, 5)
+    names = {k[2] for k in summarize(pstats.Stats(p).stats).funcs}
+    assert names == {"fact"}
+
+
+@sensitive
+def test_context_manager():
+    cp = _cprofile_summary()
+    with gc_disabled(), perfkit.Profiler() as p:
+        was_enabled = p.enabled
+        _body()
+    assert isinstance(p, perfkit.Profiler)
+    assert was_enabled and not p.enabled
+    assert_same_counts(cp, summarize(pstats.Stats(p).stats))
+
+
+@sensitive
+def test_context_manager_disables_on_exception():
+    with pytest.raises(KeyError), perfkit.Profiler() as p:
+        _body()
+        raise KeyError("x")
+    assert not p.enabled
+    # Nothing keeps recording: another profiler can start.
+    with perfkit.Profiler():
+        pass
+
+
+@sensitive
+def test_runcall_returns_and_records():
+    cp = _cprofile_summary()
+    p = perfkit.Profiler()
+    with gc_disabled():
+        assert p.runcall(lambda: (_body(), 42)[1]) == 42
+    got = summarize(pstats.Stats(p).stats)
+    got = got.only(lambda k: k[2] != "<lambda>")
+    assert_same_counts(cp, got)
+    assert p.runcall(program("recursion").fact, 5) == 120
+    assert p.runcall(dict, a=1) == {"a": 1}
+
+
+@sensitive
+def test_runcall_propagates_exceptions_and_disables():
+    p = perfkit.Profiler()
+    with pytest.raises(ZeroDivisionError):
+        p.runcall(lambda: 1 / 0)
+    assert not p.enabled
+    assert any(k[2] == "<lambda>" for k in pstats.Stats(p).stats)
+
+
+@sensitive
+def test_run_uses_main_namespace(monkeypatch):
+    import __main__
+
+    monkeypatch.setattr(__main__, "_perfkit_test_body", _body, raising=False)
+    _body()
+    cp = cProfile.Profile()
+    with gc_disabled():
+        cp.run("_perfkit_test_body()")
+    p = perfkit.Profiler()
+    with gc_disabled():
+        assert p.run("_perfkit_test_body()") is p
+    cp.create_stats()
+    assert_same_counts(summarize(cp.stats), summarize(pstats.Stats(p).stats))
+
+
+@sensitive
+def test_runctx_uses_given_namespaces():
+    ns = {"body": _body}
+    _body()
+    cp = cProfile.Profile()
+    with gc_disabled():
+        cp.runctx("body()", ns, {})
+    cp.create_stats()
+    p = perfkit.Profiler()
+    with gc_disabled():
+        assert p.runctx("body()", ns, {}) is p
+    assert_same_counts(summarize(cp.stats), summarize(pstats.Stats(p).stats))
+    with pytest.raises(NameError):
+        perfkit.Profiler().runctx("body()", {}, {})
+
+
+@sensitive
+@pytest.mark.parametrize("sort", ["calls", "cumulative", "tottime", "name", -1])
+def test_print_stats(capsys, sort):
+    _body()
+    cp = cProfile.Profile()
+    cp.runcall(_body)
+    cp.print_stats(sort=sort)
+    want = capsys.readouterr().out
+    p = perfkit.Profiler()
+    p.runcall(_body)
+    p.print_stats(sort=sort)
+    got = capsys.readouterr().out
+    assert _rows(got) and _rows(got) == _rows(want)
+    assert _ordered_by(got) == _ordered_by(want)
+
+
+@sensitive
+def test_dump_stats_writes_pstats_file(tmp_path):
+    cp = _cprofile_summary()
+    p = perfkit.Profiler()
+    with gc_disabled():
+        p.runcall(_body)
+    out = tmp_path / "api.prof"
+    p.dump_stats(out)
+    assert_same_counts(cp, summarize(pstats.Stats(str(out)).stats))
+    p.dump_stats(str(tmp_path / "as-str.prof"))
+    assert summarize(pstats.Stats(str(tmp_path / "as-str.prof")).stats).funcs == cp.funcs
+    assert perfkit.load(out).exact is True
+
+
+@sensitive
+def test_python_frames_mode_has_no_c_rows():
+    prog = program("ccalls")
+    prog.main()
+    cp = run_cprofile(prog.main)
+    p = perfkit.Profiler(builtins=False)
+    with gc_disabled():
+        p.runcall(prog.main)
+    pk = summarize(pstats.Stats(p).stats)
+    assert [k for k in pk.funcs if k[0] == "~"] == []
+    assert_same_python_counts(summarize(cp.stats), pk)
+
+
+# -- perfkit.profile -----------------------------------------------------------------------
+
+
+@sensitive
+def test_profile_as_context_manager_writes_file(tmp_path):
+    cp = _cprofile_summary()
+    out = tmp_path / "ctx.prof"
+    with gc_disabled(), perfkit.profile(out) as p:
+        was_enabled = p.enabled
+        _body()
+    assert isinstance(p, perfkit.Profiler)
+    assert was_enabled and not p.enabled
+    assert out.exists()
+    assert_same_counts(cp, summarize(pstats.Stats(str(out)).stats))
+
+
+@sensitive
+def test_profile_context_manager_without_file(tmp_path, capsys):
+    with perfkit.profile() as p:
+        _body()
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().out == ""
+    assert any(k[2] == "fib" for k in pstats.Stats(p).stats)
+
+
+@sensitive
+def test_profile_context_manager_prints(capsys):
+    with perfkit.profile(print_stats=5, sort="calls"):
+        _body()
+    out = capsys.readouterr().out
+    assert "Ordered by: call count" in out
+    assert re.search(r"List reduced from \d+ to 5 due to restriction <5>", out)
+
+
+@sensitive
+def test_profile_bare_decorator_accumulates():
+    cp = _cprofile_summary(times=2)
+    decorated = perfkit.profile(_body)
+    with gc_disabled():
+        assert decorated() is None
+        assert decorated() is None
+    assert_same_counts(cp, summarize(pstats.Stats(decorated.profiler).stats))
+
+
+@sensitive
+def test_profile_bare_decorator_syntax_returns_value():
+    @perfkit.profile
+    def triple(x):
+        return 3 * x
+
+    assert triple(4) == 12
+    assert triple(x=5) == 15
+    row = [v for k, v in pstats.Stats(triple.profiler).stats.items() if k[2] == "triple"]
+    assert [(cc, nc) for cc, nc, *_ in row] == [(2, 2)]
+
+
+def test_profile_bare_decorator_keeps_function_metadata():
+    def documented(x):
+        """Doc of documented."""
+        return x
+
+    bare = perfkit.profile(documented)
+    with_args = perfkit.profile(builtins=False)(documented)
+    for wrapped in (bare, with_args):
+        assert wrapped.__name__ == "documented"
+        assert wrapped.__doc__ == "Doc of documented."
+        assert wrapped.__wrapped__ is documented
+
+
+@sensitive
+def test_profile_decorator_on_methods():
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        @perfkit.profile
+        def bump_bare(self, k=1):
+            self.n += k
+            return self.n
+
+        @perfkit.profile(builtins=False)
+        def bump_args(self, k=1):
+            self.n += k
+            return self.n
+
+    c = Counter()
+    assert c.bump_args(2) == 2
+    assert c.bump_bare(3) == 5
+    assert c.n == 5
+
+
+@sensitive
+def test_profile_decorator_with_arguments_writes_each_call(tmp_path):
+    prog = program("ccalls")
+    prog.main()
+    cp = summarize(run_cprofile(prog.main).stats)
+    out = tmp_path / "deco.prof"
+    decorated = perfkit.profile(out, builtins=False)(prog.main)
+    with gc_disabled():
+        decorated()
+    assert out.exists()
+    pk = summarize(pstats.Stats(str(out)).stats)
+    assert_same_python_counts(cp, pk)
+    out.unlink()
+    with gc_disabled():
+        decorated()
+    doubled = summarize(pstats.Stats(str(out)).stats)
+    assert {k: v[1] for k, v in doubled.funcs.items()} == {k: 2 * v[1] for k, v in pk.funcs.items()}
+
+
+@sensitive
+def test_profile_decorator_recursive_function_counts_once():
+    prog = program("recursion")
+
+    @perfkit.profile
+    def countdown(n):
+        return 0 if n == 0 else 1 + countdown(n - 1)
+
+    assert countdown(6) == 6
+    stats = pstats.Stats(countdown.profiler).stats
+    row = [v for k, v in stats.items() if k[2] == "countdown"]
+    assert [(cc, nc) for cc, nc, *_ in row] == [(1, 7)]
+    assert [k for k in stats if is_profiler_key(k)] == [], "perfkit's wrapper frames show up as rows"
+    assert prog.fact(3) == 6
+
+
+# -- perfkit.run / runctx -----------------------------------------------------------------
+
+
+@sensitive
+@pytest.mark.parametrize("sort", [-1, "calls", "cumulative"])
+def test_run_prints_like_cprofile(monkeypatch, capsys, sort):
+    import __main__
+
+    monkeypatch.setattr(__main__, "_perfkit_test_body", _body, raising=False)
+    _body()
+    cProfile.run("_perfkit_test_body()", sort=sort)
+    want = capsys.readouterr().out
+    assert perfkit.run("_perfkit_test_body()", sort=sort) is None
+    got = capsys.readouterr().out
+    assert _rows(got) and _rows(got) == _rows(want)
+    assert _ordered_by(got) == _ordered_by(want)
+
+
+@sensitive
+def test_run_writes_file(monkeypatch, tmp_path, capsys):
+    import __main__
+
+    monkeypatch.setattr(__main__, "_perfkit_test_body", _body, raising=False)
+    _body()
+    cprof, pprof = tmp_path / "c.prof", tmp_path / "p.prof"
+    with gc_disabled():
+        cProfile.run("_perfkit_test_body()", str(cprof))
+        perfkit.run("_perfkit_test_body()", str(pprof))
+    assert capsys.readouterr().out == ""
+    assert_same_counts(summarize(pstats.Stats(str(cprof)).stats), summarize(pstats.Stats(str(pprof)).stats))
+
+
+@sensitive
+def test_runctx_prints_and_writes(tmp_path, capsys):
+    ns = {"body": _body}
+    _body()
+    cProfile.runctx("body()", ns, {}, sort="calls")
+    want = capsys.readouterr().out
+    perfkit.runctx("body()", ns, {}, sort="calls")
+    got = capsys.readouterr().out
+    assert _rows(got) and _rows(got) == _rows(want)
+    out = tmp_path / "ctx.prof"
+    perfkit.runctx("body()", ns, {}, str(out))
+    assert capsys.readouterr().out == ""
+    assert any(k[2] == "fib" for k in pstats.Stats(str(out)).stats)
+
+
+@sensitive
+def test_run_statement_calling_sys_exit(tmp_path):
+    out = tmp_path / "exit.prof"
+    perfkit.runctx("import sys\nbody()\nsys.exit(0)", {"body": _body}, None, str(out))
+    assert any(k[2] == "fib" for k in pstats.Stats(str(out)).stats)
+
+
+# -- two profilers -------------------------------------------------------------------------
+
+
+@sensitive
+def test_second_perfkit_profiler_is_refused():
+    first, second = perfkit.Profiler(), perfkit.Profiler()
+    first.enable()
+    try:
+        with pytest.raises(RuntimeError, match=r"(?i)another perfkit profiler|already"):
+            second.enable()
+        assert not second.enabled
+        with pytest.raises(RuntimeError), perfkit.profile():
+            pass
+        RECURSION.fact(4)  # the first one still records
+    finally:
+        first.disable()
+    assert any(k[2] == "fact" for k in pstats.Stats(first).stats)
+    # Afterwards both work normally.
+    cp = _cprofile_summary()
+    with gc_disabled():
+        second.runcall(_body)
+    assert_same_counts(cp, summarize(pstats.Stats(second).stats))
+    third = perfkit.Profiler()
+    with gc_disabled():
+        third.runcall(_body)
+    assert_same_counts(cp, summarize(pstats.Stats(third).stats))
+
+
+@sensitive
+def test_perfkit_refused_while_cprofile_runs():
+    cp = cProfile.Profile()
+    pk = perfkit.Profiler()
+    cp.enable()
+    try:
+        with pytest.raises(RuntimeError, match=r"(?i)profil"):
+            pk.enable()
+        assert not pk.enabled
+    finally:
+        cp.disable()
+    # Both still work normally.
+    want = _cprofile_summary()
+    with gc_disabled():
+        pk.runcall(_body)
+    assert_same_counts(want, summarize(pstats.Stats(pk).stats))
+    assert_same_counts(want, _cprofile_summary())
+
+
+@sensitive
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="cProfile claims sys.monitoring's slot from 3.12 on")
+def test_cprofile_refused_while_perfkit_runs():
+    pk = perfkit.Profiler()
+    cp = cProfile.Profile()
+    pk.enable()
+    try:
+        with pytest.raises((ValueError, RuntimeError)):
+            cp.enable()
+        RECURSION.fact(4)
+    finally:
+        pk.disable()
+    assert any(k[2] == "fact" for k in pstats.Stats(pk).stats)
+    # The same cProfile object, and perfkit, work afterwards.
+    want = _cprofile_summary()
+    with gc_disabled():
+        cp.enable()
+        _body()
+        cp.disable()
+    cp.create_stats()
+    assert_same_counts(want, summarize(cp.stats))
+    with gc_disabled():
+        again = perfkit.Profiler()
+        again.runcall(_body)
+    assert_same_counts(want, summarize(pstats.Stats(again).stats))

@@ -1,0 +1,401 @@
+"""perfkit's numbers against real cProfile, run side by side in this process.
+
+Every test here records, so every test is version-sensitive: CI runs this
+file on 3.9 to 3.13, each time against that interpreter's own cProfile.
+"""
+
+from __future__ import annotations
+
+import os
+import pstats
+import threading
+import time
+
+import perfkit
+import pytest
+from conftest import (
+    PROGRAMS,
+    Summary,
+    assert_same_counts,
+    assert_same_python_counts,
+    children_of,
+    cprofile_in_thread,
+    find_nodes,
+    gc_disabled,
+    is_profiler_key,
+    main_thread_tree,
+    node_path,
+    profile_both,
+    program,
+    run_cprofile,
+    run_perfkit,
+    summarize,
+    tree_counts,
+)
+
+pytestmark = pytest.mark.version_sensitive
+
+
+# -- call counts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_full_mode_counts_equal_cprofile(name):
+    both = profile_both(program(name).main)
+    assert both.cp.funcs, "cProfile recorded nothing: the comparison would be empty"
+    assert_same_counts(both.cp, both.pk)
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_python_frames_counts_equal_cprofile(name):
+    both = profile_both(program(name).main, builtins=False)
+    assert_same_python_counts(both.cp, both.pk)
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_asyncio_program_rows_equal_cprofile(builtins):
+    prog = program("asyncio_prog")
+    both = profile_both(prog.main, builtins=builtins)
+    mine = os.path.abspath(prog.__file__)
+
+    def in_program(k):
+        return os.path.abspath(k[0]) == mine
+
+    cp, pk = both.cp.only(in_program), both.pk.only(in_program)
+    assert {k[2] for k in cp.funcs} >= {"main", "amain", "gather_all", "step"}
+    assert_same_counts(cp, pk)
+
+
+def test_primitive_calls_differ_from_total_for_recursion():
+    """A guard on the comparison itself: recursion makes cc != nc, on both sides."""
+    both = profile_both(program("recursion").main)
+    fib = next(k for k in both.cp.funcs if k[2] == "fib")
+    cc, nc = both.cp.funcs[fib]
+    assert cc == 1 and nc > 100
+    assert both.pk.funcs.get(fib) == (cc, nc)
+    # fib -> fib edge: every call but the first is recursive for that pair too.
+    assert both.pk.edges.get((fib, fib)) == both.cp.edges[(fib, fib)]
+
+
+def test_mutual_recursion_edge_counts():
+    both = profile_both(program("mutual").main)
+    keys = {k[2]: k for k in both.cp.funcs}
+    for caller, callee in [("is_even", "is_odd"), ("is_odd", "is_even"), ("tri_c", "tri_a"), ("tri_a", "tri_b")]:
+        edge = (keys[caller], keys[callee])
+        assert both.cp.edges[edge][0] < both.cp.edges[edge][1], "expected recursive calls on this edge"
+        assert both.pk.edges.get(edge) == both.cp.edges[edge], f"{caller} -> {callee}"
+
+
+def test_no_profiler_rows():
+    """perfkit leaves its own frames (enable, disable, __exit__, runcall, …) out."""
+    prog = program("callsites")
+
+    def own_rows(stats):
+        return sorted(k for k in stats if is_profiler_key(tuple(k)))
+
+    p = perfkit.Profiler()
+    with p:
+        prog.main()
+    assert own_rows(p.recording().stats_dict()) == []
+    p = perfkit.Profiler()
+    p.runcall(prog.main)
+    assert own_rows(p.recording().stats_dict()) == []
+    p = perfkit.Profiler()
+    p.enable()
+    prog.main()
+    p.disable()
+    assert own_rows(p.recording().stats_dict()) == []
+    with perfkit.profile() as p:
+        prog.main()
+    assert own_rows(p.recording().stats_dict()) == []
+
+
+# -- pstats ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mixed", *PROGRAMS])
+def test_pstats_files_agree(tmp_path, name):
+    """pstats.Stats on perfkit's file: the same keys and counts as on cProfile's file."""
+    both = profile_both(program(name).main)
+    cp_path, pk_path = tmp_path / "c.prof", tmp_path / "p.prof"
+    both.cprofile.dump_stats(str(cp_path))
+    both.profiler.dump_stats(pk_path)
+    cp = summarize(pstats.Stats(str(cp_path)).stats)
+    pk = summarize(pstats.Stats(str(pk_path)).stats)
+    assert set(cp.funcs) == set(pk.funcs)
+    assert_same_counts(cp, pk)
+
+
+def test_pstats_on_profiler_objects():
+    prog = program("mixed")
+    prog.main()
+    cp = run_cprofile(prog.main)
+    pk = perfkit.Profiler()
+    with gc_disabled():
+        pk.enable()
+        prog.main()
+        pk.disable()
+    cps, pks = pstats.Stats(cp), pstats.Stats(pk)
+    assert_same_counts(summarize(cps.stats), summarize(pks.stats))
+    own = [k for k in pks.stats if is_profiler_key(k)]
+    assert own == []
+    # pstats' totals: cProfile counts its own `disable` call, perfkit has none.
+    assert pks.total_calls == cps.total_calls - 1
+    assert pks.prim_calls == cps.prim_calls - 1
+
+
+# -- the exact tree ------------------------------------------------------------------
+
+
+def test_exact_tree_keeps_call_paths(tmp_path):
+    prog = program("callsites")
+    both = profile_both(prog.main)
+    path = tmp_path / "callsites.prof"
+    both.profiler.dump_stats(path)
+    rec = perfkit.load(path)
+    assert rec.exact is True
+    funcs = [tuple(k) for k in rec.funcs()]
+    _, nodes = main_thread_tree(rec)
+    key = {k[2]: k for k in both.cp.funcs if k[0] == prog.__file__}
+    cp_edge = both.cp.edges
+
+    f_paths = {tuple(node_path(funcs, nodes, i)): nodes[i][2] for i in find_nodes(funcs, nodes, "f", prog.__file__)}
+    assert f_paths == {
+        ("main", "a", "f"): cp_edge[(key["a"], key["f"])][1],
+        ("main", "b", "f"): cp_edge[(key["b"], key["f"])][1],
+        ("main", "a", "g", "h", "f"): cp_edge[(key["h"], key["f"])][1],
+    }
+    g_paths = {tuple(node_path(funcs, nodes, i)): nodes[i][2] for i in find_nodes(funcs, nodes, "g", prog.__file__)}
+    assert set(g_paths) == {("main", "a", "g"), ("main", "b", "g")}
+    assert g_paths[("main", "a", "g")] + g_paths[("main", "b", "g")] == both.cp.funcs[key["g"]][1]
+    assert g_paths[("main", "a", "g")] == cp_edge[(key["a"], key["g"])][1]
+    # h runs only below a -> g: the pstats dict cannot say so, the tree must.
+    h_paths = [tuple(node_path(funcs, nodes, i)) for i in find_nodes(funcs, nodes, "h", prog.__file__)]
+    assert h_paths == [("main", "a", "g", "h")]
+
+
+def test_loaded_tree_equals_recorded_tree(tmp_path):
+    prof = run_perfkit(program("mixed").main)
+    rec = prof.recording()
+    path = tmp_path / "mixed.prof"
+    prof.dump_stats(path)
+    loaded = perfkit.load(path)
+    assert loaded.exact is True
+    assert [tuple(k) for k in loaded.funcs()] == [tuple(k) for k in rec.funcs()]
+    assert loaded.threads() == rec.threads()
+    assert summarize(loaded.stats_dict()).funcs == summarize(rec.stats_dict()).funcs
+
+
+def test_foreign_cprofile_file_is_not_exact(tmp_path):
+    prog = program("callsites")
+    prog.main()
+    cp = run_cprofile(prog.main)
+    path = tmp_path / "cprofile.prof"
+    cp.dump_stats(str(path))
+    rec = perfkit.load(path)
+    assert rec.exact is False
+    assert rec.threads(), "an inferred tree still has a thread"
+    names = {k[2] for k in rec.funcs()}
+    assert {"main", "a", "b", "f", "g", "h"} <= names
+    # The table read back is cProfile's own.
+    assert summarize(rec.stats_dict()).funcs == summarize(cp.stats).funcs
+
+
+@pytest.mark.parametrize("name", ["mixed", *PROGRAMS])
+def test_tree_and_table_agree(name):
+    """The pstats dict perfkit derives is the one its own tree implies."""
+    prof = run_perfkit(program(name).main)
+    rec = prof.recording()
+    funcs = [tuple(k) for k in rec.funcs()]
+    _, nodes = main_thread_tree(rec)
+    from_tree = tree_counts(funcs, nodes)
+    table = summarize(rec.stats_dict())
+    assert_same_counts(Summary(from_tree.funcs, from_tree.edges), table)
+
+
+# -- times -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+@pytest.mark.parametrize("name", ["mixed", "recursion", "generators", "coroutines", "exceptions"])
+def test_times_are_consistent(name, builtins):
+    prof = run_perfkit(program(name).main, builtins=builtins)
+    rec = prof.recording()
+    _, nodes = main_thread_tree(rec)
+    kids = children_of(nodes)
+    problems = []
+    funcs = [tuple(k) for k in rec.funcs()]
+    for i, (func, _parent, calls, own, total) in enumerate(nodes):
+        if i == 0:
+            continue
+        label = "/".join(node_path(funcs, nodes, i))
+        below = sum(nodes[c][4] for c in kids[i])
+        if calls < 1:
+            problems.append(f"{label}: {calls} calls")
+        if own < 0 or own > total:
+            problems.append(f"{label}: own {own} ns, total {total} ns")
+        if below > total:
+            problems.append(f"{label}: children {below} ns > total {total} ns")
+        if own + below != total:
+            problems.append(f"{label}: own {own} + children {below} != total {total}")
+    assert not problems, "\n".join(problems)
+
+    stats = rec.stats_dict()
+    for key, (cc, nc, tt, ct, callers) in stats.items():
+        assert 0 <= tt <= ct + 1e-9, f"{key}: tottime {tt} > cumtime {ct}"
+        assert 0 <= cc <= nc
+    # For a function that never recurses, its callees' time from it fits in its own cumtime.
+    for key, (cc, nc, _tt, ct, _callers) in stats.items():
+        if cc != nc:
+            continue
+        from_key = sum(v[3] for callee, (_, _, _, _, cs) in stats.items() for caller, v in cs.items() if caller == key)
+        assert from_key <= ct + 1e-6, f"{key}: callees' cumtime {from_key} > cumtime {ct}"
+
+
+def test_total_time_matches_wall_time():
+    prog = program("recursion")
+
+    def napper():
+        for _ in range(3):
+            time.sleep(0.03)
+        prog.fib(16)
+
+    napper()
+    prof = perfkit.Profiler()
+    t0 = time.perf_counter()
+    prof.enable()
+    napper()
+    prof.disable()
+    wall = time.perf_counter() - t0
+    rec = prof.recording()
+    _, nodes = main_thread_tree(rec)
+    top = sum(nodes[i][4] for i in children_of(nodes)[0]) / 1e9
+    assert 0.9 * wall <= top <= wall + 1e-4, (top, wall)
+    assert abs(rec.duration - wall) <= 0.1 * wall + 0.005, (rec.duration, wall)
+    stats = pstats.Stats(prof)
+    assert 0.9 * wall <= stats.total_tt <= wall + 1e-4, (stats.total_tt, wall)
+    napper_key = next(k for k in stats.stats if k[2] == "napper")
+    assert 0.9 * wall <= stats.stats[napper_key][3] <= wall + 1e-4
+    sleep_key = next(k for k in stats.stats if k[0] == "~" and "sleep" in k[2])
+    assert 0.085 <= stats.stats[sleep_key][3] <= wall
+
+
+# -- threads ---------------------------------------------------------------------------
+
+
+def _thread_by_name(rec, name):
+    found = [t for t in rec.threads() if t[0] == name]
+    assert len(found) == 1, f"thread {name!r} in {[t[0] for t in rec.threads()]}"
+    return found[0]
+
+
+def _compare_thread(rec, thread_name, prog, k, builtins):
+    funcs = [tuple(x) for x in rec.funcs()]
+    _, _tid, pid, nodes = _thread_by_name(rec, thread_name)
+    assert pid == os.getpid()
+    roots = find_nodes(funcs, nodes, "work", prog.__file__)
+    assert roots, f"no call of work() recorded in {thread_name}"
+    pk = tree_counts(funcs, nodes, roots)
+    cp = summarize(cprofile_in_thread(prog.work, k))
+    if builtins:
+        assert_same_counts(cp, pk)
+    else:
+        assert_same_python_counts(cp, pk)
+    return cp
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_threads_started_after_enable(builtins):
+    prog = program("threads_prog")
+    params = [3, 5]
+    for k in params:
+        prog.work(k)
+    prof = perfkit.Profiler(builtins=builtins)
+    with gc_disabled():
+        prof.enable()
+        threads = [threading.Thread(target=prog.work, args=(k,), name=f"worker-{k}") for k in params]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        prof.disable()
+    rec = prof.recording()
+    names = [t[0] for t in rec.threads()]
+    assert "worker-3" in names and "worker-5" in names
+    expected = Summary({}, {})
+    for k in params:
+        cp = _compare_thread(rec, f"worker-{k}", prog, k, builtins)
+        for key, (cc, nc) in cp.funcs.items():
+            old = expected.funcs.get(key, (0, 0))
+            expected.funcs[key] = (old[0] + cc, old[1] + nc)
+    # The merged table: the thread functions' counts are the sums over the threads.
+    merged = summarize(prof.recording().stats_dict())
+    mine = os.path.abspath(prog.__file__)
+    want = {k: v for k, v in expected.funcs.items() if os.path.abspath(k[0]) == mine}
+    got = {k: v for k, v in merged.funcs.items() if os.path.abspath(k[0]) == mine}
+    assert got == want
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_thread_running_before_enable(builtins):
+    prog = program("threads_prog")
+    prog.work(4)
+    waiting, go = threading.Event(), threading.Event()
+
+    def early():
+        waiting.set()
+        go.wait()
+        prog.work(4)
+
+    t = threading.Thread(target=early, name="early-worker")
+    t.start()
+    assert waiting.wait(10)
+    time.sleep(0.01)
+    prof = perfkit.Profiler(builtins=builtins)
+    with gc_disabled():
+        prof.enable()
+        go.set()
+        t.join()
+        prof.disable()
+    rec = prof.recording()
+    _compare_thread(rec, "early-worker", prog, 4, builtins)
+
+
+def test_main_thread_is_named():
+    prof = run_perfkit(program("callsites").main)
+    name, _nodes = main_thread_tree(prof.recording())
+    assert name == threading.main_thread().name
+
+
+# -- clocks ----------------------------------------------------------------------------
+
+
+def _sleep_in_thread(clock):
+    def sleeper():
+        time.sleep(0.2)
+
+    prof = perfkit.Profiler(clock=clock)
+    prof.enable()
+    t = threading.Thread(target=sleeper, name="sleeper")
+    t.start()
+    t.join()
+    prof.disable()
+    rec = prof.recording()
+    funcs = [tuple(k) for k in rec.funcs()]
+    _, _, _, nodes = _thread_by_name(rec, "sleeper")
+    sleeps = [i for i in find_nodes(funcs, nodes, "sleeper")]
+    assert len(sleeps) == 1
+    sleep_c = [i for i, n in enumerate(nodes) if i and funcs[n[0]][0] == "~" and "sleep" in funcs[n[0]][2]]
+    assert len(sleep_c) == 1
+    _, main_nodes = main_thread_tree(rec)
+    main_total = sum(main_nodes[i][4] for i in children_of(main_nodes)[0])
+    return nodes[sleeps[0]][4] / 1e9, nodes[sleep_c[0]][4] / 1e9, main_total / 1e9
+
+
+def test_cpu_clock_ignores_sleep_wall_clock_counts_it():
+    wall_fn, wall_sleep, wall_main = _sleep_in_thread("wall")
+    cpu_fn, cpu_sleep, cpu_main = _sleep_in_thread("cpu")
+    assert 0.19 <= wall_sleep <= wall_fn < 1.0
+    assert wall_main >= 0.19, "the main thread waited in join() for the sleep"
+    assert cpu_sleep < 0.02 and cpu_fn < 0.02
+    assert cpu_main < 0.05
