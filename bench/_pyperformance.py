@@ -28,10 +28,12 @@ from typing import Any, NoReturn
 BENCHMARKS = ("richards", "raytrace", "go", "deltablue", "chaos", "nqueens", "generators")
 
 # Loops per call (normal, --quick), chosen so that one call takes roughly
-# 130-200 ms unprofiled (30-90 ms with --quick) with CPython 3.11-3.13 on the 2-core
-# machines here: long enough that the clock and enable/disable are noise, short
-# enough that 9 configurations x 6 rounds x 7 benchmarks stays a few minutes.
-# Each count multiplies pyperformance's own unit of work (see _FACTORIES).
+# 100-250 ms unprofiled (20-100 ms with --quick) with CPython 3.11-3.13 on the
+# 2-core machines here: long enough that the clock and enable/disable are
+# noise, short enough that 9 configurations x 6 rounds x 7 benchmarks take a
+# few minutes. Each count multiplies pyperformance's own unit of work (see
+# the factories below). generators varies most: a walk is ~60 ms on 3.11 but
+# ~20 ms on 3.12+.
 SIZES: dict[str, tuple[int, int]] = {
     "richards": (5, 1),
     "raytrace": (1, 1),  # --quick also renders a quarter of the picture (50x50)
@@ -39,7 +41,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "deltablue": (60, 15),
     "chaos": (3, 1),
     "nqueens": (2, 1),
-    "generators": (6, 2),
+    "generators": (4, 1),
 }
 
 

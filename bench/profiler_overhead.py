@@ -2,7 +2,7 @@
 """What a profiler costs, as a multiple of the unprofiled run, on pyperformance's call-heavy benchmarks.
 
     python bench/profiler_overhead.py [--benchmarks richards,go] [--rounds 5] [--quick]
-                                      [--json out.json] [--no-perfkit] [--no-floor]
+                                      [--json out.json] [--no-perfkit] [--no-floor] [--configs KEYS]
 
 Everything is measured in one process, interleaved: for each benchmark, one
 warm-up round, then R rounds in each of which every configuration runs the
@@ -50,6 +50,19 @@ import _pyperformance  # bench/ is sys.path[0] when this file is run as a script
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 DEFAULT_FLOOR_SRC = os.path.join(os.path.dirname(REPO_ROOT), "shared", "floor")
+
+# Row keys, for --configs, in table order.
+CONFIG_KEYS = (
+    "none",
+    "cprofile",
+    "perfkit",
+    "perfkit-pyframes",
+    "nullprof",
+    "nullmon",
+    "nullmon-py",
+    "null523",
+    "viztracer",
+)
 
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 2
@@ -479,6 +492,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-perfkit", action="store_true", help="leave out the perfkit rows")
     parser.add_argument("--no-floor", action="store_true", help="leave out the floor rows (no C build)")
     parser.add_argument(
+        "--configs",
+        metavar="KEYS",
+        help="only these rows (none is always measured): comma-separated from " + ", ".join(CONFIG_KEYS),
+    )
+    parser.add_argument(
         "--floor-src", default=DEFAULT_FLOOR_SRC, help="the floor hooks' sources (%(default)s)"
     )
     args = parser.parse_args(argv)
@@ -490,14 +508,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.configs is not None:
+        args.configs = {k.strip() for k in args.configs.split(",") if k.strip()} | {"none"}
+        unknown = sorted(args.configs - set(CONFIG_KEYS))
+        if unknown:
+            parser.error(f"unknown configuration(s) {unknown}; choose from {','.join(CONFIG_KEYS)}")
     return args
 
 
 def make_configs(args: argparse.Namespace, notes: list[str], versions: dict[str, str]) -> list[Config]:
-    configs: list[Config] = [NoProfiler(), CProfile()]
+    def wanted(*keys: str) -> bool:
+        return args.configs is None or any(k in args.configs for k in keys)
+
+    configs: list[Config] = [NoProfiler()]
+    if wanted("cprofile"):
+        configs.append(CProfile())
     if args.no_perfkit:
         notes.append("perfkit rows left out (--no-perfkit)")
-    else:
+    elif wanted("perfkit", "perfkit-pyframes"):
         try:
             import perfkit
         except ImportError as exc:
@@ -507,7 +535,7 @@ def make_configs(args: argparse.Namespace, notes: list[str], versions: dict[str,
             configs += [Perfkit(perfkit, builtins=True), Perfkit(perfkit, builtins=False)]
     if args.no_floor:
         notes.append("floor rows left out (--no-floor)")
-    else:
+    elif wanted("nullprof", "nullmon", "nullmon-py", "null523"):
         floor = floor_modules(args.floor_src, notes)
         if "nullprof" in floor:
             configs.append(NullProf(floor["nullprof"]))
@@ -516,25 +544,28 @@ def make_configs(args: argparse.Namespace, notes: list[str], versions: dict[str,
                 NullMon(floor["nullmon"], python_only=False),
                 NullMon(floor["nullmon"], python_only=True),
             ]
-        elif floor and sys.version_info < (3, 12):
+        elif floor and wanted("nullmon", "nullmon-py"):
             notes.append("nullmon rows skipped: sys.monitoring needs Python 3.12+")
         if "null523" in floor:
             configs.append(Null523(floor["null523"]))
         if floor:
             notes.append(
-                "(floor) rows: do-nothing C hooks that only read the clock, i.e. what any profiler pays "
-                "to be called at all: nullprof = PyEval_SetProfile (cProfile's events), nullmon = "
-                "sys.monitoring with cProfile's events, nullmon PY_* = its Python-frame events only, "
-                "null523 = a PEP 523 frame-evaluation hook (Python frames only)"
+                "(floor) rows: do-nothing C hooks that read CLOCK_MONOTONIC (clock_gettime) and return: "
+                "nullprof = PyEval_SetProfile (cProfile's events), nullmon = sys.monitoring with "
+                "cProfile's events, nullmon PY_* = its Python-frame events only, null523 = a PEP 523 "
+                "frame-evaluation hook (Python frames only). A profiler on the same mechanism with a "
+                "cheaper clock (perfkit reads the TSC where the kernel trusts it) can go below its floor"
             )
-    try:
-        import viztracer
-    except ImportError:
-        notes.append(f"VizTracer row skipped: not installed ({sys.executable} -m pip install viztracer)")
-    else:
-        versions["viztracer"] = getattr(viztracer, "__version__", "?")
-        configs.append(VizTracerConfig(viztracer))
-    return configs
+    if wanted("viztracer"):
+        try:
+            import viztracer
+        except ImportError:
+            notes.append(f"VizTracer row skipped: not installed ({sys.executable} -m pip install viztracer)")
+        else:
+            versions["viztracer"] = getattr(viztracer, "__version__", "?")
+            configs.append(VizTracerConfig(viztracer))
+    # Both perfkit rows, and both nullmon rows, come from one import or build: drop the unasked one.
+    return [c for c in configs if wanted(c.key)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,7 @@ PROGRAMS = [
     "lambdas",
     "comprehensions",
     "callsites",
+    "hot_paths",
 ]
 
 

@@ -269,9 +269,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        f.sync_all().map_err(io("cannot flush", &tmp))?;
+            .map_err(io("cannot create", path))?;
+        f.write_all(bytes).map_err(io("cannot write", path))?;
+        f.sync_all().map_err(io("cannot flush", path))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(io("cannot replace", path))
     })();

@@ -71,8 +71,15 @@ pub(crate) unsafe fn install(py: Python<'_>, mode: Mode) -> Result<(), StartErro
             threads::uninstall(py);
             return Err(e.into());
         }
-        if mode == Mode::Full {
-            if let Err(e) = monitoring::install_c_calls(py) {
+        let events = match mode {
+            Mode::Full => monitoring::install_c_calls(py),
+            #[cfg(Py_3_13)]
+            Mode::PythonFrames => monitoring::install_call_guard(py),
+            #[cfg(not(Py_3_13))]
+            Mode::PythonFrames => Ok(()),
+        };
+        {
+            if let Err(e) = events {
                 monitoring::release(py);
                 threads::uninstall(py);
                 return Err(e.into());

@@ -20,6 +20,15 @@ static mut CALL_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
     ml_flags: ffi::METH_FASTCALL,
     ml_doc: ptr::null(),
 };
+#[cfg(Py_3_13)]
+static mut GUARD_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
+    ml_name: c"_perfkit_call_guard".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: on_call_guard,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: ptr::null(),
+};
 static mut RETURN_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
     ml_name: c"_perfkit_c_return".as_ptr(),
     ml_meth: ffi::PyMethodDefPointer {
@@ -99,6 +108,16 @@ unsafe extern "C" fn on_call(
     none()
 }
 
+/// Does nothing: its being registered is what matters (see [`install_call_guard`]).
+#[cfg(Py_3_13)]
+unsafe extern "C" fn on_call_guard(
+    _slf: *mut ffi::PyObject,
+    _args: *mut *mut ffi::PyObject,
+    _nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    none()
+}
+
 unsafe extern "C" fn on_c_return(
     _slf: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
@@ -131,29 +150,44 @@ pub(super) unsafe fn claim(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-pub(super) unsafe fn install_c_calls(py: Python<'_>) -> PyResult<()> {
+/// Registers `callbacks` (event name, method) and turns those events on.
+unsafe fn register(py: Python<'_>, callbacks: &[(&str, *mut ffi::PyMethodDef)]) -> PyResult<()> {
     let m = monitoring(py)?;
     let events = m.getattr("events")?;
-    let call = ffi::PyCFunction_NewEx(&raw mut CALL_DEF, ptr::null_mut(), ptr::null_mut());
-    let ret = ffi::PyCFunction_NewEx(&raw mut RETURN_DEF, ptr::null_mut(), ptr::null_mut());
-    if call.is_null() || ret.is_null() {
-        return Err(PyErr::fetch(py));
+    let mut all = 0i64;
+    for &(event, def) in callbacks {
+        let func = ffi::PyCFunction_NewEx(def, ptr::null_mut(), ptr::null_mut());
+        if func.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let func = Bound::from_owned_ptr(py, func);
+        let id: i64 = events.getattr(event)?.extract()?;
+        m.call_method1("register_callback", (PROFILER_TOOL_ID, id, &func))?;
+        all |= id;
     }
-    let call = Bound::from_owned_ptr(py, call);
-    let ret = Bound::from_owned_ptr(py, ret);
-    let ev = |name: &str| -> PyResult<i64> { events.getattr(name)?.extract() };
-    m.call_method1("register_callback", (PROFILER_TOOL_ID, ev("CALL")?, &call))?;
-    m.call_method1(
-        "register_callback",
-        (PROFILER_TOOL_ID, ev("C_RETURN")?, &ret),
-    )?;
-    m.call_method1(
-        "register_callback",
-        (PROFILER_TOOL_ID, ev("C_RAISE")?, &ret),
-    )?;
-    let all = ev("CALL")? | ev("C_RETURN")? | ev("C_RAISE")?;
     m.call_method1("set_events", (PROFILER_TOOL_ID, all))?;
     Ok(())
+}
+
+pub(super) unsafe fn install_c_calls(py: Python<'_>) -> PyResult<()> {
+    register(
+        py,
+        &[
+            ("CALL", &raw mut CALL_DEF),
+            ("C_RETURN", &raw mut RETURN_DEF),
+            ("C_RAISE", &raw mut RETURN_DEF),
+        ],
+    )
+}
+
+/// Python-frames mode on 3.13: the specialized CALL_ALLOC_AND_ENTER_INIT
+/// (`SomeClass(...)`) pushes the `__init__` frame without asking the
+/// frame-evaluation hook, so those calls would go unseen. Instrumented CALL
+/// instructions are never specialized, so a CALL callback that does nothing
+/// keeps every class call on the path the hook sees.
+#[cfg(Py_3_13)]
+pub(super) unsafe fn install_call_guard(py: Python<'_>) -> PyResult<()> {
+    register(py, &[("CALL", &raw mut GUARD_DEF)])
 }
 
 /// Removes our callbacks and frees the tool id; safe to call in any state.
