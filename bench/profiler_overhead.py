@@ -544,7 +544,7 @@ def make_configs(args: argparse.Namespace, notes: list[str], versions: dict[str,
                 NullMon(floor["nullmon"], python_only=False),
                 NullMon(floor["nullmon"], python_only=True),
             ]
-        elif floor and wanted("nullmon", "nullmon-py"):
+        elif floor and sys.version_info < (3, 12) and wanted("nullmon", "nullmon-py"):
             notes.append("nullmon rows skipped: sys.monitoring needs Python 3.12+")
         if "null523" in floor:
             configs.append(Null523(floor["null523"]))

@@ -84,7 +84,9 @@ def assert_one_line_error(r: subprocess.CompletedProcess, path, problem: str = "
     assert len(lines) == 1, f"expected one line on stderr, got:\n{r.stderr}"
     assert str(path) in lines[0], f"the error does not name {path}: {lines[0]!r}"
     if problem:
-        assert re.search(problem, lines[0], re.IGNORECASE), f"the error does not say {problem!r}: {lines[0]!r}"
+        assert re.search(problem, lines[0], re.IGNORECASE), (
+            f"the error does not say {problem!r}: {lines[0]!r}"
+        )
     assert no_crash_noise(r.stderr) == []
 
 
@@ -161,7 +163,9 @@ def readonly_dir():
     try:
         probe = subprocess.run(
             [sys.executable, "-c", f"open({str(ro / 'probe')!r}, 'w')"],
-            preexec_fn=_without_dac_override, capture_output=True, check=False,
+            preexec_fn=_without_dac_override,
+            capture_output=True,
+            check=False,
         )
         assert probe.returncode != 0, "could not make a read-only directory for the test"
         yield ro
@@ -174,8 +178,14 @@ def _run_ro(*args, cwd=None):
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     return subprocess.run(
-        [*perfkit_command(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=60, preexec_fn=_without_dac_override, check=False,
+        [*perfkit_command(), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_without_dac_override,
+        check=False,
     )
 
 
@@ -192,7 +202,9 @@ def test_record_into_readonly_directory(readonly_dir, tmp_path):
     out = readonly_dir / "out.prof"
     r = _run_ro("record", "-o", out, PROGRAMS_DIR / "cli_exit.py", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert str(out) in r.stderr and re.search(r"cannot write|permission denied|read-only", r.stderr, re.IGNORECASE)
+    assert str(out) in r.stderr and re.search(
+        r"cannot write|permission denied|read-only", r.stderr, re.IGNORECASE
+    )
     assert no_crash_noise(r.stderr) == []
     assert list(readonly_dir.iterdir()) == []
 
@@ -211,8 +223,14 @@ def test_dump_stats_into_readonly_directory(readonly_dir):
         "else:\n"
         "    print('written')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
-                       preexec_fn=_without_dac_override)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=_without_dac_override,
+    )
     assert r.returncode == 0, r.stderr
     assert str(out) in r.stdout and "written" not in r.stdout
     assert len(r.stdout.strip().splitlines()) == 1

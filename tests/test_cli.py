@@ -55,16 +55,32 @@ def test_perfkit_command_exists():
 def test_record_script_gets_its_own_argv(tmp_path):
     report, out = tmp_path / "report.json", tmp_path / "out.prof"
     target = script("cli_argv.py")
-    r = run_cli("record", "-o", out, target, "-o", "x", "--clock", "cpu", "--", "last",
-                env={"PK_REPORT": str(report)}, cwd=tmp_path)
+    r = run_cli(
+        "record",
+        "-o",
+        out,
+        target,
+        "-o",
+        "x",
+        "--clock",
+        "cpu",
+        "--",
+        "last",
+        env={"PK_REPORT": str(report)},
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     seen = json.loads(report.read_text())
     assert seen == {"argv": [target, "-o", "x", "--clock", "cpu", "--", "last"], "name": "__main__"}
     assert not (tmp_path / "x").exists()
     # The same script under python -m cProfile: the script's rows agree.
     cp_out = tmp_path / "c.prof"
-    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(cp_out), target, "-o", "x"],
-                   env={**os.environ, "PK_REPORT": str(report)}, check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(cp_out), target, "-o", "x"],
+        env={**os.environ, "PK_REPORT": str(report)},
+        check=True,
+        cwd=tmp_path,
+    )
     cp, pk = file_rows(cp_out, target), file_rows(out, target)
     assert {k[2] for k in cp.funcs} >= {"main", "branch", "leaf", "<module>"}
     assert_same_counts(cp, pk)
@@ -101,8 +117,18 @@ def _module(tmp_path):
 def test_record_module(tmp_path):
     mods = _module(tmp_path)
     report, out = tmp_path / "report.json", tmp_path / "mod.prof"
-    r = run_cli("record", "-o", out, "-m", "pkmod", "-o", "y", "z",
-                env={"PK_REPORT": str(report), "PYTHONPATH": str(mods)}, cwd=tmp_path)
+    r = run_cli(
+        "record",
+        "-o",
+        out,
+        "-m",
+        "pkmod",
+        "-o",
+        "y",
+        "z",
+        env={"PK_REPORT": str(report), "PYTHONPATH": str(mods)},
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     seen = json.loads(report.read_text())
     assert seen["name"] == "__main__"
@@ -116,7 +142,9 @@ def test_record_module_from_current_directory(tmp_path):
     """Like ``python -m``: a module in the current directory is found."""
     mods = _module(tmp_path)
     report = tmp_path / "report.json"
-    r = run_cli("record", "-o", tmp_path / "mod.prof", "-m", "pkmod", env={"PK_REPORT": str(report)}, cwd=mods)
+    r = run_cli(
+        "record", "-o", tmp_path / "mod.prof", "-m", "pkmod", env={"PK_REPORT": str(report)}, cwd=mods
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(report.read_text())["name"] == "__main__"
 
@@ -168,7 +196,10 @@ def test_record_ctrl_c(tmp_path):
     out = tmp_path / "int.prof"
     proc = subprocess.Popen(
         [*perfkit_command(), "record", "-o", str(out), script("cli_loop.py")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -200,7 +231,10 @@ def test_record_killed_leaves_no_partial_file(tmp_path):
         d.mkdir()
         proc = subprocess.Popen(
             [*perfkit_command(), "record", "-o", str(d / "out.prof"), script("cli_many.py"), "2"],
-            cwd=d, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=d,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         try:
             assert proc.stdout.readline().strip() == "ready"
@@ -255,8 +289,17 @@ def without_file_lines(text: str, path) -> list:
 
 
 STATS_IDS = [
-    "default", "tottime-limit10", "calls+name", "ncalls-limit0.5", "time-filter", "filename-filter-limit",
-    "pcalls", "line", "nfl", "stdname-limit7", "module+cumulative",
+    "default",
+    "tottime-limit10",
+    "calls+name",
+    "ncalls-limit0.5",
+    "time-filter",
+    "filename-filter-limit",
+    "pcalls",
+    "line",
+    "nfl",
+    "stdname-limit7",
+    "module+cumulative",
 ]
 STATS_CASES = [
     ([], [], []),

@@ -80,7 +80,12 @@ def test_primitive_calls_differ_from_total_for_recursion():
 def test_mutual_recursion_edge_counts():
     both = profile_both(program("mutual").main)
     keys = {k[2]: k for k in both.cp.funcs}
-    for caller, callee in [("is_even", "is_odd"), ("is_odd", "is_even"), ("tri_c", "tri_a"), ("tri_a", "tri_b")]:
+    for caller, callee in [
+        ("is_even", "is_odd"),
+        ("is_odd", "is_even"),
+        ("tri_c", "tri_a"),
+        ("tri_a", "tri_b"),
+    ]:
         edge = (keys[caller], keys[callee])
         assert both.cp.edges[edge][0] < both.cp.edges[edge][1], "expected recursive calls on this edge"
         assert both.pk.edges.get(edge) == both.cp.edges[edge], f"{caller} -> {callee}"
@@ -159,13 +164,17 @@ def test_exact_tree_keeps_call_paths(tmp_path):
     key = {k[2]: k for k in both.cp.funcs if k[0] == prog.__file__}
     cp_edge = both.cp.edges
 
-    f_paths = {tuple(node_path(funcs, nodes, i)): nodes[i][2] for i in find_nodes(funcs, nodes, "f", prog.__file__)}
+    f_paths = {
+        tuple(node_path(funcs, nodes, i)): nodes[i][2] for i in find_nodes(funcs, nodes, "f", prog.__file__)
+    }
     assert f_paths == {
         ("main", "a", "f"): cp_edge[(key["a"], key["f"])][1],
         ("main", "b", "f"): cp_edge[(key["b"], key["f"])][1],
         ("main", "a", "g", "h", "f"): cp_edge[(key["h"], key["f"])][1],
     }
-    g_paths = {tuple(node_path(funcs, nodes, i)): nodes[i][2] for i in find_nodes(funcs, nodes, "g", prog.__file__)}
+    g_paths = {
+        tuple(node_path(funcs, nodes, i)): nodes[i][2] for i in find_nodes(funcs, nodes, "g", prog.__file__)
+    }
     assert set(g_paths) == {("main", "a", "g"), ("main", "b", "g")}
     assert g_paths[("main", "a", "g")] + g_paths[("main", "b", "g")] == both.cp.funcs[key["g"]][1]
     assert g_paths[("main", "a", "g")] == cp_edge[(key["a"], key["g"])][1]
@@ -248,7 +257,9 @@ def test_times_are_consistent(name, builtins):
     for key, (cc, nc, _tt, ct, _callers) in stats.items():
         if cc != nc:
             continue
-        from_key = sum(v[3] for callee, (_, _, _, _, cs) in stats.items() for caller, v in cs.items() if caller == key)
+        from_key = sum(
+            v[3] for callee, (_, _, _, _, cs) in stats.items() for caller, v in cs.items() if caller == key
+        )
         assert from_key <= ct + 1e-6, f"{key}: callees' cumtime {from_key} > cumtime {ct}"
 
 

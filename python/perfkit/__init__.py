@@ -9,8 +9,8 @@ from perfkit._native import ProfileError, Recording, __version__, load
 from perfkit.profiler import Profiler, profile, run, runctx
 
 __all__ = [
-    "Profiler",
     "ProfileError",
+    "Profiler",
     "Recording",
     "__version__",
     "load",

@@ -1,14 +1,16 @@
 """Type stubs for perfkit's Rust extension module."""
 
+from collections.abc import Sequence
 from os import PathLike
-from typing import Dict, List, Sequence, Tuple, Union
+
+from typing_extensions import TypeAlias
 
 __version__: str
 
-_Key = Tuple[str, int, str]
-_Edge = Tuple[int, int, float, float]
-_StatsDict = Dict[_Key, Tuple[int, int, float, float, Dict[_Key, _Edge]]]
-_Node = Tuple[int, int, int, int, int]
+_Key: TypeAlias = tuple[str, int, str]
+_Edge: TypeAlias = tuple[int, int, float, float]
+_StatsDict: TypeAlias = dict[_Key, tuple[int, int, float, float, dict[_Key, _Edge]]]
+_Node: TypeAlias = tuple[int, int, int, int, int]
 
 class ProfileError(ValueError):
     """A profile file could not be read or written."""
@@ -16,7 +18,9 @@ class ProfileError(ValueError):
 class Session:
     """A recording that hooks into the interpreter while enabled (one at a time per process)."""
 
-    def __init__(self, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...) -> None: ...
+    def __init__(
+        self, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...
+    ) -> None: ...
     def enable(self) -> None:
         """Start recording; RuntimeError if another profiler or frame-evaluation hook is active."""
     def disable(self) -> None: ...
@@ -32,18 +36,18 @@ class Recording:
 
     def stats_dict(self) -> _StatsDict:
         """The pstats dictionary, as ``cProfile.Profile().stats`` holds it."""
-    def dump(self, path: Union[str, PathLike[str]]) -> None:
+    def dump(self, path: str | PathLike[str]) -> None:
         """Write a pstats-compatible ``.prof`` that also carries the exact tree (atomic)."""
-    def threads(self) -> List[Tuple[str, int, int, List[_Node]]]:
+    def threads(self) -> list[tuple[str, int, int, list[_Node]]]:
         """``(name, thread_id, pid, nodes)``; nodes are ``(func, parent, calls, own_ns, total_ns)``, root first."""
-    def funcs(self) -> List[_Key]: ...
+    def funcs(self) -> list[_Key]: ...
     @property
     def exact(self) -> bool: ...
     @property
     def duration(self) -> float: ...
 
-def load(path: Union[str, PathLike[str]]) -> Recording:
+def load(path: str | PathLike[str]) -> Recording:
     """Read a perfkit or cProfile ``.prof``, collapsed stacks or speedscope JSON."""
 
-def cli_main(argv: List[str]) -> int:
+def cli_main(argv: list[str]) -> int:
     """Run the ``perfkit`` command line; returns the exit code."""

@@ -7,7 +7,6 @@ import os
 import sys
 import traceback
 import types
-from typing import List, Optional
 
 from perfkit import _native
 from perfkit.profiler import Profiler
@@ -43,8 +42,8 @@ def _print_program_traceback(exc: BaseException) -> None:
 def record(
     target: str,
     is_module: bool,
-    args: List[str],
-    output: Optional[str],
+    args: list[str],
+    output: str | None,
     clock: str,
     builtins: bool,
 ) -> int:
@@ -94,7 +93,7 @@ def record(
     except KeyboardInterrupt as e:
         _print_program_traceback(e)
         exit_code = 130
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
         _print_program_traceback(e)
         exit_code = 1
     sys.stdout.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import sys
 import time
-from typing import List
 
 from perfkit import _native
 from perfkit.profiler import Profiler
@@ -13,14 +12,14 @@ from perfkit.profiler import Profiler
 DEMO_PROFILE = "perfkit-demo.prof"
 
 
-def make_corpus(n_docs: int, seed: int = 7) -> List[str]:
+def make_corpus(n_docs: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     alphabet = "abcdefghijklmnopqrstuvwxyz"
     vocab = ["".join(rng.choice(alphabet) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
     return [" ".join(rng.choice(vocab) for _ in range(200)) for _ in range(n_docs)]
 
 
-def tokenize(text: str) -> List[str]:
+def tokenize(text: str) -> list[str]:
     return text.lower().split()
 
 
@@ -36,7 +35,7 @@ def document_features(doc: str) -> float:
     return sum(word_score(w) for w in words) / len(words)
 
 
-def run_pipeline(docs: List[str]) -> List[float]:
+def run_pipeline(docs: list[str]) -> list[float]:
     return [document_features(d) for d in docs]
 
 
@@ -59,8 +58,10 @@ def main() -> int:
     hottest = max(stats.items(), key=lambda kv: kv[1][2])
     (file, line, name), (_cc, nc, tt, _ct, _callers) = hottest
     total = sum(v[2] for v in stats.values()) or 1.0
-    print(f"The hottest function is {name}() ({file}:{line}): {nc} calls, {tt:.3f} s own time, "
-          f"{100 * tt / total:.0f}% of the run.")
+    print(
+        f"The hottest function is {name}() ({file}:{line}): {nc} calls, {tt:.3f} s own time, "
+        f"{100 * tt / total:.0f}% of the run."
+    )
     print(f"Next: perfkit stats {DEMO_PROFILE} --sort cumulative   (or open {DEMO_PROFILE} in snakeviz)")
     return 0
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from perfkit import _native
 
@@ -56,7 +58,7 @@ class Profiler:
         self._session.clear()
         self.stats = {}
 
-    def __enter__(self) -> "Profiler":
+    def __enter__(self) -> Self:
         self.enable()
         return self
 
@@ -70,16 +72,16 @@ class Profiler:
         finally:
             self.disable()
 
-    def run(self, cmd: str) -> "Profiler":
+    def run(self, cmd: str) -> Profiler:
         import __main__
 
         namespace = __main__.__dict__
         return self.runctx(cmd, namespace, namespace)
 
-    def runctx(self, cmd: Any, globals: dict, locals: Optional[dict]) -> "Profiler":
+    def runctx(self, cmd: Any, globals: dict, locals: dict | None) -> Profiler:
         self.enable()
         try:
-            exec(cmd, globals, locals)
+            exec(cmd, globals, locals)  # noqa: S102 - running the caller's code is the point, as in cProfile
         finally:
             self.disable()
         return self
@@ -97,14 +99,14 @@ class Profiler:
     def snapshot_stats(self) -> None:
         self.stats = self.recording().stats_dict()
 
-    def print_stats(self, sort: Union[str, int, tuple] = -1) -> None:
+    def print_stats(self, sort: str | int | tuple = -1) -> None:
         import pstats
 
         if not isinstance(sort, tuple):
             sort = (sort,)
         pstats.Stats(self).strip_dirs().sort_stats(*sort).print_stats()
 
-    def dump_stats(self, file: Union[str, os.PathLike]) -> None:
+    def dump_stats(self, file: str | os.PathLike) -> None:
         """Write a ``.prof`` file: pstats and snakeviz read it; perfkit also reads the exact tree."""
         self.disable()
         self.recording().dump(os.fspath(file))
@@ -114,7 +116,7 @@ class _ProfileBlock:
     """What :func:`profile` returns when not given a function: a context
     manager, and a decorator whose calls accumulate in one profile."""
 
-    def __init__(self, output, builtins: bool, clock: str, print_stats: Optional[int], sort: str) -> None:
+    def __init__(self, output, builtins: bool, clock: str, print_stats: int | None, sort: str) -> None:
         self.output = output
         self.print_limit = print_stats
         self.sort = sort
@@ -155,11 +157,11 @@ class _ProfileBlock:
 
 
 def profile(
-    output: Union[str, "os.PathLike[str]", Callable[..., Any], None] = None,
+    output: str | os.PathLike[str] | Callable[..., Any] | None = None,
     *,
     builtins: bool = True,
     clock: str = "wall",
-    print_stats: Optional[int] = None,
+    print_stats: int | None = None,
     sort: str = "cumulative",
 ) -> Any:
     """Profile a block, or every call of a function.
@@ -176,7 +178,7 @@ def profile(
     return _ProfileBlock(output, builtins, clock, print_stats, sort)
 
 
-def run(statement: str, filename: Optional[str] = None, sort: Union[str, int] = -1) -> None:
+def run(statement: str, filename: str | None = None, sort: str | int = -1) -> None:
     """Like ``cProfile.run``: profile ``statement`` in ``__main__``; write or print the stats."""
     import __main__
 
@@ -187,9 +189,9 @@ def run(statement: str, filename: Optional[str] = None, sort: Union[str, int] = 
 def runctx(
     statement: str,
     globals: dict,
-    locals: Optional[dict],
-    filename: Optional[str] = None,
-    sort: Union[str, int] = -1,
+    locals: dict | None,
+    filename: str | None = None,
+    sort: str | int = -1,
 ) -> None:
     """Like ``cProfile.runctx``."""
     prof = Profiler()
@@ -202,5 +204,3 @@ def runctx(
             prof.dump_stats(filename)
         else:
             prof.print_stats(sort)
-
-

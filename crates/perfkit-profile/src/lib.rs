@@ -245,13 +245,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             f.write_all(bytes).map_err(io("cannot write", path))?;
             f.sync_all().map_err(io("cannot flush", path))?;
             let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
-            let (from, to) = (
-                std::ffi::CString::new(proc_path),
-                std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()),
-            );
-            if let (Ok(from), Ok(to)) = (from, to) {
+            let link = |to: &Path| -> std::io::Result<()> {
+                let from = std::ffi::CString::new(proc_path.as_str())?;
+                let to = std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?;
                 // SAFETY: both arguments are valid NUL-terminated paths.
-                let linked = unsafe {
+                let r = unsafe {
                     libc::linkat(
                         libc::AT_FDCWD,
                         from.as_ptr(),
@@ -260,9 +258,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
                         libc::AT_SYMLINK_FOLLOW,
                     )
                 };
-                if linked == 0 {
-                    return std::fs::rename(&tmp, path).map_err(io("cannot replace", path));
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
                 }
+            };
+            // A new file is linked straight under its name; an existing one is
+            // replaced by a rename, the only moment a temporary name exists.
+            match link(path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if link(&tmp).is_ok() {
+                        return std::fs::rename(&tmp, path).map_err(io("cannot replace", path));
+                    }
+                }
+                Err(_) => {}
             }
         }
         let mut f = std::fs::OpenOptions::new()

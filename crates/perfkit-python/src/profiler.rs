@@ -72,7 +72,7 @@ impl Session {
             if k.is_builtin() {
                 k.name.contains("perfkit._native")
             } else {
-                hidden_files.iter().any(|f| *f == k.file)
+                hidden_files.contains(&k.file)
             }
         };
         let v = py.version_info();
@@ -94,6 +94,9 @@ impl Session {
 pub struct Recording {
     pub(crate) tree: CallTree,
 }
+
+/// `(name, thread_id, pid, [(func, parent, calls, own_ns, total_ns)])`.
+type ThreadRows = (String, u64, u32, Vec<(u32, u32, u64, u64, u64)>);
 
 fn key_tuple<'py>(py: Python<'py>, k: &FuncKey) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(
@@ -130,13 +133,8 @@ impl Recording {
 
     /// Each thread as `(name, thread_id, pid, nodes)` with nodes as
     /// `(func_index, parent_index, calls, own_ns, total_ns)`.
-    fn threads<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Vec<(String, u64, u32, Vec<(u32, u32, u64, u64, u64)>)>> {
-        let _ = py;
-        Ok(self
-            .tree
+    fn threads(&self) -> Vec<ThreadRows> {
+        self.tree
             .threads
             .iter()
             .map(|t| {
@@ -147,7 +145,7 @@ impl Recording {
                     .collect();
                 (t.name.clone(), t.thread_id, t.pid, nodes)
             })
-            .collect())
+            .collect()
     }
 
     /// The function table: `(file, line, name)` per function index.

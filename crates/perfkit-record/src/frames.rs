@@ -80,7 +80,7 @@ pub unsafe fn code_of_frame_object(frame: *mut ffi::PyFrameObject) -> *mut ffi::
     }
     #[cfg(Py_3_11)]
     {
-        (*((*f).f_frame as *mut InterpreterFrame)).f_code
+        (*(*f).f_frame).f_code
     }
 }
 

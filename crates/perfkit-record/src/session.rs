@@ -50,6 +50,8 @@ pub(crate) struct SessionData {
     /// Strong references to the code objects seen, so that their addresses,
     /// our keys, are never reused by other code objects while we record.
     held: Vec<*mut ffi::PyObject>,
+    /// Boxed: hooks hold raw pointers to recorders while the list grows.
+    #[allow(clippy::vec_box)]
     threads: Vec<Box<ThreadRecorder>>,
     /// `threading` names of the threads alive at enable, for the ones that
     /// never pass through our thread-start hook.

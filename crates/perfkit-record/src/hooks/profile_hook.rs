@@ -24,18 +24,14 @@ unsafe extern "C" fn callback(
             (*rec).enter(node, now());
         }
         ffi::PyTrace_RETURN => (*rec).exit(now()),
-        ffi::PyTrace_C_CALL => {
-            if frames::is_cfunction(arg) {
-                let key = (*(arg as *mut CFunction)).m_ml as usize;
-                let node = (*rec).child(key, || intern_cfunction(key, arg));
-                (*rec).enter(node, now());
-            }
+        ffi::PyTrace_C_CALL if frames::is_cfunction(arg) => {
+            let key = (*(arg as *mut CFunction)).m_ml as usize;
+            let node = (*rec).child(key, || intern_cfunction(key, arg));
+            (*rec).enter(node, now());
         }
-        ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION => {
-            if frames::is_cfunction(arg) {
-                let t = now();
-                (*rec).exit_c((*(arg as *mut CFunction)).m_ml as usize, t);
-            }
+        ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION if frames::is_cfunction(arg) => {
+            let t = now();
+            (*rec).exit_c((*(arg as *mut CFunction)).m_ml as usize, t);
         }
         _ => {}
     }
