@@ -6,16 +6,6 @@ from . import ccalls, classes, comprehensions, coroutines, exceptions, generator
 
 
 def main():
-    for mod in (
-        recursion,
-        mutual,
-        generators,
-        coroutines,
-        exceptions,
-        ccalls,
-        classes,
-        lambdas,
-        comprehensions,
-    ):
+    for mod in (recursion, mutual, generators, coroutines, exceptions, ccalls, classes, lambdas, comprehensions):
         mod.main()
     time.sleep(0.001)
