@@ -2,18 +2,28 @@
 
 Profile with :class:`Profiler` / :func:`profile` / :func:`run` (cProfile's API,
 cheaper, and files that pstats and snakeviz open); the ``perfkit`` command
-records, prints and exports profiles.
+records, prints, views and exports profiles. :class:`Parallel` / :func:`delayed`
+run a loop on many cores (joblib's API); :class:`Memory` caches results on disk
+(joblib.Memory's API).
 """
 
 from perfkit._native import ProfileError, Recording, __version__, load
+from perfkit.memory import Memory, hash
+from perfkit.parallel import Parallel, cpu_count, delayed, parallel_config
 from perfkit.profiler import Profiler, profile, run, runctx
 
 __all__ = [
+    "Memory",
+    "Parallel",
     "ProfileError",
     "Profiler",
     "Recording",
     "__version__",
+    "cpu_count",
+    "delayed",
+    "hash",
     "load",
+    "parallel_config",
     "profile",
     "run",
     "runctx",

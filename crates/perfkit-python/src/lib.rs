@@ -3,8 +3,11 @@
 //! logic of its own: recording lives in `perfkit-record`, files and tables
 //! in `perfkit-profile`.
 
+mod cache;
 mod cli;
+mod pool;
 mod profiler;
+mod view;
 
 use pyo3::prelude::*;
 
@@ -25,5 +28,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<profiler::Recording>()?;
     m.add_function(wrap_pyfunction!(profiler::load, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
+    view::register(m)?;
+    pool::register(m)?;
+    cache::register(m)?;
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! perfkit's cache engine (skeleton; see issue 5).

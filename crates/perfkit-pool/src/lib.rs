@@ -1,0 +1,1 @@
+//! perfkit's parallel engine (skeleton; see issue 4).

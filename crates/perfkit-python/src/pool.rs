@@ -1,0 +1,7 @@
+//! Bindings to perfkit-pool (skeleton).
+
+use pyo3::prelude::*;
+
+pub(crate) fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! perfkit's profile viewer (skeleton; see issue 3).
