@@ -471,18 +471,25 @@ def test_perfkit_refused_while_cprofile_runs():
 
 
 @sensitive
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="cProfile claims sys.monitoring's slot from 3.12 on")
 def test_cprofile_refused_while_perfkit_runs():
+    # From 3.12 cProfile finds sys.monitoring's profiler slot taken (ValueError);
+    # before, perfkit's audit hook refuses the sys.setprofile that would
+    # silently remove its hook (RuntimeError).
     pk = perfkit.Profiler()
     cp = cProfile.Profile()
     pk.enable()
     try:
         with pytest.raises((ValueError, RuntimeError)):
             cp.enable()
+        if sys.version_info < (3, 12):
+            with pytest.raises(RuntimeError, match="perfkit is profiling"):
+                sys.setprofile(lambda *a: None)
         RECURSION.fact(4)
     finally:
         pk.disable()
-    assert any(k[2] == "fact" for k in pstats.Stats(pk).stats)
+    assert sys.getprofile() is None
+    fact = [v for k, v in pstats.Stats(pk).stats.items() if k[2] == "fact"]
+    assert fact and fact[0][1] == 4  # fact(4) .. fact(1): every call still recorded
     # The same cProfile object, and perfkit, work afterwards.
     want = _cprofile_summary()
     with gc_disabled():

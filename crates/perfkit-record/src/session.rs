@@ -60,6 +60,10 @@ pub(crate) struct SessionData {
     enabled_at_ns: u64,
     recorded_ns: u64,
     started_unix: f64,
+    /// Nanoseconds per clock tick, fixed at the last disable so that every
+    /// tree taken from a stopped session (table, file, threads) agrees to the
+    /// nanosecond; while enabled it is measured afresh.
+    nanos_per_tick: f64,
 }
 
 #[derive(Clone, Copy)]
@@ -233,6 +237,7 @@ impl Session {
                 enabled_at_ns: 0,
                 recorded_ns: 0,
                 started_unix: 0.0,
+                nanos_per_tick: 1.0,
             }),
         }
     }
@@ -303,6 +308,7 @@ impl Session {
         d.enabled = false;
         let wall = clock::monotonic_ns();
         d.recorded_ns += wall.saturating_sub(d.enabled_at_ns);
+        d.nanos_per_tick = clock::nanos_per_tick(d.clock);
         // Each thread's calls end at its own clock's now (for the CPU clock that
         // is this thread's CPU time, so other threads' stacks end at their last
         // event's time instead; see ThreadRecorder::flush).
@@ -340,7 +346,11 @@ impl Session {
         let hidden_ids: Vec<bool> = d.funcs.iter().map(hidden).collect();
         let is_hidden = |f: FuncId| hidden_ids.get(f as usize).copied().unwrap_or(false);
         let pid = std::process::id();
-        let scale = clock::nanos_per_tick(d.clock);
+        let scale = if d.enabled {
+            clock::nanos_per_tick(d.clock)
+        } else {
+            d.nanos_per_tick
+        };
         let threads = d
             .threads
             .iter()

@@ -5,7 +5,62 @@
 use crate::frames::{self, _PyEval_SetProfile, CFunction};
 use crate::session::{intern_cfunction, intern_code, now, recorder};
 use pyo3::ffi;
+use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
+use std::sync::Mutex;
+
+extern "C" {
+    fn PySys_AddAuditHook(
+        hook: unsafe extern "C" fn(*const c_char, *mut ffi::PyObject, *mut c_void) -> libc::c_int,
+        user_data: *mut c_void,
+    ) -> libc::c_int;
+}
+
+/// Threads (by `PyThreadState_GetID`) whose profile function is ours now.
+/// Only touched with the GIL held; the lock is uncontended.
+static HOOKED_THREADS: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+fn hooked_threads() -> std::sync::MutexGuard<'static, Vec<i64>> {
+    HOOKED_THREADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Set while perfkit itself changes a profile function, so that the audit
+/// hook lets our own calls through.
+static mut SETTING_OURS: bool = false;
+static mut AUDIT_HOOK_ADDED: bool = false;
+
+/// Before 3.12, `sys.setprofile` and `cProfile.Profile.enable` simply replace
+/// a thread's profile function: started while perfkit records, cProfile would
+/// silently take perfkit's hook away and both profiles would be wrong. Every
+/// replacement passes the `sys.setprofile` audit event, so a process-wide
+/// audit hook (they cannot be removed; ours is inert without a session)
+/// refuses it with a clear error in the threads perfkit is watching.
+unsafe extern "C" fn refuse_foreign_setprofile(
+    event: *const c_char,
+    _args: *mut ffi::PyObject,
+    _data: *mut c_void,
+) -> libc::c_int {
+    // SAFETY: the interpreter passes a NUL-terminated event name; the GIL is held.
+    if SETTING_OURS || CStr::from_ptr(event).to_bytes() != b"sys.setprofile" {
+        return 0;
+    }
+    let id = ffi::PyThreadState_GetID(ffi::PyThreadState_Get());
+    if !hooked_threads().contains(&id) {
+        return 0;
+    }
+    ffi::PyErr_SetString(
+        ffi::PyExc_RuntimeError,
+        c"perfkit is profiling this thread; a second profiler (cProfile, sys.setprofile) would take its hook away. Disable perfkit's profiler first".as_ptr(),
+    );
+    -1
+}
+
+/// Runs `f`, which sets a profile function of ours, past the audit guard.
+unsafe fn setting_ours(f: impl FnOnce()) {
+    SETTING_OURS = true;
+    f();
+    SETTING_OURS = false;
+}
 
 unsafe extern "C" fn callback(
     _obj: *mut ffi::PyObject,
@@ -65,7 +120,7 @@ pub(super) unsafe fn dispatch_python_event(
     callback(ptr::null_mut(), frame as *mut ffi::PyFrameObject, what, arg);
 }
 
-unsafe fn for_each_thread(f: impl Fn(*mut ffi::PyThreadState)) {
+unsafe fn for_each_thread(mut f: impl FnMut(*mut ffi::PyThreadState)) {
     let interp = ffi::PyInterpreterState_Get();
     let mut ts = ffi::PyInterpreterState_ThreadHead(interp);
     while !ts.is_null() {
@@ -75,16 +130,33 @@ unsafe fn for_each_thread(f: impl Fn(*mut ffi::PyThreadState)) {
 }
 
 pub(super) unsafe fn install_all_threads() {
-    for_each_thread(|ts| {
-        _PyEval_SetProfile(ts, Some(callback), ptr::null_mut());
+    if !AUDIT_HOOK_ADDED {
+        AUDIT_HOOK_ADDED = true;
+        if PySys_AddAuditHook(refuse_foreign_setprofile, ptr::null_mut()) != 0 {
+            // Another audit hook refused ours: record anyway, unguarded.
+            ffi::PyErr_Clear();
+        }
+    }
+    let mut hooked = hooked_threads();
+    setting_ours(|| {
+        for_each_thread(|ts| {
+            if _PyEval_SetProfile(ts, Some(callback), ptr::null_mut()) == 0 {
+                hooked.push(ffi::PyThreadState_GetID(ts));
+            }
+        })
     });
 }
 
 pub(super) unsafe fn install_this_thread() {
-    ffi::PyEval_SetProfile(Some(callback), ptr::null_mut());
+    let mut hooked = hooked_threads();
+    setting_ours(|| {
+        ffi::PyEval_SetProfile(Some(callback), ptr::null_mut());
+        hooked.push(ffi::PyThreadState_GetID(ffi::PyThreadState_Get()));
+    });
 }
 
 pub(super) unsafe fn uninstall_all_threads() {
+    hooked_threads().clear();
     for_each_thread(|ts| {
         _PyEval_SetProfile(ts, None, ptr::null_mut());
     });
