@@ -243,6 +243,22 @@ def test_python_frames_mode_has_no_c_rows():
     assert_same_python_counts(summarize(cp.stats), pk)
 
 
+@sensitive
+def test_python_frames_mode_sees_class_calls_in_every_session():
+    # 3.13 switches call sites off for the rest of a session once they prove
+    # not to call classes; a later session must start from a clean slate.
+    prog = program("ccalls")
+    prog.main()
+    want = summarize(run_cprofile(prog.main).stats)
+    for _ in range(3):
+        p = perfkit.Profiler(builtins=False)
+        with gc_disabled():
+            p.runcall(prog.main)
+        got = summarize(pstats.Stats(p).stats)
+        assert_same_python_counts(want, got)
+        assert any(k[2] == "__init__" for k in got.funcs)
+
+
 # -- perfkit.profile -----------------------------------------------------------------------
 
 

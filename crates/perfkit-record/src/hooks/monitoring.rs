@@ -11,6 +11,8 @@ use pyo3::prelude::*;
 use std::ptr;
 
 static mut MISSING: *mut ffi::PyObject = ptr::null_mut();
+#[cfg(Py_3_13)]
+static mut DISABLE: *mut ffi::PyObject = ptr::null_mut();
 
 static mut CALL_DEF: ffi::PyMethodDef = ffi::PyMethodDef {
     ml_name: c"_perfkit_call".as_ptr(),
@@ -108,13 +110,19 @@ unsafe extern "C" fn on_call(
     none()
 }
 
-/// Does nothing: its being registered is what matters (see [`install_call_guard`]).
+/// Keeps a call site instrumented while it calls classes (see
+/// [`install_call_guard`]); any other site is switched off for good with
+/// `sys.monitoring.DISABLE`, so that it specializes and runs at full speed.
 #[cfg(Py_3_13)]
 unsafe extern "C" fn on_call_guard(
     _slf: *mut ffi::PyObject,
-    _args: *mut *mut ffi::PyObject,
-    _nargs: ffi::Py_ssize_t,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
+    if nargs >= 3 && ffi::PyType_Check(*args.add(2)) == 0 && !DISABLE.is_null() {
+        ffi::Py_INCREF(DISABLE);
+        return DISABLE;
+    }
     none()
 }
 
@@ -183,10 +191,19 @@ pub(super) unsafe fn install_c_calls(py: Python<'_>) -> PyResult<()> {
 /// Python-frames mode on 3.13: the specialized CALL_ALLOC_AND_ENTER_INIT
 /// (`SomeClass(...)`) pushes the `__init__` frame without asking the
 /// frame-evaluation hook, so those calls would go unseen. Instrumented CALL
-/// instructions are never specialized, so a CALL callback that does nothing
-/// keeps every class call on the path the hook sees.
+/// instructions are never specialized, so a CALL callback keeps class calls
+/// on the path the hook sees. Sites whose first callable is not a class are
+/// disabled at once: paying for every call would double the mode's cost. (A
+/// site that first calls a function and later a class can then miss that
+/// `__init__`; such polymorphic sites are rare, and full mode sees them.)
 #[cfg(Py_3_13)]
 pub(super) unsafe fn install_call_guard(py: Python<'_>) -> PyResult<()> {
+    let m = monitoring(py)?;
+    if DISABLE.is_null() {
+        DISABLE = m.getattr("DISABLE")?.into_ptr();
+    }
+    // Sites disabled in an earlier session must see classes again.
+    m.call_method0("restart_events")?;
     register(py, &[("CALL", &raw mut GUARD_DEF)])
 }
 
