@@ -288,6 +288,7 @@
     const drewNow = S.index.has(id) && draw();
     // The server lays the new root out afresh, with detail the old slice culled.
     if (!EMBED && S.slice.id[0] !== id) {
+      S.pending++;
       try {
         const slice = await api("slice", sliceParams(id));
         if (seq !== zoomSeq) return;
@@ -295,6 +296,8 @@
         draw();
       } catch (e) {
         if (!drewNow) fail(e);
+      } finally {
+        S.pending--;
       }
     } else if (!drewNow) {
       S.focus = S.slice.id[0];
@@ -302,9 +305,14 @@
     }
   }
   async function redrawWithDetail() {
-    if (!EMBED) await loadSlice(S.focus);
-    if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
-    draw();
+    S.pending++;
+    try {
+      if (!EMBED) await loadSlice(S.focus);
+      if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
+      draw();
+    } finally {
+      S.pending--;
+    }
   }
 
   // ---------- tooltip ----------
@@ -331,9 +339,10 @@
     for (const [k, v] of lines) { const tr = el("tr"); tr.appendChild(el("th", k)); tr.appendChild(el("td", v)); t.appendChild(tr); }
     tip.appendChild(t);
     tip.hidden = false;
-    const box = $("chart-box").getBoundingClientRect();
-    let left = ev.clientX - box.left + 14, top = ev.clientY - box.top + 14;
-    if (left + 340 > box.width) left = Math.max(0, left - 360);
+    // Fixed to the viewport, so it never widens the scrolling chart box.
+    let left = ev.clientX + 14, top = ev.clientY + 14;
+    if (left + 360 > window.innerWidth) left = Math.max(0, ev.clientX - 374);
+    if (top + tip.offsetHeight > window.innerHeight) top = Math.max(0, ev.clientY - tip.offsetHeight - 10);
     tip.style.left = left + "px"; tip.style.top = top + "px";
   }
 
@@ -455,10 +464,11 @@
         const tr = document.createElement("tr");
         const dtt = diff.after_tt[r] - diff.before_tt[r], dct = diff.after_ct[r] - diff.before_ct[r];
         tr.dataset.func = diff.f[r];
-        tr.appendChild(el("td", (dtt >= 0 ? "+" : "") + f3(dtt), "num " + (dtt > 0 ? "worse" : "better")));
-        tr.appendChild(el("td", f3(diff.before_tt[r]), "num"));
-        tr.appendChild(el("td", f3(diff.after_tt[r]), "num"));
-        tr.appendChild(el("td", (dct >= 0 ? "+" : "") + f3(dct), "num"));
+        const ms = (x) => (x * 1e3).toFixed(3);
+        tr.appendChild(el("td", (dtt >= 0 ? "+" : "−") + ms(Math.abs(dtt)), "num " + (dtt > 0 ? "worse" : "better")));
+        tr.appendChild(el("td", ms(diff.before_tt[r]), "num"));
+        tr.appendChild(el("td", ms(diff.after_tt[r]), "num"));
+        tr.appendChild(el("td", (dct >= 0 ? "+" : "−") + ms(Math.abs(dct)), "num"));
         tr.appendChild(el("td", label(diff.f[r]), "mono link"));
         tr.addEventListener("click", () => select(diff.f[r]));
         tbody.appendChild(tr);
@@ -540,8 +550,13 @@
   }
   async function switchView(v) {
     S.view = v; S.focus = 0; S.selected = -1;
-    await Promise.all([ensureStats(v), loadSlice(0)]);
-    writeHash(); renderTable(); select(-1); draw();
+    S.pending++;
+    try {
+      await Promise.all([ensureStats(v), loadSlice(0)]);
+      writeHash(); renderTable(); select(-1); draw();
+    } finally {
+      S.pending--;
+    }
   }
 
   async function main() {
@@ -575,7 +590,26 @@
     if (S.selected >= 0) select(S.selected);
     if (meta.diff) renderDiff(await api("diff"));
     writeHash();
+    timing.readyAt = performance.now();
     setState("ready");
   }
+  // Read-only look at what is drawn, for tests and benchmarks.
+  window.perfkitView = {
+    frames() {
+      const out = [], d = S.drawn, g = S.geo, s = S.slice;
+      if (!g || !s) return out;
+      for (let k = 0; k < d.length; k += 4) {
+        const i = d[k], f = s.f[i];
+        const base = { id: s.id[i], name: shortName(f), label: label(f), depth: d[k + 3] };
+        if (g.kind === "icicle") out.push(Object.assign(base, { x: d[k + 1] + Math.max(d[k + 2], 1) / 2, y: d[k + 3] * ROW + ROW / 2, w: d[k + 2] }));
+        else {
+          const a = (d[k + 1] + d[k + 2]) / 2, r = (d[k + 3] + 0.5) * g.ringW;
+          out.push(Object.assign(base, { x: d[k + 3] === 0 ? g.cx : g.cx + r * Math.cos(a), y: d[k + 3] === 0 ? g.cy : g.cy + r * Math.sin(a), w: (d[k + 2] - d[k + 1]) * r }));
+        }
+      }
+      return out;
+    },
+    state() { return { busy: S.pending > 0, view: S.view, focus: S.focus, mode: S.mode, selected: S.selected, sliceRoot: S.slice ? S.slice.id[0] : -1, sliceSize: S.slice ? S.slice.id.length : 0 }; },
+  };
   main().catch(fail);
 })();
