@@ -130,7 +130,7 @@ def perfkit_zoom_ms(driver, clicks: int = 8) -> list[float]:
 
 
 SNAKEVIZ_READY = (
-    "const p = document.querySelectorAll('#chart path').length,"
+    "const p = document.querySelectorAll('#chart rect, #chart path').length,"
     " r = document.querySelectorAll('#pstats-table tbody tr').length,"
     " s = document.getElementById('working-spinner');"
     "return (p > 0 && r > 1 && s && getComputedStyle(s).display === 'none') ? performance.now() : null;"
@@ -176,11 +176,10 @@ def snakeviz_zoom_ms(driver, clicks: int = 3) -> list[float]:
     out = []
     for k in range(clicks):
         t = driver.execute_script(
-            "const paths = [...document.querySelectorAll('#chart path')];"
+            "const paths = [...document.querySelectorAll('#chart rect, #chart path')];"
             "const big = paths.filter(p => p.__data__ && p.__data__.depth >= 1)"
             "  .sort((a, b) => b.getBBox().width * b.getBBox().height - a.getBBox().width * a.getBBox().height)[arguments[0]];"
             "if (!big) return null;"
-            "window.__svBefore = document.querySelectorAll('#chart path').length;"
             "const t = performance.now();"
             "big.dispatchEvent(new MouseEvent('click', {bubbles: true}));"
             "return t;",
@@ -191,14 +190,15 @@ def snakeviz_zoom_ms(driver, clicks: int = 3) -> list[float]:
         done = wait_for(
             driver,
             "const s = document.getElementById('working-spinner');"
-            "return (!document.getElementById('resetbutton-root').disabled && getComputedStyle(s).display === 'none'"
-            " && document.querySelectorAll('#chart path').length > 0) ? performance.now() : null;",
+            "return (!document.getElementById('resetbutton-zoom').disabled && getComputedStyle(s).display === 'none'"
+            " && document.querySelectorAll('#chart rect, #chart path').length > 0) ? performance.now() : null;",
             timeout=120,
             every=0.005,
         )
         out.append(done - t)
-        driver.execute_script("document.getElementById('resetbutton-root').click()")
-        wait_for(driver, SNAKEVIZ_READY, timeout=120)
+        driver.execute_script("document.getElementById('resetbutton-zoom').click()")
+        wait_for(driver, SNAKEVIZ_READY + "", timeout=120)
+        wait_for(driver, "return document.getElementById('resetbutton-zoom').disabled", timeout=120)
         time.sleep(0.3)
     return out
 

@@ -244,6 +244,7 @@ def test_open_zoom_search_sort_select_sunburst(browser, files):
         # Callers and callees of a function picked in the table.
         row = next(tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if "(slow_path)" in tr.text)
         row.click()
+        settle(browser)
         callers = [r[3] for r in table_rows(browser, "callers")]
         callees = [r[3] for r in table_rows(browser, "callees")]
         assert any(c.endswith("(workload)") for c in callers), callers

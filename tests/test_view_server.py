@@ -97,13 +97,21 @@ def test_stats_api_matches_pstats(server, profiles):
 def test_edges_api_matches_pstats_callers(server, profiles):
     _, st, funcs = stats_by_label(server)
     key = lambda f: (funcs["file"][f], funcs["line"][f], funcs["name"][f])  # noqa: E731
-    e = st["edges"]
-    got = {(key(e["caller"][k]), key(e["callee"][k])): (e["nc"][k], e["cc"][k]) for k in range(len(e["nc"]))}
+    got_callers, got_callees = {}, {}
+    for f in st["rows"]["f"]:
+        e = server.get_json(f"api/edges?view=0&f={f}")
+        for k, caller in enumerate(e["callers"]["f"]):
+            got_callers[(key(caller), key(f))] = (e["callers"]["nc"][k], e["callers"]["cc"][k])
+        for k, callee in enumerate(e["callees"]["f"]):
+            got_callees[(key(f), key(callee))] = (e["callees"]["nc"][k], e["callees"]["cc"][k])
+        cts = e["callers"]["ct"]
+        assert cts == sorted(cts, reverse=True)
     want = {}
     for callee, (_cc, _nc, _tt, _ct, callers) in pstats.Stats(str(profiles["cprofile"])).stats.items():
         for caller, edge in callers.items():
             want[(tuple(caller), tuple(callee))] = (edge[0], edge[1])
-    assert got == want
+    assert got_callers == want
+    assert got_callees == want
 
 
 def test_meta_marks_cprofile_tree_approximate(server, profiles):

@@ -39,7 +39,11 @@ pub(crate) fn serve(
     port: u16,
     open_browser: bool,
 ) -> Result<i32, String> {
-    let viewer = py.detach(|| load_viewer(files))?;
+    let viewer = py.detach(|| {
+        let viewer = load_viewer(files)?;
+        viewer.prepare();
+        Ok::<_, String>(viewer)
+    })?;
     let server = Server::start(Arc::new(viewer), host, port)?;
     let url = server.url();
     if !server.addr().ip().is_loopback() {

@@ -32,6 +32,14 @@ pub struct View {
     stats: OnceLock<StatsTable>,
     /// The tree the lazy table is derived from, for a single thread.
     stats_source: Option<CallTree>,
+    /// Callers and callees per function, indexed on first use.
+    edges: OnceLock<EdgeIndex>,
+}
+
+#[derive(Default)]
+struct EdgeIndex {
+    callers: FxHashMap<i64, Vec<(i64, perfkit_profile::EdgeStats)>>,
+    callees: FxHashMap<i64, Vec<(i64, perfkit_profile::EdgeStats)>>,
 }
 
 impl View {
@@ -44,6 +52,7 @@ impl View {
             before,
             stats: OnceLock::new(),
             stats_source: None,
+            edges: OnceLock::new(),
         }
     }
 
@@ -264,7 +273,19 @@ impl Viewer {
             "/api/meta" => Reply::json(self.cached("meta", || self.meta_json())),
             "/api/funcs" => Reply::json(self.cached("funcs", || self.funcs_json())),
             "/api/stats" => match params.view(self) {
-                Ok(v) => Reply::json(self.cached(&format!("stats{v}"), || self.stats_json(v))),
+                Ok(v) => {
+                    Reply::json(self.cached(&format!("stats{v}"), || self.stats_json(v, false)))
+                }
+                Err(e) => Reply::error(400, &e),
+            },
+            "/api/edges" => match params.view(self) {
+                Ok(v) => {
+                    let f = params
+                        .get("f")
+                        .and_then(|f| f.parse::<i64>().ok())
+                        .unwrap_or(-1);
+                    Reply::json(self.edges_json(v, f))
+                }
                 Err(e) => Reply::error(400, &e),
             },
             "/api/diff" => Reply::json(self.cached("diff", || self.diff_json())),
@@ -315,18 +336,20 @@ impl Viewer {
         .to_string()
     }
 
-    /// The function table, as columns: name, file, line, and the pstats label.
+    /// The function table, as columns: name, file, line (the page builds
+    /// pstats' `file:line(name)` labels itself; sending them would double the size).
     pub fn funcs_json(&self) -> String {
         let name: Vec<&str> = self.funcs.iter().map(|f| f.name.as_str()).collect();
         let file: Vec<&str> = self.funcs.iter().map(|f| f.file.as_str()).collect();
         let line: Vec<u32> = self.funcs.iter().map(|f| f.line).collect();
-        let label: Vec<String> = self.funcs.iter().map(|f| f.std_string()).collect();
-        json!({"name": name, "file": file, "line": line, "label": label}).to_string()
+        json!({"name": name, "file": file, "line": line}).to_string()
     }
 
-    /// The pstats table of a view, rows and caller→callee edges as columns
-    /// of function ids.
-    pub fn stats_json(&self, view: usize) -> String {
+    /// The pstats table of a view as columns of function ids; with
+    /// `with_edges`, every caller→callee edge too (for the export: a
+    /// served page asks [`Viewer::edges_json`] per function instead, because
+    /// a big profile has millions of edges).
+    pub fn stats_json(&self, view: usize, with_edges: bool) -> String {
         let stats = self.views[view].stats();
         let n = stats.entries.len();
         let (mut f, mut cc, mut nc, mut tt, mut ct) = (
@@ -351,6 +374,9 @@ impl Viewer {
             nc.push(e.nc);
             tt.push(finite(e.tt));
             ct.push(finite(e.ct));
+            if !with_edges {
+                continue;
+            }
             for (caller, edge) in &e.callers {
                 e_caller.push(self.key_id(caller));
                 e_callee.push(id);
@@ -360,14 +386,67 @@ impl Viewer {
                 e_ct.push(finite(edge.ct));
             }
         }
-        json!({
+        let mut out = json!({
             "total_calls": stats.total_calls() as f64,
             "primitive_calls": stats.primitive_calls() as f64,
             "total_tt": finite(stats.total_tt()),
             "rows": {"f": f, "cc": cc, "nc": nc, "tt": tt, "ct": ct},
-            "edges": {"caller": e_caller, "callee": e_callee, "nc": e_nc, "cc": e_cc, "tt": e_tt, "ct": e_ct},
-        })
-        .to_string()
+        });
+        if with_edges {
+            out["edges"] = json!({"caller": e_caller, "callee": e_callee, "nc": e_nc, "cc": e_cc, "tt": e_tt, "ct": e_ct});
+        }
+        out.to_string()
+    }
+
+    /// Callers and callees of function `func` in a view's table, each as
+    /// columns (function id, nc, cc, tt, ct) sorted by cumulative time.
+    pub fn edges_json(&self, view: usize, func: i64) -> String {
+        let v = &self.views[view];
+        let index = v.edges.get_or_init(|| {
+            let mut index = EdgeIndex::default();
+            for e in &v.stats().entries {
+                let callee = self.key_id(&e.func);
+                for (caller, edge) in &e.callers {
+                    let caller = self.key_id(caller);
+                    index
+                        .callers
+                        .entry(callee)
+                        .or_default()
+                        .push((caller, *edge));
+                    index
+                        .callees
+                        .entry(caller)
+                        .or_default()
+                        .push((callee, *edge));
+                }
+            }
+            for list in index.callers.values_mut().chain(index.callees.values_mut()) {
+                list.sort_by(|a, b| {
+                    b.1.ct
+                        .partial_cmp(&a.1.ct)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
+            }
+            index
+        });
+        let side = |list: Option<&Vec<(i64, perfkit_profile::EdgeStats)>>| {
+            let list = list.map(Vec::as_slice).unwrap_or(&[]);
+            json!({
+                "f": list.iter().map(|e| e.0).collect::<Vec<_>>(),
+                "nc": list.iter().map(|e| e.1.nc).collect::<Vec<_>>(),
+                "cc": list.iter().map(|e| e.1.cc).collect::<Vec<_>>(),
+                "tt": list.iter().map(|e| finite(e.1.tt)).collect::<Vec<_>>(),
+                "ct": list.iter().map(|e| finite(e.1.ct)).collect::<Vec<_>>(),
+            })
+        };
+        json!({"callers": side(index.callers.get(&func)), "callees": side(index.callees.get(&func))}).to_string()
+    }
+
+    /// Computes the answers every page asks for first, so the first visit is quick.
+    pub fn prepare(&self) {
+        self.cached("meta", || self.meta_json());
+        self.cached("funcs", || self.funcs_json());
+        self.cached("stats0", || self.stats_json(0, false));
     }
 
     /// The per-function comparison of the two runs (regressions first).
@@ -500,7 +579,7 @@ impl Viewer {
             if v > 0 {
                 out.push(',');
             }
-            out.push_str(&self.stats_json(v));
+            out.push_str(&self.stats_json(v, true));
         }
         out.push_str(r#"],"slices":["#);
         for v in 0..self.views.len() {

@@ -33,6 +33,7 @@
       if (path === "funcs") return EMBED.funcs;
       if (path === "diff") return EMBED.diff;
       if (path === "stats") return EMBED.stats[v];
+      if (path === "edges") return embeddedEdges(v, Number(params.f));
       if (path === "slice") {
         if (!EMBED.slices[v]) throw new Error("this export holds no chart for view " + v);
         return EMBED.slices[v];
@@ -47,6 +48,27 @@
     return body;
   }
 
+  // The export carries every edge; index them per function on first use.
+  const edgeIndex = {};
+  function embeddedEdges(v, f) {
+    if (!edgeIndex[v]) {
+      const e = EMBED.stats[v].edges, byCallee = new Map(), byCaller = new Map();
+      for (let k = 0; k < e.caller.length; k++) {
+        if (!byCallee.has(e.callee[k])) byCallee.set(e.callee[k], []);
+        byCallee.get(e.callee[k]).push(k);
+        if (!byCaller.has(e.caller[k])) byCaller.set(e.caller[k], []);
+        byCaller.get(e.caller[k]).push(k);
+      }
+      edgeIndex[v] = { byCallee, byCaller, e };
+    }
+    const { byCallee, byCaller, e } = edgeIndex[v];
+    const side = (ks, other) => {
+      ks = (ks || []).slice().sort((a, b) => e.ct[b] - e.ct[a]);
+      return { f: ks.map((k) => other[k]), nc: ks.map((k) => e.nc[k]), cc: ks.map((k) => e.cc[k]), tt: ks.map((k) => e.tt[k]), ct: ks.map((k) => e.ct[k]) };
+    };
+    return { callers: side(byCallee.get(f), e.caller), callees: side(byCaller.get(f), e.callee) };
+  }
+
   // ---------- formatting ----------
   const f3 = (x) => (Math.round(x * 1000) / 1000).toFixed(3);
   function fmtNs(ns) {
@@ -57,6 +79,16 @@
   }
   const pct = (a, b) => (b > 0 ? ((100 * a) / b).toFixed(2) + "%" : "–");
   function label(f) { return f < 0 ? "(all)" : S.funcs.label[f]; }
+  // pstats' func_std_string: file:line(name), or {name} for a <built-in>.
+  function makeLabels(funcs) {
+    const n = funcs.name.length, out = new Array(n);
+    for (let f = 0; f < n; f++) {
+      const name = funcs.name[f], file = funcs.file[f], line = funcs.line[f];
+      if (file === "~" && line === 0) out[f] = name.length >= 2 && name[0] === "<" && name[name.length - 1] === ">" ? "{" + name.slice(1, -1) + "}" : name;
+      else out[f] = file + ":" + line + "(" + name + ")";
+    }
+    funcs.label = out;
+  }
   function shortName(f) { return f < 0 ? "all" : S.funcs.name[f]; }
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -414,44 +446,43 @@
   }
 
   // ---------- selection: callers / callees ----------
-  function select(f) {
+  let selectSeq = 0;
+  function select(f, redraw) {
     S.selected = f;
     writeHash();
     const st = S.stats[S.view];
     $("sel-name").textContent = f >= 0 ? label(f) : "(click a frame or a table row)";
     const info = $("sel-info");
     info.replaceChildren();
-    const fillEdges = (tbodyParent, which) => {
-      const tbody = document.createElement("tbody");
-      if (f >= 0 && st) {
-        const e = st.edges, list = [];
-        for (let k = 0; k < e.caller.length; k++) {
-          if (which === "callers" && e.callee[k] === f) list.push([e.caller[k], k]);
-          if (which === "callees" && e.caller[k] === f) list.push([e.callee[k], k]);
-        }
-        list.sort((a, b) => e.ct[b[1]] - e.ct[a[1]]);
-        for (const [other, k] of list.slice(0, 200)) {
-          const tr = document.createElement("tr");
-          tr.dataset.func = other;
-          tr.appendChild(el("td", ncallsText(e.nc[k], e.cc[k]), "num"));
-          tr.appendChild(el("td", f3(e.tt[k]), "num"));
-          tr.appendChild(el("td", f3(e.ct[k]), "num"));
-          tr.appendChild(el("td", label(other), "mono link"));
-          tr.addEventListener("click", () => select(other));
-          tbody.appendChild(tr);
-        }
-        if (!list.length) { const tr = el("tr"); tr.appendChild(el("td", "(none)")); tbody.appendChild(tr); }
-      }
-      $(tbodyParent).replaceChild(tbody, $(tbodyParent).tBodies[0]);
-    };
     if (f >= 0 && st && st.rowOf.has(f)) {
       const r = st.rowOf.get(f), rows = st.rows;
       info.textContent = "ncalls " + ncallsText(rows.nc[r], rows.cc[r]) + " · tottime " + f3(rows.tt[r]) + " s · cumtime " + f3(rows.ct[r]) + " s";
     }
-    fillEdges("callers", "callers");
-    fillEdges("callees", "callees");
     for (const tr of $("stats").tBodies[0].rows) tr.classList.toggle("selected", Number(tr.dataset.func) === f);
-    if (S.slice) draw();
+    if (redraw !== false && S.slice) draw();
+    const seq = ++selectSeq;
+    const fill = (id, side) => {
+      const tbody = document.createElement("tbody");
+      const n = side ? side.f.length : 0;
+      for (let k = 0; k < Math.min(n, 200); k++) {
+        const other = side.f[k], tr = document.createElement("tr");
+        tr.dataset.func = other;
+        tr.appendChild(el("td", ncallsText(side.nc[k], side.cc[k]), "num"));
+        tr.appendChild(el("td", f3(side.tt[k]), "num"));
+        tr.appendChild(el("td", f3(side.ct[k]), "num"));
+        tr.appendChild(el("td", label(other), "mono link"));
+        tr.addEventListener("click", () => select(other));
+        tbody.appendChild(tr);
+      }
+      if (side && !n) { const tr = el("tr"); tr.appendChild(el("td", "(none)")); tbody.appendChild(tr); }
+      $(id).replaceChild(tbody, $(id).tBodies[0]);
+    };
+    if (f < 0) { fill("callers", null); fill("callees", null); return Promise.resolve(); }
+    S.pending++;
+    return api("edges", { view: S.view, f: f })
+      .then((edges) => { if (seq === selectSeq) { fill("callers", edges.callers); fill("callees", edges.callees); } })
+      .catch(fail)
+      .finally(() => { S.pending--; });
   }
 
   // ---------- diff tables ----------
@@ -501,11 +532,13 @@
     chart.addEventListener("click", (ev) => {
       const i = hit(ev);
       if (i < 0) return;
-      const s = S.slice, id = s.id[i];
-      if (s.f[i] >= 0) select(s.f[i]);
+      const s = S.slice, id = s.id[i], f = s.f[i];
+      // The zoom draws (with the selection outlined); the panel fills after.
+      if (f >= 0) S.selected = f;
       // Clicking the frame already in focus goes one level up.
       if (id === S.focus) { const p = s.p[i]; zoom(p >= 0 ? s.id[p] : (s.path.length > 1 ? s.path[s.path.length - 2] : 0)); }
       else zoom(id);
+      if (f >= 0) select(f, false);
     });
     $("mode-icicle").addEventListener("click", () => setMode("icicle"));
     $("mode-sunburst").addEventListener("click", () => setMode("sunburst"));
@@ -564,6 +597,7 @@
     applyTheme();
     const [meta, funcs] = await Promise.all([api("meta"), api("funcs")]);
     S.meta = meta; S.funcs = funcs;
+    makeLabels(funcs);
     if (S.view >= meta.views.length) S.view = 0;
     document.title = "perfkit view · " + meta.files.join(" → ");
     $("title").textContent = meta.files.join(meta.diff ? "  →  " : ", ");
