@@ -17,6 +17,12 @@ from urllib.parse import parse_qs
 import perfkit
 import pytest
 from conftest import run_cli
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 from view_support import (
     HOSTILE_FILE,
     HOSTILE_NAME,
@@ -29,21 +35,18 @@ from view_support import (
     write_perfkit,
 )
 
-selenium = pytest.importorskip("selenium", reason="pip install -r requirements-test.txt")
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
-
 CHROMIUM = os.environ.get("PERFKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PERFKIT_CHROMEDRIVER", "/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "view"
-CHROME_FLAGS = (
-    "--headless --no-sandbox --disable-gpu --disable-background-networking "
-    "--disable-component-update --no-first-run --window-size=1400,1000"
-).split()
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=1400,1000",
+]
 
 
 def make_driver():
@@ -242,7 +245,9 @@ def test_open_zoom_search_sort_select_sunburst(browser, files):
         assert sorted(r[5].rsplit("(", 1)[1] for r in table_rows(browser)) == ["fast_path)", "slow_path)"]
 
         # Callers and callees of a function picked in the table.
-        row = next(tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if "(slow_path)" in tr.text)
+        row = next(
+            tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if "(slow_path)" in tr.text
+        )
         row.click()
         settle(browser)
         callers = [r[3] for r in table_rows(browser, "callers")]
@@ -284,7 +289,7 @@ def test_click_on_focused_frame_zooms_out(browser, files):
         click_canvas(browser, leaf_frame["x"], leaf_frame["y"])
         assert crumbs(browser)[-1] == "leaf"
         path = crumbs(browser)
-        top = [f for f in frames(browser) if f["depth"] == 0][0]
+        top = next(f for f in frames(browser) if f["depth"] == 0)
         click_canvas(browser, top["x"], top["y"])
         assert crumbs(browser) == path[:-1]
 
@@ -323,9 +328,13 @@ def test_hostile_names_render_as_text(browser, tmp_path):
         open_ready(browser, server.url)
         assert_no_alert(browser)
         labels = [r[5] for r in table_rows(browser)]
-        assert any(label.startswith(HOSTILE_FILE) and label.endswith(f"({HOSTILE_NAME})") for label in labels), labels
+        assert any(
+            label.startswith(HOSTILE_FILE) and label.endswith(f"({HOSTILE_NAME})") for label in labels
+        ), labels
         assert browser.execute_script("return document.querySelectorAll('img, #stats script').length") == 0
-        row = next(tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if HOSTILE_NAME in tr.text)
+        row = next(
+            tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if HOSTILE_NAME in tr.text
+        )
         row.click()
         assert browser.find_element(By.ID, "sel-name").text.endswith(f"({HOSTILE_NAME})")
         frame = frame_named(browser, HOSTILE_NAME)
@@ -355,10 +364,14 @@ def test_diff_view(browser, tmp_path):
         open_ready(browser, server.url)
         assert browser.find_element(By.ID, "diff-box").is_displayed()
         title = browser.find_element(By.ID, "title").text
-        assert "before.prof" in title and "after.prof" in title and title.index("before") < title.index("after")
+        assert (
+            "before.prof" in title and "after.prof" in title and title.index("before") < title.index("after")
+        )
         worst = table_rows(browser, "regressions")
         assert worst and worst[0][0].startswith("+")
-        assert any(w[4].endswith(("(<genexpr>)", "(leaf)", "{built-in method builtins.sum}")) for w in worst[:3]), worst
+        assert any(
+            w[4].endswith(("(<genexpr>)", "(leaf)", "{built-in method builtins.sum}")) for w in worst[:3]
+        ), worst
         # The slowed-down path is drawn red: more red than blue.
         slow = frame_named(browser, "slow_path")
         r, g, b, _ = pixel(browser, slow["x"], slow["y"] + 6)

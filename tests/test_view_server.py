@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import pstats
 import socket
 import xml.etree.ElementTree as ET
@@ -17,11 +16,11 @@ from view_support import (
     HOSTILE_FILE,
     HOSTILE_NAME,
     ViewServer,
+    workload,
     write_cprofile,
     write_deep_recursion,
     write_hostile,
     write_perfkit,
-    workload,
     write_synthetic_tree,
 )
 
@@ -96,7 +95,7 @@ def test_stats_api_matches_pstats(server, profiles):
 
 def test_edges_api_matches_pstats_callers(server, profiles):
     _, st, funcs = stats_by_label(server)
-    key = lambda f: (funcs["file"][f], funcs["line"][f], funcs["name"][f])  # noqa: E731
+    key = lambda f: (funcs["file"][f], funcs["line"][f], funcs["name"][f])
     got_callers, got_callees = {}, {}
     for f in st["rows"]["f"]:
         e = server.get_json(f"api/edges?view=0&f={f}")
@@ -175,7 +174,11 @@ def test_requests_for_other_hosts_are_refused(server):
 
 
 def test_bad_api_parameters_are_errors_not_crashes(server):
-    for path in ("/api/slice?root=99999999", "/api/stats?view=7", "/api/slice?view=abc&root=-1&depth=x&min=nan"):
+    for path in (
+        "/api/slice?root=99999999",
+        "/api/stats?view=7",
+        "/api/slice?view=abc&root=-1&depth=x&min=nan",
+    ):
         status, body, _ = raw_get(server.port, path)
         assert status in (200, 400, 404), path
         json.loads(body)
@@ -276,7 +279,11 @@ def test_export_svg_is_a_flame_graph_with_escaped_names(tmp_path):
     titles = [t.text or "" for t in root.iter() if t.tag.endswith("title")]
     assert any(HOSTILE_NAME in t for t in titles), titles[:5]
     assert HOSTILE_NAME not in text  # only in escaped form
-    assert not [e for e in root.iter() if e.tag.endswith("img") or e.tag.endswith("script") and e.text and "alert" in e.text]
+    assert not [
+        e
+        for e in root.iter()
+        if e.tag.endswith("img") or e.tag.endswith("script") and e.text and "alert" in e.text
+    ]
 
 
 def test_export_html_is_self_contained_and_escaped(tmp_path):
@@ -287,7 +294,7 @@ def test_export_html_is_self_contained_and_escaped(tmp_path):
     html = out.read_text()
     assert HOSTILE_NAME not in html and HOSTILE_FILE not in html
     assert "</script>alert" not in html
-    assert "https://" not in html and "src=\"http" not in html
+    assert "https://" not in html and 'src="http' not in html
     start = html.index('<script id="perfkit-data" type="application/json">') + len(
         '<script id="perfkit-data" type="application/json">'
     )
