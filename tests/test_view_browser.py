@@ -22,6 +22,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 from view_support import (
     HOSTILE_FILE,
@@ -292,6 +293,10 @@ def test_click_on_focused_frame_zooms_out(browser, files):
         top = next(f for f in frames(browser) if f["depth"] == 0)
         click_canvas(browser, top["x"], top["y"])
         assert crumbs(browser) == path[:-1]
+        # Escape goes one more level up.
+        ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+        settle(browser)
+        assert crumbs(browser) == path[:-2]
 
 
 def test_table_agrees_with_pstats_and_perfkit_stats(browser, files):

@@ -153,12 +153,16 @@ impl Viewer {
                 None,
             ));
         }
+        let several_processes = tree.threads.windows(2).any(|w| w[0].pid != w[1].pid);
         for thread in &tree.threads {
-            let name = if thread.name.is_empty() {
+            let mut name = if thread.name.is_empty() {
                 format!("thread {}", thread.thread_id)
             } else {
                 thread.name.clone()
             };
+            if several_processes {
+                name = format!("{name} (pid {})", thread.pid);
+            }
             let mut view = View::new(name, thread.clone(), None);
             if several {
                 view.stats_source = Some(CallTree {

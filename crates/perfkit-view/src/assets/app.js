@@ -571,6 +571,14 @@
       if (tr && tr.dataset.func !== undefined) select(Number(tr.dataset.func));
     });
     $("thread").addEventListener("change", () => switchView(Number($("thread").value)).catch(fail));
+    // Escape zooms out one level, as a click on the top frame does.
+    document.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Escape" || !S.slice || ev.target.tagName === "INPUT") return;
+      const i = S.index.get(S.focus);
+      if (i === undefined || S.focus === 0) return;
+      const p = S.slice.p[i], path = S.slice.path;
+      zoom(p >= 0 ? S.slice.id[p] : path.length > 1 ? path[path.length - 2] : 0);
+    });
     let resizeTimer = 0;
     window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(draw, 100); });
     window.addEventListener("hashchange", () => {
