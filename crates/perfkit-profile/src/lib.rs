@@ -5,7 +5,8 @@
 //! with perfkit's exact-tree trailer), collapsed stacks and speedscope JSON.
 //! It also derives the pstats function table from a tree ([`stats`]), infers
 //! an approximate tree from a foreign pstats table, and prints the table as
-//! pstats' `print_stats` does ([`table`]). [`load`] reads any of the formats.
+//! pstats' `print_stats` does ([`table`]), and compares two profiles ([`diff`]).
+//! [`load`] reads any of the formats.
 //! Every other part of perfkit (CLI, viewer, bindings) goes through here and
 //! never parses a file on its own. Pure Rust: it must not depend on Python.
 
@@ -13,6 +14,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 pub mod collapsed;
+pub mod diff;
 pub mod marshal;
 pub mod prof;
 pub mod speedscope;

@@ -29,6 +29,10 @@ enum ExportFormat {
     Collapsed,
     /// speedscope JSON
     Speedscope,
+    /// one self-contained HTML page with the viewer and the data (no server needed)
+    Html,
+    /// flame graph SVG
+    Svg,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +81,22 @@ enum Command {
         #[arg(long, value_enum)]
         format: Option<ExportFormat>,
     },
+    /// Open profiles in the browser (like snakeviz): icicle and sunburst charts, the
+    /// pstats table, callers/callees. Two files: the second compared with the first.
+    View {
+        /// One profile (perfkit, cProfile, collapsed stacks, speedscope), or two to compare.
+        #[arg(required = true, num_args = 1..=2, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Address to listen on; the default serves this machine only.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on [default: a free one].
+        #[arg(short, long)]
+        port: Option<u16>,
+        /// Do not open a browser, only print the address (snakeviz's -s/--server).
+        #[arg(short = 's', long, visible_alias = "server")]
+        no_browser: bool,
+    },
     /// Profile a bundled workload and show where its time goes.
     Demo,
 }
@@ -113,6 +133,15 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
                 .extract();
         }
         Command::Demo => return py.import("perfkit.demo")?.call_method0("main")?.extract(),
+        Command::View {
+            files,
+            host,
+            port,
+            no_browser,
+        } => match crate::view::serve(py, &files, &host, port.unwrap_or(0), !no_browser) {
+            Ok(code) => return Ok(code),
+            Err(msg) => Err(msg),
+        },
         Command::Stats {
             file,
             sort,
@@ -182,6 +211,15 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
             output,
             perfkit_profile::speedscope::write(&profile.tree).as_bytes(),
         ),
+        ExportFormat::Html => {
+            let viewer = perfkit_view::Viewer::single(file.display().to_string(), profile);
+            write_atomic(output, perfkit_view::export::html(&viewer).as_bytes())
+        }
+        ExportFormat::Svg => {
+            let title = format!("perfkit: {}", file.display());
+            let svg = perfkit_view::export::flamegraph_svg(&profile.tree, &title)?;
+            write_atomic(output, &svg)
+        }
     };
     written?;
     eprintln!("perfkit: wrote {}", output.display());
@@ -199,9 +237,13 @@ fn format_from_extension(output: &Path) -> Result<ExportFormat, String> {
         Ok(ExportFormat::Speedscope)
     } else if name.ends_with(".txt") || name.ends_with(".collapsed") || name.ends_with(".folded") {
         Ok(ExportFormat::Collapsed)
+    } else if name.ends_with(".html") || name.ends_with(".htm") {
+        Ok(ExportFormat::Html)
+    } else if name.ends_with(".svg") {
+        Ok(ExportFormat::Svg)
     } else {
         Err(format!(
-            "cannot tell the format of {} from its extension: use .prof, .txt/.collapsed/.folded, .speedscope.json, or --format",
+            "cannot tell the format of {} from its extension: use .prof, .txt/.collapsed/.folded, .speedscope.json, .html, .svg, or --format",
             output.display()
         ))
     }

@@ -1,0 +1,226 @@
+//! Comparing two profiles: call trees matched path by path, and function
+//! tables matched function by function. Functions are matched by their
+//! [`FuncKey`], so the two profiles may intern them in different orders.
+
+use rustc_hash::FxHashMap;
+
+use crate::stats::StatsTable;
+use crate::tree::{CallTree, FuncId, FuncKey, Node, NodeId, ThreadTree, ROOT_FUNC};
+
+/// Two trees laid over each other: every call path of either run, once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeDiff {
+    /// The union of both runs' call paths (all threads merged) with the
+    /// `after` run's calls and times; paths only in `before` have zeros.
+    pub after: CallTree,
+    /// For each node of `after.threads[0]`, the same path's calls and times
+    /// in the `before` run (zeros when the path is new).
+    pub before: Vec<Node>,
+}
+
+fn zero_node(func: FuncId, parent: NodeId) -> Node {
+    Node {
+        func,
+        parent,
+        calls: 0,
+        own_ns: 0,
+        total_ns: 0,
+    }
+}
+
+/// Lays `after` over `before` path by path (threads merged first).
+/// Malformed nodes (parent not before them, unknown function) are dropped
+/// with their descendants.
+pub fn diff_trees(before: &CallTree, after: &CallTree) -> TreeDiff {
+    let mut funcs: Vec<FuncKey> = Vec::new();
+    let mut func_ids: FxHashMap<FuncKey, FuncId> = FxHashMap::default();
+    let mut union = ThreadTree::new("all threads", 0, 0);
+    let mut before_values: Vec<Node> = vec![zero_node(ROOT_FUNC, 0)];
+    let mut index: FxHashMap<(NodeId, FuncId), NodeId> = FxHashMap::default();
+
+    for (side, tree) in [(1u8, after), (0u8, before)] {
+        let merged = tree.merged();
+        let local: Vec<FuncId> = merged
+            .funcs
+            .iter()
+            .map(|key| {
+                let next = funcs.len() as FuncId;
+                *func_ids.entry(key.clone()).or_insert_with(|| {
+                    funcs.push(key.clone());
+                    next
+                })
+            })
+            .collect();
+        for thread in &merged.threads {
+            const UNPLACED: NodeId = NodeId::MAX;
+            let mut map = vec![UNPLACED; thread.nodes.len()];
+            if let Some(first) = map.first_mut() {
+                *first = 0;
+            }
+            for (i, node) in thread.nodes.iter().enumerate().skip(1) {
+                let parent = node.parent as usize;
+                if parent >= i || map[parent] == UNPLACED || node.func as usize >= local.len() {
+                    continue;
+                }
+                let key = (map[parent], local[node.func as usize]);
+                let id = *index.entry(key).or_insert_with(|| {
+                    union.nodes.push(zero_node(key.1, key.0));
+                    before_values.push(zero_node(key.1, key.0));
+                    (union.nodes.len() - 1) as NodeId
+                });
+                let slot = if side == 1 {
+                    &mut union.nodes[id as usize]
+                } else {
+                    &mut before_values[id as usize]
+                };
+                slot.calls = slot.calls.saturating_add(node.calls);
+                slot.own_ns = slot.own_ns.saturating_add(node.own_ns);
+                slot.total_ns = slot.total_ns.saturating_add(node.total_ns);
+                map[i] = id;
+            }
+        }
+    }
+    TreeDiff {
+        after: CallTree {
+            funcs,
+            threads: vec![union],
+            meta: after.meta.clone(),
+        },
+        before: before_values,
+    }
+}
+
+/// One function's row in both runs (zeros where it is missing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FuncDelta {
+    pub func: FuncKey,
+    pub before_nc: u64,
+    pub after_nc: u64,
+    /// Own time in seconds.
+    pub before_tt: f64,
+    pub after_tt: f64,
+    /// Cumulative time in seconds.
+    pub before_ct: f64,
+    pub after_ct: f64,
+}
+
+impl FuncDelta {
+    /// Change in own time, in seconds (positive: slower).
+    pub fn tt_delta(&self) -> f64 {
+        self.after_tt - self.before_tt
+    }
+    /// Change in cumulative time, in seconds (positive: slower).
+    pub fn ct_delta(&self) -> f64 {
+        self.after_ct - self.before_ct
+    }
+}
+
+/// Every function of either table, with its values in both, ordered from
+/// the largest regression in own time to the largest improvement.
+pub fn diff_stats(before: &StatsTable, after: &StatsTable) -> Vec<FuncDelta> {
+    let mut rows: Vec<FuncDelta> = Vec::new();
+    let mut row_of: FxHashMap<&FuncKey, usize> = FxHashMap::default();
+    for (side, table) in [(1u8, after), (0u8, before)] {
+        for e in &table.entries {
+            let i = *row_of.entry(&e.func).or_insert_with(|| {
+                rows.push(FuncDelta {
+                    func: e.func.clone(),
+                    before_nc: 0,
+                    after_nc: 0,
+                    before_tt: 0.0,
+                    after_tt: 0.0,
+                    before_ct: 0.0,
+                    after_ct: 0.0,
+                });
+                rows.len() - 1
+            });
+            let r = &mut rows[i];
+            if side == 1 {
+                r.after_nc = r.after_nc.saturating_add(e.nc);
+                r.after_tt += e.tt;
+                r.after_ct += e.ct;
+            } else {
+                r.before_nc = r.before_nc.saturating_add(e.nc);
+                r.before_tt += e.tt;
+                r.before_ct += e.ct;
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        b.tt_delta()
+            .partial_cmp(&a.tt_delta())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.func.cmp(&b.func))
+    });
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(paths: &[(&[&str], u64)]) -> CallTree {
+        let mut t = CallTree::default();
+        let mut thread = ThreadTree::new("MainThread", 1, 1);
+        let mut ids: FxHashMap<String, FuncId> = FxHashMap::default();
+        for (path, own) in paths {
+            let mut parent = 0;
+            for (depth, name) in path.iter().enumerate() {
+                let f = *ids.entry(name.to_string()).or_insert_with(|| {
+                    t.funcs.push(FuncKey::new("m.py", 1, *name));
+                    (t.funcs.len() - 1) as FuncId
+                });
+                let found = (1..thread.nodes.len())
+                    .find(|&i| thread.nodes[i].parent == parent && thread.nodes[i].func == f);
+                let id = match found {
+                    Some(i) => i as NodeId,
+                    None => {
+                        thread.nodes.push(zero_node(f, parent));
+                        (thread.nodes.len() - 1) as NodeId
+                    }
+                };
+                let n = &mut thread.nodes[id as usize];
+                n.total_ns += own;
+                if depth + 1 == path.len() {
+                    n.own_ns += own;
+                    n.calls += 1;
+                }
+                parent = id;
+            }
+        }
+        t.threads.push(thread);
+        t
+    }
+
+    #[test]
+    fn paths_are_matched_by_function_key_not_id() {
+        let before = tree(&[(&["main", "a"], 10), (&["main", "gone"], 5)]);
+        let after = tree(&[(&["main", "new"], 7), (&["main", "a"], 30)]);
+        let d = diff_trees(&before, &after);
+        let t = &d.after.threads[0];
+        let find = |name: &str| {
+            (1..t.nodes.len())
+                .find(|&i| d.after.funcs[t.nodes[i].func as usize].name == name)
+                .unwrap()
+        };
+        assert_eq!(t.nodes.len(), 5);
+        let a = find("a");
+        assert_eq!((t.nodes[a].total_ns, d.before[a].total_ns), (30, 10));
+        let gone = find("gone");
+        assert_eq!((t.nodes[gone].total_ns, d.before[gone].total_ns), (0, 5));
+        let new = find("new");
+        assert_eq!((t.nodes[new].total_ns, d.before[new].total_ns), (7, 0));
+        let main = find("main");
+        assert_eq!((t.nodes[main].total_ns, d.before[main].total_ns), (37, 15));
+    }
+
+    #[test]
+    fn stats_diff_orders_regressions_first() {
+        let before = tree(&[(&["main", "a"], 10), (&["main", "b"], 50)]).to_stats();
+        let after = tree(&[(&["main", "a"], 40), (&["main", "b"], 20)]).to_stats();
+        let rows = diff_stats(&before, &after);
+        assert_eq!(rows.first().unwrap().func.name, "a");
+        assert_eq!(rows.last().unwrap().func.name, "b");
+        assert!((rows[0].tt_delta() - 30e-9).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,49 @@
+//! The page (served, or exported with its data embedded) and the flame-graph SVG.
+
+use perfkit_profile::CallTree;
+
+use crate::api::Viewer;
+
+const PAGE: &str = include_str!("assets/index.html");
+const STYLE: &str = include_str!("assets/style.css");
+const SCRIPT: &str = include_str!("assets/app.js");
+
+/// Frames narrower than this share of the whole are left out of an export.
+pub const EXPORT_MIN_FRACTION: f64 = 1.0 / 50_000.0;
+/// At most this many frames per view go into an export.
+pub const EXPORT_MAX_NODES: usize = 200_000;
+
+/// The page with its style and script inline; with `data`, the JSON the
+/// page would otherwise fetch (then it needs no server).
+pub fn page(data: Option<&str>) -> String {
+    let data = match data {
+        // Inside <script>, "<" could close the element: JSON allows it escaped.
+        Some(d) => d.replace('<', "\\u003c"),
+        None => String::new(),
+    };
+    PAGE.replace("/*STYLE*/", STYLE)
+        .replacen("/*DATA*/", &data, 1)
+        .replacen("/*SCRIPT*/", SCRIPT, 1)
+}
+
+/// One self-contained HTML file: the page and the profile's data.
+pub fn html(viewer: &Viewer) -> String {
+    page(Some(
+        &viewer.embedded_json(EXPORT_MIN_FRACTION, EXPORT_MAX_NODES),
+    ))
+}
+
+/// A flame graph of the whole profile (threads side by side), as SVG.
+pub fn flamegraph_svg(tree: &CallTree, title: &str) -> Result<Vec<u8>, String> {
+    let text = perfkit_profile::collapsed::write(tree);
+    if text.trim().is_empty() {
+        return Err("the profile records no time, so there is nothing to draw".into());
+    }
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_string();
+    options.count_name = "µs".to_string();
+    let mut out = Vec::new();
+    inferno::flamegraph::from_lines(&mut options, text.lines(), &mut out)
+        .map_err(|e| format!("cannot draw the flame graph: {e}"))?;
+    Ok(out)
+}

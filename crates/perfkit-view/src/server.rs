@@ -1,0 +1,149 @@
+//! The local HTTP server: answers the page and the API from a [`Viewer`]
+//! on a couple of worker threads until stopped. It never opens a file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::api::Viewer;
+
+/// How often the workers look at the stop flag.
+const POLL: Duration = Duration::from_millis(100);
+const WORKERS: usize = 2;
+
+/// A running server; stops (and joins its threads) when dropped.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `host:port` (port 0: a free one) and starts answering.
+    pub fn start(viewer: Arc<Viewer>, host: &str, port: u16) -> Result<Server, String> {
+        let ip: IpAddr = if host == "localhost" {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            host.parse().map_err(|_| {
+                format!("--host must be an IP address such as 127.0.0.1, not {host:?}")
+            })?
+        };
+        let http = tiny_http::Server::http(SocketAddr::new(ip, port))
+            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| "the server has no IP address".to_string())?;
+        let http = Arc::new(http);
+        let stop = Arc::new(AtomicBool::new(false));
+        // On loopback, only requests addressed to loopback names are answered:
+        // a web page elsewhere cannot reach the data through DNS rebinding.
+        let allowed_hosts = ip.is_loopback().then(|| {
+            let p = addr.port();
+            vec![
+                format!("127.0.0.1:{p}"),
+                format!("localhost:{p}"),
+                format!("[::1]:{p}"),
+            ]
+        });
+        let workers = (0..WORKERS)
+            .map(|_| {
+                let http = Arc::clone(&http);
+                let stop = Arc::clone(&stop);
+                let viewer = Arc::clone(&viewer);
+                let allowed = allowed_hosts.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.recv_timeout(POLL) {
+                            Ok(Some(request)) => answer(&viewer, allowed.as_deref(), request),
+                            Ok(None) => {}
+                            Err(_) => std::thread::sleep(POLL),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Server {
+            addr,
+            stop,
+            workers,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The page's address.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops answering and waits for the workers.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("static header is valid")
+}
+
+fn answer(viewer: &Viewer, allowed_hosts: Option<&[String]>, request: tiny_http::Request) {
+    let host_ok = match allowed_hosts {
+        None => true,
+        Some(allowed) => request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .is_none_or(|h| {
+                allowed
+                    .iter()
+                    .any(|a| h.value.as_str().eq_ignore_ascii_case(a))
+            }),
+    };
+    let reply = if host_ok {
+        let method = request.method().as_str().to_string();
+        // A panic while answering is a bug; it must cost one request, not the server.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            viewer.handle(&method, request.url())
+        }))
+        .unwrap_or_else(|_| crate::api::Reply {
+            status: 500,
+            content_type: "application/json",
+            body: r#"{"error":"internal error"}"#.into(),
+        })
+    } else {
+        crate::api::Reply {
+            status: 403,
+            content_type: "text/plain; charset=utf-8",
+            body: "forbidden: unknown Host\n".into(),
+        }
+    };
+    let csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+               connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+    let response = tiny_http::Response::from_string(reply.body)
+        .with_status_code(reply.status)
+        .with_header(header("Content-Type", reply.content_type))
+        .with_header(header("Cache-Control", "no-store"))
+        .with_header(header("X-Content-Type-Options", "nosniff"))
+        .with_header(header("Referrer-Policy", "no-referrer"))
+        .with_header(header("Content-Security-Policy", csp));
+    let _ = request.respond(response);
+}

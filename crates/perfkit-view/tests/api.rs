@@ -1,0 +1,183 @@
+//! The viewer's answers without a browser or Python: slices of huge and
+//! deep trees stay bounded, routes never reach files, exports escape names.
+
+use perfkit_profile::{CallTree, FuncKey, Meta, Node, Profile, ThreadTree};
+use perfkit_view::{export, Viewer};
+use serde_json::Value;
+
+fn node(func: u32, parent: u32, total: u64, own: u64) -> Node {
+    Node {
+        func,
+        parent,
+        calls: 1,
+        own_ns: own,
+        total_ns: total,
+    }
+}
+
+fn profile(funcs: Vec<FuncKey>, nodes: Vec<Node>) -> Profile {
+    let mut thread = ThreadTree::new("MainThread", 1, 1);
+    thread.nodes.extend(nodes);
+    let tree = CallTree {
+        funcs,
+        threads: vec![thread],
+        meta: Meta {
+            exact: true,
+            ..Meta::default()
+        },
+    };
+    Profile {
+        stats: tree.to_stats(),
+        tree,
+    }
+}
+
+/// A complete 10-ary tree of `levels` levels below the root; leaves take 1 µs.
+fn bushy(levels: u32) -> Profile {
+    let funcs: Vec<FuncKey> = (0..10)
+        .map(|i| FuncKey::new("m.py", i + 1, format!("f{i}")))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut level: Vec<u32> = vec![0];
+    for depth in 0..levels {
+        let leaf_total = 10u64.pow(levels - depth - 1) * 1000;
+        let mut next = Vec::new();
+        for &parent in &level {
+            for k in 0..10 {
+                nodes.push(node(
+                    k,
+                    parent,
+                    leaf_total,
+                    if depth + 1 == levels { leaf_total } else { 0 },
+                ));
+                next.push(nodes.len() as u32);
+            }
+        }
+        level = next;
+    }
+    profile(funcs, nodes)
+}
+
+fn slice(viewer: &Viewer, query: &str) -> Value {
+    let reply = viewer.handle("GET", &format!("/api/slice?{query}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
+#[test]
+fn million_node_slices_stay_small_and_laid_out() {
+    let viewer = Viewer::single("big".into(), bushy(6));
+    let meta: Value = serde_json::from_str(&viewer.meta_json()).unwrap();
+    assert_eq!(meta["views"][0]["nodes"], 1_111_110);
+    // One pixel of a 4000-pixel chart: levels of frames 1/10,000 wide are culled.
+    let s = slice(&viewer, "view=0&root=0&min=0.00025");
+    assert_eq!(s["id"].as_array().unwrap().len(), 1 + 10 + 100 + 1000);
+    let x = s["x"].as_array().unwrap();
+    let w = s["w"].as_array().unwrap();
+    assert_eq!(w[0].as_f64(), Some(1.0));
+    let last = x.len() - 1;
+    assert!((x[last].as_f64().unwrap() + w[last].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    // Without culling the slice is capped and says so.
+    let all = slice(&viewer, "view=0&root=0&min=0");
+    assert!(all["id"].as_array().unwrap().len() <= perfkit_view::api::MAX_SLICE_NODES + 1);
+    assert_eq!(all["truncated"], true);
+}
+
+#[test]
+fn ten_thousand_deep_recursion_slices_and_paths() {
+    let depth = 10_000u32;
+    let nodes: Vec<Node> = (0..depth)
+        .map(|i| node(0, i, u64::from(depth - i) * 1000, 1000))
+        .collect();
+    let viewer = Viewer::single(
+        "deep".into(),
+        profile(vec![FuncKey::new("r.py", 1, "down")], nodes),
+    );
+    let s = slice(&viewer, "view=0&root=0&min=0&depth=20000");
+    assert_eq!(
+        s["d"].as_array().unwrap().last().unwrap(),
+        &Value::from(depth)
+    );
+    let bottom = slice(&viewer, &format!("view=0&root={depth}&depth=3"));
+    assert_eq!(bottom["path"].as_array().unwrap().len(), depth as usize);
+    // The export and the SVG cope too.
+    let html = export::html(&viewer);
+    assert!(html.contains("perfkit-data"));
+}
+
+#[test]
+fn only_the_page_and_the_api_exist() {
+    let viewer = Viewer::single("small".into(), bushy(2));
+    let page = viewer.handle("GET", "/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("data-state=\"loading\""));
+    for path in [
+        "/../Cargo.toml",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/api/../../etc/passwd",
+        "//etc/passwd",
+        "/api/meta/../../../etc/passwd",
+        "/src/lib.rs",
+        "/assets/app.js",
+    ] {
+        let r = viewer.handle("GET", path);
+        assert_eq!(r.status, 404, "{path}");
+    }
+    assert_eq!(viewer.handle("POST", "/api/meta").status, 405);
+    assert_eq!(
+        viewer.handle("GET", "/api/slice?root=999999999").status,
+        404
+    );
+    assert_eq!(viewer.handle("GET", "/api/stats?view=3").status, 400);
+}
+
+#[test]
+fn export_escapes_names_that_look_like_markup() {
+    let evil = "</script><script>alert(1)</script>";
+    let p = profile(
+        vec![FuncKey::new("<b>x.py", 1, evil)],
+        vec![node(0, 0, 1000, 1000)],
+    );
+    let html = export::html(&Viewer::single("evil".into(), p));
+    assert!(!html.contains(evil));
+    assert!(!html.contains("<b>x.py"));
+    let start =
+        html.find("type=\"application/json\">").unwrap() + "type=\"application/json\">".len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: Value = serde_json::from_str(&html[start..end]).unwrap();
+    assert_eq!(data["funcs"]["name"][0], evil);
+}
+
+#[test]
+fn diff_slices_carry_both_runs() {
+    let before = bushy(2);
+    let mut after = bushy(2);
+    for n in after.tree.threads[0].nodes.iter_mut().skip(1) {
+        n.total_ns *= 2;
+        n.own_ns *= 2;
+    }
+    after.stats = after.tree.to_stats();
+    let viewer = Viewer::diff("a".into(), before, "b".into(), after);
+    let s = slice(&viewer, "view=0&root=0&min=0");
+    let total = s["total"].as_array().unwrap();
+    let btotal = s["btotal"].as_array().unwrap();
+    for (a, b) in total.iter().zip(btotal).skip(1) {
+        assert_eq!(a.as_u64().unwrap(), 2 * b.as_u64().unwrap());
+    }
+    let diff: Value = serde_json::from_str(&viewer.diff_json()).unwrap();
+    assert_eq!(diff["f"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn flame_graph_svg_is_drawn_and_escaped() {
+    let p = profile(
+        vec![FuncKey::new("x.py", 1, "<img src=x onerror=alert(1)>")],
+        vec![node(0, 0, 5000, 5000)],
+    );
+    let svg = String::from_utf8(export::flamegraph_svg(&p.tree, "t").unwrap()).unwrap();
+    assert!(svg.starts_with("<?xml") || svg.contains("<svg"));
+    assert!(!svg.contains("<img"));
+    assert!(svg.contains("&lt;img"));
+    let empty = profile(vec![], vec![]);
+    assert!(export::flamegraph_svg(&empty.tree, "t").is_err());
+}

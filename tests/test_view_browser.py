@@ -1,0 +1,487 @@
+"""The viewer in a real browser (headless Chromium through selenium), along
+a user's path: open a profile, see the chart and the table, zoom by
+clicking, search, sort, callers/callees, sunburst, threads, theme, the URL
+that reopens a view, a diff, and the exported HTML opened from disk. Every
+test asserts on what is on the page; screenshots go to test-artifacts/view/."""
+
+from __future__ import annotations
+
+import os
+import pstats
+import re
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import perfkit
+import pytest
+from conftest import run_cli
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
+from view_support import (
+    HOSTILE_FILE,
+    HOSTILE_NAME,
+    ViewServer,
+    leaf,
+    workload,
+    write_cprofile,
+    write_deep_recursion,
+    write_hostile,
+    write_perfkit,
+)
+
+CHROMIUM = os.environ.get("PERFKIT_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("PERFKIT_CHROMEDRIVER", "/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "view"
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=1400,1000",
+]
+
+
+def make_driver():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail(
+            f"the browser tests need {CHROMIUM} and {CHROMEDRIVER}: "
+            "apt-get install -y chromium chromium-driver (.ci/run does this)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver = make_driver()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("viewb")
+    return {
+        "cprofile": write_cprofile(d / "work.cprofile.prof"),
+        "perfkit": write_perfkit(d / "work.prof"),
+        "dir": d,
+    }
+
+
+def shot(driver, name: str) -> None:
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def wait_state(driver, timeout: float = 30) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        state = driver.execute_script("return document.body && document.body.dataset.state")
+        if state in ("ready", "error"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError("the page never became ready")
+
+
+def open_ready(driver, url: str) -> None:
+    driver.get(url)
+    state = wait_state(driver)
+    if state != "ready":
+        raise AssertionError("page error: " + driver.find_element(By.ID, "error").text)
+
+
+def frames(driver) -> list[dict]:
+    return driver.execute_script("return window.perfkitView.frames()")
+
+
+def frame_named(driver, name: str) -> dict:
+    found = [f for f in frames(driver) if f["name"] == name]
+    assert found, f"no frame {name!r} drawn; drawn: {sorted({f['name'] for f in frames(driver)})[:20]}"
+    return max(found, key=lambda f: f["w"])
+
+
+def settle(driver, timeout: float = 30) -> None:
+    """Waits until the page has no request in flight (a zoom's refined slice, a thread switch)."""
+    end = time.monotonic() + timeout
+    while driver.execute_script("return window.perfkitView.state().busy"):
+        if time.monotonic() > end:
+            raise AssertionError("the page stayed busy")
+        time.sleep(0.02)
+
+
+def click_canvas(driver, x: float, y: float) -> None:
+    canvas = driver.find_element(By.ID, "chart")
+    size = canvas.size
+    ActionChains(driver).move_to_element_with_offset(
+        canvas, int(x - size["width"] / 2), int(y - size["height"] / 2)
+    ).click().perform()
+    settle(driver)
+
+
+def click_crumb(driver, index: int) -> None:
+    driver.find_elements(By.CSS_SELECTOR, "#crumbs .crumb")[index].click()
+    settle(driver)
+
+
+def crumbs(driver) -> list[str]:
+    return [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#crumbs .crumb")]
+
+
+def hash_state(driver) -> dict:
+    h = driver.execute_script("return location.hash").lstrip("#")
+    return {k: v[0] for k, v in parse_qs(h).items()}
+
+
+def table_rows(driver, table_id: str = "stats") -> list[list[str]]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#' + arguments[0] + ' tbody tr')]"
+        ".map(tr => [...tr.cells].map(td => td.textContent))",
+        table_id,
+    )
+
+
+def pixel(driver, x: float, y: float) -> list[int]:
+    return driver.execute_script(
+        "const c = document.getElementById('chart'), r = window.devicePixelRatio || 1;"
+        "return [...c.getContext('2d').getImageData(Math.round(arguments[0] * r), Math.round(arguments[1] * r), 1, 1).data];",
+        x,
+        y,
+    )
+
+
+def assert_no_alert(driver) -> None:
+    time.sleep(0.3)
+    try:
+        alert = driver.switch_to.alert
+        text = alert.text
+        alert.dismiss()
+    except NoAlertPresentException:
+        return
+    raise AssertionError(f"the page ran script from the profile: alert({text!r})")
+
+
+def pstats_row(stats: pstats.Stats, key) -> list[str]:
+    """A row exactly as pstats' print_stats prints it."""
+    cc, nc, tt, ct, _ = stats.stats[key]
+    ncalls = f"{nc}/{cc}" if nc != cc else str(nc)
+    return [
+        ncalls,
+        f"{tt:.3f}",
+        f"{tt / nc:.3f}" if nc else "",
+        f"{ct:.3f}",
+        f"{ct / cc:.3f}" if cc else "",
+        pstats.func_std_string(key),
+    ]
+
+
+# -- a user's path ------------------------------------------------------------------------
+
+
+def test_open_zoom_search_sort_select_sunburst(browser, files):
+    with ViewServer(files["perfkit"]) as server:
+        open_ready(browser, server.url)
+        shot(browser, "01-open")
+        assert browser.find_element(By.ID, "exactness").text == "exact tree"
+        drawn = frames(browser)
+        assert len(drawn) >= 8 and drawn[0]["name"] == "all"
+        assert len(table_rows(browser)) > 5
+
+        # Click-to-zoom: slow_path fills the width, breadcrumbs and URL follow.
+        target = frame_named(browser, "slow_path")
+        click_canvas(browser, target["x"], target["y"])
+        assert crumbs(browser)[-1] == "slow_path"
+        top = [f for f in frames(browser) if f["depth"] == 0]
+        width = browser.find_element(By.ID, "chart").size["width"]
+        assert [f["name"] for f in top] == ["slow_path"] and top[0]["w"] >= width - 2
+        assert {f["name"] for f in frames(browser)} >= {"leaf", "<genexpr>"}
+        assert "fast_path" not in {f["name"] for f in frames(browser)}
+        state = hash_state(browser)
+        assert int(state["focus"]) == target["id"]
+        assert browser.find_element(By.ID, "sel-name").text.endswith("(slow_path)")
+        shot(browser, "02-zoomed")
+        zoomed_url = browser.current_url
+
+        # Search highlights matching frames.
+        search = browser.find_element(By.ID, "search")
+        search.send_keys("leaf")
+        time.sleep(0.3)
+        assert browser.find_element(By.ID, "search-count").text == "1 function matches"
+        hit = frame_named(browser, "leaf")
+        assert pixel(browser, hit["x"], hit["y"] + 6)[:3] == [0xD5, 0x00, 0xF9]
+        shot(browser, "03-search")
+        search.clear()
+        search.send_keys("x")
+        search.send_keys("\b")
+        time.sleep(0.3)
+
+        # Back to the top through the breadcrumbs.
+        click_crumb(browser, 0)
+        assert crumbs(browser) == ["all"]
+
+        # Sort by tottime (pstats' order), then by name ascending, by header clicks.
+        browser.find_element(By.CSS_SELECTOR, '#stats th[data-key="tt"]').click()
+        rows = table_rows(browser)
+        tts = [float(r[1]) for r in rows]
+        assert tts == sorted(tts, reverse=True)
+        assert hash_state(browser)["sort"] == "tt"
+        browser.find_element(By.CSS_SELECTOR, '#stats th[data-key="name"]').click()
+        names = [r[5] for r in table_rows(browser)]
+        assert names == sorted(names)
+
+        # Filter the table.
+        browser.find_element(By.ID, "filter").send_keys("_path")
+        time.sleep(0.3)
+        assert sorted(r[5].rsplit("(", 1)[1] for r in table_rows(browser)) == ["fast_path)", "slow_path)"]
+
+        # Callers and callees of a function picked in the table.
+        row = next(
+            tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if "(slow_path)" in tr.text
+        )
+        row.click()
+        settle(browser)
+        callers = [r[3] for r in table_rows(browser, "callers")]
+        callees = [r[3] for r in table_rows(browser, "callees")]
+        assert any(c.endswith("(workload)") for c in callers), callers
+        assert [c for c in callees if c.endswith("(leaf)")] and len(callees) == 1, callees
+        calls_of_leaf = next(r for r in table_rows(browser, "callees") if r[3].endswith("(leaf)"))[0]
+        assert calls_of_leaf == "40"
+        shot(browser, "04-callers-callees")
+
+        # Sunburst: drawn, and a click on a ring zooms into that frame.
+        browser.find_element(By.ID, "mode-sunburst").click()
+        assert hash_state(browser)["mode"] == "sunburst"
+        ring = frame_named(browser, "workload")
+        click_canvas(browser, ring["x"], ring["y"])
+        assert crumbs(browser)[-1] == "workload"
+        center = [f for f in frames(browser) if f["depth"] == 0]
+        assert [f["name"] for f in center] == ["workload"]
+        shot(browser, "05-sunburst")
+
+        # Dark theme, kept in the URL.
+        was = browser.execute_script("return document.documentElement.dataset.theme")
+        browser.find_element(By.ID, "theme").click()
+        now = browser.execute_script("return document.documentElement.dataset.theme")
+        assert {was, now} == {"light", "dark"} and hash_state(browser)["theme"] == now
+        shot(browser, "06-dark")
+
+        # The URL reopens the same zoom and mode.
+        browser.get("about:blank")
+        open_ready(browser, zoomed_url)
+        assert crumbs(browser)[-1] == "slow_path"
+        assert [f["name"] for f in frames(browser) if f["depth"] == 0] == ["slow_path"]
+
+
+def test_click_on_focused_frame_zooms_out(browser, files):
+    with ViewServer(files["perfkit"]) as server:
+        open_ready(browser, server.url)
+        leaf_frame = frame_named(browser, "leaf")
+        click_canvas(browser, leaf_frame["x"], leaf_frame["y"])
+        assert crumbs(browser)[-1] == "leaf"
+        path = crumbs(browser)
+        top = next(f for f in frames(browser) if f["depth"] == 0)
+        click_canvas(browser, top["x"], top["y"])
+        assert crumbs(browser) == path[:-1]
+        # Escape goes one more level up.
+        ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+        settle(browser)
+        assert crumbs(browser) == path[:-2]
+
+
+def test_table_agrees_with_pstats_and_perfkit_stats(browser, files):
+    src = files["cprofile"]
+    want = pstats.Stats(str(src))
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        assert "approximate" in browser.find_element(By.ID, "exactness").text
+        rows = table_rows(browser)
+        shot(browser, "07-cprofile-table")
+    assert len(rows) == len(want.stats)
+    by_label = {pstats.func_std_string(k): pstats_row(want, k) for k in want.stats}
+    for row in rows:
+        assert row == by_label[row[5]], row
+    # The page's order is pstats' cumulative order (ties aside).
+    cts = [float(r[3]) for r in rows]
+    assert cts == sorted(cts, reverse=True)
+    # `perfkit stats` prints the same rows.
+    r = run_cli("stats", src, "--sort", "cumulative")
+    assert r.returncode == 0, r.stderr
+    printed = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"^\s*(\d+(?:/\d+)?)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(.*)$", line)
+        if m and m.group(6) in by_label:
+            printed[m.group(6)] = list(m.groups())
+    for row in rows:
+        if row[2] and row[4]:
+            assert printed[row[5]] == row, row
+
+
+def test_hostile_names_render_as_text(browser, tmp_path):
+    src = write_hostile(tmp_path / "evil.prof")
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        assert_no_alert(browser)
+        labels = [r[5] for r in table_rows(browser)]
+        assert any(
+            label.startswith(HOSTILE_FILE) and label.endswith(f"({HOSTILE_NAME})") for label in labels
+        ), labels
+        assert browser.execute_script("return document.querySelectorAll('img, #stats script').length") == 0
+        row = next(
+            tr for tr in browser.find_elements(By.CSS_SELECTOR, "#stats tbody tr") if HOSTILE_NAME in tr.text
+        )
+        row.click()
+        assert browser.find_element(By.ID, "sel-name").text.endswith(f"({HOSTILE_NAME})")
+        frame = frame_named(browser, HOSTILE_NAME)
+        ActionChains(browser).move_to_element_with_offset(
+            browser.find_element(By.ID, "chart"),
+            int(frame["x"] - browser.find_element(By.ID, "chart").size["width"] / 2),
+            int(frame["y"] - browser.find_element(By.ID, "chart").size["height"] / 2),
+        ).perform()
+        tip = browser.find_element(By.ID, "tip")
+        assert HOSTILE_NAME in tip.text
+        browser.find_element(By.ID, "search").send_keys("<img")
+        time.sleep(0.3)
+        assert_no_alert(browser)
+        shot(browser, "08-hostile")
+    out = tmp_path / "evil.html"
+    assert run_cli("export", src, "-o", out).returncode == 0
+    open_ready(browser, out.as_uri())
+    assert_no_alert(browser)
+    assert any(HOSTILE_NAME in r[5] for r in table_rows(browser))
+    assert browser.execute_script("return document.querySelectorAll('img').length") == 0
+
+
+def test_diff_view(browser, tmp_path):
+    before = write_perfkit(tmp_path / "before.prof", workload, 1000, 1000)
+    after = write_perfkit(tmp_path / "after.prof", workload, 20000, 1000)
+    with ViewServer(before, after) as server:
+        open_ready(browser, server.url)
+        assert browser.find_element(By.ID, "diff-box").is_displayed()
+        title = browser.find_element(By.ID, "title").text
+        assert (
+            "before.prof" in title and "after.prof" in title and title.index("before") < title.index("after")
+        )
+        worst = table_rows(browser, "regressions")
+        assert worst and worst[0][0].startswith("+")
+        assert any(
+            w[4].endswith(("(<genexpr>)", "(leaf)", "{built-in method builtins.sum}")) for w in worst[:3]
+        ), worst
+        # The slowed-down path is drawn red: more red than blue.
+        slow = frame_named(browser, "slow_path")
+        r, g, b, _ = pixel(browser, slow["x"], slow["y"] + 6)
+        assert r > b + 40, (r, g, b)
+        # Hover tells before and after.
+        canvas = browser.find_element(By.ID, "chart")
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, int(slow["x"] - canvas.size["width"] / 2), int(slow["y"] - canvas.size["height"] / 2)
+        ).perform()
+        tip = browser.find_element(By.ID, "tip").text
+        assert "before (total)" in tip and "change" in tip and "+" in tip
+        shot(browser, "09-diff")
+
+
+def test_exported_html_works_from_disk(browser, files, tmp_path):
+    out = tmp_path / "report.html"
+    r = run_cli("export", files["perfkit"], "-o", out)
+    assert r.returncode == 0, r.stderr
+    open_ready(browser, out.as_uri())
+    assert len(table_rows(browser)) > 5
+    target = frame_named(browser, "fast_path")
+    click_canvas(browser, target["x"], target["y"])
+    assert crumbs(browser)[-1] == "fast_path"
+    assert [f["name"] for f in frames(browser) if f["depth"] == 0] == ["fast_path"]
+    browser.find_element(By.ID, "mode-sunburst").click()
+    assert frames(browser)
+    browser.find_element(By.CSS_SELECTOR, '#stats th[data-key="nc"]').click()
+    calls = [int(r[0].split("/")[0]) for r in table_rows(browser)]
+    assert calls == sorted(calls, reverse=True)
+    shot(browser, "10-export")
+    # No request left the page: everything it needed was in the file.
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources == []
+
+
+def test_thread_selector(browser, tmp_path):
+    def worker():
+        for _ in range(30):
+            leaf(3000)
+
+    def run():
+        t = threading.Thread(target=worker, name="worker-thread")
+        t.start()
+        workload(500, 500)
+        t.join()
+
+    src = write_perfkit(tmp_path / "threads.prof", run)
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        select = Select(browser.find_element(By.ID, "thread"))
+        options = [o.text for o in select.options]
+        assert options[0] == "all threads" and "worker-thread" in options and len(options) >= 3
+        everything = {r[5] for r in table_rows(browser)}
+        select.select_by_visible_text("worker-thread")
+        time.sleep(0.1)
+        settle(browser)
+        worker_rows = {r[5] for r in table_rows(browser)}
+        assert any(w.endswith("(worker)") for w in worker_rows)
+        assert not any(w.endswith("(slow_path)") for w in worker_rows)
+        assert worker_rows < everything
+        assert hash_state(browser)["view"] == str(options.index("worker-thread"))
+        assert "worker" in {f["name"] for f in frames(browser)}
+        shot(browser, "11-thread")
+
+
+def test_deep_recursion_in_browser(browser, tmp_path):
+    src = write_deep_recursion(tmp_path / "deep.prof", 10_000)
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        depth_shown = max(f["depth"] for f in frames(browser))
+        assert depth_shown == 59  # the depth control (60 levels) bounds the drawing
+        bottom = max(frames(browser), key=lambda f: f["depth"])
+        browser.execute_script("document.getElementById('chart-box').scrollTop = 1e6")
+        assert bottom["name"] == "down"
+        browser.execute_script(
+            "const c = document.getElementById('chart'), r = c.getBoundingClientRect();"
+            "c.dispatchEvent(new MouseEvent('click', {clientX: r.left + arguments[0], clientY: r.top + arguments[1], bubbles: true}));",
+            bottom["x"],
+            bottom["y"],
+        )
+        settle(browser)
+        assert len(crumbs(browser)) > 55
+        assert browser.execute_script("return document.body.dataset.state") == "ready"
+        shot(browser, "12-deep")
+
+
+def test_error_state_instead_of_blank_page(browser, files, tmp_path):
+    # The served page saved to disk has no data and no server to ask.
+    with ViewServer(files["perfkit"]) as server:
+        import urllib.request
+
+        html = urllib.request.urlopen(server.url, timeout=30).read()
+    page = tmp_path / "no-data.html"
+    page.write_bytes(html)
+    browser.get(page.as_uri())
+    assert wait_state(browser) == "error"
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and error.text.startswith("perfkit view:")
+    shot(browser, "13-error")
+
+
+def test_snakeviz_like_cli_flag(files):
+    # -s/--server is snakeviz's spelling of --no-browser.
+    with ViewServer(files["perfkit"]) as server:
+        assert server.get_json("api/meta")["files"] == [str(files["perfkit"])]
+    r = run_cli("view", "--help")
+    assert "--server" in r.stdout and "--no-browser" in r.stdout
+    assert perfkit.__version__
