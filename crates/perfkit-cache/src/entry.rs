@@ -1,27 +1,34 @@
-//! One cache entry on disk: a directory `<key>/` holding `output.pkc` (the
-//! pickled result and its out-of-band buffers, with checksums) and
-//! `metadata.json` (for people: function, arguments, duration, sizes).
+//! One cache entry on disk: a single file `<key>.pkc` whose first line is the
+//! entry's metadata as JSON (function, arguments, duration, sizes: `head -1`
+//! shows it to a person) followed by the pickled result and its out-of-band
+//! buffers, all under checksums.
 //!
-//! An entry is written into a temporary sibling directory and published by
-//! one `rename(2)` of that directory, so a reader sees either no entry or a
-//! complete one, never a partial one. Crash safety does not rely on `fsync`
-//! (optional, `durable`): a process killed mid-write leaves only a `.tmp-*`
-//! directory that is never read; a machine crash that loses unsynced data
-//! leaves a published entry whose length or checksum no longer matches, and
-//! that is detected on read and reported as [`ReadOutcome::Corrupt`].
+//! An entry is written to a temporary sibling file and published by one
+//! `rename(2)`, so a reader sees either no entry or a complete one, never a
+//! partial one; concurrent writers of the same entry simply replace each
+//! other's identical file (an open reader keeps the inode it opened). Crash
+//! safety does not rely on `fsync` (optional: `durable`): a process killed
+//! mid-write leaves only a `.tmp-*` file that is never read; a machine crash
+//! that loses unsynced data leaves a published entry whose length or
+//! checksum no longer matches, which is detected on read and reported as
+//! [`ReadOutcome::Corrupt`]. One file per entry keeps both a hit (open, read,
+//! close) and a miss (create, write, rename) to the fewest system calls.
+//! An entry's modification time is its last use (a hit refreshes it).
 //!
-//! `output.pkc` layout (little-endian):
+//! Layout (integers little-endian; M = length of the metadata line with its `\n`):
 //!
 //! ```text
-//!  0  magic  "PKCENT01"            8
-//!  8  flags u32, buffer count u32  8
-//! 16  stream length u64            8
-//! 24  total file length u64        8
-//! 32  head checksum u128          16   xxh3-128 of bytes 0..32 + table + stream
-//! 48  body checksum u128          16   xxh3-128 of the buffers' bytes, in order
-//! 64  table: (offset u64, length u64) per buffer
-//!     pickle stream
-//!     buffers, each at a 64-byte-aligned offset (so they can be memory-mapped)
+//!  0     metadata JSON, one line, then '\n'
+//!  M+ 0  magic "PKCENT02"            8
+//!  M+ 8  flags u32, buffer count u32  8
+//!  M+16  stream length u64            8
+//!  M+24  total file length u64        8
+//!  M+32  head checksum u128          16   xxh3-128 of the metadata line, bytes M..M+32, table, stream
+//!  M+48  body checksum u128          16   xxh3-128 of the buffers' bytes, in order
+//!  M+64  table: (offset u64, length u64) per buffer (offsets from the start of the file)
+//!        pickle stream
+//!        buffers, each at a 64-byte-aligned file offset (so they can be memory-mapped),
+//!        zeros in between
 //! ```
 
 use std::fs::{self, File, FileTimes};
@@ -29,32 +36,39 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::error::CacheError;
 
-pub const OUTPUT_FILE: &str = "output.pkc";
-pub const METADATA_FILE: &str = "metadata.json";
-/// Prefix of the directories an entry is written into before it is published.
+/// File name extension of a published entry.
+pub const ENTRY_EXT: &str = "pkc";
+/// Prefix of the files an entry is written to before it is published.
 pub const TMP_PREFIX: &str = ".tmp-";
-const MAGIC: &[u8; 8] = b"PKCENT01";
+const MAGIC: &[u8; 8] = b"PKCENT02";
 const HEADER_LEN: u64 = 64;
 const ALIGN: u64 = 64;
+/// The metadata line is searched for this far; longer metadata is refused when writing.
+pub const MAX_METADATA_LEN: usize = 1 << 20;
 /// Files up to this size are assembled in memory and written with one call.
 const ONE_WRITE_MAX: u64 = 1 << 20;
 const CHUNK: usize = 4 << 20;
+/// A hit refreshes the entry's access time (what eviction orders by) only when
+/// it is older than this: most hits of a hot entry then cost no extra system call.
+const TOUCH_GRANULARITY: Duration = Duration::from_secs(1);
 
 /// Test hook: when this variable names a file, the writer creates that file
-/// after writing the first half of `output.pkc` and then waits forever, so a
+/// after writing the first half of the entry and then waits forever, so a
 /// test can SIGKILL the process at a known point of the write.
 pub const PAUSE_HOOK_ENV: &str = "PERFKIT_CACHE_TEST_PAUSE_MID_WRITE";
 
-/// Where the parts of an entry file are.
+/// Where the parts of an entry file are (offsets from the start of the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub flags: u32,
+    /// (offset, length) of the metadata JSON (without its newline).
+    pub metadata: (u64, u64),
     /// (offset, length) of the pickle stream.
     pub stream: (u64, u64),
     /// (offset, length) of each out-of-band buffer.
@@ -64,7 +78,7 @@ pub struct Layout {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadOutcome<T> {
-    /// No entry at this key.
+    /// No entry at this path.
     Missing,
     /// An entry exists but cannot be trusted (the reason says why).
     Corrupt(String),
@@ -76,8 +90,9 @@ fn align_up(v: u64) -> u64 {
 }
 
 impl Layout {
-    fn plan(flags: u32, stream_len: u64, buffer_lens: &[u64]) -> Layout {
-        let table_end = HEADER_LEN + 16 * buffer_lens.len() as u64;
+    fn plan(flags: u32, meta_len: u64, stream_len: u64, buffer_lens: &[u64]) -> Layout {
+        let header = meta_len + 1;
+        let table_end = header + HEADER_LEN + 16 * buffer_lens.len() as u64;
         let mut pos = table_end + stream_len;
         let mut buffers = Vec::with_capacity(buffer_lens.len());
         for &len in buffer_lens {
@@ -87,121 +102,120 @@ impl Layout {
         }
         Layout {
             flags,
+            metadata: (0, meta_len),
             stream: (table_end, stream_len),
             buffers,
             total_len: pos,
         }
     }
 
-    /// Bytes 0..32 of the header followed by the table (what the head checksum covers with the stream).
-    fn header_and_table(&self) -> Vec<u8> {
+    fn header_offset(&self) -> u64 {
+        self.metadata.1 + 1
+    }
+
+    /// The metadata line, the header (checksums zeroed, filled in by `seal`) and the table.
+    fn encode_prefix(&self, metadata: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.stream.0 as usize);
+        v.extend_from_slice(metadata);
+        v.push(b'\n');
         v.extend_from_slice(MAGIC);
         v.extend_from_slice(&self.flags.to_le_bytes());
         v.extend_from_slice(&(self.buffers.len() as u32).to_le_bytes());
         v.extend_from_slice(&self.stream.1.to_le_bytes());
         v.extend_from_slice(&self.total_len.to_le_bytes());
-        v.extend_from_slice(&[0u8; 32]); // checksums, filled in by `seal`
+        v.extend_from_slice(&[0u8; 32]);
         for &(off, len) in &self.buffers {
             v.extend_from_slice(&off.to_le_bytes());
             v.extend_from_slice(&len.to_le_bytes());
         }
         v
     }
-
-    /// Parses and bounds-checks a header and its table (`head` holds at least the first 64 bytes).
-    fn parse(head: &[u8], file_len: u64) -> Result<(Layout, u128, u128), String> {
-        if head.len() < HEADER_LEN as usize {
-            return Err(format!("file too short ({file_len} bytes)"));
-        }
-        if &head[0..8] != MAGIC {
-            return Err("not a perfkit cache entry (bad magic)".into());
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap());
-        let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap());
-        let u128_at = |o: usize| u128::from_le_bytes(head[o..o + 16].try_into().unwrap());
-        let flags = u32_at(8);
-        let n = u32_at(12) as u64;
-        let stream_len = u64_at(16);
-        let total_len = u64_at(24);
-        if total_len != file_len {
-            return Err(format!(
-                "length {file_len} bytes, header says {total_len} (truncated or overwritten)"
-            ));
-        }
-        let table_end = n
-            .checked_mul(16)
-            .and_then(|t| t.checked_add(HEADER_LEN))
-            .filter(|&t| t <= file_len)
-            .ok_or("buffer table runs past the end of the file")?;
-        if (head.len() as u64) < table_end {
-            // The caller reads the table once it knows its size.
-            return Ok((
-                Layout {
-                    flags,
-                    stream: (table_end, stream_len),
-                    buffers: Vec::new(),
-                    total_len,
-                },
-                0,
-                0,
-            ));
-        }
-        let stream_end = table_end
-            .checked_add(stream_len)
-            .filter(|&e| e <= file_len)
-            .ok_or("pickle stream runs past the end of the file")?;
-        let mut buffers = Vec::with_capacity(n as usize);
-        let mut min_off = stream_end;
-        for i in 0..n as usize {
-            let off = u64_at(64 + 16 * i);
-            let len = u64_at(64 + 16 * i + 8);
-            let end = off.checked_add(len).filter(|&e| e <= file_len);
-            if off < min_off || end.is_none() {
-                return Err(format!("buffer {i} lies outside the file"));
-            }
-            min_off = end.unwrap();
-            buffers.push((off, len));
-        }
-        Ok((
-            Layout {
-                flags,
-                stream: (table_end, stream_len),
-                buffers,
-                total_len,
-            },
-            u128_at(32),
-            u128_at(48),
-        ))
-    }
 }
 
-fn head_checksum(header_and_table: &[u8], stream: &[u8]) -> u128 {
+/// Parses and bounds-checks the prefix of an entry file: `prefix` holds the
+/// file from its start through at least the header. Returns the layout (its
+/// `buffers` empty when `prefix` does not reach the end of the table: read
+/// `stream.0` bytes and parse again) and the two checksums.
+fn parse_prefix(prefix: &[u8], file_len: u64) -> Result<(Layout, u128, u128), String> {
+    let Some(nl) = prefix.iter().position(|&b| b == b'\n') else {
+        return Err(if (prefix.len() as u64) < file_len {
+            "metadata line too long".into()
+        } else {
+            "no metadata line (truncated, or not a perfkit cache entry)".into()
+        });
+    };
+    let h = nl + 1;
+    if prefix.len() < h + HEADER_LEN as usize {
+        return Err(format!("file too short ({file_len} bytes)"));
+    }
+    let hd = &prefix[h..];
+    if &hd[0..8] != MAGIC {
+        return Err("not a perfkit cache entry (bad magic after the metadata line)".into());
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(hd[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(hd[o..o + 8].try_into().unwrap());
+    let u128_at = |o: usize| u128::from_le_bytes(hd[o..o + 16].try_into().unwrap());
+    let flags = u32_at(8);
+    let n = u32_at(12) as u64;
+    let stream_len = u64_at(16);
+    let total_len = u64_at(24);
+    if total_len != file_len {
+        return Err(format!(
+            "length {file_len} bytes, header says {total_len} (truncated or overwritten)"
+        ));
+    }
+    let table_end = n
+        .checked_mul(16)
+        .and_then(|t| t.checked_add(h as u64 + HEADER_LEN))
+        .filter(|&t| t <= file_len)
+        .ok_or("buffer table runs past the end of the file")?;
+    let stream_end = table_end
+        .checked_add(stream_len)
+        .filter(|&e| e <= file_len)
+        .ok_or("pickle stream runs past the end of the file")?;
+    let mut layout = Layout {
+        flags,
+        metadata: (0, nl as u64),
+        stream: (table_end, stream_len),
+        buffers: Vec::new(),
+        total_len,
+    };
+    if (prefix.len() as u64) < table_end {
+        return Ok((layout, 0, 0));
+    }
+    let mut min_off = stream_end;
+    for i in 0..n as usize {
+        let off = u64_at(64 + 16 * i);
+        let len = u64_at(64 + 16 * i + 8);
+        match off.checked_add(len).filter(|&e| e <= file_len) {
+            Some(end) if off >= min_off => {
+                min_off = end;
+                layout.buffers.push((off, len));
+            }
+            _ => return Err(format!("buffer {i} lies outside the file")),
+        }
+    }
+    Ok((layout, u128_at(32), u128_at(48)))
+}
+
+/// Covers the metadata line, the header's first 32 bytes, the table and the stream.
+fn head_checksum(prefix: &[u8], header_offset: usize, stream: &[u8]) -> u128 {
     let mut h = Xxh3Default::new();
-    h.update(&header_and_table[..32]);
-    h.update(&header_and_table[HEADER_LEN as usize..]);
+    h.update(&prefix[..header_offset + 32]);
+    h.update(&prefix[header_offset + HEADER_LEN as usize..]);
     h.update(stream);
     h.digest128()
 }
 
-fn seal(header_and_table: &mut [u8], head: u128, body: u128) {
-    header_and_table[32..48].copy_from_slice(&head.to_le_bytes());
-    header_and_table[48..64].copy_from_slice(&body.to_le_bytes());
-}
-
-/// What [`write_entry`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteOutcome {
-    /// False when another writer published the same entry first (ours was discarded).
-    pub published: bool,
-    /// Size of `output.pkc` in bytes.
-    pub output_len: u64,
+fn seal(prefix: &mut [u8], header_offset: usize, head: u128, body: u128) {
+    prefix[header_offset + 32..header_offset + 48].copy_from_slice(&head.to_le_bytes());
+    prefix[header_offset + 48..header_offset + 64].copy_from_slice(&body.to_le_bytes());
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn tmp_dir_for(entry_dir: &Path) -> PathBuf {
-    let name = entry_dir
+fn tmp_path_for(entry: &Path) -> PathBuf {
+    let name = entry
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -210,81 +224,109 @@ fn tmp_dir_for(entry_dir: &Path) -> PathBuf {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = format!("{TMP_PREFIX}{name}-{}-{n}-{nanos:x}", std::process::id());
-    entry_dir.with_file_name(tmp)
+    entry.with_file_name(format!(
+        "{TMP_PREFIX}{name}-{}-{n}-{nanos:x}",
+        std::process::id()
+    ))
 }
 
 fn pause_hook() {
     if let Some(marker) = std::env::var_os(PAUSE_HOOK_ENV) {
         let _ = fs::write(&marker, b"paused mid-write\n");
         loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
 }
 
-/// Writes `output.pkc` (stream + buffers, checksummed) and `metadata.json`
-/// into a temporary directory next to `entry_dir`, then publishes it with
-/// one atomic rename. Parent directories are created as needed. When the
-/// entry already exists (another process was faster) ours is discarded.
+/// Writes an entry (metadata line, stream, buffers, checksums) to a
+/// temporary file next to `entry` and publishes it with one atomic rename,
+/// replacing any previous entry at that path. Parent directories are created
+/// as needed. Returns the entry's size in bytes.
 pub fn write_entry(
-    entry_dir: &Path,
+    entry: &Path,
     flags: u32,
+    metadata_json: &str,
     stream: &[u8],
     buffers: &[&[u8]],
-    metadata_json: &str,
     durable: bool,
-) -> Result<WriteOutcome, CacheError> {
-    let tmp = tmp_dir_for(entry_dir);
-    match fs::create_dir(&tmp) {
-        Ok(()) => {}
+) -> Result<u64, CacheError> {
+    if metadata_json.contains('\n') || metadata_json.len() > MAX_METADATA_LEN {
+        return Err(CacheError::io(
+            "write (metadata must be one line of at most 1 MiB)",
+            entry,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
+    let tmp = tmp_path_for(entry);
+    let file = match File::create(&tmp) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let parent = entry_dir.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(parent).map_err(|e| CacheError::io("create the cache directory", parent, e))?;
-            fs::create_dir(&tmp).map_err(|e| CacheError::io("create", &tmp, e))?;
+            let parent = entry.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(parent)
+                .map_err(|e| CacheError::io("create the cache directory", parent, e))?;
+            File::create(&tmp).map_err(|e| CacheError::io("create", &tmp, e))?
         }
         Err(e) => return Err(CacheError::io("create", &tmp, e)),
-    }
-    let result = write_into(&tmp, entry_dir, flags, stream, buffers, metadata_json, durable);
-    if !matches!(result, Ok(WriteOutcome { published: true, .. })) {
-        let _ = fs::remove_dir_all(&tmp);
+    };
+    let result = write_into(
+        file,
+        &tmp,
+        flags,
+        metadata_json.as_bytes(),
+        stream,
+        buffers,
+        durable,
+    )
+    .and_then(|len| {
+        fs::rename(&tmp, entry).map_err(|e| CacheError::io("publish the entry at", entry, e))?;
+        if durable {
+            if let Some(parent) = entry.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| CacheError::io("sync", parent, e))?;
+            }
+        }
+        Ok(len)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
     result
 }
 
 fn write_into(
-    tmp: &Path,
-    entry_dir: &Path,
+    mut file: File,
+    path: &Path,
     flags: u32,
+    metadata: &[u8],
     stream: &[u8],
     buffers: &[&[u8]],
-    metadata_json: &str,
     durable: bool,
-) -> Result<WriteOutcome, CacheError> {
-    let out_path = tmp.join(OUTPUT_FILE);
+) -> Result<u64, CacheError> {
     let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
-    let layout = Layout::plan(flags, stream.len() as u64, &lens);
-    let mut head = layout.header_and_table();
-    let head_ck = head_checksum(&head, stream);
-    let werr = |e| CacheError::io("write", &out_path, e);
-    let mut file = File::create(&out_path).map_err(werr)?;
+    let layout = Layout::plan(flags, metadata.len() as u64, stream.len() as u64, &lens);
+    let h = layout.header_offset() as usize;
+    let mut prefix = layout.encode_prefix(metadata);
+    let head_ck = head_checksum(&prefix, h, stream);
+    let werr = |e| CacheError::io("write", path, e);
 
     if layout.total_len <= ONE_WRITE_MAX && std::env::var_os(PAUSE_HOOK_ENV).is_none() {
         let mut body = Xxh3Default::new();
-        let mut all = Vec::with_capacity(layout.total_len as usize);
-        all.extend_from_slice(&head);
+        let mut all = prefix;
+        all.reserve(layout.total_len as usize - all.len());
         all.extend_from_slice(stream);
         for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
             all.resize(off as usize, 0);
             all.extend_from_slice(b);
             body.update(b);
         }
-        seal(&mut all[..HEADER_LEN as usize], head_ck, body.digest128());
+        seal(&mut all, h, head_ck, body.digest128());
         file.write_all(&all).map_err(werr)?;
     } else {
-        // Large: stream it, hashing each chunk right before writing it (while it is in cache),
-        // then fill in the header's checksums.
-        file.write_all(&head).map_err(werr)?;
+        // Large: stream it, hashing each chunk right before writing it (while it is in
+        // cache), then fill in the header's checksums.
+        file.write_all(&prefix).map_err(werr)?;
         file.write_all(stream).map_err(werr)?;
         let mut pos = layout.stream.0 + layout.stream.1;
         let mut body = Xxh3Default::new();
@@ -292,7 +334,8 @@ fn write_into(
         let half = layout.total_len / 2;
         let mut paused = false;
         for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
-            file.write_all(&zeros[..(off - pos) as usize]).map_err(werr)?;
+            file.write_all(&zeros[..(off - pos) as usize])
+                .map_err(werr)?;
             pos = off;
             for c in b.chunks(CHUNK) {
                 if !paused && pos >= half {
@@ -307,45 +350,14 @@ fn write_into(
         if !paused {
             pause_hook();
         }
-        seal(&mut head, head_ck, body.digest128());
-        file.write_all_at(&head[..HEADER_LEN as usize], 0).map_err(werr)?;
+        seal(&mut prefix, h, head_ck, body.digest128());
+        file.write_all_at(&prefix[h..h + HEADER_LEN as usize], h as u64)
+            .map_err(werr)?;
     }
     if durable {
         file.sync_all().map_err(werr)?;
     }
-    drop(file);
-
-    let meta_path = tmp.join(METADATA_FILE);
-    fs::write(&meta_path, metadata_json).map_err(|e| CacheError::io("write", &meta_path, e))?;
-    if durable {
-        File::open(&meta_path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| CacheError::io("sync", &meta_path, e))?;
-    }
-
-    match fs::rename(tmp, entry_dir) {
-        Ok(()) => {
-            if durable {
-                if let Some(parent) = entry_dir.parent() {
-                    File::open(parent)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| CacheError::io("sync", parent, e))?;
-                }
-            }
-            Ok(WriteOutcome {
-                published: true,
-                output_len: layout.total_len,
-            })
-        }
-        // Another writer published this entry first: theirs is as good as ours.
-        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty || e.kind() == io::ErrorKind::AlreadyExists => {
-            Ok(WriteOutcome {
-                published: false,
-                output_len: layout.total_len,
-            })
-        }
-        Err(e) => Err(CacheError::io("publish the entry at", entry_dir, e)),
-    }
+    Ok(layout.total_len)
 }
 
 /// An entry opened for reading: the file is open and its length known, so the
@@ -355,32 +367,33 @@ pub struct EntryReader {
     file: File,
     path: PathBuf,
     len: u64,
+    /// The file's modification time, which records its last use (see `touch`).
+    last_used: Option<SystemTime>,
 }
 
-/// Opens `entry_dir/output.pkc`. `Missing` when there is no entry;
-/// `Corrupt` when the entry lacks its metadata.
-pub fn open_entry(entry_dir: &Path) -> Result<ReadOutcome<EntryReader>, CacheError> {
-    let path = entry_dir.join(OUTPUT_FILE);
-    let file = match File::open(&path) {
+/// Opens an entry file; `Missing` when there is none.
+pub fn open_entry(entry: &Path) -> Result<ReadOutcome<EntryReader>, CacheError> {
+    let file = match File::open(entry) {
         Ok(f) => f,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
-            return Ok(match entry_dir.symlink_metadata() {
-                // The directory is there but its output is not: damaged.
-                Ok(m) if m.is_dir() => ReadOutcome::Corrupt(format!("{OUTPUT_FILE} is missing")),
-                _ => ReadOutcome::Missing,
-            });
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(ReadOutcome::Missing)
         }
-        Err(e) => return Err(CacheError::io("open", &path, e)),
+        Err(e) => return Err(CacheError::io("open", entry, e)),
     };
-    let len = file.metadata().map_err(|e| CacheError::io("stat", &path, e))?.len();
-    match entry_dir.join(METADATA_FILE).symlink_metadata() {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(ReadOutcome::Corrupt(format!("{METADATA_FILE} is missing")))
-        }
-        Err(e) => return Err(CacheError::io("stat", entry_dir.join(METADATA_FILE), e)),
-    }
-    Ok(ReadOutcome::Found(EntryReader { file, path, len }))
+    let meta = file
+        .metadata()
+        .map_err(|e| CacheError::io("stat", entry, e))?;
+    Ok(ReadOutcome::Found(EntryReader {
+        file,
+        path: entry.to_path_buf(),
+        len: meta.len(),
+        last_used: meta.modified().ok(),
+    }))
 }
 
 impl EntryReader {
@@ -392,19 +405,35 @@ impl EntryReader {
         self.len == 0
     }
 
+    /// Marks the entry as just used (eviction is least recently used first) by
+    /// setting its modification time: unlike the access time, no kernel mount
+    /// option (relatime, noatime) changes it behind our back, and entries are
+    /// never modified in place. Best effort: a read-only location still serves hits.
+    fn touch(&self) {
+        let now = SystemTime::now();
+        let recent = self
+            .last_used
+            .is_some_and(|a| now.duration_since(a).unwrap_or_default() < TOUCH_GRANULARITY);
+        if !recent {
+            let _ = self.file.set_times(FileTimes::new().set_modified(now));
+        }
+    }
+
     /// Reads the whole file into `dest` (exactly `len()` bytes), verifies
-    /// both checksums and marks the entry as just used (its access time, which
-    /// eviction orders by).
+    /// both checksums and the padding, and marks the entry as just used.
     pub fn read_into(mut self, dest: &mut [u8]) -> Result<ReadOutcome<Layout>, CacheError> {
-        assert_eq!(dest.len() as u64, self.len, "destination must hold the whole entry");
-        let rerr = |e| CacheError::io("read", self.path.clone(), e);
+        assert_eq!(
+            dest.len() as u64,
+            self.len,
+            "destination must hold the whole entry"
+        );
         let mut filled = 0;
         while filled < dest.len() {
             match self.file.read(&mut dest[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(rerr(e)),
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
             }
         }
         if filled < dest.len() {
@@ -413,84 +442,107 @@ impl EntryReader {
                 dest.len()
             )));
         }
-        let (layout, head_ck, body_ck) = match Layout::parse(dest, self.len) {
+        let (layout, head_ck, body_ck) = match parse_prefix(dest, self.len) {
             Ok(v) => v,
             Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
         };
         let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
-        if head_checksum(&dest[..s0], &dest[s0..s0 + sl]) != head_ck {
-            return Ok(ReadOutcome::Corrupt("checksum mismatch in the header or pickle stream".into()));
+        if head_checksum(
+            &dest[..s0],
+            layout.header_offset() as usize,
+            &dest[s0..s0 + sl],
+        ) != head_ck
+        {
+            return Ok(ReadOutcome::Corrupt(
+                "checksum mismatch in the metadata, header or pickle stream".into(),
+            ));
         }
         let mut body = Xxh3Default::new();
         let mut gap_start = s0 + sl;
         for &(off, len) in &layout.buffers {
             // Alignment padding is not checksummed but must be zeros: every flipped bit is caught.
             if dest[gap_start..off as usize].iter().any(|&b| b != 0) {
-                return Ok(ReadOutcome::Corrupt("non-zero bytes in alignment padding".into()));
+                return Ok(ReadOutcome::Corrupt(
+                    "non-zero bytes in alignment padding".into(),
+                ));
             }
             body.update(&dest[off as usize..(off + len) as usize]);
             gap_start = (off + len) as usize;
         }
         if body.digest128() != body_ck {
-            return Ok(ReadOutcome::Corrupt("checksum mismatch in the data buffers".into()));
+            return Ok(ReadOutcome::Corrupt(
+                "checksum mismatch in the data buffers".into(),
+            ));
         }
-        touch(&self.file);
+        self.touch();
         Ok(ReadOutcome::Found(layout))
     }
-}
-
-/// Marks an entry as just used. Best effort: a read-only location still serves hits.
-fn touch(file: &File) {
-    let _ = file.set_times(FileTimes::new().set_accessed(SystemTime::now()));
 }
 
 /// What a memory-mapping reader needs: the layout and the pickle stream.
 #[derive(Debug)]
 pub struct EntryHead {
     pub layout: Layout,
+    pub metadata: Vec<u8>,
     pub stream: Vec<u8>,
-    pub output_path: PathBuf,
 }
 
-/// Reads and verifies only the header, table and pickle stream (for
+/// Reads and verifies the metadata, header, table and pickle stream only (for
 /// `mmap_mode`: the buffers are mapped, not read, so their checksum is not
-/// verified; their extent is, through the file length).
-pub fn read_entry_head(entry_dir: &Path) -> Result<ReadOutcome<EntryHead>, CacheError> {
-    let reader = match open_entry(entry_dir)? {
+/// verified; their extent is, through the file length). `touch`: count this
+/// read as a use of the entry.
+pub fn read_entry_head(entry: &Path, touch: bool) -> Result<ReadOutcome<EntryHead>, CacheError> {
+    let reader = match open_entry(entry)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
         ReadOutcome::Corrupt(c) => return Ok(ReadOutcome::Corrupt(c)),
     };
     let rerr = |e| CacheError::io("read", reader.path.clone(), e);
-    let mut head = vec![0u8; HEADER_LEN.min(reader.len) as usize];
-    reader.file.read_exact_at(&mut head, 0).map_err(rerr)?;
-    let (first, _, _) = match Layout::parse(&head, reader.len) {
-        Ok(v) => v,
-        Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
-    };
-    let table_end = first.stream.0;
-    head.resize(table_end as usize, 0);
-    reader.file.read_exact_at(&mut head[HEADER_LEN as usize..], HEADER_LEN).map_err(rerr)?;
-    let (layout, head_ck, _) = match Layout::parse(&head, reader.len) {
-        Ok(v) => v,
-        Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
-    };
-    let mut stream = vec![0u8; layout.stream.1 as usize];
-    reader.file.read_exact_at(&mut stream, layout.stream.0).map_err(rerr)?;
-    if head_checksum(&head, &stream) != head_ck {
-        return Ok(ReadOutcome::Corrupt("checksum mismatch in the header or pickle stream".into()));
+    let first = (MAX_METADATA_LEN as u64 + 1 + HEADER_LEN).min(reader.len) as usize;
+    let mut prefix = vec![0u8; first.min(64 << 10)];
+    reader.file.read_exact_at(&mut prefix, 0).map_err(rerr)?;
+    if !prefix.contains(&b'\n') && prefix.len() < first {
+        prefix.resize(first, 0);
+        reader.file.read_exact_at(&mut prefix, 0).map_err(rerr)?;
     }
-    touch(&reader.file);
+    let (layout, _, _) = match parse_prefix(&prefix, reader.len) {
+        Ok(v) => v,
+        Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+    };
+    // Read exactly metadata + header + table + stream (the parse bounds-checked them).
+    let stream_end = (layout.stream.0 + layout.stream.1) as usize;
+    prefix.resize(stream_end, 0);
+    reader.file.read_exact_at(&mut prefix, 0).map_err(rerr)?;
+    let (layout, head_ck, _) = match parse_prefix(&prefix, reader.len) {
+        Ok(v) => v,
+        Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+    };
+    let s0 = layout.stream.0 as usize;
+    if head_checksum(
+        &prefix[..s0],
+        layout.header_offset() as usize,
+        &prefix[s0..],
+    ) != head_ck
+    {
+        return Ok(ReadOutcome::Corrupt(
+            "checksum mismatch in the metadata, header or pickle stream".into(),
+        ));
+    }
+    if touch {
+        reader.touch();
+    }
+    let stream = prefix[s0..].to_vec();
+    prefix.truncate(layout.metadata.1 as usize);
     Ok(ReadOutcome::Found(EntryHead {
         layout,
+        metadata: prefix,
         stream,
-        output_path: reader.path,
     }))
 }
 
-/// Reads a whole entry into a new `Vec` (convenience for Rust callers and tests).
-pub fn read_entry(entry_dir: &Path) -> Result<ReadOutcome<(Layout, Vec<u8>)>, CacheError> {
-    match open_entry(entry_dir)? {
+/// Reads a whole entry into a new `Vec` (for Rust callers and tests).
+pub fn read_entry(entry: &Path) -> Result<ReadOutcome<(Layout, Vec<u8>)>, CacheError> {
+    match open_entry(entry)? {
         ReadOutcome::Found(reader) => {
             let mut buf = vec![0u8; reader.len() as usize];
             Ok(match reader.read_into(&mut buf)? {
@@ -509,20 +561,25 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("perfkit-cache-test-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("perfkit-cache-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
     }
 
+    const META: &str = r#"{"function": "m.f", "input_args": {"x": "1"}}"#;
+
     fn roundtrip(name: &str, stream: &[u8], buffers: &[&[u8]]) {
         let d = tmpdir(name);
-        let entry = d.join("f").join("abc");
-        let w = write_entry(&entry, 0, stream, buffers, "{}", false).unwrap();
-        assert!(w.published);
+        let entry = d.join("f").join("abc.pkc");
+        let len = write_entry(&entry, 0, META, stream, buffers, false).unwrap();
+        assert_eq!(len, fs::metadata(&entry).unwrap().len());
         let ReadOutcome::Found((layout, bytes)) = read_entry(&entry).unwrap() else {
             panic!("entry not found")
         };
+        // A person reads the metadata with `head -1`.
+        assert!(bytes.starts_with(format!("{META}\n").as_bytes()));
         let (s0, sl) = layout.stream;
         assert_eq!(&bytes[s0 as usize..(s0 + sl) as usize], stream);
         assert_eq!(layout.buffers.len(), buffers.len());
@@ -530,12 +587,18 @@ mod tests {
             assert_eq!(off % ALIGN, 0);
             assert_eq!(&bytes[off as usize..(off + len) as usize], *b);
         }
-        let ReadOutcome::Found(head) = read_entry_head(&entry).unwrap() else { panic!() };
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true).unwrap() else {
+            panic!()
+        };
         assert_eq!(head.stream, stream);
+        assert_eq!(head.metadata, META.as_bytes());
         assert_eq!(head.layout, layout);
         // Nothing temporary is left behind.
-        let names: Vec<_> = fs::read_dir(d.join("f")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("abc")]);
+        let names: Vec<_> = fs::read_dir(d.join("f"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("abc.pkc")]);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -543,89 +606,132 @@ mod tests {
     fn roundtrip_small_and_large() {
         roundtrip("small", b"pickle", &[]);
         roundtrip("bufs", b"p", &[b"abc", b"", b"0123456789"]);
-        let big: Vec<u8> = (0..(3 * ONE_WRITE_MAX as u32)).map(|i| (i % 253) as u8).collect();
+        let big: Vec<u8> = (0..(3 * ONE_WRITE_MAX as u32))
+            .map(|i| (i % 253) as u8)
+            .collect();
         roundtrip("large", b"stream", &[&big, b"tail"]);
     }
 
     #[test]
     fn missing_entry() {
         let d = tmpdir("missing");
-        assert!(matches!(read_entry(&d.join("nope")).unwrap(), ReadOutcome::Missing));
-        assert!(matches!(read_entry_head(&d.join("a/b/c")).unwrap(), ReadOutcome::Missing));
+        assert!(matches!(
+            read_entry(&d.join("nope.pkc")).unwrap(),
+            ReadOutcome::Missing
+        ));
+        assert!(matches!(
+            read_entry_head(&d.join("a/b/c.pkc"), false).unwrap(),
+            ReadOutcome::Missing
+        ));
     }
 
     #[test]
-    fn second_writer_loses_quietly() {
-        let d = tmpdir("race");
-        let entry = d.join("k");
-        assert!(write_entry(&entry, 0, b"first", &[], "{}", true).unwrap().published);
-        assert!(!write_entry(&entry, 0, b"second", &[], "{}", false).unwrap().published);
-        let ReadOutcome::Found((l, bytes)) = read_entry(&entry).unwrap() else { panic!() };
-        assert_eq!(&bytes[l.stream.0 as usize..], b"first");
+    fn rewrite_replaces() {
+        let d = tmpdir("replace");
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"first", &[], true).unwrap();
+        write_entry(&entry, 0, META, b"second", &[], false).unwrap();
+        let ReadOutcome::Found((l, bytes)) = read_entry(&entry).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&bytes[l.stream.0 as usize..], b"second");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
     }
 
     fn corrupt_with(name: &str, damage: impl Fn(&Path)) -> String {
         let d = tmpdir(name);
-        let entry = d.join("k");
-        write_entry(&entry, 0, b"the stream", &[&[7u8; 1000]], "{}", false).unwrap();
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
         damage(&entry);
         match read_entry(&entry).unwrap() {
-            ReadOutcome::Corrupt(reason) => {
-                // The mmap reader must not accept it either, unless only buffer bytes changed.
-                reason
-            }
+            ReadOutcome::Corrupt(reason) => reason,
             other => panic!("{name}: damage not detected: {other:?}"),
         }
     }
 
     #[test]
     fn corruption_is_detected() {
-        let out = |e: &Path| e.join(OUTPUT_FILE);
         let r = corrupt_with("trunc", |e| {
-            let f = fs::OpenOptions::new().write(true).open(out(e)).unwrap();
+            let f = fs::OpenOptions::new().write(true).open(e).unwrap();
             let len = f.metadata().unwrap().len();
             f.set_len(len - 10).unwrap();
         });
         assert!(r.contains("truncated"), "{r}");
-        for pos in [0usize, 9, 20, 40, 70, 90, 200, 1000] {
+        let len = {
+            let d = tmpdir("len");
+            let e = d.join("k.pkc");
+            write_entry(&e, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
+            fs::metadata(e).unwrap().len() as usize
+        };
+        // Every byte of the file matters: flip one bit at each position.
+        for pos in 0..len {
             let r = corrupt_with(&format!("flip{pos}"), |e| {
-                let mut b = fs::read(out(e)).unwrap();
+                let mut b = fs::read(e).unwrap();
                 b[pos] ^= 0x10;
-                fs::write(out(e), b).unwrap();
+                fs::write(e, b).unwrap();
             });
             assert!(!r.is_empty());
         }
-        let r = corrupt_with("nometa", |e| fs::remove_file(e.join(METADATA_FILE)).unwrap());
-        assert!(r.contains("metadata.json"), "{r}");
-        let r = corrupt_with("nooutput", |e| fs::remove_file(out(e)).unwrap());
-        assert!(r.contains("output.pkc"), "{r}");
-        let r = corrupt_with("empty", |e| fs::write(out(e), b"").unwrap());
-        assert!(r.contains("short") || r.contains("truncated"), "{r}");
-        let r = corrupt_with("garbage", |e| fs::write(out(e), vec![0xABu8; 500]).unwrap());
+        let r = corrupt_with("nometa", |e| {
+            let b = fs::read(e).unwrap();
+            let nl = b.iter().position(|&c| c == b'\n').unwrap();
+            fs::write(e, &b[nl + 1..]).unwrap();
+        });
+        assert!(r.contains("metadata") || r.contains("magic"), "{r}");
+        let r = corrupt_with("empty", |e| fs::write(e, b"").unwrap());
+        assert!(r.contains("no metadata line"), "{r}");
+        let r = corrupt_with("garbage", |e| fs::write(e, vec![b'\n'; 500]).unwrap());
         assert!(r.contains("magic"), "{r}");
     }
 
     #[test]
-    fn head_reader_checks_stream_and_length() {
+    fn head_reader_checks_metadata_stream_and_length() {
         let d = tmpdir("head");
-        let entry = d.join("k");
-        write_entry(&entry, 0, b"the stream", &[&[7u8; 1000]], "{}", false).unwrap();
-        let mut b = fs::read(entry.join(OUTPUT_FILE)).unwrap();
-        b[64 + 16 + 2] ^= 1; // inside the stream
-        fs::write(entry.join(OUTPUT_FILE), &b).unwrap();
-        assert!(matches!(read_entry_head(&entry).unwrap(), ReadOutcome::Corrupt(_)));
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
+        let good = fs::read(&entry).unwrap();
+        for pos in [3, META.len() + 1 + 64 + 16 + 2] {
+            let mut b = good.clone();
+            b[pos] ^= 1; // in the metadata, in the stream
+            fs::write(&entry, &b).unwrap();
+            assert!(
+                matches!(
+                    read_entry_head(&entry, true).unwrap(),
+                    ReadOutcome::Corrupt(_)
+                ),
+                "{pos}"
+            );
+        }
+        let mut b = good.clone();
         b.truncate(b.len() - 1);
-        fs::write(entry.join(OUTPUT_FILE), &b).unwrap();
-        assert!(matches!(read_entry_head(&entry).unwrap(), ReadOutcome::Corrupt(_)));
+        fs::write(&entry, &b).unwrap();
+        assert!(matches!(
+            read_entry_head(&entry, true).unwrap(),
+            ReadOutcome::Corrupt(_)
+        ));
     }
 
     #[test]
-    fn unwritable_location_is_an_error_naming_the_path() {
+    fn bad_metadata_and_unwritable_location_are_errors_naming_the_path() {
         let d = tmpdir("unwritable");
         let blocker = d.join("file");
         fs::write(&blocker, b"x").unwrap();
-        let err = write_entry(&blocker.join("sub").join("k"), 0, b"s", &[], "{}", false).unwrap_err();
+        let err = write_entry(
+            &blocker.join("sub").join("k.pkc"),
+            0,
+            META,
+            b"s",
+            &[],
+            false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("file"), "{err}");
+        let err = write_entry(&d.join("k.pkc"), 0, "two\nlines", b"s", &[], false).unwrap_err();
+        assert!(err.to_string().contains("one line"), "{err}");
+        assert_eq!(
+            fs::read_dir(&d).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

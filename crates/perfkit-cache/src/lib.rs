@@ -15,7 +15,10 @@ pub mod error;
 pub mod hash;
 pub mod store;
 
-pub use entry::{read_entry, read_entry_head, write_entry, EntryHead, ReadOutcome};
+pub use entry::{
+    open_entry, read_entry, read_entry_head, write_entry, EntryHead, EntryReader, Layout,
+    ReadOutcome,
+};
 pub use error::CacheError;
 pub use hash::{content_hash, hex128, ContentHasher};
-pub use store::{list_entries, reduce_size, remove_dir_atomically, EntryInfo, Limits};
+pub use store::{list_entries, reduce_size, remove_atomically, EntryInfo, Limits};
