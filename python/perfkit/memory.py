@@ -357,16 +357,27 @@ def _short_repr(v) -> str:
         return f"<unrepresentable {type(v).__qualname__}: {type(exc).__name__}>"
 
 
+def _alloc_for_large_entry(n: int):
+    """Destination of a large entry's read: numpy's allocator maps big blocks with huge
+    pages (far fewer page faults than a bytearray), and arrays unpickled from it are
+    writable views of it, as joblib's are."""
+    try:
+        import numpy
+    except ImportError:
+        return bytearray(n)
+    return numpy.empty(n, dtype=numpy.uint8)
+
+
 def _load_full(entry: str):
-    """Result of a verified entry; None if missing; raises _Corrupt."""
-    r = _cache_load(entry)
+    """Result of a verified entry; _MISSING if there is none; raises _Corrupt."""
+    r = _cache_load(entry, _alloc_for_large_entry)
     if r is None:
         return _MISSING
     if type(r) is str:
         raise _Corrupt(r)
     data, s0, slen, bufs = r
-    mv = memoryview(data)
-    if data[s0] != _PICKLE_PROTO5_FIRST_BYTE:
+    mv = memoryview(data).cast("B")
+    if mv[s0] != _PICKLE_PROTO5_FIRST_BYTE:
         return _loads(zlib.decompress(mv[s0 : s0 + slen]))
     if bufs:
         return _loads(mv[s0 : s0 + slen], buffers=[mv[o : o + n] for o, n in bufs])

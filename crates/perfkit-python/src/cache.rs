@@ -104,43 +104,104 @@ fn ranges<'py>(py: Python<'py>, layout: &entry::Layout) -> PyResult<Bound<'py, P
     PyList::new(py, layout.buffers.iter().map(|&(o, l)| (o, l)))
 }
 
+/// A writable buffer-protocol view of a Python object, released on drop.
+struct WritableView {
+    view: Box<ffi::Py_buffer>,
+}
+
+impl WritableView {
+    fn of(obj: &Bound<'_, PyAny>, len: usize) -> PyResult<WritableView> {
+        let mut view: Box<ffi::Py_buffer> = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `obj` is live and `view` writable; on success it is released once, in Drop.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_WRITABLE) };
+        if rc != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        let out = WritableView { view };
+        if out.view.len as usize != len || out.view.buf.is_null() {
+            return Err(PyBufferError::new_err(format!(
+                "the allocator returned {} bytes, {len} were asked for",
+                out.view.len
+            )));
+        }
+        Ok(out)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: a PyBUF_WRITABLE simple (C-contiguous) view spans `len` writable bytes from
+        // `buf`, valid while the view is held (as long as `self`).
+        unsafe { std::slice::from_raw_parts_mut(self.view.buf as *mut u8, self.view.len as usize) }
+    }
+}
+
+impl Drop for WritableView {
+    fn drop(&mut self) {
+        // SAFETY: filled by PyObject_GetBuffer; dropped while attached to the interpreter.
+        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+    }
+}
+
 /// Reads and verifies a whole entry. Returns None (no entry), a str (the
-/// entry is corrupt: why), or (bytearray, stream_offset, stream_length,
-/// [(buffer_offset, buffer_length), ...]) with the file's bytes.
+/// entry is corrupt: why), or (buffer, stream_offset, stream_length,
+/// [(buffer_offset, buffer_length), ...]) with the file's bytes. The buffer is
+/// a bytearray, or for entries of at least 1 MiB, `alloc(n)` when given (a
+/// writable n-byte buffer, e.g. numpy.empty(n, uint8), whose allocator maps
+/// large blocks with huge pages: far fewer page faults than a bytearray).
 #[pyfunction]
-fn cache_load(py: Python<'_>, entry: &str) -> PyResult<Py<PyAny>> {
+#[pyo3(signature = (entry, alloc=None))]
+fn cache_load(
+    py: Python<'_>,
+    entry: &str,
+    alloc: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
     let reader = match entry::open_entry(Path::new(entry)).map_err(os_error)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(py.None()),
         ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
     };
     let len = reader.len() as usize;
-    // SAFETY: a NULL source asks CPython for an uninitialised bytearray of `len` bytes (no
-    // zero-filling of what the read overwrites anyway).
-    let array: Bound<'_, PyByteArray> = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as isize),
-        )?
-        .cast_into_unchecked()
+    let (holder, outcome) = match alloc {
+        Some(alloc) if len >= DETACH_MIN => {
+            let holder = alloc.call1((len,))?;
+            let mut view = WritableView::of(&holder, len)?;
+            let dest = view.as_mut_slice();
+            let outcome = py.detach(|| reader.read_into(dest)).map_err(os_error)?;
+            drop(view);
+            (holder, outcome)
+        }
+        _ => {
+            // SAFETY: a NULL source asks CPython for an uninitialised bytearray of `len` bytes
+            // (no zero-filling of what the read overwrites anyway).
+            let array: Bound<'_, PyByteArray> = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as isize),
+                )?
+                .cast_into_unchecked()
+            };
+            // SAFETY: the bytearray was just created, nobody else references it, and it is not
+            // resized while `dest` lives; its storage holds `len` bytes.
+            let dest: &mut [u8] = unsafe {
+                std::slice::from_raw_parts_mut(
+                    ffi::PyByteArray_AsString(array.as_ptr()) as *mut u8,
+                    len,
+                )
+            };
+            let outcome = if len >= DETACH_MIN {
+                py.detach(|| reader.read_into(dest))
+            } else {
+                reader.read_into(dest)
+            }
+            .map_err(os_error)?;
+            (array.into_any(), outcome)
+        }
     };
-    // SAFETY: the bytearray was just created, nobody else references it, and it is not resized
-    // while `dest` lives; its storage holds `len` bytes.
-    let dest: &mut [u8] = unsafe {
-        std::slice::from_raw_parts_mut(ffi::PyByteArray_AsString(array.as_ptr()) as *mut u8, len)
-    };
-    let outcome = if len >= DETACH_MIN {
-        py.detach(|| reader.read_into(dest))
-    } else {
-        reader.read_into(dest)
-    }
-    .map_err(os_error)?;
     match outcome {
         ReadOutcome::Found(layout) => {
             let t = PyTuple::new(
                 py,
                 [
-                    array.into_any(),
+                    holder,
                     layout.stream.0.into_pyobject(py)?.into_any(),
                     layout.stream.1.into_pyobject(py)?.into_any(),
                     ranges(py, &layout)?.into_any(),
