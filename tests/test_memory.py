@@ -506,3 +506,36 @@ def test_location_is_a_file_warns_and_returns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
         assert not f.check_call_in_cache(1)
+
+
+# -- the demo's cache step -----------------------------------------------------------------------
+
+
+def test_demo_cache_step(tmp_path, capsys):
+    from perfkit import demo
+
+    docs = demo.make_corpus(20)
+    saved = demo.cache_step(docs, location=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "run_pipeline() took" in out and "from the cache" in out and "saved" in out
+    assert isinstance(saved, float)
+    assert len(entries(tmp_path)) == 1
+    # A given step is cached under its own name, and the cached result is the step's result.
+    calls = []
+
+    def scoring(d):
+        calls.append(1)
+        return demo.run_pipeline(d)
+
+    demo.cache_step(docs, step=scoring, location=str(tmp_path))
+    assert calls == [1] and "scoring() took" in capsys.readouterr().out
+    # Without a location, its temporary cache directory is removed afterwards.
+    before = set(os.listdir(tempfile_dir()))
+    demo.cache_step(docs[:3])
+    assert not [n for n in set(os.listdir(tempfile_dir())) - before if n.startswith("perfkit-demo-cache-")]
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
