@@ -58,6 +58,8 @@ const CHUNK: usize = 4 << 20;
 const BOUNCE: usize = 256 << 10;
 /// How much of an entry is read first, straight into place: the whole of a small one.
 const PREFIX_READ: usize = 64 << 10;
+/// From this size on, a read is checksummed by a second thread as it goes.
+const PIPELINE_MIN: usize = 16 << 20;
 /// A hit refreshes the entry's access time (what eviction orders by) only when
 /// it is older than this: most hits of a hot entry then cost no extra system call.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(1);
@@ -475,18 +477,41 @@ impl EntryReader {
         // on the CI machines).
         let mut verifier = BodyVerifier::new(&layout.buffers, (s0 + sl) as u64);
         verifier.feed(&dest[s0 + sl..filled]);
-        let mut bounce = vec![0u8; BOUNCE.min(len - filled)];
-        while filled < len {
-            let want = bounce.len().min(len - filled);
-            match self.file.read(&mut bounce[..want]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    verifier.feed(&bounce[..n]);
-                    dest[filled..filled + n].copy_from_slice(&bounce[..n]);
-                    filled += n;
+        let rest = &mut dest[filled..];
+        let mut bounce = vec![0u8; BOUNCE.min(rest.len())];
+        if rest.len() >= PIPELINE_MIN {
+            // Large: a second thread checksums each chunk once it is in place, while this
+            // one reads the next: the checksum costs (almost) no time on top of the read.
+            let (got, v) = std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<&[u8]>(16);
+                let hasher = scope.spawn(move || {
+                    for chunk in rx {
+                        verifier.feed(chunk);
+                    }
+                    verifier
+                });
+                let mut got = 0;
+                for chunk in rest.chunks_mut(BOUNCE) {
+                    let n = self.read_via(&mut bounce, chunk)?;
+                    got += n;
+                    let _ = tx.send(&chunk[..n]);
+                    if n < chunk.len() {
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+                drop(tx);
+                Ok::<_, CacheError>((got, hasher.join().expect("checksum thread panicked")))
+            })?;
+            filled += got;
+            verifier = v;
+        } else {
+            for chunk in rest.chunks_mut(BOUNCE) {
+                let n = self.read_via(&mut bounce, chunk)?;
+                verifier.feed(&chunk[..n]);
+                filled += n;
+                if n < chunk.len() {
+                    break;
+                }
             }
         }
         if filled < len {
@@ -506,6 +531,24 @@ impl EntryReader {
         }
         self.touch();
         Ok(ReadOutcome::Found(layout))
+    }
+
+    /// Fills `chunk` through `bounce` (see `read_into`); returns the bytes read (fewer only at end of file).
+    fn read_via(&mut self, bounce: &mut [u8], chunk: &mut [u8]) -> Result<usize, CacheError> {
+        let mut n = 0;
+        while n < chunk.len() {
+            let want = bounce.len().min(chunk.len() - n);
+            match self.file.read(&mut bounce[..want]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    chunk[n..n + k].copy_from_slice(&bounce[..k]);
+                    n += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+            }
+        }
+        Ok(n)
     }
 
     /// Reads into `dest[from..to]` directly; returns how far it got (less only at end of file).
@@ -715,11 +758,14 @@ mod tests {
 
     #[test]
     fn damage_deep_in_a_large_entry_is_detected() {
-        let d = tmpdir("deep");
+        damage_deep(5 * BOUNCE + 17); // read and checksummed in one thread
+        damage_deep(PIPELINE_MIN + 3 * BOUNCE + 5); // checksummed by a second thread
+    }
+
+    fn damage_deep(size: usize) {
+        let d = tmpdir(&format!("deep{size}"));
         let entry = d.join("k.pkc");
-        let big: Vec<u8> = (0..(5 * BOUNCE as u32 + 17))
-            .map(|i| (i % 249) as u8)
-            .collect();
+        let big: Vec<u8> = (0..size as u32).map(|i| (i % 249) as u8).collect();
         write_entry(&entry, 0, META, b"s", &[b"x", &big, b"tail"], false).unwrap();
         let good = fs::read(&entry).unwrap();
         for pos in [
