@@ -21,6 +21,10 @@ import perfkit
 import pytest
 from perfkit.memory import CacheWarning, MemorizedFunc, MemorizedResult, NotMemorizedFunc
 
+# Hashing relies on pickle and code-object details and binding on signature
+# introspection, which differ between interpreters: CI runs this file on each.
+pytestmark = pytest.mark.version_sensitive
+
 
 def entries(location) -> list[Path]:
     return sorted(Path(location, "perfkit").rglob("*.pkc"))
@@ -539,3 +543,19 @@ def tempfile_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
+
+
+def test_cache_validation_callback(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    seen = []
+
+    def valid_if_fast(metadata):
+        seen.append(metadata)
+        return metadata["duration"] < 60
+
+    f = counted(mem, _add, cache_validation_callback=valid_if_fast)
+    f(1), f(1)
+    assert len(f.calls) == 1 and seen and seen[0]["function"].endswith("_add")
+    never = counted(mem, _add, cache_validation_callback=lambda metadata: False)
+    never(1), never(1)
+    assert len(never.calls) == 2

@@ -376,7 +376,7 @@ def _load_full(entry: str):
     if type(r) is str:
         raise _Corrupt(r)
     data, s0, slen, bufs = r
-    mv = memoryview(data).cast("B")
+    mv = memoryview(data)  # a bytearray or a 1-D uint8 array: format "B" either way
     if mv[s0] != _PICKLE_PROTO5_FIRST_BYTE:
         return _loads(zlib.decompress(mv[s0 : s0 + slen]))
     if bufs:
