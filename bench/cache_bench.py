@@ -31,7 +31,6 @@ import time
 
 import joblib
 import numpy as np
-
 import perfkit
 
 
@@ -191,7 +190,7 @@ def run(args) -> tuple[list[list[str]], list[str]]:
         t = interleaved(time_big(big_mapped))
         rows.append(
             [
-                f'… with mmap_mode="r" (mapped, not read)',
+                '… with mmap_mode="r" (mapped, not read)',
                 f"{t['perfkit'] * 1e3:.1f} ms",
                 f"{t['joblib'] * 1e3:.1f} ms",
                 f"{t['joblib'] / t['perfkit']:.1f}× faster",

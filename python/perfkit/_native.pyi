@@ -70,7 +70,12 @@ def cache_load_head(entry: str, touch: bool = True) -> None | str | tuple[bytes,
     """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read."""
 
 def cache_store(
-    entry: str, flags: int, metadata_json: str, stream: bytes, buffers: Iterable[object], durable: bool = False
+    entry: str,
+    flags: int,
+    metadata_json: str,
+    stream: bytes,
+    buffers: Iterable[object],
+    durable: bool = False,
 ) -> int:
     """Write an entry and publish it atomically (replacing any); its size in bytes. OSError on failure."""
 
