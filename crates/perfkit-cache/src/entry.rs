@@ -31,12 +31,14 @@
 //!        zeros in between
 //! ```
 
+use std::collections::HashMap;
 use std::fs::{self, File, FileTimes};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use xxhash_rust::xxh3::Xxh3Default;
 
@@ -617,6 +619,105 @@ impl<'a> BodyVerifier<'a> {
     }
 }
 
+/// An entry read whole: its layout and its bytes.
+pub type WholeEntry = (Layout, Vec<u8>);
+
+/// The fast path of a hit: opens the entry and reads it with one call, no
+/// `stat` (a hit is a handful of system calls, and each counts). Returns
+/// `Found(None)` when the entry is larger than `max` bytes: read it with
+/// [`open_entry`] then.
+pub fn read_small_entry(
+    entry: &Path,
+    max: usize,
+) -> Result<ReadOutcome<Option<WholeEntry>>, CacheError> {
+    let mut file = match File::open(entry) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(ReadOutcome::Missing)
+        }
+        Err(e) => return Err(CacheError::io("open", entry, e)),
+    };
+    // One byte more than `max`: a full buffer means "larger than max".
+    let mut buf = vec![0u8; max + 1];
+    let mut n = 0;
+    loop {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    return Ok(ReadOutcome::Found(None));
+                }
+                // A short read of a regular file is its end; check that against the header
+                // (one more read only if the header says the file is longer).
+                if parse_prefix(&buf[..n], n as u64).is_ok() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CacheError::io("read", entry, e)),
+        }
+    }
+    buf.truncate(n);
+    match verify_complete(&buf) {
+        Ok(layout) => {
+            touch_once_a_while(&file, entry);
+            Ok(ReadOutcome::Found(Some((layout, buf))))
+        }
+        Err(reason) => Ok(ReadOutcome::Corrupt(reason)),
+    }
+}
+
+/// Verifies a whole entry held in memory (length, checksums, padding).
+fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
+    let (layout, head_ck, body_ck) = parse_prefix(bytes, bytes.len() as u64)?;
+    let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
+    if head_checksum(
+        &bytes[..s0],
+        layout.header_offset() as usize,
+        &bytes[s0..s0 + sl],
+    ) != head_ck
+    {
+        return Err("checksum mismatch in the metadata, header or pickle stream".into());
+    }
+    let mut verifier = BodyVerifier::new(&layout.buffers, (s0 + sl) as u64);
+    verifier.feed(&bytes[s0 + sl..]);
+    if !verifier.padding_ok {
+        return Err("non-zero bytes in alignment padding".into());
+    }
+    if verifier.hasher.digest128() != body_ck {
+        return Err("checksum mismatch in the data buffers".into());
+    }
+    Ok(layout)
+}
+
+/// Marks an entry as used (its modification time) unless this process already
+/// did within `TOUCH_GRANULARITY`: a hot entry costs no extra system call per hit.
+fn touch_once_a_while(file: &File, entry: &Path) {
+    static RECENT: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
+    let now = Instant::now();
+    {
+        let mut guard = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = guard.get_or_insert_with(HashMap::new);
+        if recent
+            .get(entry)
+            .is_some_and(|t| now.duration_since(*t) < TOUCH_GRANULARITY)
+        {
+            return;
+        }
+        if recent.len() >= 4096 {
+            recent.clear(); // bounded memory; the worst case is one extra touch per entry
+        }
+        recent.insert(entry.to_path_buf(), now);
+    }
+    let _ = file.set_times(FileTimes::new().set_modified(SystemTime::now()));
+}
+
 /// What a memory-mapping reader needs: the layout and the pickle stream.
 #[derive(Debug)]
 pub struct EntryHead {
@@ -725,6 +826,14 @@ mod tests {
             assert_eq!(off % ALIGN, 0);
             assert_eq!(&bytes[off as usize..(off + len) as usize], *b);
         }
+        match read_small_entry(&entry, 1 << 16).unwrap() {
+            ReadOutcome::Found(Some((small_layout, small_bytes))) => {
+                assert!(bytes.len() <= 1 << 16);
+                assert_eq!((small_layout, small_bytes), (layout.clone(), bytes.clone()));
+            }
+            ReadOutcome::Found(None) => assert!(bytes.len() > 1 << 16),
+            other => panic!("{other:?}"),
+        }
         let ReadOutcome::Found(head) = read_entry_head(&entry, true).unwrap() else {
             panic!()
         };
@@ -817,6 +926,12 @@ mod tests {
         let entry = d.join("k.pkc");
         write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
         damage(&entry);
+        if !matches!(
+            read_small_entry(&entry, 1 << 16).unwrap(),
+            ReadOutcome::Corrupt(_)
+        ) {
+            panic!("{name}: damage not detected by the small-entry reader");
+        }
         match read_entry(&entry).unwrap() {
             ReadOutcome::Corrupt(reason) => reason,
             other => panic!("{name}: damage not detected: {other:?}"),

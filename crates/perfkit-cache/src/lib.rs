@@ -16,8 +16,8 @@ pub mod hash;
 pub mod store;
 
 pub use entry::{
-    open_entry, read_entry, read_entry_head, write_entry, EntryHead, EntryReader, Layout,
-    ReadOutcome,
+    open_entry, read_entry, read_entry_head, read_small_entry, write_entry, EntryHead, EntryReader,
+    Layout, ReadOutcome,
 };
 pub use error::CacheError;
 pub use hash::{content_hash, hex128, ContentHasher};

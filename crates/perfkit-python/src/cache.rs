@@ -16,6 +16,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 
 /// Below this many bytes, releasing and re-taking the GIL costs more than it frees.
 const DETACH_MIN: usize = 1 << 20;
+/// Entries up to this size are read by one call into a scratch buffer, then copied.
+const SMALL_ENTRY_MAX: usize = (64 << 10) - 1;
 
 /// Contiguous buffer-protocol views of Python objects (PickleBuffer, bytes,
 /// memoryview, numpy arrays), held until drop so the memory stays valid.
@@ -154,6 +156,24 @@ fn cache_load(
     entry: &str,
     alloc: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
+    // Most hits are small: open and read, nothing else.
+    match entry::read_small_entry(Path::new(entry), SMALL_ENTRY_MAX).map_err(os_error)? {
+        ReadOutcome::Missing => return Ok(py.None()),
+        ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        ReadOutcome::Found(Some((layout, bytes))) => {
+            let t = PyTuple::new(
+                py,
+                [
+                    PyByteArray::new(py, &bytes).into_any(),
+                    layout.stream.0.into_pyobject(py)?.into_any(),
+                    layout.stream.1.into_pyobject(py)?.into_any(),
+                    ranges(py, &layout)?.into_any(),
+                ],
+            )?;
+            return Ok(t.into_any().unbind());
+        }
+        ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
+    }
     let reader = match entry::open_entry(Path::new(entry)).map_err(os_error)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(py.None()),
