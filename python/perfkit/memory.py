@@ -350,7 +350,14 @@ _arg_repr.maxother = 120
 _arg_repr.maxlist = _arg_repr.maxtuple = _arg_repr.maxdict = _arg_repr.maxset = 10
 
 
+_PLAIN_REPR = (int, float, bool, type(None), complex)
+_metadata_json = json.JSONEncoder(check_circular=False).encode
+
+
 def _short_repr(v) -> str:
+    t = type(v)
+    if t in _PLAIN_REPR or (t is str and len(v) <= _arg_repr.maxstring):
+        return repr(v)  # the common case, without reprlib's dispatch
     try:
         return _arg_repr.repr(v)
     except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not stop caching
@@ -608,7 +615,7 @@ class MemorizedFunc:
         )
         if not self._code_checked:
             self._check_code()
-        meta_json = json.dumps(metadata)
+        meta_json = _metadata_json(metadata)
         try:
             try:
                 _native.cache_store(
