@@ -390,3 +390,36 @@ def test_full_location_warns_returns_result_and_leaves_no_partial_file(tmp_path)
         assert published(loc) == [] and leftovers(loc) == []
         small = mem.cache(lambda n: n + 1)
         assert small(1) == 2 and small.check_call_in_cache(1)  # what fits is still cached
+
+
+@pytest.mark.parametrize("damage", ["truncated by one byte", "bit flip in the data", "appended bytes"])
+def test_damaged_large_entry_warns_and_recomputes(tmp_path, damage):
+    """Large results are mapped copy-on-write and verified through the map: the same checks."""
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+
+    @mem.cache
+    def make(n):
+        calls.append(n)
+        return np.arange(n, dtype=np.float64)
+
+    make(200_000)  # 1.6 MB
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    DAMAGES[damage](entry)
+    with pytest.warns(CacheWarning, match="is corrupted"):
+        out = make(200_000)
+    np.testing.assert_array_equal(out, np.arange(200_000, dtype=np.float64))
+    assert calls == [200_000, 200_000]
+
+
+def test_large_hit_is_private_writable_memory(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(lambda n: np.arange(n, dtype=np.float64))
+    f(200_000)
+    a = f(200_000)
+    assert a.flags.writeable
+    a[:] = -1  # copy-on-write: the cache is untouched
+    b = f(200_000)
+    assert b[0] == 0 and b[-1] == 199_999
+    mem.clear()  # evicting the entry does not touch results already returned
+    assert b[123] == 123 and a[5] == -1

@@ -62,6 +62,8 @@ const BOUNCE: usize = 256 << 10;
 const PREFIX_READ: usize = 64 << 10;
 /// From this size on, a read is checksummed by a second thread as it goes.
 const PIPELINE_MIN: usize = 16 << 20;
+/// Bounce buffers in flight between the reading and the checksumming thread.
+const PIPELINE_BUFFERS: usize = 4;
 /// A hit refreshes the entry's access time (what eviction orders by) only when
 /// it is older than this: most hits of a hot entry then cost no extra system call.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(1);
@@ -482,27 +484,50 @@ impl EntryReader {
         let rest = &mut dest[filled..];
         let mut bounce = vec![0u8; BOUNCE.min(rest.len())];
         if rest.len() >= PIPELINE_MIN {
-            // Large: a second thread checksums each chunk once it is in place, while this
-            // one reads the next: the checksum costs (almost) no time on top of the read.
+            // Large: this thread only reads (the kernel's copy into a small bounce buffer);
+            // a second thread checksums each bounce buffer while it is in cache and copies it
+            // into place (where the page faults of fresh memory are paid). Buffers circulate
+            // between the two through channels.
             let (got, v) = std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<&[u8]>(16);
-                let hasher = scope.spawn(move || {
-                    for chunk in rx {
-                        verifier.feed(chunk);
+                let (full_tx, full_rx) =
+                    std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
+                let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+                for _ in 0..PIPELINE_BUFFERS {
+                    let _ = free_tx.send(vec![0u8; BOUNCE]);
+                }
+                let placer = scope.spawn(move || {
+                    let mut pos = 0;
+                    for (buf, n) in full_rx {
+                        verifier.feed(&buf[..n]);
+                        rest[pos..pos + n].copy_from_slice(&buf[..n]);
+                        pos += n;
+                        let _ = free_tx.send(buf);
                     }
-                    verifier
+                    (pos, verifier)
                 });
-                let mut got = 0;
-                for chunk in rest.chunks_mut(BOUNCE) {
-                    let n = self.read_via(&mut bounce, chunk)?;
-                    got += n;
-                    let _ = tx.send(&chunk[..n]);
-                    if n < chunk.len() {
-                        break;
+                let total = len - filled;
+                let mut sent = 0;
+                let mut result = Ok(());
+                while sent < total {
+                    let Ok(mut buf) = free_rx.recv() else { break };
+                    let want = BOUNCE.min(total - sent);
+                    match self.fill(&mut buf[..want]) {
+                        Ok(n) => {
+                            sent += n;
+                            let _ = full_tx.send((buf, n));
+                            if n < want {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
                 }
-                drop(tx);
-                Ok::<_, CacheError>((got, hasher.join().expect("checksum thread panicked")))
+                drop(full_tx);
+                let placed = placer.join().expect("checksum thread panicked");
+                result.map(|()| placed)
             })?;
             filled += got;
             verifier = v;
@@ -533,6 +558,20 @@ impl EntryReader {
         }
         self.touch();
         Ok(ReadOutcome::Found(layout))
+    }
+
+    /// Fills `buf` from the file; returns the bytes read (fewer only at end of file).
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CacheError> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+            }
+        }
+        Ok(n)
     }
 
     /// Fills `chunk` through `bounce` (see `read_into`); returns the bytes read (fewer only at end of file).
@@ -673,8 +712,9 @@ pub fn read_small_entry(
     }
 }
 
-/// Verifies a whole entry held in memory (length, checksums, padding).
-fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
+/// Verifies a whole entry held in memory, e.g. a memory map of its file
+/// (length, checksums, padding); the error says what is wrong.
+pub fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
     let (layout, head_ck, body_ck) = parse_prefix(bytes, bytes.len() as u64)?;
     let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
     if head_checksum(

@@ -149,6 +149,8 @@ impl Drop for WritableView {
 /// a bytearray, or for entries of at least 1 MiB, `alloc(n)` when given (a
 /// writable n-byte buffer, e.g. numpy.empty(n, uint8), whose allocator maps
 /// large blocks with huge pages: far fewer page faults than a bytearray).
+/// Without `alloc`, an entry larger than 64 KiB is not read: its size (an int)
+/// is returned, for the caller to map it and check it with `cache_verify`.
 #[pyfunction]
 #[pyo3(signature = (entry, alloc=None))]
 fn cache_load(
@@ -174,13 +176,28 @@ fn cache_load(
         }
         ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
     }
+    let Some(alloc) = alloc else {
+        // The caller maps large entries itself: tell it the size.
+        return Ok(std::fs::metadata(entry)
+            .map_err(|e| {
+                os_error(CacheError::Io {
+                    action: "stat",
+                    path: entry.into(),
+                    source: e,
+                })
+            })?
+            .len()
+            .into_pyobject(py)?
+            .into_any()
+            .unbind());
+    };
     let reader = match entry::open_entry(Path::new(entry)).map_err(os_error)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(py.None()),
         ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
     };
     let len = reader.len() as usize;
-    let (holder, outcome) = match alloc {
+    let (holder, outcome) = match Some(alloc) {
         Some(alloc) if len >= DETACH_MIN => {
             let holder = alloc.call1((len,))?;
             let mut view = WritableView::of(&holder, len)?;
@@ -231,6 +248,34 @@ fn cache_load(
         }
         ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
         ReadOutcome::Missing => Ok(py.None()),
+    }
+}
+
+/// Verifies an entry held in a buffer (e.g. a private memory map of its file).
+/// Returns a str (corrupt: why) or (stream_offset, stream_length, [(buffer_offset, buffer_length), ...]).
+#[pyfunction]
+fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let one = PyTuple::new(py, [buffer])?;
+    let views = Views::of(one.as_any())?;
+    let slices = views.slices();
+    let bytes = slices[0];
+    let verdict = if bytes.len() >= DETACH_MIN {
+        py.detach(|| entry::verify_complete(bytes))
+    } else {
+        entry::verify_complete(bytes)
+    };
+    match verdict {
+        Ok(layout) => Ok(PyTuple::new(
+            py,
+            [
+                layout.stream.0.into_pyobject(py)?.into_any(),
+                layout.stream.1.into_pyobject(py)?.into_any(),
+                ranges(py, &layout)?.into_any(),
+            ],
+        )?
+        .into_any()
+        .unbind()),
+        Err(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
     }
 }
 
@@ -342,6 +387,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cache_hash, m)?)?;
     m.add_function(wrap_pyfunction!(cache_load, m)?)?;
     m.add_function(wrap_pyfunction!(cache_load_head, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_verify, m)?)?;
     m.add_function(wrap_pyfunction!(cache_store, m)?)?;
     m.add_function(wrap_pyfunction!(cache_remove, m)?)?;
     m.add_function(wrap_pyfunction!(cache_entries, m)?)?;
