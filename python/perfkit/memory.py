@@ -599,7 +599,7 @@ class MemorizedFunc:
         except (OSError, ValueError):
             return None
 
-    def _compute_and_store(self, entry: str | None, key: str | None, args, kwargs, replace: bool = False):
+    def _compute_and_store(self, entry: str | None, key: str | None, args, kwargs):
         """Runs the function and stores its result; returns (result, metadata, stored)."""
         if self._verbose > 0:
             print(f"[Memory] Calling {self._name}(...)")
@@ -609,12 +609,13 @@ class MemorizedFunc:
         metadata = {"duration": duration, "time": t0}
         if entry is None:
             return out, metadata, False
-        stored = self._store(entry, key, out, duration, t0, args, kwargs, replace, metadata)
+        stored = self._store(entry, key, out, args, kwargs, metadata)
         if self._verbose > 0:
             print(f"[Memory] {self._name}: {duration:.3f}s{'' if stored else ' (not cached)'}")
         return out, metadata, stored
 
-    def _store(self, entry, key, out, duration, t0, args, kwargs, replace, metadata) -> bool:
+    def _store(self, entry, key, out, args, kwargs, metadata) -> bool:
+        """Stores ``out`` (replacing any entry there); False, with a warning, when it cannot."""
         buffers: list = []
         try:
             if self._compress:
@@ -688,7 +689,7 @@ class MemorizedFunc:
         """Runs the function (even if cached), stores the result; returns (result, metadata)."""
         key = self._key(args, kwargs)
         entry = None if key is None else self._entry_prefix + key + ".pkc"
-        out, metadata, _stored = self._compute_and_store(entry, key, args, kwargs, replace=True)
+        out, metadata, _stored = self._compute_and_store(entry, key, args, kwargs)
         return out, metadata
 
     def check_call_in_cache(self, *args, **kwargs) -> bool:
@@ -710,7 +711,7 @@ class MemorizedFunc:
             return NotMemorizedResult(self.func(*args, **kwargs))
         entry = self._entry_prefix + key + ".pkc"
         if not self.check_call_in_cache(*args, **kwargs):
-            out, _meta, stored = self._compute_and_store(entry, key, args, kwargs, replace=True)
+            out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
             if not stored:
                 return NotMemorizedResult(out)
         return MemorizedResult(self.memory.location, self._name, key, entry, self.mmap_mode)
