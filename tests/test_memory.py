@@ -559,3 +559,12 @@ def test_cache_validation_callback(tmp_path):
     never = counted(mem, _add, cache_validation_callback=lambda metadata: False)
     never(1), never(1)
     assert len(never.calls) == 2
+
+
+def test_durable_and_verbose(tmp_path, capsys):
+    mem = perfkit.Memory(tmp_path, durable=True, verbose=1)
+    f = counted(mem, _add)
+    assert f(2) == 7 and f(2) == 7 and len(f.calls) == 1
+    out = capsys.readouterr().out
+    assert out.count("[Memory] Calling") == 1 and "_add" in out
+    assert len(entries(tmp_path)) == 1
