@@ -51,3 +51,41 @@ def load(path: str | PathLike[str]) -> Recording:
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``perfkit`` command line; returns the exit code."""
+
+# -- cache (perfkit-cache; used by perfkit.memory) ----------------------------------------------
+
+from collections.abc import Callable, Iterable
+
+_Ranges: TypeAlias = list[tuple[int, int]]
+
+def cache_hash(prefix: bytes, stream: bytes, buffers: Iterable[object]) -> str:
+    """xxh3-128 (32 hex digits) of a prefix, a pickle stream and its out-of-band buffers (read in place)."""
+
+def cache_load(
+    entry: str, alloc: Callable[[int], object] | None = None
+) -> None | str | tuple[bytearray | object, int, int, _Ranges]:
+    """None (no entry), the reason it is corrupt, or (bytes holder, stream offset, stream length, buffer ranges)."""
+
+def cache_load_head(entry: str, touch: bool = True) -> None | str | tuple[bytes, _Ranges, bytes]:
+    """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read."""
+
+def cache_store(
+    entry: str,
+    flags: int,
+    metadata_json: str,
+    stream: bytes,
+    buffers: Iterable[object],
+    durable: bool = False,
+) -> int:
+    """Write an entry and publish it atomically (replacing any); its size in bytes. OSError on failure."""
+
+def cache_remove(path: str) -> bool:
+    """Remove an entry file or a directory tree atomically; False if it did not exist."""
+
+def cache_entries(root: str) -> list[tuple[str, int, float]]:
+    """(path, bytes, last use in epoch seconds) of every entry under root, least recently used first."""
+
+def cache_reduce_size(
+    root: str, bytes_limit: int | None = None, items_limit: int | None = None, age_limit: float | None = None
+) -> list[str]:
+    """Evict least recently used entries until the limits hold; the removed paths."""

@@ -1,12 +1,927 @@
-"""joblib-compatible Memory on perfkit's Rust cache engine (skeleton; issue 5)."""
+"""joblib.Memory's API on perfkit's Rust cache engine (crate ``perfkit-cache``).
+
+Python does what needs Python: binding a call's arguments to the function's
+signature (defaults applied, ``ignore`` removed), pickling (protocol 5, so
+large buffers such as numpy arrays stay out of the pickle stream) and the
+familiar API. Rust hashes (xxh3-128, buffers read in place with the GIL
+released) and stores (checksummed entry files published by an atomic rename,
+LRU eviction).
+
+Layout of a location::
+
+    <location>/perfkit/<module>/<qualname>/<code hash>/func_code.py      the function's source
+    <location>/perfkit/<module>/<qualname>/<code hash>/<argument hash>.pkc
+
+An entry is one file: its first line is the metadata as JSON (function,
+arguments' repr, duration, sizes; ``head -1`` shows it), then the pickled
+result and its buffers under checksums. Its modification time is its last
+use (a hit refreshes it); eviction removes the least recently used first.
+
+Crash safety comes from the rename (an entry is complete or absent) and the
+checksums (damage is detected on read, warned about and recomputed), not from
+``fsync``: a killed process cannot publish a partial entry, and an entry torn
+by a power loss fails its checksum. ``Memory(..., durable=True)`` adds the
+fsyncs for those who also want a stored entry to survive a power loss.
+"""
 
 from __future__ import annotations
 
-__all__ = ["Memory", "hash"]
+import datetime
+import functools
+import inspect
+import io
+import json
+import marshal
+import mmap
+import os
+import pickle
+import re
+import reprlib
+import sys
+import threading
+import time
+import types
+import warnings
+import zlib
+from typing import Any, Callable
+
+from perfkit import _native
+
+__all__ = [
+    "CacheWarning",
+    "MemorizedFunc",
+    "MemorizedResult",
+    "Memory",
+    "NotMemorizedFunc",
+    "NotMemorizedResult",
+    "hash",
+]
+
+_STORE_DIR = "perfkit"
+_FLAG_COMPRESSED = 1
+_PICKLE_PROTO5_FIRST_BYTE = 0x80  # protocol 2+ streams start with PROTO; zlib streams with 0x78
+_MMAP_ACCESS = {
+    "r": mmap.ACCESS_READ,
+    "c": mmap.ACCESS_COPY,
+    "r+": mmap.ACCESS_WRITE,
+    "w+": mmap.ACCESS_WRITE,
+}
+# bytes/bytearray/memoryview at least this large are hashed in place, not copied into the stream.
+_INPLACE_MIN = 4096
+
+_cache_load = _native.cache_load
+_cache_load_head = _native.cache_load_head
+_cache_hash = _native.cache_hash
+_loads = pickle.loads
+_PickleBuffer = pickle.PickleBuffer
 
 
-def _todo(*_args, **_kwargs):
-    raise NotImplementedError("perfkit.Memory is not built yet (issue 5)")
+class CacheWarning(UserWarning):
+    """A cache entry could not be read or written: the function ran (or its result was returned) anyway."""
 
 
-Memory = hash = _todo
+# -- hashing -------------------------------------------------------------------------------------
+
+
+def _sorted_canonically(items, key=None):
+    try:
+        return sorted(items, key=key)
+    except TypeError:
+        # An unorderable mix: order by type, then by content hash (this module's hash(),
+        # not builtins.hash, which is salted per process for strings).
+        get = key or (lambda x: x)
+        return sorted(items, key=lambda x: (type(get(x)).__qualname__, hash(get(x))))
+
+
+def _item_key(kv):
+    return kv[0]
+
+
+class _HashPickler(pickle.Pickler):
+    """Pickles by value for hashing.
+
+    Runs in ``fast`` mode (no memo), so equal objects pickle identically
+    whatever their identity (``["aa", "aa"]`` with one string object or with
+    two); dicts and sets are written in a canonical order, so equal ones hash
+    equal whatever their insertion order or the process's string-hash seed;
+    large bytes-like objects go out of band to be hashed in place; functions
+    that cannot be pickled by reference (lambdas, local functions) are hashed
+    by name and code.
+    """
+
+    def persistent_id(self, obj):  # called for every object: keep the common path short
+        t = type(obj)
+        if t is dict:
+            return ("perfkit.dict", _sorted_canonically(obj.items(), key=_item_key))
+        if t is set or t is frozenset:
+            return ("perfkit." + t.__name__, _sorted_canonically(obj))
+        if t is bytes or t is bytearray:
+            if len(obj) >= _INPLACE_MIN:
+                return ("perfkit." + t.__name__, _PickleBuffer(obj))
+            return None
+        if t is memoryview:
+            if obj.contiguous:
+                return ("perfkit.memoryview", obj.format, obj.shape, _PickleBuffer(obj))
+            return ("perfkit.memoryview", obj.format, obj.shape, obj.tobytes())
+        if t is types.FunctionType and ("<" in obj.__qualname__):
+            # Not picklable by reference: hash what determines its behaviour.
+            closure = tuple(c.cell_contents for c in obj.__closure__ or ())
+            return (
+                "perfkit.function",
+                obj.__module__,
+                obj.__qualname__,
+                _code_digest(obj.__code__, position_independent=True),
+                obj.__defaults__,
+                obj.__kwdefaults__,
+                closure,
+            )
+        return None
+
+    def reducer_override(self, obj):  # called for objects of non-builtin types only
+        t = type(obj)
+        if t.__name__ == "ndarray" and t.__module__ == "numpy":
+            flags = obj.flags
+            if not (flags.c_contiguous or flags.f_contiguous):
+                # A strided view hashes like its (C-ordered) copy: equal arrays, equal hashes.
+                return obj.copy().__reduce_ex__(5)
+        return NotImplemented
+
+
+class _Hasher:
+    """A reusable hashing pickler (creating one costs more than a small pickle)."""
+
+    def __init__(self) -> None:
+        self.file = io.BytesIO()
+        self.buffers: list = []
+        self.pickler = _HashPickler(self.file, protocol=5, buffer_callback=self.buffers.append)
+        self.pickler.fast = True
+        self.lock = threading.Lock()
+
+    def dump(self, obj) -> tuple[bytes, list]:
+        """(pickle stream, out-of-band buffers) of ``obj``; the caller holds ``lock``."""
+        self.file.seek(0)
+        self.file.truncate()
+        self.buffers.clear()
+        try:
+            self.pickler.dump(obj)
+        except ValueError as exc:
+            if "fast mode" not in str(exc):
+                raise
+            # A cycle: fast mode cannot write it; the memo (identity-sensitive) can.
+            return _dump_with_memo(obj)
+        return self.file.getvalue(), list(self.buffers)
+
+
+def _dump_with_memo(obj) -> tuple[bytes, list]:
+    buffers: list = []
+    f = io.BytesIO()
+    _HashPickler(f, protocol=5, buffer_callback=buffers.append).dump(obj)
+    return f.getvalue(), buffers
+
+
+_shared_hasher = _Hasher()
+
+
+def _pickle_for_hash(obj) -> tuple[bytes, list]:
+    hasher = _shared_hasher
+    if hasher.lock.acquire(blocking=False):
+        try:
+            return hasher.dump(obj)
+        except BaseException:
+            _replace_shared_hasher()  # a pickler interrupted mid-dump is not reused
+            raise
+        finally:
+            hasher.lock.release()
+    # Another thread is hashing: use a private pickler.
+    private = _Hasher()
+    return private.dump(obj)
+
+
+def _replace_shared_hasher() -> None:
+    global _shared_hasher
+    _shared_hasher = _Hasher()
+
+
+def hash(obj: Any) -> str:  # joblib.hash's name, on purpose
+    """A stable content hash of any picklable object (32 hex digits, xxh3-128).
+
+    Equal across processes and runs; equal for equal numpy arrays and pandas
+    objects, different when their dtype, shape, memory order or values differ.
+    Large buffers (numpy arrays, bytes, memoryviews) are hashed in place from
+    their memory, never copied into the pickle stream.
+    """
+    stream, buffers = _pickle_for_hash(obj)
+    return _cache_hash(b"", stream, buffers)
+
+
+def _code_digest(code: types.CodeType, position_independent: bool = False) -> str:
+    if position_independent:  # the same lambda written on another line is the same lambda
+        code = code.replace(co_firstlineno=1)
+    try:
+        return _cache_hash(b"code", marshal.dumps(code), ())
+    except ValueError:
+        return code.co_name
+
+
+# -- the function's identity and argument binding ------------------------------------------------
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def _func_identity(func) -> tuple[str, str]:
+    module = getattr(func, "__module__", None) or "__unknown__"
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return module, qualname
+
+
+def _func_source(func) -> tuple[str, str]:
+    """(code text for humans and hashing, where it came from)."""
+    try:
+        return inspect.getsource(func), inspect.getsourcefile(func) or "?"
+    except (OSError, TypeError):
+        pass
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return f"# source not available; code digest {_code_digest(code)}\n", code.co_filename
+    return f"# source not available: {func!r}\n", "?"
+
+
+def _make_binder(func, ignore: list[str]) -> tuple[Callable[..., tuple], list[str]]:
+    """A function with ``func``'s signature that returns the bound argument values
+    (defaults applied, ``ignore`` left out) as a tuple, in signature order, plus
+    their names. Python's own call machinery does the binding, so it is fast and
+    exactly as strict as calling ``func``."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        sig = None
+    names = [] if sig is None else list(sig.parameters)
+    unknown = [n for n in ignore if n not in names]
+    if unknown:
+        raise ValueError(
+            f"ignore: {', '.join(map(repr, unknown))} not an argument of {_func_identity(func)[1]}"
+            f"{'' if sig is None else sig}"
+        )
+    defaults_name = "_perfkit_defaults_"
+    if sig is None or defaults_name in names or not all(n.isidentifier() for n in names):
+
+        def generic(*args, **kwargs):
+            if sig is None:
+                return (args, kwargs)
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return tuple(v for k, v in bound.arguments.items() if k not in ignore)
+
+        return generic, (["args", "kwargs"] if sig is None else [n for n in names if n not in ignore])
+
+    defaults = []
+    params_src = []
+    kinds_seen = set()
+    P = inspect.Parameter
+    for p in sig.parameters.values():
+        if (
+            p.kind is P.KEYWORD_ONLY
+            and P.VAR_POSITIONAL not in kinds_seen
+            and P.KEYWORD_ONLY not in kinds_seen
+        ):
+            params_src.append("*")
+        if p.kind is not P.POSITIONAL_ONLY and P.POSITIONAL_ONLY in kinds_seen and "/" not in params_src:
+            params_src.append("/")
+        kinds_seen.add(p.kind)
+        if p.kind is P.VAR_POSITIONAL:
+            params_src.append("*" + p.name)
+        elif p.kind is P.VAR_KEYWORD:
+            params_src.append("**" + p.name)
+        elif p.default is not P.empty:
+            params_src.append(f"{p.name}={defaults_name}[{len(defaults)}]")
+            defaults.append(p.default)
+        else:
+            params_src.append(p.name)
+    if P.POSITIONAL_ONLY in kinds_seen and "/" not in params_src:
+        params_src.append("/")
+    kept = [n for n in names if n not in ignore]
+    body = "(" + "".join(f"{n}, " for n in kept) + ")"
+    src = f"def _perfkit_bind({', '.join(params_src)}):\n    return {body}\n"
+    namespace: dict[str, Any] = {defaults_name: tuple(defaults)}
+    exec(src, namespace)  # noqa: S102 - source built from validated identifiers only
+    binder = namespace["_perfkit_bind"]
+    binder.__name__ = getattr(func, "__name__", binder.__name__)
+    binder.__qualname__ = getattr(func, "__qualname__", binder.__qualname__)
+    return binder, kept
+
+
+# -- results: pickling for storage, loading --------------------------------------------------------
+
+
+def _parse_compress(compress) -> int:
+    """zlib level (0 = off) from joblib's compress values: bool, 0-9, ('zlib', level)."""
+    if isinstance(compress, bool):
+        return 3 if compress else 0
+    if isinstance(compress, int) and 0 <= compress <= 9:
+        return compress
+    if isinstance(compress, tuple) and len(compress) == 2:
+        method, level = compress
+        if method in ("zlib", "gzip") and isinstance(level, int) and 0 <= level <= 9:
+            return level
+        raise ValueError(
+            f"compress={compress!r}: perfkit.Memory compresses with zlib only: use ('zlib', 0-9)"
+        )
+    raise ValueError(f"compress={compress!r}: use False, True, a level 0-9 or ('zlib', level)")
+
+
+def _parse_bytes(limit) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        if limit < 0:
+            raise ValueError(f"bytes_limit={limit!r}: must not be negative")
+        return limit
+    if isinstance(limit, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*", limit.upper())
+        if m:
+            return int(float(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2)])
+    raise ValueError(f"bytes_limit={limit!r}: use a number of bytes or a string such as '10M' or '2G'")
+
+
+_arg_repr = reprlib.Repr()
+_arg_repr.maxstring = 120
+_arg_repr.maxother = 120
+_arg_repr.maxlist = _arg_repr.maxtuple = _arg_repr.maxdict = _arg_repr.maxset = 10
+
+
+_PLAIN_REPR = (int, float, bool, type(None), complex)
+_metadata_json = json.JSONEncoder(check_circular=False).encode
+
+
+def _short_repr(v) -> str:
+    t = type(v)
+    if t in _PLAIN_REPR or (t is str and len(v) <= _arg_repr.maxstring):
+        return repr(v)  # the common case, without reprlib's dispatch
+    try:
+        return _arg_repr.repr(v)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not stop caching
+        return f"<unrepresentable {type(v).__qualname__}: {type(exc).__name__}>"
+
+
+def _alloc_for_large_entry(n: int):
+    """Destination of a large entry's read: numpy's allocator maps big blocks with huge
+    pages (far fewer page faults than a bytearray), and arrays unpickled from it are
+    writable views of it, as joblib's are."""
+    try:
+        import numpy
+    except ImportError:
+        return bytearray(n)
+    return numpy.empty(n, dtype=numpy.uint8)
+
+
+def _load_full(entry: str):
+    """Result of a verified entry; _MISSING if there is none; raises _Corrupt."""
+    r = _cache_load(entry)
+    if r is None:
+        return _MISSING
+    if type(r) is str:
+        raise _Corrupt(r)
+    if type(r) is int:  # a large entry: map it rather than read it
+        r = _map_private(entry, r)
+        if type(r) is str:
+            raise _Corrupt(r)
+    data, s0, slen, bufs = r
+    mv = memoryview(data)  # a bytearray or a 1-D uint8 array: format "B" either way
+    if mv[s0] != _PICKLE_PROTO5_FIRST_BYTE:
+        return _loads(zlib.decompress(mv[s0 : s0 + slen]))
+    if bufs:
+        return _loads(mv[s0 : s0 + slen], buffers=[mv[o : o + n] for o, n in bufs])
+    return _loads(mv[s0 : s0 + slen])
+
+
+def _map_private(entry: str, size: int):
+    """A large entry mapped copy-on-write (MAP_PRIVATE) and verified through the map:
+    the page cache is mapped instead of copied, so a hit costs about one pass of the
+    checksum over the data. The result is private memory as after a read: writes to it
+    never reach the cache, and replacing or evicting the entry never reaches it (the
+    store only ever renames or unlinks entry files, never rewrites one in place)."""
+    try:
+        with open(entry, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                return "the file changed while being opened"
+            mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError, AttributeError):  # no mmap here: read it into memory instead
+        return _cache_load(entry, _alloc_for_large_entry)
+    verdict = _native.cache_verify(mapped)
+    if type(verdict) is str:
+        return verdict
+    try:
+        os.utime(entry)  # a use, for eviction
+    except OSError:
+        pass
+    return (mapped, *verdict)
+
+
+def _load_mmap(entry: str, mmap_mode: str):
+    r = _cache_load_head(entry)
+    if r is None:
+        return _MISSING
+    if type(r) is str:
+        raise _Corrupt(r)
+    stream, bufs, _metadata = r
+    if stream[:1] != b"\x80":
+        return _loads(zlib.decompress(stream))
+    if not bufs:
+        return _loads(stream)
+    access = _MMAP_ACCESS[mmap_mode]
+    with open(entry, "rb" if access != mmap.ACCESS_WRITE else "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=access)
+    mv = memoryview(mapped)
+    return _loads(stream, buffers=[mv[o : o + n] for o, n in bufs])
+
+
+class _Corrupt(Exception):
+    pass
+
+
+_MISSING = object()
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, CacheWarning, stacklevel=4)
+
+
+# -- the cached function ---------------------------------------------------------------------------
+
+
+class MemorizedFunc:
+    """A function whose results are cached on disk (``Memory.cache``'s result; joblib's MemorizedFunc)."""
+
+    def __init__(
+        self,
+        func: Callable,
+        memory: Memory,
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: str | None | bool = False,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+    ) -> None:
+        self.func = func
+        self.memory = memory
+        self.ignore = list(ignore or [])
+        self._verbose = memory._verbose if verbose is None else verbose
+        self.mmap_mode = memory.mmap_mode if mmap_mode is False else _check_mmap_mode(mmap_mode)
+        self.cache_validation_callback = cache_validation_callback
+        self._compress = memory._compress_level
+        self._durable = memory.durable
+        functools.update_wrapper(self, func)
+        module, qualname = _func_identity(func)
+        self._name = f"{module}.{qualname}"
+        self._bind, self._arg_names = _make_binder(func, self.ignore)
+        source, source_file = _func_source(func)
+        self._source = source
+        self._source_file = source_file
+        code_hash = _cache_hash(b"func-code", f"{module}\0{qualname}\0{source}".encode(), ())
+        self._prefix = f"{self._name}\0{code_hash}".encode()
+        self.func_dir = os.path.join(memory._root, _SAFE_NAME.sub("_", module), _SAFE_NAME.sub("_", qualname))
+        self._code_dir = os.path.join(self.func_dir, code_hash[:16])
+        self._entry_prefix = self._code_dir + os.sep
+        self._code_checked = False
+        self._code_written = False
+
+    # joblib's attribute names
+    @property
+    def func_id(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"MemorizedFunc(func={self.func!r}, location={self.memory.location!r})"
+
+    def __reduce__(self):
+        module = sys.modules.get(getattr(self, "__module__", ""), None)
+        if module is not None and getattr(module, self.__qualname__, None) is self:
+            return self.__qualname__  # a module-level decorated function: pickle it by name
+        return (
+            _rebuild_memorized,
+            (
+                self.func,
+                self.memory,
+                self.ignore,
+                self._verbose,
+                self.mmap_mode,
+                self.cache_validation_callback,
+            ),
+        )
+
+    # -- keys and entries
+
+    def _key(self, args, kwargs) -> str | None:
+        """The argument hash, or None (with a warning) when the arguments cannot be hashed."""
+        try:
+            values = self._bind(*args, **kwargs)
+        except TypeError:
+            # The call does not fit the signature: the caller calls the function uncached,
+            # which raises the function's own error.
+            return None
+        try:
+            stream, buffers = _pickle_for_hash(values)
+        except Exception as exc:  # noqa: BLE001 - pickling raises anything a __reduce__ raises
+            _warn(
+                f"perfkit.Memory: cannot hash the arguments of {self._name}() "
+                f"({type(exc).__name__}: {exc}); calling it without the cache"
+            )
+            return None
+        return _cache_hash(self._prefix, stream, buffers)
+
+    def _check_code(self) -> None:
+        """First use in this process: drop entries of older versions of the function's code
+        (as joblib does when a function changes) and leave its code for people to read."""
+        self._code_checked = True
+        try:
+            with os.scandir(self.func_dir) as it:
+                stale = [
+                    e.path
+                    for e in it
+                    if e.is_dir() and not e.name.startswith(".") and e.path != self._code_dir
+                ]
+        except OSError:
+            stale = []
+        for path in stale:
+            if self._verbose > 0:
+                print(f"[Memory] {self._name} changed: clearing the entries of its previous code ({path})")
+            try:
+                _native.cache_remove(path)
+            except OSError:
+                pass
+
+    def _write_func_code(self) -> None:
+        self._code_written = True
+        path = os.path.join(self._code_dir, "func_code.py")
+        if os.path.exists(path):
+            return
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"# {self._name}, first line in {self._source_file}\n{self._source}")
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _load(self, entry: str, mmap_mode):
+        """The cached result at ``entry`` or _MISSING; a damaged entry is warned about and removed."""
+        try:
+            if self.cache_validation_callback is not None:
+                meta = self._read_metadata(entry)
+                if meta is not None and not self.cache_validation_callback(meta):
+                    return _MISSING
+            if mmap_mode is None:
+                return _load_full(entry)
+            return _load_mmap(entry, mmap_mode)
+        except _Corrupt as exc:
+            problem = f"is corrupted ({exc})"
+        except OSError as exc:
+            problem = f"could not be read ({exc})"
+            _warn(f"perfkit.Memory: the cache entry of {self._name}() at {entry} {problem}; recomputing")
+            return _MISSING
+        except Exception as exc:  # noqa: BLE001 - unpickling failed: a class moved, a module is gone, ...
+            problem = f"could not be unpickled ({type(exc).__name__}: {exc})"
+        _warn(f"perfkit.Memory: the cache entry of {self._name}() at {entry} {problem}; recomputing")
+        try:
+            _native.cache_remove(entry)
+        except OSError:
+            pass
+        return _MISSING
+
+    @staticmethod
+    def _read_metadata(entry: str) -> dict | None:
+        try:
+            with open(entry, "rb") as f:
+                return json.loads(f.readline())
+        except (OSError, ValueError):
+            return None
+
+    def _compute_and_store(self, entry: str | None, key: str | None, args, kwargs):
+        """Runs the function and stores its result; returns (result, metadata, stored)."""
+        if self._verbose > 0:
+            print(f"[Memory] Calling {self._name}(...)")
+        t0 = time.time()
+        out = self.func(*args, **kwargs)
+        duration = time.time() - t0
+        metadata = {"duration": duration, "time": t0}
+        if entry is None:
+            return out, metadata, False
+        stored = self._store(entry, key, out, args, kwargs, metadata)
+        if self._verbose > 0:
+            print(f"[Memory] {self._name}: {duration:.3f}s{'' if stored else ' (not cached)'}")
+        return out, metadata, stored
+
+    def _store(self, entry, key, out, args, kwargs, metadata) -> bool:
+        """Stores ``out`` (replacing any entry there); False, with a warning, when it cannot."""
+        buffers: list = []
+        try:
+            if self._compress:
+                stream = zlib.compress(pickle.dumps(out, protocol=5), self._compress)
+            else:
+                stream = pickle.dumps(out, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:  # noqa: BLE001 - pickling raises anything a __reduce__ raises
+            _warn(
+                f"perfkit.Memory: the result of {self._name}() cannot be pickled "
+                f"({type(exc).__name__}: {exc}); it is returned but not cached"
+            )
+            return False
+        try:
+            values = self._bind(*args, **kwargs)
+            input_args = {n: _short_repr(v) for n, v in zip(self._arg_names, values)}
+        except Exception:  # noqa: BLE001 - metadata is for people: never fail the call over it
+            input_args = {}
+        size = len(stream) + sum(memoryview(b).nbytes for b in buffers)
+        metadata.update(
+            function=self._name,
+            key=key,
+            input_args=input_args,
+            output_bytes=size,
+            compressed=bool(self._compress),
+        )
+        if not self._code_checked:
+            self._check_code()
+        meta_json = _metadata_json(metadata)
+        try:
+            try:
+                _native.cache_store(
+                    entry,
+                    _FLAG_COMPRESSED if self._compress else 0,
+                    meta_json,
+                    stream,
+                    buffers,
+                    self._durable,
+                )
+            except BufferError:  # an exotic out-of-band buffer: store it in-band instead
+                _native.cache_store(entry, 0, meta_json, pickle.dumps(out, protocol=5), (), self._durable)
+            if not self._code_written:
+                self._write_func_code()
+        except OSError as exc:
+            _warn(
+                f"perfkit.Memory: could not store the result of {self._name}() in {self.memory.location} "
+                f"({exc}); it is returned but not cached"
+            )
+            return False
+        return True
+
+    # -- joblib's API
+
+    def __call__(self, *args, **kwargs):
+        key = self._key(args, kwargs)
+        if key is None:
+            return self.func(*args, **kwargs)
+        entry = self._entry_prefix + key + ".pkc"
+        mmap_mode = self.mmap_mode
+        out = self._load(entry, mmap_mode)
+        if out is not _MISSING:
+            return out
+        out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
+        if stored and mmap_mode is not None:
+            # As joblib: the first call returns the memory-mapped result too, like later ones.
+            again = self._load(entry, mmap_mode)
+            if again is not _MISSING:
+                return again
+        return out
+
+    def call(self, *args, **kwargs):
+        """Runs the function (even if cached), stores the result; returns (result, metadata)."""
+        key = self._key(args, kwargs)
+        entry = None if key is None else self._entry_prefix + key + ".pkc"
+        out, metadata, _stored = self._compute_and_store(entry, key, args, kwargs)
+        return out, metadata
+
+    def check_call_in_cache(self, *args, **kwargs) -> bool:
+        """Whether this call's result is in the cache (and its entry intact)."""
+        key = self._key(args, kwargs)
+        if key is None:
+            return False
+        try:
+            r = _cache_load_head(self._entry_prefix + key + ".pkc", False)  # a look is not a use
+        except OSError:
+            return False
+        return type(r) is tuple
+
+    def call_and_shelve(self, *args, **kwargs):
+        """Computes the result if needed and returns a reference to it in the cache
+        (a MemorizedResult whose ``get()`` loads it)."""
+        key = self._key(args, kwargs)
+        if key is None:
+            return NotMemorizedResult(self.func(*args, **kwargs))
+        entry = self._entry_prefix + key + ".pkc"
+        if not self.check_call_in_cache(*args, **kwargs):
+            out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
+            if not stored:
+                return NotMemorizedResult(out)
+        return MemorizedResult(self.memory.location, self._name, key, entry, self.mmap_mode)
+
+    def clear(self, warn: bool = True) -> None:
+        """Removes every cached result of this function."""
+        if self._verbose > 0 and warn:
+            print(f"[Memory] Clearing the cache of {self._name}")
+        try:
+            _native.cache_remove(self.func_dir)
+        except OSError as exc:
+            _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
+
+
+def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback):
+    return MemorizedFunc(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
+
+
+def _check_mmap_mode(mmap_mode):
+    if mmap_mode is not None and mmap_mode not in _MMAP_ACCESS:
+        raise ValueError(f"mmap_mode={mmap_mode!r}: use None, 'r', 'r+', 'w+' or 'c' (as numpy.load)")
+    return mmap_mode
+
+
+class MemorizedResult:
+    """A reference to one cached result (``call_and_shelve``'s result): ``get()`` loads it, ``clear()`` drops it."""
+
+    def __init__(self, location, func: str, args_id: str, entry: str, mmap_mode=None) -> None:
+        self.location = location
+        self.func = func
+        self.args_id = args_id
+        self.entry = entry
+        self.mmap_mode = mmap_mode
+
+    @property
+    def func_id(self) -> str:
+        return self.func
+
+    def get(self):
+        try:
+            if self.mmap_mode is None:
+                out = _load_full(self.entry)
+            else:
+                out = _load_mmap(self.entry, self.mmap_mode)
+        except _Corrupt as exc:
+            raise KeyError(
+                f"the cached result of {self.func}() at {self.entry} is corrupted ({exc})"
+            ) from None
+        if out is _MISSING:
+            raise KeyError(f"the cached result of {self.func}() is no longer in the cache ({self.entry})")
+        return out
+
+    def clear(self) -> None:
+        _native.cache_remove(self.entry)
+
+    @property
+    def metadata(self) -> dict:
+        return MemorizedFunc._read_metadata(self.entry) or {}
+
+    def __repr__(self) -> str:
+        return f"MemorizedResult(location={self.location!r}, func={self.func!r}, args_id={self.args_id!r})"
+
+
+class NotMemorizedResult:
+    """A result that is not in a cache (no location, or it could not be stored): ``get()`` returns it."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+        self.valid = True
+
+    def get(self):
+        if not self.valid:
+            raise KeyError("no value: it was cleared")
+        return self.value
+
+    def clear(self) -> None:
+        self.valid = False
+        self.value = None
+
+    def __repr__(self) -> str:
+        return f"NotMemorizedResult(value={self.value!r})" if self.valid else "NotMemorizedResult(cleared)"
+
+
+class NotMemorizedFunc:
+    """What ``Memory(location=None).cache`` returns: the function, uncached, with MemorizedFunc's methods."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args, **kwargs):
+        return self.func(*args, **kwargs)
+
+    def call(self, *args, **kwargs):
+        return self.func(*args, **kwargs), {}
+
+    def call_and_shelve(self, *args, **kwargs):
+        return NotMemorizedResult(self.func(*args, **kwargs))
+
+    def check_call_in_cache(self, *args, **kwargs) -> bool:
+        return False
+
+    def clear(self, warn: bool = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"NotMemorizedFunc(func={self.func!r})"
+
+
+# -- Memory --------------------------------------------------------------------------------------
+
+
+class Memory:
+    """A disk cache for function results, with joblib.Memory's API.
+
+    ``location`` is a directory (created on first store; ``None`` disables
+    caching). ``mmap_mode`` ('r', 'r+', 'w+', 'c') memory-maps the numpy
+    arrays of cached results instead of reading them. ``bytes_limit`` is
+    the default limit of :meth:`reduce_size`. ``compress`` (True or a zlib
+    level) compresses results; compressed results are not memory-mapped.
+    ``durable=True`` (perfkit's addition) fsyncs each entry before it is
+    published.
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike | None = None,
+        mmap_mode: str | None = None,
+        verbose: int = 0,
+        bytes_limit: int | str | None = None,
+        compress: bool | int | tuple = False,
+        *,
+        backend: str = "local",
+        backend_options: dict | None = None,
+        durable: bool = False,
+    ) -> None:
+        if backend != "local":
+            raise ValueError(f"backend={backend!r}: perfkit.Memory stores on the local file system only")
+        self.location = location
+        self.mmap_mode = _check_mmap_mode(mmap_mode)
+        self._verbose = verbose
+        self.bytes_limit = _parse_bytes(bytes_limit)
+        self.compress = compress
+        self._compress_level = _parse_compress(compress)
+        self.backend = backend
+        self.backend_options = dict(backend_options or {})
+        self.durable = bool(durable)
+        if self._compress_level and mmap_mode is not None:
+            warnings.warn("Compressed results cannot be memmapped", stacklevel=2)
+        self._root = None if location is None else os.path.join(os.fspath(location), _STORE_DIR)
+
+    def cache(
+        self,
+        func: Callable | None = None,
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: str | None | bool = False,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+    ):
+        """Decorates ``func`` so that its results are cached: ``@memory.cache``,
+        ``@memory.cache(ignore=["verbose"])`` or ``memory.cache(func)``."""
+        if func is None:
+            return functools.partial(
+                self.cache,
+                ignore=ignore,
+                verbose=verbose,
+                mmap_mode=mmap_mode,
+                cache_validation_callback=cache_validation_callback,
+            )
+        if isinstance(func, (MemorizedFunc, NotMemorizedFunc)):
+            func = func.func
+        if self._root is None:
+            return NotMemorizedFunc(func)
+        if ignore is not None and not isinstance(ignore, (list, tuple)):
+            raise TypeError(f"ignore must be a list of argument names, not {type(ignore).__name__}")
+        return MemorizedFunc(func, self, ignore, verbose, mmap_mode, cache_validation_callback)
+
+    def eval(self, func: Callable, *args, **kwargs):
+        """``self.cache(func)(*args, **kwargs)``."""
+        return self.cache(func)(*args, **kwargs)
+
+    def clear(self, warn: bool = True) -> None:
+        """Removes everything this Memory stored at its location."""
+        if self._root is None:
+            return
+        if self._verbose > 0 and warn:
+            print(f"[Memory] Clearing the cache at {self._root}")
+        _native.cache_remove(self._root)
+
+    def reduce_size(self, bytes_limit=None, items_limit: int | None = None, age_limit=None) -> None:
+        """Evicts least recently used results until the cache holds at most ``bytes_limit``
+        bytes (default: the Memory's ``bytes_limit``) and ``items_limit`` results, and
+        removes every result not used within ``age_limit`` (a datetime.timedelta)."""
+        if self._root is None:
+            return
+        if bytes_limit is None and items_limit is None and age_limit is None:
+            bytes_limit = self.bytes_limit
+            if bytes_limit is None:
+                return
+        bytes_limit = _parse_bytes(bytes_limit)
+        if items_limit is not None and (not isinstance(items_limit, int) or items_limit < 0):
+            raise ValueError(f"items_limit={items_limit!r}: use a non-negative number of results")
+        age = None
+        if age_limit is not None:
+            if not isinstance(age_limit, datetime.timedelta):
+                raise TypeError(f"age_limit must be a datetime.timedelta, not {type(age_limit).__name__}")
+            if age_limit.total_seconds() < 0:
+                raise ValueError("age_limit has to be a positive timedelta")
+            age = age_limit.total_seconds()
+        _native.cache_reduce_size(self._root, bytes_limit, items_limit, age)
+
+    def __repr__(self) -> str:
+        return f"Memory(location={self._root!r})"

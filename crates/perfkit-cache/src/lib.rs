@@ -1,1 +1,24 @@
-//! perfkit's cache engine (skeleton; see issue 5).
+//! perfkit's cache engine: content hashing and the on-disk store behind
+//! `perfkit.Memory`.
+//!
+//! It owns: the content hash (xxh3-128 over a pickle stream and its
+//! out-of-band buffers, [`hash`]), the entry file format with its checksums
+//! ([`entry`]), and the store's directory operations — atomic publish of an
+//! entry, atomic removal, listing and eviction ([`store`]).
+//!
+//! It must not know Python: no pickling, no function introspection, no
+//! argument binding (that is `python/perfkit/memory.py`). Everything here is
+//! plain bytes and paths, so `cargo test` runs without an interpreter.
+
+pub mod entry;
+pub mod error;
+pub mod hash;
+pub mod store;
+
+pub use entry::{
+    open_entry, read_entry, read_entry_head, read_small_entry, write_entry, EntryHead, EntryReader,
+    Layout, ReadOutcome,
+};
+pub use error::CacheError;
+pub use hash::{content_hash, hex128, ContentHasher};
+pub use store::{list_entries, reduce_size, remove_atomically, EntryInfo, Limits};

@@ -1,7 +1,396 @@
-//! Bindings to perfkit-cache (skeleton).
+//! Bindings to perfkit-cache: content hashing of pickle streams and their
+//! out-of-band buffers (read in place through the buffer protocol, with the
+//! GIL released for large ones), and the entry store. Python
+//! (`perfkit/memory.py`) does the pickling and the joblib-compatible API.
 
+use std::os::raw::c_char;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use perfkit_cache::entry::{self, ReadOutcome};
+use perfkit_cache::{hash, store, CacheError};
+use pyo3::exceptions::{PyBufferError, PyOSError};
+use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 
-pub(crate) fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// Below this many bytes, releasing and re-taking the GIL costs more than it frees.
+const DETACH_MIN: usize = 1 << 20;
+/// Entries up to this size are read by one call into a scratch buffer, then copied.
+const SMALL_ENTRY_MAX: usize = (64 << 10) - 1;
+
+/// Contiguous buffer-protocol views of Python objects (PickleBuffer, bytes,
+/// memoryview, numpy arrays), held until drop so the memory stays valid.
+struct Views {
+    // Boxed: a Py_buffer must stay at the address it was filled at, and a Vec moves its items.
+    #[allow(clippy::vec_box)]
+    views: Vec<Box<ffi::Py_buffer>>,
+}
+
+impl Views {
+    fn of(objs: &Bound<'_, PyAny>) -> PyResult<Views> {
+        let mut views = Views { views: Vec::new() };
+        for obj in objs.try_iter()? {
+            let obj = obj?;
+            let mut view: Box<ffi::Py_buffer> = Box::new(ffi::Py_buffer::new());
+            // SAFETY: `obj` is a live object and `view` a writable Py_buffer; on success the view
+            // is released exactly once, in Drop.
+            let rc =
+                unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_FULL_RO) };
+            if rc != 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
+            // SAFETY: `view` was filled by PyObject_GetBuffer above.
+            let contiguous = unsafe { ffi::PyBuffer_IsContiguous(&*view, b'A' as c_char) } != 0;
+            views.views.push(view);
+            if !contiguous {
+                return Err(PyBufferError::new_err("buffer is not contiguous"));
+            }
+        }
+        Ok(views)
+    }
+
+    fn slices(&self) -> Vec<&[u8]> {
+        self.views
+            .iter()
+            .map(|v| {
+                if v.len <= 0 || v.buf.is_null() {
+                    &[][..]
+                } else {
+                    // SAFETY: a contiguous exported buffer spans `len` bytes from `buf`, and stays
+                    // valid (not freed or resized) while the view is held, i.e. as long as `self`.
+                    unsafe { std::slice::from_raw_parts(v.buf as *const u8, v.len as usize) }
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Views {
+    fn drop(&mut self) {
+        for v in &mut self.views {
+            // SAFETY: each view was filled by PyObject_GetBuffer; Views is only created and dropped
+            // while attached to the interpreter.
+            unsafe { ffi::PyBuffer_Release(&mut **v) };
+        }
+    }
+}
+
+fn os_error(e: CacheError) -> PyErr {
+    match e.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, e.to_string())),
+        None => PyOSError::new_err(e.to_string()),
+    }
+}
+
+/// xxh3-128 (32 hex digits) of `prefix`, a pickle stream and its out-of-band buffers.
+#[pyfunction]
+fn cache_hash(
+    py: Python<'_>,
+    prefix: &[u8],
+    stream: &[u8],
+    buffers: &Bound<'_, PyAny>,
+) -> PyResult<String> {
+    let views = Views::of(buffers)?;
+    let slices = views.slices();
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let digest = if total >= DETACH_MIN {
+        py.detach(|| hash::content_hash(prefix, stream, &slices))
+    } else {
+        hash::content_hash(prefix, stream, &slices)
+    };
+    Ok(hash::hex128(digest))
+}
+
+fn ranges<'py>(py: Python<'py>, layout: &entry::Layout) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, layout.buffers.iter().map(|&(o, l)| (o, l)))
+}
+
+/// A writable buffer-protocol view of a Python object, released on drop.
+struct WritableView {
+    view: Box<ffi::Py_buffer>,
+}
+
+impl WritableView {
+    fn of(obj: &Bound<'_, PyAny>, len: usize) -> PyResult<WritableView> {
+        let mut view: Box<ffi::Py_buffer> = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `obj` is live and `view` writable; on success it is released once, in Drop.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_WRITABLE) };
+        if rc != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        let out = WritableView { view };
+        if out.view.len as usize != len || out.view.buf.is_null() {
+            return Err(PyBufferError::new_err(format!(
+                "the allocator returned {} bytes, {len} were asked for",
+                out.view.len
+            )));
+        }
+        Ok(out)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: a PyBUF_WRITABLE simple (C-contiguous) view spans `len` writable bytes from
+        // `buf`, valid while the view is held (as long as `self`).
+        unsafe { std::slice::from_raw_parts_mut(self.view.buf as *mut u8, self.view.len as usize) }
+    }
+}
+
+impl Drop for WritableView {
+    fn drop(&mut self) {
+        // SAFETY: filled by PyObject_GetBuffer; dropped while attached to the interpreter.
+        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+    }
+}
+
+/// Reads and verifies a whole entry. Returns None (no entry), a str (the
+/// entry is corrupt: why), or (buffer, stream_offset, stream_length,
+/// [(buffer_offset, buffer_length), ...]) with the file's bytes. The buffer is
+/// a bytearray, or for entries of at least 1 MiB, `alloc(n)` when given (a
+/// writable n-byte buffer, e.g. numpy.empty(n, uint8), whose allocator maps
+/// large blocks with huge pages: far fewer page faults than a bytearray).
+/// Without `alloc`, an entry larger than 64 KiB is not read: its size (an int)
+/// is returned, for the caller to map it and check it with `cache_verify`.
+#[pyfunction]
+#[pyo3(signature = (entry, alloc=None))]
+fn cache_load(
+    py: Python<'_>,
+    entry: &str,
+    alloc: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    // Most hits are small: open and read, nothing else.
+    match entry::read_small_entry(Path::new(entry), SMALL_ENTRY_MAX).map_err(os_error)? {
+        ReadOutcome::Missing => return Ok(py.None()),
+        ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        ReadOutcome::Found(Some((layout, bytes))) => {
+            let t = PyTuple::new(
+                py,
+                [
+                    PyByteArray::new(py, &bytes).into_any(),
+                    layout.stream.0.into_pyobject(py)?.into_any(),
+                    layout.stream.1.into_pyobject(py)?.into_any(),
+                    ranges(py, &layout)?.into_any(),
+                ],
+            )?;
+            return Ok(t.into_any().unbind());
+        }
+        ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
+    }
+    let Some(alloc) = alloc else {
+        // The caller maps large entries itself: tell it the size.
+        return Ok(std::fs::metadata(entry)
+            .map_err(|e| {
+                os_error(CacheError::Io {
+                    action: "stat",
+                    path: entry.into(),
+                    source: e,
+                })
+            })?
+            .len()
+            .into_pyobject(py)?
+            .into_any()
+            .unbind());
+    };
+    let reader = match entry::open_entry(Path::new(entry)).map_err(os_error)? {
+        ReadOutcome::Found(r) => r,
+        ReadOutcome::Missing => return Ok(py.None()),
+        ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
+    };
+    let len = reader.len() as usize;
+    let (holder, outcome) = match Some(alloc) {
+        Some(alloc) if len >= DETACH_MIN => {
+            let holder = alloc.call1((len,))?;
+            let mut view = WritableView::of(&holder, len)?;
+            let dest = view.as_mut_slice();
+            let outcome = py.detach(|| reader.read_into(dest)).map_err(os_error)?;
+            drop(view);
+            (holder, outcome)
+        }
+        _ => {
+            // SAFETY: a NULL source asks CPython for an uninitialised bytearray of `len` bytes
+            // (no zero-filling of what the read overwrites anyway).
+            let array: Bound<'_, PyByteArray> = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as isize),
+                )?
+                .cast_into_unchecked()
+            };
+            // SAFETY: the bytearray was just created, nobody else references it, and it is not
+            // resized while `dest` lives; its storage holds `len` bytes.
+            let dest: &mut [u8] = unsafe {
+                std::slice::from_raw_parts_mut(
+                    ffi::PyByteArray_AsString(array.as_ptr()) as *mut u8,
+                    len,
+                )
+            };
+            let outcome = if len >= DETACH_MIN {
+                py.detach(|| reader.read_into(dest))
+            } else {
+                reader.read_into(dest)
+            }
+            .map_err(os_error)?;
+            (array.into_any(), outcome)
+        }
+    };
+    match outcome {
+        ReadOutcome::Found(layout) => {
+            let t = PyTuple::new(
+                py,
+                [
+                    holder,
+                    layout.stream.0.into_pyobject(py)?.into_any(),
+                    layout.stream.1.into_pyobject(py)?.into_any(),
+                    ranges(py, &layout)?.into_any(),
+                ],
+            )?;
+            Ok(t.into_any().unbind())
+        }
+        ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        ReadOutcome::Missing => Ok(py.None()),
+    }
+}
+
+/// Verifies an entry held in a buffer (e.g. a private memory map of its file).
+/// Returns a str (corrupt: why) or (stream_offset, stream_length, [(buffer_offset, buffer_length), ...]).
+#[pyfunction]
+fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let one = PyTuple::new(py, [buffer])?;
+    let views = Views::of(one.as_any())?;
+    let slices = views.slices();
+    let bytes = slices[0];
+    let verdict = if bytes.len() >= DETACH_MIN {
+        py.detach(|| entry::verify_complete(bytes))
+    } else {
+        entry::verify_complete(bytes)
+    };
+    match verdict {
+        Ok(layout) => Ok(PyTuple::new(
+            py,
+            [
+                layout.stream.0.into_pyobject(py)?.into_any(),
+                layout.stream.1.into_pyobject(py)?.into_any(),
+                ranges(py, &layout)?.into_any(),
+            ],
+        )?
+        .into_any()
+        .unbind()),
+        Err(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
+    }
+}
+
+/// Reads and verifies an entry's metadata, header and pickle stream only (for
+/// mmap_mode). Returns None, a str (corrupt: why), or (stream bytes,
+/// [(buffer_offset, buffer_length), ...], metadata JSON bytes).
+/// `touch`: count this read as a use of the entry (eviction is least recently used first).
+#[pyfunction]
+#[pyo3(signature = (entry, touch=true))]
+fn cache_load_head(py: Python<'_>, entry: &str, touch: bool) -> PyResult<Py<PyAny>> {
+    match entry::read_entry_head(Path::new(entry), touch).map_err(os_error)? {
+        ReadOutcome::Found(head) => {
+            let t = PyTuple::new(
+                py,
+                [
+                    PyBytes::new(py, &head.stream).into_any(),
+                    ranges(py, &head.layout)?.into_any(),
+                    PyBytes::new(py, &head.metadata).into_any(),
+                ],
+            )?;
+            Ok(t.into_any().unbind())
+        }
+        ReadOutcome::Missing => Ok(py.None()),
+        ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
+    }
+}
+
+/// Writes an entry (one-line metadata JSON, pickle stream, buffers) and
+/// publishes it atomically, replacing any previous one. Returns its size in bytes.
+#[pyfunction]
+#[pyo3(signature = (entry, flags, metadata_json, stream, buffers, durable=false))]
+fn cache_store(
+    py: Python<'_>,
+    entry: &str,
+    flags: u32,
+    metadata_json: &str,
+    stream: &[u8],
+    buffers: &Bound<'_, PyAny>,
+    durable: bool,
+) -> PyResult<u64> {
+    let views = Views::of(buffers)?;
+    let slices = views.slices();
+    let total: usize = stream.len() + slices.iter().map(|s| s.len()).sum::<usize>();
+    let path = Path::new(entry);
+    let write = || entry::write_entry(path, flags, metadata_json, stream, &slices, durable);
+    if total >= DETACH_MIN {
+        py.detach(write)
+    } else {
+        write()
+    }
+    .map_err(os_error)
+}
+
+/// Removes an entry or a directory tree atomically. False if it did not exist.
+#[pyfunction]
+fn cache_remove(py: Python<'_>, path: &str) -> PyResult<bool> {
+    py.detach(|| store::remove_atomically(Path::new(path)))
+        .map_err(os_error)
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Every entry under `root`, least recently used first: [(path, bytes, last_access_epoch_seconds)].
+#[pyfunction]
+fn cache_entries(py: Python<'_>, root: &str) -> Vec<(String, u64, f64)> {
+    py.detach(|| {
+        store::list_entries(Path::new(root))
+            .into_iter()
+            .map(|e| {
+                (
+                    e.path.to_string_lossy().into_owned(),
+                    e.size,
+                    epoch_secs(e.last_access),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Evicts least recently used entries until the store fits; returns the removed paths.
+#[pyfunction]
+#[pyo3(signature = (root, bytes_limit=None, items_limit=None, age_limit=None))]
+fn cache_reduce_size(
+    py: Python<'_>,
+    root: &str,
+    bytes_limit: Option<u64>,
+    items_limit: Option<u64>,
+    age_limit: Option<f64>,
+) -> PyResult<Vec<String>> {
+    let limits = store::Limits {
+        bytes: bytes_limit,
+        items: items_limit,
+        age: age_limit.map(|s| Duration::from_secs_f64(s.max(0.0))),
+    };
+    let removed = py
+        .detach(|| store::reduce_size(Path::new(root), limits, SystemTime::now()))
+        .map_err(os_error)?;
+    Ok(removed
+        .into_iter()
+        .map(|e| e.path.to_string_lossy().into_owned())
+        .collect())
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cache_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_load, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_load_head, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_store, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_remove, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_entries, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_reduce_size, m)?)?;
     Ok(())
 }

@@ -1,0 +1,1066 @@
+//! One cache entry on disk: a single file `<key>.pkc` whose first line is the
+//! entry's metadata as JSON (function, arguments, duration, sizes: `head -1`
+//! shows it to a person) followed by the pickled result and its out-of-band
+//! buffers, all under checksums.
+//!
+//! An entry is written to a temporary sibling file and published by one
+//! `rename(2)`, so a reader sees either no entry or a complete one, never a
+//! partial one; concurrent writers of the same entry simply replace each
+//! other's identical file (an open reader keeps the inode it opened). Crash
+//! safety does not rely on `fsync` (optional: `durable`): a process killed
+//! mid-write leaves only a `.tmp-*` file that is never read; a machine crash
+//! that loses unsynced data leaves a published entry whose length or
+//! checksum no longer matches, which is detected on read and reported as
+//! [`ReadOutcome::Corrupt`]. One file per entry keeps both a hit (open, read,
+//! close) and a miss (create, write, rename) to the fewest system calls.
+//! An entry's modification time is its last use (a hit refreshes it).
+//!
+//! Layout (integers little-endian; M = length of the metadata line with its `\n`):
+//!
+//! ```text
+//!  0     metadata JSON, one line, then '\n'
+//!  M+ 0  magic "PKCENT02"            8
+//!  M+ 8  flags u32, buffer count u32  8
+//!  M+16  stream length u64            8
+//!  M+24  total file length u64        8
+//!  M+32  head checksum u128          16   xxh3-128 of the metadata line, bytes M..M+32, table, stream
+//!  M+48  body checksum u128          16   xxh3-128 of the buffers' bytes, in order
+//!  M+64  table: (offset u64, length u64) per buffer (offsets from the start of the file)
+//!        pickle stream
+//!        buffers, each at a 64-byte-aligned file offset (so they can be memory-mapped),
+//!        zeros in between
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File, FileTimes};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::error::CacheError;
+
+/// File name extension of a published entry.
+pub const ENTRY_EXT: &str = "pkc";
+/// Prefix of the files an entry is written to before it is published.
+pub const TMP_PREFIX: &str = ".tmp-";
+const MAGIC: &[u8; 8] = b"PKCENT02";
+const HEADER_LEN: u64 = 64;
+const ALIGN: u64 = 64;
+/// The metadata line is searched for this far; longer metadata is refused when writing.
+pub const MAX_METADATA_LEN: usize = 1 << 20;
+/// Files up to this size are assembled in memory and written with one call.
+const ONE_WRITE_MAX: u64 = 1 << 20;
+const CHUNK: usize = 4 << 20;
+/// Size of the bounce buffer large entries are read through.
+const BOUNCE: usize = 256 << 10;
+/// How much of an entry is read first, straight into place: the whole of a small one.
+const PREFIX_READ: usize = 64 << 10;
+/// From this size on, a read is checksummed by a second thread as it goes.
+const PIPELINE_MIN: usize = 16 << 20;
+/// Bounce buffers in flight between the reading and the checksumming thread.
+const PIPELINE_BUFFERS: usize = 4;
+/// A hit refreshes the entry's access time (what eviction orders by) only when
+/// it is older than this: most hits of a hot entry then cost no extra system call.
+const TOUCH_GRANULARITY: Duration = Duration::from_secs(1);
+
+/// Test hook: when this variable names a file, the writer creates that file
+/// after writing the first half of the entry and then waits forever, so a
+/// test can SIGKILL the process at a known point of the write.
+pub const PAUSE_HOOK_ENV: &str = "PERFKIT_CACHE_TEST_PAUSE_MID_WRITE";
+
+/// Where the parts of an entry file are (offsets from the start of the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub flags: u32,
+    /// (offset, length) of the metadata JSON (without its newline).
+    pub metadata: (u64, u64),
+    /// (offset, length) of the pickle stream.
+    pub stream: (u64, u64),
+    /// (offset, length) of each out-of-band buffer.
+    pub buffers: Vec<(u64, u64)>,
+    pub total_len: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome<T> {
+    /// No entry at this path.
+    Missing,
+    /// An entry exists but cannot be trusted (the reason says why).
+    Corrupt(String),
+    Found(T),
+}
+
+fn align_up(v: u64) -> u64 {
+    v.div_ceil(ALIGN) * ALIGN
+}
+
+impl Layout {
+    fn plan(flags: u32, meta_len: u64, stream_len: u64, buffer_lens: &[u64]) -> Layout {
+        let header = meta_len + 1;
+        let table_end = header + HEADER_LEN + 16 * buffer_lens.len() as u64;
+        let mut pos = table_end + stream_len;
+        let mut buffers = Vec::with_capacity(buffer_lens.len());
+        for &len in buffer_lens {
+            pos = align_up(pos);
+            buffers.push((pos, len));
+            pos += len;
+        }
+        Layout {
+            flags,
+            metadata: (0, meta_len),
+            stream: (table_end, stream_len),
+            buffers,
+            total_len: pos,
+        }
+    }
+
+    fn header_offset(&self) -> u64 {
+        self.metadata.1 + 1
+    }
+
+    /// The metadata line, the header (checksums zeroed, filled in by `seal`) and the table.
+    fn encode_prefix(&self, metadata: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.stream.0 as usize);
+        v.extend_from_slice(metadata);
+        v.push(b'\n');
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&self.flags.to_le_bytes());
+        v.extend_from_slice(&(self.buffers.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.stream.1.to_le_bytes());
+        v.extend_from_slice(&self.total_len.to_le_bytes());
+        v.extend_from_slice(&[0u8; 32]);
+        for &(off, len) in &self.buffers {
+            v.extend_from_slice(&off.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+        }
+        v
+    }
+}
+
+/// Parses and bounds-checks the prefix of an entry file: `prefix` holds the
+/// file from its start through at least the header. Returns the layout (its
+/// `buffers` empty when `prefix` does not reach the end of the table: read
+/// `stream.0` bytes and parse again) and the two checksums.
+fn parse_prefix(prefix: &[u8], file_len: u64) -> Result<(Layout, u128, u128), String> {
+    let Some(nl) = prefix.iter().position(|&b| b == b'\n') else {
+        return Err(if (prefix.len() as u64) < file_len {
+            "metadata line too long".into()
+        } else {
+            "no metadata line (truncated, or not a perfkit cache entry)".into()
+        });
+    };
+    let h = nl + 1;
+    if prefix.len() < h + HEADER_LEN as usize {
+        return Err(format!("file too short ({file_len} bytes)"));
+    }
+    let hd = &prefix[h..];
+    if &hd[0..8] != MAGIC {
+        return Err("not a perfkit cache entry (bad magic after the metadata line)".into());
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(hd[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(hd[o..o + 8].try_into().unwrap());
+    let u128_at = |o: usize| u128::from_le_bytes(hd[o..o + 16].try_into().unwrap());
+    let flags = u32_at(8);
+    let n = u32_at(12) as u64;
+    let stream_len = u64_at(16);
+    let total_len = u64_at(24);
+    if total_len != file_len {
+        return Err(format!(
+            "length {file_len} bytes, header says {total_len} (truncated or overwritten)"
+        ));
+    }
+    let table_end = n
+        .checked_mul(16)
+        .and_then(|t| t.checked_add(h as u64 + HEADER_LEN))
+        .filter(|&t| t <= file_len)
+        .ok_or("buffer table runs past the end of the file")?;
+    let stream_end = table_end
+        .checked_add(stream_len)
+        .filter(|&e| e <= file_len)
+        .ok_or("pickle stream runs past the end of the file")?;
+    let mut layout = Layout {
+        flags,
+        metadata: (0, nl as u64),
+        stream: (table_end, stream_len),
+        buffers: Vec::new(),
+        total_len,
+    };
+    if (prefix.len() as u64) < table_end {
+        return Ok((layout, 0, 0));
+    }
+    let mut min_off = stream_end;
+    for i in 0..n as usize {
+        let off = u64_at(64 + 16 * i);
+        let len = u64_at(64 + 16 * i + 8);
+        match off.checked_add(len).filter(|&e| e <= file_len) {
+            Some(end) if off >= min_off => {
+                min_off = end;
+                layout.buffers.push((off, len));
+            }
+            _ => return Err(format!("buffer {i} lies outside the file")),
+        }
+    }
+    Ok((layout, u128_at(32), u128_at(48)))
+}
+
+/// Covers the metadata line, the header's first 32 bytes, the table and the stream.
+fn head_checksum(prefix: &[u8], header_offset: usize, stream: &[u8]) -> u128 {
+    let mut h = Xxh3Default::new();
+    h.update(&prefix[..header_offset + 32]);
+    h.update(&prefix[header_offset + HEADER_LEN as usize..]);
+    h.update(stream);
+    h.digest128()
+}
+
+fn seal(prefix: &mut [u8], header_offset: usize, head: u128, body: u128) {
+    prefix[header_offset + 32..header_offset + 48].copy_from_slice(&head.to_le_bytes());
+    prefix[header_offset + 48..header_offset + 64].copy_from_slice(&body.to_le_bytes());
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_path_for(entry: &Path) -> PathBuf {
+    let name = entry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    entry.with_file_name(format!(
+        "{TMP_PREFIX}{name}-{}-{n}-{nanos:x}",
+        std::process::id()
+    ))
+}
+
+fn pause_hook() {
+    if let Some(marker) = std::env::var_os(PAUSE_HOOK_ENV) {
+        let _ = fs::write(&marker, b"paused mid-write\n");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Writes an entry (metadata line, stream, buffers, checksums) to a
+/// temporary file next to `entry` and publishes it with one atomic rename,
+/// replacing any previous entry at that path. Parent directories are created
+/// as needed. Returns the entry's size in bytes.
+pub fn write_entry(
+    entry: &Path,
+    flags: u32,
+    metadata_json: &str,
+    stream: &[u8],
+    buffers: &[&[u8]],
+    durable: bool,
+) -> Result<u64, CacheError> {
+    if metadata_json.contains('\n') || metadata_json.len() > MAX_METADATA_LEN {
+        return Err(CacheError::io(
+            "write (metadata must be one line of at most 1 MiB)",
+            entry,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
+    let tmp = tmp_path_for(entry);
+    let file = match File::create(&tmp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = entry.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(parent)
+                .map_err(|e| CacheError::io("create the cache directory", parent, e))?;
+            File::create(&tmp).map_err(|e| CacheError::io("create", &tmp, e))?
+        }
+        Err(e) => return Err(CacheError::io("create", &tmp, e)),
+    };
+    let result = write_into(
+        file,
+        &tmp,
+        flags,
+        metadata_json.as_bytes(),
+        stream,
+        buffers,
+        durable,
+    )
+    .and_then(|len| {
+        fs::rename(&tmp, entry).map_err(|e| CacheError::io("publish the entry at", entry, e))?;
+        if durable {
+            if let Some(parent) = entry.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| CacheError::io("sync", parent, e))?;
+            }
+        }
+        Ok(len)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_into(
+    mut file: File,
+    path: &Path,
+    flags: u32,
+    metadata: &[u8],
+    stream: &[u8],
+    buffers: &[&[u8]],
+    durable: bool,
+) -> Result<u64, CacheError> {
+    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
+    let layout = Layout::plan(flags, metadata.len() as u64, stream.len() as u64, &lens);
+    let h = layout.header_offset() as usize;
+    let mut prefix = layout.encode_prefix(metadata);
+    let head_ck = head_checksum(&prefix, h, stream);
+    let werr = |e| CacheError::io("write", path, e);
+
+    if layout.total_len <= ONE_WRITE_MAX && std::env::var_os(PAUSE_HOOK_ENV).is_none() {
+        let mut body = Xxh3Default::new();
+        let mut all = prefix;
+        all.reserve(layout.total_len as usize - all.len());
+        all.extend_from_slice(stream);
+        for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
+            all.resize(off as usize, 0);
+            all.extend_from_slice(b);
+            body.update(b);
+        }
+        seal(&mut all, h, head_ck, body.digest128());
+        file.write_all(&all).map_err(werr)?;
+    } else {
+        // Large: stream it, hashing each chunk right before writing it (while it is in
+        // cache), then fill in the header's checksums.
+        file.write_all(&prefix).map_err(werr)?;
+        file.write_all(stream).map_err(werr)?;
+        let mut pos = layout.stream.0 + layout.stream.1;
+        let mut body = Xxh3Default::new();
+        let zeros = [0u8; ALIGN as usize];
+        let half = layout.total_len / 2;
+        let mut paused = false;
+        for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
+            file.write_all(&zeros[..(off - pos) as usize])
+                .map_err(werr)?;
+            pos = off;
+            for c in b.chunks(CHUNK) {
+                if !paused && pos >= half {
+                    paused = true;
+                    pause_hook();
+                }
+                body.update(c);
+                file.write_all(c).map_err(werr)?;
+                pos += c.len() as u64;
+            }
+        }
+        if !paused {
+            pause_hook();
+        }
+        seal(&mut prefix, h, head_ck, body.digest128());
+        file.write_all_at(&prefix[h..h + HEADER_LEN as usize], h as u64)
+            .map_err(werr)?;
+    }
+    if durable {
+        file.sync_all().map_err(werr)?;
+    }
+    Ok(layout.total_len)
+}
+
+/// An entry opened for reading: the file is open and its length known, so the
+/// caller can allocate the destination (e.g. a Python bytearray) before
+/// [`EntryReader::read_into`] reads and verifies it.
+pub struct EntryReader {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    /// The file's modification time, which records its last use (see `touch`).
+    last_used: Option<SystemTime>,
+}
+
+/// Opens an entry file; `Missing` when there is none.
+pub fn open_entry(entry: &Path) -> Result<ReadOutcome<EntryReader>, CacheError> {
+    let file = match File::open(entry) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(ReadOutcome::Missing)
+        }
+        Err(e) => return Err(CacheError::io("open", entry, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| CacheError::io("stat", entry, e))?;
+    Ok(ReadOutcome::Found(EntryReader {
+        file,
+        path: entry.to_path_buf(),
+        len: meta.len(),
+        last_used: meta.modified().ok(),
+    }))
+}
+
+impl EntryReader {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Marks the entry as just used (eviction is least recently used first) by
+    /// setting its modification time: unlike the access time, no kernel mount
+    /// option (relatime, noatime) changes it behind our back, and entries are
+    /// never modified in place. Best effort: a read-only location still serves hits.
+    fn touch(&self) {
+        let now = SystemTime::now();
+        let recent = self
+            .last_used
+            .is_some_and(|a| now.duration_since(a).unwrap_or_default() < TOUCH_GRANULARITY);
+        if !recent {
+            let _ = self.file.set_times(FileTimes::new().set_modified(now));
+        }
+    }
+
+    /// Reads the whole file into `dest` (exactly `len()` bytes), verifies
+    /// both checksums and the padding, and marks the entry as just used.
+    pub fn read_into(mut self, dest: &mut [u8]) -> Result<ReadOutcome<Layout>, CacheError> {
+        assert_eq!(
+            dest.len() as u64,
+            self.len,
+            "destination must hold the whole entry"
+        );
+        let len = dest.len();
+        // 1. The prefix (metadata line, header, table, stream), read straight into `dest`.
+        let mut filled = self.read_direct(dest, 0, len.min(PREFIX_READ))?;
+        let (layout, head_ck, body_ck) = match parse_prefix(&dest[..filled], self.len) {
+            Ok((layout, _, _))
+                if layout.buffers.is_empty() && (filled as u64) < layout.stream.0 =>
+            {
+                // A long buffer table: read through the stream's end and parse again.
+                let stream_end = (layout.stream.0 + layout.stream.1) as usize;
+                filled = self.read_direct(dest, filled, stream_end)?;
+                match parse_prefix(&dest[..filled], self.len) {
+                    Ok(v) => v,
+                    Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+                }
+            }
+            Ok(v) => v,
+            Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+        };
+        let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
+        if filled < s0 + sl {
+            filled = self.read_direct(dest, filled, s0 + sl)?;
+        }
+        if filled < s0 + sl {
+            return Ok(ReadOutcome::Corrupt(format!(
+                "file shrank while being read ({filled} of {len} bytes)"
+            )));
+        }
+        if head_checksum(
+            &dest[..s0],
+            layout.header_offset() as usize,
+            &dest[s0..s0 + sl],
+        ) != head_ck
+        {
+            return Ok(ReadOutcome::Corrupt(
+                "checksum mismatch in the metadata, header or pickle stream".into(),
+            ));
+        }
+        // 2. The buffers, verified as they arrive (while in cache). Large entries are read
+        // through a small bounce buffer that stays mapped, then copied: reading straight
+        // into freshly allocated memory makes the kernel fault its pages in one by one
+        // during the copy-out, which costs several times the extra memcpy (measured 3-5x
+        // on the CI machines).
+        let mut verifier = BodyVerifier::new(&layout.buffers, (s0 + sl) as u64);
+        verifier.feed(&dest[s0 + sl..filled]);
+        let rest = &mut dest[filled..];
+        let mut bounce = vec![0u8; BOUNCE.min(rest.len())];
+        if rest.len() >= PIPELINE_MIN {
+            // Large: this thread only reads (the kernel's copy into a small bounce buffer);
+            // a second thread checksums each bounce buffer while it is in cache and copies it
+            // into place (where the page faults of fresh memory are paid). Buffers circulate
+            // between the two through channels.
+            let (got, v) = std::thread::scope(|scope| {
+                let (full_tx, full_rx) =
+                    std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
+                let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+                for _ in 0..PIPELINE_BUFFERS {
+                    let _ = free_tx.send(vec![0u8; BOUNCE]);
+                }
+                let placer = scope.spawn(move || {
+                    let mut pos = 0;
+                    for (buf, n) in full_rx {
+                        verifier.feed(&buf[..n]);
+                        rest[pos..pos + n].copy_from_slice(&buf[..n]);
+                        pos += n;
+                        let _ = free_tx.send(buf);
+                    }
+                    (pos, verifier)
+                });
+                let total = len - filled;
+                let mut sent = 0;
+                let mut result = Ok(());
+                while sent < total {
+                    let Ok(mut buf) = free_rx.recv() else { break };
+                    let want = BOUNCE.min(total - sent);
+                    match self.fill(&mut buf[..want]) {
+                        Ok(n) => {
+                            sent += n;
+                            let _ = full_tx.send((buf, n));
+                            if n < want {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                drop(full_tx);
+                let placed = placer.join().expect("checksum thread panicked");
+                result.map(|()| placed)
+            })?;
+            filled += got;
+            verifier = v;
+        } else {
+            for chunk in rest.chunks_mut(BOUNCE) {
+                let n = self.read_via(&mut bounce, chunk)?;
+                verifier.feed(&chunk[..n]);
+                filled += n;
+                if n < chunk.len() {
+                    break;
+                }
+            }
+        }
+        if filled < len {
+            return Ok(ReadOutcome::Corrupt(format!(
+                "file shrank while being read ({filled} of {len} bytes)"
+            )));
+        }
+        if !verifier.padding_ok {
+            return Ok(ReadOutcome::Corrupt(
+                "non-zero bytes in alignment padding".into(),
+            ));
+        }
+        if verifier.hasher.digest128() != body_ck {
+            return Ok(ReadOutcome::Corrupt(
+                "checksum mismatch in the data buffers".into(),
+            ));
+        }
+        self.touch();
+        Ok(ReadOutcome::Found(layout))
+    }
+
+    /// Fills `buf` from the file; returns the bytes read (fewer only at end of file).
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CacheError> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Fills `chunk` through `bounce` (see `read_into`); returns the bytes read (fewer only at end of file).
+    fn read_via(&mut self, bounce: &mut [u8], chunk: &mut [u8]) -> Result<usize, CacheError> {
+        let mut n = 0;
+        while n < chunk.len() {
+            let want = bounce.len().min(chunk.len() - n);
+            match self.file.read(&mut bounce[..want]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    chunk[n..n + k].copy_from_slice(&bounce[..k]);
+                    n += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Reads into `dest[from..to]` directly; returns how far it got (less only at end of file).
+    fn read_direct(
+        &mut self,
+        dest: &mut [u8],
+        from: usize,
+        to: usize,
+    ) -> Result<usize, CacheError> {
+        let mut filled = from;
+        while filled < to {
+            match self.file.read(&mut dest[filled..to]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+            }
+        }
+        Ok(filled)
+    }
+}
+
+/// Checks the bytes after the stream as they are read, in file order: buffer
+/// bytes go into the body checksum, alignment padding must be zeros.
+struct BodyVerifier<'a> {
+    buffers: &'a [(u64, u64)],
+    next: usize,
+    pos: u64,
+    hasher: Xxh3Default,
+    padding_ok: bool,
+}
+
+impl<'a> BodyVerifier<'a> {
+    fn new(buffers: &'a [(u64, u64)], start: u64) -> Self {
+        BodyVerifier {
+            buffers,
+            next: 0,
+            pos: start,
+            hasher: Xxh3Default::new(),
+            padding_ok: true,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            // Skip buffers already complete (including empty ones).
+            while self.next < self.buffers.len()
+                && self.pos >= self.buffers[self.next].0 + self.buffers[self.next].1
+            {
+                self.next += 1;
+            }
+            let (take, in_buffer) = match self.buffers.get(self.next) {
+                Some(&(off, _)) if self.pos < off => ((off - self.pos) as usize, false),
+                Some(&(off, len)) => ((off + len - self.pos) as usize, true),
+                None => (data.len(), false),
+            };
+            let (part, rest) = data.split_at(take.min(data.len()));
+            if in_buffer {
+                self.hasher.update(part);
+            } else if part.iter().any(|&b| b != 0) {
+                self.padding_ok = false;
+            }
+            self.pos += part.len() as u64;
+            data = rest;
+        }
+    }
+}
+
+/// An entry read whole: its layout and its bytes.
+pub type WholeEntry = (Layout, Vec<u8>);
+
+/// The fast path of a hit: opens the entry and reads it with one call, no
+/// `stat` (a hit is a handful of system calls, and each counts). Returns
+/// `Found(None)` when the entry is larger than `max` bytes: read it with
+/// [`open_entry`] then.
+pub fn read_small_entry(
+    entry: &Path,
+    max: usize,
+) -> Result<ReadOutcome<Option<WholeEntry>>, CacheError> {
+    let mut file = match File::open(entry) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(ReadOutcome::Missing)
+        }
+        Err(e) => return Err(CacheError::io("open", entry, e)),
+    };
+    // One byte more than `max`: a full buffer means "larger than max".
+    let mut buf = vec![0u8; max + 1];
+    let mut n = 0;
+    loop {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    return Ok(ReadOutcome::Found(None));
+                }
+                // A short read of a regular file is its end; check that against the header
+                // (one more read only if the header says the file is longer).
+                if parse_prefix(&buf[..n], n as u64).is_ok() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CacheError::io("read", entry, e)),
+        }
+    }
+    buf.truncate(n);
+    match verify_complete(&buf) {
+        Ok(layout) => {
+            touch_once_a_while(&file, entry);
+            Ok(ReadOutcome::Found(Some((layout, buf))))
+        }
+        Err(reason) => Ok(ReadOutcome::Corrupt(reason)),
+    }
+}
+
+/// Verifies a whole entry held in memory, e.g. a memory map of its file
+/// (length, checksums, padding); the error says what is wrong.
+pub fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
+    let (layout, head_ck, body_ck) = parse_prefix(bytes, bytes.len() as u64)?;
+    let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
+    if head_checksum(
+        &bytes[..s0],
+        layout.header_offset() as usize,
+        &bytes[s0..s0 + sl],
+    ) != head_ck
+    {
+        return Err("checksum mismatch in the metadata, header or pickle stream".into());
+    }
+    let mut verifier = BodyVerifier::new(&layout.buffers, (s0 + sl) as u64);
+    verifier.feed(&bytes[s0 + sl..]);
+    if !verifier.padding_ok {
+        return Err("non-zero bytes in alignment padding".into());
+    }
+    if verifier.hasher.digest128() != body_ck {
+        return Err("checksum mismatch in the data buffers".into());
+    }
+    Ok(layout)
+}
+
+/// Marks an entry as used (its modification time) unless this process already
+/// did within `TOUCH_GRANULARITY`: a hot entry costs no extra system call per hit.
+fn touch_once_a_while(file: &File, entry: &Path) {
+    static RECENT: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
+    let now = Instant::now();
+    {
+        let mut guard = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = guard.get_or_insert_with(HashMap::new);
+        if recent
+            .get(entry)
+            .is_some_and(|t| now.duration_since(*t) < TOUCH_GRANULARITY)
+        {
+            return;
+        }
+        if recent.len() >= 4096 {
+            recent.clear(); // bounded memory; the worst case is one extra touch per entry
+        }
+        recent.insert(entry.to_path_buf(), now);
+    }
+    let _ = file.set_times(FileTimes::new().set_modified(SystemTime::now()));
+}
+
+/// What a memory-mapping reader needs: the layout and the pickle stream.
+#[derive(Debug)]
+pub struct EntryHead {
+    pub layout: Layout,
+    pub metadata: Vec<u8>,
+    pub stream: Vec<u8>,
+}
+
+/// Reads and verifies the metadata, header, table and pickle stream only (for
+/// `mmap_mode`: the buffers are mapped, not read, so their checksum is not
+/// verified; their extent is, through the file length). `touch`: count this
+/// read as a use of the entry.
+pub fn read_entry_head(entry: &Path, touch: bool) -> Result<ReadOutcome<EntryHead>, CacheError> {
+    let reader = match open_entry(entry)? {
+        ReadOutcome::Found(r) => r,
+        ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
+        ReadOutcome::Corrupt(c) => return Ok(ReadOutcome::Corrupt(c)),
+    };
+    let rerr = |e| CacheError::io("read", reader.path.clone(), e);
+    let first = (MAX_METADATA_LEN as u64 + 1 + HEADER_LEN).min(reader.len) as usize;
+    let mut prefix = vec![0u8; first.min(64 << 10)];
+    reader.file.read_exact_at(&mut prefix, 0).map_err(rerr)?;
+    if !prefix.contains(&b'\n') && prefix.len() < first {
+        prefix.resize(first, 0);
+        reader.file.read_exact_at(&mut prefix, 0).map_err(rerr)?;
+    }
+    let (layout, _, _) = match parse_prefix(&prefix, reader.len) {
+        Ok(v) => v,
+        Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+    };
+    // Read exactly metadata + header + table + stream (the parse bounds-checked them).
+    let stream_end = (layout.stream.0 + layout.stream.1) as usize;
+    prefix.resize(stream_end, 0);
+    reader.file.read_exact_at(&mut prefix, 0).map_err(rerr)?;
+    let (layout, head_ck, _) = match parse_prefix(&prefix, reader.len) {
+        Ok(v) => v,
+        Err(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+    };
+    let s0 = layout.stream.0 as usize;
+    if head_checksum(
+        &prefix[..s0],
+        layout.header_offset() as usize,
+        &prefix[s0..],
+    ) != head_ck
+    {
+        return Ok(ReadOutcome::Corrupt(
+            "checksum mismatch in the metadata, header or pickle stream".into(),
+        ));
+    }
+    if touch {
+        reader.touch();
+    }
+    let stream = prefix[s0..].to_vec();
+    prefix.truncate(layout.metadata.1 as usize);
+    Ok(ReadOutcome::Found(EntryHead {
+        layout,
+        metadata: prefix,
+        stream,
+    }))
+}
+
+/// Reads a whole entry into a new `Vec` (for Rust callers and tests).
+pub fn read_entry(entry: &Path) -> Result<ReadOutcome<(Layout, Vec<u8>)>, CacheError> {
+    match open_entry(entry)? {
+        ReadOutcome::Found(reader) => {
+            let mut buf = vec![0u8; reader.len() as usize];
+            Ok(match reader.read_into(&mut buf)? {
+                ReadOutcome::Found(layout) => ReadOutcome::Found((layout, buf)),
+                ReadOutcome::Corrupt(c) => ReadOutcome::Corrupt(c),
+                ReadOutcome::Missing => ReadOutcome::Missing,
+            })
+        }
+        ReadOutcome::Missing => Ok(ReadOutcome::Missing),
+        ReadOutcome::Corrupt(c) => Ok(ReadOutcome::Corrupt(c)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("perfkit-cache-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const META: &str = r#"{"function": "m.f", "input_args": {"x": "1"}}"#;
+
+    fn roundtrip(name: &str, stream: &[u8], buffers: &[&[u8]]) {
+        let d = tmpdir(name);
+        let entry = d.join("f").join("abc.pkc");
+        let len = write_entry(&entry, 0, META, stream, buffers, false).unwrap();
+        assert_eq!(len, fs::metadata(&entry).unwrap().len());
+        let ReadOutcome::Found((layout, bytes)) = read_entry(&entry).unwrap() else {
+            panic!("entry not found")
+        };
+        // A person reads the metadata with `head -1`.
+        assert!(bytes.starts_with(format!("{META}\n").as_bytes()));
+        let (s0, sl) = layout.stream;
+        assert_eq!(&bytes[s0 as usize..(s0 + sl) as usize], stream);
+        assert_eq!(layout.buffers.len(), buffers.len());
+        for (&(off, len), b) in layout.buffers.iter().zip(buffers) {
+            assert_eq!(off % ALIGN, 0);
+            assert_eq!(&bytes[off as usize..(off + len) as usize], *b);
+        }
+        match read_small_entry(&entry, 1 << 16).unwrap() {
+            ReadOutcome::Found(Some((small_layout, small_bytes))) => {
+                assert!(bytes.len() <= 1 << 16);
+                assert_eq!((small_layout, small_bytes), (layout.clone(), bytes.clone()));
+            }
+            ReadOutcome::Found(None) => assert!(bytes.len() > 1 << 16),
+            other => panic!("{other:?}"),
+        }
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(head.stream, stream);
+        assert_eq!(head.metadata, META.as_bytes());
+        assert_eq!(head.layout, layout);
+        // Nothing temporary is left behind.
+        let names: Vec<_> = fs::read_dir(d.join("f"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("abc.pkc")]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn roundtrip_small_and_large() {
+        roundtrip("small", b"pickle", &[]);
+        roundtrip("bufs", b"p", &[b"abc", b"", b"0123456789"]);
+        let big: Vec<u8> = (0..(3 * ONE_WRITE_MAX as u32))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        roundtrip("large", b"stream", &[&big, b"tail"]);
+        // A buffer table longer than the first read (64 KiB): 5000 rows of 16 bytes.
+        let many: Vec<Vec<u8>> = (0..5000u32)
+            .map(|i| vec![(i % 251) as u8; (i % 7) as usize])
+            .collect();
+        let refs: Vec<&[u8]> = many.iter().map(|v| v.as_slice()).collect();
+        roundtrip("manybufs", b"s", &refs);
+    }
+
+    #[test]
+    fn damage_deep_in_a_large_entry_is_detected() {
+        damage_deep(5 * BOUNCE + 17); // read and checksummed in one thread
+        damage_deep(PIPELINE_MIN + 3 * BOUNCE + 5); // checksummed by a second thread
+    }
+
+    fn damage_deep(size: usize) {
+        let d = tmpdir(&format!("deep{size}"));
+        let entry = d.join("k.pkc");
+        let big: Vec<u8> = (0..size as u32).map(|i| (i % 249) as u8).collect();
+        write_entry(&entry, 0, META, b"s", &[b"x", &big, b"tail"], false).unwrap();
+        let good = fs::read(&entry).unwrap();
+        for pos in [
+            good.len() / 2,
+            good.len() - 3,
+            good.len() - 100,
+            3 * BOUNCE + 1,
+        ] {
+            let mut b = good.clone();
+            b[pos] ^= 0x80;
+            fs::write(&entry, &b).unwrap();
+            assert!(
+                matches!(read_entry(&entry).unwrap(), ReadOutcome::Corrupt(_)),
+                "flip at {pos} not detected"
+            );
+        }
+        fs::write(&entry, &good).unwrap();
+        assert!(matches!(read_entry(&entry).unwrap(), ReadOutcome::Found(_)));
+    }
+
+    #[test]
+    fn missing_entry() {
+        let d = tmpdir("missing");
+        assert!(matches!(
+            read_entry(&d.join("nope.pkc")).unwrap(),
+            ReadOutcome::Missing
+        ));
+        assert!(matches!(
+            read_entry_head(&d.join("a/b/c.pkc"), false).unwrap(),
+            ReadOutcome::Missing
+        ));
+    }
+
+    #[test]
+    fn rewrite_replaces() {
+        let d = tmpdir("replace");
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"first", &[], true).unwrap();
+        write_entry(&entry, 0, META, b"second", &[], false).unwrap();
+        let ReadOutcome::Found((l, bytes)) = read_entry(&entry).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&bytes[l.stream.0 as usize..], b"second");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+    }
+
+    fn corrupt_with(name: &str, damage: impl Fn(&Path)) -> String {
+        let d = tmpdir(name);
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
+        damage(&entry);
+        if !matches!(
+            read_small_entry(&entry, 1 << 16).unwrap(),
+            ReadOutcome::Corrupt(_)
+        ) {
+            panic!("{name}: damage not detected by the small-entry reader");
+        }
+        match read_entry(&entry).unwrap() {
+            ReadOutcome::Corrupt(reason) => reason,
+            other => panic!("{name}: damage not detected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let r = corrupt_with("trunc", |e| {
+            let f = fs::OpenOptions::new().write(true).open(e).unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len - 10).unwrap();
+        });
+        assert!(r.contains("truncated"), "{r}");
+        let len = {
+            let d = tmpdir("len");
+            let e = d.join("k.pkc");
+            write_entry(&e, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
+            fs::metadata(e).unwrap().len() as usize
+        };
+        // Every byte of the file matters: flip one bit at each position.
+        for pos in 0..len {
+            let r = corrupt_with(&format!("flip{pos}"), |e| {
+                let mut b = fs::read(e).unwrap();
+                b[pos] ^= 0x10;
+                fs::write(e, b).unwrap();
+            });
+            assert!(!r.is_empty());
+        }
+        let r = corrupt_with("nometa", |e| {
+            let b = fs::read(e).unwrap();
+            let nl = b.iter().position(|&c| c == b'\n').unwrap();
+            fs::write(e, &b[nl + 1..]).unwrap();
+        });
+        assert!(r.contains("metadata") || r.contains("magic"), "{r}");
+        let r = corrupt_with("empty", |e| fs::write(e, b"").unwrap());
+        assert!(r.contains("no metadata line"), "{r}");
+        let r = corrupt_with("garbage", |e| fs::write(e, vec![b'\n'; 500]).unwrap());
+        assert!(r.contains("magic"), "{r}");
+    }
+
+    #[test]
+    fn head_reader_checks_metadata_stream_and_length() {
+        let d = tmpdir("head");
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
+        let good = fs::read(&entry).unwrap();
+        for pos in [3, META.len() + 1 + 64 + 16 + 2] {
+            let mut b = good.clone();
+            b[pos] ^= 1; // in the metadata, in the stream
+            fs::write(&entry, &b).unwrap();
+            assert!(
+                matches!(
+                    read_entry_head(&entry, true).unwrap(),
+                    ReadOutcome::Corrupt(_)
+                ),
+                "{pos}"
+            );
+        }
+        let mut b = good.clone();
+        b.truncate(b.len() - 1);
+        fs::write(&entry, &b).unwrap();
+        assert!(matches!(
+            read_entry_head(&entry, true).unwrap(),
+            ReadOutcome::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn bad_metadata_and_unwritable_location_are_errors_naming_the_path() {
+        let d = tmpdir("unwritable");
+        let blocker = d.join("file");
+        fs::write(&blocker, b"x").unwrap();
+        let err = write_entry(
+            &blocker.join("sub").join("k.pkc"),
+            0,
+            META,
+            b"s",
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("file"), "{err}");
+        let err = write_entry(&d.join("k.pkc"), 0, "two\nlines", b"s", &[], false).unwrap_err();
+        assert!(err.to_string().contains("one line"), "{err}");
+        assert_eq!(
+            fs::read_dir(&d).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+}

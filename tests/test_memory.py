@@ -1,0 +1,570 @@
+"""perfkit.Memory and perfkit.hash, side by side with joblib.Memory and joblib.hash."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import perfkit
+import pytest
+from perfkit.memory import CacheWarning, MemorizedFunc, MemorizedResult, NotMemorizedFunc
+
+# Hashing relies on pickle and code-object details and binding on signature
+# introspection, which differ between interpreters: CI runs this file on each.
+pytestmark = pytest.mark.version_sensitive
+
+
+def entries(location) -> list[Path]:
+    return sorted(Path(location, "perfkit").rglob("*.pkc"))
+
+
+def counted(memory, func, **kw):
+    """memory.cache(func) whose ``.calls`` records each real call (the wrapper keeps
+    func's name, module and, through __wrapped__, its signature)."""
+    calls = []
+
+    @functools.wraps(func)
+    def recording(*a, **k):
+        calls.append((a, k))
+        return func(*a, **k)
+
+    cached = memory.cache(recording, **kw)
+    cached.calls = calls
+    return cached
+
+
+# -- the API, against joblib -----------------------------------------------------------------
+
+
+def _add(x, y=2, *, z=3):
+    return x * y + z
+
+
+@pytest.mark.parametrize("impl", ["perfkit", "joblib"])
+def test_same_semantics_as_joblib(tmp_path, impl):
+    """Each scenario is run on joblib.Memory and perfkit.Memory: the observable calls must agree."""
+    Mem = perfkit.Memory if impl == "perfkit" else joblib.Memory
+    mem = Mem(str(tmp_path / impl), verbose=0)
+    f = counted(mem, _add)
+    assert f(1) == 5
+    assert f(1) == 5
+    assert f(1, 2) == 5  # default passed explicitly
+    assert f(x=1, z=3) == 5  # as keywords
+    assert f(1, 2, z=3) == 5
+    assert len(f.calls) == 1
+    assert f(2) == 7 and f(1, y=3) == 6 and f(1, z=4) == 6
+    assert len(f.calls) == 4
+    assert f.check_call_in_cache(1) and f.check_call_in_cache(1, 2)
+    assert not f.check_call_in_cache(9)
+    out, meta = f.call(1)  # always runs
+    assert out == 5 and len(f.calls) == 5 and "duration" in meta
+    shelved = f.call_and_shelve(9)
+    assert shelved.get() == 21 and len(f.calls) == 6
+    shelved2 = f.call_and_shelve(9)
+    assert shelved2.get() == 21 and len(f.calls) == 6
+    shelved2.clear()
+    assert not f.check_call_in_cache(9)
+    f.clear(warn=False)
+    assert not f.check_call_in_cache(1)
+    f(1)
+    assert len(f.calls) == 7
+    mem.clear(warn=False)
+    f(1)
+    assert len(f.calls) == 8
+
+
+@pytest.mark.parametrize("impl", ["perfkit", "joblib"])
+def test_ignore_and_decorator_forms(tmp_path, impl):
+    Mem = perfkit.Memory if impl == "perfkit" else joblib.Memory
+    mem = Mem(str(tmp_path), verbose=0)
+    calls = []
+
+    @mem.cache(ignore=["verbose"])
+    def g(x, verbose=False):
+        calls.append(x)
+        return -x
+
+    assert g(3) == -3 and g(3, verbose=True) == -3 and g(3, True) == -3
+    assert calls == [3]
+
+    @mem.cache
+    def h(x):
+        calls.append(("h", x))
+        return x
+
+    h(1), h(1)
+    assert calls == [3, ("h", 1)]
+    h2 = mem.cache(lambda x: x + 1)
+    assert h2(1) == 2 and h2(1) == 2
+    assert mem.eval(_add, 4) == 11
+
+
+def test_ignore_unknown_argument_is_an_error(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    with pytest.raises(ValueError, match="'nope'.*not an argument of _add"):
+        mem.cache(_add, ignore=["nope"])
+
+
+def test_wrong_call_raises_the_functions_own_error(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(_add)
+    with pytest.raises(TypeError, match="_add"):
+        f()
+    with pytest.raises(TypeError):
+        f(1, 2, 3)
+    assert entries(tmp_path) == []
+
+
+def test_exceptions_are_not_cached(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    n = []
+
+    @mem.cache
+    def boom(x):
+        n.append(x)
+        raise KeyError(x)
+
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            boom(1)
+    assert n == [1, 1] and entries(tmp_path) == []
+
+
+def test_location_none_does_not_cache(tmp_path):
+    mem = perfkit.Memory(None)
+    calls = []
+
+    @mem.cache
+    def f(x):
+        calls.append(x)
+        return x * 2
+
+    assert isinstance(f, NotMemorizedFunc)
+    assert f(2) == 4 and f(2) == 4 and calls == [2, 2]
+    assert f.call(2) == (4, {})
+    assert not f.check_call_in_cache(2)
+    assert f.call_and_shelve(3).get() == 6
+    f.clear()
+    mem.clear()
+    mem.reduce_size(items_limit=0)
+
+
+def test_positional_only_varargs_and_kwargs(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+
+    def k(a, /, b=1, *rest, c, d=4, **extra):
+        calls.append(1)
+        return (a, b, rest, c, d, sorted(extra.items()))
+
+    kc = mem.cache(k)
+    assert kc(1, c=3) == k(1, c=3)
+    assert kc(1, 1, c=3, d=4) == k(1, c=3)
+    assert len(calls) == 3  # k's own two calls + one cached miss
+    assert kc(1, 2, 5, 6, c=3, x=1, y=2) == kc(1, 2, 5, 6, c=3, y=2, x=1)
+    assert len(calls) == 4  # one miss, then a hit: **extra's order does not matter
+
+
+def test_metadata_is_human_readable(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(_add)
+    _out, meta = f.call(3, z=1)
+    [entry] = entries(tmp_path)
+    first_line = entry.read_bytes().split(b"\n", 1)[0]
+    import json
+
+    stored = json.loads(first_line)
+    assert stored["function"] == f"{__name__}._add"
+    assert stored["input_args"] == {"x": "3", "y": "2", "z": "1"}
+    assert stored["duration"] >= 0 and stored["output_bytes"] > 0
+    assert meta["input_args"] == stored["input_args"]
+    code = (entry.parent / "func_code.py").read_text()
+    assert "def _add(x, y=2, *, z=3):" in code
+
+
+def test_editing_the_function_invalidates_its_entries(tmp_path):
+    """The same module and name with a new body: recomputed, and the old entries are removed."""
+    mem = perfkit.Memory(tmp_path)
+    results = []
+    for body in ("return x + 1", "return x + 100", "return x + 100"):
+        ns: dict = {"__name__": "edited_module"}
+        exec(compile(f"def step(x):\n    {body}\n", "<edited>", "exec"), ns)  # noqa: S102
+        step = mem.cache(ns["step"])
+        results.append(step(1))
+        assert len(entries(tmp_path)) == 1
+    assert results == [2, 101, 101]
+    # A recompile of identical code hits (third round): still one entry, one code directory.
+    assert len(list((tmp_path / "perfkit" / "edited_module" / "step").iterdir())) == 1
+
+
+def test_call_and_shelve_result_is_picklable_reference(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(_add)
+    res = f.call_and_shelve(5)
+    assert isinstance(res, MemorizedResult)
+    again = pickle.loads(pickle.dumps(res))
+    assert again.get() == 13
+    res.clear()
+    with pytest.raises(KeyError, match="no longer in the cache"):
+        again.get()
+
+
+def test_memorized_func_pickles(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(_add)
+    g = pickle.loads(pickle.dumps(f))
+    assert isinstance(g, MemorizedFunc) and g(1) == 5 and f.check_call_in_cache(1)
+    assert pickle.loads(pickle.dumps(mem)).location == mem.location
+
+
+# -- results: numpy, pandas, mmap, compression ---------------------------------------------------
+
+
+def test_numpy_results_round_trip_exactly(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+
+    @mem.cache
+    def make(kind):
+        rng = np.random.default_rng(0)
+        base = rng.standard_normal((37, 5))
+        return {
+            "c": base,
+            "f": np.asfortranarray(base),
+            "i": np.arange(10, dtype=np.int16),
+            "rec": np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+            "obj": np.array(["x", None], dtype=object),
+            "view": base[::2, 1],
+            "empty": np.empty((0, 3)),
+            "df": pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}),
+            "kind": kind,
+        }
+
+    first = make("k")
+    second = make("k")
+    for key, v in first.items():
+        w = second[key]
+        if isinstance(v, np.ndarray):
+            assert w.dtype == v.dtype and w.shape == v.shape
+            if v.flags.c_contiguous or v.flags.f_contiguous:
+                assert (w.flags.c_contiguous, w.flags.f_contiguous) == (
+                    v.flags.c_contiguous,
+                    v.flags.f_contiguous,
+                )
+            np.testing.assert_array_equal(w, v)
+            assert w.flags.writeable
+        elif isinstance(v, pd.DataFrame):
+            pd.testing.assert_frame_equal(w, v)
+        else:
+            assert w == v
+
+
+def test_mmap_mode_maps_arrays_instead_of_reading(tmp_path):
+    mem = perfkit.Memory(tmp_path, mmap_mode="r")
+    calls = []
+
+    @mem.cache
+    def big(n):
+        calls.append(n)
+        return {"a": np.arange(n, dtype=np.float64), "b": np.ones((3, 4), order="F"), "n": n}
+
+    first = big(200_000)
+    second = big(200_000)
+    assert calls == [200_000]
+    for out in (first, second):  # as joblib, the first call returns the mapped result too
+        a = out["a"]
+        np.testing.assert_array_equal(a, np.arange(200_000, dtype=np.float64))
+        assert not a.flags.writeable
+        base = a
+        while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
+            base = base.base
+        assert isinstance(base, memoryview) and isinstance(base.obj, __import__("mmap").mmap)
+        assert out["b"].flags.f_contiguous and out["n"] == 200_000
+
+    copy_mem = perfkit.Memory(tmp_path, mmap_mode="c")
+    a = copy_mem.cache(big.__wrapped__)(200_000)["a"]
+    a[0] = -1.0  # copy-on-write: the cache is untouched
+    np.testing.assert_array_equal(big(200_000)["a"][:2], [0.0, 1.0])
+
+
+def test_compress(tmp_path):
+    mem = perfkit.Memory(tmp_path, compress=True)
+    f = mem.cache(lambda n: np.zeros(n))
+    assert f(100_000).sum() == 0 and f(100_000).shape == (100_000,)
+    [entry] = entries(tmp_path)
+    assert entry.stat().st_size < 100_000  # 800 kB of zeros, compressed
+    with pytest.raises(ValueError, match="zlib"):
+        perfkit.Memory(tmp_path, compress=("lz4", 3))
+    with pytest.warns(UserWarning, match="cannot be memmapped"):
+        perfkit.Memory(tmp_path, compress=3, mmap_mode="r")
+
+
+# -- eviction ----------------------------------------------------------------------------------
+
+
+def _age(path: Path, seconds_ago: float) -> None:
+    t = time.time() - seconds_ago
+    os.utime(path, (t, t))
+
+
+def test_reduce_size_lru_by_items_bytes_and_age(tmp_path):
+    mem = perfkit.Memory(tmp_path, bytes_limit="4K")
+    f = mem.cache(lambda i: bytes(1000))
+    for i in range(6):
+        f(i)
+    # Give each entry a distinct last use: i=0 oldest ... i=5 newest.
+    for i in range(6):
+        key = f._key((i,), {})
+        _age(Path(f._entry_prefix + key + ".pkc"), 1000 - 100 * i)
+    # A hit refreshes the oldest one's last use.
+    f(0)
+    mem.reduce_size(items_limit=5)  # evicts i=1, the least recently used
+    assert [f.check_call_in_cache(i) for i in range(6)] == [True, False, True, True, True, True]
+    mem.reduce_size()  # the Memory's bytes_limit: 4 KiB keeps the 3 most recent (each ~1.2 kB)
+    assert sum(p.stat().st_size for p in entries(tmp_path)) <= 4 * 1024
+    assert [f.check_call_in_cache(i) for i in range(6)] == [True, False, False, False, True, True]
+    mem.reduce_size(age_limit=datetime.timedelta(seconds=550))
+    assert [f.check_call_in_cache(i) for i in range(6)] == [True, False, False, False, False, True]
+    with pytest.raises(ValueError, match="positive"):
+        mem.reduce_size(age_limit=datetime.timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="bytes_limit"):
+        mem.reduce_size(bytes_limit="lots")
+
+
+# -- hashing -------------------------------------------------------------------------------------
+
+CASES_EQUAL = [
+    (lambda: np.arange(1e6), lambda: np.arange(1e6)),
+    (lambda: np.zeros((3, 4)), lambda: np.zeros((4, 3)).T.copy()),
+    (lambda: ["aa", "aa"], lambda: ["aa", "aaZ"[:2]]),  # one string object vs two equal ones
+    (
+        lambda: pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}),
+        lambda: pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}),
+    ),
+    (lambda: {"a": 1, "b": 2}, lambda: {"b": 2, "a": 1}),
+    (lambda: {"x", "y", "z"}, lambda: {"z", "y", "x"}),
+    (lambda: bytes(10_000), lambda: bytes(10_000)),
+]
+
+CASES_DIFFERENT = [
+    (lambda: np.arange(10.0), lambda: np.arange(10.0).astype(np.float32)),  # dtype
+    (lambda: np.zeros((2, 6)), lambda: np.zeros((3, 4))),  # shape
+    (lambda: np.ones((3, 4)), lambda: np.asfortranarray(np.ones((3, 4)))),  # memory order
+    (lambda: np.arange(1e6), lambda: np.concatenate([np.arange(1e6 - 1), [0.0]])),  # one value
+    (lambda: pd.DataFrame({"a": [1.0, 2.0]}), lambda: pd.DataFrame({"a": [1.0, 3.0]})),
+    (lambda: pd.DataFrame({"a": [1.0, 2.0]}), lambda: pd.DataFrame({"b": [1.0, 2.0]})),
+    (lambda: [1, 2], lambda: (1, 2)),
+    (lambda: 1, lambda: 1.0),
+]
+
+
+@pytest.mark.parametrize("i", range(len(CASES_EQUAL)))
+def test_hash_equal_like_joblib(i):
+    a, b = CASES_EQUAL[i][0](), CASES_EQUAL[i][1]()
+    assert perfkit.hash(a) == perfkit.hash(b)
+    assert joblib.hash(a) == joblib.hash(b)  # the anchor agrees these are equal
+
+
+@pytest.mark.parametrize("i", range(len(CASES_DIFFERENT)))
+def test_hash_different_like_joblib(i):
+    a, b = CASES_DIFFERENT[i][0](), CASES_DIFFERENT[i][1]()
+    assert perfkit.hash(a) != perfkit.hash(b)
+    assert joblib.hash(a) != joblib.hash(b)
+
+
+def test_hash_shape_and_identity():
+    a = np.arange(5.0)
+    h = perfkit.hash(a)
+    assert len(h) == 32 and int(h, 16) >= 0
+    # Object identity does not leak into the hash (pickle's memo would otherwise tell these apart).
+    assert perfkit.hash([a, a]) == perfkit.hash([a, a.copy()])
+    x = [1, 2]
+    assert perfkit.hash((x, x)) == perfkit.hash(([1, 2], [1, 2]))
+    # Cyclic objects still hash (with the memo), deterministically.
+    c: list = [1]
+    c.append(c)
+    d: list = [1]
+    d.append(d)
+    assert perfkit.hash(c) == perfkit.hash(d)
+    # A non-contiguous view hashes like its contiguous copy's values, not like the base.
+    base = np.arange(20.0)
+    assert perfkit.hash(base[::2]) == perfkit.hash(base[::2].copy())
+    assert perfkit.hash(memoryview(bytes(8000))) != perfkit.hash(bytes(8000))
+    with pytest.raises(TypeError):
+        perfkit.hash(threading.Lock())
+
+
+HASH_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, pandas as pd, perfkit
+    objs = [
+        {"b": [1, 2.5, "s"], "a": {"x", "y", "zz"}, "c": frozenset({3, 4})},
+        np.arange(1000.0).reshape(20, 50),
+        pd.DataFrame({"a": np.arange(5), "b": list("abcde")}),
+        ("text", b"bytes" * 2000, None, True),
+    ]
+    print(",".join(perfkit.hash(o) for o in objs))
+    """
+)
+
+
+def test_hash_is_stable_across_processes():
+    outs = set()
+    for seed in ("1", "2", "random"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run(
+            [sys.executable, "-c", HASH_SCRIPT], capture_output=True, text=True, env=env, check=True
+        )
+        outs.add(r.stdout.strip())
+    assert len(outs) == 1, outs
+
+
+def test_hash_threads_agree():
+    arr = np.random.default_rng(1).standard_normal(200_000)
+    want = perfkit.hash(arr)
+    got = []
+
+    def work():
+        for _ in range(20):
+            got.append(
+                perfkit.hash(arr) == want and perfkit.hash({"k": [1, 2]}) == perfkit.hash({"k": [1, 2]})
+            )
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got and all(got)
+
+
+# -- bad input: warnings naming the function, results still returned -----------------------------
+
+
+def test_unpicklable_argument_runs_uncached_with_warning(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+
+    @mem.cache
+    def uses_lock(lock, x):
+        calls.append(x)
+        return x + 1
+
+    lock = threading.Lock()
+    with pytest.warns(CacheWarning, match=r"cannot hash the arguments of .*uses_lock\(\)"):
+        assert uses_lock(lock, 1) == 2
+    with pytest.warns(CacheWarning):
+        assert uses_lock(lock, 1) == 2
+    assert calls == [1, 1] and entries(tmp_path) == []
+
+
+def test_unpicklable_result_is_returned_with_warning(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+
+    @mem.cache
+    def make_lock(x):
+        return threading.Lock()
+
+    with pytest.warns(
+        CacheWarning, match=r"result of .*make_lock\(\) cannot be pickled.*returned but not cached"
+    ):
+        lk = make_lock(1)
+    assert hasattr(lk, "acquire") and entries(tmp_path) == []
+
+
+def test_lambdas_and_local_functions_as_arguments_hash_by_code(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+
+    @mem.cache
+    def apply(fn, x):
+        calls.append(x)
+        return fn(x)
+
+    assert apply(lambda v: v * 2, 3) == 6
+    assert apply(lambda v: v * 2, 3) == 6  # same code: a hit
+    assert apply(lambda v: v * 3, 3) == 9  # other code: a miss
+    assert calls == [3, 3]
+
+
+def test_location_is_a_file_warns_and_returns(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    mem = perfkit.Memory(blocker)
+    f = mem.cache(_add)
+    with pytest.warns(
+        CacheWarning, match=r"could not store the result of .*_add\(\).*returned but not cached"
+    ):
+        assert f(1) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert not f.check_call_in_cache(1)
+
+
+# -- the demo's cache step -----------------------------------------------------------------------
+
+
+def test_demo_cache_step(tmp_path, capsys):
+    from perfkit import demo
+
+    docs = demo.make_corpus(20)
+    saved = demo.cache_step(docs, location=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "run_pipeline() took" in out and "from the cache" in out and "saved" in out
+    assert isinstance(saved, float)
+    assert len(entries(tmp_path)) == 1
+    # A given step is cached under its own name, and the cached result is the step's result.
+    calls = []
+
+    def scoring(d):
+        calls.append(1)
+        return demo.run_pipeline(d)
+
+    demo.cache_step(docs, step=scoring, location=str(tmp_path))
+    assert calls == [1] and "scoring() took" in capsys.readouterr().out
+    # Without a location, its temporary cache directory is removed afterwards.
+    before = set(os.listdir(tempfile_dir()))
+    demo.cache_step(docs[:3])
+    assert not [n for n in set(os.listdir(tempfile_dir())) - before if n.startswith("perfkit-demo-cache-")]
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def test_cache_validation_callback(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    seen = []
+
+    def valid_if_fast(metadata):
+        seen.append(metadata)
+        return metadata["duration"] < 60
+
+    f = counted(mem, _add, cache_validation_callback=valid_if_fast)
+    f(1), f(1)
+    assert len(f.calls) == 1 and seen and seen[0]["function"].endswith("_add")
+    never = counted(mem, _add, cache_validation_callback=lambda metadata: False)
+    never(1), never(1)
+    assert len(never.calls) == 2
+
+
+def test_durable_and_verbose(tmp_path, capsys):
+    mem = perfkit.Memory(tmp_path, durable=True, verbose=1)
+    f = counted(mem, _add)
+    assert f(2) == 7 and f(2) == 7 and len(f.calls) == 1
+    out = capsys.readouterr().out
+    assert out.count("[Memory] Calling") == 1 and "_add" in out
+    assert len(entries(tmp_path)) == 1

@@ -1,0 +1,425 @@
+"""perfkit.Memory under faults: concurrent processes, a writer killed mid-write,
+damaged entries, read-only and full locations.
+
+Each fault is made deterministic: processes start together on a "go" file;
+the kill happens while the writer is parked mid-write by the test hook
+PERFKIT_CACHE_TEST_PAUSE_MID_WRITE; damage is done by editing the entry file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import perfkit
+import pytest
+from perfkit.memory import CacheWarning
+
+N = 300_000  # 2.4 MB results: large enough that writing takes a while and streams in chunks
+
+MODULE = textwrap.dedent(
+    """
+    import os, time
+    import numpy as np
+    import perfkit
+
+    memory = perfkit.Memory(os.environ["PK_LOCATION"])
+
+    @memory.cache
+    def compute(n, tag):
+        with open(os.environ["PK_CALLS"], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(float(os.environ.get("PK_SLEEP", "0")))
+        return np.arange(n, dtype=np.float64) * 3 + len(tag)
+    """
+)
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time, warnings
+    import numpy as np
+    sys.path.insert(0, os.environ["PK_MODDIR"])
+    from perfkit.memory import CacheWarning
+    warnings.simplefilter("error", CacheWarning)  # any damaged entry seen fails this process
+    import cachedmod
+    go = os.environ.get("PK_GO")
+    while go and not os.path.exists(go):
+        time.sleep(0.001)
+    n, tag = int(os.environ["PK_N"]), os.environ["PK_TAG"]
+    want = np.arange(n, dtype=np.float64) * 3 + len(tag)
+    for i in range(int(os.environ.get("PK_ROUNDS", "1"))):
+        if os.environ.get("PK_ROLE") == "writer":
+            got, _meta = cachedmod.compute.call(n, tag)
+        else:
+            got = cachedmod.compute(n, tag)
+        assert got.dtype == want.dtype and np.array_equal(got, want), "wrong result"
+    print("OK")
+    """
+)
+
+
+@pytest.fixture
+def env(tmp_path):
+    moddir = tmp_path / "mod"
+    moddir.mkdir()
+    (moddir / "cachedmod.py").write_text(MODULE)
+    location = tmp_path / "cache"
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    e = dict(os.environ, PK_MODDIR=str(moddir), PK_LOCATION=str(location), PK_CALLS=str(calls), PK_N=str(N))
+    e.pop("PYTHONPATH", None)
+    return {"env": e, "location": location, "calls": calls, "moddir": moddir, "tmp": tmp_path}
+
+
+def spawn(env: dict, **extra) -> subprocess.Popen:
+    e = dict(env, **{k: str(v) for k, v in extra.items()})
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(procs, timeout=120) -> None:
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0 and out.strip() == "OK", f"child failed ({p.returncode}):\n{out}\n{err}"
+
+
+def published(location: Path) -> list[Path]:
+    return sorted(Path(location).rglob("*.pkc"))
+
+
+def leftovers(location: Path) -> list[Path]:
+    return sorted(p for p in Path(location).rglob(".*") if p.name.startswith((".tmp-", ".trash-")))
+
+
+def n_calls(calls: Path) -> int:
+    return len(calls.read_text().split())
+
+
+@contextlib.contextmanager
+def imported_cachedmod(moddir: Path, location: Path, calls: Path):
+    """cachedmod imported in this process (the same function identity as the children's)."""
+    os.environ["PK_LOCATION"], os.environ["PK_CALLS"] = str(location), str(calls)
+    sys.path.insert(0, str(moddir))
+    sys.modules.pop("cachedmod", None)
+    try:
+        import cachedmod
+
+        yield cachedmod
+    finally:
+        sys.path.remove(str(moddir))
+        sys.modules.pop("cachedmod", None)
+        os.environ.pop("PK_LOCATION", None)
+        os.environ.pop("PK_CALLS", None)
+
+
+def expected(tag: str) -> np.ndarray:
+    return np.arange(N, dtype=np.float64) * 3 + len(tag)
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_many_processes_same_call_at_once(env):
+    go = env["tmp"] / "go"
+    procs = [spawn(env["env"], PK_GO=go, PK_TAG="same", PK_SLEEP=0.05) for _ in range(8)]
+    time.sleep(1.0)  # let them all import and wait on the go file
+    go.write_text("go")
+    finish(procs)
+    assert 1 <= n_calls(env["calls"]) <= 8
+    assert len(published(env["location"])) == 1
+    assert leftovers(env["location"]) == []
+    # Everyone later is served from the cache.
+    before = n_calls(env["calls"])
+    finish([spawn(env["env"], PK_TAG="same") for _ in range(2)])
+    assert n_calls(env["calls"]) == before
+
+
+def test_readers_never_see_a_torn_entry_while_writers_rewrite_it(env):
+    """Writers re-store the entry again and again (call() always recomputes and
+    replaces it) while readers read it: no reader ever gets a wrong result or
+    a damaged entry (every child turns a CacheWarning into a failure)."""
+    go = env["tmp"] / "go"
+    writers = [spawn(env["env"], PK_GO=go, PK_TAG="rw", PK_ROLE="writer", PK_ROUNDS=15) for _ in range(2)]
+    readers = [spawn(env["env"], PK_GO=go, PK_TAG="rw", PK_ROUNDS=40) for _ in range(3)]
+    time.sleep(1.0)
+    go.write_text("go")
+    finish(writers + readers)
+    assert len(published(env["location"])) == 1
+    assert leftovers(env["location"]) == []
+
+
+# -- a writer killed mid-write -------------------------------------------------------------------
+
+
+def test_sigkill_mid_write_leaves_nothing_valid_and_next_call_recomputes(env):
+    marker = env["tmp"] / "paused"
+    p = spawn(env["env"], PK_TAG="killed", PERFKIT_CACHE_TEST_PAUSE_MID_WRITE=marker)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the writer never reached the middle of its write"
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    assert n_calls(env["calls"]) == 1
+    # The half-written file exists, under a temporary name only.
+    [partial] = leftovers(env["location"])
+    assert partial.name.startswith(".tmp-") and 0 < partial.stat().st_size
+    assert published(env["location"]) == []
+
+    with imported_cachedmod(env["moddir"], env["location"], env["calls"]) as mod:
+        assert not mod.compute.check_call_in_cache(N, "killed")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CacheWarning)
+            np.testing.assert_array_equal(mod.compute(N, "killed"), expected("killed"))
+        assert n_calls(env["calls"]) == 2  # recomputed
+        np.testing.assert_array_equal(mod.compute(N, "killed"), expected("killed"))
+        assert n_calls(env["calls"]) == 2  # and stored: a hit
+        # Eviction does not count the partial file, and cleans it up once it is old.
+        mod.memory.reduce_size(items_limit=1)
+        assert len(published(env["location"])) == 1 and partial.exists()
+        old = time.time() - 2 * 3600
+        os.utime(partial, (old, old))
+        mod.memory.reduce_size(items_limit=1)
+        assert not partial.exists() and len(published(env["location"])) == 1
+
+
+# -- damaged entries -----------------------------------------------------------------------------
+
+
+def _flip(offset_of):
+    def damage(path: Path) -> None:
+        b = bytearray(path.read_bytes())
+        b[offset_of(b)] ^= 0x04
+        path.write_bytes(bytes(b))
+
+    return damage
+
+
+def _stream_offset(b: bytes) -> int:
+    return b.index(b"\n") + 1 + 64 + 16 + 5  # metadata line, header, one buffer's table row
+
+
+DAMAGES = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "truncated by one byte": lambda p: p.write_bytes(p.read_bytes()[:-1]),
+    "bit flip in the data": _flip(lambda b: len(b) - 1000),
+    "bit flip in the pickle stream": _flip(_stream_offset),
+    "bit flip in the header": _flip(lambda b: b.index(b"\n") + 1 + 20),
+    "bit flip in the metadata": _flip(lambda b: 5),
+    "metadata line deleted": lambda p: p.write_bytes(p.read_bytes().split(b"\n", 1)[1]),
+    "empty file": lambda p: p.write_bytes(b""),
+    "garbage": lambda p: p.write_bytes(os.urandom(5000)),
+    "appended bytes": lambda p: p.write_bytes(p.read_bytes() + b"\0" * 64),
+}
+
+
+# With mmap_mode the data buffers are mapped, not read: a flipped bit there is the one
+# damage it cannot see (test_mmap_does_not_read_data); everything else is checked both ways.
+DAMAGE_CASES = [(d, m) for m in (None, "r") for d in DAMAGES if not (m and d == "bit flip in the data")]
+
+
+@pytest.mark.parametrize(("damage", "mmap_mode"), DAMAGE_CASES)
+def test_damaged_entry_warns_and_recomputes(tmp_path, damage, mmap_mode):
+    mem = perfkit.Memory(tmp_path, mmap_mode=mmap_mode)
+    calls = []
+
+    @mem.cache
+    def make(n):
+        calls.append(n)
+        return {"array": np.arange(n, dtype=np.float64), "label": "x" * 50}
+
+    make(5000)
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    DAMAGES[damage](entry)
+    with pytest.warns(
+        CacheWarning, match=r"cache entry of .*make\(\) at .* is corrupted \(.+\); recomputing"
+    ):
+        out = make(5000)
+    np.testing.assert_array_equal(out["array"], np.arange(5000, dtype=np.float64))
+    assert calls == [5000, 5000]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        out = make(5000)  # repaired: a clean hit
+    np.testing.assert_array_equal(out["array"], np.arange(5000, dtype=np.float64))
+    assert calls == [5000, 5000]
+
+
+def test_mmap_does_not_read_data(tmp_path):
+    """The documented limit of mmap_mode: the mapped buffers are not read, so a flipped
+    bit in them is not detected there (a full read detects it)."""
+    mem = perfkit.Memory(tmp_path, mmap_mode="r")
+    f = mem.cache(lambda n: np.zeros(n))
+    f(5000)
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    _flip(lambda b: len(b) - 8)(entry)
+    assert f(5000)[-1] != 0  # mapped as it is on disk
+    full = perfkit.Memory(tmp_path).cache(f.__wrapped__)
+    with pytest.warns(CacheWarning, match="checksum mismatch in the data buffers"):
+        assert full(5000)[-1] == 0
+
+
+def test_deleted_entry_file_or_directory_is_a_plain_miss(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+    f = mem.cache(lambda x: calls.append(x) or x)
+    f(1)
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    entry.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert f(1) == 1
+        import shutil
+
+        shutil.rmtree(tmp_path / "perfkit")
+        assert f(1) == 1
+    assert calls == [1, 1, 1]
+
+
+def test_shelved_result_of_damaged_entry_raises_key_error(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(lambda x: np.ones(x))
+    ref = f.call_and_shelve(100)
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    DAMAGES["bit flip in the data"](entry)
+    with pytest.raises(KeyError, match="corrupted"):
+        ref.get()
+
+
+# -- read-only and full locations ----------------------------------------------------------------
+
+
+def _can_mount() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = Path("/tmp") / f"perfkit-mount-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    try:
+        try:
+            ok = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
+                check=False,
+                capture_output=True,
+            )
+        except OSError:  # no mount command
+            return False
+        if ok.returncode != 0:
+            return False
+        subprocess.run(["umount", str(probe)], check=True)
+        return True
+    finally:
+        probe.rmdir()
+
+
+CAN_MOUNT = _can_mount()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_read_only_location_warns_and_returns_results_and_still_serves_hits(tmp_path):
+    loc = tmp_path / "ro"
+    calls = []
+
+    def work(x):
+        calls.append(x)
+        return np.full(1000, x)
+
+    with contextlib.ExitStack() as stack:
+        if CAN_MOUNT:  # a real read-only file system (as root, permission bits do not stop writes)
+            stack.enter_context(small_tmpfs(loc, "4m"))
+        else:
+            loc.mkdir()
+        perfkit.Memory(loc).cache(work)(1)  # stored while writable
+        if CAN_MOUNT:
+            subprocess.run(["mount", "-o", "remount,ro", str(loc)], check=True)
+        else:
+            for d in [loc, *[p for p in loc.rglob("*") if p.is_dir()]]:
+                d.chmod(0o555)
+            stack.callback(lambda: [p.chmod(0o755) for p in [loc, *loc.rglob("*")] if p.is_dir()])
+        f = perfkit.Memory(loc).cache(work)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CacheWarning)
+            assert f(1)[0] == 1  # a hit from a read-only location
+        assert calls == [1]
+        with pytest.warns(
+            CacheWarning, match=r"could not store the result of .*work\(\) in .*returned but not cached"
+        ):
+            assert f(2)[0] == 2
+        assert calls == [1, 2]
+
+
+def test_full_location_warns_returns_result_and_leaves_no_partial_file(tmp_path):
+    loc = tmp_path / "full"
+    with contextlib.ExitStack() as stack:
+        if CAN_MOUNT:
+            stack.enter_context(small_tmpfs(loc, "512k"))  # a real ENOSPC
+            expected_error = "No space left on device"
+        else:
+            # Without root: the file-size limit makes the write fail (EFBIG) the same way.
+            loc.mkdir()
+            old = resource.getrlimit(resource.RLIMIT_FSIZE)
+            old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, old[1]))
+            stack.callback(signal.signal, signal.SIGXFSZ, old_handler)
+            stack.callback(resource.setrlimit, resource.RLIMIT_FSIZE, old)
+            expected_error = "File too large"
+        mem = perfkit.Memory(loc)
+        big = mem.cache(lambda n: np.ones(n))
+        with pytest.warns(CacheWarning, match=rf"could not store the result of .*\(\) .*{expected_error}"):
+            out = big(1_000_000)  # 8 MB into 512 kB
+        assert out.shape == (1_000_000,) and out[0] == 1
+        assert published(loc) == [] and leftovers(loc) == []
+        small = mem.cache(lambda n: n + 1)
+        assert small(1) == 2 and small.check_call_in_cache(1)  # what fits is still cached
+
+
+@pytest.mark.parametrize("damage", ["truncated by one byte", "bit flip in the data", "appended bytes"])
+def test_damaged_large_entry_warns_and_recomputes(tmp_path, damage):
+    """Large results are mapped copy-on-write and verified through the map: the same checks."""
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+
+    @mem.cache
+    def make(n):
+        calls.append(n)
+        return np.arange(n, dtype=np.float64)
+
+    make(200_000)  # 1.6 MB
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    DAMAGES[damage](entry)
+    with pytest.warns(CacheWarning, match="is corrupted"):
+        out = make(200_000)
+    np.testing.assert_array_equal(out, np.arange(200_000, dtype=np.float64))
+    assert calls == [200_000, 200_000]
+
+
+def test_large_hit_is_private_writable_memory(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f = mem.cache(lambda n: np.arange(n, dtype=np.float64))
+    f(200_000)
+    a = f(200_000)
+    assert a.flags.writeable
+    a[:] = -1  # copy-on-write: the cache is untouched
+    b = f(200_000)
+    assert b[0] == 0 and b[-1] == 199_999
+    mem.clear()  # evicting the entry does not touch results already returned
+    assert b[123] == 123 and a[5] == -1
