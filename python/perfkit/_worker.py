@@ -1,0 +1,294 @@
+"""A perfkit.Parallel worker process: ``python -m perfkit._worker``.
+
+Started by the Rust pool (perfkit-pool) as a fresh interpreter with fd 3 =
+tasks in, fd 4 = replies out, fd 5 = an 8-byte shared word where it stores
+the index of the task it runs (so the parent can name the task if this
+process dies). It exits on end of file on fd 3, i.e. when the parent goes.
+
+Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
+meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
+function table comes once per worker in a FUNCTION frame; each BATCH frame
+is ``pickle((first_index, mode, items))`` with its large buffers out of band
+in the segment; the reply is ``pickle((seconds, results))`` likewise, or an
+ERROR frame describing the first failing task.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+import traceback
+
+from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, task_label
+
+HEADER = struct.Struct("<IIQQQ")
+FUNCTION, BATCH, RESULT, ERROR = 1, 2, 3, 4
+SEGMENT_RETAINED = 1  # reply flag: a task kept a reference into the batch's segment
+TASK_FD, REPLY_FD, STATUS_FD = 3, 4, 5
+
+
+def shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else __import__("tempfile").gettempdir()
+
+
+def map_segment(meta: bytes):
+    """Maps a batch's segment copy-on-write (writable, no copy until written);
+    returns (mapping, a memoryview per buffer).
+
+    ``memfd:<pid>:<fd>``: the parent's reusable segment, reached through
+    /proc; ``perfkit-…``: a named file in /dev/shm, unlinked at once."""
+    name, *spans = meta.decode().split("\t")
+    if name.startswith("memfd:"):
+        pid, fd_number = (int(x) for x in name[6:].split(":"))
+        fd = os.open(f"/proc/{pid}/fd/{fd_number}", os.O_RDONLY)
+    elif "/" in name or not name.startswith("perfkit-"):
+        raise ValueError(f"bad segment name {name!r}")
+    else:
+        path = os.path.join(shm_dir(), name)
+        fd = os.open(path, os.O_RDONLY)
+        os.unlink(path)
+    try:
+        size = os.fstat(fd).st_size
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
+    finally:
+        os.close(fd)
+    view = memoryview(mapping) if mapping is not None else memoryview(b"")
+    out = []
+    for span in spans:
+        off, length = (int(x) for x in span.split(":"))
+        out.append(view[off : off + length])
+    return mapping, view, out
+
+
+def release_segment(mapping, view, buffers) -> bool:
+    """Unmaps a batch's segment; False if a task kept a reference into it
+    (then the mapping stays, and the parent must not reuse the segment)."""
+    try:
+        for b in buffers:
+            b.release()
+        view.release()
+        if mapping is not None:
+            mapping.close()
+        return True
+    except BufferError:
+        return False
+
+
+class SegmentWriter:
+    """Collects large out-of-band buffers of a reply and writes them to one segment."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self.buffers: list = []
+
+    def __call__(self, pickle_buffer) -> bool:
+        raw = pickle_buffer.raw()
+        if raw.nbytes >= self.threshold:
+            self.buffers.append(raw)
+            return False  # out of band
+        return True
+
+    def write(self, name: str) -> bytes:
+        if not self.buffers:
+            return b""
+        path = os.path.join(shm_dir(), name)
+        spans, end = [], 0
+        for b in self.buffers:
+            off = (end + 63) // 64 * 64
+            spans.append((off, b.nbytes))
+            end = off + b.nbytes
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, end)
+            for b, (off, _) in zip(self.buffers, spans):
+                view = b.cast("B") if b.format != "B" else b
+                done = 0
+                while done < view.nbytes:
+                    done += os.pwrite(fd, view[done:], off + done)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        return "\t".join([name] + [f"{o}:{n}" for o, n in spans]).encode()
+
+
+def dumps(obj, buffer_callback=None) -> bytes:
+    """Pickle 5, falling back to cloudpickle for lambdas, closures and the like."""
+    try:
+        return pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+
+
+def error_payload(kind: str, index: int, label: str, exc: BaseException) -> bytes:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc_bytes = pickle.dumps(exc, protocol=5)
+        pickle.loads(exc_bytes)  # exceptions whose __init__ takes odd arguments don't come back
+    except Exception:
+        exc_bytes = None
+    info = {
+        "kind": kind,
+        "task": index,
+        "label": label,
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": tb,
+        "exception": exc_bytes,
+        "pid": os.getpid(),
+    }
+    return pickle.dumps(info, protocol=5)
+
+
+def limit_threads_once(state: dict) -> None:
+    """Applies the BLAS/OpenMP limit with threadpoolctl to libraries already
+    loaded (the environment variables cover the ones loaded later)."""
+    limit = os.environ.get("PERFKIT_INNER_THREADS")
+    if not limit or state.get("limited") == len(sys.modules):
+        return
+    state["limited"] = len(sys.modules)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=int(limit))
+    except Exception:
+        pass
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
+    for fd in (TASK_FD, REPLY_FD, STATUS_FD):
+        os.set_inheritable(fd, False)  # subprocesses started by tasks must not hold our pipes
+    status = memoryview(mmap.mmap(STATUS_FD, 8)).cast("q")
+    tasks = io.open(TASK_FD, "rb", buffering=1 << 16)
+    parent = os.getppid()
+    threshold = int(os.environ.get("PERFKIT_MAX_NBYTES", str(64 * 1024)))
+    functions: tuple = ()
+    function_error: BaseException | None = None
+    thread_state: dict = {}
+
+    def send(kind: int, call: int, batch: int, meta: bytes, payload: bytes) -> None:
+        data = HEADER.pack(kind, len(meta), call, batch, len(payload)) + meta + payload
+        view = memoryview(data)
+        while view:
+            view = view[os.write(REPLY_FD, view) :]
+
+    while True:
+        head = tasks.read(HEADER.size)
+        if len(head) < HEADER.size:
+            return 0  # the parent closed the pipe (or died): done
+        kind, meta_len, call, batch, payload_len = HEADER.unpack(head)
+        meta = tasks.read(meta_len) if meta_len else b""
+        payload = tasks.read(payload_len)
+        if len(payload) < payload_len:
+            return 0
+        if kind == FUNCTION:
+            try:
+                functions, function_error = pickle.loads(payload), None
+            except BaseException as exc:  # reported with each batch of this call
+                functions, function_error = (), exc
+            limit_threads_once(thread_state)
+            continue
+        if kind != BATCH:
+            return 3
+        segment = None
+        if meta:
+            try:
+                segment = map_segment(meta)
+            except BaseException as exc:
+                send(ERROR, call, batch, b"", error_payload("unpickle", 0, "the batch's shared memory", exc))
+                continue
+        kind, reply_meta, reply = run_batch(payload, segment, functions, function_error, status, parent, threshold)
+        del payload
+        flags = 0
+        if segment is not None and not release_segment(*segment):
+            flags = SEGMENT_RETAINED
+        segment = None
+        send(kind | flags << 8, call, batch, reply_meta, reply)
+
+
+
+_reply_count = [0]
+
+
+def run_batch(payload, segment, functions, function_error, status, parent, threshold):
+    """Runs one batch; returns (frame kind, meta, payload) of the reply. A
+    function of its own so that every reference into the batch's segment is
+    gone when it returns."""
+    first, mode, items = 0, ARGS_ONLY, []
+    t0 = time.perf_counter()
+    try:
+        first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
+        if function_error is not None:
+            raise function_error
+    except BaseException as exc:
+        return ERROR, b"", error_payload("unpickle", first, "the batch's functions or arguments", exc)
+    results = []
+    index = first
+    try:
+        if mode == SINGLE:
+            f = functions[0]
+            append = results.append
+            for x in items:
+                status[0] = index
+                append(f(x))
+                index += 1
+        elif mode == ARGS_ONLY:
+            f = functions[0]
+            for args in items:
+                status[0] = index
+                results.append(f(*args))
+                index += 1
+        else:
+            for fi, args, kwargs in items:
+                status[0] = index
+                results.append(functions[fi](*args, **kwargs))
+                index += 1
+    except BaseException as exc:
+        if mode == SINGLE:
+            label = task_label(functions[0], (items[index - first],))
+        elif mode == ARGS_ONLY:
+            label = task_label(functions[0], items[index - first])
+        else:
+            fi, args, kwargs = items[index - first]
+            label = task_label(functions[fi], args, kwargs)
+        return ERROR, b"", error_payload("raised", index, label, exc)
+    elapsed = time.perf_counter() - t0
+    writer = SegmentWriter(threshold)
+    try:
+        out = dumps((elapsed, results), buffer_callback=writer)
+    except BaseException as exc:
+        # Name the first result that can't be pickled.
+        bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
+        if mode == FULL:
+            label = task_label(functions[items[bad][0]], items[bad][1], items[bad][2])
+        else:
+            label = task_label(functions[0], (items[bad],) if mode == SINGLE else items[bad])
+        return ERROR, b"", error_payload("unpicklable_result", first + bad, label, exc)
+    _reply_count[0] += 1
+    try:
+        seg_meta = writer.write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
+    except BaseException as exc:
+        return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)
+    return RESULT, seg_meta, out
+
+
+def _picklable(obj) -> bool:
+    try:
+        dumps(obj)
+        return True
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
