@@ -115,7 +115,7 @@ delayed = _native.delayed
 
 # --------------------------------------------------------------------------- parallel_config
 
-_config: contextvars.ContextVar[dict] = contextvars.ContextVar("perfkit_parallel_config", default={})
+_config = contextvars.ContextVar("perfkit_parallel_config", default={})
 _UNSET = object()
 # Set in worker processes (by the pool) and in threads-backend tasks: nested calls stay inside this share.
 _nested = threading.local()
@@ -843,6 +843,7 @@ class _ProcessCall:
         auto = batch_size == "auto"
         size = 1 if auto else batch_size
         per_task = None
+        parent_per_task = 0.0
         bytes_per_task = 0.0
         in_flight = {}  # batch id -> (first index, items, mode, submit time)
         done_batches = {}
@@ -856,7 +857,8 @@ class _ProcessCall:
                 # Dispatch while the window has room.
                 while not exhausted and len(in_flight) < self.window:
                     if auto and per_task is not None:
-                        size = self._auto_size(per_task, bytes_per_task, dispatched)
+                        size = self._auto_size(per_task, bytes_per_task, parent_per_task)
+                    t_produce = time.perf_counter()
                     chunk = list(itertools.islice(tasks, size))
                     if not chunk:
                         exhausted = True
@@ -873,6 +875,7 @@ class _ProcessCall:
                     payload = self._pickle_batch(first, mode, items, chunk, buffers)
                     batch = next(batch_ids)
                     pool.submit(self.pool_call, batch, payload, buffers)
+                    parent_per_task = (time.perf_counter() - t_produce) / len(chunk)
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
                     bytes_per_task = nbytes / len(chunk)
                     in_flight[batch] = (first, chunk)
@@ -924,16 +927,16 @@ class _ProcessCall:
                         pass
             self.progress.close(completed)
 
-    def _auto_size(self, per_task, bytes_per_task, dispatched):
-        size = int(self.TARGET_BATCH_SECONDS / max(per_task, 1e-8))
+    def _auto_size(self, per_task, bytes_per_task, parent_per_task):
+        # The slower of the two sides sets the pace: a worker running the
+        # tasks, or this process producing and pickling them (tiny tasks).
+        size = int(self.TARGET_BATCH_SECONDS / max(per_task, parent_per_task, 1e-8))
         if bytes_per_task > 0:
             size = min(size, int(self.MAX_BATCH_BYTES / bytes_per_task))
         if self.total is not None:
             # At least two batches per worker, so that the end of the call stays balanced.
             size = min(size, math.ceil(self.total / (2 * self.n_jobs)))
-        else:
-            # Unknown length: grow no faster than what was seen so far (doubling).
-            size = min(size, max(1, dispatched))
+
         return max(1, min(size, 100_000))
 
     def _encode(self, chunk, first):
@@ -1034,7 +1037,7 @@ class _ProcessCall:
         what = ", ".join(names) if names else "the running tasks"
         raise TimeoutError(
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s; "
-            "their workers were stopped and replaced."
+            "the workers running them were stopped and replaced."
         )
 
 
