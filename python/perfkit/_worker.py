@@ -55,7 +55,7 @@ def map_segment(meta: bytes):
         os.unlink(path)
     try:
         size = os.fstat(fd).st_size
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
+        mapping = _map_private(fd, size) if size else None
     finally:
         os.close(fd)
     view = memoryview(mapping) if mapping is not None else memoryview(b"")
@@ -64,6 +64,17 @@ def map_segment(meta: bytes):
         off, length = (int(x) for x in span.split(":"))
         out.append(view[off : off + length])
     return mapping, view, out
+
+
+def _map_private(fd, size):
+    """Copy-on-write mapping, pre-faulted where Python can ask for it (3.10+:
+    one MAP_POPULATE call instead of a page fault per 4 KiB)."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if populate:
+        return mmap.mmap(
+            fd, size, flags=mmap.MAP_PRIVATE | populate, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        )
+    return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
 
 
 def release_segment(mapping, view, buffers) -> bool:

@@ -17,6 +17,7 @@ the function is cloudpickled once per call), batching, ordering, errors.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import itertools
 import math
@@ -27,6 +28,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as _FuturesTimeout
+from concurrent.futures import wait as _futures_wait
 
 from perfkit import _native
 from perfkit._pool_common import FULL, task_label
@@ -577,16 +580,20 @@ class Parallel:
     # -- threads ---------------------------------------------------------------------
 
     def _run_threads(self, iterable, n_jobs, total, progress):
+        """Batches of tasks on a kept thread pool: one hand-off per batch, not per task."""
         executor = _thread_executor(n_jobs)
         ordered = self.return_as != "generator_unordered"
-        size = self.batch_size if self.batch_size != "auto" else None
-        if size is None:
-            size = max(1, min(4096, total // (4 * n_jobs))) if total else 64
+        auto = self.batch_size == "auto"
+        if not auto:
+            size = self.batch_size
+        elif total:
+            size = max(1, min(8192, math.ceil(total / (4 * n_jobs))))
+        else:
+            size = 64  # unknown length: grows (doubling) up to 8192
         window = 2 * n_jobs
-        tasks = enumerate(iterable)
-        pending = {}  # future -> (first, count)
-        done_batches = {}
-        next_out = 0
+        tasks = iter(iterable)
+        dispatched = 0
+        pending = collections.deque()  # (first index, future)
         exhausted = False
         completed = False
         try:
@@ -596,27 +603,38 @@ class Parallel:
                     if not chunk:
                         exhausted = True
                         break
-                    fut = executor.submit(_run_chunk_in_thread, chunk, n_jobs)
-                    pending[fut] = chunk[0][0]
+                    pending.append((dispatched, executor.submit(_run_chunk_in_thread, chunk, dispatched, n_jobs)))
+                    dispatched += len(chunk)
+                    if auto and not total:
+                        size = min(8192, size * 2)
                 if not pending:
                     break
-                fut = _wait_first(pending, self.timeout, ordered, next_out)
-                first = pending.pop(fut)
-                results = fut.result()
-                progress.update(len(results))
                 if ordered:
-                    done_batches[first] = results
-                    while next_out in done_batches:
-                        batch = done_batches.pop(next_out)
-                        next_out += len(batch)
-                        yield batch
+                    first, fut = pending.popleft()
                 else:
-                    yield results
+                    done, _ = _futures_wait([f for _, f in pending], timeout=self.timeout, return_when="FIRST_COMPLETED")
+                    if not done:
+                        self._thread_timeout()
+                    entry = next(e for e in pending if e[1] in done)
+                    pending.remove(entry)
+                    first, fut = entry
+                try:
+                    results = fut.result(timeout=self.timeout)
+                except _FuturesTimeout:
+                    self._thread_timeout()
+                progress.update(len(results))
+                yield results
             completed = True
         finally:
-            for fut in pending:
+            for _, fut in pending:
                 fut.cancel()
             progress.close(completed)
+
+    def _thread_timeout(self):
+        raise TimeoutError(
+            f"perfkit.Parallel: a batch of tasks did not finish within timeout={self.timeout} s "
+            "(threads cannot be stopped; it keeps running in the background)"
+        )
 
     # -- dask ------------------------------------------------------------------------
 
@@ -728,21 +746,23 @@ def _thread_executor(n_jobs):
         return ex
 
 
-def _run_chunk_in_thread(chunk, n_jobs):
+def _run_chunk_in_thread(chunk, first, n_jobs):
     _nested.share = max(1, cpu_count() // n_jobs)
     try:
-        return _run_chunk(chunk)
+        return _run_chunk(enumerate(chunk, first))
     finally:
         _nested.share = None
 
 
 def _run_chunk(chunk):
     out = []
+    append = out.append
     for index, task in chunk:
-        function, args, kwargs = _unpack(task, index)
         try:
-            out.append(function(*args, **kwargs))
+            function, args, kwargs = task
+            append(function(*args, **kwargs))
         except BaseException as exc:
+            function, args, kwargs = _unpack(task, index)
             _add_note(exc, f"perfkit.Parallel: raised by task {index} ({task_label(function, args, kwargs)})")
             raise
     return out
@@ -750,16 +770,6 @@ def _run_chunk(chunk):
 
 def _run_chunk_dask(chunk):
     return _run_chunk(chunk)
-
-
-def _wait_first(pending, timeout, ordered, next_out):
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    done, _ = wait(list(pending), timeout=timeout, return_when=FIRST_COMPLETED)
-    if not done:
-        raise TimeoutError(f"no task finished within timeout={timeout} s")
-    # Prefer the oldest finished batch so that ordered output flows early.
-    return min(done, key=lambda f: pending[f])
 
 
 def _add_note(exc, note):
