@@ -27,10 +27,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _parallel_tasks as T  # noqa: E402
-
-import perfkit  # noqa: E402
-from perfkit import Parallel, delayed  # noqa: E402
+import _parallel_tasks as T
+import perfkit
+from perfkit import Parallel, delayed
 
 
 def chunks_for(n, n_jobs):
@@ -56,37 +55,37 @@ def make_workloads(quick):
     cpu_n = 8
     cpu_size = T.calibrate_cpu(0.08 if quick else 0.2)
     return {
-        "tiny": dict(
-            title="100,000 tiny tasks (x*x)",
-            fn=T.square,
-            items=lambda: range(100_000),
-            star=False,
-        ),
-        "arrays": dict(
-            title="100 numpy arrays of 8 MB, sum each",
-            fn=T.array_sum,
-            items=lambda: arrays,
-            star=False,
-        ),
-        "cpu": dict(
-            title=f"{cpu_n} CPU-bound pure-Python tasks (~{cpu_size} loop steps each)",
-            fn=T.cpu_work,
-            items=lambda: [cpu_size] * cpu_n,
-            star=False,
-        ),
-        "pandas": dict(
-            title=f"pandas groupby: {rows:,} rows into 2,000 groups, features per group",
-            fn=T.featurize,
-            items=lambda: df.groupby("fin_study_id"),
-            star=True,
-        ),
-        "threads": dict(
-            title="threads backend: 100,000 tiny tasks (x*x)",
-            fn=T.square,
-            items=lambda: range(100_000),
-            star=False,
-            threads=True,
-        ),
+        "tiny": {
+            "title": "100,000 tiny tasks (x*x)",
+            "fn": T.square,
+            "items": lambda: range(100_000),
+            "star": False,
+        },
+        "arrays": {
+            "title": "100 numpy arrays of 8 MB, sum each",
+            "fn": T.array_sum,
+            "items": lambda: arrays,
+            "star": False,
+        },
+        "cpu": {
+            "title": f"{cpu_n} CPU-bound pure-Python tasks (~{cpu_size} loop steps each)",
+            "fn": T.cpu_work,
+            "items": lambda: [cpu_size] * cpu_n,
+            "star": False,
+        },
+        "pandas": {
+            "title": f"pandas groupby: {rows:,} rows into 2,000 groups, features per group",
+            "fn": T.featurize,
+            "items": lambda: df.groupby("fin_study_id"),
+            "star": True,
+        },
+        "threads": {
+            "title": "threads backend: 100,000 tiny tasks (x*x)",
+            "fn": T.square,
+            "items": lambda: range(100_000),
+            "star": False,
+            "threads": True,
+        },
     }
 
 
@@ -146,7 +145,9 @@ def same(a, b):
         return False
     for x, y in zip(a, b):
         if isinstance(x, tuple):
-            if not all(np.isclose(u, v, equal_nan=True) if isinstance(u, float) else u == v for u, v in zip(x, y)):
+            if not all(
+                np.isclose(u, v, equal_nan=True) if isinstance(u, float) else u == v for u, v in zip(x, y)
+            ):
                 return False
         elif isinstance(x, float):
             if not np.isclose(x, y):
@@ -175,8 +176,12 @@ def main(argv=None):
         "threadpool": mp.pool.ThreadPool(n_jobs),
         "ppe": cf.ProcessPoolExecutor(n_jobs, mp_context=ctx),
         "tpe": cf.ThreadPoolExecutor(n_jobs),
-        "mpire": WorkerPool(n_jobs=n_jobs, keep_alive=True, start_method="forkserver") if WorkerPool else None,
-        "mpire_threads": WorkerPool(n_jobs=n_jobs, keep_alive=True, start_method="threading") if WorkerPool else None,
+        "mpire": WorkerPool(n_jobs=n_jobs, keep_alive=True, start_method="forkserver")
+        if WorkerPool
+        else None,
+        "mpire_threads": WorkerPool(n_jobs=n_jobs, keep_alive=True, start_method="threading")
+        if WorkerPool
+        else None,
     }
     workloads = make_workloads(args.quick)
     run = runners(n_jobs, pools)
@@ -192,10 +197,12 @@ def main(argv=None):
         import mpire
 
         versions += f", mpire {mpire.__version__}"
-    except Exception:
+    except Exception:  # noqa: BLE001, S110
         pass
     cmd = "python bench/parallel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"<!-- {cmd.strip()} ; {versions}; n_jobs={n_jobs}; {os.cpu_count()} CPUs; {rounds} round(s), median -->")
+    print(
+        f"<!-- {cmd.strip()} ; {versions}; n_jobs={n_jobs}; {os.cpu_count()} CPUs; {rounds} round(s), median -->"
+    )
     table = {}
     for key in args.workloads.split(","):
         w = workloads[key]
@@ -208,7 +215,7 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 try:
                     out = run[name](fn, w["items"](), star, threads)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     print(f"{key}/{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                     times[name].append(float("nan"))
                     continue
@@ -230,26 +237,64 @@ def main(argv=None):
         pk = t["perfkit"]
         vs_joblib = t["joblib"] / pk
         vs_pool = t["mp.Pool"] / pk
-        print(f"| {workloads[key]['title']} | " + " | ".join(cells) + f" | {vs_joblib:.1f}× | {vs_pool:.2f}× |")
+        print(
+            f"| {workloads[key]['title']} | " + " | ".join(cells) + f" | {vs_joblib:.1f}× | {vs_pool:.2f}× |"
+        )
     print()
     goals = []
     if "tiny" in table:
         t = table["tiny"]
-        goals.append(("tiny: perfkit ≤ mp.Pool.map", t["perfkit"] <= t["mp.Pool"], f"{1000*t['perfkit']:.0f} vs {1000*t['mp.Pool']:.0f} ms"))
-        goals.append(("tiny: ≥ 7× faster than joblib", t["joblib"] / t["perfkit"] >= 7, f"{t['joblib']/t['perfkit']:.1f}×"))
+        goals.append(
+            (
+                "tiny: perfkit ≤ mp.Pool.map",
+                t["perfkit"] <= t["mp.Pool"],
+                f"{1000 * t['perfkit']:.0f} vs {1000 * t['mp.Pool']:.0f} ms",
+            )
+        )
+        goals.append(
+            (
+                "tiny: ≥ 7× faster than joblib",
+                t["joblib"] / t["perfkit"] >= 7,
+                f"{t['joblib'] / t['perfkit']:.1f}×",
+            )
+        )
     if "arrays" in table:
         t = table["arrays"]
-        goals.append(("arrays: ≥ 10× faster than joblib", t["joblib"] / t["perfkit"] >= 10, f"{t['joblib']/t['perfkit']:.1f}×"))
+        goals.append(
+            (
+                "arrays: ≥ 10× faster than joblib",
+                t["joblib"] / t["perfkit"] >= 10,
+                f"{t['joblib'] / t['perfkit']:.1f}×",
+            )
+        )
     if "cpu" in table:
         t = table["cpu"]
         eff = t["sequential"] / (n_jobs * t["perfkit"])
-        goals.append((f"cpu: ≥ 95% of ideal speedup ({n_jobs}×)", eff >= 0.95, f"{100*eff:.0f}% (speedup {t['sequential']/t['perfkit']:.2f}×)"))
+        goals.append(
+            (
+                f"cpu: ≥ 95% of ideal speedup ({n_jobs}×)",
+                eff >= 0.95,
+                f"{100 * eff:.0f}% (speedup {t['sequential'] / t['perfkit']:.2f}×)",
+            )
+        )
     if "pandas" in table:
         t = table["pandas"]
-        goals.append(("pandas: ≥ 1.6× faster than joblib", t["joblib"] / t["perfkit"] >= 1.6, f"{t['joblib']/t['perfkit']:.2f}×"))
+        goals.append(
+            (
+                "pandas: ≥ 1.6× faster than joblib",
+                t["joblib"] / t["perfkit"] >= 1.6,
+                f"{t['joblib'] / t['perfkit']:.2f}×",
+            )
+        )
     if "threads" in table:
         t = table["threads"]
-        goals.append(("threads: ≥ 10× faster than joblib threading", t["joblib"] / t["perfkit"] >= 10, f"{t['joblib']/t['perfkit']:.1f}×"))
+        goals.append(
+            (
+                "threads: ≥ 10× faster than joblib threading",
+                t["joblib"] / t["perfkit"] >= 10,
+                f"{t['joblib'] / t['perfkit']:.1f}×",
+            )
+        )
     print("| goal | met? | measured |")
     print("|---|---|---|")
     for g, ok, m in goals:
@@ -264,7 +309,7 @@ def main(argv=None):
         if hasattr(p, "join"):
             try:
                 p.join()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110
                 pass
     return 0
 

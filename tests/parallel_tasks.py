@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 KEPT = []  # references a task keeps on purpose (segment-retention test)

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-import pytest
-
 import perfkit
 import perfkit.parallel as pp
-from perfkit import Parallel, delayed, parallel_config
-from perfkit import _native
+import pytest
+from perfkit import Parallel, _native, delayed, parallel_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-import parallel_tasks as T  # noqa: E402
+import parallel_tasks as T
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +98,12 @@ def test_many_tiny_tasks_and_generator_input():
 
 def test_mixed_functions_kwargs_lambdas_closures_and_main():
     offset = 5
-    tasks = [delayed(T.square)(3), delayed(lambda x: x + offset)(1), delayed(T.add)(1, z=2), delayed(max)(4, 9)]
+    tasks = [
+        delayed(T.square)(3),
+        delayed(lambda x: x + offset)(1),
+        delayed(T.add)(1, z=2),
+        delayed(max)(4, 9),
+    ]
     tasks += [delayed(T.add)(i, i) for i in range(50)]
     want = [9, 6, 3, 9] + [2 * i for i in range(50)]
     assert Parallel(n_jobs=2)(tasks) == want
@@ -120,7 +123,9 @@ def test_function_defined_in_main_script(tmp_path):
             """
         )
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0, 1, 8, 27, 64, 125]"
 
@@ -136,7 +141,9 @@ def test_delayed_matches_joblib_format():
     assert Parallel(n_jobs=2)(joblib.delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
-@pytest.mark.parametrize("backend", ["processes", "loky", "multiprocessing", "threads", "threading", "sequential"])
+@pytest.mark.parametrize(
+    "backend", ["processes", "loky", "multiprocessing", "threads", "threading", "sequential"]
+)
 def test_backends_and_aliases(backend):
     assert Parallel(n_jobs=2, backend=backend)(delayed(T.square)(i) for i in range(300)) == [
         i * i for i in range(300)
@@ -254,7 +261,9 @@ def test_task_error_type_traceback_and_task_name():
 
 def test_fail_fast_cancels_queued_work(tmp_path):
     with pytest.raises(RuntimeError, match="first task fails"):
-        Parallel(n_jobs=2, batch_size=1)(delayed(T.fail_first_then_touch)(i, str(tmp_path)) for i in range(200))
+        Parallel(n_jobs=2, batch_size=1)(
+            delayed(T.fail_first_then_touch)(i, str(tmp_path)) for i in range(200)
+        )
     time.sleep(0.3)  # let tasks already running finish
     ran = len(os.listdir(tmp_path))
     assert ran < 50, f"{ran} of 199 tasks ran after the first failure"
@@ -292,7 +301,9 @@ def test_unpicklable_argument_and_result():
     lock = threading.Lock()
     with pytest.raises(pickle.PicklingError, match=r"arguments of task 2 \(add\(<unlocked"):
         Parallel(n_jobs=2)(delayed(T.add)(x) for x in [1, 2, lock, 4])
-    with pytest.raises(pickle.PicklingError, match=r"result of task \d \(allocate_lock\(\)\) could not be pickled"):
+    with pytest.raises(
+        pickle.PicklingError, match=r"result of task \d \(allocate_lock\(\)\) could not be pickled"
+    ):
         Parallel(n_jobs=2)(delayed(threading.Lock)() for _ in range(3))
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
@@ -329,7 +340,9 @@ except KeyboardInterrupt:
 def test_ctrl_c_stops_workers_and_cleans_shared_memory(tmp_path):
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     assert line.startswith("PIDS"), line + proc.stderr.read()
     workers = [int(p) for p in line.split()[1:]]
@@ -350,7 +363,9 @@ def test_ctrl_c_stops_workers_and_cleans_shared_memory(tmp_path):
 def test_workers_die_with_a_killed_parent(tmp_path):
     script = tmp_path / "orphan.py"
     script.write_text(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     workers = [int(p) for p in proc.stdout.readline().split()[1:]]
     assert workers
     proc.kill()
@@ -411,7 +426,9 @@ def test_progress_lines_and_callback(tmp_path):
             """
         )
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "OK"
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("perfkit.Parallel:")]
@@ -448,15 +465,20 @@ def test_threads_backend_errors_and_fail_fast():
 
 def test_dask_backend_on_a_local_cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster, distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         with parallel_config(backend="dask"):
             assert Parallel()(delayed(T.square)(i) for i in range(200)) == [i * i for i in range(200)]
             with pytest.raises(ValueError, match="task value 7"):
                 Parallel(batch_size=1)(delayed(T.raise_at)(i) for i in range(20))
         with joblib.parallel_config(backend="dask"):
-            assert joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(50)) == [i * i for i in range(50)]
+            assert joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(50)) == [
+                i * i for i in range(50)
+            ]
 
 
 def test_dask_backend_without_client_says_what_to_do():

@@ -51,3 +51,52 @@ def load(path: str | PathLike[str]) -> Recording:
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``perfkit`` command line; returns the exit code."""
+
+# --- perfkit.Parallel's engine (crates/perfkit-pool; driven by perfkit/parallel.py) ---
+
+from typing import Any, Callable
+
+class WorkerPool:
+    """Worker processes (``program args…``) kept alive across calls; GIL released while waiting."""
+
+    def __init__(
+        self, n_workers: int, program: str | PathLike[str], args: list[str], env: list[tuple[str, str]]
+    ) -> None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def segment_prefix(self) -> str: ...
+    def pids(self) -> list[int]: ...
+    def begin_call(self, call: int, function: bytes) -> None:
+        """The pickled function table of call ``call`` (sent to each worker once)."""
+    def submit(self, call: int, batch: int, payload: bytes, buffers: list[memoryview]) -> None:
+        """Queue a batch; ``buffers`` (pickle-5 out-of-band) are copied into shared memory."""
+    def next_event(self, timeout: float | None = None) -> tuple | None:
+        """``("reply", call, batch, is_error, payload, segment_fd, spans, pid)``,
+        ``("died", call, batch, pid, reason, task)`` or ``("spawn_failed", call, batch, message)``;
+        None after ``timeout`` seconds. Raises KeyboardInterrupt on Ctrl-C."""
+    def cancel(self, call: int) -> int: ...
+    def kill_busy(self, call: int) -> list[tuple[int, int]]: ...
+    def pending(self) -> int: ...
+    def terminate(self) -> None: ...
+    def close(self) -> None: ...
+
+class delayed:
+    """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format)."""
+
+    def __init__(self, function: Callable[..., Any]) -> None: ...
+    def __call__(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
+    @property
+    def __wrapped__(self) -> Callable[..., Any]: ...
+
+def encode_uniform_batch(tasks: list[Any], function: Callable[..., Any]) -> tuple[int, list[Any]] | None:
+    """``(2, [x…])`` / ``(0, [args…])`` when every task is ``(function, args, {})``, else None."""
+
+def shm_segments() -> list[str]:
+    """This process's named shared-memory segments (leak checks)."""
+
+def shm_dir() -> str: ...

@@ -15,7 +15,7 @@ def task_label(function, args=(), kwargs=None, limit: int = 80) -> str:
     name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or repr(function)
     try:
         parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (kwargs or {}).items()]
-    except Exception:  # a repr that raises must not hide the real error
+    except Exception:  # a repr that raises must not hide the real error  # noqa: BLE001
         parts = ["…"]
     text = ", ".join(parts)
     if len(text) > limit:

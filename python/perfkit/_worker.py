@@ -15,7 +15,6 @@ ERROR frame describing the first failing task.
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import pickle
@@ -71,9 +70,7 @@ def _map_private(fd, size):
     one MAP_POPULATE call instead of a page fault per 4 KiB)."""
     populate = getattr(mmap, "MAP_POPULATE", 0)
     if populate:
-        return mmap.mmap(
-            fd, size, flags=mmap.MAP_PRIVATE | populate, prot=mmap.PROT_READ | mmap.PROT_WRITE
-        )
+        return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | populate, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
 
 
@@ -134,7 +131,7 @@ def dumps(obj, buffer_callback=None) -> bytes:
     """Pickle 5, falling back to cloudpickle for lambdas, closures and the like."""
     try:
         return pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
-    except Exception:
+    except Exception:  # noqa: BLE001
         import cloudpickle
 
         return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
@@ -145,7 +142,7 @@ def error_payload(kind: str, index: int, label: str, exc: BaseException) -> byte
     try:
         exc_bytes = pickle.dumps(exc, protocol=5)
         pickle.loads(exc_bytes)  # exceptions whose __init__ takes odd arguments don't come back
-    except Exception:
+    except Exception:  # noqa: BLE001
         exc_bytes = None
     info = {
         "kind": kind,
@@ -171,7 +168,7 @@ def limit_threads_once(state: dict) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=int(limit))
-    except Exception:
+    except Exception:  # noqa: BLE001, S110
         pass
 
 
@@ -180,7 +177,7 @@ def main() -> int:
     for fd in (TASK_FD, REPLY_FD, STATUS_FD):
         os.set_inheritable(fd, False)  # subprocesses started by tasks must not hold our pipes
     status = memoryview(mmap.mmap(STATUS_FD, 8)).cast("q")
-    tasks = io.open(TASK_FD, "rb", buffering=1 << 16)
+    tasks = open(TASK_FD, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the process
     parent = os.getppid()
     threshold = int(os.environ.get("PERFKIT_MAX_NBYTES", str(64 * 1024)))
     functions: tuple = ()
@@ -205,7 +202,7 @@ def main() -> int:
         if kind == FUNCTION:
             try:
                 functions, function_error = pickle.loads(payload), None
-            except BaseException as exc:  # reported with each batch of this call
+            except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
                 functions, function_error = (), exc
             limit_threads_once(thread_state)
             continue
@@ -215,17 +212,18 @@ def main() -> int:
         if meta:
             try:
                 segment = map_segment(meta)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001
                 send(ERROR, call, batch, b"", error_payload("unpickle", 0, "the batch's shared memory", exc))
                 continue
-        kind, reply_meta, reply = run_batch(payload, segment, functions, function_error, status, parent, threshold)
+        kind, reply_meta, reply = run_batch(
+            payload, segment, functions, function_error, status, parent, threshold
+        )
         del payload
         flags = 0
         if segment is not None and not release_segment(*segment):
             flags = SEGMENT_RETAINED
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
-
 
 
 _reply_count = [0]
@@ -241,7 +239,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
         if function_error is not None:
             raise function_error
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("unpickle", first, "the batch's functions or arguments", exc)
     results = []
     index = first
@@ -264,7 +262,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
                 status[0] = index
                 results.append(functions[fi](*args, **kwargs))
                 index += 1
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001
         if mode == SINGLE:
             label = task_label(functions[0], (items[index - first],))
         elif mode == ARGS_ONLY:
@@ -277,7 +275,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     writer = SegmentWriter(threshold)
     try:
         out = dumps((elapsed, results), buffer_callback=writer)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001
         # Name the first result that can't be pickled.
         bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
         if mode == FULL:
@@ -288,7 +286,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     _reply_count[0] += 1
     try:
         seg_meta = writer.write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)
     return RESULT, seg_meta, out
 
@@ -297,7 +295,7 @@ def _picklable(obj) -> bool:
     try:
         dumps(obj)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
 
 

@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as _FuturesTimeout
 from concurrent.futures import wait as _futures_wait
+from types import MappingProxyType
 
 from perfkit import _native
 from perfkit._pool_common import FULL, task_label
@@ -40,8 +41,8 @@ __all__ = [
     "WorkerCrashedError",
     "cpu_count",
     "delayed",
-    "parallel_config",
     "parallel_backend",
+    "parallel_config",
 ]
 
 BACKEND_ALIASES = {
@@ -118,7 +119,8 @@ delayed = _native.delayed
 
 # --------------------------------------------------------------------------- parallel_config
 
-_config = contextvars.ContextVar("perfkit_parallel_config", default={})
+# The active parallel_config values; never mutated in place (each level sets a merged copy).
+_config = contextvars.ContextVar("perfkit_parallel_config", default=MappingProxyType({}))
 _UNSET = object()
 # Set in worker processes (by the pool) and in threads-backend tasks: nested calls stay inside this share.
 _nested = threading.local()
@@ -152,16 +154,16 @@ class parallel_config:
         if backend is not None and backend not in BACKEND_ALIASES:
             raise ValueError(f"unknown backend {backend!r}; use one of {sorted(BACKEND_ALIASES)}")
         _check_prefer_require(prefer, require)
-        given = dict(
-            backend=backend,
-            n_jobs=n_jobs,
-            verbose=verbose,
-            max_nbytes=max_nbytes,
-            prefer=prefer,
-            require=require,
-            inner_max_num_threads=inner_max_num_threads,
-            progress=progress,
-        )
+        given = {
+            "backend": backend,
+            "n_jobs": n_jobs,
+            "verbose": verbose,
+            "max_nbytes": max_nbytes,
+            "prefer": prefer,
+            "require": require,
+            "inner_max_num_threads": inner_max_num_threads,
+            "progress": progress,
+        }
         self._values = {k: v for k, v in given.items() if v is not None}
         if backend_params:
             self._values["backend_params"] = backend_params
@@ -293,7 +295,7 @@ def _shutdown_shared_pool():
         _shared_pool = None
 
 
-import atexit  # noqa: E402
+import atexit
 
 atexit.register(_shutdown_shared_pool)
 
@@ -310,7 +312,7 @@ class _Progress:
         self.callback = callback
         self.done = 0
         self.start = time.perf_counter()
-        self.last_draw = 0.0
+        self.last_draw = self.start  # first line after one interval, when the rate means something
         self.stream = sys.stderr
         try:
             self.tty = self.stream.isatty()
@@ -338,8 +340,7 @@ class _Progress:
             if self.tty:
                 bar = "#" * int(frac * 30)
                 line = (
-                    f"\r[{bar:<30}] {self.done}/{self.total} {100 * frac:3.0f}% "
-                    f"{_rate(rate)} ETA {eta_text} "
+                    f"\r[{bar:<30}] {self.done}/{self.total} {100 * frac:3.0f}% {_rate(rate)} ETA {eta_text} "
                 )
             else:
                 line = (
@@ -406,9 +407,8 @@ class Parallel:
     ):
         if return_as not in RETURN_AS:
             raise ValueError(f"return_as={return_as!r}: use one of {', '.join(map(repr, RETURN_AS))}")
-        if backend is not _UNSET and backend is not None:
-            if not isinstance(backend, str) or backend not in BACKEND_ALIASES:
-                raise ValueError(f"unknown backend {backend!r}; use one of {sorted(BACKEND_ALIASES)}")
+        if backend not in (_UNSET, None) and (not isinstance(backend, str) or backend not in BACKEND_ALIASES):
+            raise ValueError(f"unknown backend {backend!r}; use one of {sorted(BACKEND_ALIASES)}")
         if n_jobs is not _UNSET and n_jobs is not None:
             if not isinstance(n_jobs, int) or isinstance(n_jobs, bool):
                 raise TypeError(f"n_jobs must be an int or None, got {n_jobs!r}")
@@ -419,16 +419,16 @@ class Parallel:
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
         _check_prefer_require(None if prefer is _UNSET else prefer, None if require is _UNSET else require)
-        self._args = dict(
-            n_jobs=n_jobs,
-            backend=backend,
-            verbose=verbose,
-            max_nbytes=max_nbytes,
-            prefer=prefer,
-            require=require,
-            progress=progress,
-            inner_max_num_threads=inner_max_num_threads,
-        )
+        self._args = {
+            "n_jobs": n_jobs,
+            "backend": backend,
+            "verbose": verbose,
+            "max_nbytes": max_nbytes,
+            "prefer": prefer,
+            "require": require,
+            "progress": progress,
+            "inner_max_num_threads": inner_max_num_threads,
+        }
         self.return_as = return_as
         self.timeout = timeout
         self.pre_dispatch = pre_dispatch
@@ -507,13 +507,13 @@ class Parallel:
         if p is not None:
             try:
                 p[1].terminate()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110
                 pass
 
     def __repr__(self) -> str:
         try:
             backend, n = self._resolve()
-        except Exception:
+        except Exception:  # noqa: BLE001
             backend, n = "?", "?"
         return f"Parallel(n_jobs={n}, backend={backend!r}, return_as={self.return_as!r})"
 
@@ -523,7 +523,10 @@ class Parallel:
         backend, n_jobs = self._resolve()
         total = _length(iterable)
         progress = _Progress(
-            total, bool(self._setting("progress", False)), self.callback, int(self._setting("verbose", 0) or 0)
+            total,
+            bool(self._setting("progress", False)),
+            self.callback,
+            int(self._setting("verbose", 0) or 0),
         )
         if backend == "sequential":
             gen = _run_sequential(iterable, progress)
@@ -603,21 +606,25 @@ class Parallel:
                     if not chunk:
                         exhausted = True
                         break
-                    pending.append((dispatched, executor.submit(_run_chunk_in_thread, chunk, dispatched, n_jobs)))
+                    pending.append(
+                        (dispatched, executor.submit(_run_chunk_in_thread, chunk, dispatched, n_jobs))
+                    )
                     dispatched += len(chunk)
                     if auto and not total:
                         size = min(8192, size * 2)
                 if not pending:
                     break
                 if ordered:
-                    first, fut = pending.popleft()
+                    _first, fut = pending.popleft()
                 else:
-                    done, _ = _futures_wait([f for _, f in pending], timeout=self.timeout, return_when="FIRST_COMPLETED")
+                    done, _ = _futures_wait(
+                        [f for _, f in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
+                    )
                     if not done:
                         self._thread_timeout()
                     entry = next(e for e in pending if e[1] in done)
                     pending.remove(entry)
-                    first, fut = entry
+                    _first, fut = entry
                 try:
                     results = fut.result(timeout=self.timeout)
                 except _FuturesTimeout:
@@ -645,7 +652,9 @@ class Parallel:
             try:
                 from distributed import get_client
             except ImportError:
-                raise ImportError("backend='dask' needs dask.distributed: pip install 'dask[distributed]'") from None
+                raise ImportError(
+                    "backend='dask' needs dask.distributed: pip install 'dask[distributed]'"
+                ) from None
             try:
                 client = get_client()
             except ValueError:
@@ -776,7 +785,7 @@ def _add_note(exc, note):
     if hasattr(exc, "add_note"):
         try:
             exc.add_note(note)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110
             pass
 
 
@@ -808,8 +817,10 @@ class _ProcessCall:
         else:
             try:
                 self.window = max(n_jobs, int(eval(str(pre), {"__builtins__": {}}, {"n_jobs": n_jobs})))
-            except Exception:
-                raise ValueError(f"pre_dispatch={pre!r}: use an int, 'all' or an expression of n_jobs") from None
+            except Exception:  # noqa: BLE001
+                raise ValueError(
+                    f"pre_dispatch={pre!r}: use an int, 'all' or an expression of n_jobs"
+                ) from None
         # Function table: pool call ids share one user call; each new function starts a new id.
         self.functions = []
         self.function_index = {}
@@ -977,7 +988,7 @@ class _ProcessCall:
         message = (first, mode, items)
         try:
             return pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
-        except Exception:
+        except Exception:  # noqa: BLE001
             buffers.clear()
         import cloudpickle
 
@@ -1012,7 +1023,7 @@ class _ProcessCall:
         if info["exception"] is not None and info["kind"] != "unpicklable_result":
             try:
                 exc = pickle.loads(info["exception"])
-            except Exception:
+            except Exception:  # noqa: BLE001
                 exc = None
         if exc is None:
             cls = pickle.PicklingError if info["kind"] == "unpicklable_result" else TaskError
@@ -1043,7 +1054,9 @@ class _ProcessCall:
             entry = in_flight.get(batch)
             if entry:
                 first, chunk = entry
-                names.append(f"task {first}" if len(chunk) == 1 else f"tasks {first}–{first + len(chunk) - 1}")
+                names.append(
+                    f"task {first}" if len(chunk) == 1 else f"tasks {first}–{first + len(chunk) - 1}"
+                )
         what = ", ".join(names) if names else "the running tasks"
         raise TimeoutError(
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s; "
@@ -1054,9 +1067,11 @@ class _ProcessCall:
 _cost_memory: dict = {}
 
 
-
 def _cost_key(function):
-    return (getattr(function, "__module__", None), getattr(function, "__qualname__", None) or repr(type(function)))
+    return (
+        getattr(function, "__module__", None),
+        getattr(function, "__qualname__", None) or repr(type(function)),
+    )
 
 
 def _close_fd(fd):
@@ -1073,4 +1088,3 @@ def _load_reply(payload, fd, spans):
     finally:
         os.close(fd)
     return pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
-

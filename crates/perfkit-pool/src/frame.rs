@@ -52,7 +52,13 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-fn header(kind: FrameKind, call: u64, batch: u64, meta_len: usize, payload_len: usize) -> [u8; HEADER_LEN] {
+fn header(
+    kind: FrameKind,
+    call: u64,
+    batch: u64,
+    meta_len: usize,
+    payload_len: usize,
+) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&(kind as u32).to_le_bytes());
     h[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
@@ -95,7 +101,12 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
     while got < HEADER_LEN {
         match r.read(&mut h[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a frame header")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a frame header",
+                ))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -103,20 +114,34 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
     }
     let kind_raw = u32::from_le_bytes(h[0..4].try_into().unwrap());
     let flags = kind_raw >> 8;
-    let kind = FrameKind::from_u32(kind_raw & 0xff)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown frame kind {kind_raw}")))?;
+    let kind = FrameKind::from_u32(kind_raw & 0xff).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unknown frame kind {kind_raw}"),
+        )
+    })?;
     let meta_len = u32::from_le_bytes(h[4..8].try_into().unwrap());
     let call = u64::from_le_bytes(h[8..16].try_into().unwrap());
     let batch = u64::from_le_bytes(h[16..24].try_into().unwrap());
     let payload_len = u64::from_le_bytes(h[24..32].try_into().unwrap());
     if meta_len > MAX_META || payload_len > MAX_PAYLOAD {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame length out of range"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame length out of range",
+        ));
     }
     let mut meta = vec![0u8; meta_len as usize];
     r.read_exact(&mut meta)?;
     let mut payload = vec![0u8; payload_len as usize];
     r.read_exact(&mut payload)?;
-    Ok(Some(Frame { kind, flags, call, batch, meta, payload }))
+    Ok(Some(Frame {
+        kind,
+        flags,
+        call,
+        batch,
+        meta,
+        payload,
+    }))
 }
 
 #[cfg(test)]
@@ -144,7 +169,10 @@ mod tests {
         write_frame(&mut buf, FrameKind::Result, 1, 1, b"", b"").unwrap();
         buf[1] = FLAG_SEGMENT_RETAINED as u8; // (kind | flags << 8), little-endian
         let f = read_frame(&mut &buf[..]).unwrap().unwrap();
-        assert_eq!((f.kind, f.flags), (FrameKind::Result, FLAG_SEGMENT_RETAINED));
+        assert_eq!(
+            (f.kind, f.flags),
+            (FrameKind::Result, FLAG_SEGMENT_RETAINED)
+        );
     }
 
     #[test]

@@ -52,9 +52,19 @@ pub struct Reply {
 pub enum Event {
     Reply(Reply),
     /// The worker running `batch` of `call` died; `task` is the index it was running (-1 unknown).
-    WorkerDied { call: u64, batch: u64, pid: i32, reason: String, task: i64 },
+    WorkerDied {
+        call: u64,
+        batch: u64,
+        pid: i32,
+        reason: String,
+        task: i64,
+    },
     /// No worker could be started for this batch.
-    SpawnFailed { call: u64, batch: u64, message: String },
+    SpawnFailed {
+        call: u64,
+        batch: u64,
+        message: String,
+    },
 }
 
 #[derive(Default)]
@@ -84,7 +94,11 @@ impl Pool {
     pub fn start(n: usize, command: WorkerCommand) -> io::Result<Pool> {
         let n = n.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { busy: vec![None; n], pids: vec![0; n], ..State::default() }),
+            state: Mutex::new(State {
+                busy: vec![None; n],
+                pids: vec![0; n],
+                ..State::default()
+            }),
             wake: Condvar::new(),
             segments: SegmentCache::new(SEGMENT_CACHE_BYTES),
         });
@@ -92,9 +106,19 @@ impl Pool {
         let command = Arc::new(command);
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut pool = Pool { shared: shared.clone(), threads: Vec::new(), events: Mutex::new(rx), prefix };
+        let mut pool = Pool {
+            shared: shared.clone(),
+            threads: Vec::new(),
+            events: Mutex::new(rx),
+            prefix,
+        };
         for slot in 0..n {
-            let (shared, tx, command, ready) = (shared.clone(), tx.clone(), command.clone(), ready_tx.clone());
+            let (shared, tx, command, ready) = (
+                shared.clone(),
+                tx.clone(),
+                command.clone(),
+                ready_tx.clone(),
+            );
             let prefix = pool.prefix.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("perfkit-pool-{slot}"))
@@ -146,7 +170,8 @@ impl Pool {
     pub fn cancel(&self, call: u64) -> usize {
         let removed: Vec<Job> = {
             let mut st = self.shared.state.lock().unwrap();
-            let (keep, drop_): (VecDeque<Job>, VecDeque<Job>) = st.jobs.drain(..).partition(|j| j.call != call);
+            let (keep, drop_): (VecDeque<Job>, VecDeque<Job>) =
+                st.jobs.drain(..).partition(|j| j.call != call);
             st.jobs = keep;
             drop_.into()
         };
@@ -163,8 +188,13 @@ impl Pool {
     /// their slots start replacements. Returns the (batch, pid) pairs killed.
     pub fn kill_busy(&self, call: u64) -> Vec<(u64, i32)> {
         let st = self.shared.state.lock().unwrap();
-        let victims: Vec<(u64, i32)> =
-            st.busy.iter().flatten().filter(|(c, _, _)| *c == call).map(|(_, b, p)| (*b, *p)).collect();
+        let victims: Vec<(u64, i32)> = st
+            .busy
+            .iter()
+            .flatten()
+            .filter(|(c, _, _)| *c == call)
+            .map(|(_, b, p)| (*b, *p))
+            .collect();
         for (_, pid) in &victims {
             kill_pid(*pid);
         }
@@ -273,7 +303,11 @@ fn slot_main(
                         shared.segments.give_back(seg);
                     }
                     let message = format!("could not start a worker process: {e}");
-                    let _ = events.send(Event::SpawnFailed { call: job.call, batch: job.batch, message });
+                    let _ = events.send(Event::SpawnFailed {
+                        call: job.call,
+                        batch: job.batch,
+                        message,
+                    });
                     continue;
                 }
             }
@@ -342,16 +376,28 @@ fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
         w.send(FrameKind::Function, job.call, 0, b"", &job.function)?;
         w.function_of_call = Some(job.call);
     }
-    let meta = job.segment.as_ref().map(|(seg, spans)| seg.describe(spans)).unwrap_or_default();
+    let meta = job
+        .segment
+        .as_ref()
+        .map(|(seg, spans)| seg.describe(spans))
+        .unwrap_or_default();
     w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)?;
     let frame = w.receive()?;
     let is_error = match frame.kind {
         FrameKind::Result => false,
         FrameKind::Error => true,
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "worker sent an unexpected frame")),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "worker sent an unexpected frame",
+            ))
+        }
     };
     if frame.call != job.call || frame.batch != job.batch {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "worker answered another batch"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "worker answered another batch",
+        ));
     }
     let segment = match SegmentSpec::decode(&frame.meta)? {
         Some(spec) => Some((shm::open_and_unlink(&spec.name)?, spec.spans)),
@@ -377,11 +423,21 @@ mod tests {
     /// Workers here are shell one-liners: the happy path with a real
     /// (Python) worker is covered by tests/test_parallel.py.
     fn sh(script: &str) -> WorkerCommand {
-        WorkerCommand { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], env: vec![] }
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+        }
     }
 
     fn job(call: u64, batch: u64) -> Job {
-        Job { call, batch, function: Arc::new(b"f".to_vec()), payload: b"x".to_vec(), segment: None }
+        Job {
+            call,
+            batch,
+            function: Arc::new(b"f".to_vec()),
+            payload: b"x".to_vec(),
+            segment: None,
+        }
     }
 
     #[test]
@@ -391,7 +447,12 @@ mod tests {
         let t0 = Instant::now();
         pool.submit(job(1, 5));
         match pool.next_event(Duration::from_secs(5)) {
-            Some(Event::WorkerDied { call, batch, reason, .. }) => {
+            Some(Event::WorkerDied {
+                call,
+                batch,
+                reason,
+                ..
+            }) => {
                 assert_eq!((call, batch), (1, 5));
                 assert_eq!(reason, "killed by signal 9 (SIGKILL)");
             }
@@ -428,9 +489,16 @@ mod tests {
         let mut seg = pool.segment(100).unwrap();
         let spans = seg.write(&[b"data"]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        pool.submit(Job { segment: Some((seg, spans)), ..job(1, 2) });
+        pool.submit(Job {
+            segment: Some((seg, spans)),
+            ..job(1, 2)
+        });
         assert_eq!(pool.cancel(1), 1);
-        assert_eq!(pool.shared.segments.free_count(), 1, "a cancelled batch's segment is reused");
+        assert_eq!(
+            pool.shared.segments.free_count(),
+            1,
+            "a cancelled batch's segment is reused"
+        );
         assert!(shm::list_prefix(&prefix).is_empty());
         let pids = pool.pids();
         let t0 = Instant::now();
@@ -438,7 +506,11 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(2));
         for pid in pids {
             // SAFETY: kill(pid, 0) only probes for existence.
-            assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "worker {pid} survived terminate");
+            assert_ne!(
+                unsafe { libc::kill(pid, 0) },
+                0,
+                "worker {pid} survived terminate"
+            );
         }
     }
 

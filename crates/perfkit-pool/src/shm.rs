@@ -67,7 +67,8 @@ impl SegmentSpec {
         let text = std::str::from_utf8(meta).map_err(|_| bad())?;
         let mut parts = text.split('\t');
         let name = parts.next().ok_or_else(bad)?.to_string();
-        let memfd = name.starts_with("memfd:") && name[6..].split(':').all(|p| p.parse::<u32>().is_ok());
+        let memfd =
+            name.starts_with("memfd:") && name[6..].split(':').all(|p| p.parse::<u32>().is_ok());
         if !memfd && (name.is_empty() || name.contains('/') || !name.starts_with("perfkit-")) {
             return Err(bad());
         }
@@ -119,7 +120,11 @@ impl MappedSegment {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(MappedSegment { fd, ptr: ptr.cast(), capacity })
+        Ok(MappedSegment {
+            fd,
+            ptr: ptr.cast(),
+            capacity,
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -142,19 +147,28 @@ impl MappedSegment {
             end = off + b.len();
         }
         if end > self.capacity {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "segment too small"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "segment too small",
+            ));
         }
         for (b, (off, _)) in bufs.iter().zip(&spans) {
             // SAFETY: off + len <= capacity (checked above); the source is a
             // separate buffer, so the ranges cannot overlap.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.ptr.add(*off as usize), b.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), self.ptr.add(*off as usize), b.len())
+            };
         }
         Ok(spans)
     }
 
     /// Describes the segment and its spans for a frame's meta section.
     pub fn describe(&self, spans: &[(u64, u64)]) -> Vec<u8> {
-        SegmentSpec { name: self.name(), spans: spans.to_vec() }.encode()
+        SegmentSpec {
+            name: self.name(),
+            spans: spans.to_vec(),
+        }
+        .encode()
     }
 
     /// The bytes at `off..off+len` (tests).
@@ -182,7 +196,10 @@ pub struct SegmentCache {
 
 impl SegmentCache {
     pub fn new(max_free_bytes: usize) -> Self {
-        SegmentCache { free: std::sync::Mutex::new(Vec::new()), max_free_bytes }
+        SegmentCache {
+            free: std::sync::Mutex::new(Vec::new()),
+            max_free_bytes,
+        }
     }
 
     /// A segment of at least `size` bytes: the smallest free one that fits
@@ -201,7 +218,11 @@ impl SegmentCache {
         drop(free);
         // Round up so that slightly different batch sizes share segments.
         let rounded = size.div_ceil(1 << 20).max(1) << 20;
-        MappedSegment::create(if size < (1 << 20) { size.next_power_of_two() } else { rounded })
+        MappedSegment::create(if size < (1 << 20) {
+            size.next_power_of_two()
+        } else {
+            rounded
+        })
     }
 
     /// Returns a segment for reuse (dropped if the cache is full).
@@ -238,7 +259,12 @@ pub fn write_segment(name: &str, bufs: &[&[u8]]) -> io::Result<SegmentSpec> {
         spans.push((off, b.len() as u64));
         end = off + b.len() as u64;
     }
-    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
     let written = (|| {
         file.set_len(end)?;
         for (b, (off, _)) in bufs.iter().zip(&spans) {
@@ -250,14 +276,20 @@ pub fn write_segment(name: &str, bufs: &[&[u8]]) -> io::Result<SegmentSpec> {
         let _ = fs::remove_file(&path);
         return Err(e);
     }
-    Ok(SegmentSpec { name: name.to_string(), spans })
+    Ok(SegmentSpec {
+        name: name.to_string(),
+        spans,
+    })
 }
 
 /// Opens a segment and unlinks it at once: from here the open file is its only
 /// reference, and the memory goes when the last mapping does.
 pub fn open_and_unlink(name: &str) -> io::Result<File> {
     if name.contains('/') || !name.starts_with("perfkit-") {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a perfkit segment name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a perfkit segment name",
+        ));
     }
     let path = shm_dir().join(name);
     let f = File::open(&path)?;
@@ -272,10 +304,13 @@ pub fn unlink(name: &str) {
 
 /// Removes every segment whose name starts with `prefix`; returns how many.
 pub fn remove_prefix(prefix: &str) -> usize {
-    let Ok(entries) = fs::read_dir(shm_dir()) else { return 0 };
+    let Ok(entries) = fs::read_dir(shm_dir()) else {
+        return 0;
+    };
     let mut n = 0;
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(prefix) && fs::remove_file(e.path()).is_ok() {
+        if e.file_name().to_string_lossy().starts_with(prefix) && fs::remove_file(e.path()).is_ok()
+        {
             n += 1;
         }
     }
@@ -284,7 +319,9 @@ pub fn remove_prefix(prefix: &str) -> usize {
 
 /// Names of existing segments with this prefix (tests and leak checks).
 pub fn list_prefix(prefix: &str) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(shm_dir()) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(shm_dir()) else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -305,7 +342,10 @@ mod tests {
         assert_eq!(spec.spans, vec![(0, 3), (64, 100)]);
         assert_eq!(SegmentSpec::decode(&spec.encode()).unwrap().unwrap(), spec);
         let mut f = open_and_unlink(&name).unwrap();
-        assert!(list_prefix(&prefix).is_empty(), "opened segment must be unlinked");
+        assert!(
+            list_prefix(&prefix).is_empty(),
+            "opened segment must be unlinked"
+        );
         let mut all = Vec::new();
         f.read_to_end(&mut all).unwrap();
         assert_eq!(&all[..3], b"abc");
@@ -333,7 +373,11 @@ mod tests {
         assert_eq!(again.name(), name, "a fitting free segment is reused");
         assert!(again.capacity() >= 4000);
         assert!(cache.take(1 << 30).is_ok_and(|s| s.capacity() >= 1 << 30));
-        assert!(SegmentCache::new(0).take(10).unwrap().write(&[&[0u8; 5000]]).is_err());
+        assert!(SegmentCache::new(0)
+            .take(10)
+            .unwrap()
+            .write(&[&[0u8; 5000]])
+            .is_err());
     }
 
     #[test]

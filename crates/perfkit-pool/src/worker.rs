@@ -64,7 +64,10 @@ impl StatusWord {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let word = StatusWord { ptr: ptr.cast(), fd };
+        let word = StatusWord {
+            ptr: ptr.cast(),
+            fd,
+        };
         word.set(NO_TASK);
         Ok(word)
     }
@@ -123,14 +126,28 @@ impl Worker {
         let (reply_r, reply_w) = pipe()?;
         let status = StatusWord::new()?;
         let parent = std::process::id() as libc::pid_t;
-        let child_fds = [task_r.as_raw_fd(), reply_w.as_raw_fd(), status.fd.as_raw_fd()];
+        let child_fds = [
+            task_r.as_raw_fd(),
+            reply_w.as_raw_fd(),
+            status.fd.as_raw_fd(),
+        ];
         let mut command = Command::new(&cmd.program);
-        command.args(&cmd.args).envs(cmd.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+        command
+            .args(&cmd.args)
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
         // SAFETY: the closure runs between fork and exec and only makes
         // async-signal-safe calls (prctl, getppid, fcntl, dup2).
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 if libc::getppid() != parent {
@@ -173,15 +190,26 @@ impl Worker {
     }
 
     /// Sends one frame.
-    pub fn send(&mut self, kind: FrameKind, call: u64, batch: u64, meta: &[u8], payload: &[u8]) -> io::Result<()> {
-        let w = self.to_worker.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+    pub fn send(
+        &mut self,
+        kind: FrameKind,
+        call: u64,
+        batch: u64,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let w = self
+            .to_worker
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
         write_frame(w, kind, call, batch, meta, payload)
     }
 
     /// Waits for the next reply; an end of stream is an error (the worker died).
     pub fn receive(&mut self) -> io::Result<Frame> {
-        read_frame(&mut self.from_worker)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "worker closed its reply pipe"))
+        read_frame(&mut self.from_worker)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "worker closed its reply pipe")
+        })
     }
 
     /// The index of the task the worker was running (or NO_TASK).
@@ -199,10 +227,15 @@ impl Worker {
         loop {
             match self.child.try_wait() {
                 Ok(Some(st)) => return st,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 _ => {
                     kill_pid(self.pid);
-                    return self.child.wait().unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL));
+                    return self
+                        .child
+                        .wait()
+                        .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL));
                 }
             }
         }
@@ -262,7 +295,11 @@ mod tests {
     use super::*;
 
     fn sh(script: &str) -> WorkerCommand {
-        WorkerCommand { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], env: vec![] }
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+        }
     }
 
     #[test]
@@ -271,7 +308,10 @@ mod tests {
         let mut w = Worker::spawn(&sh("exec cat <&3 >&4")).unwrap();
         w.send(FrameKind::Batch, 1, 2, b"", b"payload").unwrap();
         let f = w.receive().unwrap();
-        assert_eq!((f.kind, f.call, f.batch, &f.payload[..]), (FrameKind::Batch, 1, 2, &b"payload"[..]));
+        assert_eq!(
+            (f.kind, f.call, f.batch, &f.payload[..]),
+            (FrameKind::Batch, 1, 2, &b"payload"[..])
+        );
         w.shut_down(Duration::from_secs(2));
     }
 
@@ -291,7 +331,10 @@ mod tests {
         })
         .unwrap();
         assert!(w.receive().is_err());
-        assert_eq!(describe_exit(w.reap(Duration::from_secs(2))), "exited with status 3");
+        assert_eq!(
+            describe_exit(w.reap(Duration::from_secs(2))),
+            "exited with status 3"
+        );
         assert_eq!(w.current_task(), NO_TASK);
     }
 }

@@ -43,17 +43,27 @@ impl WorkerPool {
 impl WorkerPool {
     /// Starts `n_workers` processes running `program args…` with `env` added.
     #[new]
-    fn new(py: Python<'_>, n_workers: usize, program: PathBuf, args: Vec<String>, env: Vec<(String, String)>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        n_workers: usize,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> PyResult<Self> {
         let command = WorkerCommand {
             program: program.into_os_string(),
             args: args.into_iter().map(Into::into).collect(),
             env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
         };
-        let pool = py
-            .detach(|| Pool::start(n_workers, command))
-            .map_err(|e| PyOSError::new_err(format!("could not start {n_workers} worker processes: {e}")))?;
+        let pool = py.detach(|| Pool::start(n_workers, command)).map_err(|e| {
+            PyOSError::new_err(format!("could not start {n_workers} worker processes: {e}"))
+        })?;
         let size = pool.size();
-        Ok(WorkerPool { inner: Mutex::new(Some(pool)), function: Mutex::new(None), size })
+        Ok(WorkerPool {
+            inner: Mutex::new(Some(pool)),
+            function: Mutex::new(None),
+            size,
+        })
     }
 
     #[getter]
@@ -83,16 +93,29 @@ impl WorkerPool {
 
     /// Queues one batch. `buffers` (out-of-band pickle buffers) are copied
     /// into one shared-memory segment, GIL released.
-    fn submit(&self, py: Python<'_>, call: u64, batch: u64, payload: &[u8], buffers: Vec<PyBuffer<u8>>) -> PyResult<()> {
+    fn submit(
+        &self,
+        py: Python<'_>,
+        call: u64,
+        batch: u64,
+        payload: &[u8],
+        buffers: Vec<PyBuffer<u8>>,
+    ) -> PyResult<()> {
         let function = match self.function.lock().unwrap().as_ref() {
             Some((c, f)) if *c == call => f.clone(),
-            _ => return Err(PyValueError::new_err(format!("submit: call {call} was not begun"))),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "submit: call {call} was not begun"
+                )))
+            }
         };
         let mut slices = Vec::with_capacity(buffers.len());
         let mut total = 0usize;
         for b in &buffers {
             if !b.is_c_contiguous() {
-                return Err(PyValueError::new_err("submit: out-of-band buffers must be contiguous"));
+                return Err(PyValueError::new_err(
+                    "submit: out-of-band buffers must be contiguous",
+                ));
             }
             total = total.div_ceil(shm::ALIGN as usize) * shm::ALIGN as usize + b.len_bytes();
             slices.push(RawSlice(b.buf_ptr() as *const u8, b.len_bytes()));
@@ -101,21 +124,31 @@ impl WorkerPool {
         let segment = if slices.is_empty() {
             None
         } else {
-            let mut seg = self
-                .with_pool(|p| p.segment(total))?
-                .map_err(|e| PyOSError::new_err(format!("could not allocate {total} bytes of shared memory: {e}")))?;
+            let mut seg = self.with_pool(|p| p.segment(total))?.map_err(|e| {
+                PyOSError::new_err(format!(
+                    "could not allocate {total} bytes of shared memory: {e}"
+                ))
+            })?;
             let spans = py
                 .detach(move || {
                     // SAFETY: see RawSlice; `buffers` outlives this closure.
-                    let views: Vec<&[u8]> =
-                        slices.iter().map(|s| unsafe { std::slice::from_raw_parts(s.0, s.1) }).collect();
+                    let views: Vec<&[u8]> = slices
+                        .iter()
+                        .map(|s| unsafe { std::slice::from_raw_parts(s.0, s.1) })
+                        .collect();
                     seg.write(&views).map(|spans| (seg, spans))
                 })
                 .map_err(|e| PyOSError::new_err(format!("could not write shared memory: {e}")))?;
             Some(spans)
         };
         drop(buffers);
-        let job = Job { call, batch, function, payload, segment };
+        let job = Job {
+            call,
+            batch,
+            function,
+            payload,
+            segment,
+        };
         let guard = self.inner.lock().unwrap();
         match guard.as_ref() {
             Some(p) => {
@@ -133,7 +166,11 @@ impl WorkerPool {
     /// ("died", call, batch, pid, reason, task)
     /// ("spawn_failed", call, batch, message)
     #[pyo3(signature = (timeout=None))]
-    fn next_event<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    fn next_event<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = match deadline {
@@ -207,8 +244,18 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
             )
                 .into_pyobject(py)
         }
-        Event::WorkerDied { call, batch, pid, reason, task } => ("died", call, batch, pid, reason, task).into_pyobject(py),
-        Event::SpawnFailed { call, batch, message } => ("spawn_failed", call, batch, message).into_pyobject(py),
+        Event::WorkerDied {
+            call,
+            batch,
+            pid,
+            reason,
+            task,
+        } => ("died", call, batch, pid, reason, task).into_pyobject(py),
+        Event::SpawnFailed {
+            call,
+            batch,
+            message,
+        } => ("spawn_failed", call, batch, message).into_pyobject(py),
     }
 }
 
@@ -230,7 +277,9 @@ impl Delayed {
                 function.get_type().name()?
             )));
         }
-        Ok(Delayed { function: function.unbind() })
+        Ok(Delayed {
+            function: function.unbind(),
+        })
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -244,7 +293,14 @@ impl Delayed {
             Some(k) => k,
             None => PyDict::new(py),
         };
-        PyTuple::new(py, [self.function.bind(py).clone(), args.into_any(), kwargs.into_any()])
+        PyTuple::new(
+            py,
+            [
+                self.function.bind(py).clone(),
+                args.into_any(),
+                kwargs.into_any(),
+            ],
+        )
     }
 
     /// The wrapped function (as functools.wraps would expose it).
@@ -272,7 +328,9 @@ fn encode_uniform_batch<'py>(
     let mut args_all: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
     let mut all_single = true;
     for item in tasks.iter() {
-        let Ok(t) = item.cast::<PyTuple>() else { return Ok(None) };
+        let Ok(t) = item.cast::<PyTuple>() else {
+            return Ok(None);
+        };
         if t.len() != 3 {
             return Ok(None);
         }
@@ -285,13 +343,17 @@ fn encode_uniform_batch<'py>(
             _ => return Ok(None),
         }
         let args = t.get_item(1)?;
-        let Ok(a) = args.cast::<PyTuple>() else { return Ok(None) };
+        let Ok(a) = args.cast::<PyTuple>() else {
+            return Ok(None);
+        };
         all_single &= a.len() == 1;
         args_all.push(args);
     }
     if all_single {
-        let singles: Vec<Bound<'py, PyAny>> =
-            args_all.iter().map(|a| a.cast::<PyTuple>().unwrap().get_item(0)).collect::<PyResult<_>>()?;
+        let singles: Vec<Bound<'py, PyAny>> = args_all
+            .iter()
+            .map(|a| a.cast::<PyTuple>().unwrap().get_item(0))
+            .collect::<PyResult<_>>()?;
         Ok(Some((2, PyList::new(py, singles)?)))
     } else {
         Ok(Some((0, PyList::new(py, args_all)?)))
