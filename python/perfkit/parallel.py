@@ -880,16 +880,21 @@ class _ProcessCall:
                     if auto and per_task is not None:
                         size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     t_produce = time.perf_counter()
-                    chunk = list(itertools.islice(tasks, size))
+                    chunk = []
+                    if auto and per_task is None and dispatched == 0:
+                        # Costs remembered from an earlier call of the same function size the first batches.
+                        chunk = list(itertools.islice(tasks, 1))
+                        remembered = chunk and _cost_memory.get(_cost_key(_unpack(chunk[0], 0)[0]))
+                        if remembered:
+                            per_task, parent_per_task = remembered
+                            size = self._auto_size(per_task, bytes_per_task, parent_per_task)
+                    chunk += itertools.islice(tasks, size - len(chunk))
                     if not chunk:
                         exhausted = True
                         break
                     first = dispatched
                     dispatched += len(chunk)
                     mode, items = self._encode(chunk, first)
-                    if auto and per_task is None:
-                        # A cost remembered from an earlier call of the same function sizes the first batches.
-                        per_task = _cost_memory.get(_cost_key(self.functions[0]))
                     if self.function_dirty:
                         self._begin()
                     buffers = []
@@ -923,7 +928,7 @@ class _ProcessCall:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
                         per_task = max(elapsed, 1e-7) / len(chunk)
-                        _cost_memory[_cost_key(self.functions[0])] = per_task
+                        _cost_memory[_cost_key(self.functions[0])] = (per_task, parent_per_task)
                     self.progress.update(len(results))
                     if self.ordered:
                         done_batches[first] = results
