@@ -96,6 +96,7 @@ def test_many_tiny_tasks_and_generator_input():
     assert Parallel(n_jobs=2)([delayed(T.square)(i) for i in range(100_000)]) == expected
 
 
+@pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
 def test_mixed_functions_kwargs_lambdas_closures_and_main():
     offset = 5
     tasks = [
@@ -110,6 +111,7 @@ def test_mixed_functions_kwargs_lambdas_closures_and_main():
     assert joblib.Parallel(n_jobs=2)(joblib.delayed(f)(*a, **k) for f, a, k in tasks) == want
 
 
+@pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
 def test_function_defined_in_main_script(tmp_path):
     script = tmp_path / "main_fn.py"
     script.write_text(
@@ -247,6 +249,7 @@ def test_concurrent_calls_from_threads():
 # ------------------------------------------------------------------ errors and faults
 
 
+@pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
 def test_task_error_type_traceback_and_task_name():
     with pytest.raises(ValueError, match="task value 7 is bad") as info:
         Parallel(n_jobs=2)(delayed(T.raise_at)(i) for i in range(20))
@@ -269,6 +272,7 @@ def test_fail_fast_cancels_queued_work(tmp_path):
     assert ran < 50, f"{ran} of 199 tasks ran after the first failure"
 
 
+@pytest.mark.version_sensitive
 @pytest.mark.parametrize(
     "fn, args, reason",
     [
@@ -337,6 +341,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
 def test_ctrl_c_stops_workers_and_cleans_shared_memory(tmp_path):
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent)))
@@ -379,6 +384,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
 # ------------------------------------------------------------------ data: arrays, pandas
 
 
+@pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
 def test_numpy_arrays_through_shared_memory():
     arrays = [np.random.default_rng(i).random(300_000) for i in range(12)]
     assert Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]

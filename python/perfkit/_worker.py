@@ -66,11 +66,9 @@ def map_segment(meta: bytes):
 
 
 def _map_private(fd, size):
-    """Copy-on-write mapping, pre-faulted where Python can ask for it (3.10+:
-    one MAP_POPULATE call instead of a page fault per 4 KiB)."""
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if populate:
-        return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | populate, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    """Copy-on-write mapping: reads map the parent's pages (the kernel's
+    fault-around maps 16 at a time), a write copies only the page written.
+    (No MAP_POPULATE: on a writable private mapping it would copy every page.)"""
     return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
 
 

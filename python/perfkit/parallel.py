@@ -798,7 +798,7 @@ class _ProcessCall:
     # Aim for batches this long (measured compute), so per-batch overhead stays small.
     TARGET_BATCH_SECONDS = 0.02
     # Keep a batch's out-of-band bytes under this (memory and tail balance).
-    MAX_BATCH_BYTES = 64 << 20
+    MAX_BATCH_BYTES = 32 << 20
 
     def __init__(self, parallel, pool, iterable, n_jobs, total, progress, max_nbytes):
         self.parallel = parallel
@@ -886,7 +886,7 @@ class _ProcessCall:
                         chunk = list(itertools.islice(tasks, 1))
                         remembered = chunk and _cost_memory.get(_cost_key(_unpack(chunk[0], 0)[0]))
                         if remembered:
-                            per_task, parent_per_task = remembered
+                            per_task, parent_per_task, bytes_per_task = remembered
                             size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     chunk += itertools.islice(tasks, size - len(chunk))
                     if not chunk:
@@ -928,7 +928,11 @@ class _ProcessCall:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
                         per_task = max(elapsed, 1e-7) / len(chunk)
-                        _cost_memory[_cost_key(self.functions[0])] = (per_task, parent_per_task)
+                        _cost_memory[_cost_key(self.functions[0])] = (
+                            per_task,
+                            parent_per_task,
+                            bytes_per_task,
+                        )
                     self.progress.update(len(results))
                     if self.ordered:
                         done_batches[first] = results

@@ -112,7 +112,9 @@ impl MappedSegment {
                 std::ptr::null_mut(),
                 capacity,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                // Allocate and map every page in one call rather than one
+                // fault per page on first write (a shared mapping: no copies).
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd.as_raw_fd(),
                 0,
             )
@@ -188,6 +190,18 @@ impl Drop for MappedSegment {
     }
 }
 
+/// Large segments are made in multiples of this (small ones in powers of two),
+/// so that batches of slightly different sizes share segments.
+const SIZE_STEP: usize = 16 << 20;
+
+fn size_class(size: usize) -> usize {
+    if size < SIZE_STEP {
+        size.max(4096).next_power_of_two()
+    } else {
+        size.div_ceil(SIZE_STEP) * SIZE_STEP
+    }
+}
+
 /// Free parent segments kept for reuse, bounded in total size.
 pub struct SegmentCache {
     free: std::sync::Mutex<Vec<MappedSegment>>,
@@ -209,20 +223,14 @@ impl SegmentCache {
         let best = free
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.capacity >= size && s.capacity / 2 <= size.max(4096))
+            .filter(|(_, s)| s.capacity >= size && s.capacity <= 2 * size + SIZE_STEP)
             .min_by_key(|(_, s)| s.capacity)
             .map(|(i, _)| i);
         if let Some(i) = best {
             return Ok(free.swap_remove(i));
         }
         drop(free);
-        // Round up so that slightly different batch sizes share segments.
-        let rounded = size.div_ceil(1 << 20).max(1) << 20;
-        MappedSegment::create(if size < (1 << 20) {
-            size.next_power_of_two()
-        } else {
-            rounded
-        })
+        MappedSegment::create(size_class(size))
     }
 
     /// Returns a segment for reuse (dropped if the cache is full).
@@ -372,7 +380,8 @@ mod tests {
         let again = cache.take(4000).unwrap();
         assert_eq!(again.name(), name, "a fitting free segment is reused");
         assert!(again.capacity() >= 4000);
-        assert!(cache.take(1 << 30).is_ok_and(|s| s.capacity() >= 1 << 30));
+        assert!(cache.take(40 << 20).is_ok_and(|s| s.capacity() == 48 << 20));
+        assert_eq!(size_class(5000), 8192);
         assert!(SegmentCache::new(0)
             .take(10)
             .unwrap()
