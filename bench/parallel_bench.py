@@ -201,7 +201,7 @@ def main(argv=None):
         pass
     cmd = "python bench/parallel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(
-        f"<!-- {cmd.strip()} ; {versions}; n_jobs={n_jobs}; {os.cpu_count()} CPUs; {rounds} round(s), median -->"
+        f"`{cmd.strip()}` — {versions}; n_jobs={n_jobs}; {os.cpu_count()} CPUs; median of {rounds} round(s)\n"
     )
     table = {}
     for key in args.workloads.split(","):
