@@ -101,15 +101,24 @@ class SegmentWriter:
         return True
 
     def write(self, name: str) -> bytes:
+        """Writes the buffers to a memfd (kept open in ``OPEN_RESULT_FDS`` until
+        the parent has opened it as /proc/<pid>/fd/<n>: nothing is ever named in
+        /dev/shm), or to the named file ``name`` where memfd is missing."""
         if not self.buffers:
             return b""
-        path = os.path.join(shm_dir(), name)
         spans, end = [], 0
         for b in self.buffers:
             off = (end + 63) // 64 * 64
             spans.append((off, b.nbytes))
             end = off + b.nbytes
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        path = None
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("perfkit-result", os.MFD_CLOEXEC)
+            label = f"memfd:{os.getpid()}:{fd}"
+        else:
+            path = os.path.join(shm_dir(), name)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            label = name
         try:
             os.ftruncate(fd, end)
             for b, (off, _) in zip(self.buffers, spans):
@@ -118,11 +127,20 @@ class SegmentWriter:
                 while done < view.nbytes:
                     done += os.pwrite(fd, view[done:], off + done)
         except BaseException:
-            os.unlink(path)
-            raise
-        finally:
             os.close(fd)
-        return "\t".join([name] + [f"{o}:{n}" for o, n in spans]).encode()
+            if path:
+                os.unlink(path)
+            raise
+        if path:
+            os.close(fd)
+        else:
+            OPEN_RESULT_FDS.append(fd)
+        return "\t".join([label] + [f"{o}:{n}" for o, n in spans]).encode()
+
+
+# Result memfds of the last reply: the parent opens them before it sends this
+# worker anything else, so they are closed when the next frame arrives.
+OPEN_RESULT_FDS: list = []
 
 
 def dumps(obj, buffer_callback=None) -> bytes:
@@ -193,6 +211,8 @@ def main() -> int:
         if len(head) < HEADER.size:
             return 0  # the parent closed the pipe (or died): done
         kind, meta_len, call, batch, payload_len = HEADER.unpack(head)
+        while OPEN_RESULT_FDS:
+            os.close(OPEN_RESULT_FDS.pop())
         meta = tasks.read(meta_len) if meta_len else b""
         payload = tasks.read(payload_len)
         if len(payload) < payload_len:

@@ -400,7 +400,7 @@ fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
         ));
     }
     let segment = match SegmentSpec::decode(&frame.meta)? {
-        Some(spec) => Some((shm::open_and_unlink(&spec.name)?, spec.spans)),
+        Some(spec) => Some((shm::open_segment(&spec.name)?, spec.spans)),
         None => None,
     };
     Ok(Reply {

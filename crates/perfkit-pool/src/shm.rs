@@ -290,6 +290,22 @@ pub fn write_segment(name: &str, bufs: &[&[u8]]) -> io::Result<SegmentSpec> {
     })
 }
 
+/// Opens a segment a worker describes: `memfd:<pid>:<fd>` through /proc
+/// (the worker keeps that descriptor open until its next task), or a named
+/// file, unlinked at once.
+pub fn open_segment(name: &str) -> io::Result<File> {
+    if let Some(rest) = name.strip_prefix("memfd:") {
+        let (pid, fd) = rest
+            .split_once(':')
+            .and_then(|(p, f)| Some((p.parse::<u32>().ok()?, f.parse::<u32>().ok()?)))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "malformed memfd segment name")
+            })?;
+        return File::open(format!("/proc/{pid}/fd/{fd}"));
+    }
+    open_and_unlink(name)
+}
+
 /// Opens a segment and unlinks it at once: from here the open file is its only
 /// reference, and the memory goes when the last mapping does.
 pub fn open_and_unlink(name: &str) -> io::Result<File> {
@@ -375,6 +391,12 @@ mod tests {
         let (pid, fd) = rest.split_once(':').unwrap();
         let bytes = std::fs::read(format!("/proc/{pid}/fd/{fd}")).unwrap();
         assert_eq!(&bytes[64..69], b"world");
+        let mut again = Vec::new();
+        open_segment(&spec.name)
+            .unwrap()
+            .read_to_end(&mut again)
+            .unwrap();
+        assert_eq!(again, bytes);
         let name = seg.name();
         cache.give_back(seg);
         let again = cache.take(4000).unwrap();
@@ -397,6 +419,7 @@ mod tests {
         assert_eq!(remove_prefix(&prefix), 2);
         assert!(list_prefix(&prefix).is_empty());
         assert!(open_and_unlink("../etc/passwd").is_err());
+        assert!(open_segment("memfd:1:x").is_err());
         assert!(SegmentSpec::decode(b"/tmp/x\t0:1").is_err());
         assert!(SegmentSpec::decode(b"perfkit-1-a\t0").is_err());
         assert!(SegmentSpec::decode(b"memfd:1:/x").is_err());
