@@ -306,9 +306,9 @@ def test_unpicklable_argument_and_result():
     with pytest.raises(pickle.PicklingError, match=r"arguments of task 2 \(add\(<unlocked"):
         Parallel(n_jobs=2)(delayed(T.add)(x) for x in [1, 2, lock, 4])
     with pytest.raises(
-        pickle.PicklingError, match=r"result of task \d \(allocate_lock\(\)\) could not be pickled"
+        pickle.PicklingError, match=r"result of task \d \(make_lock\(\d\)\) could not be pickled"
     ):
-        Parallel(n_jobs=2)(delayed(threading.Lock)() for _ in range(3))
+        Parallel(n_jobs=2)(delayed(T.make_lock)(i) for i in range(3))
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
