@@ -385,7 +385,12 @@ def test_workers_die_with_a_killed_parent(tmp_path):
 
 
 @pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
-def test_numpy_arrays_through_shared_memory():
+@pytest.mark.parametrize("remote_read", [True, False], ids=["process_vm_readv", "shared-memory"])
+def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
+    # Both transports of large buffers: copied out of this process by the
+    # worker, or through reusable memfd segments.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", remote_read)
     arrays = [np.random.default_rng(i).random(300_000) for i in range(12)]
     assert Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]
     doubled = Parallel(n_jobs=2)(delayed(T.array_double)(a) for a in arrays)
@@ -399,6 +404,12 @@ def test_numpy_arrays_through_shared_memory():
     assert first == [float(a[0]) for a in arrays] and second == [float(a[0] + 1) for a in arrays]
     check = Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays)
     assert check == [float(a.sum()) for a in arrays]
+    if remote_read:
+        # Used where the kernel allows a child to read its parent (no Yama restriction), else the fallback.
+        yama = Path("/proc/sys/kernel/yama/ptrace_scope")
+        allowed = not yama.exists() or yama.read_text().strip() == "0"
+        assert pp._remote_read_pools[id(pp._shared_pool[1])] == allowed
+    pp._shutdown_shared_pool()
 
 
 def test_pandas_groupby_example_equals_joblib():

@@ -71,8 +71,9 @@ class WorkerPool:
     def pids(self) -> list[int]: ...
     def begin_call(self, call: int, function: bytes) -> None:
         """The pickled function table of call ``call`` (sent to each worker once)."""
-    def submit(self, call: int, batch: int, payload: bytes, buffers: list[memoryview]) -> None:
-        """Queue a batch; ``buffers`` (pickle-5 out-of-band) are copied into shared memory."""
+    def submit(self, call: int, batch: int, payload: bytes, buffers: list[memoryview], remote: bool) -> None:
+        """Queue a batch; ``buffers`` (pickle-5 out-of-band) are copied into shared memory, or
+        with ``remote`` read by the worker straight from this process (keep them alive until the reply)."""
     def next_event(self, timeout: float | None = None) -> tuple | None:
         """``("reply", call, batch, is_error, payload, segment_fd, spans, pid)``,
         ``("died", call, batch, pid, reason, task)`` or ``("spawn_failed", call, batch, message)``;
@@ -100,3 +101,9 @@ def shm_segments() -> list[str]:
     """This process's named shared-memory segments (leak checks)."""
 
 def shm_dir() -> str: ...
+
+def buffer_address(buffer: Any) -> tuple[int, int]:
+    """``(address, length)`` of an object's contiguous buffer."""
+
+def read_process_memory(pid: int, address: int, length: int) -> bytearray:
+    """Copy bytes out of another process (process_vm_readv); OSError if refused."""

@@ -21,3 +21,14 @@ def task_label(function, args=(), kwargs=None, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{name}({text})"
+
+
+def probe_remote_read(pid: int, address: int, length: int, expected: bytes) -> bool:
+    """Run in a worker: can it copy memory straight out of its parent
+    (process_vm_readv; refused under Yama ptrace_scope >= 1, for one)?"""
+    from perfkit._native import read_process_memory
+
+    try:
+        return bytes(read_process_memory(pid, address, length)) == expected
+    except OSError:
+        return False

@@ -43,6 +43,16 @@ def map_segment(meta: bytes):
     ``memfd:<pid>:<fd>``: the parent's reusable segment, reached through
     /proc; ``perfkit-…``: a named file in /dev/shm, unlinked at once."""
     name, *spans = meta.decode().split("\t")
+    if name.startswith("vm:"):
+        # Buffers copied straight out of the parent's memory (no shared file).
+        from perfkit._native import read_process_memory
+
+        pid = int(name[3:])
+        buffers = []
+        for span in spans:
+            address, length = (int(x) for x in span.split(":"))
+            buffers.append(read_process_memory(pid, address, length))
+        return None, memoryview(b""), buffers
     if name.startswith("memfd:"):
         pid, fd_number = (int(x) for x in name[6:].split(":"))
         fd = os.open(f"/proc/{pid}/fd/{fd_number}", os.O_RDONLY)
@@ -77,7 +87,8 @@ def release_segment(mapping, view, buffers) -> bool:
     (then the mapping stays, and the parent must not reuse the segment)."""
     try:
         for b in buffers:
-            b.release()
+            if isinstance(b, memoryview):
+                b.release()
         view.release()
         if mapping is not None:
             mapping.close()

@@ -248,15 +248,49 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
     return env
 
 
+# Large buffers: workers copy them straight out of this process when the
+# kernel lets them (process_vm_readv; probed once per pool), else they go
+# through shared memory. PERFKIT_REMOTE_READ=0 forces shared memory.
+_remote_read_allowed = os.environ.get("PERFKIT_REMOTE_READ", "1") != "0"
+_remote_read_pools: dict = {}  # id(pool) -> bool
+
+
 def _new_pool(n_workers: int, inner_threads, max_nbytes):
     from perfkit._native import WorkerPool
 
-    return WorkerPool(
+    pool = WorkerPool(
         n_workers,
         sys.executable,
         ["-m", "perfkit._worker"],
         _worker_env(n_workers, inner_threads, max_nbytes),
     )
+    _remote_read_pools[id(pool)] = _remote_read_allowed and _probe_remote_read(pool)
+    return pool
+
+
+def _probe_remote_read(pool) -> bool:
+    import cloudpickle
+
+    from perfkit._pool_common import probe_remote_read
+
+    expected = os.urandom(32)
+    probe = bytearray(expected)
+    address, length = _native.buffer_address(probe)
+    call = next(_call_ids)
+    try:
+        pool.begin_call(call, cloudpickle.dumps((probe_remote_read,), protocol=5))
+        pool.submit(
+            call, 0, pickle.dumps((0, 0, [(os.getpid(), address, length, expected)]), protocol=5), [], False
+        )
+        event = pool.next_event(30)
+        if event is None or event[0] != "reply" or event[3]:
+            return False
+        _, results = _load_reply(event[4], event[5], event[6])
+        return results == [True]
+    except Exception:  # noqa: BLE001 - any doubt: use shared memory
+        return False
+    finally:
+        del probe
 
 
 def _acquire_shared_pool(key):
@@ -827,6 +861,8 @@ class _ProcessCall:
         self.call_ids = set()
         self.pool_call = None
         self.function_dirty = True
+        self.remote = _remote_read_pools.get(id(pool), False)
+        self.keep_alive = {}  # batch -> buffers a worker copies out of this process
 
     def _function_slot(self, function):
         # Keyed by the function itself: equal bound methods (a new object per
@@ -900,7 +936,10 @@ class _ProcessCall:
                     buffers = []
                     payload = self._pickle_batch(first, mode, items, chunk, buffers)
                     batch = next(batch_ids)
-                    pool.submit(self.pool_call, batch, payload, buffers)
+                    remote = self.remote and bool(buffers)
+                    pool.submit(self.pool_call, batch, payload, buffers, remote)
+                    if remote:
+                        self.keep_alive[batch] = buffers  # the worker reads them from here
                     parent_per_task = (time.perf_counter() - t_produce) / len(chunk)
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
                     bytes_per_task = nbytes / len(chunk)
@@ -913,6 +952,7 @@ class _ProcessCall:
                 if event[1] not in self.call_ids:
                     continue  # a late answer from an earlier, abandoned call
                 entry = in_flight.pop(event[2], None)
+                self.keep_alive.pop(event[2], None)
                 if entry is None:
                     continue
                 first, chunk = entry

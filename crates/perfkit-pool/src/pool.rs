@@ -33,6 +33,10 @@ pub struct Job {
     pub payload: Vec<u8>,
     /// The segment holding the batch's out-of-band buffers, and their spans.
     pub segment: Option<(MappedSegment, Vec<(u64, u64)>)>,
+    /// Or: (address, length) of buffers the worker copies straight out of
+    /// this process (process_vm_readv), so that the parent copies nothing.
+    /// The caller keeps them alive and unchanged until the batch's reply.
+    pub remote: Vec<(u64, u64)>,
 }
 
 /// A worker's answer to a batch.
@@ -376,11 +380,15 @@ fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
         w.send(FrameKind::Function, job.call, 0, b"", &job.function)?;
         w.function_of_call = Some(job.call);
     }
-    let meta = job
-        .segment
-        .as_ref()
-        .map(|(seg, spans)| seg.describe(spans))
-        .unwrap_or_default();
+    let meta = match &job.segment {
+        Some((seg, spans)) => seg.describe(spans),
+        None if !job.remote.is_empty() => SegmentSpec {
+            name: format!("vm:{}", std::process::id()),
+            spans: job.remote.clone(),
+        }
+        .encode(),
+        None => Vec::new(),
+    };
     w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)?;
     let frame = w.receive()?;
     let is_error = match frame.kind {
@@ -437,6 +445,7 @@ mod tests {
             function: Arc::new(b"f".to_vec()),
             payload: b"x".to_vec(),
             segment: None,
+            remote: Vec::new(),
         }
     }
 

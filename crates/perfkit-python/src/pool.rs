@@ -92,7 +92,9 @@ impl WorkerPool {
     }
 
     /// Queues one batch. `buffers` (out-of-band pickle buffers) are copied
-    /// into one shared-memory segment, GIL released.
+    /// into one shared-memory segment, GIL released; or, with `remote`, only
+    /// their addresses are sent and the worker copies them out of this process
+    /// (the caller keeps them alive and unchanged until the reply).
     fn submit(
         &self,
         py: Python<'_>,
@@ -100,6 +102,7 @@ impl WorkerPool {
         batch: u64,
         payload: &[u8],
         buffers: Vec<PyBuffer<u8>>,
+        remote: bool,
     ) -> PyResult<()> {
         let function = match self.function.lock().unwrap().as_ref() {
             Some((c, f)) if *c == call => f.clone(),
@@ -121,7 +124,11 @@ impl WorkerPool {
             slices.push(RawSlice(b.buf_ptr() as *const u8, b.len_bytes()));
         }
         let payload = payload.to_vec();
-        let segment = if slices.is_empty() {
+        let mut remote_spans = Vec::new();
+        let segment = if remote {
+            remote_spans = slices.iter().map(|s| (s.0 as u64, s.1 as u64)).collect();
+            None
+        } else if slices.is_empty() {
             None
         } else {
             let mut seg = self.with_pool(|p| p.segment(total))?.map_err(|e| {
@@ -148,6 +155,7 @@ impl WorkerPool {
             function,
             payload,
             segment,
+            remote: remote_spans,
         };
         let guard = self.inner.lock().unwrap();
         match guard.as_ref() {
@@ -360,6 +368,59 @@ fn encode_uniform_batch<'py>(
     }
 }
 
+/// `(address, length)` of an object's buffer (for `read_process_memory` in another process).
+#[pyfunction]
+fn buffer_address(buffer: PyBuffer<u8>) -> (u64, u64) {
+    (buffer.buf_ptr() as u64, buffer.len_bytes() as u64)
+}
+
+/// Copies `length` bytes at `address` in process `pid` into a new bytearray
+/// (process_vm_readv: one copy, no shared file). OSError if the kernel refuses
+/// (another user, Yama ptrace restrictions) or the range is not mapped.
+#[pyfunction]
+fn read_process_memory(
+    py: Python<'_>,
+    pid: i32,
+    address: u64,
+    length: usize,
+) -> PyResult<Py<PyAny>> {
+    // SAFETY: a NULL source asks CPython for an uninitialized bytearray of `length` bytes.
+    let raw = unsafe {
+        pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), length as pyo3::ffi::Py_ssize_t)
+    };
+    // SAFETY: raw is a new reference or NULL with an exception set.
+    let array: Bound<'_, PyAny> = unsafe { Bound::from_owned_ptr_or_err(py, raw)? };
+    // SAFETY: the bytearray owns `length` writable bytes and is not shared yet.
+    let dst = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as usize;
+    let result = py.detach(move || {
+        let mut done = 0usize;
+        while done < length {
+            let local = libc::iovec {
+                iov_base: (dst + done) as *mut libc::c_void,
+                iov_len: length - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (address as usize + done) as *mut libc::c_void,
+                iov_len: length - done,
+            };
+            // SAFETY: `local` is our own writable buffer of the stated length;
+            // the kernel validates the remote range and fails with EFAULT if it is not mapped.
+            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+            if n <= 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            done += n as usize;
+        }
+        Ok(())
+    });
+    result.map_err(|e| {
+        PyOSError::new_err(format!(
+            "could not read {length} bytes from process {pid}: {e}"
+        ))
+    })?;
+    Ok(array.unbind())
+}
+
 /// Names of this process's leftover segments (leak checks in tests).
 #[pyfunction]
 fn shm_segments() -> Vec<String> {
@@ -377,6 +438,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Delayed>()?;
     m.add_function(wrap_pyfunction!(encode_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
+    m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(read_process_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm_dir, m)?)?;
     Ok(())
 }
