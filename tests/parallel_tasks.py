@@ -111,3 +111,7 @@ def make_lock(_x=None):
     import threading
 
     return threading.Lock()  # unpicklable result
+
+
+def kept_first_values(_x=None):
+    return [float(a[0]) for a in KEPT]

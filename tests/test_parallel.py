@@ -402,8 +402,11 @@ def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
     first = Parallel(n_jobs=2)(delayed(T.array_keep)(a) for a in arrays)
     second = Parallel(n_jobs=2)(delayed(T.array_keep)(a + 1) for a in arrays)
     assert first == [float(a[0]) for a in arrays] and second == [float(a[0] + 1) for a in arrays]
-    check = Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays)
-    assert check == [float(a.sum()) for a in arrays]
+    check = Parallel(n_jobs=2)(delayed(T.array_sum)(a + 100) for a in arrays)
+    assert check == [float((a + 100).sum()) for a in arrays]
+    # The arrays the tasks kept were not overwritten by later batches (no reuse of held buffers).
+    kept = set().union(*Parallel(n_jobs=2, batch_size=1)(delayed(T.kept_first_values)(i) for i in range(8)))
+    assert kept and kept <= {float(a[0]) for a in arrays} | {float(a[0] + 1) for a in arrays}
     if remote_read:
         # Used where the kernel allows a child to read its parent (no Yama restriction), else the fallback.
         yama = Path("/proc/sys/kernel/yama/ptrace_scope")

@@ -101,9 +101,9 @@ def shm_segments() -> list[str]:
     """This process's named shared-memory segments (leak checks)."""
 
 def shm_dir() -> str: ...
-
 def buffer_address(buffer: Any) -> tuple[int, int]:
     """``(address, length)`` of an object's contiguous buffer."""
 
-def read_process_memory(pid: int, address: int, length: int) -> bytearray:
-    """Copy bytes out of another process (process_vm_readv); OSError if refused."""
+def read_process_memory(pid: int, address: int, length: int, into: bytearray | None = None) -> bytearray:
+    """Copy bytes out of another process (process_vm_readv) into ``into`` or a new bytearray;
+    OSError if refused."""

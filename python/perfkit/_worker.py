@@ -51,7 +51,9 @@ def map_segment(meta: bytes):
         buffers = []
         for span in spans:
             address, length = (int(x) for x in span.split(":"))
-            buffers.append(read_process_memory(pid, address, length))
+            free = REMOTE_BUFFERS.get(length)
+            reuse = free.pop() if free else None
+            buffers.append(read_process_memory(pid, address, length, reuse))
         return None, memoryview(b""), buffers
     if name.startswith("memfd:"):
         pid, fd_number = (int(x) for x in name[6:].split(":"))
@@ -80,6 +82,21 @@ def _map_private(fd, size):
     fault-around maps 16 at a time), a write copies only the page written.
     (No MAP_POPULATE: on a writable private mapping it would copy every page.)"""
     return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+
+
+# Free bytearrays for buffers read from the parent, by length: reused while no
+# task keeps a reference (fresh 8 MB buffers would cost a page fault per 4 KiB).
+REMOTE_BUFFERS: dict = {}
+REMOTE_BUFFERS_MAX = 256 << 20
+
+
+def recycle_remote(buffers) -> None:
+    held = sum(length * len(free) for length, free in REMOTE_BUFFERS.items())
+    for b in buffers:
+        # Referenced only by `buffers` and this call's argument: no task kept it.
+        if isinstance(b, bytearray) and sys.getrefcount(b) <= 3 and held + len(b) <= REMOTE_BUFFERS_MAX:
+            REMOTE_BUFFERS.setdefault(len(b), []).append(b)
+            held += len(b)
 
 
 def release_segment(mapping, view, buffers) -> bool:
@@ -251,6 +268,8 @@ def main() -> int:
         flags = 0
         if segment is not None and not release_segment(*segment):
             flags = SEGMENT_RETAINED
+        if segment is not None and segment[0] is None:
+            recycle_remote(segment[2])
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
 

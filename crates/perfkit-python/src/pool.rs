@@ -11,7 +11,7 @@ use perfkit_pool::{shm, Event, Job, Pool, WorkerCommand};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyTuple};
 
 /// How often a wait wakes up to let Python run signal handlers (Ctrl-C).
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -374,23 +374,42 @@ fn buffer_address(buffer: PyBuffer<u8>) -> (u64, u64) {
     (buffer.buf_ptr() as u64, buffer.len_bytes() as u64)
 }
 
-/// Copies `length` bytes at `address` in process `pid` into a new bytearray
-/// (process_vm_readv: one copy, no shared file). OSError if the kernel refuses
-/// (another user, Yama ptrace restrictions) or the range is not mapped.
+/// Copies `length` bytes at `address` in process `pid` into `into` (a
+/// bytearray of exactly that length, reused by the caller) or into a new
+/// bytearray (process_vm_readv: one copy, no shared file). OSError if the
+/// kernel refuses (another user, Yama ptrace restrictions) or the range is not mapped.
 #[pyfunction]
+#[pyo3(signature = (pid, address, length, into=None))]
 fn read_process_memory(
     py: Python<'_>,
     pid: i32,
     address: u64,
     length: usize,
+    into: Option<Bound<'_, PyByteArray>>,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY: a NULL source asks CPython for an uninitialized bytearray of `length` bytes.
-    let raw = unsafe {
-        pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), length as pyo3::ffi::Py_ssize_t)
+    let array: Bound<'_, PyAny> = match into {
+        Some(existing) => {
+            if existing.len() != length {
+                return Err(PyValueError::new_err(
+                    "read_process_memory: `into` has the wrong length",
+                ));
+            }
+            existing.into_any()
+        }
+        None => {
+            // SAFETY: a NULL source asks CPython for an uninitialized bytearray of `length` bytes.
+            let raw = unsafe {
+                pyo3::ffi::PyByteArray_FromStringAndSize(
+                    std::ptr::null(),
+                    length as pyo3::ffi::Py_ssize_t,
+                )
+            };
+            // SAFETY: raw is a new reference or NULL with an exception set.
+            unsafe { Bound::from_owned_ptr_or_err(py, raw)? }
+        }
     };
-    // SAFETY: raw is a new reference or NULL with an exception set.
-    let array: Bound<'_, PyAny> = unsafe { Bound::from_owned_ptr_or_err(py, raw)? };
-    // SAFETY: the bytearray owns `length` writable bytes and is not shared yet.
+    // SAFETY: the bytearray owns `length` writable bytes; nothing else runs
+    // Python code while we hold it (the worker is single-threaded).
     let dst = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as usize;
     let result = py.detach(move || {
         let mut done = 0usize;
