@@ -1,6 +1,7 @@
-//! Shared-memory segments: files in /dev/shm (tmpfs) carrying the large
-//! out-of-band buffers of a pickle-5 payload, so arrays cross processes with
-//! one copy in and none out (the receiver maps the file).
+//! Shared-memory segments carrying the large out-of-band buffers of a
+//! pickle-5 payload, so arrays cross processes with one copy in and none out
+//! (the receiver maps the segment). (Where the kernel allows it, the workers
+//! instead copy the parent's buffers directly; see `Job::remote`.)
 //!
 //! Parent → worker: `MappedSegment`s, anonymous memory files (memfd) that
 //! never appear in /dev/shm, mapped once in the parent and reused batch after
@@ -8,12 +9,12 @@
 //! `/proc/<parent>/fd/<n>` (described as `memfd:<pid>:<fd>`). They vanish
 //! with the parent, whatever kills it.
 //!
-//! Worker → parent: named files, since a worker's memfd dies with it.
-//! Naming is what makes cleanup total: every segment of a pool starts with
-//! `perfkit-<parent pid>-`, the parent's with `a`, a worker's with
-//! `r<worker pid>-`. The receiver unlinks a segment as soon as it has opened
-//! it; the pool unlinks a batch's segment again when the batch ends (a no-op
-//! unless the worker died first), and sweeps a dead worker's prefix.
+//! Worker → parent: the worker's own memfds, opened by the parent through
+//! /proc (the worker keeps them open until its next frame) — or, on systems
+//! without memfd, named files in /dev/shm. Naming is what makes their cleanup
+//! total: every named segment of a pool starts with `perfkit-<parent pid>-`,
+//! a worker's with `r<worker pid>-`; the parent unlinks one as soon as it has
+//! opened it, and sweeps a dead worker's prefix and the pool's at shutdown.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
