@@ -115,3 +115,12 @@ def make_lock(_x=None):
 
 def kept_first_values(_x=None):
     return [float(a[0]) for a in KEPT]
+
+
+def fail_or_array(i):
+    import numpy as np
+
+    if i == 0:
+        raise RuntimeError("fails at once")
+    time.sleep(0.002)
+    return np.full(50_000, float(i))  # 400 kB: travels back in a memfd

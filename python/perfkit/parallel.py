@@ -949,11 +949,13 @@ class _ProcessCall:
                 event = pool.next_event(self.parallel.timeout)
                 if event is None:
                     self._timeout(in_flight)
-                if event[1] not in self.call_ids:
-                    continue  # a late answer from an earlier, abandoned call
-                entry = in_flight.pop(event[2], None)
-                self.keep_alive.pop(event[2], None)
-                if entry is None:
+                entry = in_flight.pop(event[2], None) if event[1] in self.call_ids else None
+                if entry is not None:
+                    self.keep_alive.pop(event[2], None)
+                else:
+                    # A late answer from an earlier, abandoned call: drop it (and its segment).
+                    if event[0] == "reply":
+                        _close_fd(event[5])
                     continue
                 first, chunk = entry
                 kind = event[0]
