@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pstats
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,21 @@ def test_perfkit_command_exists():
     assert r.returncode == 0, r.stderr
     for sub in ("record", "stats", "export"):
         assert sub in r.stdout
+
+
+def test_demo_profiles_parallelizes_and_caches(tmp_path):
+    # The README's first command: the whole main job, end to end.
+    r = run_cli("demo", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Hot spots (own time):" in out and "ncalls  tottime" in out
+    assert "The hottest function is word_score()" in out
+    assert re.search(r"perfkit\.Parallel on \d+ worker processes [\d.]+ s: [\d.]+x faster \(same results\)", out)
+    assert re.search(r"Cached with perfkit\.Memory: run_pipeline_parallel\(\) .* s saved", out)
+    assert "Next: perfkit view perfkit-demo.prof" in out
+    stats = pstats.Stats(str(tmp_path / "perfkit-demo.prof")).stats
+    assert any(k[2] == "word_score" and v[1] > 1000 for k, v in stats.items())
+    assert [p.name for p in tmp_path.iterdir()] == ["perfkit-demo.prof"]  # the cache went to a temp dir
 
 
 # -- record ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Type stubs for perfkit's Rust extension module."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
+from typing import Any
 
 from typing_extensions import TypeAlias
 
@@ -54,8 +55,6 @@ def cli_main(argv: list[str]) -> int:
 
 # -- cache (perfkit-cache; used by perfkit.memory) ----------------------------------------------
 
-from collections.abc import Callable, Iterable
-
 _Ranges: TypeAlias = list[tuple[int, int]]
 
 def cache_hash(prefix: bytes, stream: bytes, buffers: Iterable[object]) -> str:
@@ -89,3 +88,56 @@ def cache_reduce_size(
     root: str, bytes_limit: int | None = None, items_limit: int | None = None, age_limit: float | None = None
 ) -> list[str]:
     """Evict least recently used entries until the limits hold; the removed paths."""
+# --- perfkit.Parallel's engine (crates/perfkit-pool; driven by perfkit/parallel.py) ---
+
+class WorkerPool:
+    """Worker processes (``program args…``) kept alive across calls; GIL released while waiting."""
+
+    def __init__(
+        self, n_workers: int, program: str | PathLike[str], args: list[str], env: list[tuple[str, str]]
+    ) -> None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def segment_prefix(self) -> str: ...
+    def pids(self) -> list[int]: ...
+    def begin_call(self, call: int, function: bytes) -> None:
+        """The pickled function table of call ``call`` (sent to each worker once)."""
+    def submit(self, call: int, batch: int, payload: bytes, buffers: list[memoryview], remote: bool) -> None:
+        """Queue a batch; ``buffers`` (pickle-5 out-of-band) are copied into shared memory, or
+        with ``remote`` read by the worker straight from this process (keep them alive until the reply)."""
+    def next_event(self, timeout: float | None = None) -> tuple | None:
+        """``("reply", call, batch, is_error, payload, segment_fd, spans, pid)``,
+        ``("died", call, batch, pid, reason, task)`` or ``("spawn_failed", call, batch, message)``;
+        None after ``timeout`` seconds. Raises KeyboardInterrupt on Ctrl-C."""
+    def cancel(self, call: int) -> int: ...
+    def kill_busy(self, call: int) -> list[tuple[int, int]]: ...
+    def pending(self) -> int: ...
+    def terminate(self) -> None: ...
+    def close(self) -> None: ...
+
+class delayed:
+    """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format)."""
+
+    def __init__(self, function: Callable[..., Any]) -> None: ...
+    def __call__(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
+    @property
+    def __wrapped__(self) -> Callable[..., Any]: ...
+
+def encode_uniform_batch(tasks: list[Any], function: Callable[..., Any]) -> tuple[int, list[Any]] | None:
+    """``(2, [x…])`` / ``(0, [args…])`` when every task is ``(function, args, {})``, else None."""
+
+def shm_segments() -> list[str]:
+    """This process's named shared-memory segments (leak checks)."""
+
+def shm_dir() -> str: ...
+def buffer_address(buffer: Any) -> tuple[int, int]:
+    """``(address, length)`` of an object's contiguous buffer."""
+
+def read_process_memory(pid: int, address: int, length: int, into: bytearray | None = None) -> bytearray:
+    """Copy bytes out of another process (process_vm_readv) into ``into`` or a new bytearray;
+    OSError if refused."""

@@ -1,12 +1,1141 @@
-"""joblib-compatible Parallel/delayed on perfkit's Rust pool engine (skeleton; issue 4)."""
+"""joblib's ``Parallel`` / ``delayed`` / ``parallel_config`` / ``cpu_count``, on perfkit's Rust pool.
+
+    from perfkit import Parallel, delayed
+    results = Parallel(n_jobs=2)(delayed(f)(x) for x in items)
+
+Backends: ``"processes"`` (default; joblib's ``"loky"`` and ``"multiprocessing"``
+are aliases) runs tasks in a pool of fresh worker interpreters that is kept
+and reused across calls; ``"threads"`` (alias ``"threading"``) runs batches on
+a thread pool; ``"sequential"`` runs inline; ``"dask"`` submits batches to an
+existing ``dask.distributed`` Client.
+
+The process engine lives in Rust (crate perfkit-pool): spawning, pipes,
+shared memory, supervision. This module does what needs Python: resolving
+arguments as joblib does, pickling (protocol 5, large buffers out of band;
+the function is cloudpickled once per call), batching, ordering, errors.
+"""
 
 from __future__ import annotations
 
-__all__ = ["Parallel", "cpu_count", "delayed", "parallel_config"]
+import collections
+import contextvars
+import itertools
+import math
+import mmap
+import os
+import pickle
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as _FuturesTimeout
+from concurrent.futures import wait as _futures_wait
+from types import MappingProxyType
+
+from perfkit import _native
+from perfkit._pool_common import FULL, task_label
+
+__all__ = [
+    "Parallel",
+    "TerminatedWorkerError",
+    "WorkerCrashedError",
+    "cpu_count",
+    "delayed",
+    "parallel_backend",
+    "parallel_config",
+]
+
+BACKEND_ALIASES = {
+    "processes": "processes",
+    "loky": "processes",
+    "multiprocessing": "processes",
+    "threads": "threads",
+    "threading": "threads",
+    "sequential": "sequential",
+    "dask": "dask",
+}
+RETURN_AS = ("list", "generator", "generator_unordered")
 
 
-def _todo(*_args, **_kwargs):
-    raise NotImplementedError("perfkit.Parallel is not built yet (issue 4)")
+class WorkerCrashedError(RuntimeError):
+    """A worker process died while running a task (killed, segfault, os._exit)."""
 
 
-Parallel = delayed = parallel_config = cpu_count = _todo
+TerminatedWorkerError = WorkerCrashedError  # joblib's name for the same failure
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback; set as ``__cause__`` of the re-raised exception."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+class TaskError(Exception):
+    """Stands in for a task's exception that could not be sent back as itself."""
+
+
+# --------------------------------------------------------------------------- cpu_count
+
+
+def cpu_count(only_physical_cores: bool = False) -> int:
+    """CPUs this process may use: affinity mask and cgroup CPU quota (as joblib's)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    if only_physical_cores:
+        try:
+            cores = set()
+            physical = core = None
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("physical id"):
+                        physical = line.split(":")[1].strip()
+                    elif line.startswith("core id"):
+                        core = line.split(":")[1].strip()
+                        cores.add((physical, core))
+            if cores:
+                n = min(n, len(cores))
+        except OSError:
+            pass
+    return max(1, n)
+
+
+# --------------------------------------------------------------------------- delayed
+
+
+# joblib's delayed: `delayed(f)(*args, **kwargs)` returns `(f, args, kwargs)`.
+# Implemented in Rust (perfkit._native.delayed): it runs once per task.
+delayed = _native.delayed
+
+
+# --------------------------------------------------------------------------- parallel_config
+
+# The active parallel_config values; never mutated in place (each level sets a merged copy).
+_config = contextvars.ContextVar("perfkit_parallel_config", default=MappingProxyType({}))
+_UNSET = object()
+# Set in worker processes (by the pool) and in threads-backend tasks: nested calls stay inside this share.
+_nested = threading.local()
+
+
+class parallel_config:
+    """Context manager setting defaults for ``Parallel`` calls inside it (joblib's ``parallel_config``).
+
+    Keys: backend, n_jobs, verbose, max_nbytes, prefer, require,
+    inner_max_num_threads, progress, and backend parameters (for ``dask``:
+    ``client=``). Explicit ``Parallel(...)`` arguments win.
+    """
+
+    def __init__(
+        self,
+        backend=None,
+        *,
+        n_jobs=None,
+        verbose=None,
+        temp_folder=None,
+        max_nbytes=None,
+        mmap_mode=None,
+        prefer=None,
+        require=None,
+        inner_max_num_threads=None,
+        progress=None,
+        **backend_params,
+    ):
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError("parallel_config(backend=...) takes a backend name")
+        if backend is not None and backend not in BACKEND_ALIASES:
+            raise ValueError(f"unknown backend {backend!r}; use one of {sorted(BACKEND_ALIASES)}")
+        _check_prefer_require(prefer, require)
+        given = {
+            "backend": backend,
+            "n_jobs": n_jobs,
+            "verbose": verbose,
+            "max_nbytes": max_nbytes,
+            "prefer": prefer,
+            "require": require,
+            "inner_max_num_threads": inner_max_num_threads,
+            "progress": progress,
+        }
+        self._values = {k: v for k, v in given.items() if v is not None}
+        if backend_params:
+            self._values["backend_params"] = backend_params
+        self._token = None
+        self._previous = None
+        # Like joblib, the configuration is also active without a `with` (until unregister).
+        self.__enter__()
+
+    def __enter__(self):
+        if self._token is None:
+            merged = dict(_config.get())
+            merged.update(self._values)
+            self._token = _config.set(merged)
+        return self
+
+    def __exit__(self, *exc):
+        self.unregister()
+        return False
+
+    def unregister(self):
+        if self._token is not None:
+            _config.reset(self._token)
+            self._token = None
+
+
+def parallel_backend(backend, n_jobs=-1, inner_max_num_threads=None, **backend_params):
+    """joblib's older spelling of :class:`parallel_config`."""
+    return parallel_config(
+        backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
+    )
+
+
+def _check_prefer_require(prefer, require):
+    if prefer not in (None, "threads", "processes"):
+        raise ValueError(f"prefer={prefer!r}: use 'threads', 'processes' or None")
+    if require not in (None, "sharedmem"):
+        raise ValueError(f"require={require!r}: use 'sharedmem' or None")
+
+
+def _parse_nbytes(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().upper()
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise ValueError(f"max_nbytes={value!r}: use a byte count, '64K', '1M' or None") from None
+
+
+# --------------------------------------------------------------------------- the process pool
+
+_pool_lock = threading.Lock()
+_shared_pool = None  # (key, WorkerPool): the module-level pool reused by successive calls
+_call_ids = itertools.count(1)
+
+
+def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | None) -> list:
+    threads = inner_threads if inner_threads else max(1, cpu_count() // n_workers)
+    env = [
+        (name, str(threads))
+        for name in (
+            "OMP_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "BLIS_NUM_THREADS",
+            "VECLIB_MAXIMUM_THREADS",
+            "NUMEXPR_NUM_THREADS",
+            "NUMBA_NUM_THREADS",
+        )
+    ]
+    env.append(("PERFKIT_INNER_THREADS", str(threads)))
+    env.append(("PERFKIT_WORKER_CPUS", str(max(1, cpu_count() // n_workers))))
+    env.append(("PERFKIT_MAX_NBYTES", str(max_nbytes if max_nbytes is not None else 1 << 62)))
+    # Workers must import the same perfkit (and the caller's modules) as the parent.
+    path = os.pathsep.join(p for p in sys.path if p)
+    env.append(("PYTHONPATH", path))
+    return env
+
+
+# Large buffers: workers copy them straight out of this process when the
+# kernel lets them (process_vm_readv; probed once per pool), else they go
+# through shared memory. PERFKIT_REMOTE_READ=0 forces shared memory.
+_remote_read_allowed = os.environ.get("PERFKIT_REMOTE_READ", "1") != "0"
+_remote_read_pools: dict = {}  # id(pool) -> bool
+
+
+def _new_pool(n_workers: int, inner_threads, max_nbytes):
+    from perfkit._native import WorkerPool
+
+    pool = WorkerPool(
+        n_workers,
+        sys.executable,
+        ["-m", "perfkit._worker"],
+        _worker_env(n_workers, inner_threads, max_nbytes),
+    )
+    _remote_read_pools[id(pool)] = _remote_read_allowed and _probe_remote_read(pool)
+    return pool
+
+
+def _probe_remote_read(pool) -> bool:
+    import cloudpickle
+
+    from perfkit._pool_common import probe_remote_read
+
+    expected = os.urandom(32)
+    probe = bytearray(expected)
+    address, length = _native.buffer_address(probe)
+    call = next(_call_ids)
+    try:
+        pool.begin_call(call, cloudpickle.dumps((probe_remote_read,), protocol=5))
+        pool.submit(
+            call, 0, pickle.dumps((0, 0, [(os.getpid(), address, length, expected)]), protocol=5), [], False
+        )
+        event = pool.next_event(30)
+        if event is None or event[0] != "reply" or event[3]:
+            return False
+        _, results = _load_reply(event[4], event[5], event[6])
+        return results == [True]
+    except Exception:  # noqa: BLE001 - any doubt: use shared memory
+        return False
+    finally:
+        del probe
+
+
+def _acquire_shared_pool(key):
+    """The module-level pool for `key`, locked for this call; or None if another
+    thread is using it (the caller then makes a private pool)."""
+    global _shared_pool
+    if not _pool_lock.acquire(blocking=False):
+        return None
+    try:
+        if _shared_pool is not None and (_shared_pool[0] != key or not _shared_pool[1].alive):
+            _shared_pool[1].close()
+            _shared_pool = None
+        if _shared_pool is None:
+            _shared_pool = (key, _new_pool(*key))
+        return _shared_pool[1]
+    except BaseException:
+        _pool_lock.release()
+        raise
+
+
+def _release_shared_pool(pool, broken: bool):
+    global _shared_pool
+    try:
+        if broken:
+            pool.terminate()
+            if _shared_pool is not None and _shared_pool[1] is pool:
+                _shared_pool = None
+    finally:
+        _pool_lock.release()
+
+
+def _shutdown_shared_pool():
+    global _shared_pool
+    if _shared_pool is not None:
+        _shared_pool[1].terminate()
+        _shared_pool = None
+
+
+import atexit
+
+atexit.register(_shutdown_shared_pool)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A progress bar on stderr (count, rate, ETA); plain lines when stderr is not a terminal."""
+
+    def __init__(self, total, enabled: bool, callback=None, verbose: int = 0):
+        self.total = total
+        self.enabled = enabled or verbose > 0
+        self.callback = callback
+        self.done = 0
+        self.start = time.perf_counter()
+        self.last_draw = self.start  # first line after one interval, when the rate means something
+        self.stream = sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.last_draw >= (0.1 if self.tty else 1.0):
+            self.last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float, final: bool = False) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        if self.total:
+            frac = min(1.0, self.done / self.total)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta_text = "0:00" if final else _clock(eta)
+            if self.tty:
+                bar = "#" * int(frac * 30)
+                line = (
+                    f"\r[{bar:<30}] {self.done}/{self.total} {100 * frac:3.0f}% {_rate(rate)} ETA {eta_text} "
+                )
+            else:
+                line = (
+                    f"perfkit.Parallel: {self.done}/{self.total} tasks ({100 * frac:.0f}%), "
+                    f"{_rate(rate)}, ETA {eta_text}\n"
+                )
+        else:
+            line = f"perfkit.Parallel: {self.done} tasks, {_rate(rate)}"
+            line = "\r" + line + " " if self.tty else line + "\n"
+        self.stream.write(line)
+        self.stream.flush()
+
+    def close(self, completed: bool) -> None:
+        if not self.enabled:
+            return
+        if completed:
+            self._draw(time.perf_counter(), final=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _rate(rate: float) -> str:
+    if rate >= 1000:
+        return f"{rate / 1000:.1f}k tasks/s"
+    return f"{rate:.1f} tasks/s"
+
+
+def _clock(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+# --------------------------------------------------------------------------- Parallel
+
+
+class Parallel:
+    """joblib's ``Parallel``: call it on an iterable of ``delayed(f)(...)`` items.
+
+    Extra parameters: ``progress=True`` (a progress bar on stderr) and
+    ``callback=fn`` (called as ``fn(completed, total)`` after each batch; total
+    is None when the iterable has no length).
+    """
+
+    def __init__(
+        self,
+        n_jobs=_UNSET,
+        backend=_UNSET,
+        return_as="list",
+        verbose=_UNSET,
+        timeout=None,
+        pre_dispatch="2 * n_jobs",
+        batch_size="auto",
+        temp_folder=None,
+        max_nbytes=_UNSET,
+        mmap_mode="r",
+        prefer=_UNSET,
+        require=_UNSET,
+        progress=_UNSET,
+        callback=None,
+        inner_max_num_threads=_UNSET,
+    ):
+        if return_as not in RETURN_AS:
+            raise ValueError(f"return_as={return_as!r}: use one of {', '.join(map(repr, RETURN_AS))}")
+        if backend not in (_UNSET, None) and (not isinstance(backend, str) or backend not in BACKEND_ALIASES):
+            raise ValueError(f"unknown backend {backend!r}; use one of {sorted(BACKEND_ALIASES)}")
+        if n_jobs is not _UNSET and n_jobs is not None:
+            if not isinstance(n_jobs, int) or isinstance(n_jobs, bool):
+                raise TypeError(f"n_jobs must be an int or None, got {n_jobs!r}")
+            if n_jobs == 0:
+                raise ValueError("n_jobs == 0 has no meaning; use n_jobs=1 to run inline or -1 for all CPUs")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r}: use 'auto' or a positive int")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
+        _check_prefer_require(None if prefer is _UNSET else prefer, None if require is _UNSET else require)
+        self._args = {
+            "n_jobs": n_jobs,
+            "backend": backend,
+            "verbose": verbose,
+            "max_nbytes": max_nbytes,
+            "prefer": prefer,
+            "require": require,
+            "progress": progress,
+            "inner_max_num_threads": inner_max_num_threads,
+        }
+        self.return_as = return_as
+        self.timeout = timeout
+        self.pre_dispatch = pre_dispatch
+        self.batch_size = batch_size
+        self.callback = callback
+        self._private_pool = None
+        self._in_context = False
+
+    # -- configuration -------------------------------------------------------------
+
+    def _setting(self, name, default=None):
+        value = self._args.get(name, _UNSET)
+        if value is not _UNSET and value is not None:
+            return value
+        return _config.get().get(name, default)
+
+    @property
+    def n_jobs(self) -> int:
+        return self._resolve()[1]
+
+    def _resolve(self):
+        """(backend, n_jobs) with joblib's precedence: explicit argument, then
+        parallel_config, then prefer/require hints, then defaults."""
+        cfg = _config.get()
+        explicit = self._args["backend"]
+        backend = explicit if explicit not in (_UNSET, None) else cfg.get("backend")
+        require = self._setting("require")
+        prefer = self._setting("prefer")
+        if backend is not None:
+            backend = BACKEND_ALIASES[backend]
+            if require == "sharedmem" and backend in ("processes", "dask"):
+                if explicit not in (_UNSET, None):
+                    raise ValueError(f"backend {explicit!r} does not share memory, but require='sharedmem'")
+                backend = "threads"
+        elif require == "sharedmem" or prefer == "threads":
+            backend = "threads"
+        else:
+            backend = "processes"
+        n_jobs = self._args["n_jobs"]
+        if n_jobs in (_UNSET, None):
+            n_jobs = cfg.get("n_jobs")
+        if n_jobs is None:
+            n_jobs = -1 if backend == "dask" else 1
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 has no meaning; use n_jobs=1 to run inline or -1 for all CPUs")
+        if backend == "dask":
+            return backend, n_jobs
+        cpus = cpu_count()
+        if n_jobs < 0:
+            n_jobs = max(1, cpus + 1 + n_jobs)
+        # Nested calls: inside a worker (or a threads-backend task) stay within its share of the CPUs.
+        share = _nested_share()
+        if share is not None:
+            n_jobs = min(n_jobs, share)
+            if backend == "processes":
+                backend = "threads"
+        if n_jobs == 1 or backend == "sequential":
+            return "sequential", 1
+        return backend, n_jobs
+
+    # -- context manager: keep the workers ---------------------------------------------
+
+    def __enter__(self):
+        self._in_context = True
+        return self
+
+    def __exit__(self, *exc):
+        self._in_context = False
+        if self._private_pool is not None:
+            self._private_pool[1].close()
+            self._private_pool = None
+        return False
+
+    def __del__(self):
+        p = getattr(self, "_private_pool", None)
+        if p is not None:
+            try:
+                p[1].terminate()
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+    def __repr__(self) -> str:
+        try:
+            backend, n = self._resolve()
+        except Exception:  # noqa: BLE001
+            backend, n = "?", "?"
+        return f"Parallel(n_jobs={n}, backend={backend!r}, return_as={self.return_as!r})"
+
+    # -- the call --------------------------------------------------------------------
+
+    def __call__(self, iterable):
+        backend, n_jobs = self._resolve()
+        total = _length(iterable)
+        progress = _Progress(
+            total,
+            bool(self._setting("progress", False)),
+            self.callback,
+            int(self._setting("verbose", 0) or 0),
+        )
+        if backend == "sequential":
+            gen = _run_sequential(iterable, progress)
+        elif backend == "threads":
+            gen = self._run_threads(iterable, n_jobs, total, progress)
+        elif backend == "dask":
+            gen = self._run_dask(iterable, n_jobs, total, progress)
+        else:
+            gen = self._run_processes(iterable, n_jobs, total, progress)
+        if self.return_as == "list":
+            out = []
+            for batch in gen:
+                out.extend(batch)
+            return out
+        return _flatten(gen)
+
+    # -- processes -------------------------------------------------------------------
+
+    def _pool_key(self, n_jobs):
+        return (
+            n_jobs,
+            self._setting("inner_max_num_threads"),
+            _parse_nbytes(self._setting("max_nbytes", "64K")),
+        )
+
+    def _run_processes(self, iterable, n_jobs, total, progress):
+        key = self._pool_key(n_jobs)
+        if self._in_context:
+            if self._private_pool is None or self._private_pool[0] != key or not self._private_pool[1].alive:
+                if self._private_pool is not None:
+                    self._private_pool[1].close()
+                self._private_pool = (key, _new_pool(*key))
+            pool, shared = self._private_pool[1], False
+        else:
+            pool = _acquire_shared_pool(key)
+            shared = pool is not None
+            if pool is None:
+                pool = _new_pool(*key)
+        broken = False
+        try:
+            yield from _ProcessCall(self, pool, iterable, n_jobs, total, progress, key[2]).run()
+        except BaseException as exc:
+            # Ctrl-C or an abandoned call: nothing of it may keep running.
+            broken = isinstance(exc, (KeyboardInterrupt, SystemExit)) or not pool.alive
+            if broken and not shared:
+                pool.terminate()
+            raise
+        finally:
+            if shared:
+                _release_shared_pool(pool, broken)
+            elif not self._in_context:
+                pool.close()
+
+    # -- threads ---------------------------------------------------------------------
+
+    def _run_threads(self, iterable, n_jobs, total, progress):
+        """Batches of tasks on a kept thread pool: one hand-off per batch, not per task."""
+        executor = _thread_executor(n_jobs)
+        ordered = self.return_as != "generator_unordered"
+        auto = self.batch_size == "auto"
+        if not auto:
+            size = self.batch_size
+        elif total:
+            size = max(1, min(8192, math.ceil(total / (4 * n_jobs))))
+        else:
+            size = 64  # unknown length: grows (doubling) up to 8192
+        window = 2 * n_jobs
+        tasks = iter(iterable)
+        dispatched = 0
+        pending = collections.deque()  # (first index, future)
+        exhausted = False
+        completed = False
+        try:
+            while True:
+                while not exhausted and len(pending) < window:
+                    chunk = list(itertools.islice(tasks, size))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    pending.append(
+                        (dispatched, executor.submit(_run_chunk_in_thread, chunk, dispatched, n_jobs))
+                    )
+                    dispatched += len(chunk)
+                    if auto and not total:
+                        size = min(8192, size * 2)
+                if not pending:
+                    break
+                if ordered:
+                    _first, fut = pending.popleft()
+                else:
+                    done, _ = _futures_wait(
+                        [f for _, f in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
+                    )
+                    if not done:
+                        self._thread_timeout()
+                    entry = next(e for e in pending if e[1] in done)
+                    pending.remove(entry)
+                    _first, fut = entry
+                try:
+                    results = fut.result(timeout=self.timeout)
+                except _FuturesTimeout:
+                    self._thread_timeout()
+                progress.update(len(results))
+                yield results
+            completed = True
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            progress.close(completed)
+
+    def _thread_timeout(self):
+        raise TimeoutError(
+            f"perfkit.Parallel: a batch of tasks did not finish within timeout={self.timeout} s "
+            "(threads cannot be stopped; it keeps running in the background)"
+        )
+
+    # -- dask ------------------------------------------------------------------------
+
+    def _run_dask(self, iterable, n_jobs, total, progress):
+        params = _config.get().get("backend_params", {})
+        client = params.get("client")
+        if client is None:
+            try:
+                from distributed import get_client
+            except ImportError:
+                raise ImportError(
+                    "backend='dask' needs dask.distributed: pip install 'dask[distributed]'"
+                ) from None
+            try:
+                client = get_client()
+            except ValueError:
+                raise RuntimeError(
+                    "backend='dask' needs a running dask.distributed Client: create one first, "
+                    "e.g. `from dask.distributed import Client; client = Client()`"
+                ) from None
+        from distributed import as_completed
+
+        ordered = self.return_as != "generator_unordered"
+        workers = n_jobs if n_jobs > 0 else max(1, len(client.scheduler_info().get("workers", {})))
+        size = self.batch_size if self.batch_size != "auto" else None
+        if size is None:
+            size = max(1, min(10000, total // (4 * workers))) if total else 16
+        futures = []
+        tasks = enumerate(iterable)
+        completed = False
+        try:
+            while True:
+                chunk = list(itertools.islice(tasks, size))
+                if not chunk:
+                    break
+                futures.append((chunk[0][0], client.submit(_run_chunk_dask, chunk, pure=False)))
+            by_key = {f.key: first for first, f in futures}
+            done_batches, next_out = {}, 0
+            for fut in as_completed([f for _, f in futures]):
+                results = fut.result(timeout=self.timeout)
+                progress.update(len(results))
+                first = by_key[fut.key]
+                if ordered:
+                    done_batches[first] = results
+                    while next_out in done_batches:
+                        batch = done_batches.pop(next_out)
+                        next_out += len(batch)
+                        yield batch
+                else:
+                    yield results
+            completed = True
+        finally:
+            if not completed:
+                client.cancel([f for _, f in futures])
+            progress.close(completed)
+
+
+def _flatten(batches):
+    for batch in batches:
+        yield from batch
+
+
+def _length(iterable):
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
+def _nested_share():
+    if getattr(_nested, "share", None) is not None:
+        return _nested.share
+    env = os.environ.get("PERFKIT_WORKER_CPUS")
+    return int(env) if env else None
+
+
+def _unpack(task, index):
+    try:
+        function, args, kwargs = task
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Parallel expects items made by delayed(f)(...); item {index} is {type(task).__name__}"
+        ) from None
+    return function, args, kwargs
+
+
+def _run_sequential(iterable, progress):
+    completed = False
+    try:
+        for i, task in enumerate(iterable):
+            function, args, kwargs = _unpack(task, i)
+            yield [function(*args, **kwargs)]
+            progress.update(1)
+        completed = True
+    finally:
+        progress.close(completed)
+
+
+# -- threads helpers
+
+
+_executors: dict = {}
+_executors_lock = threading.Lock()
+
+
+def _thread_executor(n_jobs):
+    with _executors_lock:
+        ex = _executors.get(n_jobs)
+        if ex is None:
+            ex = _executors[n_jobs] = ThreadPoolExecutor(n_jobs, thread_name_prefix="perfkit-thread")
+        return ex
+
+
+def _run_chunk_in_thread(chunk, first, n_jobs):
+    _nested.share = max(1, cpu_count() // n_jobs)
+    try:
+        return _run_chunk(enumerate(chunk, first))
+    finally:
+        _nested.share = None
+
+
+def _run_chunk(chunk):
+    out = []
+    append = out.append
+    for index, task in chunk:
+        try:
+            function, args, kwargs = task
+            append(function(*args, **kwargs))
+        except BaseException as exc:
+            function, args, kwargs = _unpack(task, index)
+            _add_note(exc, f"perfkit.Parallel: raised by task {index} ({task_label(function, args, kwargs)})")
+            raise
+    return out
+
+
+def _run_chunk_dask(chunk):
+    return _run_chunk(chunk)
+
+
+def _add_note(exc, note):
+    if hasattr(exc, "add_note"):
+        try:
+            exc.add_note(note)
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+
+# --------------------------------------------------------------------------- one process call
+
+
+class _ProcessCall:
+    """One call on the process pool: batching, dispatch, ordering, errors."""
+
+    # Aim for batches this long (measured compute), so per-batch overhead stays small.
+    TARGET_BATCH_SECONDS = 0.02
+    # Keep a batch's out-of-band bytes under this (memory and tail balance).
+    MAX_BATCH_BYTES = 32 << 20
+
+    def __init__(self, parallel, pool, iterable, n_jobs, total, progress, max_nbytes):
+        self.parallel = parallel
+        self.pool = pool
+        self.iterable = iterable
+        self.n_jobs = n_jobs
+        self.total = total
+        self.progress = progress
+        self.threshold = max_nbytes if max_nbytes is not None else 1 << 62
+        self.ordered = parallel.return_as != "generator_unordered"
+        pre = parallel.pre_dispatch
+        if pre == "all":
+            self.window = 1 << 30
+        elif isinstance(pre, int):
+            self.window = max(1, pre)
+        else:
+            try:
+                self.window = max(n_jobs, int(eval(str(pre), {"__builtins__": {}}, {"n_jobs": n_jobs})))
+            except Exception:  # noqa: BLE001
+                raise ValueError(
+                    f"pre_dispatch={pre!r}: use an int, 'all' or an expression of n_jobs"
+                ) from None
+        # Function table: pool call ids share one user call; each new function starts a new id.
+        self.functions = []
+        self.function_index = {}
+        self.call_ids = set()
+        self.pool_call = None
+        self.function_dirty = True
+        self.remote = _remote_read_pools.get(id(pool), False)
+        self.keep_alive = {}  # batch -> buffers a worker copies out of this process
+
+    def _function_slot(self, function):
+        # Keyed by the function itself: equal bound methods (a new object per
+        # `obj.method` access) share a slot. Unhashable callables go by identity
+        # (the table holds them, so their id stays theirs).
+        try:
+            key = ("f", function)
+            hash(key)
+        except TypeError:
+            key = ("id", id(function))
+        slot = self.function_index.get(key)
+        if slot is None:
+            slot = self.function_index[key] = len(self.functions)
+            self.functions.append(function)
+            self.function_dirty = True
+        return slot
+
+    def _begin(self):
+        import cloudpickle
+
+        self.pool_call = next(_call_ids)
+        self.call_ids.add(self.pool_call)
+        try:
+            data = cloudpickle.dumps(tuple(self.functions), protocol=5)
+        except Exception as exc:
+            names = ", ".join(task_label(f, limit=0).rstrip("()") for f in self.functions)
+            raise pickle.PicklingError(f"the function(s) {names} could not be pickled: {exc}") from exc
+        self.pool.begin_call(self.pool_call, data)
+        self.function_dirty = False
+
+    def run(self):
+        tasks = iter(self.iterable)
+        dispatched = 0
+        batch_size = self.parallel.batch_size
+        auto = batch_size == "auto"
+        size = 1 if auto else batch_size
+        per_task = None
+        parent_per_task = 0.0
+        bytes_per_task = 0.0
+        in_flight = {}  # batch id -> (first index, items, mode, submit time)
+        done_batches = {}
+        next_out = 0
+        batch_ids = itertools.count()
+        exhausted = False
+        completed = False
+        pool = self.pool
+        try:
+            while True:
+                # Dispatch while the window has room.
+                while not exhausted and len(in_flight) < self.window:
+                    if auto and per_task is not None:
+                        size = self._auto_size(per_task, bytes_per_task, parent_per_task)
+                    t_produce = time.perf_counter()
+                    chunk = []
+                    if auto and per_task is None and dispatched == 0:
+                        # Costs remembered from an earlier call of the same function size the first batches.
+                        chunk = list(itertools.islice(tasks, 1))
+                        remembered = chunk and _cost_memory.get(_cost_key(_unpack(chunk[0], 0)[0]))
+                        if remembered:
+                            per_task, parent_per_task, bytes_per_task = remembered
+                            size = self._auto_size(per_task, bytes_per_task, parent_per_task)
+                    chunk += itertools.islice(tasks, size - len(chunk))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    first = dispatched
+                    dispatched += len(chunk)
+                    mode, items = self._encode(chunk, first)
+                    if self.function_dirty:
+                        self._begin()
+                    buffers = []
+                    payload = self._pickle_batch(first, mode, items, chunk, buffers)
+                    batch = next(batch_ids)
+                    remote = self.remote and bool(buffers)
+                    pool.submit(self.pool_call, batch, payload, buffers, remote)
+                    if remote:
+                        self.keep_alive[batch] = buffers  # the worker reads them from here
+                    parent_per_task = (time.perf_counter() - t_produce) / len(chunk)
+                    nbytes = len(payload) + sum(b.nbytes for b in buffers)
+                    bytes_per_task = nbytes / len(chunk)
+                    in_flight[batch] = (first, chunk)
+                if not in_flight:
+                    break
+                event = pool.next_event(self.parallel.timeout)
+                if event is None:
+                    self._timeout(in_flight)
+                entry = in_flight.pop(event[2], None) if event[1] in self.call_ids else None
+                if entry is not None:
+                    self.keep_alive.pop(event[2], None)
+                else:
+                    # A late answer from an earlier, abandoned call: drop it (and its segment).
+                    if event[0] == "reply":
+                        _close_fd(event[5])
+                    continue
+                first, chunk = entry
+                kind = event[0]
+                if kind == "reply":
+                    _, _, _, is_error, payload, fd, spans, pid = event
+                    if is_error:
+                        _close_fd(fd)
+                        self._task_failed(payload, chunk, pid)
+                    elapsed, results = _load_reply(payload, fd, spans)
+                    if auto:
+                        # Per-task cost as the engine sees it: worker compute plus this batch's share of overhead.
+                        # Per-task cost as the worker measured it (unpickling, running, no queueing):
+                        # stable, unlike round trips, which include waiting behind other batches.
+                        per_task = max(elapsed, 1e-7) / len(chunk)
+                        _cost_memory[_cost_key(self.functions[0])] = (
+                            per_task,
+                            parent_per_task,
+                            bytes_per_task,
+                        )
+                    self.progress.update(len(results))
+                    if self.ordered:
+                        done_batches[first] = results
+                        while next_out in done_batches:
+                            out = done_batches.pop(next_out)
+                            next_out += len(out)
+                            yield out
+                    else:
+                        yield results
+                elif kind == "died":
+                    _, _, _, pid, reason, task = event
+                    self._crashed(chunk, first, pid, reason, task)
+                else:
+                    raise WorkerCrashedError(f"perfkit.Parallel: {event[3]}")
+            completed = True
+        finally:
+            if not completed:
+                for call in self.call_ids:
+                    try:
+                        pool.cancel(call)
+                    except RuntimeError:
+                        pass
+            self.progress.close(completed)
+
+    def _auto_size(self, per_task, bytes_per_task, parent_per_task):
+        # The slower of the two sides sets the pace: a worker running the
+        # tasks, or this process producing and pickling them (tiny tasks).
+        size = int(self.TARGET_BATCH_SECONDS / max(per_task, parent_per_task, 1e-8))
+        if bytes_per_task > 0:
+            size = min(size, int(self.MAX_BATCH_BYTES / bytes_per_task))
+        if self.total is not None:
+            # At least two batches per worker, so that the end of the call stays balanced.
+            size = min(size, math.ceil(self.total / (2 * self.n_jobs)))
+
+        return max(1, min(size, 100_000))
+
+    def _encode(self, chunk, first):
+        """(mode, items) for a batch; see perfkit._pool_common for the modes."""
+        if not self.functions:
+            self._function_slot(_unpack(chunk[0], first)[0])
+        if len(self.functions) == 1:
+            uniform = _native.encode_uniform_batch(chunk, self.functions[0])
+            if uniform is not None:
+                return uniform
+        items = []
+        slot = self._function_slot
+        for index, task in enumerate(chunk, first):
+            function, args, kwargs = _unpack(task, index)
+            items.append((slot(function), args, kwargs))
+        return FULL, items
+
+    def _pickle_batch(self, first, mode, items, chunk, buffers):
+        threshold = self.threshold
+
+        def out_of_band(pickle_buffer):
+            raw = pickle_buffer.raw()
+            if raw.nbytes >= threshold:
+                buffers.append(raw)
+                return False
+            return True
+
+        message = (first, mode, items)
+        try:
+            return pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
+        except Exception:  # noqa: BLE001
+            buffers.clear()
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps(message, protocol=5, buffer_callback=out_of_band)
+        except Exception as exc:
+            buffers.clear()
+            for index, task in enumerate(chunk, first):
+                function, args, kwargs = _unpack(task, index)
+                try:
+                    cloudpickle.dumps((args, kwargs), protocol=5)
+                except Exception as inner:
+                    raise pickle.PicklingError(
+                        f"perfkit.Parallel: the arguments of task {index} ({task_label(function, args, kwargs)}) "
+                        f"could not be pickled to send them to a worker process: {inner}. "
+                        "Pass picklable arguments, or use backend='threads'."
+                    ) from inner
+            raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
+
+    def _task_failed(self, payload, chunk, pid):
+        info = pickle.loads(payload)
+        index, label = info["task"], info["label"]
+        if info["kind"] == "raised":
+            where = f"task {index} ({label}) failed in worker process {info['pid']}"
+        elif info["kind"] == "unpicklable_result":
+            where = f"the result of task {index} ({label}) could not be pickled to send it back"
+        elif info["kind"] == "unpickle":
+            where = f"a worker could not unpickle {label} (task {index} onwards)"
+        else:
+            where = f"task {index}: {label}"
+        exc = None
+        if info["exception"] is not None and info["kind"] != "unpicklable_result":
+            try:
+                exc = pickle.loads(info["exception"])
+            except Exception:  # noqa: BLE001
+                exc = None
+        if exc is None:
+            cls = pickle.PicklingError if info["kind"] == "unpicklable_result" else TaskError
+            exc = cls(f"{where}: {info['type']}: {info['message']}")
+        cause = RemoteTraceback(f"\n{where}; its traceback there:\n\n{info['traceback']}")
+        exc.__cause__ = cause
+        _add_note(exc, f"perfkit.Parallel: {where} (worker traceback above)")
+        raise exc
+
+    def _crashed(self, chunk, first, pid, reason, task):
+        if 0 <= task - first < len(chunk):
+            index = task
+            function, args, kwargs = _unpack(chunk[task - first], task)
+            what = f"task {index} ({task_label(function, args, kwargs)})"
+        else:
+            what = f"tasks {first}–{first + len(chunk) - 1}"
+        raise WorkerCrashedError(
+            f"perfkit.Parallel: worker process {pid} {reason} while running {what}; "
+            "it has been replaced and the call aborted."
+        )
+
+    def _timeout(self, in_flight):
+        running = []
+        for call in self.call_ids:
+            running += self.pool.kill_busy(call)
+        names = []
+        for batch, _pid in running:
+            entry = in_flight.get(batch)
+            if entry:
+                first, chunk = entry
+                names.append(
+                    f"task {first}" if len(chunk) == 1 else f"tasks {first}–{first + len(chunk) - 1}"
+                )
+        what = ", ".join(names) if names else "the running tasks"
+        raise TimeoutError(
+            f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s; "
+            "the workers running them were stopped and replaced."
+        )
+
+
+_cost_memory: dict = {}
+
+
+def _cost_key(function):
+    return (
+        getattr(function, "__module__", None),
+        getattr(function, "__qualname__", None) or repr(type(function)),
+    )
+
+
+def _close_fd(fd):
+    if fd is not None:
+        os.close(fd)
+
+
+def _load_reply(payload, fd, spans):
+    if fd is None:
+        return pickle.loads(payload)
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
+    finally:
+        os.close(fd)
+    return pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])

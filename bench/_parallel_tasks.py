@@ -1,0 +1,45 @@
+"""Task functions of bench/parallel_bench.py (importable by every library's workers)."""
+
+from __future__ import annotations
+
+import time
+
+
+def square(x):
+    return x * x
+
+
+def array_sum(a):
+    return float(a.sum())
+
+
+def cpu_work(n):
+    total = 0
+    for i in range(n):
+        total += (i * i) % 7
+    return total
+
+
+def calibrate_cpu(seconds):
+    """Loop steps for cpu_work to take about `seconds` here."""
+    n = 100_000
+    while True:
+        t0 = time.perf_counter()
+        cpu_work(n)
+        dt = time.perf_counter() - t0
+        if dt > 0.02:
+            return int(n * seconds / dt)
+        n *= 2
+
+
+def featurize(key, group):
+    """Features of one group, as the issue's featurizeSubDF computes them."""
+    a = group["a"]
+    return (
+        int(key),
+        float(a.mean()),
+        float(a.std()),
+        float(group["b"].abs().max()),
+        float((group["c"] > 50).mean()),
+        int(group.shape[0]),
+    )

@@ -1,0 +1,318 @@
+"""perfkit.Parallel against joblib, multiprocessing.Pool, concurrent.futures and mpire, in one run.
+
+    python bench/parallel_bench.py                # all five workloads, 3 rounds
+    python bench/parallel_bench.py --quick        # 1 round, smaller pandas/CPU workloads
+    python bench/parallel_bench.py --workloads tiny,arrays --rounds 5
+
+Every library gets n_jobs=2 (--n-jobs), a warm pool (created and used once
+before timing, as joblib's and perfkit's reused pools are), the same task
+function, and its idiomatic call (Pool.map / Executor.map get a chunksize
+like Pool.map's own heuristic, else they would take minutes on tiny tasks).
+Each round runs every configuration once, in a rotating order; the table
+shows medians in ms and perfkit's speedup against each. Every result is
+checked against the sequential one (a wrong result aborts the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _parallel_tasks as T
+import perfkit
+from perfkit import Parallel, delayed
+
+
+def chunks_for(n, n_jobs):
+    # multiprocessing.Pool.map's default: 4 chunks per worker
+    c, extra = divmod(n, n_jobs * 4)
+    return c + bool(extra)
+
+
+def make_workloads(quick):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = 200_000 if quick else 1_000_000
+    df = pd.DataFrame(
+        {
+            "fin_study_id": rng.integers(0, 2000, rows),
+            "a": rng.random(rows),
+            "b": rng.normal(size=rows),
+            "c": rng.integers(0, 100, rows),
+        }
+    )
+    arrays = [rng.random(1 << 20) for _ in range(100)]  # 100 × 8 MB
+    cpu_n = 8
+    cpu_size = T.calibrate_cpu(0.08 if quick else 0.2)
+    return {
+        "tiny": {
+            "title": "100,000 tiny tasks (x*x)",
+            "fn": T.square,
+            "items": lambda: range(100_000),
+            "star": False,
+        },
+        "arrays": {
+            "title": "100 numpy arrays of 8 MB, sum each",
+            "fn": T.array_sum,
+            "items": lambda: arrays,
+            "star": False,
+        },
+        "cpu": {
+            "title": f"{cpu_n} CPU-bound pure-Python tasks (~{cpu_size} loop steps each)",
+            "fn": T.cpu_work,
+            "items": lambda: [cpu_size] * cpu_n,
+            "star": False,
+        },
+        "pandas": {
+            "title": f"pandas groupby: {rows:,} rows into 2,000 groups, features per group",
+            "fn": T.featurize,
+            "items": lambda: df.groupby("fin_study_id"),
+            "star": True,
+        },
+        "threads": {
+            "title": "threads backend: 100,000 tiny tasks (x*x)",
+            "fn": T.square,
+            "items": lambda: range(100_000),
+            "star": False,
+            "threads": True,
+        },
+    }
+
+
+def runners(n_jobs, pools):
+    """name -> callable(fn, items, star, threads) -> list."""
+
+    def seq(fn, items, star, threads):
+        return [fn(*x) for x in items] if star else [fn(x) for x in items]
+
+    def perf(fn, items, star, threads):
+        backend = "threads" if threads else None
+        if star:
+            return Parallel(n_jobs=n_jobs, backend=backend)(delayed(fn)(*x) for x in items)
+        return Parallel(n_jobs=n_jobs, backend=backend)(delayed(fn)(x) for x in items)
+
+    def jl(fn, items, star, threads):
+        import joblib
+
+        backend = "threading" if threads else None
+        if star:
+            return joblib.Parallel(n_jobs=n_jobs, backend=backend)(joblib.delayed(fn)(*x) for x in items)
+        return joblib.Parallel(n_jobs=n_jobs, backend=backend)(joblib.delayed(fn)(x) for x in items)
+
+    def pool(fn, items, star, threads):
+        p = pools["threadpool" if threads else "pool"]
+        items = list(items)
+        cs = chunks_for(len(items), n_jobs)
+        return p.starmap(fn, items, chunksize=cs) if star else p.map(fn, items, chunksize=cs)
+
+    def futures(fn, items, star, threads):
+        ex = pools["tpe" if threads else "ppe"]
+        items = list(items)
+        cs = chunks_for(len(items), n_jobs)
+        if star:
+            return list(ex.map(fn, *zip(*items), chunksize=cs))
+        return list(ex.map(fn, items, chunksize=cs))
+
+    def mpire_(fn, items, star, threads):
+        p = pools["mpire_threads" if threads else "mpire"]
+        if p is None:
+            raise RuntimeError("mpire is not installed (pip install mpire)")
+        items = list(items)
+        return p.map(fn, items if star else [(x,) for x in items], iterable_len=len(items))
+
+    return {
+        "sequential": seq,
+        "perfkit": perf,
+        "joblib": jl,
+        "mp.Pool": pool,
+        "concurrent.futures": futures,
+        "mpire": mpire_,
+    }
+
+
+def same(a, b):
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, tuple):
+            if not all(
+                np.isclose(u, v, equal_nan=True) if isinstance(u, float) else u == v for u, v in zip(x, y)
+            ):
+                return False
+        elif isinstance(x, float):
+            if not np.isclose(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workloads", default="tiny,arrays,cpu,pandas,threads")
+    args = ap.parse_args(argv)
+    rounds = 1 if args.quick else args.rounds
+    n_jobs = args.n_jobs
+    try:
+        from mpire import WorkerPool
+    except ImportError:
+        WorkerPool = None
+    ctx = mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
+    pools = {
+        "pool": ctx.Pool(n_jobs),
+        "threadpool": mp.pool.ThreadPool(n_jobs),
+        "ppe": cf.ProcessPoolExecutor(n_jobs, mp_context=ctx),
+        "tpe": cf.ThreadPoolExecutor(n_jobs),
+        "mpire": WorkerPool(n_jobs=n_jobs, keep_alive=True, start_method="forkserver")
+        if WorkerPool
+        else None,
+        "mpire_threads": WorkerPool(n_jobs=n_jobs, keep_alive=True, start_method="threading")
+        if WorkerPool
+        else None,
+    }
+    workloads = make_workloads(args.quick)
+    run = runners(n_jobs, pools)
+    names = list(run)
+    import joblib
+    import pandas
+
+    versions = (
+        f"Python {platform.python_version()}, perfkit {perfkit.__version__}, joblib {joblib.__version__}, "
+        f"numpy {np.__version__}, pandas {pandas.__version__}"
+    )
+    try:
+        import mpire
+
+        versions += f", mpire {mpire.__version__}"
+    except Exception:  # noqa: BLE001, S110
+        pass
+    cmd = "python bench/parallel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(
+        f"`{cmd.strip()}` — {versions}; n_jobs={n_jobs}; {os.cpu_count()} CPUs; median of {rounds} round(s)\n"
+    )
+    table = {}
+    for key in args.workloads.split(","):
+        w = workloads[key]
+        fn, star, threads = w["fn"], w["star"], w.get("threads", False)
+        times = {n: [] for n in names}
+        expected = None
+        for r in range(rounds + 1):  # round 0: warm-up, not recorded
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                t0 = time.perf_counter()
+                try:
+                    out = run[name](fn, w["items"](), star, threads)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"{key}/{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    times[name].append(float("nan"))
+                    continue
+                dt = time.perf_counter() - t0
+                if expected is None and name == "sequential":
+                    expected = out
+                if expected is not None and not same(out, expected):
+                    sys.exit(f"{key}/{name}: wrong result")
+                if r > 0:
+                    times[name].append(dt)
+            print(f"  {key}: round {r} done", file=sys.stderr)
+        table[key] = {n: statistics.median(v) if v else float("nan") for n, v in times.items()}
+
+    header = "| workload | " + " | ".join(names) + " | perfkit vs joblib | perfkit vs mp.Pool |"
+    print(header)
+    print("|" + "---|" * (len(names) + 3))
+    for key, t in table.items():
+        cells = [f"{1000 * t[n]:.0f} ms" if t[n] == t[n] else "n/a" for n in names]
+        pk = t["perfkit"]
+        vs_joblib = t["joblib"] / pk
+        vs_pool = t["mp.Pool"] / pk
+        print(
+            f"| {workloads[key]['title']} | " + " | ".join(cells) + f" | {vs_joblib:.1f}× | {vs_pool:.2f}× |"
+        )
+    print()
+    goals = []
+    if "tiny" in table:
+        t = table["tiny"]
+        goals.append(
+            (
+                "tiny: perfkit ≤ mp.Pool.map",
+                t["perfkit"] <= t["mp.Pool"],
+                f"{1000 * t['perfkit']:.0f} vs {1000 * t['mp.Pool']:.0f} ms",
+            )
+        )
+        goals.append(
+            (
+                "tiny: ≥ 7× faster than joblib",
+                t["joblib"] / t["perfkit"] >= 7,
+                f"{t['joblib'] / t['perfkit']:.1f}×",
+            )
+        )
+    if "arrays" in table:
+        t = table["arrays"]
+        goals.append(
+            (
+                "arrays: ≥ 10× faster than joblib",
+                t["joblib"] / t["perfkit"] >= 10,
+                f"{t['joblib'] / t['perfkit']:.1f}×",
+            )
+        )
+    if "cpu" in table:
+        t = table["cpu"]
+        eff = t["sequential"] / (n_jobs * t["perfkit"])
+        goals.append(
+            (
+                f"cpu: ≥ 95% of ideal speedup ({n_jobs}×)",
+                eff >= 0.95,
+                f"{100 * eff:.0f}% (speedup {t['sequential'] / t['perfkit']:.2f}×)",
+            )
+        )
+    if "pandas" in table:
+        t = table["pandas"]
+        goals.append(
+            (
+                "pandas: ≥ 1.6× faster than joblib",
+                t["joblib"] / t["perfkit"] >= 1.6,
+                f"{t['joblib'] / t['perfkit']:.2f}×",
+            )
+        )
+    if "threads" in table:
+        t = table["threads"]
+        goals.append(
+            (
+                "threads: ≥ 10× faster than joblib threading",
+                t["joblib"] / t["perfkit"] >= 10,
+                f"{t['joblib'] / t['perfkit']:.1f}×",
+            )
+        )
+    print("| goal | met? | measured |")
+    print("|---|---|---|")
+    for g, ok, m in goals:
+        print(f"| {g} | {'met' if ok else 'MISSED'} | {m} |")
+    for p in pools.values():
+        if p is None:
+            continue
+        if hasattr(p, "terminate"):
+            p.terminate()
+        elif hasattr(p, "shutdown"):
+            p.shutdown()
+        if hasattr(p, "join"):
+            try:
+                p.join()
+            except Exception:  # noqa: BLE001, S110
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,536 @@
+//! The pool: one supervising thread per worker slot, a shared queue of
+//! batches, and a channel of events back to the caller.
+//!
+//! A slot thread takes the next batch, sends the call's function first if
+//! its worker does not hold it yet, sends the batch and blocks on the reply.
+//! If the reply pipe ends, the worker died: the thread reaps it (exit status
+//! or signal), reads the index of the task it was running, removes its
+//! segments, reports `Event::WorkerDied`, and starts a replacement at once.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::frame::{FrameKind, FLAG_SEGMENT_RETAINED};
+use crate::shm::{self, MappedSegment, SegmentCache, SegmentSpec};
+use crate::worker::{describe_exit, kill_pid, Worker, WorkerCommand};
+
+/// How long a worker that lost its pipe may take to exit before SIGKILL.
+const REAP_GRACE: Duration = Duration::from_millis(500);
+/// Free argument segments kept mapped for reuse, at most this many bytes.
+const SEGMENT_CACHE_BYTES: usize = 512 << 20;
+
+/// One batch of one call.
+pub struct Job {
+    pub call: u64,
+    pub batch: u64,
+    /// The call's pickled function(s), sent once per worker per call.
+    pub function: Arc<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// The segment holding the batch's out-of-band buffers, and their spans.
+    pub segment: Option<(MappedSegment, Vec<(u64, u64)>)>,
+    /// Or: (address, length) of buffers the worker copies straight out of
+    /// this process (process_vm_readv), so that the parent copies nothing.
+    /// The caller keeps them alive and unchanged until the batch's reply.
+    pub remote: Vec<(u64, u64)>,
+}
+
+/// A worker's answer to a batch.
+pub struct Reply {
+    pub call: u64,
+    pub batch: u64,
+    /// The batch raised (payload describes the error) rather than returned.
+    pub is_error: bool,
+    pub payload: Vec<u8>,
+    /// The reply's segment, already opened and unlinked, with its spans.
+    pub segment: Option<(File, Vec<(u64, u64)>)>,
+    pub pid: i32,
+    /// The worker still references the batch's argument segment.
+    pub segment_retained: bool,
+}
+
+pub enum Event {
+    Reply(Reply),
+    /// The worker running `batch` of `call` died; `task` is the index it was running (-1 unknown).
+    WorkerDied {
+        call: u64,
+        batch: u64,
+        pid: i32,
+        reason: String,
+        task: i64,
+    },
+    /// No worker could be started for this batch.
+    SpawnFailed {
+        call: u64,
+        batch: u64,
+        message: String,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    shutdown: bool,
+    /// Per slot: (call, batch, pid) of the batch it runs.
+    busy: Vec<Option<(u64, u64, i32)>>,
+    pids: Vec<i32>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    segments: SegmentCache,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    events: Mutex<Receiver<Event>>,
+    prefix: String,
+}
+
+impl Pool {
+    /// Starts `n` workers and waits until each has been spawned.
+    pub fn start(n: usize, command: WorkerCommand) -> io::Result<Pool> {
+        let n = n.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                busy: vec![None; n],
+                pids: vec![0; n],
+                ..State::default()
+            }),
+            wake: Condvar::new(),
+            segments: SegmentCache::new(SEGMENT_CACHE_BYTES),
+        });
+        let prefix = shm::pool_prefix(std::process::id());
+        let command = Arc::new(command);
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut pool = Pool {
+            shared: shared.clone(),
+            threads: Vec::new(),
+            events: Mutex::new(rx),
+            prefix,
+        };
+        for slot in 0..n {
+            let (shared, tx, command, ready) = (
+                shared.clone(),
+                tx.clone(),
+                command.clone(),
+                ready_tx.clone(),
+            );
+            let prefix = pool.prefix.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("perfkit-pool-{slot}"))
+                .spawn(move || slot_main(slot, shared, tx, command, ready, prefix))?;
+            pool.threads.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    pool.terminate();
+                    return Err(e);
+                }
+                Err(_) => {
+                    pool.terminate();
+                    return Err(io::Error::other("a pool thread ended during start-up"));
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn size(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The segment-name prefix of this pool (`perfkit-<pid>-`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A mapped segment of at least `size` bytes for a batch's buffers (reused when possible).
+    pub fn segment(&self, size: usize) -> io::Result<MappedSegment> {
+        self.shared.segments.take(size)
+    }
+
+    pub fn submit(&self, job: Job) {
+        let mut st = self.shared.state.lock().unwrap();
+        if st.shutdown {
+            return;
+        }
+        st.jobs.push_back(job);
+        drop(st);
+        self.shared.wake.notify_one();
+    }
+
+    /// Drops the queued batches of `call` (and their segments); returns how many.
+    pub fn cancel(&self, call: u64) -> usize {
+        let removed: Vec<Job> = {
+            let mut st = self.shared.state.lock().unwrap();
+            let (keep, drop_): (VecDeque<Job>, VecDeque<Job>) =
+                st.jobs.drain(..).partition(|j| j.call != call);
+            st.jobs = keep;
+            drop_.into()
+        };
+        let n = removed.len();
+        for j in removed {
+            if let Some((seg, _)) = j.segment {
+                self.shared.segments.give_back(seg);
+            }
+        }
+        n
+    }
+
+    /// Kills the workers running batches of `call` (timeouts, abandoned calls);
+    /// their slots start replacements. Returns the (batch, pid) pairs killed.
+    pub fn kill_busy(&self, call: u64) -> Vec<(u64, i32)> {
+        let st = self.shared.state.lock().unwrap();
+        let victims: Vec<(u64, i32)> = st
+            .busy
+            .iter()
+            .flatten()
+            .filter(|(c, _, _)| *c == call)
+            .map(|(_, b, p)| (*b, *p))
+            .collect();
+        for (_, pid) in &victims {
+            kill_pid(*pid);
+        }
+        victims
+    }
+
+    /// Number of batches queued or running.
+    pub fn pending(&self) -> usize {
+        let st = self.shared.state.lock().unwrap();
+        st.jobs.len() + st.busy.iter().flatten().count()
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.state.lock().unwrap().pids.clone()
+    }
+
+    /// The next event, or None after `timeout` (or once the pool is gone).
+    pub fn next_event(&self, timeout: Duration) -> Option<Event> {
+        match self.events.lock().unwrap().recv_timeout(timeout) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    fn stop(&mut self, kill: bool) {
+        let pids = {
+            let mut st = self.shared.state.lock().unwrap();
+            st.shutdown = true;
+            st.jobs.clear();
+            st.pids.clone()
+        };
+        self.shared.wake.notify_all();
+        if kill {
+            for pid in pids {
+                kill_pid(pid);
+            }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.shared.segments.clear();
+        shm::remove_prefix(&self.prefix);
+    }
+
+    /// Kills every worker now (Ctrl-C, drop) and joins the slot threads.
+    pub fn terminate(&mut self) {
+        self.stop(true)
+    }
+
+    /// Lets workers finish their batch and exit on end of file (SIGKILL after a grace period).
+    pub fn close(&mut self) {
+        self.stop(false)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.terminate();
+        }
+    }
+}
+
+fn slot_main(
+    slot: usize,
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    command: Arc<WorkerCommand>,
+    ready: Sender<io::Result<()>>,
+    prefix: String,
+) {
+    let mut worker = match Worker::spawn(&command) {
+        Ok(w) => {
+            shared.state.lock().unwrap().pids[slot] = w.pid;
+            let _ = ready.send(Ok(()));
+            Some(w)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    drop(ready);
+    loop {
+        let job = {
+            let mut st = shared.state.lock().unwrap();
+            loop {
+                if st.shutdown {
+                    break None;
+                }
+                if let Some(j) = st.jobs.pop_front() {
+                    break Some(j);
+                }
+                st = shared.wake.wait(st).unwrap();
+            }
+        };
+        let Some(job) = job else { break };
+        if worker.is_none() {
+            match Worker::spawn(&command) {
+                Ok(w) => {
+                    shared.state.lock().unwrap().pids[slot] = w.pid;
+                    worker = Some(w);
+                }
+                Err(e) => {
+                    if let Some((seg, _)) = job.segment {
+                        shared.segments.give_back(seg);
+                    }
+                    let message = format!("could not start a worker process: {e}");
+                    let _ = events.send(Event::SpawnFailed {
+                        call: job.call,
+                        batch: job.batch,
+                        message,
+                    });
+                    continue;
+                }
+            }
+        }
+        let w = worker.as_mut().unwrap();
+        {
+            let mut st = shared.state.lock().unwrap();
+            if st.shutdown {
+                break;
+            }
+            st.busy[slot] = Some((job.call, job.batch, w.pid));
+        }
+        let outcome = run_job(w, &job);
+        // The segment is free again unless the worker still maps parts of it
+        // (then it is dropped here: unmapped in this process, kept alive by the worker's mapping).
+        let retained = matches!(&outcome, Ok(r) if r.segment_retained);
+        if let Some((seg, _)) = job.segment {
+            if !retained {
+                shared.segments.give_back(seg);
+            }
+        }
+        let shutting_down = {
+            let mut st = shared.state.lock().unwrap();
+            st.busy[slot] = None;
+            st.shutdown
+        };
+        match outcome {
+            Ok(reply) => {
+                if events.send(Event::Reply(reply)).is_err() {
+                    break;
+                }
+            }
+            Err(_) => {
+                let mut dead = worker.take().unwrap();
+                let task = dead.current_task();
+                let status = dead.reap(REAP_GRACE);
+                shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
+                if shutting_down {
+                    break;
+                }
+                let _ = events.send(Event::WorkerDied {
+                    call: job.call,
+                    batch: job.batch,
+                    pid: dead.pid,
+                    reason: describe_exit(status),
+                    task,
+                });
+                // Replace it now, so that the next call finds a full, warm pool.
+                if let Ok(w) = Worker::spawn(&command) {
+                    shared.state.lock().unwrap().pids[slot] = w.pid;
+                    worker = Some(w);
+                }
+            }
+        }
+    }
+    if let Some(w) = worker {
+        let pid = w.pid;
+        w.shut_down(REAP_GRACE);
+        shm::remove_prefix(&format!("{prefix}r{pid}-"));
+    }
+}
+
+fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
+    w.reset_current_task();
+    if w.function_of_call != Some(job.call) {
+        w.send(FrameKind::Function, job.call, 0, b"", &job.function)?;
+        w.function_of_call = Some(job.call);
+    }
+    let meta = match &job.segment {
+        Some((seg, spans)) => seg.describe(spans),
+        None if !job.remote.is_empty() => SegmentSpec {
+            name: format!("vm:{}", std::process::id()),
+            spans: job.remote.clone(),
+        }
+        .encode(),
+        None => Vec::new(),
+    };
+    w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)?;
+    let frame = w.receive()?;
+    let is_error = match frame.kind {
+        FrameKind::Result => false,
+        FrameKind::Error => true,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "worker sent an unexpected frame",
+            ))
+        }
+    };
+    if frame.call != job.call || frame.batch != job.batch {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "worker answered another batch",
+        ));
+    }
+    let segment = match SegmentSpec::decode(&frame.meta)? {
+        Some(spec) => Some((shm::open_segment(&spec.name)?, spec.spans)),
+        None => None,
+    };
+    Ok(Reply {
+        call: job.call,
+        batch: job.batch,
+        is_error,
+        payload: frame.payload,
+        segment,
+        pid: w.pid,
+        segment_retained: frame.flags & FLAG_SEGMENT_RETAINED != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{read_frame, write_frame};
+    use std::time::Instant;
+
+    /// Workers here are shell one-liners: the happy path with a real
+    /// (Python) worker is covered by tests/test_parallel.py.
+    fn sh(script: &str) -> WorkerCommand {
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+        }
+    }
+
+    fn job(call: u64, batch: u64) -> Job {
+        Job {
+            call,
+            batch,
+            function: Arc::new(b"f".to_vec()),
+            payload: b"x".to_vec(),
+            segment: None,
+            remote: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn dead_worker_is_reported_and_replaced() {
+        let mut pool = Pool::start(1, sh("head -c 1 <&3 >/dev/null; kill -KILL $$")).unwrap();
+        let first = pool.pids()[0];
+        let t0 = Instant::now();
+        pool.submit(job(1, 5));
+        match pool.next_event(Duration::from_secs(5)) {
+            Some(Event::WorkerDied {
+                call,
+                batch,
+                reason,
+                ..
+            }) => {
+                assert_eq!((call, batch), (1, 5));
+                assert_eq!(reason, "killed by signal 9 (SIGKILL)");
+            }
+            _ => panic!("expected a WorkerDied event"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        // The slot replaced its worker.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pool.pids()[0] == first && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_ne!(pool.pids()[0], first);
+        pool.terminate();
+    }
+
+    #[test]
+    fn protocol_violation_ends_the_worker() {
+        // `cat` copies fd 3 to fd 4: the pool gets its own Function frame
+        // back, a protocol violation, which must end the worker (reported as a death).
+        let mut pool = Pool::start(1, sh("exec cat <&3 >&4")).unwrap();
+        pool.submit(job(2, 1));
+        match pool.next_event(Duration::from_secs(5)) {
+            Some(Event::WorkerDied { batch, .. }) => assert_eq!(batch, 1),
+            _ => panic!("a protocol violation must end the worker"),
+        }
+        pool.terminate();
+    }
+
+    #[test]
+    fn cancel_frees_queued_segments_and_terminate_cleans_up() {
+        let mut pool = Pool::start(1, sh("sleep 30; true")).unwrap();
+        let prefix = pool.prefix().to_string();
+        pool.submit(job(1, 1)); // taken by the sleeping worker
+        let mut seg = pool.segment(100).unwrap();
+        let spans = seg.write(&[b"data"]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        pool.submit(Job {
+            segment: Some((seg, spans)),
+            ..job(1, 2)
+        });
+        assert_eq!(pool.cancel(1), 1);
+        assert_eq!(
+            pool.shared.segments.free_count(),
+            1,
+            "a cancelled batch's segment is reused"
+        );
+        assert!(shm::list_prefix(&prefix).is_empty());
+        let pids = pool.pids();
+        let t0 = Instant::now();
+        pool.terminate();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        for pid in pids {
+            // SAFETY: kill(pid, 0) only probes for existence.
+            assert_ne!(
+                unsafe { libc::kill(pid, 0) },
+                0,
+                "worker {pid} survived terminate"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_written_by_hand_are_read_back() {
+        // Guards the byte layout the Python worker relies on (`<IIQQQ`).
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Result, 0x0102, 0x0304, b"m", b"p").unwrap();
+        assert_eq!(&buf[0..4], &3u32.to_le_bytes());
+        assert_eq!(&buf[4..8], &1u32.to_le_bytes());
+        assert_eq!(&buf[8..16], &0x0102u64.to_le_bytes());
+        assert_eq!(read_frame(&mut &buf[..]).unwrap().unwrap().batch, 0x0304);
+    }
+}

@@ -1,0 +1,340 @@
+//! One worker process: spawned as a fresh program (never a bare fork of the
+//! parent), connected by two pipes and a shared status word, and bound to the
+//! parent's life (PR_SET_PDEATHSIG, and end-of-file on its task pipe).
+//!
+//! Child side, by convention: fd 3 reads tasks, fd 4 writes replies, fd 5 is
+//! an 8-byte shared word where the worker stores the index of the task it is
+//! running (so a crash can be pinned on the task).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::frame::{read_frame, write_frame, Frame, FrameKind};
+
+/// What to run as a worker.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerCommand {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Extra environment variables (thread limits and the like).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// The index a worker stores before it starts any task of a batch.
+pub const NO_TASK: i64 = -1;
+
+/// The shared status word (a memfd mapped in both processes).
+struct StatusWord {
+    ptr: *mut i64,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is private to this struct, lives until drop, and is only
+// read with volatile loads of an aligned i64.
+unsafe impl Send for StatusWord {}
+
+impl StatusWord {
+    fn new() -> io::Result<Self> {
+        // SAFETY: memfd_create with a valid NUL-terminated name; result checked.
+        let fd = unsafe { libc::memfd_create(c"perfkit-status".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: plain syscalls on our own descriptor; results checked.
+        let ptr = unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), 8) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::mmap(
+                std::ptr::null_mut(),
+                8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let word = StatusWord {
+            ptr: ptr.cast(),
+            fd,
+        };
+        word.set(NO_TASK);
+        Ok(word)
+    }
+
+    fn get(&self) -> i64 {
+        // SAFETY: ptr is a live, aligned 8-byte shared mapping.
+        unsafe { std::ptr::read_volatile(self.ptr) }
+    }
+
+    fn set(&self, v: i64) {
+        // SAFETY: as in get.
+        unsafe { std::ptr::write_volatile(self.ptr, v) }
+    }
+}
+
+impl Drop for StatusWord {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in new(), exactly once.
+        unsafe {
+            libc::munmap(self.ptr.cast(), 8);
+        }
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Larger pipes: fewer wake-ups for batch payloads (best effort; the limit may be lower).
+    for fd in [&pair.0, &pair.1] {
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    }
+    Ok(pair)
+}
+
+pub struct Worker {
+    pub pid: i32,
+    child: Child,
+    to_worker: Option<BufWriter<File>>,
+    from_worker: BufReader<File>,
+    status: StatusWord,
+    /// The call whose function this worker already holds.
+    pub function_of_call: Option<u64>,
+}
+
+impl Worker {
+    /// Starts a worker. The calling thread must outlive it: PR_SET_PDEATHSIG
+    /// fires when the spawning *thread* ends.
+    pub fn spawn(cmd: &WorkerCommand) -> io::Result<Worker> {
+        let (task_r, task_w) = pipe()?;
+        let (reply_r, reply_w) = pipe()?;
+        let status = StatusWord::new()?;
+        let parent = std::process::id() as libc::pid_t;
+        let child_fds = [
+            task_r.as_raw_fd(),
+            reply_w.as_raw_fd(),
+            status.fd.as_raw_fd(),
+        ];
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe calls (prctl, getppid, fcntl, dup2).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(io::Error::other("parent exited during spawn"));
+                }
+                // Own process group: a terminal's Ctrl-C reaches the parent only
+                // (it stops the workers itself), and a kill of the group also
+                // takes whatever the task started.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Move the three descriptors above 10 first so that dup2 onto
+                // 3, 4, 5 cannot clobber one of them.
+                let mut high = [0; 3];
+                for (i, fd) in child_fds.iter().enumerate() {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if high[i] < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        drop(task_r);
+        drop(reply_w);
+        Ok(Worker {
+            pid: child.id() as i32,
+            child,
+            to_worker: Some(BufWriter::with_capacity(1 << 16, File::from(task_w))),
+            from_worker: BufReader::with_capacity(1 << 16, File::from(reply_r)),
+            status,
+            function_of_call: None,
+        })
+    }
+
+    /// Sends one frame.
+    pub fn send(
+        &mut self,
+        kind: FrameKind,
+        call: u64,
+        batch: u64,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let w = self
+            .to_worker
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        write_frame(w, kind, call, batch, meta, payload)
+    }
+
+    /// Waits for the next reply; an end of stream is an error (the worker died).
+    pub fn receive(&mut self) -> io::Result<Frame> {
+        read_frame(&mut self.from_worker)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "worker closed its reply pipe")
+        })
+    }
+
+    /// The index of the task the worker was running (or NO_TASK).
+    pub fn current_task(&self) -> i64 {
+        self.status.get()
+    }
+
+    pub fn reset_current_task(&self) {
+        self.status.set(NO_TASK);
+    }
+
+    /// Collects the exit status, killing the worker if it is still alive after `grace`.
+    pub fn reap(&mut self, grace: Duration) -> ExitStatus {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return st,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => {
+                    kill_pid(self.pid);
+                    return self
+                        .child
+                        .wait()
+                        .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL));
+                }
+            }
+        }
+    }
+
+    /// Ends the worker politely: end of file on its task pipe, then SIGKILL after `grace`.
+    pub fn shut_down(mut self, grace: Duration) {
+        self.to_worker = None;
+        self.reap(grace);
+    }
+}
+
+/// Sends SIGKILL to a worker and its process group (by pid, from any thread).
+pub fn kill_pid(pid: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) on a worker we spawned (its own group leader) and
+        // have not reaped: the slot thread reaps it only after this kill
+        // makes its read fail.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// "killed by signal 9 (SIGKILL)" / "exited with status 3".
+pub fn describe_exit(st: ExitStatus) -> String {
+    if let Some(sig) = st.signal() {
+        format!("killed by signal {sig} ({})", signal_name(sig))
+    } else {
+        format!("exited with status {}", st.code().unwrap_or(-1))
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => "unknown signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> WorkerCommand {
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+        }
+    }
+
+    #[test]
+    fn echo_worker_round_trip() {
+        // `cat <&3 >&4` echoes every frame back: a Batch frame comes back as a Batch frame.
+        let mut w = Worker::spawn(&sh("exec cat <&3 >&4")).unwrap();
+        w.send(FrameKind::Batch, 1, 2, b"", b"payload").unwrap();
+        let f = w.receive().unwrap();
+        assert_eq!(
+            (f.kind, f.call, f.batch, &f.payload[..]),
+            (FrameKind::Batch, 1, 2, &b"payload"[..])
+        );
+        w.shut_down(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn crash_is_seen_with_its_signal() {
+        let mut w = Worker::spawn(&sh("kill -SEGV $$")).unwrap();
+        assert!(w.receive().is_err());
+        let st = w.reap(Duration::from_secs(2));
+        assert_eq!(describe_exit(st), "killed by signal 11 (SIGSEGV)");
+    }
+
+    #[test]
+    fn env_and_exit_code() {
+        let mut w = Worker::spawn(&WorkerCommand {
+            env: vec![("PK_CODE".into(), "3".into())],
+            ..sh("exit $PK_CODE")
+        })
+        .unwrap();
+        assert!(w.receive().is_err());
+        assert_eq!(
+            describe_exit(w.reap(Duration::from_secs(2))),
+            "exited with status 3"
+        );
+        assert_eq!(w.current_task(), NO_TASK);
+    }
+}

@@ -1,0 +1,351 @@
+"""A perfkit.Parallel worker process: ``python -m perfkit._worker``.
+
+Started by the Rust pool (perfkit-pool) as a fresh interpreter with fd 3 =
+tasks in, fd 4 = replies out, fd 5 = an 8-byte shared word where it stores
+the index of the task it runs (so the parent can name the task if this
+process dies). It exits on end of file on fd 3, i.e. when the parent goes.
+
+Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
+meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
+function table comes once per worker in a FUNCTION frame; each BATCH frame
+is ``pickle((first_index, mode, items))`` with its large buffers out of band
+in the segment; the reply is ``pickle((seconds, results))`` likewise, or an
+ERROR frame describing the first failing task.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+import traceback
+
+from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, task_label
+
+HEADER = struct.Struct("<IIQQQ")
+FUNCTION, BATCH, RESULT, ERROR = 1, 2, 3, 4
+SEGMENT_RETAINED = 1  # reply flag: a task kept a reference into the batch's segment
+TASK_FD, REPLY_FD, STATUS_FD = 3, 4, 5
+
+
+def shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else __import__("tempfile").gettempdir()
+
+
+def map_segment(meta: bytes):
+    """Maps a batch's segment copy-on-write (writable, no copy until written);
+    returns (mapping, a memoryview per buffer).
+
+    ``memfd:<pid>:<fd>``: the parent's reusable segment, reached through
+    /proc; ``perfkit-…``: a named file in /dev/shm, unlinked at once."""
+    name, *spans = meta.decode().split("\t")
+    if name.startswith("vm:"):
+        # Buffers copied straight out of the parent's memory (no shared file).
+        from perfkit._native import read_process_memory
+
+        pid = int(name[3:])
+        buffers = []
+        for span in spans:
+            address, length = (int(x) for x in span.split(":"))
+            free = REMOTE_BUFFERS.get(length)
+            reuse = free.pop() if free else None
+            buffers.append(read_process_memory(pid, address, length, reuse))
+        return None, memoryview(b""), buffers
+    if name.startswith("memfd:"):
+        pid, fd_number = (int(x) for x in name[6:].split(":"))
+        fd = os.open(f"/proc/{pid}/fd/{fd_number}", os.O_RDONLY)
+    elif "/" in name or not name.startswith("perfkit-"):
+        raise ValueError(f"bad segment name {name!r}")
+    else:
+        path = os.path.join(shm_dir(), name)
+        fd = os.open(path, os.O_RDONLY)
+        os.unlink(path)
+    try:
+        size = os.fstat(fd).st_size
+        mapping = _map_private(fd, size) if size else None
+    finally:
+        os.close(fd)
+    view = memoryview(mapping) if mapping is not None else memoryview(b"")
+    out = []
+    for span in spans:
+        off, length = (int(x) for x in span.split(":"))
+        out.append(view[off : off + length])
+    return mapping, view, out
+
+
+def _map_private(fd, size):
+    """Copy-on-write mapping: reads map the parent's pages (the kernel's
+    fault-around maps 16 at a time), a write copies only the page written.
+    (No MAP_POPULATE: on a writable private mapping it would copy every page.)"""
+    return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+
+
+# Free bytearrays for buffers read from the parent, by length: reused while no
+# task keeps a reference (fresh 8 MB buffers would cost a page fault per 4 KiB).
+REMOTE_BUFFERS: dict = {}
+REMOTE_BUFFERS_MAX = 256 << 20
+
+
+def recycle_remote(buffers) -> None:
+    held = sum(length * len(free) for length, free in REMOTE_BUFFERS.items())
+    for b in buffers:
+        # Referenced only by `buffers` and this call's argument: no task kept it.
+        if isinstance(b, bytearray) and sys.getrefcount(b) <= 3 and held + len(b) <= REMOTE_BUFFERS_MAX:
+            REMOTE_BUFFERS.setdefault(len(b), []).append(b)
+            held += len(b)
+
+
+def release_segment(mapping, view, buffers) -> bool:
+    """Unmaps a batch's segment; False if a task kept a reference into it
+    (then the mapping stays, and the parent must not reuse the segment)."""
+    try:
+        for b in buffers:
+            if isinstance(b, memoryview):
+                b.release()
+        view.release()
+        if mapping is not None:
+            mapping.close()
+        return True
+    except BufferError:
+        return False
+
+
+class SegmentWriter:
+    """Collects large out-of-band buffers of a reply and writes them to one segment."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self.buffers: list = []
+
+    def __call__(self, pickle_buffer) -> bool:
+        raw = pickle_buffer.raw()
+        if raw.nbytes >= self.threshold:
+            self.buffers.append(raw)
+            return False  # out of band
+        return True
+
+    def write(self, name: str) -> bytes:
+        """Writes the buffers to a memfd (kept open in ``OPEN_RESULT_FDS`` until
+        the parent has opened it as /proc/<pid>/fd/<n>: nothing is ever named in
+        /dev/shm), or to the named file ``name`` where memfd is missing."""
+        if not self.buffers:
+            return b""
+        spans, end = [], 0
+        for b in self.buffers:
+            off = (end + 63) // 64 * 64
+            spans.append((off, b.nbytes))
+            end = off + b.nbytes
+        path = None
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("perfkit-result", os.MFD_CLOEXEC)
+            label = f"memfd:{os.getpid()}:{fd}"
+        else:
+            path = os.path.join(shm_dir(), name)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            label = name
+        try:
+            os.ftruncate(fd, end)
+            for b, (off, _) in zip(self.buffers, spans):
+                view = b.cast("B") if b.format != "B" else b
+                done = 0
+                while done < view.nbytes:
+                    done += os.pwrite(fd, view[done:], off + done)
+        except BaseException:
+            os.close(fd)
+            if path:
+                os.unlink(path)
+            raise
+        if path:
+            os.close(fd)
+        else:
+            OPEN_RESULT_FDS.append(fd)
+        return "\t".join([label] + [f"{o}:{n}" for o, n in spans]).encode()
+
+
+# Result memfds of the last reply: the parent opens them before it sends this
+# worker anything else, so they are closed when the next frame arrives.
+OPEN_RESULT_FDS: list = []
+
+
+def dumps(obj, buffer_callback=None) -> bytes:
+    """Pickle 5, falling back to cloudpickle for lambdas, closures and the like."""
+    try:
+        return pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+    except Exception:  # noqa: BLE001
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+
+
+def error_payload(kind: str, index: int, label: str, exc: BaseException) -> bytes:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc_bytes = pickle.dumps(exc, protocol=5)
+        pickle.loads(exc_bytes)  # exceptions whose __init__ takes odd arguments don't come back
+    except Exception:  # noqa: BLE001
+        exc_bytes = None
+    info = {
+        "kind": kind,
+        "task": index,
+        "label": label,
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": tb,
+        "exception": exc_bytes,
+        "pid": os.getpid(),
+    }
+    return pickle.dumps(info, protocol=5)
+
+
+def limit_threads_once(state: dict) -> None:
+    """Applies the BLAS/OpenMP limit with threadpoolctl to libraries already
+    loaded (the environment variables cover the ones loaded later)."""
+    limit = os.environ.get("PERFKIT_INNER_THREADS")
+    if not limit or state.get("limited") == len(sys.modules):
+        return
+    state["limited"] = len(sys.modules)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=int(limit))
+    except Exception:  # noqa: BLE001, S110
+        pass
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
+    for fd in (TASK_FD, REPLY_FD, STATUS_FD):
+        os.set_inheritable(fd, False)  # subprocesses started by tasks must not hold our pipes
+    status = memoryview(mmap.mmap(STATUS_FD, 8)).cast("q")
+    tasks = open(TASK_FD, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the process
+    parent = os.getppid()
+    threshold = int(os.environ.get("PERFKIT_MAX_NBYTES", str(64 * 1024)))
+    functions: tuple = ()
+    function_error: BaseException | None = None
+    thread_state: dict = {}
+
+    def send(kind: int, call: int, batch: int, meta: bytes, payload: bytes) -> None:
+        data = HEADER.pack(kind, len(meta), call, batch, len(payload)) + meta + payload
+        view = memoryview(data)
+        while view:
+            view = view[os.write(REPLY_FD, view) :]
+
+    while True:
+        head = tasks.read(HEADER.size)
+        if len(head) < HEADER.size:
+            return 0  # the parent closed the pipe (or died): done
+        kind, meta_len, call, batch, payload_len = HEADER.unpack(head)
+        while OPEN_RESULT_FDS:
+            os.close(OPEN_RESULT_FDS.pop())
+        meta = tasks.read(meta_len) if meta_len else b""
+        payload = tasks.read(payload_len)
+        if len(payload) < payload_len:
+            return 0
+        if kind == FUNCTION:
+            try:
+                functions, function_error = pickle.loads(payload), None
+            except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
+                functions, function_error = (), exc
+            limit_threads_once(thread_state)
+            continue
+        if kind != BATCH:
+            return 3
+        segment = None
+        if meta:
+            try:
+                segment = map_segment(meta)
+            except BaseException as exc:  # noqa: BLE001
+                send(ERROR, call, batch, b"", error_payload("unpickle", 0, "the batch's shared memory", exc))
+                continue
+        kind, reply_meta, reply = run_batch(
+            payload, segment, functions, function_error, status, parent, threshold
+        )
+        del payload
+        flags = 0
+        if segment is not None and not release_segment(*segment):
+            flags = SEGMENT_RETAINED
+        if segment is not None and segment[0] is None:
+            recycle_remote(segment[2])
+        segment = None
+        send(kind | flags << 8, call, batch, reply_meta, reply)
+
+
+_reply_count = [0]
+
+
+def run_batch(payload, segment, functions, function_error, status, parent, threshold):
+    """Runs one batch; returns (frame kind, meta, payload) of the reply. A
+    function of its own so that every reference into the batch's segment is
+    gone when it returns."""
+    first, mode, items = 0, ARGS_ONLY, []
+    t0 = time.perf_counter()
+    try:
+        first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
+        if function_error is not None:
+            raise function_error
+    except BaseException as exc:  # noqa: BLE001
+        return ERROR, b"", error_payload("unpickle", first, "the batch's functions or arguments", exc)
+    results = []
+    index = first
+    try:
+        if mode == SINGLE:
+            f = functions[0]
+            append = results.append
+            for x in items:
+                status[0] = index
+                append(f(x))
+                index += 1
+        elif mode == ARGS_ONLY:
+            f = functions[0]
+            for args in items:
+                status[0] = index
+                results.append(f(*args))
+                index += 1
+        else:
+            for fi, args, kwargs in items:
+                status[0] = index
+                results.append(functions[fi](*args, **kwargs))
+                index += 1
+    except BaseException as exc:  # noqa: BLE001
+        if mode == SINGLE:
+            label = task_label(functions[0], (items[index - first],))
+        elif mode == ARGS_ONLY:
+            label = task_label(functions[0], items[index - first])
+        else:
+            fi, args, kwargs = items[index - first]
+            label = task_label(functions[fi], args, kwargs)
+        return ERROR, b"", error_payload("raised", index, label, exc)
+    elapsed = time.perf_counter() - t0
+    writer = SegmentWriter(threshold)
+    try:
+        out = dumps((elapsed, results), buffer_callback=writer)
+    except BaseException as exc:  # noqa: BLE001
+        # Name the first result that can't be pickled.
+        bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
+        if mode == FULL:
+            label = task_label(functions[items[bad][0]], items[bad][1], items[bad][2])
+        else:
+            label = task_label(functions[0], (items[bad],) if mode == SINGLE else items[bad])
+        return ERROR, b"", error_payload("unpicklable_result", first + bad, label, exc)
+    _reply_count[0] += 1
+    try:
+        seg_meta = writer.write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
+    except BaseException as exc:  # noqa: BLE001
+        return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)
+    return RESULT, seg_meta, out
+
+
+def _picklable(obj) -> bool:
+    try:
+        dumps(obj)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

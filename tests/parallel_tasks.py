@@ -1,0 +1,126 @@
+"""Task functions for tests/test_parallel*.py (importable by worker processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+KEPT = []  # references a task keeps on purpose (segment-retention test)
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y=0, *, z=0):
+    return x + y + z
+
+
+def pid_of(_x=None):
+    return os.getpid()
+
+
+def raise_at(x, bad=7):
+    if x == bad:
+        raise ValueError(f"task value {x} is bad")
+    return x
+
+
+class OddError(Exception):
+    """An exception whose __init__ takes two arguments: pickles, but does not unpickle as is."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def raise_odd(x):
+    raise OddError(x, "odd")
+
+
+def exit_at(x, bad=3):
+    if x == bad:
+        os._exit(5)
+    return x
+
+
+def signal_at(x, sig, bad=2):
+    if x == bad:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+    return x
+
+
+def sleep_return(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def touch_then_sleep(path, seconds):
+    with open(path, "w"):
+        pass
+    time.sleep(seconds)
+    return path
+
+
+def fail_first_then_touch(i, directory):
+    if i == 0:
+        raise RuntimeError("first task fails")
+    time.sleep(0.05)
+    open(os.path.join(directory, f"t{i}"), "w").close()
+    return i
+
+
+def array_sum(a):
+    return float(a.sum())
+
+
+def array_double(a):
+    return a * 2
+
+
+def array_keep(a):
+    KEPT.append(a)  # keeps a view of the shared-memory segment alive
+    return float(a[0])
+
+
+def thread_env(_x=None):
+    return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def blas_limits(_x=None):
+    import numpy  # noqa: F401  (loads the BLAS)
+    from threadpoolctl import threadpool_info
+
+    return [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
+
+
+def nested(n):
+    from perfkit import Parallel, delayed
+
+    inner = Parallel(n_jobs=-1)
+    pids = inner(delayed(pid_of)(i) for i in range(n))
+    return os.getpid(), pids, inner.n_jobs
+
+
+def group_features(key, group):
+    return key, float(group["v"].mean()), float(group["w"].std()), int(group.shape[0])
+
+
+def make_lock(_x=None):
+    import threading
+
+    return threading.Lock()  # unpicklable result
+
+
+def kept_first_values(_x=None):
+    return [float(a[0]) for a in KEPT]
+
+
+def fail_or_array(i):
+    import numpy as np
+
+    if i == 0:
+        raise RuntimeError("fails at once")
+    time.sleep(0.002)
+    return np.full(50_000, float(i))  # 400 kB: travels back in a memfd
