@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::error::CacheError;
+use crate::error::{is_missing, CacheError};
 
 /// File name extension of a published entry.
 pub const ENTRY_EXT: &str = "pkc";
@@ -385,14 +385,7 @@ pub struct EntryReader {
 pub fn open_entry(entry: &Path) -> Result<ReadOutcome<EntryReader>, CacheError> {
     let file = match File::open(entry) {
         Ok(f) => f,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(ReadOutcome::Missing)
-        }
+        Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
         Err(e) => return Err(CacheError::io("open", entry, e)),
     };
     let meta = file
@@ -671,14 +664,7 @@ pub fn read_small_entry(
 ) -> Result<ReadOutcome<Option<WholeEntry>>, CacheError> {
     let mut file = match File::open(entry) {
         Ok(f) => f,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(ReadOutcome::Missing)
-        }
+        Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
         Err(e) => return Err(CacheError::io("open", entry, e)),
     };
     // One byte more than `max`: a full buffer means "larger than max".

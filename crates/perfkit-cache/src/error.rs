@@ -31,3 +31,12 @@ impl CacheError {
         }
     }
 }
+
+/// Whether `e` says the path (or a directory on the way) is not there: an
+/// entry or folder that another process removed, not a failure.
+pub(crate) fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::entry::{ENTRY_EXT, TMP_PREFIX};
-use crate::error::CacheError;
+use crate::error::{is_missing, CacheError};
 
 const TRASH_PREFIX: &str = ".trash-";
 /// A `.tmp-*` directory older than this belongs to a writer that died.
@@ -28,14 +28,7 @@ static TRASH_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn remove_atomically(path: &Path) -> Result<bool, CacheError> {
     let meta = match path.symlink_metadata() {
         Ok(m) => m,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(false)
-        }
+        Err(e) if is_missing(&e) => return Ok(false),
         Err(e) => return Err(CacheError::io("remove", path, e)),
     };
     if !meta.is_dir() {
@@ -60,14 +53,7 @@ pub fn remove_atomically(path: &Path) -> Result<bool, CacheError> {
     ));
     match fs::rename(path, &trash) {
         Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(false)
-        }
+        Err(e) if is_missing(&e) => return Ok(false),
         Err(e) => return Err(CacheError::io("remove", path, e)),
     }
     fs::remove_dir_all(&trash).map_err(|e| CacheError::io("remove", &trash, e))?;
