@@ -124,3 +124,10 @@ def fail_or_array(i):
         raise RuntimeError("fails at once")
     time.sleep(0.002)
     return np.full(50_000, float(i))  # 400 kB: travels back in a memfd
+
+
+def logged_square(x, log_dir):
+    """x * x, leaving one file in log_dir per real computation (who computed, which value)."""
+    with open(os.path.join(log_dir, f"{os.getpid()}-{x}-{time.monotonic_ns()}"), "w"):
+        pass
+    return x * x

@@ -534,3 +534,23 @@ def test_soak_no_fd_shm_or_memory_leak():
     assert shm_leftovers() == []
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
     assert grown_kib < 50_000, f"peak RSS grew by {grown_kib} KiB over 3000 calls"
+
+
+def test_memory_cache_shared_by_workers(tmp_path):
+    # perfkit.Memory as the cache of Parallel's workers: both worker processes
+    # read and write one location; a second call is served from it entirely.
+    log = tmp_path / "log"
+    log.mkdir()
+    cached = perfkit.Memory(str(tmp_path / "cache")).cache(T.logged_square, ignore=["log_dir"])
+    xs = [1, 2, 3, 4] * 5
+    with Parallel(n_jobs=2) as parallel:
+        first = parallel(delayed(cached)(x, str(log)) for x in xs)
+        computed = sorted(os.listdir(log))
+        second = parallel(delayed(cached)(x, str(log)) for x in xs)
+    assert first == second == [x * x for x in xs]
+    # Each value computed at least once and at most once per worker (two may race on a miss).
+    values = [int(name.split("-")[1]) for name in computed]
+    assert set(values) == {1, 2, 3, 4} and all(values.count(v) <= 2 for v in (1, 2, 3, 4))
+    assert sorted(os.listdir(log)) == computed, "the second call recomputed instead of reading the cache"
+    assert {int(name.split("-")[0]) for name in computed}.isdisjoint({os.getpid()})
+    assert all(cached.check_call_in_cache(x, str(log)) for x in range(1, 5))
