@@ -554,3 +554,35 @@ def test_memory_cache_shared_by_workers(tmp_path):
     assert sorted(os.listdir(log)) == computed, "the second call recomputed instead of reading the cache"
     assert {int(name.split("-")[0]) for name in computed}.isdisjoint({os.getpid()})
     assert all(cached.check_call_in_cache(x, str(log)) for x in range(1, 5))
+
+
+def test_gc_thresholds_raised_while_dispatching_and_restored():
+    import gc
+
+    before = gc.get_threshold()
+    seen = []
+
+    def tasks(n):
+        for x in range(n):
+            seen.append(gc.get_threshold()[0])
+            yield delayed(T.square)(x)
+
+    assert Parallel(n_jobs=2)(tasks(50)) == [x * x for x in range(50)]
+    assert seen and min(seen) == pp._YOUNG_GC_THRESHOLD
+    assert gc.get_threshold() == before
+    # Restored after a failed call and after an abandoned generator too.
+    with pytest.raises(ValueError):
+        Parallel(n_jobs=2)(delayed(T.raise_at)(x) for x in range(20))
+    assert gc.get_threshold() == before
+    gen = Parallel(n_jobs=2, return_as="generator")(tasks(50))
+    next(gen)
+    gen.close()
+    assert gc.get_threshold() == before
+    # A user's own higher threshold is left alone.
+    gc.set_threshold(200_000, *before[1:])
+    try:
+        seen.clear()
+        Parallel(n_jobs=2)(tasks(10))
+        assert set(seen) == {200_000}
+    finally:
+        gc.set_threshold(*before)
