@@ -35,7 +35,7 @@ from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
 
 from perfkit import _native
-from perfkit._pool_common import FULL, task_label
+from perfkit._pool_common import FULL, SINGLE, task_label
 
 __all__ = [
     "Parallel",
@@ -980,7 +980,9 @@ class _ProcessCall:
                     parent_per_task = (time.perf_counter() - t_produce) / len(chunk)
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
                     bytes_per_task = nbytes / len(chunk)
-                    in_flight[batch] = (first, chunk)
+                    # Only the encoded items stay (they name a task that fails): the
+                    # caller's task tuples die young, which keeps the GC's work small.
+                    in_flight[batch] = (first, mode, items)
                 if not in_flight:
                     break
                 event = pool.next_event(self.parallel.timeout)
@@ -994,19 +996,19 @@ class _ProcessCall:
                     if event[0] == "reply":
                         _close_fd(event[5])
                     continue
-                first, chunk = entry
+                first, mode, items = entry
                 kind = event[0]
                 if kind == "reply":
                     _, _, _, is_error, payload, fd, spans, pid = event
                     if is_error:
                         _close_fd(fd)
-                        self._task_failed(payload, chunk, pid)
+                        self._task_failed(payload, pid)
                     elapsed, results = _load_reply(payload, fd, spans)
                     if auto:
                         # Per-task cost as the engine sees it: worker compute plus this batch's share of overhead.
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
-                        per_task = max(elapsed, 1e-7) / len(chunk)
+                        per_task = max(elapsed, 1e-7) / len(items)
                         _cost_memory[_cost_key(self.functions[0])] = (
                             per_task,
                             parent_per_task,
@@ -1023,7 +1025,7 @@ class _ProcessCall:
                         yield results
                 elif kind == "died":
                     _, _, _, pid, reason, task = event
-                    self._crashed(chunk, first, pid, reason, task)
+                    self._crashed(first, mode, items, pid, reason, task)
                 else:
                     raise WorkerCrashedError(f"perfkit.Parallel: {event[3]}")
             completed = True
@@ -1096,7 +1098,7 @@ class _ProcessCall:
                     ) from inner
             raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
 
-    def _task_failed(self, payload, chunk, pid):
+    def _task_failed(self, payload, pid):
         info = pickle.loads(payload)
         index, label = info["task"], info["label"]
         if info["kind"] == "raised":
@@ -1121,13 +1123,21 @@ class _ProcessCall:
         _add_note(exc, f"perfkit.Parallel: {where} (worker traceback above)")
         raise exc
 
-    def _crashed(self, chunk, first, pid, reason, task):
-        if 0 <= task - first < len(chunk):
-            index = task
-            function, args, kwargs = _unpack(chunk[task - first], task)
-            what = f"task {index} ({task_label(function, args, kwargs)})"
+    def _decode(self, mode, item):
+        """(function, args, kwargs) of one encoded item (see _encode)."""
+        if mode == FULL:
+            slot, args, kwargs = item
+            return self.functions[slot], args, kwargs
+        if mode == SINGLE:
+            return self.functions[0], (item,), {}
+        return self.functions[0], item, {}
+
+    def _crashed(self, first, mode, items, pid, reason, task):
+        if 0 <= task - first < len(items):
+            function, args, kwargs = self._decode(mode, items[task - first])
+            what = f"task {task} ({task_label(function, args, kwargs)})"
         else:
-            what = f"tasks {first}–{first + len(chunk) - 1}"
+            what = f"tasks {first}–{first + len(items) - 1}"
         raise WorkerCrashedError(
             f"perfkit.Parallel: worker process {pid} {reason} while running {what}; "
             "it has been replaced and the call aborted."
@@ -1141,9 +1151,9 @@ class _ProcessCall:
         for batch, _pid in running:
             entry = in_flight.get(batch)
             if entry:
-                first, chunk = entry
+                first, _mode, items = entry
                 names.append(
-                    f"task {first}" if len(chunk) == 1 else f"tasks {first}–{first + len(chunk) - 1}"
+                    f"task {first}" if len(items) == 1 else f"tasks {first}–{first + len(items) - 1}"
                 )
         what = ", ".join(names) if names else "the running tasks"
         raise TimeoutError(
