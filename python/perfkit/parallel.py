@@ -1005,7 +1005,6 @@ class _ProcessCall:
                         self._task_failed(payload, pid)
                     elapsed, results = _load_reply(payload, fd, spans)
                     if auto:
-                        # Per-task cost as the engine sees it: worker compute plus this batch's share of overhead.
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
                         per_task = max(elapsed, 1e-7) / len(items)
