@@ -716,17 +716,13 @@ class Parallel:
                     break
                 futures.append((chunk[0][0], client.submit(_run_chunk_dask, chunk, pure=False)))
             by_key = {f.key: first for first, f in futures}
-            done_batches, next_out = {}, 0
+            in_order = _InOrder()
             for fut in as_completed([f for _, f in futures]):
                 results = fut.result(timeout=self.timeout)
                 progress.update(len(results))
                 first = by_key[fut.key]
                 if ordered:
-                    done_batches[first] = results
-                    while next_out in done_batches:
-                        batch = done_batches.pop(next_out)
-                        next_out += len(batch)
-                        yield batch
+                    yield from in_order.add(first, results)
                 else:
                     yield results
             completed = True
@@ -734,6 +730,22 @@ class Parallel:
             if not completed:
                 client.cancel([f for _, f in futures])
             progress.close(completed)
+
+
+class _InOrder:
+    """Hands finished batches back in input order; a batch is keyed by the
+    index of its first task."""
+
+    def __init__(self) -> None:
+        self.pending: dict = {}
+        self.next = 0
+
+    def add(self, first, results):
+        self.pending[first] = results
+        while self.next in self.pending:
+            out = self.pending.pop(self.next)
+            self.next += len(out)
+            yield out
 
 
 def _flatten(batches):
@@ -940,8 +952,7 @@ class _ProcessCall:
         parent_per_task = 0.0
         bytes_per_task = 0.0
         in_flight = {}  # batch id -> (first index, items, mode, submit time)
-        done_batches = {}
-        next_out = 0
+        in_order = _InOrder()
         batch_ids = itertools.count()
         exhausted = False
         completed = False
@@ -1015,11 +1026,7 @@ class _ProcessCall:
                         )
                     self.progress.update(len(results))
                     if self.ordered:
-                        done_batches[first] = results
-                        while next_out in done_batches:
-                            out = done_batches.pop(next_out)
-                            next_out += len(out)
-                            yield out
+                        yield from in_order.add(first, results)
                     else:
                         yield results
                 elif kind == "died":
