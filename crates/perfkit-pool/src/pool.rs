@@ -7,7 +7,7 @@
 //! or signal), reads the index of the task it was running, removes its
 //! segments, reports `Event::WorkerDied`, and starts a replacement at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -78,6 +78,10 @@ struct State {
     /// Per slot: (call, batch, pid) of the batch it runs.
     busy: Vec<Option<(u64, u64, i32)>>,
     pids: Vec<i32>,
+    /// Calls given up by their caller: replies that come in for them later are
+    /// dropped here (closing their segments) instead of waiting in the event
+    /// queue, holding a descriptor, until some later call drains it.
+    cancelled: HashSet<u64>,
 }
 
 struct Shared {
@@ -177,6 +181,7 @@ impl Pool {
             let (keep, drop_): (VecDeque<Job>, VecDeque<Job>) =
                 st.jobs.drain(..).partition(|j| j.call != call);
             st.jobs = keep;
+            st.cancelled.insert(call);
             drop_.into()
         };
         let n = removed.len();
@@ -340,6 +345,12 @@ fn slot_main(
         };
         match outcome {
             Ok(reply) => {
+                // Checked and sent under the lock, so that a reply is either
+                // queued before `cancel` returns (the next call drains it) or dropped.
+                let st = shared.state.lock().unwrap();
+                if st.cancelled.contains(&reply.call) {
+                    continue;
+                }
                 if events.send(Event::Reply(reply)).is_err() {
                     break;
                 }
