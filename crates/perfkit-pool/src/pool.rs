@@ -437,17 +437,8 @@ fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
 mod tests {
     use super::*;
     use crate::frame::{read_frame, write_frame};
+    use crate::worker::sh;
     use std::time::Instant;
-
-    /// Workers here are shell one-liners: the happy path with a real
-    /// (Python) worker is covered by tests/test_parallel.py.
-    fn sh(script: &str) -> WorkerCommand {
-        WorkerCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            env: vec![],
-        }
-    }
 
     fn job(call: u64, batch: u64) -> Job {
         Job {

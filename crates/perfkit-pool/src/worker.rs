@@ -290,17 +290,20 @@ pub fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// A worker that is a shell one-liner, for the crate's tests (the real,
+/// Python worker is covered by tests/test_parallel.py).
+#[cfg(test)]
+pub(crate) fn sh(script: &str) -> WorkerCommand {
+    WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        env: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sh(script: &str) -> WorkerCommand {
-        WorkerCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            env: vec![],
-        }
-    }
 
     #[test]
     fn echo_worker_round_trip() {
