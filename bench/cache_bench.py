@@ -9,7 +9,8 @@ with the order alternating, medians reported):
 - hash a SIZE MB float64 array: perfkit.hash vs joblib.hash (throughput);
 - cache hit, small arguments: ``f(1, 2.5, "label")`` already cached (µs per call);
 - cache miss storing a small result: a new argument each call (median µs per call;
-  the mean is in the notes);
+  the mean is in the notes), and the mean including the wait until perfkit's
+  background writer has put every entry on disk;
 - cache hit returning a SIZE MB array (read into memory; seconds per call);
 - the same with mmap_mode="r" (mapped, not read).
 
@@ -132,6 +133,7 @@ def run(args) -> tuple[list[list[str]], list[str]]:
         log("cache misses storing a small result ...")
         counter = {"perfkit": 10_000, "joblib": 10_000}
         miss_means: dict[str, list[float]] = {"perfkit": [], "joblib": []}
+        miss_sustained: dict[str, list[float]] = {"perfkit": [], "joblib": []}
 
         def time_miss(k):
             f = cached[k]
@@ -148,6 +150,12 @@ def run(args) -> tuple[list[list[str]], list[str]]:
                 f(counter[k], label="x")
                 times.append(time.perf_counter() - t0)
             miss_means[k].append(statistics.mean(times))
+            # perfkit writes small entries in a background thread: also count the wait for
+            # all of them to reach the disk, which is what a stream of misses sustains.
+            t0 = time.perf_counter()
+            if k == "perfkit":
+                perfkit.memory._flush_writes()
+            miss_sustained[k].append((sum(times) + time.perf_counter() - t0) / n)
             return statistics.median(times)
 
         t = interleaved(time_miss)
@@ -163,9 +171,21 @@ def run(args) -> tuple[list[list[str]], list[str]]:
         )
 
         pm, jm = (statistics.median(miss_means[k]) for k in order)
+        ps, js = (statistics.median(miss_sustained[k]) for k in order)
+        rows.append(
+            [
+                "cache miss, small result, including the wait until it is on disk (mean)",
+                f"{ps * 1e6:.1f} µs",
+                f"{js * 1e6:.1f} µs",
+                f"{js / ps:.1f}× faster",
+                "—",
+            ]
+        )
         notes.append(
             f"Cache miss, mean per call (with the file system's stalls): perfkit {pm * 1e6:.0f} µs, "
-            f"joblib {jm * 1e6:.0f} µs ({jm / pm:.1f}× faster)."
+            f"joblib {jm * 1e6:.0f} µs ({jm / pm:.1f}× faster). perfkit's caller returns once the "
+            "result is queued for its background writer; the row 'including the wait' adds the "
+            "time until every queued entry was on disk."
         )
 
         # 4. hit returning a big array

@@ -60,6 +60,10 @@ _Ranges: TypeAlias = list[tuple[int, int]]
 def cache_hash(prefix: bytes, stream: bytes, buffers: Iterable[object]) -> str:
     """xxh3-128 (32 hex digits) of a prefix, a pickle stream and its out-of-band buffers (read in place)."""
 
+def cache_key_of_scalars(prefix: bytes, values: tuple[object, ...]) -> str | None:
+    """The cache key of plain values (None, bool, 64-bit int, float, str, bytes), hashed
+    without pickling; None when any value is of another type."""
+
 def cache_load(
     entry: str, alloc: Callable[[int], object] | None = None
 ) -> None | str | tuple[bytearray | object, int, int, _Ranges]:
@@ -78,8 +82,29 @@ def cache_store(
 ) -> int:
     """Write an entry and publish it atomically (replacing any); its size in bytes. OSError on failure."""
 
+def cache_store_later(
+    entry: str,
+    flags: int,
+    metadata_json: str,
+    stream: bytes,
+    buffers: Iterable[object],
+    label: str,
+) -> list[tuple[str, str]] | None:
+    """Store an entry, in the background when small (readable at once by this process).
+    Returns the failures of earlier background writes as [(label, message)], or None."""
+
+def cache_wait(entry: str) -> None:
+    """Wait until this entry, if queued for the background writer, is on disk."""
+
+def cache_flush() -> list[tuple[str, str]] | None:
+    """Wait until every queued entry is on disk; the failures as [(label, message)], or None."""
+
+def cache_after_fork() -> None:
+    """In a forked child: start with an empty write queue (the parent writes its own)."""
+
 def cache_remove(path: str) -> bool:
-    """Remove an entry file or a directory tree atomically; False if it did not exist."""
+    """Remove an entry file or a directory tree atomically (dropping entries queued under it);
+    False if it did not exist."""
 
 def cache_entries(root: str) -> list[tuple[str, int, float]]:
     """(path, bytes, last use in epoch seconds) of every entry under root, least recently used first."""
@@ -88,6 +113,7 @@ def cache_reduce_size(
     root: str, bytes_limit: int | None = None, items_limit: int | None = None, age_limit: float | None = None
 ) -> list[str]:
     """Evict least recently used entries until the limits hold; the removed paths."""
+
 # --- perfkit.Parallel's engine (crates/perfkit-pool; driven by perfkit/parallel.py) ---
 
 class WorkerPool:

@@ -17,6 +17,13 @@ arguments' repr, duration, sizes; ``head -1`` shows it), then the pickled
 result and its buffers under checksums. Its modification time is its last
 use (a hit refreshes it); eviction removes the least recently used first.
 
+A miss's entry, when small, is written by a background thread (Rust), so the
+call returns without waiting for the file system; this process reads it from
+memory until it is on disk, and the queue is flushed at exit. Another process
+sees the entry once it is written (a miss for it until then). A process killed
+before the write loses the entry, never half of it; forked and multiprocessing
+children, which often end without running atexit, write at once.
+
 Crash safety comes from the rename (an entry is complete or absent) and the
 checksums (damage is detected on read, warned about and recomputed), not from
 ``fsync``: a killed process cannot publish a partial entry, and an entry torn
@@ -26,6 +33,7 @@ fsyncs for those who also want a stored entry to survive a power loss.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import inspect
@@ -72,6 +80,8 @@ _INPLACE_MIN = 4096
 _cache_load = _native.cache_load
 _cache_load_head = _native.cache_load_head
 _cache_hash = _native.cache_hash
+_cache_key_of_scalars = _native.cache_key_of_scalars
+_cache_store_later = _native.cache_store_later
 _loads = pickle.loads
 _PickleBuffer = pickle.PickleBuffer
 
@@ -447,6 +457,44 @@ def _warn(message: str) -> None:
     warnings.warn(message, CacheWarning, stacklevel=4)
 
 
+def _warn_failed_writes(failures) -> None:
+    for name, error in failures:
+        _warn(
+            f"perfkit.Memory: could not store a result of {name}() in the background ({error}); "
+            "it was returned but not cached"
+        )
+
+
+def _flush_writes() -> None:
+    """Waits until results stored in the background are on disk (at exit, so none is lost)."""
+    failures = _native.cache_flush()
+    if failures:
+        _warn_failed_writes(failures)
+
+
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
+    _native.cache_after_fork()
+
+
+def _may_write_behind() -> bool:
+    """Whether this process may leave writes to a background thread: not in a forked or
+    multiprocessing child, which may end by os._exit or a SIGTERM (Pool.terminate)
+    without running atexit, and would lose them."""
+    if _forked_child:
+        return False
+    mp = sys.modules.get("multiprocessing")
+    return mp is None or mp.parent_process() is None
+
+
+atexit.register(_flush_writes)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # -- the cached function ---------------------------------------------------------------------------
 
 
@@ -519,6 +567,9 @@ class MemorizedFunc:
             # The call does not fit the signature: the caller calls the function uncached,
             # which raises the function's own error.
             return None
+        key = _cache_key_of_scalars(self._prefix, values)
+        if key is not None:  # plain values only: hashed without pickling
+            return key
         try:
             stream, buffers = _pickle_for_hash(values)
         except Exception as exc:  # noqa: BLE001 - pickling raises anything a __reduce__ raises
@@ -593,6 +644,7 @@ class MemorizedFunc:
 
     @staticmethod
     def _read_metadata(entry: str) -> dict | None:
+        _native.cache_wait(entry)
         try:
             with open(entry, "rb") as f:
                 return json.loads(f.readline())
@@ -644,16 +696,18 @@ class MemorizedFunc:
         if not self._code_checked:
             self._check_code()
         meta_json = _metadata_json(metadata)
+        flags = _FLAG_COMPRESSED if self._compress else 0
         try:
             try:
-                _native.cache_store(
-                    entry,
-                    _FLAG_COMPRESSED if self._compress else 0,
-                    meta_json,
-                    stream,
-                    buffers,
-                    self._durable,
-                )
+                if self._code_written and not self._durable and _may_write_behind():
+                    # A small entry is written by a background thread (read from memory by this
+                    # process until then); the first store of a function is written at once, so
+                    # an unwritable location is reported by the call that met it.
+                    failures = _cache_store_later(entry, flags, meta_json, stream, buffers, self._name)
+                    if failures:
+                        _warn_failed_writes(failures)
+                else:
+                    _native.cache_store(entry, flags, meta_json, stream, buffers, self._durable)
             except BufferError:  # an exotic out-of-band buffer: store it in-band instead
                 _native.cache_store(entry, 0, meta_json, pickle.dumps(out, protocol=5), (), self._durable)
             if not self._code_written:

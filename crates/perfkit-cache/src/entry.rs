@@ -37,7 +37,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use xxhash_rust::xxh3::Xxh3Default;
@@ -261,6 +261,69 @@ pub fn write_entry(
     buffers: &[&[u8]],
     durable: bool,
 ) -> Result<u64, CacheError> {
+    check_metadata(entry, metadata_json)?;
+    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
+    let layout = Layout::plan(
+        flags,
+        metadata_json.len() as u64,
+        stream.len() as u64,
+        &lens,
+    );
+    if layout.total_len <= ONE_WRITE_MAX {
+        let bytes = assemble(&layout, metadata_json.as_bytes(), stream, buffers);
+        return write_encoded(entry, &bytes, durable);
+    }
+    publish(entry, durable, |file, tmp| {
+        write_streamed(
+            file,
+            tmp,
+            &layout,
+            metadata_json.as_bytes(),
+            stream,
+            buffers,
+        )
+    })
+}
+
+/// An entry encoded in memory, byte for byte the file [`write_entry`] would
+/// write: for small entries, written with one call or queued for
+/// [`crate::writer::WriteBehind`]. `entry` only names the entry in errors.
+pub fn encode_entry(
+    entry: &Path,
+    flags: u32,
+    metadata_json: &str,
+    stream: &[u8],
+    buffers: &[&[u8]],
+) -> Result<Vec<u8>, CacheError> {
+    check_metadata(entry, metadata_json)?;
+    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
+    let layout = Layout::plan(
+        flags,
+        metadata_json.len() as u64,
+        stream.len() as u64,
+        &lens,
+    );
+    Ok(assemble(&layout, metadata_json.as_bytes(), stream, buffers))
+}
+
+/// Publishes an entry encoded by [`encode_entry`] (temporary file, one
+/// write, atomic rename). Returns its size in bytes.
+pub fn write_encoded(entry: &Path, bytes: &[u8], durable: bool) -> Result<u64, CacheError> {
+    publish(entry, durable, |file, tmp| {
+        let werr = |e| CacheError::io("write", tmp, e);
+        if std::env::var_os(PAUSE_HOOK_ENV).is_some() {
+            let half = bytes.len() / 2;
+            file.write_all(&bytes[..half]).map_err(werr)?;
+            pause_hook();
+            file.write_all(&bytes[half..]).map_err(werr)?;
+        } else {
+            file.write_all(bytes).map_err(werr)?;
+        }
+        Ok(bytes.len() as u64)
+    })
+}
+
+fn check_metadata(entry: &Path, metadata_json: &str) -> Result<(), CacheError> {
     if metadata_json.contains('\n') || metadata_json.len() > MAX_METADATA_LEN {
         return Err(CacheError::io(
             "write (metadata must be one line of at most 1 MiB)",
@@ -268,8 +331,19 @@ pub fn write_entry(
             io::Error::from(io::ErrorKind::InvalidInput),
         ));
     }
+    Ok(())
+}
+
+/// Creates a temporary sibling of `entry` (and the directories on the way),
+/// lets `fill` write it, then publishes it by renaming it over `entry`; on
+/// any failure the temporary file is removed, so nothing partial remains.
+fn publish(
+    entry: &Path,
+    durable: bool,
+    fill: impl FnOnce(&mut File, &Path) -> Result<u64, CacheError>,
+) -> Result<u64, CacheError> {
     let tmp = tmp_path_for(entry);
-    let file = match File::create(&tmp) {
+    let mut file = match File::create(&tmp) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = entry.parent().unwrap_or(Path::new("."));
@@ -279,16 +353,12 @@ pub fn write_entry(
         }
         Err(e) => return Err(CacheError::io("create", &tmp, e)),
     };
-    let result = write_into(
-        file,
-        &tmp,
-        flags,
-        metadata_json.as_bytes(),
-        stream,
-        buffers,
-        durable,
-    )
-    .and_then(|len| {
+    let result = fill(&mut file, &tmp).and_then(|len| {
+        if durable {
+            file.sync_all()
+                .map_err(|e| CacheError::io("write", &tmp, e))?;
+        }
+        drop(file);
         fs::rename(&tmp, entry).map_err(|e| CacheError::io("publish the entry at", entry, e))?;
         if durable {
             if let Some(parent) = entry.parent() {
@@ -305,68 +375,65 @@ pub fn write_entry(
     result
 }
 
-fn write_into(
-    mut file: File,
+/// The whole file of a small entry, checksums sealed.
+fn assemble(layout: &Layout, metadata: &[u8], stream: &[u8], buffers: &[&[u8]]) -> Vec<u8> {
+    let h = layout.header_offset() as usize;
+    let prefix = layout.encode_prefix(metadata);
+    let head_ck = head_checksum(&prefix, h, stream);
+    let mut body = Xxh3Default::new();
+    let mut all = prefix;
+    all.reserve(layout.total_len as usize - all.len());
+    all.extend_from_slice(stream);
+    for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
+        all.resize(off as usize, 0);
+        all.extend_from_slice(b);
+        body.update(b);
+    }
+    seal(&mut all, h, head_ck, body.digest128());
+    all
+}
+
+/// A large entry: streamed, each chunk hashed right before it is written
+/// (while it is in cache), then the header's checksums filled in.
+fn write_streamed(
+    file: &mut File,
     path: &Path,
-    flags: u32,
+    layout: &Layout,
     metadata: &[u8],
     stream: &[u8],
     buffers: &[&[u8]],
-    durable: bool,
 ) -> Result<u64, CacheError> {
-    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
-    let layout = Layout::plan(flags, metadata.len() as u64, stream.len() as u64, &lens);
     let h = layout.header_offset() as usize;
     let mut prefix = layout.encode_prefix(metadata);
     let head_ck = head_checksum(&prefix, h, stream);
     let werr = |e| CacheError::io("write", path, e);
-
-    if layout.total_len <= ONE_WRITE_MAX && std::env::var_os(PAUSE_HOOK_ENV).is_none() {
-        let mut body = Xxh3Default::new();
-        let mut all = prefix;
-        all.reserve(layout.total_len as usize - all.len());
-        all.extend_from_slice(stream);
-        for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
-            all.resize(off as usize, 0);
-            all.extend_from_slice(b);
-            body.update(b);
-        }
-        seal(&mut all, h, head_ck, body.digest128());
-        file.write_all(&all).map_err(werr)?;
-    } else {
-        // Large: stream it, hashing each chunk right before writing it (while it is in
-        // cache), then fill in the header's checksums.
-        file.write_all(&prefix).map_err(werr)?;
-        file.write_all(stream).map_err(werr)?;
-        let mut pos = layout.stream.0 + layout.stream.1;
-        let mut body = Xxh3Default::new();
-        let zeros = [0u8; ALIGN as usize];
-        let half = layout.total_len / 2;
-        let mut paused = false;
-        for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
-            file.write_all(&zeros[..(off - pos) as usize])
-                .map_err(werr)?;
-            pos = off;
-            for c in b.chunks(CHUNK) {
-                if !paused && pos >= half {
-                    paused = true;
-                    pause_hook();
-                }
-                body.update(c);
-                file.write_all(c).map_err(werr)?;
-                pos += c.len() as u64;
-            }
-        }
-        if !paused {
-            pause_hook();
-        }
-        seal(&mut prefix, h, head_ck, body.digest128());
-        file.write_all_at(&prefix[h..h + HEADER_LEN as usize], h as u64)
+    file.write_all(&prefix).map_err(werr)?;
+    file.write_all(stream).map_err(werr)?;
+    let mut pos = layout.stream.0 + layout.stream.1;
+    let mut body = Xxh3Default::new();
+    let zeros = [0u8; ALIGN as usize];
+    let half = layout.total_len / 2;
+    let mut paused = false;
+    for (b, &(off, _)) in buffers.iter().zip(&layout.buffers) {
+        file.write_all(&zeros[..(off - pos) as usize])
             .map_err(werr)?;
+        pos = off;
+        for c in b.chunks(CHUNK) {
+            if !paused && pos >= half {
+                paused = true;
+                pause_hook();
+            }
+            body.update(c);
+            file.write_all(c).map_err(werr)?;
+            pos += c.len() as u64;
+        }
     }
-    if durable {
-        file.sync_all().map_err(werr)?;
+    if !paused {
+        pause_hook();
     }
+    seal(&mut prefix, h, head_ck, body.digest128());
+    file.write_all_at(&prefix[h..h + HEADER_LEN as usize], h as u64)
+        .map_err(werr)?;
     Ok(layout.total_len)
 }
 
@@ -654,47 +721,170 @@ impl<'a> BodyVerifier<'a> {
 /// An entry read whole: its layout and its bytes.
 pub type WholeEntry = (Layout, Vec<u8>);
 
-/// The fast path of a hit: opens the entry and reads it with one call, no
-/// `stat` (a hit is a handful of system calls, and each counts). Returns
-/// `Found(None)` when the entry is larger than `max` bytes: read it with
-/// [`open_entry`] then.
+/// The fast path of a hit. A small entry this process read within
+/// `TOUCH_GRANULARITY` is served from memory after one `stat` shows its file
+/// unchanged (same inode, size and times: a replaced, removed or damaged file
+/// fails this and is read again); otherwise the file is opened and read with
+/// one call, verified, and marked as used. Returns `Found(None)` when the
+/// entry is larger than `max` bytes: read it with [`open_entry`] then.
 pub fn read_small_entry(
     entry: &Path,
     max: usize,
-) -> Result<ReadOutcome<Option<WholeEntry>>, CacheError> {
+) -> Result<ReadOutcome<Option<Arc<WholeEntry>>>, CacheError> {
+    let now = Instant::now();
+    if let Some(recent) = RecentReads::get(entry, now) {
+        match fs::metadata(entry) {
+            Ok(m) if FileId::of(&m) == recent.id => {
+                return Ok(ReadOutcome::Found(Some(recent.entry)))
+            }
+            Err(e) if is_missing(&e) => {
+                RecentReads::forget(entry);
+                return Ok(ReadOutcome::Missing);
+            }
+            _ => RecentReads::forget(entry), // changed: read it again
+        }
+    }
+    let (file, whole) = match read_small_file(entry, max)? {
+        ReadOutcome::Found(Some(v)) => v,
+        ReadOutcome::Found(None) => return Ok(ReadOutcome::Found(None)),
+        ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
+        ReadOutcome::Corrupt(reason) => return Ok(ReadOutcome::Corrupt(reason)),
+    };
+    let whole = Arc::new(whole);
+    // A use of the entry, for eviction (best effort: a read-only location still serves hits).
+    let _ = file.set_times(FileTimes::new().set_modified(SystemTime::now()));
+    if let Ok(m) = file.metadata() {
+        RecentReads::put(entry, FileId::of(&m), Arc::clone(&whole), now);
+    }
+    Ok(ReadOutcome::Found(Some(whole)))
+}
+
+/// Opens an entry and reads it whole with one call (into a reused scratch buffer).
+fn read_small_file(
+    entry: &Path,
+    max: usize,
+) -> Result<ReadOutcome<Option<(File, WholeEntry)>>, CacheError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let mut file = match File::open(entry) {
         Ok(f) => f,
         Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
         Err(e) => return Err(CacheError::io("open", entry, e)),
     };
-    // One byte more than `max`: a full buffer means "larger than max".
-    let mut buf = vec![0u8; max + 1];
-    let mut n = 0;
-    loop {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                if n == buf.len() {
-                    return Ok(ReadOutcome::Found(None));
+    SCRATCH.with_borrow_mut(|buf| {
+        // One byte more than `max`: a full buffer means "larger than max".
+        if buf.len() != max + 1 {
+            *buf = vec![0u8; max + 1];
+        }
+        let mut n = 0;
+        loop {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    n += k;
+                    if n == buf.len() {
+                        return Ok(ReadOutcome::Found(None));
+                    }
+                    // A short read of a regular file is its end; check that against the header
+                    // (one more read only if the header says the file is longer).
+                    if parse_prefix(&buf[..n], n as u64).is_ok() {
+                        break;
+                    }
                 }
-                // A short read of a regular file is its end; check that against the header
-                // (one more read only if the header says the file is longer).
-                if parse_prefix(&buf[..n], n as u64).is_ok() {
-                    break;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", entry, e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(CacheError::io("read", entry, e)),
+        }
+        let bytes = buf[..n].to_vec();
+        Ok(match verify_complete(&bytes) {
+            Ok(layout) => ReadOutcome::Found(Some((file, (layout, bytes)))),
+            Err(reason) => ReadOutcome::Corrupt(reason),
+        })
+    })
+}
+
+/// What identifies one version of a file: a rename over it changes the inode,
+/// a write in place the size or the times.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
         }
     }
-    buf.truncate(n);
-    match verify_complete(&buf) {
-        Ok(layout) => {
-            touch_once_a_while(&file, entry);
-            Ok(ReadOutcome::Found(Some((layout, buf))))
+}
+
+#[derive(Clone)]
+struct RecentRead {
+    id: FileId,
+    entry: Arc<WholeEntry>,
+    read_at: Instant,
+}
+
+/// Small entries this process read (and marked as used) lately, bounded in
+/// count and bytes.
+struct RecentReads;
+
+const RECENT_MAX_ENTRIES: usize = 128;
+const RECENT_MAX_BYTES: usize = 8 << 20;
+
+static RECENT: Mutex<Option<HashMap<PathBuf, RecentRead>>> = Mutex::new(None);
+
+impl RecentReads {
+    fn get(entry: &Path, now: Instant) -> Option<RecentRead> {
+        let guard = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        let r = guard.as_ref()?.get(entry)?;
+        // Past the granularity the entry is read again, which also marks it as used.
+        (now.duration_since(r.read_at) < TOUCH_GRANULARITY).then(|| r.clone())
+    }
+
+    fn forget(entry: &Path) {
+        let mut guard = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = guard.as_mut() {
+            map.remove(entry);
         }
-        Err(reason) => Ok(ReadOutcome::Corrupt(reason)),
+    }
+
+    fn put(entry: &Path, id: FileId, whole: Arc<WholeEntry>, now: Instant) {
+        let mut guard = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        let map = guard.get_or_insert_with(HashMap::new);
+        map.remove(entry);
+        let bytes = |m: &HashMap<PathBuf, RecentRead>| -> usize {
+            m.values().map(|r| r.entry.1.len()).sum()
+        };
+        while !map.is_empty()
+            && (map.len() >= RECENT_MAX_ENTRIES || bytes(map) + whole.1.len() > RECENT_MAX_BYTES)
+        {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, r)| r.read_at)
+                .map(|(p, _)| p.clone());
+            if let Some(p) = oldest {
+                map.remove(&p);
+            }
+        }
+        map.insert(
+            entry.to_path_buf(),
+            RecentRead {
+                id,
+                entry: whole,
+                read_at: now,
+            },
+        );
     }
 }
 
@@ -720,28 +910,6 @@ pub fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
         return Err("checksum mismatch in the data buffers".into());
     }
     Ok(layout)
-}
-
-/// Marks an entry as used (its modification time) unless this process already
-/// did within `TOUCH_GRANULARITY`: a hot entry costs no extra system call per hit.
-fn touch_once_a_while(file: &File, entry: &Path) {
-    static RECENT: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
-    let now = Instant::now();
-    {
-        let mut guard = RECENT.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = guard.get_or_insert_with(HashMap::new);
-        if recent
-            .get(entry)
-            .is_some_and(|t| now.duration_since(*t) < TOUCH_GRANULARITY)
-        {
-            return;
-        }
-        if recent.len() >= 4096 {
-            recent.clear(); // bounded memory; the worst case is one extra touch per entry
-        }
-        recent.insert(entry.to_path_buf(), now);
-    }
-    let _ = file.set_times(FileTimes::new().set_modified(SystemTime::now()));
 }
 
 /// What a memory-mapping reader needs: the layout and the pickle stream.
@@ -805,6 +973,18 @@ pub fn read_entry_head(entry: &Path, touch: bool) -> Result<ReadOutcome<EntryHea
     }))
 }
 
+/// The head of an entry held in memory (e.g. one not yet written by
+/// [`crate::writer::WriteBehind`]), verified as [`verify_complete`] does.
+pub fn head_of_encoded(bytes: &[u8]) -> Result<EntryHead, String> {
+    let layout = verify_complete(bytes)?;
+    let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
+    Ok(EntryHead {
+        metadata: bytes[..layout.metadata.1 as usize].to_vec(),
+        stream: bytes[s0..s0 + sl].to_vec(),
+        layout,
+    })
+}
+
 /// Reads a whole entry into a new `Vec` (for Rust callers and tests).
 pub fn read_entry(entry: &Path) -> Result<ReadOutcome<(Layout, Vec<u8>)>, CacheError> {
     match open_entry(entry)? {
@@ -853,9 +1033,9 @@ mod tests {
             assert_eq!(&bytes[off as usize..(off + len) as usize], *b);
         }
         match read_small_entry(&entry, 1 << 16).unwrap() {
-            ReadOutcome::Found(Some((small_layout, small_bytes))) => {
+            ReadOutcome::Found(Some(small)) => {
                 assert!(bytes.len() <= 1 << 16);
-                assert_eq!((small_layout, small_bytes), (layout.clone(), bytes.clone()));
+                assert_eq!(*small, (layout.clone(), bytes.clone()));
             }
             ReadOutcome::Found(None) => assert!(bytes.len() > 1 << 16),
             other => panic!("{other:?}"),

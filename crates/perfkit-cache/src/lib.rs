@@ -4,7 +4,9 @@
 //! It owns: the content hash (xxh3-128 over a pickle stream and its
 //! out-of-band buffers, [`hash`]), the entry file format with its checksums
 //! ([`entry`]), and the store's directory operations — atomic publish of an
-//! entry, atomic removal, listing and eviction ([`store`]).
+//! entry, atomic removal, listing and eviction ([`store`]), and the
+//! write-behind queue that publishes small entries off the caller's path
+//! ([`writer`]).
 //!
 //! It must not know Python: no pickling, no function introspection, no
 //! argument binding (that is `python/perfkit/memory.py`). Everything here is
@@ -14,11 +16,12 @@ pub mod entry;
 pub mod error;
 pub mod hash;
 pub mod store;
+pub mod writer;
 
 pub use entry::{
-    open_entry, read_entry, read_entry_head, read_small_entry, write_entry, EntryHead, EntryReader,
-    Layout, ReadOutcome,
+    encode_entry, head_of_encoded, open_entry, read_entry, read_entry_head, read_small_entry,
+    write_encoded, write_entry, EntryHead, EntryReader, Layout, ReadOutcome,
 };
 pub use error::CacheError;
-pub use hash::{content_hash, hex128, ContentHasher};
+pub use hash::{content_hash, hex128, scalars_hash, ContentHasher, Scalar};
 pub use store::{list_entries, reduce_size, remove_atomically, EntryInfo, Limits};

@@ -8,16 +8,19 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use perfkit_cache::entry::{self, ReadOutcome};
-use perfkit_cache::{hash, store, CacheError};
+use perfkit_cache::{hash, store, writer, CacheError};
 use pyo3::exceptions::{PyBufferError, PyOSError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 /// Below this many bytes, releasing and re-taking the GIL costs more than it frees.
 const DETACH_MIN: usize = 1 << 20;
 /// Entries up to this size are read by one call into a scratch buffer, then copied.
 const SMALL_ENTRY_MAX: usize = (64 << 10) - 1;
+/// Entries up to this size may be written in the background (larger ones cost
+/// more to copy than the file creation saves, and would crowd the queue).
+const WRITE_BEHIND_MAX: usize = 1 << 20;
 
 /// Contiguous buffer-protocol views of Python objects (PickleBuffer, bytes,
 /// memoryview, numpy arrays), held until drop so the memory stays valid.
@@ -102,6 +105,41 @@ fn cache_hash(
     Ok(hash::hex128(digest))
 }
 
+/// The cache key of `values` (a call's bound arguments) when every one is of
+/// a plain type (None, bool, int in 64 bits, float, str, bytes): hashed
+/// directly, without pickling. None otherwise: the caller pickles them.
+#[pyfunction]
+fn cache_key_of_scalars(prefix: &[u8], values: &Bound<'_, PyTuple>) -> PyResult<Option<String>> {
+    let items: Vec<Bound<'_, PyAny>> = values.iter().collect();
+    let mut scalars = Vec::with_capacity(items.len());
+    for v in &items {
+        // Exact types only: a subclass (IntEnum, a str subclass, ...) may pickle differently.
+        let s = if v.is_none() {
+            hash::Scalar::None
+        } else if v.is_exact_instance_of::<PyBool>() {
+            hash::Scalar::Bool(v.is_truthy()?)
+        } else if v.is_exact_instance_of::<PyInt>() {
+            match v.extract::<i64>() {
+                Ok(i) => hash::Scalar::Int(i),
+                Err(_) => return Ok(None),
+            }
+        } else if v.is_exact_instance_of::<PyFloat>() {
+            hash::Scalar::Float(v.cast::<PyFloat>()?.value())
+        } else if v.is_exact_instance_of::<PyString>() {
+            match v.cast::<PyString>()?.to_str() {
+                Ok(s) => hash::Scalar::Str(s),
+                Err(_) => return Ok(None), // lone surrogates: not UTF-8
+            }
+        } else if v.is_exact_instance_of::<PyBytes>() {
+            hash::Scalar::Bytes(v.cast::<PyBytes>()?.as_bytes())
+        } else {
+            return Ok(None);
+        };
+        scalars.push(s);
+    }
+    Ok(Some(hash::hex128(hash::scalars_hash(prefix, &scalars))))
+}
+
 fn ranges<'py>(py: Python<'py>, layout: &entry::Layout) -> PyResult<Bound<'py, PyList>> {
     PyList::new(py, layout.buffers.iter().map(|&(o, l)| (o, l)))
 }
@@ -143,6 +181,22 @@ impl Drop for WritableView {
     }
 }
 
+/// `cache_load`'s answer for a verified entry: (bytes holder, stream offset,
+/// stream length, buffer ranges).
+fn loaded(holder: Bound<'_, PyAny>, layout: &entry::Layout) -> PyResult<Py<PyAny>> {
+    let py = holder.py();
+    let t = PyTuple::new(
+        py,
+        [
+            holder,
+            layout.stream.0.into_pyobject(py)?.into_any(),
+            layout.stream.1.into_pyobject(py)?.into_any(),
+            ranges(py, layout)?.into_any(),
+        ],
+    )?;
+    Ok(t.into_any().unbind())
+}
+
 /// Reads and verifies a whole entry. Returns None (no entry), a str (the
 /// entry is corrupt: why), or (buffer, stream_offset, stream_length,
 /// [(buffer_offset, buffer_length), ...]) with the file's bytes. The buffer is
@@ -158,21 +212,20 @@ fn cache_load(
     entry: &str,
     alloc: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
+    if let Some(bytes) = writer::global().get(Path::new(entry)) {
+        // Not written yet: the queued bytes are what the file will hold.
+        return match entry::verify_complete(&bytes) {
+            Ok(layout) => loaded(PyByteArray::new(py, &bytes).into_any(), &layout),
+            Err(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        };
+    }
     // Most hits are small: open and read, nothing else.
     match entry::read_small_entry(Path::new(entry), SMALL_ENTRY_MAX).map_err(os_error)? {
         ReadOutcome::Missing => return Ok(py.None()),
         ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
-        ReadOutcome::Found(Some((layout, bytes))) => {
-            let t = PyTuple::new(
-                py,
-                [
-                    PyByteArray::new(py, &bytes).into_any(),
-                    layout.stream.0.into_pyobject(py)?.into_any(),
-                    layout.stream.1.into_pyobject(py)?.into_any(),
-                    ranges(py, &layout)?.into_any(),
-                ],
-            )?;
-            return Ok(t.into_any().unbind());
+        ReadOutcome::Found(Some(whole)) => {
+            let (layout, bytes) = &*whole;
+            return loaded(PyByteArray::new(py, bytes).into_any(), layout);
         }
         ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
     }
@@ -234,18 +287,7 @@ fn cache_load(
         }
     };
     match outcome {
-        ReadOutcome::Found(layout) => {
-            let t = PyTuple::new(
-                py,
-                [
-                    holder,
-                    layout.stream.0.into_pyobject(py)?.into_any(),
-                    layout.stream.1.into_pyobject(py)?.into_any(),
-                    ranges(py, &layout)?.into_any(),
-                ],
-            )?;
-            Ok(t.into_any().unbind())
-        }
+        ReadOutcome::Found(layout) => loaded(holder, &layout),
         ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
         ReadOutcome::Missing => Ok(py.None()),
     }
@@ -286,6 +328,7 @@ fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>
 #[pyfunction]
 #[pyo3(signature = (entry, touch=true))]
 fn cache_load_head(py: Python<'_>, entry: &str, touch: bool) -> PyResult<Py<PyAny>> {
+    wait_for_write(py, entry);
     match entry::read_entry_head(Path::new(entry), touch).map_err(os_error)? {
         ReadOutcome::Found(head) => {
             let t = PyTuple::new(
@@ -329,11 +372,96 @@ fn cache_store(
     .map_err(os_error)
 }
 
-/// Removes an entry or a directory tree atomically. False if it did not exist.
+/// Writes an entry like `cache_store`, but in the background when it is
+/// small (see perfkit_cache::writer): this process reads it from memory until
+/// it is on disk. Returns the failures of earlier background writes, as
+/// [(label, message)], or None (the usual case).
+#[pyfunction]
+fn cache_store_later(
+    py: Python<'_>,
+    entry: &str,
+    flags: u32,
+    metadata_json: &str,
+    stream: &[u8],
+    buffers: &Bound<'_, PyAny>,
+    label: &str,
+) -> PyResult<Option<Vec<(String, String)>>> {
+    let views = Views::of(buffers)?;
+    let slices = views.slices();
+    let total: usize = stream.len() + slices.iter().map(|s| s.len()).sum::<usize>();
+    let path = Path::new(entry);
+    let wb = writer::global();
+    if total > WRITE_BEHIND_MAX {
+        let write = || entry::write_entry(path, flags, metadata_json, stream, &slices, false);
+        py.detach(write).map_err(os_error)?;
+    } else {
+        let bytes =
+            entry::encode_entry(path, flags, metadata_json, stream, &slices).map_err(os_error)?;
+        drop(views);
+        if wb.would_wait(bytes.len()) {
+            py.detach(|| wb.submit(path.to_path_buf(), bytes, label));
+        } else {
+            wb.submit(path.to_path_buf(), bytes, label);
+        }
+    }
+    Ok(failures(wb.take_failures()))
+}
+
+fn failures(list: Vec<writer::WriteFailure>) -> Option<Vec<(String, String)>> {
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        list.into_iter()
+            .map(|f| (f.label.to_string(), f.error.to_string()))
+            .collect(),
+    )
+}
+
+fn wait_for_write(py: Python<'_>, entry: &str) {
+    let wb = writer::global();
+    if wb.get(Path::new(entry)).is_some() {
+        py.detach(|| wb.wait_for(Path::new(entry)));
+    }
+}
+
+fn flush_writes(py: Python<'_>) {
+    let wb = writer::global();
+    if !wb.is_idle() {
+        py.detach(|| wb.flush());
+    }
+}
+
+/// Waits until the entry at `entry`, if queued by `cache_store_later`, is on disk.
+#[pyfunction]
+fn cache_wait(py: Python<'_>, entry: &str) {
+    wait_for_write(py, entry);
+}
+
+/// Waits until every entry queued by `cache_store_later` is on disk; returns
+/// the failures as [(label, message)], or None.
+#[pyfunction]
+fn cache_flush(py: Python<'_>) -> Option<Vec<(String, String)>> {
+    flush_writes(py);
+    failures(writer::global().take_failures())
+}
+
+/// For os.register_at_fork(after_in_child=...): the child starts with an empty write queue.
+#[pyfunction]
+fn cache_after_fork() {
+    writer::reset_after_fork();
+}
+
+/// Removes an entry or a directory tree atomically (and drops the entries
+/// queued under it). False if it did not exist.
 #[pyfunction]
 fn cache_remove(py: Python<'_>, path: &str) -> PyResult<bool> {
-    py.detach(|| store::remove_atomically(Path::new(path)))
-        .map_err(os_error)
+    let wb = writer::global();
+    py.detach(|| {
+        wb.forget_under(Path::new(path));
+        store::remove_atomically(Path::new(path))
+    })
+    .map_err(os_error)
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
@@ -345,6 +473,7 @@ fn epoch_secs(t: SystemTime) -> f64 {
 /// Every entry under `root`, least recently used first: [(path, bytes, last_access_epoch_seconds)].
 #[pyfunction]
 fn cache_entries(py: Python<'_>, root: &str) -> Vec<(String, u64, f64)> {
+    flush_writes(py);
     py.detach(|| {
         store::list_entries(Path::new(root))
             .into_iter()
@@ -374,6 +503,7 @@ fn cache_reduce_size(
         items: items_limit,
         age: age_limit.map(|s| Duration::from_secs_f64(s.max(0.0))),
     };
+    flush_writes(py);
     let removed = py
         .detach(|| store::reduce_size(Path::new(root), limits, SystemTime::now()))
         .map_err(os_error)?;
@@ -385,10 +515,15 @@ fn cache_reduce_size(
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cache_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_key_of_scalars, m)?)?;
     m.add_function(wrap_pyfunction!(cache_load, m)?)?;
     m.add_function(wrap_pyfunction!(cache_load_head, m)?)?;
     m.add_function(wrap_pyfunction!(cache_verify, m)?)?;
     m.add_function(wrap_pyfunction!(cache_store, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_store_later, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_wait, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_flush, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(cache_remove, m)?)?;
     m.add_function(wrap_pyfunction!(cache_entries, m)?)?;
     m.add_function(wrap_pyfunction!(cache_reduce_size, m)?)?;

@@ -1,0 +1,243 @@
+"""perfkit.Memory's fast paths: small results written by a background thread
+(write-behind), hits served from memory after one stat, and cache keys of
+plain arguments hashed without pickling. Each is checked for what could go
+wrong: a result lost at exit or in a child, a cleared entry coming back, a
+background failure never reported, a replaced or damaged file served stale,
+two different arguments sharing a key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import perfkit
+import pytest
+from perfkit import memory as pk_memory
+from perfkit.memory import CacheWarning
+
+pytestmark = pytest.mark.version_sensitive
+
+
+def entries(loc) -> list[str]:
+    return sorted(str(p) for p in Path(loc).rglob("*.pkc"))
+
+
+def counted(mem):
+    calls = []
+
+    def square(x):
+        calls.append(x)
+        return x * x
+
+    return mem.cache(square), calls
+
+
+def test_results_are_served_at_once_and_on_disk_after_exit(tmp_path):
+    """A process stores 300 results (most through the background writer), hits them all
+    at once, and exits normally; a second process must find every one on disk."""
+    script = tmp_path / "store.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, warnings, perfkit
+            from perfkit.memory import CacheWarning
+            warnings.simplefilter("error", CacheWarning)
+            calls = []
+            def square(x):
+                calls.append(x)
+                return x * x
+            f = perfkit.Memory({str(tmp_path / "cache")!r}).cache(square)
+            if sys.argv[1] == "store":
+                for i in range(300):
+                    assert f(i) == i * i
+                for i in range(300):
+                    assert f(i) == i * i  # served from memory or disk: no second call
+                assert len(calls) == 300, len(calls)
+            else:
+                for i in range(300):
+                    assert f.check_call_in_cache(i), i
+                    assert f(i) == i * i
+                assert calls == [], calls
+            """
+        )
+    )
+    subprocess.run([sys.executable, str(script), "store"], check=True, timeout=120)
+    assert len(entries(tmp_path / "cache")) == 300
+    subprocess.run([sys.executable, str(script), "check"], check=True, timeout=120)
+
+
+def test_clear_drops_results_still_queued(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f, calls = counted(mem)
+    for i in range(500):
+        f(i)
+    mem.clear(warn=False)
+    pk_memory._flush_writes()  # nothing queued before the clear may be published after it
+    assert entries(tmp_path) == []
+    f(3)
+    assert calls.count(3) == 2  # recomputed after the clear
+
+
+def test_function_clear_drops_its_queued_results_only(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f, _ = counted(mem)
+
+    def cube(x):
+        return x**3
+
+    g = mem.cache(cube)
+    for i in range(200):
+        f(i)
+        g(i)
+    f.clear(warn=False)
+    pk_memory._flush_writes()
+    assert all("cube" in e for e in entries(tmp_path)) and len(entries(tmp_path)) == 200
+
+
+def test_a_background_write_failure_is_reported(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f, calls = counted(mem)
+    f(1)  # the first store of a function is written at once: its directory now exists
+    [first] = entries(tmp_path)
+    code_dir = os.path.dirname(first)
+    shutil.rmtree(code_dir)
+    with open(code_dir, "w") as blocker:  # a file where the directory was: writes must fail
+        blocker.write("not a directory")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert f(2) == 4  # queued; it fails in the background
+    with pytest.warns(CacheWarning, match=r"could not store a result of .*square\(\) in the background"):
+        pk_memory._flush_writes()
+    assert calls == [1, 2]
+
+
+def test_forked_child_writes_at_once(tmp_path):
+    """A forked child may end by os._exit (as multiprocessing's fork workers do): its
+    results must already be on disk when it returns them."""
+    mem = perfkit.Memory(tmp_path)
+    f, _ = counted(mem)
+    f(0)  # stored by the parent: the child's stores are not its function's first
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for i in range(1, 50):
+                f(i)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(entries(tmp_path)) == 50
+
+
+def test_multiprocessing_child_writes_at_once(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        # The pool is terminated (SIGTERM) on leaving the block, right after the task
+        # returns: nothing may be left queued then.
+        assert pool.apply(_store_in_child, (str(tmp_path), 2000)) == sum(i * i for i in range(2000))
+    assert len(entries(tmp_path)) == 2000
+
+
+def _square_for_child(x):
+    return x * x
+
+
+def _store_in_child(loc, n):
+    f = perfkit.Memory(loc).cache(_square_for_child)
+    return sum(f(i) for i in range(n))
+
+
+def test_hit_sees_a_replaced_entry_file(tmp_path):
+    """A hit served from memory is revalidated by one stat: a file replaced by another
+    process (here: renamed over it) is read again."""
+    value = {"v": "first"}
+
+    def f(x):
+        return value["v"]
+
+    a = perfkit.Memory(tmp_path / "a").cache(f)
+    b = perfkit.Memory(tmp_path / "b").cache(f)
+    assert a(1) == "first" and a(1) == "first"  # the second is a hit, now kept in memory
+    value["v"] = "second"
+    assert b(1) == "second"
+    [ea] = entries(tmp_path / "a")
+    [eb] = entries(tmp_path / "b")
+    shutil.copy(eb, ea + ".new")
+    os.replace(ea + ".new", ea)
+    assert a(1) == "second"
+
+
+def test_hit_sees_damage_in_place_and_removal(tmp_path):
+    mem = perfkit.Memory(tmp_path)
+    f, calls = counted(mem)
+    assert f(7) == 49 and f(7) == 49 and calls == [7]
+    [e] = entries(tmp_path)
+    with open(e, "r+b") as fh:  # flip one bit of the pickle, same size
+        fh.seek(-3, os.SEEK_END)
+        b = fh.read(1)
+        fh.seek(-3, os.SEEK_END)
+        fh.write(bytes([b[0] ^ 1]))
+    with pytest.warns(CacheWarning, match="is corrupted"):
+        assert f(7) == 49
+    assert calls == [7, 7]
+    pk_memory._flush_writes()
+    for e in entries(tmp_path):
+        os.unlink(e)
+    assert f(7) == 49 and calls == [7, 7, 7]
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (1, True),
+        (1, 1.0),
+        (0.0, -0.0),
+        ("1", 1),
+        (b"x", "x"),
+        (None, "None"),
+        (2**63, 2**63 + 1),  # beyond 64 bits: the pickled path
+        (1, 1 << 64),
+    ],
+)
+def test_plain_arguments_that_differ_get_different_entries(tmp_path, a, b):
+    calls = []
+
+    def ident(x):
+        calls.append(x)
+        return repr(x)
+
+    f = perfkit.Memory(tmp_path).cache(ident)
+    assert f(a) == repr(a) and f(b) == repr(b)
+    assert f(a) == repr(a) and f(b) == repr(b)
+    assert len(calls) == 2
+
+
+def test_plain_argument_keys_are_stable_across_processes(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import perfkit
+        def g(a, b=2.5, c="label", d=None, e=b"raw", f=True):
+            return (a, b, c, d, e, f)
+        g.__module__ = "stable"
+        g.__qualname__ = "g"
+        print(perfkit.Memory({str(tmp_path)!r}).cache(g)._key((1,), {{}}))
+        """
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout.strip()
+        for seed in (1, 2, 3)
+    }
+    assert len(keys) == 1 and len(next(iter(keys))) == 32
