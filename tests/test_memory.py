@@ -323,6 +323,7 @@ def test_reduce_size_lru_by_items_bytes_and_age(tmp_path):
     f = mem.cache(lambda i: bytes(1000))
     for i in range(6):
         f(i)
+    perfkit.memory._flush_writes()  # the files are edited below: they must be on disk
     # Give each entry a distinct last use: i=0 oldest ... i=5 newest.
     for i in range(6):
         key = f._key((i,), {})

@@ -361,7 +361,19 @@ _arg_repr.maxlist = _arg_repr.maxtuple = _arg_repr.maxdict = _arg_repr.maxset = 
 
 
 _PLAIN_REPR = (int, float, bool, type(None), complex)
-_metadata_json = json.JSONEncoder(check_circular=False).encode
+_json_str = json.encoder.encode_basestring_ascii
+
+
+def _metadata_json(m: dict) -> str:
+    """The metadata dict of ``_store`` as one line of JSON, written out directly:
+    json.dumps builds an encoder per call, which costs a miss several µs."""
+    args = ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in m["input_args"].items())
+    return (
+        f'{{"duration": {float(m["duration"])!r}, "time": {float(m["time"])!r}, '
+        f'"function": {_json_str(m["function"])}, "key": {_json_str(m["key"])}, '
+        f'"input_args": {{{args}}}, "output_bytes": {int(m["output_bytes"])}, '
+        f'"compressed": {"true" if m["compressed"] else "false"}}}'
+    )
 
 
 def _short_repr(v) -> str:

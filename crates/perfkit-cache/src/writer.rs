@@ -51,6 +51,11 @@ struct State {
     queued_bytes: usize,
     failures: VecDeque<WriteFailure>,
     writer_started: bool,
+    /// The writer sleeps for want of work: a submit must wake it (else it will
+    /// find the new entry by itself, and waking it would cost a system call).
+    writer_idle: bool,
+    /// Callers sleep until something is written (wait_for, flush, a full queue).
+    waiters: usize,
 }
 
 struct Shared {
@@ -83,6 +88,18 @@ impl WriteBehind {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sleeps until the writer (or a forget) reports progress.
+    fn wait<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.waiters += 1;
+        let mut st = self
+            .shared
+            .changed
+            .wait(st)
+            .unwrap_or_else(|e| e.into_inner());
+        st.waiters -= 1;
+        st
+    }
+
     /// Whether [`submit`](Self::submit) of `len` bytes would wait for room.
     pub fn would_wait(&self, len: usize) -> bool {
         let st = self.lock();
@@ -97,11 +114,7 @@ impl WriteBehind {
         let len = bytes.len();
         let mut st = self.lock();
         while st.queued_bytes > 0 && st.queued_bytes + len > MAX_QUEUED_BYTES {
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.wait(st);
         }
         if !st.writer_started {
             let shared = Arc::clone(&self.shared);
@@ -139,8 +152,11 @@ impl WriteBehind {
                 st.queued_bytes += len;
             }
         }
+        let wake = st.writer_idle;
         drop(st);
-        self.shared.changed.notify_all();
+        if wake {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// The encoded entry waiting to be written at `path`, if any.
@@ -161,11 +177,7 @@ impl WriteBehind {
     pub fn wait_for(&self, path: &Path) {
         let mut st = self.lock();
         while st.pending.contains_key(path) {
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.wait(st);
         }
     }
 
@@ -174,11 +186,7 @@ impl WriteBehind {
     pub fn flush(&self) {
         let mut st = self.lock();
         while !st.pending.is_empty() {
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.wait(st);
         }
     }
 
@@ -197,14 +205,13 @@ impl WriteBehind {
         });
         st.queued_bytes -= freed;
         while st.writing.as_deref().is_some_and(|w| w.starts_with(prefix)) {
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.wait(st);
         }
+        let wake = st.waiters > 0; // a submitter may wait for the room just freed
         drop(st);
-        self.shared.changed.notify_all();
+        if wake {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// The failures since the last call (usually none).
@@ -231,7 +238,9 @@ fn run_writer(shared: &Shared) {
     let mut st = lock();
     loop {
         let Some(path) = st.order.pop_front() else {
+            st.writer_idle = true;
             st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.writer_idle = false;
             continue;
         };
         let Some(p) = st.pending.get_mut(&path).filter(|p| p.queued) else {
@@ -255,7 +264,9 @@ fn run_writer(shared: &Shared) {
         if let Err(error) = result {
             st.record(label, error);
         }
-        shared.changed.notify_all();
+        if st.waiters > 0 {
+            shared.changed.notify_all();
+        }
     }
 }
 
