@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def test_a_background_write_failure_is_reported(tmp_path):
     assert calls == [1, 2]
 
 
+# The writer thread may still be alive at the fork: that is the case under test.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_writes_at_once(tmp_path):
     """A forked child may end by os._exit (as multiprocessing's fork workers do): its
     results must already be on disk when it returns them."""
@@ -132,6 +135,29 @@ def test_forked_child_writes_at_once(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(entries(tmp_path)) == 50
+
+
+def os_threads() -> int:
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith("Threads:")).split()[1])
+
+
+def test_idle_writer_thread_ends(tmp_path):
+    """The writer thread ends when idle, so a process that forks later (multiprocessing's
+    default on Linux) is not multi-threaded because of perfkit.Memory."""
+    pk_memory._flush_writes()
+    time.sleep(0.6)
+    before = os_threads()
+    f, _ = counted(perfkit.Memory(tmp_path))
+    for i in range(100):
+        f(i)
+    assert os_threads() == before + 1  # the writer
+    pk_memory._flush_writes()
+    deadline = time.monotonic() + 5
+    while os_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os_threads() == before
+    assert len(entries(tmp_path)) == 100
 
 
 def test_multiprocessing_child_writes_at_once(tmp_path):

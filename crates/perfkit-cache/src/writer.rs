@@ -12,18 +12,22 @@
 //! queued. Failures (disk full, read-only location) are kept for the
 //! submitter to report ([`WriteBehind::take_failures`]).
 //!
+//! The thread ends when idle for a moment and starts again on demand.
 //! After `fork(2)` the child must call [`reset_after_fork`]: the parent's
 //! thread does not exist there, and its lock may have been held.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::entry::write_encoded;
 use crate::error::CacheError;
 
 /// Bytes of encoded entries queued at most; beyond, a submitter waits.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// The writer thread ends after this long without work.
+const IDLE_EXIT: Duration = Duration::from_millis(200);
 /// Failures kept for reporting at most (the oldest are dropped).
 const MAX_FAILURES: usize = 64;
 
@@ -239,8 +243,18 @@ fn run_writer(shared: &Shared) {
     loop {
         let Some(path) = st.order.pop_front() else {
             st.writer_idle = true;
-            st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            let (guard, timeout) = shared
+                .changed
+                .wait_timeout(st, IDLE_EXIT)
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
             st.writer_idle = false;
+            if timeout.timed_out() && st.order.is_empty() {
+                // Idle: end the thread (the next submit starts one), so that a process
+                // that forks later is not multi-threaded because of us.
+                st.writer_started = false;
+                return;
+            }
             continue;
         };
         let Some(p) = st.pending.get_mut(&path).filter(|p| p.queued) else {
@@ -334,6 +348,22 @@ mod tests {
             let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
             assert_eq!(&b[s0..s0 + sl], format!("value {i}").as_bytes());
         }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_writer_ends_when_idle_and_starts_again() {
+        let d = tmpdir("idle");
+        let wb = WriteBehind::new();
+        let p = d.join("a.pkc");
+        wb.submit(p.clone(), encoded(&p, b"a"), "f");
+        wb.flush();
+        std::thread::sleep(IDLE_EXIT * 3);
+        assert!(!wb.lock().writer_started, "the idle writer did not end");
+        let q = d.join("b.pkc");
+        wb.submit(q.clone(), encoded(&q, b"b"), "f");
+        wb.flush();
+        assert!(q.exists() && wb.take_failures().is_empty());
         fs::remove_dir_all(&d).unwrap();
     }
 
