@@ -56,7 +56,9 @@ def test_demo_profiles_parallelizes_and_caches(tmp_path):
     out = r.stdout
     assert "Hot spots (own time):" in out and "ncalls  tottime" in out
     assert "The hottest function is word_score()" in out
-    assert re.search(r"perfkit\.Parallel on \d+ worker processes [\d.]+ s: [\d.]+x faster \(same results\)", out)
+    assert re.search(
+        r"perfkit\.Parallel on \d+ worker processes [\d.]+ s: [\d.]+x faster \(same results\)", out
+    )
     assert re.search(r"Cached with perfkit\.Memory: run_pipeline_parallel\(\) .* s saved", out)
     assert "Next: perfkit view perfkit-demo.prof" in out
     stats = pstats.Stats(str(tmp_path / "perfkit-demo.prof")).stats
