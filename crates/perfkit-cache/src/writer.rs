@@ -8,8 +8,8 @@
 //! other processes see it once it is published (meanwhile it is a miss for
 //! them, as any entry still being written is). A crash loses queued entries
 //! (they are recomputed next time) and never publishes a partial one.
-//! Memory is bounded: a submitter waits while [`MAX_QUEUED_BYTES`] are
-//! queued. Failures (disk full, read-only location) are kept for the
+//! The queue is bounded ([`MAX_QUEUED_BYTES`], [`MAX_QUEUED_ENTRIES`]): a
+//! submitter waits for room. Failures (disk full, read-only location) are kept for the
 //! submitter to report ([`WriteBehind::take_failures`]).
 //!
 //! The thread ends when idle for a moment and starts again on demand.
@@ -26,6 +26,9 @@ use crate::error::CacheError;
 
 /// Bytes of encoded entries queued at most; beyond, a submitter waits.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Entries queued at most: bounds the wait at exit (a flush) to a fraction of
+/// a second on a disk that takes ~100 µs per file.
+pub const MAX_QUEUED_ENTRIES: usize = 4096;
 /// The writer thread ends after this long without work.
 const IDLE_EXIT: Duration = Duration::from_millis(200);
 /// Failures kept for reporting at most (the oldest are dropped).
@@ -106,8 +109,7 @@ impl WriteBehind {
 
     /// Whether [`submit`](Self::submit) of `len` bytes would wait for room.
     pub fn would_wait(&self, len: usize) -> bool {
-        let st = self.lock();
-        st.queued_bytes > 0 && st.queued_bytes + len > MAX_QUEUED_BYTES
+        self.lock().is_full(len)
     }
 
     /// Queues `bytes` (an entry encoded by [`crate::entry::encode_entry`]) to
@@ -117,7 +119,7 @@ impl WriteBehind {
     pub fn submit(&self, path: PathBuf, bytes: Vec<u8>, label: &str) {
         let len = bytes.len();
         let mut st = self.lock();
-        while st.queued_bytes > 0 && st.queued_bytes + len > MAX_QUEUED_BYTES {
+        while st.is_full(len) {
             st = self.wait(st);
         }
         if !st.writer_started {
@@ -229,6 +231,11 @@ impl WriteBehind {
 }
 
 impl State {
+    fn is_full(&self, len: usize) -> bool {
+        self.pending.len() >= MAX_QUEUED_ENTRIES
+            || (self.queued_bytes > 0 && self.queued_bytes + len > MAX_QUEUED_BYTES)
+    }
+
     fn record(&mut self, label: Arc<str>, error: CacheError) {
         if self.failures.len() == MAX_FAILURES {
             self.failures.pop_front();
@@ -364,6 +371,21 @@ mod tests {
         wb.submit(q.clone(), encoded(&q, b"b"), "f");
         wb.flush();
         assert!(q.exists() && wb.take_failures().is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_loses_nothing() {
+        let d = tmpdir("bounded");
+        let wb = WriteBehind::new();
+        let n = MAX_QUEUED_ENTRIES + 500;
+        for i in 0..n {
+            let p = d.join(format!("e{i}.pkc"));
+            wb.submit(p.clone(), encoded(&p, b"x"), "f");
+            assert!(wb.lock().pending.len() <= MAX_QUEUED_ENTRIES);
+        }
+        wb.flush();
+        assert_eq!(fs::read_dir(&d).unwrap().count(), n);
         fs::remove_dir_all(&d).unwrap();
     }
 
