@@ -22,7 +22,8 @@ call returns without waiting for the file system; this process reads it from
 memory until it is on disk, and the queue is flushed at exit. Another process
 sees the entry once it is written (a miss for it until then). A process killed
 before the write loses the entry, never half of it; forked and multiprocessing
-children, which often end without running atexit, write at once.
+children, which often end without running atexit, and perfkit.Parallel's
+workers, whose siblings share the location, write at once.
 
 Crash safety comes from the rename (an entry is complete or absent) and the
 checksums (damage is detected on read, warned about and recomputed), not from
@@ -493,11 +494,20 @@ def _after_fork_in_child() -> None:
     _native.cache_after_fork()
 
 
+def _is_pool_worker() -> bool:
+    # Asked at store time: `python -m perfkit._worker` imports perfkit (and this module)
+    # before it makes the worker module __main__.
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == "perfkit._worker"
+
+
 def _may_write_behind() -> bool:
     """Whether this process may leave writes to a background thread: not in a forked or
     multiprocessing child, which may end by os._exit or a SIGTERM (Pool.terminate)
-    without running atexit, and would lose them."""
-    if _forked_child:
+    without running atexit and would lose them, nor in a perfkit.Parallel worker."""
+    if _forked_child or _is_pool_worker():
+        # perfkit.Parallel's workers share a location with their siblings, which should see
+        # an entry as soon as its task is done; and a pool may kill its workers (timeout, Ctrl-C).
         return False
     mp = sys.modules.get("multiprocessing")
     return mp is None or mp.parent_process() is None
@@ -780,6 +790,7 @@ class MemorizedFunc:
             out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
             if not stored:
                 return NotMemorizedResult(out)
+            _native.cache_wait(entry)  # the reference may be used by another process at once
         return MemorizedResult(self.memory.location, self._name, key, entry, self.mmap_mode)
 
     def clear(self, warn: bool = True) -> None:
