@@ -118,9 +118,14 @@ class WorkerPool:
     def terminate(self) -> None: ...
     def close(self) -> None: ...
 
-class delayed:
-    """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format)."""
+def delayed(function: Callable[..., Any]) -> Delayed:
+    """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format).
+    The same wrapper is handed out again for the same plain function (until ``delayed_forget``)."""
 
+def delayed_forget() -> None:
+    """Drops the wrapper ``delayed`` keeps for reuse."""
+
+class Delayed:
     def __init__(self, function: Callable[..., Any]) -> None: ...
     def __call__(
         self, *args: Any, **kwargs: Any

@@ -267,12 +267,61 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
     }
 }
 
-/// `delayed(f)`: calling it returns the task `(f, args, kwargs)` (joblib's
-/// format). In Rust because user code builds one per task: 100,000 tiny tasks
-/// must not cost more to describe than to run.
-#[pyclass(module = "perfkit._native", frozen, name = "delayed")]
+/// What `delayed(f)` returns: calling it gives the task `(f, args, kwargs)`
+/// (joblib's format). In Rust because user code builds one per task: 100,000
+/// tiny tasks must not cost more to describe than to run.
+#[pyclass(module = "perfkit._native", frozen, name = "Delayed")]
 pub struct Delayed {
     function: Py<PyAny>,
+}
+
+/// The wrapper of the last plain function given to `delayed`, handed out
+/// again for the same function: `delayed(f)(x) for x in …` then makes no
+/// wrapper per task (that was half the cost of describing a tiny task).
+/// Only plain functions (`def`, lambda) are kept, never bound methods or
+/// other callables (which could hold a large object alive), and
+/// `Parallel` forgets it at the end of each call.
+static LAST_DELAYED: Mutex<Option<Py<Delayed>>> = Mutex::new(None);
+
+/// `delayed(f)`: a wrapper whose call returns the task `(f, args, kwargs)`.
+#[pyfunction]
+fn delayed<'py>(py: Python<'py>, function: Bound<'py, PyAny>) -> PyResult<Bound<'py, Delayed>> {
+    let plain = function.is_instance_of::<pyo3::types::PyFunction>();
+    if plain {
+        if let Some(last) = LAST_DELAYED.lock().unwrap().as_ref() {
+            if last.get().function.is(&function) {
+                return Ok(last.bind(py).clone());
+            }
+        }
+    } else if !function.is_callable() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "delayed() needs a callable, got {}",
+            function.get_type().name()?
+        )));
+    }
+    let wrapper = Bound::new(
+        py,
+        Delayed {
+            function: function.unbind(),
+        },
+    )?;
+    if plain {
+        // The previous wrapper is dropped after the lock is released (its
+        // destructor may run Python code that calls `delayed`).
+        let previous = LAST_DELAYED
+            .lock()
+            .unwrap()
+            .replace(wrapper.clone().unbind());
+        drop(previous);
+    }
+    Ok(wrapper)
+}
+
+/// Forgets the wrapper `delayed` keeps for reuse (so that it holds nothing alive).
+#[pyfunction]
+fn delayed_forget() {
+    let previous = LAST_DELAYED.lock().unwrap().take();
+    drop(previous);
 }
 
 #[pymethods]
@@ -455,6 +504,8 @@ fn shm_dir() -> PathBuf {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerPool>()?;
     m.add_class::<Delayed>()?;
+    m.add_function(wrap_pyfunction!(delayed, m)?)?;
+    m.add_function(wrap_pyfunction!(delayed_forget, m)?)?;
     m.add_function(wrap_pyfunction!(encode_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
