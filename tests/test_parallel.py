@@ -144,6 +144,31 @@ def test_delayed_matches_joblib_format():
     assert Parallel(n_jobs=2)(joblib.delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
+def test_draw_uniform_batch_encodes_or_returns_the_tasks_as_drawn():
+    draw = _native.draw_uniform_batch
+    sq, add = T.square, T.add
+    it = iter([delayed(sq)(i) for i in range(5)])
+    assert draw(it, 3, sq) == (None, 2, [0, 1, 2])
+    assert draw(it, 3, sq) == (None, 2, [3, 4])
+    assert draw(it, 3, sq) == ([], None, None)
+    assert draw(iter([delayed(add)(1, 2), delayed(add)(3)]), 9, add) == (None, 0, [(1, 2), (3,)])
+    # A task that does not fit (other function, kwargs, not a task): every task
+    # of the batch comes back as drawn, in order, and the rest stays in the iterator.
+    for odd in (delayed(add)(1), delayed(sq)(1, y=2), "not a task", (sq, [1], {})):
+        tasks = [delayed(sq)(0), delayed(sq)(1), odd, delayed(sq)(3), delayed(sq)(4)]
+        it = iter(tasks)
+        chunk, mode, items = draw(it, 4, sq)
+        assert (chunk, mode, items) == (tasks[:4], None, None)
+        assert next(it) == tasks[4]
+
+    def failing():
+        yield delayed(sq)(1)
+        raise ValueError("from the caller's generator")
+
+    with pytest.raises(ValueError, match="caller's generator"):
+        draw(failing(), 10, sq)
+
+
 def test_delayed_reuses_its_wrapper_and_holds_nothing_after_a_call():
     import weakref
 

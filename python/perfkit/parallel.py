@@ -988,25 +988,31 @@ class _ProcessCall:
                         if remembered:
                             per_task, parent_per_task, bytes_per_task = remembered
                             size = self._auto_size(per_task, bytes_per_task, parent_per_task)
-                    chunk += itertools.islice(tasks, size - len(chunk))
-                    if not chunk:
-                        exhausted = True
-                        break
+                    mode = None
+                    if chunk or len(self.functions) != 1:
+                        chunk += itertools.islice(tasks, size - len(chunk))
+                    else:
+                        # The usual case: one function; drawn and encoded in one pass.
+                        chunk, mode, items = _native.draw_uniform_batch(tasks, size, self.functions[0])
                     first = dispatched
-                    dispatched += len(chunk)
-                    mode, items = self._encode(chunk, first)
+                    if mode is None:
+                        if not chunk:
+                            exhausted = True
+                            break
+                        mode, items = self._encode(chunk, first)
+                    dispatched += len(items)
                     if self.function_dirty:
                         self._begin()
                     buffers = []
-                    payload = self._pickle_batch(first, mode, items, chunk, buffers)
+                    payload = self._pickle_batch(first, mode, items, buffers)
                     batch = next(batch_ids)
                     remote = self.remote and bool(buffers)
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
                     if remote:
                         self.keep_alive[batch] = buffers  # the worker reads them from here
-                    parent_per_task = (time.perf_counter() - t_produce) / len(chunk)
+                    parent_per_task = (time.perf_counter() - t_produce) / len(items)
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
-                    bytes_per_task = nbytes / len(chunk)
+                    bytes_per_task = nbytes / len(items)
                     # Only the encoded items stay (they name a task that fails): the
                     # caller's task tuples die young, which keeps the GC's work small.
                     in_flight[batch] = (first, mode, items)
@@ -1095,7 +1101,7 @@ class _ProcessCall:
             items.append((slot(function), args, kwargs))
         return FULL, items
 
-    def _pickle_batch(self, first, mode, items, chunk, buffers):
+    def _pickle_batch(self, first, mode, items, buffers):
         threshold = self.threshold
 
         def out_of_band(pickle_buffer):
@@ -1116,8 +1122,8 @@ class _ProcessCall:
             return cloudpickle.dumps(message, protocol=5, buffer_callback=out_of_band)
         except Exception as exc:
             buffers.clear()
-            for index, task in enumerate(chunk, first):
-                function, args, kwargs = _unpack(task, index)
+            for index, item in enumerate(items, first):
+                function, args, kwargs = self._decode(mode, item)
                 try:
                     cloudpickle.dumps((args, kwargs), protocol=5)
                 except Exception as inner:
