@@ -6,6 +6,7 @@ table afterwards. Speed is measured in bench/parallel_bench.py, not here.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -141,6 +142,62 @@ def test_delayed_matches_joblib_format():
         delayed(3)
     # joblib-made tasks run on perfkit too
     assert Parallel(n_jobs=2)(joblib.delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_draw_uniform_batch_encodes_or_returns_the_tasks_as_drawn():
+    draw = _native.draw_uniform_batch
+    sq, add = T.square, T.add
+    it = iter([delayed(sq)(i) for i in range(5)])
+    assert draw(it, 3, sq) == (None, 2, [0, 1, 2])
+    assert draw(it, 3, sq) == (None, 2, [3, 4])
+    assert draw(it, 3, sq) == ([], None, None)
+    assert draw(iter([delayed(add)(1, 2), delayed(add)(3)]), 9, add) == (None, 0, [(1, 2), (3,)])
+    # A task that does not fit (other function, kwargs, not a task): every task
+    # of the batch comes back as drawn, in order, and the rest stays in the iterator.
+    for odd in (delayed(add)(1), delayed(sq)(1, y=2), "not a task", (sq, [1], {})):
+        tasks = [delayed(sq)(0), delayed(sq)(1), odd, delayed(sq)(3), delayed(sq)(4)]
+        it = iter(tasks)
+        chunk, mode, items = draw(it, 4, sq)
+        assert (chunk, mode, items) == (tasks[:4], None, None)
+        assert next(it) == tasks[4]
+
+    def failing():
+        yield delayed(sq)(1)
+        raise ValueError("from the caller's generator")
+
+    with pytest.raises(ValueError, match="caller's generator"):
+        draw(failing(), 10, sq)
+
+
+def test_delayed_reuses_its_wrapper_and_holds_nothing_after_a_call():
+    import weakref
+
+    # The same plain function gets the same wrapper back (no object per task) ...
+    assert delayed(T.square) is delayed(T.square)
+    assert delayed(T.square) is not delayed(T.add)
+    assert delayed(T.square).__wrapped__ is T.square
+    # ... each task still gets its own kwargs dict, as joblib's do
+    a, b = delayed(T.add)(1), delayed(T.add)(2)
+    assert a[2] is not b[2] and a[1:] != b[1:]
+    # Bound methods (which hold their object) are never kept.
+    seen = []
+    assert delayed(seen.append) is not delayed(seen.append)
+
+    # The kept wrapper is let go at the end of a Parallel call, so a closure
+    # (and what it captured) is not kept alive by `delayed`.
+    class Big:
+        pass
+
+    big = Big()
+    alive = weakref.ref(big)
+
+    def closure(i, big=big):
+        return i
+
+    assert Parallel(n_jobs=2)(delayed(closure)(i) for i in range(10)) == list(range(10))
+    del closure, big
+    gc.collect()
+    assert alive() is None
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Type stubs for perfkit's Rust extension module."""
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from os import PathLike
 from typing import Any
 
@@ -144,9 +144,14 @@ class WorkerPool:
     def terminate(self) -> None: ...
     def close(self) -> None: ...
 
-class delayed:
-    """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format)."""
+def delayed(function: Callable[..., Any]) -> Delayed:
+    """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format).
+    The same wrapper is handed out again for the same plain function (until ``delayed_forget``)."""
 
+def delayed_forget() -> None:
+    """Drops the wrapper ``delayed`` keeps for reuse."""
+
+class Delayed:
     def __init__(self, function: Callable[..., Any]) -> None: ...
     def __call__(
         self, *args: Any, **kwargs: Any
@@ -156,6 +161,12 @@ class delayed:
 
 def encode_uniform_batch(tasks: list[Any], function: Callable[..., Any]) -> tuple[int, list[Any]] | None:
     """``(2, [x…])`` / ``(0, [args…])`` when every task is ``(function, args, {})``, else None."""
+
+def draw_uniform_batch(
+    iterator: Iterator[Any], n: int, function: Callable[..., Any]
+) -> tuple[list[Any] | None, int | None, list[Any] | None]:
+    """Up to ``n`` tasks from ``iterator``: ``(None, 2, [x…])`` / ``(None, 0, [args…])`` when every
+    one is ``(function, args, {})``, else ``(tasks_as_drawn, None, None)``."""
 
 def shm_segments() -> list[str]:
     """This process's named shared-memory segments (leak checks)."""

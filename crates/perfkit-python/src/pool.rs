@@ -267,12 +267,61 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
     }
 }
 
-/// `delayed(f)`: calling it returns the task `(f, args, kwargs)` (joblib's
-/// format). In Rust because user code builds one per task: 100,000 tiny tasks
-/// must not cost more to describe than to run.
-#[pyclass(module = "perfkit._native", frozen, name = "delayed")]
+/// What `delayed(f)` returns: calling it gives the task `(f, args, kwargs)`
+/// (joblib's format). In Rust because user code builds one per task: 100,000
+/// tiny tasks must not cost more to describe than to run.
+#[pyclass(module = "perfkit._native", frozen, name = "Delayed")]
 pub struct Delayed {
     function: Py<PyAny>,
+}
+
+/// The wrapper of the last plain function given to `delayed`, handed out
+/// again for the same function: `delayed(f)(x) for x in …` then makes no
+/// wrapper per task (that was half the cost of describing a tiny task).
+/// Only plain functions (`def`, lambda) are kept, never bound methods or
+/// other callables (which could hold a large object alive), and
+/// `Parallel` forgets it at the end of each call.
+static LAST_DELAYED: Mutex<Option<Py<Delayed>>> = Mutex::new(None);
+
+/// `delayed(f)`: a wrapper whose call returns the task `(f, args, kwargs)`.
+#[pyfunction]
+fn delayed<'py>(py: Python<'py>, function: Bound<'py, PyAny>) -> PyResult<Bound<'py, Delayed>> {
+    let plain = function.is_instance_of::<pyo3::types::PyFunction>();
+    if plain {
+        if let Some(last) = LAST_DELAYED.lock().unwrap().as_ref() {
+            if last.get().function.is(&function) {
+                return Ok(last.bind(py).clone());
+            }
+        }
+    } else if !function.is_callable() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "delayed() needs a callable, got {}",
+            function.get_type().name()?
+        )));
+    }
+    let wrapper = Bound::new(
+        py,
+        Delayed {
+            function: function.unbind(),
+        },
+    )?;
+    if plain {
+        // The previous wrapper is dropped after the lock is released (its
+        // destructor may run Python code that calls `delayed`).
+        let previous = LAST_DELAYED
+            .lock()
+            .unwrap()
+            .replace(wrapper.clone().unbind());
+        drop(previous);
+    }
+    Ok(wrapper)
+}
+
+/// Forgets the wrapper `delayed` keeps for reuse (so that it holds nothing alive).
+#[pyfunction]
+fn delayed_forget() {
+    let previous = LAST_DELAYED.lock().unwrap().take();
+    drop(previous);
 }
 
 #[pymethods]
@@ -368,6 +417,101 @@ fn encode_uniform_batch<'py>(
     }
 }
 
+/// Draws up to `n` tasks from `iterator` for one batch, encoding them on the
+/// way when every one is `(function, args, {})` with this very function:
+/// returns `(None, 2, [x, …])` when every args tuple holds one value,
+/// `(None, 0, [args, …])` otherwise, or `(tasks, None, None)` (the tasks as
+/// drawn) when the batch needs the general encoding. An empty iterator
+/// gives `([], None, None)`. (islice + list + encode_uniform_batch in one
+/// pass, without a list of the caller's task tuples: they are freed as soon
+/// as their arguments are taken.)
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn draw_uniform_batch<'py>(
+    py: Python<'py>,
+    iterator: &Bound<'py, PyAny>,
+    n: usize,
+    function: &Bound<'py, PyAny>,
+) -> PyResult<(
+    Option<Bound<'py, PyList>>,
+    Option<u8>,
+    Option<Bound<'py, PyList>>,
+)> {
+    let mut iterator = iterator.cast::<pyo3::types::PyIterator>()?.clone();
+    let mut args_all: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n.min(1 << 16));
+    let mut all_single = true;
+    let mut drawn = 0usize;
+    // The first task that does not fit (then every task is kept as drawn).
+    let mut misfit: Option<Bound<'py, PyAny>> = None;
+    while drawn < n {
+        let Some(item) = iterator.next() else { break };
+        let item = item?;
+        drawn += 1;
+        if let Some(args) = uniform_args(&item, function)? {
+            all_single &= args.len() == 1;
+            args_all.push(args.into_any());
+        } else {
+            misfit = Some(item);
+            break;
+        }
+    }
+    if let Some(first_misfit) = misfit {
+        // Rebuild the tasks drawn so far (same function, same args, an empty
+        // dict each) and take the rest of the batch as it comes.
+        let tasks = PyList::empty(py);
+        for args in args_all {
+            tasks.append((function, args, PyDict::new(py)))?;
+        }
+        tasks.append(first_misfit)?;
+        while drawn < n {
+            let Some(item) = iterator.next() else { break };
+            tasks.append(item?)?;
+            drawn += 1;
+        }
+        return Ok((Some(tasks), None, None));
+    }
+    if args_all.is_empty() {
+        return Ok((Some(PyList::empty(py)), None, None));
+    }
+    if all_single {
+        let singles = PyList::new(
+            py,
+            args_all.iter().map(|a| {
+                // SAFETY: every entry is a tuple of length 1 (checked above).
+                unsafe { a.cast_unchecked::<PyTuple>().get_borrowed_item_unchecked(0) }
+            }),
+        )?;
+        Ok((None, Some(2), Some(singles)))
+    } else {
+        Ok((None, Some(0), Some(PyList::new(py, args_all)?)))
+    }
+}
+
+/// The args tuple of `task` if it is `(function, args, {})` with this function.
+fn uniform_args<'py>(
+    task: &Bound<'py, PyAny>,
+    function: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let Ok(t) = task.cast::<PyTuple>() else {
+        return Ok(None);
+    };
+    if t.len() != 3 {
+        return Ok(None);
+    }
+    let f = t.get_borrowed_item(0)?;
+    if !f.is(function) && !f.eq(function)? {
+        return Ok(None);
+    }
+    match t.get_borrowed_item(2)?.cast::<PyDict>() {
+        Ok(k) if k.is_empty() => {}
+        _ => return Ok(None),
+    }
+    match t.get_borrowed_item(1)?.cast::<PyTuple>() {
+        Ok(a) => Ok(Some(a.to_owned())),
+        Err(_) => Ok(None),
+    }
+}
+
 /// `(address, length)` of an object's buffer (for `read_process_memory` in another process).
 #[pyfunction]
 fn buffer_address(buffer: PyBuffer<u8>) -> (u64, u64) {
@@ -455,7 +599,10 @@ fn shm_dir() -> PathBuf {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerPool>()?;
     m.add_class::<Delayed>()?;
+    m.add_function(wrap_pyfunction!(delayed, m)?)?;
+    m.add_function(wrap_pyfunction!(delayed_forget, m)?)?;
     m.add_function(wrap_pyfunction!(encode_uniform_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(read_process_memory, m)?)?;
