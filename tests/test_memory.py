@@ -190,7 +190,7 @@ def test_metadata_is_human_readable(tmp_path):
     assert stored["input_args"] == {"x": "3", "y": "2", "z": "1"}
     assert stored["duration"] >= 0 and stored["output_bytes"] > 0
     assert meta["input_args"] == stored["input_args"]
-    code = (entry.parent / "func_code.py").read_text()
+    code = (entry.parent.parent / "func_code.py").read_text()
     assert "def _add(x, y=2, *, z=3):" in code
 
 
@@ -327,7 +327,7 @@ def test_reduce_size_lru_by_items_bytes_and_age(tmp_path):
     # Give each entry a distinct last use: i=0 oldest ... i=5 newest.
     for i in range(6):
         key = f._key((i,), {})
-        _age(Path(f._entry_prefix + key + ".pkc"), 1000 - 100 * i)
+        _age(Path(f._entry_path(key)), 1000 - 100 * i)
     # A hit refreshes the oldest one's last use.
     f(0)
     mem.reduce_size(items_limit=5)  # evicts i=1, the least recently used

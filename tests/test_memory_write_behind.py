@@ -106,7 +106,7 @@ def test_a_background_write_failure_is_reported(tmp_path):
     f, calls = counted(mem)
     f(1)  # the first store of a function is written at once: its directory now exists
     [first] = entries(tmp_path)
-    code_dir = os.path.dirname(first)
+    code_dir = os.path.dirname(os.path.dirname(first))  # <code dir>/<ab>/<key>.pkc
     shutil.rmtree(code_dir)
     with open(code_dir, "w") as blocker:  # a file where the directory was: writes must fail
         blocker.write("not a directory")

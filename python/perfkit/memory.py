@@ -10,7 +10,7 @@ LRU eviction).
 Layout of a location::
 
     <location>/perfkit/<module>/<qualname>/<code hash>/func_code.py      the function's source
-    <location>/perfkit/<module>/<qualname>/<code hash>/<argument hash>.pkc
+    <location>/perfkit/<module>/<qualname>/<code hash>/<ab>/<argument hash ab...>.pkc
 
 An entry is one file: its first line is the metadata as JSON (function,
 arguments' repr, duration, sizes; ``head -1`` shows it), then the pickled
@@ -581,6 +581,12 @@ class MemorizedFunc:
 
     # -- keys and entries
 
+    def _entry_path(self, key: str) -> str:
+        # Spread over 256 subdirectories by the key's first two digits: a lookup waits for
+        # the directory lock while a file is created in its directory (the background
+        # writer's, or another process's), so misses of different keys must not share one.
+        return f"{self._entry_prefix}{key[:2]}{os.sep}{key}.pkc"
+
     def _key(self, args, kwargs) -> str | None:
         """The argument hash, or None (with a warning) when the arguments cannot be hashed."""
         try:
@@ -748,7 +754,7 @@ class MemorizedFunc:
         key = self._key(args, kwargs)
         if key is None:
             return self.func(*args, **kwargs)
-        entry = self._entry_prefix + key + ".pkc"
+        entry = self._entry_path(key)
         mmap_mode = self.mmap_mode
         out = self._load(entry, mmap_mode)
         if out is not _MISSING:
@@ -764,7 +770,7 @@ class MemorizedFunc:
     def call(self, *args, **kwargs):
         """Runs the function (even if cached), stores the result; returns (result, metadata)."""
         key = self._key(args, kwargs)
-        entry = None if key is None else self._entry_prefix + key + ".pkc"
+        entry = None if key is None else self._entry_path(key)
         out, metadata, _stored = self._compute_and_store(entry, key, args, kwargs)
         return out, metadata
 
@@ -774,7 +780,7 @@ class MemorizedFunc:
         if key is None:
             return False
         try:
-            r = _cache_load_head(self._entry_prefix + key + ".pkc", False)  # a look is not a use
+            r = _cache_load_head(self._entry_path(key), False)  # a look is not a use
         except OSError:
             return False
         return type(r) is tuple
@@ -785,7 +791,7 @@ class MemorizedFunc:
         key = self._key(args, kwargs)
         if key is None:
             return NotMemorizedResult(self.func(*args, **kwargs))
-        entry = self._entry_prefix + key + ".pkc"
+        entry = self._entry_path(key)
         if not self.check_call_in_cache(*args, **kwargs):
             out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
             if not stored:
