@@ -261,14 +261,7 @@ pub fn write_entry(
     buffers: &[&[u8]],
     durable: bool,
 ) -> Result<u64, CacheError> {
-    check_metadata(entry, metadata_json)?;
-    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
-    let layout = Layout::plan(
-        flags,
-        metadata_json.len() as u64,
-        stream.len() as u64,
-        &lens,
-    );
+    let layout = plan_entry(entry, flags, metadata_json, stream, buffers)?;
     if layout.total_len <= ONE_WRITE_MAX {
         let bytes = assemble(&layout, metadata_json.as_bytes(), stream, buffers);
         return write_encoded(entry, &bytes, durable);
@@ -295,14 +288,7 @@ pub fn encode_entry(
     stream: &[u8],
     buffers: &[&[u8]],
 ) -> Result<Vec<u8>, CacheError> {
-    check_metadata(entry, metadata_json)?;
-    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
-    let layout = Layout::plan(
-        flags,
-        metadata_json.len() as u64,
-        stream.len() as u64,
-        &lens,
-    );
+    let layout = plan_entry(entry, flags, metadata_json, stream, buffers)?;
     Ok(assemble(&layout, metadata_json.as_bytes(), stream, buffers))
 }
 
@@ -323,7 +309,15 @@ pub fn write_encoded(entry: &Path, bytes: &[u8], durable: bool) -> Result<u64, C
     })
 }
 
-fn check_metadata(entry: &Path, metadata_json: &str) -> Result<(), CacheError> {
+/// Where each part of an entry goes; an error if the metadata is not one
+/// line of at most `MAX_METADATA_LEN` bytes.
+fn plan_entry(
+    entry: &Path,
+    flags: u32,
+    metadata_json: &str,
+    stream: &[u8],
+    buffers: &[&[u8]],
+) -> Result<Layout, CacheError> {
     if metadata_json.contains('\n') || metadata_json.len() > MAX_METADATA_LEN {
         return Err(CacheError::io(
             "write (metadata must be one line of at most 1 MiB)",
@@ -331,7 +325,13 @@ fn check_metadata(entry: &Path, metadata_json: &str) -> Result<(), CacheError> {
             io::Error::from(io::ErrorKind::InvalidInput),
         ));
     }
-    Ok(())
+    let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
+    Ok(Layout::plan(
+        flags,
+        metadata_json.len() as u64,
+        stream.len() as u64,
+        &lens,
+    ))
 }
 
 /// Creates a temporary sibling of `entry` (and the directories on the way),
