@@ -66,8 +66,10 @@ def cache_key_of_scalars(prefix: bytes, values: tuple[object, ...]) -> str | Non
 
 def cache_load(
     entry: str, alloc: Callable[[int], object] | None = None
-) -> None | str | tuple[bytearray | object, int, int, _Ranges]:
-    """None (no entry), the reason it is corrupt, or (bytes holder, stream offset, stream length, buffer ranges)."""
+) -> None | str | bytes | int | tuple[bytearray | object, int, int, _Ranges]:
+    """None (no entry), the reason it is corrupt, the pickle stream (a small entry without
+    buffers), the size (a large entry, without alloc), or (bytes holder, stream offset,
+    stream length, buffer ranges)."""
 
 def cache_load_head(entry: str, touch: bool = True) -> None | str | tuple[bytes, _Ranges, bytes]:
     """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read."""

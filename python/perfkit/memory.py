@@ -401,6 +401,8 @@ def _alloc_for_large_entry(n: int):
 def _load_full(entry: str):
     """Result of a verified entry; _MISSING if there is none; raises _Corrupt."""
     r = _cache_load(entry)
+    if type(r) is bytes:  # the pickle stream of a small entry without buffers: most hits
+        return _loads(r) if r[0] == _PICKLE_PROTO5_FIRST_BYTE else _loads(zlib.decompress(r))
     if r is None:
         return _MISSING
     if type(r) is str:

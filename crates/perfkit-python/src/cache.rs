@@ -197,8 +197,20 @@ fn loaded(holder: Bound<'_, PyAny>, layout: &entry::Layout) -> PyResult<Py<PyAny
     Ok(t.into_any().unbind())
 }
 
+/// `cache_load`'s answer for a small verified entry held in memory: the
+/// pickle stream alone (bytes) when it has no out-of-band buffers (most
+/// hits: nothing else to build), else as `loaded`.
+fn loaded_small(py: Python<'_>, bytes: &[u8], layout: &entry::Layout) -> PyResult<Py<PyAny>> {
+    if layout.buffers.is_empty() {
+        let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
+        return Ok(PyBytes::new(py, &bytes[s0..s0 + sl]).into_any().unbind());
+    }
+    loaded(PyByteArray::new(py, bytes).into_any(), layout)
+}
+
 /// Reads and verifies a whole entry. Returns None (no entry), a str (the
-/// entry is corrupt: why), or (buffer, stream_offset, stream_length,
+/// entry is corrupt: why), the pickle stream (bytes: a small entry without
+/// out-of-band buffers), or (buffer, stream_offset, stream_length,
 /// [(buffer_offset, buffer_length), ...]) with the file's bytes. The buffer is
 /// a bytearray, or for entries of at least 1 MiB, `alloc(n)` when given (a
 /// writable n-byte buffer, e.g. numpy.empty(n, uint8), whose allocator maps
@@ -215,7 +227,7 @@ fn cache_load(
     if let Some(bytes) = writer::global().get(Path::new(entry)) {
         // Not written yet: the queued bytes are what the file will hold.
         return match entry::verify_complete(&bytes) {
-            Ok(layout) => loaded(PyByteArray::new(py, &bytes).into_any(), &layout),
+            Ok(layout) => loaded_small(py, &bytes, &layout),
             Err(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
         };
     }
@@ -225,7 +237,7 @@ fn cache_load(
         ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
         ReadOutcome::Found(Some(whole)) => {
             let (layout, bytes) = &*whole;
-            return loaded(PyByteArray::new(py, bytes).into_any(), layout);
+            return loaded_small(py, bytes, layout);
         }
         ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
     }
