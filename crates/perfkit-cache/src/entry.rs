@@ -1006,11 +1006,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("perfkit-cache-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_dir("cache", name)
     }
 
     const META: &str = r#"{"function": "m.f", "input_args": {"x": "1"}}"#;

@@ -174,11 +174,7 @@ mod tests {
     use std::fs::{File, FileTimes};
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("perfkit-store-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_dir("store", name)
     }
 
     fn make(root: &Path, key: &str, size: usize, used_secs_ago: u64) -> PathBuf {

@@ -316,11 +316,7 @@ mod tests {
     use std::fs;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("perfkit-writer-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_dir("writer", name)
     }
 
     fn encoded(path: &Path, value: &[u8]) -> Vec<u8> {
