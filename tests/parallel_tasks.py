@@ -131,3 +131,17 @@ def logged_square(x, log_dir):
     with open(os.path.join(log_dir, f"{os.getpid()}-{x}-{time.monotonic_ns()}"), "w"):
         pass
     return x * x
+
+
+def identity(x):
+    return x
+
+
+def raise_at_half(x):
+    if x == 0.5:
+        raise ArithmeticError(f"task value {x} is bad")
+    return x
+
+
+def int_or_text(x, limit=300):
+    return x if x < limit else f"<{x}>"

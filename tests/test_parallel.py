@@ -7,6 +7,7 @@ table afterwards. Speed is measured in bench/parallel_bench.py, not here.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import pickle
 import signal
@@ -147,10 +148,20 @@ def test_delayed_matches_joblib_format():
 def test_draw_uniform_batch_encodes_or_returns_the_tasks_as_drawn():
     draw = _native.draw_uniform_batch
     sq, add = T.square, T.add
-    it = iter([delayed(sq)(i) for i in range(5)])
-    assert draw(it, 3, sq) == (None, 2, [0, 1, 2])
-    assert draw(it, 3, sq) == (None, 2, [3, 4])
+    unpack = _native.unpack_values
+    # Plain ints (or plain floats) come packed, 8 bytes each; a task drawn
+    # already (`head`) goes first.
+    it = iter([delayed(sq)(i) for i in range(1, 5)])
+    chunk, mode, (tag, data) = draw(it, 3, sq, delayed(sq)(-(2**63)))
+    assert (chunk, mode, tag, unpack(tag, data)) == (None, 3, "q", [-(2**63), 1, 2])
+    chunk, mode, (tag, data) = draw(it, 3, sq)
+    assert (mode, unpack(tag, data)) == (3, [3, 4])
     assert draw(it, 3, sq) == ([], None, None)
+    chunk, mode, (tag, data) = draw(iter([delayed(sq)(0.5), delayed(sq)(-0.0)]), 9, sq)
+    assert (mode, tag, [str(v) for v in unpack(tag, data)]) == (3, "d", ["0.5", "-0.0"])
+    # Anything else that is one value per task stays a list, as it was.
+    for values in ([1, 2**63], [True, False], [1, 2.0], ["a", "b"], [1, None]):
+        assert draw(iter([delayed(sq)(v) for v in values]), 9, sq) == (None, 2, values)
     assert draw(iter([delayed(add)(1, 2), delayed(add)(3)]), 9, add) == (None, 0, [(1, 2), (3,)])
     # A task that does not fit (other function, kwargs, not a task): every task
     # of the batch comes back as drawn, in order, and the rest stays in the iterator.
@@ -198,6 +209,70 @@ def test_delayed_reuses_its_wrapper_and_holds_nothing_after_a_call():
     del closure, big
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.version_sensitive  # a C type made by hand (vectorcall, GC) on each CPython
+def test_delayed_wrapper_is_a_callable_type_as_joblibs_function():
+    import weakref
+
+    wrapper = delayed(T.add)
+    assert type(wrapper).__name__ == "Delayed" and callable(wrapper)
+    assert repr(wrapper) == f"delayed({T.add!r})"
+    assert wrapper.__wrapped__ is T.add
+    # Positional, keyword, none, many: joblib's (f, args, kwargs), a new dict each time.
+    assert wrapper() == (T.add, (), {})
+    assert wrapper(1, y=2, z=3) == (T.add, (1,), {"y": 2, "z": 3})
+    assert wrapper(*range(40)) == (T.add, tuple(range(40)), {})
+    assert wrapper(**dict.fromkeys("z", 1)) == (T.add, (), {"z": 1})
+    with pytest.raises(TypeError, match="cannot create"):
+        type(wrapper)(T.add)
+    # Calls leak no references to the function or the arguments.
+    arg = object()
+    before = sys.getrefcount(T.add), sys.getrefcount(arg)
+    for _ in range(10_000):
+        wrapper(arg, y=arg)
+    assert (sys.getrefcount(T.add), sys.getrefcount(arg)) == before
+
+    # A cycle through a wrapper (a function whose default holds its own wrapper) is collected.
+    def make_cycle():
+        def f(x, box=[]):  # noqa: B006 - the box is the cycle
+            return x
+
+        f.__defaults__[0].append(delayed(f))
+        return weakref.ref(f)
+
+    ref = make_cycle()
+    _native.delayed_forget()
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.version_sensitive  # packed values are read through the C API of each CPython
+def test_plain_values_travel_packed_and_come_back_as_they_were():
+    import enum
+
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    # Arguments: every plain int of 64 bits and float round-trips exactly
+    # (the packed path); anything else travels pickled with its own type.
+    ints = [-(2**63), -1, 0, 1, 2**63 - 1] * 50
+    floats = [0.5, -0.0, float("inf"), 1e-310, 2.0**-1074] * 50
+    for values in (ints, floats):
+        out = Parallel(n_jobs=2)(delayed(T.identity)(v) for v in values)
+        assert [(type(v), repr(v)) for v in out] == [(type(v), repr(v)) for v in values]
+    nan = Parallel(n_jobs=2)(delayed(T.identity)(v) for v in [float("nan")] * 3)
+    assert all(math.isnan(v) for v in nan)
+    # Results: a batch whose results stop being plain part-way keeps every type.
+    mixed = [*range(300), True, 2**64, Colour.RED, np.int64(3), None, 2.5, -(2**63) - 1]
+    out = Parallel(n_jobs=2, batch_size=len(mixed))(delayed(T.identity)(v) for v in mixed)
+    assert [(type(v), v) for v in out] == [(type(v), v) for v in mixed]
+    out = Parallel(n_jobs=2, batch_size=400)(delayed(T.int_or_text)(i) for i in range(400))
+    assert out == [T.int_or_text(i) for i in range(400)]
+    # A task that fails in a packed batch is named with its argument.
+    with pytest.raises(ArithmeticError, match="task value 0.5 is bad") as info:
+        Parallel(n_jobs=2)(delayed(T.raise_at_half)(x / 4) for x in range(8))
+    assert "task 2 (raise_at_half(0.5))" in str(info.value.__cause__)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, final
 
 from typing_extensions import TypeAlias
 
@@ -146,15 +146,17 @@ class WorkerPool:
     def terminate(self) -> None: ...
     def close(self) -> None: ...
 
-def delayed(function: Callable[..., Any]) -> Delayed:
+def delayed(function: Callable[..., Any], /) -> Delayed:
     """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format).
     The same wrapper is handed out again for the same plain function (until ``delayed_forget``)."""
 
 def delayed_forget() -> None:
     """Drops the wrapper ``delayed`` keeps for reuse."""
 
+@final
 class Delayed:
-    def __init__(self, function: Callable[..., Any]) -> None: ...
+    """What ``delayed(f)`` returns (made only by ``delayed``)."""
+
     def __call__(
         self, *args: Any, **kwargs: Any
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
@@ -165,10 +167,31 @@ def encode_uniform_batch(tasks: list[Any], function: Callable[..., Any]) -> tupl
     """``(2, [x…])`` / ``(0, [args…])`` when every task is ``(function, args, {})``, else None."""
 
 def draw_uniform_batch(
-    iterator: Iterator[Any], n: int, function: Callable[..., Any]
-) -> tuple[list[Any] | None, int | None, list[Any] | None]:
-    """Up to ``n`` tasks from ``iterator``: ``(None, 2, [x…])`` / ``(None, 0, [args…])`` when every
-    one is ``(function, args, {})``, else ``(tasks_as_drawn, None, None)``."""
+    iterator: Iterator[Any], n: int, function: Callable[..., Any], head: Any = None
+) -> tuple[list[Any] | None, int | None, Any]:
+    """Up to ``n`` tasks (``head`` first, if given, then from ``iterator``):
+    ``(None, 3, (tag, bytes))`` when every one is ``(function, (x,), {})`` with a plain int
+    (or every one a plain float), ``(None, 2, [x…])`` / ``(None, 0, [args…])`` when every one is
+    ``(function, args, {})``, else ``(tasks_as_drawn, None, None)``."""
+
+def pack_values(values: list[Any]) -> tuple[str, bytes] | None:
+    """``("q", bytes)`` for a list of plain ints within 64 bits, ``("d", bytes)`` for plain
+    floats (8 bytes each, native order); None for anything else."""
+
+def unpack_values(tag: str, data: bytes) -> list[Any]:
+    """The list ``pack_values`` packed."""
+
+def run_tasks(
+    functions: tuple[Callable[..., Any], ...], mode: int, items: list[Any], status: memoryview, first: int
+) -> tuple[list[Any], int | None, BaseException | None]:
+    """Runs a batch (modes of perfkit._pool_common), storing each task's index in ``status[0]``:
+    ``(results, None, None)`` or ``(results so far, failed index, exception)``."""
+
+def run_packed(
+    function: Callable[..., Any], tag: str, data: bytes, status: memoryview, first: int
+) -> tuple[tuple[str, bytes] | list[Any] | None, int | None, BaseException | None]:
+    """``run_tasks`` for packed arguments: results packed while they are plain values
+    (else a list), or ``(None, failed index, exception)``."""
 
 def shm_segments() -> list[str]:
     """This process's named shared-memory segments (leak checks)."""

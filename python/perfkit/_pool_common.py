@@ -6,8 +6,10 @@ from __future__ import annotations
 # ARGS_ONLY: [args, ...] for function 0 without kwargs;
 # FULL: [(function index, args, kwargs), ...];
 # SINGLE: [x, ...], each the one positional argument of function 0
-#   (the fast path of `delayed(f)(x) for x in ...`).
-ARGS_ONLY, FULL, SINGLE = 0, 1, 2
+#   (the fast path of `delayed(f)(x) for x in ...`);
+# SINGLE_PACKED: (tag, bytes), SINGLE's items when all are plain ints or
+#   floats, packed by _native.pack_values (8 bytes each instead of a pickle).
+ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED = 0, 1, 2, 3
 
 
 def task_label(function, args=(), kwargs=None, limit: int = 80) -> str:

@@ -9,7 +9,8 @@ Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
 meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
 function table comes once per worker in a FUNCTION frame; each BATCH frame
 is ``pickle((first_index, mode, items))`` with its large buffers out of band
-in the segment; the reply is ``pickle((seconds, results))`` likewise, or an
+in the segment; the reply is ``pickle((seconds, None, results))`` likewise
+(``(seconds, tag, bytes)`` when the results are packed plain values), or an
 ERROR frame describing the first failing task.
 """
 
@@ -24,7 +25,8 @@ import sys
 import time
 import traceback
 
-from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, task_label
+from perfkit._native import pack_values, run_packed, run_tasks, unpack_values
+from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, task_label
 
 HEADER = struct.Struct("<IIQQQ")
 FUNCTION, BATCH, RESULT, ERROR = 1, 2, 3, 4
@@ -289,54 +291,52 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
             raise function_error
     except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("unpickle", first, "the batch's functions or arguments", exc)
-    results = []
-    index = first
     try:
-        if mode == SINGLE:
-            f = functions[0]
-            append = results.append
-            for x in items:
-                status[0] = index
-                append(f(x))
-                index += 1
-        elif mode == ARGS_ONLY:
-            f = functions[0]
-            for args in items:
-                status[0] = index
-                results.append(f(*args))
-                index += 1
+        if mode == SINGLE_PACKED:
+            results, failed, exc = run_packed(functions[0], items[0], items[1], status, first)
         else:
-            for fi, args, kwargs in items:
-                status[0] = index
-                results.append(functions[fi](*args, **kwargs))
-                index += 1
+            results, failed, exc = run_tasks(functions, mode, items, status, first)
     except BaseException as exc:  # noqa: BLE001
-        if mode == SINGLE:
-            label = task_label(functions[0], (items[index - first],))
-        elif mode == ARGS_ONLY:
-            label = task_label(functions[0], items[index - first])
-        else:
-            fi, args, kwargs = items[index - first]
-            label = task_label(functions[fi], args, kwargs)
-        return ERROR, b"", error_payload("raised", index, label, exc)
+        return ERROR, b"", error_payload("unpickle", first, "the batch's arguments", exc)
+    if failed is not None:
+        if mode == SINGLE_PACKED:
+            mode, items = SINGLE, unpack_values(*items)
+        return (
+            ERROR,
+            b"",
+            error_payload("raised", failed, _label(functions, mode, items[failed - first]), exc),
+        )
     elapsed = time.perf_counter() - t0
+    # Plain ints or floats travel packed (8 bytes each, no pickle opcodes).
+    packed = results if isinstance(results, tuple) else pack_values(results)
     writer = SegmentWriter(threshold)
     try:
-        out = dumps((elapsed, results), buffer_callback=writer)
+        if packed is not None:
+            out = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5)
+        else:
+            out = dumps((elapsed, None, results), buffer_callback=writer)
     except BaseException as exc:  # noqa: BLE001
         # Name the first result that can't be pickled.
         bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
-        if mode == FULL:
-            label = task_label(functions[items[bad][0]], items[bad][1], items[bad][2])
-        else:
-            label = task_label(functions[0], (items[bad],) if mode == SINGLE else items[bad])
-        return ERROR, b"", error_payload("unpicklable_result", first + bad, label, exc)
+        if mode == SINGLE_PACKED:
+            mode, items = SINGLE, unpack_values(*items)
+        return (
+            ERROR,
+            b"",
+            error_payload("unpicklable_result", first + bad, _label(functions, mode, items[bad]), exc),
+        )
     _reply_count[0] += 1
     try:
         seg_meta = writer.write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
     except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)
     return RESULT, seg_meta, out
+
+
+def _label(functions, mode, item) -> str:
+    if mode == FULL:
+        return task_label(functions[item[0]], item[1], item[2])
+    return task_label(functions[0], (item,) if mode == SINGLE else item)
 
 
 def _picklable(obj) -> bool:

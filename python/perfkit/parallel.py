@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import functools
 import gc
 import itertools
 import math
@@ -35,7 +36,7 @@ from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
 
 from perfkit import _native
-from perfkit._pool_common import FULL, SINGLE, task_label
+from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, task_label
 
 __all__ = [
     "Parallel",
@@ -886,6 +887,25 @@ def _fewer_young_collections():
                 _gc_saved = None
 
 
+def _dispatch_window(pre, n_jobs):
+    """How many batches may be in flight: joblib's ``pre_dispatch`` (an int,
+    ``"all"`` or an expression of ``n_jobs``)."""
+    if pre == "all":
+        return 1 << 30
+    if isinstance(pre, int):
+        return max(1, pre)
+    return _window_expression(str(pre), n_jobs)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_expression(text, n_jobs):
+    # Compiled once per value, not on every call (about 7 µs each time).
+    try:
+        return max(n_jobs, int(eval(text, {"__builtins__": {}}, {"n_jobs": n_jobs})))
+    except Exception:  # noqa: BLE001
+        raise ValueError(f"pre_dispatch={text!r}: use an int, 'all' or an expression of n_jobs") from None
+
+
 class _ProcessCall:
     """One call on the process pool: batching, dispatch, ordering, errors."""
 
@@ -908,18 +928,7 @@ class _ProcessCall:
         self.progress = progress
         self.threshold = max_nbytes if max_nbytes is not None else 1 << 62
         self.ordered = parallel.return_as != "generator_unordered"
-        pre = parallel.pre_dispatch
-        if pre == "all":
-            self.window = 1 << 30
-        elif isinstance(pre, int):
-            self.window = max(1, pre)
-        else:
-            try:
-                self.window = max(n_jobs, int(eval(str(pre), {"__builtins__": {}}, {"n_jobs": n_jobs})))
-            except Exception:  # noqa: BLE001
-                raise ValueError(
-                    f"pre_dispatch={pre!r}: use an int, 'all' or an expression of n_jobs"
-                ) from None
+        self.window = _dispatch_window(parallel.pre_dispatch, n_jobs)
         # Function table: pool call ids share one user call; each new function starts a new id.
         self.functions = []
         self.function_index = {}
@@ -981,26 +990,39 @@ class _ProcessCall:
                         size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     t_produce = time.perf_counter()
                     chunk = []
+                    head = None
                     if auto and per_task is None and dispatched == 0:
                         # Costs remembered from an earlier call of the same function size the first batches.
-                        chunk = list(itertools.islice(tasks, 1))
-                        remembered = chunk and _cost_memory.get(_cost_key(_unpack(chunk[0], 0)[0]))
+                        head = next(tasks, _NO_TASK)
+                        if head is _NO_TASK:
+                            exhausted = True
+                            break
+                        function = _unpack(head, 0)[0]
+                        if not self.functions:
+                            self._function_slot(function)
+                        remembered = _cost_memory.get(_cost_key(function))
                         if remembered:
                             per_task, parent_per_task, bytes_per_task = remembered
                             size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     mode = None
-                    if chunk or len(self.functions) != 1:
-                        chunk += itertools.islice(tasks, size - len(chunk))
-                    else:
+                    if len(self.functions) == 1:
                         # The usual case: one function; drawn and encoded in one pass.
-                        chunk, mode, items = _native.draw_uniform_batch(tasks, size, self.functions[0])
+                        chunk, mode, items = _native.draw_uniform_batch(tasks, size, self.functions[0], head)
+                    else:
+                        chunk = [head] if head is not None else []
+                        chunk += itertools.islice(tasks, size - len(chunk))
                     first = dispatched
                     if mode is None:
                         if not chunk:
                             exhausted = True
                             break
                         mode, items = self._encode(chunk, first)
-                    dispatched += len(items)
+                    if mode == SINGLE:
+                        packed = _native.pack_values(items)
+                        if packed is not None:
+                            mode, items = SINGLE_PACKED, packed
+                    count = len(items[1]) // 8 if mode == SINGLE_PACKED else len(items)
+                    dispatched += count
                     if self.function_dirty:
                         self._begin()
                     buffers = []
@@ -1010,9 +1032,9 @@ class _ProcessCall:
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
                     if remote:
                         self.keep_alive[batch] = buffers  # the worker reads them from here
-                    parent_per_task = (time.perf_counter() - t_produce) / len(items)
+                    parent_per_task = (time.perf_counter() - t_produce) / count
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
-                    bytes_per_task = nbytes / len(items)
+                    bytes_per_task = nbytes / count
                     # Only the encoded items stay (they name a task that fails): the
                     # caller's task tuples die young, which keeps the GC's work small.
                     in_flight[batch] = (first, mode, items)
@@ -1040,7 +1062,7 @@ class _ProcessCall:
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
-                        per_task = max(elapsed, 1e-7) / len(items)
+                        per_task = max(elapsed, 1e-7) / max(len(results), 1)
                         _cost_memory[_cost_key(self.functions[0])] = (
                             per_task,
                             parent_per_task,
@@ -1169,6 +1191,7 @@ class _ProcessCall:
         return self.functions[0], item, {}
 
     def _crashed(self, first, mode, items, pid, reason, task):
+        mode, items = _unpacked(mode, items)
         if 0 <= task - first < len(items):
             function, args, kwargs = self._decode(mode, items[task - first])
             what = f"task {task} ({task_label(function, args, kwargs)})"
@@ -1188,6 +1211,7 @@ class _ProcessCall:
             entry = in_flight.get(batch)
             if entry:
                 first, _mode, items = entry
+                _mode, items = _unpacked(_mode, items)
                 names.append(
                     f"task {first}" if len(items) == 1 else f"tasks {first}–{first + len(items) - 1}"
                 )
@@ -1199,6 +1223,7 @@ class _ProcessCall:
 
 
 _cost_memory: dict = {}
+_NO_TASK = object()
 
 
 def _cost_key(function):
@@ -1213,12 +1238,24 @@ def _close_fd(fd):
         os.close(fd)
 
 
+def _unpacked(mode, items):
+    """(mode, items) of a batch with packed values unpacked (for naming a task)."""
+    if mode == SINGLE_PACKED:
+        return SINGLE, _native.unpack_values(*items)
+    return mode, items
+
+
 def _load_reply(payload, fd, spans):
+    """(seconds the worker took, results) of a reply frame (see perfkit._worker)."""
     if fd is None:
-        return pickle.loads(payload)
-    try:
-        size = os.fstat(fd).st_size
-        view = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
-    finally:
-        os.close(fd)
-    return pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
+        elapsed, tag, results = pickle.loads(payload)
+    else:
+        try:
+            size = os.fstat(fd).st_size
+            view = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
+        finally:
+            os.close(fd)
+        elapsed, tag, results = pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
+    if tag is not None:
+        results = _native.unpack_values(tag, results)
+    return elapsed, results

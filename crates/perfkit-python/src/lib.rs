@@ -5,8 +5,10 @@
 
 mod cache;
 mod cli;
+mod delayed;
 mod pool;
 mod profiler;
+mod tasks;
 mod view;
 
 use pyo3::prelude::*;
@@ -29,7 +31,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(profiler::load, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     view::register(m)?;
+    delayed::register(m)?;
     pool::register(m)?;
+    tasks::register(m)?;
     cache::register(m)?;
     Ok(())
 }

@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use perfkit_pool::{shm, Event, Job, Pool, WorkerCommand};
+
+use crate::tasks::{Packer, ARGS_ONLY, SINGLE, SINGLE_PACKED};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyTuple};
 
@@ -267,110 +270,6 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
     }
 }
 
-/// What `delayed(f)` returns: calling it gives the task `(f, args, kwargs)`
-/// (joblib's format). In Rust because user code builds one per task: 100,000
-/// tiny tasks must not cost more to describe than to run.
-#[pyclass(module = "perfkit._native", frozen, name = "Delayed")]
-pub struct Delayed {
-    function: Py<PyAny>,
-}
-
-/// The wrapper of the last plain function given to `delayed`, handed out
-/// again for the same function: `delayed(f)(x) for x in …` then makes no
-/// wrapper per task (that was half the cost of describing a tiny task).
-/// Only plain functions (`def`, lambda) are kept, never bound methods or
-/// other callables (which could hold a large object alive), and
-/// `Parallel` forgets it at the end of each call.
-static LAST_DELAYED: Mutex<Option<Py<Delayed>>> = Mutex::new(None);
-
-/// `delayed(f)`: a wrapper whose call returns the task `(f, args, kwargs)`.
-#[pyfunction]
-fn delayed<'py>(py: Python<'py>, function: Bound<'py, PyAny>) -> PyResult<Bound<'py, Delayed>> {
-    let plain = function.is_instance_of::<pyo3::types::PyFunction>();
-    if plain {
-        if let Some(last) = LAST_DELAYED.lock().unwrap().as_ref() {
-            if last.get().function.is(&function) {
-                return Ok(last.bind(py).clone());
-            }
-        }
-    } else if !function.is_callable() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "delayed() needs a callable, got {}",
-            function.get_type().name()?
-        )));
-    }
-    let wrapper = Bound::new(
-        py,
-        Delayed {
-            function: function.unbind(),
-        },
-    )?;
-    if plain {
-        // The previous wrapper is dropped after the lock is released (its
-        // destructor may run Python code that calls `delayed`).
-        let previous = LAST_DELAYED
-            .lock()
-            .unwrap()
-            .replace(wrapper.clone().unbind());
-        drop(previous);
-    }
-    Ok(wrapper)
-}
-
-/// Forgets the wrapper `delayed` keeps for reuse (so that it holds nothing alive).
-#[pyfunction]
-fn delayed_forget() {
-    let previous = LAST_DELAYED.lock().unwrap().take();
-    drop(previous);
-}
-
-#[pymethods]
-impl Delayed {
-    #[new]
-    fn new(function: Bound<'_, PyAny>) -> PyResult<Self> {
-        if !function.is_callable() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "delayed() needs a callable, got {}",
-                function.get_type().name()?
-            )));
-        }
-        Ok(Delayed {
-            function: function.unbind(),
-        })
-    }
-
-    #[pyo3(signature = (*args, **kwargs))]
-    fn __call__<'py>(
-        &self,
-        py: Python<'py>,
-        args: Bound<'py, PyTuple>,
-        kwargs: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        let kwargs = match kwargs {
-            Some(k) => k,
-            None => PyDict::new(py),
-        };
-        PyTuple::new(
-            py,
-            [
-                self.function.bind(py).clone(),
-                args.into_any(),
-                kwargs.into_any(),
-            ],
-        )
-    }
-
-    /// The wrapped function (as functools.wraps would expose it).
-    #[getter]
-    fn __wrapped__(&self, py: Python<'_>) -> Py<PyAny> {
-        self.function.clone_ref(py)
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("delayed({})", self.function.bind(py).repr()?))
-    }
-}
-
 /// One pass over a batch of tasks: if every item is `(function, args, {})`
 /// with this very function, returns `(2, [x, …])` when every args tuple holds
 /// one value, else `(0, [args, …])`; returns None when the batch needs the
@@ -417,49 +316,75 @@ fn encode_uniform_batch<'py>(
     }
 }
 
-/// Draws up to `n` tasks from `iterator` for one batch, encoding them on the
-/// way when every one is `(function, args, {})` with this very function:
-/// returns `(None, 2, [x, …])` when every args tuple holds one value,
-/// `(None, 0, [args, …])` otherwise, or `(tasks, None, None)` (the tasks as
-/// drawn) when the batch needs the general encoding. An empty iterator
-/// gives `([], None, None)`. (islice + list + encode_uniform_batch in one
-/// pass, without a list of the caller's task tuples: they are freed as soon
-/// as their arguments are taken.)
+/// Draws up to `n` tasks for one batch (`head`, a task the caller drew
+/// already, then the rest from `iterator`), encoding them on the way when
+/// every one is `(function, args, {})` with this very function: returns
+/// `(None, 3, (tag, bytes))` when every args tuple holds one plain int (or
+/// every one a plain float; see `tasks::packed`), `(None, 2, [x, …])` when
+/// every args tuple holds one value, `(None, 0, [args, …])` otherwise, or
+/// `(tasks, None, None)` (the tasks as drawn) when the batch needs the
+/// general encoding. An empty iterator gives `([], None, None)`. (islice +
+/// list + encode_uniform_batch in one pass, without a list of the caller's
+/// task tuples: they are freed as soon as their arguments are taken.)
 #[pyfunction]
+#[pyo3(signature = (iterator, n, function, head=None))]
 #[allow(clippy::type_complexity)]
 fn draw_uniform_batch<'py>(
     py: Python<'py>,
     iterator: &Bound<'py, PyAny>,
     n: usize,
     function: &Bound<'py, PyAny>,
+    head: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(
     Option<Bound<'py, PyList>>,
     Option<u8>,
-    Option<Bound<'py, PyList>>,
+    Option<Bound<'py, PyAny>>,
 )> {
     let mut iterator = iterator.cast::<pyo3::types::PyIterator>()?.clone();
-    let mut args_all: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n.min(1 << 16));
-    let mut all_single = true;
+    // Plain single values are packed as drawn, and their task tuples and
+    // objects freed at once: a batch of live objects would cost more to
+    // allocate than the caller's generator costs to run.
+    let mut drawn_args = DrawnArgs::Packed(Packer::default());
     let mut drawn = 0usize;
+    let mut head = head;
     // The first task that does not fit (then every task is kept as drawn).
     let mut misfit: Option<Bound<'py, PyAny>> = None;
     while drawn < n {
-        let Some(item) = iterator.next() else { break };
-        let item = item?;
+        let item = match head.take() {
+            Some(task) => task,
+            None => {
+                // SAFETY: a live iterator; a new reference, or NULL at its end or on error.
+                let raw = unsafe { ffi::PyIter_Next(iterator.as_ptr()) };
+                if raw.is_null() {
+                    match PyErr::take(py) {
+                        Some(err) => return Err(err),
+                        None => break,
+                    }
+                }
+                // SAFETY: `raw` is a new reference (checked non-NULL).
+                unsafe { Bound::from_owned_ptr(py, raw) }
+            }
+        };
         drawn += 1;
-        if let Some(args) = uniform_args(&item, function)? {
-            all_single &= args.len() == 1;
-            args_all.push(args.into_any());
-        } else {
+        if let DrawnArgs::Packed(packer) = &mut drawn_args {
+            // The usual task, checked and packed without a reference count
+            // or bounds check (this loop runs once per task of the caller's).
+            // SAFETY: `item` is alive while its borrowed parts are read.
+            if unsafe { packed_single(item.as_ptr(), function.as_ptr(), packer) } {
+                continue;
+            }
+        }
+        let Some(args) = uniform_args(&item, function)? else {
             misfit = Some(item);
             break;
-        }
+        };
+        drawn_args = drawn_args.with(py, args)?;
     }
     if let Some(first_misfit) = misfit {
         // Rebuild the tasks drawn so far (same function, same args, an empty
         // dict each) and take the rest of the batch as it comes.
         let tasks = PyList::empty(py);
-        for args in args_all {
+        for args in drawn_args.into_tuples(py)? {
             tasks.append((function, args, PyDict::new(py)))?;
         }
         tasks.append(first_misfit)?;
@@ -470,20 +395,113 @@ fn draw_uniform_batch<'py>(
         }
         return Ok((Some(tasks), None, None));
     }
-    if args_all.is_empty() {
-        return Ok((Some(PyList::empty(py)), None, None));
+    match drawn_args {
+        DrawnArgs::Packed(packer) => match packer.into_bytes(py)? {
+            Some(packed) => Ok((
+                None,
+                Some(SINGLE_PACKED),
+                Some(packed.into_pyobject(py)?.into_any()),
+            )),
+            None => Ok((Some(PyList::empty(py)), None, None)),
+        },
+        DrawnArgs::Singles(values) => Ok((
+            None,
+            Some(SINGLE),
+            Some(PyList::new(py, values)?.into_any()),
+        )),
+        DrawnArgs::Tuples(tuples) => Ok((
+            None,
+            Some(ARGS_ONLY),
+            Some(PyList::new(py, tuples)?.into_any()),
+        )),
     }
-    if all_single {
-        let singles = PyList::new(
-            py,
-            args_all.iter().map(|a| {
-                // SAFETY: every entry is a tuple of length 1 (checked above).
-                unsafe { a.cast_unchecked::<PyTuple>().get_borrowed_item_unchecked(0) }
-            }),
-        )?;
-        Ok((None, Some(2), Some(singles)))
-    } else {
-        Ok((None, Some(0), Some(PyList::new(py, args_all)?)))
+}
+
+/// The args of a batch's tasks so far, in the most compact form that holds them all.
+enum DrawnArgs<'py> {
+    /// One plain int (or float) each.
+    Packed(Packer),
+    /// One value each.
+    Singles(Vec<Bound<'py, PyAny>>),
+    /// Any args tuples.
+    Tuples(Vec<Bound<'py, PyTuple>>),
+}
+
+impl<'py> DrawnArgs<'py> {
+    /// These args and one more task's.
+    fn with(self, py: Python<'py>, args: Bound<'py, PyTuple>) -> PyResult<Self> {
+        if args.len() != 1 {
+            let mut tuples = self.into_tuples(py)?;
+            tuples.push(args);
+            return Ok(DrawnArgs::Tuples(tuples));
+        }
+        Ok(match self {
+            DrawnArgs::Packed(mut packer) => {
+                let value = args.get_borrowed_item(0)?;
+                if packer.push(&value) {
+                    DrawnArgs::Packed(packer)
+                } else {
+                    let mut values = packer.values(py)?;
+                    values.push(value.to_owned());
+                    DrawnArgs::Singles(values)
+                }
+            }
+            DrawnArgs::Singles(mut values) => {
+                values.push(args.get_item(0)?);
+                DrawnArgs::Singles(values)
+            }
+            DrawnArgs::Tuples(mut tuples) => {
+                tuples.push(args);
+                DrawnArgs::Tuples(tuples)
+            }
+        })
+    }
+
+    /// Every task's args tuple.
+    fn into_tuples(self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        match self {
+            DrawnArgs::Packed(packer) => packer
+                .values(py)?
+                .into_iter()
+                .map(|v| PyTuple::new(py, [v]))
+                .collect(),
+            DrawnArgs::Singles(values) => {
+                values.into_iter().map(|v| PyTuple::new(py, [v])).collect()
+            }
+            DrawnArgs::Tuples(tuples) => Ok(tuples),
+        }
+    }
+}
+
+/// Whether `task` is `(function, (x,), {})` with this very function (by
+/// identity) and `x` went into `packer`.
+///
+/// # Safety
+/// `task` and `function` must be live objects, with the GIL held.
+unsafe fn packed_single(
+    task: *mut ffi::PyObject,
+    function: *mut ffi::PyObject,
+    packer: &mut Packer,
+) -> bool {
+    // SAFETY: each item is read only after the check that makes the read valid
+    // (exact tuple of the right size, exact dict).
+    unsafe {
+        if ffi::PyTuple_CheckExact(task) == 0 || ffi::PyTuple_GET_SIZE(task) != 3 {
+            return false;
+        }
+        if ffi::PyTuple_GET_ITEM(task, 0) != function {
+            return false;
+        }
+        let kwargs = ffi::PyTuple_GET_ITEM(task, 2);
+        if ffi::PyDict_CheckExact(kwargs) == 0 || (*(kwargs as *mut ffi::PyDictObject)).ma_used != 0
+        {
+            return false;
+        }
+        let args = ffi::PyTuple_GET_ITEM(task, 1);
+        if ffi::PyTuple_CheckExact(args) == 0 || ffi::PyTuple_GET_SIZE(args) != 1 {
+            return false;
+        }
+        packer.push_ptr(ffi::PyTuple_GET_ITEM(args, 0))
     }
 }
 
@@ -598,9 +616,6 @@ fn shm_dir() -> PathBuf {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerPool>()?;
-    m.add_class::<Delayed>()?;
-    m.add_function(wrap_pyfunction!(delayed, m)?)?;
-    m.add_function(wrap_pyfunction!(delayed_forget, m)?)?;
     m.add_function(wrap_pyfunction!(encode_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
