@@ -159,6 +159,8 @@ def test_draw_uniform_batch_encodes_or_returns_the_tasks_as_drawn():
     assert draw(it, 3, sq) == ([], None, None)
     chunk, mode, (tag, data) = draw(iter([delayed(sq)(0.5), delayed(sq)(-0.0)]), 9, sq)
     assert (mode, tag, [str(v) for v in unpack(tag, data)]) == (3, "d", ["0.5", "-0.0"])
+    # Unpacked on request (tasks that run in this process, in threads).
+    assert draw(iter([delayed(sq)(1), delayed(sq)(2)]), 9, sq, None, False) == (None, 2, [1, 2])
     # Anything else that is one value per task stays a list, as it was.
     for values in ([1, 2**63], [True, False], [1, 2.0], ["a", "b"], [1, None]):
         assert draw(iter([delayed(sq)(v) for v in values]), 9, sq) == (None, 2, values)
@@ -608,8 +610,21 @@ def test_nested_calls_do_not_oversubscribe():
 
 
 def test_threads_backend_errors_and_fail_fast():
-    with pytest.raises(ValueError, match="task value 7"):
-        Parallel(n_jobs=2, backend="threads")(delayed(T.raise_at)(i) for i in range(1000))
+    threads = Parallel(n_jobs=2, backend="threads")
+    with pytest.raises(ValueError, match="task value 7") as info:
+        threads(delayed(T.raise_at)(i) for i in range(1000))
+    # The traceback reaches into the task; the note (3.11+) names it.
+    assert info.traceback[-1].name == "raise_at"
+    if sys.version_info >= (3, 11):
+        assert "raised by task 7 (raise_at(7))" in "".join(info.value.__notes__)
+    with pytest.raises(ValueError, match="task value 3"):
+        threads(delayed(T.raise_at)(i, bad=3) for i in range(10))
+    # Batches that mix functions, keywords and argument counts run as drawn.
+    tasks = [delayed(T.add)(i, y=1) if i % 3 else delayed(T.square)(i) for i in range(300)]
+    tasks += [delayed(T.add)(i, i) for i in range(50)] + [delayed(T.square)(i) for i in range(50)]
+    assert threads(iter(tasks)) == [f(*a, **k) for f, a, k in tasks]
+    with pytest.raises(TypeError, match="item 2 is str"):
+        threads([delayed(T.square)(1), delayed(T.square)(2), "not a task"])
 
 
 # ------------------------------------------------------------------ dask

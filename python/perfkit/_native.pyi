@@ -167,12 +167,12 @@ def encode_uniform_batch(tasks: list[Any], function: Callable[..., Any]) -> tupl
     """``(2, [x…])`` / ``(0, [args…])`` when every task is ``(function, args, {})``, else None."""
 
 def draw_uniform_batch(
-    iterator: Iterator[Any], n: int, function: Callable[..., Any], head: Any = None
+    iterator: Iterator[Any], n: int, function: Callable[..., Any], head: Any = None, pack: bool = True
 ) -> tuple[list[Any] | None, int | None, Any]:
     """Up to ``n`` tasks (``head`` first, if given, then from ``iterator``):
     ``(None, 3, (tag, bytes))`` when every one is ``(function, (x,), {})`` with a plain int
     (or every one a plain float), ``(None, 2, [x…])`` / ``(None, 0, [args…])`` when every one is
-    ``(function, args, {})``, else ``(tasks_as_drawn, None, None)``."""
+    ``(function, args, {})``, else ``(tasks_as_drawn, None, None)``. ``pack=False``: never packed."""
 
 def pack_values(values: list[Any]) -> tuple[str, bytes] | None:
     """``("q", bytes)`` for a list of plain ints within 64 bits, ``("d", bytes)`` for plain
@@ -182,9 +182,13 @@ def unpack_values(tag: str, data: bytes) -> list[Any]:
     """The list ``pack_values`` packed."""
 
 def run_tasks(
-    functions: tuple[Callable[..., Any], ...], mode: int, items: list[Any], status: memoryview, first: int
+    functions: tuple[Callable[..., Any], ...],
+    mode: int,
+    items: list[Any],
+    status: memoryview | None,
+    first: int,
 ) -> tuple[list[Any], int | None, BaseException | None]:
-    """Runs a batch (modes of perfkit._pool_common), storing each task's index in ``status[0]``:
+    """Runs a batch (modes of perfkit._pool_common), storing each task's index in ``status[0]`` (if given):
     ``(results, None, None)`` or ``(results so far, failed index, exception)``."""
 
 def run_packed(

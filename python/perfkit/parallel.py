@@ -643,14 +643,23 @@ class Parallel:
         try:
             while True:
                 while not exhausted and len(pending) < window:
-                    chunk = list(itertools.islice(tasks, size))
-                    if not chunk:
+                    head = next(tasks, _NO_TASK)
+                    if head is _NO_TASK:
                         exhausted = True
                         break
+                    # Tasks of one function are drawn and kept as their arguments
+                    # (the caller's task tuples freed at once), and run by a loop in Rust.
+                    function = _unpack(head, dispatched)[0]
+                    chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
+                    if mode is None:
+                        function, items = None, chunk
                     pending.append(
-                        (dispatched, executor.submit(_run_chunk_in_thread, chunk, dispatched, n_jobs))
+                        (
+                            dispatched,
+                            executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs),
+                        )
                     )
-                    dispatched += len(chunk)
+                    dispatched += len(items)
                     if auto and not total:
                         size = min(8192, size * 2)
                 if not pending:
@@ -816,10 +825,22 @@ def _thread_executor(n_jobs):
         return ex
 
 
-def _run_chunk_in_thread(chunk, first, n_jobs):
+def _run_batch_in_thread(function, mode, items, first, n_jobs):
+    """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the tasks as drawn)."""
     _nested.share = max(1, cpu_count() // n_jobs)
     try:
-        return _run_chunk(enumerate(chunk, first))
+        if mode is None:
+            return _run_chunk(enumerate(items, first))
+        results, failed, exc = _native.run_tasks((function,), mode, items, None, first)
+        if failed is not None:
+            item = items[failed - first]
+            args = (item,) if mode == SINGLE else item
+            _add_note(exc, f"perfkit.Parallel: raised by task {failed} ({task_label(function, args)})")
+            try:
+                raise exc
+            finally:
+                exc = None
+        return results
     finally:
         _nested.share = None
 

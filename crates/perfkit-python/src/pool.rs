@@ -323,11 +323,12 @@ fn encode_uniform_batch<'py>(
 /// every one a plain float; see `tasks::packed`), `(None, 2, [x, …])` when
 /// every args tuple holds one value, `(None, 0, [args, …])` otherwise, or
 /// `(tasks, None, None)` (the tasks as drawn) when the batch needs the
-/// general encoding. An empty iterator gives `([], None, None)`. (islice +
+/// general encoding. An empty iterator gives `([], None, None)`. With
+/// `pack=False` (tasks run in this process) single values stay a list. (islice +
 /// list + encode_uniform_batch in one pass, without a list of the caller's
 /// task tuples: they are freed as soon as their arguments are taken.)
 #[pyfunction]
-#[pyo3(signature = (iterator, n, function, head=None))]
+#[pyo3(signature = (iterator, n, function, head=None, pack=true))]
 #[allow(clippy::type_complexity)]
 fn draw_uniform_batch<'py>(
     py: Python<'py>,
@@ -335,6 +336,7 @@ fn draw_uniform_batch<'py>(
     n: usize,
     function: &Bound<'py, PyAny>,
     head: Option<Bound<'py, PyAny>>,
+    pack: bool,
 ) -> PyResult<(
     Option<Bound<'py, PyList>>,
     Option<u8>,
@@ -344,7 +346,11 @@ fn draw_uniform_batch<'py>(
     // Plain single values are packed as drawn, and their task tuples and
     // objects freed at once: a batch of live objects would cost more to
     // allocate than the caller's generator costs to run.
-    let mut drawn_args = DrawnArgs::Packed(Packer::default());
+    let mut drawn_args = if pack {
+        DrawnArgs::Packed(Packer::default())
+    } else {
+        DrawnArgs::Singles(Vec::new())
+    };
     let mut drawn = 0usize;
     let mut head = head;
     // The first task that does not fit (then every task is kept as drawn).

@@ -24,7 +24,8 @@ pub(crate) const SINGLE_PACKED: u8 = 3;
 /// Runs a batch's tasks in order: `mode` SINGLE gives `items` as `[x, …]`
 /// for `functions[0]`, ARGS_ONLY as `[args, …]`, FULL as
 /// `[(function index, args, kwargs), …]`. Before each task its index
-/// (`first` + position) goes into `status[0]`. Returns `(results, None,
+/// (`first` + position) goes into `status[0]` (a worker's shared status
+/// word; None in a thread of the caller's process). Returns `(results, None,
 /// None)`, or at the first task that raises `(results so far, its index, the
 /// exception)` (with its traceback; BaseException included, as the worker
 /// must report a task's SystemExit rather than die of it).
@@ -35,10 +36,14 @@ fn run_tasks<'py>(
     functions: &Bound<'py, PyTuple>,
     mode: u8,
     items: &Bound<'py, PyList>,
-    status: PyBuffer<i64>,
+    status: Option<PyBuffer<i64>>,
     first: i64,
 ) -> PyResult<(Bound<'py, PyList>, Option<i64>, Option<Py<PyAny>>)> {
-    let status_word = status_word(&status)?;
+    let unshared = AtomicI64::new(0);
+    let status_word = match &status {
+        Some(status) => status_word(status)?,
+        None => &unshared,
+    };
     let results = PyList::empty(py);
     let one_function = match mode {
         SINGLE | ARGS_ONLY => Some(functions.get_item(0)?),
