@@ -20,6 +20,13 @@ def cpu_work(n):
     return total
 
 
+def timed_cpu_work(n):
+    """cpu_work(n), returning the seconds it took where it ran."""
+    t0 = time.perf_counter()
+    cpu_work(n)
+    return time.perf_counter() - t0
+
+
 def calibrate_cpu(seconds):
     """Loop steps for cpu_work to take about `seconds` here."""
     n = 100_000
