@@ -1,7 +1,11 @@
 //! The `perfkit._native` extension module: bindings to the Rust crates and
-//! the `perfkit` command line. It translates types and errors and holds no
-//! logic of its own: recording lives in `perfkit-record`, files and tables
-//! in `perfkit-profile`.
+//! the `perfkit` command line. It translates types and errors: recording
+//! lives in `perfkit-record`, files and tables in `perfkit-profile`, the
+//! worker pool in `perfkit-pool`. The one exception is perfkit.Parallel's
+//! per-task work on Python objects (`delayed`, drawing a batch from the
+//! caller's generator, a worker's task loop, packed values: `delayed.rs`,
+//! `pool.rs`, `tasks.rs`), which needs the C API and so cannot live in the
+//! Python-free pool crate.
 
 mod cache;
 mod cli;
