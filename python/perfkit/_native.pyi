@@ -163,9 +163,6 @@ class Delayed:
     @property
     def __wrapped__(self) -> Callable[..., Any]: ...
 
-def encode_uniform_batch(tasks: list[Any], function: Callable[..., Any]) -> tuple[int, list[Any]] | None:
-    """``(2, [x…])`` / ``(0, [args…])`` when every task is ``(function, args, {})``, else None."""
-
 def draw_uniform_batch(
     iterator: Iterator[Any], n: int, function: Callable[..., Any], head: Any = None, pack: bool = True
 ) -> tuple[list[Any] | None, int | None, Any]:

@@ -1010,19 +1010,18 @@ class _ProcessCall:
                     if auto and per_task is not None:
                         size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     t_produce = time.perf_counter()
-                    chunk = []
                     head = None
-                    if auto and per_task is None and dispatched == 0:
-                        # Costs remembered from an earlier call of the same function size the first batches.
+                    if not self.functions:
+                        # The first task names the call's (first) function.
                         head = next(tasks, _NO_TASK)
                         if head is _NO_TASK:
                             exhausted = True
                             break
                         function = _unpack(head, 0)[0]
-                        if not self.functions:
-                            self._function_slot(function)
-                        remembered = _cost_memory.get(_cost_key(function))
+                        self._function_slot(function)
+                        remembered = auto and per_task is None and _cost_memory.get(_cost_key(function))
                         if remembered:
+                            # Costs from an earlier call of the same function size the first batches.
                             per_task, parent_per_task, bytes_per_task = remembered
                             size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     mode = None
@@ -1030,18 +1029,13 @@ class _ProcessCall:
                         # The usual case: one function; drawn and encoded in one pass.
                         chunk, mode, items = _native.draw_uniform_batch(tasks, size, self.functions[0], head)
                     else:
-                        chunk = [head] if head is not None else []
-                        chunk += itertools.islice(tasks, size - len(chunk))
+                        chunk = list(itertools.islice(tasks, size))
                     first = dispatched
                     if mode is None:
                         if not chunk:
                             exhausted = True
                             break
                         mode, items = self._encode(chunk, first)
-                    if mode == SINGLE:
-                        packed = _native.pack_values(items)
-                        if packed is not None:
-                            mode, items = SINGLE_PACKED, packed
                     count = len(items[1]) // 8 if mode == SINGLE_PACKED else len(items)
                     dispatched += count
                     if self.function_dirty:
@@ -1130,13 +1124,8 @@ class _ProcessCall:
         return max(1, min(size, 100_000))
 
     def _encode(self, chunk, first):
-        """(mode, items) for a batch; see perfkit._pool_common for the modes."""
-        if not self.functions:
-            self._function_slot(_unpack(chunk[0], first)[0])
-        if len(self.functions) == 1:
-            uniform = _native.encode_uniform_batch(chunk, self.functions[0])
-            if uniform is not None:
-                return uniform
+        """(FULL, items) for a batch of tasks as drawn (more than one function,
+        keyword arguments, …); see perfkit._pool_common for the modes."""
         items = []
         slot = self._function_slot
         for index, task in enumerate(chunk, first):

@@ -270,63 +270,17 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
     }
 }
 
-/// One pass over a batch of tasks: if every item is `(function, args, {})`
-/// with this very function, returns `(2, [x, …])` when every args tuple holds
-/// one value, else `(0, [args, …])`; returns None when the batch needs the
-/// general encoding (other functions, kwargs, or malformed items).
-#[pyfunction]
-fn encode_uniform_batch<'py>(
-    py: Python<'py>,
-    tasks: &Bound<'py, PyList>,
-    function: &Bound<'py, PyAny>,
-) -> PyResult<Option<(u8, Bound<'py, PyList>)>> {
-    let n = tasks.len();
-    let mut args_all: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
-    let mut all_single = true;
-    for item in tasks.iter() {
-        let Ok(t) = item.cast::<PyTuple>() else {
-            return Ok(None);
-        };
-        if t.len() != 3 {
-            return Ok(None);
-        }
-        let f = t.get_item(0)?;
-        if !f.is(function) && !f.eq(function)? {
-            return Ok(None);
-        }
-        match t.get_item(2)?.cast::<PyDict>() {
-            Ok(k) if k.is_empty() => {}
-            _ => return Ok(None),
-        }
-        let args = t.get_item(1)?;
-        let Ok(a) = args.cast::<PyTuple>() else {
-            return Ok(None);
-        };
-        all_single &= a.len() == 1;
-        args_all.push(args);
-    }
-    if all_single {
-        let singles: Vec<Bound<'py, PyAny>> = args_all
-            .iter()
-            .map(|a| a.cast::<PyTuple>().unwrap().get_item(0))
-            .collect::<PyResult<_>>()?;
-        Ok(Some((2, PyList::new(py, singles)?)))
-    } else {
-        Ok(Some((0, PyList::new(py, args_all)?)))
-    }
-}
-
 /// Draws up to `n` tasks for one batch (`head`, a task the caller drew
 /// already, then the rest from `iterator`), encoding them on the way when
 /// every one is `(function, args, {})` with this very function: returns
 /// `(None, 3, (tag, bytes))` when every args tuple holds one plain int (or
-/// every one a plain float; see `tasks::packed`), `(None, 2, [x, …])` when
+/// every one a plain float; see `tasks::Packer`), `(None, 2, [x, …])` when
 /// every args tuple holds one value, `(None, 0, [args, …])` otherwise, or
 /// `(tasks, None, None)` (the tasks as drawn) when the batch needs the
 /// general encoding. An empty iterator gives `([], None, None)`. With
-/// `pack=False` (tasks run in this process) single values stay a list. (islice +
-/// list + encode_uniform_batch in one pass, without a list of the caller's
-/// task tuples: they are freed as soon as their arguments are taken.)
+/// `pack=False` (tasks run in this process) single values stay a list. No
+/// list of the caller's task tuples is made: each is freed as soon as its
+/// arguments are taken.
 #[pyfunction]
 #[pyo3(signature = (iterator, n, function, head=None, pack=true))]
 #[allow(clippy::type_complexity)]
@@ -622,7 +576,6 @@ fn shm_dir() -> PathBuf {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerPool>()?;
-    m.add_function(wrap_pyfunction!(encode_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
