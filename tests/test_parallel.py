@@ -161,6 +161,7 @@ def test_draw_uniform_batch_encodes_or_returns_the_tasks_as_drawn():
     assert (mode, tag, [str(v) for v in unpack(tag, data)]) == (3, "d", ["0.5", "-0.0"])
     # Unpacked on request (tasks that run in this process, in threads).
     assert draw(iter([delayed(sq)(1), delayed(sq)(2)]), 9, sq, None, False) == (None, 2, [1, 2])
+    assert draw(iter([]), 9, sq, None, False) == ([], None, None)
     # Anything else that is one value per task stays a list, as it was.
     for values in ([1, 2**63], [True, False], [1, 2.0], ["a", "b"], [1, None]):
         assert draw(iter([delayed(sq)(v) for v in values]), 9, sq) == (None, 2, values)

@@ -355,7 +355,11 @@ fn draw_uniform_batch<'py>(
         }
         return Ok((Some(tasks), None, None));
     }
+    if drawn == 0 {
+        return Ok((Some(PyList::empty(py)), None, None));
+    }
     match drawn_args {
+        // Not empty: every task drawn went into the packer.
         DrawnArgs::Packed(packer) => match packer.into_bytes(py)? {
             Some(packed) => Ok((
                 None,
