@@ -734,3 +734,45 @@ def test_gc_thresholds_raised_while_dispatching_and_restored():
         assert set(seen) == {200_000}
     finally:
         gc.set_threshold(*before)
+
+
+def test_one_slow_draw_does_not_shrink_the_following_batches(monkeypatch):
+    # A batch's size comes from the caller's measured cost per task; one slow
+    # draw (a lazy generator's set-up, a GC pass) must not make the next
+    # batches single tasks, which would multiply the round trips.
+    sizes = []
+    draw = _native.draw_uniform_batch
+
+    def recording_draw(tasks, n, function, head=None, pack=True):
+        sizes.append(n)
+        return draw(tasks, n, function, head, pack)
+
+    monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
+    monkeypatch.setattr(pp, "_cost_memory", {})
+
+    def tasks(n, slow_at):
+        for x in range(n):
+            if x == slow_at:
+                deadline = time.thread_time() + 0.1  # 100 ms of this thread's CPU
+                while time.thread_time() < deadline:
+                    pass
+            yield delayed(T.square)(x)
+
+    n = 40_000
+    assert Parallel(n_jobs=2)(tasks(n, slow_at=n // 2)) == [x * x for x in range(n)]
+    steady = sorted(sizes)[len(sizes) // 2]
+    assert steady > 50, sizes
+    # Past the first batches (sized before any cost is known), every batch
+    # but the remainder stays near the steady size, the slow draw's included.
+    ramp = next(i for i, size in enumerate(sizes) if size >= steady // 10)
+    assert ramp < len(sizes) - 3, sizes
+    assert min(sizes[ramp:-1]) >= steady // 10, sizes
+
+
+def test_recent_costs_follow_the_median_of_three():
+    costs = pp._RecentCosts()
+    assert costs.add(5.0) == 5.0
+    assert costs.add(1.0) == 1.0  # the smaller of the first two
+    assert costs.add(1.2) == 1.2
+    assert costs.add(90.0) == 1.2  # one outlier does not move it
+    assert costs.add(80.0) == 80.0  # two in a row do: the cost has changed

@@ -997,6 +997,9 @@ class _ProcessCall:
         per_task = None
         parent_per_task = 0.0
         bytes_per_task = 0.0
+        # One slow batch (a lazy generator's set-up, a GC pass, an import in a
+        # worker's first task) must not shrink the next batches to one task.
+        worker_costs, parent_costs = _RecentCosts(), _RecentCosts()
         in_flight = {}  # batch id -> (first index, items, mode, submit time)
         in_order = _InOrder()
         batch_ids = itertools.count()
@@ -1009,7 +1012,8 @@ class _ProcessCall:
                 while not exhausted and len(in_flight) < self.window:
                     if auto and per_task is not None:
                         size = self._auto_size(per_task, bytes_per_task, parent_per_task)
-                    t_produce = time.perf_counter()
+                    # This thread's CPU time: being preempted by the workers is not a cost of drawing.
+                    t_produce = time.thread_time()
                     head = None
                     if not self.functions:
                         # The first task names the call's (first) function.
@@ -1023,6 +1027,8 @@ class _ProcessCall:
                         if remembered:
                             # Costs from an earlier call of the same function size the first batches.
                             per_task, parent_per_task, bytes_per_task = remembered
+                            worker_costs.add(per_task)
+                            parent_costs.add(parent_per_task)
                             size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     mode = None
                     if len(self.functions) == 1:
@@ -1039,7 +1045,9 @@ class _ProcessCall:
                     count = len(items[1]) // 8 if mode == SINGLE_PACKED else len(items)
                     dispatched += count
                     if self.function_dirty:
+                        t_begin = time.thread_time()
                         self._begin()
+                        t_produce += time.thread_time() - t_begin  # once per call, not per task
                     buffers = []
                     payload = self._pickle_batch(first, mode, items, buffers)
                     batch = next(batch_ids)
@@ -1047,7 +1055,7 @@ class _ProcessCall:
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
                     if remote:
                         self.keep_alive[batch] = buffers  # the worker reads them from here
-                    parent_per_task = (time.perf_counter() - t_produce) / count
+                    parent_per_task = parent_costs.add((time.thread_time() - t_produce) / count)
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
                     bytes_per_task = nbytes / count
                     # Only the encoded items stay (they name a task that fails): the
@@ -1077,7 +1085,7 @@ class _ProcessCall:
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
-                        per_task = max(elapsed, 1e-7) / max(len(results), 1)
+                        per_task = worker_costs.add(max(elapsed, 1e-7) / max(len(results), 1))
                         _cost_memory[_cost_key(self.functions[0])] = (
                             per_task,
                             parent_per_task,
@@ -1233,6 +1241,23 @@ class _ProcessCall:
 
 
 _cost_memory: dict = {}
+
+
+class _RecentCosts:
+    """A per-task cost that one outlier does not move: the median of the last
+    three measurements (the smaller of the first two)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: list = []
+
+    def add(self, cost: float) -> float:
+        last = self.last
+        last.append(cost)
+        if len(last) > 3:
+            del last[0]
+        return min(last) if len(last) < 3 else sorted(last)[1]
 _NO_TASK = object()
 
 
