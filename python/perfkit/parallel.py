@@ -1000,7 +1000,7 @@ class _ProcessCall:
         # One slow batch (a lazy generator's set-up, a GC pass, an import in a
         # worker's first task) must not shrink the next batches to one task.
         worker_costs, parent_costs = _RecentCosts(), _RecentCosts()
-        in_flight = {}  # batch id -> (first index, items, mode, submit time)
+        in_flight = {}  # batch id -> (first index, mode, items)
         in_order = _InOrder()
         batch_ids = itertools.count()
         exhausted = False
@@ -1258,6 +1258,8 @@ class _RecentCosts:
         if len(last) > 3:
             del last[0]
         return min(last) if len(last) < 3 else sorted(last)[1]
+
+
 _NO_TASK = object()
 
 
