@@ -550,6 +550,66 @@ def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
     pp._shutdown_shared_pool()
 
 
+@pytest.mark.version_sensitive  # buffers, refcounts and mmap differ across CPythons
+def test_workers_keep_few_copy_buffers_between_calls():
+    # A worker keeps the buffers it copies arrays into, for reuse by length.
+    # Arrays of 60 different lengths (480 MB) must not all stay behind in each
+    # worker, and calls without arrays let the kept ones go.
+    pp._shutdown_shared_pool()
+
+    def anon_mb(pid):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no RssAnon")
+
+    def calls_on_every_worker(make_call, rounds):
+        # Each worker must run `rounds` calls (a worker learns of a call with its first batch).
+        seen = {}
+        for _ in range(200):
+            for pid in set(make_call()):
+                seen[pid] = seen.get(pid, 0) + 1
+            if len(seen) == 2 and min(seen.values()) >= rounds:
+                return
+        raise AssertionError(f"calls reached only {seen}")
+
+    small = [np.ones(200_000) for _ in range(8)]  # imports numpy in each worker
+    calls_on_every_worker(lambda: Parallel(n_jobs=2, batch_size=1)(delayed(T.array_pid)(a) for a in small), 1)
+    pids = pp._shared_pool[1].pids()
+    before = {pid: anon_mb(pid) for pid in pids}
+    arrays = [np.full((1 << 20) + i, float(i)) for i in range(60)]
+    assert Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]
+    grown = {pid: anon_mb(pid) - before[pid] for pid in pids}
+    assert max(grown.values()) < 100, grown  # at most RemoteBuffers.MAX (64 MB) kept
+    calls_on_every_worker(lambda: Parallel(n_jobs=2, batch_size=1)(delayed(T.pid_of)(i) for i in range(8)), 2)
+    assert sorted(pp._shared_pool[1].pids()) == sorted(pids)
+    left = {pid: anon_mb(pid) - before[pid] for pid in pids}
+    assert max(left.values()) < 24, left
+    pp._shutdown_shared_pool()
+
+
+def test_caller_keeps_few_shared_memory_segments_between_calls(monkeypatch):
+    # Without process_vm_readv the caller copies arrays into shared-memory
+    # segments, kept for reuse; calls that need none let them go.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", False)
+
+    def shmem_mb():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no RssShmem")
+
+    before = shmem_mb()
+    arrays = [np.full((1 << 20) + 4096 * i, float(i)) for i in range(40)]
+    assert Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]
+    assert shmem_mb() - before > 8, "no segment was kept for reuse"
+    for _ in range(2):
+        assert Parallel(n_jobs=2)(delayed(T.square)(x) for x in range(10)) == [x * x for x in range(10)]
+    assert shmem_mb() - before < 1
+    pp._shutdown_shared_pool()
+
+
 def test_pandas_groupby_example_equals_joblib():
     pd = pytest.importorskip("pandas")
     rng = np.random.default_rng(0)

@@ -132,7 +132,8 @@ class WorkerPool:
     def segment_prefix(self) -> str: ...
     def pids(self) -> list[int]: ...
     def begin_call(self, call: int, function: bytes) -> None:
-        """The pickled function table of call ``call`` (sent to each worker once)."""
+        """The pickled function table of call ``call`` (sent to each worker once); drops
+        the shared-memory segments the previous call left unused."""
     def submit(self, call: int, batch: int, payload: bytes, buffers: list[memoryview], remote: bool) -> None:
         """Queue a batch; ``buffers`` (pickle-5 out-of-band) are copied into shared memory, or
         with ``remote`` read by the worker straight from this process (keep them alive until the reply)."""
@@ -201,6 +202,6 @@ def shm_dir() -> str: ...
 def buffer_address(buffer: Any) -> tuple[int, int]:
     """``(address, length)`` of an object's contiguous buffer."""
 
-def read_process_memory(pid: int, address: int, length: int, into: bytearray | None = None) -> bytearray:
-    """Copy bytes out of another process (process_vm_readv) into ``into`` or a new bytearray;
-    OSError if refused."""
+def read_process_memory(pid: int, address: int, length: int, into: Any = None) -> Any:
+    """Copy bytes out of another process (process_vm_readv) into ``into`` (a writable
+    buffer of ``length`` bytes) or a new bytearray, and return it; OSError if refused."""

@@ -53,9 +53,7 @@ def map_segment(meta: bytes):
         buffers = []
         for span in spans:
             address, length = (int(x) for x in span.split(":"))
-            free = REMOTE_BUFFERS.get(length)
-            reuse = free.pop() if free else None
-            buffers.append(read_process_memory(pid, address, length, reuse))
+            buffers.append(read_process_memory(pid, address, length, REMOTE_BUFFERS.take(length)))
         return None, memoryview(b""), buffers
     if name.startswith("memfd:"):
         pid, fd_number = (int(x) for x in name[6:].split(":"))
@@ -86,19 +84,61 @@ def _map_private(fd, size):
     return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
 
 
-# Free bytearrays for buffers read from the parent, by length: reused while no
-# task keeps a reference (fresh 8 MB buffers would cost a page fault per 4 KiB).
-REMOTE_BUFFERS: dict = {}
-REMOTE_BUFFERS_MAX = 256 << 20
+class RemoteBuffers:
+    """Buffers that arrays copied out of the parent land in, kept for reuse by
+    length: a fresh one costs a page fault per 4 KiB on first use.
+
+    Each is an anonymous mapping, so a dropped one goes back to the system at
+    once (freed malloc memory may stay in the heap). At most ``MAX`` bytes are
+    kept, the least recently used length dropped first, and each new call
+    drops the lengths the previous call did not use: an idle worker holds
+    only what its last call needed, and never more than ``MAX``."""
+
+    MAX = 64 << 20
+
+    def __init__(self) -> None:
+        self.free: dict = {}  # length -> [buffer, …]; least recently used length first
+        self.held = 0
+        self.used: set = set()  # lengths taken since the current call began
+
+    def take(self, length: int):
+        self.used.add(length)
+        free = self.free.get(length)
+        if not free:
+            return mmap.mmap(-1, length) if length else bytearray()
+        self.held -= length
+        if len(free) == 1:
+            del self.free[length]
+        return free.pop()
+
+    def give_back(self, buffers) -> None:
+        for b in buffers:
+            length = len(b)
+            # Referenced only by `buffers`, `b` and getrefcount's argument: no task kept it.
+            if not length or length > self.MAX or sys.getrefcount(b) > 3:
+                continue
+            free = self.free.pop(length, [])
+            free.append(b)
+            self.free[length] = free  # now the most recently used length
+            self.held += length
+        while self.held > self.MAX:
+            self._drop_one(next(iter(self.free)))
+
+    def new_call(self) -> None:
+        for length in [n for n in self.free if n not in self.used]:
+            while length in self.free:
+                self._drop_one(length)
+        self.used.clear()
+
+    def _drop_one(self, length: int) -> None:
+        free = self.free[length]
+        free.pop()
+        self.held -= length
+        if not free:
+            del self.free[length]
 
 
-def recycle_remote(buffers) -> None:
-    held = sum(length * len(free) for length, free in REMOTE_BUFFERS.items())
-    for b in buffers:
-        # Referenced only by `buffers` and this call's argument: no task kept it.
-        if isinstance(b, bytearray) and sys.getrefcount(b) <= 3 and held + len(b) <= REMOTE_BUFFERS_MAX:
-            REMOTE_BUFFERS.setdefault(len(b), []).append(b)
-            held += len(b)
+REMOTE_BUFFERS = RemoteBuffers()
 
 
 def release_segment(mapping, view, buffers) -> bool:
@@ -253,6 +293,7 @@ def main() -> int:
             except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
                 functions, function_error = (), exc
             limit_threads_once(thread_state)
+            REMOTE_BUFFERS.new_call()
             continue
         if kind != BATCH:
             return 3
@@ -271,7 +312,7 @@ def main() -> int:
         if segment is not None and not release_segment(*segment):
             flags = SEGMENT_RETAINED
         if segment is not None and segment[0] is None:
-            recycle_remote(segment[2])
+            REMOTE_BUFFERS.give_back(segment[2])
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
 

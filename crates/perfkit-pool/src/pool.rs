@@ -216,6 +216,11 @@ impl Pool {
         self.shared.segments.take(size)
     }
 
+    /// Marks the start of a call: free segments the previous call left unused are dropped.
+    pub fn begin_call(&self) {
+        self.shared.segments.drop_unused();
+    }
+
     pub fn submit(&self, job: Job) {
         let mut st = self.shared.state.lock().unwrap();
         if st.shutdown {

@@ -203,9 +203,12 @@ fn size_class(size: usize) -> usize {
     }
 }
 
-/// Free parent segments kept for reuse, bounded in total size.
+/// Free parent segments kept for reuse, bounded in total size. Each new call
+/// drops the ones the previous call did not use, so an idle pool holds only
+/// what its last call needed.
 pub struct SegmentCache {
-    free: std::sync::Mutex<Vec<MappedSegment>>,
+    /// Free segments, each with whether it was used since the last `drop_unused`.
+    free: std::sync::Mutex<Vec<(MappedSegment, bool)>>,
     max_free_bytes: usize,
 }
 
@@ -224,11 +227,11 @@ impl SegmentCache {
         let best = free
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.capacity >= size && s.capacity <= 2 * size + SIZE_STEP)
-            .min_by_key(|(_, s)| s.capacity)
+            .filter(|(_, (s, _))| s.capacity >= size && s.capacity <= 2 * size + SIZE_STEP)
+            .min_by_key(|(_, (s, _))| s.capacity)
             .map(|(i, _)| i);
         if let Some(i) = best {
-            return Ok(free.swap_remove(i));
+            return Ok(free.swap_remove(i).0);
         }
         drop(free);
         MappedSegment::create(size_class(size))
@@ -237,9 +240,19 @@ impl SegmentCache {
     /// Returns a segment for reuse (dropped if the cache is full).
     pub fn give_back(&self, seg: MappedSegment) {
         let mut free = self.free.lock().unwrap();
-        let held: usize = free.iter().map(|s| s.capacity).sum();
+        let held: usize = free.iter().map(|(s, _)| s.capacity).sum();
         if held + seg.capacity <= self.max_free_bytes {
-            free.push(seg);
+            free.push((seg, true));
+        }
+    }
+
+    /// Drops the free segments not given back since the last call of this
+    /// (called as each call begins).
+    pub fn drop_unused(&self) {
+        let mut free = self.free.lock().unwrap();
+        free.retain(|(_, used)| *used);
+        for (_, used) in free.iter_mut() {
+            *used = false;
         }
     }
 
@@ -375,6 +388,23 @@ mod tests {
         f.read_to_end(&mut all).unwrap();
         assert_eq!(&all[..3], b"abc");
         assert_eq!(&all[64..], &[7u8; 100][..]);
+    }
+
+    #[test]
+    fn segments_unused_through_a_call_are_dropped_at_the_next() {
+        let cache = SegmentCache::new(64 << 20);
+        cache.give_back(MappedSegment::create(1 << 20).unwrap());
+        cache.give_back(MappedSegment::create(4 << 20).unwrap());
+        cache.drop_unused(); // a call begins: both were used in the last one
+        assert_eq!(cache.free_count(), 2);
+        let seg = cache.take(1 << 20).unwrap(); // this call uses one of them
+        cache.give_back(seg);
+        cache.drop_unused(); // the next call begins: the 4 MB one sat idle
+        assert_eq!(cache.free_count(), 1);
+        assert_eq!(cache.take(1 << 20).unwrap().capacity(), 1 << 20);
+        cache.drop_unused();
+        cache.drop_unused();
+        assert_eq!(cache.free_count(), 0);
     }
 
     #[test]

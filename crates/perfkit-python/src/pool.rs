@@ -14,7 +14,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 /// How often a wait wakes up to let Python run signal handlers (Ctrl-C).
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -89,9 +89,11 @@ impl WorkerPool {
         self.with_pool(|p| p.pids())
     }
 
-    /// Sets the pickled function(s) of call `call` (sent to each worker once).
-    fn begin_call(&self, call: u64, function: &[u8]) {
+    /// Sets the pickled function(s) of call `call` (sent to each worker once)
+    /// and drops the shared-memory segments the previous call left unused.
+    fn begin_call(&self, call: u64, function: &[u8]) -> PyResult<()> {
         *self.function.lock().unwrap() = Some((call, Arc::new(function.to_vec())));
+        self.with_pool(|p| p.begin_call())
     }
 
     /// Queues one batch. `buffers` (out-of-band pickle buffers) are copied
@@ -500,10 +502,11 @@ fn buffer_address(buffer: PyBuffer<u8>) -> (u64, u64) {
     (buffer.buf_ptr() as u64, buffer.len_bytes() as u64)
 }
 
-/// Copies `length` bytes at `address` in process `pid` into `into` (a
-/// bytearray of exactly that length, reused by the caller) or into a new
-/// bytearray (process_vm_readv: one copy, no shared file). OSError if the
-/// kernel refuses (another user, Yama ptrace restrictions) or the range is not mapped.
+/// Copies `length` bytes at `address` in process `pid` into `into` (any
+/// writable contiguous buffer of exactly that length, reused by the caller)
+/// or into a new bytearray, and returns it (process_vm_readv: one copy, no
+/// shared file). OSError if the kernel refuses (another user, Yama ptrace
+/// restrictions) or the range is not mapped.
 #[pyfunction]
 #[pyo3(signature = (pid, address, length, into=None))]
 fn read_process_memory(
@@ -511,17 +514,10 @@ fn read_process_memory(
     pid: i32,
     address: u64,
     length: usize,
-    into: Option<Bound<'_, PyByteArray>>,
+    into: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let array: Bound<'_, PyAny> = match into {
-        Some(existing) => {
-            if existing.len() != length {
-                return Err(PyValueError::new_err(
-                    "read_process_memory: `into` has the wrong length",
-                ));
-            }
-            existing.into_any()
-        }
+    let target: Bound<'_, PyAny> = match into {
+        Some(existing) => existing,
         None => {
             // SAFETY: a NULL source asks CPython for an uninitialized bytearray of `length` bytes.
             let raw = unsafe {
@@ -534,9 +530,14 @@ fn read_process_memory(
             unsafe { Bound::from_owned_ptr_or_err(py, raw)? }
         }
     };
-    // SAFETY: the bytearray owns `length` writable bytes; nothing else runs
-    // Python code while we hold it (the worker is single-threaded).
-    let dst = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as usize;
+    // Held until the copy is done: the export keeps the memory where it is.
+    let buffer = PyBuffer::<u8>::get(&target)?;
+    if buffer.readonly() || !buffer.is_c_contiguous() || buffer.len_bytes() != length {
+        return Err(PyValueError::new_err(format!(
+            "read_process_memory: `into` must be a writable contiguous buffer of {length} bytes"
+        )));
+    }
+    let dst = buffer.buf_ptr() as usize;
     let result = py.detach(move || {
         let mut done = 0usize;
         while done < length {
@@ -548,8 +549,8 @@ fn read_process_memory(
                 iov_base: (address as usize + done) as *mut libc::c_void,
                 iov_len: length - done,
             };
-            // SAFETY: `local` is our own writable buffer of the stated length;
-            // the kernel validates the remote range and fails with EFAULT if it is not mapped.
+            // SAFETY: `local` lies in a writable buffer of `length` bytes whose
+            // export we hold; the kernel validates the remote range (EFAULT if unmapped).
             let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
             if n <= 0 {
                 return Err(std::io::Error::last_os_error());
@@ -558,12 +559,13 @@ fn read_process_memory(
         }
         Ok(())
     });
+    drop(buffer);
     result.map_err(|e| {
         PyOSError::new_err(format!(
             "could not read {length} bytes from process {pid}: {e}"
         ))
     })?;
-    Ok(array.unbind())
+    Ok(target.unbind())
 }
 
 /// Names of this process's leftover segments (leak checks in tests).
