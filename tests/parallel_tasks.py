@@ -68,6 +68,28 @@ def touch_then_sleep(path, seconds):
     return path
 
 
+def fail_soon_or_touch_late(i, directory):
+    """Task 0 fails after 0.2 s; the others would leave a file after 2 s."""
+    if i == 0:
+        time.sleep(0.2)
+        raise ValueError("task 0 fails")
+    time.sleep(2)
+    open(os.path.join(directory, f"t{i}"), "w").close()
+    return i
+
+
+def fork_child_reads_later(a, directory):
+    """Forks a child that reads its argument 0.5 s later, as a task starting a
+    background process (multiprocessing's fork) would; returns at once."""
+    expected = float(a[0])
+    if os.fork() == 0:
+        time.sleep(0.5)
+        with open(os.path.join(directory, f"{int(expected)}"), "w") as f:
+            f.write(f"{float(a[0])} {float(a[-1])}")
+        os._exit(0)
+    return expected
+
+
 def fail_first_then_touch(i, directory):
     if i == 0:
         raise RuntimeError("first task fails")

@@ -407,6 +407,100 @@ def test_fail_fast_cancels_queued_work(tmp_path):
     assert ran < 50, f"{ran} of 199 tasks ran after the first failure"
 
 
+@pytest.mark.parametrize("keep_workers", [False, True], ids=["shared-pool", "context-manager"])
+def test_a_failed_call_stops_its_running_tasks_at_once(tmp_path, keep_workers):
+    # As joblib: the first error ends the call, and tasks still running are
+    # stopped (their workers killed and replaced), not waited for, nor left
+    # to finish, or to read arguments the caller may already have freed.
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="task 0 fails"):
+        if keep_workers:
+            with Parallel(n_jobs=2, batch_size=1) as p:
+                p(delayed(T.fail_soon_or_touch_late)(i, str(tmp_path)) for i in range(4))
+        else:
+            Parallel(n_jobs=2, batch_size=1)(
+                delayed(T.fail_soon_or_touch_late)(i, str(tmp_path)) for i in range(4)
+            )
+    assert time.perf_counter() - t0 < 1.5, "the error waited for the other running task"
+    time.sleep(2.5)
+    assert os.listdir(tmp_path) == [], "a task of the failed call ran to its end"
+    assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
+
+
+def test_a_worker_that_died_idle_is_replaced_without_failing_the_next_call():
+    assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
+    pool = pp._shared_pool[1]
+    victim = pool.pids()[0]
+    os.kill(victim, signal.SIGKILL)  # the OOM killer, say, between calls
+    deadline = time.time() + 3
+    while alive(victim) and time.time() < deadline:
+        time.sleep(0.01)
+    assert Parallel(n_jobs=2, batch_size=1)(delayed(T.square)(i) for i in range(20)) == [
+        i * i for i in range(20)
+    ]
+    assert victim not in pool.pids()
+
+
+def test_threads_sharing_a_pool_do_not_deadlock(tmp_path):
+    # One thread waits for a call's events while another uses the same pool
+    # (reads its state, or shuts it down at interpreter exit).
+    script = tmp_path / "threads.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, threading, time
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            import perfkit.parallel as pp
+            from perfkit import Parallel, delayed
+            import parallel_tasks as T
+
+            def background():
+                while True:
+                    Parallel(n_jobs=2, batch_size=1)(delayed(T.sleep_return)(0.05, i) for i in range(40))
+
+            if __name__ == "__main__":
+                threading.Thread(target=background, daemon=True).start()
+                time.sleep(1.0)
+                pool = pp._shared_pool[1]
+                for _ in range(200):
+                    assert pool.alive
+                    time.sleep(0.001)
+                print("done", flush=True)
+                # Exiting now shuts the pool down while the thread waits on it.
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "done", out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.version_sensitive  # mmap flags and fork differ across CPythons
+@pytest.mark.parametrize("remote_read", [True, False], ids=["process_vm_readv", "shared-memory"])
+def test_a_process_forked_by_a_task_keeps_its_own_arguments(tmp_path, remote_read, monkeypatch):
+    # A child forked by a task (multiprocessing's fork, a background job)
+    # must keep the arguments it was forked with, though the worker reuses
+    # its buffers for the next batches.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", remote_read)
+    forked = Parallel(n_jobs=2, batch_size=1)(
+        delayed(T.fork_child_reads_later)(np.full(100_000, float(i)), str(tmp_path)) for i in range(2)
+    )
+    assert forked == [0.0, 1.0]
+    later = [np.full(100_000, float(i)) for i in range(100, 110)]
+    assert Parallel(n_jobs=2, batch_size=1)(delayed(T.array_sum)(a) for a in later) == [
+        float(a.sum()) for a in later
+    ]
+    deadline = time.time() + 5
+    while len(os.listdir(tmp_path)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    seen = {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)}
+    assert seen == {"0": "0.0 0.0", "1": "1.0 1.0"}
+    pp._shutdown_shared_pool()
+
+
 @pytest.mark.version_sensitive
 @pytest.mark.parametrize(
     "fn, args, reason",
@@ -558,10 +652,9 @@ def test_workers_keep_few_copy_buffers_between_calls():
     pp._shutdown_shared_pool()
 
     def anon_mb(pid):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no RssAnon")
+        # Anonymous memory, private or shared (an anonymous shared mapping counts as RssShmem).
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return (int(fields["RssAnon"].split()[0]) + int(fields["RssShmem"].split()[0])) / 1024
 
     def calls_on_every_worker(make_call, rounds):
         # Each worker must run `rounds` calls (a worker learns of a call with its first batch).

@@ -139,7 +139,8 @@ class WorkerPool:
         with ``remote`` read by the worker straight from this process (keep them alive until the reply)."""
     def next_event(self, timeout: float | None = None) -> tuple | None:
         """``("reply", call, batch, is_error, payload, segment_fd, spans, pid)``,
-        ``("died", call, batch, pid, reason, task)`` or ``("spawn_failed", call, batch, message)``;
+        ``("died", call, batch, pid, reason, task)`` or ``("failed", call, batch, message)``
+        (no worker could be started, or its results could not be opened here);
         None after ``timeout`` seconds. Raises KeyboardInterrupt on Ctrl-C."""
     def cancel(self, call: int) -> int: ...
     def kill_busy(self, call: int) -> list[tuple[int, int]]: ...

@@ -105,7 +105,7 @@ class RemoteBuffers:
         self.used.add(length)
         free = self.free.get(length)
         if not free:
-            return mmap.mmap(-1, length) if length else bytearray()
+            return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE) if length else bytearray()
         self.held -= length
         if len(free) == 1:
             del self.free[length]
@@ -139,6 +139,18 @@ class RemoteBuffers:
 
 
 REMOTE_BUFFERS = RemoteBuffers()
+
+
+def child_pids() -> set:
+    """This process's live children (of any of its threads)."""
+    pids: set = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(f.read().split())
+    except OSError:
+        pass
+    return pids
 
 
 def release_segment(mapping, view, buffers) -> bool:
@@ -304,12 +316,18 @@ def main() -> int:
             except BaseException as exc:  # noqa: BLE001
                 send(ERROR, call, batch, b"", error_payload("unpickle", 0, "the batch's shared memory", exc))
                 continue
+        mapped = segment is not None and segment[0] is not None
+        children = child_pids() if mapped else None
         kind, reply_meta, reply = run_batch(
             payload, segment, functions, function_error, status, parent, threshold
         )
         del payload
         flags = 0
         if segment is not None and not release_segment(*segment):
+            flags = SEGMENT_RETAINED
+        elif mapped and child_pids() - children:
+            # A task forked: the child maps the segment too, and would see the
+            # parent rewrite it for a later batch.
             flags = SEGMENT_RETAINED
         if segment is not None and segment[0] is None:
             REMOTE_BUFFERS.give_back(segment[2])

@@ -1027,7 +1027,9 @@ class _ProcessCall:
                         if remembered:
                             # Costs from an earlier call of the same function size the first batches.
                             per_task, parent_per_task, bytes_per_task = remembered
-                            worker_costs.add(per_task)
+                            # This process's cost is a fair prior (the first draw includes
+                            # one-time set-up); the workers' is not: the function may
+                            # cost far more this time, and one stale batch would be huge.
                             parent_costs.add(parent_per_task)
                             size = self._auto_size(per_task, bytes_per_task, parent_per_task)
                     mode = None
@@ -1100,13 +1102,19 @@ class _ProcessCall:
                     _, _, _, pid, reason, task = event
                     self._crashed(first, mode, items, pid, reason, task)
                 else:
-                    raise WorkerCrashedError(f"perfkit.Parallel: {event[3]}")
+                    # This process could not start a worker or open a reply (say, out of file descriptors).
+                    raise OSError(f"perfkit.Parallel: {event[3]}")
             completed = True
         finally:
             if not completed:
+                # Given up (an error, a closed generator, Ctrl-C): queued batches
+                # are dropped and running ones stopped, as joblib does. Their
+                # workers may still be reading buffers out of this process,
+                # which the caller may free as soon as this returns.
                 for call in self.call_ids:
                     try:
                         pool.cancel(call)
+                        pool.kill_busy(call)
                     except RuntimeError:
                         pass
             self.progress.close(completed)
@@ -1197,7 +1205,12 @@ class _ProcessCall:
         cause = RemoteTraceback(f"\n{where}; its traceback there:\n\n{info['traceback']}")
         exc.__cause__ = cause
         _add_note(exc, f"perfkit.Parallel: {where} (worker traceback above)")
-        raise exc
+        try:
+            raise exc
+        finally:
+            # Else this frame and the exception hold each other (through its
+            # traceback), and with them the call's results, until a GC pass.
+            del exc, cause
 
     def _decode(self, mode, item):
         """(function, args, kwargs) of one encoded item (see _encode)."""

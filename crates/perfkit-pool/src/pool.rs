@@ -63,8 +63,9 @@ pub enum Event {
         reason: String,
         task: i64,
     },
-    /// No worker could be started for this batch.
-    SpawnFailed {
+    /// This process could not run the batch or take its reply: no worker
+    /// could be started, or a reply's results could not be opened here.
+    Failed {
         call: u64,
         batch: u64,
         message: String,
@@ -77,6 +78,9 @@ struct State {
     shutdown: bool,
     /// Per slot: (call, batch, pid) of the batch it runs.
     busy: Vec<Option<(u64, u64, i32)>>,
+    /// Per slot: its worker was killed by `kill_busy` (it may have answered
+    /// first, and must still be replaced before it is given another batch).
+    killed: Vec<bool>,
     pids: Vec<i32>,
     /// Calls given up by their caller: replies that come in for them later are
     /// dropped here (closing their segments) instead of waiting in the event
@@ -141,9 +145,12 @@ impl Drop for SenderGuard {
     }
 }
 
+/// Shared by reference (`&self` everywhere): one thread may wait for events
+/// while another submits or terminates.
 pub struct Pool {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    size: usize,
     events: Arc<EventQueue>,
     prefix: String,
 }
@@ -155,6 +162,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 busy: vec![None; n],
+                killed: vec![false; n],
                 pids: vec![0; n],
                 ..State::default()
             }),
@@ -165,9 +173,10 @@ impl Pool {
         let command = Arc::new(command);
         let events = Arc::new(EventQueue::default());
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut pool = Pool {
+        let pool = Pool {
             shared: shared.clone(),
-            threads: Vec::new(),
+            threads: Mutex::new(Vec::new()),
+            size: n,
             events: events.clone(),
             prefix,
         };
@@ -183,7 +192,7 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("perfkit-pool-{slot}"))
                 .spawn(move || slot_main(slot, shared, tx, command, ready, prefix))?;
-            pool.threads.push(handle);
+            pool.threads.lock().unwrap().push(handle);
         }
         drop(ready_tx);
         for _ in 0..n {
@@ -203,7 +212,7 @@ impl Pool {
     }
 
     pub fn size(&self) -> usize {
-        self.threads.len()
+        self.size
     }
 
     /// The segment-name prefix of this pool (`perfkit-<pid>-`).
@@ -253,16 +262,16 @@ impl Pool {
     /// Kills the workers running batches of `call` (timeouts, abandoned calls);
     /// their slots start replacements. Returns the (batch, pid) pairs killed.
     pub fn kill_busy(&self, call: u64) -> Vec<(u64, i32)> {
-        let st = self.shared.state.lock().unwrap();
-        let victims: Vec<(u64, i32)> = st
-            .busy
-            .iter()
-            .flatten()
-            .filter(|(c, _, _)| *c == call)
-            .map(|(_, b, p)| (*b, *p))
-            .collect();
-        for (_, pid) in &victims {
-            kill_pid(*pid);
+        let mut st = self.shared.state.lock().unwrap();
+        let mut victims = Vec::new();
+        for slot in 0..st.busy.len() {
+            if let Some((c, batch, pid)) = st.busy[slot] {
+                if c == call {
+                    kill_pid(pid);
+                    st.killed[slot] = true;
+                    victims.push((batch, pid));
+                }
+            }
         }
         victims
     }
@@ -282,7 +291,7 @@ impl Pool {
         self.events.recv_timeout(timeout)
     }
 
-    fn stop(&mut self, kill: bool) {
+    fn stop(&self, kill: bool) {
         let pids = {
             let mut st = self.shared.state.lock().unwrap();
             st.shutdown = true;
@@ -295,7 +304,8 @@ impl Pool {
                 kill_pid(pid);
             }
         }
-        for t in self.threads.drain(..) {
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().unwrap().drain(..).collect();
+        for t in threads {
             let _ = t.join();
         }
         self.shared.segments.clear();
@@ -303,19 +313,19 @@ impl Pool {
     }
 
     /// Kills every worker now (Ctrl-C, drop) and joins the slot threads.
-    pub fn terminate(&mut self) {
+    pub fn terminate(&self) {
         self.stop(true)
     }
 
     /// Lets workers finish their batch and exit on end of file (SIGKILL after a grace period).
-    pub fn close(&mut self) {
+    pub fn close(&self) {
         self.stop(false)
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.get_mut().unwrap().is_empty() {
             self.terminate();
         }
     }
@@ -366,7 +376,7 @@ fn slot_main(
                         shared.segments.give_back(seg);
                     }
                     let message = format!("could not start a worker process: {e}");
-                    events.0.send(Event::SpawnFailed {
+                    events.0.send(Event::Failed {
                         call: job.call,
                         batch: job.batch,
                         message,
@@ -381,9 +391,35 @@ fn slot_main(
             if st.shutdown {
                 break;
             }
+            // Marked busy under the lock `cancel` and `kill_busy` take: a batch
+            // of an abandoned call either never starts or has its worker killed
+            // (its buffers may be freed by the caller as soon as the call is given up).
+            if st.cancelled.contains(&job.call) {
+                drop(st);
+                if let Some((seg, _)) = job.segment {
+                    shared.segments.give_back(seg);
+                }
+                continue;
+            }
             st.busy[slot] = Some((job.call, job.batch, w.pid));
         }
-        let outcome = run_job(w, &job);
+        let mut outcome = run_job(w, &job);
+        if let Err(JobError::NotDelivered) = &outcome {
+            // The worker died while idle (the OOM killer, a signal from
+            // outside): it never saw this batch, so a fresh one runs it.
+            let mut dead = worker.take().unwrap();
+            dead.reap(REAP_GRACE);
+            shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
+            if let Ok(w) = Worker::spawn(&command) {
+                let mut st = shared.state.lock().unwrap();
+                st.pids[slot] = w.pid;
+                st.busy[slot] = Some((job.call, job.batch, w.pid));
+                drop(st);
+                outcome = run_job(worker.insert(w), &job);
+            } else {
+                shared.state.lock().unwrap().pids[slot] = 0;
+            }
+        }
         // The segment is free again unless the worker still maps parts of it
         // (then it is dropped here: unmapped in this process, kept alive by the worker's mapping).
         let retained = matches!(&outcome, Ok(r) if r.segment_retained);
@@ -392,25 +428,68 @@ fn slot_main(
                 shared.segments.give_back(seg);
             }
         }
-        let shutting_down = {
+        let (shutting_down, killed) = {
             let mut st = shared.state.lock().unwrap();
             st.busy[slot] = None;
-            st.shutdown
+            (st.shutdown, std::mem::take(&mut st.killed[slot]))
         };
         match outcome {
             Ok(reply) => {
-                // Checked and sent under the lock, so that a reply is either
-                // queued before `cancel` returns (the next call drains it) or dropped.
-                let st = shared.state.lock().unwrap();
-                if st.cancelled.contains(&reply.call) {
-                    continue;
+                {
+                    // Checked and sent under the lock, so that a reply is either
+                    // queued before `cancel` returns (the next call drains it) or dropped.
+                    let st = shared.state.lock().unwrap();
+                    if !st.cancelled.contains(&reply.call) {
+                        events.0.send(Event::Reply(reply));
+                    }
                 }
-                events.0.send(Event::Reply(reply));
+                if killed {
+                    // It answered, then `kill_busy` killed it: replace it before
+                    // it is handed a batch it would die on.
+                    let mut dead = worker.take().unwrap();
+                    dead.reap(REAP_GRACE);
+                    shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
+                    shared.state.lock().unwrap().pids[slot] = 0;
+                    if shutting_down {
+                        break;
+                    }
+                    if let Ok(w) = Worker::spawn(&command) {
+                        shared.state.lock().unwrap().pids[slot] = w.pid;
+                        worker = Some(w);
+                    }
+                }
+            }
+            Err(JobError::Local(e)) => {
+                if shutting_down {
+                    break;
+                }
+                let pid = worker.as_ref().map_or(0, |w| w.pid);
+                events.0.send(Event::Failed {
+                    call: job.call,
+                    batch: job.batch,
+                    message: format!(
+                        "could not open the results worker process {pid} sent back: {e}"
+                    ),
+                });
+            }
+            Err(_) if worker.is_none() => {
+                // No replacement could be started for a worker that died idle.
+                if shutting_down {
+                    break;
+                }
+                events.0.send(Event::Failed {
+                    call: job.call,
+                    batch: job.batch,
+                    message: "a worker process died while idle and no replacement could be started"
+                        .to_string(),
+                });
             }
             Err(_) => {
                 let mut dead = worker.take().unwrap();
                 let task = dead.current_task();
                 let status = dead.reap(REAP_GRACE);
+                // Reaped: its pid may be reused by an unrelated process.
+                shared.state.lock().unwrap().pids[slot] = 0;
                 shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
                 if shutting_down {
                     break;
@@ -437,10 +516,37 @@ fn slot_main(
     }
 }
 
-fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
+/// Why a batch did not come back.
+enum JobError {
+    /// Writing the batch failed with a broken pipe: the worker had exited
+    /// before it was given anything (it may be replaced and the batch resent).
+    NotDelivered,
+    /// The pipe to or from the worker failed (it died: its exit status says
+    /// how), or it broke the protocol.
+    Failed,
+    /// The worker answered, but its results could not be opened in this
+    /// process (out of file descriptors, say): not the worker's fault.
+    Local(io::Error),
+}
+
+impl From<io::Error> for JobError {
+    fn from(_: io::Error) -> Self {
+        JobError::Failed
+    }
+}
+
+fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
+    let not_delivered = |e: io::Error| {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            JobError::NotDelivered
+        } else {
+            JobError::Failed
+        }
+    };
     w.reset_current_task();
     if w.function_of_call != Some(job.call) {
-        w.send(FrameKind::Function, job.call, 0, b"", &job.function)?;
+        w.send(FrameKind::Function, job.call, 0, b"", &job.function)
+            .map_err(not_delivered)?;
         w.function_of_call = Some(job.call);
     }
     let meta = match &job.segment {
@@ -452,26 +558,24 @@ fn run_job(w: &mut Worker, job: &Job) -> io::Result<Reply> {
         .encode(),
         None => Vec::new(),
     };
-    w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)?;
+    w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)
+        .map_err(not_delivered)?;
     let frame = w.receive()?;
     let is_error = match frame.kind {
         FrameKind::Result => false,
         FrameKind::Error => true,
         _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "worker sent an unexpected frame",
-            ))
+            return Err(JobError::Failed); // an unexpected frame
         }
     };
     if frame.call != job.call || frame.batch != job.batch {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "worker answered another batch",
-        ));
+        return Err(JobError::Failed); // the worker answered another batch
     }
-    let segment = match SegmentSpec::decode(&frame.meta)? {
-        Some(spec) => Some((shm::open_segment(&spec.name)?, spec.spans)),
+    let segment = match SegmentSpec::decode(&frame.meta).map_err(JobError::Local)? {
+        Some(spec) => Some((
+            shm::open_segment(&spec.name).map_err(JobError::Local)?,
+            spec.spans,
+        )),
         None => None,
     };
     Ok(Reply {
@@ -501,7 +605,7 @@ mod tests {
         let sender = SenderGuard(queue.clone());
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
-            sender.0.send(Event::SpawnFailed {
+            sender.0.send(Event::Failed {
                 call: 7,
                 batch: 1,
                 message: String::new(),
@@ -510,7 +614,7 @@ mod tests {
         });
         let t0 = Instant::now();
         match queue.recv_timeout(Duration::from_secs(10)) {
-            Some(Event::SpawnFailed {
+            Some(Event::Failed {
                 call: 7, batch: 1, ..
             }) => {}
             _ => panic!("expected the event sent"),
@@ -539,7 +643,7 @@ mod tests {
 
     #[test]
     fn dead_worker_is_reported_and_replaced() {
-        let mut pool = Pool::start(1, sh("head -c 1 <&3 >/dev/null; kill -KILL $$")).unwrap();
+        let pool = Pool::start(1, sh("head -c 1 <&3 >/dev/null; kill -KILL $$")).unwrap();
         let first = pool.pids()[0];
         let t0 = Instant::now();
         pool.submit(job(1, 5));
@@ -566,10 +670,42 @@ mod tests {
     }
 
     #[test]
+    fn batch_for_a_worker_that_died_idle_goes_to_its_replacement() {
+        // The first worker dies at once, before it is given anything; the
+        // batch must reach a fresh worker (which here dies on it, so that its
+        // pid shows who ran it), not be reported as the first one's crash.
+        let marker =
+            std::env::temp_dir().join(format!("perfkit-idle-death-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let script = format!(
+            "if [ ! -e '{m}' ]; then touch '{m}'; kill -KILL $$; fi; head -c 1 <&3 >/dev/null; kill -KILL $$",
+            m = marker.display()
+        );
+        let pool = Pool::start(1, sh(&script)).unwrap();
+        let first = pool.pids()[0];
+        while !marker.exists() || std::fs::metadata(format!("/proc/{first}/fd/3")).is_ok() {
+            std::thread::sleep(Duration::from_millis(5)); // until the first one is gone
+        }
+        pool.submit(job(3, 1));
+        match pool.next_event(Duration::from_secs(5)) {
+            Some(Event::WorkerDied { batch, pid, .. }) => {
+                assert_eq!(batch, 1);
+                assert_ne!(
+                    pid, first,
+                    "the batch was blamed on the worker that died idle"
+                );
+            }
+            _ => panic!("expected the replacement's death"),
+        }
+        pool.terminate();
+        let _ = std::fs::remove_file(&marker);
+    }
+
+    #[test]
     fn protocol_violation_ends_the_worker() {
         // `cat` copies fd 3 to fd 4: the pool gets its own Function frame
         // back, a protocol violation, which must end the worker (reported as a death).
-        let mut pool = Pool::start(1, sh("exec cat <&3 >&4")).unwrap();
+        let pool = Pool::start(1, sh("exec cat <&3 >&4")).unwrap();
         pool.submit(job(2, 1));
         match pool.next_event(Duration::from_secs(5)) {
             Some(Event::WorkerDied { batch, .. }) => assert_eq!(batch, 1),
@@ -580,7 +716,7 @@ mod tests {
 
     #[test]
     fn cancel_frees_queued_segments_and_terminate_cleans_up() {
-        let mut pool = Pool::start(1, sh("sleep 30; true")).unwrap();
+        let pool = Pool::start(1, sh("sleep 30; true")).unwrap();
         let prefix = pool.prefix().to_string();
         pool.submit(job(1, 1)); // taken by the sleeping worker
         let mut seg = pool.segment(100).unwrap();

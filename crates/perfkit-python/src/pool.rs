@@ -27,18 +27,25 @@ unsafe impl Send for RawSlice {}
 
 #[pyclass(module = "perfkit._native", frozen)]
 pub struct WorkerPool {
-    inner: Mutex<Option<Pool>>,
+    /// Cloned out of the lock before any wait: a thread waiting for events
+    /// must not hold it while it takes the GIL back (another thread, holding
+    /// the GIL, may be waiting for the lock).
+    inner: Mutex<Option<Arc<Pool>>>,
     function: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     size: usize,
 }
 
 impl WorkerPool {
-    fn with_pool<R>(&self, f: impl FnOnce(&Pool) -> R) -> PyResult<R> {
-        let guard = self.inner.lock().unwrap();
-        match guard.as_ref() {
-            Some(p) => Ok(f(p)),
+    fn pool(&self) -> PyResult<Arc<Pool>> {
+        match self.inner.lock().unwrap().as_ref() {
+            Some(p) => Ok(p.clone()),
             None => Err(PyRuntimeError::new_err("this worker pool was shut down")),
         }
+    }
+
+    fn with_pool<R>(&self, f: impl FnOnce(&Pool) -> R) -> PyResult<R> {
+        let pool = self.pool()?;
+        Ok(f(&pool))
     }
 }
 
@@ -63,7 +70,7 @@ impl WorkerPool {
         })?;
         let size = pool.size();
         Ok(WorkerPool {
-            inner: Mutex::new(Some(pool)),
+            inner: Mutex::new(Some(Arc::new(pool))),
             function: Mutex::new(None),
             size,
         })
@@ -162,14 +169,7 @@ impl WorkerPool {
             segment,
             remote: remote_spans,
         };
-        let guard = self.inner.lock().unwrap();
-        match guard.as_ref() {
-            Some(p) => {
-                p.submit(job);
-                Ok(())
-            }
-            None => Err(PyRuntimeError::new_err("this worker pool was shut down")),
-        }
+        self.with_pool(|p| p.submit(job))
     }
 
     /// Waits up to `timeout` seconds (None: forever) for the next event,
@@ -177,7 +177,7 @@ impl WorkerPool {
     /// on timeout, else a tuple:
     /// ("reply", call, batch, is_error, payload, segment_fd | None, spans, pid)
     /// ("died", call, batch, pid, reason, task)
-    /// ("spawn_failed", call, batch, message)
+    /// ("failed", call, batch, message): this process could not run the batch
     #[pyo3(signature = (timeout=None))]
     fn next_event<'py>(
         &self,
@@ -190,13 +190,8 @@ impl WorkerPool {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(SIGNAL_POLL),
                 None => SIGNAL_POLL,
             };
-            let event = {
-                let guard = self.inner.lock().unwrap();
-                let Some(pool) = guard.as_ref() else {
-                    return Err(PyRuntimeError::new_err("this worker pool was shut down"));
-                };
-                py.detach(|| pool.next_event(slice))
-            };
+            let pool = self.pool()?;
+            let event = py.detach(|| pool.next_event(slice));
             if let Some(ev) = event {
                 return Ok(Some(event_tuple(py, ev)?));
             }
@@ -224,7 +219,7 @@ impl WorkerPool {
     /// Kills every worker now and removes the pool's shared memory.
     fn terminate(&self, py: Python<'_>) {
         let pool = self.inner.lock().unwrap().take();
-        if let Some(mut p) = pool {
+        if let Some(p) = pool {
             py.detach(|| p.terminate());
         }
     }
@@ -232,7 +227,7 @@ impl WorkerPool {
     /// Lets the workers finish and exit (killed after a short grace period).
     fn close(&self, py: Python<'_>) {
         let pool = self.inner.lock().unwrap().take();
-        if let Some(mut p) = pool {
+        if let Some(p) = pool {
             py.detach(|| p.close());
         }
     }
@@ -264,11 +259,11 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
             reason,
             task,
         } => ("died", call, batch, pid, reason, task).into_pyobject(py),
-        Event::SpawnFailed {
+        Event::Failed {
             call,
             batch,
             message,
-        } => ("spawn_failed", call, batch, message).into_pyobject(py),
+        } => ("failed", call, batch, message).into_pyobject(py),
     }
 }
 
