@@ -172,3 +172,15 @@ def raise_at_half(x):
 
 def int_or_text(x, limit=300):
     return x if x < limit else f"<{x}>"
+
+
+def sleep_seconds(s):
+    if s:
+        time.sleep(s)
+    return s
+
+
+def big_array(i):
+    import numpy as np
+
+    return np.full(100_000, float(i))  # 800 kB: comes back in a memfd the caller opens

@@ -922,6 +922,65 @@ def test_one_slow_draw_does_not_shrink_the_following_batches(monkeypatch):
     assert min(sizes[ramp:-1]) >= steady // 10, sizes
 
 
+def test_remembered_costs_do_not_outvote_the_first_measurement(monkeypatch):
+    # A call's first batches are sized from the function's cost in an earlier
+    # call; once a batch of this call has been measured, that measurement rules.
+    sizes = []
+    draw = _native.draw_uniform_batch
+
+    def recording_draw(tasks, n, function, head=None, pack=True):
+        sizes.append(n)
+        return draw(tasks, n, function, head, pack)
+
+    monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
+    monkeypatch.setattr(pp, "_cost_memory", {})
+    Parallel(n_jobs=2)(delayed(T.sleep_seconds)(0) for _ in range(2000))  # cheap: remembered
+    sizes.clear()
+    tasks = [delayed(T.sleep_seconds)(0.005) for _ in range(400)]  # a list: batches capped at 400 / 4
+    assert Parallel(n_jobs=2, pre_dispatch=2)(tasks) == [0.005] * 400
+    assert sizes[0] > 20, sizes  # from the remembered cost: it was cheap
+    assert sizes[2] < 10, sizes  # the first measurement (5 ms a task) sized the third batch
+
+
+def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_path):
+    script = tmp_path / "emfile.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, resource, sys
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+            from perfkit import Parallel, delayed
+            import parallel_tasks as T
+
+            if __name__ == "__main__":
+                assert len(Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(4))) == 4
+                held = []
+                try:
+                    while True:
+                        held.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    pass
+                try:
+                    Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(4))
+                except Exception as e:
+                    print(type(e).__name__, e)
+                for fd in held:
+                    os.close(fd)
+                print(sum(a[0] for a in Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(4))))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, last = out.stdout.strip().splitlines()
+    assert first.startswith("OSError perfkit.Parallel: could not open the results"), first
+    assert "Too many open files" in first
+    assert last == "6.0"  # the pool works again once descriptors are free
+
+
 def test_recent_costs_follow_the_median_of_three():
     costs = pp._RecentCosts()
     assert costs.add(5.0) == 5.0
