@@ -407,17 +407,11 @@ fn slot_main(
         if let Err(JobError::NotDelivered) = &outcome {
             // The worker died while idle (the OOM killer, a signal from
             // outside): it never saw this batch, so a fresh one runs it.
-            let mut dead = worker.take().unwrap();
-            dead.reap(REAP_GRACE);
-            shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
-            if let Ok(w) = Worker::spawn(&command) {
-                let mut st = shared.state.lock().unwrap();
-                st.pids[slot] = w.pid;
-                st.busy[slot] = Some((job.call, job.batch, w.pid));
-                drop(st);
-                outcome = run_job(worker.insert(w), &job);
-            } else {
-                shared.state.lock().unwrap().pids[slot] = 0;
+            retire(slot, &mut worker, &shared, &prefix);
+            if respawn(slot, &mut worker, &shared, &command) {
+                let w = worker.as_mut().unwrap();
+                shared.state.lock().unwrap().busy[slot] = Some((job.call, job.batch, w.pid));
+                outcome = run_job(w, &job);
             }
         }
         // The segment is free again unless the worker still maps parts of it
@@ -446,17 +440,11 @@ fn slot_main(
                 if killed {
                     // It answered, then `kill_busy` killed it: replace it before
                     // it is handed a batch it would die on.
-                    let mut dead = worker.take().unwrap();
-                    dead.reap(REAP_GRACE);
-                    shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
-                    shared.state.lock().unwrap().pids[slot] = 0;
+                    retire(slot, &mut worker, &shared, &prefix);
                     if shutting_down {
                         break;
                     }
-                    if let Ok(w) = Worker::spawn(&command) {
-                        shared.state.lock().unwrap().pids[slot] = w.pid;
-                        worker = Some(w);
-                    }
+                    respawn(slot, &mut worker, &shared, &command);
                 }
             }
             Err(JobError::Local(e)) => {
@@ -485,27 +473,19 @@ fn slot_main(
                 });
             }
             Err(_) => {
-                let mut dead = worker.take().unwrap();
-                let task = dead.current_task();
-                let status = dead.reap(REAP_GRACE);
-                // Reaped: its pid may be reused by an unrelated process.
-                shared.state.lock().unwrap().pids[slot] = 0;
-                shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
+                let (pid, task, status) = retire(slot, &mut worker, &shared, &prefix);
                 if shutting_down {
                     break;
                 }
                 events.0.send(Event::WorkerDied {
                     call: job.call,
                     batch: job.batch,
-                    pid: dead.pid,
+                    pid,
                     reason: describe_exit(status),
                     task,
                 });
                 // Replace it now, so that the next call finds a full, warm pool.
-                if let Ok(w) = Worker::spawn(&command) {
-                    shared.state.lock().unwrap().pids[slot] = w.pid;
-                    worker = Some(w);
-                }
+                respawn(slot, &mut worker, &shared, &command);
             }
         }
     }
@@ -513,6 +493,40 @@ fn slot_main(
         let pid = w.pid;
         w.shut_down(REAP_GRACE);
         shm::remove_prefix(&format!("{prefix}r{pid}-"));
+    }
+}
+
+/// Reaps a slot's worker (dead, or killed) and removes what it left in
+/// /dev/shm; returns its pid, the task it was running and how it ended.
+fn retire(
+    slot: usize,
+    worker: &mut Option<Worker>,
+    shared: &Shared,
+    prefix: &str,
+) -> (i32, i64, std::process::ExitStatus) {
+    let mut dead = worker.take().expect("a slot retires the worker it has");
+    let task = dead.current_task();
+    let status = dead.reap(REAP_GRACE);
+    // Reaped: its pid may be reused by an unrelated process.
+    shared.state.lock().unwrap().pids[slot] = 0;
+    shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
+    (dead.pid, task, status)
+}
+
+/// Starts a slot's next worker; false if it could not be started.
+fn respawn(
+    slot: usize,
+    worker: &mut Option<Worker>,
+    shared: &Shared,
+    command: &WorkerCommand,
+) -> bool {
+    match Worker::spawn(command) {
+        Ok(w) => {
+            shared.state.lock().unwrap().pids[slot] = w.pid;
+            *worker = Some(w);
+            true
+        }
+        Err(_) => false,
     }
 }
 
