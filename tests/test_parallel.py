@@ -889,10 +889,9 @@ def test_gc_thresholds_raised_while_dispatching_and_restored():
         gc.set_threshold(*before)
 
 
-def test_one_slow_draw_does_not_shrink_the_following_batches(monkeypatch):
-    # A batch's size comes from the caller's measured cost per task; one slow
-    # draw (a lazy generator's set-up, a GC pass) must not make the next
-    # batches single tasks, which would multiply the round trips.
+@pytest.fixture
+def batch_sizes(monkeypatch):
+    """The size of each batch drawn from here on (no costs remembered from earlier calls)."""
     sizes = []
     draw = _native.draw_uniform_batch
 
@@ -902,6 +901,14 @@ def test_one_slow_draw_does_not_shrink_the_following_batches(monkeypatch):
 
     monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
     monkeypatch.setattr(pp, "_cost_memory", {})
+    return sizes
+
+
+def test_one_slow_draw_does_not_shrink_the_following_batches(batch_sizes):
+    # A batch's size comes from the caller's measured cost per task; one slow
+    # draw (a lazy generator's set-up, a GC pass) must not make the next
+    # batches single tasks, which would multiply the round trips.
+    sizes = batch_sizes
 
     def tasks(n, slow_at):
         for x in range(n):
@@ -922,18 +929,10 @@ def test_one_slow_draw_does_not_shrink_the_following_batches(monkeypatch):
     assert min(sizes[ramp:-1]) >= steady // 10, sizes
 
 
-def test_remembered_costs_do_not_outvote_the_first_measurement(monkeypatch):
+def test_remembered_costs_do_not_outvote_the_first_measurement(batch_sizes):
     # A call's first batches are sized from the function's cost in an earlier
     # call; once a batch of this call has been measured, that measurement rules.
-    sizes = []
-    draw = _native.draw_uniform_batch
-
-    def recording_draw(tasks, n, function, head=None, pack=True):
-        sizes.append(n)
-        return draw(tasks, n, function, head, pack)
-
-    monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
-    monkeypatch.setattr(pp, "_cost_memory", {})
+    sizes = batch_sizes
     Parallel(n_jobs=2)(delayed(T.sleep_seconds)(0) for _ in range(2000))  # cheap: remembered
     sizes.clear()
     tasks = [delayed(T.sleep_seconds)(0.005) for _ in range(400)]  # a list: batches capped at 400 / 4
