@@ -406,12 +406,19 @@ fn slot_main(
         let mut outcome = run_job(w, &job);
         if let Err(JobError::NotDelivered) = &outcome {
             // The worker died while idle (the OOM killer, a signal from
-            // outside): it never saw this batch, so a fresh one runs it.
+            // outside, `kill_busy` for an earlier batch): it never saw this
+            // batch, so a fresh one runs it, unless its call was given up meanwhile.
             retire(slot, &mut worker, &shared, &prefix);
             if respawn(slot, &mut worker, &shared, &command) {
                 let w = worker.as_mut().unwrap();
-                shared.state.lock().unwrap().busy[slot] = Some((job.call, job.batch, w.pid));
-                outcome = run_job(w, &job);
+                let mut st = shared.state.lock().unwrap();
+                if st.cancelled.contains(&job.call) {
+                    outcome = Err(JobError::Dropped);
+                } else {
+                    st.busy[slot] = Some((job.call, job.batch, w.pid));
+                    drop(st);
+                    outcome = run_job(w, &job);
+                }
             }
         }
         // The segment is free again unless the worker still maps parts of it
@@ -447,6 +454,7 @@ fn slot_main(
                     respawn(slot, &mut worker, &shared, &command);
                 }
             }
+            Err(JobError::Dropped) => {}
             Err(JobError::Local(e)) => {
                 if shutting_down {
                     break;
@@ -507,8 +515,12 @@ fn retire(
     let mut dead = worker.take().expect("a slot retires the worker it has");
     let task = dead.current_task();
     let status = dead.reap(REAP_GRACE);
-    // Reaped: its pid may be reused by an unrelated process.
-    shared.state.lock().unwrap().pids[slot] = 0;
+    // Reaped: its pid may be reused by an unrelated process, and a kill
+    // `kill_busy` meant for it must not be taken for its successor's.
+    let mut st = shared.state.lock().unwrap();
+    st.pids[slot] = 0;
+    st.killed[slot] = false;
+    drop(st);
     shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
     (dead.pid, task, status)
 }
@@ -541,6 +553,8 @@ enum JobError {
     /// The worker answered, but its results could not be opened in this
     /// process (out of file descriptors, say): not the worker's fault.
     Local(io::Error),
+    /// Not run: its call was given up before it could be resent.
+    Dropped,
 }
 
 impl From<io::Error> for JobError {
