@@ -66,6 +66,14 @@ def shm_leftovers(pid=None):
     return [n for n in os.listdir(_native.shm_dir()) if n.startswith(prefix)]
 
 
+def run_script(path, source):
+    """Writes `source` (dedented) to `path` and runs it in a fresh interpreter."""
+    path.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     yield
@@ -115,20 +123,15 @@ def test_mixed_functions_kwargs_lambdas_closures_and_main():
 
 @pytest.mark.version_sensitive  # pickling, mmap and exceptions differ across CPythons
 def test_function_defined_in_main_script(tmp_path):
-    script = tmp_path / "main_fn.py"
-    script.write_text(
-        textwrap.dedent(
-            """
+    out = run_script(
+        tmp_path / "main_fn.py",
+        """
             from perfkit import Parallel, delayed
             def cube(x):
                 return x ** 3
             if __name__ == "__main__":
                 print(Parallel(n_jobs=2)(delayed(cube)(i) for i in range(6)))
-            """
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+            """,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0, 1, 8, 27, 64, 125]"
@@ -444,10 +447,9 @@ def test_a_worker_that_died_idle_is_replaced_without_failing_the_next_call():
 def test_threads_sharing_a_pool_do_not_deadlock(tmp_path):
     # One thread waits for a call's events while another uses the same pool
     # (reads its state, or shuts it down at interpreter exit).
-    script = tmp_path / "threads.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    out = run_script(
+        tmp_path / "threads.py",
+        f"""
             import sys, threading, time
             sys.path.insert(0, {str(Path(__file__).parent)!r})
             import perfkit.parallel as pp
@@ -467,11 +469,7 @@ def test_threads_sharing_a_pool_do_not_deadlock(tmp_path):
                     time.sleep(0.001)
                 print("done", flush=True)
                 # Exiting now shuts the pool down while the thread waits on it.
-            """
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+            """,
     )
     assert out.stdout.strip() == "done", out.stderr[-2000:]
     assert out.returncode == 0, out.stderr[-2000:]
@@ -716,10 +714,9 @@ def test_pandas_groupby_example_equals_joblib():
 
 
 def test_progress_lines_and_callback(tmp_path):
-    script = tmp_path / "progress.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    out = run_script(
+        tmp_path / "progress.py",
+        f"""
             import sys
             sys.path.insert(0, {str(Path(__file__).parent)!r})
             import parallel_tasks as T
@@ -731,11 +728,7 @@ def test_progress_lines_and_callback(tmp_path):
             assert seen[-1] == (60, 60), seen
             assert [d for d, _ in seen] == sorted(d for d, _ in seen)
             print("OK")
-            """
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+            """,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "OK"
@@ -942,10 +935,9 @@ def test_remembered_costs_do_not_outvote_the_first_measurement(batch_sizes):
 
 
 def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_path):
-    script = tmp_path / "emfile.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    out = run_script(
+        tmp_path / "emfile.py",
+        f"""
             import os, resource, sys
             sys.path.insert(0, {str(Path(__file__).parent)!r})
             resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
@@ -967,11 +959,7 @@ def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_pa
                 for fd in held:
                     os.close(fd)
                 print(sum(a[0] for a in Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(4))))
-            """
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60
+            """,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     first, last = out.stdout.strip().splitlines()
