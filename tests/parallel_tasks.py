@@ -134,6 +134,20 @@ def group_features(key, group):
     return key, float(group["v"].mean()), float(group["w"].std()), int(group.shape[0])
 
 
+def frame_summary(key, group):
+    """A frame derived from the group (so the group must arrive intact), sent back."""
+    return group.assign(key=key, rank=group["v"].rank(), upper=group["s"].str.upper())
+
+
+def arrays_around_a_lambda(i):
+    """Two large arrays of different sizes with a lambda between them: pickle
+    refuses the lambda after it has set the first array apart, and cloudpickle
+    pickles the whole result again."""
+    import numpy as np
+
+    return [np.full(200_000, i, dtype=np.int64), (lambda: i), np.full(300_000, -i, dtype=np.int64)]
+
+
 def make_lock(_x=None):
     import threading
 

@@ -1,6 +1,13 @@
-"""What perfkit.parallel (the parent) and perfkit._worker share: batch modes and task labels."""
+"""What perfkit.parallel (the parent) and perfkit._worker share: batch
+modes, task labels and how batches and results are pickled."""
 
 from __future__ import annotations
+
+import collections
+import io
+import pickle
+
+from perfkit import _frames
 
 # How a batch's items are encoded (the second element of a BATCH payload):
 # ARGS_ONLY: [args, ...] for function 0 without kwargs;
@@ -34,3 +41,44 @@ def probe_remote_read(pid: int, address: int, length: int, expected: bytes) -> b
         return bytes(read_process_memory(pid, address, length)) == expected
     except OSError:
         return False
+
+
+def dumps(obj, out_of_band_from=None):
+    """``(pickle, buffers)``: ``obj`` pickled with protocol 5, its buffers of
+    at least ``out_of_band_from`` bytes (numpy arrays, pandas blocks) left
+    out for the caller to send apart (None: all in band).
+
+    Plain DataFrames travel by their blocks (perfkit._frames); lambdas,
+    closures and the like through cloudpickle, after pickle refused them."""
+    buffers = []
+
+    def out_of_band(pickle_buffer):
+        raw = pickle_buffer.raw()
+        if raw.nbytes >= out_of_band_from:
+            buffers.append(raw)
+            return False
+        return True
+
+    callback = None if out_of_band_from is None else out_of_band
+    table = _frames.dispatch_table()
+    try:
+        if table is None:
+            return pickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
+        return _dump(pickle.Pickler, table, obj, callback), buffers
+    except Exception:  # noqa: BLE001
+        # What the failed attempt set apart must not precede the retry's own.
+        buffers.clear()
+    import cloudpickle
+
+    if table is not None:
+        table = collections.ChainMap(table, cloudpickle.Pickler.dispatch_table)
+    return _dump(cloudpickle.Pickler, table, obj, callback), buffers
+
+
+def _dump(pickler_class, dispatch_table, obj, buffer_callback) -> bytes:
+    out = io.BytesIO()
+    pickler = pickler_class(out, protocol=5, buffer_callback=buffer_callback)
+    if dispatch_table is not None:
+        pickler.dispatch_table = dispatch_table
+    pickler.dump(obj)
+    return out.getvalue()

@@ -26,7 +26,7 @@ import time
 import traceback
 
 from perfkit._native import pack_values, run_packed, run_tasks, unpack_values
-from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, task_label
+from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, dumps, task_label
 
 HEADER = struct.Struct("<IIQQQ")
 FUNCTION, BATCH, RESULT, ERROR = 1, 2, 3, 4
@@ -169,18 +169,10 @@ def release_segment(mapping, view, buffers) -> bool:
 
 
 class SegmentWriter:
-    """Collects large out-of-band buffers of a reply and writes them to one segment."""
+    """Writes the large out-of-band buffers of a reply to one segment."""
 
-    def __init__(self, threshold: int):
-        self.threshold = threshold
-        self.buffers: list = []
-
-    def __call__(self, pickle_buffer) -> bool:
-        raw = pickle_buffer.raw()
-        if raw.nbytes >= self.threshold:
-            self.buffers.append(raw)
-            return False  # out of band
-        return True
+    def __init__(self, buffers: list):
+        self.buffers = buffers
 
     def write(self, name: str) -> bytes:
         """Writes the buffers to a memfd (kept open in ``OPEN_RESULT_FDS`` until
@@ -223,16 +215,6 @@ class SegmentWriter:
 # Result memfds of the last reply: the parent opens them before it sends this
 # worker anything else, so they are closed when the next frame arrives.
 OPEN_RESULT_FDS: list = []
-
-
-def dumps(obj, buffer_callback=None) -> bytes:
-    """Pickle 5, falling back to cloudpickle for lambdas, closures and the like."""
-    try:
-        return pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
-    except Exception:  # noqa: BLE001
-        import cloudpickle
-
-        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
 
 
 def error_payload(kind: str, index: int, label: str, exc: BaseException) -> bytes:
@@ -368,12 +350,11 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     elapsed = time.perf_counter() - t0
     # Plain ints or floats travel packed (8 bytes each, no pickle opcodes).
     packed = results if isinstance(results, tuple) else pack_values(results)
-    writer = SegmentWriter(threshold)
     try:
         if packed is not None:
-            out = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5)
+            out, buffers = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5), []
         else:
-            out = dumps((elapsed, None, results), buffer_callback=writer)
+            out, buffers = dumps((elapsed, None, results), out_of_band_from=threshold)
     except BaseException as exc:  # noqa: BLE001
         # Name the first result that can't be pickled.
         bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
@@ -386,7 +367,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         )
     _reply_count[0] += 1
     try:
-        seg_meta = writer.write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
+        seg_meta = SegmentWriter(buffers).write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
     except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)
     return RESULT, seg_meta, out

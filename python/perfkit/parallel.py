@@ -36,7 +36,7 @@ from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
 
 from perfkit import _native
-from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, task_label
+from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, dumps, task_label
 
 __all__ = [
     "Parallel",
@@ -1050,8 +1050,7 @@ class _ProcessCall:
                         t_begin = time.thread_time()
                         self._begin()
                         t_produce += time.thread_time() - t_begin  # once per call, not per task
-                    buffers = []
-                    payload = self._pickle_batch(first, mode, items, buffers)
+                    payload, buffers = self._pickle_batch(first, mode, items)
                     batch = next(batch_ids)
                     remote = self.remote and bool(buffers)
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
@@ -1149,31 +1148,14 @@ class _ProcessCall:
             items.append((slot(function), args, kwargs))
         return FULL, items
 
-    def _pickle_batch(self, first, mode, items, buffers):
-        threshold = self.threshold
-
-        def out_of_band(pickle_buffer):
-            raw = pickle_buffer.raw()
-            if raw.nbytes >= threshold:
-                buffers.append(raw)
-                return False
-            return True
-
-        message = (first, mode, items)
+    def _pickle_batch(self, first, mode, items):
         try:
-            return pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
-        except Exception:  # noqa: BLE001
-            buffers.clear()
-        import cloudpickle
-
-        try:
-            return cloudpickle.dumps(message, protocol=5, buffer_callback=out_of_band)
+            return dumps((first, mode, items), out_of_band_from=self.threshold)
         except Exception as exc:
-            buffers.clear()
             for index, item in enumerate(items, first):
                 function, args, kwargs = self._decode(mode, item)
                 try:
-                    cloudpickle.dumps((args, kwargs), protocol=5)
+                    dumps((args, kwargs))
                 except Exception as inner:
                     raise pickle.PicklingError(
                         f"perfkit.Parallel: the arguments of task {index} ({task_label(function, args, kwargs)}) "

@@ -480,16 +480,21 @@ fn slot_main(
                         .to_string(),
                 });
             }
-            Err(_) => {
+            Err(error) => {
                 let (pid, task, status) = retire(slot, &mut worker, &shared, &prefix);
                 if shutting_down {
                     break;
                 }
+                let reason = match error {
+                    // Alive, but out of step: it was killed by `retire`, which is not the news.
+                    JobError::Protocol(what) => format!("sent a reply out of protocol ({what})"),
+                    _ => describe_exit(status),
+                };
                 events.0.send(Event::WorkerDied {
                     call: job.call,
                     batch: job.batch,
                     pid,
-                    reason: describe_exit(status),
+                    reason,
                     task,
                 });
                 // Replace it now, so that the next call finds a full, warm pool.
@@ -511,7 +516,7 @@ fn retire(
     worker: &mut Option<Worker>,
     shared: &Shared,
     prefix: &str,
-) -> (i32, i64, std::process::ExitStatus) {
+) -> (i32, i64, Option<std::process::ExitStatus>) {
     let mut dead = worker.take().expect("a slot retires the worker it has");
     let task = dead.current_task();
     let status = dead.reap(REAP_GRACE);
@@ -547,9 +552,10 @@ enum JobError {
     /// Writing the batch failed with a broken pipe: the worker had exited
     /// before it was given anything (it may be replaced and the batch resent).
     NotDelivered,
-    /// The pipe to or from the worker failed (it died: its exit status says
-    /// how), or it broke the protocol.
+    /// The pipe to or from the worker failed: it died, and its exit status says how.
     Failed,
+    /// The worker answered with a frame that is not this batch's reply.
+    Protocol(String),
     /// The worker answered, but its results could not be opened in this
     /// process (out of file descriptors, say): not the worker's fault.
     Local(io::Error),
@@ -588,16 +594,22 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
     };
     w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)
         .map_err(not_delivered)?;
-    let frame = w.receive()?;
+    let frame = w.receive().map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => JobError::Protocol(e.to_string()),
+        _ => JobError::Failed,
+    })?;
     let is_error = match frame.kind {
         FrameKind::Result => false,
         FrameKind::Error => true,
-        _ => {
-            return Err(JobError::Failed); // an unexpected frame
+        other => {
+            return Err(JobError::Protocol(format!("a {other:?} frame")));
         }
     };
     if frame.call != job.call || frame.batch != job.batch {
-        return Err(JobError::Failed); // the worker answered another batch
+        return Err(JobError::Protocol(format!(
+            "the reply to batch {} of call {}, expected batch {} of call {}",
+            frame.batch, frame.call, job.batch, job.call
+        )));
     }
     let segment = match SegmentSpec::decode(&frame.meta).map_err(JobError::Local)? {
         Some(spec) => Some((
@@ -732,11 +744,15 @@ mod tests {
     #[test]
     fn protocol_violation_ends_the_worker() {
         // `cat` copies fd 3 to fd 4: the pool gets its own Function frame
-        // back, a protocol violation, which must end the worker (reported as a death).
+        // back, a protocol violation, which must end the worker (reported as a
+        // death that says what happened, not as the SIGKILL that ended it).
         let pool = Pool::start(1, sh("exec cat <&3 >&4")).unwrap();
         pool.submit(job(2, 1));
         match pool.next_event(Duration::from_secs(5)) {
-            Some(Event::WorkerDied { batch, .. }) => assert_eq!(batch, 1),
+            Some(Event::WorkerDied { batch, reason, .. }) => {
+                assert_eq!(batch, 1);
+                assert_eq!(reason, "sent a reply out of protocol (a Function frame)");
+            }
             _ => panic!("a protocol violation must end the worker"),
         }
         pool.terminate();

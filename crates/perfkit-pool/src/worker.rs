@@ -221,22 +221,22 @@ impl Worker {
         self.status.set(NO_TASK);
     }
 
-    /// Collects the exit status, killing the worker if it is still alive after `grace`.
-    pub fn reap(&mut self, grace: Duration) -> ExitStatus {
+    /// Collects the exit status, killing the worker if it is still alive
+    /// after `grace`. None if it could not be collected: other code in this
+    /// process reaped it first (a `waitpid(-1)`), so how it ended is unknown.
+    pub fn reap(&mut self, grace: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + grace;
         loop {
             match self.child.try_wait() {
-                Ok(Some(st)) => return st,
+                Ok(Some(st)) => return Some(st),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1))
                 }
-                _ => {
+                Ok(None) => {
                     kill_pid(self.pid);
-                    return self
-                        .child
-                        .wait()
-                        .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL));
+                    return self.child.wait().ok();
                 }
+                Err(_) => return None,
             }
         }
     }
@@ -262,7 +262,10 @@ pub fn kill_pid(pid: i32) {
 }
 
 /// "killed by signal 9 (SIGKILL)" / "exited with status 3".
-pub fn describe_exit(st: ExitStatus) -> String {
+pub fn describe_exit(status: Option<ExitStatus>) -> String {
+    let Some(st) = status else {
+        return "ended, how is unknown (this process reaped it elsewhere)".to_string();
+    };
     if let Some(sig) = st.signal() {
         format!("killed by signal {sig} ({})", signal_name(sig))
     } else {

@@ -1,0 +1,205 @@
+"""DataFrames between perfkit's processes (perfkit._frames): a plain frame
+travels by its blocks and must come back exactly as pickle brings it back;
+everything else must take pickle's own path.
+
+The fast path needs pandas >= 3.0 (pandas.api.internals); on an older pandas
+the same tests check that pickle's path is taken for every frame.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from perfkit import Parallel, _frames, delayed
+from perfkit._pool_common import dumps
+
+pd = pytest.importorskip("pandas")
+sys.path.insert(0, str(Path(__file__).parent))
+import parallel_tasks as T
+
+try:
+    from pandas.api.internals import create_dataframe_from_blocks  # noqa: F401
+
+    FAST = True
+except ImportError:
+    FAST = False
+
+pytestmark = pytest.mark.version_sensitive  # the pandas installed differs across the CPythons here
+
+ROWS = 7
+RNG = np.random.default_rng(0)
+
+
+def grouped():
+    df = pd.DataFrame({"k": RNG.integers(0, 3, 40), "a": RNG.random(40), "n": RNG.integers(0, 9, 40)})
+    return next(iter(df.groupby("k")))[1]
+
+
+class Sub(pd.DataFrame):
+    @property
+    def _constructor(self):
+        return Sub
+
+
+def with_attrs():
+    df = pd.DataFrame({"a": [1, 2]})
+    df.attrs["source"] = "lab"
+    return df
+
+
+# Frames that travel by their blocks (where pandas has the API).
+PLAIN = {
+    "groupby group": grouped,
+    "range index": lambda: pd.DataFrame({"a": np.arange(ROWS), "b": np.linspace(0, 1, ROWS)}),
+    "range index with step": lambda: pd.DataFrame(
+        {"a": np.arange(ROWS)}, index=pd.RangeIndex(3, 3 + 2 * ROWS, 2)
+    ),
+    "float index, named": lambda: pd.DataFrame(
+        {"a": np.arange(ROWS)}, index=pd.Index(np.linspace(0.5, 3, ROWS), name="t")
+    ),
+    "uint8 index": lambda: pd.DataFrame({"a": np.arange(ROWS)}, index=np.arange(ROWS, dtype=np.uint8)),
+    "bool index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index([True, False])),
+    "named columns": lambda: pd.DataFrame({"a": [1], "b": [2]}).rename_axis(columns="features"),
+    "int column labels": lambda: pd.DataFrame(np.ones((3, 4))),
+    "duplicate column labels": lambda: pd.DataFrame(np.ones((2, 3)), columns=["x", "x", "y"]),
+    "every numpy dtype": lambda: pd.DataFrame(
+        {
+            "i1": np.arange(ROWS, dtype=np.int8),
+            "u8": np.arange(ROWS, dtype=np.uint64) + 2**63,
+            "f4": np.arange(ROWS, dtype=np.float32) / 3,
+            "f8": [np.nan, -0.0, np.inf, 5e-324, 1.0, 2.0, 3.0],
+            "c16": np.arange(ROWS) * 1j,
+            "b": np.arange(ROWS) % 2 == 0,
+            "o": [None, 1, "x", (2,), 3.5, b"y", {"z": 1}],
+        }
+    ),
+    "extension dtypes": lambda: pd.DataFrame(
+        {
+            "cat": pd.Categorical(list("abcabca")),
+            "s": pd.array(list("abcdefg"), dtype="string"),
+            "i": pd.array([1, None, 3, 4, 5, 6, 7], dtype="Int64"),
+            "t": pd.date_range("2024-01-01", periods=ROWS, freq="h"),
+            "tz": pd.date_range("2024-01-01", periods=ROWS, tz="Europe/Paris"),
+            "td": pd.to_timedelta(np.arange(ROWS), unit="s"),
+            "p": pd.period_range("2024-01", periods=ROWS, freq="M"),
+            "iv": pd.interval_range(0, ROWS),
+        }
+    ),
+    "no rows": lambda: pd.DataFrame({"a": np.array([], dtype=np.int64), "b": np.array([], dtype=object)}),
+    "no columns": lambda: pd.DataFrame(index=np.arange(3)),
+    "Fortran-ordered block": lambda: pd.DataFrame(np.asfortranarray(RNG.random((5, 3))), columns=list("abc")),
+    "a slice of a frame": lambda: pd.DataFrame({"a": np.arange(100), "b": np.arange(100.0)}).iloc[10:90:7],
+}
+
+# Frames (or parts) that must take pickle's own path.
+FALLBACK = {
+    "attrs": with_attrs,
+    "flags": lambda: pd.DataFrame({"a": [1, 2]}).set_flags(allows_duplicate_labels=False),
+    "subclass": lambda: Sub({"a": [1, 2]}),
+}
+
+# Frames with an index of another kind: the blocks travel fast, that index as pickle sends it.
+OTHER_INDEXES = {
+    "datetime index": lambda: pd.DataFrame({"a": np.arange(ROWS)}, index=pd.date_range("2024", periods=ROWS)),
+    "MultiIndex columns": lambda: pd.DataFrame(
+        np.ones((2, 2)), columns=pd.MultiIndex.from_tuples([("a", 1), ("a", 2)])
+    ),
+    "string index": lambda: pd.DataFrame({"a": [1, 2]}, index=["r1", "r2"]),
+    "mixed labels": lambda: pd.DataFrame({"a": [1], 2: [3]}),
+    "categorical index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.CategoricalIndex(["u", "v"])),
+}
+
+
+def through_dumps(frame, out_of_band_from=64):
+    payload, buffers = dumps(frame, out_of_band_from=out_of_band_from)
+    return payload, pickle.loads(payload, buffers=buffers)
+
+
+def assert_same_as_pickle(frame, rebuilt):
+    expected = pickle.loads(pickle.dumps(frame, protocol=5))
+    assert type(rebuilt) is type(expected)
+    pd.testing.assert_frame_equal(
+        rebuilt, expected, check_exact=True, check_index_type=True, check_column_type=True, check_flags=True
+    )
+    assert rebuilt.attrs == expected.attrs
+    for axis in ("index", "columns"):
+        got, want = getattr(rebuilt, axis), getattr(expected, axis)
+        assert type(got) is type(want) and got.dtype == want.dtype and got.names == want.names, axis
+    # The block layout survives as pickle keeps it (no consolidation, same placements).
+    layout = [(str(b.dtype), list(b.mgr_locs.as_array), b.values.shape) for b in rebuilt._mgr.blocks]
+    assert layout == [(str(b.dtype), list(b.mgr_locs.as_array), b.values.shape) for b in expected._mgr.blocks]
+
+
+@pytest.mark.parametrize("name", list(PLAIN) + list(OTHER_INDEXES))
+def test_plain_frames_come_back_as_pickle_brings_them(name):
+    frame = {**PLAIN, **OTHER_INDEXES}[name]()
+    payload, rebuilt = through_dumps(frame)
+    assert (b"_rebuild_frame" in payload) == FAST
+    assert_same_as_pickle(frame, rebuilt)
+
+
+@pytest.mark.parametrize("name", list(FALLBACK))
+def test_frames_with_more_than_data_take_pickles_path(name):
+    frame = FALLBACK[name]()
+    payload, rebuilt = through_dumps(frame)
+    assert b"_rebuild_frame" not in payload
+    assert_same_as_pickle(frame, rebuilt)
+
+
+def test_large_blocks_travel_out_of_band():
+    frame = pd.DataFrame({"a": np.arange(100_000.0), "b": np.arange(100_000)})
+    payload, buffers = dumps(frame, out_of_band_from=64 * 1024)
+    assert len(payload) < 4096 and sum(b.nbytes for b in buffers) >= 1_600_000
+    assert_same_as_pickle(frame, pickle.loads(payload, buffers=buffers))
+
+
+def test_rebuilt_frames_do_not_share_their_columns():
+    # Workers cache the column Index by its labels (fast path): each frame
+    # still gets its own Index, as pickle gives it.
+    frame = grouped()
+    _, first = through_dumps(frame)
+    _, second = through_dumps(frame)
+    first.columns.name = "renamed"
+    first.index.name = "rows"
+    assert second.columns.name is None and second.index.name is None
+    _, third = through_dumps(frame)
+    assert third.columns.name is None
+    first.columns = ["p", "q", "r"]
+    assert list(second.columns) == list(frame.columns)
+
+
+def test_a_users_dataframe_reducer_wins(monkeypatch):
+    used = []
+
+    def reduce_as_dict(df):
+        used.append(df)
+        return pd.DataFrame, (df.to_dict("list"),)
+
+    monkeypatch.setitem(copyreg.dispatch_table, pd.DataFrame, reduce_as_dict)
+    assert _frames.dispatch_table() is None
+    frame = grouped()
+    payload, rebuilt = through_dumps(frame)
+    assert b"_rebuild_frame" not in payload and used == [frame]
+    pd.testing.assert_frame_equal(rebuilt, frame.reset_index(drop=True))
+
+
+def test_frames_in_and_out_of_workers_equal_the_sequential_results():
+    df = pd.DataFrame(
+        {
+            "k": RNG.integers(0, 50, 5_000),
+            "v": RNG.random(5_000),
+            "s": pd.array(RNG.choice(["x", "y", None], 5_000), dtype="string"),
+            "t": pd.date_range("2024-01-01", periods=5_000, freq="min"),
+        }
+    )
+    groups = list(df.groupby("k"))
+    ours = Parallel(n_jobs=2)(delayed(T.frame_summary)(k, g) for k, g in groups)
+    expected = [T.frame_summary(k, g) for k, g in groups]
+    assert len(ours) == len(expected) == 50
+    for got, want in zip(ours, expected):
+        assert_same_as_pickle(want, got)
