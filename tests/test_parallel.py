@@ -6,6 +6,7 @@ table afterwards. Speed is measured in bench/parallel_bench.py, not here.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -228,6 +229,14 @@ def test_delayed_wrapper_is_a_callable_type_as_joblibs_function():
     assert type(wrapper).__name__ == "Delayed" and callable(wrapper)
     assert repr(wrapper) == f"delayed({T.add!r})"
     assert wrapper.__wrapped__ is T.add
+    # functools.wraps' attributes, as joblib's wrapper has them; missing ones stay missing.
+    ours, theirs = delayed(T.add), joblib.delayed(T.add)
+    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+        assert getattr(ours, attr) == getattr(theirs, attr) == getattr(T.add, attr), attr
+    partial = functools.partial(T.add, 1)
+    assert not hasattr(delayed(partial), "__name__") and delayed(partial).__doc__ == partial.__doc__
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute  # noqa: B018
     # Positional, keyword, none, many: joblib's (f, args, kwargs), a new dict each time.
     assert wrapper() == (T.add, (), {})
     assert wrapper(1, y=2, z=3) == (T.add, (1,), {"y": 2, "z": 3})
@@ -641,7 +650,7 @@ def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
         # Used where the kernel allows a child to read its parent (no Yama restriction), else the fallback.
         yama = Path("/proc/sys/kernel/yama/ptrace_scope")
         allowed = not yama.exists() or yama.read_text().strip() == "0"
-        assert pp._remote_read_pools[id(pp._shared_pool[1])] == allowed
+        assert pp._remote_read_pools[pp._shared_pool[1]] == allowed
     pp._shutdown_shared_pool()
 
 
@@ -680,6 +689,17 @@ def test_workers_keep_few_copy_buffers_between_calls():
     left = {pid: anon_mb(pid) - before[pid] for pid in pids}
     assert max(left.values()) < 24, left
     pp._shutdown_shared_pool()
+
+
+def test_pools_that_are_gone_leave_no_bookkeeping():
+    gc.collect()
+    before = len(pp._remote_read_pools)
+    for _ in range(3):
+        with Parallel(n_jobs=2) as parallel:
+            assert parallel(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+            assert len(pp._remote_read_pools) == before + 1
+    gc.collect()
+    assert len(pp._remote_read_pools) == before
 
 
 def test_caller_keeps_few_shared_memory_segments_between_calls(monkeypatch):

@@ -30,6 +30,7 @@ import pickle
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as _FuturesTimeout
 from concurrent.futures import wait as _futures_wait
@@ -257,7 +258,8 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
 # kernel lets them (process_vm_readv; probed once per pool), else they go
 # through shared memory. PERFKIT_REMOTE_READ=0 forces shared memory.
 _remote_read_allowed = os.environ.get("PERFKIT_REMOTE_READ", "1") != "0"
-_remote_read_pools: dict = {}  # id(pool) -> bool
+# pool -> bool; weak, so that it holds no pool alive and forgets the ones gone.
+_remote_read_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _new_pool(n_workers: int, inner_threads, max_nbytes):
@@ -269,7 +271,7 @@ def _new_pool(n_workers: int, inner_threads, max_nbytes):
         ["-m", "perfkit._worker"],
         _worker_env(n_workers, inner_threads, max_nbytes),
     )
-    _remote_read_pools[id(pool)] = _remote_read_allowed and _probe_remote_read(pool)
+    _remote_read_pools[pool] = _remote_read_allowed and _probe_remote_read(pool)
     return pool
 
 
@@ -956,7 +958,7 @@ class _ProcessCall:
         self.call_ids = set()
         self.pool_call = None
         self.function_dirty = True
-        self.remote = _remote_read_pools.get(id(pool), False)
+        self.remote = _remote_read_pools.get(pool, False)
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
 
     def _function_slot(self, function):

@@ -82,9 +82,14 @@ struct State {
     /// first, and must still be replaced before it is given another batch).
     killed: Vec<bool>,
     pids: Vec<i32>,
-    /// Calls given up by their caller: replies that come in for them later are
-    /// dropped here (closing their segments) instead of waiting in the event
-    /// queue, holding a descriptor, until some later call drains it.
+    /// Per slot: the call of the batch its thread has taken from the queue
+    /// and not yet finished with (running, being resent, or about to start).
+    held: Vec<Option<u64>>,
+    /// Calls given up by their caller while a slot held one of their batches:
+    /// a reply that comes in for them later is dropped here (closing its
+    /// segment) instead of waiting in the event queue, holding a descriptor,
+    /// until some later call drains it. An entry goes when no slot holds a
+    /// batch of its call any more, so the set stays as small as the pool.
     cancelled: HashSet<u64>,
 }
 
@@ -163,6 +168,7 @@ impl Pool {
             state: Mutex::new(State {
                 busy: vec![None; n],
                 killed: vec![false; n],
+                held: vec![None; n],
                 pids: vec![0; n],
                 ..State::default()
             }),
@@ -240,14 +246,19 @@ impl Pool {
         self.shared.wake.notify_one();
     }
 
-    /// Drops the queued batches of `call` (and their segments); returns how many.
+    /// Drops the queued batches of `call` (and their segments), and the
+    /// replies of those already taken by a slot; returns how many were
+    /// dropped from the queue. A call is cancelled for good: submitting
+    /// more of its batches afterwards is the caller's error.
     pub fn cancel(&self, call: u64) -> usize {
         let removed: Vec<Job> = {
             let mut st = self.shared.state.lock().unwrap();
             let (keep, drop_): (VecDeque<Job>, VecDeque<Job>) =
                 st.jobs.drain(..).partition(|j| j.call != call);
             st.jobs = keep;
-            st.cancelled.insert(call);
+            if st.held.contains(&Some(call)) {
+                st.cancelled.insert(call);
+            }
             drop_.into()
         };
         let n = removed.len();
@@ -354,11 +365,13 @@ fn slot_main(
     loop {
         let job = {
             let mut st = shared.state.lock().unwrap();
+            release(&mut st, slot);
             loop {
                 if st.shutdown {
                     break None;
                 }
                 if let Some(j) = st.jobs.pop_front() {
+                    st.held[slot] = Some(j.call);
                     break Some(j);
                 }
                 st = shared.wake.wait(st).unwrap();
@@ -506,6 +519,16 @@ fn slot_main(
         let pid = w.pid;
         w.shut_down(REAP_GRACE);
         shm::remove_prefix(&format!("{prefix}r{pid}-"));
+    }
+}
+
+/// The slot is done with the batch it took: its call, if cancelled and
+/// held by no other slot, can send no more replies to drop.
+fn release(st: &mut State, slot: usize) {
+    if let Some(call) = st.held[slot].take() {
+        if !st.held.contains(&Some(call)) {
+            st.cancelled.remove(&call);
+        }
     }
 }
 
@@ -679,6 +702,36 @@ mod tests {
             segment: None,
             remote: Vec::new(),
         }
+    }
+
+    #[test]
+    fn cancelled_calls_are_forgotten_once_no_slot_holds_their_batches() {
+        // Every given-up call used to stay in `cancelled` for the pool's life.
+        let pool = Pool::start(1, sh("head -c 1 <&3 >/dev/null; exec sleep 30")).unwrap();
+        let cancelled = || pool.shared.state.lock().unwrap().cancelled.clone();
+        pool.submit(job(1, 0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.state.lock().unwrap().busy[0].is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for call in 2..200 {
+            pool.submit(job(call, 0));
+            assert_eq!(pool.cancel(call), 1);
+        }
+        assert!(cancelled().is_empty(), "calls no slot held were kept");
+        assert_eq!(pool.cancel(1), 0);
+        assert_eq!(cancelled(), HashSet::from([1]));
+        assert_eq!(pool.kill_busy(1).len(), 1);
+        // Its reply can no longer come once the slot has let the batch go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cancelled().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            cancelled().is_empty(),
+            "a call no slot holds any more was kept"
+        );
+        pool.terminate();
     }
 
     #[test]

@@ -160,6 +160,34 @@ unsafe extern "C" fn delayed_repr(slf: *mut ffi::PyObject) -> *mut ffi::PyObject
     }
 }
 
+/// Attribute lookup: the attributes `functools.wraps` copies (`__name__`,
+/// `__qualname__`, `__doc__`, `__module__`) come from the wrapped function,
+/// as on joblib's wrapper (code that logs `task.__name__` must work on
+/// both); the rest, and those the function lacks, as usual.
+unsafe extern "C" fn delayed_getattro(
+    slf: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: `slf` is a live Delayed object and `name` a live object (a str
+    // when it is one of ours, checked before it is compared).
+    unsafe {
+        let function = (*(slf as *mut DelayedObject)).function;
+        if !function.is_null() && ffi::PyUnicode_Check(name) != 0 {
+            let wrapped = [c"__name__", c"__qualname__", c"__doc__", c"__module__"]
+                .iter()
+                .any(|attr| ffi::PyUnicode_CompareWithASCIIString(name, attr.as_ptr()) == 0);
+            if wrapped {
+                let value = ffi::PyObject_GetAttr(function, name);
+                if !value.is_null() || ffi::PyErr_ExceptionMatches(ffi::PyExc_AttributeError) == 0 {
+                    return value;
+                }
+                ffi::PyErr_Clear();
+            }
+        }
+        ffi::PyObject_GenericGetAttr(slf, name)
+    }
+}
+
 /// A new wrapper of `function` (a new reference, or NULL with an exception set).
 unsafe fn new_delayed(function: *mut ffi::PyObject) -> *mut ffi::PyObject {
     let tp = DELAYED_TYPE.load(Ordering::Acquire);
@@ -283,6 +311,10 @@ fn make_type(py: Python<'_>) -> PyResult<*mut ffi::PyTypeObject> {
         ffi::PyType_Slot {
             slot: ffi::Py_tp_repr,
             pfunc: delayed_repr as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_getattro,
+            pfunc: delayed_getattro as *mut c_void,
         },
         ffi::PyType_Slot {
             slot: ffi::Py_tp_members,

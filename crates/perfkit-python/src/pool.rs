@@ -25,7 +25,7 @@ struct RawSlice(*const u8, usize);
 // the caller for the whole closure; the bytes are only read.
 unsafe impl Send for RawSlice {}
 
-#[pyclass(module = "perfkit._native", frozen)]
+#[pyclass(module = "perfkit._native", frozen, weakref)]
 pub struct WorkerPool {
     /// Cloned out of the lock before any wait: a thread waiting for events
     /// must not hold it while it takes the GIL back (another thread, holding
