@@ -164,6 +164,9 @@ class Delayed:
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
     @property
     def __wrapped__(self) -> Callable[..., Any]: ...
+    # The wrapped function's (as functools.wraps gives joblib's wrapper); absent where it lacks them.
+    __name__: str
+    __qualname__: str
 
 def draw_uniform_batch(
     iterator: Iterator[Any], n: int, function: Callable[..., Any], head: Any = None, pack: bool = True
