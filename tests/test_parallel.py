@@ -6,6 +6,7 @@ table afterwards. Speed is measured in bench/parallel_bench.py, not here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -689,6 +690,26 @@ def test_workers_keep_few_copy_buffers_between_calls():
     left = {pid: anon_mb(pid) - before[pid] for pid in pids}
     assert max(left.values()) < 24, left
     pp._shutdown_shared_pool()
+
+
+def test_idle_workers_keep_no_results_alive():
+    # Results over the threshold come back in a memfd the worker made; once
+    # the caller has opened it, the worker lets it go (before, an idle worker
+    # kept its last results' memory alive until its next batch).
+    def result_fds(pid):
+        links = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        return [link for link in links if "perfkit-result" in link]
+
+    results = Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(6))
+    assert [float(r[0]) for r in results] == [float(i) for i in range(6)]
+    pids = pp._shared_pool[1].pids()
+    deadline = time.time() + 2
+    while any(result_fds(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.01)
+    assert {pid: result_fds(pid) for pid in pids} == {pid: [] for pid in pids}
 
 
 def test_pools_that_are_gone_leave_no_bookkeeping():

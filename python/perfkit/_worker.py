@@ -11,7 +11,8 @@ function table comes once per worker in a FUNCTION frame; each BATCH frame
 is ``pickle((first_index, mode, items))`` with its large buffers out of band
 in the segment; the reply is ``pickle((seconds, None, results))`` likewise
 (``(seconds, tag, bytes)`` when the results are packed plain values), or an
-ERROR frame describing the first failing task.
+ERROR frame describing the first failing task. A RELEASE frame says the
+parent has opened the results segment of the last reply.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from perfkit._native import pack_values, run_packed, run_tasks, unpack_values
 from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, dumps, task_label
 
 HEADER = struct.Struct("<IIQQQ")
-FUNCTION, BATCH, RESULT, ERROR = 1, 2, 3, 4
+FUNCTION, BATCH, RESULT, ERROR, RELEASE = 1, 2, 3, 4, 5
 SEGMENT_RETAINED = 1  # reply flag: a task kept a reference into the batch's segment
 TASK_FD, REPLY_FD, STATUS_FD = 3, 4, 5
 
@@ -212,8 +213,8 @@ class SegmentWriter:
         return "\t".join([label] + [f"{o}:{n}" for o, n in spans]).encode()
 
 
-# Result memfds of the last reply: the parent opens them before it sends this
-# worker anything else, so they are closed when the next frame arrives.
+# Result memfds of the last reply: the parent opens them, then sends a RELEASE
+# frame (or its next batch), and they are closed when that frame arrives.
 OPEN_RESULT_FDS: list = []
 
 
@@ -281,6 +282,8 @@ def main() -> int:
         payload = tasks.read(payload_len)
         if len(payload) < payload_len:
             return 0
+        if kind == RELEASE:
+            continue  # the parent has opened the last reply's results: closed above
         if kind == FUNCTION:
             try:
                 functions, function_error = pickle.loads(payload), None

@@ -28,6 +28,10 @@ pub enum FrameKind {
     Result = 3,
     /// worker → parent: a task of the batch raised; payload describes it.
     Error = 4,
+    /// parent → worker: the results segment of the last reply is open here;
+    /// the worker may close its own descriptor of it (it would otherwise keep
+    /// that memory alive while idle, after the caller has dropped the results).
+    Release = 5,
 }
 
 impl FrameKind {
@@ -37,6 +41,7 @@ impl FrameKind {
             2 => Self::Batch,
             3 => Self::Result,
             4 => Self::Error,
+            5 => Self::Release,
             _ => return None,
         })
     }

@@ -635,10 +635,14 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
         )));
     }
     let segment = match SegmentSpec::decode(&frame.meta).map_err(JobError::Local)? {
-        Some(spec) => Some((
-            shm::open_segment(&spec.name).map_err(JobError::Local)?,
-            spec.spans,
-        )),
+        Some(spec) => {
+            let file = shm::open_segment(&spec.name).map_err(JobError::Local)?;
+            if spec.name.starts_with("memfd:") {
+                // A worker that cannot be told has died; the next batch finds out.
+                let _ = w.send(FrameKind::Release, job.call, job.batch, b"", b"");
+            }
+            Some((file, spec.spans))
+        }
         None => None,
     };
     Ok(Reply {
