@@ -17,9 +17,11 @@ parent has opened the results segment of the last reply.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
@@ -91,19 +93,22 @@ class RemoteBuffers:
 
     Each is an anonymous mapping, so a dropped one goes back to the system at
     once (freed malloc memory may stay in the heap). At most ``MAX`` bytes are
-    kept, the least recently used length dropped first, and each new call
-    drops the lengths the previous call did not use: an idle worker holds
-    only what its last call needed, and never more than ``MAX``."""
+    kept, the least recently used length dropped first, and all of them go
+    once the worker has waited ``IDLE_SECONDS`` for work: an idle worker holds
+    nothing for long, and a loop of calls with and without arrays does not
+    map and fault its buffers afresh on every call. (Dropping them at each
+    call without arrays also made the next CPU-bound tasks here run 15 %
+    slower for as long as the worker lived, on the Firecracker VM these
+    benchmarks run on: measured, not understood.)"""
 
     MAX = 64 << 20
+    IDLE_SECONDS = float(os.environ.get("PERFKIT_WORKER_IDLE_RELEASE", "30"))
 
     def __init__(self) -> None:
         self.free: dict = {}  # length -> [buffer, …]; least recently used length first
         self.held = 0
-        self.used: set = set()  # lengths taken since the current call began
 
     def take(self, length: int):
-        self.used.add(length)
         free = self.free.get(length)
         if not free:
             return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE) if length else bytearray()
@@ -125,11 +130,9 @@ class RemoteBuffers:
         while self.held > self.MAX:
             self._drop_one(next(iter(self.free)))
 
-    def new_call(self) -> None:
-        for length in [n for n in self.free if n not in self.used]:
-            while length in self.free:
-                self._drop_one(length)
-        self.used.clear()
+    def clear(self) -> None:
+        self.free.clear()
+        self.held = 0
 
     def _drop_one(self, length: int) -> None:
         free = self.free[length]
@@ -137,6 +140,26 @@ class RemoteBuffers:
         self.held -= length
         if not free:
             del self.free[length]
+
+
+class TaskPipe(io.RawIOBase):
+    """The task pipe, read through a BufferedReader that calls ``readinto``
+    only when it has no bytes left: while ``idle`` (waiting for a frame) and
+    holding copy buffers, it gives them back after ``IDLE_SECONDS`` without one."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.idle = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.idle and REMOTE_BUFFERS.free:
+            ready, _, _ = select.select([self.fd], [], [], REMOTE_BUFFERS.IDLE_SECONDS)
+            if not ready:
+                REMOTE_BUFFERS.clear()
+        return os.readv(self.fd, [buffer])
 
 
 REMOTE_BUFFERS = RemoteBuffers()
@@ -258,7 +281,8 @@ def main() -> int:
     for fd in (TASK_FD, REPLY_FD, STATUS_FD):
         os.set_inheritable(fd, False)  # subprocesses started by tasks must not hold our pipes
     status = memoryview(mmap.mmap(STATUS_FD, 8)).cast("q")
-    tasks = open(TASK_FD, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the process
+    pipe = TaskPipe(TASK_FD)
+    tasks = io.BufferedReader(pipe, buffer_size=1 << 16)
     parent = os.getppid()
     threshold = int(os.environ.get("PERFKIT_MAX_NBYTES", str(64 * 1024)))
     functions: tuple = ()
@@ -272,7 +296,9 @@ def main() -> int:
             view = view[os.write(REPLY_FD, view) :]
 
     while True:
+        pipe.idle = True
         head = tasks.read(HEADER.size)
+        pipe.idle = False
         if len(head) < HEADER.size:
             return 0  # the parent closed the pipe (or died): done
         kind, meta_len, call, batch, payload_len = HEADER.unpack(head)
@@ -290,7 +316,6 @@ def main() -> int:
             except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
                 functions, function_error = (), exc
             limit_threads_once(thread_state)
-            REMOTE_BUFFERS.new_call()
             continue
         if kind != BATCH:
             return 3
