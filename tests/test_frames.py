@@ -40,6 +40,11 @@ def grouped():
     return next(iter(df.groupby("k")))[1]
 
 
+def _read_only(values):
+    values.flags.writeable = False
+    return values
+
+
 class Sub(pd.DataFrame):
     @property
     def _constructor(self):
@@ -93,6 +98,7 @@ PLAIN = {
     "no rows": lambda: pd.DataFrame({"a": np.array([], dtype=np.int64), "b": np.array([], dtype=object)}),
     "no columns": lambda: pd.DataFrame(index=np.arange(3)),
     "Fortran-ordered block": lambda: pd.DataFrame(np.asfortranarray(RNG.random((5, 3))), columns=list("abc")),
+    "read-only block": lambda: pd.DataFrame(_read_only(RNG.random((4, 2))), columns=["a", "b"], copy=False),
     "a slice of a frame": lambda: pd.DataFrame({"a": np.arange(100), "b": np.arange(100.0)}).iloc[10:90:7],
 }
 
@@ -130,9 +136,22 @@ def assert_same_as_pickle(frame, rebuilt):
     for axis in ("index", "columns"):
         got, want = getattr(rebuilt, axis), getattr(expected, axis)
         assert type(got) is type(want) and got.dtype == want.dtype and got.names == want.names, axis
+
     # The block layout survives as pickle keeps it (no consolidation, same placements).
-    layout = [(str(b.dtype), list(b.mgr_locs.as_array), b.values.shape) for b in rebuilt._mgr.blocks]
-    assert layout == [(str(b.dtype), list(b.mgr_locs.as_array), b.values.shape) for b in expected._mgr.blocks]
+    # and so do the arrays' memory order and writability.
+    def layout(frame):
+        return [
+            (str(b.dtype), list(b.mgr_locs.as_array), b.values.shape, *_flags(b.values))
+            for b in frame._mgr.blocks
+        ]
+
+    assert layout(rebuilt) == layout(expected)
+
+
+def _flags(values):
+    if not isinstance(values, np.ndarray):  # extension arrays: compared as frames above
+        return ()
+    return (values.flags.writeable, values.flags.c_contiguous, values.flags.f_contiguous)
 
 
 @pytest.mark.parametrize("name", list(PLAIN) + list(OTHER_INDEXES))
