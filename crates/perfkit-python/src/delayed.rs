@@ -291,40 +291,20 @@ fn make_type(py: Python<'_>) -> PyResult<*mut ffi::PyTypeObject> {
         },
         ffi::PyMemberDef::default(),
     ];
+    let slot = |slot, pfunc: *mut c_void| ffi::PyType_Slot { slot, pfunc };
     let mut slots = [
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_dealloc,
-            pfunc: delayed_dealloc as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_traverse,
-            pfunc: delayed_traverse as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_clear,
-            pfunc: delayed_clear as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_call,
-            pfunc: ffi::PyVectorcall_Call as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_repr,
-            pfunc: delayed_repr as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_getattro,
-            pfunc: delayed_getattro as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_members,
-            pfunc: members.as_ptr() as *mut c_void,
-        },
-        ffi::PyType_Slot {
-            slot: ffi::Py_tp_doc,
-            pfunc: c"What delayed(f) returns: calling it gives the task (f, args, kwargs).".as_ptr()
+        slot(ffi::Py_tp_dealloc, delayed_dealloc as *mut c_void),
+        slot(ffi::Py_tp_traverse, delayed_traverse as *mut c_void),
+        slot(ffi::Py_tp_clear, delayed_clear as *mut c_void),
+        slot(ffi::Py_tp_call, ffi::PyVectorcall_Call as *mut c_void),
+        slot(ffi::Py_tp_repr, delayed_repr as *mut c_void),
+        slot(ffi::Py_tp_getattro, delayed_getattro as *mut c_void),
+        slot(ffi::Py_tp_members, members.as_ptr() as *mut c_void),
+        slot(
+            ffi::Py_tp_doc,
+            c"What delayed(f) returns: calling it gives the task (f, args, kwargs).".as_ptr()
                 as *mut c_void,
-        },
+        ),
         ffi::PyType_Slot::default(),
     ];
     let mut spec = ffi::PyType_Spec {
