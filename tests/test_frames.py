@@ -70,6 +70,11 @@ PLAIN = {
     "uint8 index": lambda: pd.DataFrame({"a": np.arange(ROWS)}, index=np.arange(ROWS, dtype=np.uint8)),
     "bool index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index([True, False])),
     "named columns": lambda: pd.DataFrame({"a": [1], "b": [2]}).rename_axis(columns="features"),
+    # 1 == 1.0 == True, with one hash: a cache keyed by names would mix them up.
+    "columns named 1": lambda: pd.DataFrame({"a": [1], "b": [2]}).rename_axis(columns=1),
+    "columns named 1.0": lambda: pd.DataFrame({"a": [1], "b": [2]}).rename_axis(columns=1.0),
+    "columns named True": lambda: pd.DataFrame({"a": [1], "b": [2]}).rename_axis(columns=True),
+    "index named (1, 'x')": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index([3, 4], name=(1, "x"))),
     "int column labels": lambda: pd.DataFrame(np.ones((3, 4))),
     "duplicate column labels": lambda: pd.DataFrame(np.ones((2, 3)), columns=["x", "x", "y"]),
     "every numpy dtype": lambda: pd.DataFrame(
@@ -136,6 +141,7 @@ def assert_same_as_pickle(frame, rebuilt):
     for axis in ("index", "columns"):
         got, want = getattr(rebuilt, axis), getattr(expected, axis)
         assert type(got) is type(want) and got.dtype == want.dtype and got.names == want.names, axis
+        assert [type(n) for n in got.names] == [type(n) for n in want.names], axis
 
     # The block layout survives as pickle keeps it (no consolidation, same placements).
     # and so do the arrays' memory order and writability.
@@ -168,6 +174,53 @@ def test_frames_with_more_than_data_take_pickles_path(name):
     payload, rebuilt = through_dumps(frame)
     assert b"_rebuild_frame" not in payload
     assert_same_as_pickle(frame, rebuilt)
+
+
+def test_frames_in_one_pickle_are_rebuilt_apart():
+    # Sent one after another in one batch (and one worker's cache), no frame
+    # comes back with another's axis names or shares writable labels with it.
+    frames = [PLAIN[name]() for name in ("columns named 1.0", "columns named True", "columns named 1")]
+    _, rebuilt = through_dumps(frames)
+    assert [(f.columns.name, type(f.columns.name)) for f in rebuilt] == [(1.0, float), (True, bool), (1, int)]
+    first, second = through_dumps([grouped(), grouped()])[1]
+    labels = np.asarray(first.columns)
+    labels[labels == "a"] = "x"  # writable, as after pickle's own round trip
+    assert list(second.columns) == ["k", "a", "n"] and list(through_dumps(grouped())[1].columns) == [
+        "k",
+        "a",
+        "n",
+    ]
+    assert not first.columns.is_(second.columns)
+
+
+class Row:
+    def __init__(self, table):
+        self.table = table
+
+
+def test_a_frame_that_contains_itself_comes_back_as_pickle_brings_it():
+    frame = pd.DataFrame({"x": [1.0, 2.0], "row": [None, None]})
+    frame["row"] = [Row(frame), Row(frame)]
+    _, rebuilt = through_dumps(frame)
+    assert rebuilt["row"][0].table is rebuilt and list(rebuilt["x"]) == [1.0, 2.0]
+
+
+def test_arrays_shared_by_frames_travel_once():
+    base = pd.DataFrame({"a": np.arange(200_000.0)}, index=np.arange(200_000) * 3)
+    derived = [base, base * 2, base.rename(columns={"a": "b"}), base.copy(deep=False)]
+    ours, _ = dumps(derived, out_of_band_from=None)
+    theirs = pickle.dumps(derived, protocol=5)
+    assert len(ours) < 1.1 * len(theirs), (len(ours), len(theirs))
+    rebuilt = pickle.loads(ours)
+    for got, want in zip(rebuilt, derived):
+        assert_same_as_pickle(want, got)
+
+
+def test_batches_cloudpickle_takes_send_frames_by_their_blocks_too():
+    payload, buffers = dumps([grouped(), lambda x: x], out_of_band_from=64)
+    assert (b"_rebuild_frame" in payload) == FAST
+    frame, function = pickle.loads(payload, buffers=buffers)
+    assert function(3) == 3 and list(frame.columns) == ["k", "a", "n"]
 
 
 def test_large_blocks_travel_out_of_band():

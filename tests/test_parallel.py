@@ -234,8 +234,11 @@ def test_delayed_wrapper_is_a_callable_type_as_joblibs_function():
     ours, theirs = delayed(T.add), joblib.delayed(T.add)
     for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
         assert getattr(ours, attr) == getattr(theirs, attr) == getattr(T.add, attr), attr
+    # A callable without names (a partial, an instance) gets the ones joblib's wrapper keeps.
     partial = functools.partial(T.add, 1)
-    assert not hasattr(delayed(partial), "__name__") and delayed(partial).__doc__ == partial.__doc__
+    for attr in ("__name__", "__qualname__"):
+        assert getattr(delayed(partial), attr) == getattr(joblib.delayed(partial), attr), attr
+    assert delayed(partial).__doc__ == partial.__doc__
     with pytest.raises(AttributeError):
         wrapper.no_such_attribute  # noqa: B018
     # Positional, keyword, none, many: joblib's (f, args, kwargs), a new dict each time.
@@ -701,6 +704,18 @@ def test_workers_keep_few_copy_buffers_and_give_them_back_when_idle(monkeypatch)
     assert Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays[:6]) == [
         float(a.sum()) for a in arrays[:6]
     ]
+    pp._shutdown_shared_pool()
+
+
+@pytest.mark.parametrize("value", ["inf", "-1", "30s", "0"])
+def test_odd_idle_release_settings_leave_workers_working(monkeypatch, value):
+    # inf: never give the buffers back; nonsense: the default. None of them may kill a worker.
+    pp._shutdown_shared_pool()
+    monkeypatch.setenv("PERFKIT_WORKER_IDLE_RELEASE", value)
+    arrays = [np.full(300_000, float(i)) for i in range(6)]
+    for _ in range(2):
+        assert Parallel(n_jobs=2)(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]
+        time.sleep(0.2)  # idle, holding copy buffers
     pp._shutdown_shared_pool()
 
 

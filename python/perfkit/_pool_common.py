@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import sys
 
 from perfkit import _frames
 
@@ -50,6 +51,13 @@ def dumps(obj, out_of_band_from=None):
 
     Plain DataFrames travel by their blocks (perfkit._frames); lambdas,
     closures and the like through cloudpickle, after pickle refused them."""
+    try:
+        return _dumps(obj, out_of_band_from, fast_frames=True)
+    except _frames.FrameCycle:
+        return _dumps(obj, out_of_band_from, fast_frames=False)
+
+
+def _dumps(obj, out_of_band_from, fast_frames):
     buffers = []
 
     def out_of_band(pickle_buffer):
@@ -60,19 +68,36 @@ def dumps(obj, out_of_band_from=None):
         return True
 
     callback = None if out_of_band_from is None else out_of_band
-    table = _frames.dispatch_table()
+    table = _frames.dispatch_table() if fast_frames else None
     try:
         if table is None:
             return pickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
         return _dump(pickle.Pickler, table, obj, callback), buffers
+    except _frames.FrameCycle:
+        raise
     except Exception:  # noqa: BLE001
         # What the failed attempt set apart must not precede the retry's own.
         buffers.clear()
     import cloudpickle
 
+    pickler_class = cloudpickle.Pickler
+    table = _frames.dispatch_table() if fast_frames else None  # a fresh memo
     if table is not None:
-        table = collections.ChainMap(table, cloudpickle.Pickler.dispatch_table)
-    return _dump(cloudpickle.Pickler, table, obj, callback), buffers
+        # The C Pickler reads `dispatch_table` once, in __init__: an instance
+        # attribute set afterwards is ignored when the class defines one (as
+        # cloudpickle's does), so the table goes on a subclass. cloudpickle's
+        # own reducers keep precedence over copyreg's, as in cloudpickle.
+        pd = sys.modules["pandas"]
+        pickler_class = type(
+            "_FramesCloudPickler",
+            (cloudpickle.Pickler,),
+            {
+                "dispatch_table": collections.ChainMap(
+                    {pd.DataFrame: table[pd.DataFrame]}, cloudpickle.Pickler.dispatch_table
+                )
+            },
+        )
+    return _dump(pickler_class, None, obj, callback), buffers
 
 
 def _dump(pickler_class, dispatch_table, obj, buffer_callback) -> bytes:

@@ -18,6 +18,7 @@ parent has opened the results segment of the last reply.
 from __future__ import annotations
 
 import io
+import math
 import mmap
 import os
 import pickle
@@ -87,6 +88,18 @@ def _map_private(fd, size):
     return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
 
 
+def _idle_seconds():
+    """PERFKIT_WORKER_IDLE_RELEASE: seconds >= 0; None (never) for inf or
+    values select() cannot take; the default for what is not a number."""
+    try:
+        value = float(os.environ.get("PERFKIT_WORKER_IDLE_RELEASE", "30"))
+    except ValueError:
+        return 30.0
+    if math.isnan(value) or value < 0:
+        return 30.0
+    return value if value < 1e8 else None
+
+
 class RemoteBuffers:
     """Buffers that arrays copied out of the parent land in, kept for reuse by
     length: a fresh one costs a page fault per 4 KiB on first use.
@@ -102,7 +115,7 @@ class RemoteBuffers:
     benchmarks run on: measured, not understood.)"""
 
     MAX = 64 << 20
-    IDLE_SECONDS = float(os.environ.get("PERFKIT_WORKER_IDLE_RELEASE", "30"))
+    IDLE_SECONDS = _idle_seconds()
 
     def __init__(self) -> None:
         self.free: dict = {}  # length -> [buffer, …]; least recently used length first
@@ -155,7 +168,7 @@ class TaskPipe(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        if self.idle and REMOTE_BUFFERS.free:
+        if self.idle and REMOTE_BUFFERS.free and REMOTE_BUFFERS.IDLE_SECONDS is not None:
             ready, _, _ = select.select([self.fd], [], [], REMOTE_BUFFERS.IDLE_SECONDS)
             if not ready:
                 REMOTE_BUFFERS.clear()

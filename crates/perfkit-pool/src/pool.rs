@@ -494,12 +494,16 @@ fn slot_main(
                 });
             }
             Err(error) => {
+                if let (JobError::Protocol(_), Some(w)) = (&error, &worker) {
+                    // Alive and out of step: no use waiting for it to exit.
+                    kill_pid(w.pid);
+                }
                 let (pid, task, status) = retire(slot, &mut worker, &shared, &prefix);
                 if shutting_down {
                     break;
                 }
                 let reason = match error {
-                    // Alive, but out of step: it was killed by `retire`, which is not the news.
+                    // Its SIGKILL (above) is not the news.
                     JobError::Protocol(what) => format!("sent a reply out of protocol ({what})"),
                     _ => describe_exit(status),
                 };
@@ -804,6 +808,7 @@ mod tests {
         // back, a protocol violation, which must end the worker (reported as a
         // death that says what happened, not as the SIGKILL that ended it).
         let pool = Pool::start(1, sh("exec cat <&3 >&4")).unwrap();
+        let t0 = Instant::now();
         pool.submit(job(2, 1));
         match pool.next_event(Duration::from_secs(5)) {
             Some(Event::WorkerDied { batch, reason, .. }) => {
@@ -812,6 +817,8 @@ mod tests {
             }
             _ => panic!("a protocol violation must end the worker"),
         }
+        // Killed at once, not after the grace a worker that lost its pipe gets (500 ms).
+        assert!(t0.elapsed() < REAP_GRACE, "{:?}", t0.elapsed());
         pool.terminate();
     }
 

@@ -163,28 +163,42 @@ unsafe extern "C" fn delayed_repr(slf: *mut ffi::PyObject) -> *mut ffi::PyObject
 /// Attribute lookup: the attributes `functools.wraps` copies (`__name__`,
 /// `__qualname__`, `__doc__`, `__module__`) come from the wrapped function,
 /// as on joblib's wrapper (code that logs `task.__name__` must work on
-/// both); the rest, and those the function lacks, as usual.
+/// both). A callable without a name (`functools.partial`, an instance) gets
+/// the names joblib's wrapper keeps then; the rest as usual.
 unsafe extern "C" fn delayed_getattro(
     slf: *mut ffi::PyObject,
     name: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: `slf` is a live Delayed object and `name` a live object (a str
-    // when it is one of ours, checked before it is compared).
+    // when it is one of ours, checked before it is compared); the function is
+    // held by a reference of our own while its attribute is looked up.
     unsafe {
         let function = (*(slf as *mut DelayedObject)).function;
-        if !function.is_null() && ffi::PyUnicode_Check(name) != 0 {
-            let wrapped = [c"__name__", c"__qualname__", c"__doc__", c"__module__"]
-                .iter()
-                .any(|attr| ffi::PyUnicode_CompareWithASCIIString(name, attr.as_ptr()) == 0);
-            if wrapped {
-                let value = ffi::PyObject_GetAttr(function, name);
-                if !value.is_null() || ffi::PyErr_ExceptionMatches(ffi::PyExc_AttributeError) == 0 {
-                    return value;
-                }
-                ffi::PyErr_Clear();
-            }
+        if function.is_null() || ffi::PyUnicode_Check(name) == 0 {
+            return ffi::PyObject_GenericGetAttr(slf, name);
         }
-        ffi::PyObject_GenericGetAttr(slf, name)
+        let is =
+            |attr: &std::ffi::CStr| ffi::PyUnicode_CompareWithASCIIString(name, attr.as_ptr()) == 0;
+        let fallback = if is(c"__name__") {
+            Some(c"delayed_function")
+        } else if is(c"__qualname__") {
+            Some(c"delayed.<locals>.delayed_function")
+        } else if is(c"__doc__") || is(c"__module__") {
+            None
+        } else {
+            return ffi::PyObject_GenericGetAttr(slf, name);
+        };
+        ffi::Py_INCREF(function);
+        let value = ffi::PyObject_GetAttr(function, name);
+        ffi::Py_DECREF(function);
+        if !value.is_null() || ffi::PyErr_ExceptionMatches(ffi::PyExc_AttributeError) == 0 {
+            return value;
+        }
+        ffi::PyErr_Clear();
+        match fallback {
+            Some(text) => ffi::PyUnicode_FromString(text.as_ptr()),
+            None => ffi::PyObject_GenericGetAttr(slf, name),
+        }
     }
 }
 
