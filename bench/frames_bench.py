@@ -30,7 +30,7 @@ import joblib
 from perfkit import Parallel, _frames, delayed
 from perfkit._pool_common import dumps
 
-FAST = _frames.dispatch_table
+FAST = _frames.frame_reducers
 
 
 def pickles_way():
@@ -58,7 +58,7 @@ def main(argv=None):
     print("|---|---|---|---|")
     times = {}
     for name, table in (("blocks", FAST), ("pickle", pickles_way)):
-        _frames.dispatch_table = table
+        _frames.frame_reducers = table
         payload, buffers = dumps(batch, 64 * 1024)
         assert not buffers  # groups this small travel in band
         scope = {"dumps": dumps, "batch": batch, "pickle": pickle, "payload": payload}
@@ -66,7 +66,7 @@ def main(argv=None):
             per_frame_us("dumps(batch, 65536)", scope, len(batch)),
             per_frame_us("pickle.loads(payload)", scope, len(batch)),
         )
-    _frames.dispatch_table = FAST
+    _frames.frame_reducers = FAST
     for i, what in enumerate(("pickle (caller)", "unpickle (worker)")):
         fast, slow = times["blocks"][i], times["pickle"][i]
         print(f"| {what} | {fast:.1f} µs | {slow:.1f} µs | {slow / fast:.2f}× |")
@@ -83,11 +83,11 @@ def main(argv=None):
 
     def perfkit_with(table):
         def run():
-            _frames.dispatch_table = table
+            _frames.frame_reducers = table
             try:
                 return Parallel(n_jobs=2)(delayed(T.featurize)(k, g) for k, g in df.groupby("fin_study_id"))
             finally:
-                _frames.dispatch_table = FAST
+                _frames.frame_reducers = FAST
 
         return run
 

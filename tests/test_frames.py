@@ -253,7 +253,7 @@ def test_a_users_dataframe_reducer_wins(monkeypatch):
         return pd.DataFrame, (df.to_dict("list"),)
 
     monkeypatch.setitem(copyreg.dispatch_table, pd.DataFrame, reduce_as_dict)
-    assert _frames.dispatch_table() is None
+    assert _frames.frame_reducers() is None
     frame = grouped()
     payload, rebuilt = through_dumps(frame)
     assert b"_rebuild_frame" not in payload and used == [frame]

@@ -29,16 +29,16 @@ _NUMERIC, _LABELS, _RANGE = 0, 1, 2
 _MAX_CACHED_LABELS = 256
 
 
-def dispatch_table():
-    """copyreg's dispatch table with the DataFrame reducer added; None when
-    pandas is not imported here, is too old for the fast rebuild, or the
-    user registered a DataFrame reducer of their own."""
+def frame_reducers():
+    """``{DataFrame: reducer}`` for one pickle, to add to its pickler's
+    dispatch table; None when pandas is not imported here, is too old for
+    the fast rebuild, or the user registered a DataFrame reducer of their own."""
     pd = sys.modules.get("pandas")
     if pd is None or not _fast_rebuild_available(pd) or pd.DataFrame in copyreg.dispatch_table:
         return None
     # One memo per pickle: an array two frames share (say the data of their
     # indexes) travels once, as pickle's memo sends it.
-    return {**copyreg.dispatch_table, pd.DataFrame: functools.partial(_reduce_frame, memo={}, frames={})}
+    return {pd.DataFrame: functools.partial(_reduce_frame, memo={}, frames={})}
 
 
 @functools.cache

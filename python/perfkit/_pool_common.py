@@ -4,9 +4,9 @@ modes, task labels and how batches and results are pickled."""
 from __future__ import annotations
 
 import collections
+import copyreg
 import io
 import pickle
-import sys
 
 from perfkit import _frames
 
@@ -68,11 +68,11 @@ def _dumps(obj, out_of_band_from, fast_frames):
         return True
 
     callback = None if out_of_band_from is None else out_of_band
-    table = _frames.dispatch_table() if fast_frames else None
+    reducers = _frames.frame_reducers() if fast_frames else None
     try:
-        if table is None:
+        if reducers is None:
             return pickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
-        return _dump(pickle.Pickler, table, obj, callback), buffers
+        return _dump(pickle.Pickler, {**copyreg.dispatch_table, **reducers}, obj, callback), buffers
     except _frames.FrameCycle:
         raise
     except Exception:  # noqa: BLE001
@@ -81,22 +81,14 @@ def _dumps(obj, out_of_band_from, fast_frames):
     import cloudpickle
 
     pickler_class = cloudpickle.Pickler
-    table = _frames.dispatch_table() if fast_frames else None  # a fresh memo
-    if table is not None:
+    reducers = _frames.frame_reducers() if fast_frames else None  # a fresh memo
+    if reducers is not None:
         # The C Pickler reads `dispatch_table` once, in __init__: an instance
         # attribute set afterwards is ignored when the class defines one (as
         # cloudpickle's does), so the table goes on a subclass. cloudpickle's
         # own reducers keep precedence over copyreg's, as in cloudpickle.
-        pd = sys.modules["pandas"]
-        pickler_class = type(
-            "_FramesCloudPickler",
-            (cloudpickle.Pickler,),
-            {
-                "dispatch_table": collections.ChainMap(
-                    {pd.DataFrame: table[pd.DataFrame]}, cloudpickle.Pickler.dispatch_table
-                )
-            },
-        )
+        table = collections.ChainMap(reducers, cloudpickle.Pickler.dispatch_table)
+        pickler_class = type("_FramesCloudPickler", (cloudpickle.Pickler,), {"dispatch_table": table})
     return _dump(pickler_class, None, obj, callback), buffers
 
 
