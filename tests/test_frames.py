@@ -160,8 +160,27 @@ def _flags(values):
     return (values.flags.writeable, values.flags.c_contiguous, values.flags.f_contiguous)
 
 
+@pytest.fixture(params=["internal", "public"])
+def rebuild_route(request, monkeypatch):
+    """Workers rebuild a frame through pandas' internal constructors where
+    they are found, else through pandas.api.internals: both must give
+    pickle's frame."""
+    if FAST:
+        monkeypatch.setattr(_frames, "_frame_from_blocks", None)
+        chosen = _frames._load_rebuild_api()
+        try:
+            from pandas.core.internals.blocks import new_block  # noqa: F401
+
+            assert chosen is not _frames._frame_from_blocks_public
+        except ImportError:
+            pass
+        if request.param == "public":
+            monkeypatch.setattr(_frames, "_frame_from_blocks", _frames._frame_from_blocks_public)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(PLAIN) + list(OTHER_INDEXES))
-def test_plain_frames_come_back_as_pickle_brings_them(name):
+def test_plain_frames_come_back_as_pickle_brings_them(name, rebuild_route):
     frame = {**PLAIN, **OTHER_INDEXES}[name]()
     payload, rebuilt = through_dumps(frame)
     assert (b"_rebuild_frame" in payload) == FAST
@@ -275,3 +294,23 @@ def test_frames_in_and_out_of_workers_equal_the_sequential_results():
     assert len(ours) == len(expected) == 50
     for got, want in zip(ours, expected):
         assert_same_as_pickle(want, got)
+
+
+def test_frames_sharing_their_column_labels_keep_their_own_names():
+    # The sender checks the labels of an Index's values once (groupby's groups
+    # share them); the name of each Index still travels with each frame.
+    df = pd.DataFrame({"k": [0, 0, 1, 2], "a": [1.0, 2.0, 3.0, 4.0]})
+    first, second, third = (g for _, g in df.groupby("k"))
+    second.columns.name = "renamed"
+    third = third.rename_axis(columns=1.0)
+    shared = {id(f.columns._values) for f in (first, second, third)}
+    assert len(shared) == 1 and len({id(f.columns) for f in (first, second, third)}) == 3
+    for _ in range(2):  # the second time from the sender's cache
+        payload, rebuilt = through_dumps([first, second, third])
+        assert (payload.count(b"_rebuild_frame") > 0) == FAST
+        assert [f.columns.name for f in rebuilt] == [None, "renamed", 1.0]
+        for got, want in zip(rebuilt, (first, second, third)):
+            assert_same_as_pickle(want, got)
+    mixed = OTHER_INDEXES["mixed labels"]()
+    for _ in range(2):  # labels that are not all str: pickle's Index, cached or not
+        assert_same_as_pickle(mixed, through_dumps(mixed)[1])
