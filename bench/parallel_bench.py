@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import gc
 import multiprocessing as mp
 import os
 import platform
@@ -176,6 +177,9 @@ def main(argv=None):
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workloads", default="tiny,arrays,cpu,pandas,threads")
+    ap.add_argument(
+        "--settle", type=float, default=0.3, help="seconds of quiet before each timed run (default 0.3)"
+    )
     args = ap.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
     n_jobs = args.n_jobs
@@ -227,6 +231,10 @@ def main(argv=None):
         for r in range(rounds + 1):  # round 0: warm-up, not recorded
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                # What the previous library left running (workers freeing what
+                # they received, a pool's cleanup thread) must not be timed here.
+                gc.collect()
+                time.sleep(args.settle)
                 t0 = time.perf_counter()
                 try:
                     out = run[name](fn, w["items"](), star, threads)

@@ -301,7 +301,7 @@ def test_frames_sharing_their_column_labels_keep_their_own_names():
     # share them); the name of each Index still travels with each frame.
     df = pd.DataFrame({"k": [0, 0, 1, 2], "a": [1.0, 2.0, 3.0, 4.0]})
     first, second, third = (g for _, g in df.groupby("k"))
-    second.columns.name = "renamed"
+    second = second.rename_axis(columns="renamed")
     third = third.rename_axis(columns=1.0)
     shared = {id(f.columns._values) for f in (first, second, third)}
     assert len(shared) == 1 and len({id(f.columns) for f in (first, second, third)}) == 3
