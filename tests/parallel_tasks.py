@@ -198,3 +198,13 @@ def big_array(i):
     import numpy as np
 
     return np.full(100_000, float(i))  # 800 kB: comes back in a memfd the caller opens
+
+
+KEPT_FRAMES = []
+
+
+def frame_keep(i, frame):
+    """Keeps the frame (its blocks may lie in the batch's shared-memory
+    segment); returns (i, column a's first value) of every frame kept here so far."""
+    KEPT_FRAMES.append((i, frame))
+    return [(j, float(f["a"].iloc[0])) for j, f in KEPT_FRAMES]

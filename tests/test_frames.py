@@ -314,3 +314,43 @@ def test_frames_sharing_their_column_labels_keep_their_own_names():
     mixed = OTHER_INDEXES["mixed labels"]()
     for _ in range(2):  # labels that are not all str: pickle's Index, cached or not
         assert_same_as_pickle(mixed, through_dumps(mixed)[1])
+
+
+@pytest.mark.parametrize("remote_read", [True, False], ids=["process_vm_readv", "shared-memory"])
+def test_frames_a_task_keeps_are_not_overwritten_by_later_batches(remote_read, monkeypatch):
+    # A kept frame's blocks may lie in a batch's shared-memory segment: the
+    # worker must see that they are still referenced and not reuse it.
+    import perfkit.parallel as pp
+
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", remote_read)
+    frames = [pd.DataFrame({"a": np.full(20_000, float(i)), "n": np.arange(20_000)}) for i in range(8)]
+    seen = Parallel(n_jobs=2, batch_size=1, max_nbytes="1K")(
+        delayed(T.frame_keep)(i, f) for i, f in enumerate(frames)
+    )
+    assert all(float(i) == a for kept in seen for i, a in kept), seen
+    assert {i for kept in seen for i, _ in kept} == set(range(8))
+    pp._shutdown_shared_pool()
+
+
+def test_column_labels_changed_in_place_travel_as_they_are_now():
+    frame = pd.DataFrame({"a": [1.0], "b": [2.0]})
+    assert list(through_dumps(frame)[1].columns) == ["a", "b"]
+    labels = np.asarray(frame.columns)  # writable, and the Index's own values
+    labels[0] = "renamed"
+    assert list(frame.columns) == ["renamed", "b"]
+    assert_same_as_pickle(frame, through_dumps(frame)[1])
+    labels[1] = 7 if labels.dtype == object else "seven"
+    assert_same_as_pickle(frame, through_dumps(frame)[1])
+
+
+def test_long_row_indexes_are_not_kept_alive_by_the_sender():
+    import gc
+    import weakref
+
+    frame = pd.DataFrame({"a": np.arange(1_000.0)}, index=[f"r{i}" for i in range(1_000)])
+    through_dumps(frame)
+    values = weakref.ref(frame.index._values)
+    del frame
+    gc.collect()
+    assert values() is None
