@@ -62,6 +62,12 @@ def make_workloads(quick):
             "items": lambda: range(100_000),
             "star": False,
         },
+        "scalars": {
+            "title": "100,000 tiny tasks returning a numpy float",
+            "fn": T.scalar_mean,
+            "items": lambda: range(100_000),
+            "star": False,
+        },
         "arrays": {
             "title": "100 numpy arrays of 8 MB, sum each",
             "fn": T.array_sum,
@@ -164,7 +170,7 @@ def same(a, b):
             ):
                 return False
         elif isinstance(x, float):
-            if not np.isclose(x, y):
+            if type(x) is not type(y) or not np.isclose(x, y):
                 return False
         elif x != y:
             return False
@@ -176,7 +182,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workloads", default="tiny,arrays,cpu,pandas,threads")
+    ap.add_argument("--workloads", default="tiny,scalars,arrays,cpu,pandas,threads")
     ap.add_argument(
         "--settle", type=float, default=0.3, help="seconds of quiet before each timed run (default 0.3)"
     )

@@ -7,6 +7,7 @@ table afterwards. Speed is measured in bench/parallel_bench.py, not here.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import functools
 import gc
 import math
@@ -1066,3 +1067,60 @@ def test_recent_costs_follow_the_median_of_three():
     assert costs.add(1.2) == 1.2
     assert costs.add(90.0) == 1.2  # one outlier does not move it
     assert costs.add(80.0) == 80.0  # two in a row do: the cost has changed
+
+
+# ------------------------------------------------------------------ numpy scalars
+
+SCALARS = [
+    np.bool_(True), np.int8(-3), np.int16(300), np.int32(-70000), np.int64(-(2**62)),
+    np.uint8(255), np.uint16(65535), np.uint32(2**32 - 1), np.uint64(2**64 - 1),
+    np.longlong(-5), np.ulonglong(7), np.intc(-9), np.uintc(9),
+    np.float64(-0.0), np.float64(np.nan), np.float64(np.inf), np.float64(5e-324), np.float64(1 / 3),
+    np.complex128(1.5 - 2j),
+    # Not sent by their value: pickle's own way.
+    np.float32(1 / 3), np.float16(0.5), np.datetime64("2024-01-02T03:04", "m"), np.timedelta64(5, "s"),
+    np.longdouble(1) / 3, np.str_("x"),
+]  # fmt: skip
+
+
+def _exactly(values):
+    """(type, bytes of the value) of each: equal only if the types and the bits are."""
+    # long double: 80 bits of value in 16 bytes, the rest of them undefined.
+    return [(type(v), repr(v) if isinstance(v, np.longdouble) else np.array(v).tobytes()) for v in values]
+
+
+@pytest.mark.version_sensitive  # numpy's scalar types and pickling differ across the CPythons here
+def test_numpy_scalars_come_back_with_their_type_and_bits():
+    expected = _exactly(SCALARS)
+    # As arguments and as results, one per batch and in batches of one type (packed).
+    assert _exactly(Parallel(n_jobs=2)(delayed(T.identity)(v) for v in SCALARS)) == expected
+    assert (
+        _exactly(Parallel(n_jobs=2, batch_size=len(SCALARS))(delayed(T.identity)(v) for v in SCALARS))
+        == expected
+    )
+    for v in SCALARS:
+        same = [v] * 50
+        assert _exactly(Parallel(n_jobs=2, batch_size=25)(delayed(T.identity)(x) for x in same)) == _exactly(
+            same
+        )
+    # np.longlong and np.int64 are distinct types of one size; neither turns into the other.
+    pair = [np.longlong(1), np.int64(1)] * 20
+    assert _exactly(Parallel(n_jobs=2, batch_size=20)(delayed(T.identity)(x) for x in pair)) == _exactly(pair)
+
+
+def test_numpy_scalars_pickle_by_value_and_a_users_reducer_wins(monkeypatch):
+    from perfkit import _pool_common
+
+    payload, _ = _pool_common.dumps([np.float64(0.25)] * 3)
+    assert b"float64" in payload and b"dtype" not in payload  # by its value, not numpy's (dtype, bytes)
+    assert pickle.loads(payload) == [0.25] * 3
+    used = []
+
+    def as_float(x):
+        used.append(x)
+        return float, (float(x),)
+
+    monkeypatch.setitem(copyreg.dispatch_table, np.float64, as_float)
+    assert _pool_common.pack_numpy_scalars([np.float64(1.0)]) is None
+    got = Parallel(n_jobs=2)(delayed(T.identity)(np.float64(i)) for i in range(4))
+    assert got == [0.0, 1.0, 2.0, 3.0] and used  # the caller pickled the arguments with it

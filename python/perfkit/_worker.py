@@ -30,7 +30,7 @@ import time
 import traceback
 
 from perfkit._native import pack_values, run_packed, run_tasks, unpack_values
-from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, dumps, task_label
+from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, dumps, pack_numpy_scalars, task_label
 
 HEADER = struct.Struct("<IIQQQ")
 FUNCTION, BATCH, RESULT, ERROR, RELEASE = 1, 2, 3, 4, 5
@@ -389,8 +389,8 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
             error_payload("raised", failed, _label(functions, mode, items[failed - first]), exc),
         )
     elapsed = time.perf_counter() - t0
-    # Plain ints or floats travel packed (8 bytes each, no pickle opcodes).
-    packed = results if isinstance(results, tuple) else pack_values(results)
+    # Plain ints or floats, or numpy scalars of one type, travel packed (no pickle opcodes).
+    packed = results if isinstance(results, tuple) else pack_values(results) or pack_numpy_scalars(results)
     try:
         if packed is not None:
             out, buffers = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5), []

@@ -37,7 +37,7 @@ from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
 
 from perfkit import _native
-from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, dumps, task_label
+from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, dumps, task_label, unpack_results
 
 __all__ = [
     "Parallel",
@@ -1291,5 +1291,5 @@ def _load_reply(payload, fd, spans):
             os.close(fd)
         elapsed, tag, results = pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
     if tag is not None:
-        results = _native.unpack_values(tag, results)
+        results = unpack_results(tag, results)
     return elapsed, results
