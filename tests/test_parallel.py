@@ -1103,7 +1103,8 @@ def test_numpy_scalars_come_back_with_their_type_and_bits():
         assert _exactly(Parallel(n_jobs=2, batch_size=25)(delayed(T.identity)(x) for x in same)) == _exactly(
             same
         )
-    # np.longlong and np.int64 are distinct types of one size; neither turns into the other.
+    # np.longlong and np.int64 are distinct types of one size; neither turns into the other
+    # (pickle's own round trip makes np.int64 of both; the sequential loop and threads keep them).
     pair = [np.longlong(1), np.int64(1)] * 20
     assert _exactly(Parallel(n_jobs=2, batch_size=20)(delayed(T.identity)(x) for x in pair)) == _exactly(pair)
 
@@ -1124,3 +1125,32 @@ def test_numpy_scalars_pickle_by_value_and_a_users_reducer_wins(monkeypatch):
     assert _pool_common.pack_numpy_scalars([np.float64(1.0)]) is None
     got = Parallel(n_jobs=2)(delayed(T.identity)(np.float64(i)) for i in range(4))
     assert got == [0.0, 1.0, 2.0, 3.0] and used  # the caller pickled the arguments with it
+
+
+def test_numpy_scalar_results_reach_a_caller_that_never_imported_numpy(tmp_path):
+    out = run_script(
+        tmp_path / "no_numpy_here.py",
+        """
+        import sys
+        from perfkit import Parallel, delayed
+
+        assert "numpy" not in sys.modules
+
+        def mean_of(i):
+            import numpy
+            return numpy.float64(i) / 2
+
+        for return_as in ("list", "generator", "generator_unordered"):
+            got = sorted(Parallel(n_jobs=2, return_as=return_as)(delayed(mean_of)(i) for i in range(10)))
+            assert [float(x) for x in got] == [i / 2 for i in range(10)], got
+            assert type(got[0]).__name__ == "float64", type(got[0])
+        print("ok")
+        """,
+    )
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_result_whose_class_is_unhashable_is_a_pickling_error_not_a_crash():
+    with pytest.raises(pickle.PicklingError, match="could not be pickled"):
+        Parallel(n_jobs=2)(delayed(T.unhashable_class_result)(i) for i in range(4))
+    assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]

@@ -132,6 +132,7 @@ def _scalar_reducers():
             np.uint64, np.intc, np.uintc, np.longlong, np.ulonglong,
         )  # fmt: skip
         # int(), float(), … rather than .item(): ~40 ns against ~350.
+        table = {}
         for kinds, convert in (
             (integers, int),
             ((np.float64,), float),
@@ -139,7 +140,8 @@ def _scalar_reducers():
             ((np.bool_,), bool),
         ):
             for kind in kinds:
-                _SCALAR_TABLE[kind] = _scalar_reducer(kind, convert)
+                table[kind] = _scalar_reducer(kind, convert)
+        _SCALAR_TABLE.update(table)  # whole, at once: another thread sees all of it or none
     return {kind: reduce for kind, reduce in _SCALAR_TABLE.items() if kind not in copyreg.dispatch_table}
 
 
@@ -156,13 +158,12 @@ def pack_numpy_scalars(values):
     as an array of that type; None for anything else. ~60 ns a value each
     way, against ~500 to pickle and unpickle one even by its value."""
     np = sys.modules.get("numpy")
-    if np is None or not values:
+    if np is None or not values or not isinstance(values[0], np.generic):
         return None
-    kinds = set(map(type, values))
-    if len(kinds) != 1:
-        return None
-    kind = kinds.pop()
+    kind = type(values[0])  # a numpy type: hashable (a result's own class may not be)
     if kind not in _scalar_reducers():  # also leaves a type with a copyreg reducer of the user's to pickle
+        return None
+    if not all(type(value) is kind for value in values):
         return None
     code = np.dtype(kind).char
     if np.dtype(code).type is not kind:
@@ -173,8 +174,10 @@ def pack_numpy_scalars(values):
 def unpack_results(tag, data):
     """The list ``_native.pack_values`` or ``pack_numpy_scalars`` packed."""
     if tag.startswith("np:"):
+        import numpy  # the tasks' results are numpy's: this process may not have imported it yet
+
         # Iterating an array gives scalars of its type, each with its own copy of the value.
-        return list(sys.modules["numpy"].frombuffer(data, dtype=tag[3:]))
+        return list(numpy.frombuffer(data, dtype=tag[3:]))
     from perfkit._native import unpack_values
 
     return unpack_values(tag, data)

@@ -389,9 +389,11 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
             error_payload("raised", failed, _label(functions, mode, items[failed - first]), exc),
         )
     elapsed = time.perf_counter() - t0
-    # Plain ints or floats, or numpy scalars of one type, travel packed (no pickle opcodes).
-    packed = results if isinstance(results, tuple) else pack_values(results) or pack_numpy_scalars(results)
     try:
+        # Plain ints or floats, or numpy scalars of one type, travel packed (no pickle opcodes).
+        packed = (
+            results if isinstance(results, tuple) else pack_values(results) or pack_numpy_scalars(results)
+        )
         if packed is not None:
             out, buffers = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5), []
         else:
