@@ -120,9 +120,10 @@ def _scalar_reducers():
     """``{numpy scalar type: reducer}`` for the types whose value survives a
     trip through a Python int, bool or float exactly, once numpy is imported
     here. numpy's own pickling of a scalar costs ~1.5 µs (it saves the dtype
-    and the bytes) against ~0.2 this way: a task that returns ``np.mean(x)``
-    is common, and 100,000 of them took 120 ms instead of 18. A type the user
-    registered a reducer for in copyreg keeps it."""
+    and the bytes) against ~0.4 this way: a task that returns ``np.mean(x)``
+    is common, and 100,000 of them took 120 ms (34 now, with
+    pack_numpy_scalars) where floats take 18. A type the user registered a
+    reducer for in copyreg keeps it."""
     np = sys.modules.get("numpy")
     if np is None:
         return {}
