@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 
-from perfkit._native import pack_values, run_packed, run_tasks, unpack_values
+from perfkit._native import pack_values, read_process_memory, run_packed, run_tasks, unpack_values
 from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, dumps, pack_numpy_scalars, task_label
 
 HEADER = struct.Struct("<IIQQQ")
@@ -51,8 +51,6 @@ def map_segment(meta: bytes):
     name, *spans = meta.decode().split("\t")
     if name.startswith("vm:"):
         # Buffers copied straight out of the parent's memory (no shared file).
-        from perfkit._native import read_process_memory
-
         pid = int(name[3:])
         buffers = []
         for span in spans:
