@@ -1,6 +1,6 @@
 """perfkit.Parallel against joblib, multiprocessing.Pool, concurrent.futures and mpire, in one run.
 
-    python bench/parallel_bench.py                # all five workloads, 5 rounds
+    python bench/parallel_bench.py                # all six workloads, 5 rounds
     python bench/parallel_bench.py --quick        # 1 round, smaller pandas/CPU workloads
     python bench/parallel_bench.py --workloads tiny,arrays --rounds 5
 
@@ -10,7 +10,8 @@ function, and its idiomatic call (Pool.map / Executor.map get a chunksize
 like Pool.map's own heuristic, else they would take minutes on tiny tasks).
 Each round runs every configuration once, in a rotating order; the table
 shows medians in ms and perfkit's speedup against each. Every result is
-checked against the sequential one (a wrong result aborts the run).
+checked against the sequential one (a wrong result aborts the run). Before
+each timed run: a GC pass and --settle seconds (0.3) of quiet.
 """
 
 from __future__ import annotations
