@@ -227,3 +227,40 @@ def unhashable_class_result(_i):
     import numpy  # noqa: F401  (numpy imported in the worker, as after any numpy task)
 
     return UnhashableClass()
+
+
+def array_where(a):
+    """(this worker's pid, where the array's data lies in it, its first value)."""
+    return os.getpid(), a.ctypes.data, float(a[0])
+
+
+def array_fault_at(a, fault, bad):
+    """a.sum(), except for the task whose array starts with `bad`: it raises,
+    returns an unpicklable result, or exits."""
+    if a[0] == bad:
+        if fault == "raise":
+            raise ValueError(f"array {bad} is bad")
+        if fault == "unpicklable":
+            return make_lock()
+        os._exit(7)
+    return float(a.sum())
+
+
+def _rebuild_in_parent_only(pid):
+    if os.getpid() != pid:
+        raise RuntimeError("this object cannot be unpickled in a worker")
+    return BreaksInWorker()
+
+
+class BreaksInWorker:
+    """Pickles, but refuses to be unpickled in any other process."""
+
+    def __reduce__(self):
+        return _rebuild_in_parent_only, (os.getpid(),)
+
+    def __repr__(self):
+        return "<BreaksInWorker>"
+
+
+def array_and(a, other):
+    return float(a.sum())

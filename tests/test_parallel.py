@@ -26,7 +26,7 @@ import numpy as np
 import perfkit
 import perfkit.parallel as pp
 import pytest
-from perfkit import Parallel, _native, delayed, parallel_config
+from perfkit import Parallel, _native, _pool_common, delayed, parallel_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 import parallel_tasks as T
@@ -656,6 +656,111 @@ def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
         yama = Path("/proc/sys/kernel/yama/ptrace_scope")
         allowed = not yama.exists() or yama.read_text().strip() == "0"
         assert pp._remote_read_pools[pp._shared_pool[1]] == allowed
+    pp._shutdown_shared_pool()
+
+
+def _remote_read_used():
+    """Whether the shared pool's workers copy buffers out of this process
+    (where the kernel allows a child to read its parent: no Yama restriction)."""
+    yama = Path("/proc/sys/kernel/yama/ptrace_scope")
+    allowed = not yama.exists() or yama.read_text().strip() == "0"
+    assert pp._remote_read_pools[pp._shared_pool[1]] == allowed
+    return allowed
+
+
+@pytest.mark.version_sensitive  # buffers, refcounts and pickle differ across CPythons
+def test_streamed_batches_copy_one_tasks_arrays_at_a_time(monkeypatch):
+    # Once a call's tasks turn out to carry large arrays, its batches go
+    # STREAMED: the worker copies a task's arrays in just before running it,
+    # into the memory the previous task's arrays used (if the task kept none).
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", True)
+    arrays = [np.full(200_000, float(i)) for i in range(40)]
+    out = Parallel(n_jobs=2, batch_size=8)(delayed(T.array_where)(a) for a in arrays)
+    assert [value for _, _, value in out] == [float(i) for i in range(40)]
+    batches = [out[i : i + 8] for i in range(0, 40, 8)]
+    assert all(len({pid for pid, _, _ in batch}) == 1 for batch in batches)
+    if _remote_read_used():
+        # The first batch goes whole (all its arrays copied in at once); the
+        # later ones reuse one buffer for all their tasks.
+        assert len({address for _, address, _ in batches[0]}) == 8
+        assert all(len({address for _, address, _ in batch}) == 1 for batch in batches[1:]), batches
+    # A task that keeps its array, or returns it, keeps it intact: later tasks
+    # of the same streamed batch get memory of their own.
+    T.KEPT.clear()
+    kept = Parallel(n_jobs=2, batch_size=8)(delayed(T.array_keep)(a) for a in arrays)
+    assert kept == [float(i) for i in range(40)]
+    doubled = Parallel(n_jobs=2, batch_size=8)(delayed(T.array_double)(a) for a in arrays)
+    for a, d in zip(arrays, doubled):
+        np.testing.assert_array_equal(d, a * 2)
+    same = Parallel(n_jobs=2, batch_size=8)(delayed(T.identity)(a) for a in arrays)
+    assert [float(a[0]) for a in same] == [float(i) for i in range(40)]
+    assert all((a == a[0]).all() for a in same)
+    held = set().union(*Parallel(n_jobs=2, batch_size=1)(delayed(T.kept_first_values)(i) for i in range(8)))
+    assert held and held <= {float(i) for i in range(40)}
+    # Arrays made by the generator (alive only in the caller's batch bookkeeping) and small ones in band.
+    mixed = Parallel(n_jobs=2, batch_size=5)(
+        delayed(T.array_sum)(np.full(150_000 if i % 3 else 10, float(i))) for i in range(30)
+    )
+    assert mixed == [float(np.full(150_000 if i % 3 else 10, float(i)).sum()) for i in range(30)]
+    pp._shutdown_shared_pool()
+
+
+def test_streamed_batches_share_an_array_by_sending_whole_batches(monkeypatch):
+    # Tasks that share one large array get it once per batch (pickled whole),
+    # not once per task.
+    monkeypatch.setattr(pp, "_remote_read_allowed", True)
+    shared = np.arange(300_000, dtype=np.float64)
+    out = Parallel(n_jobs=2, batch_size=6)(delayed(T.array_and)(shared, i) for i in range(30))
+    assert out == [float(shared.sum())] * 30
+    call = pp._ProcessCall.__new__(pp._ProcessCall)
+    call.threshold, call.streaming, call.functions = 1 << 16, True, [T.array_and]
+    items = [(shared, i) for i in range(4)]
+    assert call._pickle_streamed(0, _pool_common.ARGS_ONLY, items) is None and call.streaming is False
+    call.streaming = True
+    payload, buffers = call._pickle_streamed(
+        0, _pool_common.ARGS_ONLY, [(shared.copy(), i) for i in range(4)]
+    )
+    assert len(buffers) == 4 and pickle.loads(payload)[1] == _pool_common.STREAMED
+
+
+@pytest.mark.version_sensitive  # exceptions and tracebacks differ across CPythons
+@pytest.mark.parametrize("fault", ["raise", "unpicklable", "unpickle", "exit"])
+def test_a_fault_in_a_streamed_batch_names_its_task(monkeypatch, fault):
+    monkeypatch.setattr(pp, "_remote_read_allowed", True)
+    arrays = [np.full(100_000, float(i)) for i in range(16)]
+    parallel = Parallel(n_jobs=2, batch_size=4)
+    if fault == "unpickle":
+        tasks = (delayed(T.array_and)(a, T.BreaksInWorker() if i == 6 else i) for i, a in enumerate(arrays))
+        expected = (
+            RuntimeError,
+            r"a worker could not unpickle the arguments of array_and\(array\(\[6\., .*<BreaksInWorker>\) \(task 6 onwards\)",
+        )
+    else:
+        tasks = (delayed(T.array_fault_at)(a, fault, 6.0) for a in arrays)
+        expected = {
+            "raise": (ValueError, r"task 6 \(array_fault_at\(array\(\[6\., .*\) failed in worker process"),
+            "unpicklable": (pickle.PicklingError, r"the result of task 6 \(array_fault_at\(array\(\[6\., "),
+            "exit": (pp.WorkerCrashedError, r"exited with status 7 while running task 6 \(array_fault_at\("),
+        }[fault]
+    with pytest.raises(expected[0]) as info:
+        parallel(tasks)
+    assert info.match(expected[1])
+    assert parallel(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]
+
+
+def test_a_batch_that_cannot_be_unpickled_names_its_first_task(monkeypatch):
+    # Pickled whole (shared memory, no streaming), a batch that fails to
+    # unpickle in the worker is named by its own first task, not task 0.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", False)
+    tasks = (
+        delayed(T.array_and)(np.full(100_000, 1.0), T.BreaksInWorker() if i == 6 else i) for i in range(12)
+    )
+    with pytest.raises(
+        RuntimeError, match=r"could not unpickle the batch's functions or arguments \(task 4 onwards\)"
+    ):
+        Parallel(n_jobs=2, batch_size=4)(tasks)
     pp._shutdown_shared_pool()
 
 

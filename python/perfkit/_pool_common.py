@@ -18,8 +18,11 @@ from perfkit import _frames
 #   (the fast path of `delayed(f)(x) for x in ...`);
 # SINGLE_PACKED: (tag, bytes), SINGLE's items when all are plain ints or
 #   floats, packed by _native.pack_values (8 bytes each instead of a pickle).
+# STREAMED: (mode, [pickle, ...]), one of the modes above with each task
+#   pickled on its own, so that a worker copies a task's large buffers out of
+#   the parent just before it runs it (and reuses the memory for the next).
 # Results travel packed the same way, or by pack_numpy_scalars.
-ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED = 0, 1, 2, 3
+ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, STREAMED = 0, 1, 2, 3, 4
 
 
 def task_label(function, args=(), kwargs=None, limit: int = 80) -> str:

@@ -30,7 +30,16 @@ import time
 import traceback
 
 from perfkit._native import pack_values, read_process_memory, run_packed, run_tasks, unpack_values
-from perfkit._pool_common import ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, dumps, pack_numpy_scalars, task_label
+from perfkit._pool_common import (
+    ARGS_ONLY,
+    FULL,
+    SINGLE,
+    SINGLE_PACKED,
+    STREAMED,
+    dumps,
+    pack_numpy_scalars,
+    task_label,
+)
 
 HEADER = struct.Struct("<IIQQQ")
 FUNCTION, BATCH, RESULT, ERROR, RELEASE = 1, 2, 3, 4, 5
@@ -44,19 +53,15 @@ def shm_dir() -> str:
 
 def map_segment(meta: bytes):
     """Maps a batch's segment copy-on-write (writable, no copy until written);
-    returns (mapping, a memoryview per buffer).
+    returns (mapping, view, a memoryview per buffer), or (None, empty view,
+    RemoteSpans) for buffers to copy out of the parent.
 
     ``memfd:<pid>:<fd>``: the parent's reusable segment, reached through
     /proc; ``perfkit-…``: a named file in /dev/shm, unlinked at once."""
     name, *spans = meta.decode().split("\t")
     if name.startswith("vm:"):
-        # Buffers copied straight out of the parent's memory (no shared file).
-        pid = int(name[3:])
-        buffers = []
-        for span in spans:
-            address, length = (int(x) for x in span.split(":"))
-            buffers.append(read_process_memory(pid, address, length, REMOTE_BUFFERS.take(length)))
-        return None, memoryview(b""), buffers
+        # Buffers copied straight out of the parent's memory (no shared file), as unpickling needs them.
+        return None, memoryview(b""), RemoteSpans(int(name[3:]), spans)
     if name.startswith("memfd:"):
         pid, fd_number = (int(x) for x in name[6:].split(":"))
         fd = os.open(f"/proc/{pid}/fd/{fd_number}", os.O_RDONLY)
@@ -151,6 +156,32 @@ class RemoteBuffers:
         self.held -= length
         if not free:
             del self.free[length]
+
+
+class RemoteSpans:
+    """A batch's buffers that are still in the parent, as the iterator that
+    ``pickle.loads(..., buffers=)`` draws from: each is copied in when the
+    unpickler reaches it. A streamed batch thus copies a task's buffers just
+    before the task runs, while the CPU cache still holds what the task reads."""
+
+    def __init__(self, pid: int, spans: list) -> None:
+        self.pid = pid
+        self.spans = iter(spans)
+        self.taken: list = []  # copied in and not yet given back
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        address, length = (int(x) for x in next(self.spans).split(":"))
+        buffer = read_process_memory(self.pid, address, length, REMOTE_BUFFERS.take(length))
+        self.taken.append(buffer)
+        return buffer
+
+    def give_back(self) -> None:
+        """Hands the buffers taken so far back for reuse (those no object still uses)."""
+        taken, self.taken = self.taken, []
+        REMOTE_BUFFERS.give_back(taken)
 
 
 class TaskPipe(io.RawIOBase):
@@ -252,7 +283,8 @@ class SegmentWriter:
 OPEN_RESULT_FDS: list = []
 
 
-def error_payload(kind: str, index: int, label: str, exc: BaseException) -> bytes:
+def error_payload(kind: str, index: int, label: str | None, exc: BaseException) -> bytes:
+    """An ERROR frame's payload; label None: the parent names the task."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         exc_bytes = pickle.dumps(exc, protocol=5)
@@ -344,14 +376,14 @@ def main() -> int:
         )
         del payload
         flags = 0
-        if segment is not None and not release_segment(*segment):
+        if mapped and not release_segment(*segment):
             flags = SEGMENT_RETAINED
         elif mapped and child_pids() - children:
             # A task forked: the child maps the segment too, and would see the
             # parent rewrite it for a later batch.
             flags = SEGMENT_RETAINED
-        if segment is not None and segment[0] is None:
-            REMOTE_BUFFERS.give_back(segment[2])
+        if segment is not None and not mapped:
+            segment[2].give_back()
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
 
@@ -363,7 +395,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     """Runs one batch; returns (frame kind, meta, payload) of the reply. A
     function of its own so that every reference into the batch's segment is
     gone when it returns."""
-    first, mode, items = 0, ARGS_ONLY, []
+    first, mode, items = -1, ARGS_ONLY, []  # -1: the parent's own first index of the batch
     t0 = time.perf_counter()
     try:
         first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
@@ -374,6 +406,12 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     try:
         if mode == SINGLE_PACKED:
             results, failed, exc = run_packed(functions[0], items[0], items[1], status, first)
+        elif mode == STREAMED:
+            mode, blobs = items
+            results, failed, exc, items = run_streamed(functions, mode, blobs, segment, status, first)
+            if failed is not None and items is None:
+                # The parent names the task (label None): its arguments are what failed here.
+                return ERROR, b"", error_payload("unpickle", failed, None, exc)
         else:
             results, failed, exc = run_tasks(functions, mode, items, status, first)
     except BaseException as exc:  # noqa: BLE001
@@ -404,7 +442,12 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         return (
             ERROR,
             b"",
-            error_payload("unpicklable_result", first + bad, _label(functions, mode, items[bad]), exc),
+            error_payload(
+                "unpicklable_result",
+                first + bad,
+                None if items is None else _label(functions, mode, items[bad]),  # None: STREAMED
+                exc,
+            ),
         )
     _reply_count[0] += 1
     try:
@@ -412,6 +455,33 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)
     return RESULT, seg_meta, out
+
+
+def run_streamed(functions, mode, blobs, segment, status, first):
+    """Runs a STREAMED batch: each task's arguments are unpickled just before
+    it runs (so its large buffers are copied in then), and the buffers no
+    object kept are reused for the next task. Returns (results, index of the
+    failed task or None, its exception, and {its position: its item}, or None
+    when its arguments could not be unpickled)."""
+    remote = segment[2] if segment is not None and segment[0] is None else None
+    # One iterator for the whole batch: each task's pickle draws its own buffers from it.
+    buffers = remote if remote is not None else iter(segment[2]) if segment is not None else None
+    results: list = []
+    for position, blob in enumerate(blobs):
+        index = first + position
+        status[0] = index
+        try:
+            item = pickle.loads(blob, buffers=buffers)
+        except BaseException as exc:  # noqa: BLE001
+            return results, index, exc, None
+        done, failed, exc = run_tasks(functions, mode, [item], status, index)
+        if failed is not None:
+            return results, failed, exc, {position: item}
+        results += done
+        del item, done
+        if remote is not None:
+            remote.give_back()
+    return results, None, None, None
 
 
 def _label(functions, mode, item) -> str:

@@ -37,7 +37,7 @@ from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
 
 from perfkit import _native
-from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, dumps, task_label, unpack_results
+from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, STREAMED, dumps, task_label, unpack_results
 
 __all__ = [
     "Parallel",
@@ -941,6 +941,9 @@ class _ProcessCall:
     # last-level cache is still there when its tasks read it (100 arrays of
     # 8 MB, one per batch instead of three: ~20 % less worker CPU and wall time).
     MAX_BATCH_BYTES = 8 << 20
+    # A STREAMED batch copies one task's buffers at a time, so it may hold
+    # more; this bounds what the caller keeps alive for the batches in flight.
+    MAX_STREAMED_BATCH_BYTES = 64 << 20
 
     def __init__(self, parallel, pool, iterable, n_jobs, total, progress, max_nbytes):
         self.parallel = parallel
@@ -960,6 +963,10 @@ class _ProcessCall:
         self.function_dirty = True
         self.remote = _remote_read_pools.get(pool, False)
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
+        # Batches go STREAMED (True) once the call's tasks turn out to carry
+        # large buffers that workers copy out of this process; None: not yet
+        # seen; False: tasks share buffers, so batches go whole.
+        self.streaming = None
 
     def _function_slot(self, function):
         # Keyed by the function itself: equal bound methods (a new object per
@@ -1013,7 +1020,7 @@ class _ProcessCall:
                 # Dispatch while the window has room.
                 while not exhausted and len(in_flight) < self.window:
                     if auto and per_task is not None:
-                        size = self._auto_size(per_task, bytes_per_task, parent_per_task)
+                        size = self._auto_size(per_task, bytes_per_task, parent_per_task, dispatched)
                     # This thread's CPU time: being preempted by the workers is not a cost of drawing.
                     t_produce = time.thread_time()
                     head = None
@@ -1033,7 +1040,7 @@ class _ProcessCall:
                             # one-time set-up); the workers' is not: the function may
                             # cost far more this time, and one stale batch would be huge.
                             parent_costs.add(parent_per_task)
-                            size = self._auto_size(per_task, bytes_per_task, parent_per_task)
+                            size = self._auto_size(per_task, bytes_per_task, parent_per_task, dispatched)
                     mode = None
                     if len(self.functions) == 1:
                         # The usual case: one function; drawn and encoded in one pass.
@@ -1083,7 +1090,7 @@ class _ProcessCall:
                     _, _, _, is_error, payload, fd, spans, pid = event
                     if is_error:
                         _close_fd(fd)
-                        self._task_failed(payload, pid)
+                        self._task_failed(payload, pid, first, mode, items)
                     elapsed, results = _load_reply(payload, fd, spans)
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
@@ -1120,7 +1127,7 @@ class _ProcessCall:
                         pass
             self.progress.close(completed)
 
-    def _auto_size(self, per_task, bytes_per_task, parent_per_task):
+    def _auto_size(self, per_task, bytes_per_task, parent_per_task, dispatched):
         # A batch is about TARGET_BATCH_SECONDS of a worker's time, so that
         # per-batch overhead stays small; but at most PARENT_BATCH_SECONDS of
         # this process's time (drawing the caller's tasks and pickling them):
@@ -1133,10 +1140,12 @@ class _ProcessCall:
         )
         size = int(size)
         if bytes_per_task > 0:
-            size = min(size, int(self.MAX_BATCH_BYTES / bytes_per_task))
+            limit = self.MAX_STREAMED_BATCH_BYTES if self.streaming else self.MAX_BATCH_BYTES
+            size = min(size, int(limit / bytes_per_task))
         if self.total is not None:
-            # At least two batches per worker, so that the end of the call stays balanced.
-            size = min(size, math.ceil(self.total / (2 * self.n_jobs)))
+            # At least two batches per worker for what is left, so that the end
+            # of the call stays balanced: batches shrink towards the end.
+            size = min(size, math.ceil((self.total - dispatched) / (2 * self.n_jobs)))
 
         return max(1, min(size, 100_000))
 
@@ -1151,24 +1160,67 @@ class _ProcessCall:
         return FULL, items
 
     def _pickle_batch(self, first, mode, items):
+        if self.streaming and mode != SINGLE_PACKED and len(items) > 1:
+            streamed = self._pickle_streamed(first, mode, items)
+            if streamed is not None:
+                return streamed
         try:
-            return dumps((first, mode, items), out_of_band_from=self.threshold)
+            payload, buffers = dumps((first, mode, items), out_of_band_from=self.threshold)
         except Exception as exc:
             for index, item in enumerate(items, first):
-                function, args, kwargs = self._decode(mode, item)
-                try:
-                    dumps((args, kwargs))
-                except Exception as inner:
-                    raise pickle.PicklingError(
-                        f"perfkit.Parallel: the arguments of task {index} ({task_label(function, args, kwargs)}) "
-                        f"could not be pickled to send them to a worker process: {inner}. "
-                        "Pass picklable arguments, or use backend='threads'."
-                    ) from inner
+                self._check_picklable(index, mode, item)
             raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
+        if buffers and self.remote and self.streaming is None:
+            self.streaming = True  # the call's tasks carry large buffers: stream the next batches
+        return payload, buffers
 
-    def _task_failed(self, payload, pid):
+    def _pickle_streamed(self, first, mode, items):
+        """(payload, buffers) of a STREAMED batch: each task pickled on its own,
+        so that a worker copies in one task's large buffers at a time, just
+        before it runs (see perfkit._worker.run_streamed). None when two tasks
+        share a large buffer: pickled whole, the batch sends it once (and this
+        call stops streaming)."""
+        blobs, buffers, owners = [], [], set()
+        for index, item in enumerate(items, first):
+            try:
+                blob, own = dumps(item, out_of_band_from=self.threshold)
+            except Exception:
+                self._check_picklable(index, mode, item)
+                raise
+            for b in own:
+                if id(b.obj) in owners:
+                    self.streaming = False
+                    return None
+            owners.update(id(b.obj) for b in own)
+            blobs.append(blob)
+            buffers += own
+        if not buffers:
+            self.streaming = None  # no large buffers (any more): whole batches are cheaper to send
+        return pickle.dumps((first, STREAMED, (mode, blobs)), protocol=5), buffers
+
+    def _check_picklable(self, index, mode, item):
+        """Raises PicklingError naming task `index` if its arguments cannot be pickled."""
+        function, args, kwargs = self._decode(mode, item)
+        try:
+            dumps((args, kwargs))
+        except Exception as inner:
+            raise pickle.PicklingError(
+                f"perfkit.Parallel: the arguments of task {index} ({task_label(function, args, kwargs)}) "
+                f"could not be pickled to send them to a worker process: {inner}. "
+                "Pass picklable arguments, or use backend='threads'."
+            ) from inner
+
+    def _task_failed(self, payload, pid, first, mode, items):
         info = pickle.loads(payload)
         index, label = info["task"], info["label"]
+        if index < 0:
+            index = first  # the batch could not be unpickled at all
+        if label is None:
+            # The worker no longer had the task's arguments (a STREAMED batch): named from ours.
+            mode, items = _unpacked(mode, items)
+            label = task_label(*self._decode(mode, items[index - first]))
+            if info["kind"] == "unpickle":
+                label = f"the arguments of {label}"
         if info["kind"] == "raised":
             where = f"task {index} ({label}) failed in worker process {info['pid']}"
         elif info["kind"] == "unpicklable_result":
