@@ -9,7 +9,10 @@ Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
 meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
 function table comes once per worker in a FUNCTION frame; each BATCH frame
 is ``pickle((first_index, mode, items))`` with its large buffers out of band
-in the segment; the reply is ``pickle((seconds, None, results))`` likewise
+in the segment (or, meta ``vm:<pid>\taddress:len…``, still in the parent's
+memory, copied in as unpickling reaches them; a STREAMED batch's tasks are
+pickled one by one, so each task's buffers are copied just before it runs);
+the reply is ``pickle((seconds, None, results))`` likewise
 (``(seconds, tag, bytes)`` when the results are packed plain values), or an
 ERROR frame describing the first failing task. A RELEASE frame says the
 parent has opened the results segment of the last reply.
