@@ -708,21 +708,38 @@ def test_streamed_batches_copy_one_tasks_arrays_at_a_time(monkeypatch):
 
 
 def test_streamed_batches_share_an_array_by_sending_whole_batches(monkeypatch):
-    # Tasks that share one large array get it once per batch (pickled whole),
-    # not once per task.
+    # Tasks that share an object (a large array, a strided view or a big dict,
+    # which pickle sends in band) get it once per batch (pickled whole, as
+    # pickle's memo does), not once per task.
     monkeypatch.setattr(pp, "_remote_read_allowed", True)
     shared = np.arange(300_000, dtype=np.float64)
     out = Parallel(n_jobs=2, batch_size=6)(delayed(T.array_and)(shared, i) for i in range(30))
     assert out == [float(shared.sum())] * 30
     call = pp._ProcessCall.__new__(pp._ProcessCall)
-    call.threshold, call.streaming, call.functions = 1 << 16, True, [T.array_and]
-    items = [(shared, i) for i in range(4)]
-    assert call._pickle_streamed(0, _pool_common.ARGS_ONLY, items) is None and call.streaming is False
+    call.threshold, call.functions = 1 << 16, [T.array_and]
+    matrix = np.ones((300, 300))
+    shared_things = {
+        "one array": shared,
+        "a strided view, pickled in band": matrix[:, ::2],
+        "a big dict": {i: str(i) for i in range(20_000)},
+        "a DataFrame, its blocks made contiguous afresh": __import__("pandas")
+        .DataFrame(np.ones((50_000, 2)))
+        .iloc[1:],
+    }
+    for what, thing in shared_things.items():
+        call.streaming = True
+        items = [(shared.copy(), thing, i) for i in range(4)]
+        assert call._pickle_streamed(0, _pool_common.ARGS_ONLY, items) is None, what
+        assert call.streaming is False, what
+    # Each task's own large array, with equal plain values or one small dict of settings: streamed.
     call.streaming = True
-    payload, buffers = call._pickle_streamed(
-        0, _pool_common.ARGS_ONLY, [(shared.copy(), i) for i in range(4)]
-    )
+    settings = {"scale": 2.0, "mode": "fast"}
+    items = [(shared.copy(), "same text", 7, settings) for i in range(4)]
+    payload, buffers = call._pickle_streamed(0, _pool_common.ARGS_ONLY, items)
     assert len(buffers) == 4 and pickle.loads(payload)[1] == _pool_common.STREAMED
+    # A task's own big in-band data sends the batch whole as well.
+    items = [(shared.copy(), np.ones((300, 300))[:, ::2]) for i in range(4)]
+    assert call._pickle_streamed(0, _pool_common.ARGS_ONLY, items) is None
 
 
 @pytest.mark.version_sensitive  # exceptions and tracebacks differ across CPythons
@@ -750,6 +767,30 @@ def test_a_fault_in_a_streamed_batch_names_its_task(monkeypatch, fault):
     text = f"{info.value}\n{info.value.__cause__}"
     assert re.search(expected[1], text), text
     assert parallel(delayed(T.array_sum)(a) for a in arrays) == [float(a.sum()) for a in arrays]
+
+
+def test_remote_spans_copy_buffers_as_unpickling_reaches_them():
+    # A worker's view of a batch's buffers still in the caller: copied in one
+    # by one, as pickle asks; a copy that fails is a RemoteReadError (an
+    # OSError), not an error in the task's arguments.
+    from perfkit import _worker
+
+    arrays = [np.arange(20_000.0) + i for i in range(3)]
+    payload = pickle.dumps(arrays, protocol=5, buffer_callback=lambda b: False)
+    spans = _worker.RemoteSpans(os.getpid(), [f"{a.ctypes.data}:{a.nbytes}" for a in arrays])
+    assert spans.taken == []
+    copied = pickle.loads(payload, buffers=spans)
+    assert len(spans.taken) == 3
+    for a, b in zip(arrays, copied):
+        np.testing.assert_array_equal(a, b)
+        assert b.ctypes.data != a.ctypes.data
+    del copied, b
+    spans.give_back()
+    assert spans.taken == []
+    bad = _worker.RemoteSpans(os.getpid(), ["0:4096"])
+    with pytest.raises(_worker.RemoteReadError, match="could not copy 4096 bytes out of the parent process"):
+        next(bad)
+    assert issubclass(_worker.RemoteReadError, OSError)
 
 
 def test_a_batch_that_cannot_be_unpickled_names_its_first_task(monkeypatch):
@@ -1132,6 +1173,25 @@ def test_remembered_costs_do_not_outvote_the_first_measurement(batch_sizes):
     assert Parallel(n_jobs=2, pre_dispatch=2)(tasks) == [0.005] * 400
     assert sizes[0] > 20, sizes  # from the remembered cost: it was cheap
     assert sizes[2] < 10, sizes  # the first measurement (5 ms a task) sized the third batch
+
+
+def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes):
+    # The last batches of a call shrink with what is left, so that no worker
+    # idles long while another finishes a big one; but not below ~1 ms of
+    # work, or a call of tiny tasks would end in hundreds of one-task batches
+    # (and remember their overhead as the function's cost).
+    sizes = batch_sizes
+    tiny = [delayed(T.square)(i) for i in range(20_000)]
+    Parallel(n_jobs=2)(tiny)
+    sizes.clear()
+    assert Parallel(n_jobs=2)(tiny) == [i * i for i in range(20_000)]
+    assert len(sizes) <= 6 and min(sizes) >= 1000, sizes
+    slow = [delayed(T.sleep_seconds)(0.005) for _ in range(60)]
+    sizes.clear()
+    assert Parallel(n_jobs=2)(slow) == [0.005] * 60
+    steady = max(sizes)
+    assert steady >= 3 and sizes[-1] == 1, sizes  # 20 ms batches, down to single 5 ms tasks at the end
+    assert sizes[sizes.index(steady) :] == sorted(sizes[sizes.index(steady) :], reverse=True), sizes
 
 
 def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_path):

@@ -139,8 +139,8 @@ class RemoteBuffers:
     def give_back(self, buffers) -> None:
         for b in buffers:
             length = len(b)
-            # Referenced only by `buffers`, `b` and getrefcount's argument: no task kept it.
-            if not length or length > self.MAX or sys.getrefcount(b) > 3:
+            # Referenced only as in _unkept_refs (`buffers`, `b`, getrefcount's argument): no task kept it.
+            if not length or length > self.MAX or sys.getrefcount(b) > self.UNKEPT_REFS:
                 continue
             free = self.free.pop(length, [])
             free.append(b)
@@ -153,12 +153,26 @@ class RemoteBuffers:
         self.free.clear()
         self.held = 0
 
+    @staticmethod
+    def _unkept_refs() -> int:
+        """What getrefcount says in give_back's loop of a buffer nothing else
+        holds: 3 on CPython 3.9–3.13; measured rather than assumed, as an
+        interpreter that borrows the loop variable's reference says 2."""
+        buffers = [bytearray(1)]
+        for b in buffers:
+            return sys.getrefcount(b)
+        raise AssertionError("unreachable")
+
     def _drop_one(self, length: int) -> None:
         free = self.free[length]
         free.pop()
         self.held -= length
         if not free:
             del self.free[length]
+
+
+class RemoteReadError(OSError):
+    """A buffer could not be copied out of the parent (not the arguments' fault)."""
 
 
 class RemoteSpans:
@@ -177,7 +191,10 @@ class RemoteSpans:
 
     def __next__(self):
         address, length = (int(x) for x in next(self.spans).split(":"))
-        buffer = read_process_memory(self.pid, address, length, REMOTE_BUFFERS.take(length))
+        try:
+            buffer = read_process_memory(self.pid, address, length, REMOTE_BUFFERS.take(length))
+        except OSError as exc:
+            raise RemoteReadError(f"could not copy {length} bytes out of the parent process: {exc}") from exc
         self.taken.append(buffer)
         return buffer
 
@@ -207,6 +224,7 @@ class TaskPipe(io.RawIOBase):
         return os.readv(self.fd, [buffer])
 
 
+RemoteBuffers.UNKEPT_REFS = RemoteBuffers._unkept_refs()
 REMOTE_BUFFERS = RemoteBuffers()
 
 
@@ -370,9 +388,10 @@ def main() -> int:
             try:
                 segment = map_segment(meta)
             except BaseException as exc:  # noqa: BLE001
-                send(ERROR, call, batch, b"", error_payload("unpickle", 0, "the batch's shared memory", exc))
+                send(ERROR, call, batch, b"", error_payload("unpickle", -1, "the batch's shared memory", exc))
                 continue
-        mapped = segment is not None and segment[0] is not None
+        remote = segment[2] if segment is not None and isinstance(segment[2], RemoteSpans) else None
+        mapped = segment is not None and remote is None
         children = child_pids() if mapped else None
         kind, reply_meta, reply = run_batch(
             payload, segment, functions, function_error, status, parent, threshold
@@ -385,8 +404,9 @@ def main() -> int:
             # A task forked: the child maps the segment too, and would see the
             # parent rewrite it for a later batch.
             flags = SEGMENT_RETAINED
-        if segment is not None and not mapped:
-            segment[2].give_back()
+        if remote is not None:
+            remote.give_back()
+        remote = None
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
 
@@ -404,6 +424,12 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
         if function_error is not None:
             raise function_error
+    except RemoteReadError as exc:
+        return (
+            ERROR,
+            b"",
+            error_payload("shared_memory", first, "the batch's buffers in the caller's memory", exc),
+        )
     except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("unpickle", first, "the batch's functions or arguments", exc)
     try:
@@ -414,7 +440,8 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
             results, failed, exc, items = run_streamed(functions, mode, blobs, segment, status, first)
             if failed is not None and items is None:
                 # The parent names the task (label None): its arguments are what failed here.
-                return ERROR, b"", error_payload("unpickle", failed, None, exc)
+                kind = "shared_memory" if isinstance(exc, RemoteReadError) else "unpickle"
+                return ERROR, b"", error_payload(kind, failed, None, exc)
         else:
             results, failed, exc = run_tasks(functions, mode, items, status, first)
     except BaseException as exc:  # noqa: BLE001
@@ -466,7 +493,7 @@ def run_streamed(functions, mode, blobs, segment, status, first):
     object kept are reused for the next task. Returns (results, index of the
     failed task or None, its exception, and {its position: its item}, or None
     when its arguments could not be unpickled)."""
-    remote = segment[2] if segment is not None and segment[0] is None else None
+    remote = segment[2] if segment is not None and isinstance(segment[2], RemoteSpans) else None
     # One iterator for the whole batch: each task's pickle draws its own buffers from it.
     buffers = remote if remote is not None else iter(segment[2]) if segment is not None else None
     results: list = []
@@ -476,7 +503,7 @@ def run_streamed(functions, mode, blobs, segment, status, first):
         try:
             item = pickle.loads(blob, buffers=buffers)
         except BaseException as exc:  # noqa: BLE001
-            return results, index, exc, None
+            return results, index, exc, None  # the caller tells a RemoteReadError from the rest
         done, failed, exc = run_tasks(functions, mode, [item], status, index)
         if failed is not None:
             return results, failed, exc, {position: item}

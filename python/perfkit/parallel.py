@@ -936,14 +936,18 @@ class _ProcessCall:
     TARGET_BATCH_SECONDS = 0.02
     # ... and this long of this process's time to produce (see _auto_size).
     PARENT_BATCH_SECONDS = 0.002
+    # Batches shrink towards a call's end, to no less than this.
+    MIN_TAIL_BATCH_SECONDS = 0.001
     # Keep a batch's bytes under this (memory, tail balance): a worker copies a
     # batch's buffers in, then runs its tasks; a batch that fits in the CPU's
     # last-level cache is still there when its tasks read it (100 arrays of
     # 8 MB, one per batch instead of three: ~20 % less worker CPU and wall time).
     MAX_BATCH_BYTES = 8 << 20
     # A STREAMED batch copies one task's buffers at a time, so it may hold
-    # more; this bounds what the caller keeps alive for the batches in flight.
+    # more (fewer batches: less of this process's time per task), within what
+    # the caller keeps alive for all the batches in flight.
     MAX_STREAMED_BATCH_BYTES = 64 << 20
+    STREAMED_BYTES_IN_FLIGHT = 256 << 20
 
     def __init__(self, parallel, pool, iterable, n_jobs, total, progress, max_nbytes):
         self.parallel = parallel
@@ -1140,12 +1144,22 @@ class _ProcessCall:
         )
         size = int(size)
         if bytes_per_task > 0:
-            limit = self.MAX_STREAMED_BATCH_BYTES if self.streaming else self.MAX_BATCH_BYTES
+            limit = self.MAX_BATCH_BYTES
+            if self.streaming:
+                # Bigger batches while the batches in flight hold at most
+                # STREAMED_BYTES_IN_FLIGHT (a generator's arrays live until their batch is done).
+                limit = min(self.MAX_STREAMED_BATCH_BYTES, self.STREAMED_BYTES_IN_FLIGHT // self.window)
+                limit = max(limit, self.MAX_BATCH_BYTES)
             size = min(size, int(limit / bytes_per_task))
         if self.total is not None:
-            # At least two batches per worker for what is left, so that the end
-            # of the call stays balanced: batches shrink towards the end.
-            size = min(size, math.ceil((self.total - dispatched) / (2 * self.n_jobs)))
+            # At least two batches per worker, so that the end of the call stays
+            # balanced; towards the end batches shrink with what is left, down
+            # to MIN_TAIL_BATCH_SECONDS (shorter ones cost more than the
+            # imbalance they save, and would skew the measured per-task cost).
+            left = self.total - dispatched
+            size = min(size, math.ceil(self.total / (2 * self.n_jobs)))
+            shortest = math.ceil(self.MIN_TAIL_BATCH_SECONDS / max(per_task, 1e-8))
+            size = min(size, max(math.ceil(left / (2 * self.n_jobs)), shortest))
 
         return max(1, min(size, 100_000))
 
@@ -1177,21 +1191,33 @@ class _ProcessCall:
     def _pickle_streamed(self, first, mode, items):
         """(payload, buffers) of a STREAMED batch: each task pickled on its own,
         so that a worker copies in one task's large buffers at a time, just
-        before it runs (see perfkit._worker.run_streamed). None when two tasks
-        share a large buffer: pickled whole, the batch sends it once (and this
-        call stops streaming)."""
-        blobs, buffers, owners = [], [], set()
+        before it runs (see perfkit._worker.run_streamed).
+
+        None when the tasks seem to share data: a large buffer's owner or a
+        large argument object in two tasks, or a task whose pickle itself is
+        large (a strided array, a big dict: pickled in band, it may be one
+        object every task gets). Pickled whole, the batch sends what its tasks
+        share once, as pickle's memo does; the call stops streaming."""
+        blobs, buffers, owners, arguments = [], [], set(), set()
         for index, item in enumerate(items, first):
             try:
                 blob, own = dumps(item, out_of_band_from=self.threshold)
-            except Exception:
+            except Exception as exc:
                 self._check_picklable(index, mode, item)
-                raise
-            for b in own:
-                if id(b.obj) in owners:
-                    self.streaming = False
-                    return None
-            owners.update(id(b.obj) for b in own)
+                raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
+            ids = {id(b.obj) for b in own}
+            shared = len(blob) >= self.threshold or not owners.isdisjoint(ids)
+            for argument in _argument_objects(mode, item):
+                if id(argument) in arguments:
+                    # A small one (a dict of settings) costs little to send with each
+                    # task; a big one may be what the buffers came from (a DataFrame's
+                    # blocks are made contiguous afresh for each pickle).
+                    shared = shared or sys.getsizeof(argument) >= self.threshold
+                arguments.add(id(argument))
+            if shared:
+                self.streaming = False
+                return None
+            owners |= ids
             blobs.append(blob)
             buffers += own
         if not buffers:
@@ -1221,6 +1247,8 @@ class _ProcessCall:
             label = task_label(*self._decode(mode, items[index - first]))
             if info["kind"] == "unpickle":
                 label = f"the arguments of {label}"
+            elif info["kind"] == "shared_memory":
+                label = f"the buffers of {label} in this process"
         if info["kind"] == "raised":
             where = f"task {index} ({label}) failed in worker process {info['pid']}"
         elif info["kind"] == "unpicklable_result":
@@ -1322,6 +1350,23 @@ def _cost_key(function):
 def _close_fd(fd):
     if fd is not None:
         os.close(fd)
+
+
+# Values pickle copies whatever their identity: two tasks that get the same one share nothing.
+_VALUE_TYPES = (int, float, complex, bool, type(None), str)
+
+
+def _argument_objects(mode, item):
+    """The argument objects of one encoded task (see _ProcessCall._encode)
+    that two tasks could share, for _pickle_streamed."""
+    if mode == FULL:
+        _, args, kwargs = item
+        values = (*args, *kwargs.values())
+    elif mode == SINGLE:
+        values = (item,)
+    else:
+        values = item
+    return [v for v in values if not isinstance(v, _VALUE_TYPES)]
 
 
 def _unpacked(mode, items):
