@@ -1257,6 +1257,75 @@ def _exactly(values):
     return [(type(v), repr(v) if isinstance(v, np.longdouble) else np.array(v).tobytes()) for v in values]
 
 
+def _array_cases():
+    base = np.arange(60.0).reshape(3, 4, 5)
+    readonly = np.arange(20_000.0)
+    readonly.flags.writeable = False
+    big_endian = np.arange(10_000, dtype=">f8")
+    return {
+        "1-D float64": np.random.default_rng(0).random(10_000),
+        "2-D C": base[0].copy(),
+        "2-D Fortran": np.asfortranarray(base[0]),
+        "strided view": base[:, ::2, 1],
+        "transposed 3-D": base.transpose(1, 0, 2),
+        "0-d": np.array(3.5),
+        "empty": np.zeros((0, 3)),
+        "read-only": readonly,
+        "big-endian": big_endian,
+        "longlong": np.arange(9_000, dtype=np.longlong),
+        "int64": np.arange(9_000, dtype=np.int64),
+        "float16": np.arange(100, dtype=np.float16),
+        "complex64": np.arange(50, dtype=np.complex64) * 1j,
+        "bool": np.arange(30) % 3 == 0,
+        "uint8": np.arange(200, dtype=np.uint8),
+        "longdouble": np.arange(40, dtype=np.longdouble) / 3,
+        "datetime64": np.arange(10).astype("M8[s]"),
+        "object": np.array([1, "two", None], dtype=object),
+        "structured": np.zeros(5, dtype=[("a", "i4"), ("b", "f8")]),
+        "unicode": np.array(["ab", "c"]),
+        "masked (a subclass)": np.ma.array([1.0, 2.0, 3.0], mask=[0, 1, 0]),
+    }
+
+
+@pytest.mark.version_sensitive  # numpy's pickling differs across the CPythons (and numpys) here
+@pytest.mark.parametrize("out_of_band", [False, True], ids=["in band", "out of band"])
+def test_numpy_arrays_pickle_as_numpy_does(out_of_band):
+    # perfkit pickles plain numeric arrays with their dtype as a one-letter
+    # code (numpy pickles the dtype object: most of its cost); what comes back
+    # must be what pickle's own round trip gives: type, dtype, shape, layout,
+    # writability, values; and the dtype's very type (np.longlong is not np.int64).
+    from perfkit._pool_common import dumps
+
+    for what, array in _array_cases().items():
+        ours, our_buffers = dumps(array, out_of_band_from=1 if out_of_band else None)
+        if out_of_band:
+            theirs_buffers: list = []
+            theirs = pickle.dumps(array, protocol=5, buffer_callback=theirs_buffers.append)
+            theirs_buffers = [b.raw() for b in theirs_buffers]
+        else:
+            theirs, theirs_buffers = pickle.dumps(array, protocol=5), []
+        got = pickle.loads(ours, buffers=[bytearray(b) for b in our_buffers])
+        want = pickle.loads(theirs, buffers=[bytearray(b) for b in theirs_buffers])
+        assert type(got) is type(want), what
+        assert got.dtype == want.dtype and got.dtype.str == want.dtype.str, what
+        # The very type, as the caller's (numpy's own round trip turns np.longlong into np.int64).
+        assert got.dtype.type is array.dtype.type, what
+        assert got.shape == want.shape and got.strides == want.strides, what
+        assert got.flags.writeable == want.flags.writeable, what
+        assert np.array_equal(np.asarray(got), np.asarray(want)), what
+        if isinstance(want, np.ma.MaskedArray):
+            assert np.array_equal(got.mask, want.mask), what
+    # Through workers too, as arguments and as results; fresh ones, which have not imported numpy yet.
+    pp._shutdown_shared_pool()
+    cases = _array_cases()
+    back = Parallel(n_jobs=2)(delayed(T.identity)(a) for a in cases.values())
+    for (what, array), got in zip(cases.items(), back):
+        assert type(got) is type(array) and got.dtype.type is array.dtype.type and got.shape == array.shape, (
+            what
+        )
+        assert np.array_equal(np.asarray(got), np.asarray(array)), what
+
+
 @pytest.mark.version_sensitive  # numpy's scalar types and pickling differ across the CPythons here
 def test_numpy_scalars_come_back_with_their_type_and_bits():
     expected = _exactly(SCALARS)

@@ -139,35 +139,58 @@ def _labels_now(values):
 
 
 def _numpy():
-    return sys.modules["numpy"]
+    np = sys.modules.get("numpy")
+    if np is None:
+        import numpy as np  # a worker that has not imported it yet, given its first array
+    return np
 
 
-def _encode_array(values, memo):
+def _encode_array(values, memo=None):
     """A numeric numpy array as ``(buffer, dtype, shape, order)``: numpy's own
     pickling of an array costs ~7 µs to dump and ~4.5 to load, more than the
-    rest of a small frame; its bytes as a PickleBuffer cost ~1 each way and
-    still travel out of band when large. Anything else is left to pickle."""
+    rest of a small frame (most of it pickling the dtype object); its bytes
+    as a PickleBuffer cost ~1 each way and still travel out of band when
+    large. Anything else is left to pickle. ``memo``: the arrays this pickle
+    encoded already, by id (frames sharing an index's data)."""
     np = _numpy()
     if type(values) is not np.ndarray or not values.size:
         return values
     dtype = values.dtype
     if dtype.kind not in "biufc" or dtype.names is not None or dtype.metadata is not None:
         return values
-    known = memo.get(id(values))
-    if known is not None:
-        return known[1]
+    if memo is not None:
+        known = memo.get(id(values))
+        if known is not None:
+            return known[1]
     source = values
     flags = values.flags
-    if flags.f_contiguous and not flags.c_contiguous:
+    if flags.c_contiguous:
+        order = "C"
+    elif flags.f_contiguous:
         order = "F"
     else:
         # A groupby group's blocks are strided views of the sorted frame's: numpy's
         # pickling would copy them too (through tobytes), here into a new array.
         order, values = "C", np.ascontiguousarray(values)
     # A read-only array travels as bytes and comes back read-only, as numpy's pickling does.
-    encoded = (pickle.PickleBuffer(values), dtype.str, values.shape, order)
-    memo[id(source)] = (source, encoded)  # `source` kept alive: its id stays unique
+    encoded = (pickle.PickleBuffer(values), _dtype_code(dtype), source.shape, order)
+    if memo is not None:
+        memo[id(source)] = (source, encoded)  # `source` kept alive: its id stays unique
     return encoded
+
+
+_DTYPES_BY_CHAR: dict = {}
+
+
+def _dtype_code(dtype) -> str:
+    """The dtype's one-letter code where that names this very dtype object
+    (np.longlong's 'q' is not np.int64's 'l', though both are '<i8'), else
+    its string ('>f8', '<M8[ns]')."""
+    code = dtype.char
+    known = _DTYPES_BY_CHAR.get(code)
+    if known is None:
+        known = _DTYPES_BY_CHAR[code] = _numpy().dtype(code)
+    return code if known is dtype else dtype.str
 
 
 def _decode_array(encoded):

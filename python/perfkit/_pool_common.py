@@ -109,28 +109,28 @@ def _dump(pickler_class, dispatch_table, obj, buffer_callback) -> bytes:
 
 def _reducers(fast_frames):
     """The reducers one pickle adds to its pickler's table, or None."""
-    scalars = _scalar_reducers()
+    scalars = _numpy_reducers()
     frames = _frames.frame_reducers() if fast_frames else None
     if frames is None:
         return scalars or None
     return {**scalars, **frames}
 
 
-_SCALAR_TABLE: dict = {}
+_NUMPY_TABLE: dict = {}
 
 
-def _scalar_reducers():
-    """``{numpy scalar type: reducer}`` for the types whose value survives a
-    trip through a Python int, bool or float exactly, once numpy is imported
-    here. numpy's own pickling of a scalar costs ~1.5 µs (it saves the dtype
-    and the bytes) against ~0.4 this way: a task that returns ``np.mean(x)``
-    is common, and 100,000 of them took 120 ms (34 now, with
-    pack_numpy_scalars) where floats take 18. A type the user registered a
-    reducer for in copyreg keeps it."""
+def _numpy_reducers():
+    """``{numpy type: reducer}`` once numpy is imported here: arrays (see
+    _reduce_array), and the scalar types whose value survives a trip through
+    a Python int, bool or float exactly. numpy's own pickling of a scalar
+    costs ~1.5 µs (it saves the dtype and the bytes) against ~0.4 this way:
+    a task that returns ``np.mean(x)`` is common, and 100,000 of them took
+    120 ms (34 now, with pack_numpy_scalars) where floats take 18. A type the
+    user registered a reducer for in copyreg keeps it."""
     np = sys.modules.get("numpy")
     if np is None:
         return {}
-    if not _SCALAR_TABLE:
+    if not _NUMPY_TABLE:
         integers = (
             np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
             np.uint64, np.intc, np.uintc, np.longlong, np.ulonglong,
@@ -145,8 +145,32 @@ def _scalar_reducers():
         ):
             for kind in kinds:
                 table[kind] = _scalar_reducer(kind, convert)
-        _SCALAR_TABLE.update(table)  # whole, at once: another thread sees all of it or none
-    return {kind: reduce for kind, reduce in _SCALAR_TABLE.items() if kind not in copyreg.dispatch_table}
+        table[np.ndarray] = _reduce_array
+        _NUMPY_TABLE.update(table)  # whole, at once: another thread sees all of it or none
+    global _FILTERED
+    keys = tuple(copyreg.dispatch_table)
+    filtered = _FILTERED  # read once: another thread may replace it
+    if filtered[0] != keys:
+        table = {kind: reduce for kind, reduce in _NUMPY_TABLE.items() if kind not in copyreg.dispatch_table}
+        filtered = _FILTERED = (keys, table)
+    return filtered[1]
+
+
+# (copyreg's types, _NUMPY_TABLE without them) as last computed: copyreg rarely changes.
+_FILTERED: tuple = (None, {})
+
+
+def _reduce_array(array):
+    """An exact, contiguous numpy array of numbers pickles as _frames encodes
+    a frame's blocks: its dtype as a one-letter code, not as a dtype object
+    (~5 µs saved each way, most of pickling an array); anything else as
+    numpy does (which keeps a strided array's layout)."""
+    flags = array.flags
+    if flags.c_contiguous or flags.f_contiguous:
+        encoded = _frames._encode_array(array)
+        if encoded is not array:
+            return _frames._decode_array, (encoded,)
+    return array.__reduce_ex__(5)
 
 
 def _scalar_reducer(kind, convert):
@@ -158,14 +182,14 @@ def _scalar_reducer(kind, convert):
 
 def pack_numpy_scalars(values):
     """``(tag, bytes)`` for a list of numpy scalars all of one type of
-    ``_scalar_reducers``' (a task returning ``np.mean(x)``): their raw values,
+    ``_numpy_reducers``' (a task returning ``np.mean(x)``): their raw values,
     as an array of that type; None for anything else. ~60 ns a value each
     way, against ~500 to pickle and unpickle one even by its value."""
     np = sys.modules.get("numpy")
     if np is None or not values or not isinstance(values[0], np.generic):
         return None
     kind = type(values[0])  # a numpy type: hashable (a result's own class may not be)
-    if kind not in _scalar_reducers():  # also leaves a type with a copyreg reducer of the user's to pickle
+    if kind not in _numpy_reducers():  # also leaves a type with a copyreg reducer of the user's to pickle
         return None
     if not all(type(value) is kind for value in values):
         return None
