@@ -173,7 +173,13 @@ def _encode_array(values, memo=None):
         # pickling would copy them too (through tobytes), here into a new array.
         order, values = "C", np.ascontiguousarray(values)
     # A read-only array travels as bytes and comes back read-only, as numpy's pickling does.
-    encoded = (pickle.PickleBuffer(values), _dtype_code(dtype), source.shape, order)
+    # An F array exports its (C-contiguous) transpose, as numpy does: pickle writes an
+    # in-band buffer of 64 KiB or more straight to its file, which takes C-contiguous ones only.
+    try:
+        exported = pickle.PickleBuffer(values.T if order == "F" else values)
+    except (ValueError, BufferError):  # not exportable (a non-native '>g'): numpy pickles it its way
+        return source
+    encoded = (exported, _dtype_code(dtype), source.shape, order)
     if memo is not None:
         memo[id(source)] = (source, encoded)  # `source` kept alive: its id stays unique
     return encoded

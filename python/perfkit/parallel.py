@@ -944,8 +944,9 @@ class _ProcessCall:
     # 8 MB, one per batch instead of three: ~20 % less worker CPU and wall time).
     MAX_BATCH_BYTES = 8 << 20
     # A STREAMED batch copies one task's buffers at a time, so it may hold
-    # more (fewer batches: less of this process's time per task), within what
-    # the caller keeps alive for all the batches in flight.
+    # more (fewer batches: less of this process's time per task): up to
+    # STREAMED_BYTES_IN_FLIGHT over the dispatch window's batches (what the
+    # caller keeps alive for them), but never less than MAX_BATCH_BYTES each.
     MAX_STREAMED_BATCH_BYTES = 64 << 20
     STREAMED_BYTES_IN_FLIGHT = 256 << 20
 
@@ -1198,26 +1199,30 @@ class _ProcessCall:
         large (a strided array, a big dict: pickled in band, it may be one
         object every task gets). Pickled whole, the batch sends what its tasks
         share once, as pickle's memo does; the call stops streaming."""
-        blobs, buffers, owners, arguments = [], [], set(), set()
+        blobs, buffers, spans, arguments, sized = [], [], set(), set(), set()
         for index, item in enumerate(items, first):
             try:
                 blob, own = dumps(item, out_of_band_from=self.threshold)
             except Exception as exc:
                 self._check_picklable(index, mode, item)
                 raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
-            ids = {id(b.obj) for b in own}
-            shared = len(blob) >= self.threshold or not owners.isdisjoint(ids)
+            # The memory itself, not the object: numpy exports a transposed array through a fresh view.
+            own_spans = {_native.buffer_address(b) for b in own}
+            shared = len(blob) >= self.threshold or not spans.isdisjoint(own_spans)
             for argument in _argument_objects(mode, item):
-                if id(argument) in arguments:
-                    # A small one (a dict of settings) costs little to send with each
-                    # task; a big one may be what the buffers came from (a DataFrame's
-                    # blocks are made contiguous afresh for each pickle).
-                    shared = shared or sys.getsizeof(argument) >= self.threshold
+                if not shared and id(argument) in arguments and id(argument) not in sized:
+                    # One object in two tasks: a small one (a dict of settings) costs
+                    # little to send with each; a big one is measured by what it sends
+                    # (a view, a container of arrays, a DataFrame whose blocks are
+                    # made contiguous afresh for each pickle).
+                    sized.add(id(argument))
+                    alone, alone_buffers = dumps(argument, out_of_band_from=self.threshold)
+                    shared = len(alone) + sum(b.nbytes for b in alone_buffers) >= self.threshold
                 arguments.add(id(argument))
             if shared:
                 self.streaming = False
                 return None
-            owners |= ids
+            spans |= own_spans
             blobs.append(blob)
             buffers += own
         if not buffers:
