@@ -1198,6 +1198,27 @@ def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes)
     assert sizes[sizes.index(steady) :] == sorted(sizes[sizes.index(steady) :], reverse=True), sizes
 
 
+def test_a_call_like_the_last_streams_from_its_first_batch(batch_sizes, monkeypatch):
+    # A second call of a function whose tasks carried large arrays starts
+    # with full-size streamed batches, not with single whole ones.
+    monkeypatch.setattr(pp, "_remote_read_allowed", True)
+    pp._shutdown_shared_pool()
+    sizes = batch_sizes
+    arrays = [np.full(200_000, float(i)) for i in range(40)]
+    first_call = Parallel(n_jobs=2)(delayed(T.array_where)(a) for a in arrays)
+    assert [value for _, _, value in first_call] == [float(i) for i in range(40)]
+    assert sizes[0] == 1, sizes  # nothing known yet: one task first
+    sizes.clear()
+    out = Parallel(n_jobs=2)(delayed(T.array_where)(a) for a in arrays)
+    assert [value for _, _, value in out] == [float(i) for i in range(40)]
+    if _remote_read_used():
+        assert sizes[0] > 1, sizes
+        # Streamed: the first batch's tasks shared one copy buffer in their worker.
+        first = out[: sizes[0]]
+        assert len({address for _, address, _ in first}) == 1, first
+    pp._shutdown_shared_pool()
+
+
 def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_path):
     out = run_script(
         tmp_path / "emfile.py",

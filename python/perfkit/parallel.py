@@ -1040,7 +1040,9 @@ class _ProcessCall:
                         remembered = auto and per_task is None and _cost_memory.get(_cost_key(function))
                         if remembered:
                             # Costs from an earlier call of the same function size the first batches.
-                            per_task, parent_per_task, bytes_per_task = remembered
+                            per_task, parent_per_task, bytes_per_task, streamed = remembered
+                            if streamed and self.remote:
+                                self.streaming = True  # its tasks carried large buffers: no whole first batch
                             # This process's cost is a fair prior (the first draw includes
                             # one-time set-up); the workers' is not: the function may
                             # cost far more this time, and one stale batch would be huge.
@@ -1105,6 +1107,7 @@ class _ProcessCall:
                             per_task,
                             parent_per_task,
                             bytes_per_task,
+                            self.streaming is True,
                         )
                     self.progress.update(len(results))
                     if self.ordered:
