@@ -1196,6 +1196,24 @@ def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes)
     steady = max(sizes)
     assert steady >= 3 and sizes[-1] == 1, sizes  # 20 ms batches, down to single 5 ms tasks at the end
     assert sizes[sizes.index(steady) :] == sorted(sizes[sizes.index(steady) :], reverse=True), sizes
+    # The same for joblib's idiom, a generator expression over a list (no len()).
+    sizes.clear()
+    assert Parallel(n_jobs=2)(delayed(T.sleep_seconds)(s) for s in [0.005] * 60) == [0.005] * 60
+    assert max(sizes) >= 3 and sizes[-1] == 1, sizes
+
+
+@pytest.mark.version_sensitive  # reads a generator's frame locals, which differ across CPythons
+def test_tasks_left_in_a_generator_expression():
+    xs = list(range(10))
+    tasks = (delayed(T.square)(x) for x in xs)
+    assert pp._tasks_left(tasks) == 10
+    next(tasks), next(tasks)
+    assert pp._tasks_left(tasks) == 8
+    assert pp._tasks_left(x for x in range(5) if x) == 5  # an upper bound when it filters
+    assert pp._tasks_left(x for x in (y for y in xs)) is None  # nothing sized underneath
+    assert pp._tasks_left(iter(xs)) is None and pp._tasks_left(xs) is None
+    list(tasks)
+    assert pp._tasks_left(tasks) is None  # finished
 
 
 def test_a_call_like_the_last_streams_from_its_first_batch(batch_sizes, monkeypatch):

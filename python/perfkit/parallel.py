@@ -783,6 +783,27 @@ def _length(iterable):
         return None
 
 
+# Iterators whose length hint is exact and free to ask for.
+_SIZED_ITERATORS = tuple(
+    type(iter(x)) for x in ([], (), range(0), {}, {}.values(), {}.items(), set(), "", b"", bytearray())
+)
+
+
+def _tasks_left(iterable):
+    """How many tasks a generator expression over a sized collection has not
+    yielded yet (``delayed(f)(x) for x in xs``: its outermost iterable, taken
+    when the expression was made, is the frame's local ``.0``), or None. An
+    upper bound if the expression filters; used only to size batches."""
+    frame = getattr(iterable, "gi_frame", None)
+    if frame is None or getattr(iterable, "gi_running", True):
+        return None
+    try:
+        source = frame.f_locals.get(".0")
+    except Exception:  # noqa: BLE001
+        return None
+    return source.__length_hint__() if type(source) in _SIZED_ITERATORS else None
+
+
 def _nested_share():
     if getattr(_nested, "share", None) is not None:
         return _nested.share
@@ -1155,13 +1176,13 @@ class _ProcessCall:
                 limit = min(self.MAX_STREAMED_BATCH_BYTES, self.STREAMED_BYTES_IN_FLIGHT // self.window)
                 limit = max(limit, self.MAX_BATCH_BYTES)
             size = min(size, int(limit / bytes_per_task))
-        if self.total is not None:
+        left = self.total - dispatched if self.total is not None else _tasks_left(self.iterable)
+        if left is not None:
             # At least two batches per worker, so that the end of the call stays
             # balanced; towards the end batches shrink with what is left, down
             # to MIN_TAIL_BATCH_SECONDS (shorter ones cost more than the
             # imbalance they save, and would skew the measured per-task cost).
-            left = self.total - dispatched
-            size = min(size, math.ceil(self.total / (2 * self.n_jobs)))
+            size = min(size, math.ceil((dispatched + left) / (2 * self.n_jobs)))
             shortest = math.ceil(self.MIN_TAIL_BATCH_SECONDS / max(per_task, 1e-8))
             size = min(size, max(math.ceil(left / (2 * self.n_jobs)), shortest))
 
