@@ -117,6 +117,8 @@ def _reducers(fast_frames):
 
 
 _NUMPY_TABLE: dict = {}
+# (copyreg's types, _NUMPY_TABLE without them) as last computed: copyreg rarely changes.
+_FILTERED: tuple = (None, {})
 
 
 def _numpy_reducers():
@@ -154,10 +156,6 @@ def _numpy_reducers():
         table = {kind: reduce for kind, reduce in _NUMPY_TABLE.items() if kind not in copyreg.dispatch_table}
         filtered = _FILTERED = (keys, table)
     return filtered[1]
-
-
-# (copyreg's types, _NUMPY_TABLE without them) as last computed: copyreg rarely changes.
-_FILTERED: tuple = (None, {})
 
 
 def _reduce_array(array):
