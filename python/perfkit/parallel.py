@@ -1382,7 +1382,7 @@ def _close_fd(fd):
 
 
 # Values pickle copies whatever their identity: two tasks that get the same one share nothing.
-_VALUE_TYPES = (int, float, complex, bool, type(None), str)
+_VALUE_TYPES = (int, float, complex, type(None), str)  # bool is an int
 
 
 def _argument_objects(mode, item):
