@@ -653,20 +653,76 @@ def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
     kept = set().union(*Parallel(n_jobs=2, batch_size=1)(delayed(T.kept_first_values)(i) for i in range(8)))
     assert kept and kept <= {float(a[0]) for a in arrays} | {float(a[0] + 1) for a in arrays}
     if remote_read:
-        # Used where the kernel allows a child to read its parent (no Yama restriction), else the fallback.
-        yama = Path("/proc/sys/kernel/yama/ptrace_scope")
-        allowed = not yama.exists() or yama.read_text().strip() == "0"
-        assert pp._remote_read_pools[pp._shared_pool[1]] == allowed
+        # Used where the kernel lets the workers read their parent, else the fallback.
+        assert pp._remote_read_pools[pp._shared_pool[1]] == _remote_read_expected()
     pp._shutdown_shared_pool()
 
 
-def _remote_read_used():
-    """Whether the shared pool's workers copy buffers out of this process
-    (where the kernel allows a child to read its parent: no Yama restriction)."""
+def _remote_read_expected() -> bool:
+    """Whether the kernel lets workers read their parent: no Yama, or Yama's
+    ptrace_scope 0, or 1 once the parent names itself its ptracer."""
     yama = Path("/proc/sys/kernel/yama/ptrace_scope")
-    allowed = not yama.exists() or yama.read_text().strip() == "0"
+    return not yama.exists() or yama.read_text().strip() in ("0", "1")
+
+
+def _remote_read_used():
+    """Whether the shared pool's workers copy buffers out of this process."""
+    allowed = _remote_read_expected()
     assert pp._remote_read_pools[pp._shared_pool[1]] == allowed
     return allowed
+
+
+def test_declare_self_ptracer_says_what_the_kernel_says():
+    # Under Yama it succeeds; without Yama the kernel does not know the
+    # request (EINVAL), and the error says what perfkit was trying to do.
+    if Path("/proc/sys/kernel/yama/ptrace_scope").exists():
+        assert _native.declare_self_ptracer() is None
+    else:
+        with pytest.raises(OSError, match="PR_SET_PTRACER.*Invalid argument"):
+            _native.declare_self_ptracer()
+
+
+@pytest.mark.parametrize(
+    "scope, probes, declare_fails, expected, declared",
+    [
+        (1, [False, True], False, True, 1),  # Ubuntu's default: name self, probe again
+        (1, [False, False], False, False, 1),  # named, still refused (e.g. a seccomp filter)
+        (1, [False], True, False, 1),  # the kernel refused to name a ptracer
+        (2, [False], False, False, 0),  # admin-only: naming a ptracer would not help
+        (None, [False], False, False, 0),  # no Yama: something else refused
+        (1, [True], False, True, 0),  # readable as it is: nothing to change
+    ],
+)
+def test_yama_scope_1_workers_read_once_the_parent_names_itself_ptracer(
+    monkeypatch, scope, probes, declare_fails, expected, declared
+):
+    calls = []
+    left = list(probes)
+
+    def declare():
+        calls.append(os.getpid())
+        if declare_fails:
+            raise OSError("refused")
+
+    monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: left.pop(0))
+    monkeypatch.setattr(pp, "_yama_ptrace_scope", lambda: scope)
+    monkeypatch.setattr(pp._native, "declare_self_ptracer", declare)
+    monkeypatch.setattr(pp, "_self_ptracer_pid", None)
+    assert pp._remote_read_works(None) is expected
+    assert calls == [os.getpid()] * declared and not left
+    if declared and not declare_fails:
+        # Named once per process: a later pool that cannot read does not name it again.
+        monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: False)
+        assert pp._remote_read_works(None) is False
+        assert len(calls) == 1
+        # A forked child is another process, which must name itself.
+        monkeypatch.setattr(pp, "_self_ptracer_pid", os.getpid() + 1)
+        assert pp._remote_read_works(None) is False and len(calls) == 2
+
+
+def test_yama_ptrace_scope_reads_the_kernels_setting():
+    path = Path("/proc/sys/kernel/yama/ptrace_scope")
+    assert pp._yama_ptrace_scope() == (int(path.read_text()) if path.exists() else None)
 
 
 @pytest.mark.version_sensitive  # buffers, refcounts and pickle differ across CPythons

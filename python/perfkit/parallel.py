@@ -256,10 +256,13 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
 
 # Large buffers: workers copy them straight out of this process when the
 # kernel lets them (process_vm_readv; probed once per pool), else they go
-# through shared memory. PERFKIT_REMOTE_READ=0 forces shared memory.
+# through shared memory. PERFKIT_REMOTE_READ=0 forces shared memory (and
+# leaves Yama's ptrace restriction as it is: see _remote_read_works).
 _remote_read_allowed = os.environ.get("PERFKIT_REMOTE_READ", "1") != "0"
 # pool -> bool; weak, so that it holds no pool alive and forgets the ones gone.
 _remote_read_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The pid that named itself its ptracer (a forked child must name itself anew).
+_self_ptracer_pid = None
 
 
 def _new_pool(n_workers: int, inner_threads, max_nbytes):
@@ -271,8 +274,40 @@ def _new_pool(n_workers: int, inner_threads, max_nbytes):
         ["-m", "perfkit._worker"],
         _worker_env(n_workers, inner_threads, max_nbytes),
     )
-    _remote_read_pools[pool] = _remote_read_allowed and _probe_remote_read(pool)
+    _remote_read_pools[pool] = _remote_read_allowed and _remote_read_works(pool)
     return pool
+
+
+def _remote_read_works(pool) -> bool:
+    """Whether the pool's workers can copy buffers out of this process.
+
+    Yama's ptrace_scope 1 (Ubuntu's default, and any container on such a
+    host) lets a process be read only by its ancestors, so workers cannot
+    read their parent. A process may name a ptracer whose descendants are
+    exempt; naming itself exempts its own descendants: the workers, and
+    whatever else it starts, which could then attach to it as gdb would.
+    That is the trade for copying large arrays once instead of through
+    shared memory (about twice as fast); PERFKIT_REMOTE_READ=0 declines it."""
+    global _self_ptracer_pid
+    if _probe_remote_read(pool):
+        return True
+    if _yama_ptrace_scope() != 1 or _self_ptracer_pid == os.getpid():
+        return False
+    try:
+        _native.declare_self_ptracer()
+    except OSError:
+        return False
+    _self_ptracer_pid = os.getpid()
+    return _probe_remote_read(pool)
+
+
+def _yama_ptrace_scope():
+    """Yama's ptrace_scope (0–3), or None where there is no Yama."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _probe_remote_read(pool) -> bool:

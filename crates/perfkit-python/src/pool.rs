@@ -563,6 +563,31 @@ fn read_process_memory(
     Ok(target.unbind())
 }
 
+/// Names this process as its own ptracer (`prctl(PR_SET_PTRACER, getpid())`):
+/// under Yama's `ptrace_scope` 1, which lets a process be read only by its
+/// ancestors, this lets its descendants (the pool's workers) read it too.
+/// OSError where the kernel has no Yama (EINVAL) or refuses.
+#[pyfunction]
+fn declare_self_ptracer() -> PyResult<()> {
+    // SAFETY: prctl with integer arguments only; getpid cannot fail.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PTRACER,
+            libc::getpid() as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(PyOSError::new_err(format!(
+            "could not let this process's workers read its memory (prctl PR_SET_PTRACER): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 /// Names of this process's leftover segments (leak checks in tests).
 #[pyfunction]
 fn shm_segments() -> Vec<String> {
@@ -580,6 +605,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(declare_self_ptracer, m)?)?;
     m.add_function(wrap_pyfunction!(read_process_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm_dir, m)?)?;
     Ok(())
