@@ -672,6 +672,36 @@ def _remote_read_used():
     return allowed
 
 
+@pytest.mark.parametrize("copy_results", [True, False])
+def test_large_results_are_copied_out_of_the_workers_before_their_next_batch(monkeypatch, copy_results):
+    # This process may read its workers' memory (they are its children; only
+    # Yama's ptrace_scope >= 2 forbids it), so large results are copied
+    # straight out of them; PERFKIT_REMOTE_READ=0 sends them in memfds.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", copy_results)
+    seen = []
+    load = pp._load_reply
+
+    def load_reply(payload, segment, spans):
+        if segment is not None:  # (the pool's probe of its workers carries none)
+            seen.append(type(segment).__name__)
+        return load(payload, segment, spans)
+
+    monkeypatch.setattr(pp, "_load_reply", load_reply)
+    # Each task returns its worker's one array, which the worker's next task
+    # overwrites: each result must be that array as its own task left it.
+    out = Parallel(n_jobs=2, batch_size=1)(delayed(T.reused_array)(i) for i in range(12))
+    assert [float(a[0]) for a in out] == [float(i) for i in range(12)]
+    assert all((a == a[0]).all() and a.flags.writeable for a in out)
+    out[0][:] = -1.0  # ordinary writable arrays, each its own memory
+    assert float(out[1][0]) == 1.0
+    yama = Path("/proc/sys/kernel/yama/ptrace_scope")
+    children_readable = not yama.exists() or yama.read_text().strip() in ("0", "1")
+    assert set(seen) == {"CopiedBuffers" if copy_results and children_readable else "int"}
+    assert shm_leftovers() == []
+    pp._shutdown_shared_pool()
+
+
 def test_declare_self_ptracer_says_what_the_kernel_says():
     # Under Yama it succeeds; without Yama the kernel does not know the
     # request (EINVAL), and the error says what perfkit was trying to do.
@@ -1251,7 +1281,8 @@ def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes)
     assert Parallel(n_jobs=2)(slow) == [0.005] * 60
     steady = max(sizes)
     assert steady >= 3 and sizes[-1] == 1, sizes  # 20 ms batches, down to single 5 ms tasks at the end
-    assert sizes[sizes.index(steady) :] == sorted(sizes[sizes.index(steady) :], reverse=True), sizes
+    # (Not strictly decreasing: the sizes follow measured costs, which jitter on a busy machine.)
+    assert max(sizes[-3:]) < steady, sizes
     # The same for joblib's idiom, a generator expression over a list (no len()).
     sizes.clear()
     assert Parallel(n_jobs=2)(delayed(T.sleep_seconds)(s) for s in [0.005] * 60) == [0.005] * 60
@@ -1293,11 +1324,15 @@ def test_a_call_like_the_last_streams_from_its_first_batch(batch_sizes, monkeypa
     pp._shutdown_shared_pool()
 
 
-def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_path):
+@pytest.mark.parametrize("remote_read", ["0", "1"])
+def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_path, remote_read):
+    # Results in memfds need a descriptor here each; results copied out of
+    # the workers (the default, where this process may read its children) need none.
     out = run_script(
         tmp_path / "emfile.py",
         f"""
             import os, resource, sys
+            os.environ["PERFKIT_REMOTE_READ"] = {remote_read!r}
             sys.path.insert(0, {str(Path(__file__).parent)!r})
             resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
             from perfkit import Parallel, delayed
@@ -1312,7 +1347,7 @@ def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_pa
                 except OSError:
                     pass
                 try:
-                    Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(4))
+                    print(sum(a[0] for a in Parallel(n_jobs=2)(delayed(T.big_array)(i) for i in range(4))))
                 except Exception as e:
                     print(type(e).__name__, e)
                 for fd in held:
@@ -1322,8 +1357,12 @@ def test_running_out_of_descriptors_here_is_an_oserror_not_a_worker_crash(tmp_pa
     )
     assert out.returncode == 0, out.stderr[-2000:]
     first, last = out.stdout.strip().splitlines()
-    assert first.startswith("OSError perfkit.Parallel: could not open the results"), first
-    assert "Too many open files" in first
+    yama = Path("/proc/sys/kernel/yama/ptrace_scope")
+    if remote_read == "1" and (not yama.exists() or yama.read_text().strip() in ("0", "1")):
+        assert first == "6.0"
+    else:
+        assert first.startswith("OSError perfkit.Parallel: could not take in the results"), first
+        assert "Too many open files" in first
     assert last == "6.0"  # the pool works again once descriptors are free
 
 

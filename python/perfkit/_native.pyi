@@ -118,12 +118,25 @@ def cache_reduce_size(
 
 # --- perfkit.Parallel's engine (crates/perfkit-pool; driven by perfkit/parallel.py) ---
 
+class CopiedBuffers:
+    """A reply's large buffers copied out of a worker: a writable buffer (``memoryview(it)``)."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
 class WorkerPool:
     """Worker processes (``program args…``) kept alive across calls; GIL released while waiting."""
 
     def __init__(
-        self, n_workers: int, program: str | PathLike[str], args: list[str], env: list[tuple[str, str]]
-    ) -> None: ...
+        self,
+        n_workers: int,
+        program: str | PathLike[str],
+        args: list[str],
+        env: list[tuple[str, str]],
+        copy_results: bool = True,
+    ) -> None:
+        """``copy_results``: large result buffers are copied straight out of the workers
+        where the kernel allows it (else they come in shared-memory segments)."""
     @property
     def size(self) -> int: ...
     @property
@@ -138,9 +151,10 @@ class WorkerPool:
         """Queue a batch; ``buffers`` (pickle-5 out-of-band) are copied into shared memory, or
         with ``remote`` read by the worker straight from this process (keep them alive until the reply)."""
     def next_event(self, timeout: float | None = None) -> tuple | None:
-        """``("reply", call, batch, is_error, payload, segment_fd, spans, pid)``,
-        ``("died", call, batch, pid, reason, task)`` or ``("failed", call, batch, message)``
-        (no worker could be started, or its results could not be opened here);
+        """``("reply", call, batch, is_error, payload, segment, spans, pid)`` (``segment``: a
+        descriptor to map, a ``CopiedBuffers``, or None), ``("died", call, batch, pid, reason,
+        task)`` or ``("failed", call, batch, message)`` (no worker could be started, or its
+        results could not be taken in here);
         None after ``timeout`` seconds. Raises KeyboardInterrupt on Ctrl-C."""
     def cancel(self, call: int) -> int: ...
     def kill_busy(self, call: int) -> list[tuple[int, int]]: ...

@@ -14,8 +14,11 @@ memory, copied in as unpickling reaches them; a STREAMED batch's tasks are
 pickled one by one, so each task's buffers are copied just before it runs);
 the reply is ``pickle((seconds, None, results))`` likewise
 (``(seconds, tag, bytes)`` when the results are packed plain values), or an
-ERROR frame describing the first failing task. A RELEASE frame says the
-parent has opened the results segment of the last reply.
+ERROR frame describing the first failing task. Where the BATCH frame says
+RESULTS_IN_PLACE (the parent can read this process), the results' large
+buffers stay here and the meta gives their addresses (``vm:<pid>\t…``), for
+the parent to copy out. A RELEASE frame says the parent has opened the
+results segment of the last reply, or copied its buffers.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ import sys
 import time
 import traceback
 
-from perfkit._native import pack_values, read_process_memory, run_packed, run_tasks, unpack_values
+from perfkit._native import (
+    buffer_address,
+    pack_values,
+    read_process_memory,
+    run_packed,
+    run_tasks,
+    unpack_values,
+)
 from perfkit._pool_common import (
     ARGS_ONLY,
     FULL,
@@ -47,6 +57,7 @@ from perfkit._pool_common import (
 HEADER = struct.Struct("<IIQQQ")
 FUNCTION, BATCH, RESULT, ERROR, RELEASE = 1, 2, 3, 4, 5
 SEGMENT_RETAINED = 1  # reply flag: a task kept a reference into the batch's segment
+RESULTS_IN_PLACE = 2  # batch flag: leave the results' large buffers here for the parent to copy
 TASK_FD, REPLY_FD, STATUS_FD = 3, 4, 5
 
 
@@ -302,6 +313,19 @@ class SegmentWriter:
 # Result memfds of the last reply: the parent opens them, then sends a RELEASE
 # frame (or its next batch), and they are closed when that frame arrives.
 OPEN_RESULT_FDS: list = []
+# Likewise the buffers of the last reply left in place for the parent to copy.
+HELD_RESULTS: list = []
+
+
+def in_place_meta(buffers: list) -> bytes:
+    """The meta of a reply whose buffers stay in this process (held in
+    ``HELD_RESULTS`` until the parent has copied them): their addresses."""
+    spans = []
+    for b in buffers:
+        address, length = buffer_address(b.cast("B") if b.format != "B" else b)
+        spans.append(f"{address}:{length}")
+    HELD_RESULTS.extend(buffers)
+    return "\t".join([f"vm:{os.getpid()}"] + spans).encode()
 
 
 def error_payload(kind: str, index: int, label: str | None, exc: BaseException) -> bytes:
@@ -366,8 +390,10 @@ def main() -> int:
         if len(head) < HEADER.size:
             return 0  # the parent closed the pipe (or died): done
         kind, meta_len, call, batch, payload_len = HEADER.unpack(head)
+        kind, frame_flags = kind & 0xFF, kind >> 8
         while OPEN_RESULT_FDS:
             os.close(OPEN_RESULT_FDS.pop())
+        HELD_RESULTS.clear()
         meta = tasks.read(meta_len) if meta_len else b""
         payload = tasks.read(payload_len)
         if len(payload) < payload_len:
@@ -394,7 +420,14 @@ def main() -> int:
         mapped = segment is not None and remote is None
         children = child_pids() if mapped else None
         kind, reply_meta, reply = run_batch(
-            payload, segment, functions, function_error, status, parent, threshold
+            payload,
+            segment,
+            functions,
+            function_error,
+            status,
+            parent,
+            threshold,
+            bool(frame_flags & RESULTS_IN_PLACE),
         )
         del payload
         flags = 0
@@ -414,7 +447,7 @@ def main() -> int:
 _reply_count = [0]
 
 
-def run_batch(payload, segment, functions, function_error, status, parent, threshold):
+def run_batch(payload, segment, functions, function_error, status, parent, threshold, in_place=False):
     """Runs one batch; returns (frame kind, meta, payload) of the reply. A
     function of its own so that every reference into the batch's segment is
     gone when it returns."""
@@ -481,6 +514,8 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         )
     _reply_count[0] += 1
     try:
+        if in_place and buffers:
+            return RESULT, in_place_meta(buffers), out
         seg_meta = SegmentWriter(buffers).write(f"perfkit-{parent}-r{os.getpid()}-{_reply_count[0]}")
     except BaseException as exc:  # noqa: BLE001
         return ERROR, b"", error_payload("shared_memory", first, "the batch's results", exc)

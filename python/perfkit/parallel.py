@@ -256,8 +256,10 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
 
 # Large buffers: workers copy them straight out of this process when the
 # kernel lets them (process_vm_readv; probed once per pool), else they go
-# through shared memory. PERFKIT_REMOTE_READ=0 forces shared memory (and
-# leaves Yama's ptrace restriction as it is: see _remote_read_works).
+# through shared memory. Large results likewise: this process copies them out
+# of the workers (as their ancestor it may, under Yama's scope 1 too), else
+# they come in memfds. PERFKIT_REMOTE_READ=0 forces shared memory both ways
+# (and leaves Yama's ptrace restriction as it is: see _remote_read_works).
 _remote_read_allowed = os.environ.get("PERFKIT_REMOTE_READ", "1") != "0"
 # pool -> bool; weak, so that it holds no pool alive and forgets the ones gone.
 _remote_read_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -273,6 +275,7 @@ def _new_pool(n_workers: int, inner_threads, max_nbytes):
         sys.executable,
         ["-m", "perfkit._worker"],
         _worker_env(n_workers, inner_threads, max_nbytes),
+        copy_results=_remote_read_allowed,
     )
     _remote_read_pools[pool] = _remote_read_allowed and _remote_read_works(pool)
     return pool
@@ -1145,16 +1148,16 @@ class _ProcessCall:
                 else:
                     # A late answer from an earlier, abandoned call: drop it (and its segment).
                     if event[0] == "reply":
-                        _close_fd(event[5])
+                        _drop_segment(event[5])
                     continue
                 first, mode, items = entry
                 kind = event[0]
                 if kind == "reply":
-                    _, _, _, is_error, payload, fd, spans, pid = event
+                    _, _, _, is_error, payload, segment, spans, pid = event
                     if is_error:
-                        _close_fd(fd)
+                        _drop_segment(segment)
                         self._task_failed(payload, pid, first, mode, items)
-                    elapsed, results = _load_reply(payload, fd, spans)
+                    elapsed, results = _load_reply(payload, segment, spans)
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
@@ -1411,9 +1414,11 @@ def _cost_key(function):
     )
 
 
-def _close_fd(fd):
-    if fd is not None:
-        os.close(fd)
+def _drop_segment(segment):
+    """Lets go of a reply's buffers unread (a descriptor is closed; copied
+    buffers go with their last reference)."""
+    if isinstance(segment, int):
+        os.close(segment)
 
 
 # Values pickle copies whatever their identity: two tasks that get the same one share nothing.
@@ -1440,16 +1445,23 @@ def _unpacked(mode, items):
     return mode, items
 
 
-def _load_reply(payload, fd, spans):
-    """(seconds the worker took, results) of a reply frame (see perfkit._worker)."""
-    if fd is None:
+def _load_reply(payload, segment, spans):
+    """(seconds the worker took, results) of a reply frame (see perfkit._worker);
+    its large buffers in `segment`: a descriptor to map, or the buffers the pool
+    copied out of the worker (`_native.CopiedBuffers`)."""
+    if segment is None:
         elapsed, tag, results = pickle.loads(payload)
     else:
-        try:
-            size = os.fstat(fd).st_size
-            view = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
-        finally:
-            os.close(fd)
+        if isinstance(segment, int):
+            try:
+                size = os.fstat(segment).st_size
+                view = (
+                    memoryview(mmap.mmap(segment, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
+                )
+            finally:
+                os.close(segment)
+        else:
+            view = memoryview(segment)
         elapsed, tag, results = pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
     if tag is not None:
         results = unpack_results(tag, results)

@@ -16,6 +16,10 @@ const MAX_PAYLOAD: u64 = 1 << 36;
 /// On a Result/Error frame: the worker still holds buffers of the batch's
 /// segment (a task kept a reference), so the parent must not reuse it.
 pub const FLAG_SEGMENT_RETAINED: u32 = 1;
+/// On a Batch frame: the worker may leave its results' large buffers in its
+/// own memory and send their addresses (`vm:<pid>` spans); the parent copies
+/// them out (see `crate::remote`), then sends Release.
+pub const FLAG_RESULTS_IN_PLACE: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -59,13 +63,14 @@ pub struct Frame {
 
 fn header(
     kind: FrameKind,
+    flags: u32,
     call: u64,
     batch: u64,
     meta_len: usize,
     payload_len: usize,
 ) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[0..4].copy_from_slice(&(kind as u32).to_le_bytes());
+    h[0..4].copy_from_slice(&(kind as u32 | flags << 8).to_le_bytes());
     h[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
     h[8..16].copy_from_slice(&call.to_le_bytes());
     h[16..24].copy_from_slice(&batch.to_le_bytes());
@@ -77,12 +82,13 @@ fn header(
 pub fn write_frame(
     w: &mut impl Write,
     kind: FrameKind,
+    flags: u32,
     call: u64,
     batch: u64,
     meta: &[u8],
     payload: &[u8],
 ) -> io::Result<()> {
-    let h = header(kind, call, batch, meta.len(), payload.len());
+    let h = header(kind, flags, call, batch, meta.len(), payload.len());
     if meta.len() + payload.len() <= 64 * 1024 {
         let mut buf = Vec::with_capacity(HEADER_LEN + meta.len() + payload.len());
         buf.extend_from_slice(&h);
@@ -156,9 +162,9 @@ mod tests {
     #[test]
     fn round_trip_small_and_large() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, FrameKind::Batch, 7, 9, b"seg", b"hello").unwrap();
+        write_frame(&mut buf, FrameKind::Batch, 0, 7, 9, b"seg", b"hello").unwrap();
         let big = vec![42u8; 200_000];
-        write_frame(&mut buf, FrameKind::Result, 1, 2, b"", &big).unwrap();
+        write_frame(&mut buf, FrameKind::Result, 0, 1, 2, b"", &big).unwrap();
         let mut r = &buf[..];
         let a = read_frame(&mut r).unwrap().unwrap();
         assert_eq!((a.kind, a.call, a.batch), (FrameKind::Batch, 7, 9));
@@ -171,19 +177,41 @@ mod tests {
     #[test]
     fn flags_ride_in_the_kind_word() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, FrameKind::Result, 1, 1, b"", b"").unwrap();
-        buf[1] = FLAG_SEGMENT_RETAINED as u8; // (kind | flags << 8), little-endian
+        write_frame(
+            &mut buf,
+            FrameKind::Result,
+            FLAG_SEGMENT_RETAINED,
+            1,
+            1,
+            b"",
+            b"",
+        )
+        .unwrap();
+        assert_eq!(buf[1], FLAG_SEGMENT_RETAINED as u8); // (kind | flags << 8), little-endian
         let f = read_frame(&mut &buf[..]).unwrap().unwrap();
         assert_eq!(
             (f.kind, f.flags),
             (FrameKind::Result, FLAG_SEGMENT_RETAINED)
         );
+        buf.clear();
+        write_frame(
+            &mut buf,
+            FrameKind::Batch,
+            FLAG_RESULTS_IN_PLACE,
+            1,
+            1,
+            b"",
+            b"",
+        )
+        .unwrap();
+        let f = read_frame(&mut &buf[..]).unwrap().unwrap();
+        assert_eq!((f.kind, f.flags), (FrameKind::Batch, FLAG_RESULTS_IN_PLACE));
     }
 
     #[test]
     fn truncated_and_garbage_are_errors() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, FrameKind::Error, 1, 1, b"", b"abcdef").unwrap();
+        write_frame(&mut buf, FrameKind::Error, 0, 1, 1, b"", b"abcdef").unwrap();
         let mut r = &buf[..buf.len() - 2];
         assert!(read_frame(&mut r).is_err());
         let mut r = &buf[..10];

@@ -1,6 +1,6 @@
 //! perfkit's parallel engine: a pool of worker processes kept alive across
 //! calls, the wire format between parent and workers, the shared-memory
-//! segments that carry large buffers, and supervision (a dead worker is
+//! segments and process-to-process copies that carry large buffers, and supervision (a dead worker is
 //! noticed at once, named by signal and task, and replaced).
 //!
 //! It owns processes, pipes, segments and threads; it knows nothing about
@@ -11,10 +11,11 @@
 
 pub mod frame;
 pub mod pool;
+pub mod remote;
 pub mod shm;
 pub mod worker;
 
 pub use frame::{Frame, FrameKind};
-pub use pool::{Event, Job, Pool, Reply};
+pub use pool::{Event, Job, Pool, Reply, ReplyBuffers};
 pub use shm::SegmentSpec;
 pub use worker::WorkerCommand;

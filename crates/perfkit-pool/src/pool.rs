@@ -15,7 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::frame::{FrameKind, FLAG_SEGMENT_RETAINED};
+use crate::frame::{FrameKind, FLAG_RESULTS_IN_PLACE, FLAG_SEGMENT_RETAINED};
+use crate::remote::CopiedRegion;
 use crate::shm::{self, MappedSegment, SegmentCache, SegmentSpec};
 use crate::worker::{describe_exit, kill_pid, Worker, WorkerCommand};
 
@@ -46,11 +47,19 @@ pub struct Reply {
     /// The batch raised (payload describes the error) rather than returned.
     pub is_error: bool,
     pub payload: Vec<u8>,
-    /// The reply's segment, already opened and unlinked, with its spans.
-    pub segment: Option<(File, Vec<(u64, u64)>)>,
+    /// Where the reply's large buffers are, with their (offset, length) spans.
+    pub segment: Option<(ReplyBuffers, Vec<(u64, u64)>)>,
     pub pid: i32,
     /// The worker still references the batch's argument segment.
     pub segment_retained: bool,
+}
+
+/// Where a reply's large buffers are.
+pub enum ReplyBuffers {
+    /// A segment the worker wrote, opened here.
+    Segment(File),
+    /// Already copied out of the worker's memory (FLAG_RESULTS_IN_PLACE).
+    Copied(CopiedRegion),
 }
 
 pub enum Event {
@@ -477,7 +486,7 @@ fn slot_main(
                     call: job.call,
                     batch: job.batch,
                     message: format!(
-                        "could not open the results worker process {pid} sent back: {e}"
+                        "could not take in the results worker process {pid} sent back: {e}"
                     ),
                 });
             }
@@ -606,7 +615,7 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
     };
     w.reset_current_task();
     if w.function_of_call != Some(job.call) {
-        w.send(FrameKind::Function, job.call, 0, b"", &job.function)
+        w.send(FrameKind::Function, 0, job.call, 0, b"", &job.function)
             .map_err(not_delivered)?;
         w.function_of_call = Some(job.call);
     }
@@ -619,8 +628,20 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
         .encode(),
         None => Vec::new(),
     };
-    w.send(FrameKind::Batch, job.call, job.batch, &meta, &job.payload)
-        .map_err(not_delivered)?;
+    let flags = if w.results_in_place {
+        FLAG_RESULTS_IN_PLACE
+    } else {
+        0
+    };
+    w.send(
+        FrameKind::Batch,
+        flags,
+        job.call,
+        job.batch,
+        &meta,
+        &job.payload,
+    )
+    .map_err(not_delivered)?;
     let frame = w.receive().map_err(|e| match e.kind() {
         io::ErrorKind::InvalidData => JobError::Protocol(e.to_string()),
         _ => JobError::Failed,
@@ -639,13 +660,30 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
         )));
     }
     let segment = match SegmentSpec::decode(&frame.meta).map_err(JobError::Local)? {
+        Some(spec) if spec.name.starts_with("vm:") => {
+            // Only the worker's own memory, and only when it was offered.
+            if !w.results_in_place {
+                return Err(JobError::Protocol("results left in place unasked".into()));
+            }
+            if spec.name[3..].parse::<i32>().ok() != Some(w.pid) {
+                return Err(JobError::Protocol(format!(
+                    "results left in another process, {}",
+                    &spec.name[3..]
+                )));
+            }
+            let copied = CopiedRegion::copy_from(w.pid, &spec.spans);
+            // Copied or not, the worker may drop them now; if it cannot be told, it has died.
+            let _ = w.send(FrameKind::Release, 0, job.call, job.batch, b"", b"");
+            let (region, spans) = copied.map_err(JobError::Local)?;
+            Some((ReplyBuffers::Copied(region), spans))
+        }
         Some(spec) => {
             let file = shm::open_segment(&spec.name).map_err(JobError::Local)?;
             if spec.name.starts_with("memfd:") {
                 // A worker that cannot be told has died; the next batch finds out.
-                let _ = w.send(FrameKind::Release, job.call, job.batch, b"", b"");
+                let _ = w.send(FrameKind::Release, 0, job.call, job.batch, b"", b"");
             }
-            Some((file, spec.spans))
+            Some((ReplyBuffers::Segment(file), spec.spans))
         }
         None => None,
     };
@@ -822,6 +860,70 @@ mod tests {
         pool.terminate();
     }
 
+    /// A worker that takes the Function and Batch frames of `job(2, 1)`,
+    /// answers with a Result frame whose meta is `meta` (a shell expression),
+    /// then idles.
+    fn replies_with_meta(meta: &str, copy_results: bool) -> WorkerCommand {
+        let script = format!(
+            "head -c 66 <&3 >/dev/null\n\
+             m=\"{meta}\"\n\
+             printf '\\003\\000\\000\\000' >&4\n\
+             printf \"\\\\$(printf %03o ${{#m}})\\\\000\\\\000\\\\000\" >&4\n\
+             printf '\\002\\000\\000\\000\\000\\000\\000\\000' >&4\n\
+             printf '\\001\\000\\000\\000\\000\\000\\000\\000' >&4\n\
+             printf '\\000\\000\\000\\000\\000\\000\\000\\000' >&4\n\
+             printf '%s' \"$m\" >&4\n\
+             exec sleep 30"
+        );
+        WorkerCommand {
+            copy_results,
+            ..sh(&script)
+        }
+    }
+
+    #[test]
+    fn results_left_in_place_are_read_only_from_the_worker_that_was_asked() {
+        // Not asked (the pool did not offer it): a protocol violation.
+        let pool = Pool::start(1, replies_with_meta("vm:$$\t4096:8", false)).unwrap();
+        pool.submit(job(2, 1));
+        match pool.next_event(Duration::from_secs(5)) {
+            Some(Event::WorkerDied { reason, .. }) => {
+                assert_eq!(
+                    reason,
+                    "sent a reply out of protocol (results left in place unasked)"
+                )
+            }
+            _ => panic!("unasked results in place must end the worker"),
+        }
+        pool.terminate();
+        // Asked, but pointing at another process: never read, the worker ends.
+        let pool = Pool::start(1, replies_with_meta("vm:1\t4096:8", true)).unwrap();
+        pool.submit(job(2, 1));
+        match pool.next_event(Duration::from_secs(5)) {
+            Some(Event::WorkerDied { reason, .. }) => assert_eq!(
+                reason,
+                "sent a reply out of protocol (results left in another process, 1)"
+            ),
+            _ => panic!("results in another process must end the worker"),
+        }
+        pool.terminate();
+        // Asked, its own memory, but nothing mapped there: the call hears why.
+        let pool = Pool::start(1, replies_with_meta("vm:$$\t4096:8", true)).unwrap();
+        let pid = pool.pids()[0];
+        pool.submit(job(2, 1));
+        match pool.next_event(Duration::from_secs(5)) {
+            Some(Event::Failed { batch, message, .. }) => {
+                assert_eq!(batch, 1);
+                assert_eq!(
+                    message,
+                    format!("could not take in the results worker process {pid} sent back: Bad address (os error 14)")
+                );
+            }
+            _ => panic!("an unreadable result must fail the batch"),
+        }
+        pool.terminate();
+    }
+
     #[test]
     fn cancel_frees_queued_segments_and_terminate_cleans_up() {
         let pool = Pool::start(1, sh("sleep 30; true")).unwrap();
@@ -859,7 +961,7 @@ mod tests {
     fn frames_written_by_hand_are_read_back() {
         // Guards the byte layout the Python worker relies on (`<IIQQQ`).
         let mut buf = Vec::new();
-        write_frame(&mut buf, FrameKind::Result, 0x0102, 0x0304, b"m", b"p").unwrap();
+        write_frame(&mut buf, FrameKind::Result, 0, 0x0102, 0x0304, b"m", b"p").unwrap();
         assert_eq!(&buf[0..4], &3u32.to_le_bytes());
         assert_eq!(&buf[4..8], &1u32.to_le_bytes());
         assert_eq!(&buf[8..16], &0x0102u64.to_le_bytes());

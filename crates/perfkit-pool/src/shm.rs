@@ -70,7 +70,12 @@ impl SegmentSpec {
         let name = parts.next().ok_or_else(bad)?.to_string();
         let memfd =
             name.starts_with("memfd:") && name[6..].split(':').all(|p| p.parse::<u32>().is_ok());
-        if !memfd && (name.is_empty() || name.contains('/') || !name.starts_with("perfkit-")) {
+        // Buffers left in a process's memory (crate::remote), by address.
+        let in_place = name.starts_with("vm:") && name[3..].parse::<u32>().is_ok();
+        if !memfd
+            && !in_place
+            && (name.is_empty() || name.contains('/') || !name.starts_with("perfkit-"))
+        {
             return Err(bad());
         }
         let mut spans = Vec::new();

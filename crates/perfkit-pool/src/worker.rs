@@ -23,6 +23,9 @@ pub struct WorkerCommand {
     pub args: Vec<OsString>,
     /// Extra environment variables (thread limits and the like).
     pub env: Vec<(OsString, OsString)>,
+    /// Let workers leave large result buffers in their memory for the parent
+    /// to copy out, where the kernel lets the parent read them.
+    pub copy_results: bool,
 }
 
 /// The index a worker stores before it starts any task of a batch.
@@ -116,6 +119,8 @@ pub struct Worker {
     status: StatusWord,
     /// The call whose function this worker already holds.
     pub function_of_call: Option<u64>,
+    /// Its batches go with FLAG_RESULTS_IN_PLACE: asked for, and this process can read it.
+    pub results_in_place: bool,
 }
 
 impl Worker {
@@ -179,8 +184,10 @@ impl Worker {
         let child = command.spawn()?;
         drop(task_r);
         drop(reply_w);
+        let pid = child.id() as i32;
         Ok(Worker {
-            pid: child.id() as i32,
+            pid,
+            results_in_place: cmd.copy_results && crate::remote::can_read(pid),
             child,
             to_worker: Some(BufWriter::with_capacity(1 << 16, File::from(task_w))),
             from_worker: BufReader::with_capacity(1 << 16, File::from(reply_r)),
@@ -189,10 +196,11 @@ impl Worker {
         })
     }
 
-    /// Sends one frame.
+    /// Sends one frame (`flags`: FLAG_* for its kind word).
     pub fn send(
         &mut self,
         kind: FrameKind,
+        flags: u32,
         call: u64,
         batch: u64,
         meta: &[u8],
@@ -202,7 +210,7 @@ impl Worker {
             .to_worker
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        write_frame(w, kind, call, batch, meta, payload)
+        write_frame(w, kind, flags, call, batch, meta, payload)
     }
 
     /// Waits for the next reply; an end of stream is an error (the worker died).
@@ -301,6 +309,7 @@ pub(crate) fn sh(script: &str) -> WorkerCommand {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into()],
         env: vec![],
+        copy_results: false,
     }
 }
 
@@ -312,7 +321,7 @@ mod tests {
     fn echo_worker_round_trip() {
         // `cat <&3 >&4` echoes every frame back: a Batch frame comes back as a Batch frame.
         let mut w = Worker::spawn(&sh("exec cat <&3 >&4")).unwrap();
-        w.send(FrameKind::Batch, 1, 2, b"", b"payload").unwrap();
+        w.send(FrameKind::Batch, 0, 1, 2, b"", b"payload").unwrap();
         let f = w.receive().unwrap();
         assert_eq!(
             (f.kind, f.call, f.batch, &f.payload[..]),

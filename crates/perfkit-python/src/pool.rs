@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use perfkit_pool::{shm, Event, Job, Pool, WorkerCommand};
+use perfkit_pool::remote::{self, CopiedRegion};
+use perfkit_pool::{shm, Event, Job, Pool, ReplyBuffers, WorkerCommand};
 
 use crate::tasks::{Packer, ARGS_ONLY, SINGLE, SINGLE_PACKED};
 use pyo3::buffer::PyBuffer;
@@ -52,18 +53,23 @@ impl WorkerPool {
 #[pymethods]
 impl WorkerPool {
     /// Starts `n_workers` processes running `program args…` with `env` added.
+    /// `copy_results`: large result buffers are copied straight out of the
+    /// workers where the kernel allows it, else they come in segments.
     #[new]
+    #[pyo3(signature = (n_workers, program, args, env, copy_results=true))]
     fn new(
         py: Python<'_>,
         n_workers: usize,
         program: PathBuf,
         args: Vec<String>,
         env: Vec<(String, String)>,
+        copy_results: bool,
     ) -> PyResult<Self> {
         let command = WorkerCommand {
             program: program.into_os_string(),
             args: args.into_iter().map(Into::into).collect(),
             env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            copy_results,
         };
         let pool = py.detach(|| Pool::start(n_workers, command)).map_err(|e| {
             PyOSError::new_err(format!("could not start {n_workers} worker processes: {e}"))
@@ -175,7 +181,8 @@ impl WorkerPool {
     /// Waits up to `timeout` seconds (None: forever) for the next event,
     /// running signal handlers meanwhile (so Ctrl-C raises here). Returns None
     /// on timeout, else a tuple:
-    /// ("reply", call, batch, is_error, payload, segment_fd | None, spans, pid)
+    /// ("reply", call, batch, is_error, payload, segment, spans, pid), the
+    /// segment a descriptor to map, a `CopiedBuffers`, or None
     /// ("died", call, batch, pid, reason, task)
     /// ("failed", call, batch, message): this process could not run the batch
     #[pyo3(signature = (timeout=None))]
@@ -236,8 +243,15 @@ impl WorkerPool {
 fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>> {
     match ev {
         Event::Reply(r) => {
-            let (fd, spans) = match r.segment {
-                Some((file, spans)) => (Some(file.into_raw_fd()), spans),
+            let (segment, spans): (Option<Py<PyAny>>, _) = match r.segment {
+                Some((ReplyBuffers::Segment(file), spans)) => (
+                    Some(file.into_raw_fd().into_pyobject(py)?.into_any().unbind()),
+                    spans,
+                ),
+                Some((ReplyBuffers::Copied(region), spans)) => (
+                    Some(Py::new(py, CopiedBuffers { region })?.into_any()),
+                    spans,
+                ),
                 None => (None, Vec::new()),
             };
             (
@@ -246,7 +260,7 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
                 r.batch,
                 r.is_error,
                 PyBytes::new(py, &r.payload),
-                fd,
+                segment,
                 spans,
                 r.pid,
             )
@@ -532,27 +546,13 @@ fn read_process_memory(
             "read_process_memory: `into` must be a writable contiguous buffer of {length} bytes"
         )));
     }
-    let dst = buffer.buf_ptr() as usize;
+    let dst = RawSlice(buffer.buf_ptr() as *const u8, length);
     let result = py.detach(move || {
-        let mut done = 0usize;
-        while done < length {
-            let local = libc::iovec {
-                iov_base: (dst + done) as *mut libc::c_void,
-                iov_len: length - done,
-            };
-            let remote = libc::iovec {
-                iov_base: (address as usize + done) as *mut libc::c_void,
-                iov_len: length - done,
-            };
-            // SAFETY: `local` lies in a writable buffer of `length` bytes whose
-            // export we hold; the kernel validates the remote range (EFAULT if unmapped).
-            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-            if n <= 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            done += n as usize;
-        }
-        Ok(())
+        let raw = dst; // the whole RawSlice (Send), not its pointer field
+                       // SAFETY: a writable buffer of `length` bytes whose export we hold
+                       // until the copy is done; nothing else writes it meanwhile.
+        let dst = unsafe { std::slice::from_raw_parts_mut(raw.0 as *mut u8, raw.1) };
+        remote::read_into(pid, address, dst)
     });
     drop(buffer);
     result.map_err(|e| {
@@ -588,6 +588,47 @@ fn declare_self_ptracer() -> PyResult<()> {
     Ok(())
 }
 
+/// A reply's large buffers, copied out of the worker into memory of this
+/// process: a writable buffer that the results' arrays view (so they are
+/// ordinary writable arrays), unmapped when the last of them goes.
+#[pyclass(module = "perfkit._native", frozen)]
+pub struct CopiedBuffers {
+    region: CopiedRegion,
+}
+
+#[pymethods]
+impl CopiedBuffers {
+    fn __len__(&self) -> usize {
+        self.region.len()
+    }
+
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let region = &slf.get().region;
+        // SAFETY: the region lives as long as `slf`, which the view holds a
+        // reference to (PyBuffer_FillInfo sets view->obj); writable by design.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                region.as_ptr().cast(),
+                region.len() as ffi::Py_ssize_t,
+                0,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+}
+
 /// Names of this process's leftover segments (leak checks in tests).
 #[pyfunction]
 fn shm_segments() -> Vec<String> {
@@ -602,6 +643,7 @@ fn shm_dir() -> PathBuf {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerPool>()?;
+    m.add_class::<CopiedBuffers>()?;
     m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
