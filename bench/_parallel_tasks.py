@@ -20,6 +20,13 @@ def array_sum(a):
     return float(a.sum())
 
 
+def array_of(x):
+    """An 8 MB array result (a transform of a chunk, say)."""
+    import numpy as np
+
+    return np.full(1 << 20, float(x))
+
+
 def cpu_work(n):
     total = 0
     for i in range(n):

@@ -1,6 +1,6 @@
 """perfkit.Parallel against joblib, multiprocessing.Pool, concurrent.futures and mpire, in one run.
 
-    python bench/parallel_bench.py                # all six workloads, 5 rounds
+    python bench/parallel_bench.py                # all seven workloads, 5 rounds
     python bench/parallel_bench.py --quick        # 1 round, smaller pandas/CPU workloads
     python bench/parallel_bench.py --workloads tiny,arrays --rounds 5
 
@@ -73,6 +73,12 @@ def make_workloads(quick):
             "title": "100 numpy arrays of 8 MB, sum each",
             "fn": T.array_sum,
             "items": lambda: arrays,
+            "star": False,
+        },
+        "results": {
+            "title": "100 tasks returning an 8 MB numpy array each",
+            "fn": T.array_of,
+            "items": lambda: range(100),
             "star": False,
         },
         "cpu": {
@@ -170,6 +176,9 @@ def same(a, b):
                 np.isclose(u, v, equal_nan=True) if isinstance(u, float) else u == v for u, v in zip(x, y)
             ):
                 return False
+        elif isinstance(x, np.ndarray):
+            if not (type(y) is np.ndarray and x.dtype == y.dtype and np.array_equal(x, y)):
+                return False
         elif isinstance(x, float):
             if type(x) is not type(y) or not np.isclose(x, y):
                 return False
@@ -183,7 +192,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workloads", default="tiny,scalars,arrays,cpu,pandas,threads")
+    ap.add_argument("--workloads", default="tiny,scalars,arrays,results,cpu,pandas,threads")
     ap.add_argument(
         "--settle", type=float, default=0.3, help="seconds of quiet before each timed run (default 0.3)"
     )

@@ -277,3 +277,16 @@ def reused_array(i):
     a = REUSED.setdefault("a", np.zeros(25_000))
     a[:] = i
     return a
+
+
+def array_plus_one(a):
+    a += 1
+    return a
+
+
+def free_copy_buffers(_x=None):
+    """(pid, {length: how many}) of this worker's copy buffers kept for reuse."""
+    import sys
+
+    worker = sys.modules["__main__"]  # the worker runs as `python -m perfkit._worker`
+    return os.getpid(), {length: len(bs) for length, bs in worker.REMOTE_BUFFERS.free.items()}

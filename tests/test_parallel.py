@@ -672,13 +672,9 @@ def _remote_read_used():
     return allowed
 
 
-@pytest.mark.parametrize("copy_results", [True, False])
-def test_large_results_are_copied_out_of_the_workers_before_their_next_batch(monkeypatch, copy_results):
-    # This process may read its workers' memory (they are its children; only
-    # Yama's ptrace_scope >= 2 forbids it), so large results are copied
-    # straight out of them; PERFKIT_REMOTE_READ=0 sends them in memfds.
-    pp._shutdown_shared_pool()
-    monkeypatch.setattr(pp, "_remote_read_allowed", copy_results)
+def _reply_segment_types(monkeypatch) -> list:
+    """The type of each reply's large-buffer holder, as calls load them:
+    'CopiedBuffers' (copied out of the worker) or 'int' (a memfd)."""
     seen = []
     load = pp._load_reply
 
@@ -688,6 +684,34 @@ def test_large_results_are_copied_out_of_the_workers_before_their_next_batch(mon
         return load(payload, segment, spans)
 
     monkeypatch.setattr(pp, "_load_reply", load_reply)
+    return seen
+
+
+def test_results_of_batches_whose_arguments_came_in_a_segment_come_in_memfds(monkeypatch):
+    # Arguments in a segment (the workers cannot read this process) and
+    # results that view them: left in place, they would keep the worker's
+    # mapping of the segment, and the parent could not reuse it.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", True)
+    monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: False)
+    monkeypatch.setattr(pp, "_yama_ptrace_scope", lambda: None)
+    seen = _reply_segment_types(monkeypatch)
+    arrays = [np.full(200_000, float(i)) for i in range(10)]
+    out = Parallel(n_jobs=2, batch_size=1)(delayed(T.array_plus_one)(a) for a in arrays)
+    assert [float(a[0]) for a in out] == [i + 1.0 for i in range(10)]
+    assert pp._remote_read_pools[pp._shared_pool[1]] is False
+    assert set(seen) == {"int"}
+    pp._shutdown_shared_pool()
+
+
+@pytest.mark.parametrize("copy_results", [True, False])
+def test_large_results_are_copied_out_of_the_workers_before_their_next_batch(monkeypatch, copy_results):
+    # This process may read its workers' memory (they are its children; only
+    # Yama's ptrace_scope >= 2 forbids it), so large results are copied
+    # straight out of them; PERFKIT_REMOTE_READ=0 sends them in memfds.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", copy_results)
+    seen = _reply_segment_types(monkeypatch)
     # Each task returns its worker's one array, which the worker's next task
     # overwrites: each result must be that array as its own task left it.
     out = Parallel(n_jobs=2, batch_size=1)(delayed(T.reused_array)(i) for i in range(12))
@@ -702,52 +726,71 @@ def test_large_results_are_copied_out_of_the_workers_before_their_next_batch(mon
     pp._shutdown_shared_pool()
 
 
-def test_declare_self_ptracer_says_what_the_kernel_says():
+def test_copy_buffers_that_results_view_are_reused_once_the_parent_has_copied_them(monkeypatch):
+    # A task that returns its argument (changed in place, say) returns a view
+    # of the worker's copy buffer: held until the parent has copied the
+    # result, then reused, not dropped (which cost a fresh mapping per task).
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", True)
+    arrays = [np.full(200_000, float(i)) for i in range(30)]
+    out = Parallel(n_jobs=2, batch_size=1)(delayed(T.array_plus_one)(a) for a in arrays)
+    assert [float(a[0]) for a in out] == [i + 1.0 for i in range(30)]
+    assert [float(a[0]) for a in arrays] == [float(i) for i in range(30)]  # the caller's arrays untouched
+    if _remote_read_used():
+        free = Parallel(n_jobs=2, batch_size=1)(delayed(T.free_copy_buffers)(i) for i in range(8))
+        assert any(counts.get(arrays[0].nbytes, 0) >= 1 for _, counts in free), free
+    pp._shutdown_shared_pool()
+
+
+def test_set_self_ptracer_says_what_the_kernel_says():
     # Under Yama it succeeds; without Yama the kernel does not know the
     # request (EINVAL), and the error says what perfkit was trying to do.
     if Path("/proc/sys/kernel/yama/ptrace_scope").exists():
-        assert _native.declare_self_ptracer() is None
+        assert _native.set_self_ptracer(True) is None
+        assert _native.set_self_ptracer(False) is None
     else:
-        with pytest.raises(OSError, match="PR_SET_PTRACER.*Invalid argument"):
-            _native.declare_self_ptracer()
+        with pytest.raises(OSError, match="could not let .*PR_SET_PTRACER.*Invalid argument"):
+            _native.set_self_ptracer(True)
+        with pytest.raises(OSError, match="could not stop letting .*Invalid argument"):
+            _native.set_self_ptracer(False)
 
 
 @pytest.mark.parametrize(
-    "scope, probes, declare_fails, expected, declared",
+    "scope, probes, set_fails, expected, calls_made",
     [
-        (1, [False, True], False, True, 1),  # Ubuntu's default: name self, probe again
-        (1, [False, False], False, False, 1),  # named, still refused (e.g. a seccomp filter)
-        (1, [False], True, False, 1),  # the kernel refused to name a ptracer
-        (2, [False], False, False, 0),  # admin-only: naming a ptracer would not help
-        (None, [False], False, False, 0),  # no Yama: something else refused
-        (1, [True], False, True, 0),  # readable as it is: nothing to change
+        (1, [False, True], False, True, [True]),  # Ubuntu's default: name self, probe again
+        (1, [False, False], False, False, [True, False]),  # still refused: withdrawn at once
+        (1, [False], True, False, [True]),  # the kernel refused to name a ptracer
+        (2, [False], False, False, []),  # admin-only: naming a ptracer would not help
+        (None, [False], False, False, []),  # no Yama: something else refused
+        (1, [True], False, True, []),  # readable as it is: nothing to change
     ],
 )
 def test_yama_scope_1_workers_read_once_the_parent_names_itself_ptracer(
-    monkeypatch, scope, probes, declare_fails, expected, declared
+    monkeypatch, scope, probes, set_fails, expected, calls_made
 ):
     calls = []
     left = list(probes)
 
-    def declare():
-        calls.append(os.getpid())
-        if declare_fails:
+    def set_self_ptracer(enabled):
+        calls.append(enabled)
+        if set_fails:
             raise OSError("refused")
 
     monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: left.pop(0))
     monkeypatch.setattr(pp, "_yama_ptrace_scope", lambda: scope)
-    monkeypatch.setattr(pp._native, "declare_self_ptracer", declare)
+    monkeypatch.setattr(pp._native, "set_self_ptracer", set_self_ptracer)
     monkeypatch.setattr(pp, "_self_ptracer_pid", None)
     assert pp._remote_read_works(None) is expected
-    assert calls == [os.getpid()] * declared and not left
-    if declared and not declare_fails:
+    assert calls == calls_made and not left
+    if expected and calls:
         # Named once per process: a later pool that cannot read does not name it again.
         monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: False)
         assert pp._remote_read_works(None) is False
-        assert len(calls) == 1
+        assert calls == [True]
         # A forked child is another process, which must name itself.
         monkeypatch.setattr(pp, "_self_ptracer_pid", os.getpid() + 1)
-        assert pp._remote_read_works(None) is False and len(calls) == 2
+        assert pp._remote_read_works(None) is False and calls == [True, True, False]
 
 
 def test_yama_ptrace_scope_reads_the_kernels_setting():
@@ -874,9 +917,19 @@ def test_remote_spans_copy_buffers_as_unpickling_reaches_them():
     for a, b in zip(arrays, copied):
         np.testing.assert_array_equal(a, b)
         assert b.ctypes.data != a.ctypes.data
+    # A buffer a result still views is not reused; a give-back that is not
+    # final keeps it to try again (once the parent has copied the result).
+    _worker.REMOTE_BUFFERS.clear()
+    kept = copied[1]
     del copied, b
+    spans.give_back(final=False)
+    assert len(spans.taken) == 1
+    assert len(_worker.REMOTE_BUFFERS.free[kept.nbytes]) == 2
+    del kept
     spans.give_back()
     assert spans.taken == []
+    assert len(_worker.REMOTE_BUFFERS.free[arrays[0].nbytes]) == 3
+    _worker.REMOTE_BUFFERS.clear()
     bad = _worker.RemoteSpans(os.getpid(), ["0:4096"])
     with pytest.raises(_worker.RemoteReadError, match="could not copy 4096 bytes out of the parent process"):
         next(bad)

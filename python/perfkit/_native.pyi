@@ -224,6 +224,7 @@ def read_process_memory(pid: int, address: int, length: int, into: Any = None) -
     """Copy bytes out of another process (process_vm_readv) into ``into`` (a writable
     buffer of ``length`` bytes) or a new bytearray, and return it; OSError if refused."""
 
-def declare_self_ptracer() -> None:
+def set_self_ptracer(enabled: bool) -> None:
     """Let this process's descendants read its memory under Yama ``ptrace_scope`` 1
-    (``prctl(PR_SET_PTRACER, getpid())``); OSError where there is no Yama or it refuses."""
+    (``prctl(PR_SET_PTRACER, getpid())``), or withdraw that (``0``); OSError where there
+    is no Yama or it refuses."""

@@ -147,11 +147,16 @@ class RemoteBuffers:
             del self.free[length]
         return free.pop()
 
-    def give_back(self, buffers) -> None:
+    def give_back(self, buffers) -> list:
+        """Keeps ``buffers`` for reuse; returns those still in use (not kept)."""
+        in_use = []
         for b in buffers:
             length = len(b)
+            if not length or length > self.MAX:
+                continue
             # Referenced only as in _unkept_refs (`buffers`, `b`, getrefcount's argument): no task kept it.
-            if not length or length > self.MAX or sys.getrefcount(b) > self.UNKEPT_REFS:
+            if sys.getrefcount(b) > self.UNKEPT_REFS:
+                in_use.append(b)
                 continue
             free = self.free.pop(length, [])
             free.append(b)
@@ -159,6 +164,7 @@ class RemoteBuffers:
             self.held += length
         while self.held > self.MAX:
             self._drop_one(next(iter(self.free)))
+        return in_use
 
     def clear(self) -> None:
         self.free.clear()
@@ -209,10 +215,13 @@ class RemoteSpans:
         self.taken.append(buffer)
         return buffer
 
-    def give_back(self) -> None:
-        """Hands the buffers taken so far back for reuse (those no object still uses)."""
+    def give_back(self, final: bool = True) -> None:
+        """Hands the buffers taken so far back for reuse, those no object still
+        uses; the others are tried again at the next call, unless ``final``."""
         taken, self.taken = self.taken, []
-        REMOTE_BUFFERS.give_back(taken)
+        in_use = REMOTE_BUFFERS.give_back(taken)
+        if not final:
+            self.taken = in_use
 
 
 class TaskPipe(io.RawIOBase):
@@ -313,8 +322,11 @@ class SegmentWriter:
 # Result memfds of the last reply: the parent opens them, then sends a RELEASE
 # frame (or its next batch), and they are closed when that frame arrives.
 OPEN_RESULT_FDS: list = []
-# Likewise the buffers of the last reply left in place for the parent to copy.
+# Likewise the buffers of the last reply left in place for the parent to copy;
+# and the copy buffers of its batch, handed back for reuse only then (a result
+# that is a view of its argument holds one until the parent has copied it).
 HELD_RESULTS: list = []
+HELD_COPY_BUFFERS: list = []
 
 
 def in_place_meta(buffers: list) -> bytes:
@@ -394,6 +406,8 @@ def main() -> int:
         while OPEN_RESULT_FDS:
             os.close(OPEN_RESULT_FDS.pop())
         HELD_RESULTS.clear()
+        while HELD_COPY_BUFFERS:
+            HELD_COPY_BUFFERS.pop().give_back()
         meta = tasks.read(meta_len) if meta_len else b""
         payload = tasks.read(payload_len)
         if len(payload) < payload_len:
@@ -427,7 +441,9 @@ def main() -> int:
             status,
             parent,
             threshold,
-            bool(frame_flags & RESULTS_IN_PLACE),
+            # Not when the arguments came in a segment: results that are views of
+            # it would then keep the parent from reusing it.
+            bool(frame_flags & RESULTS_IN_PLACE) and not mapped,
         )
         del payload
         flags = 0
@@ -438,7 +454,10 @@ def main() -> int:
             # parent rewrite it for a later batch.
             flags = SEGMENT_RETAINED
         if remote is not None:
-            remote.give_back()
+            if HELD_RESULTS:
+                HELD_COPY_BUFFERS.append(remote)
+            else:
+                remote.give_back()
         remote = None
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
@@ -545,7 +564,8 @@ def run_streamed(functions, mode, blobs, segment, status, first):
         results += done
         del item, done
         if remote is not None:
-            remote.give_back()
+            # Not final: a buffer a result views may come free once the parent has copied it.
+            remote.give_back(final=False)
     return results, None, None, None
 
 

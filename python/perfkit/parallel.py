@@ -290,18 +290,25 @@ def _remote_read_works(pool) -> bool:
     exempt; naming itself exempts its own descendants: the workers, and
     whatever else it starts, which could then attach to it as gdb would.
     That is the trade for copying large arrays once instead of through
-    shared memory (about twice as fast); PERFKIT_REMOTE_READ=0 declines it."""
+    shared memory (about twice as fast); PERFKIT_REMOTE_READ=0 declines it.
+    Yama keeps one such name per process, for the process's life: this
+    replaces any the program named before, and is withdrawn at once if the
+    workers still cannot read (another restriction, a seccomp filter say)."""
     global _self_ptracer_pid
     if _probe_remote_read(pool):
         return True
     if _yama_ptrace_scope() != 1 or _self_ptracer_pid == os.getpid():
         return False
     try:
-        _native.declare_self_ptracer()
+        _native.set_self_ptracer(True)
     except OSError:
         return False
-    _self_ptracer_pid = os.getpid()
-    return _probe_remote_read(pool)
+    if _probe_remote_read(pool):
+        _self_ptracer_pid = os.getpid()
+        return True
+    with contextlib.suppress(OSError):
+        _native.set_self_ptracer(False)
+    return False
 
 
 def _yama_ptrace_scope():

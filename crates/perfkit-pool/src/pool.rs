@@ -445,7 +445,13 @@ fn slot_main(
         }
         // The segment is free again unless the worker still maps parts of it
         // (then it is dropped here: unmapped in this process, kept alive by the worker's mapping).
-        let retained = matches!(&outcome, Ok(r) if r.segment_retained);
+        let retained = matches!(
+            &outcome,
+            Ok(Reply {
+                segment_retained: true,
+                ..
+            }) | Err(JobError::Local(_, true))
+        );
         if let Some((seg, _)) = job.segment {
             if !retained {
                 shared.segments.give_back(seg);
@@ -477,7 +483,7 @@ fn slot_main(
                 }
             }
             Err(JobError::Dropped) => {}
-            Err(JobError::Local(e)) => {
+            Err(JobError::Local(e, _)) => {
                 if shutting_down {
                     break;
                 }
@@ -592,9 +598,10 @@ enum JobError {
     Failed,
     /// The worker answered with a frame that is not this batch's reply.
     Protocol(String),
-    /// The worker answered, but its results could not be opened in this
-    /// process (out of file descriptors, say): not the worker's fault.
-    Local(io::Error),
+    /// The worker answered, but its results could not be taken in by this
+    /// process (out of file descriptors or memory, say): not the worker's
+    /// fault. With whether the worker still maps the batch's segment.
+    Local(io::Error, bool),
     /// Not run: its call was given up before it could be resent.
     Dropped,
 }
@@ -659,7 +666,10 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
             frame.batch, frame.call, job.batch, job.call
         )));
     }
-    let segment = match SegmentSpec::decode(&frame.meta).map_err(JobError::Local)? {
+    // Whatever happens to its results, the worker may still map the batch's segment.
+    let retained = frame.flags & FLAG_SEGMENT_RETAINED != 0;
+    let local = |e| JobError::Local(e, retained);
+    let segment = match SegmentSpec::decode(&frame.meta).map_err(local)? {
         Some(spec) if spec.name.starts_with("vm:") => {
             // Only the worker's own memory, and only when it was offered.
             if !w.results_in_place {
@@ -674,11 +684,11 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
             let copied = CopiedRegion::copy_from(w.pid, &spec.spans);
             // Copied or not, the worker may drop them now; if it cannot be told, it has died.
             let _ = w.send(FrameKind::Release, 0, job.call, job.batch, b"", b"");
-            let (region, spans) = copied.map_err(JobError::Local)?;
+            let (region, spans) = copied.map_err(local)?;
             Some((ReplyBuffers::Copied(region), spans))
         }
         Some(spec) => {
-            let file = shm::open_segment(&spec.name).map_err(JobError::Local)?;
+            let file = shm::open_segment(&spec.name).map_err(local)?;
             if spec.name.starts_with("memfd:") {
                 // A worker that cannot be told has died; the next batch finds out.
                 let _ = w.send(FrameKind::Release, 0, job.call, job.batch, b"", b"");
@@ -694,7 +704,7 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
         payload: frame.payload,
         segment,
         pid: w.pid,
-        segment_retained: frame.flags & FLAG_SEGMENT_RETAINED != 0,
+        segment_retained: retained,
     })
 }
 

@@ -116,31 +116,43 @@ impl CopiedRegion {
     /// back to back (aligned to [`crate::shm::ALIGN`]); returns the region
     /// and each buffer's (offset, length) in it.
     pub fn copy_from(pid: i32, spans: &[(u64, u64)]) -> io::Result<(Self, Vec<(u64, u64)>)> {
-        let align = crate::shm::ALIGN;
+        // The spans come from another process: every sum is checked, and the
+        // whole must fit in an allocation (isize::MAX bytes).
+        let too_large = || io::Error::new(io::ErrorKind::InvalidData, "buffers too large");
         let mut placed = Vec::with_capacity(spans.len());
         let mut end = 0u64;
         for &(_, len) in spans {
-            let off = end.div_ceil(align) * align;
+            let off = end
+                .checked_next_multiple_of(crate::shm::ALIGN)
+                .ok_or_else(too_large)?;
+            end = off.checked_add(len).ok_or_else(too_large)?;
             placed.push((off, len));
-            end = off
-                .checked_add(len)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "buffer too large"))?;
         }
         let total = usize::try_from(end)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "buffers too large"))?;
-        let region = CopiedRegion::new(total)?;
+            .ok()
+            .filter(|&t| t <= isize::MAX as usize)
+            .ok_or_else(too_large)?;
+        let mut region = CopiedRegion::new(total)?;
+        let whole = region.as_mut_slice();
         for (&(address, _), &(off, len)) in spans.iter().zip(&placed) {
-            // SAFETY: off + len <= total (laid out above) and the region is ours.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(region.ptr.add(off as usize), len as usize)
-            };
+            // In bounds by construction; checked anyway rather than trusted.
+            let dst = whole
+                .get_mut(off as usize..(off + len) as usize)
+                .ok_or_else(too_large)?;
             read_into(pid, address, dst)?;
         }
         Ok((region, placed))
     }
 
-    /// The bytes at `off..off + len` (tests).
-    pub fn read(&self, off: usize, len: usize) -> &[u8] {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: our own mapping of `len` bytes (or an empty dangling slice),
+        // alive and not yet shared while we hold `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// The bytes at `off..off + len` (tests: once shared, Python may write them).
+    #[cfg(test)]
+    fn read(&self, off: usize, len: usize) -> &[u8] {
         assert!(off + len <= self.len);
         // SAFETY: in bounds (asserted), mapping alive while &self is.
         unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
@@ -184,6 +196,17 @@ mod tests {
         let me = std::process::id() as i32;
         let err = CopiedRegion::copy_from(me, &[(8, 16)]).err().unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+        // Spans whose lengths wrap around when laid out: refused before any copy.
+        let src = [0u8; 64];
+        let a = src.as_ptr() as u64;
+        let mut wrapping = vec![(a, 64), (a, u64::MAX - 100)];
+        let err = CopiedRegion::copy_from(me, &wrapping).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        wrapping = vec![(a, 64)];
+        wrapping.extend(std::iter::repeat_n((a, 1u64 << 46), 1 << 18));
+        wrapping.push((a, 4096));
+        let err = CopiedRegion::copy_from(me, &wrapping).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         // A pid that cannot exist (above the kernel's pid_max limit).
         assert!(!can_read(i32::MAX));
         let mut dst = [0u8; 4];

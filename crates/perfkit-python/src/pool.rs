@@ -563,25 +563,25 @@ fn read_process_memory(
     Ok(target.unbind())
 }
 
-/// Names this process as its own ptracer (`prctl(PR_SET_PTRACER, getpid())`):
-/// under Yama's `ptrace_scope` 1, which lets a process be read only by its
-/// ancestors, this lets its descendants (the pool's workers) read it too.
-/// OSError where the kernel has no Yama (EINVAL) or refuses.
+/// With `enabled`, names this process as its own ptracer
+/// (`prctl(PR_SET_PTRACER, getpid())`): under Yama's `ptrace_scope` 1, which
+/// lets a process be read only by its ancestors, this lets its descendants
+/// (the pool's workers) read it too. Without, withdraws that (`0`). OSError
+/// where the kernel has no Yama (EINVAL) or refuses.
 #[pyfunction]
-fn declare_self_ptracer() -> PyResult<()> {
-    // SAFETY: prctl with integer arguments only; getpid cannot fail.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_PTRACER,
-            libc::getpid() as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
+fn set_self_ptracer(enabled: bool) -> PyResult<()> {
+    // SAFETY: getpid cannot fail.
+    let tracer = if enabled {
+        unsafe { libc::getpid() }
+    } else {
+        0
     };
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PTRACER, tracer as libc::c_ulong, 0, 0, 0) };
     if rc != 0 {
         return Err(PyOSError::new_err(format!(
-            "could not let this process's workers read its memory (prctl PR_SET_PTRACER): {}",
+            "could not {} this process's workers read its memory (prctl PR_SET_PTRACER): {}",
+            if enabled { "let" } else { "stop letting" },
             std::io::Error::last_os_error()
         )));
     }
@@ -647,7 +647,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
-    m.add_function(wrap_pyfunction!(declare_self_ptracer, m)?)?;
+    m.add_function(wrap_pyfunction!(set_self_ptracer, m)?)?;
     m.add_function(wrap_pyfunction!(read_process_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm_dir, m)?)?;
     Ok(())
