@@ -142,7 +142,13 @@ def runners(n_jobs, pools):
         if p is None:
             raise RuntimeError("mpire is not installed (pip install mpire)")
         items = list(items)
-        return p.map(fn, items if star else [(x,) for x in items], iterable_len=len(items))
+        # (mpire would concatenate array results into one array: a list, as the others return)
+        return p.map(
+            fn,
+            items if star else [(x,) for x in items],
+            iterable_len=len(items),
+            concatenate_numpy_output=False,
+        )
 
     return {
         "sequential": seq,

@@ -674,7 +674,7 @@ def _remote_read_used():
 
 def _reply_segment_types(monkeypatch) -> list:
     """The type of each reply's large-buffer holder, as calls load them:
-    'CopiedBuffers' (copied out of the worker) or 'int' (a memfd)."""
+    'list' (of buffers copied out of the worker) or 'int' (a memfd)."""
     seen = []
     load = pp._load_reply
 
@@ -721,7 +721,7 @@ def test_large_results_are_copied_out_of_the_workers_before_their_next_batch(mon
     assert float(out[1][0]) == 1.0
     yama = Path("/proc/sys/kernel/yama/ptrace_scope")
     children_readable = not yama.exists() or yama.read_text().strip() in ("0", "1")
-    assert set(seen) == {"CopiedBuffers" if copy_results and children_readable else "int"}
+    assert set(seen) == {"list" if copy_results and children_readable else "int"}
     assert shm_leftovers() == []
     pp._shutdown_shared_pool()
 

@@ -118,8 +118,8 @@ def cache_reduce_size(
 
 # --- perfkit.Parallel's engine (crates/perfkit-pool; driven by perfkit/parallel.py) ---
 
-class CopiedBuffers:
-    """A reply's large buffers copied out of a worker: a writable buffer (``memoryview(it)``)."""
+class CopiedBuffer:
+    """One of a reply's large buffers copied out of a worker: a writable buffer (``memoryview(it)``)."""
 
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
@@ -152,7 +152,7 @@ class WorkerPool:
         with ``remote`` read by the worker straight from this process (keep them alive until the reply)."""
     def next_event(self, timeout: float | None = None) -> tuple | None:
         """``("reply", call, batch, is_error, payload, segment, spans, pid)`` (``segment``: a
-        descriptor to map, a ``CopiedBuffers``, or None), ``("died", call, batch, pid, reason,
+        descriptor to map, a list of ``CopiedBuffer``, or None), ``("died", call, batch, pid, reason,
         task)`` or ``("failed", call, batch, message)`` (no worker could be started, or its
         results could not be taken in here);
         None after ``timeout`` seconds. Raises KeyboardInterrupt on Ctrl-C."""

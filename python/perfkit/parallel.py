@@ -1454,21 +1454,18 @@ def _unpacked(mode, items):
 
 def _load_reply(payload, segment, spans):
     """(seconds the worker took, results) of a reply frame (see perfkit._worker);
-    its large buffers in `segment`: a descriptor to map, or the buffers the pool
-    copied out of the worker (`_native.CopiedBuffers`)."""
+    its large buffers in `segment`: a descriptor to map (at `spans`), or the
+    buffers the pool copied out of the worker (a list of `_native.CopiedBuffer`)."""
     if segment is None:
         elapsed, tag, results = pickle.loads(payload)
+    elif isinstance(segment, list):
+        elapsed, tag, results = pickle.loads(payload, buffers=segment)
     else:
-        if isinstance(segment, int):
-            try:
-                size = os.fstat(segment).st_size
-                view = (
-                    memoryview(mmap.mmap(segment, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
-                )
-            finally:
-                os.close(segment)
-        else:
-            view = memoryview(segment)
+        try:
+            size = os.fstat(segment).st_size
+            view = memoryview(mmap.mmap(segment, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
+        finally:
+            os.close(segment)
         elapsed, tag, results = pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
     if tag is not None:
         results = unpack_results(tag, results)

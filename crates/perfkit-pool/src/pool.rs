@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::frame::{FrameKind, FLAG_RESULTS_IN_PLACE, FLAG_SEGMENT_RETAINED};
-use crate::remote::CopiedRegion;
+use crate::remote::{copy_buffers, CopiedBuffer};
 use crate::shm::{self, MappedSegment, SegmentCache, SegmentSpec};
 use crate::worker::{describe_exit, kill_pid, Worker, WorkerCommand};
 
@@ -58,8 +58,8 @@ pub struct Reply {
 pub enum ReplyBuffers {
     /// A segment the worker wrote, opened here.
     Segment(File),
-    /// Already copied out of the worker's memory (FLAG_RESULTS_IN_PLACE).
-    Copied(CopiedRegion),
+    /// Already copied out of the worker's memory (FLAG_RESULTS_IN_PLACE), one per span.
+    Copied(Vec<CopiedBuffer>),
 }
 
 pub enum Event {
@@ -681,11 +681,11 @@ fn run_job(w: &mut Worker, job: &Job) -> Result<Reply, JobError> {
                     &spec.name[3..]
                 )));
             }
-            let copied = CopiedRegion::copy_from(w.pid, &spec.spans);
+            let copied = copy_buffers(w.pid, &spec.spans);
             // Copied or not, the worker may drop them now; if it cannot be told, it has died.
             let _ = w.send(FrameKind::Release, 0, job.call, job.batch, b"", b"");
-            let (region, spans) = copied.map_err(local)?;
-            Some((ReplyBuffers::Copied(region), spans))
+            let spans = spec.spans.iter().map(|&(_, len)| (0, len)).collect();
+            Some((ReplyBuffers::Copied(copied.map_err(local)?), spans))
         }
         Some(spec) => {
             let file = shm::open_segment(&spec.name).map_err(local)?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use perfkit_pool::remote::{self, CopiedRegion};
+use perfkit_pool::remote;
 use perfkit_pool::{shm, Event, Job, Pool, ReplyBuffers, WorkerCommand};
 
 use crate::tasks::{Packer, ARGS_ONLY, SINGLE, SINGLE_PACKED};
@@ -182,7 +182,8 @@ impl WorkerPool {
     /// running signal handlers meanwhile (so Ctrl-C raises here). Returns None
     /// on timeout, else a tuple:
     /// ("reply", call, batch, is_error, payload, segment, spans, pid), the
-    /// segment a descriptor to map, a `CopiedBuffers`, or None
+    /// segment a descriptor to map, a list of `CopiedBuffer`s (one per
+    /// span), or None
     /// ("died", call, batch, pid, reason, task)
     /// ("failed", call, batch, message): this process could not run the batch
     #[pyo3(signature = (timeout=None))]
@@ -248,10 +249,13 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
                     Some(file.into_raw_fd().into_pyobject(py)?.into_any().unbind()),
                     spans,
                 ),
-                Some((ReplyBuffers::Copied(region), spans)) => (
-                    Some(Py::new(py, CopiedBuffers { region })?.into_any()),
-                    spans,
-                ),
+                Some((ReplyBuffers::Copied(buffers), spans)) => {
+                    let buffers = buffers
+                        .into_iter()
+                        .map(|buffer| Py::new(py, CopiedBuffer { buffer }))
+                        .collect::<PyResult<Vec<_>>>()?;
+                    (Some(PyList::new(py, buffers)?.into_any().unbind()), spans)
+                }
                 None => (None, Vec::new()),
             };
             (
@@ -588,18 +592,18 @@ fn set_self_ptracer(enabled: bool) -> PyResult<()> {
     Ok(())
 }
 
-/// A reply's large buffers, copied out of the worker into memory of this
-/// process: a writable buffer that the results' arrays view (so they are
-/// ordinary writable arrays), unmapped when the last of them goes.
+/// One of a reply's large buffers, copied out of the worker into this
+/// process's heap: a writable buffer that a result's array views (so it is
+/// an ordinary writable array), freed when the last view of it goes.
 #[pyclass(module = "perfkit._native", frozen)]
-pub struct CopiedBuffers {
-    region: CopiedRegion,
+pub struct CopiedBuffer {
+    buffer: remote::CopiedBuffer,
 }
 
 #[pymethods]
-impl CopiedBuffers {
+impl CopiedBuffer {
     fn __len__(&self) -> usize {
-        self.region.len()
+        self.buffer.len()
     }
 
     /// # Safety
@@ -609,15 +613,15 @@ impl CopiedBuffers {
         view: *mut ffi::Py_buffer,
         flags: std::os::raw::c_int,
     ) -> PyResult<()> {
-        let region = &slf.get().region;
-        // SAFETY: the region lives as long as `slf`, which the view holds a
+        let buffer = &slf.get().buffer;
+        // SAFETY: the buffer lives as long as `slf`, which the view holds a
         // reference to (PyBuffer_FillInfo sets view->obj); writable by design.
         let rc = unsafe {
             ffi::PyBuffer_FillInfo(
                 view,
                 slf.as_ptr(),
-                region.as_ptr().cast(),
-                region.len() as ffi::Py_ssize_t,
+                buffer.as_ptr().cast(),
+                buffer.len() as ffi::Py_ssize_t,
                 0,
                 flags,
             )
@@ -643,7 +647,7 @@ fn shm_dir() -> PathBuf {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerPool>()?;
-    m.add_class::<CopiedBuffers>()?;
+    m.add_class::<CopiedBuffer>()?;
     m.add_function(wrap_pyfunction!(draw_uniform_batch, m)?)?;
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
