@@ -783,14 +783,16 @@ def test_yama_scope_1_workers_read_once_the_parent_names_itself_ptracer(
     monkeypatch.setattr(pp, "_self_ptracer_pid", None)
     assert pp._remote_read_works(None) is expected
     assert calls == calls_made and not left
-    if expected and calls:
-        # Named once per process: a later pool that cannot read does not name it again.
+    if calls:
+        # Tried once per process: a later pool that cannot read does not try
+        # again (each try replaces the program's own ptracer, if it named one).
         monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: False)
         assert pp._remote_read_works(None) is False
-        assert calls == [True]
-        # A forked child is another process, which must name itself.
+        assert calls == calls_made
+        # A forked child is another process, which must try for itself.
         monkeypatch.setattr(pp, "_self_ptracer_pid", os.getpid() + 1)
-        assert pp._remote_read_works(None) is False and calls == [True, True, False]
+        again = [True] if set_fails else [True, False]  # (withdrawn: it did not help)
+        assert pp._remote_read_works(None) is False and calls == calls_made + again
 
 
 def test_yama_ptrace_scope_reads_the_kernels_setting():

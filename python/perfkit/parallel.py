@@ -263,8 +263,10 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
 _remote_read_allowed = os.environ.get("PERFKIT_REMOTE_READ", "1") != "0"
 # pool -> bool; weak, so that it holds no pool alive and forgets the ones gone.
 _remote_read_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# The pid that named itself its ptracer (a forked child must name itself anew).
+# The pid that tried naming itself its ptracer, once (a forked child is
+# another process, which must try anew); the lock makes one thread try.
 _self_ptracer_pid = None
+_self_ptracer_lock = threading.Lock()
 
 
 def _new_pool(n_workers: int, inner_threads, max_nbytes):
@@ -297,18 +299,19 @@ def _remote_read_works(pool) -> bool:
     global _self_ptracer_pid
     if _probe_remote_read(pool):
         return True
-    if _yama_ptrace_scope() != 1 or _self_ptracer_pid == os.getpid():
-        return False
-    try:
-        _native.set_self_ptracer(True)
-    except OSError:
-        return False
-    if _probe_remote_read(pool):
+    with _self_ptracer_lock:
+        if _yama_ptrace_scope() != 1 or _self_ptracer_pid == os.getpid():
+            return False  # (named already, and this pool still cannot read: it would not help)
         _self_ptracer_pid = os.getpid()
-        return True
-    with contextlib.suppress(OSError):
-        _native.set_self_ptracer(False)
-    return False
+        try:
+            _native.set_self_ptracer(True)
+        except OSError:
+            return False
+        if _probe_remote_read(pool):
+            return True
+        with contextlib.suppress(OSError):
+            _native.set_self_ptracer(False)
+        return False
 
 
 def _yama_ptrace_scope():
@@ -1459,7 +1462,8 @@ def _load_reply(payload, segment, spans):
     if segment is None:
         elapsed, tag, results = pickle.loads(payload)
     elif isinstance(segment, list):
-        elapsed, tag, results = pickle.loads(payload, buffers=segment)
+        # As memoryviews, as from a segment (a task may return a bare PickleBuffer).
+        elapsed, tag, results = pickle.loads(payload, buffers=[memoryview(b) for b in segment])
     else:
         try:
             size = os.fstat(segment).st_size

@@ -29,18 +29,28 @@ pub fn can_read(pid: i32) -> bool {
 
 /// Copies `dst.len()` bytes at `address` in process `pid` into `dst`.
 pub fn read_into(pid: i32, address: u64, dst: &mut [u8]) -> io::Result<()> {
+    // SAFETY: `dst` is writable for its whole length and borrowed mutably.
+    unsafe { read_raw(pid, address, dst.as_mut_ptr(), dst.len()) }
+}
+
+/// Copies `len` bytes at `address` in process `pid` to `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes (initialized or not), and
+/// nothing else may use them meanwhile.
+unsafe fn read_raw(pid: i32, address: u64, dst: *mut u8, len: usize) -> io::Result<()> {
     let mut done = 0usize;
-    while done < dst.len() {
+    while done < len {
         let local = libc::iovec {
-            iov_base: dst[done..].as_mut_ptr().cast(),
-            iov_len: dst.len() - done,
+            iov_base: dst.wrapping_add(done).cast(),
+            iov_len: len - done,
         };
         let remote = libc::iovec {
             iov_base: (address as usize + done) as *mut libc::c_void,
-            iov_len: dst.len() - done,
+            iov_len: len - done,
         };
-        // SAFETY: `local` is the unwritten rest of `dst`, which we borrow
-        // mutably; the kernel validates the remote range (EFAULT if unmapped).
+        // SAFETY: `local` is the unwritten rest of `dst` (the caller's
+        // promise); the kernel validates the remote range (EFAULT if unmapped).
         let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -98,10 +108,12 @@ impl CopiedBuffer {
         })?;
         // Owned from here, so that an error below frees it.
         let buffer = CopiedBuffer { ptr, len };
-        // SAFETY: `len` bytes we just allocated and nothing else uses; the
-        // kernel writes every one of them or read_into fails (not read then).
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
-        read_into(pid, address, dst)?;
+        if len >= HUGE_PAGE_ADVICE_FROM {
+            advise_huge_pages(ptr.as_ptr(), len);
+        }
+        // SAFETY: `len` bytes we just allocated (uninitialized: written, not
+        // read, until the kernel has filled every one) and nothing else uses.
+        unsafe { read_raw(pid, address, ptr.as_ptr(), len)? };
         Ok(buffer)
     }
 
@@ -131,6 +143,22 @@ impl Drop for CopiedBuffer {
             // SAFETY: allocated in copy_from with this very layout, freed once.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len).unwrap()) };
         }
+    }
+}
+
+/// Buffers this large get huge pages where the kernel gives them (its
+/// `madvise` mode), as numpy asks for its own arrays of 4 MiB and more: a
+/// page fault per 2 MiB instead of per 4 KiB when the memory is fresh.
+const HUGE_PAGE_ADVICE_FROM: usize = 4 << 20;
+
+fn advise_huge_pages(start: *mut u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    let first = (start as usize).next_multiple_of(HUGE);
+    let end = (start as usize + len) / HUGE * HUGE;
+    if end > first {
+        // SAFETY: advice on whole pages inside our own allocation; it changes
+        // no contents, and a refusal changes nothing but speed.
+        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
     }
 }
 
