@@ -10,8 +10,8 @@ function, and its idiomatic call (Pool.map / Executor.map get a chunksize
 like Pool.map's own heuristic, else they would take minutes on tiny tasks).
 Each round runs every configuration once, in a rotating order; the table
 shows medians in ms and perfkit's speedup against each. Every result is
-checked against the sequential one (a wrong result aborts the run). Before
-each timed run: a GC pass and --settle seconds (0.3) of quiet.
+checked against the sequential one (a wrong result aborts the run), then
+dropped. Before each timed run: a GC pass and --settle seconds (0.3) of quiet.
 """
 
 from __future__ import annotations
@@ -269,6 +269,8 @@ def main(argv=None):
                     expected = out
                 if expected is not None and not same(out, expected):
                     sys.exit(f"{key}/{name}: wrong result")
+                # Not held through the next library's run (800 MB of arrays, for one workload).
+                del out
                 if r > 0:
                     times[name].append(dt)
             print(f"  {key}: round {r} done", file=sys.stderr)

@@ -98,19 +98,25 @@ impl CopiedBuffer {
             });
         }
         let layout = Self::layout(len)?;
-        // SAFETY: a layout of non-zero size; a null result is handled below.
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let ptr = std::ptr::NonNull::new(raw).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                format!("cannot allocate {len} bytes"),
-            )
-        })?;
+        let ptr = match RECYCLED.lock().unwrap().take(len) {
+            Some(ptr) => ptr,
+            None => {
+                // SAFETY: a layout of non-zero size; a null result is handled below.
+                let raw = unsafe { std::alloc::alloc(layout) };
+                let ptr = std::ptr::NonNull::new(raw).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::OutOfMemory,
+                        format!("cannot allocate {len} bytes"),
+                    )
+                })?;
+                if len >= HUGE_PAGE_ADVICE_FROM {
+                    advise_huge_pages(ptr.as_ptr(), len);
+                }
+                ptr
+            }
+        };
         // Owned from here, so that an error below frees it.
         let buffer = CopiedBuffer { ptr, len };
-        if len >= HUGE_PAGE_ADVICE_FROM {
-            advise_huge_pages(ptr.as_ptr(), len);
-        }
         // SAFETY: `len` bytes we just allocated (uninitialized: written, not
         // read, until the kernel has filled every one) and nothing else uses.
         unsafe { read_raw(pid, address, ptr.as_ptr(), len)? };
@@ -140,9 +146,71 @@ impl CopiedBuffer {
 impl Drop for CopiedBuffer {
     fn drop(&mut self) {
         if self.len > 0 {
-            // SAFETY: allocated in copy_from with this very layout, freed once.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len).unwrap()) };
+            let evicted = RECYCLED.lock().unwrap().keep(self.ptr, self.len);
+            for (ptr, len) in evicted {
+                free(ptr, len);
+            }
         }
+    }
+}
+
+fn free(ptr: std::ptr::NonNull<u8>, len: usize) {
+    // SAFETY: allocated in CopiedBuffer::copy_from with this very layout, and
+    // freed once: by its last owner (a buffer, or the recycler that evicts it).
+    unsafe { std::alloc::dealloc(ptr.as_ptr(), CopiedBuffer::layout(len).unwrap()) };
+}
+
+/// The memory of dropped [`CopiedBuffer`]s, kept for the next ones of the
+/// same length, at most this many bytes in all (the oldest go first).
+///
+/// The slot threads allocate them and the caller frees them, so they live
+/// in the threads' malloc arenas, whose heaps malloc trims as soon as their
+/// top is free: every call's results would take fresh, zeroed pages (a
+/// page fault per 4 KiB; ~10 ms per 8 MB on a VM that hands freed memory
+/// back to its host). Results of one call are usually alike in size.
+const RECYCLE_BYTES: usize = 256 << 20;
+
+struct Recycler {
+    free: Vec<(std::ptr::NonNull<u8>, usize)>,
+    bytes: usize,
+}
+
+// SAFETY: the recycler owns the allocations it holds (no one else points
+// into them), and is only used under its mutex.
+unsafe impl Send for Recycler {}
+
+static RECYCLED: std::sync::Mutex<Recycler> = std::sync::Mutex::new(Recycler {
+    free: Vec::new(),
+    bytes: 0,
+});
+
+impl Recycler {
+    /// A kept allocation of exactly `len` bytes, the most recent first.
+    fn take(&mut self, len: usize) -> Option<std::ptr::NonNull<u8>> {
+        let i = self.free.iter().rposition(|&(_, l)| l == len)?;
+        self.bytes -= len;
+        Some(self.free.remove(i).0)
+    }
+
+    /// Keeps an allocation; returns those to free now (it, if too large, or
+    /// the oldest kept ones, to make room).
+    fn keep(
+        &mut self,
+        ptr: std::ptr::NonNull<u8>,
+        len: usize,
+    ) -> Vec<(std::ptr::NonNull<u8>, usize)> {
+        if len > RECYCLE_BYTES {
+            return vec![(ptr, len)];
+        }
+        let mut evicted = Vec::new();
+        while self.bytes + len > RECYCLE_BYTES {
+            let (old, old_len) = self.free.remove(0);
+            self.bytes -= old_len;
+            evicted.push((old, old_len));
+        }
+        self.free.push((ptr, len));
+        self.bytes += len;
+        evicted
     }
 }
 
@@ -194,6 +262,36 @@ mod tests {
             assert_eq!(c.as_ptr() as u64 % crate::shm::ALIGN, 0);
         }
         assert!(copy_buffers(me, &[]).unwrap().is_empty());
+        // A dropped buffer's memory serves the next of its length (a length
+        // no other test uses: the recycler is the process's).
+        let c = vec![9u8; 3_000_017];
+        let first = copy_buffers(me, &[(c.as_ptr() as u64, c.len() as u64)]).unwrap();
+        let address = first[0].as_ptr();
+        drop(first);
+        let again = CopiedBuffer::copy_from(me, c.as_ptr() as u64, c.len() as u64).unwrap();
+        assert_eq!(again.as_ptr(), address);
+        assert_eq!(again.bytes(), &c[..]);
+    }
+
+    #[test]
+    fn the_recycler_keeps_at_most_its_bound_oldest_out_first() {
+        let mut r = Recycler {
+            free: Vec::new(),
+            bytes: 0,
+        };
+        let fake = |n: usize| std::ptr::NonNull::new(n as *mut u8).unwrap();
+        let half = RECYCLE_BYTES / 2;
+        assert!(r.keep(fake(64), half).is_empty());
+        assert!(r.keep(fake(128), half).is_empty());
+        assert_eq!(r.keep(fake(192), 10), vec![(fake(64), half)]);
+        assert_eq!(
+            r.keep(fake(256), RECYCLE_BYTES + 1),
+            vec![(fake(256), RECYCLE_BYTES + 1)]
+        );
+        assert_eq!(r.take(10), Some(fake(192)));
+        assert_eq!(r.take(10), None);
+        assert_eq!(r.take(half), Some(fake(128)));
+        assert_eq!(r.bytes, 0);
     }
 
     #[test]
