@@ -789,6 +789,11 @@ def test_yama_scope_1_workers_read_once_the_parent_names_itself_ptracer(
         monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: False)
         assert pp._remote_read_works(None) is False
         assert calls == calls_made
+        # One whose first probe came before another thread's naming reads on its second.
+        second = [False, True]
+        monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: second.pop(0))
+        assert pp._remote_read_works(None) is True and calls == calls_made and not second
+        monkeypatch.setattr(pp, "_probe_remote_read", lambda pool: False)
         # A forked child is another process, which must try for itself.
         monkeypatch.setattr(pp, "_self_ptracer_pid", os.getpid() + 1)
         again = [True] if set_fails else [True, False]  # (withdrawn: it did not help)

@@ -300,8 +300,12 @@ def _remote_read_works(pool) -> bool:
     if _probe_remote_read(pool):
         return True
     with _self_ptracer_lock:
-        if _yama_ptrace_scope() != 1 or _self_ptracer_pid == os.getpid():
-            return False  # (named already, and this pool still cannot read: it would not help)
+        if _yama_ptrace_scope() != 1:
+            return False
+        if _self_ptracer_pid == os.getpid():
+            # Tried already (for another pool, maybe by another thread while
+            # this one waited): readable now only if that worked.
+            return _probe_remote_read(pool)
         _self_ptracer_pid = os.getpid()
         try:
             _native.set_self_ptracer(True)

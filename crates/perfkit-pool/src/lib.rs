@@ -1,7 +1,8 @@
 //! perfkit's parallel engine: a pool of worker processes kept alive across
 //! calls, the wire format between parent and workers, the shared-memory
-//! segments and process-to-process copies that carry large buffers, and supervision (a dead worker is
-//! noticed at once, named by signal and task, and replaced).
+//! segments and process-to-process copies that carry large buffers, and
+//! supervision (a dead worker is noticed at once, named by signal and task,
+//! and replaced).
 //!
 //! It owns processes, pipes, segments and threads; it knows nothing about
 //! Python objects or pickling (payloads are opaque bytes), so everything here
