@@ -278,7 +278,36 @@ fn describe(v: &Value) -> String {
 }
 
 fn shape(message: String) -> Error {
-    Error::NotProfile(format!("the marshalled dict is not pstats data: {message}"))
+    Error::NotProfile(format!(
+        "the marshalled dict is not pstats data: {}",
+        one_line(&message)
+    ))
+}
+
+/// Longest message `one_line` keeps, in chars.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// `message` as one printable line: its parts read from the file (function
+/// names, which a damaged file may fill with any bytes) have their control
+/// characters escaped, and a long one is cut short.
+fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS + 8));
+    let mut chars = 0;
+    for c in message.chars() {
+        if chars >= MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            let escaped = c.escape_default();
+            chars += escaped.len();
+            out.extend(escaped);
+        } else {
+            chars += 1;
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn take_budget(budget: &mut usize, key: &FuncKey) -> Result<(), Error> {

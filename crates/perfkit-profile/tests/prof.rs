@@ -445,3 +445,17 @@ proptest! {
         prop_assert!(start.elapsed().as_secs() < 10);
     }
 }
+
+#[test]
+fn a_damaged_name_in_an_error_stays_on_one_line() {
+    // Found by mutated_files_never_panic: one inserted byte made a value the
+    // wrong type, and the message quoted the function's name as read,
+    // control characters (a newline among them) and all.
+    let mut bytes = prof::to_bytes(&common::rich_tree());
+    let at = 5480853373246735854usize % bytes.len();
+    bytes.insert(at, 220);
+    let msg = prof::from_bytes(&bytes).err().unwrap().to_string();
+    assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    assert!(msg.contains("\\n"), "{msg:?}"); // the newline, escaped
+    assert!(msg.chars().count() < 400, "{msg:?}");
+}
