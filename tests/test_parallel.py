@@ -352,6 +352,98 @@ def test_n_jobs_semantics():
         Parallel(n_jobs=2)([1, 2, 3])
 
 
+JOBLIB_PARALLEL_NAMES = (
+    "Parallel",
+    "delayed",
+    "cpu_count",
+    "effective_n_jobs",
+    "parallel_config",
+    "parallel_backend",
+    "wrap_non_picklable_objects",
+)
+
+
+def test_joblibs_parallel_names_import_from_perfkit():
+    # `from joblib import X` becomes `from perfkit import X` for each of joblib's
+    # names about running in parallel (custom backend classes excepted).
+    for name in JOBLIB_PARALLEL_NAMES:
+        assert name in joblib.__all__, name
+        assert name in perfkit.__all__, name
+        assert callable(getattr(perfkit, name))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"n_jobs": 3},
+        {"backend": "sequential"},
+        {"backend": "threading"},
+        {"backend": "threading", "n_jobs": 3},
+    ],
+)
+def test_effective_n_jobs_matches_joblib(config):
+    cpus = perfkit.cpu_count()
+    with joblib.parallel_config(**config), parallel_config(**config):
+        for n_jobs in (1, 2, 5, -1, -2, -3, -(cpus + 5), None):
+            assert perfkit.effective_n_jobs(n_jobs) == joblib.effective_n_jobs(n_jobs), (config, n_jobs)
+        assert perfkit.effective_n_jobs() == joblib.effective_n_jobs()
+        with pytest.raises(ValueError, match="n_jobs == 0"):
+            perfkit.effective_n_jobs(0)
+        with pytest.raises(ValueError, match="n_jobs == 0"):
+            joblib.effective_n_jobs(0)
+
+
+def test_parallel_backend_is_joblibs_older_parallel_config():
+    with joblib.parallel_backend("threading"), perfkit.parallel_backend("threading"):
+        # Its n_jobs defaults to -1 (all CPUs), where parallel_config's leaves it unset.
+        assert perfkit.effective_n_jobs(None) == joblib.effective_n_jobs(None) == perfkit.cpu_count()
+        seen = []
+        Parallel()(delayed(seen.append)(i) for i in range(50))  # threads: the list is shared
+        assert sorted(seen) == list(range(50))
+    with perfkit.parallel_backend("loky", n_jobs=2, inner_max_num_threads=1):
+        assert Parallel()._resolve() == ("processes", 2)
+        assert Parallel()(delayed(T.thread_env)(i) for i in range(2))[0]["OMP_NUM_THREADS"] == "1"
+    assert Parallel()._resolve() == ("sequential", 1)
+
+
+def test_wrap_non_picklable_objects_sends_by_value_as_joblibs_does():
+    import multiprocessing
+
+    offset = 10
+    plain = lambda x: x + offset
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(plain)
+    for wrap in (perfkit.wrap_non_picklable_objects, joblib.wrap_non_picklable_objects):
+        wrapped = wrap(plain)
+        assert wrapped(1) == 11
+        back = pickle.loads(pickle.dumps(wrapped))
+        assert back(2) == 12 and callable(back) and back is not plain
+        bare = pickle.loads(pickle.dumps(wrap(plain, keep_wrapper=False)))
+        assert type(bare) is type(plain) and bare(3) == 13
+        assert Parallel(n_jobs=2)(delayed(wrapped)(i) for i in range(20)) == [i + 10 for i in range(20)]
+        # What it is for: a pool that pickles with plain pickle.
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            assert pool.map(wrapped, [1, 2, 3]) == [11, 12, 13]
+
+    class Point:  # a local class: pickle cannot find it by name
+        def __init__(self, x):
+            self.x = x
+
+        def norm(self):
+            return abs(self.x)
+
+    for wrap in (perfkit.wrap_non_picklable_objects, joblib.wrap_non_picklable_objects):
+        point = wrap(Point)(-4)
+        assert point.x == -4 and point.norm() == 4
+        back = pickle.loads(pickle.dumps(point))
+        assert back.x == -4 and back.norm() == 4
+    assert not callable(perfkit.wrap_non_picklable_objects(Point)(1))
+    # Objects other than functions: attributes read through.
+    data = perfkit.wrap_non_picklable_objects(Point(7))
+    assert pickle.loads(pickle.dumps(data)).norm() == 7 and not callable(data)
+
+
 def test_n_jobs_1_runs_inline():
     assert Parallel(n_jobs=1)(delayed(T.pid_of)(i) for i in range(3)) == [os.getpid()] * 3
     assert set(Parallel(n_jobs=2)(delayed(T.pid_of)(i) for i in range(50))) - {os.getpid()}

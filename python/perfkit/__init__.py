@@ -9,7 +9,15 @@ run a loop on many cores (joblib's API); :class:`Memory` caches results on disk
 
 from perfkit._native import ProfileError, Recording, __version__, load
 from perfkit.memory import Memory, hash
-from perfkit.parallel import Parallel, cpu_count, delayed, parallel_config
+from perfkit.parallel import (
+    Parallel,
+    cpu_count,
+    delayed,
+    effective_n_jobs,
+    parallel_backend,
+    parallel_config,
+    wrap_non_picklable_objects,
+)
 from perfkit.profiler import Profiler, profile, run, runctx
 
 __all__ = [
@@ -21,10 +29,13 @@ __all__ = [
     "__version__",
     "cpu_count",
     "delayed",
+    "effective_n_jobs",
     "hash",
     "load",
+    "parallel_backend",
     "parallel_config",
     "profile",
     "run",
     "runctx",
+    "wrap_non_picklable_objects",
 ]

@@ -45,8 +45,10 @@ __all__ = [
     "WorkerCrashedError",
     "cpu_count",
     "delayed",
+    "effective_n_jobs",
     "parallel_backend",
     "parallel_config",
+    "wrap_non_picklable_objects",
 ]
 
 BACKEND_ALIASES = {
@@ -121,6 +123,66 @@ def cpu_count(only_physical_cores: bool = False) -> int:
 # hands out the same wrapper again for the same plain function, and keeps
 # that wrapper until the end of the current Parallel call (see _forgetting).
 delayed = _native.delayed
+
+
+def wrap_non_picklable_objects(obj, keep_wrapper: bool = True):
+    """joblib's ``wrap_non_picklable_objects``: ``obj`` (a function, often used
+    as a decorator, or any object) wrapped so that plain pickle sends it by
+    value through cloudpickle, as multiprocessing or another pool needs.
+
+    perfkit.Parallel needs no wrapping: it falls back to cloudpickle for what
+    pickle refuses. The wrapper calls and reads attributes through to
+    ``obj``; unpickled, it is wrapped again unless ``keep_wrapper=False``. A
+    class is wrapped as joblib does: its instances come out wrapped."""
+    if isinstance(obj, type):
+        cls = obj
+
+        callable_instances = any("__call__" in vars(k) for k in cls.__mro__[:-1])
+        base = _CloudpickledCallable if callable_instances else _CloudpickledObject
+
+        class _WrappedClass(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(cls(*args, **kwargs), keep_wrapper)
+
+        _WrappedClass.__name__ = _WrappedClass.__qualname__ = cls.__name__
+        return _WrappedClass
+    kind = _CloudpickledCallable if callable(obj) else _CloudpickledObject
+    return kind(obj, keep_wrapper)
+
+
+class _CloudpickledObject:
+    __slots__ = ("_keep_wrapper", "_obj")
+
+    def __init__(self, obj, keep_wrapper=True):
+        self._obj = obj
+        self._keep_wrapper = keep_wrapper
+
+    def __reduce__(self):
+        import cloudpickle
+
+        return _load_cloudpickled, (cloudpickle.dumps(self._obj, protocol=5), self._keep_wrapper)
+
+    def __getattr__(self, name):
+        if name in ("_obj", "_keep_wrapper"):  # not yet set (a copy being made): not the wrapped object's
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
+    def __repr__(self) -> str:
+        return f"wrap_non_picklable_objects({self._obj!r})"
+
+
+class _CloudpickledCallable(_CloudpickledObject):
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._obj(*args, **kwargs)
+
+
+def _load_cloudpickled(data, keep_wrapper):
+    obj = pickle.loads(data)
+    if not keep_wrapper:
+        return obj
+    return (_CloudpickledCallable if callable(obj) else _CloudpickledObject)(obj, keep_wrapper)
 
 
 # --------------------------------------------------------------------------- parallel_config
@@ -200,6 +262,20 @@ def parallel_backend(backend, n_jobs=-1, inner_max_num_threads=None, **backend_p
     return parallel_config(
         backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
     )
+
+
+def effective_n_jobs(n_jobs=-1) -> int:
+    """How many tasks ``Parallel(n_jobs=n_jobs)`` runs at once here (joblib's
+    ``effective_n_jobs``): negative values count back from the CPUs, None
+    takes the active ``parallel_config``'s n_jobs, the sequential backend and
+    nesting inside a worker apply; for ``dask``, the cluster's threads."""
+    if n_jobs == 1:
+        return 1
+    backend, n = Parallel(n_jobs=n_jobs)._resolve()
+    if backend != "dask":
+        return n
+    client = _dask_client()
+    return max(1, sum(client.nthreads().values()))
 
 
 def _check_prefer_require(prefer, require):
@@ -750,22 +826,7 @@ class Parallel:
     # -- dask ------------------------------------------------------------------------
 
     def _run_dask(self, iterable, n_jobs, total, progress):
-        params = _config.get().get("backend_params", {})
-        client = params.get("client")
-        if client is None:
-            try:
-                from distributed import get_client
-            except ImportError:
-                raise ImportError(
-                    "backend='dask' needs dask.distributed: pip install 'dask[distributed]'"
-                ) from None
-            try:
-                client = get_client()
-            except ValueError:
-                raise RuntimeError(
-                    "backend='dask' needs a running dask.distributed Client: create one first, "
-                    "e.g. `from dask.distributed import Client; client = Client()`"
-                ) from None
+        client = _dask_client()
         from distributed import as_completed
 
         ordered = self.return_as != "generator_unordered"
@@ -797,6 +858,24 @@ class Parallel:
             if not completed:
                 client.cancel([f for _, f in futures])
             progress.close(completed)
+
+
+def _dask_client():
+    """The Client given to parallel_config(backend="dask", client=...), else the current one."""
+    client = _config.get().get("backend_params", {}).get("client")
+    if client is not None:
+        return client
+    try:
+        from distributed import get_client
+    except ImportError:
+        raise ImportError("backend='dask' needs dask.distributed: pip install 'dask[distributed]'") from None
+    try:
+        return get_client()
+    except ValueError:
+        raise RuntimeError(
+            "backend='dask' needs a running dask.distributed Client: create one first, "
+            "e.g. `from dask.distributed import Client; client = Client()`"
+        ) from None
 
 
 class _InOrder:
