@@ -1271,6 +1271,10 @@ def test_dask_backend_on_a_local_cluster():
             assert joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(50)) == [
                 i * i for i in range(50)
             ]
+            with parallel_config(backend="dask"):
+                # The cluster's threads (2 workers of 1), whatever n_jobs says, as joblib's.
+                for n_jobs in (-1, None, 4):
+                    assert perfkit.effective_n_jobs(n_jobs) == joblib.effective_n_jobs(n_jobs) == 2
 
 
 def test_dask_backend_without_client_says_what_to_do():
