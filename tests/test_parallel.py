@@ -344,6 +344,23 @@ def test_n_jobs_semantics():
     assert Parallel().n_jobs == 1
     with pytest.raises(ValueError, match="n_jobs == 0"):
         Parallel(n_jobs=0)
+    # joblib reads n_jobs with int(): a string from an environment variable, a float, a numpy int.
+    for value in ("2", "-1", 2.7, np.int64(2), True):
+        assert Parallel(n_jobs=value).n_jobs == joblib.effective_n_jobs(joblib.Parallel(n_jobs=value).n_jobs)
+    for value in ("2.5", "x"):
+        with pytest.raises(ValueError, match="could not be converted to int"):
+            Parallel(n_jobs=value)
+        with pytest.raises(ValueError, match="could not be converted to int"):
+            joblib.Parallel(n_jobs=value)
+    with parallel_config(n_jobs="2"):
+        assert Parallel().n_jobs == 2
+    # numpy integers and floats for batch_size and timeout, as joblib takes them.
+    out = Parallel(n_jobs=2, batch_size=np.int64(3), timeout=np.float32(30))(
+        delayed(T.square)(i) for i in range(7)
+    )
+    assert out == joblib.Parallel(n_jobs=2, batch_size=np.int64(3))(
+        joblib.delayed(T.square)(i) for i in range(7)
+    )
     with pytest.raises(ValueError, match="unknown backend"):
         Parallel(backend="nope")
     with pytest.raises(ValueError, match="return_as"):

@@ -25,6 +25,7 @@ import gc
 import itertools
 import math
 import mmap
+import numbers
 import os
 import pickle
 import sys
@@ -276,6 +277,22 @@ def effective_n_jobs(n_jobs=-1) -> int:
         return n
     client = _dask_client()
     return max(1, sum(client.nthreads().values()))
+
+
+def _as_n_jobs(value):
+    """n_jobs as joblib reads it: whatever int() takes (``"4"`` from an
+    environment variable, ``4.0`` from a computation), None left as None."""
+    if value is None:
+        return None
+    try:
+        n_jobs = int(value)
+    except ValueError:
+        raise ValueError(f"n_jobs={value!r} could not be converted to int") from None
+    except TypeError:
+        raise TypeError(f"n_jobs must be an int or None, got {value!r}") from None
+    if n_jobs == 0:
+        raise ValueError("n_jobs == 0 has no meaning; use n_jobs=1 to run inline or -1 for all CPUs")
+    return n_jobs
 
 
 def _check_prefer_require(prefer, require):
@@ -578,14 +595,14 @@ class Parallel:
             raise ValueError(f"return_as={return_as!r}: use one of {', '.join(map(repr, RETURN_AS))}")
         if backend not in (_UNSET, None) and (not isinstance(backend, str) or backend not in BACKEND_ALIASES):
             raise ValueError(f"unknown backend {backend!r}; use one of {sorted(BACKEND_ALIASES)}")
-        if n_jobs is not _UNSET and n_jobs is not None:
-            if not isinstance(n_jobs, int) or isinstance(n_jobs, bool):
-                raise TypeError(f"n_jobs must be an int or None, got {n_jobs!r}")
-            if n_jobs == 0:
-                raise ValueError("n_jobs == 0 has no meaning; use n_jobs=1 to run inline or -1 for all CPUs")
-        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size={batch_size!r}: use 'auto' or a positive int")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        if n_jobs is not _UNSET:
+            n_jobs = _as_n_jobs(n_jobs)
+        # numbers.Integral and Real, as joblib: numpy's integers and floats count.
+        if batch_size != "auto":
+            if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+                raise ValueError(f"batch_size={batch_size!r}: use 'auto' or a positive int")
+            batch_size = int(batch_size)
+        if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
             raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
         _check_prefer_require(None if prefer is _UNSET else prefer, None if require is _UNSET else require)
         self._args = {
@@ -638,11 +655,9 @@ class Parallel:
             backend = "processes"
         n_jobs = self._args["n_jobs"]
         if n_jobs in (_UNSET, None):
-            n_jobs = cfg.get("n_jobs")
+            n_jobs = _as_n_jobs(cfg.get("n_jobs"))
         if n_jobs is None:
             n_jobs = -1 if backend == "dask" else 1
-        if n_jobs == 0:
-            raise ValueError("n_jobs == 0 has no meaning; use n_jobs=1 to run inline or -1 for all CPUs")
         if backend == "dask":
             return backend, n_jobs
         cpus = cpu_count()
