@@ -1269,6 +1269,56 @@ def test_threads_backend_errors_and_fail_fast():
         threads([delayed(T.square)(1), delayed(T.square)(2), "not a task"])
 
 
+def test_threads_backend_runs_slow_tasks_from_a_generator_on_every_thread():
+    # I/O-bound tasks (what threads are for), from joblib's idiom: a generator
+    # expression, with no length. Untimed, they must not share batches: every
+    # thread gets one, and all four run at once.
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def wait(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return threading.get_ident()
+
+    idents = Parallel(n_jobs=4, backend="threads")(delayed(wait)(i) for i in range(16))
+    assert len(set(idents)) == 4
+    assert peak[0] == 4
+
+
+def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
+    sizes = []
+    run_batch = pp._run_batch_in_thread
+
+    def recording(function, mode, items, first, n_jobs):
+        sizes.append(len(items))
+        return run_batch(function, mode, items, first, n_jobs)
+
+    monkeypatch.setattr(pp, "_run_batch_in_thread", recording)
+    monkeypatch.setattr(pp, "_thread_cost_memory", {})
+
+    def tiny(x):  # no remembered cost
+        return x + 1
+
+    threads = Parallel(n_jobs=2, backend="threads")
+    assert threads(delayed(tiny)(i) for i in range(50_000)) == list(range(1, 50_001))
+    # Untimed, one task per batch (the dispatch window's worth); then big batches.
+    assert sizes[:2] == [1, 1] and max(sizes) > 1000
+    assert sum(sizes) == 50_000
+    sizes.clear()
+    # The next call of the same function starts from the cost measured.
+    assert threads(delayed(tiny)(i) for i in range(50_000)) == list(range(1, 50_001))
+    assert sizes[0] > 1000
+    # ... and never puts everything in one batch: each thread gets a share.
+    assert max(sizes) <= 50_000 // 4
+    assert pp._thread_batch_size(0.02, None, 2) == 1  # 20 ms tasks: alone
+    assert pp._thread_batch_size(1e-7, None, 2) == 8192
+    assert pp._thread_batch_size(1e-7, 100, 2) == 25  # two batches a thread of what is left
+
+
 # ------------------------------------------------------------------ dask
 
 

@@ -773,13 +773,13 @@ class Parallel:
         executor = _thread_executor(n_jobs)
         ordered = self.return_as != "generator_unordered"
         auto = self.batch_size == "auto"
-        if not auto:
-            size = self.batch_size
-        elif total:
-            size = max(1, min(8192, math.ceil(total / (4 * n_jobs))))
-        else:
-            size = 64  # unknown length: grows (doubling) up to 8192
-        window = 2 * n_jobs
+        # Auto: one task per batch until a batch has been timed (threads are
+        # for I/O most of all: a batch of slow tasks would run them one after
+        # another), then batches of about THREAD_BATCH_SECONDS each.
+        size = 1 if auto else self.batch_size
+        per_task = None
+        costs = _RecentCosts()
+        window = _dispatch_window(self.pre_dispatch, n_jobs)
         tasks = iter(iterable)
         dispatched = 0
         pending = collections.deque()  # (first index, future)
@@ -795,40 +795,43 @@ class Parallel:
                     # Tasks of one function are drawn and kept as their arguments
                     # (the caller's task tuples freed at once), and run by a loop in Rust.
                     function = _unpack(head, dispatched)[0]
+                    if auto:
+                        if per_task is None:
+                            per_task = _thread_cost_memory.get(_cost_key(function))
+                        if per_task is not None:
+                            left = total - dispatched if total is not None else _tasks_left(iterable)
+                            size = _thread_batch_size(per_task, left, n_jobs)
                     chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
                     if mode is None:
                         function, items = None, chunk
-                    pending.append(
-                        (
-                            dispatched,
-                            executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs),
-                        )
-                    )
+                    future = executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs)
+                    pending.append((dispatched, future, function))
                     dispatched += len(items)
-                    if auto and not total:
-                        size = min(8192, size * 2)
                 if not pending:
                     break
                 if ordered:
-                    _first, fut = pending.popleft()
+                    _first, fut, function = pending.popleft()
                 else:
                     done, _ = _futures_wait(
-                        [f for _, f in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
+                        [e[1] for e in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
                     )
                     if not done:
                         self._thread_timeout()
                     entry = next(e for e in pending if e[1] in done)
                     pending.remove(entry)
-                    _first, fut = entry
+                    _first, fut, function = entry
                 try:
-                    results = fut.result(timeout=self.timeout)
+                    results, elapsed = fut.result(timeout=self.timeout)
                 except _FuturesTimeout:
                     self._thread_timeout()
+                if auto and results:
+                    per_task = costs.add(elapsed / len(results))
+                    _thread_cost_memory[_cost_key(function)] = per_task
                 progress.update(len(results))
                 yield results
             completed = True
         finally:
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 fut.cancel()
             progress.close(completed)
 
@@ -994,12 +997,30 @@ def _thread_executor(n_jobs):
         return ex
 
 
+# Aim for batches of threads-backend tasks this long (wall time: threads wait on I/O).
+THREAD_BATCH_SECONDS = 0.005
+# function's _cost_key -> its last per-task wall time on the threads backend.
+_thread_cost_memory: dict = {}
+
+
+def _thread_batch_size(per_task, left, n_jobs):
+    """Tasks per threads-backend batch: about THREAD_BATCH_SECONDS of them,
+    and, when it is known what is left, at most a share of it that keeps
+    every thread busy to the end (two batches each)."""
+    size = int(THREAD_BATCH_SECONDS / max(per_task, 1e-8))
+    if left is not None:
+        size = min(size, math.ceil(left / (2 * n_jobs)))
+    return max(1, min(size, 8192))
+
+
 def _run_batch_in_thread(function, mode, items, first, n_jobs):
-    """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the tasks as drawn)."""
+    """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the
+    tasks as drawn): ``(results, seconds it took)``."""
     _nested.share = max(1, cpu_count() // n_jobs)
+    started = time.perf_counter()
     try:
         if mode is None:
-            return _run_chunk(enumerate(items, first))
+            return _run_chunk(enumerate(items, first)), time.perf_counter() - started
         results, failed, exc = _native.run_tasks((function,), mode, items, None, first)
         if failed is not None:
             item = items[failed - first]
@@ -1009,7 +1030,7 @@ def _run_batch_in_thread(function, mode, items, first, n_jobs):
                 raise exc
             finally:
                 exc = None
-        return results
+        return results, time.perf_counter() - started
     finally:
         _nested.share = None
 
