@@ -1298,22 +1298,26 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
         return run_batch(function, mode, items, first, n_jobs)
 
     monkeypatch.setattr(pp, "_run_batch_in_thread", recording)
-    monkeypatch.setattr(pp, "_thread_cost_memory", {})
 
-    def tiny(x):  # no remembered cost
-        return x + 1
+    def sleepy(x, seconds):
+        if seconds:
+            time.sleep(seconds)
+        return threading.get_ident()
 
     threads = Parallel(n_jobs=2, backend="threads")
-    assert threads(delayed(tiny)(i) for i in range(50_000)) == list(range(1, 50_001))
+    assert len(threads(delayed(sleepy)(i, 0) for i in range(50_000))) == 50_000
     # Untimed, one task per batch (the dispatch window's worth); then big batches.
-    assert sizes[:2] == [1, 1] and max(sizes) > 1000
+    assert sizes[:4] == [1, 1, 1, 1] and max(sizes) > 1000
     assert sum(sizes) == 50_000
+    # ... never everything in one batch when the length is known: each thread gets a share.
     sizes.clear()
-    # The next call of the same function starts from the cost measured.
-    assert threads(delayed(tiny)(i) for i in range(50_000)) == list(range(1, 50_001))
-    assert sizes[0] > 1000
-    # ... and never puts everything in one batch: each thread gets a share.
+    threads([delayed(sleepy)(i, 0) for i in range(50_000)])
     assert max(sizes) <= 50_000 // 4
+    # The same function, slow on this call's input: measured afresh, not
+    # batched by the last call's cost (which would put it all on one thread).
+    sizes.clear()
+    idents = threads(delayed(sleepy)(i, 0.02) for i in range(8))
+    assert sizes == [1] * 8 and len(set(idents)) == 2
     assert pp._thread_batch_size(0.02, None, 2) == 1  # 20 ms tasks: alone
     assert pp._thread_batch_size(1e-7, None, 2) == 8192
     assert pp._thread_batch_size(1e-7, 100, 2) == 25  # two batches a thread of what is left

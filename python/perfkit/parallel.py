@@ -773,9 +773,12 @@ class Parallel:
         executor = _thread_executor(n_jobs)
         ordered = self.return_as != "generator_unordered"
         auto = self.batch_size == "auto"
-        # Auto: one task per batch until a batch has been timed (threads are
-        # for I/O most of all: a batch of slow tasks would run them one after
-        # another), then batches of about THREAD_BATCH_SECONDS each.
+        # Auto: one task per batch until a batch of this call has been timed
+        # (threads are for I/O most of all: a batch of slow tasks would run
+        # them one after another), then batches of about THREAD_BATCH_SECONDS
+        # each. Not from an earlier call's timing: the same function may cost
+        # far more on other input, and a wrong first guess runs a whole batch
+        # on one thread, where measuring first costs a few hand-offs.
         size = 1 if auto else self.batch_size
         per_task = None
         costs = _RecentCosts()
@@ -795,22 +798,19 @@ class Parallel:
                     # Tasks of one function are drawn and kept as their arguments
                     # (the caller's task tuples freed at once), and run by a loop in Rust.
                     function = _unpack(head, dispatched)[0]
-                    if auto:
-                        if per_task is None:
-                            per_task = _thread_cost_memory.get(_cost_key(function))
-                        if per_task is not None:
-                            left = total - dispatched if total is not None else _tasks_left(iterable)
-                            size = _thread_batch_size(per_task, left, n_jobs)
+                    if per_task is not None:
+                        left = total - dispatched if total is not None else _tasks_left(iterable)
+                        size = _thread_batch_size(per_task, left, n_jobs)
                     chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
                     if mode is None:
                         function, items = None, chunk
                     future = executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs)
-                    pending.append((dispatched, future, function))
+                    pending.append((dispatched, future))
                     dispatched += len(items)
                 if not pending:
                     break
                 if ordered:
-                    _first, fut, function = pending.popleft()
+                    _first, fut = pending.popleft()
                 else:
                     done, _ = _futures_wait(
                         [e[1] for e in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
@@ -819,19 +819,18 @@ class Parallel:
                         self._thread_timeout()
                     entry = next(e for e in pending if e[1] in done)
                     pending.remove(entry)
-                    _first, fut, function = entry
+                    _first, fut = entry
                 try:
                     results, elapsed = fut.result(timeout=self.timeout)
                 except _FuturesTimeout:
                     self._thread_timeout()
                 if auto and results:
                     per_task = costs.add(elapsed / len(results))
-                    _thread_cost_memory[_cost_key(function)] = per_task
                 progress.update(len(results))
                 yield results
             completed = True
         finally:
-            for _, fut, _ in pending:
+            for _, fut in pending:
                 fut.cancel()
             progress.close(completed)
 
@@ -999,8 +998,6 @@ def _thread_executor(n_jobs):
 
 # Aim for batches of threads-backend tasks this long (wall time: threads wait on I/O).
 THREAD_BATCH_SECONDS = 0.005
-# function's _cost_key -> its last per-task wall time on the threads backend.
-_thread_cost_memory: dict = {}
 
 
 def _thread_batch_size(per_task, left, n_jobs):
