@@ -144,6 +144,66 @@ def test_function_defined_in_main_script(tmp_path):
     assert out.stdout.strip() == "[0, 1, 8, 27, 64, 125]"
 
 
+MAIN_OBJECTS_SCRIPT = """
+    import dataclasses, enum, sys
+    import {lib} as L
+
+    @dataclasses.dataclass
+    class Job:
+        n: int
+
+    class Color(enum.Enum):
+        RED = 1
+
+    class MyError(ValueError):
+        pass
+
+    def double(job):
+        return Job(job.n * 2)
+
+    def key(x):
+        return -x
+
+    def apply(f, values):
+        return sorted(values, key=f)
+
+    def fail(job):
+        if job.n == 2:
+            raise MyError(f"job {{job.n}} failed")
+        return job
+
+    def run():
+        out = L.Parallel(n_jobs=2)(L.delayed(double)(Job(i)) for i in range(4))
+        print([j.n for j in out], all(type(j) is Job for j in out))
+        print(L.Parallel(n_jobs=2)(L.delayed(apply)(key, [1, 3, 2]) for _ in range(2)))
+        print(L.Parallel(n_jobs=2)(L.delayed(lambda c: c is Color.RED)(Color.RED) for _ in range(2)))
+        try:
+            L.Parallel(n_jobs=2)(L.delayed(fail)(Job(i)) for i in range(4))
+        except MyError as exc:
+            print("caught", type(exc) is MyError, exc)
+
+    if __name__ == "__main__":
+        run()
+    """
+
+
+def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tmp_path):
+    # pickle names them `__main__.Job`, which a worker cannot look up: they go
+    # by value, and come back as the caller's own (the same class object).
+    outputs = {}
+    for lib in ("perfkit", "joblib"):
+        out = run_script(tmp_path / f"main_objects_{lib}.py", MAIN_OBJECTS_SCRIPT.format(lib=lib))
+        assert out.returncode == 0, out.stderr
+        outputs[lib] = out.stdout
+    assert outputs["perfkit"] == outputs["joblib"]
+    assert outputs["perfkit"].splitlines() == [
+        "[0, 2, 4, 6] True",
+        "[[3, 2, 1], [3, 2, 1]]",
+        "[True, True]",
+        "caught True job 2 failed",
+    ]
+
+
 def test_delayed_matches_joblib_format():
     f, args, kwargs = delayed(T.add)(1, 2, z=3)
     jf, jargs, jkwargs = joblib.delayed(T.add)(1, 2, z=3)

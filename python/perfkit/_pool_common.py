@@ -77,13 +77,22 @@ def _dumps(obj, out_of_band_from, fast_frames):
     reducers = _reducers(fast_frames)
     try:
         if reducers is None:
-            return pickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
-        return _dump(pickle.Pickler, {**copyreg.dispatch_table, **reducers}, obj, callback), buffers
+            data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
+        else:
+            data = _dump(pickle.Pickler, {**copyreg.dispatch_table, **reducers}, obj, callback)
+        # pickle sends a class or function of __main__ by its name, which the
+        # other process cannot look up: its __main__ is perfkit's worker (or
+        # the caller's script, seen from a worker). cloudpickle sends those
+        # by value, and one sent back and forth comes back as the original.
+        # (The name's bytes in any other string only cost the slower pickling.)
+        if b"__main__" not in data:
+            return data, buffers
     except _frames.FrameCycle:
         raise
-    except Exception:  # noqa: BLE001
-        # What the failed attempt set apart must not precede the retry's own.
-        buffers.clear()
+    except Exception:  # noqa: BLE001, S110 (refused by pickle: cloudpickle's turn)
+        pass
+    # What the first attempt set apart must not precede the retry's own.
+    buffers.clear()
     import cloudpickle
 
     pickler_class = cloudpickle.Pickler

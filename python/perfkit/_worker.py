@@ -344,7 +344,7 @@ def error_payload(kind: str, index: int, label: str | None, exc: BaseException) 
     """An ERROR frame's payload; label None: the parent names the task."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        exc_bytes = pickle.dumps(exc, protocol=5)
+        exc_bytes = dumps(exc)[0]  # cloudpickle where pickle cannot (a class of the caller's __main__)
         pickle.loads(exc_bytes)  # exceptions whose __init__ takes odd arguments don't come back
     except Exception:  # noqa: BLE001
         exc_bytes = None
