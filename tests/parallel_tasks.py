@@ -290,3 +290,12 @@ def free_copy_buffers(_x=None):
 
     worker = sys.modules["__main__"]  # the worker runs as `python -m perfkit._worker`
     return os.getpid(), {length: len(bs) for length, bs in worker.REMOTE_BUFFERS.free.items()}
+
+
+def fill_row(out, i, value=None):
+    """Writes row i of `out` (a memmap the caller made): i, or `value`."""
+    out[i] = i if value is None else value
+
+
+def slice_of(array, start, stop):
+    return array[start:stop]

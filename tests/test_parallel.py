@@ -856,6 +856,43 @@ def _reply_segment_types(monkeypatch) -> list:
     return seen
 
 
+def test_tasks_write_into_a_memmap_given_to_them_as_with_joblib(tmp_path):
+    # joblib's documented way to gather results in shared memory: each task
+    # writes its part of a memmap the caller made. A copy would lose the writes.
+    def run(lib, mode, strided=False):
+        path = tmp_path / f"{lib.__name__}-{mode}-{strided}.dat"
+        out = np.memmap(path, dtype=np.float64, mode="w+", shape=(40, 3000), offset=16)
+        if mode != "w+":
+            out.flush()
+            del out
+            out = np.memmap(path, dtype=np.float64, mode=mode, shape=(40, 3000), offset=16)
+        lib.Parallel(n_jobs=2)(lib.delayed(T.fill_row)(out, i) for i in range(40))
+        if strided:
+            # A strided view (every other column, rows reversed; joblib 1.6's workers crash on it).
+            lib.Parallel(n_jobs=2)(lib.delayed(T.fill_row)(out[::-1, ::2], i, -1.0) for i in range(0, 40, 8))
+        return np.array(out)
+
+    for mode in ("w+", "r+"):
+        got = run(perfkit, mode)
+        assert np.array_equal(got, run(joblib, mode))
+        assert np.array_equal(got, np.repeat(np.arange(40.0), 3000).reshape(40, 3000))
+    expected = np.repeat(np.arange(40.0), 3000).reshape(40, 3000)
+    for i in range(0, 40, 8):
+        expected[::-1, ::2][i] = -1.0
+    assert np.array_equal(run(perfkit, "r+", strided=True), expected)
+    # Copy-on-write: the tasks' writes stay theirs (each has its own copy).
+    assert not run(perfkit, "c").any()
+    # Read-only: the task cannot write, as with joblib.
+    with pytest.raises(ValueError, match="read-only"):
+        run(perfkit, "r")
+    # A memmap result (a task returning its view) comes back with its values.
+    path = tmp_path / "values.dat"
+    data = np.memmap(path, dtype=np.int32, mode="w+", shape=(1000,))
+    data[:] = np.arange(1000)
+    parts = Parallel(n_jobs=2)(delayed(T.slice_of)(data, i * 100, i * 100 + 100) for i in range(10))
+    assert np.array_equal(np.concatenate(parts), np.arange(1000))
+
+
 def test_results_of_batches_whose_arguments_came_in_a_segment_come_in_memfds(monkeypatch):
     # Arguments in a segment (the workers cannot read this process) and
     # results that view them: left in place, they would keep the worker's

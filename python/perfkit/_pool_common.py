@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 import copyreg
 import io
+import mmap
+import os
 import pickle
 import sys
 
@@ -157,6 +159,7 @@ def _numpy_reducers():
             for kind in kinds:
                 table[kind] = _scalar_reducer(kind, convert)
         table[np.ndarray] = _reduce_array
+        table[np.memmap] = _reduce_memmap
         _NUMPY_TABLE.update(table)  # whole, at once: another thread sees all of it or none
     global _FILTERED
     keys = tuple(copyreg.dispatch_table)
@@ -178,6 +181,56 @@ def _reduce_array(array):
         if encoded is not array:
             return _frames._decode_array, (encoded,)
     return array.__reduce_ex__(5)
+
+
+# A memmap's mode in the caller -> the mode the worker maps its file with
+# ("w+" would truncate the file; "c", copy-on-write, is not in the file).
+_MEMMAP_MODES = {"r": "r", "r+": "r+", "w+": "r+"}
+
+
+def _reduce_memmap(array):
+    """A numpy memmap of a file, opened for reading or writing, travels as
+    where its bytes are in the file, and the other process maps them there
+    again (as joblib sends one): what a task writes into it reaches the file,
+    which the caller's memmap shows. joblib documents writing results into
+    a memmap given to the tasks; a copy would lose them. A copy-on-write
+    memmap, one no longer backed by its file, or one whose file is gone or
+    shorter travels by value."""
+    np = sys.modules["numpy"]
+    mode = _MEMMAP_MODES.get(getattr(array, "mode", None))
+    filename = getattr(array, "filename", None)
+    backing = getattr(array, "_mmap", None)
+    if mode is None or filename is None or backing is None or array.size == 0:
+        return array.__reduce_ex__(5)
+    try:
+        base_address = np.frombuffer(backing, dtype=np.uint8).ctypes.data
+    except (ValueError, TypeError):  # its mapping was closed
+        return array.__reduce_ex__(5)
+    # numpy maps the file from the offset rounded down to the allocation granularity.
+    mapped_from = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+    first = array.__array_interface__["data"][0]
+    # The bytes the array's elements span, relative to its first element (strides may be negative).
+    low = sum(min(0, (n - 1) * st) for n, st in zip(array.shape, array.strides))
+    high = sum(max(0, (n - 1) * st) for n, st in zip(array.shape, array.strides)) + array.itemsize
+    start = mapped_from + (first - base_address) + low
+    try:
+        if os.stat(filename).st_size < start + (high - low):
+            return array.__reduce_ex__(5)
+    except OSError:
+        return array.__reduce_ex__(5)
+    return _load_memmap, (filename, mode, start, high - low, -low, array.dtype, array.shape, array.strides)
+
+
+def _load_memmap(filename, mode, start, length, first, dtype, shape, strides):
+    """The array ``_reduce_memmap`` described: a memmap of its bytes in the file."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        import numpy as np
+    span = np.memmap(filename, dtype=np.uint8, mode=mode, offset=start, shape=(length,))
+    view = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=span, offset=first, strides=strides)
+    # A memmap as numpy makes a view of one: sent on (a task's result), it goes by its file again.
+    view._mmap, view.filename, view.offset, view.mode = span._mmap, span.filename, span.offset, span.mode
+    return view
 
 
 def _scalar_reducer(kind, convert):
