@@ -299,3 +299,9 @@ def fill_row(out, i, value=None):
 
 def slice_of(array, start, stop):
     return array[start:stop]
+
+
+def sleep_then_pid(seconds):
+    if seconds:
+        time.sleep(seconds)
+    return os.getpid()

@@ -1577,16 +1577,23 @@ def test_one_slow_draw_does_not_shrink_the_following_batches(batch_sizes):
     assert min(sizes[ramp:-1]) >= steady // 10, sizes
 
 
-def test_remembered_costs_do_not_outvote_the_first_measurement(batch_sizes):
-    # A call's first batches are sized from the function's cost in an earlier
-    # call; once a batch of this call has been measured, that measurement rules.
+def test_a_call_times_its_own_tasks_before_batching_them(batch_sizes):
+    # The same function may cost far more on this call's input than on the
+    # last: batches sized by the last call's cost would put all of a
+    # generator's tasks in one batch, on one worker. Until a batch of this
+    # call has been timed, batches hold at most a few tasks.
     sizes = batch_sizes
-    Parallel(n_jobs=2)(delayed(T.sleep_seconds)(0) for _ in range(2000))  # cheap: remembered
+    Parallel(n_jobs=2)(delayed(T.sleep_then_pid)(0) for _ in range(5000))  # cheap this time
+
+    def slow(n):  # a generator function: no length to cap batches with
+        for _ in range(n):
+            yield delayed(T.sleep_then_pid)(0.05)
+
     sizes.clear()
-    tasks = [delayed(T.sleep_seconds)(0.005) for _ in range(400)]  # a list: batches capped at 400 / 4
-    assert Parallel(n_jobs=2, pre_dispatch=2)(tasks) == [0.005] * 400
-    assert sizes[0] > 20, sizes  # from the remembered cost: it was cheap
-    assert sizes[2] < 10, sizes  # the first measurement (5 ms a task) sized the third batch
+    pids = Parallel(n_jobs=2)(slow(40))
+    assert max(sizes[:2]) <= pp._ProcessCall.UNTIMED_BATCH_TASKS, sizes
+    assert max(sizes[4:]) <= 2, sizes  # timed: 50 ms tasks, 20 ms batches hold one
+    assert len(set(pids)) == 2
 
 
 def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes):
@@ -1599,7 +1606,9 @@ def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes)
     Parallel(n_jobs=2)(tiny)
     sizes.clear()
     assert Parallel(n_jobs=2)(tiny) == [i * i for i in range(20_000)]
-    assert len(sizes) <= 6 and min(sizes) >= 1000, sizes
+    # (Single tasks until timed, then a ramp; from 1000 on, no batch shrinks below.)
+    grown = next(i for i, size in enumerate(sizes) if size >= 1000)
+    assert grown <= 8 and min(sizes[grown:]) >= 1000 and len(sizes) <= 16, sizes
     slow = [delayed(T.sleep_seconds)(0.005) for _ in range(60)]
     sizes.clear()
     assert Parallel(n_jobs=2)(slow) == [0.005] * 60

@@ -1123,6 +1123,11 @@ class _ProcessCall:
     PARENT_BATCH_SECONDS = 0.002
     # Batches shrink towards a call's end, to no less than this.
     MIN_TAIL_BATCH_SECONDS = 0.001
+    # At most this many tasks a batch until a batch of the call has been
+    # timed, when an earlier call's costs are known (else one task): a
+    # wrong guess then costs a few tasks run one after another, and 8 MB
+    # array tasks still go in full streamed batches from the start.
+    UNTIMED_BATCH_TASKS = 8
     # Keep a batch's bytes under this (memory, tail balance): a worker copies a
     # batch's buffers in, then runs its tasks; a batch that fits in the CPU's
     # last-level cache is still there when its tasks read it (100 arrays of
@@ -1224,15 +1229,22 @@ class _ProcessCall:
                         self._function_slot(function)
                         remembered = auto and per_task is None and _cost_memory.get(_cost_key(function))
                         if remembered:
-                            # Costs from an earlier call of the same function size the first batches.
-                            per_task, parent_per_task, bytes_per_task, streamed = remembered
+                            remembered_per_task, parent_per_task, bytes_per_task, streamed = remembered
                             if streamed and self.remote:
                                 self.streaming = True  # its tasks carried large buffers: no whole first batch
                             # This process's cost is a fair prior (the first draw includes
                             # one-time set-up); the workers' is not: the function may
-                            # cost far more this time, and one stale batch would be huge.
+                            # cost far more on this call's input, and a batch sized by
+                            # the last call's cost alone would run all of a generator's
+                            # tasks on one worker. So until a worker has timed a batch
+                            # of this call, batches hold at most UNTIMED_BATCH_TASKS.
                             parent_costs.add(parent_per_task)
-                            size = self._auto_size(per_task, bytes_per_task, parent_per_task, dispatched)
+                            size = min(
+                                self.UNTIMED_BATCH_TASKS,
+                                self._auto_size(
+                                    remembered_per_task, bytes_per_task, parent_per_task, dispatched
+                                ),
+                            )
                     mode = None
                     if len(self.functions) == 1:
                         # The usual case: one function; drawn and encoded in one pass.
