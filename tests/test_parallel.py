@@ -414,6 +414,15 @@ def test_n_jobs_semantics():
             joblib.Parallel(n_jobs=value)
     with parallel_config(n_jobs="2"):
         assert Parallel().n_jobs == 2
+    # parallel_config counts where the Parallel is made, not where it is called, as in joblib.
+    with parallel_config(n_jobs=2), joblib.parallel_config(n_jobs=2):
+        made_inside, joblib_inside = Parallel(), joblib.Parallel()
+    made_outside, joblib_outside = Parallel(), joblib.Parallel()
+    with parallel_config(n_jobs=2, backend="threads"), joblib.parallel_config(n_jobs=2, backend="threading"):
+        assert made_outside.n_jobs == joblib_outside.n_jobs == 1
+        assert made_outside(delayed(T.pid_of)(i) for i in range(4)) == [os.getpid()] * 4
+    assert made_inside.n_jobs == joblib_inside.n_jobs == 2
+    assert set(made_inside(delayed(T.pid_of)(i) for i in range(40))) - {os.getpid()}
     # numpy integers and floats for batch_size and timeout, as joblib takes them.
     out = Parallel(n_jobs=2, batch_size=np.int64(3), timeout=np.float32(30))(
         delayed(T.square)(i) for i in range(7)

@@ -615,6 +615,9 @@ class Parallel:
             "progress": progress,
             "inner_max_num_threads": inner_max_num_threads,
         }
+        # The parallel_config in force now, as joblib reads it: when the
+        # Parallel is made, not when it is called.
+        self._config = _config.get()
         self.return_as = return_as
         self.timeout = timeout
         self.pre_dispatch = pre_dispatch
@@ -629,7 +632,7 @@ class Parallel:
         value = self._args.get(name, _UNSET)
         if value is not _UNSET and value is not None:
             return value
-        return _config.get().get(name, default)
+        return self._config.get(name, default)
 
     @property
     def n_jobs(self) -> int:
@@ -638,7 +641,7 @@ class Parallel:
     def _resolve(self):
         """(backend, n_jobs) with joblib's precedence: explicit argument, then
         parallel_config, then prefer/require hints, then defaults."""
-        cfg = _config.get()
+        cfg = self._config
         explicit = self._args["backend"]
         backend = explicit if explicit not in (_UNSET, None) else cfg.get("backend")
         require = self._setting("require")
@@ -843,7 +846,7 @@ class Parallel:
     # -- dask ------------------------------------------------------------------------
 
     def _run_dask(self, iterable, n_jobs, total, progress):
-        client = _dask_client()
+        client = _dask_client(self._config)
         from distributed import as_completed
 
         ordered = self.return_as != "generator_unordered"
@@ -877,9 +880,10 @@ class Parallel:
             progress.close(completed)
 
 
-def _dask_client():
-    """The Client given to parallel_config(backend="dask", client=...), else the current one."""
-    client = _config.get().get("backend_params", {}).get("client")
+def _dask_client(config=None):
+    """The Client given to parallel_config(backend="dask", client=...) (in
+    ``config``, else the active one), else the current one."""
+    client = (config or _config.get()).get("backend_params", {}).get("client")
     if client is not None:
         return client
     try:
