@@ -305,3 +305,9 @@ def sleep_then_pid(seconds):
     if seconds:
         time.sleep(seconds)
     return os.getpid()
+
+
+def touch(path):
+    with open(path, "w"):
+        pass
+    return path
