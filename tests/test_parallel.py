@@ -1352,6 +1352,29 @@ def test_progress_lines_and_callback(tmp_path):
     assert "60/60 tasks (100%)" in lines[-1] and "tasks/s" in lines[-1] and "ETA" in lines[-1]
 
 
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+def test_a_print_progress_override_sees_the_counts_as_in_joblib(backend):
+    # joblib's tqdm recipe: subclass Parallel, override print_progress, read
+    # n_completed_tasks and n_dispatched_tasks.
+    def recording(base):
+        class Recording(base):
+            def print_progress(self):
+                seen.append((self.n_completed_tasks, self.n_dispatched_tasks))
+
+        return Recording
+
+    for lib in (perfkit, joblib):
+        seen = []
+        parallel = recording(lib.Parallel)(n_jobs=2, backend=backend)
+        assert parallel(lib.delayed(T.square)(i) for i in range(300)) == [i * i for i in range(300)]
+        assert seen and seen[-1] == (300, 300), (lib, seen)
+        completed = [done for done, _ in seen]
+        assert completed == sorted(completed) and all(done <= sent for done, sent in seen), (lib, seen)
+        seen.clear()
+        parallel(lib.delayed(T.square)(i) for i in range(10))  # counts start afresh each call
+        assert seen[-1] == (10, 10), (lib, seen)
+
+
 def test_thread_limits_in_workers():
     cpus = perfkit.cpu_count()
     env = Parallel(n_jobs=2)(delayed(T.thread_env)(i) for i in range(2))[0]

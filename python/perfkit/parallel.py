@@ -625,6 +625,8 @@ class Parallel:
         self.callback = callback
         self._private_pool = None
         self._in_context = False
+        # joblib's counters, for a print_progress of the caller's (see there).
+        self.n_dispatched_tasks = self.n_completed_tasks = 0
 
     # -- configuration -------------------------------------------------------------
 
@@ -706,17 +708,33 @@ class Parallel:
 
     # -- the call --------------------------------------------------------------------
 
+    def print_progress(self):
+        """Called after each finished batch, as joblib calls it: override it
+        (reading ``n_completed_tasks`` and ``n_dispatched_tasks``) to show
+        progress your own way, as joblib's tqdm recipes do."""
+
     def __call__(self, iterable):
         backend, n_jobs = self._resolve()
         total = _length(iterable)
+        self.n_dispatched_tasks = self.n_completed_tasks = 0
+        callback = self.callback
+        if type(self).print_progress is not Parallel.print_progress:
+            user_callback = callback
+
+            def callback(done, total):
+                self.n_completed_tasks = done
+                if user_callback is not None:
+                    user_callback(done, total)
+                self.print_progress()
+
         progress = _Progress(
             total,
             bool(self._setting("progress", False)),
-            self.callback,
+            callback,
             int(self._setting("verbose", 0) or 0),
         )
         if backend == "sequential":
-            gen = _run_sequential(iterable, progress)
+            gen = _run_sequential(iterable, progress, self)
         elif backend == "threads":
             gen = self._run_threads(iterable, n_jobs, total, progress)
         elif backend == "dask":
@@ -816,6 +834,7 @@ class Parallel:
                     future = executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs)
                     pending.append((dispatched, future))
                     dispatched += len(items)
+                    self.n_dispatched_tasks = dispatched
                 if not started:
                     started = True
                     yield _STARTED
@@ -872,6 +891,7 @@ class Parallel:
                 if not chunk:
                     break
                 futures.append((chunk[0][0], client.submit(_run_chunk_dask, chunk, pure=False)))
+                self.n_dispatched_tasks += len(chunk)
             yield _STARTED
             by_key = {f.key: first for first, f in futures}
             in_order = _InOrder()
@@ -983,12 +1003,13 @@ def _unpack(task, index):
     return function, args, kwargs
 
 
-def _run_sequential(iterable, progress):
+def _run_sequential(iterable, progress, parallel):
     yield _STARTED  # (runs lazily: each task as its result is asked for)
     completed = False
     try:
         for i, task in enumerate(iterable):
             function, args, kwargs = _unpack(task, i)
+            parallel.n_dispatched_tasks = i + 1
             yield [function(*args, **kwargs)]
             progress.update(1)
         completed = True
@@ -1275,6 +1296,7 @@ class _ProcessCall:
                         mode, items = self._encode(chunk, first)
                     count = len(items[1]) // 8 if mode == SINGLE_PACKED else len(items)
                     dispatched += count
+                    self.parallel.n_dispatched_tasks = dispatched
                     if self.function_dirty:
                         t_begin = time.thread_time()
                         self._begin()
