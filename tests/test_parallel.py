@@ -733,8 +733,16 @@ def test_worker_death_is_reported_and_pool_replaced(fn, args, reason):
 
 
 def test_timeout_names_task_and_pool_recovers():
-    with pytest.raises(TimeoutError, match="task 1 did not finish within timeout=0.5"):
+    import multiprocessing
+
+    with pytest.raises(TimeoutError, match="task 1 did not finish within timeout=0.5") as info:
         Parallel(n_jobs=2, timeout=0.5)(delayed(T.sleep_return)(s) for s in [0.0, 30, 0.0])
+    # joblib raises multiprocessing's TimeoutError (not the builtin): `except` either catches it.
+    assert isinstance(info.value, multiprocessing.TimeoutError)
+    with pytest.raises(multiprocessing.TimeoutError):
+        joblib.Parallel(n_jobs=2, timeout=0.5)(joblib.delayed(T.sleep_return)(s) for s in [0.0, 30, 0.0])
+    with pytest.raises(multiprocessing.TimeoutError):
+        Parallel(n_jobs=2, backend="threads", timeout=0.2)(delayed(T.sleep_return)(s) for s in [0.0, 1, 0.0])
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
@@ -746,6 +754,13 @@ def test_unpicklable_argument_and_result():
         pickle.PicklingError, match=r"result of task \d \(make_lock\(\d\)\) could not be pickled"
     ):
         Parallel(n_jobs=2)(delayed(T.make_lock)(i) for i in range(3))
+    # pickle refuses a lock with a TypeError, which joblib passes on for a
+    # result (`except TypeError` catches both), and a PicklingError for an argument.
+    for lib in (perfkit, joblib):
+        with pytest.raises(TypeError, match="pickle"):
+            lib.Parallel(n_jobs=2)(lib.delayed(T.make_lock)(i) for i in range(3))
+        with pytest.raises(pickle.PicklingError):
+            lib.Parallel(n_jobs=2)(lib.delayed(T.add)(x) for x in [1, 2, lock, 4])
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 

@@ -25,6 +25,7 @@ import gc
 import itertools
 import math
 import mmap
+import multiprocessing
 import numbers
 import os
 import pickle
@@ -42,7 +43,9 @@ from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, STREAMED, dumps, t
 
 __all__ = [
     "Parallel",
+    "ParallelTimeoutError",
     "TerminatedWorkerError",
+    "UnpicklableError",
     "WorkerCrashedError",
     "cpu_count",
     "delayed",
@@ -80,6 +83,17 @@ class RemoteTraceback(Exception):
 
 class TaskError(Exception):
     """Stands in for a task's exception that could not be sent back as itself."""
+
+
+class ParallelTimeoutError(multiprocessing.TimeoutError, TimeoutError):
+    """A call's ``timeout=`` ran out. Both timeouts' type: joblib raises
+    multiprocessing's, which is not the builtin ``TimeoutError``."""
+
+
+class UnpicklableError(pickle.PicklingError, TypeError):
+    """A task's function, arguments or result could not be pickled. Also a
+    TypeError, what pickle itself raises for most such objects (a lock, a
+    file) and joblib passes on."""
 
 
 # --------------------------------------------------------------------------- cpu_count
@@ -866,7 +880,7 @@ class Parallel:
             progress.close(completed)
 
     def _thread_timeout(self):
-        raise TimeoutError(
+        raise ParallelTimeoutError(
             f"perfkit.Parallel: a batch of tasks did not finish within timeout={self.timeout} s "
             "(threads cannot be stopped; it keeps running in the background)"
         )
@@ -1224,7 +1238,7 @@ class _ProcessCall:
             data = cloudpickle.dumps(tuple(self.functions), protocol=5)
         except Exception as exc:
             names = ", ".join(task_label(f, limit=0).rstrip("()") for f in self.functions)
-            raise pickle.PicklingError(f"the function(s) {names} could not be pickled: {exc}") from exc
+            raise UnpicklableError(f"the function(s) {names} could not be pickled: {exc}") from exc
         self.pool.begin_call(self.pool_call, data)
         self.function_dirty = False
 
@@ -1425,7 +1439,7 @@ class _ProcessCall:
         except Exception as exc:
             for index, item in enumerate(items, first):
                 self._check_picklable(index, mode, item)
-            raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
+            raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
         if buffers and self.remote and self.streaming is None:
             self.streaming = True  # the call's tasks carry large buffers: stream the next batches
         return payload, buffers
@@ -1446,7 +1460,7 @@ class _ProcessCall:
                 blob, own = dumps(item, out_of_band_from=self.threshold)
             except Exception as exc:
                 self._check_picklable(index, mode, item)
-                raise pickle.PicklingError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
+                raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
             # The memory itself, not the object: numpy exports a transposed array through a fresh view.
             own_spans = {_native.buffer_address(b) for b in own}
             shared = len(blob) >= self.threshold or not spans.isdisjoint(own_spans)
@@ -1476,7 +1490,7 @@ class _ProcessCall:
         try:
             dumps((args, kwargs))
         except Exception as inner:
-            raise pickle.PicklingError(
+            raise UnpicklableError(
                 f"perfkit.Parallel: the arguments of task {index} ({task_label(function, args, kwargs)}) "
                 f"could not be pickled to send them to a worker process: {inner}. "
                 "Pass picklable arguments, or use backend='threads'."
@@ -1510,7 +1524,7 @@ class _ProcessCall:
             except Exception:  # noqa: BLE001
                 exc = None
         if exc is None:
-            cls = pickle.PicklingError if info["kind"] == "unpicklable_result" else TaskError
+            cls = UnpicklableError if info["kind"] == "unpicklable_result" else TaskError
             exc = cls(f"{where}: {info['type']}: {info['message']}")
         cause = RemoteTraceback(f"\n{where}; its traceback there:\n\n{info['traceback']}")
         exc.__cause__ = cause
@@ -1557,7 +1571,7 @@ class _ProcessCall:
                     f"task {first}" if len(items) == 1 else f"tasks {first}–{first + len(items) - 1}"
                 )
         what = ", ".join(names) if names else "the running tasks"
-        raise TimeoutError(
+        raise ParallelTimeoutError(
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s; "
             "the workers running them were stopped and replaced."
         )
