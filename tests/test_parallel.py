@@ -428,6 +428,8 @@ def test_n_jobs_semantics():
             joblib.Parallel(n_jobs=value)
     with parallel_config(n_jobs="2"):
         assert Parallel().n_jobs == 2
+    # max_nbytes as a number of any kind, as joblib takes it.
+    assert Parallel(n_jobs=2, max_nbytes=1e6)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
     # parallel_config counts where the Parallel is made, not where it is called, as in joblib.
     with parallel_config(n_jobs=2), joblib.parallel_config(n_jobs=2):
         made_inside, joblib_inside = Parallel(), joblib.Parallel()
@@ -1425,6 +1427,13 @@ def test_threads_backend_errors_and_fail_fast():
     assert threads(iter(tasks)) == [f(*a, **k) for f, a, k in tasks]
     with pytest.raises(TypeError, match="item 2 is str"):
         threads([delayed(T.square)(1), delayed(T.square)(2), "not a task"])
+    if sys.version_info >= (3, 11):
+        # A task that raises the same exception object call after call: one note, not one per call.
+        kept = ValueError("kept")
+        for _ in range(3):
+            with pytest.raises(ValueError, match="kept"):
+                threads(delayed(T.raise_given)(kept) for _ in range(1))
+        assert len(kept.__notes__) == 1, kept.__notes__
 
 
 def test_threads_backend_runs_slow_tasks_from_a_generator_on_every_thread():

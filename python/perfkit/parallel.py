@@ -319,8 +319,8 @@ def _check_prefer_require(prefer, require):
 def _parse_nbytes(value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, int):
-        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return int(value)  # 1e6, as joblib takes it
     text = str(value).strip().upper()
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
     try:
@@ -1103,7 +1103,10 @@ def _run_chunk_dask(chunk):
 def _add_note(exc, note):
     if hasattr(exc, "add_note"):
         try:
-            exc.add_note(note)
+            # An exception object raised again (a task re-raising one it
+            # keeps) gets the note once, not once per failed call.
+            if note not in getattr(exc, "__notes__", ()):
+                exc.add_note(note)
         except Exception:  # noqa: BLE001, S110
             pass
 
