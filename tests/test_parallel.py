@@ -507,6 +507,18 @@ def test_parallel_backend_is_joblibs_older_parallel_config():
         assert Parallel()._resolve() == ("processes", 2)
         assert Parallel()(delayed(T.thread_env)(i) for i in range(2))[0]["OMP_NUM_THREADS"] == "1"
     assert Parallel()._resolve() == ("sequential", 1)
+    with perfkit.parallel_backend("threading", n_jobs=2) as (backend, n_jobs):
+        assert (backend, n_jobs) == ("threads", 2)  # joblib: (its backend object, 2)
+    with joblib.parallel_backend("threading", n_jobs=2) as (_, joblib_n_jobs):
+        assert joblib_n_jobs == n_jobs
+
+
+def test_bad_pre_dispatch_or_max_nbytes_fail_when_made_whatever_the_backend():
+    for backend in ("processes", "threads", "sequential"):
+        with pytest.raises(ValueError, match="pre_dispatch='nope'"):
+            Parallel(n_jobs=2, backend=backend, pre_dispatch="nope")
+        with pytest.raises(ValueError, match="max_nbytes='lots'"):
+            Parallel(n_jobs=2, backend=backend, max_nbytes="lots")
 
 
 def test_wrap_non_picklable_objects_sends_by_value_as_joblibs_does():

@@ -272,11 +272,21 @@ class parallel_config:
             self._token = None
 
 
-def parallel_backend(backend, n_jobs=-1, inner_max_num_threads=None, **backend_params):
-    """joblib's older spelling of :class:`parallel_config`."""
-    return parallel_config(
-        backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
-    )
+class parallel_backend(parallel_config):
+    """joblib's older spelling of :class:`parallel_config` (n_jobs defaults to
+    -1); ``with parallel_backend(...) as (backend, n_jobs)`` gives the
+    backend's name and n_jobs, where joblib gives its backend object."""
+
+    def __init__(self, backend, n_jobs=-1, inner_max_num_threads=None, **backend_params):
+        # (set first: the base class's __init__ enters, as joblib's is active without a `with`)
+        self._backend_and_n_jobs = (BACKEND_ALIASES.get(backend, backend), n_jobs)
+        super().__init__(
+            backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
+        )
+
+    def __enter__(self):
+        super().__enter__()
+        return self._backend_and_n_jobs
 
 
 def effective_n_jobs(n_jobs=-1) -> int:
@@ -618,6 +628,9 @@ class Parallel:
             batch_size = int(batch_size)
         if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
             raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
+        _dispatch_window(pre_dispatch, 2)  # a bad one fails here, whichever backend runs
+        if max_nbytes not in (_UNSET, None):
+            _parse_nbytes(max_nbytes)
         _check_prefer_require(None if prefer is _UNSET else prefer, None if require is _UNSET else require)
         self._args = {
             "n_jobs": n_jobs,
