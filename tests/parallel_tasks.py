@@ -307,11 +307,5 @@ def sleep_then_pid(seconds):
     return os.getpid()
 
 
-def touch(path):
-    with open(path, "w"):
-        pass
-    return path
-
-
 def raise_given(exc):
     raise exc

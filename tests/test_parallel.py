@@ -381,20 +381,6 @@ def test_return_as():
         assert got[-1] == 0, "the slow first task comes last when unordered"
 
 
-@pytest.mark.parametrize("backend", ["processes", "threads"])
-def test_a_generators_tasks_start_at_the_call_as_with_joblib(tmp_path, backend):
-    # return_as="generator": the first batches are sent when Parallel is
-    # called, so they run while the caller does other work before asking.
-    gen = Parallel(n_jobs=2, backend=backend, return_as="generator")(
-        delayed(T.touch)(str(tmp_path / f"{i}")) for i in range(4)
-    )
-    deadline = time.monotonic() + 10
-    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(list(tmp_path.iterdir())) >= 2  # before any result was asked for
-    assert list(gen) == [str(tmp_path / f"{i}") for i in range(4)]
-
-
 def test_generator_closed_early_leaves_pool_usable():
     gen = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.01, i) for i in range(200))
     assert next(gen) == 0

@@ -769,11 +769,6 @@ class Parallel:
         else:
             gen = self._run_processes(iterable, n_jobs, total, progress)
         gen = _forgetting(gen)
-        # Each backend yields _STARTED once its first batches are on their
-        # way: as joblib's, a generator's tasks start running at the call,
-        # while the caller does other work before asking for the results.
-        started = next(gen)
-        assert started is _STARTED
         if self.return_as == "list":
             out = []
             for batch in gen:
@@ -838,7 +833,6 @@ class Parallel:
         window = _dispatch_window(self.pre_dispatch, n_jobs)
         tasks = iter(iterable)
         dispatched = 0
-        started = False
         pending = collections.deque()  # (first index, future)
         exhausted = False
         completed = False
@@ -862,9 +856,6 @@ class Parallel:
                     pending.append((dispatched, future))
                     dispatched += len(items)
                     self.n_dispatched_tasks = dispatched
-                if not started:
-                    started = True
-                    yield _STARTED
                 if not pending:
                     break
                 if ordered:
@@ -919,7 +910,6 @@ class Parallel:
                     break
                 futures.append((chunk[0][0], client.submit(_run_chunk_dask, chunk, pure=False)))
                 self.n_dispatched_tasks += len(chunk)
-            yield _STARTED
             by_key = {f.key: first for first, f in futures}
             in_order = _InOrder()
             for fut in as_completed([f for _, f in futures]):
@@ -1031,7 +1021,6 @@ def _unpack(task, index):
 
 
 def _run_sequential(iterable, progress, parallel):
-    yield _STARTED  # (runs lazily: each task as its result is asked for)
     completed = False
     try:
         for i, task in enumerate(iterable):
@@ -1275,7 +1264,6 @@ class _ProcessCall:
         batch_ids = itertools.count()
         exhausted = False
         completed = False
-        started = False
         pool = self.pool
         try:
             while True:
@@ -1343,9 +1331,6 @@ class _ProcessCall:
                     # Only the encoded items stay (they name a task that fails): the
                     # caller's task tuples die young, which keeps the GC's work small.
                     in_flight[batch] = (first, mode, items)
-                if not started:
-                    started = True
-                    yield _STARTED
                 if not in_flight:
                     break
                 event = pool.next_event(self.parallel.timeout)
@@ -1614,7 +1599,6 @@ class _RecentCosts:
 
 
 _NO_TASK = object()
-_STARTED = object()
 
 
 def _cost_key(function):
