@@ -743,6 +743,13 @@ def test_timeout_names_task_and_pool_recovers():
         joblib.Parallel(n_jobs=2, timeout=0.5)(joblib.delayed(T.sleep_return)(s) for s in [0.0, 30, 0.0])
     with pytest.raises(multiprocessing.TimeoutError):
         Parallel(n_jobs=2, backend="threads", timeout=0.2)(delayed(T.sleep_return)(s) for s in [0.0, 1, 0.0])
+    # Any real number of seconds, as joblib takes it; infinity is no limit.
+    for backend in ("processes", "threads"):
+        for timeout in (np.float32(30), float("inf")):
+            out = Parallel(n_jobs=2, backend=backend, timeout=timeout)(delayed(T.square)(i) for i in range(5))
+            assert out == [0, 1, 4, 9, 16]
+    with pytest.raises(ValueError, match="could not be converted to int"):
+        Parallel(n_jobs=float("inf"))
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
@@ -929,6 +936,21 @@ def test_tasks_write_into_a_memmap_given_to_them_as_with_joblib(tmp_path):
     data[:] = np.arange(1000)
     parts = Parallel(n_jobs=2)(delayed(T.slice_of)(data, i * 100, i * 100 + 100) for i in range(10))
     assert np.array_equal(np.concatenate(parts), np.arange(1000))
+    # Each row view of a memmap, sent and sent back, maps the file once per
+    # process, not once per row: each mapping holds a file descriptor.
+    rows = np.memmap(tmp_path / "rows.dat", dtype=np.float64, mode="w+", shape=(3000, 4))
+    rows[:] = 1.0
+    fds_before = len(os.listdir("/proc/self/fd"))
+    back = Parallel(n_jobs=2)(delayed(T.double_row)(rows[i]) for i in range(3000))
+    assert len(os.listdir("/proc/self/fd")) - fds_before < 10
+    assert all(type(row) is np.memmap for row in back[:5]) and float(rows.sum()) == 3000 * 4 * 2.0
+    # A file cut short after the memmap was made: one clear error, not a file grown back with zeros.
+    short = np.memmap(tmp_path / "short.dat", dtype=np.float64, mode="w+", shape=(1000,))
+    data_of_short = _pool_common.dumps(short)[0]
+    os.truncate(tmp_path / "short.dat", 100)
+    with pytest.raises(ValueError, match="is shorter than when it was sent"):
+        pickle.loads(data_of_short)
+    assert os.path.getsize(tmp_path / "short.dat") == 100
 
 
 def test_results_of_batches_whose_arguments_came_in_a_segment_come_in_memfds(monkeypatch):

@@ -10,6 +10,7 @@ import mmap
 import os
 import pickle
 import sys
+import weakref
 
 from perfkit import _frames
 
@@ -86,8 +87,9 @@ def _dumps(obj, out_of_band_from, fast_frames):
         # other process cannot look up: its __main__ is perfkit's worker (or
         # the caller's script, seen from a worker). cloudpickle sends those
         # by value, and one sent back and forth comes back as the original.
-        # (The name's bytes in any other string only cost the slower pickling.)
-        if b"__main__" not in data:
+        # Sought as pickle writes a module name (SHORT_BINUNICODE, 8 bytes):
+        # the same string as a value only costs the slower pickling.
+        if b"\x8c\x08__main__" not in data:
             return data, buffers
     except _frames.FrameCycle:
         raise
@@ -222,15 +224,39 @@ def _reduce_memmap(array):
 
 
 def _load_memmap(filename, mode, start, length, first, dtype, shape, strides):
-    """The array ``_reduce_memmap`` described: a memmap of its bytes in the file."""
+    """The array ``_reduce_memmap`` described: a memmap viewing its bytes in the file."""
     np = sys.modules.get("numpy")
     if np is None:
         import numpy as np
-    span = np.memmap(filename, dtype=np.uint8, mode=mode, offset=start, shape=(length,))
-    view = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=span, offset=first, strides=strides)
+    whole = _mapped_file(np, filename, mode, start + length)
+    view = np.ndarray.__new__(
+        np.memmap, shape, dtype=dtype, buffer=whole, offset=start + first, strides=strides
+    )
     # A memmap as numpy makes a view of one: sent on (a task's result), it goes by its file again.
-    view._mmap, view.filename, view.offset, view.mode = span._mmap, span.filename, span.offset, span.mode
+    view._mmap, view.filename, view.offset, view.mode = whole._mmap, whole.filename, 0, whole.mode
     return view
+
+
+# (file name, mode) -> one mapping of the whole file, while any array views it:
+# a batch of a memmap's row views would otherwise map the file once per row,
+# and each mapping holds a file descriptor (1,024 of them run out).
+_MAPPED_FILES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _mapped_file(np, filename, mode, needed):
+    identity = os.stat(filename)
+    identity = (identity.st_dev, identity.st_ino, identity.st_size)
+    whole = _MAPPED_FILES.get((filename, mode))
+    if whole is None or whole._perfkit_identity != identity:
+        if identity[2] < needed:
+            raise ValueError(
+                f"perfkit.Parallel: the memmap's file {filename} is shorter than when it was sent "
+                f"({identity[2]} bytes, {needed} needed): it was truncated or replaced meanwhile"
+            )
+        whole = np.memmap(filename, dtype=np.uint8, mode=mode, shape=(identity[2],))
+        whole._perfkit_identity = identity
+        _MAPPED_FILES[(filename, mode)] = whole
+    return whole
 
 
 def _scalar_reducer(kind, convert):

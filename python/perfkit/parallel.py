@@ -310,7 +310,7 @@ def _as_n_jobs(value):
         return None
     try:
         n_jobs = int(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"n_jobs={value!r} could not be converted to int") from None
     except TypeError:
         raise TypeError(f"n_jobs must be an int or None, got {value!r}") from None
@@ -329,15 +329,15 @@ def _check_prefer_require(prefer, require):
 def _parse_nbytes(value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return int(value)  # 1e6, as joblib takes it
-    text = str(value).strip().upper()
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
     try:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return int(value)  # 1e6, as joblib takes it
+        text = str(value).strip().upper()
+        units = {"K": 1024, "M": 1024**2, "G": 1024**3}
         if text and text[-1] in units:
             return int(float(text[:-1]) * units[text[-1]])
         return int(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"max_nbytes={value!r}: use a byte count, '64K', '1M' or None") from None
 
 
@@ -626,8 +626,11 @@ class Parallel:
             if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
                 raise ValueError(f"batch_size={batch_size!r}: use 'auto' or a positive int")
             batch_size = int(batch_size)
-        if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
-            raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
+        if timeout is not None:
+            if not (isinstance(timeout, numbers.Real) and timeout > 0):
+                raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
+            # A float (threads wait with it; a numpy float is not one); no limit for inf.
+            timeout = None if math.isinf(timeout) else float(timeout)
         _dispatch_window(pre_dispatch, 2)  # a bad one fails here, whichever backend runs
         if max_nbytes not in (_UNSET, None):
             _parse_nbytes(max_nbytes)
@@ -930,7 +933,7 @@ class Parallel:
 def _dask_client(config=None):
     """The Client given to parallel_config(backend="dask", client=...) (in
     ``config``, else the active one), else the current one."""
-    client = (config or _config.get()).get("backend_params", {}).get("client")
+    client = (config if config is not None else _config.get()).get("backend_params", {}).get("client")
     if client is not None:
         return client
     try:
