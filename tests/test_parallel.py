@@ -1485,6 +1485,7 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
         return run_batch(function, mode, items, first, n_jobs)
 
     monkeypatch.setattr(pp, "_run_batch_in_thread", recording)
+    monkeypatch.setattr(pp, "_thread_cost_memory", {})
 
     def sleepy(x, seconds):
         if seconds:
@@ -1500,14 +1501,19 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
     sizes.clear()
     threads([delayed(sleepy)(i, 0) for i in range(50_000)])
     assert max(sizes) <= 50_000 // 4
-    # The same function, slow on this call's input: measured afresh, not
-    # batched by the last call's cost (which would put it all on one thread).
+    # The same function, slow on this call's input: the last call's cost
+    # sizes only a first few small batches, each thread getting one.
     sizes.clear()
     idents = threads(delayed(sleepy)(i, 0.02) for i in range(8))
-    assert sizes == [1] * 8 and len(set(idents)) == 2
+    assert max(sizes) <= 2 and len(set(idents)) == 2, sizes
+    sizes.clear()
+    idents = Parallel(n_jobs=8, backend="threads")(delayed(sleepy)(i, 0.02) for i in range(8))
+    assert max(sizes) == 1 and len(set(idents)) == 8, sizes
     assert pp._thread_batch_size(0.02, None, 2) == 1  # 20 ms tasks: alone
     assert pp._thread_batch_size(1e-7, None, 2) == 8192
-    assert pp._thread_batch_size(1e-7, 100, 2) == 25  # two batches a thread of what is left
+    assert pp._thread_batch_size(1e-4, 100, 2) == 25  # two batches a thread of what is left ...
+    assert pp._thread_batch_size(1e-4, 20, 2) == 10  # ... but not under ~1 ms of tasks
+    assert pp._untimed_batch_size(8192, 8, 4) == 1  # an earlier call's cost: a batch for each thread
 
 
 # ------------------------------------------------------------------ dask

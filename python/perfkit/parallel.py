@@ -827,9 +827,10 @@ class Parallel:
         # Auto: one task per batch until a batch of this call has been timed
         # (threads are for I/O most of all: a batch of slow tasks would run
         # them one after another), then batches of about THREAD_BATCH_SECONDS
-        # each. Not from an earlier call's timing: the same function may cost
-        # far more on other input, and a wrong first guess runs a whole batch
-        # on one thread, where measuring first costs a few hand-offs.
+        # each. A function timed in an earlier call starts from that cost, in
+        # batches of at most UNTIMED_BATCH_TASKS: it may cost far more on
+        # this call's input, and a wrong guess then runs only a few tasks
+        # one after another.
         size = 1 if auto else self.batch_size
         per_task = None
         costs = _RecentCosts()
@@ -849,20 +850,26 @@ class Parallel:
                     # Tasks of one function are drawn and kept as their arguments
                     # (the caller's task tuples freed at once), and run by a loop in Rust.
                     function = _unpack(head, dispatched)[0]
-                    if per_task is not None:
-                        left = total - dispatched if total is not None else _tasks_left(iterable)
-                        size = _thread_batch_size(per_task, left, n_jobs)
+                    if auto:
+                        known = (
+                            per_task if per_task is not None else _thread_cost_memory.get(_cost_key(function))
+                        )
+                        if known is not None:
+                            left = total - dispatched if total is not None else _tasks_left(iterable)
+                            size = _thread_batch_size(known, left, n_jobs)
+                            if per_task is None:
+                                size = _untimed_batch_size(size, left, n_jobs)
                     chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
                     if mode is None:
                         function, items = None, chunk
                     future = executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs)
-                    pending.append((dispatched, future))
+                    pending.append((dispatched, future, function))
                     dispatched += len(items)
                     self.n_dispatched_tasks = dispatched
                 if not pending:
                     break
                 if ordered:
-                    _first, fut = pending.popleft()
+                    _first, fut, function = pending.popleft()
                 else:
                     done, _ = _futures_wait(
                         [e[1] for e in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
@@ -871,18 +878,23 @@ class Parallel:
                         self._thread_timeout()
                     entry = next(e for e in pending if e[1] in done)
                     pending.remove(entry)
-                    _first, fut = entry
+                    _first, fut, function = entry
                 try:
                     results, elapsed = fut.result(timeout=self.timeout)
                 except _FuturesTimeout:
                     self._thread_timeout()
                 if auto and results:
-                    per_task = costs.add(elapsed / len(results))
+                    cost = elapsed / len(results)
+                    known = _thread_cost_memory.get(_cost_key(function))
+                    if known is not None and _confirms(known, elapsed, len(results)):
+                        cost = known
+                    per_task = costs.add(cost)
+                    _thread_cost_memory[_cost_key(function)] = per_task
                 progress.update(len(results))
                 yield results
             completed = True
         finally:
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 fut.cancel()
             progress.close(completed)
 
@@ -1055,13 +1067,44 @@ def _thread_executor(n_jobs):
 THREAD_BATCH_SECONDS = 0.005
 
 
+# function's _cost_key -> its last per-task wall time on the threads backend.
+_thread_cost_memory: dict = {}
+
+
+def _confirms(remembered_per_task, elapsed, count):
+    """Whether a small batch's time agrees with an earlier call's cost per
+    task: within twice that, plus PROBE_SLACK_SECONDS of the batch's own
+    overhead (which a batch of a few tiny tasks is mostly made of, and which
+    measured per task would shrink the next batches for nothing)."""
+    return count <= _ProcessCall.UNTIMED_BATCH_TASKS and elapsed <= (
+        2 * remembered_per_task * count + PROBE_SLACK_SECONDS
+    )
+
+
+PROBE_SLACK_SECONDS = 200e-6
+
+
+def _untimed_batch_size(size, left, n_jobs):
+    """A batch size from an earlier call's cost, for a call none of whose
+    batches has been timed yet: at most UNTIMED_BATCH_TASKS, and where it is
+    known what is left, a share of it that gives every worker or thread a
+    batch (the tail's one-millisecond floor would trust the old cost)."""
+    size = min(size, _ProcessCall.UNTIMED_BATCH_TASKS)
+    if left is not None:
+        size = min(size, math.ceil(left / (2 * n_jobs)))
+    return max(1, size)
+
+
 def _thread_batch_size(per_task, left, n_jobs):
     """Tasks per threads-backend batch: about THREAD_BATCH_SECONDS of them,
     and, when it is known what is left, at most a share of it that keeps
     every thread busy to the end (two batches each)."""
     size = int(THREAD_BATCH_SECONDS / max(per_task, 1e-8))
     if left is not None:
-        size = min(size, math.ceil(left / (2 * n_jobs)))
+        # Shrinking with what is left, but not below ~1 ms of tasks (shorter
+        # batches cost more hand-offs than the imbalance they save).
+        shortest = math.ceil(_ProcessCall.MIN_TAIL_BATCH_SECONDS / max(per_task, 1e-8))
+        size = min(size, max(math.ceil(left / (2 * n_jobs)), shortest))
     return max(1, min(size, 8192))
 
 
@@ -1262,6 +1305,7 @@ class _ProcessCall:
         # One slow batch (a lazy generator's set-up, a GC pass, an import in a
         # worker's first task) must not shrink the next batches to one task.
         worker_costs, parent_costs = _RecentCosts(), _RecentCosts()
+        remembered = None
         in_flight = {}  # batch id -> (first index, mode, items)
         in_order = _InOrder()
         batch_ids = itertools.count()
@@ -1297,11 +1341,17 @@ class _ProcessCall:
                             # tasks on one worker. So until a worker has timed a batch
                             # of this call, batches hold at most UNTIMED_BATCH_TASKS.
                             parent_costs.add(parent_per_task)
-                            size = min(
-                                self.UNTIMED_BATCH_TASKS,
+                            left = (
+                                self.total - dispatched
+                                if self.total is not None
+                                else _tasks_left(self.iterable)
+                            )
+                            size = _untimed_batch_size(
                                 self._auto_size(
                                     remembered_per_task, bytes_per_task, parent_per_task, dispatched
                                 ),
+                                left,
+                                self.n_jobs,
                             )
                     mode = None
                     if len(self.functions) == 1:
@@ -1328,7 +1378,10 @@ class _ProcessCall:
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
                     if remote:
                         self.keep_alive[batch] = buffers  # the worker reads them from here
-                    parent_per_task = parent_costs.add((time.thread_time() - t_produce) / count)
+                    if not (remembered and per_task is None):
+                        parent_per_task = parent_costs.add((time.thread_time() - t_produce) / count)
+                    # (else a few-task batch of a known function: its cost is mostly
+                    # the batch's own, and would shrink the next ones for three batches)
                     nbytes = len(payload) + sum(b.nbytes for b in buffers)
                     bytes_per_task = nbytes / count
                     # Only the encoded items stay (they name a task that fails): the
@@ -1358,7 +1411,10 @@ class _ProcessCall:
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
-                        per_task = worker_costs.add(max(elapsed, 1e-7) / max(len(results), 1))
+                        cost = max(elapsed, 1e-7) / max(len(results), 1)
+                        if remembered and _confirms(remembered[0], elapsed, len(results)):
+                            cost = remembered[0]  # a few tasks' time is mostly the batch's own
+                        per_task = worker_costs.add(cost)
                         _cost_memory[_cost_key(self.functions[0])] = (
                             per_task,
                             parent_per_task,
