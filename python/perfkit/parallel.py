@@ -860,9 +860,11 @@ class Parallel:
                             if per_task is None:
                                 size = _untimed_batch_size(size, left, n_jobs)
                     chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
-                    if mode is None:
-                        function, items = None, chunk
-                    future = executor.submit(_run_batch_in_thread, function, mode, items, dispatched, n_jobs)
+                    uniform = function
+                    if mode is None:  # tasks as drawn (mixed functions, keywords)
+                        uniform, items = None, chunk
+                    future = executor.submit(_run_batch_in_thread, uniform, mode, items, dispatched, n_jobs)
+                    # Its cost is kept under its first task's function, mixed or not.
                     pending.append((dispatched, future, function))
                     dispatched += len(items)
                     self.n_dispatched_tasks = dispatched
