@@ -487,6 +487,14 @@ fn slot_main(
                 if shutting_down {
                     break;
                 }
+                if killed {
+                    // `kill_busy` killed it while its results were being copied
+                    // out (its call was given up; the copy failed for that): it
+                    // must not be handed the next batch, which it would die on.
+                    retire(slot, &mut worker, &shared, &prefix);
+                    respawn(slot, &mut worker, &shared, &command);
+                    continue;
+                }
                 let pid = worker.as_ref().map_or(0, |w| w.pid);
                 events.0.send(Event::Failed {
                     call: job.call,
