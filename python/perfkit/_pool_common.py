@@ -225,9 +225,7 @@ def _reduce_memmap(array):
 
 def _load_memmap(filename, mode, start, length, first, dtype, shape, strides):
     """The array ``_reduce_memmap`` described: a memmap viewing its bytes in the file."""
-    np = sys.modules.get("numpy")
-    if np is None:
-        import numpy as np
+    np = _frames._numpy()
     whole = _mapped_file(np, filename, mode, start + length)
     view = np.ndarray.__new__(
         np.memmap, shape, dtype=dtype, buffer=whole, offset=start + first, strides=strides

@@ -887,11 +887,12 @@ class Parallel:
                     self._thread_timeout()
                 if auto and results:
                     cost = elapsed / len(results)
-                    known = _thread_cost_memory.get(_cost_key(function))
+                    key = _cost_key(function)
+                    known = _thread_cost_memory.get(key)
                     if known is not None and _confirms(known, elapsed, len(results)):
                         cost = known
                     per_task = costs.add(cost)
-                    _thread_cost_memory[_cost_key(function)] = per_task
+                    _thread_cost_memory[key] = per_task
                 progress.update(len(results))
                 yield results
             completed = True
@@ -1073,6 +1074,9 @@ THREAD_BATCH_SECONDS = 0.005
 _thread_cost_memory: dict = {}
 
 
+PROBE_SLACK_SECONDS = 200e-6
+
+
 def _confirms(remembered_per_task, elapsed, count):
     """Whether a small batch's time agrees with an earlier call's cost per
     task: within twice that, plus PROBE_SLACK_SECONDS of the batch's own
@@ -1081,9 +1085,6 @@ def _confirms(remembered_per_task, elapsed, count):
     return count <= _ProcessCall.UNTIMED_BATCH_TASKS and elapsed <= (
         2 * remembered_per_task * count + PROBE_SLACK_SECONDS
     )
-
-
-PROBE_SLACK_SECONDS = 200e-6
 
 
 def _untimed_batch_size(size, left, n_jobs):
