@@ -1410,6 +1410,13 @@ def test_a_print_progress_override_sees_the_counts_as_in_joblib(backend):
         seen.clear()
         parallel(lib.delayed(T.square)(i) for i in range(10))  # counts start afresh each call
         assert seen[-1] == (10, 10), (lib, seen)
+    # Once more when a call ends, as joblib's sequential backend does (its
+    # others do not): a bar drawn there is refreshed even if no task finished.
+    seen = []
+    parallel = recording(perfkit.Parallel)(n_jobs=2, backend=backend)
+    with pytest.raises(ValueError):
+        parallel(perfkit.delayed(T.raise_given)(ValueError("bad")) for _ in range(4))
+    assert seen and seen[-1][0] == 0, seen
 
 
 def test_thread_limits_in_workers():

@@ -115,6 +115,32 @@ def test_no_profiler_rows():
     assert own_rows(p.recording().stats_dict()) == []
 
 
+def test_perfkit_natives_in_the_program_are_rows():
+    """Only the profiler's own API is left out: a profiled program's calls
+    into perfkit's Rust core (a Parallel call waiting for its workers) are
+    rows, as cProfile shows them; hidden, their time went to the caller."""
+    import cProfile
+
+    from parallel_tasks import square
+
+    def call():
+        return perfkit.Parallel(n_jobs=2, backend="processes")(perfkit.delayed(square)(x) for x in range(200))
+
+    call()  # the pool is started outside the profiles
+
+    def native_rows(stats):
+        return {k[2] for k in stats if k[0] == "~" and "perfkit._native" in k[2]}
+
+    cp = cProfile.Profile()
+    cp.runcall(call)
+    cp.create_stats()
+    pk = perfkit.Profiler()
+    assert pk.runcall(call) == [x * x for x in range(200)]
+    expected = native_rows(cp.stats)
+    assert any("next_event" in name for name in expected), expected
+    assert native_rows(pk.recording().stats_dict()) == expected
+
+
 # -- pstats ----------------------------------------------------------------------------
 
 

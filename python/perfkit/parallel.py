@@ -516,10 +516,11 @@ atexit.register(_shutdown_shared_pool)
 class _Progress:
     """A progress bar on stderr (count, rate, ETA); plain lines when stderr is not a terminal."""
 
-    def __init__(self, total, enabled: bool, callback=None, verbose: int = 0):
+    def __init__(self, total, enabled: bool, callback=None, verbose: int = 0, closing=None):
         self.total = total
         self.enabled = enabled or verbose > 0
         self.callback = callback
+        self.closing = closing  # called once when the call ends, however it ends
         self.done = 0
         self.start = time.perf_counter()
         self.last_draw = self.start  # first line after one interval, when the rate means something
@@ -564,6 +565,8 @@ class _Progress:
         self.stream.flush()
 
     def close(self, completed: bool) -> None:
+        if self.closing is not None:
+            self.closing()
         if not self.enabled:
             return
         if completed:
@@ -748,8 +751,10 @@ class Parallel:
         total = _length(iterable)
         self.n_dispatched_tasks = self.n_completed_tasks = 0
         callback = self.callback
+        closing = None
         if type(self).print_progress is not Parallel.print_progress:
             user_callback = callback
+            closing = self.print_progress  # once more at the end, failed or not, as joblib does
 
             def callback(done, total):
                 self.n_completed_tasks = done
@@ -762,6 +767,7 @@ class Parallel:
             bool(self._setting("progress", False)),
             callback,
             int(self._setting("verbose", 0) or 0),
+            closing,
         )
         if backend == "sequential":
             gen = _run_sequential(iterable, progress, self)
