@@ -951,6 +951,14 @@ def test_tasks_write_into_a_memmap_given_to_them_as_with_joblib(tmp_path):
     with pytest.raises(ValueError, match="is shorter than when it was sent"):
         pickle.loads(data_of_short)
     assert os.path.getsize(tmp_path / "short.dat") == 100
+    # A file replaced under its name (same size, another inode): the task would
+    # write into a file the caller's memmap does not show.
+    kept = np.memmap(tmp_path / "kept.dat", dtype=np.float64, mode="w+", shape=(1000,))
+    data_of_kept = _pool_common.dumps(kept)[0]
+    np.zeros(1000).tofile(tmp_path / "new.dat")
+    os.replace(tmp_path / "new.dat", tmp_path / "kept.dat")
+    with pytest.raises(ValueError, match="was replaced after it was sent"):
+        pickle.loads(data_of_kept)
 
 
 def test_results_of_batches_whose_arguments_came_in_a_segment_come_in_memfds(monkeypatch):

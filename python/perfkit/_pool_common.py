@@ -216,17 +216,28 @@ def _reduce_memmap(array):
     high = sum(max(0, (n - 1) * st) for n, st in zip(array.shape, array.strides)) + array.itemsize
     start = mapped_from + (first - base_address) + low
     try:
-        if os.stat(filename).st_size < start + (high - low):
-            return array.__reduce_ex__(5)
+        sent = os.stat(filename)
     except OSError:
         return array.__reduce_ex__(5)
-    return _load_memmap, (filename, mode, start, high - low, -low, array.dtype, array.shape, array.strides)
+    if sent.st_size < start + (high - low):
+        return array.__reduce_ex__(5)
+    return _load_memmap, (
+        filename,
+        mode,
+        start,
+        high - low,
+        -low,
+        array.dtype,
+        array.shape,
+        array.strides,
+        (sent.st_dev, sent.st_ino),
+    )
 
 
-def _load_memmap(filename, mode, start, length, first, dtype, shape, strides):
+def _load_memmap(filename, mode, start, length, first, dtype, shape, strides, sent_file):
     """The array ``_reduce_memmap`` described: a memmap viewing its bytes in the file."""
     np = _frames._numpy()
-    whole = _mapped_file(np, filename, mode, start + length)
+    whole = _mapped_file(np, filename, mode, start + length, sent_file)
     view = np.ndarray.__new__(
         np.memmap, shape, dtype=dtype, buffer=whole, offset=start + first, strides=strides
     )
@@ -241,9 +252,17 @@ def _load_memmap(filename, mode, start, length, first, dtype, shape, strides):
 _MAPPED_FILES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def _mapped_file(np, filename, mode, needed):
+def _mapped_file(np, filename, mode, needed, sent_file):
     identity = os.stat(filename)
     identity = (identity.st_dev, identity.st_ino, identity.st_size)
+    if identity[:2] != tuple(sent_file):
+        # Another file under the name (written elsewhere and renamed over
+        # it): the task would read, and write into, a file the caller's
+        # memmap does not show.
+        raise ValueError(
+            f"perfkit.Parallel: the memmap's file {filename} was replaced after it was sent "
+            "(it is another file now): keep the file in place while tasks use it"
+        )
     whole = _MAPPED_FILES.get((filename, mode))
     if whole is None or whole._perfkit_identity != identity:
         if identity[2] < needed:
