@@ -314,3 +314,22 @@ def raise_given(exc):
 def double_row(row):
     row *= 2
     return row
+
+
+def item_of(array, i):
+    return float(array[i])
+
+
+def nested_resolve(_):
+    """What a Parallel inside this task would run on."""
+    import perfkit
+
+    return perfkit.Parallel(n_jobs=-1)._resolve()
+
+
+def nested_dask_sum(n):
+    """A Parallel on the dask cluster from inside one of its tasks."""
+    import perfkit
+
+    with perfkit.parallel_config(backend="dask"):
+        return sum(perfkit.Parallel(batch_size=1)(perfkit.delayed(square)(i) for i in range(n)))

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import joblib
@@ -1534,32 +1535,115 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
 # ------------------------------------------------------------------ dask
 
 
-def test_dask_backend_on_a_local_cluster():
+def test_dask_backend_without_client_says_what_to_do():
+    pytest.importorskip("distributed")
+    with pytest.raises(RuntimeError, match="needs a running dask.distributed Client"):
+        Parallel(backend="dask")(delayed(T.square)(i) for i in range(3))
+
+
+@pytest.fixture(scope="module")
+def dask_client():
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
         ) as cluster,
-        distributed.Client(cluster),
+        distributed.Client(cluster) as client,
     ):
+        yield client
+
+
+def test_dask_backend_on_a_local_cluster(dask_client):
+    with parallel_config(backend="dask"):
+        assert Parallel()(delayed(T.square)(i) for i in range(200)) == [i * i for i in range(200)]
+        unordered = Parallel(return_as="generator_unordered", batch_size=1)(
+            delayed(T.sleep_seconds)(x) for x in (0.5, 0.0)
+        )
+        assert list(unordered) == [0.0, 0.5]
+        with pytest.raises(ValueError, match="task value 7"):
+            Parallel(batch_size=1)(delayed(T.raise_at)(i) for i in range(20))
+    with joblib.parallel_config(backend="dask"):
+        assert joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(50)) == [i * i for i in range(50)]
         with parallel_config(backend="dask"):
-            assert Parallel()(delayed(T.square)(i) for i in range(200)) == [i * i for i in range(200)]
-            with pytest.raises(ValueError, match="task value 7"):
-                Parallel(batch_size=1)(delayed(T.raise_at)(i) for i in range(20))
-        with joblib.parallel_config(backend="dask"):
-            assert joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(50)) == [
-                i * i for i in range(50)
-            ]
-            with parallel_config(backend="dask"):
-                # The cluster's threads (2 workers of 1), whatever n_jobs says, as joblib's.
-                for n_jobs in (-1, None, 4):
-                    assert perfkit.effective_n_jobs(n_jobs) == joblib.effective_n_jobs(n_jobs) == 2
+            # The cluster's threads (2 workers of 1), whatever n_jobs says, as joblib's.
+            for n_jobs in (-1, None, 4):
+                assert perfkit.effective_n_jobs(n_jobs) == joblib.effective_n_jobs(n_jobs) == 2
 
 
-def test_dask_backend_without_client_says_what_to_do():
-    pytest.importorskip("distributed")
-    with pytest.raises(RuntimeError, match="needs a running dask.distributed Client"):
-        Parallel(backend="dask")(delayed(T.square)(i) for i in range(3))
+def test_dask_fails_fast_and_draws_no_more_than_its_window(dask_client):
+    drawn = []
+
+    def tasks():
+        for i in range(1000):
+            drawn.append(i)
+            yield delayed(T.raise_at)(i, bad=0)
+
+    with parallel_config(backend="dask"), pytest.raises(ValueError, match="task value 0"):
+        Parallel(batch_size=1, pre_dispatch="2 * n_jobs")(tasks())
+    # 4 batches in flight (2 × the cluster's 2 threads) and a few more while the error came back.
+    assert len(drawn) < 50, len(drawn)
+
+
+def test_dask_timeout_names_the_tasks_and_the_client_stays_usable(dask_client):
+    with parallel_config(backend="dask"):
+        with pytest.raises(pp.ParallelTimeoutError, match=r"task 1 did not finish within timeout=0.5 s"):
+            Parallel(timeout=0.5, batch_size=1)(delayed(T.sleep_seconds)(x) for x in (0.0, 5.0))
+        assert Parallel()(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
+
+
+def test_dask_sends_a_shared_large_argument_once(dask_client, monkeypatch):
+    # joblib's dask backend scatters large arguments, so that one used by every
+    # task is not sent with every batch; so does perfkit.
+    scattered = []
+    real = type(dask_client).scatter
+
+    def counting(self, data, *args, **kwargs):
+        scattered.extend(id(x) for x in (data if isinstance(data, list) else [data]))
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(type(dask_client), "scatter", counting)
+    big = np.arange(1 << 18, dtype=np.float64)  # 2 MB
+    small = np.arange(10.0)
+    with parallel_config(backend="dask"):
+        out = Parallel(batch_size=1)(delayed(T.item_of)(big, i) for i in range(40))
+        assert out == [float(i) for i in range(40)]
+        assert scattered == [id(big)]
+        scattered.clear()
+        assert Parallel(batch_size=1)(delayed(T.item_of)(small, i) for i in range(10)) == [
+            float(i) for i in range(10)
+        ]
+        assert scattered == []  # small ones travel with their batch
+        # Arguments of a generator are not kept alive by the call (nor their data on the cluster).
+        refs = []
+
+        def arrays():
+            for i in range(12):
+                a = np.full(1 << 18, float(i))
+                refs.append(weakref.ref(a))
+                yield delayed(T.item_of)(a, 0)
+
+        assert Parallel(batch_size=2)(arrays()) == [float(i) for i in range(12)]
+        gc.collect()
+        assert all(r() is None for r in refs)
+        # parallel_config(scatter=[...]): sent to every worker before the call, as joblib's.
+        scattered.clear()
+        with parallel_config(backend="dask", scatter=[big]):
+            assert Parallel()(delayed(T.item_of)(big, i) for i in range(5)) == [float(i) for i in range(5)]
+        assert scattered == [id(big)]
+
+
+def test_dask_nested_calls_do_not_deadlock_or_oversubscribe(dask_client):
+    with parallel_config(backend="dask"):
+        # A Parallel inside a task stays within its worker's share of the CPUs (1 thread each here).
+        assert (
+            Parallel()(delayed(T.nested_resolve)(i) for i in range(2))
+            == [("threads", perfkit.cpu_count())] * 2
+        )
+        # A dask call inside a task: both of the cluster's threads wait in an
+        # outer task, so the inner tasks run only because the waiting ones
+        # leave their thread (dask's secede), as joblib's do.
+        out = Parallel(batch_size=1, timeout=60)(delayed(T.nested_dask_sum)(n) for n in (3, 4))
+        assert out == [5, 14]
 
 
 # ------------------------------------------------------------------ soak

@@ -214,7 +214,8 @@ class parallel_config:
 
     Keys: backend, n_jobs, verbose, max_nbytes, prefer, require,
     inner_max_num_threads, progress, and backend parameters (for ``dask``:
-    ``client=``). Explicit ``Parallel(...)`` arguments win.
+    ``client=``, and ``scatter=[...]``, objects sent to every worker before
+    each call). Explicit ``Parallel(...)`` arguments win.
     """
 
     def __init__(
@@ -916,39 +917,9 @@ class Parallel:
     # -- dask ------------------------------------------------------------------------
 
     def _run_dask(self, iterable, n_jobs, total, progress):
-        client = _dask_client(self._config)
-        from distributed import as_completed
+        from perfkit._dask import DaskCall
 
-        ordered = self.return_as != "generator_unordered"
-        workers = n_jobs if n_jobs > 0 else max(1, len(client.scheduler_info().get("workers", {})))
-        size = self.batch_size if self.batch_size != "auto" else None
-        if size is None:
-            size = max(1, min(10000, total // (4 * workers))) if total else 16
-        futures = []
-        tasks = enumerate(iterable)
-        completed = False
-        try:
-            while True:
-                chunk = list(itertools.islice(tasks, size))
-                if not chunk:
-                    break
-                futures.append((chunk[0][0], client.submit(_run_chunk_dask, chunk, pure=False)))
-                self.n_dispatched_tasks += len(chunk)
-            by_key = {f.key: first for first, f in futures}
-            in_order = _InOrder()
-            for fut in as_completed([f for _, f in futures]):
-                results = fut.result(timeout=self.timeout)
-                progress.update(len(results))
-                first = by_key[fut.key]
-                if ordered:
-                    yield from in_order.add(first, results)
-                else:
-                    yield results
-            completed = True
-        finally:
-            if not completed:
-                client.cancel([f for _, f in futures])
-            progress.close(completed)
+        return DaskCall(self, _dask_client(self._config), iterable, total, progress).run()
 
 
 def _dask_client(config=None):
@@ -1151,10 +1122,6 @@ def _run_chunk(chunk):
             _add_note(exc, f"perfkit.Parallel: raised by task {index} ({task_label(function, args, kwargs)})")
             raise
     return out
-
-
-def _run_chunk_dask(chunk):
-    return _run_chunk(chunk)
 
 
 def _add_note(exc, note):
