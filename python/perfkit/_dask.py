@@ -12,7 +12,6 @@ holds no state between calls.
 from __future__ import annotations
 
 import itertools
-import math
 import queue
 import time
 import uuid
@@ -105,7 +104,9 @@ class DaskCall:
                     left = (
                         self.total - dispatched if self.total is not None else pp._tasks_left(self.iterable)
                     )
-                    size = batch_size(per_task, left, self.workers)
+                    size = pp._share_batch_size(
+                        per_task, left, self.workers, TARGET_BATCH_SECONDS, MIN_TAIL_BATCH_SECONDS, 100_000
+                    )
                 self.progress.update(count)
                 if self.ordered:
                     yield from in_order.add(first, results)
@@ -200,16 +201,6 @@ class DaskCall:
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s on the "
             "dask cluster; they were cancelled (a task already running there runs to its end)"
         )
-
-
-def batch_size(per_task, left, workers):
-    """Tasks per batch: about TARGET_BATCH_SECONDS of them, and, when it is
-    known what is left, a share of it that keeps every worker busy to the end."""
-    size = int(TARGET_BATCH_SECONDS / max(per_task, 1e-8))
-    if left is not None:
-        shortest = math.ceil(MIN_TAIL_BATCH_SECONDS / max(per_task, 1e-8))
-        size = min(size, max(math.ceil(left / (2 * workers)), shortest))
-    return max(1, min(size, 100_000))
 
 
 def run_chunk(chunk):

@@ -1076,16 +1076,23 @@ def _untimed_batch_size(size, left, n_jobs):
 
 
 def _thread_batch_size(per_task, left, n_jobs):
-    """Tasks per threads-backend batch: about THREAD_BATCH_SECONDS of them,
-    and, when it is known what is left, at most a share of it that keeps
-    every thread busy to the end (two batches each)."""
-    size = int(THREAD_BATCH_SECONDS / max(per_task, 1e-8))
+    """Tasks per threads-backend batch: about THREAD_BATCH_SECONDS of them
+    (see _share_batch_size)."""
+    return _share_batch_size(
+        per_task, left, n_jobs, THREAD_BATCH_SECONDS, _ProcessCall.MIN_TAIL_BATCH_SECONDS, 8192
+    )
+
+
+def _share_batch_size(per_task, left, n_jobs, target_seconds, tail_seconds, most):
+    """Tasks per batch: about `target_seconds` of them, and, when it is known
+    what is left, at most a share of it that keeps every one of n_jobs busy
+    to the end (two batches each), but not under `tail_seconds` of tasks
+    (shorter batches cost more hand-offs than the imbalance they save)."""
+    size = int(target_seconds / max(per_task, 1e-8))
     if left is not None:
-        # Shrinking with what is left, but not below ~1 ms of tasks (shorter
-        # batches cost more hand-offs than the imbalance they save).
-        shortest = math.ceil(_ProcessCall.MIN_TAIL_BATCH_SECONDS / max(per_task, 1e-8))
+        shortest = math.ceil(tail_seconds / max(per_task, 1e-8))
         size = min(size, max(math.ceil(left / (2 * n_jobs)), shortest))
-    return max(1, min(size, 8192))
+    return max(1, min(size, most))
 
 
 def _run_batch_in_thread(function, mode, items, first, n_jobs):
