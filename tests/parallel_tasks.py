@@ -333,3 +333,25 @@ def nested_dask_sum(n):
 
     with perfkit.parallel_config(backend="dask"):
         return sum(perfkit.Parallel(batch_size=1)(perfkit.delayed(square)(i) for i in range(n)))
+
+
+def item_or_raise(array, i, bad):
+    if i == bad:
+        raise ValueError(f"task value {i} is bad")
+    return float(array[i])
+
+
+def sleep_item_of(array, seconds):
+    time.sleep(seconds)
+    return float(array[0])
+
+
+def seceded_dask_sum(n):
+    """nested_dask_sum from a task that left its worker's thread pool itself."""
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        return nested_dask_sum(n)
+    finally:
+        rejoin()

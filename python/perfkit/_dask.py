@@ -2,15 +2,18 @@
 existing dask.distributed ``Client``.
 
 Owns what a call does on a cluster: batch sizing by the workers' measured
-time, a window of batches in flight (``pre_dispatch``), sending a large
-argument that several batches share once (scattered, as joblib's dask
-backend does), timeouts, fail-fast cancelling, and nested calls inside
-tasks. It must not start or close clusters or Clients (the user's), and
-holds no state between calls.
+time and the bytes a batch carries, a window of batches in flight
+(``pre_dispatch``), sending a large argument once (scattered, as joblib's
+dask backend does) and again when the worker holding it is lost, timeouts,
+fail-fast cancelling, clear errors, and nested calls inside tasks. It must
+not start or close clusters or Clients (the user's), and keeps nothing on
+the cluster after a call but what ``parallel_config(scatter=...)`` asked for.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import queue
 import time
@@ -27,9 +30,35 @@ TARGET_BATCH_SECONDS = 0.1
 MIN_TAIL_BATCH_SECONDS = 0.01
 # An argument this large that a later batch carries again is scattered, sent once.
 SCATTER_FROM_BYTES = 64 << 10
+# An argument this large is scattered at once: dask warns of task graphs that
+# carry such data (the scheduler would hold it), and runs a task where its data is.
 SCATTER_AT_ONCE_BYTES = 1 << 20
-# Argument types never worth scattering (small, or copied by value anyway).
+# A batch whose scattered data was lost with its worker is sent again (with
+# its arguments) at most this many times; dask's own retries for a batch
+# that kills its worker are its `allowed-failures`.
+RESUBMITS = 3
+# Argument types never worth sizing or scattering (small, or copied by value anyway).
 _PLAIN = (int, float, complex, bool, str, type(None))
+
+
+class GivenData:
+    """``parallel_config(backend="dask", scatter=[...])``'s objects: sent to
+    every worker at the first call on a Client, and reused by the later
+    calls inside that configuration (as joblib's are)."""
+
+    def __init__(self, values):
+        if not isinstance(values, (list, tuple)):
+            raise TypeError(
+                f"parallel_config(scatter=...) takes a list or a tuple, not {type(values).__name__}"
+            )
+        self.values = list(values)
+        self._futures = weakref.WeakKeyDictionary()  # client -> its futures of self.values
+
+    def futures(self, client):
+        futures = self._futures.get(client)
+        if futures is None or any(f.status in ("lost", "cancelled", "error") for f in futures):
+            futures = self._futures[client] = client.scatter(self.values, broadcast=True, hash=False)
+        return futures
 
 
 class DaskCall:
@@ -39,38 +68,43 @@ class DaskCall:
         self.iterable = iterable
         self.total = total
         self.progress = progress
-        self.workers = max(1, sum(client.nthreads().values()))
+        workers = client.scheduler_info().get("workers", {})
+        self.workers = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        # Worker threads per host: a Parallel inside a task shares its machine with all of them.
+        self.host_threads = {}
+        for w in workers.values():
+            self.host_threads[w.get("host")] = self.host_threads.get(w.get("host"), 0) + w.get("nthreads", 1)
+        self.addresses = sorted(workers)
         self.window = pp._dispatch_window(parallel.pre_dispatch, self.workers)
         self.ordered = parallel.return_as != "generator_unordered"
         self.done = queue.SimpleQueue()
+        self.batches = itertools.count()
         # id(argument) -> [weak reference, batch first met in, its size, or
         # its future once scattered]: weak, so that a generator's arguments
         # (and their data on the cluster) go when their batches are done.
+        # Only arguments of SCATTER_FROM_BYTES or more are entered.
         self.known = {}
-        self.addresses = []
-        # parallel_config(backend="dask", scatter=[...]): sent to every worker before the first batch.
-        self.given = list(parallel._setting("backend_params", {}).get("scatter") or ())
+        self.in_flight = {}  # future key -> (first index, tasks as drawn, future, times sent)
 
     def run(self):
-        client = self.client
-        tasks = enumerate(self.iterable)
         size = self.parallel.batch_size
         auto = size == "auto"
         if auto:
             size = 1  # until a batch has been timed
         costs = pp._RecentCosts()
-        in_flight = {}  # future key -> (first index, task count, future)
+        bytes_per_task = 0.0
+        in_flight = self.in_flight
         in_order = pp._InOrder()
+        tasks = enumerate(self.iterable)
         dispatched = 0
         exhausted = False
         completed = False
         seceded = False
-        if self.given:
-            futures = client.scatter(self.given, broadcast=True, hash=False)
-            for value, future in zip(self.given, futures):
-                # (held by self.given for the call: a plain callable stands in for a weak reference)
+        given = self.parallel._setting("backend_params", {}).get("scatter")
+        if given is not None:
+            for value, future in zip(given.values, given.futures(self.client)):
+                # (the configuration holds it: a plain callable stands in for a weak reference)
                 self.known[id(value)] = [lambda value=value: value, -1, future]
-        batches = itertools.count()
         try:
             while True:
                 while not exhausted and len(in_flight) < self.window:
@@ -78,14 +112,10 @@ class DaskCall:
                     if not chunk:
                         exhausted = True
                         break
-                    chunk = self._prepared(chunk, next(batches))
-                    function = chunk[0][1][0]
-                    key = f"perfkit.Parallel-{task_label(function, limit=0).rstrip('()')}-{uuid.uuid4().hex}"
-                    future = client.submit(run_chunk, chunk, key=key, pure=False)
-                    future.add_done_callback(self.done.put)
-                    in_flight[future.key] = (chunk[0][0], len(chunk), future)
+                    sent_bytes = self._submit(chunk, 0)
                     dispatched += len(chunk)
                     self.parallel.n_dispatched_tasks = dispatched
+                    bytes_per_task = sent_bytes / len(chunk)
                 if not in_flight:
                     break
                 if not seceded:
@@ -93,21 +123,43 @@ class DaskCall:
                 try:
                     future = self.done.get(timeout=self.parallel.timeout)
                 except queue.Empty:
-                    self._timeout(in_flight)
-                entry = in_flight.pop(future.key, None)
+                    self._timeout()
+                entry = in_flight.get(future.key)
                 if entry is None:
                     continue
-                first, count, _ = entry
-                elapsed, results = future.result()  # a task's error is raised here
+                first, chunk, _, sent = entry
+                try:
+                    elapsed, results = future.result()  # a task's error is raised here
+                except Exception as exc:
+                    if _data_lost(exc) and sent <= RESUBMITS:
+                        del in_flight[future.key]
+                        self._resend(chunk, sent)
+                        continue
+                    if _is_killed_worker(exc):
+                        label = task_label(*pp._unpack(chunk[0][1], first))
+                        pp._add_note(
+                            exc,
+                            f"perfkit.Parallel: task {first} ({label}) was running on a dask worker that died"
+                            if len(chunk) == 1
+                            else f"perfkit.Parallel: {_tasks_text(first, len(chunk))} (the first: {label}) "
+                            "were running on a dask worker that died",
+                        )
+                    raise  # (its future stays in flight, so that `finally` releases it: dask
+                    # keeps the exception, whose traceback holds this frame, which holds the future)
+                del in_flight[future.key]
                 if auto:
-                    per_task = costs.add(max(elapsed, 1e-7) / max(count, 1))
+                    per_task = costs.add(max(elapsed, 1e-7) / max(len(chunk), 1))
                     left = (
                         self.total - dispatched if self.total is not None else pp._tasks_left(self.iterable)
                     )
                     size = pp._share_batch_size(
                         per_task, left, self.workers, TARGET_BATCH_SECONDS, MIN_TAIL_BATCH_SECONDS, 100_000
                     )
-                self.progress.update(count)
+                    if bytes_per_task > 0:
+                        # At most MAX_BATCH_BYTES a batch: the window's batches (and the
+                        # caller's arguments they hold) stay bounded for a generator of arrays.
+                        size = max(1, min(size, int(pp._ProcessCall.MAX_BATCH_BYTES / bytes_per_task)))
+                self.progress.update(len(chunk))
                 if self.ordered:
                     yield from in_order.add(first, results)
                 else:
@@ -117,28 +169,61 @@ class DaskCall:
             if not completed and in_flight:
                 # Fail fast (an error, a timeout, a closed generator, Ctrl-C):
                 # queued batches are dropped; one already running runs to its end.
-                client.cancel([f for _, _, f in in_flight.values()])
+                self.client.cancel([f for _, _, f, _ in in_flight.values()])
+            in_flight.clear()
+            self.known.clear()  # the scattered futures go now (their weak references' callbacks form cycles)
             if seceded:
                 _rejoin()
             self.progress.close(completed)
 
+    def _submit(self, chunk, sent):
+        """Sends a batch (tasks as drawn, each `(index, task)`); the bytes of
+        the arguments it carries with it or scattered for it."""
+        batch = next(self.batches)
+        prepared, nbytes = self._prepared(chunk, batch)
+        function = prepared[0][1][0]
+        key = f"perfkit.Parallel-{task_label(function, limit=0).rstrip('()')}-{uuid.uuid4().hex}"
+        try:
+            future = self.client.submit(run_chunk, prepared, self.host_threads, key=key, pure=False)
+        except Exception:
+            # dask could not serialize the batch ("Could not serialize object of
+            # type LLGExpr"): name the task; anything else as dask raised it.
+            for index, task in chunk:
+                self._check_picklable(index, task)
+            raise
+        future.add_done_callback(self.done.put)
+        self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1)
+        return nbytes
+
+    def _resend(self, chunk, sent):
+        # The worker holding data this batch was given is gone: its scattered
+        # copies are forgotten, and the batch goes again with its arguments.
+        for _, task in chunk:
+            _, args, kwargs = pp._unpack(task, 0)
+            for value in itertools.chain(args, kwargs.values()):
+                entry = self.known.get(id(value))
+                if entry is not None and entry[1] != -1 and entry[0]() is value:
+                    del self.known[id(value)]
+        self.addresses = sorted(self.client.scheduler_info().get("workers", {}))
+        self._submit(chunk, sent)
+
     def _prepared(self, chunk, batch):
-        """The batch's tasks, each large argument replaced by its scattered
-        future (dask hands the task the value): one over SCATTER_AT_ONCE_BYTES
-        at once (dask warns of graphs that carry such data, and the
-        scheduler then runs the task where its data went), one over
-        SCATTER_FROM_BYTES once an earlier batch carried it too, so that it
-        is sent once, not with every batch. One round trip per batch."""
+        """(the batch's tasks with each large argument replaced by its
+        scattered future, the bytes of its arguments). dask hands a task the
+        value of a future. An argument over SCATTER_AT_ONCE_BYTES is
+        scattered at once, one over SCATTER_FROM_BYTES once an earlier batch
+        carried it too (then it is sent once, not with every batch); all of
+        a batch's in one round trip, to one worker, where the scheduler then
+        runs the batch."""
         tasks = [(index, task, pp._unpack(task, index)) for index, task in chunk]
         fresh = {}
+        sizes = {}
         for _, _, (_, args, kwargs) in tasks:
             for value in itertools.chain(args, kwargs.values()):
-                if type(value) not in _PLAIN:
-                    self._note(value, batch, fresh)
+                if type(value) not in _PLAIN and id(value) not in sizes:
+                    sizes[id(value)] = self._note(value, batch, fresh)
         if fresh:
             values = list(fresh.values())
-            # All to one worker, where the scheduler then runs the batch (spread
-            # over the workers, a batch's task would fetch the rest from the others).
             try:
                 futures = self.client.scatter(values, workers=self._worker_for(batch), hash=False)
             except Exception:  # noqa: BLE001 - that worker left the cluster: let dask place the data
@@ -154,35 +239,40 @@ class DaskCall:
                 new_kwargs[k] is v for k, v in kwargs.items()
             )
             out.append((index, task if same else (function, new_args, new_kwargs)))
-        return out
+        return out, sum(sizes.values())
 
     def _worker_for(self, batch):
-        if not self.addresses:
-            self.addresses = sorted(self.client.nthreads())
         return [self.addresses[batch % len(self.addresses)]] if self.addresses else None
 
     def _note(self, value, batch, fresh):
+        """The bytes `value` adds to this batch (0 when it is scattered
+        already); enters it for scattering when it is large enough."""
         entry = self.known.get(id(value))
         if entry is not None and entry[0]() is value:
-            if entry[1] != batch and isinstance(entry[2], int) and entry[2] >= SCATTER_FROM_BYTES:
-                fresh[id(value)] = value  # a second batch carries it: send it once from now on
-            return
+            if isinstance(entry[2], int):
+                if entry[1] != batch:
+                    fresh[id(value)] = value  # a second batch carries it: send it once from now on
+                return entry[2]
+            return 0
+        try:
+            weakref.ref(value)
+        except TypeError:
+            return 0  # not weak-referenceable (a tuple, a list): not sized, nor scattered (as joblib's)
+        from dask.sizeof import sizeof
+
+        size = sizeof(value)
+        if size < SCATTER_FROM_BYTES:
+            return size
         known, key = self.known, id(value)
 
         def forget(ref):
             if known.get(key, (None,))[0] is ref:
                 del known[key]  # and with it the future: the cluster may drop the data
 
-        try:
-            ref = weakref.ref(value, forget)
-        except TypeError:
-            return  # not weak-referenceable (a tuple, a list): joblib does not scatter those either
-        from dask.sizeof import sizeof
-
-        size = sizeof(value)
-        self.known[id(value)] = [ref, batch, size]
+        self.known[key] = [weakref.ref(value, forget), batch, size]
         if size >= SCATTER_AT_ONCE_BYTES:
-            fresh[id(value)] = value
+            fresh[key] = value
+        return size
 
     def _sent_as(self, value):
         if type(value) in _PLAIN:
@@ -192,9 +282,21 @@ class DaskCall:
             return entry[2]
         return value
 
-    def _timeout(self, in_flight):
-        firsts = sorted((first, count) for first, count, _ in in_flight.values())
-        what = ", ".join(f"task {a}" if n == 1 else f"tasks {a}–{a + n - 1}" for a, n in firsts[:5])
+    def _check_picklable(self, index, task):
+        import cloudpickle
+
+        function, args, kwargs = pp._unpack(task, index)
+        try:
+            cloudpickle.dumps((function, args, kwargs))
+        except Exception as inner:
+            raise pp.UnpicklableError(
+                f"perfkit.Parallel: task {index} ({task_label(function, args, kwargs)}) could not be "
+                f"pickled to send it to the dask cluster: {inner}"
+            ) from inner
+
+    def _timeout(self):
+        firsts = sorted((first, len(chunk)) for first, chunk, _, _ in self.in_flight.values())
+        what = ", ".join(_tasks_text(a, n) for a, n in firsts[:5])
         if len(firsts) > 5:
             what += ", …"
         raise pp.ParallelTimeoutError(
@@ -203,14 +305,35 @@ class DaskCall:
         )
 
 
-def run_chunk(chunk):
+def _tasks_text(first, count):
+    return f"task {first}" if count == 1 else f"tasks {first}–{first + count - 1}"
+
+
+def _data_lost(exc):
+    # What a batch gets when a scattered argument's only copy went with its
+    # worker ("lost dependencies", "already forgotten"); this call cancels
+    # nothing before it gives up.
+    return isinstance(exc, (concurrent.futures.CancelledError, asyncio.CancelledError))
+
+
+def _is_killed_worker(exc):
+    try:
+        from distributed import KilledWorker
+    except ImportError:
+        return False
+    return isinstance(exc, KilledWorker)
+
+
+def run_chunk(chunk, host_threads):
     """A batch on a dask worker: ``(seconds it took, results)``. A Parallel
-    inside a task stays within the worker's share of its machine's CPUs."""
+    inside a task stays within this task's share of its machine's CPUs
+    (shared with every worker thread on the machine)."""
     try:
         from distributed import get_worker
 
-        threads = get_worker().state.nthreads
-    except Exception:  # noqa: BLE001 - not in a worker (a test calling it directly), or an older dask
+        worker = get_worker()
+        threads = host_threads.get(worker.ip) or worker.state.nthreads
+    except Exception:  # noqa: BLE001 - not in a worker (called directly), or an older dask
         threads = 1
     pp._nested.share = max(1, pp.cpu_count() // max(1, threads))
     started = time.perf_counter()
@@ -223,13 +346,15 @@ def run_chunk(chunk):
 
 def _secede():
     """Leave the worker's thread pool when this call runs inside a dask task
-    (a nested call), so that the tasks it waits for can run; as joblib does."""
+    (a nested call), so that the tasks it waits for can run; as joblib does.
+    Not when the task left it already (it called dask's secede itself)."""
     try:
         from distributed import secede
+        from distributed.threadpoolexecutor import thread_state as pool_thread
         from distributed.worker import thread_state
     except ImportError:
         return False
-    if not hasattr(thread_state, "execution_state"):
+    if not hasattr(thread_state, "execution_state") or getattr(pool_thread, "proceed", True) is False:
         return False
     secede()
     return True

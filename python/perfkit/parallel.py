@@ -214,8 +214,8 @@ class parallel_config:
 
     Keys: backend, n_jobs, verbose, max_nbytes, prefer, require,
     inner_max_num_threads, progress, and backend parameters (for ``dask``:
-    ``client=``, and ``scatter=[...]``, objects sent to every worker before
-    each call). Explicit ``Parallel(...)`` arguments win.
+    ``client=``, and ``scatter=[...]``, objects sent to every worker once,
+    for the calls inside). Explicit ``Parallel(...)`` arguments win.
     """
 
     def __init__(
@@ -249,6 +249,10 @@ class parallel_config:
             "progress": progress,
         }
         self._values = {k: v for k, v in given.items() if v is not None}
+        if backend_params.get("scatter") is not None:
+            from perfkit._dask import GivenData
+
+            backend_params["scatter"] = GivenData(backend_params["scatter"])
         if backend_params:
             self._values["backend_params"] = backend_params
         self._token = None
