@@ -341,9 +341,9 @@ def item_or_raise(array, i, bad):
     return float(array[i])
 
 
-def sleep_item_of(array, seconds):
+def sleep_item_at(array, i, seconds):
     time.sleep(seconds)
-    return float(array[0])
+    return float(array[i])
 
 
 def seceded_dask_sum(n):

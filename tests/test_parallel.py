@@ -1709,19 +1709,25 @@ def test_dask_sends_a_batch_again_when_its_scattered_data_was_lost(dask_client):
     # The only copy of a scattered argument goes with its worker; dask cannot
     # recompute it, and the batch would fail ("already forgotten"). perfkit
     # sends the batch again with its arguments.
+    import dask
+
     pids = dask_client.run(os.getpid)
 
-    def arrays():
+    def tasks():
         for i in range(30):
             if i == 10:
                 held = dask_client.run(lambda dask_worker: len(dask_worker.data))
                 os.kill(pids[max(held, key=held.get)], signal.SIGKILL)
                 time.sleep(0.5)
-            yield delayed(T.sleep_item_of)(np.full(1 << 18, float(i)), 0.05)
+            yield delayed(T.sleep_item_at)(np.full(1 << 18, float(i)), 0, 0.05)
 
     try:
-        with parallel_config(backend="dask"):
-            assert Parallel(batch_size=1, timeout=60)(arrays()) == [float(i) for i in range(30)]
+        # Over this, an argument is scattered at once (its only copy on one worker).
+        with (
+            dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+            parallel_config(backend="dask"),
+        ):
+            assert Parallel(batch_size=1, timeout=60)(tasks()) == [float(i) for i in range(30)]
     finally:
         dask_client.wait_for_workers(2, timeout=60)
 

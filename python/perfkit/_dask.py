@@ -30,9 +30,12 @@ TARGET_BATCH_SECONDS = 0.1
 MIN_TAIL_BATCH_SECONDS = 0.01
 # An argument this large that a later batch carries again is scattered, sent once.
 SCATTER_FROM_BYTES = 64 << 10
-# An argument this large is scattered at once: dask warns of task graphs that
-# carry such data (the scheduler would hold it), and runs a task where its data is.
-SCATTER_AT_ONCE_BYTES = 1 << 20
+# An argument over dask's "large graph" warning threshold (10 MB) is scattered
+# at once: dask warns of task graphs that carry that much (the scheduler would
+# hold it). Smaller ones travel in their batch, which dask sends on without
+# holding up this process, and can rerun elsewhere if its worker dies; a
+# batch carries at most MAX_BATCH_BYTES of them (below that threshold).
+MAX_BATCH_BYTES = 8 << 20
 # A batch whose scattered data was lost with its worker is sent again (with
 # its arguments) at most this many times; dask's own retries for a batch
 # that kills its worker are its `allowed-failures`.
@@ -76,6 +79,8 @@ class DaskCall:
             self.host_threads[w.get("host")] = self.host_threads.get(w.get("host"), 0) + w.get("nthreads", 1)
         self.addresses = sorted(workers)
         self.window = pp._dispatch_window(parallel.pre_dispatch, self.workers)
+        self.at_once = _large_graph_bytes()
+        self.max_batch_bytes = min(MAX_BATCH_BYTES, self.at_once * 3 // 4)
         self.ordered = parallel.return_as != "generator_unordered"
         self.done = queue.SimpleQueue()
         self.batches = itertools.count()
@@ -156,9 +161,9 @@ class DaskCall:
                         per_task, left, self.workers, TARGET_BATCH_SECONDS, MIN_TAIL_BATCH_SECONDS, 100_000
                     )
                     if bytes_per_task > 0:
-                        # At most MAX_BATCH_BYTES a batch: the window's batches (and the
-                        # caller's arguments they hold) stay bounded for a generator of arrays.
-                        size = max(1, min(size, int(pp._ProcessCall.MAX_BATCH_BYTES / bytes_per_task)))
+                        # The window's batches (and the caller's arguments they
+                        # hold) stay bounded for a generator of arrays.
+                        size = max(1, min(size, int(self.max_batch_bytes / bytes_per_task)))
                 self.progress.update(len(chunk))
                 if self.ordered:
                     yield from in_order.add(first, results)
@@ -209,12 +214,12 @@ class DaskCall:
 
     def _prepared(self, chunk, batch):
         """(the batch's tasks with each large argument replaced by its
-        scattered future, the bytes of its arguments). dask hands a task the
-        value of a future. An argument over SCATTER_AT_ONCE_BYTES is
-        scattered at once, one over SCATTER_FROM_BYTES once an earlier batch
-        carried it too (then it is sent once, not with every batch); all of
-        a batch's in one round trip, to one worker, where the scheduler then
-        runs the batch."""
+        scattered future, the bytes of the arguments it carries). dask hands
+        a task the value of a future. An argument over dask's large-graph
+        threshold is scattered at once, one over SCATTER_FROM_BYTES once an
+        earlier batch carried it too (then it is sent once, not with every
+        batch); all of a batch's in one round trip, to one worker, where the
+        scheduler then runs the batch."""
         tasks = [(index, task, pp._unpack(task, index)) for index, task in chunk]
         fresh = {}
         sizes = {}
@@ -250,9 +255,9 @@ class DaskCall:
         entry = self.known.get(id(value))
         if entry is not None and entry[0]() is value:
             if isinstance(entry[2], int):
-                if entry[1] != batch:
-                    fresh[id(value)] = value  # a second batch carries it: send it once from now on
-                return entry[2]
+                if entry[1] == batch:
+                    return entry[2]
+                fresh[id(value)] = value  # a second batch carries it: send it once from now on
             return 0
         try:
             weakref.ref(value)
@@ -270,8 +275,9 @@ class DaskCall:
                 del known[key]  # and with it the future: the cluster may drop the data
 
         self.known[key] = [weakref.ref(value, forget), batch, size]
-        if size >= SCATTER_AT_ONCE_BYTES:
+        if size > self.at_once:
             fresh[key] = value
+            return 0
         return size
 
     def _sent_as(self, value):
@@ -303,6 +309,16 @@ class DaskCall:
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s on the "
             "dask cluster; they were cancelled (a task already running there runs to its end)"
         )
+
+
+def _large_graph_bytes():
+    try:
+        import dask
+        from dask.utils import parse_bytes
+
+        return parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold"))
+    except Exception:  # noqa: BLE001 - an older dask without the setting: its default
+        return 10_000_000
 
 
 def _tasks_text(first, count):
