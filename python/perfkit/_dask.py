@@ -183,7 +183,7 @@ class DaskCall:
 
     def _submit(self, chunk, sent):
         """Sends a batch (tasks as drawn, each `(index, task)`); the bytes of
-        the arguments it carries with it or scattered for it."""
+        the arguments it carries (not those scattered)."""
         batch = next(self.batches)
         prepared, nbytes = self._prepared(chunk, batch)
         function = prepared[0][1][0]
