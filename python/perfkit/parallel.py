@@ -1477,7 +1477,11 @@ class _ProcessCall:
         return FULL, items
 
     def _pickle_batch(self, first, mode, items):
-        if self.streaming and mode != SINGLE_PACKED and len(items) > 1:
+        if mode == SINGLE_PACKED:
+            # Plain ints or floats as bytes: nothing for perfkit's reducers, no
+            # __main__ name to seek through (as the workers pickle such results).
+            return pickle.dumps((first, mode, items), protocol=5), []
+        if self.streaming and len(items) > 1:
             streamed = self._pickle_streamed(first, mode, items)
             if streamed is not None:
                 return streamed
