@@ -355,3 +355,35 @@ def seceded_dask_sum(n):
         return nested_dask_sum(n)
     finally:
         rejoin()
+
+
+def cancel_once_counted(array, directory):
+    """Leaves a file in `directory` for each run, then raises CancelledError
+    (of its own: not one dask's cancelling gives)."""
+    import concurrent.futures
+    import tempfile
+
+    tempfile.mkstemp(dir=directory)
+    raise concurrent.futures.CancelledError(f"raised by the task ({len(array)} items)")
+
+
+def exit_at_item(array, i, bad):
+    if i == bad:
+        os._exit(5)
+    return float(array[i])
+
+
+class Unpicklable:
+    """Large by its size as dask reckons it (so scattered at once), and unpicklable (a lock)."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+
+    def __sizeof__(self):
+        return 12 << 20
+
+
+def first_item_of(arrays, i):
+    return float(arrays[0][i])

@@ -1633,6 +1633,21 @@ def test_dask_sends_a_shared_large_argument_once(dask_client, monkeypatch):
                     float(i) for i in range(5)
                 ]
         assert scattered == [id(big)]
+        # ... a str too (as joblib looks every argument up): the batches carry its future.
+        text = "x" * (1 << 20)
+        scattered.clear()
+        submitted = []
+        real_submit = type(dask_client).submit
+
+        def recording(self, function, *args, **kwargs):
+            submitted.extend(task for _, task in args[0])
+            return real_submit(self, function, *args, **kwargs)
+
+        monkeypatch.setattr(type(dask_client), "submit", recording)
+        with parallel_config(backend="dask", scatter=[text]):
+            assert Parallel(batch_size=1)(delayed(len)(text) for _ in range(4)) == [1 << 20] * 4
+        assert scattered == [id(text)]
+        assert len(submitted) == 4 and all(args[0] is not text for _, args, _ in submitted)
     with pytest.raises(TypeError, match="takes a list or a tuple"):
         parallel_config(backend="dask", scatter=big)
 
@@ -1683,10 +1698,33 @@ def test_dask_keeps_a_generator_of_arrays_bounded(dask_client):
     assert most <= 48, most
 
 
+def test_dask_batches_stay_under_dasks_large_graph_threshold(dask_client):
+    # dask warns of a graph over 10 MB (its scheduler would hold the data):
+    # perfkit stops drawing an `auto` batch at ~7.5 MB of arguments, and
+    # scatters the largest of a batch whose size was given (or of one task
+    # alone that carries more), so no batch goes over.
+    import warnings
+
+    with parallel_config(backend="dask"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arrays = [np.full(1 << 17, float(i)) for i in range(40)]  # 1 MB each
+        assert Parallel(batch_size=20)(delayed(T.item_of)(a, 0) for a in arrays) == [
+            float(i) for i in range(40)
+        ]
+        # (in tuples: not weak-referenceable, sized all the same)
+        assert Parallel()(delayed(T.first_item_of)((a,), 0) for a in arrays) == [float(i) for i in range(40)]
+        three = [np.full(5 << 17, float(i)) for i in range(3)]  # 5 MB each, one task
+        assert Parallel()(delayed(T.first_item_of)(three, 0) for _ in range(1)) == [0.0]
+    assert not [w for w in caught if "large graph" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_dask_names_an_unpicklable_task(dask_client):
     with parallel_config(backend="dask"):
         with pytest.raises(pp.UnpicklableError, match=r"task 2 \(identity\(<unlocked _thread.lock"):
             Parallel(batch_size=1)(delayed(T.identity)(x) for x in (1, 2, threading.Lock()))
+        # ... also one large enough to be scattered (it fails in dask's scatter, not in submit)
+        with pytest.raises(pp.UnpicklableError, match=r"task 1 \(identity\(<parallel_tasks.Unpicklable"):
+            Parallel(batch_size=1)(delayed(T.identity)(x) for x in (1, T.Unpicklable()))
         assert Parallel()(delayed(T.square)(i) for i in range(5)) == [i * i for i in range(5)]
 
 
@@ -1697,7 +1735,11 @@ def test_dask_names_the_tasks_a_dying_worker_ran(dask_client):
         with parallel_config(backend="dask"), pytest.raises(Exception, match="KilledWorker|died") as info:
             Parallel(batch_size=1)(delayed(T.exit_at)(x) for x in range(6))
         notes = "\n".join(getattr(info.value, "__notes__", []))
-        assert type(info.value).__name__ == "KilledWorker" and "task 3 (exit_at(3))" in notes, notes
+        # (task 3 kills its worker; a task queued on that worker behind it fails with it)
+        assert type(info.value).__name__ == "KilledWorker", info.value
+        assert re.search(r"task [34] \(exit_at\([34]\)\) was running on a dask worker that died", notes), (
+            notes
+        )
     finally:
         dask_client.run_on_scheduler(
             lambda dask_scheduler, n=allowed: setattr(dask_scheduler, "allowed_failures", n)
@@ -1747,6 +1789,73 @@ def test_dask_nested_calls_do_not_deadlock_or_oversubscribe(dask_client):
         # ... and a task that left it itself is not made to leave it twice.
         out = Parallel(batch_size=1, timeout=60)(delayed(T.seceded_dask_sum)(n) for n in (3, 4))
         assert out == [5, 14]
+
+
+def test_dask_runs_a_task_that_raises_cancelled_error_once(dask_client, tmp_path):
+    # A task's own CancelledError is its error, not data lost with a worker: not sent again.
+    import concurrent.futures
+
+    big = np.ones(1 << 17)
+    with (
+        parallel_config(backend="dask", scatter=[big]),
+        pytest.raises(concurrent.futures.CancelledError, match="raised by the task"),
+    ):
+        Parallel(batch_size=1)(delayed(T.cancel_once_counted)(big, str(tmp_path)) for _ in range(1))
+    assert len(os.listdir(tmp_path)) == 1
+
+
+def test_dask_names_a_task_whose_data_went_with_its_worker_each_time(dask_client):
+    # A task that kills its worker loses the data scattered for it each time:
+    # after the resends, the error names it rather than dask's bare cancel.
+    import dask
+
+    try:
+        with (
+            dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+            parallel_config(backend="dask"),
+            pytest.raises(Exception) as info,
+        ):
+            Parallel(batch_size=1, timeout=120)(
+                delayed(T.exit_at_item)(np.ones(1 << 18), i, 1) for i in range(3)
+            )
+        notes = "\n".join(getattr(info.value, "__notes__", []))
+        assert "task 1 (exit_at_item(" in notes and "sent 4 times" in notes, (info.value, notes)
+    finally:
+        dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_dask_sends_configured_data_again_when_every_worker_restarted(dask_client):
+    pids = list(dask_client.run(os.getpid).values())
+    big = np.ones(1 << 18)
+
+    def tasks():
+        for i in range(20):
+            if i == 6:
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(1.0)
+            yield delayed(T.sleep_item_at)(big, 0, 0.05)
+
+    try:
+        with parallel_config(backend="dask", scatter=[big]):
+            assert Parallel(batch_size=1, timeout=60)(tasks()) == [1.0] * 20
+    finally:
+        dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_dask_configured_data_keeps_no_closed_client_alive(dask_client):
+    import distributed
+    from perfkit._dask import GivenData
+
+    given = GivenData([np.ones(10)])
+    other = distributed.Client(dask_client.scheduler.address)
+    assert len(given.futures(other)) == 1
+    other.close()
+    ref = weakref.ref(other)
+    del other
+    given.futures(dask_client)
+    gc.collect()
+    assert ref() is None
 
 
 # ------------------------------------------------------------------ soak

@@ -12,8 +12,6 @@ the cluster after a call but what ``parallel_config(scatter=...)`` asked for.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import itertools
 import queue
 import time
@@ -40,8 +38,8 @@ MAX_BATCH_BYTES = 8 << 20
 # its arguments) at most this many times; dask's own retries for a batch
 # that kills its worker are its `allowed-failures`.
 RESUBMITS = 3
-# Argument types never worth sizing or scattering (small, or copied by value anyway).
-_PLAIN = (int, float, complex, bool, str, type(None))
+# Argument types never worth sizing or scattering (small).
+_PLAIN = (int, float, complex, bool, type(None))
 
 
 class GivenData:
@@ -55,13 +53,21 @@ class GivenData:
                 f"parallel_config(scatter=...) takes a list or a tuple, not {type(values).__name__}"
             )
         self.values = list(values)
-        self._futures = weakref.WeakKeyDictionary()  # client -> its futures of self.values
+        # client.id -> (client, its futures of self.values); a closed client's
+        # entry goes at the next lookup (its futures would keep it alive).
+        self._futures = {}
 
     def futures(self, client):
-        futures = self._futures.get(client)
-        if futures is None or any(f.status in ("lost", "cancelled", "error") for f in futures):
-            futures = self._futures[client] = client.scatter(self.values, broadcast=True, hash=False)
-        return futures
+        for key, (other, _) in list(self._futures.items()):
+            if other.status == "closed":
+                del self._futures[key]
+        known = self._futures.get(client.id)
+        if known is None or any(f.status != "finished" for f in known[1]):
+            known = self._futures[client.id] = (
+                client,
+                client.scatter(self.values, broadcast=True, hash=False),
+            )
+        return known[1]
 
 
 class DaskCall:
@@ -87,9 +93,11 @@ class DaskCall:
         # id(argument) -> [weak reference, batch first met in, its size, or
         # its future once scattered]: weak, so that a generator's arguments
         # (and their data on the cluster) go when their batches are done.
-        # Only arguments of SCATTER_FROM_BYTES or more are entered.
+        # Only weak-referenceable arguments of SCATTER_FROM_BYTES or more are entered.
         self.known = {}
-        self.in_flight = {}  # future key -> (first index, tasks as drawn, future, times sent)
+        # future key -> (first index, tasks as drawn, future, times sent, whether it uses scattered data)
+        self.in_flight = {}
+        self.given = parallel._setting("backend_params", {}).get("scatter")
 
     def run(self):
         size = self.parallel.batch_size
@@ -97,7 +105,6 @@ class DaskCall:
         if auto:
             size = 1  # until a batch has been timed
         costs = pp._RecentCosts()
-        bytes_per_task = 0.0
         in_flight = self.in_flight
         in_order = pp._InOrder()
         tasks = enumerate(self.iterable)
@@ -105,22 +112,17 @@ class DaskCall:
         exhausted = False
         completed = False
         seceded = False
-        given = self.parallel._setting("backend_params", {}).get("scatter")
-        if given is not None:
-            for value, future in zip(given.values, given.futures(self.client)):
-                # (the configuration holds it: a plain callable stands in for a weak reference)
-                self.known[id(value)] = [lambda value=value: value, -1, future]
+        if self.given is not None:
+            self._know_given()
         try:
             while True:
                 while not exhausted and len(in_flight) < self.window:
-                    chunk = list(itertools.islice(tasks, size))
-                    if not chunk:
+                    count = self._submit(tasks, size, auto, 0)
+                    if not count:
                         exhausted = True
                         break
-                    sent_bytes = self._submit(chunk, 0)
-                    dispatched += len(chunk)
+                    dispatched += count
                     self.parallel.n_dispatched_tasks = dispatched
-                    bytes_per_task = sent_bytes / len(chunk)
                 if not in_flight:
                     break
                 if not seceded:
@@ -132,23 +134,19 @@ class DaskCall:
                 entry = in_flight.get(future.key)
                 if entry is None:
                     continue
-                first, chunk, _, sent = entry
+                first, chunk, _, sent, scattered = entry
                 try:
                     elapsed, results = future.result()  # a task's error is raised here
                 except Exception as exc:
-                    if _data_lost(exc) and sent <= RESUBMITS:
+                    # Cancelled by dask (not raised by a task): data scattered for it
+                    # went with its worker, and dask cannot recompute scattered data.
+                    lost = scattered and future.status == "cancelled"
+                    if lost and sent <= RESUBMITS:
                         del in_flight[future.key]
                         self._resend(chunk, sent)
                         continue
-                    if _is_killed_worker(exc):
-                        label = task_label(*pp._unpack(chunk[0][1], first))
-                        pp._add_note(
-                            exc,
-                            f"perfkit.Parallel: task {first} ({label}) was running on a dask worker that died"
-                            if len(chunk) == 1
-                            else f"perfkit.Parallel: {_tasks_text(first, len(chunk))} (the first: {label}) "
-                            "were running on a dask worker that died",
-                        )
+                    if lost or _is_killed_worker(exc):
+                        pp._add_note(exc, _died_note(first, chunk, sent if lost else None))
                     raise  # (its future stays in flight, so that `finally` releases it: dask
                     # keeps the exception, whose traceback holds this frame, which holds the future)
                 del in_flight[future.key]
@@ -160,10 +158,6 @@ class DaskCall:
                     size = pp._share_batch_size(
                         per_task, left, self.workers, TARGET_BATCH_SECONDS, MIN_TAIL_BATCH_SECONDS, 100_000
                     )
-                    if bytes_per_task > 0:
-                        # The window's batches (and the caller's arguments they
-                        # hold) stay bounded for a generator of arrays.
-                        size = max(1, min(size, int(self.max_batch_bytes / bytes_per_task)))
                 self.progress.update(len(chunk))
                 if self.ordered:
                     yield from in_order.add(first, results)
@@ -174,18 +168,25 @@ class DaskCall:
             if not completed and in_flight:
                 # Fail fast (an error, a timeout, a closed generator, Ctrl-C):
                 # queued batches are dropped; one already running runs to its end.
-                self.client.cancel([f for _, _, f, _ in in_flight.values()])
+                self.client.cancel([entry[2] for entry in in_flight.values()])
             in_flight.clear()
             self.known.clear()  # the scattered futures go now (their weak references' callbacks form cycles)
             if seceded:
                 _rejoin()
             self.progress.close(completed)
 
-    def _submit(self, chunk, sent):
-        """Sends a batch (tasks as drawn, each `(index, task)`); the bytes of
-        the arguments it carries (not those scattered)."""
+    def _know_given(self):
+        for value, future in zip(self.given.values, self.given.futures(self.client)):
+            # (the configuration holds it: a plain callable stands in for a weak reference)
+            self.known[id(value)] = [lambda value=value: value, -1, future]
+
+    def _submit(self, tasks, size, auto, sent):
+        """Draws a batch of at most `size` tasks from `tasks` (`(index,
+        task)` pairs) and sends it; the count sent (0: none left)."""
         batch = next(self.batches)
-        prepared, nbytes = self._prepared(chunk, batch)
+        chunk, prepared, scattered = self._prepared(tasks, size, auto, batch)
+        if not chunk:
+            return 0
         function = prepared[0][1][0]
         key = f"perfkit.Parallel-{task_label(function, limit=0).rstrip('()')}-{uuid.uuid4().hex}"
         try:
@@ -193,115 +194,148 @@ class DaskCall:
         except Exception:
             # dask could not serialize the batch ("Could not serialize object of
             # type LLGExpr"): name the task; anything else as dask raised it.
-            for index, task in chunk:
-                self._check_picklable(index, task)
+            self._check_picklable(chunk)
             raise
         future.add_done_callback(self.done.put)
-        self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1)
-        return nbytes
+        self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1, scattered)
+        return len(chunk)
 
     def _resend(self, chunk, sent):
-        # The worker holding data this batch was given is gone: its scattered
-        # copies are forgotten, and the batch goes again with its arguments.
-        for _, task in chunk:
-            _, args, kwargs = pp._unpack(task, 0)
+        # Its scattered copies are forgotten, and the batch goes again with its
+        # arguments (they are scattered afresh where they are large).
+        for index, task in chunk:
+            _, args, kwargs = pp._unpack(task, index)
             for value in itertools.chain(args, kwargs.values()):
                 entry = self.known.get(id(value))
                 if entry is not None and entry[1] != -1 and entry[0]() is value:
                     del self.known[id(value)]
+        if self.given is not None:
+            self._know_given()  # sent again if lost
         self.addresses = sorted(self.client.scheduler_info().get("workers", {}))
-        self._submit(chunk, sent)
+        self._submit(iter(chunk), len(chunk), False, sent)
 
-    def _prepared(self, chunk, batch):
-        """(the batch's tasks with each large argument replaced by its
-        scattered future, the bytes of the arguments it carries). dask hands
-        a task the value of a future. An argument over dask's large-graph
-        threshold is scattered at once, one over SCATTER_FROM_BYTES once an
+    def _prepared(self, tasks, size, auto, batch):
+        """Draws up to `size` tasks: (the tasks as drawn, the tasks to send,
+        whether they use scattered data). dask hands a task the value of a
+        future. Scattered, all of a batch's in one round trip to one worker
+        (where the scheduler then runs the batch): an argument over dask's
+        large-graph threshold at once; one over SCATTER_FROM_BYTES once an
         earlier batch carried it too (then it is sent once, not with every
-        batch); all of a batch's in one round trip, to one worker, where the
-        scheduler then runs the batch."""
-        tasks = [(index, task, pp._unpack(task, index)) for index, task in chunk]
-        fresh = {}
-        sizes = {}
-        for _, _, (_, args, kwargs) in tasks:
-            for value in itertools.chain(args, kwargs.values()):
-                if type(value) not in _PLAIN and id(value) not in sizes:
+        batch); and a batch's largest ones while it would carry more than
+        max_batch_bytes (an `auto` batch stops drawing there instead)."""
+        chunk, drawn, values, sizes, fresh = [], [], {}, {}, {}
+        nbytes = 0
+        for index, task in itertools.islice(tasks, size):
+            unpacked = pp._unpack(task, index)
+            for value in itertools.chain(unpacked[1], unpacked[2].values()):
+                if type(value) not in _PLAIN and id(value) not in values:
+                    values[id(value)] = value
                     sizes[id(value)] = self._note(value, batch, fresh)
-        if fresh:
-            values = list(fresh.values())
-            try:
-                futures = self.client.scatter(values, workers=self._worker_for(batch), hash=False)
-            except Exception:  # noqa: BLE001 - that worker left the cluster: let dask place the data
-                self.addresses = []
-                futures = self.client.scatter(values, hash=False)
-            for value, future in zip(values, futures):
-                self.known[id(value)][2] = future
+                    nbytes += sizes[id(value)]
+            chunk.append((index, task))
+            drawn.append(unpacked)
+            if auto and nbytes >= self.max_batch_bytes:
+                break
+        if nbytes > self.max_batch_bytes:
+            for key in sorted(sizes, key=sizes.get, reverse=True):
+                if nbytes <= self.max_batch_bytes or sizes[key] < SCATTER_FROM_BYTES:
+                    break
+                fresh[key] = values[key]
+                nbytes -= sizes[key]
+        futures = self._scatter(fresh, batch, chunk) if fresh else {}
+        scattered = bool(futures)
         out = []
-        for index, task, (function, args, kwargs) in tasks:
-            new_args = tuple(self._sent_as(v) for v in args)
-            new_kwargs = {k: self._sent_as(v) for k, v in kwargs.items()}
+        for (index, task), (function, args, kwargs) in zip(chunk, drawn):
+            new_args = tuple(self._sent_as(v, futures) for v in args)
+            new_kwargs = {k: self._sent_as(v, futures) for k, v in kwargs.items()}
             same = all(a is b for a, b in zip(new_args, args)) and all(
                 new_kwargs[k] is v for k, v in kwargs.items()
             )
+            scattered = scattered or not same
             out.append((index, task if same else (function, new_args, new_kwargs)))
-        return out, sum(sizes.values())
+        return chunk, out, scattered
 
-    def _worker_for(self, batch):
-        return [self.addresses[batch % len(self.addresses)]] if self.addresses else None
+    def _scatter(self, fresh, batch, chunk):
+        """Scatters `fresh` (id -> value): {id: future}."""
+        values = list(fresh.values())
+        where = [self.addresses[batch % len(self.addresses)]] if self.addresses else None
+        try:
+            futures = self.client.scatter(values, workers=where, hash=False)
+        except Exception:
+            self._check_picklable(chunk)
+            if where is None:
+                raise
+            self.addresses = []  # that worker left the cluster: let dask place the data
+            futures = self.client.scatter(values, hash=False)
+        out = {}
+        for value, future in zip(values, futures):
+            out[id(value)] = future
+            entry = self.known.get(id(value))
+            if entry is not None and entry[0]() is value:
+                entry[2] = future
+        return out
 
     def _note(self, value, batch, fresh):
-        """The bytes `value` adds to this batch (0 when it is scattered
-        already); enters it for scattering when it is large enough."""
+        """The bytes `value` adds to this batch (0 when it is scattered);
+        marks it in `fresh` to be scattered when it should be."""
         entry = self.known.get(id(value))
         if entry is not None and entry[0]() is value:
-            if isinstance(entry[2], int):
-                if entry[1] == batch:
-                    return entry[2]
-                fresh[id(value)] = value  # a second batch carries it: send it once from now on
+            if not isinstance(entry[2], int):
+                return 0  # scattered already
+            if entry[1] == batch:
+                return entry[2]
+            fresh[id(value)] = value  # a second batch carries it: send it once from now on
             return 0
-        try:
-            weakref.ref(value)
-        except TypeError:
-            return 0  # not weak-referenceable (a tuple, a list): not sized, nor scattered (as joblib's)
         from dask.sizeof import sizeof
 
         size = sizeof(value)
         if size < SCATTER_FROM_BYTES:
             return size
+        if size > self.at_once:
+            fresh[id(value)] = value
+            size = 0
         known, key = self.known, id(value)
 
         def forget(ref):
             if known.get(key, (None,))[0] is ref:
                 del known[key]  # and with it the future: the cluster may drop the data
 
-        self.known[key] = [weakref.ref(value, forget), batch, size]
-        if size > self.at_once:
-            fresh[key] = value
-            return 0
+        try:
+            self.known[key] = [weakref.ref(value, forget), batch, size or None]
+        except TypeError:
+            pass  # not weak-referenceable (a tuple, bytes): scattered for this batch only
         return size
 
-    def _sent_as(self, value):
-        if type(value) in _PLAIN:
-            return value
+    def _sent_as(self, value, futures):
+        future = futures.get(id(value))
+        if future is not None:
+            return future
         entry = self.known.get(id(value))
-        if entry is not None and not isinstance(entry[2], int) and entry[0]() is value:
+        if (
+            entry is not None
+            and not isinstance(entry[2], int)
+            and entry[2] is not None
+            and entry[0]() is value
+        ):
             return entry[2]
         return value
 
-    def _check_picklable(self, index, task):
+    def _check_picklable(self, chunk):
+        """Raises UnpicklableError naming the first task of `chunk` that cannot be pickled."""
         import cloudpickle
 
-        function, args, kwargs = pp._unpack(task, index)
-        try:
-            cloudpickle.dumps((function, args, kwargs))
-        except Exception as inner:
-            raise pp.UnpicklableError(
-                f"perfkit.Parallel: task {index} ({task_label(function, args, kwargs)}) could not be "
-                f"pickled to send it to the dask cluster: {inner}"
-            ) from inner
+        for index, task in chunk:
+            function, args, kwargs = pp._unpack(task, index)
+            try:
+                cloudpickle.dumps((function, args, kwargs))
+            except Exception as inner:
+                raise pp.UnpicklableError(
+                    f"perfkit.Parallel: task {index} ({task_label(function, args, kwargs)}) could not be "
+                    f"pickled to send it to the dask cluster: {inner}"
+                ) from inner
 
     def _timeout(self):
-        firsts = sorted((first, len(chunk)) for first, chunk, _, _ in self.in_flight.values())
+        firsts = sorted((entry[0], len(entry[1])) for entry in self.in_flight.values())
         what = ", ".join(_tasks_text(a, n) for a, n in firsts[:5])
         if len(firsts) > 5:
             what += ", …"
@@ -309,6 +343,21 @@ class DaskCall:
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s on the "
             "dask cluster; they were cancelled (a task already running there runs to its end)"
         )
+
+
+def _died_note(first, chunk, times_lost):
+    label = task_label(*pp._unpack(chunk[0][1], first))
+    which = (
+        f"task {first} ({label}) was"
+        if len(chunk) == 1
+        else f"{_tasks_text(first, len(chunk))} (the first: {label}) were"
+    )
+    if times_lost is None:
+        return f"perfkit.Parallel: {which} running on a dask worker that died"
+    return (
+        f"perfkit.Parallel: {which} sent {times_lost} times, and each time the worker holding the "
+        "data scattered for them died (a task that kills its worker does that)"
+    )
 
 
 def _large_graph_bytes():
@@ -323,13 +372,6 @@ def _large_graph_bytes():
 
 def _tasks_text(first, count):
     return f"task {first}" if count == 1 else f"tasks {first}–{first + count - 1}"
-
-
-def _data_lost(exc):
-    # What a batch gets when a scattered argument's only copy went with its
-    # worker ("lost dependencies", "already forgotten"); this call cancels
-    # nothing before it gives up.
-    return isinstance(exc, (concurrent.futures.CancelledError, asyncio.CancelledError))
 
 
 def _is_killed_worker(exc):
