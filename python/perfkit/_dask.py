@@ -222,7 +222,8 @@ class DaskCall:
         large-graph threshold at once; one over SCATTER_FROM_BYTES once an
         earlier batch carried it too (then it is sent once, not with every
         batch); and a batch's largest ones while it would carry more than
-        max_batch_bytes (an `auto` batch stops drawing there instead)."""
+        max_batch_bytes, when it is close to the threshold (an `auto` batch
+        stops drawing at max_batch_bytes instead)."""
         chunk, drawn, values, sizes, fresh = [], [], {}, {}, {}
         nbytes = 0
         for index, task in itertools.islice(tasks, size):
@@ -236,7 +237,8 @@ class DaskCall:
             drawn.append(unpacked)
             if auto and nbytes >= self.max_batch_bytes:
                 break
-        if nbytes > self.max_batch_bytes:
+        if nbytes > self.at_once * 9 // 10:
+            # (one array a little over max_batch_bytes still travels in its batch)
             for key in sorted(sizes, key=sizes.get, reverse=True):
                 if nbytes <= self.max_batch_bytes or sizes[key] < SCATTER_FROM_BYTES:
                     break
