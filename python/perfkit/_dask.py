@@ -91,7 +91,8 @@ class DaskCall:
         self.done = queue.SimpleQueue()
         self.batches = itertools.count()
         # id(argument) -> [weak reference, batch first met in, its size, or
-        # its future once scattered]: weak, so that a generator's arguments
+        # None while its scatter is under way, or its future once scattered]:
+        # weak, so that a generator's arguments
         # (and their data on the cluster) go when their batches are done.
         # Only weak-referenceable arguments of SCATTER_FROM_BYTES or more are entered.
         self.known = {}
@@ -338,7 +339,7 @@ class DaskCall:
 
     def _timeout(self):
         firsts = sorted((entry[0], len(entry[1])) for entry in self.in_flight.values())
-        what = ", ".join(_tasks_text(a, n) for a, n in firsts[:5])
+        what = ", ".join(pp._tasks_text(a, n) for a, n in firsts[:5])
         if len(firsts) > 5:
             what += ", …"
         raise pp.ParallelTimeoutError(
@@ -352,7 +353,7 @@ def _died_note(first, chunk, times_lost):
     which = (
         f"task {first} ({label}) was"
         if len(chunk) == 1
-        else f"{_tasks_text(first, len(chunk))} (the first: {label}) were"
+        else f"{pp._tasks_text(first, len(chunk))} (the first: {label}) were"
     )
     if times_lost is None:
         return f"perfkit.Parallel: {which} running on a dask worker that died"
@@ -370,10 +371,6 @@ def _large_graph_bytes():
         return parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold"))
     except Exception:  # noqa: BLE001 - an older dask without the setting: its default
         return 10_000_000
-
-
-def _tasks_text(first, count):
-    return f"task {first}" if count == 1 else f"tasks {first}–{first + count - 1}"
 
 
 def _is_killed_worker(exc):

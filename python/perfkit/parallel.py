@@ -1135,6 +1135,11 @@ def _run_chunk(chunk):
     return out
 
 
+def _tasks_text(first, count):
+    """'task 3', or 'tasks 3–9' for a batch of 7 from task 3."""
+    return f"task {first}" if count == 1 else f"tasks {first}–{first + count - 1}"
+
+
 def _add_note(exc, note):
     if hasattr(exc, "add_note"):
         try:
@@ -1602,7 +1607,7 @@ class _ProcessCall:
             function, args, kwargs = self._decode(mode, items[task - first])
             what = f"task {task} ({task_label(function, args, kwargs)})"
         else:
-            what = f"tasks {first}–{first + len(items) - 1}"
+            what = _tasks_text(first, len(items))
         raise WorkerCrashedError(
             f"perfkit.Parallel: worker process {pid} {reason} while running {what}; "
             "it has been replaced and the call aborted."
@@ -1618,9 +1623,7 @@ class _ProcessCall:
             if entry:
                 first, _mode, items = entry
                 _mode, items = _unpacked(_mode, items)
-                names.append(
-                    f"task {first}" if len(items) == 1 else f"tasks {first}–{first + len(items) - 1}"
-                )
+                names.append(_tasks_text(first, len(items)))
         what = ", ".join(names) if names else "the running tasks"
         raise ParallelTimeoutError(
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s; "
