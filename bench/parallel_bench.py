@@ -173,6 +173,30 @@ def machine_ceiling(pool, n_jobs, n):
     return statistics.median(ratios)
 
 
+def where_cpu_time_went(run, names, n_jobs, items, calls=3):
+    """For each pool, from calls whose tasks time themselves where they run
+    (medians of ``calls``): the share of the call its workers spent running
+    tasks (what the pool controls: dispatch, batching, waiting), and a
+    task's time in its workers against the same task's time in this process
+    alone (how fast CPython ran it there, with n_jobs tasks at once)."""
+    alone = statistics.median(T.timed_cpu_work(items[0]) for _ in range(calls))
+    out = {}
+    for name in names:
+        if name == "sequential":
+            continue
+        busy, slower = [], []
+        for _ in range(calls):
+            gc.collect()
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            seconds = run[name](T.timed_cpu_work, list(items), False, False)
+            wall = time.perf_counter() - t0
+            busy.append(sum(seconds) / (n_jobs * wall))
+            slower.append(statistics.mean(seconds) / alone)
+        out[name] = (statistics.median(busy), statistics.median(slower))
+    return out
+
+
 def same(a, b):
     if len(a) != len(b):
         return False
@@ -334,12 +358,21 @@ def main(argv=None):
                 ),
             )
         )
+    split = where_cpu_time_went(run, names, n_jobs, workloads["cpu"]["items"]()) if "cpu" in table else None
     joblib_goal("pandas", "pandas: ≥ 1.6× faster than joblib", 1.6)
     joblib_goal("threads", "threads: ≥ 10× faster than joblib threading", 10)
     print("| goal | met? | measured |")
     print("|---|---|---|")
     for g, ok, m in goals:
         print(f"| {g} | {'met' if ok else 'MISSED'} | {m} |")
+    if split:
+        print(
+            "\nCPU-bound, where the time went (tasks timed where they ran; medians of 3 calls): "
+            + "; ".join(
+                f"{name} workers busy {100 * busy:.0f}% of the call, a task {slower:.2f}× its time here alone"
+                for name, (busy, slower) in split.items()
+            )
+        )
     for p in pools.values():
         if p is None:
             continue
