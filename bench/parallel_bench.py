@@ -12,6 +12,10 @@ Each round runs every configuration once, in a rotating order; the table
 shows medians in ms and perfkit's speedup against each. Every result is
 checked against the sequential one (a wrong result aborts the run), then
 dropped. Before each timed run: a GC pass and --settle seconds (0.3) of quiet.
+After the goals, for the CPU-bound workload: each pool's workers' busy share
+of a call and a task's time in its workers against this process alone
+(3 more calls each, tasks timing themselves), which tells the pool's own
+cost from how fast CPython ran the task in that process.
 """
 
 from __future__ import annotations
