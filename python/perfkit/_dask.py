@@ -392,13 +392,10 @@ def run_chunk(chunk, host_threads):
         threads = host_threads.get(worker.ip) or worker.state.nthreads
     except Exception:  # noqa: BLE001 - not in a worker (called directly), or an older dask
         threads = 1
-    pp._nested.share = max(1, pp.cpu_count() // max(1, threads))
-    started = time.perf_counter()
-    try:
+    with pp._sharing_cpus_with(threads):
+        started = time.perf_counter()
         results = pp._run_chunk(chunk)
         return time.perf_counter() - started, results
-    finally:
-        pp._nested.share = None
 
 
 def _secede():

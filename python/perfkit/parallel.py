@@ -1002,6 +1002,17 @@ def _tasks_left(iterable):
     return source.__length_hint__() if type(source) in _SIZED_ITERATORS else None
 
 
+@contextlib.contextmanager
+def _sharing_cpus_with(parts):
+    """Inside: a nested Parallel (a task's own) stays within 1/parts of this
+    machine's CPUs, the share of one of ``parts`` tasks running at once."""
+    _nested.share = max(1, cpu_count() // max(1, parts))
+    try:
+        yield
+    finally:
+        _nested.share = None
+
+
 def _nested_share():
     if getattr(_nested, "share", None) is not None:
         return _nested.share
@@ -1102,9 +1113,8 @@ def _share_batch_size(per_task, left, n_jobs, target_seconds, tail_seconds, most
 def _run_batch_in_thread(function, mode, items, first, n_jobs):
     """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the
     tasks as drawn): ``(results, seconds it took)``."""
-    _nested.share = max(1, cpu_count() // n_jobs)
-    started = time.perf_counter()
-    try:
+    with _sharing_cpus_with(n_jobs):
+        started = time.perf_counter()
         if mode is None:
             return _run_chunk(enumerate(items, first)), time.perf_counter() - started
         results, failed, exc = _native.run_tasks((function,), mode, items, None, first)
@@ -1117,8 +1127,6 @@ def _run_batch_in_thread(function, mode, items, first, n_jobs):
             finally:
                 exc = None
         return results, time.perf_counter() - started
-    finally:
-        _nested.share = None
 
 
 def _run_chunk(chunk):
