@@ -1748,11 +1748,12 @@ def test_dask_names_the_tasks_a_dying_worker_ran(dask_client):
         with parallel_config(backend="dask"), pytest.raises(Exception, match="KilledWorker|died") as info:
             Parallel(batch_size=1)(delayed(T.exit_at)(x) for x in range(6))
         notes = "\n".join(getattr(info.value, "__notes__", []))
-        # (task 3 kills its worker; a task queued on that worker behind it fails with it)
+        # Task 3 kills its worker. The tasks queued on that worker behind it
+        # (dask sends a worker up to ~2 tasks a thread) fail with it, and which
+        # of those failures reaches the call first is the scheduler's timing.
         assert type(info.value).__name__ == "KilledWorker", info.value
-        assert re.search(r"task [34] \(exit_at\([34]\)\) was running on a dask worker that died", notes), (
-            notes
-        )
+        named = re.search(r"task ([345]) \(exit_at\(([345])\)\) was given to a dask worker that died", notes)
+        assert named and named[1] == named[2], notes
     finally:
         dask_client.run_on_scheduler(
             lambda dask_scheduler, n=allowed: setattr(dask_scheduler, "allowed_failures", n)
