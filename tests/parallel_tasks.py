@@ -387,3 +387,10 @@ class Unpicklable:
 
 def first_item_of(arrays, i):
     return float(arrays[0][i])
+
+
+def perfkit_modules_here(_x=None):
+    """The perfkit modules this process has imported."""
+    import sys
+
+    return sorted(name for name in sys.modules if name == "perfkit" or name.startswith("perfkit."))

@@ -641,6 +641,31 @@ def test_a_failed_call_stops_its_running_tasks_at_once(tmp_path, keep_workers):
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
+def test_import_perfkit_and_workers_load_only_what_they_use():
+    # `import perfkit` leaves perfkit.parallel (multiprocessing, concurrent.futures, …)
+    # and perfkit.memory to their first use, so that each worker process, which
+    # imports the package first, starts without them.
+    code = (
+        "import sys, perfkit; before = sorted(m for m in sys.modules if m.startswith('perfkit.'));"
+        "assert 'multiprocessing' not in sys.modules, 'multiprocessing';"
+        "from perfkit import Parallel, Memory, profile, delayed, hash;"
+        "import perfkit.parallel, perfkit.memory, perfkit.profiler;"
+        "assert perfkit.Parallel is perfkit.parallel.Parallel and perfkit.hash is perfkit.memory.hash;"
+        "assert {'Parallel', 'Memory', 'Profiler', 'load'} <= set(dir(perfkit));"
+        "print(before)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['perfkit._native']"]
+    with pytest.raises(AttributeError, match="no attribute 'Paralel'"):
+        perfkit.Paralel  # noqa: B018
+    loaded = Parallel(n_jobs=2)(delayed(T.perfkit_modules_here)(i) for i in range(2))[0]
+    assert "perfkit._pool_common" in loaded and "perfkit._native" in loaded  # (the worker is __main__)
+    assert "perfkit.parallel" not in loaded and "perfkit.memory" not in loaded, loaded
+
+
 def test_a_worker_that_died_idle_is_replaced_without_failing_the_next_call():
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
     pool = pp._shared_pool[1]
