@@ -1477,12 +1477,14 @@ def test_nested_calls_do_not_oversubscribe():
 
 def test_threads_backend_nested_calls_stay_in_their_share():
     # Each of the 2 threads' tasks gets half the machine for a Parallel of its own,
-    # and the caller's thread has all of it again once the call is over.
+    # and the threads hold no share once their batches are done.
     share = max(1, perfkit.cpu_count() // 2)
     expected = ("sequential", 1) if share == 1 else ("threads", share)
     out = Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(T.nested_resolve)(i) for i in range(4))
     assert out == [expected] * 4
-    assert Parallel(n_jobs=-1)._resolve() == ("processes", perfkit.cpu_count())
+    executor = pp._thread_executor(2)
+    after = {executor.submit(pp._nested_share).result() for _ in range(8)}
+    assert after == {None}, after
 
 
 def test_threads_backend_errors_and_fail_fast():
