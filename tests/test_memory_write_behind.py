@@ -140,6 +140,52 @@ def test_forked_child_writes_at_once(tmp_path):
     assert len(entries(tmp_path)) == 50
 
 
+def test_process_hooks_hold_when_memory_is_first_used_late(tmp_path):
+    """perfkit.memory is imported at first use, but its process hooks are the
+    package's: a child forked before that first use still writes at once, and
+    what a program's own atexit handler (registered after `import perfkit`)
+    stores is still flushed."""
+    script = textwrap.dedent(
+        """
+        import atexit, os, sys
+        import perfkit
+        assert "perfkit.memory" not in sys.modules
+        where, mode = sys.argv[1], sys.argv[2]
+
+        def square(x):
+            return x * x
+
+        if mode == "fork":
+            pid = os.fork()
+            if pid == 0:
+                f = perfkit.Memory(where, verbose=0).cache(square)
+                for i in range(200):
+                    f(i)
+                os._exit(0)
+            os.waitpid(pid, 0)
+        else:
+            def at_exit():
+                for i in range(1, 200):
+                    f(i)
+
+            atexit.register(at_exit)
+            f = perfkit.Memory(where, verbose=0).cache(square)
+            f(0)
+        """
+    )
+    for mode in ("fork", "atexit"):
+        where = tmp_path / mode
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(where), mode],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert len(entries(where)) == 200, (mode, len(entries(where)))
+
+
 def os_threads() -> int:
     with open("/proc/self/status") as fh:
         return int(next(line for line in fh if line.startswith("Threads:")).split()[1])

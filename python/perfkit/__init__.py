@@ -7,11 +7,12 @@ run a loop on many cores (joblib's API); :class:`Memory` caches results on disk
 (joblib.Memory's API).
 """
 
-from __future__ import annotations
-
-import importlib
+import atexit
+import os
+import sys
 
 from perfkit._native import ProfileError, Recording, __version__, load
+from perfkit._native import cache_after_fork as _cache_after_fork
 
 # The rest is imported at first use (PEP 562): `perfkit.parallel` and
 # `perfkit.memory` pull in ~90 modules (multiprocessing, concurrent.futures,
@@ -49,19 +50,58 @@ if TYPE_CHECKING:
         wrap_non_picklable_objects,
     )
     from perfkit.profiler import Profiler, profile, run, runctx
+else:
+    # Hidden from type checkers, which would take a module __getattr__ for
+    # "any name exists" and stop flagging `perfkit.Paralel`.
+
+    def __getattr__(name):
+        module = _LAZY.get(name)
+        if module is not None:
+            value = getattr(sys.modules.get(module) or _import(module), name)
+        else:
+            # `import perfkit; perfkit.memory.CacheWarning`: a submodule, bound
+            # here as the eager imports used to bind it.
+            try:
+                value = _import(f"perfkit.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"perfkit.{name}":
+                    raise
+                raise AttributeError(f"module 'perfkit' has no attribute {name!r}") from None
+        globals()[name] = value  # looked up once
+        return value
+
+    def __dir__():
+        return sorted({*globals(), *_LAZY} - {"TYPE_CHECKING", "atexit", "os", "sys"})
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'perfkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # looked up once
-    return value
+def _import(name):
+    import importlib
+
+    return importlib.import_module(name)
 
 
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+# perfkit.Memory's hooks into the process, set here rather than at
+# perfkit.memory's first use: a forked child that first uses Memory after the
+# fork must still know it is one (it writes at once, having no atexit), and
+# what a program's own atexit handlers store (registered after `import
+# perfkit`, so run before this one) must still be flushed to disk.
+_forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+    _cache_after_fork()
+
+
+def _flush_cache_writes():
+    memory = sys.modules.get("perfkit.memory")
+    if memory is not None:  # (else nothing was stored)
+        memory._flush_writes()
+
+
+atexit.register(_flush_cache_writes)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 __all__ = [

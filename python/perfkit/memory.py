@@ -34,7 +34,6 @@ fsyncs for those who also want a stored entry to survive a power loss.
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import functools
 import inspect
@@ -54,6 +53,7 @@ import warnings
 import zlib
 from typing import Any, Callable
 
+import perfkit
 from perfkit import _native
 
 __all__ = [
@@ -487,18 +487,9 @@ def _flush_writes() -> None:
         _warn_failed_writes(failures)
 
 
-_forked_child = False
-
-
-def _after_fork_in_child() -> None:
-    global _forked_child
-    _forked_child = True
-    _native.cache_after_fork()
-
-
 def _is_pool_worker() -> bool:
-    # Asked at store time: `python -m perfkit._worker` imports perfkit (and this module)
-    # before it makes the worker module __main__.
+    # Asked at store time: a worker (`python -m perfkit._worker`) imports this
+    # module only when a task uses Memory, after it made the worker module __main__.
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return spec is not None and spec.name == "perfkit._worker"
 
@@ -507,16 +498,12 @@ def _may_write_behind() -> bool:
     """Whether this process may leave writes to a background thread: not in a forked or
     multiprocessing child, which may end by os._exit or a SIGTERM (Pool.terminate)
     without running atexit and would lose them, nor in a perfkit.Parallel worker."""
-    if _forked_child or _is_pool_worker():
+    if perfkit._forked_child or _is_pool_worker():  # (the fork hook is the package's)
         # perfkit.Parallel's workers share a location with their siblings, which should see
         # an entry as soon as its task is done; and a pool may kill its workers (timeout, Ctrl-C).
         return False
     mp = sys.modules.get("multiprocessing")
     return mp is None or mp.parent_process() is None
-
-
-atexit.register(_flush_writes)
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the cached function ---------------------------------------------------------------------------
