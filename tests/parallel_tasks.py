@@ -394,3 +394,10 @@ def perfkit_modules_here(_x=None):
     import sys
 
     return sorted(name for name in sys.modules if name == "perfkit" or name.startswith("perfkit."))
+
+
+def nested_all_cpus_sum(i):
+    """A task whose own Parallel takes its share of the machine (n_jobs=-1)."""
+    from perfkit import Parallel, delayed
+
+    return sum(Parallel(n_jobs=-1, batch_size=1)(delayed(abs)(-j) for j in range(4))) + i

@@ -1490,6 +1490,26 @@ def test_threads_backend_nested_calls_stay_in_their_share():
     assert after == {None}, after
 
 
+def test_threads_backend_nested_call_with_the_same_share_does_not_deadlock(monkeypatch):
+    # On 4 CPUs a task of Parallel(n_jobs=2, backend="threads") gets a share of
+    # 2 threads for a Parallel of its own: it must not queue its batches on the
+    # 2 threads that are busy running it and the other outer task.
+    monkeypatch.setattr(pp, "cpu_count", lambda: 4)
+    out = []
+    call = threading.Thread(
+        target=lambda: out.append(
+            Parallel(n_jobs=2, backend="threads", batch_size=1)(
+                delayed(T.nested_all_cpus_sum)(i) for i in range(4)
+            )
+        ),
+        daemon=True,
+    )
+    call.start()
+    call.join(60)
+    assert not call.is_alive(), "the nested call deadlocked"
+    assert out == [[6, 7, 8, 9]]
+
+
 def test_threads_backend_errors_and_fail_fast():
     threads = Parallel(n_jobs=2, backend="threads")
     with pytest.raises(ValueError, match="task value 7") as info:

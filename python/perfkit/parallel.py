@@ -1051,11 +1051,25 @@ _executors_lock = threading.Lock()
 
 
 def _thread_executor(n_jobs):
+    """The kept thread pool of `n_jobs` threads for a call made at this
+    thread's depth: a threads-backend call inside a task of another (whose
+    share of the machine may be that same n_jobs) gets a pool of its own, not
+    the one whose threads all wait for it."""
+    depth = getattr(_nested, "executor_depth", -1) + 1
     with _executors_lock:
-        ex = _executors.get(n_jobs)
+        ex = _executors.get((n_jobs, depth))
         if ex is None:
-            ex = _executors[n_jobs] = ThreadPoolExecutor(n_jobs, thread_name_prefix="perfkit-thread")
+            ex = _executors[(n_jobs, depth)] = ThreadPoolExecutor(
+                n_jobs,
+                thread_name_prefix=f"perfkit-thread-{depth}" if depth else "perfkit-thread",
+                initializer=_mark_executor_depth,
+                initargs=(depth,),
+            )
         return ex
+
+
+def _mark_executor_depth(depth):
+    _nested.executor_depth = depth
 
 
 # Aim for batches of threads-backend tasks this long (wall time: threads wait on I/O).
