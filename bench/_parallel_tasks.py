@@ -41,6 +41,13 @@ def timed_cpu_work(n):
     return time.perf_counter() - t0
 
 
+def timed_cpu_work_both(n):
+    """cpu_work(n): (seconds it took where it ran, CPU seconds its thread used)."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    cpu_work(n)
+    return time.perf_counter() - t0, time.thread_time() - c0
+
+
 def calibrate_cpu(seconds):
     """Loop steps for cpu_work to take about `seconds` here."""
     n = 100_000

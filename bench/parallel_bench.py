@@ -12,10 +12,9 @@ Each round runs every configuration once, in a rotating order; the table
 shows medians in ms and perfkit's speedup against each. Every result is
 checked against the sequential one (a wrong result aborts the run), then
 dropped. Before each timed run: a GC pass and --settle seconds (0.3) of quiet.
-After the goals, for the CPU-bound workload: each pool's workers' busy share
-of a call and a task's time in its workers against this process alone
-(3 more calls each, tasks timing themselves), which tells the pool's own
-cost from how fast CPython ran the task in that process.
+After the goals, for the CPU-bound workload, from 3 more calls per pool
+whose tasks time themselves: the share of a call its workers spent inside
+tasks, and a task's CPU time in its workers against this process alone.
 """
 
 from __future__ import annotations
@@ -178,12 +177,14 @@ def machine_ceiling(pool, n_jobs, n):
 
 
 def where_cpu_time_went(run, names, n_jobs, items, calls=3):
-    """For each pool, from calls whose tasks time themselves where they run
-    (medians of ``calls``): the share of the call its workers spent running
-    tasks (what the pool controls: dispatch, batching, waiting), and a
-    task's time in its workers against the same task's time in this process
-    alone (how fast CPython ran it there, with n_jobs tasks at once)."""
-    alone = statistics.median(T.timed_cpu_work(items[0]) for _ in range(calls))
+    """For each pool, from `calls` calls whose tasks time themselves where they
+    run (these calls, not the timed rounds; medians): the share of a call its
+    workers spent inside tasks (wall time: the rest is the pool's dispatch,
+    batching and waiting), and a task's CPU time there against the same
+    task's CPU time in this process alone (how fast CPython ran it in that
+    process, whatever else the machine was doing). Also returns the task's
+    CPU time alone, in seconds."""
+    alone = statistics.median(T.timed_cpu_work_both(items[0])[1] for _ in range(calls))
     out = {}
     for name in names:
         if name == "sequential":
@@ -193,12 +194,12 @@ def where_cpu_time_went(run, names, n_jobs, items, calls=3):
             gc.collect()
             time.sleep(0.3)
             t0 = time.perf_counter()
-            seconds = run[name](T.timed_cpu_work, list(items), False, False)
+            times = run[name](T.timed_cpu_work_both, list(items), False, False)
             wall = time.perf_counter() - t0
-            busy.append(sum(seconds) / (n_jobs * wall))
-            slower.append(statistics.mean(seconds) / alone)
+            busy.append(sum(w for w, _ in times) / (n_jobs * wall))
+            slower.append(statistics.mean(c for _, c in times) / alone)
         out[name] = (statistics.median(busy), statistics.median(slower))
-    return out
+    return out, alone
 
 
 def same(a, b):
@@ -370,11 +371,13 @@ def main(argv=None):
     for g, ok, m in goals:
         print(f"| {g} | {'met' if ok else 'MISSED'} | {m} |")
     if split:
+        shares, alone = split
         print(
-            "\nCPU-bound, where the time went (tasks timed where they ran; medians of 3 calls): "
+            f"\nCPU-bound, where the time went (3 more calls each, tasks timing themselves; medians; "
+            f"a task alone here: {1000 * alone:.0f} ms of CPU): "
             + "; ".join(
-                f"{name} workers busy {100 * busy:.0f}% of the call, a task {slower:.2f}× its time here alone"
-                for name, (busy, slower) in split.items()
+                f"{name} workers in tasks {100 * busy:.0f}% of the call, a task's CPU time {slower:.2f}× alone"
+                for name, (busy, slower) in shares.items()
             )
         )
     for p in pools.values():

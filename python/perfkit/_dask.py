@@ -356,7 +356,8 @@ def _died_note(first, chunk, times_lost):
         else f"{pp._tasks_text(first, len(chunk))} (the first: {label}) were"
     )
     if times_lost is None:
-        # (running there, or queued there behind the task that killed it: dask fails both)
+        # (running there, queued there, or done there before the news reached the scheduler:
+        # dask fails them all)
         return f"perfkit.Parallel: {which} given to a dask worker that died"
     return (
         f"perfkit.Parallel: {which} sent {times_lost} times, and each time the worker holding the "
