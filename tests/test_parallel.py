@@ -669,6 +669,52 @@ def test_import_perfkit_and_workers_load_only_what_they_use():
     assert "perfkit.parallel" not in loaded and "perfkit.memory" not in loaded, loaded
 
 
+def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
+    # The kept pools a forked child inherits are the parent's (their threads and
+    # workers are not the child's): a call there must not queue on them, and the
+    # child's exit must not terminate the parent's workers.
+    script = textwrap.dedent(
+        """
+        import os, sys, threading, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # (forking a threaded process)
+        sys.path.insert(0, sys.argv[1])
+        import parallel_tasks as T
+        import perfkit.parallel as pp
+        from perfkit import Parallel, delayed
+
+        def both():
+            return [Parallel(n_jobs=2, backend=b)(delayed(T.square)(i) for i in range(6)) for b in ("processes", "threads")]
+
+        expected = [[i * i for i in range(6)]] * 2
+        assert both() == expected
+        workers = pp._shared_pool[1].pids()
+        pid = os.fork()
+        if pid == 0:
+            out = []
+            call = threading.Thread(target=lambda: out.append(both()), daemon=True)
+            call.start()
+            call.join(30)
+            if out != [expected]:
+                os._exit(3)
+            sys.exit(0)  # a normal exit: atexit runs in the child
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+        assert both() == expected
+        assert pp._shared_pool[1].pids() == workers, "the child's exit killed the parent's workers"
+        print("ok")
+        """
+    )
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", script, tests_dir], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["ok"], (
+        out.returncode,
+        out.stdout,
+        out.stderr[-2000:],
+    )
+
+
 def test_a_worker_that_died_idle_is_replaced_without_failing_the_next_call():
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
     pool = pp._shared_pool[1]

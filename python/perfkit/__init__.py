@@ -56,6 +56,8 @@ else:
 
     def __getattr__(name):
         module = _LAZY.get(name)
+        if module is None and "." in name:
+            raise AttributeError(f"module 'perfkit' has no attribute {name!r}")
         if module is not None:
             value = getattr(sys.modules.get(module) or _import(module), name)
         else:

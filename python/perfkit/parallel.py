@@ -510,9 +510,29 @@ def _shutdown_shared_pool():
         _shared_pool = None
 
 
+def _forget_pools_after_fork():
+    """In a child forked from a process that used perfkit.Parallel, the kept
+    pools are the parent's: their workers and threads are not this
+    process's, and a call queued on them would wait for ever. This process
+    starts its own. The parent's process pool is never closed or dropped
+    here either (dropping it terminates its workers: the parent's), so its
+    reference count is raised for good."""
+    global _shared_pool, _pool_lock, _executors_lock
+    if _shared_pool is not None:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(_shared_pool[1]))
+        _shared_pool = None
+    _executors.clear()  # (their threads are gone: dropping them joins nothing)
+    # A thread of the parent may have held these at the fork.
+    _pool_lock = threading.Lock()
+    _executors_lock = threading.Lock()
+
+
 import atexit
 
 atexit.register(_shutdown_shared_pool)
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 # --------------------------------------------------------------------------- progress
