@@ -401,3 +401,17 @@ def nested_all_cpus_sum(i):
     from perfkit import Parallel, delayed
 
     return sum(Parallel(n_jobs=-1, batch_size=1)(delayed(abs)(-j) for j in range(4))) + i
+
+
+def nested_from_own_thread(i):
+    """A task that makes a threads-backend call from a thread of its own (a
+    library's helper thread, say) and waits for it."""
+    import concurrent.futures
+
+    from perfkit import Parallel, delayed
+
+    def inner():
+        return sum(Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(abs)(-j) for j in range(4)))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as helper:
+        return helper.submit(inner).result() + i

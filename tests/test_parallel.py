@@ -1531,7 +1531,7 @@ def test_threads_backend_nested_calls_stay_in_their_share():
     expected = ("sequential", 1) if share == 1 else ("threads", share)
     out = Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(T.nested_resolve)(i) for i in range(4))
     assert out == [expected] * 4
-    executor = pp._thread_executor(2)
+    executor, _ = pp._thread_executor(2)
     after = {executor.submit(pp._nested_share).result() for _ in range(8)}
     assert after == {None}, after
 
@@ -1554,6 +1554,26 @@ def test_threads_backend_nested_call_with_the_same_share_does_not_deadlock(monke
     call.join(60)
     assert not call.is_alive(), "the nested call deadlocked"
     assert out == [[6, 7, 8, 9]]
+
+
+def test_threads_backend_call_from_a_tasks_own_thread_does_not_deadlock():
+    # The inner call comes from a thread the task started: not one of the pool's,
+    # so it is at depth 0, where every kept thread is running an outer task that
+    # waits for it. It gets a pool of its own.
+    out = []
+    call = threading.Thread(
+        target=lambda: out.append(
+            Parallel(n_jobs=2, backend="threads", batch_size=1)(
+                delayed(T.nested_from_own_thread)(i) for i in range(4)
+            )
+        ),
+        daemon=True,
+    )
+    call.start()
+    call.join(60)
+    assert not call.is_alive(), "the nested call deadlocked"
+    assert out == [[6, 7, 8, 9]]
+    assert not pp._running_batches, pp._running_batches  # no call's own pool kept
 
 
 def test_threads_backend_errors_and_fail_fast():

@@ -524,6 +524,7 @@ def _forget_pools_after_fork():
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(_shared_pool[1]))
         _shared_pool = None
     _executors.clear()  # (their threads are gone: dropping them joins nothing)
+    _running_batches.clear()
     # A thread of the parent may have held these at the fork.
     _pool_lock = threading.Lock()
     _executors_lock = threading.Lock()
@@ -852,7 +853,7 @@ class Parallel:
 
     def _run_threads(self, iterable, n_jobs, total, progress):
         """Batches of tasks on a kept thread pool: one hand-off per batch, not per task."""
-        executor = _thread_executor(n_jobs)
+        executor, own_pool = _thread_executor(n_jobs)
         ordered = self.return_as != "generator_unordered"
         auto = self.batch_size == "auto"
         # Auto: one task per batch until a batch of this call has been timed
@@ -930,6 +931,8 @@ class Parallel:
         finally:
             for _, fut, _ in pending:
                 fut.cancel()
+            if own_pool:
+                executor.shutdown(wait=False)  # (a batch still running ends in its thread)
             progress.close(completed)
 
     def _thread_timeout(self):
@@ -1071,27 +1074,42 @@ _executors_lock = threading.Lock()
 
 
 def _thread_executor(n_jobs):
-    """The kept thread pool of `n_jobs` threads for a call made at this
-    thread's depth: a threads-backend call inside a task of another (whose
-    share of the machine may be that same n_jobs) gets a pool of its own, not
-    the one whose threads all wait for it."""
+    """``(thread pool, whether it is this call's own)``: the kept pool of
+    `n_jobs` threads for a call made at this thread's depth (a threads-backend
+    call inside a task of another, whose share of the machine may be that same
+    n_jobs, gets a pool of its own depth, not the one whose threads all wait
+    for it); or a pool for this call alone when every thread of the kept one
+    is running a batch (a task may make this call from a thread it started,
+    and wait for it)."""
     depth = getattr(_nested, "executor_depth", -1) + 1
     with _executors_lock:
         ex = _executors.get((n_jobs, depth))
         if ex is None:
-            ex = _executors[(n_jobs, depth)] = ThreadPoolExecutor(
-                n_jobs,
-                thread_name_prefix=f"perfkit-thread-{depth}" if depth else "perfkit-thread",
-                initializer=_mark_executor_depth,
-                initargs=(depth,),
-            )
-        return ex
+            ex = _executors[(n_jobs, depth)] = _new_thread_pool(n_jobs, depth)
+        if _running_batches[ex] < n_jobs:
+            return ex, False
+    return _new_thread_pool(n_jobs, depth), True
 
 
-def _mark_executor_depth(depth):
+def _new_thread_pool(n_jobs, depth):
+    made = []
+    pool = ThreadPoolExecutor(
+        n_jobs,
+        thread_name_prefix=f"perfkit-thread-{depth}" if depth else "perfkit-thread",
+        initializer=_mark_pool_thread,
+        initargs=(depth, made),
+    )
+    made.append(pool)  # (its threads start at its first batch, after this)
+    return pool
+
+
+def _mark_pool_thread(depth, made):
     _nested.executor_depth = depth
+    _nested.executor = made[0]
 
 
+# thread pool -> how many of its threads are running a batch now (under _executors_lock).
+_running_batches: collections.Counter = collections.Counter()
 # Aim for batches of threads-backend tasks this long (wall time: threads wait on I/O).
 THREAD_BATCH_SECONDS = 0.005
 
@@ -1147,6 +1165,19 @@ def _share_batch_size(per_task, left, n_jobs, target_seconds, tail_seconds, most
 def _run_batch_in_thread(function, mode, items, first, n_jobs):
     """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the
     tasks as drawn): ``(results, seconds it took)``."""
+    pool = _nested.executor
+    with _executors_lock:
+        _running_batches[pool] += 1
+    try:
+        return _run_batch_counted(function, mode, items, first, n_jobs)
+    finally:
+        with _executors_lock:
+            _running_batches[pool] -= 1
+            if not _running_batches[pool]:
+                del _running_batches[pool]  # (a pool of one call must not be kept alive here)
+
+
+def _run_batch_counted(function, mode, items, first, n_jobs):
     with _sharing_cpus_with(n_jobs):
         started = time.perf_counter()
         if mode is None:
