@@ -1536,43 +1536,47 @@ def test_threads_backend_nested_calls_stay_in_their_share():
     assert after == {None}, after
 
 
+HUNG = object()
+
+
+def outer_threads_call(task, seconds=60):
+    """Parallel(n_jobs=2, backend="threads") of task(i) for i in range(4), in a
+    daemon thread: its results (or the exception it raised), or HUNG if it
+    has not ended after `seconds` (a deadlock fails the test instead of
+    stopping the run)."""
+    out = []
+
+    def call():
+        try:
+            out.append(
+                Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(task)(i) for i in range(4))
+            )
+        except BaseException as exc:  # noqa: BLE001 - shown by the caller's assertion
+            out.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return out[0] if out else HUNG
+
+
 def test_threads_backend_nested_call_with_the_same_share_does_not_deadlock(monkeypatch):
     # On 4 CPUs a task of Parallel(n_jobs=2, backend="threads") gets a share of
     # 2 threads for a Parallel of its own: it must not queue its batches on the
     # 2 threads that are busy running it and the other outer task.
     monkeypatch.setattr(pp, "cpu_count", lambda: 4)
-    out = []
-    call = threading.Thread(
-        target=lambda: out.append(
-            Parallel(n_jobs=2, backend="threads", batch_size=1)(
-                delayed(T.nested_all_cpus_sum)(i) for i in range(4)
-            )
-        ),
-        daemon=True,
-    )
-    call.start()
-    call.join(60)
-    assert not call.is_alive(), "the nested call deadlocked"
-    assert out == [[6, 7, 8, 9]]
+    out = outer_threads_call(T.nested_all_cpus_sum)
+    assert out is not HUNG, "the nested call deadlocked"
+    assert out == [6, 7, 8, 9]
 
 
 def test_threads_backend_call_from_a_tasks_own_thread_does_not_deadlock():
     # The inner call comes from a thread the task started: not one of the pool's,
     # so it is at depth 0, where every kept thread is running an outer task that
     # waits for it. It gets a pool of its own.
-    out = []
-    call = threading.Thread(
-        target=lambda: out.append(
-            Parallel(n_jobs=2, backend="threads", batch_size=1)(
-                delayed(T.nested_from_own_thread)(i) for i in range(4)
-            )
-        ),
-        daemon=True,
-    )
-    call.start()
-    call.join(60)
-    assert not call.is_alive(), "the nested call deadlocked"
-    assert out == [[6, 7, 8, 9]]
+    out = outer_threads_call(T.nested_from_own_thread)
+    assert out is not HUNG, "the nested call deadlocked"
+    assert out == [6, 7, 8, 9]
     assert not pp._running_batches, pp._running_batches  # no call's own pool kept
 
 
