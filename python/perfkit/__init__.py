@@ -59,7 +59,7 @@ else:
         if module is None and "." in name:
             raise AttributeError(f"module 'perfkit' has no attribute {name!r}")
         if module is not None:
-            value = getattr(sys.modules.get(module) or _import(module), name)
+            value = getattr(_import(module), name)
         else:
             # `import perfkit; perfkit.memory.CacheWarning`: a submodule, bound
             # here as the eager imports used to bind it.

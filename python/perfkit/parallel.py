@@ -1110,6 +1110,8 @@ def _mark_pool_thread(depth, made):
 
 # thread pool -> how many of its threads are running a batch now (under _executors_lock).
 _running_batches: collections.Counter = collections.Counter()
+
+
 # Aim for batches of threads-backend tasks this long (wall time: threads wait on I/O).
 THREAD_BATCH_SECONDS = 0.005
 
