@@ -415,3 +415,9 @@ def nested_from_own_thread(i):
 
     with concurrent.futures.ThreadPoolExecutor(1) as helper:
         return helper.submit(inner).result() + i
+
+
+def load_profile(path):
+    import perfkit
+
+    return perfkit.load(path)

@@ -611,6 +611,19 @@ def test_task_error_type_traceback_and_task_name():
         Parallel(n_jobs=2)(delayed(T.raise_odd)(i) for i in range(2))
 
 
+
+def test_perfkits_own_error_comes_back_from_a_worker_as_itself(tmp_path):
+    # perfkit.ProfileError is made in Rust; pickle must find its class by name
+    # (it once named a module "_native" that nothing can import).
+    bad = tmp_path / "broken.prof"
+    bad.write_bytes(b"not a profile")
+    with pytest.raises(perfkit.ProfileError) as info:
+        Parallel(n_jobs=2)(delayed(T.load_profile)(str(p)) for p in [bad, bad])
+    assert type(info.value) is perfkit.ProfileError
+    assert re.search(r"task [01] \(load_profile\(.*not a profile file", str(info.value.__cause__), re.S)
+    again = pickle.loads(pickle.dumps(perfkit.ProfileError("x")))
+    assert type(again) is perfkit.ProfileError and again.args == ("x",)
+
 def test_fail_fast_cancels_queued_work(tmp_path):
     with pytest.raises(RuntimeError, match="first task fails"):
         Parallel(n_jobs=2, batch_size=1)(

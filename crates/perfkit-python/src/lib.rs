@@ -19,8 +19,10 @@ use pyo3::prelude::*;
 
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+// Named after the package that exports it, so that pickle finds the class:
+// a worker's task that raises it must be able to send it back.
 pyo3::create_exception!(
-    _native,
+    perfkit,
     ProfileError,
     pyo3::exceptions::PyValueError,
     "A profile file could not be read or written."
