@@ -611,7 +611,6 @@ def test_task_error_type_traceback_and_task_name():
         Parallel(n_jobs=2)(delayed(T.raise_odd)(i) for i in range(2))
 
 
-
 def test_perfkits_own_error_comes_back_from_a_worker_as_itself(tmp_path):
     # perfkit.ProfileError is made in Rust; pickle must find its class by name
     # (it once named a module "_native" that nothing can import).
@@ -620,9 +619,10 @@ def test_perfkits_own_error_comes_back_from_a_worker_as_itself(tmp_path):
     with pytest.raises(perfkit.ProfileError) as info:
         Parallel(n_jobs=2)(delayed(T.load_profile)(str(p)) for p in [bad, bad])
     assert type(info.value) is perfkit.ProfileError
-    assert re.search(r"task [01] \(load_profile\(.*not a profile file", str(info.value.__cause__), re.S)
+    assert re.search(r"task [01] \(load_profile\(.*not a profile file", str(info.value.__cause__), re.DOTALL)
     again = pickle.loads(pickle.dumps(perfkit.ProfileError("x")))
     assert type(again) is perfkit.ProfileError and again.args == ("x",)
+
 
 def test_fail_fast_cancels_queued_work(tmp_path):
     with pytest.raises(RuntimeError, match="first task fails"):
@@ -683,8 +683,8 @@ def test_import_perfkit_and_workers_load_only_what_they_use():
 
 
 def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
-    # The kept pools a forked child inherits are the parent's (their threads and
-    # workers are not the child's): a call there must not queue on them, and the
+    # The kept pools a forked child inherits, the module's and a `with Parallel()`
+    # object's, are the parent's (their threads and workers are not the child's): a call there must not queue on them, and the
     # child's exit must not terminate the parent's workers.
     script = textwrap.dedent(
         """
@@ -695,16 +695,20 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         import perfkit.parallel as pp
         from perfkit import Parallel, delayed
 
-        def both():
-            return [Parallel(n_jobs=2, backend=b)(delayed(T.square)(i) for i in range(6)) for b in ("processes", "threads")]
+        kept = Parallel(n_jobs=2).__enter__()  # a `with Parallel() as kept` block around the fork
 
-        expected = [[i * i for i in range(6)]] * 2
-        assert both() == expected
-        workers = pp._shared_pool[1].pids()
+        def all_three():
+            return [Parallel(n_jobs=2, backend=b)(delayed(T.square)(i) for i in range(6)) for b in ("processes", "threads")] + [
+                kept(delayed(T.square)(i) for i in range(6))
+            ]
+
+        expected = [[i * i for i in range(6)]] * 3
+        assert all_three() == expected
+        workers = pp._shared_pool[1].pids(), kept._private_pool[1].pids()
         pid = os.fork()
         if pid == 0:
             out = []
-            call = threading.Thread(target=lambda: out.append(both()), daemon=True)
+            call = threading.Thread(target=lambda: out.append(all_three()), daemon=True)
             call.start()
             call.join(30)
             if out != [expected]:
@@ -712,8 +716,8 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
             sys.exit(0)  # a normal exit: atexit runs in the child
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
-        assert both() == expected
-        assert pp._shared_pool[1].pids() == workers, "the child's exit killed the parent's workers"
+        assert all_three() == expected
+        assert (pp._shared_pool[1].pids(), kept._private_pool[1].pids()) == workers, "the child's exit killed the parent's workers"
         print("ok")
         """
     )

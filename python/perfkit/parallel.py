@@ -510,19 +510,29 @@ def _shutdown_shared_pool():
         _shared_pool = None
 
 
+_with_private_pools: weakref.WeakSet = weakref.WeakSet()  # Parallel objects holding workers of their own
+
+
 def _forget_pools_after_fork():
     """In a child forked from a process that used perfkit.Parallel, the kept
-    pools are the parent's: their workers and threads are not this
-    process's, and a call queued on them would wait for ever. This process
-    starts its own. The parent's process pool is never closed or dropped
-    here either (dropping it terminates its workers: the parent's), so its
-    reference count is raised for good."""
+    pools (the shared one, and those of `with Parallel() as p` objects) are
+    the parent's: their workers and threads are not this process's, and a
+    call queued on them would wait for ever. This process starts its own.
+    The parent's process pools are never closed or dropped here either
+    (dropping one terminates its workers: the parent's), so their reference
+    counts are raised for good."""
     global _shared_pool, _pool_lock, _executors_lock
-    if _shared_pool is not None:
+    parents = [] if _shared_pool is None else [_shared_pool[1]]
+    _shared_pool = None
+    for kept in list(_with_private_pools):
+        if kept._private_pool is not None:
+            parents.append(kept._private_pool[1])
+            kept._private_pool = None
+    if parents:
         import ctypes
 
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(_shared_pool[1]))
-        _shared_pool = None
+        for pool in parents:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(pool))
     _executors.clear()  # (their threads are gone: dropping them joins nothing)
     _running_batches.clear()
     # A thread of the parent may have held these at the fork.
@@ -827,6 +837,7 @@ class Parallel:
                 if self._private_pool is not None:
                     self._private_pool[1].close()
                 self._private_pool = (key, _new_pool(*key))
+                _with_private_pools.add(self)
             pool, shared = self._private_pool[1], False
         else:
             pool = _acquire_shared_pool(key)
