@@ -421,3 +421,11 @@ def load_profile(path):
     import perfkit
 
     return perfkit.load(path)
+
+
+def nested_two_levels(_):
+    """What a Parallel would run on inside a task of this task's own
+    threads-backend Parallel (n_jobs=-1: all of this task's share)."""
+    from perfkit import Parallel, delayed
+
+    return Parallel(n_jobs=-1, backend="threads", batch_size=1)(delayed(nested_resolve)(j) for j in range(4))

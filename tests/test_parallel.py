@@ -1553,6 +1553,17 @@ def test_threads_backend_nested_calls_stay_in_their_share():
     assert after == {None}, after
 
 
+def test_threads_backend_each_nesting_level_divides_its_parents_share(monkeypatch):
+    # On 8 CPUs, Parallel(n_jobs=2, backend="threads") gives each task 4; a task's
+    # own Parallel(n_jobs=-1) runs 4 threads, whose tasks get 1 CPU each (4 // 4,
+    # not 8 // 4: that would run 16 threads at the third level).
+    monkeypatch.setattr(pp, "cpu_count", lambda: 8)
+    out = Parallel(n_jobs=2, backend="threads", batch_size=1)(
+        delayed(T.nested_two_levels)(i) for i in range(2)
+    )
+    assert out == [[("sequential", 1)] * 4] * 2
+
+
 HUNG = object()
 
 

@@ -394,7 +394,7 @@ def run_chunk(chunk, host_threads):
         threads = host_threads.get(worker.ip) or worker.state.nthreads
     except Exception:  # noqa: BLE001 - not in a worker (called directly), or an older dask
         threads = 1
-    with pp._sharing_cpus_with(threads):
+    with pp._sharing_cpus_with(pp._share_of_one_of(threads)):
         started = time.perf_counter()
         results = pp._run_chunk(chunk)
         return time.perf_counter() - started, results

@@ -865,6 +865,7 @@ class Parallel:
     def _run_threads(self, iterable, n_jobs, total, progress):
         """Batches of tasks on a kept thread pool: one hand-off per batch, not per task."""
         executor, own_pool = _thread_executor(n_jobs)
+        share = _share_of_one_of(n_jobs)  # (from this thread's own share, before a pool thread runs it)
         ordered = self.return_as != "generator_unordered"
         auto = self.batch_size == "auto"
         # Auto: one task per batch until a batch of this call has been timed
@@ -906,7 +907,7 @@ class Parallel:
                     uniform = function
                     if mode is None:  # tasks as drawn (mixed functions, keywords)
                         uniform, items = None, chunk
-                    future = executor.submit(_run_batch_in_thread, uniform, mode, items, dispatched, n_jobs)
+                    future = executor.submit(_run_batch_in_thread, uniform, mode, items, dispatched, share)
                     # Its cost is kept under its first task's function, mixed or not.
                     pending.append((dispatched, future, function))
                     dispatched += len(items)
@@ -1037,14 +1038,21 @@ def _tasks_left(iterable):
 
 
 @contextlib.contextmanager
-def _sharing_cpus_with(parts):
-    """Inside: a nested Parallel (a task's own) stays within 1/parts of this
-    machine's CPUs, the share of one of ``parts`` tasks running at once."""
-    _nested.share = max(1, cpu_count() // max(1, parts))
+def _sharing_cpus_with(share):
+    """Inside: a nested Parallel (a task's own) stays within `share` CPUs."""
+    _nested.share = share
     try:
         yield
     finally:
         _nested.share = None
+
+
+def _share_of_one_of(parts):
+    """The CPUs of one of ``parts`` tasks running at once, from what the
+    caller has: its own share when it is itself a task (so that each level
+    of nesting divides what its parent got, not the whole machine), else
+    this machine's CPUs."""
+    return max(1, (_nested_share() or cpu_count()) // max(1, parts))
 
 
 def _nested_share():
@@ -1175,14 +1183,15 @@ def _share_batch_size(per_task, left, n_jobs, target_seconds, tail_seconds, most
     return max(1, min(size, most))
 
 
-def _run_batch_in_thread(function, mode, items, first, n_jobs):
+def _run_batch_in_thread(function, mode, items, first, share):
     """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the
-    tasks as drawn): ``(results, seconds it took)``."""
+    tasks as drawn), its tasks' nested calls within `share` CPUs: ``(results,
+    seconds it took)``."""
     pool = _nested.executor
     with _executors_lock:
         _running_batches[pool] += 1
     try:
-        return _run_batch_counted(function, mode, items, first, n_jobs)
+        return _run_batch_counted(function, mode, items, first, share)
     finally:
         with _executors_lock:
             _running_batches[pool] -= 1
@@ -1190,8 +1199,8 @@ def _run_batch_in_thread(function, mode, items, first, n_jobs):
                 del _running_batches[pool]  # (a pool of one call must not be kept alive here)
 
 
-def _run_batch_counted(function, mode, items, first, n_jobs):
-    with _sharing_cpus_with(n_jobs):
+def _run_batch_counted(function, mode, items, first, share):
+    with _sharing_cpus_with(share):
         started = time.perf_counter()
         if mode is None:
             return _run_chunk(enumerate(items, first)), time.perf_counter() - started
