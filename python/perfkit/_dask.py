@@ -328,14 +328,8 @@ class DaskCall:
         import cloudpickle
 
         for index, task in chunk:
-            function, args, kwargs = pp._unpack(task, index)
-            try:
-                cloudpickle.dumps((function, args, kwargs))
-            except Exception as inner:
-                raise pp.UnpicklableError(
-                    f"perfkit.Parallel: task {index} ({task_label(function, args, kwargs)}) could not be "
-                    f"pickled to send it to the dask cluster: {inner}"
-                ) from inner
+            task = pp._unpack(task, index)
+            pp._check_picklable(index, task, task, cloudpickle.dumps, "", "it to the dask cluster")
 
     def _timeout(self):
         firsts = sorted((entry[0], len(entry[1])) for entry in self.in_flight.values())

@@ -1230,6 +1230,19 @@ def _run_chunk(chunk):
     return out
 
 
+def _check_picklable(index, task, payload, dumps_with, what, to, advice=""):
+    """Raises UnpicklableError naming task `index` (a ``(function, args,
+    kwargs)``) when `dumps_with` cannot pickle `payload`, the part of it that
+    must travel: "{what} task … could not be pickled to send {to}: …"."""
+    try:
+        dumps_with(payload)
+    except Exception as inner:
+        raise UnpicklableError(
+            f"perfkit.Parallel: {what + ' ' if what else ''}task {index} ({task_label(*task)}) "
+            f"could not be pickled to send {to}: {inner}.{advice}"
+        ) from inner
+
+
 def _tasks_text(first, count):
     """'task 3', or 'tasks 3–9' for a batch of 7 from task 3."""
     return f"task {first}" if count == 1 else f"tasks {first}–{first + count - 1}"
@@ -1636,16 +1649,16 @@ class _ProcessCall:
         return pickle.dumps((first, STREAMED, (mode, blobs)), protocol=5), buffers
 
     def _check_picklable(self, index, mode, item):
-        """Raises PicklingError naming task `index` if its arguments cannot be pickled."""
         function, args, kwargs = self._decode(mode, item)
-        try:
-            dumps((args, kwargs))
-        except Exception as inner:
-            raise UnpicklableError(
-                f"perfkit.Parallel: the arguments of task {index} ({task_label(function, args, kwargs)}) "
-                f"could not be pickled to send them to a worker process: {inner}. "
-                "Pass picklable arguments, or use backend='threads'."
-            ) from inner
+        _check_picklable(
+            index,
+            (function, args, kwargs),
+            (args, kwargs),
+            dumps,
+            "the arguments of",
+            "them to a worker process",
+            " Pass picklable arguments, or use backend='threads'.",
+        )
 
     def _task_failed(self, payload, pid, first, mode, items):
         info = pickle.loads(payload)
