@@ -197,6 +197,9 @@ def pack_values(values: list[Any]) -> tuple[str, bytes] | None:
 def unpack_values(tag: str, data: bytes) -> list[Any]:
     """The list ``pack_values`` packed."""
 
+def contains_bytes(haystack: bytes, needle: bytes) -> bool:
+    """Whether ``needle`` occurs in ``haystack`` (``needle in haystack``, vectorized)."""
+
 def run_tasks(
     functions: tuple[Callable[..., Any], ...],
     mode: int,

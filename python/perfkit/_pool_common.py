@@ -12,7 +12,7 @@ import pickle
 import sys
 import weakref
 
-from perfkit import _frames
+from perfkit import _frames, _native
 
 # How a batch's items are encoded (the second element of a BATCH payload):
 # ARGS_ONLY: [args, ...] for function 0 without kwargs;
@@ -89,7 +89,7 @@ def _dumps(obj, out_of_band_from, fast_frames):
         # by value, and one sent back and forth comes back as the original.
         # Sought as pickle writes a module name (SHORT_BINUNICODE, 8 bytes):
         # the same string as a value only costs the slower pickling.
-        if b"\x8c\x08__main__" not in data:
+        if not _native.contains_bytes(data, b"\x8c\x08__main__"):
             return data, buffers
     except _frames.FrameCycle:
         raise

@@ -298,7 +298,18 @@ impl Packer {
     }
 }
 
+/// Whether `needle` occurs in `haystack`. A batch's pickle is searched for
+/// a `__main__` global after it is made, and holds its small arrays' bytes
+/// in band: hundreds of KiB per batch of DataFrames, which Python's own
+/// search scans at ~4 GB/s (a tenth of the parent's time in a groupby call)
+/// and memchr's vectorized one several times faster.
+#[pyfunction]
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(contains_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(run_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(run_packed, m)?)?;
     m.add_function(wrap_pyfunction!(pack_values, m)?)?;
