@@ -429,3 +429,16 @@ def nested_two_levels(_):
     from perfkit import Parallel, delayed
 
     return Parallel(n_jobs=-1, backend="threads", batch_size=1)(delayed(nested_resolve)(j) for j in range(4))
+
+
+def nested_two_levels_as_if_on_8_cpus(i):
+    """nested_two_levels in a worker process that takes this machine for one
+    of 8 CPUs while it runs: (this worker's share, what it found)."""
+    import perfkit.parallel as pp
+
+    real = pp.cpu_count
+    pp.cpu_count = lambda: 8
+    try:
+        return os.environ.get("PERFKIT_WORKER_CPUS"), nested_two_levels(i)
+    finally:
+        pp.cpu_count = real

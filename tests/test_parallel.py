@@ -684,8 +684,9 @@ def test_import_perfkit_and_workers_load_only_what_they_use():
 
 def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
     # The kept pools a forked child inherits, the module's and a `with Parallel()`
-    # object's, are the parent's (their threads and workers are not the child's): a call there must not queue on them, and the
-    # child's exit must not terminate the parent's workers.
+    # object's, are the parent's (their threads and workers are not the child's):
+    # a call there must not queue on them, and the child's exit must not
+    # terminate the parent's workers.
     script = textwrap.dedent(
         """
         import os, sys, threading, warnings
@@ -1562,6 +1563,16 @@ def test_threads_backend_each_nesting_level_divides_its_parents_share(monkeypatc
         delayed(T.nested_two_levels)(i) for i in range(2)
     )
     assert out == [[("sequential", 1)] * 4] * 2
+
+
+def test_a_workers_nested_calls_divide_the_workers_share(monkeypatch):
+    # On 8 CPUs a worker of Parallel(n_jobs=2) has 4: a task's own threads-backend
+    # Parallel(n_jobs=-1) runs 4 threads, whose tasks get 1 CPU each (4 // 4, not
+    # 8 // 4). A pool of its own, made while cpu_count() says 8.
+    monkeypatch.setattr(pp, "cpu_count", lambda: 8)
+    with Parallel(n_jobs=2, batch_size=1) as p:
+        out = p(delayed(T.nested_two_levels_as_if_on_8_cpus)(i) for i in range(2))
+    assert out == [("4", [("sequential", 1)] * 4)] * 2
 
 
 HUNG = object()

@@ -195,7 +195,7 @@ class DaskCall:
         except Exception:
             # dask could not serialize the batch ("Could not serialize object of
             # type LLGExpr"): name the task; anything else as dask raised it.
-            self._check_picklable(chunk)
+            self._check_tasks_picklable(chunk)
             raise
         future.add_done_callback(self.done.put)
         self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1, scattered)
@@ -265,7 +265,7 @@ class DaskCall:
         try:
             futures = self.client.scatter(values, workers=where, hash=False)
         except Exception:
-            self._check_picklable(chunk)
+            self._check_tasks_picklable(chunk)
             if where is None:
                 raise
             self.addresses = []  # that worker left the cluster: let dask place the data
@@ -323,7 +323,7 @@ class DaskCall:
             return entry[2]
         return value
 
-    def _check_picklable(self, chunk):
+    def _check_tasks_picklable(self, chunk):
         """Raises UnpicklableError naming the first task of `chunk` that cannot be pickled."""
         import cloudpickle
 
@@ -388,7 +388,7 @@ def run_chunk(chunk, host_threads):
         threads = host_threads.get(worker.ip) or worker.state.nthreads
     except Exception:  # noqa: BLE001 - not in a worker (called directly), or an older dask
         threads = 1
-    with pp._sharing_cpus_with(pp._share_of_one_of(threads)):
+    with pp._within_cpus(pp._share_of_one_of(threads)):
         started = time.perf_counter()
         results = pp._run_chunk(chunk)
         return time.perf_counter() - started, results

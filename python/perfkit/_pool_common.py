@@ -83,18 +83,18 @@ def _dumps(obj, out_of_band_from, fast_frames):
             data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
         else:
             data = _dump(pickle.Pickler, {**copyreg.dispatch_table, **reducers}, obj, callback)
-        # pickle sends a class or function of __main__ by its name, which the
-        # other process cannot look up: its __main__ is perfkit's worker (or
-        # the caller's script, seen from a worker). cloudpickle sends those
-        # by value, and one sent back and forth comes back as the original.
-        # Sought as pickle writes a module name (SHORT_BINUNICODE, 8 bytes):
-        # the same string as a value only costs the slower pickling.
-        if not _native.contains_bytes(data, b"\x8c\x08__main__"):
-            return data, buffers
     except _frames.FrameCycle:
         raise
-    except Exception:  # noqa: BLE001, S110 (refused by pickle: cloudpickle's turn)
-        pass
+    except Exception:  # noqa: BLE001 (refused by pickle: cloudpickle's turn)
+        data = None
+    # pickle sends a class or function of __main__ by its name, which the
+    # other process cannot look up: its __main__ is perfkit's worker (or
+    # the caller's script, seen from a worker). cloudpickle sends those
+    # by value, and one sent back and forth comes back as the original.
+    # Sought as pickle writes a module name (SHORT_BINUNICODE, 8 bytes):
+    # the same string as a value only costs the slower pickling.
+    if data is not None and not _native.contains_bytes(data, b"\x8c\x08__main__"):
+        return data, buffers
     # What the first attempt set apart must not precede the retry's own.
     buffers.clear()
     import cloudpickle

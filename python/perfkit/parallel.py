@@ -808,7 +808,9 @@ class Parallel:
         if backend == "sequential":
             gen = _run_sequential(iterable, progress, self)
         elif backend == "threads":
-            gen = self._run_threads(iterable, n_jobs, total, progress)
+            # The share of each of its tasks, from the calling thread's own (a
+            # returned generator may be drawn from another thread).
+            gen = self._run_threads(iterable, n_jobs, _share_of_one_of(n_jobs), total, progress)
         elif backend == "dask":
             gen = self._run_dask(iterable, n_jobs, total, progress)
         else:
@@ -862,10 +864,10 @@ class Parallel:
 
     # -- threads ---------------------------------------------------------------------
 
-    def _run_threads(self, iterable, n_jobs, total, progress):
-        """Batches of tasks on a kept thread pool: one hand-off per batch, not per task."""
+    def _run_threads(self, iterable, n_jobs, share, total, progress):
+        """Batches of tasks on a kept thread pool: one hand-off per batch, not
+        per task; the tasks' own nested calls within `share` CPUs each."""
         executor, own_pool = _thread_executor(n_jobs)
-        share = _share_of_one_of(n_jobs)  # (from this thread's own share, before a pool thread runs it)
         ordered = self.return_as != "generator_unordered"
         auto = self.batch_size == "auto"
         # Auto: one task per batch until a batch of this call has been timed
@@ -1038,13 +1040,16 @@ def _tasks_left(iterable):
 
 
 @contextlib.contextmanager
-def _sharing_cpus_with(share):
-    """Inside: a nested Parallel (a task's own) stays within `share` CPUs."""
+def _within_cpus(share):
+    """Inside: a nested Parallel (a task's own) stays within `share` CPUs.
+    The share this thread had before is restored after (it may itself run
+    inside a task)."""
+    outer = getattr(_nested, "share", None)
     _nested.share = share
     try:
         yield
     finally:
-        _nested.share = None
+        _nested.share = outer
 
 
 def _share_of_one_of(parts):
@@ -1200,7 +1205,7 @@ def _run_batch_in_thread(function, mode, items, first, share):
 
 
 def _run_batch_counted(function, mode, items, first, share):
-    with _sharing_cpus_with(share):
+    with _within_cpus(share):
         started = time.perf_counter()
         if mode is None:
             return _run_chunk(enumerate(items, first)), time.perf_counter() - started
@@ -1602,7 +1607,7 @@ class _ProcessCall:
             payload, buffers = dumps((first, mode, items), out_of_band_from=self.threshold)
         except Exception as exc:
             for index, item in enumerate(items, first):
-                self._check_picklable(index, mode, item)
+                self._check_arguments_picklable(index, mode, item)
             raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
         if buffers and self.remote and self.streaming is None:
             self.streaming = True  # the call's tasks carry large buffers: stream the next batches
@@ -1623,7 +1628,7 @@ class _ProcessCall:
             try:
                 blob, own = dumps(item, out_of_band_from=self.threshold)
             except Exception as exc:
-                self._check_picklable(index, mode, item)
+                self._check_arguments_picklable(index, mode, item)
                 raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
             # The memory itself, not the object: numpy exports a transposed array through a fresh view.
             own_spans = {_native.buffer_address(b) for b in own}
@@ -1648,7 +1653,8 @@ class _ProcessCall:
             self.streaming = None  # no large buffers (any more): whole batches are cheaper to send
         return pickle.dumps((first, STREAMED, (mode, blobs)), protocol=5), buffers
 
-    def _check_picklable(self, index, mode, item):
+    def _check_arguments_picklable(self, index, mode, item):
+        """Raises UnpicklableError naming task `index` if its arguments cannot be pickled."""
         function, args, kwargs = self._decode(mode, item)
         _check_picklable(
             index,
