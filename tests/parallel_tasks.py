@@ -288,7 +288,7 @@ def free_copy_buffers(_x=None):
     """(pid, {length: how many}) of this worker's copy buffers kept for reuse."""
     import sys
 
-    worker = sys.modules["__main__"]  # the worker runs as `python -m perfkit._worker`
+    worker = sys.modules["perfkit._worker"]  # (the running worker, though it runs as __main__)
     return os.getpid(), {length: len(bs) for length, bs in worker.REMOTE_BUFFERS.free.items()}
 
 

@@ -173,6 +173,27 @@ MAIN_OBJECTS_SCRIPT = """
             raise MyError(f"job {{job.n}} failed")
         return job
 
+    class Outer:
+        class Inner:
+            def __init__(self, n):
+                self.n = n
+
+    def inner_twice(inner):
+        return Outer.Inner(inner.n * 2)
+
+    def made_here(n):
+        # A class a worker makes, of "__main__" as the script's are, but not the script's.
+        Local = type("Local", (), {{"__module__": "__main__", "n": n}})
+        return Local()
+
+    def redefine_job():  # as a notebook's cell run again does
+        global Job
+
+        @dataclasses.dataclass
+        class Job:
+            n: int
+            m: int = 5
+
     def run():
         out = L.Parallel(n_jobs=2)(L.delayed(double)(Job(i)) for i in range(4))
         print([j.n for j in out], all(type(j) is Job for j in out))
@@ -182,27 +203,52 @@ MAIN_OBJECTS_SCRIPT = """
             L.Parallel(n_jobs=2)(L.delayed(fail)(Job(i)) for i in range(4))
         except MyError as exc:
             print("caught", type(exc) is MyError, exc)
+        # Many tasks (several batches), a nested class, a class made in a worker.
+        out = L.Parallel(n_jobs=2)(L.delayed(double)(Job(i)) for i in range(3000))
+        print(sum(j.n for j in out), all(type(j) is Job for j in out))
+        out = L.Parallel(n_jobs=2)(L.delayed(inner_twice)(Outer.Inner(i)) for i in range(4))
+        print([x.n for x in out], all(type(x) is Outer.Inner for x in out))
+        print([x.n for x in L.Parallel(n_jobs=2)(L.delayed(made_here)(i) for i in range(3))])
+        redefine_job()
+        out = L.Parallel(n_jobs=2)(L.delayed(double)(Job(i)) for i in range(4))
+        print([(j.n, j.m) for j in out], all(type(j) is Job for j in out))
 
     if __name__ == "__main__":
         run()
+        if L.__name__ == "perfkit":
+            # Batches name the script's classes (sent once per batch, by value,
+            # ahead of it); what a worker could not look up goes by value.
+            from perfkit._pool_common import MainNames, dumps
+
+            names = MainNames()
+            data, _ = dumps([Job(1), Job(2), Color.RED, double], None, names)
+            print(sorted(names.found), b"cloudpickle" in data)
+            names = MainNames()
+            data, _ = dumps([Outer.Inner(1)], None, names)
+            print(sorted(names.found), b"cloudpickle" in data)
     """
 
 
 def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tmp_path):
-    # pickle names them `__main__.Job`, which a worker cannot look up: they go
-    # by value, and come back as the caller's own (the same class object).
+    # pickle names them `__main__.Job`, which a worker cannot look up unless it
+    # is sent them: they come back as the caller's own (the same class object).
     outputs = {}
     for lib in ("perfkit", "joblib"):
         out = run_script(tmp_path / f"main_objects_{lib}.py", MAIN_OBJECTS_SCRIPT.format(lib=lib))
         assert out.returncode == 0, out.stderr
-        outputs[lib] = out.stdout
-    assert outputs["perfkit"] == outputs["joblib"]
-    assert outputs["perfkit"].splitlines() == [
+        outputs[lib] = out.stdout.splitlines()
+    common = [
         "[0, 2, 4, 6] True",
         "[[3, 2, 1], [3, 2, 1]]",
         "[True, True]",
         "caught True job 2 failed",
+        f"{2 * sum(range(3000))} True",
+        "[0, 2, 4, 6] True",
+        "[0, 1, 2]",
+        "[(0, 5), (2, 5), (4, 5), (6, 5)] True",
     ]
+    assert outputs["joblib"] == common
+    assert outputs["perfkit"] == [*common, "['Color', 'Job', 'double'] False", "[] True"]
 
 
 def test_delayed_matches_joblib_format():
@@ -678,7 +724,7 @@ def test_import_perfkit_and_workers_load_only_what_they_use():
     # Fresh workers: the shared pool's may have run tasks that used perfkit.memory.
     with Parallel(n_jobs=2) as fresh:
         loaded = fresh(delayed(T.perfkit_modules_here)(i) for i in range(2))[0]
-    assert "perfkit._pool_common" in loaded and "perfkit._native" in loaded  # (the worker is __main__)
+    assert "perfkit._pool_common" in loaded and "perfkit._native" in loaded
     assert "perfkit.parallel" not in loaded and "perfkit.memory" not in loaded, loaded
 
 
@@ -1222,7 +1268,7 @@ def test_streamed_batches_share_an_array_by_sending_whole_batches(monkeypatch):
     out = Parallel(n_jobs=2, batch_size=6)(delayed(T.array_and)(shared, i) for i in range(30))
     assert out == [float(shared.sum())] * 30
     call = pp._ProcessCall.__new__(pp._ProcessCall)
-    call.threshold, call.functions = 1 << 16, [T.array_and]
+    call.threshold, call.functions, call.main_names = 1 << 16, [T.array_and], _pool_common.MainNames()
     matrix = np.ones((300, 300))
     shared_things = {
         "one array": shared,

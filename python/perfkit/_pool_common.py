@@ -10,6 +10,7 @@ import mmap
 import os
 import pickle
 import sys
+import types
 import weakref
 
 from perfkit import _frames, _native
@@ -26,6 +27,26 @@ from perfkit import _frames, _native
 #   the parent just before it runs it (and reuses the memory for the next).
 # Results travel packed the same way, or by pack_numpy_scalars.
 ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, STREAMED = 0, 1, 2, 3, 4
+
+# A batch payload that names classes or functions of the caller's __main__
+# (see MainNames) starts with this mark, an 8-byte length and the pickle of
+# their [(name, object), ...], before the batch's own pickle (which cannot
+# start so: a pickle of protocol 2 or more starts with b"\x80").
+MAIN_DEFINITIONS_MARK = b"perfkit:main:"
+
+
+def with_main_definitions(definitions: bytes, payload: bytes) -> bytes:
+    return MAIN_DEFINITIONS_MARK + len(definitions).to_bytes(8, "little") + definitions + payload
+
+
+def split_main_definitions(payload):
+    """``(definitions or None, the batch's pickle)`` of a batch payload (no copy)."""
+    if not payload.startswith(MAIN_DEFINITIONS_MARK):
+        return None, payload
+    start = len(MAIN_DEFINITIONS_MARK) + 8
+    size = int.from_bytes(payload[len(MAIN_DEFINITIONS_MARK) : start], "little")
+    view = memoryview(payload)
+    return bytes(view[start : start + size]), view[start + size :]
 
 
 def task_label(function, args=(), kwargs=None, limit: int = 80) -> str:
@@ -52,21 +73,87 @@ def probe_remote_read(pid: int, address: int, length: int, expected: bytes) -> b
         return False
 
 
-def dumps(obj, out_of_band_from=None):
+class MainNames:
+    """The classes and functions of ``__main__`` that one side's pickles may
+    name, because the other side has them as ``__main__.<name>``.
+
+    A worker's ``__main__`` is not the caller's script: the caller sends the
+    ones a batch names ahead of it, by value, and the worker puts them in
+    the module it keeps as ``__main__`` (so its results name them too, and
+    come back as the caller's own). Pickled by name, instances of a class of
+    the caller's script cost what any instance costs, not cloudpickle's
+    three times as much, and the class itself is sent once a batch.
+
+    ``allowed``: None in the caller (any that its ``__main__`` holds under
+    its qualified name); in a worker, the objects it was sent. ``found``
+    collects what a pickle named."""
+
+    def __init__(self, allowed=None) -> None:
+        self.allowed = allowed
+        self.found: dict = {}
+
+
+class _ByValue(Exception):
+    """What a pickle holds cannot be named in the other process's __main__."""
+
+
+# type -> whether instances of it may pickle by name something of __main__ that
+# MainNames does not see (a __reduce__ of the script's own, or a copyreg reducer).
+_REDUCES_ITSELF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reduces_itself(kind) -> bool:
+    known = _REDUCES_ITSELF.get(kind)
+    if known is None:
+        known = kind in copyreg.dispatch_table or any(
+            getattr(base, "__module__", None) == "__main__"
+            and ("__reduce__" in vars(base) or "__reduce_ex__" in vars(base))
+            for base in kind.__mro__
+        )
+        _REDUCES_ITSELF[kind] = known
+    return known
+
+
+class _NamingPickler(pickle.Pickler):
+    """pickle's C Pickler, noting each class and function of ``__main__`` it
+    names (``self.names``, a MainNames) and refusing what the other side
+    could not look up."""
+
+    def reducer_override(self, obj):
+        kind = type(obj)
+        if isinstance(obj, type) or kind is types.FunctionType:
+            if getattr(obj, "__module__", None) == "__main__":
+                names = self.names
+                name = obj.__qualname__
+                if names.allowed is None:
+                    if getattr(sys.modules["__main__"], name, None) is not obj:
+                        raise _ByValue(name)  # nested, local, a lambda, or not what the script calls it
+                elif names.allowed.get(name) is not obj:
+                    raise _ByValue(name)  # made here, not sent by the caller
+                names.found[name] = obj
+        elif getattr(kind, "__module__", None) == "__main__" and _reduces_itself(kind):
+            raise _ByValue(kind.__qualname__)
+        return NotImplemented
+
+
+def dumps(obj, out_of_band_from=None, main_names=None):
     """``(pickle, buffers)``: ``obj`` pickled with protocol 5, its buffers of
     at least ``out_of_band_from`` bytes (numpy arrays, pandas blocks) left
     out for the caller to send apart (None: all in band).
 
     Plain DataFrames travel by their blocks (perfkit._frames), numpy's
-    integer, bool, float64 and complex128 scalars by their value; lambdas,
-    closures and the like through cloudpickle, after pickle refused them."""
+    integer, bool, float64 and complex128 scalars by their value. What
+    refers to the caller's ``__main__``: by name where ``main_names`` (a
+    MainNames) allows it (``main_names.found`` then says what was named),
+    else through cloudpickle, by value, as lambdas, closures and the like
+    are after pickle refused them."""
     try:
-        return _dumps(obj, out_of_band_from, fast_frames=True)
+        return _dumps(obj, out_of_band_from, True, main_names)
     except _frames.FrameCycle:
-        return _dumps(obj, out_of_band_from, fast_frames=False)
+        return _dumps(obj, out_of_band_from, False, main_names)
 
 
-def _dumps(obj, out_of_band_from, fast_frames):
+def _dumps(obj, out_of_band_from, fast_frames, main_names):
     buffers = []
 
     def out_of_band(pickle_buffer):
@@ -78,24 +165,38 @@ def _dumps(obj, out_of_band_from, fast_frames):
 
     callback = None if out_of_band_from is None else out_of_band
     reducers = _reducers(fast_frames)
-    try:
-        if reducers is None:
-            data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
-        else:
-            data = _dump(pickle.Pickler, {**copyreg.dispatch_table, **reducers}, obj, callback)
-    except _frames.FrameCycle:
-        raise
-    except Exception:  # noqa: BLE001 (refused by pickle: cloudpickle's turn)
-        data = None
-    # pickle sends a class or function of __main__ by its name, which the
-    # other process cannot look up: its __main__ is perfkit's worker (or
-    # the caller's script, seen from a worker). cloudpickle sends those
-    # by value, and one sent back and forth comes back as the original.
-    # Sought as pickle writes a module name (SHORT_BINUNICODE, 8 bytes):
-    # the same string as a value only costs the slower pickling.
-    if data is not None and not _native.contains_bytes(data, b"\x8c\x08__main__"):
-        return data, buffers
-    # What the first attempt set apart must not precede the retry's own.
+    table = None if reducers is None else {**copyreg.dispatch_table, **reducers}
+    naming = main_names is not None and bool(main_names.found)  # this call's pickles name some already
+    data = None
+    if not naming:
+        try:
+            if table is None:
+                data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
+            else:
+                data = _dump(pickle.Pickler, table, obj, callback)
+        except _frames.FrameCycle:
+            raise
+        except Exception:  # noqa: BLE001, S110 (refused by pickle: cloudpickle's turn)
+            pass
+        # pickle names a class or function of __main__, which the other
+        # process cannot look up unless it was given it (MainNames): its
+        # __main__ is perfkit's worker (or the caller's script, seen from a
+        # worker). Sought as pickle writes a module name (SHORT_BINUNICODE,
+        # 8 bytes): the same string as a value only costs a second pickling.
+        if data is not None and not _native.contains_bytes(data, b"\x8c\x08__main__"):
+            return data, buffers
+        naming = data is not None and main_names is not None
+    if naming:
+        buffers.clear()
+        found = dict(main_names.found)
+        try:
+            return _dump(_NamingPickler, table, obj, callback, names=main_names), buffers
+        except _frames.FrameCycle:
+            raise
+        except Exception:  # noqa: BLE001 (_ByValue, or refused by pickle)
+            main_names.found = found  # (what this pickle noted is not sent after all)
+    # cloudpickle sends them by value, and one sent back and forth comes back
+    # as the original. What an earlier attempt set apart must not precede its own.
     buffers.clear()
     import cloudpickle
 
@@ -111,11 +212,13 @@ def _dumps(obj, out_of_band_from, fast_frames):
     return _dump(pickler_class, None, obj, callback), buffers
 
 
-def _dump(pickler_class, dispatch_table, obj, buffer_callback) -> bytes:
+def _dump(pickler_class, dispatch_table, obj, buffer_callback, names=None) -> bytes:
     out = io.BytesIO()
     pickler = pickler_class(out, protocol=5, buffer_callback=buffer_callback)
     if dispatch_table is not None:
         pickler.dispatch_table = dispatch_table
+    if names is not None:
+        pickler.names = names
     pickler.dump(obj)
     return out.getvalue()
 

@@ -34,6 +34,7 @@ import struct
 import sys
 import time
 import traceback
+import types
 
 from perfkit._native import (
     buffer_address,
@@ -49,8 +50,10 @@ from perfkit._pool_common import (
     SINGLE,
     SINGLE_PACKED,
     STREAMED,
+    MainNames,
     dumps,
     pack_numpy_scalars,
+    split_main_definitions,
     task_label,
 )
 
@@ -376,8 +379,19 @@ def limit_threads_once(state: dict) -> None:
         pass
 
 
+RUNNING = False  # True in a worker process, once main() runs (perfkit.memory asks)
+
+
 def main() -> int:
+    global RUNNING
+    RUNNING = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
+    # This file runs as __main__ (python -m): the caller's classes and
+    # functions get a module of their own under that name (see SENT_MAIN),
+    # and this one is `perfkit._worker` (an import of that name in a task
+    # gets this module, not a second copy of it).
+    sys.modules["perfkit._worker"] = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
     for fd in (TASK_FD, REPLY_FD, STATUS_FD):
         os.set_inheritable(fd, False)  # subprocesses started by tasks must not hold our pipes
     status = memoryview(mmap.mmap(STATUS_FD, 8)).cast("q")
@@ -473,6 +487,9 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
     first, mode, items = -1, ARGS_ONLY, []  # -1: the parent's own first index of the batch
     t0 = time.perf_counter()
     try:
+        definitions, payload = split_main_definitions(payload)
+        if definitions is not None:
+            receive_main_definitions(definitions)
         first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
         if function_error is not None:
             raise function_error
@@ -515,7 +532,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         if packed is not None:
             out, buffers = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5), []
         else:
-            out, buffers = dumps((elapsed, None, results), out_of_band_from=threshold)
+            out, buffers = dumps((elapsed, None, results), threshold, MainNames(SENT_MAIN))
     except BaseException as exc:  # noqa: BLE001
         # Name the first result that can't be pickled.
         bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
@@ -567,6 +584,26 @@ def run_streamed(functions, mode, blobs, segment, status, first):
             # Not final: a buffer a result views may come free once the parent has copied it.
             remote.give_back(final=False)
     return results, None, None, None
+
+
+# The caller's classes and functions of its __main__ that batches named, by
+# name, in the module that stands for __main__ here (installed by main(): this
+# file's own module must not take the caller's names).
+SENT_MAIN: dict = {}
+_last_main_definitions = [b""]
+
+
+def receive_main_definitions(blob: bytes) -> None:
+    """Puts the classes and functions a batch came with into this process's
+    __main__ (see perfkit._pool_common.MainNames). The same definitions come
+    ahead of every batch of a call: loaded once."""
+    if blob == _last_main_definitions[0]:
+        return
+    main = sys.modules["__main__"]
+    for name, obj in pickle.loads(blob):
+        SENT_MAIN[name] = obj
+        setattr(main, name, obj)
+    _last_main_definitions[0] = blob
 
 
 def _label(functions, mode, item) -> str:

@@ -489,9 +489,9 @@ def _flush_writes() -> None:
 
 def _is_pool_worker() -> bool:
     # Asked at store time: a worker (`python -m perfkit._worker`) imports this
-    # module only when a task uses Memory, after it made the worker module __main__.
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec is not None and spec.name == "perfkit._worker"
+    # module only when a task uses Memory, after its main() started.
+    worker = sys.modules.get("perfkit._worker")
+    return worker is not None and getattr(worker, "RUNNING", False)
 
 
 def _may_write_behind() -> bool:

@@ -39,7 +39,17 @@ from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
 
 from perfkit import _native
-from perfkit._pool_common import FULL, SINGLE, SINGLE_PACKED, STREAMED, dumps, task_label, unpack_results
+from perfkit._pool_common import (
+    FULL,
+    SINGLE,
+    SINGLE_PACKED,
+    STREAMED,
+    MainNames,
+    dumps,
+    task_label,
+    unpack_results,
+    with_main_definitions,
+)
 
 __all__ = [
     "Parallel",
@@ -1368,6 +1378,10 @@ class _ProcessCall:
         # large buffers that workers copy out of this process; None: not yet
         # seen; False: tasks share buffers, so batches go whole.
         self.streaming = None
+        # The classes and functions of __main__ this call's batches name, and
+        # their pickle (by value), sent ahead of each batch (see MainNames).
+        self.main_names = MainNames()
+        self.main_definitions = (0, b"")
 
     def _function_slot(self, function):
         # Keyed by the function itself: equal bound methods (a new object per
@@ -1599,18 +1613,27 @@ class _ProcessCall:
             # Plain ints or floats as bytes: nothing for perfkit's reducers, no
             # __main__ name to seek through (as the workers pickle such results).
             return pickle.dumps((first, mode, items), protocol=5), []
+        streamed = None
         if self.streaming and len(items) > 1:
             streamed = self._pickle_streamed(first, mode, items)
-            if streamed is not None:
-                return streamed
-        try:
-            payload, buffers = dumps((first, mode, items), out_of_band_from=self.threshold)
-        except Exception as exc:
-            for index, item in enumerate(items, first):
-                self._check_arguments_picklable(index, mode, item)
-            raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
-        if buffers and self.remote and self.streaming is None:
-            self.streaming = True  # the call's tasks carry large buffers: stream the next batches
+        if streamed is not None:
+            payload, buffers = streamed
+        else:
+            try:
+                payload, buffers = dumps((first, mode, items), self.threshold, self.main_names)
+            except Exception as exc:
+                for index, item in enumerate(items, first):
+                    self._check_arguments_picklable(index, mode, item)
+                raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
+            if buffers and self.remote and self.streaming is None:
+                self.streaming = True  # the call's tasks carry large buffers: stream the next batches
+        found = self.main_names.found
+        if found:
+            if self.main_definitions[0] != len(found):
+                import cloudpickle
+
+                self.main_definitions = (len(found), cloudpickle.dumps(list(found.items()), protocol=5))
+            payload = with_main_definitions(self.main_definitions[1], payload)
         return payload, buffers
 
     def _pickle_streamed(self, first, mode, items):
@@ -1626,7 +1649,7 @@ class _ProcessCall:
         blobs, buffers, spans, arguments, sized = [], [], set(), set(), set()
         for index, item in enumerate(items, first):
             try:
-                blob, own = dumps(item, out_of_band_from=self.threshold)
+                blob, own = dumps(item, self.threshold, self.main_names)
             except Exception as exc:
                 self._check_arguments_picklable(index, mode, item)
                 raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
@@ -1640,7 +1663,7 @@ class _ProcessCall:
                     # (a view, a container of arrays, a DataFrame whose blocks are
                     # made contiguous afresh for each pickle).
                     sized.add(id(argument))
-                    alone, alone_buffers = dumps(argument, out_of_band_from=self.threshold)
+                    alone, alone_buffers = dumps(argument, self.threshold, self.main_names)
                     shared = len(alone) + sum(b.nbytes for b in alone_buffers) >= self.threshold
                 arguments.add(id(argument))
             if shared:
