@@ -1,6 +1,6 @@
 """perfkit.Parallel against joblib, multiprocessing.Pool, concurrent.futures and mpire, in one run.
 
-    python bench/parallel_bench.py                # all seven workloads, 5 rounds
+    python bench/parallel_bench.py                # all eight workloads, 5 rounds
     python bench/parallel_bench.py --quick        # 1 round, smaller pandas/CPU workloads
     python bench/parallel_bench.py --workloads tiny,arrays --rounds 5
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import gc
 import multiprocessing as mp
 import os
@@ -35,6 +36,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _parallel_tasks as T
 import perfkit
 from perfkit import Parallel, delayed
+
+
+@dataclasses.dataclass
+class Record:
+    """A class of the script (``__main__``), as users' scripts define them:
+    pickle names it, and only a worker that has it can look it up."""
+
+    x: float
+    y: float
+
+
+def record_norm(record):
+    return (record.x * record.x + record.y * record.y) ** 0.5
 
 
 def chunks_for(n, n_jobs):
@@ -57,6 +71,7 @@ def make_workloads(quick):
         }
     )
     arrays = [rng.random(1 << 20) for _ in range(100)]  # 100 × 8 MB
+    records = [Record(float(i), 1.0) for i in range(100_000)]
     cpu_n = 8
     cpu_size = T.calibrate_cpu(0.08 if quick else 0.2)
     return {
@@ -70,6 +85,12 @@ def make_workloads(quick):
             "title": "100,000 tiny tasks returning a numpy float",
             "fn": T.scalar_mean,
             "items": lambda: range(100_000),
+            "star": False,
+        },
+        "records": {
+            "title": "100,000 tasks on instances of a dataclass of the script (`__main__`)",
+            "fn": record_norm,
+            "items": lambda: records,
             "star": False,
         },
         "arrays": {
@@ -227,7 +248,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workloads", default="tiny,scalars,arrays,results,cpu,pandas,threads")
+    ap.add_argument("--workloads", default="tiny,scalars,records,arrays,results,cpu,pandas,threads")
     ap.add_argument(
         "--settle", type=float, default=0.3, help="seconds of quiet before each timed run (default 0.3)"
     )
