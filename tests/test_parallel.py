@@ -229,6 +229,7 @@ MAIN_OBJECTS_SCRIPT = """
     """
 
 
+@pytest.mark.version_sensitive  # pickle's hooks (reducer_override) and cloudpickle differ across CPythons
 def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tmp_path):
     # pickle names them `__main__.Job`, which a worker cannot look up unless it
     # is sent them: they come back as the caller's own (the same class object).
