@@ -146,8 +146,20 @@ def test_function_defined_in_main_script(tmp_path):
 
 
 MAIN_OBJECTS_SCRIPT = """
-    import dataclasses, enum, sys
+    import dataclasses, enum, sys, threading, typing
+    import numpy as np
     import {lib} as L
+
+    T = typing.TypeVar("T")  # of __main__, and pickled by its name, though not a class
+
+    class Guarded:
+        lock = threading.Lock()  # a class no pickle can send
+
+    def ident(x):
+        return x
+
+    def pair(array, job):
+        return float(array.sum()), job.n
 
     @dataclasses.dataclass
     class Job:
@@ -209,9 +221,20 @@ MAIN_OBJECTS_SCRIPT = """
         out = L.Parallel(n_jobs=2)(L.delayed(inner_twice)(Outer.Inner(i)) for i in range(4))
         print([x.n for x in out], all(type(x) is Outer.Inner for x in out))
         print([x.n for x in L.Parallel(n_jobs=2)(L.delayed(made_here)(i) for i in range(3))])
+        old_jobs = [Job(i) for i in range(4)]
         redefine_job()
         out = L.Parallel(n_jobs=2)(L.delayed(double)(Job(i)) for i in range(4))
         print([(j.n, j.m) for j in out], all(type(j) is Job for j in out))
+        # Instances of the class the name stood for before: they stay of it.
+        out = L.Parallel(n_jobs=2)(L.delayed(ident)(j) for j in old_jobs)
+        print([j.n for j in out], all(type(j) is type(old_jobs[0]) and type(j) is not Job for j in out))
+        print(L.Parallel(n_jobs=2)(L.delayed(ident)(x) for x in [T, typing.List[T]]))
+        out = L.Parallel(n_jobs=2, max_nbytes="1K")(L.delayed(pair)(np.full(1000, float(i)), Job(i)) for i in range(6))
+        print(out)
+        try:
+            L.Parallel(n_jobs=2)(L.delayed(ident)(Guarded()) for _ in range(2))
+        except Exception as exc:
+            print("unpicklable:", "_thread.lock" in str(exc) or "_thread.lock" in str(exc.__cause__))
 
     if __name__ == "__main__":
         run()
@@ -247,6 +270,10 @@ def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tm
         "[0, 2, 4, 6] True",
         "[0, 1, 2]",
         "[(0, 5), (2, 5), (4, 5), (6, 5)] True",
+        "[0, 1, 2, 3] True",
+        "[~T, typing.List[~T]]",
+        str([(1000.0 * i, i) for i in range(6)]),
+        "unpicklable: True",
     ]
     assert outputs["joblib"] == common
     assert outputs["perfkit"] == [*common, "['Color', 'Job', 'double'] False", "[] True"]
@@ -1035,10 +1062,10 @@ def _reply_segment_types(monkeypatch) -> list:
     seen = []
     load = pp._load_reply
 
-    def load_reply(payload, segment, spans):
+    def load_reply(payload, segment, spans, sent_main=None):
         if segment is not None:  # (the pool's probe of its workers carries none)
             seen.append(type(segment).__name__)
-        return load(payload, segment, spans)
+        return load(payload, segment, spans, sent_main)
 
     monkeypatch.setattr(pp, "_load_reply", load_reply)
     return seen

@@ -7,7 +7,8 @@ process dies). It exits on end of file on fd 3, i.e. when the parent goes.
 
 Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
 meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
-function table comes once per worker in a FUNCTION frame; each BATCH frame
+function table comes once per worker in a FUNCTION frame (with the classes and
+functions of the caller's __main__ that its batches name); each BATCH frame
 is ``pickle((first_index, mode, items))`` with its large buffers out of band
 in the segment (or, meta ``vm:<pid>\taddress:len…``, still in the parent's
 memory, copied in as unpickling reaches them; a STREAMED batch's tasks are
@@ -53,7 +54,6 @@ from perfkit._pool_common import (
     MainNames,
     dumps,
     pack_numpy_scalars,
-    split_main_definitions,
     task_label,
 )
 
@@ -387,7 +387,8 @@ def main() -> int:
     RUNNING = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
     # This file runs as __main__ (python -m): the caller's classes and
-    # functions get a module of their own under that name (see SENT_MAIN),
+    # functions get a module of their own under that name (see
+    # receive_main_definitions),
     # and this one is `perfkit._worker` (an import of that name in a task
     # gets this module, not a second copy of it).
     sys.modules["perfkit._worker"] = sys.modules["__main__"]
@@ -400,6 +401,7 @@ def main() -> int:
     parent = os.getppid()
     threshold = int(os.environ.get("PERFKIT_MAX_NBYTES", str(64 * 1024)))
     functions: tuple = ()
+    sent_main: dict = {}
     function_error: BaseException | None = None
     thread_state: dict = {}
 
@@ -430,9 +432,10 @@ def main() -> int:
             continue  # the parent has opened the last reply's results: closed above
         if kind == FUNCTION:
             try:
-                functions, function_error = pickle.loads(payload), None
+                functions, listed = pickle.loads(payload)
+                sent_main, function_error = receive_main_definitions(listed), None
             except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
-                functions, function_error = (), exc
+                functions, sent_main, function_error = (), {}, exc
             limit_threads_once(thread_state)
             continue
         if kind != BATCH:
@@ -458,6 +461,7 @@ def main() -> int:
             # Not when the arguments came in a segment: results that are views of
             # it would then keep the parent from reusing it.
             bool(frame_flags & RESULTS_IN_PLACE) and not mapped,
+            sent_main,
         )
         del payload
         flags = 0
@@ -480,16 +484,15 @@ def main() -> int:
 _reply_count = [0]
 
 
-def run_batch(payload, segment, functions, function_error, status, parent, threshold, in_place=False):
+def run_batch(
+    payload, segment, functions, function_error, status, parent, threshold, in_place=False, sent_main=None
+):
     """Runs one batch; returns (frame kind, meta, payload) of the reply. A
     function of its own so that every reference into the batch's segment is
     gone when it returns."""
     first, mode, items = -1, ARGS_ONLY, []  # -1: the parent's own first index of the batch
     t0 = time.perf_counter()
     try:
-        definitions, payload = split_main_definitions(payload)
-        if definitions is not None:
-            receive_main_definitions(definitions)
         first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
         if function_error is not None:
             raise function_error
@@ -532,7 +535,7 @@ def run_batch(payload, segment, functions, function_error, status, parent, thres
         if packed is not None:
             out, buffers = pickle.dumps((elapsed, packed[0], packed[1]), protocol=5), []
         else:
-            out, buffers = dumps((elapsed, None, results), threshold, MainNames(SENT_MAIN))
+            out, buffers = dumps((elapsed, None, results), threshold, MainNames(sent_main or {}))
     except BaseException as exc:  # noqa: BLE001
         # Name the first result that can't be pickled.
         bad = next((i for i, r in enumerate(results) if not _picklable(r)), 0)
@@ -586,24 +589,16 @@ def run_streamed(functions, mode, blobs, segment, status, first):
     return results, None, None, None
 
 
-# The caller's classes and functions of its __main__ that batches named, by
-# name, in the module that stands for __main__ here (installed by main(): this
-# file's own module must not take the caller's names).
-SENT_MAIN: dict = {}
-_last_main_definitions = [b""]
-
-
-def receive_main_definitions(blob: bytes) -> None:
-    """Puts the classes and functions a batch came with into this process's
-    __main__ (see perfkit._pool_common.MainNames). The same definitions come
-    ahead of every batch of a call: loaded once."""
-    if blob == _last_main_definitions[0]:
-        return
+def receive_main_definitions(sent_main) -> dict:
+    """Puts the classes and functions of the caller's __main__ that a call's
+    batches name (``[(name, object), ...]``, with its functions) in the
+    module that stands for __main__ here (see perfkit._pool_common.MainNames);
+    returns them by name: the call's results may name those, and no others."""
+    sent = dict(sent_main)
     main = sys.modules["__main__"]
-    for name, obj in pickle.loads(blob):
-        SENT_MAIN[name] = obj
+    for name, obj in sent.items():
         setattr(main, name, obj)
-    _last_main_definitions[0] = blob
+    return sent
 
 
 def _label(functions, mode, item) -> str:

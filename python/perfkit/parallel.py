@@ -45,10 +45,10 @@ from perfkit._pool_common import (
     SINGLE_PACKED,
     STREAMED,
     MainNames,
+    MainUnpickler,
     dumps,
     task_label,
     unpack_results,
-    with_main_definitions,
 )
 
 __all__ = [
@@ -469,7 +469,7 @@ def _probe_remote_read(pool) -> bool:
     address, length = _native.buffer_address(probe)
     call = next(_call_ids)
     try:
-        pool.begin_call(call, cloudpickle.dumps((probe_remote_read,), protocol=5))
+        pool.begin_call(call, cloudpickle.dumps(((probe_remote_read,), []), protocol=5))
         pool.submit(
             call, 0, pickle.dumps((0, 0, [(os.getpid(), address, length, expected)]), protocol=5), [], False
         )
@@ -1378,10 +1378,10 @@ class _ProcessCall:
         # large buffers that workers copy out of this process; None: not yet
         # seen; False: tasks share buffers, so batches go whole.
         self.streaming = None
-        # The classes and functions of __main__ this call's batches name, and
-        # their pickle (by value), sent ahead of each batch (see MainNames).
+        # The classes and functions of __main__ this call's batches name (sent
+        # with its functions: see MainNames), and how many of them have been sent.
         self.main_names = MainNames()
-        self.main_definitions = (0, b"")
+        self.main_names_sent = 0
 
     def _function_slot(self, function):
         # Keyed by the function itself: equal bound methods (a new object per
@@ -1402,15 +1402,26 @@ class _ProcessCall:
     def _begin(self):
         import cloudpickle
 
+        sent = list(self.main_names.found.items())
+        try:
+            # One pickle: a function of the script that is also sent by name is one object there.
+            data = cloudpickle.dumps((tuple(self.functions), sent), protocol=5)
+        except Exception as exc:
+            try:
+                cloudpickle.dumps(tuple(self.functions), protocol=5)
+            except Exception:  # noqa: BLE001
+                names = ", ".join(task_label(f, limit=0).rstrip("()") for f in self.functions)
+                raise UnpicklableError(f"the function(s) {names} could not be pickled: {exc}") from exc
+            names = ", ".join(name for name, _ in sent)
+            raise UnpicklableError(
+                f"perfkit.Parallel: the task arguments name {names} of __main__, which could not be "
+                f"pickled to send them to the worker processes: {exc}"
+            ) from exc
         self.pool_call = next(_call_ids)
         self.call_ids.add(self.pool_call)
-        try:
-            data = cloudpickle.dumps(tuple(self.functions), protocol=5)
-        except Exception as exc:
-            names = ", ".join(task_label(f, limit=0).rstrip("()") for f in self.functions)
-            raise UnpicklableError(f"the function(s) {names} could not be pickled: {exc}") from exc
         self.pool.begin_call(self.pool_call, data)
         self.function_dirty = False
+        self.main_names_sent = len(sent)
 
     def run(self):
         tasks = iter(self.iterable)
@@ -1526,7 +1537,7 @@ class _ProcessCall:
                     if is_error:
                         _drop_segment(segment)
                         self._task_failed(payload, pid, first, mode, items)
-                    elapsed, results = _load_reply(payload, segment, spans)
+                    elapsed, results = _load_reply(payload, segment, spans, self.main_names.found)
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
@@ -1627,13 +1638,8 @@ class _ProcessCall:
                 raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
             if buffers and self.remote and self.streaming is None:
                 self.streaming = True  # the call's tasks carry large buffers: stream the next batches
-        found = self.main_names.found
-        if found:
-            if self.main_definitions[0] != len(found):
-                import cloudpickle
-
-                self.main_definitions = (len(found), cloudpickle.dumps(list(found.items()), protocol=5))
-            payload = with_main_definitions(self.main_definitions[1], payload)
+        if len(self.main_names.found) != self.main_names_sent:
+            self._begin()  # workers get what the batch names first, with the call's functions
         return payload, buffers
 
     def _pickle_streamed(self, first, mode, items):
@@ -1829,22 +1835,30 @@ def _unpacked(mode, items):
     return mode, items
 
 
-def _load_reply(payload, segment, spans):
+def _load_reply(payload, segment, spans, sent_main=None):
     """(seconds the worker took, results) of a reply frame (see perfkit._worker);
     its large buffers in `segment`: a descriptor to map (at `spans`), or the
-    buffers the pool copied out of the worker (a list of `_native.CopiedBuffer`)."""
+    buffers the pool copied out of the worker (a list of `_native.CopiedBuffer`).
+    `sent_main`: what the call sent of this process's __main__, by name (the
+    results name it so)."""
+    loads = pickle.loads
+    if sent_main:
+
+        def loads(data, buffers=None):
+            return MainUnpickler(data, sent_main, buffers).load()
+
     if segment is None:
-        elapsed, tag, results = pickle.loads(payload)
+        elapsed, tag, results = loads(payload)
     elif isinstance(segment, list):
         # As memoryviews, as from a segment (a task may return a bare PickleBuffer).
-        elapsed, tag, results = pickle.loads(payload, buffers=[memoryview(b) for b in segment])
+        elapsed, tag, results = loads(payload, buffers=[memoryview(b) for b in segment])
     else:
         try:
             size = os.fstat(segment).st_size
             view = memoryview(mmap.mmap(segment, size, access=mmap.ACCESS_COPY)) if size else memoryview(b"")
         finally:
             os.close(segment)
-        elapsed, tag, results = pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
+        elapsed, tag, results = loads(payload, buffers=[view[o : o + n] for o, n in spans])
     if tag is not None:
         results = unpack_results(tag, results)
     return elapsed, results
