@@ -388,9 +388,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
     # This file runs as __main__ (python -m): the caller's classes and
     # functions get a module of their own under that name (see
-    # receive_main_definitions),
-    # and this one is `perfkit._worker` (an import of that name in a task
-    # gets this module, not a second copy of it).
+    # receive_main_definitions), and this one is `perfkit._worker` (an
+    # import of that name in a task gets this module, not a second copy).
     sys.modules["perfkit._worker"] = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
     for fd in (TASK_FD, REPLY_FD, STATUS_FD):
