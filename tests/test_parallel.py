@@ -229,6 +229,10 @@ MAIN_OBJECTS_SCRIPT = """
         out = L.Parallel(n_jobs=2)(L.delayed(ident)(j) for j in old_jobs)
         print([j.n for j in out], all(type(j) is type(old_jobs[0]) and type(j) is not Job for j in out))
         print(L.Parallel(n_jobs=2)(L.delayed(ident)(x) for x in [T, typing.List[T]]))
+        # Names that first appear in later batches of a call (the call begins anew).
+        mixed = [1, 2, Job(3), 4, Outer.Inner(5), double, Job(7)]
+        out = L.Parallel(n_jobs=2, batch_size=1)(L.delayed(ident)(x) for x in mixed)
+        print([type(x).__qualname__ for x in out], out[5](Job(1)) == Job(2), out[2] == Job(3))
         out = L.Parallel(n_jobs=2, max_nbytes="1K")(L.delayed(pair)(np.full(1000, float(i)), Job(i)) for i in range(6))
         print(out)
         try:
@@ -239,8 +243,8 @@ MAIN_OBJECTS_SCRIPT = """
     if __name__ == "__main__":
         run()
         if L.__name__ == "perfkit":
-            # Batches name the script's classes (sent once per batch, by value,
-            # ahead of it); what a worker could not look up goes by value.
+            # Batches name the script's classes (their definitions go with the
+            # call's functions); what a worker could not look up goes by value.
             from perfkit._pool_common import MainNames, dumps
 
             names = MainNames()
@@ -272,6 +276,7 @@ def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tm
         "[(0, 5), (2, 5), (4, 5), (6, 5)] True",
         "[0, 1, 2, 3] True",
         "[~T, typing.List[~T]]",
+        "['int', 'int', 'Job', 'int', 'Outer.Inner', 'function', 'Job'] True True",
         str([(1000.0 * i, i) for i in range(6)]),
         "unpicklable: True",
     ]

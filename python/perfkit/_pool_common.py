@@ -137,7 +137,7 @@ class _NamingPickler(pickle.Pickler):
         elif getattr(kind, "__module__", None) == "__main__":
             if _reduces_itself(kind):
                 raise _ByValue(kind.__qualname__)
-        elif getattr(obj, "__module__", None) == "__main__" and kind.__module__ != "builtins":
+        elif kind.__module__ != "builtins" and getattr(obj, "__module__", None) == "__main__":
             # Of __main__ though neither a class nor a function (a TypeVar, say):
             # its __reduce__ may name it a __main__ global, unseen here.
             raise _ByValue(kind.__qualname__)

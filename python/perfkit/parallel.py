@@ -1498,11 +1498,14 @@ class _ProcessCall:
                     count = len(items[1]) // 8 if mode == SINGLE_PACKED else len(items)
                     dispatched += count
                     self.parallel.n_dispatched_tasks = dispatched
-                    if self.function_dirty:
+                    payload, buffers = self._pickle_batch(first, mode, items)
+                    if self.function_dirty or len(self.main_names.found) != self.main_names_sent:
+                        # After pickling the batch: the workers get what it names of
+                        # __main__ with the functions, in one FUNCTION frame (each new
+                        # one also drops the shared-memory segments no call holds).
                         t_begin = time.thread_time()
                         self._begin()
                         t_produce += time.thread_time() - t_begin  # once per call, not per task
-                    payload, buffers = self._pickle_batch(first, mode, items)
                     batch = next(batch_ids)
                     remote = self.remote and bool(buffers)
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
@@ -1638,8 +1641,6 @@ class _ProcessCall:
                 raise UnpicklableError(f"perfkit.Parallel: a batch could not be pickled: {exc}") from exc
             if buffers and self.remote and self.streaming is None:
                 self.streaming = True  # the call's tasks carry large buffers: stream the next batches
-        if len(self.main_names.found) != self.main_names_sent:
-            self._begin()  # workers get what the batch names first, with the call's functions
         return payload, buffers
 
     def _pickle_streamed(self, first, mode, items):
