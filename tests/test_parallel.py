@@ -253,6 +253,14 @@ MAIN_OBJECTS_SCRIPT = """
             names = MainNames()
             data, _ = dumps([Outer.Inner(1)], None, names)
             print(sorted(names.found), b"cloudpickle" in data)
+            # A copyreg reducer registered after Job's instances were named (it
+            # might return a name the worker cannot look up): by value from then on.
+            import copyreg
+
+            copyreg.pickle(Job, lambda job: (Job, (job.n,)))
+            names = MainNames()
+            data, _ = dumps([Job(1)], None, names)
+            print(sorted(names.found), b"cloudpickle" in data)
     """
 
 
@@ -281,7 +289,7 @@ def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tm
         "unpicklable: True",
     ]
     assert outputs["joblib"] == common
-    assert outputs["perfkit"] == [*common, "['Color', 'Job', 'double'] False", "[] True"]
+    assert outputs["perfkit"] == [*common, "['Color', 'Job', 'double'] False", "[] True", "[] True"]
 
 
 def test_delayed_matches_joblib_format():

@@ -99,14 +99,17 @@ class _ByValue(Exception):
 
 
 # type -> whether instances of it may pickle by name something of __main__ that
-# MainNames does not see (a __reduce__ of the script's own, or a copyreg reducer).
+# MainNames does not see (a __reduce__ of the script's own; a copyreg reducer
+# is looked up on each call).
 _REDUCES_ITSELF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _reduces_itself(kind) -> bool:
+    if kind in copyreg.dispatch_table:  # asked each time: a reducer may be registered after a first batch
+        return True
     known = _REDUCES_ITSELF.get(kind)
     if known is None:
-        known = kind in copyreg.dispatch_table or any(
+        known = any(
             getattr(base, "__module__", None) == "__main__"
             and ("__reduce__" in vars(base) or "__reduce_ex__" in vars(base))
             for base in kind.__mro__
