@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 KEPT = []  # references a task keeps on purpose (segment-retention test)
@@ -54,6 +55,22 @@ def signal_at(x, sig, bad=2):
         os.kill(os.getpid(), sig)
         time.sleep(5)
     return x
+
+
+def exit_leaving_children(x, pid_file, bad=1):
+    """At `bad`: forks a child (no exec) and starts a subprocess, both of which
+    would live 60 s, writes their pids to `pid_file`, and exits the worker."""
+    if x != bad:
+        time.sleep(0.2)
+        return x
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(60)
+        os._exit(0)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    with open(pid_file, "w") as f:
+        f.write(f"{forked} {sleeper.pid}")
+    os._exit(7)
 
 
 def sleep_return(seconds, value=None):

@@ -915,6 +915,23 @@ def test_worker_death_is_reported_and_pool_replaced(fn, args, reason):
     assert pp.TerminatedWorkerError is pp.WorkerCrashedError
 
 
+def test_a_dead_workers_children_neither_delay_the_error_nor_outlive_it(tmp_path):
+    # A forked child (no exec) would hold the worker's pipes open, and the
+    # parent would learn of the death only when the child ended; processes
+    # the task started stay in the worker's process group, and go with it.
+    pid_file = tmp_path / "children"
+    t0 = time.perf_counter()
+    with pytest.raises(pp.WorkerCrashedError, match=r"exited with status 7 while running task 1 "):
+        Parallel(n_jobs=2, batch_size=1)(delayed(T.exit_leaving_children)(i, str(pid_file)) for i in range(4))
+    assert time.perf_counter() - t0 < 5  # (the children would live 60 s)
+    children = [int(p) for p in pid_file.read_text().split()]
+    deadline = time.time() + 3
+    while any(alive(p) for p in children) and time.time() < deadline:
+        time.sleep(0.01)
+    assert not any(alive(p) for p in children), "a dead worker's children outlived it"
+    assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
 def test_timeout_names_task_and_pool_recovers():
     import multiprocessing
 

@@ -394,6 +394,10 @@ def main() -> int:
     sys.modules["__main__"] = types.ModuleType("__main__")
     for fd in (TASK_FD, REPLY_FD, STATUS_FD):
         os.set_inheritable(fd, False)  # subprocesses started by tasks must not hold our pipes
+    # Nor may a process a task forks without exec (os.fork, multiprocessing's
+    # fork): the parent learns of this worker's death by the end of its reply
+    # pipe, which such a child would keep open for as long as it lives.
+    os.register_at_fork(after_in_child=_leave_parents_pipes)
     status = memoryview(mmap.mmap(STATUS_FD, 8)).cast("q")
     pipe = TaskPipe(TASK_FD)
     tasks = io.BufferedReader(pipe, buffer_size=1 << 16)
@@ -478,6 +482,20 @@ def main() -> int:
         remote = None
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
+
+
+def _leave_parents_pipes() -> None:
+    """In a child a task forked: the three descriptors become /dev/null (not
+    closed, so that no file of the child's can take their numbers and be
+    written to as a pipe). A child that returns into this module's loop then
+    reads an end of file and exits; what it would send goes nowhere."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (TASK_FD, REPLY_FD, STATUS_FD):
+            os.dup2(null, fd, inheritable=False)
+        os.close(null)
+    except OSError:
+        pass  # (out of descriptors: the child keeps them, as before)
 
 
 _reply_count = [0]

@@ -559,8 +559,9 @@ fn release(st: &mut State, slot: usize) {
     }
 }
 
-/// Reaps a slot's worker (dead, or killed) and removes what it left in
-/// /dev/shm; returns its pid, the task it was running and how it ended.
+/// Reaps a slot's worker (dead, or killed), kills what its tasks left
+/// running in its process group, and removes what it left in /dev/shm;
+/// returns its pid, the task it was running and how it ended.
 fn retire(
     slot: usize,
     worker: &mut Option<Worker>,
@@ -569,7 +570,7 @@ fn retire(
 ) -> (i32, i64, Option<std::process::ExitStatus>) {
     let mut dead = worker.take().expect("a slot retires the worker it has");
     let task = dead.current_task();
-    let status = dead.reap(REAP_GRACE);
+    let status = dead.reap(REAP_GRACE, true);
     // Reaped: its pid may be reused by an unrelated process, and a kill
     // `kill_busy` meant for it must not be taken for its successor's.
     let mut st = shared.state.lock().unwrap();

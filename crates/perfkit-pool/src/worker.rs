@@ -232,28 +232,59 @@ impl Worker {
     /// Collects the exit status, killing the worker if it is still alive
     /// after `grace`. None if it could not be collected: other code in this
     /// process reaped it first (a `waitpid(-1)`), so how it ended is unknown.
-    pub fn reap(&mut self, grace: Duration) -> Option<ExitStatus> {
+    ///
+    /// With `take_group` (a worker that died), what is left in its process
+    /// group, processes its tasks started, is killed too: between its exit
+    /// and its reaping, while its pid, the group's id, cannot be reused.
+    pub fn reap(&mut self, grace: Duration, take_group: bool) -> Option<ExitStatus> {
         let deadline = Instant::now() + grace;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => return Some(st),
-                Ok(None) if Instant::now() < deadline => {
+            match has_exited(self.pid) {
+                Ok(true) => break,
+                Ok(false) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1))
                 }
-                Ok(None) => {
+                Ok(false) => {
                     kill_pid(self.pid);
-                    return self.child.wait().ok();
+                    break;
                 }
                 Err(_) => return None,
             }
         }
+        if take_group {
+            // SAFETY: kill(2) on the group of a worker we spawned (its own
+            // group leader), exited but not reaped.
+            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        }
+        self.child.wait().ok()
     }
 
     /// Ends the worker politely: end of file on its task pipe, then SIGKILL after `grace`.
     pub fn shut_down(mut self, grace: Duration) {
         self.to_worker = None;
-        self.reap(grace);
+        self.reap(grace, false);
     }
+}
+
+/// Whether a child has exited, leaving it to be reaped (waitid's WNOWAIT).
+/// An error (ECHILD) if it was reaped already, elsewhere in this process.
+fn has_exited(pid: i32) -> io::Result<bool> {
+    // SAFETY: siginfo_t is plain data, for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child, with a valid siginfo_t; WNOWAIT leaves it unreaped.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` in (si_pid stays 0 if the child has not exited).
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 /// Sends SIGKILL to a worker and its process group (by pid, from any thread).
@@ -334,7 +365,7 @@ mod tests {
     fn crash_is_seen_with_its_signal() {
         let mut w = Worker::spawn(&sh("kill -SEGV $$")).unwrap();
         assert!(w.receive().is_err());
-        let st = w.reap(Duration::from_secs(2));
+        let st = w.reap(Duration::from_secs(2), false);
         assert_eq!(describe_exit(st), "killed by signal 11 (SIGSEGV)");
     }
 
@@ -347,7 +378,7 @@ mod tests {
         .unwrap();
         assert!(w.receive().is_err());
         assert_eq!(
-            describe_exit(w.reap(Duration::from_secs(2))),
+            describe_exit(w.reap(Duration::from_secs(2), false)),
             "exited with status 3"
         );
         assert_eq!(w.current_task(), NO_TASK);
