@@ -682,6 +682,40 @@ def test_concurrent_calls_from_threads():
         assert results[k] == [i + k for i in range(300)]
 
 
+def test_a_kept_pool_runs_one_call_at_a_time_and_says_so():
+    # joblib's RuntimeError, where the second call would otherwise take the
+    # first one's replies (and the first wait for ever).
+    with Parallel(n_jobs=2, return_as="generator", batch_size=1) as p:
+        first = p(delayed(T.sleep_return)(0.05, i) for i in range(4))
+        assert next(first) == 0
+        with pytest.raises(RuntimeError, match="already running"):
+            list(p(delayed(T.square)(i) for i in range(4)))
+        errors = []
+        thread = threading.Thread(target=lambda: errors.append(_call_error(p)))
+        thread.start()
+        thread.join()
+        assert errors == ["RuntimeError"]
+        assert list(first) == [1, 2, 3]  # the first call is whole
+        assert list(p(delayed(T.square)(i) for i in range(4))) == [0, 1, 4, 9]
+        abandoned = p(delayed(T.square)(i) for i in range(4))
+        next(abandoned)
+        del abandoned  # (as joblib asks: finished, or no longer referenced)
+        assert list(p(delayed(T.square)(i) for i in range(3))) == [0, 1, 4]
+    # Without `with`, a second call at once gets workers of its own.
+    q = Parallel(n_jobs=2, return_as="generator")
+    a, b = q(delayed(T.square)(i) for i in range(5)), q(delayed(T.add)(i, 1) for i in range(5))
+    assert (next(a), next(b)) == (0, 1)
+    assert (list(a), list(b)) == ([1, 4, 9, 16], [2, 3, 4, 5])
+
+
+def _call_error(p):
+    try:
+        list(p(delayed(T.square)(i) for i in range(2)))
+    except Exception as exc:  # noqa: BLE001
+        return type(exc).__name__
+    return None
+
+
 # ------------------------------------------------------------------ errors and faults
 
 

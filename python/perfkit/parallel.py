@@ -538,6 +538,7 @@ def _forget_pools_after_fork():
         if kept._private_pool is not None:
             parents.append(kept._private_pool[1])
             kept._private_pool = None
+        kept._private_pool_busy = threading.Lock()  # (the call holding it is the parent's)
     if parents:
         import ctypes
 
@@ -703,6 +704,9 @@ class Parallel:
         self.batch_size = batch_size
         self.callback = callback
         self._private_pool = None
+        # Held by the call on the kept pool of `with Parallel() as p`: the pool
+        # runs one call at a time (a second would take the first's replies).
+        self._private_pool_busy = threading.Lock()
         self._in_context = False
         # joblib's counters, for a print_progress of the caller's (see there).
         self.n_dispatched_tasks = self.n_completed_tasks = 0
@@ -844,12 +848,27 @@ class Parallel:
 
     def _run_processes(self, iterable, n_jobs, total, progress):
         key = self._pool_key(n_jobs)
-        if self._in_context:
-            if self._private_pool is None or self._private_pool[0] != key or not self._private_pool[1].alive:
-                if self._private_pool is not None:
-                    self._private_pool[1].close()
-                self._private_pool = (key, _new_pool(*key))
-                _with_private_pools.add(self)
+        private = self._in_context
+        if private:
+            if not self._private_pool_busy.acquire(blocking=False):
+                raise RuntimeError(
+                    "This Parallel instance is already running ! Its workers run one call at a time: "
+                    "finish the previous call (consume its generator, or delete it) before making another, "
+                    "or make it from another Parallel object."
+                )
+            try:
+                if (
+                    self._private_pool is None
+                    or self._private_pool[0] != key
+                    or not self._private_pool[1].alive
+                ):
+                    if self._private_pool is not None:
+                        self._private_pool[1].close()
+                    self._private_pool = (key, _new_pool(*key))
+                    _with_private_pools.add(self)
+            except BaseException:
+                self._private_pool_busy.release()
+                raise
             pool, shared = self._private_pool[1], False
         else:
             pool = _acquire_shared_pool(key)
@@ -869,7 +888,9 @@ class Parallel:
         finally:
             if shared:
                 _release_shared_pool(pool, broken)
-            elif not self._in_context:
+            elif private:
+                self._private_pool_busy.release()
+            else:
                 pool.close()
 
     # -- threads ---------------------------------------------------------------------
