@@ -459,3 +459,42 @@ def nested_two_levels_as_if_on_8_cpus(i):
         return os.environ.get("PERFKIT_WORKER_CPUS"), nested_two_levels(i)
     finally:
         pp.cpu_count = real
+
+
+class PicklesAsAString(Exception):
+    """An exception whose pickle makes a str of it (as some libraries' do)."""
+
+    def __reduce__(self):
+        return (str, ("not an exception any more",))
+
+
+def raise_pickling_as_a_string(i, bad=2):
+    if i == bad:
+        raise PicklesAsAString("the real message")
+    return i
+
+
+def _only_in_process(pid):
+    if os.getpid() != pid:
+        raise ValueError("this result cannot be rebuilt here")
+    return "rebuilt"
+
+
+class LoadsOnlyWhereMade:
+    """Pickles fine; unpickling it fails in any other process (the caller)."""
+
+    def __reduce__(self):
+        return (_only_in_process, (os.getpid(),))
+
+
+def result_unloadable_by_the_caller(i, bad=5):
+    return LoadsOnlyWhereMade() if i == bad else i
+
+
+class OutOfMemoryToPickle:
+    def __reduce__(self):
+        raise MemoryError
+
+
+def result_out_of_memory_to_pickle(i, bad=2):
+    return OutOfMemoryToPickle() if i == bad else i

@@ -2580,6 +2580,22 @@ def test_numpy_scalar_results_reach_a_caller_that_never_imported_numpy(tmp_path)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+def test_errors_that_do_not_come_back_as_themselves_still_name_their_task():
+    # An exception whose pickle loads as a str: a TaskError with its type and message.
+    with pytest.raises(pp.TaskError, match=r"task 2 .*PicklesAsAString: the real message"):
+        Parallel(n_jobs=2)(delayed(T.raise_pickling_as_a_string)(i) for i in range(4))
+    # A result that loads in the worker but not here: the loader's own error,
+    # with a note naming the tasks (notes are 3.11's).
+    with pytest.raises(ValueError, match="cannot be rebuilt here") as info:
+        Parallel(n_jobs=2, batch_size=1)(delayed(T.result_unloadable_by_the_caller)(i) for i in range(8))
+    if sys.version_info >= (3, 11):
+        assert any("task 5 came back from worker process" in n for n in info.value.__notes__)
+    # Out of memory while pickling a result: said so, as a MemoryError.
+    with pytest.raises(MemoryError, match=r"ran out of memory pickling the result of task 2 "):
+        Parallel(n_jobs=2)(delayed(T.result_out_of_memory_to_pickle)(i) for i in range(4))
+    assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
 def test_a_result_whose_class_is_unhashable_is_a_pickling_error_not_a_crash():
     with pytest.raises(pickle.PicklingError, match="could not be pickled"):
         Parallel(n_jobs=2)(delayed(T.unhashable_class_result)(i) for i in range(4))

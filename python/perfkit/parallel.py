@@ -1561,7 +1561,16 @@ class _ProcessCall:
                     if is_error:
                         _drop_segment(segment)
                         self._task_failed(payload, pid, first, mode, items)
-                    elapsed, results = _load_reply(payload, segment, spans, self.main_names.found)
+                    try:
+                        elapsed, results = _load_reply(payload, segment, spans, self.main_names.found)
+                    except Exception as exc:
+                        what = _tasks_text(first, len(_unpacked(mode, items)[1]))
+                        _add_note(
+                            exc,
+                            f"perfkit.Parallel: the results of {what} came back from worker process {pid} "
+                            "but could not be unpickled here",
+                        )
+                        raise
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
@@ -1732,6 +1741,10 @@ class _ProcessCall:
                 label = f"the buffers of {label} in this process"
         if info["kind"] == "raised":
             where = f"task {index} ({label}) failed in worker process {info['pid']}"
+        elif info["kind"] == "unpicklable_result" and info["type"] == "builtins.MemoryError":
+            where = (
+                f"the worker ran out of memory pickling the result of task {index} ({label}) to send it back"
+            )
         elif info["kind"] == "unpicklable_result":
             where = f"the result of task {index} ({label}) could not be pickled to send it back"
         elif info["kind"] == "unpickle":
@@ -1744,8 +1757,15 @@ class _ProcessCall:
                 exc = pickle.loads(info["exception"])
             except Exception:  # noqa: BLE001
                 exc = None
+            if not isinstance(exc, BaseException):
+                exc = None  # (an exception whose __reduce__ makes something else of it)
         if exc is None:
-            cls = UnpicklableError if info["kind"] == "unpicklable_result" else TaskError
+            if info["type"] == "builtins.MemoryError":
+                cls = MemoryError
+            elif info["kind"] == "unpicklable_result":
+                cls = UnpicklableError
+            else:
+                cls = TaskError
             exc = cls(f"{where}: {info['type']}: {info['message']}")
         cause = RemoteTraceback(f"\n{where}; its traceback there:\n\n{info['traceback']}")
         exc.__cause__ = cause
