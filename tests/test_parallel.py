@@ -966,6 +966,32 @@ def test_a_dead_workers_children_neither_delay_the_error_nor_outlive_it(tmp_path
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
 
 
+def test_a_threads_task_given_up_on_does_not_hold_the_interpreters_exit(tmp_path):
+    # Threads cannot be stopped; a task that never returns must not keep the
+    # process from exiting once its call has failed (as with joblib's threading).
+    t0 = time.perf_counter()
+    out = run_script(
+        tmp_path / "stuck.py",
+        """
+        import time
+        from perfkit import Parallel, delayed
+
+        def stuck(i):
+            time.sleep(50 if i == 1 else 0)
+            return i
+
+        try:
+            Parallel(n_jobs=2, backend="threads", timeout=0.3)(delayed(stuck)(i) for i in range(4))
+        except TimeoutError as exc:
+            print(type(exc).__name__)
+        print(Parallel(n_jobs=2, backend="threads")(delayed(abs)(-i) for i in range(3)))
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["ParallelTimeoutError", "[0, 1, 2]"]
+    assert time.perf_counter() - t0 < 20  # (the stuck task would end after 50 s)
+
+
 def test_timeout_names_task_and_pool_recovers():
     import multiprocessing
 
@@ -982,9 +1008,29 @@ def test_timeout_names_task_and_pool_recovers():
         for timeout in (np.float32(30), float("inf")):
             out = Parallel(n_jobs=2, backend=backend, timeout=timeout)(delayed(T.square)(i) for i in range(5))
             assert out == [0, 1, 4, 9, 16]
+    for backend in ("processes", "threads"):
+        out = Parallel(n_jobs=2, backend=backend, timeout=1e300)(delayed(T.square)(i) for i in range(3))
+        assert out == [0, 1, 4]
     with pytest.raises(ValueError, match="could not be converted to int"):
         Parallel(n_jobs=float("inf"))
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+@pytest.mark.parametrize("return_as", ["list", "generator_unordered"])
+def test_timeout_is_each_tasks_though_others_keep_finishing(backend, return_as):
+    # joblib's meaning: a limit for each task. Task 0 is stuck while the other
+    # worker finishes a task every 0.1 s: the call fails after about 1 s, not
+    # when the others are done (2.4 s), naming task 0 alone.
+    seconds = [4 if backend == "threads" else 30] + [0.1] * 24  # (a thread cannot be stopped)
+    call = Parallel(n_jobs=2, backend=backend, timeout=1, batch_size=1, return_as=return_as)
+    t0 = time.perf_counter()
+    with pytest.raises(pp.ParallelTimeoutError) as info:
+        list(call(delayed(T.sleep_return)(s) for s in seconds))
+    assert time.perf_counter() - t0 < 2.2
+    if backend == "processes":
+        assert "perfkit.Parallel: task 0 did not finish within timeout=1.0 s" in str(info.value)
+    assert Parallel(n_jobs=2, backend=backend)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
 
 
 def test_unpicklable_argument_and_result():

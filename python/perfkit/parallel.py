@@ -29,11 +29,12 @@ import multiprocessing
 import numbers
 import os
 import pickle
+import queue
 import sys
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as _FuturesTimeout
 from concurrent.futures import wait as _futures_wait
 from types import MappingProxyType
@@ -679,8 +680,9 @@ class Parallel:
         if timeout is not None:
             if not (isinstance(timeout, numbers.Real) and timeout > 0):
                 raise ValueError(f"timeout={timeout!r}: use a positive number of seconds or None")
-            # A float (threads wait with it; a numpy float is not one); no limit for inf.
-            timeout = None if math.isinf(timeout) else float(timeout)
+            # A float (threads wait with it; a numpy float is not one); no limit
+            # for inf, or for more than threads can wait for.
+            timeout = None if timeout > threading.TIMEOUT_MAX else float(timeout)
         _dispatch_window(pre_dispatch, 2)  # a bad one fails here, whichever backend runs
         if max_nbytes not in (_UNSET, None):
             _parse_nbytes(max_nbytes)
@@ -914,7 +916,8 @@ class Parallel:
         window = _dispatch_window(self.pre_dispatch, n_jobs)
         tasks = iter(iterable)
         dispatched = 0
-        pending = collections.deque()  # (first index, future)
+        pending = collections.deque()  # (first index, future, function)
+        started = {}  # first index -> when a thread began the batch (for a timeout per batch)
         exhausted = False
         completed = False
         try:
@@ -940,7 +943,9 @@ class Parallel:
                     uniform = function
                     if mode is None:  # tasks as drawn (mixed functions, keywords)
                         uniform, items = None, chunk
-                    future = executor.submit(_run_batch_in_thread, uniform, mode, items, dispatched, share)
+                    future = executor.submit(
+                        _run_batch_in_thread, uniform, mode, items, dispatched, share, started
+                    )
                     # Its cost is kept under its first task's function, mixed or not.
                     pending.append((dispatched, future, function))
                     dispatched += len(items)
@@ -950,14 +955,11 @@ class Parallel:
                 if ordered:
                     _first, fut, function = pending.popleft()
                 else:
-                    done, _ = _futures_wait(
-                        [e[1] for e in pending], timeout=self.timeout, return_when="FIRST_COMPLETED"
-                    )
-                    if not done:
-                        self._thread_timeout()
+                    done = self._first_done(pending, started)
                     entry = next(e for e in pending if e[1] in done)
                     pending.remove(entry)
                     _first, fut, function = entry
+                started.pop(_first, None)
                 try:
                     results, elapsed = fut.result(timeout=self.timeout)
                 except _FuturesTimeout:
@@ -979,6 +981,26 @@ class Parallel:
             if own_pool:
                 executor.shutdown(wait=False)  # (a batch still running ends in its thread)
             progress.close(completed)
+
+    def _first_done(self, pending, started):
+        """The futures of `pending` done first. With a timeout: a timeout
+        error once a batch has been running for that long, though others go
+        on finishing (or once none has started or finished within it)."""
+        futures = [entry[1] for entry in pending]
+        if self.timeout is None:
+            return _futures_wait(futures, return_when="FIRST_COMPLETED")[0]
+        while True:
+            now = time.monotonic()
+            ages = [now - started[entry[0]] for entry in pending if entry[0] in started]
+            if ages and max(ages) >= self.timeout:
+                self._thread_timeout()
+            done, _ = _futures_wait(
+                futures, timeout=self.timeout - max(ages, default=0.0), return_when="FIRST_COMPLETED"
+            )
+            if done:
+                return done
+            if not ages:
+                self._thread_timeout()
 
     def _thread_timeout(self):
         raise ParallelTimeoutError(
@@ -1148,14 +1170,72 @@ def _thread_executor(n_jobs):
 
 def _new_thread_pool(n_jobs, depth):
     made = []
-    pool = ThreadPoolExecutor(
+    pool = _DaemonThreadPool(
         n_jobs,
-        thread_name_prefix=f"perfkit-thread-{depth}" if depth else "perfkit-thread",
-        initializer=_mark_pool_thread,
-        initargs=(depth, made),
+        f"perfkit-thread-{depth}" if depth else "perfkit-thread",
+        _mark_pool_thread,
+        (depth, made),
     )
     made.append(pool)  # (its threads start at its first batch, after this)
     return pool
+
+
+class _DaemonThreadPool:
+    """ThreadPoolExecutor's ``submit`` and ``shutdown``, on daemon threads:
+    a batch still running when its call was given up (a timeout, Ctrl-C)
+    does not hold the interpreter's exit until it ends, or for ever, as
+    concurrent.futures' threads would (they are joined at exit). joblib's
+    threading backend (multiprocessing.pool.ThreadPool) does not either."""
+
+    def __init__(self, n_threads, name, initializer, initargs):
+        self._n_threads = n_threads
+        self._name = name
+        self._initializer = initializer
+        self._initargs = initargs
+        self._queue = queue.SimpleQueue()
+        self._threads = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args):
+        future = Future()
+        self._queue.put((future, fn, args))
+        if len(self._threads) < self._n_threads:
+            with self._lock:
+                if len(self._threads) < self._n_threads:
+                    thread = threading.Thread(
+                        target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+        return future
+
+    def _work(self):
+        self._initializer(*self._initargs)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # noqa: BLE001 (the caller gets it, as from concurrent.futures)
+                    future.set_exception(exc)
+                    del exc
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args
+
+    def shutdown(self, wait=True):
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
 
 
 def _mark_pool_thread(depth, made):
@@ -1219,10 +1299,11 @@ def _share_batch_size(per_task, left, n_jobs, target_seconds, tail_seconds, most
     return max(1, min(size, most))
 
 
-def _run_batch_in_thread(function, mode, items, first, share):
+def _run_batch_in_thread(function, mode, items, first, share, started):
     """Runs a batch drawn by `draw_uniform_batch` (mode None: `items` are the
     tasks as drawn), its tasks' nested calls within `share` CPUs: ``(results,
-    seconds it took)``."""
+    seconds it took)``. Notes when it began in `started`."""
+    started[first] = time.monotonic()
     pool = _nested.executor
     with _executors_lock:
         _running_batches[pool] += 1
@@ -1543,9 +1624,7 @@ class _ProcessCall:
                     in_flight[batch] = (first, mode, items)
                 if not in_flight:
                     break
-                event = pool.next_event(self.parallel.timeout)
-                if event is None:
-                    self._timeout(in_flight)
+                event = self._next_event(in_flight)
                 entry = in_flight.pop(event[2], None) if event[1] in self.call_ids else None
                 if entry is not None:
                     self.keep_alive.pop(event[2], None)
@@ -1798,12 +1877,35 @@ class _ProcessCall:
             "it has been replaced and the call aborted."
         )
 
-    def _timeout(self, in_flight):
+    def _next_event(self, in_flight):
+        """The pool's next event. With a timeout, as joblib's, for each task:
+        a timeout error once a batch has been running in a worker for that
+        long, though other batches go on finishing."""
+        timeout = self.parallel.timeout
+        if timeout is None:
+            return self.pool.next_event(None)
+        while True:
+            running = [entry for call in self.call_ids for entry in self.pool.running(call)]
+            overdue = [batch for batch, seconds in running if seconds >= timeout]
+            if overdue:
+                self._timeout(in_flight, overdue)
+            longest = max((seconds for _, seconds in running), default=0.0)
+            event = self.pool.next_event(timeout - longest)
+            if event is not None:
+                return event
+            if not running:
+                self._timeout(in_flight)  # none started within `timeout`: none will
+
+    def _timeout(self, in_flight, overdue=None):
+        """Stops the call's running batches; raises, naming the `overdue`
+        ones (else all those it stopped)."""
         running = []
         for call in self.call_ids:
             running += self.pool.kill_busy(call)
         names = []
         for batch, _pid in running:
+            if overdue is not None and batch not in overdue:
+                continue
             entry = in_flight.get(batch)
             if entry:
                 first, _mode, items = entry

@@ -85,8 +85,8 @@ pub enum Event {
 struct State {
     jobs: VecDeque<Job>,
     shutdown: bool,
-    /// Per slot: (call, batch, pid) of the batch it runs.
-    busy: Vec<Option<(u64, u64, i32)>>,
+    /// Per slot: the batch it runs.
+    busy: Vec<Option<Running>>,
     /// Per slot: its worker was killed by `kill_busy` (it may have answered
     /// first, and must still be replaced before it is given another batch).
     killed: Vec<bool>,
@@ -100,6 +100,27 @@ struct State {
     /// until some later call drains it. An entry goes when no slot holds a
     /// batch of its call any more, so the set stays as small as the pool.
     cancelled: HashSet<u64>,
+}
+
+/// A batch a slot's worker is running.
+#[derive(Clone, Copy)]
+struct Running {
+    call: u64,
+    batch: u64,
+    pid: i32,
+    /// When it was handed to the worker (for a per-batch timeout).
+    since: Instant,
+}
+
+impl Running {
+    fn new(job: &Job, pid: i32) -> Self {
+        Running {
+            call: job.call,
+            batch: job.batch,
+            pid,
+            since: Instant::now(),
+        }
+    }
 }
 
 struct Shared {
@@ -285,15 +306,27 @@ impl Pool {
         let mut st = self.shared.state.lock().unwrap();
         let mut victims = Vec::new();
         for slot in 0..st.busy.len() {
-            if let Some((c, batch, pid)) = st.busy[slot] {
-                if c == call {
-                    kill_pid(pid);
+            if let Some(running) = st.busy[slot] {
+                if running.call == call {
+                    kill_pid(running.pid);
                     st.killed[slot] = true;
-                    victims.push((batch, pid));
+                    victims.push((running.batch, running.pid));
                 }
             }
         }
         victims
+    }
+
+    /// The batches of `call` that workers are running: (batch, seconds since
+    /// each was handed to its worker).
+    pub fn running(&self, call: u64) -> Vec<(u64, f64)> {
+        let st = self.shared.state.lock().unwrap();
+        st.busy
+            .iter()
+            .flatten()
+            .filter(|running| running.call == call)
+            .map(|running| (running.batch, running.since.elapsed().as_secs_f64()))
+            .collect()
     }
 
     /// Number of batches queued or running.
@@ -423,7 +456,7 @@ fn slot_main(
                 }
                 continue;
             }
-            st.busy[slot] = Some((job.call, job.batch, w.pid));
+            st.busy[slot] = Some(Running::new(&job, w.pid));
         }
         let mut outcome = run_job(w, &job);
         if let Err(JobError::NotDelivered) = &outcome {
@@ -437,7 +470,7 @@ fn slot_main(
                 if st.cancelled.contains(&job.call) {
                     outcome = Err(JobError::Dropped);
                 } else {
-                    st.busy[slot] = Some((job.call, job.batch, w.pid));
+                    st.busy[slot] = Some(Running::new(&job, w.pid));
                     drop(st);
                     outcome = run_job(w, &job);
                 }
@@ -767,6 +800,24 @@ mod tests {
             segment: None,
             remote: Vec::new(),
         }
+    }
+
+    #[test]
+    fn running_lists_a_calls_batches_with_how_long_each_has_run() {
+        let pool = Pool::start(1, sh("head -c 1 <&3 >/dev/null; exec sleep 30")).unwrap();
+        assert!(pool.running(1).is_empty());
+        pool.submit(job(1, 7));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.running(1).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let running = pool.running(1);
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].0, 7);
+        assert!(running[0].1 >= 0.05 && running[0].1 < 5.0, "{running:?}");
+        assert!(pool.running(2).is_empty(), "another call's");
+        pool.terminate();
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl WorkerPool {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        // (A timeout too long for an Instant is none.)
+        let deadline = timeout
+            .and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok())
+            .and_then(|d| Instant::now().checked_add(d));
         loop {
             let slice = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(SIGNAL_POLL),
@@ -218,6 +221,11 @@ impl WorkerPool {
     /// Kills the workers running batches of `call`; returns [(batch, pid)].
     fn kill_busy(&self, call: u64) -> PyResult<Vec<(u64, i32)>> {
         self.with_pool(|p| p.kill_busy(call))
+    }
+
+    /// The batches of `call` that workers are running: [(batch, seconds running)].
+    fn running(&self, call: u64) -> PyResult<Vec<(u64, f64)>> {
+        self.with_pool(|p| p.running(call))
     }
 
     fn pending(&self) -> PyResult<usize> {
