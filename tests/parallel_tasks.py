@@ -73,6 +73,16 @@ def exit_leaving_children(x, pid_file, bad=1):
     os._exit(7)
 
 
+def start_sleeper_and_wait(directory):
+    """Starts a `sleep 60` (as a task drives an external tool), notes
+    '<worker pid>' -> '<its pid>' in `directory`, and waits for it."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    with open(os.path.join(directory, f"{os.getpid()}.tmp"), "w") as f:
+        f.write(str(sleeper.pid))
+    os.rename(os.path.join(directory, f"{os.getpid()}.tmp"), os.path.join(directory, str(os.getpid())))
+    sleeper.wait()
+
+
 def sleep_return(seconds, value=None):
     time.sleep(seconds)
     return value

@@ -933,6 +933,7 @@ def test_a_process_forked_by_a_task_keeps_its_own_arguments(tmp_path, remote_rea
         (T.exit_at, (), "exited with status 5"),
         (T.signal_at, (signal.SIGKILL,), "killed by signal 9 (SIGKILL)"),
         (T.signal_at, (signal.SIGSEGV,), "killed by signal 11 (SIGSEGV)"),
+        (T.signal_at, (signal.SIGTERM,), "killed by signal 15 (SIGTERM)"),  # (its group too)
     ],
 )
 def test_worker_death_is_reported_and_pool_replaced(fn, args, reason):
@@ -1104,20 +1105,32 @@ def test_ctrl_c_stops_workers_and_cleans_shared_memory(tmp_path):
     assert shm_leftovers(proc.pid) == []
 
 
-def test_workers_die_with_a_killed_parent(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_workers_and_what_their_tasks_started_die_with_a_killed_parent(tmp_path, sig):
+    # A parent killed outright cleans nothing up: the workers end themselves
+    # (PR_SET_PDEATHSIG), and take their process groups with them.
+    started = tmp_path / "started"
+    started.mkdir()
     script = tmp_path / "orphan.py"
-    script.write_text(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent)))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import parallel_tasks as T\nfrom perfkit import Parallel, delayed\n"
+        f"Parallel(n_jobs=2, batch_size=1)(delayed(T.start_sleeper_and_wait)({str(started)!r}) for _ in range(2))\n"
     )
-    workers = [int(p) for p in proc.stdout.readline().split()[1:]]
-    assert workers
-    proc.kill()
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while len([n for n in os.listdir(started) if not n.endswith(".tmp")]) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    workers = {int(n): int((started / n).read_text()) for n in os.listdir(started) if not n.endswith(".tmp")}
+    assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else "tasks did not start"
+    os.kill(proc.pid, sig)
     proc.communicate(timeout=20)
+    everyone = [*workers, *workers.values()]
     deadline = time.time() + 3
-    while any(alive(p) for p in workers) and time.time() < deadline:
+    while any(alive(p) for p in everyone) and time.time() < deadline:
         time.sleep(0.01)
     assert not any(alive(p) for p in workers), "orphaned workers"
+    assert not any(alive(p) for p in workers.values()), "what the tasks started outlived them"
 
 
 # ------------------------------------------------------------------ data: arrays, pandas

@@ -158,6 +158,8 @@ class WorkerPool:
         None after ``timeout`` seconds. Raises KeyboardInterrupt on Ctrl-C."""
     def cancel(self, call: int) -> int: ...
     def kill_busy(self, call: int) -> list[tuple[int, int]]: ...
+    def running(self, call: int) -> list[tuple[int, float]]:
+        """The batches of `call` that workers are running: (batch, seconds running)."""
     def pending(self) -> int: ...
     def terminate(self) -> None: ...
     def close(self) -> None: ...
@@ -226,6 +228,11 @@ def buffer_address(buffer: Any) -> tuple[int, int]:
 def read_process_memory(pid: int, address: int, length: int, into: Any = None) -> Any:
     """Copy bytes out of another process (process_vm_readv) into ``into`` (a writable
     buffer of ``length`` bytes) or a new bytearray, and return it; OSError if refused."""
+
+def terminate_group_on_sigterm() -> None:
+    """In a worker: SIGTERM, which the worker receives when its parent dies,
+    terminates the worker's process group (the processes its tasks started with
+    it); in a child a task forked, SIGTERM ends that child alone, as by default."""
 
 def set_self_ptracer(enabled: bool) -> None:
     """Let this process's descendants read its memory under Yama ``ptrace_scope`` 1

@@ -11,6 +11,7 @@
 //! a child process behind on any path it controls.
 
 pub mod frame;
+pub mod in_worker;
 pub mod pool;
 pub mod remote;
 pub mod shm;

@@ -145,9 +145,11 @@ impl Worker {
         // async-signal-safe calls (prctl, getppid, fcntl, dup2).
         unsafe {
             command.pre_exec(move || {
+                // SIGTERM: the worker then terminates its process group, what
+                // its tasks started with it (in_worker::terminate_group_on_sigterm).
                 if libc::prctl(
                     libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
+                    libc::SIGTERM as libc::c_ulong,
                     0,
                     0,
                     0,

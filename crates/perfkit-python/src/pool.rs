@@ -600,6 +600,14 @@ fn set_self_ptracer(enabled: bool) -> PyResult<()> {
     Ok(())
 }
 
+/// In a worker: SIGTERM (what it receives when its parent dies) terminates
+/// its process group, what its tasks started with it.
+#[pyfunction]
+fn terminate_group_on_sigterm() -> PyResult<()> {
+    perfkit_pool::in_worker::terminate_group_on_sigterm()
+        .map_err(|e| PyOSError::new_err(format!("sigaction(SIGTERM): {e}")))
+}
+
 /// One of a reply's large buffers, copied out of the worker into this
 /// process's heap: a writable buffer that a result's array views (so it is
 /// an ordinary writable array), freed when the last view of it goes.
@@ -660,6 +668,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(set_self_ptracer, m)?)?;
+    m.add_function(wrap_pyfunction!(terminate_group_on_sigterm, m)?)?;
     m.add_function(wrap_pyfunction!(read_process_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm_dir, m)?)?;
     Ok(())
