@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 import weakref
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import joblib
@@ -647,6 +648,22 @@ def test_prefer_require_and_config_backend():
         assert Parallel(n_jobs=2, prefer="processes")._resolve()[0] == "threads"
     with parallel_config(backend="loky", n_jobs=2):
         assert Parallel(require="sharedmem")._resolve() == ("threads", 2)
+    # A backend the call names wins over a parallel_config's require (a
+    # library's own call inside the user's config), as in joblib.
+    for lib in (perfkit, joblib):
+        with lib.parallel_config(require="sharedmem"):
+            assert (
+                lib.Parallel(n_jobs=2, backend="loky")(lib.delayed(T.pid_of)(i) for i in range(4))
+                != [os.getpid()] * 4
+            )
+    # Contradictory hints, from one place or two: joblib's error.
+    for lib in (perfkit, joblib):
+        with pytest.raises(ValueError, match="inconsistent"):
+            lib.Parallel(n_jobs=2, prefer="processes", require="sharedmem")(
+                lib.delayed(abs)(1) for _ in range(2)
+            )
+        with lib.parallel_config(prefer="processes"), pytest.raises(ValueError, match="inconsistent"):
+            lib.Parallel(n_jobs=2, require="sharedmem")(lib.delayed(abs)(1) for _ in range(2))
     # Shared memory really is shared with the threads backend.
     seen = []
     Parallel(n_jobs=2, require="sharedmem")(delayed(seen.append)(i) for i in range(20))
@@ -948,6 +965,8 @@ def test_worker_death_is_reported_and_pool_replaced(fn, args, reason):
     assert elapsed < 5  # well under a second in practice; generous for a loaded machine
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(10)) == [i * i for i in range(10)]
     assert pp.TerminatedWorkerError is pp.WorkerCrashedError
+    # What handlers of joblib's TerminatedWorkerError catch.
+    assert isinstance(info.value, BrokenProcessPool) and isinstance(info.value, RuntimeError)
 
 
 def test_a_dead_workers_children_neither_delay_the_error_nor_outlive_it(tmp_path):
@@ -1865,9 +1884,9 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
     sizes = []
     run_batch = pp._run_batch_in_thread
 
-    def recording(function, mode, items, first, n_jobs):
+    def recording(function, mode, items, *rest):
         sizes.append(len(items))
-        return run_batch(function, mode, items, first, n_jobs)
+        return run_batch(function, mode, items, *rest)
 
     monkeypatch.setattr(pp, "_run_batch_in_thread", recording)
     monkeypatch.setattr(pp, "_thread_cost_memory", {})

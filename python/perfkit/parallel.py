@@ -37,6 +37,7 @@ import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as _FuturesTimeout
 from concurrent.futures import wait as _futures_wait
+from concurrent.futures.process import BrokenProcessPool
 from types import MappingProxyType
 
 from perfkit import _native
@@ -78,8 +79,10 @@ BACKEND_ALIASES = {
 RETURN_AS = ("list", "generator", "generator_unordered")
 
 
-class WorkerCrashedError(RuntimeError):
-    """A worker process died while running a task (killed, segfault, os._exit)."""
+class WorkerCrashedError(BrokenProcessPool):
+    """A worker process died while running a task (killed, segfault, os._exit).
+    A ``concurrent.futures.process.BrokenProcessPool`` (a RuntimeError), as
+    joblib's ``TerminatedWorkerError`` is: what handlers of it catch."""
 
 
 TerminatedWorkerError = WorkerCrashedError  # joblib's name for the same failure
@@ -340,6 +343,8 @@ def _check_prefer_require(prefer, require):
         raise ValueError(f"prefer={prefer!r}: use 'threads', 'processes' or None")
     if require not in (None, "sharedmem"):
         raise ValueError(f"require={require!r}: use 'sharedmem' or None")
+    if prefer == "processes" and require == "sharedmem":
+        raise ValueError("prefer == 'processes' and require == 'sharedmem' are inconsistent settings")
 
 
 def _parse_nbytes(value) -> int | None:
@@ -733,12 +738,15 @@ class Parallel:
         backend = explicit if explicit not in (_UNSET, None) else cfg.get("backend")
         require = self._setting("require")
         prefer = self._setting("prefer")
+        _check_prefer_require(prefer, require)  # (each may come from another place)
         if backend is not None:
             backend = BACKEND_ALIASES[backend]
             if require == "sharedmem" and backend in ("processes", "dask"):
-                if explicit not in (_UNSET, None):
+                if explicit in (_UNSET, None):
+                    backend = "threads"
+                elif self._args["require"] not in (_UNSET, None):
                     raise ValueError(f"backend {explicit!r} does not share memory, but require='sharedmem'")
-                backend = "threads"
+                # (else a parallel_config's require, which a backend the call names overrides, as in joblib)
         elif require == "sharedmem" or prefer == "threads":
             backend = "threads"
         else:
