@@ -508,3 +508,14 @@ class OutOfMemoryToPickle:
 
 def result_out_of_memory_to_pickle(i, bad=2):
     return OutOfMemoryToPickle() if i == bad else i
+
+
+def slow_first_then_raise(x, slow=2.0):
+    """Task 0 takes `slow` seconds, task 1 raises at once, the rest take 0.05 s."""
+    if x == 0:
+        time.sleep(slow)
+        return 0
+    if x == 1:
+        raise KeyError("task 1 failed at once")
+    time.sleep(0.05)
+    return x

@@ -1051,6 +1051,13 @@ def test_timeout_is_each_tasks_though_others_keep_finishing(backend, return_as):
     if backend == "processes":
         assert "perfkit.Parallel: task 0 did not finish within timeout=1.0 s" in str(info.value)
     assert Parallel(n_jobs=2, backend=backend)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
+    wait_for_thread_batches_to_end()  # (a thread cannot be stopped: task 0 ends in it)
+
+
+def wait_for_thread_batches_to_end(seconds=6):
+    deadline = time.time() + seconds
+    while pp._running_batches and time.time() < deadline:
+        time.sleep(0.05)
 
 
 def test_unpicklable_argument_and_result():
@@ -1858,6 +1865,21 @@ def test_threads_backend_errors_and_fail_fast():
             with pytest.raises(ValueError, match="kept"):
                 threads(delayed(T.raise_given)(kept) for _ in range(1))
         assert len(kept.__notes__) == 1, kept.__notes__
+
+
+@pytest.mark.parametrize("return_as", ["list", "generator"])
+def test_threads_backend_raises_the_first_error_at_once_in_input_order_too(return_as):
+    # Task 1 fails while task 0 still runs for 2 s: the error comes at once
+    # (joblib's threading backend: at once too), not after task 0.
+    t0 = time.perf_counter()
+    with pytest.raises(KeyError, match="task 1 failed at once"):
+        list(
+            Parallel(n_jobs=2, backend="threads", return_as=return_as)(
+                delayed(T.slow_first_then_raise)(i) for i in range(10)
+            )
+        )
+    assert time.perf_counter() - t0 < 1.5
+    wait_for_thread_batches_to_end()  # (task 0 ends in its thread)
 
 
 def test_threads_backend_runs_slow_tasks_from_a_generator_on_every_thread():

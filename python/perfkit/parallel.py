@@ -35,7 +35,6 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as _FuturesTimeout
 from concurrent.futures import wait as _futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from types import MappingProxyType
@@ -961,17 +960,24 @@ class Parallel:
                 if not pending:
                     break
                 if ordered:
+                    # In input order, but the first error raised at once (fail
+                    # fast, as joblib does), not after the batches before it.
+                    while True:
+                        for entry in pending:
+                            if entry[1].done() and entry[1].exception() is not None:
+                                entry[1].result()
+                        if pending[0][1].done():
+                            break
+                        self._wait_for_more(pending, started)
                     _first, fut, function = pending.popleft()
                 else:
-                    done = self._first_done(pending, started)
-                    entry = next(e for e in pending if e[1] in done)
+                    if not any(entry[1].done() for entry in pending):
+                        self._wait_for_more(pending, started)
+                    entry = next(e for e in pending if e[1].done())
                     pending.remove(entry)
                     _first, fut, function = entry
                 started.pop(_first, None)
-                try:
-                    results, elapsed = fut.result(timeout=self.timeout)
-                except _FuturesTimeout:
-                    self._thread_timeout()
+                results, elapsed = fut.result()
                 if auto and results:
                     cost = elapsed / len(results)
                     key = _cost_key(function)
@@ -990,23 +996,25 @@ class Parallel:
                 executor.shutdown(wait=False)  # (a batch still running ends in its thread)
             progress.close(completed)
 
-    def _first_done(self, pending, started):
-        """The futures of `pending` done first. With a timeout: a timeout
-        error once a batch has been running for that long, though others go
-        on finishing (or once none has started or finished within it)."""
-        futures = [entry[1] for entry in pending]
+    def _wait_for_more(self, pending, started):
+        """Waits until one more batch of `pending` is done. With a timeout: a
+        timeout error once a batch has been running for that long, though
+        others go on finishing (or once none has started or finished within it)."""
+        running = [entry for entry in pending if not entry[1].done()]
+        futures = [entry[1] for entry in running]
         if self.timeout is None:
-            return _futures_wait(futures, return_when="FIRST_COMPLETED")[0]
+            _futures_wait(futures, return_when="FIRST_COMPLETED")
+            return
         while True:
             now = time.monotonic()
-            ages = [now - started[entry[0]] for entry in pending if entry[0] in started]
+            ages = [now - started[entry[0]] for entry in running if entry[0] in started]
             if ages and max(ages) >= self.timeout:
                 self._thread_timeout()
             done, _ = _futures_wait(
                 futures, timeout=self.timeout - max(ages, default=0.0), return_when="FIRST_COMPLETED"
             )
             if done:
-                return done
+                return
             if not ages:
                 self._thread_timeout()
 
