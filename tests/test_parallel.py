@@ -23,6 +23,7 @@ import time
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from types import MappingProxyType
 
 import joblib
 import numpy as np
@@ -302,6 +303,14 @@ def test_delayed_matches_joblib_format():
         delayed(3)
     # joblib-made tasks run on perfkit too
     assert Parallel(n_jobs=2)(joblib.delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+    # So do tasks built by hand with a list of arguments or another mapping of
+    # keywords, alone, uniform or mixed with delayed ones, as in joblib.
+    by_hand = [(T.add, [1], {})] + [(T.add, [i, 2], MappingProxyType({})) for i in range(50)]
+    by_hand += [delayed(T.add)(3, y=4), (T.add, (5,), MappingProxyType({"y": 6}))]
+    for backend in ("processes", "threads", "sequential"):
+        for tasks in (by_hand, by_hand[:1], by_hand[1:51]):
+            expected = joblib.Parallel(n_jobs=2)(tasks)
+            assert Parallel(n_jobs=2, backend=backend)(tasks) == expected
 
 
 def test_draw_uniform_batch_encodes_or_returns_the_tasks_as_drawn():

@@ -1143,6 +1143,12 @@ def _unpack(task, index):
         raise TypeError(
             f"Parallel expects items made by delayed(f)(...); item {index} is {type(task).__name__}"
         ) from None
+    # Tasks built by hand may hold a list of arguments or any mapping of
+    # keywords, as joblib takes them (it calls f(*args, **kwargs)).
+    if type(args) is not tuple:
+        args = tuple(args)
+    if type(kwargs) is not dict:
+        kwargs = dict(kwargs)
     return function, args, kwargs
 
 
