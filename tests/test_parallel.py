@@ -1746,6 +1746,21 @@ def test_a_print_progress_override_sees_the_counts_as_in_joblib(backend):
         seen.clear()
         parallel(lib.delayed(T.square)(i) for i in range(10))  # counts start afresh each call
         assert seen[-1] == (10, 10), (lib, seen)
+        # The attributes such recipes read.
+        for return_as in ("list", "generator", "generator_unordered"):
+            made = recording(lib.Parallel)(n_jobs=2, backend=backend, return_as=return_as, verbose=3)
+            seen_attributes = (
+                made.verbose,
+                made.return_generator,
+                made.return_ordered,
+                made._effective_n_jobs(),
+            )
+            assert seen_attributes == (
+                3,
+                return_as != "list",
+                return_as != "generator_unordered",
+                1 if backend == "sequential" else 2,
+            )
     # Once more when a call ends, as joblib's sequential backend does (its
     # others do not): a bar drawn there is refreshed even if no task finished.
     seen = []

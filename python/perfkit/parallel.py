@@ -705,6 +705,9 @@ class Parallel:
         # Parallel is made, not when it is called.
         self._config = _config.get()
         self.return_as = return_as
+        # joblib's attributes that subclasses (progress recipes) read.
+        self.return_generator = return_as != "list"
+        self.return_ordered = return_as != "generator_unordered"
         self.timeout = timeout
         self.pre_dispatch = pre_dispatch
         self.batch_size = batch_size
@@ -728,6 +731,14 @@ class Parallel:
     @property
     def n_jobs(self) -> int:
         return self._resolve()[1]
+
+    @property
+    def verbose(self) -> int:
+        return int(self._setting("verbose", 0) or 0)
+
+    def _effective_n_jobs(self) -> int:
+        """joblib's name, which subclasses call: how many tasks run at once."""
+        return self.n_jobs
 
     def _resolve(self):
         """(backend, n_jobs) with joblib's precedence: explicit argument, then
