@@ -157,6 +157,23 @@ def nested(n):
     return os.getpid(), pids, inner.n_jobs
 
 
+def nested_threads_by_count(n):
+    """Inside a task: what threads asked for by count run on, against
+    threads for all CPUs; the threads the first's sleeping tasks ran on."""
+    from perfkit import Parallel, delayed
+
+    asked = Parallel(n_jobs=n, backend="threads", batch_size=1)
+    idents = asked(delayed(sleep_then_thread)(0.05) for _ in range(n))
+    return asked._resolve(), Parallel(n_jobs=-1, backend="threads")._resolve(), len(set(idents))
+
+
+def sleep_then_thread(seconds):
+    import threading
+
+    time.sleep(seconds)
+    return threading.get_ident()
+
+
 def group_features(key, group):
     return key, float(group["v"].mean()), float(group["w"].std()), int(group.shape[0])
 

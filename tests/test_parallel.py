@@ -1787,6 +1787,14 @@ def test_nested_calls_do_not_oversubscribe():
         assert inner_n == max(1, cpus // 2)
         # No process pool inside a worker: the inner tasks ran in the worker itself.
         assert set(inner_pids) == {worker_pid}
+    # Threads asked for by count are given, as joblib gives them (for I/O,
+    # say: Python code in them shares the worker's GIL); for "all CPUs", the share.
+    for backend in ("processes", "threads"):
+        out = Parallel(n_jobs=2, backend=backend)(delayed(T.nested_threads_by_count)(6) for _ in range(2))
+        share = ("threads", cpus // 2) if cpus >= 4 else ("sequential", 1)
+        assert [resolved[:2] for resolved in out] == [(("threads", 6), share)] * 2
+        # (on threads, both outer tasks' calls may share one kept pool of 6)
+        assert all(threads >= 2 for _, _, threads in out), out
 
 
 def test_threads_backend_nested_calls_stay_in_their_share():

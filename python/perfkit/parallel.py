@@ -771,10 +771,14 @@ class Parallel:
         cpus = cpu_count()
         if n_jobs < 0:
             n_jobs = max(1, cpus + 1 + n_jobs)
-        # Nested calls: inside a worker (or a threads-backend task) stay within its share of the CPUs.
+        # Nested calls: inside a worker (or a threads-backend task) stay within
+        # its share of the CPUs; except threads asked for by count (threads for
+        # I/O, say, as joblib gives them): Python code in them shares one GIL.
         share = _nested_share()
         if share is not None:
-            n_jobs = min(n_jobs, share)
+            asked = self._args["n_jobs"]
+            if not (backend == "threads" and asked not in (_UNSET, None) and int(asked) > 0):
+                n_jobs = min(n_jobs, share)
             if backend == "processes":
                 backend = "threads"
         if n_jobs == 1 or backend == "sequential":
