@@ -1019,6 +1019,30 @@ def test_a_threads_task_given_up_on_does_not_hold_the_interpreters_exit(tmp_path
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["ParallelTimeoutError", "[0, 1, 2]"]
     assert time.perf_counter() - t0 < 20  # (the stuck task would end after 50 s)
+    # A given-up batch still running Python code when the interpreter exits
+    # (the thread is ended there): the process ends with the task's error, not
+    # an abort (a Rust frame under the task's would make PyO3 abort it).
+    out = run_script(
+        tmp_path / "spinning.py",
+        """
+        import time
+        from perfkit import Parallel, delayed
+
+        def spin_or_fail(i):
+            if i == 1:
+                raise KeyError("task 1 failed")
+            end = time.perf_counter() + 3
+            while time.perf_counter() < end:
+                pass
+            return i
+
+        Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(spin_or_fail)(i) for i in range(2))
+        """,
+    )
+    assert out.returncode == 1 and "KeyError: 'task 1 failed'" in out.stderr, (
+        out.returncode,
+        out.stderr[-500:],
+    )
 
 
 def test_timeout_names_task_and_pool_recovers():

@@ -35,7 +35,6 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from concurrent.futures import wait as _futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from types import MappingProxyType
 
@@ -938,7 +937,19 @@ class Parallel:
         window = _dispatch_window(self.pre_dispatch, n_jobs)
         tasks = iter(iterable)
         dispatched = 0
-        pending = collections.deque()  # (first index, future, function)
+        pending = {}  # future -> (first index, function), in dispatch order
+        order = collections.deque()  # the futures in input order (ordered results)
+        # What the batches' done-callbacks report as they end: for ordered
+        # results a failed batch's future (else None: a wake-up), for
+        # unordered every future; waited on in O(1), whatever the window.
+        completions = queue.SimpleQueue()
+        if ordered:
+
+            def report(future):
+                completions.put(future if not future.cancelled() and future.exception() is not None else None)
+
+        else:
+            report = completions.put
         started = {}  # first index -> when a thread began the batch (for a timeout per batch)
         exhausted = False
         completed = False
@@ -950,7 +961,7 @@ class Parallel:
                         exhausted = True
                         break
                     # Tasks of one function are drawn and kept as their arguments
-                    # (the caller's task tuples freed at once), and run by a loop in Rust.
+                    # (the caller's task tuples freed at once).
                     function = _unpack(head, dispatched)[0]
                     if auto:
                         known = (
@@ -969,7 +980,10 @@ class Parallel:
                         _run_batch_in_thread, uniform, mode, items, dispatched, share, started
                     )
                     # Its cost is kept under its first task's function, mixed or not.
-                    pending.append((dispatched, future, function))
+                    pending[future] = (dispatched, function)
+                    if ordered:
+                        order.append(future)
+                    future.add_done_callback(report)
                     dispatched += len(items)
                     self.n_dispatched_tasks = dispatched
                 if not pending:
@@ -977,22 +991,17 @@ class Parallel:
                 if ordered:
                     # In input order, but the first error raised at once (fail
                     # fast, as joblib does), not after the batches before it.
-                    while True:
-                        for entry in pending:
-                            if entry[1].done() and entry[1].exception() is not None:
-                                entry[1].result()
-                        if pending[0][1].done():
-                            break
-                        self._wait_for_more(pending, started)
-                    _first, fut, function = pending.popleft()
+                    while not order[0].done():
+                        failed = self._next_completion(completions, pending, started)
+                        if failed is not None:
+                            failed.result()
+                    fut = order.popleft()
                 else:
-                    if not any(entry[1].done() for entry in pending):
-                        self._wait_for_more(pending, started)
-                    entry = next(e for e in pending if e[1].done())
-                    pending.remove(entry)
-                    _first, fut, function = entry
-                started.pop(_first, None)
+                    fut = self._next_completion(completions, pending, started)
+                first, function = pending.pop(fut)
+                started.pop(first, None)
                 results, elapsed = fut.result()
+                del fut
                 if auto and results:
                     cost = elapsed / len(results)
                     key = _cost_key(function)
@@ -1005,33 +1014,32 @@ class Parallel:
                 yield results
             completed = True
         finally:
-            for _, fut, _ in pending:
+            for fut in pending:
                 fut.cancel()
             if own_pool:
                 executor.shutdown(wait=False)  # (a batch still running ends in its thread)
             progress.close(completed)
 
-    def _wait_for_more(self, pending, started):
-        """Waits until one more batch of `pending` is done. With a timeout: a
-        timeout error once a batch has been running for that long, though
+    def _next_completion(self, completions, pending, started):
+        """The next thing `completions` holds, waiting for it. With a timeout:
+        a timeout error once a batch has been running for that long, though
         others go on finishing (or once none has started or finished within it)."""
-        running = [entry for entry in pending if not entry[1].done()]
-        futures = [entry[1] for entry in running]
         if self.timeout is None:
-            _futures_wait(futures, return_when="FIRST_COMPLETED")
-            return
+            return completions.get()
         while True:
             now = time.monotonic()
-            ages = [now - started[entry[0]] for entry in running if entry[0] in started]
+            ages = [
+                now - started[first]
+                for fut, (first, _) in pending.items()
+                if first in started and not fut.done()
+            ]
             if ages and max(ages) >= self.timeout:
                 self._thread_timeout()
-            done, _ = _futures_wait(
-                futures, timeout=self.timeout - max(ages, default=0.0), return_when="FIRST_COMPLETED"
-            )
-            if done:
-                return
-            if not ages:
-                self._thread_timeout()
+            try:
+                return completions.get(timeout=self.timeout - max(ages, default=0.0))
+            except queue.Empty:
+                if not ages and not any(first in started for first, _ in pending.values()):
+                    self._thread_timeout()  # (ages are taken anew: one may have started meanwhile)
 
     def _thread_timeout(self):
         raise ParallelTimeoutError(
@@ -1358,16 +1366,32 @@ def _run_batch_counted(function, mode, items, first, share):
         started = time.perf_counter()
         if mode is None:
             return _run_chunk(enumerate(items, first)), time.perf_counter() - started
-        results, failed, exc = _native.run_tasks((function,), mode, items, None, first)
-        if failed is not None:
-            item = items[failed - first]
-            args = (item,) if mode == SINGLE else item
-            _add_note(exc, f"perfkit.Parallel: raised by task {failed} ({task_label(function, args)})")
-            try:
-                raise exc
-            finally:
-                exc = None
-        return results, time.perf_counter() - started
+        return _run_uniform(function, mode, items, first), time.perf_counter() - started
+
+
+def _run_uniform(function, mode, items, first):
+    """The results of tasks of one function (`items`: their arguments, as
+    `draw_uniform_batch` gives them), run by a Python loop rather than
+    ``_native.run_tasks``: a batch that a call gave up on may still be
+    running in its daemon thread when the interpreter exits, and CPython
+    ends such a thread with an unwind that must not cross Rust frames
+    (PyO3 would abort the process)."""
+    out = []
+    append = out.append
+    try:
+        if mode == SINGLE:
+            for item in items:
+                append(function(item))
+        else:
+            for args in items:
+                append(function(*args))
+    except BaseException as exc:
+        index = first + len(out)
+        item = items[len(out)]
+        args = (item,) if mode == SINGLE else item
+        _add_note(exc, f"perfkit.Parallel: raised by task {index} ({task_label(function, args)})")
+        raise
+    return out
 
 
 def _run_chunk(chunk):
