@@ -73,9 +73,14 @@ def exit_leaving_children(x, pid_file, bad=1):
     os._exit(7)
 
 
-def start_sleeper_and_wait(directory):
+def start_sleeper_and_wait(directory, ignore_sigterm=False):
     """Starts a `sleep 60` (as a task drives an external tool), notes
-    '<worker pid>' -> '<its pid>' in `directory`, and waits for it."""
+    '<worker pid>' -> '<its pid>' in `directory`, and waits for it; first
+    ignores SIGTERM in the worker if asked (as some libraries' set-up does)."""
+    if ignore_sigterm:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sleeper = subprocess.Popen(["sleep", "60"])
     with open(os.path.join(directory, f"{os.getpid()}.tmp"), "w") as f:
         f.write(str(sleeper.pid))

@@ -959,7 +959,7 @@ def test_a_process_forked_by_a_task_keeps_its_own_arguments(tmp_path, remote_rea
         (T.exit_at, (), "exited with status 5"),
         (T.signal_at, (signal.SIGKILL,), "killed by signal 9 (SIGKILL)"),
         (T.signal_at, (signal.SIGSEGV,), "killed by signal 11 (SIGSEGV)"),
-        (T.signal_at, (signal.SIGTERM,), "killed by signal 15 (SIGTERM)"),  # (its group too)
+        (T.signal_at, (signal.SIGTERM,), "killed by signal 15 (SIGTERM)"),
     ],
 )
 def test_worker_death_is_reported_and_pool_replaced(fn, args, reason):
@@ -1164,17 +1164,23 @@ def test_ctrl_c_stops_workers_and_cleans_shared_memory(tmp_path):
     assert shm_leftovers(proc.pid) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_workers_and_what_their_tasks_started_die_with_a_killed_parent(tmp_path, sig):
+@pytest.mark.parametrize(
+    "sig, ignore_sigterm",
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["SIGKILL", "SIGTERM", "SIGKILL, tasks ignoring SIGTERM"],
+)
+def test_workers_and_what_their_tasks_started_die_with_a_killed_parent(tmp_path, sig, ignore_sigterm):
     # A parent killed outright cleans nothing up: the workers end themselves
-    # (PR_SET_PDEATHSIG), and take their process groups with them.
+    # (PR_SET_PDEATHSIG), and take their process groups with them, whatever
+    # the tasks did with SIGTERM.
     started = tmp_path / "started"
     started.mkdir()
     script = tmp_path / "orphan.py"
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "import parallel_tasks as T\nfrom perfkit import Parallel, delayed\n"
-        f"Parallel(n_jobs=2, batch_size=1)(delayed(T.start_sleeper_and_wait)({str(started)!r}) for _ in range(2))\n"
+        "Parallel(n_jobs=2, batch_size=1)("
+        f"delayed(T.start_sleeper_and_wait)({str(started)!r}, {ignore_sigterm}) for _ in range(2))\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30

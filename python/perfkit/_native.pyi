@@ -229,10 +229,10 @@ def read_process_memory(pid: int, address: int, length: int, into: Any = None) -
     """Copy bytes out of another process (process_vm_readv) into ``into`` (a writable
     buffer of ``length`` bytes) or a new bytearray, and return it; OSError if refused."""
 
-def terminate_group_on_sigterm() -> None:
-    """In a worker: SIGTERM, which the worker receives when its parent dies,
-    terminates the worker's process group (the processes its tasks started with
-    it); in a child a task forked, SIGTERM ends that child alone, as by default."""
+def kill_group_when_parent_dies() -> None:
+    """In a worker that leads its process group: the signal it receives when its
+    parent dies (a real-time one) kills the group, the processes its tasks
+    started with it."""
 
 def set_self_ptracer(enabled: bool) -> None:
     """Let this process's descendants read its memory under Yama ``ptrace_scope`` 1

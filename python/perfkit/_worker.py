@@ -39,11 +39,11 @@ import types
 
 from perfkit._native import (
     buffer_address,
+    kill_group_when_parent_dies,
     pack_values,
     read_process_memory,
     run_packed,
     run_tasks,
-    terminate_group_on_sigterm,
     unpack_values,
 )
 from perfkit._pool_common import (
@@ -387,7 +387,7 @@ def main() -> int:
     global RUNNING
     RUNNING = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
-    terminate_group_on_sigterm()  # a parent killed outright (by SIGTERM, say) cleans nothing up
+    kill_group_when_parent_dies()  # a parent killed outright (by SIGTERM, say) cleans nothing up
     # This file runs as __main__ (python -m): the caller's classes and
     # functions get a module of their own under that name (see
     # receive_main_definitions), and this one is `perfkit._worker` (an

@@ -5,24 +5,33 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 static WORKER_PID: AtomicI32 = AtomicI32::new(0);
 
-/// Makes SIGTERM, which a worker receives when its parent dies (the pool
-/// sets it as the worker's PR_SET_PDEATHSIG), terminate the worker's whole
-/// process group: the processes its tasks started would otherwise outlive
-/// the parent and the worker, when the parent had no chance to clean up (it
-/// was killed by SIGTERM itself, say). The worker leads that group (the
-/// pool's setpgid). A child a task forked, which inherits the handler, dies
-/// of SIGTERM alone, as by default.
-pub fn terminate_group_on_sigterm() -> io::Result<()> {
-    // SAFETY: getpid cannot fail.
-    WORKER_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+/// The signal a worker receives when its parent dies (its PR_SET_PDEATHSIG):
+/// a real-time one, which task code does not catch or ignore as it may
+/// SIGTERM, so that the worker cannot outlive the parent.
+pub fn parent_death_signal() -> libc::c_int {
+    libc::SIGRTMAX() - 2
+}
+
+/// Makes the parent-death signal kill the worker's whole process group:
+/// the processes its tasks started would otherwise outlive the parent and
+/// the worker, when the parent had no chance to clean up (it was killed by
+/// SIGKILL or SIGTERM, say). Only where this process leads its group, as
+/// the pool's workers do (their setpgid): elsewhere the signal just ends it.
+pub fn kill_group_when_parent_dies() -> io::Result<()> {
+    // SAFETY: getpid and getpgrp cannot fail.
+    let (pid, group) = unsafe { (libc::getpid(), libc::getpgrp()) };
+    if pid != group {
+        return Ok(());
+    }
+    WORKER_PID.store(pid, Ordering::Relaxed);
     // SAFETY: sigaction is plain data; zeroed is a valid empty one.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    action.sa_sigaction = on_parent_death as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: sigemptyset and sigaction on valid pointers; the handler makes
     // only async-signal-safe calls.
     let rc = unsafe {
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut())
+        libc::sigaction(parent_death_signal(), &action, std::ptr::null_mut())
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -30,16 +39,14 @@ pub fn terminate_group_on_sigterm() -> io::Result<()> {
     Ok(())
 }
 
-extern "C" fn on_sigterm(sig: libc::c_int) {
-    // SAFETY: signal, getpid, kill and raise are async-signal-safe. SIGTERM
-    // is blocked while this runs: the one sent to this process too is
-    // delivered on return, with the default action (the process ends of it).
+extern "C" fn on_parent_death(sig: libc::c_int) {
+    // SAFETY: getpid, kill, signal and raise are async-signal-safe.
     unsafe {
-        libc::signal(sig, libc::SIG_DFL);
         if libc::getpid() == WORKER_PID.load(Ordering::Relaxed) {
-            libc::kill(0, sig);
-        } else {
-            libc::raise(sig);
+            libc::kill(0, libc::SIGKILL); // this worker and what its tasks started
         }
+        // A child a task forked, sent the signal by someone: as by default.
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
     }
 }

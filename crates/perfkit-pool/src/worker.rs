@@ -131,6 +131,7 @@ impl Worker {
         let (reply_r, reply_w) = pipe()?;
         let status = StatusWord::new()?;
         let parent = std::process::id() as libc::pid_t;
+        let death_signal = crate::in_worker::parent_death_signal();
         let child_fds = [
             task_r.as_raw_fd(),
             reply_w.as_raw_fd(),
@@ -145,11 +146,11 @@ impl Worker {
         // async-signal-safe calls (prctl, getppid, fcntl, dup2).
         unsafe {
             command.pre_exec(move || {
-                // SIGTERM: the worker then terminates its process group, what
-                // its tasks started with it (in_worker::terminate_group_on_sigterm).
+                // The worker then kills its process group, what its tasks
+                // started with it (in_worker::kill_group_when_parent_dies).
                 if libc::prctl(
                     libc::PR_SET_PDEATHSIG,
-                    libc::SIGTERM as libc::c_ulong,
+                    death_signal as libc::c_ulong,
                     0,
                     0,
                     0,

@@ -600,12 +600,12 @@ fn set_self_ptracer(enabled: bool) -> PyResult<()> {
     Ok(())
 }
 
-/// In a worker: SIGTERM (what it receives when its parent dies) terminates
-/// its process group, what its tasks started with it.
+/// In a worker: the death of its parent kills its process group, what its
+/// tasks started with it.
 #[pyfunction]
-fn terminate_group_on_sigterm() -> PyResult<()> {
-    perfkit_pool::in_worker::terminate_group_on_sigterm()
-        .map_err(|e| PyOSError::new_err(format!("sigaction(SIGTERM): {e}")))
+fn kill_group_when_parent_dies() -> PyResult<()> {
+    perfkit_pool::in_worker::kill_group_when_parent_dies()
+        .map_err(|e| PyOSError::new_err(format!("sigaction (parent-death signal): {e}")))
 }
 
 /// One of a reply's large buffers, copied out of the worker into this
@@ -668,7 +668,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shm_segments, m)?)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(set_self_ptracer, m)?)?;
-    m.add_function(wrap_pyfunction!(terminate_group_on_sigterm, m)?)?;
+    m.add_function(wrap_pyfunction!(kill_group_when_parent_dies, m)?)?;
     m.add_function(wrap_pyfunction!(read_process_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm_dir, m)?)?;
     Ok(())
