@@ -866,6 +866,23 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
         assert all_three() == expected
         assert (pp._shared_pool[1].pids(), kept._private_pool[1].pids()) == workers, "the child's exit killed the parent's workers"
+        # A fork in the middle of a call on the kept pool: the child drops its
+        # copy of the call (a loop it breaks out of), and a call of its own on
+        # the object works; the parent's call goes on, on the parent's workers.
+        streaming = Parallel(n_jobs=2, return_as="generator").__enter__()
+        g = streaming(delayed(T.sleep_return)(0.1, i) for i in range(8))
+        first = next(g)
+        workers = streaming._private_pool[1].pids()
+        pid = os.fork()
+        if pid == 0:
+            g.close()
+            del g
+            ok = list(streaming(delayed(T.square)(i) for i in range(3))) == [0, 1, 4]
+            os._exit(0 if ok else 4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+        assert [first] + list(g) == list(range(8))
+        assert streaming._private_pool[1].pids() == workers, "the child's copy of the call killed the parent's workers"
         print("ok")
         """
     )

@@ -788,6 +788,7 @@ class Parallel:
 
     def __enter__(self):
         self._in_context = True
+        _with_private_pools.add(self)  # (before any call: a fork during one finds it)
         return self
 
     def __exit__(self, *exc):
@@ -872,8 +873,9 @@ class Parallel:
     def _run_processes(self, iterable, n_jobs, total, progress):
         key = self._pool_key(n_jobs)
         private = self._in_context
+        busy = self._private_pool_busy  # (a forked child gets a fresh one: this call's is this one)
         if private:
-            if not self._private_pool_busy.acquire(blocking=False):
+            if not busy.acquire(blocking=False):
                 raise RuntimeError(
                     "This Parallel instance is already running ! Its workers run one call at a time: "
                     "finish the previous call (consume its generator, or delete it) before making another, "
@@ -888,9 +890,8 @@ class Parallel:
                     if self._private_pool is not None:
                         self._private_pool[1].close()
                     self._private_pool = (key, _new_pool(*key))
-                    _with_private_pools.add(self)
             except BaseException:
-                self._private_pool_busy.release()
+                busy.release()
                 raise
             pool, shared = self._private_pool[1], False
         else:
@@ -912,7 +913,7 @@ class Parallel:
             if shared:
                 _release_shared_pool(pool, broken)
             elif private:
-                self._private_pool_busy.release()
+                busy.release()
             else:
                 pool.close()
 

@@ -34,14 +34,35 @@ pub struct WorkerPool {
     inner: Mutex<Option<Arc<Pool>>>,
     function: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     size: usize,
+    /// The process that started the pool. In a child forked from it the
+    /// workers and threads are the parent's: nothing here may touch them
+    /// (stop, kill, or wait for threads that do not exist in the child).
+    owner: u32,
 }
 
 impl WorkerPool {
     fn pool(&self) -> PyResult<Arc<Pool>> {
+        if std::process::id() != self.owner {
+            return Err(PyRuntimeError::new_err(format!(
+                "this worker pool belongs to process {} (this is a child forked from it)",
+                self.owner
+            )));
+        }
         match self.inner.lock().unwrap().as_ref() {
             Some(p) => Ok(p.clone()),
             None => Err(PyRuntimeError::new_err("this worker pool was shut down")),
         }
+    }
+
+    /// The pool, taken out to be stopped; None if it was, or in a forked
+    /// child (where it is left as it is: see `owner`).
+    fn take_own(&self) -> Option<Arc<Pool>> {
+        let pool = self.inner.lock().unwrap().take();
+        if std::process::id() == self.owner {
+            return pool;
+        }
+        std::mem::forget(pool);
+        None
     }
 
     fn with_pool<R>(&self, f: impl FnOnce(&Pool) -> R) -> PyResult<R> {
@@ -79,6 +100,7 @@ impl WorkerPool {
             inner: Mutex::new(Some(Arc::new(pool))),
             function: Mutex::new(None),
             size,
+            owner: std::process::id(),
         })
     }
 
@@ -89,7 +111,7 @@ impl WorkerPool {
 
     #[getter]
     fn alive(&self) -> bool {
-        self.inner.lock().unwrap().is_some()
+        std::process::id() == self.owner && self.inner.lock().unwrap().is_some()
     }
 
     /// The segment-name prefix of this pool's shared memory (`perfkit-<pid>-`).
@@ -234,17 +256,24 @@ impl WorkerPool {
 
     /// Kills every worker now and removes the pool's shared memory.
     fn terminate(&self, py: Python<'_>) {
-        let pool = self.inner.lock().unwrap().take();
-        if let Some(p) = pool {
+        if let Some(p) = self.take_own() {
             py.detach(|| p.terminate());
         }
     }
 
     /// Lets the workers finish and exit (killed after a short grace period).
     fn close(&self, py: Python<'_>) {
-        let pool = self.inner.lock().unwrap().take();
-        if let Some(p) = pool {
+        if let Some(p) = self.take_own() {
             py.detach(|| p.close());
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // (Dropping the pool stops it: not in a forked child, see `owner`.)
+        if std::process::id() != self.owner {
+            std::mem::forget(self.inner.lock().unwrap().take());
         }
     }
 }
