@@ -735,6 +735,10 @@ class Parallel:
     def verbose(self) -> int:
         return int(self._setting("verbose", 0) or 0)
 
+    @verbose.setter
+    def verbose(self, value):
+        self._args["verbose"] = value  # (as joblib's plain attribute may be set)
+
     def _effective_n_jobs(self) -> int:
         """joblib's name, which subclasses call: how many tasks run at once."""
         return self.n_jobs
@@ -1709,7 +1713,7 @@ class _ProcessCall:
                         _add_note(
                             exc,
                             f"perfkit.Parallel: the results of {what} came back from worker process {pid} "
-                            "but could not be unpickled here",
+                            "but could not be taken in here",
                         )
                         raise
                     if auto:
@@ -1940,9 +1944,10 @@ class _ProcessCall:
         )
 
     def _next_event(self, in_flight):
-        """The pool's next event. With a timeout, as joblib's, for each task:
-        a timeout error once a batch has been running in a worker for that
-        long, though other batches go on finishing."""
+        """The pool's next event. With a timeout, for each batch (one task
+        unless batch_size= or auto-sizing groups tiny ones; joblib's is per
+        batch too): a timeout error once a batch has been running in a worker
+        for that long, though other batches go on finishing."""
         timeout = self.parallel.timeout
         if timeout is None:
             return self.pool.next_event(None)
@@ -1965,7 +1970,7 @@ class _ProcessCall:
         for call in self.call_ids:
             running += self.pool.kill_busy(call)
         names = []
-        for batch, _pid in running:
+        for batch, _pid in sorted(running):
             if overdue is not None and batch not in overdue:
                 continue
             entry = in_flight.get(batch)

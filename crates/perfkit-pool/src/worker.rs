@@ -232,13 +232,14 @@ impl Worker {
         self.status.set(NO_TASK);
     }
 
-    /// Collects the exit status, killing the worker if it is still alive
-    /// after `grace`. None if it could not be collected: other code in this
-    /// process reaped it first (a `waitpid(-1)`), so how it ended is unknown.
+    /// Collects the exit status, killing the worker (and its process group)
+    /// if it is still alive after `grace`. None if it could not be collected:
+    /// other code in this process reaped it first (a `waitpid(-1)`), so how it
+    /// ended is unknown.
     ///
     /// With `take_group` (a worker that died), what is left in its process
-    /// group, processes its tasks started, is killed too: between its exit
-    /// and its reaping, while its pid, the group's id, cannot be reused.
+    /// group, processes its tasks started, is killed in any case: between its
+    /// exit and its reaping, while its pid, the group's id, cannot be reused.
     pub fn reap(&mut self, grace: Duration, take_group: bool) -> Option<ExitStatus> {
         let deadline = Instant::now() + grace;
         loop {
