@@ -532,22 +532,13 @@ def _forget_pools_after_fork():
     pools (the shared one, and those of `with Parallel() as p` objects) are
     the parent's: their workers and threads are not this process's, and a
     call queued on them would wait for ever. This process starts its own.
-    The parent's process pools are never closed or dropped here either
-    (dropping one terminates its workers: the parent's), so their reference
-    counts are raised for good."""
+    (A WorkerPool does nothing to its workers outside the process that
+    started it: dropping or closing the parent's here leaves them alone.)"""
     global _shared_pool, _pool_lock, _executors_lock
-    parents = [] if _shared_pool is None else [_shared_pool[1]]
     _shared_pool = None
     for kept in list(_with_private_pools):
-        if kept._private_pool is not None:
-            parents.append(kept._private_pool[1])
-            kept._private_pool = None
+        kept._private_pool = None
         kept._private_pool_busy = threading.Lock()  # (the call holding it is the parent's)
-    if parents:
-        import ctypes
-
-        for pool in parents:
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(pool))
     _executors.clear()  # (their threads are gone: dropping them joins nothing)
     _running_batches.clear()
     # A thread of the parent may have held these at the fork.
