@@ -603,13 +603,16 @@ fn retire(
 ) -> (i32, i64, Option<std::process::ExitStatus>) {
     let mut dead = worker.take().expect("a slot retires the worker it has");
     let task = dead.current_task();
-    let status = dead.reap(REAP_GRACE, true);
-    // Reaped: its pid may be reused by an unrelated process, and a kill
-    // `kill_busy` meant for it must not be taken for its successor's.
+    // Forgotten before it is reaped, after which its pid may be reused by an
+    // unrelated process: no `kill_busy` or `terminate` may signal it then
+    // (this thread kills it if it must), and a kill meant for it must not be
+    // taken for its successor's.
     let mut st = shared.state.lock().unwrap();
     st.pids[slot] = 0;
+    st.busy[slot] = None;
     st.killed[slot] = false;
     drop(st);
+    let status = dead.reap(REAP_GRACE, true);
     shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
     (dead.pid, task, status)
 }
