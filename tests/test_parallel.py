@@ -869,6 +869,21 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         # A fork in the middle of a call on the kept pool: the child drops its
         # copy of the call (a loop it breaks out of), and a call of its own on
         # the object works; the parent's call goes on, on the parent's workers.
+        # The same for a call on the module's pool: the child's copy releases
+        # the lock the parent's call took, not the child's own.
+        g = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.1, i) for i in range(8))
+        first = next(g)
+        pid = os.fork()
+        if pid == 0:
+            held = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.1, i) for i in range(4))
+            next(held)  # (the child's own call holds the child's module pool)
+            g.close()
+            del g
+            ok = list(held) == [1, 2, 3] and pp._pool_lock.locked() is False
+            os._exit(0 if ok else 5)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+        assert [first] + list(g) == list(range(8))
         streaming = Parallel(n_jobs=2, return_as="generator").__enter__()
         g = streaming(delayed(T.sleep_return)(0.1, i) for i in range(8))
         first = next(g)
@@ -1054,6 +1069,34 @@ def test_a_threads_task_given_up_on_does_not_hold_the_interpreters_exit(tmp_path
             return i
 
         Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(spin_or_fail)(i) for i in range(2))
+        """,
+    )
+    assert out.returncode == 1 and "KeyError: 'task 1 failed'" in out.stderr, (
+        out.returncode,
+        out.stderr[-500:],
+    )
+    # The same for a call inside a threads task drawing its tasks from a
+    # generator that runs Python code (drawn in Python there, not in Rust).
+    out = run_script(
+        tmp_path / "drawing.py",
+        """
+        import time
+        from perfkit import Parallel, delayed
+
+        def spinning_tasks():
+            for i in range(10):
+                end = time.perf_counter() + 0.5
+                while time.perf_counter() < end:
+                    pass
+                yield delayed(abs)(i)
+
+        def outer(i):
+            if i == 1:
+                time.sleep(1)
+                raise KeyError("task 1 failed")
+            return Parallel(n_jobs=2, backend="threads", batch_size=5)(spinning_tasks())
+
+        Parallel(n_jobs=2, backend="threads", batch_size=1)(delayed(outer)(i) for i in range(2))
         """,
     )
     assert out.returncode == 1 and "KeyError: 'task 1 failed'" in out.stderr, (

@@ -489,24 +489,27 @@ def _probe_remote_read(pool) -> bool:
 
 
 def _acquire_shared_pool(key):
-    """The module-level pool for `key`, locked for this call; or None if another
-    thread is using it (the caller then makes a private pool)."""
+    """``(pool, lock)``: the module-level pool for `key`, and the lock taken
+    for this call, to release when it ends (a forked child's copy of the call
+    must release that one, not the child's own); or ``(None, None)`` if
+    another thread is using it (the caller then makes a private pool)."""
     global _shared_pool
-    if not _pool_lock.acquire(blocking=False):
-        return None
+    lock = _pool_lock
+    if not lock.acquire(blocking=False):
+        return None, None
     try:
         if _shared_pool is not None and (_shared_pool[0] != key or not _shared_pool[1].alive):
             _shared_pool[1].close()
             _shared_pool = None
         if _shared_pool is None:
             _shared_pool = (key, _new_pool(*key))
-        return _shared_pool[1]
+        return _shared_pool[1], lock
     except BaseException:
-        _pool_lock.release()
+        lock.release()
         raise
 
 
-def _release_shared_pool(pool, broken: bool):
+def _release_shared_pool(pool, lock, broken: bool):
     global _shared_pool
     try:
         if broken:
@@ -514,7 +517,7 @@ def _release_shared_pool(pool, broken: bool):
             if _shared_pool is not None and _shared_pool[1] is pool:
                 _shared_pool = None
     finally:
-        _pool_lock.release()
+        lock.release()
 
 
 def _shutdown_shared_pool():
@@ -890,7 +893,7 @@ class Parallel:
                 raise
             pool, shared = self._private_pool[1], False
         else:
-            pool = _acquire_shared_pool(key)
+            pool, shared_lock = _acquire_shared_pool(key)
             shared = pool is not None
             if pool is None:
                 pool = _new_pool(*key)
@@ -906,7 +909,7 @@ class Parallel:
             raise
         finally:
             if shared:
-                _release_shared_pool(pool, broken)
+                _release_shared_pool(pool, shared_lock, broken)
             elif private:
                 busy.release()
             else:
@@ -935,17 +938,9 @@ class Parallel:
         dispatched = 0
         pending = {}  # future -> (first index, function), in dispatch order
         order = collections.deque()  # the futures in input order (ordered results)
-        # What the batches' done-callbacks report as they end: for ordered
-        # results a failed batch's future (else None: a wake-up), for
-        # unordered every future; waited on in O(1), whatever the window.
+        # The batches' futures as they end (their done-callbacks put them
+        # here): waited on without a scan of what is pending.
         completions = queue.SimpleQueue()
-        if ordered:
-
-            def report(future):
-                completions.put(future if not future.cancelled() and future.exception() is not None else None)
-
-        else:
-            report = completions.put
         started = {}  # first index -> when a thread began the batch (for a timeout per batch)
         exhausted = False
         completed = False
@@ -968,7 +963,13 @@ class Parallel:
                             size = _thread_batch_size(known, left, n_jobs)
                             if per_task is None:
                                 size = _untimed_batch_size(size, left, n_jobs)
-                    chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
+                    if getattr(_nested, "executor", None) is None:
+                        chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
+                    else:
+                        # A call inside a threads-backend task, on a daemon thread:
+                        # drawn in Python, for the reason _run_uniform gives (the
+                        # caller's generator runs Python code as it is drawn).
+                        chunk, mode = [head, *itertools.islice(tasks, size - 1)], None
                     uniform = function
                     if mode is None:  # tasks as drawn (mixed functions, keywords)
                         uniform, items = None, chunk
@@ -979,7 +980,7 @@ class Parallel:
                     pending[future] = (dispatched, function)
                     if ordered:
                         order.append(future)
-                    future.add_done_callback(report)
+                    future.add_done_callback(completions.put)
                     dispatched += len(items)
                     self.n_dispatched_tasks = dispatched
                 if not pending:
@@ -988,10 +989,10 @@ class Parallel:
                     # In input order, but the first error raised at once (fail
                     # fast, as joblib does), not after the batches before it.
                     while not order[0].done():
-                        failed = self._next_completion(completions, pending, started)
-                        if failed is not None:
-                            failed.result()
+                        _raise_if_failed(self._next_completion(completions, pending, started))
                     fut = order.popleft()
+                    while not completions.empty():  # (ended meanwhile; `order` holds them)
+                        _raise_if_failed(completions.get_nowait())
                 else:
                     fut = self._next_completion(completions, pending, started)
                 first, function = pending.pop(fut)
@@ -1363,6 +1364,11 @@ def _run_batch_counted(function, mode, items, first, share):
         if mode is None:
             return _run_chunk(enumerate(items, first)), time.perf_counter() - started
         return _run_uniform(function, mode, items, first), time.perf_counter() - started
+
+
+def _raise_if_failed(future):
+    if not future.cancelled() and future.exception() is not None:
+        future.result()
 
 
 def _run_uniform(function, mode, items, first):

@@ -57,12 +57,11 @@ impl WorkerPool {
     /// The pool, taken out to be stopped; None if it was, or in a forked
     /// child (where it is left as it is: see `owner`).
     fn take_own(&self) -> Option<Arc<Pool>> {
-        let pool = self.inner.lock().unwrap().take();
-        if std::process::id() == self.owner {
-            return pool;
+        // (Asked before the lock: a thread of the parent may have held it at the fork.)
+        if std::process::id() != self.owner {
+            return None;
         }
-        std::mem::forget(pool);
-        None
+        self.inner.lock().unwrap().take()
     }
 
     fn with_pool<R>(&self, f: impl FnOnce(&Pool) -> R) -> PyResult<R> {
@@ -271,9 +270,11 @@ impl WorkerPool {
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        // (Dropping the pool stops it: not in a forked child, see `owner`.)
+        // (Dropping the pool stops it: not in a forked child, see `owner`.
+        // `get_mut`: no lock, which a thread of the parent may have held.)
         if std::process::id() != self.owner {
-            std::mem::forget(self.inner.lock().unwrap().take());
+            let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+            std::mem::forget(inner.take());
         }
     }
 }
