@@ -4,6 +4,9 @@
 //! supervision (a dead worker is noticed at once, named by signal and task,
 //! and replaced).
 //!
+//! `in_worker` is the one part that runs inside a worker: what the worker
+//! sets up in itself so that it cannot outlive its parent.
+//!
 //! It owns processes, pipes, segments and threads; it knows nothing about
 //! Python objects or pickling (payloads are opaque bytes), so everything here
 //! is testable with `cargo test` and a shell script standing in for a worker.
