@@ -139,7 +139,7 @@ impl MappedSegment {
         self.capacity
     }
 
-    /// How a worker finds it: `memfd:<pid>:<fd>` (opened as /proc/<pid>/fd/<fd>).
+    /// How a worker finds it: `memfd:<pid>:<fd>` (opened as `/proc/<pid>/fd/<fd>`).
     pub fn name(&self) -> String {
         use std::os::fd::AsRawFd;
         format!("memfd:{}:{}", std::process::id(), self.fd.as_raw_fd())
