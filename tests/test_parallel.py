@@ -85,11 +85,12 @@ def run_script(path, source):
 def no_leftovers():
     yield
     assert shm_leftovers() == []
-    # The shared pool may be up (its workers, perhaps a replacement being started), nothing else.
+    # The shared pool and the spare may be up (their workers, perhaps a
+    # replacement being started), nothing else.
 
     def expected():
-        pool = pp._shared_pool[1] if pp._shared_pool else None
-        return set(pool.pids()) if pool is not None and pool.alive else set()
+        pools = [kept[1] for kept in (pp._shared_pool, pp._spare_pool) if kept]
+        return {pid for pool in pools if pool.alive for pid in pool.pids()}
 
     # Polled until it holds: a worker killed at the end of a failed call is
     # replaced in the background, and between its reaping and its successor's
@@ -691,6 +692,20 @@ def test_context_manager_keeps_workers_and_module_pool_is_reused():
     shared = set(pp._shared_pool[1].pids())
     b = set(Parallel(n_jobs=2)(delayed(T.pid_of)(i) for i in range(40)))
     assert b <= shared == set(pp._shared_pool[1].pids()), "successive calls reuse the module-level pool"
+
+
+def test_calls_that_find_the_module_pool_busy_share_one_spare():
+    # A generator left unfinished (a notebook's) holds the module's pool: the
+    # calls after it run on one kept spare pool, not on workers started for each.
+    held = Parallel(n_jobs=2, return_as="generator")(delayed(T.pid_of)(i) for i in range(50))
+    next(held)
+    pids = [set(Parallel(n_jobs=2)(delayed(T.pid_of)(i) for i in range(20))) for _ in range(4)]
+    spare = set(pp._spare_pool[1].pids())
+    assert all(p <= spare for p in pids) and not spare & set(pp._shared_pool[1].pids())
+    held.close()
+    assert set(Parallel(n_jobs=2)(delayed(T.pid_of)(i) for i in range(20))) <= set(pp._shared_pool[1].pids())
+    pp._shutdown_shared_pool()  # (the spare's workers go too)
+    assert pp._spare_pool is None and not set(children()) & spare
 
 
 def test_concurrent_calls_from_threads():

@@ -364,6 +364,8 @@ def _parse_nbytes(value) -> int | None:
 
 _pool_lock = threading.Lock()
 _shared_pool = None  # (key, WorkerPool): the module-level pool reused by successive calls
+_spare_lock = threading.Lock()
+_spare_pool = None  # (key, WorkerPool): for calls that find the module's pool busy (_take_spare_pool)
 _call_ids = itertools.count(1)
 
 
@@ -520,11 +522,39 @@ def _release_shared_pool(pool, lock, broken: bool):
         lock.release()
 
 
+def _take_spare_pool(key):
+    """The kept spare pool for `key`, or None. Calls that find the module's
+    pool busy (another thread's call, or a generator left unfinished, as in
+    a notebook) run on it rather than on workers started for each of them."""
+    global _spare_pool
+    with _spare_lock:
+        spare, _spare_pool = _spare_pool, None
+    if spare is not None and spare[0] == key and spare[1].alive:
+        return spare[1]
+    if spare is not None:
+        spare[1].close()
+    return None
+
+
+def _keep_spare_pool(key, pool):
+    """After a call on a pool of its own: kept as the spare (one at most)."""
+    global _spare_pool
+    with _spare_lock:
+        if _spare_pool is None:
+            _spare_pool = (key, pool)
+            return
+    pool.close()
+
+
 def _shutdown_shared_pool():
-    global _shared_pool
+    global _shared_pool, _spare_pool
     if _shared_pool is not None:
         _shared_pool[1].terminate()
         _shared_pool = None
+    with _spare_lock:
+        spare, _spare_pool = _spare_pool, None
+    if spare is not None:
+        spare[1].terminate()
 
 
 _with_private_pools: weakref.WeakSet = weakref.WeakSet()  # Parallel objects holding workers of their own
@@ -537,8 +567,8 @@ def _forget_pools_after_fork():
     call queued on them would wait for ever. This process starts its own.
     (A WorkerPool does nothing to its workers outside the process that
     started it: dropping or closing the parent's here leaves them alone.)"""
-    global _shared_pool, _pool_lock, _executors_lock
-    _shared_pool = None
+    global _shared_pool, _pool_lock, _executors_lock, _spare_pool, _spare_lock
+    _shared_pool = _spare_pool = None
     for kept in list(_with_private_pools):
         kept._private_pool = None
         kept._private_pool_busy = threading.Lock()  # (the call holding it is the parent's)
@@ -547,6 +577,7 @@ def _forget_pools_after_fork():
     # A thread of the parent may have held these at the fork.
     _pool_lock = threading.Lock()
     _executors_lock = threading.Lock()
+    _spare_lock = threading.Lock()
 
 
 import atexit
@@ -896,7 +927,7 @@ class Parallel:
             pool, shared_lock = _acquire_shared_pool(key)
             shared = pool is not None
             if pool is None:
-                pool = _new_pool(*key)
+                pool = _take_spare_pool(key) or _new_pool(*key)
         broken = False
         try:
             with _fewer_young_collections():
@@ -912,8 +943,8 @@ class Parallel:
                 _release_shared_pool(pool, shared_lock, broken)
             elif private:
                 busy.release()
-            else:
-                pool.close()
+            elif pool.alive:  # (not if terminated above)
+                _keep_spare_pool(key, pool)
 
     # -- threads ---------------------------------------------------------------------
 
