@@ -256,9 +256,7 @@ impl Worker {
             }
         }
         if take_group {
-            // SAFETY: kill(2) on the group of a worker we spawned (its own
-            // group leader), exited but not reaped.
-            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+            kill_pid(self.pid); // (exited but not reaped: its group id is still its own)
         }
         self.child.wait().ok()
     }
