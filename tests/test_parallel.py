@@ -480,6 +480,38 @@ def test_return_as():
         assert got[-1] == 0, "the slow first task comes last when unordered"
 
 
+def _files_within(directory, seconds):
+    deadline = time.monotonic() + seconds
+    while not os.listdir(directory) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(os.listdir(directory))
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, runs_ahead",
+    [("processes", "loky", True), ("threads", "threading", True), ("sequential", "sequential", False)],
+)
+def test_a_returned_generator_starts_its_tasks_at_the_call_as_joblibs_does(
+    tmp_path, ours, theirs, runs_ahead
+):
+    """return_as="generator": a caller that draws the results later finds the
+    first ones under way (or done), as with joblib; sequential calls run each
+    task only when it is drawn, in both."""
+    for name, module, backend in (("perfkit", perfkit, ours), ("joblib", joblib, theirs)):
+        for return_as in ("generator", "generator_unordered"):
+            directory = tmp_path / f"{name}-{return_as}"
+            directory.mkdir()
+            gen = module.Parallel(n_jobs=2, backend=backend, return_as=return_as)(
+                module.delayed(T.touch_then_sleep)(str(directory / str(i)), 0.05) for i in range(6)
+            )
+            if runs_ahead:
+                assert _files_within(directory, 10) > 0, (name, backend, return_as)
+            else:
+                time.sleep(0.2)
+                assert not os.listdir(directory), (name, backend, return_as)
+            assert sorted(gen) == sorted(str(directory / str(i)) for i in range(6))
+
+
 def test_generator_closed_early_leaves_pool_usable():
     gen = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.01, i) for i in range(200))
     assert next(gen) == 0
@@ -2117,6 +2149,15 @@ def test_dask_backend_on_a_local_cluster(dask_client):
             # The cluster's threads (2 workers of 1), whatever n_jobs says, as joblib's.
             for n_jobs in (-1, None, 4):
                 assert perfkit.effective_n_jobs(n_jobs) == joblib.effective_n_jobs(n_jobs) == 2
+
+
+def test_dask_generator_starts_its_tasks_at_the_call(dask_client, tmp_path):
+    with parallel_config(backend="dask"):
+        gen = Parallel(return_as="generator")(
+            delayed(T.touch_then_sleep)(str(tmp_path / str(i)), 0.05) for i in range(4)
+        )
+        assert _files_within(tmp_path, 10) > 0
+        assert list(gen) == [str(tmp_path / str(i)) for i in range(4)]
 
 
 def test_dask_fails_fast_and_draws_no_more_than_its_window(dask_client):

@@ -112,6 +112,7 @@ class DaskCall:
         dispatched = 0
         exhausted = False
         completed = False
+        started_call = False
         seceded = False
         if self.given is not None:
             self._know_given()
@@ -124,6 +125,9 @@ class DaskCall:
                         break
                     dispatched += count
                     self.parallel.n_dispatched_tasks = dispatched
+                if not started_call:
+                    started_call = True
+                    yield pp._STARTED
                 if not in_flight:
                     break
                 if not seceded:

@@ -883,6 +883,10 @@ class Parallel:
         else:
             gen = self._run_processes(iterable, n_jobs, total, progress)
         gen = _forgetting(gen)
+        # As joblib does, the first batches go out now, also for a generator the
+        # caller draws later: each backend yields one empty batch (_STARTED)
+        # once they are out, before any result.
+        next(gen, None)
         if self.return_as == "list":
             out = []
             for batch in gen:
@@ -975,6 +979,7 @@ class Parallel:
         started = {}  # first index -> when a thread began the batch (for a timeout per batch)
         exhausted = False
         completed = False
+        started_call = False
         try:
             while True:
                 while not exhausted and len(pending) < window:
@@ -1014,6 +1019,9 @@ class Parallel:
                     future.add_done_callback(completions.put)
                     dispatched += len(items)
                     self.n_dispatched_tasks = dispatched
+                if not started_call:
+                    started_call = True
+                    yield _STARTED
                 if not pending:
                     break
                 if ordered:
@@ -1118,6 +1126,11 @@ class _InOrder:
             yield out
 
 
+# The empty batch each backend's generator yields first, once the call's first
+# batches are out (Parallel.__call__ draws it).
+_STARTED = ()
+
+
 def _forgetting(batches):
     """The batches of a call; at its end, `delayed` lets go of the wrapper it keeps for reuse."""
     try:
@@ -1204,6 +1217,7 @@ def _unpack(task, index):
 
 
 def _run_sequential(iterable, progress, parallel):
+    yield _STARTED  # (joblib's sequential calls, too, run each task only when its result is drawn)
     completed = False
     try:
         for i, task in enumerate(iterable):
@@ -1637,6 +1651,7 @@ class _ProcessCall:
         batch_ids = itertools.count()
         exhausted = False
         completed = False
+        started_call = False
         pool = self.pool
         try:
             while True:
@@ -1716,6 +1731,9 @@ class _ProcessCall:
                     # Only the encoded items stay (they name a task that fails): the
                     # caller's task tuples die young, which keeps the GC's work small.
                     in_flight[batch] = (first, mode, items)
+                if not started_call:
+                    started_call = True
+                    yield _STARTED
                 if not in_flight:
                     break
                 event = self._next_event(in_flight)
