@@ -10,6 +10,7 @@ import contextlib
 import copyreg
 import functools
 import gc
+import io
 import math
 import os
 import pickle
@@ -510,6 +511,91 @@ def test_a_returned_generator_starts_its_tasks_at_the_call_as_joblibs_does(
                 time.sleep(0.2)
                 assert not os.listdir(directory), (name, backend, return_as)
             assert sorted(gen) == sorted(str(directory / str(i)) for i in range(6))
+
+
+def _raise_at(items, bad):
+    for i, item in enumerate(items):
+        if i == bad:
+            raise KeyError("the caller's iterable failed")
+        yield item
+
+
+@pytest.mark.parametrize("ours, theirs", [("processes", "loky"), ("threads", "threading")])
+def test_a_generators_first_errors_come_at_the_first_next_as_in_joblib(ours, theirs):
+    """Errors drawing or sending the first tasks surface where joblib raises
+    them, at the first next(), so that a try around the loop sees them."""
+    for module, backend in ((perfkit, ours), (joblib, theirs)):
+        cases = [
+            (_raise_at((module.delayed(T.square)(i) for i in range(10)), 0), KeyError),
+            (iter([1, 2, 3]), TypeError),  # not made by delayed
+        ]
+        for tasks, error in cases:
+            gen = module.Parallel(n_jobs=2, backend=backend, return_as="generator")(tasks)
+            with pytest.raises(error):
+                next(gen)
+    # And the call was over: the next ones run.
+    assert Parallel(n_jobs=2, backend=ours)(delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+    with Parallel(n_jobs=2, backend=ours, return_as="generator") as p:
+        gen = p(_raise_at((delayed(T.square)(i) for i in range(10)), 0))
+        with pytest.raises(KeyError):
+            next(gen)
+        assert list(p(delayed(T.square)(i) for i in range(3))) == [0, 1, 4]
+
+
+@pytest.mark.version_sensitive  # 3.12 stopped cleaning up never-started generators on close()
+def test_a_generator_closed_or_dropped_before_any_next_ends_its_call():
+    threshold = gc.get_threshold()
+    gen = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.2, i) for i in range(50))
+    assert pp._pool_lock.locked()  # the call runs
+    gen.close()
+    assert not pp._pool_lock.locked() and gc.get_threshold() == threshold
+    with Parallel(n_jobs=2, return_as="generator") as p:
+        p(delayed(T.sleep_return)(0.2, i) for i in range(50)).close()
+        assert list(p(delayed(T.square)(i) for i in range(4))) == [0, 1, 4, 9]
+        p(delayed(T.sleep_return)(0.2, i) for i in range(50))  # dropped at once
+        assert list(p(delayed(T.square)(i) for i in range(4))) == [0, 1, 4, 9]
+
+
+def test_generators_made_together_share_the_kept_workers():
+    """Generators made first and drawn one after another (a dict of pending
+    analyses, say) neither start a pool each nor keep CPython's GC setting
+    changed while they wait: joblib runs them on its one pool."""
+    threshold = gc.get_threshold()
+    Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(2))
+    kept = set(pp._shared_pool[1].pids())
+    gens = [
+        Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.05, 10 * k + i) for i in range(4))
+        for k in range(6)
+    ]
+    assert gc.get_threshold() == threshold
+    # The module's pool, and at most the spare beside it.
+    assert len(set(children()) - kept) <= 2
+    assert [list(g) for g in gens] == [[10 * k + i for i in range(4)] for k in range(6)]
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+def test_a_generator_made_in_a_with_block_can_be_drawn_after_it(backend):
+    """joblib fails here (an AttributeError deep inside); perfkit finishes the
+    call on the block's workers, then lets them go."""
+    with Parallel(n_jobs=2, backend=backend, return_as="generator") as p:
+        gen = p(delayed(T.sleep_return)(0.05, i) for i in range(6))
+    assert list(gen) == list(range(6))
+    assert p._private_pool is None  # (the leftover-process check then finds none of its workers)
+
+
+def test_a_progress_bar_of_a_generator_never_drawn_writes_nothing(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stderr = Terminal()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    Parallel(n_jobs=2, progress=True, return_as="generator")(delayed(T.square)(i) for i in range(8)).close()
+    assert stderr.getvalue() == ""
+    assert Parallel(n_jobs=2, progress=True)([delayed(T.square)(i) for i in range(8)]) == [
+        i * i for i in range(8)
+    ]
+    assert "8/8" in stderr.getvalue() and stderr.getvalue().endswith("\n")
 
 
 def test_generator_closed_early_leaves_pool_usable():

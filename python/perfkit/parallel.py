@@ -601,6 +601,7 @@ class _Progress:
         self.start = time.perf_counter()
         self.last_draw = self.start  # first line after one interval, when the rate means something
         self.stream = sys.stderr
+        self.on_screen = False
         try:
             self.tty = self.stream.isatty()
         except (AttributeError, ValueError):
@@ -639,6 +640,7 @@ class _Progress:
             line = "\r" + line + " " if self.tty else line + "\n"
         self.stream.write(line)
         self.stream.flush()
+        self.on_screen = True
 
     def close(self, completed: bool) -> None:
         if self.closing is not None:
@@ -647,8 +649,8 @@ class _Progress:
             return
         if completed:
             self._draw(time.perf_counter(), final=True)
-        if self.tty:
-            self.stream.write("\n")
+        if self.tty and self.on_screen:
+            self.stream.write("\n")  # (ends the bar's line)
             self.stream.flush()
 
 
@@ -822,10 +824,19 @@ class Parallel:
 
     def __exit__(self, *exc):
         self._in_context = False
-        if self._private_pool is not None:
-            self._private_pool[1].close()
-            self._private_pool = None
+        self._close_private_pool()
         return False
+
+    def _close_private_pool(self):
+        """Closes the kept workers, unless a call (a generator made inside the
+        `with` block) still runs on them: that call closes them when it ends."""
+        if self._private_pool_busy.acquire(blocking=False):
+            try:
+                if self._private_pool is not None:
+                    self._private_pool[1].close()
+                    self._private_pool = None
+            finally:
+                self._private_pool_busy.release()
 
     def __del__(self):
         p = getattr(self, "_private_pool", None)
@@ -883,16 +894,25 @@ class Parallel:
         else:
             gen = self._run_processes(iterable, n_jobs, total, progress)
         gen = _forgetting(gen)
-        # As joblib does, the first batches go out now, also for a generator the
-        # caller draws later: each backend yields one empty batch (_STARTED)
-        # once they are out, before any result.
-        next(gen, None)
         if self.return_as == "list":
             out = []
             for batch in gen:
                 out.extend(batch)
             return out
-        return _flatten(gen)
+        # As joblib does, the first batches go out now, also for a generator the
+        # caller draws later: each backend yields one empty batch (_STARTED)
+        # once they are out, before any result.
+        try:
+            next(gen, None)
+        except Exception as exc:  # noqa: BLE001 (raised again, at the first next())
+            # An error drawing or sending the first tasks comes at the first
+            # next(), as joblib's does: a caller's try around its loop sees it.
+            failed = _raising(exc)
+            next(failed)
+            return failed
+        results = _results(gen)
+        next(results)
+        return results
 
     # -- processes -------------------------------------------------------------------
 
@@ -907,13 +927,20 @@ class Parallel:
         key = self._pool_key(n_jobs)
         private = self._in_context
         busy = self._private_pool_busy  # (a forked child gets a fresh one: this call's is this one)
+        # Refused at the call, as joblib refuses it, not when a generator is drawn.
+        if private and not busy.acquire(blocking=False):
+            raise RuntimeError(
+                "This Parallel instance is already running ! Its workers run one call at a time: "
+                "finish the previous call (consume its generator, or delete it) before making another, "
+                "or make it from another Parallel object."
+            )
+        return self._process_batches(iterable, n_jobs, total, progress, key, private, busy)
+
+    def _process_batches(self, iterable, n_jobs, total, progress, key, private, busy):
+        """The call's result batches (`busy` held if `private`: the caller
+        starts this generator at once, which releases it in the end)."""
+        announce = True
         if private:
-            if not busy.acquire(blocking=False):
-                raise RuntimeError(
-                    "This Parallel instance is already running ! Its workers run one call at a time: "
-                    "finish the previous call (consume its generator, or delete it) before making another, "
-                    "or make it from another Parallel object."
-                )
             try:
                 if (
                     self._private_pool is None
@@ -931,14 +958,43 @@ class Parallel:
             pool, shared_lock = _acquire_shared_pool(key)
             shared = pool is not None
             if pool is None:
-                pool = _take_spare_pool(key) or _new_pool(*key)
+                pool = _take_spare_pool(key)
+            if pool is None:
+                # Every kept pool is busy (behind other threads' calls, or
+                # generators not yet drawn): workers of this call's own start
+                # when the caller draws from it, not at the call. So a few
+                # generators made at once and drawn one after another do not
+                # start a pool each, and hold no workers until they run. Its
+                # first tasks are drawn now all the same, as joblib draws
+                # pre_dispatch tasks at the call (what they read, a loop
+                # variable of the caller's say, is what it is at the call).
+                announce = False
+                tasks = iter(iterable)
+                first = list(itertools.islice(tasks, _dispatch_window(self.pre_dispatch, n_jobs)))
+                iterable = itertools.chain(first, tasks)
+                del first
+                yield _STARTED
+                pool, shared_lock = _acquire_shared_pool(key)
+                shared = pool is not None
+                if pool is None:
+                    pool = _take_spare_pool(key) or _new_pool(*key)
         broken = False
+        call = None
         try:
-            with _fewer_young_collections():
-                yield from _ProcessCall(self, pool, iterable, n_jobs, total, progress, key[2]).run()
+            call = _ProcessCall(self, pool, iterable, n_jobs, total, progress, key[2]).run(announce)
+            while True:
+                # The GC setting only while the call runs, not while a returned
+                # generator waits for its caller between results.
+                with _fewer_young_collections():
+                    batch = next(call, _NO_TASK)
+                if batch is _NO_TASK:
+                    break
+                yield batch
         except BaseException as exc:
             # Ctrl-C or an abandoned call: nothing of it may keep running.
             broken = isinstance(exc, (KeyboardInterrupt, SystemExit)) or not pool.alive
+            if call is not None:
+                call.close()  # (its own clean-up first: what it left running is stopped)
             if broken and not shared:
                 pool.terminate()
             raise
@@ -947,6 +1003,10 @@ class Parallel:
                 _release_shared_pool(pool, shared_lock, broken)
             elif private:
                 busy.release()
+                if not self._in_context:
+                    # Its `with` block ended while this call (a generator) ran:
+                    # the workers go now that it is over.
+                    self._close_private_pool()
             elif pool.alive:  # (not if terminated above)
                 _keep_spare_pool(key, pool)
 
@@ -1139,9 +1199,21 @@ def _forgetting(batches):
         _native.delayed_forget()
 
 
-def _flatten(batches):
-    for batch in batches:
-        yield from batch
+def _results(batches):
+    """A started call's results, one by one. Started itself (by its maker):
+    close() before the first next() then ends the call on every Python, as
+    3.12 runs no clean-up for a generator that never started."""
+    try:
+        yield
+        for batch in batches:
+            yield from batch
+    finally:
+        batches.close()
+
+
+def _raising(exc):
+    yield
+    raise exc
 
 
 def _length(iterable):
@@ -1633,7 +1705,9 @@ class _ProcessCall:
         self.function_dirty = False
         self.main_names_sent = len(sent)
 
-    def run(self):
+    def run(self, announce=True):
+        """The call's result batches, in order or as they come; first, once the
+        first batches are out, one empty batch (_STARTED) if `announce`."""
         tasks = iter(self.iterable)
         dispatched = 0
         batch_size = self.parallel.batch_size
@@ -1651,7 +1725,7 @@ class _ProcessCall:
         batch_ids = itertools.count()
         exhausted = False
         completed = False
-        started_call = False
+        started_call = not announce
         pool = self.pool
         try:
             while True:
