@@ -982,14 +982,18 @@ class Parallel:
         call = None
         try:
             call = _ProcessCall(self, pool, iterable, n_jobs, total, progress, key[2]).run(announce)
-            while True:
-                # The GC setting only while the call runs, not while a returned
-                # generator waits for its caller between results.
+            if self.return_as == "list":
                 with _fewer_young_collections():
-                    batch = next(call, _NO_TASK)
-                if batch is _NO_TASK:
-                    break
-                yield batch
+                    yield from call
+            else:
+                while True:
+                    # The GC setting only while the call runs, not while a
+                    # returned generator waits for its caller between results.
+                    with _fewer_young_collections():
+                        batch = next(call, _NO_TASK)
+                    if batch is _NO_TASK:
+                        break
+                    yield batch
         except BaseException as exc:
             # Ctrl-C or an abandoned call: nothing of it may keep running.
             broken = isinstance(exc, (KeyboardInterrupt, SystemExit)) or not pool.alive
