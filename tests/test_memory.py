@@ -384,6 +384,26 @@ def test_hash_different_like_joblib(i):
     assert joblib.hash(a) != joblib.hash(b)
 
 
+@pytest.mark.version_sensitive  # code objects' fields and positions differ across CPythons
+def test_a_function_hashes_by_what_it_does_not_by_its_copy_or_column():
+    import cloudpickle
+
+    def scale(x, factor=2):
+        return [x * factor for _ in range(3)]
+
+    # Two copies of one function (unpickled twice, as two workers get it):
+    # marshal's bytes of their code differ, what they do does not.
+    one, two = (cloudpickle.loads(cloudpickle.dumps(scale)) for _ in range(2))
+    keep = [one.__code__] * 3  # (reference counts are what marshal's bytes depend on)
+    assert perfkit.hash(one) == perfkit.hash(two) == perfkit.hash(scale)
+    del keep
+    # The same lambda, twice on one line (only its columns differ).
+    a, b = (lambda x: x + 1), (lambda x: x + 1)
+    assert perfkit.hash(a) == perfkit.hash(b)
+    assert perfkit.hash(a) != perfkit.hash(lambda x: x + 2)
+    assert perfkit.hash(scale) != perfkit.hash(lambda x, factor=2: [x * factor for _ in range(4)])
+
+
 def test_hash_shape_and_identity():
     a = np.arange(5.0)
     h = perfkit.hash(a)

@@ -342,3 +342,59 @@ def test_shelved_reference_is_on_disk_at_once(tmp_path):
     # Another process may get() the reference at once: its entry must be on disk already.
     assert all(os.path.exists(r.entry) for r in refs)
     assert [r.get() for r in refs] == [i * i for i in range(1, 200)]
+
+
+SCRIPT_CACHED_IN_WORKERS = """
+import os, sys
+import joblib, perfkit
+
+Memory = {"perfkit": perfkit.Memory, "joblib": joblib.Memory}[sys.argv[1]]
+Parallel, delayed = {
+    "perfkit": (perfkit.Parallel, perfkit.delayed),
+    "joblib": (joblib.Parallel, joblib.delayed),
+}[sys.argv[2]]
+memory = Memory(sys.argv[3], verbose=0)
+LOG = sys.argv[4]  # (a worker's sys.argv is not the script's: the function takes this value along)
+
+@memory.cache
+def square(x):
+    with open(os.path.join(LOG, f"{x}-{os.getpid()}"), "w"):
+        pass
+    return x * x
+
+def task(x):
+    return square(x % 5)
+
+if __name__ == "__main__":
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+    assert Parallel(n_jobs=2)(delayed(task)(i) for i in range(10)) == [(i % 5) ** 2 for i in range(10)]
+    in_workers = len(os.listdir(LOG))
+    assert square(3) == 9  # in this process: found where the workers put it?
+    print(in_workers, len(os.listdir(LOG)))
+"""
+
+
+@pytest.mark.parametrize("parallel", ["perfkit", "joblib"])
+def test_a_scripts_cached_function_runs_in_parallel_workers_as_joblibs_does(tmp_path, parallel):
+    """A ``@memory.cache`` function of the user's script, passed to Parallel or
+    called by a task: the workers get it by value (by name it means nothing in
+    them) and share its cache. Each value is computed once, with joblib.Memory
+    and with perfkit.Memory alike."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_CACHED_IN_WORKERS)
+    computed = {}
+    for memory in ("perfkit", "joblib"):
+        log = tmp_path / f"log-{memory}"
+        log.mkdir()
+        out = subprocess.run(
+            [sys.executable, str(script), memory, parallel, str(tmp_path / f"cache-{memory}"), str(log)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        computed[memory] = [int(n) for n in out.stdout.split()]
+    # And the script finds the workers' entries, as with joblib.Memory (a copy
+    # sent by value keeps the original's identity, though it has no source).
+    assert computed == {"perfkit": [10, 10], "joblib": [10, 10]}

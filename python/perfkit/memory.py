@@ -39,7 +39,6 @@ import functools
 import inspect
 import io
 import json
-import marshal
 import mmap
 import os
 import pickle
@@ -226,12 +225,32 @@ def hash(obj: Any) -> str:  # joblib.hash's name, on purpose
 
 
 def _code_digest(code: types.CodeType, position_independent: bool = False) -> str:
-    if position_independent:  # the same lambda written on another line is the same lambda
-        code = code.replace(co_firstlineno=1)
-    try:
-        return _cache_hash(b"code", marshal.dumps(code), ())
-    except ValueError:
-        return code.co_name
+    """A digest of what `code` does: its bytecode, constants (nested code
+    too), names and flags. Not marshal's bytes, which depend on reference
+    counts, so that two copies of one function (unpickled in two workers, or
+    twice in one) digest alike; not its column positions either."""
+    return hash(_code_parts(code, position_independent))
+
+
+def _code_parts(code: types.CodeType, position_independent: bool) -> tuple:
+    consts = tuple(
+        _code_parts(c, position_independent) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return (
+        code.co_code,  # (specialized instructions read back as the generic ones)
+        consts,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+        code.co_name,
+        # (the same lambda written on another line is the same lambda)
+        None if position_independent else code.co_firstlineno,
+    )
 
 
 # -- the function's identity and argument binding ------------------------------------------------
@@ -530,10 +549,15 @@ class MemorizedFunc:
         self._compress = memory._compress_level
         self._durable = memory.durable
         functools.update_wrapper(self, func)
-        module, qualname = _func_identity(func)
-        self._name = f"{module}.{qualname}"
         self._bind, self._arg_names = _make_binder(func, self.ignore)
-        source, source_file = _func_source(func)
+        self._take_identity(*_func_source(func))
+
+    def _take_identity(self, source: str, source_file: str) -> None:
+        """Where its entries go: by the function's name and source text (which
+        an unpickled copy takes from the original, as it may have none)."""
+        memory = self.memory
+        module, qualname = _func_identity(self.func)
+        self._name = f"{module}.{qualname}"
         self._source = source
         self._source_file = source_file
         code_hash = _cache_hash(b"func-code", f"{module}\0{qualname}\0{source}".encode(), ())
@@ -553,9 +577,12 @@ class MemorizedFunc:
         return f"MemorizedFunc(func={self.func!r}, location={self.memory.location!r})"
 
     def __reduce__(self):
-        module = sys.modules.get(getattr(self, "__module__", ""), None)
-        if module is not None and getattr(module, self.__qualname__, None) is self:
+        name = getattr(self, "__module__", "")
+        module = sys.modules.get(name, None)
+        if name != "__main__" and module is not None and getattr(module, self.__qualname__, None) is self:
             return self.__qualname__  # a module-level decorated function: pickle it by name
+        # Else by value: a script's function means nothing by name in another
+        # process (a Parallel worker's __main__ is not the script).
         return (
             _rebuild_memorized,
             (
@@ -565,6 +592,7 @@ class MemorizedFunc:
                 self._verbose,
                 self.mmap_mode,
                 self.cache_validation_callback,
+                (self._source, self._source_file),
             ),
         )
 
@@ -798,8 +826,13 @@ class MemorizedFunc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
 
 
-def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback):
-    return MemorizedFunc(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
+def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback, identity=None):
+    memorized = MemorizedFunc(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
+    if identity is not None:
+        # The original's source: a function sent by value (cloudpickle) has
+        # none here, and its entries must be the original's.
+        memorized._take_identity(*identity)
+    return memorized
 
 
 def _check_mmap_mode(mmap_mode):
