@@ -173,6 +173,18 @@ def test_requests_for_other_hosts_are_refused(server):
     assert raw_get(server.port, "/api/meta", host=f"localhost:{server.port}")[0] == 200
 
 
+def test_another_loopback_address_serves_its_own_page(profiles):
+    with ViewServer(profiles["cprofile"], extra=("--host", "127.0.0.2")) as s:
+        assert s.url.startswith("http://127.0.0.2:")
+        assert s.get_json("api/meta")["views"]
+        conn = http.client.HTTPConnection("127.0.0.2", s.port, timeout=30)
+        conn.request("GET", "/api/meta", headers={"Host": f"attacker.example:{s.port}"})
+        assert conn.getresponse().status == 403
+        conn.close()
+        _, err = s.stop()
+    assert "warning" not in err  # (loopback: no other machine reaches it)
+
+
 def test_bad_api_parameters_are_errors_not_crashes(server):
     for path in (
         "/api/slice?root=99999999",

@@ -38,14 +38,16 @@ impl Server {
             .ok_or_else(|| "the server has no IP address".to_string())?;
         let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
-        // On loopback, only requests addressed to loopback names are answered:
-        // a web page elsewhere cannot reach the data through DNS rebinding.
+        // On loopback, only requests addressed to loopback names (and to the
+        // address it listens on, 127.0.0.2 say) are answered: a web page
+        // elsewhere cannot reach the data through DNS rebinding.
         let allowed_hosts = ip.is_loopback().then(|| {
             let p = addr.port();
             vec![
                 format!("127.0.0.1:{p}"),
                 format!("localhost:{p}"),
                 format!("[::1]:{p}"),
+                addr.to_string(),
             ]
         });
         let workers = (0..WORKERS)
