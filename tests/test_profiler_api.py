@@ -217,6 +217,29 @@ def test_print_stats(capsys, sort):
 
 
 @sensitive
+def test_a_file_the_system_refuses_is_the_oserror_cprofile_raises(tmp_path):
+    """`except OSError` (or FileNotFoundError) around dump_stats and loading
+    catches perfkit's errors as it catches cProfile's and pstats'."""
+    ours, theirs = perfkit.Profiler(), cProfile.Profile()
+    for p in (ours, theirs):
+        p.enable()
+        sum(range(10))
+        p.disable()
+    for target in (tmp_path / "missing" / "out.prof", tmp_path):
+        errors = []
+        for p in (ours, theirs):
+            with pytest.raises(OSError) as info:
+                p.dump_stats(target)
+            errors.append(info.value)
+        assert type(errors[0]) is type(errors[1]) and errors[0].errno == errors[1].errno
+        assert errors[0].filename == str(target)
+    with pytest.raises(FileNotFoundError):
+        pstats.Stats(str(tmp_path / "none.prof"))
+    with pytest.raises(FileNotFoundError) as info:
+        perfkit.load(tmp_path / "none.prof")
+    assert "cannot read" in str(info.value) and str(tmp_path / "none.prof") in str(info.value)
+
+
 def test_dump_stats_writes_pstats_file(tmp_path):
     cp = _cprofile_summary()
     p = perfkit.Profiler()

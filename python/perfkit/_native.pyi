@@ -14,7 +14,9 @@ _StatsDict: TypeAlias = dict[_Key, tuple[int, int, float, float, dict[_Key, _Edg
 _Node: TypeAlias = tuple[int, int, int, int, int]
 
 class ProfileError(ValueError):
-    """A profile file could not be read or written."""
+    """A profile's bytes could not be read (not a profile, truncated,
+    damaged) or written. A file the system refuses (missing, a directory, no
+    permission, disk full) is the OSError subclass ``open()`` would raise."""
 
 class Session:
     """A recording that hooks into the interpreter while enabled (one at a time per process)."""

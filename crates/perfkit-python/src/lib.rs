@@ -25,7 +25,7 @@ pyo3::create_exception!(
     perfkit,
     ProfileError,
     pyo3::exceptions::PyValueError,
-    "A profile file could not be read or written."
+    "A profile's bytes could not be read or written (a file the system refuses is an OSError)."
 );
 
 #[pymodule]

@@ -3,13 +3,38 @@
 use crate::ProfileError;
 use perfkit_profile::{CallTree, FuncKey};
 use perfkit_record::{ClockKind, Mode, StartError};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use std::path::PathBuf;
 
+/// A file the system refused (missing, a directory, no permission, disk
+/// full) is Python's OSError subclass for it, as `open()` raises and as
+/// cProfile's `dump_stats` and pstats do; anything about the bytes is a
+/// ProfileError.
 pub(crate) fn profile_error(e: perfkit_profile::Error) -> PyErr {
-    ProfileError::new_err(e.to_string())
+    match &e {
+        perfkit_profile::Error::Io {
+            action,
+            path,
+            source,
+        } => match source.raw_os_error() {
+            Some(errno) => {
+                // Python's own layout: "[Errno 2] cannot read: No such file or directory: 'x.prof'".
+                let text = source.to_string();
+                let reason = text
+                    .strip_suffix(&format!(" (os error {errno})"))
+                    .unwrap_or(&text);
+                PyOSError::new_err((
+                    errno,
+                    format!("{action}: {reason}"),
+                    path.display().to_string(),
+                ))
+            }
+            None => PyOSError::new_err(e.to_string()),
+        },
+        _ => ProfileError::new_err(e.to_string()),
+    }
 }
 
 /// A recording that hooks into the interpreter while enabled.
