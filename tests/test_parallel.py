@@ -1948,6 +1948,39 @@ def test_progress_lines_and_callback(tmp_path):
     assert "60/60 tasks (100%)" in lines[-1] and "tasks/s" in lines[-1] and "ETA" in lines[-1]
 
 
+@pytest.mark.version_sensitive  # reads a generator expression's bytecode, which each CPython changes
+@pytest.mark.parametrize("backend", ["processes", "threads", "sequential"])
+def test_progress_knows_the_total_of_a_generator_expression_over_a_list(backend, monkeypatch):
+    """joblib's idiom, ``delayed(f)(x) for x in xs``, gets a bar with a total
+    and an ETA; a generator whose count is not its list's (it filters, nests
+    loops) gets a count and a rate, never a wrong total."""
+    xs = list(range(40))
+    seen = []
+
+    def run(tasks):
+        seen.clear()
+        out = Parallel(n_jobs=2, backend=backend, callback=lambda d, t: seen.append((d, t)))(tasks)
+        return len(out), seen[-1]
+
+    assert run(delayed(T.square)(x) for x in xs) == (40, (40, 40))
+    assert run(delayed(T.square)(x) for x in range(25)) == (25, (25, 25))
+    assert run(delayed(T.square)(x) for x in xs if x % 3) == (26, (26, None))
+    assert run(delayed(T.add)(x, y) for x in xs[:5] for y in xs[:4]) == (20, (20, None))
+    assert run(delayed(T.square)(x if x else 1) for x in xs) == (40, (40, None))  # (refused, to be safe)
+    partly = (delayed(T.square)(x) for x in xs)
+    next(partly)
+    assert run(partly) == (39, (39, 39))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    Parallel(n_jobs=2, backend=backend, progress=True)(delayed(T.square)(x) for x in xs)
+    last = sys.stderr.getvalue().rstrip("\n").split("\r")[-1]
+    assert "40/40 100%" in last and "ETA 0:00" in last, last
+
+
 @pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
 def test_a_print_progress_override_sees_the_counts_as_in_joblib(backend):
     # joblib's tqdm recipe: subclass Parallel, override print_progress, read

@@ -1221,10 +1221,35 @@ def _raising(exc):
 
 
 def _length(iterable):
+    """How many tasks `iterable` holds, or None if that is not known without
+    drawing them. A generator expression over a sized collection, joblib's
+    usual input (``delayed(f)(x) for x in xs``), holds one per item left,
+    unless it filters or nests loops."""
     try:
         return len(iterable)
     except TypeError:
-        return None
+        pass
+    if _one_task_per_item(getattr(iterable, "gi_code", None)):
+        return _tasks_left(iterable)
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _one_task_per_item(code):
+    """Whether a generator expression's code yields once per item of its
+    iterable: one loop, and no conditional jump (an ``if`` clause; a
+    conditional inside the task expression is refused too, to be safe)."""
+    if code is None or code.co_name != "<genexpr>":
+        return False
+    import dis  # (only for generator expressions, and once per one)
+
+    loops = 0
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "FOR_ITER":
+            loops += 1
+        elif "_IF_" in instruction.opname:  # POP_JUMP_IF_FALSE, POP_JUMP_FORWARD_IF_TRUE, JUMP_IF_FALSE_OR_POP, …
+            return False
+    return loops == 1
 
 
 # Iterators whose length hint is exact and free to ask for.
