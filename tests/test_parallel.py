@@ -2268,6 +2268,7 @@ def test_dask_backend_on_a_local_cluster(dask_client):
             # The cluster's threads (2 workers of 1), whatever n_jobs says, as joblib's.
             for n_jobs in (-1, None, 4):
                 assert perfkit.effective_n_jobs(n_jobs) == joblib.effective_n_jobs(n_jobs) == 2
+                assert Parallel(n_jobs=n_jobs).n_jobs == 2  # the count the call will use
 
 
 def test_dask_generator_starts_its_tasks_at_the_call(dask_client, tmp_path):

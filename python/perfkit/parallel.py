@@ -316,7 +316,10 @@ def effective_n_jobs(n_jobs=-1) -> int:
     backend, n = Parallel(n_jobs=n_jobs)._resolve()
     if backend != "dask":
         return n
-    client = _dask_client()
+    return _dask_threads(_dask_client())
+
+
+def _dask_threads(client) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
@@ -756,7 +759,14 @@ class Parallel:
 
     @property
     def n_jobs(self) -> int:
-        return self._resolve()[1]
+        backend, n_jobs = self._resolve()
+        if backend == "dask":
+            # A dask call runs on every thread of the cluster, whatever n_jobs says.
+            try:
+                return _dask_threads(_dask_client(self._config))
+            except (ImportError, RuntimeError):
+                return n_jobs  # (no cluster yet: the call itself says what is missing)
+        return n_jobs
 
     @property
     def verbose(self) -> int:
