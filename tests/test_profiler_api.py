@@ -217,6 +217,51 @@ def test_print_stats(capsys, sort):
 
 
 @sensitive
+def _recurse(n):
+    return n if n < 1 else _recurse(n - 1)
+
+
+def _outer():
+    return _recurse(3) + len([]) + sum(_recurse(1) for _ in range(2))
+
+
+def _entries(profiler):
+    """getstats() as comparable rows: (name, calls, recursive calls, callees)."""
+    from cProfile import label
+
+    rows = []
+    for e in profiler.getstats():
+        name = label(e.code)[2]
+        if "disable" in name or "enable" in name:
+            continue  # (the profilers' own switches)
+        callees = sorted((label(s.code)[2], s.callcount, s.reccallcount) for s in e.calls or ())
+        assert e.totaltime >= e.inlinetime >= 0
+        rows.append((name, e.callcount, e.reccallcount, callees))
+    return sorted(rows)
+
+
+@sensitive  # what the hook sees differs across CPythons
+def test_constructor_and_getstats_as_cprofiles():
+    import time
+
+    # cProfile's positional arguments: timer, timeunit, subcalls, builtins.
+    for args in ((), (time.process_time,), (time.perf_counter, 0.0, True, True)):
+        ours, theirs = perfkit.Profiler(*args), cProfile.Profile(*args)
+        for p in (ours, theirs):
+            p.enable()
+            _outer()
+            p.disable()
+        assert _entries(ours) == _entries(theirs)
+        assert ("_recurse", 8, 5, [("_recurse", 5, 2)]) in _entries(ours)  # 4 + 2 + 2 calls
+    python_only = perfkit.Profiler(None, 0.0, True, False)
+    python_only.runcall(_outer)
+    assert not [row for row in _entries(python_only) if row[0].startswith("<built-in")]
+    with pytest.raises(TypeError, match="clock='wall' or clock='cpu'"):
+        perfkit.Profiler(lambda: 0.0)
+    with pytest.raises(ValueError, match="cpu time"):
+        perfkit.Profiler(time.process_time, clock="wall")
+
+
 def test_a_file_the_system_refuses_is_the_oserror_cprofile_raises(tmp_path):
     """`except OSError` (or FileNotFoundError) around dump_stats and loading
     catches perfkit's errors as it catches cProfile's and pstats'."""

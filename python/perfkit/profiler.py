@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -27,16 +27,78 @@ _THIS_FILE = os.path.abspath(__file__)
 _HIDDEN_FILES = [__file__, _THIS_FILE]
 
 
+class CodeLabel(NamedTuple):
+    """Where a Python function is: what pstats reads from a code object."""
+
+    co_filename: str
+    co_firstlineno: int
+    co_name: str
+
+
+class ProfilerSubentry(NamedTuple):
+    """cProfile's ``profiler_subentry``: one callee of an entry, as called from it."""
+
+    code: str | CodeLabel
+    callcount: int
+    reccallcount: int
+    totaltime: float
+    inlinetime: float
+
+
+class ProfilerEntry(NamedTuple):
+    """cProfile's ``profiler_entry``: one function (times in seconds)."""
+
+    code: str | CodeLabel
+    callcount: int
+    reccallcount: int
+    totaltime: float
+    inlinetime: float
+    calls: list[ProfilerSubentry] | None
+
+
+def _timer_clocks() -> dict:
+    import time
+
+    wall = (time.perf_counter, time.monotonic, time.time)
+    cpu = (time.process_time, time.thread_time)
+    return {**dict.fromkeys(wall, "wall"), **dict.fromkeys(cpu, "cpu")}
+
+
+_TIMER_CLOCKS = _timer_clocks()
+
+
 class Profiler:
     """A deterministic call-tree profiler with ``cProfile.Profile``'s interface.
 
+    Takes cProfile's arguments (``timer, timeunit, subcalls, builtins``).
     ``builtins=False`` records Python frames only (C calls are not rows, and
     cost far less); ``clock`` is ``"wall"`` (monotonic) or ``"cpu"`` (each
     thread's CPU time). All threads are recorded, each with its own tree.
+    perfkit reads its clock itself: a ``timer`` of the standard library's
+    selects the matching clock (``time.process_time``: ``"cpu"``), any other
+    is refused. Callers and callees are always recorded (``subcalls``).
     """
 
-    def __init__(self, builtins: bool = True, clock: str = "wall") -> None:
-        self._session = _native.Session(builtins=builtins, clock=clock, hidden_files=_HIDDEN_FILES)
+    def __init__(
+        self,
+        timer: Callable[[], float] | None = None,
+        timeunit: float = 0.0,
+        subcalls: bool = True,
+        builtins: bool = True,
+        *,
+        clock: str | None = None,
+    ) -> None:
+        if timer is not None:
+            timer_clock = _TIMER_CLOCKS.get(timer)
+            if timer_clock is None:
+                raise TypeError(
+                    f"perfkit.Profiler: timer={timer!r} is not supported: perfkit reads its clock "
+                    "itself; use clock='wall' or clock='cpu'"
+                )
+            if clock is not None and clock != timer_clock:
+                raise ValueError(f"timer={timer.__name__} measures {timer_clock} time, but clock={clock!r}")
+            clock = timer_clock
+        self._session = _native.Session(builtins=builtins, clock=clock or "wall", hidden_files=_HIDDEN_FILES)
         self.stats: dict = {}
 
     # -- recording -------------------------------------------------------
@@ -98,6 +160,23 @@ class Profiler:
 
     def snapshot_stats(self) -> None:
         self.stats = self.recording().stats_dict()
+
+    def getstats(self) -> list[ProfilerEntry]:
+        """cProfile's ``getstats()``: one entry per function, with its callees
+        in ``calls``. ``code`` is a string for a built-in, as in cProfile, and
+        for a Python function an object with ``co_filename``,
+        ``co_firstlineno`` and ``co_name`` (the code object is not kept)."""
+        stats = self.recording().stats_dict()
+        codes = {key: key[2] if key[:2] == ("~", 0) else CodeLabel(*key) for key in stats}
+        callees: dict = {key: [] for key in stats}
+        for callee, (_, _, _, _, callers) in stats.items():
+            for caller, (nc, cc, tt, ct) in callers.items():
+                if caller in callees:
+                    callees[caller].append(ProfilerSubentry(codes[callee], nc, nc - cc, ct, tt))
+        return [
+            ProfilerEntry(codes[key], nc, nc - cc, ct, tt, callees[key] or None)
+            for key, (cc, nc, tt, ct, _) in stats.items()
+        ]
 
     def print_stats(self, sort: str | int | tuple = -1) -> None:
         import pstats
