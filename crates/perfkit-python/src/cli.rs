@@ -97,7 +97,8 @@ enum Command {
         #[arg(short = 's', long, visible_alias = "server")]
         no_browser: bool,
     },
-    /// Profile a bundled workload and show where its time goes.
+    /// Profile a bundled workload, show its hot spots, parallelize the hot loop
+    /// (reporting the speedup), then cache that step (reporting the time saved).
     Demo,
 }
 
