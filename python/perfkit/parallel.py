@@ -1257,8 +1257,8 @@ def _one_task_per_item(code):
     for instruction in dis.get_instructions(code):
         if instruction.opname == "FOR_ITER":
             loops += 1
-        elif "_IF_" in instruction.opname:  # POP_JUMP_IF_FALSE, POP_JUMP_FORWARD_IF_TRUE, JUMP_IF_FALSE_OR_POP, …
-            return False
+        elif "_IF_" in instruction.opname:
+            return False  # (POP_JUMP_IF_FALSE, POP_JUMP_FORWARD_IF_TRUE, JUMP_IF_FALSE_OR_POP, …)
     return loops == 1
 
 
