@@ -403,6 +403,33 @@ def test_a_function_hashes_by_what_it_does_not_by_its_copy_or_column():
     assert perfkit.hash(a) != perfkit.hash(lambda x: x + 2)
     assert perfkit.hash(scale) != perfkit.hash(lambda x, factor=2: [x * factor for _ in range(4)])
 
+    # Same instructions, other try blocks (3.11+ keeps those apart, in the exception table).
+    def make(b_in_try):
+        if b_in_try:
+
+            def guarded(a, b):
+                try:
+                    a()
+                    b()
+                except ValueError:
+                    return "caught"
+                return "done"
+        else:
+
+            def guarded(a, b):
+                try:
+                    a()
+                except ValueError:
+                    return "caught"
+                else:
+                    b()
+                return "done"
+
+        return guarded
+
+    assert perfkit.hash(make(True)) != perfkit.hash(make(False))
+    assert perfkit.hash(make(True)) == perfkit.hash(make(True))
+
 
 def test_hash_shape_and_identity():
     a = np.arange(5.0)

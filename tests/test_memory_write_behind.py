@@ -398,3 +398,53 @@ def test_a_scripts_cached_function_runs_in_parallel_workers_as_joblibs_does(tmp_
     # And the script finds the workers' entries, as with joblib.Memory (a copy
     # sent by value keeps the original's identity, though it has no source).
     assert computed == {"perfkit": [10, 10], "joblib": [10, 10]}
+
+
+SCRIPT_CACHED_PICKLED = """
+import multiprocessing, pickle, sys, warnings
+import perfkit
+
+memory = perfkit.Memory(sys.argv[1], verbose=0)
+
+@memory.cache
+def square(x):
+    return x * x
+
+@memory.cache
+def apply(f, x):
+    print("computed", x)
+    return f(x)
+
+if __name__ == "__main__":
+    assert pickle.loads(pickle.dumps(square))(3) == 9
+    for method in ("fork", "spawn"):
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            assert pool.map(square, range(4)) == [0, 1, 4, 9]
+    warnings.simplefilter("error")  # (a function that cannot be hashed warns)
+    assert apply(square, 3) == apply(square, 3) == 9
+    print(perfkit.hash(square))
+"""
+
+
+def test_a_scripts_cached_function_pickles_and_hashes_as_any_function(tmp_path):
+    """multiprocessing's plain pickle takes it (by value: by name it is the
+    MemorizedFunc, not the function), and as an argument of another cached
+    function it hashes by what it computes: the second call is a hit, and the
+    hash is the same in another run."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_CACHED_PICKLED)
+    runs = [
+        subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert runs[0].stdout.split()[:2] == ["computed", "3"] and len(runs[0].stdout.split()) == 3
+    assert "computed" not in runs[1].stdout  # (found by the first run's key)
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]

@@ -533,6 +533,10 @@ def test_a_generators_first_errors_come_at_the_first_next_as_in_joblib(ours, the
             gen = module.Parallel(n_jobs=2, backend=backend, return_as="generator")(tasks)
             with pytest.raises(error):
                 next(gen)
+    # Not iterable at all: at the call, in both.
+    for module, backend in ((perfkit, ours), (joblib, theirs)):
+        with pytest.raises(TypeError):
+            module.Parallel(n_jobs=2, backend=backend, return_as="generator")(5)
     # And the call was over: the next ones run.
     assert Parallel(n_jobs=2, backend=ours)(delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
     with Parallel(n_jobs=2, backend=ours, return_as="generator") as p:
@@ -571,6 +575,24 @@ def test_generators_made_together_share_the_kept_workers():
     # The module's pool, and at most the spare beside it.
     assert len(set(children()) - kept) <= 2
     assert [list(g) for g in gens] == [[10 * k + i for i in range(4)] for k in range(6)]
+
+
+def test_generators_closed_before_any_next_call_print_progress_once_each():
+    """Also those made while every kept pool was busy, which start no workers
+    until drawn (joblib's tqdm recipes close their bar there)."""
+    calls = []
+
+    class Recording(Parallel):
+        def print_progress(self):
+            calls.append(self.n_completed_tasks)
+
+    gens = [
+        Recording(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.05, i) for i in range(4))
+        for _ in range(4)
+    ]
+    for gen in gens:
+        gen.close()
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("backend", ["processes", "threads"])
@@ -1031,6 +1053,28 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
         assert [first] + list(g) == list(range(8))
         assert streaming._private_pool[1].pids() == workers, "the child's copy of the call killed the parent's workers"
+        # A fork while another thread's call runs (and holds CPython's GC
+        # setting): the child, where that call does not run, has CPython's own.
+        import gc, time
+        default = gc.get_threshold()
+        done = []
+        call = threading.Thread(
+            target=lambda: done.append(Parallel(n_jobs=2)(delayed(T.sleep_return)(0.2, i) for i in range(6)))
+        )
+        call.start()
+        deadline = time.time() + 10
+        while gc.get_threshold()[0] != pp._YOUNG_GC_THRESHOLD and time.time() < deadline:
+            time.sleep(0.005)
+        assert gc.get_threshold()[0] == pp._YOUNG_GC_THRESHOLD
+        pid = os.fork()
+        if pid == 0:
+            ok = gc.get_threshold() == default
+            ok = ok and Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
+            os._exit(0 if ok and gc.get_threshold() == default else 6)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+        call.join()
+        assert done == [list(range(6))] and gc.get_threshold() == default
         print("ok")
         """
     )

@@ -245,7 +245,12 @@ def test_constructor_and_getstats_as_cprofiles():
     import time
 
     # cProfile's positional arguments: timer, timeunit, subcalls, builtins.
-    for args in ((), (time.process_time,), (time.perf_counter, 0.0, True, True)):
+    for args in (
+        (),
+        (time.process_time,),
+        (time.perf_counter, 0.0, True, True),
+        (time.perf_counter_ns, 1e-9),
+    ):
         ours, theirs = perfkit.Profiler(*args), cProfile.Profile(*args)
         for p in (ours, theirs):
             p.enable()
@@ -270,19 +275,26 @@ def test_a_file_the_system_refuses_is_the_oserror_cprofile_raises(tmp_path):
         p.enable()
         sum(range(10))
         p.disable()
-    for target in (tmp_path / "missing" / "out.prof", tmp_path):
+    for target in (tmp_path / "missing" / "out.prof", tmp_path, f"{tmp_path}/..", ""):
         errors = []
         for p in (ours, theirs):
             with pytest.raises(OSError) as info:
                 p.dump_stats(target)
             errors.append(info.value)
-        assert type(errors[0]) is type(errors[1]) and errors[0].errno == errors[1].errno
+        assert type(errors[0]) is type(errors[1]) and errors[0].errno == errors[1].errno, (target, errors)
         assert errors[0].filename == str(target)
-    with pytest.raises(FileNotFoundError):
-        pstats.Stats(str(tmp_path / "none.prof"))
-    with pytest.raises(FileNotFoundError) as info:
-        perfkit.load(tmp_path / "none.prof")
-    assert "cannot read" in str(info.value) and str(tmp_path / "none.prof") in str(info.value)
+    for target in (tmp_path / "none.prof", tmp_path):
+        with pytest.raises(OSError) as theirs_info:
+            pstats.Stats(str(target))
+        with pytest.raises(OSError) as info:
+            perfkit.load(target)
+        assert type(info.value) is type(theirs_info.value), target
+        assert "cannot read" in str(info.value) and str(target) in str(info.value)
+    # A path no system call takes: a ValueError, as Python's own check raises.
+    with pytest.raises(ValueError):
+        theirs.dump_stats(f"{tmp_path}/a\0b.prof")
+    with pytest.raises(ValueError):
+        ours.dump_stats(f"{tmp_path}/a\0b.prof")
 
 
 def test_dump_stats_writes_pstats_file(tmp_path):

@@ -149,6 +149,11 @@ class _HashPickler(pickle.Pickler):
 
     def reducer_override(self, obj):  # called for objects of non-builtin types only
         t = type(obj)
+        if t is MemorizedFunc:
+            # By what it computes (its name and source), as its entries are
+            # keyed; not by the function object, which a script's cannot be
+            # pickled as by reference.
+            return (MemorizedFunc, (obj._prefix,))
         if t.__name__ == "ndarray" and t.__module__ == "numpy":
             flags = obj.flags
             if not (flags.c_contiguous or flags.f_contiguous):
@@ -238,6 +243,7 @@ def _code_parts(code: types.CodeType, position_independent: bool) -> tuple:
     )
     return (
         code.co_code,  # (specialized instructions read back as the generic ones)
+        getattr(code, "co_exceptiontable", None),  # (3.11+: where each try block is)
         consts,
         code.co_names,
         code.co_varnames,
@@ -581,12 +587,19 @@ class MemorizedFunc:
         module = sys.modules.get(name, None)
         if name != "__main__" and module is not None and getattr(module, self.__qualname__, None) is self:
             return self.__qualname__  # a module-level decorated function: pickle it by name
-        # Else by value: a script's function means nothing by name in another
-        # process (a Parallel worker's __main__ is not the script).
+        func = self.func
+        if name == "__main__":
+            # By value: a script's function means nothing by name in another
+            # process (a Parallel worker's __main__ is not the script), and
+            # the name is this object's, not the function's, which plain
+            # pickle (multiprocessing's) would then refuse.
+            import cloudpickle
+
+            func = _Cloudpickled(cloudpickle.dumps(func))
         return (
             _rebuild_memorized,
             (
-                self.func,
+                func,
                 self.memory,
                 self.ignore,
                 self._verbose,
@@ -826,7 +839,13 @@ class MemorizedFunc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
 
 
+class _Cloudpickled(bytes):
+    """A function as cloudpickle's bytes, for a pickler that is not cloudpickle."""
+
+
 def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback, identity=None):
+    if isinstance(func, _Cloudpickled):
+        func = pickle.loads(func)
     memorized = MemorizedFunc(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
     if identity is not None:
         # The original's source: a function sent by value (cloudpickle) has

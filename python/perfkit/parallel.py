@@ -571,7 +571,14 @@ def _forget_pools_after_fork():
     (A WorkerPool does nothing to its workers outside the process that
     started it: dropping or closing the parent's here leaves them alone.)"""
     global _shared_pool, _pool_lock, _executors_lock, _spare_pool, _spare_lock
+    global _gc_lock, _gc_callers, _gc_saved
     _shared_pool = _spare_pool = None
+    # Calls running in the parent's other threads do not run here: CPython's
+    # GC thresholds go back to what they were before them.
+    _gc_lock = threading.Lock()
+    if _gc_callers and _gc_saved is not None and gc.get_threshold()[0] == _YOUNG_GC_THRESHOLD:
+        gc.set_threshold(*_gc_saved)
+    _gc_callers, _gc_saved = 0, None
     for kept in list(_with_private_pools):
         kept._private_pool = None
         kept._private_pool_busy = threading.Lock()  # (the call holding it is the parent's)
@@ -873,6 +880,10 @@ class Parallel:
     def __call__(self, iterable):
         backend, n_jobs = self._resolve()
         total = _length(iterable)
+        if backend != "sequential":
+            # Not iterable: a TypeError at the call, as joblib's (its
+            # sequential calls, and so perfkit's, raise it when drawn).
+            iterable = iter(iterable)
         self.n_dispatched_tasks = self.n_completed_tasks = 0
         callback = self.callback
         closing = None
@@ -983,7 +994,11 @@ class Parallel:
                 first = list(itertools.islice(tasks, _dispatch_window(self.pre_dispatch, n_jobs)))
                 iterable = itertools.chain(first, tasks)
                 del first
-                yield _STARTED
+                try:
+                    yield _STARTED
+                except GeneratorExit:
+                    progress.close(False)  # (a print_progress of the caller's is called however it ends)
+                    raise
                 pool, shared_lock = _acquire_shared_pool(key)
                 shared = pool is not None
                 if pool is None:
@@ -1624,7 +1639,8 @@ def _fewer_young_collections():
         yield
     finally:
         with _gc_lock:
-            _gc_callers -= 1
+            # (not below 0: a call copied into a forked child ends there too)
+            _gc_callers = max(0, _gc_callers - 1)
             if _gc_callers == 0 and _gc_saved is not None:
                 # Unless someone set other thresholds meanwhile, put CPython's back.
                 if gc.get_threshold()[0] == _YOUNG_GC_THRESHOLD:

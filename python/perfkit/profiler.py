@@ -59,8 +59,15 @@ class ProfilerEntry(NamedTuple):
 def _timer_clocks() -> dict:
     import time
 
-    wall = (time.perf_counter, time.monotonic, time.time)
-    cpu = (time.process_time, time.thread_time)
+    wall = (
+        time.perf_counter,
+        time.monotonic,
+        time.time,
+        time.perf_counter_ns,
+        time.monotonic_ns,
+        time.time_ns,
+    )
+    cpu = (time.process_time, time.thread_time, time.process_time_ns, time.thread_time_ns)
     return {**dict.fromkeys(wall, "wall"), **dict.fromkeys(cpu, "cpu")}
 
 

@@ -182,7 +182,12 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
         source,
     })?;
     if meta.is_dir() {
-        return Err(Error::NotProfile("it is a directory".into()).in_file(path));
+        // The system's own error for it, as `open()` then `read()` gives it.
+        return Err(Error::Io {
+            action: "cannot read",
+            path: path.into(),
+            source: std::io::Error::from_raw_os_error(libc::EISDIR),
+        });
     }
     std::fs::read(path).map_err(|source| Error::Io {
         action: "cannot read",
@@ -219,13 +224,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         _ => PathBuf::from("."),
     };
     let Some(name) = path.file_name() else {
+        // "" or a directory ("..", "/"): the errors `open(path, "wb")` gives.
+        let errno = if path.as_os_str().is_empty() {
+            libc::ENOENT
+        } else {
+            libc::EISDIR
+        };
         return Err(Error::Io {
             action: "cannot write",
             path: path.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the path does not name a file",
-            ),
+            source: std::io::Error::from_raw_os_error(errno),
         });
     };
     let stamp = std::time::SystemTime::now()

@@ -18,7 +18,7 @@ pub(crate) fn profile_error(e: perfkit_profile::Error) -> PyErr {
             action,
             path,
             source,
-        } => match source.raw_os_error() {
+        } => match source.raw_os_error().or_else(|| errno_of(source.kind())) {
             Some(errno) => {
                 // Python's own layout: "[Errno 2] cannot read: No such file or directory: 'x.prof'".
                 let text = source.to_string();
@@ -31,10 +31,28 @@ pub(crate) fn profile_error(e: perfkit_profile::Error) -> PyErr {
                     path.display().to_string(),
                 ))
             }
+            // A path the system was never asked about (a NUL in it, no file
+            // name): a ValueError, as Python's own checks raise.
+            None if source.kind() == std::io::ErrorKind::InvalidInput => {
+                ProfileError::new_err(e.to_string())
+            }
             None => PyOSError::new_err(e.to_string()),
         },
         _ => ProfileError::new_err(e.to_string()),
     }
+}
+
+/// The errno Python would have seen for an error Rust made up without one.
+fn errno_of(kind: std::io::ErrorKind) -> Option<i32> {
+    use std::io::ErrorKind::*;
+    Some(match kind {
+        NotFound => libc::ENOENT,
+        PermissionDenied => libc::EACCES,
+        IsADirectory => libc::EISDIR,
+        NotADirectory => libc::ENOTDIR,
+        AlreadyExists => libc::EEXIST,
+        _ => return None,
+    })
 }
 
 /// A recording that hooks into the interpreter while enabled.
