@@ -2011,6 +2011,7 @@ def test_progress_knows_the_total_of_a_generator_expression_over_a_list(backend,
     assert run(delayed(T.square)(x) for x in xs if x % 3) == (26, (26, None))
     assert run(delayed(T.add)(x, y) for x in xs[:5] for y in xs[:4]) == (20, (20, None))
     assert run(delayed(T.square)(x if x else 1) for x in xs) == (40, (40, None))  # (refused, to be safe)
+    assert pp._length(delayed(T.square)(x) for x in xs if 0) is None  # (the compiler drops `if 0`'s jump)
     partly = (delayed(T.square)(x) for x in xs)
     next(partly)
     assert run(partly) == (39, (39, 39))

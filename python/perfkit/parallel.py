@@ -1268,13 +1268,15 @@ def _one_task_per_item(code):
         return False
     import dis  # (only for generator expressions, and once per one)
 
-    loops = 0
+    loops = yields = 0
     for instruction in dis.get_instructions(code):
         if instruction.opname == "FOR_ITER":
             loops += 1
+        elif instruction.opname == "YIELD_VALUE":
+            yields += 1  # (none: a filter the compiler knew to be false, ``if 0``)
         elif "_IF_" in instruction.opname:
             return False  # (POP_JUMP_IF_FALSE, POP_JUMP_FORWARD_IF_TRUE, JUMP_IF_FALSE_OR_POP, …)
-    return loops == 1
+    return loops == 1 and yields == 1
 
 
 # Iterators whose length hint is exact and free to ask for.
