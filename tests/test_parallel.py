@@ -1053,6 +1053,33 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
         assert [first] + list(g) == list(range(8))
         assert streaming._private_pool[1].pids() == workers, "the child's copy of the call killed the parent's workers"
+        # A generator the child inherits, of the threads backend (whose
+        # threads are the parent's) or made when every kept pool was busy (no
+        # workers yet): drawn in the child, a clear error at once, not a hang
+        # or a second run of its tasks.
+        threads_gen = Parallel(n_jobs=2, backend="threads", return_as="generator")(
+            delayed(T.sleep_return)(0.1, i) for i in range(4)
+        )
+        busy = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.1, i) for i in range(4))
+        spare = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.1, i) for i in range(4))
+        lazy = Parallel(n_jobs=2, return_as="generator")(delayed(T.sleep_return)(0.1, i) for i in range(4))
+        pid = os.fork()
+        if pid == 0:
+            import signal
+            signal.alarm(10)
+            code = 0
+            for k, gen in enumerate((threads_gen, lazy)):
+                try:
+                    next(gen)
+                    code = 10 + k
+                except RuntimeError as exc:
+                    if "child forked from it" not in str(exc):
+                        code = 20 + k
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+        for gen in (threads_gen, busy, spare, lazy):
+            assert list(gen) == [0, 1, 2, 3]
         # A fork while another thread's call runs (and holds CPython's GC
         # setting): the child, where that call does not run, has CPython's own.
         import gc, time
@@ -1204,6 +1231,43 @@ def test_a_dead_workers_children_neither_delay_the_error_nor_outlive_it(tmp_path
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
 
 
+def test_a_daemon_threads_call_ends_quietly_when_the_interpreter_exits(tmp_path):
+    """The workers go at exit under a call that a daemon thread is making (a
+    list call, or a generator it draws): no traceback, exit code 0, no
+    worker left."""
+    for draw in ("list", "generator"):
+        out = run_script(
+            tmp_path / f"daemon_{draw}.py",
+            f"""
+            import threading, time
+            import perfkit.parallel as pp
+            from perfkit import Parallel, delayed
+
+            def slow(i):
+                time.sleep(20)
+                return i
+
+            def call():
+                if {draw!r} == "list":
+                    Parallel(n_jobs=2)(delayed(slow)(i) for i in range(4))
+                else:
+                    for _ in Parallel(n_jobs=2, return_as="generator")(delayed(slow)(i) for i in range(4)):
+                        pass
+
+            threading.Thread(target=call, daemon=True).start()
+            time.sleep(1)
+            print(*pp._shared_pool[1].pids())
+            """,
+        )
+        assert out.returncode == 0 and out.stderr == "", (draw, out.stderr)
+        workers = [int(pid) for pid in out.stdout.split()]
+        assert len(workers) == 2
+        deadline = time.time() + 3
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.02)
+        assert not any(alive(pid) for pid in workers)
+
+
 def test_a_threads_task_given_up_on_does_not_hold_the_interpreters_exit(tmp_path):
     # Threads cannot be stopped; a task that never returns must not keep the
     # process from exiting once its call has failed (as with joblib's threading).
@@ -1318,8 +1382,7 @@ def test_timeout_is_each_tasks_though_others_keep_finishing(backend, return_as):
     with pytest.raises(pp.ParallelTimeoutError) as info:
         list(call(delayed(T.sleep_return)(s) for s in seconds))
     assert time.perf_counter() - t0 < 2.2
-    if backend == "processes":
-        assert "perfkit.Parallel: task 0 did not finish within timeout=1.0 s" in str(info.value)
+    assert "perfkit.Parallel: task 0 did not finish within timeout=1.0 s" in str(info.value)
     assert Parallel(n_jobs=2, backend=backend)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
     wait_for_thread_batches_to_end()  # (a thread cannot be stopped: task 0 ends in it)
 
@@ -2323,6 +2386,34 @@ def test_dask_generator_starts_its_tasks_at_the_call(dask_client, tmp_path):
         )
         assert _files_within(tmp_path, 10) > 0
         assert list(gen) == [str(tmp_path / str(i)) for i in range(4)]
+
+
+def test_dask_call_left_unfinished_at_exit_prints_nothing(tmp_path):
+    """Its futures finish (cancelled) as the Client closes at exit, after
+    dask's callback threads are gone: tracked on the client's event loop,
+    as dask's as_completed does, not with done-callbacks (a traceback each)."""
+    out = run_script(
+        tmp_path / "unfinished.py",
+        """
+        import time
+        from distributed import Client, LocalCluster
+        from perfkit import Parallel, delayed, parallel_config
+
+        def slow(i):
+            time.sleep(20)
+            return i
+
+        if __name__ == "__main__":
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+            client = Client(cluster)
+            with parallel_config(backend="dask"):
+                gen = Parallel(return_as="generator")(delayed(slow)(i) for i in range(6))
+            time.sleep(0.5)
+            print("exiting")
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "cannot schedule" not in out.stderr, out.stderr
 
 
 def test_dask_fails_fast_and_draws_no_more_than_its_window(dask_client):

@@ -88,7 +88,14 @@ class DaskCall:
         self.at_once = _large_graph_bytes()
         self.max_batch_bytes = min(MAX_BATCH_BYTES, self.at_once * 3 // 4)
         self.ordered = parallel.return_as != "generator_unordered"
-        self.done = queue.SimpleQueue()
+        # Finished futures, as dask's as_completed tracks them (on the client's
+        # event loop; not done-callbacks, which dask runs on a thread pool
+        # that is gone at the interpreter's exit, where a call left
+        # unfinished would print a traceback for each).
+        from distributed import as_completed
+
+        self.completed = as_completed(loop=client.loop)
+        self.done = self.completed.queue
         self.batches = itertools.count()
         # id(argument) -> [weak reference, batch first met in, its size, or
         # None while its scatter is under way, or its future once scattered]:
@@ -201,7 +208,7 @@ class DaskCall:
             # type LLGExpr"): name the task; anything else as dask raised it.
             self._check_tasks_picklable(chunk)
             raise
-        future.add_done_callback(self.done.put)
+        self.completed.add(future)
         self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1, scattered)
         return len(chunk)
 

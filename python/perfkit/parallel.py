@@ -549,8 +549,12 @@ def _keep_spare_pool(key, pool):
     pool.close()
 
 
+_exiting = False  # set at the interpreter's exit, when the kept pools go
+
+
 def _shutdown_shared_pool():
-    global _shared_pool, _spare_pool
+    global _shared_pool, _spare_pool, _exiting
+    _exiting = True
     if _shared_pool is not None:
         _shared_pool[1].terminate()
         _shared_pool = None
@@ -994,11 +998,13 @@ class Parallel:
                 first = list(itertools.islice(tasks, _dispatch_window(self.pre_dispatch, n_jobs)))
                 iterable = itertools.chain(first, tasks)
                 del first
+                owner = os.getpid()
                 try:
                     yield _STARTED
                 except GeneratorExit:
                     progress.close(False)  # (a print_progress of the caller's is called however it ends)
                     raise
+                _check_caller(owner)
                 pool, shared_lock = _acquire_shared_pool(key)
                 shared = pool is not None
                 if pool is None:
@@ -1026,6 +1032,10 @@ class Parallel:
                 call.close()  # (its own clean-up first: what it left running is stopped)
             if broken and not shared:
                 pool.terminate()
+            if _exiting and isinstance(exc, Exception) and not pool.alive:
+                # A daemon thread's call, whose workers went with the exiting
+                # interpreter: the thread ends quietly, as daemon threads do.
+                raise SystemExit from None
             raise
         finally:
             if shared:
@@ -1069,6 +1079,7 @@ class Parallel:
         exhausted = False
         completed = False
         started_call = False
+        owner = os.getpid()
         try:
             while True:
                 while not exhausted and len(pending) < window:
@@ -1102,7 +1113,7 @@ class Parallel:
                         _run_batch_in_thread, uniform, mode, items, dispatched, share, started
                     )
                     # Its cost is kept under its first task's function, mixed or not.
-                    pending[future] = (dispatched, function)
+                    pending[future] = (dispatched, function, len(items))
                     if ordered:
                         order.append(future)
                     future.add_done_callback(completions.put)
@@ -1111,6 +1122,7 @@ class Parallel:
                 if not started_call:
                     started_call = True
                     yield _STARTED
+                    _check_caller(owner)  # (a generator drawn in a forked child: its threads are not there)
                 if not pending:
                     break
                 if ordered:
@@ -1123,7 +1135,7 @@ class Parallel:
                         _raise_if_failed(completions.get_nowait())
                 else:
                     fut = self._next_completion(completions, pending, started)
-                first, function = pending.pop(fut)
+                first, function, _ = pending.pop(fut)
                 started.pop(first, None)
                 results, elapsed = fut.result()
                 del fut
@@ -1137,6 +1149,7 @@ class Parallel:
                     _thread_cost_memory[key] = per_task
                 progress.update(len(results))
                 yield results
+                _check_caller(owner)
             completed = True
         finally:
             for fut in pending:
@@ -1153,23 +1166,26 @@ class Parallel:
             return completions.get()
         while True:
             now = time.monotonic()
-            ages = [
-                now - started[first]
-                for fut, (first, _) in pending.items()
+            running = [
+                (now - started[first], first, count)
+                for fut, (first, _, count) in pending.items()
                 if first in started and not fut.done()
             ]
-            if ages and max(ages) >= self.timeout:
-                self._thread_timeout()
+            overdue = [(first, count) for age, first, count in running if age >= self.timeout]
+            if overdue:
+                self._thread_timeout(overdue)
             try:
-                return completions.get(timeout=self.timeout - max(ages, default=0.0))
+                return completions.get(timeout=self.timeout - max((r[0] for r in running), default=0.0))
             except queue.Empty:
-                if not ages and not any(first in started for first, _ in pending.values()):
-                    self._thread_timeout()  # (ages are taken anew: one may have started meanwhile)
+                if not running and not any(first in started for first, _, _ in pending.values()):
+                    # (ages are taken anew: one may have started meanwhile)
+                    self._thread_timeout([(first, count) for first, _, count in pending.values()])
 
-    def _thread_timeout(self):
+    def _thread_timeout(self, overdue):
+        what = ", ".join(_tasks_text(first, count) for first, count in sorted(overdue))
         raise ParallelTimeoutError(
-            f"perfkit.Parallel: a batch of tasks did not finish within timeout={self.timeout} s "
-            "(threads cannot be stopped; it keeps running in the background)"
+            f"perfkit.Parallel: {what} did not finish within timeout={self.timeout} s "
+            "(threads cannot be stopped: they go on running in the background)"
         )
 
     # -- dask ------------------------------------------------------------------------
@@ -1213,6 +1229,17 @@ class _InOrder:
             out = self.pending.pop(self.next)
             self.next += len(out)
             yield out
+
+
+def _check_caller(owner):
+    """A call's generator drawn in a child forked from the process that made
+    it: its workers or threads are the parent's, so it stops, as a call on
+    the parent's pools does."""
+    if os.getpid() != owner:
+        raise RuntimeError(
+            f"perfkit.Parallel: this call belongs to process {owner} (this is a child forked from it); "
+            "make the call again in this process"
+        )
 
 
 # The empty batch each backend's generator yields first, once the call's first
