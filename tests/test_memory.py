@@ -431,6 +431,55 @@ def test_a_function_hashes_by_what_it_does_not_by_its_copy_or_column():
     assert perfkit.hash(make(True)) == perfkit.hash(make(True))
 
 
+def _scaler(k):
+    def scale(x):
+        return x * k
+
+    return scale
+
+
+def _power(x, p):
+    return x**p
+
+
+class _Offset:
+    def __init__(self, d):
+        self.d = d
+
+    def add(self, x):
+        return x + self.d
+
+
+def test_what_a_cached_callable_holds_is_part_of_its_keys(tmp_path):
+    """Two closures of one maker (its plain parameters), methods of two
+    instances, two partials of one function: one name and source, other
+    results. Each keeps its own entries in one store (joblib.Memory counts a
+    method's instance so too), and as arguments of another cached function
+    they hash apart. A list a closure appends to is not its identity."""
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    pairs = [
+        (mem.cache(_scaler(2)), mem.cache(_scaler(10)), (2, 10)),
+        (mem.cache(_Offset(1).add), mem.cache(_Offset(100).add), (2, 101)),
+        (mem.cache(functools.partial(_power, p=2)), mem.cache(functools.partial(_power, p=3)), (1, 1)),
+    ]
+    for a, b, (want_a, want_b) in pairs:
+        assert (a(1), b(1)) == (want_a, want_b)
+        assert (a(1), b(1)) == (want_a, want_b)  # (from the cache)
+        assert perfkit.hash(a) != perfkit.hash(b)
+    sq, cube = pairs[2][0], pairs[2][1]
+    assert (sq(3), cube(3)) == (9, 27)
+    # A partial's entries are found by the next run too (its repr names an address).
+    assert "0x" not in sq.func_dir
+    log = []
+
+    def logged(x):
+        log.append(x)
+        return x
+
+    assert mem.cache(logged)(5) == 5 and log == [5]
+    assert mem.cache(logged)(5) == 5 and log == [5]  # (found, though `log` changed)
+
+
 def test_hash_shape_and_identity():
     a = np.arange(5.0)
     h = perfkit.hash(a)

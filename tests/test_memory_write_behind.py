@@ -401,7 +401,7 @@ def test_a_scripts_cached_function_runs_in_parallel_workers_as_joblibs_does(tmp_
 
 
 SCRIPT_CACHED_PICKLED = """
-import multiprocessing, pickle, sys, warnings
+import copy, multiprocessing, sys, warnings
 import perfkit
 
 memory = perfkit.Memory(sys.argv[1], verbose=0)
@@ -411,15 +411,23 @@ def square(x):
     return x * x
 
 @memory.cache
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+@memory.cache
 def apply(f, x):
     print("computed", x)
     return f(x)
 
 if __name__ == "__main__":
-    assert pickle.loads(pickle.dumps(square))(3) == 9
+    # multiprocessing's pickler finds it by name (its children run this script
+    # as __main__); perfkit's and joblib's workers get it by value.
     for method in ("fork", "spawn"):
         with multiprocessing.get_context(method).Pool(2) as pool:
             assert pool.map(square, range(4)) == [0, 1, 4, 9]
+            assert pool.map(fib, range(6)) == [0, 1, 1, 2, 3, 5]
+    assert perfkit.Parallel(n_jobs=2)(perfkit.delayed(fib)(n) for n in range(6)) == [0, 1, 1, 2, 3, 5]
+    assert copy.copy(square).func is square.func and copy.deepcopy(square)(3) == 9
     warnings.simplefilter("error")  # (a function that cannot be hashed warns)
     assert apply(square, 3) == apply(square, 3) == 9
     print(perfkit.hash(square))
@@ -427,10 +435,11 @@ if __name__ == "__main__":
 
 
 def test_a_scripts_cached_function_pickles_and_hashes_as_any_function(tmp_path):
-    """multiprocessing's plain pickle takes it (by value: by name it is the
-    MemorizedFunc, not the function), and as an argument of another cached
-    function it hashes by what it computes: the second call is a hit, and the
-    hash is the same in another run."""
+    """multiprocessing's pools take it (by name: their children run the
+    script), Parallel's workers too (by value), also one that calls itself;
+    its copies keep its function; as an argument of another cached function
+    it hashes by what it computes: the second call is a hit, and the hash is
+    the same in another run."""
     script = tmp_path / "script.py"
     script.write_text(SCRIPT_CACHED_PICKLED)
     runs = [

@@ -1268,6 +1268,36 @@ def test_a_daemon_threads_call_ends_quietly_when_the_interpreter_exits(tmp_path)
         assert not any(alive(pid) for pid in workers)
 
 
+def test_the_main_threads_exit_handler_drawing_a_call_gets_the_error_not_an_exit(tmp_path):
+    """Only a daemon thread's call ends quietly at exit: an exit handler of
+    the caller's that draws a generator (after perfkit's own handler stopped
+    the workers) gets the error, and goes on."""
+    out = run_script(
+        tmp_path / "handler.py",
+        """
+        import atexit, time
+
+        def slow(i):
+            time.sleep(20)
+            return i
+
+        def handler():
+            try:
+                list(gen)
+            except RuntimeError as exc:
+                print("caught:", exc)
+            print("handler done")
+
+        atexit.register(handler)  # (before perfkit's: it runs after it)
+        from perfkit import Parallel, delayed
+
+        gen = Parallel(n_jobs=2, return_as="generator")(delayed(slow)(i) for i in range(4))
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["caught: this worker pool was shut down", "handler done"], out
+
+
 def test_a_threads_task_given_up_on_does_not_hold_the_interpreters_exit(tmp_path):
     # Threads cannot be stopped; a task that never returns must not keep the
     # process from exiting once its call has failed (as with joblib's threading).

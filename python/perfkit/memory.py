@@ -50,6 +50,7 @@ import time
 import types
 import warnings
 import zlib
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable
 
 import perfkit
@@ -150,10 +151,17 @@ class _HashPickler(pickle.Pickler):
     def reducer_override(self, obj):  # called for objects of non-builtin types only
         t = type(obj)
         if t is MemorizedFunc:
-            # By what it computes (its name and source), as its entries are
-            # keyed; not by the function object, which a script's cannot be
-            # pickled as by reference.
-            return (MemorizedFunc, (obj._prefix,))
+            # By what it computes: its name, source and what it held when
+            # cached (its key prefix), its defaults, a method's instance. Not
+            # by reference: a script's function is not found under its name,
+            # which is the cached function's.
+            func = obj.func
+            held = (
+                getattr(func, "__defaults__", None),
+                getattr(func, "__kwdefaults__", None),
+                _bound_instance(func),
+            )
+            return (MemorizedFunc, (obj._prefix, held, obj.mmap_mode))
         if t.__name__ == "ndarray" and t.__module__ == "numpy":
             flags = obj.flags
             if not (flags.c_contiguous or flags.f_contiguous):
@@ -266,6 +274,9 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 def _func_identity(func) -> tuple[str, str]:
+    if isinstance(func, functools.partial):  # (its repr names an address: not the same in two runs)
+        module, qualname = _func_identity(func.func)
+        return module, f"{qualname}.partial"
     module = getattr(func, "__module__", None) or "__unknown__"
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     return module, qualname
@@ -273,6 +284,8 @@ def _func_identity(func) -> tuple[str, str]:
 
 def _func_source(func) -> tuple[str, str]:
     """(code text for humans and hashing, where it came from)."""
+    if isinstance(func, functools.partial):
+        return _func_source(func.func)  # (its arguments are in each key: _held_digest)
     try:
         return inspect.getsource(func), inspect.getsourcefile(func) or "?"
     except (OSError, TypeError):
@@ -556,6 +569,9 @@ class MemorizedFunc:
         self._durable = memory.durable
         functools.update_wrapper(self, func)
         self._bind, self._arg_names = _make_binder(func, self.ignore)
+        # A method's instance is part of each key, read at each call, as joblib
+        # reads it (its state may change between calls).
+        self._bound = _bound_instance(func) is not None
         self._take_identity(*_func_source(func))
 
     def _take_identity(self, source: str, source_file: str) -> None:
@@ -567,7 +583,11 @@ class MemorizedFunc:
         self._source = source
         self._source_file = source_file
         code_hash = _cache_hash(b"func-code", f"{module}\0{qualname}\0{source}".encode(), ())
-        self._prefix = f"{self._name}\0{code_hash}".encode()
+        # What it holds when it is cached, in its keys (not its directory: a
+        # directory of another code is an older version of it, cleared):
+        # two closures of one maker, two partials of one function, share
+        # name and source, not results.
+        self._prefix = f"{self._name}\0{code_hash}\0{_held_digest(self.func)}".encode()
         self.func_dir = os.path.join(memory._root, _SAFE_NAME.sub("_", module), _SAFE_NAME.sub("_", qualname))
         self._code_dir = os.path.join(self.func_dir, code_hash[:16])
         self._entry_prefix = self._code_dir + os.sep
@@ -583,23 +603,16 @@ class MemorizedFunc:
         return f"MemorizedFunc(func={self.func!r}, location={self.memory.location!r})"
 
     def __reduce__(self):
-        name = getattr(self, "__module__", "")
-        module = sys.modules.get(name, None)
-        if name != "__main__" and module is not None and getattr(module, self.__qualname__, None) is self:
+        if self.__module__ != "__main__" and self._found_by_name():
             return self.__qualname__  # a module-level decorated function: pickle it by name
-        func = self.func
-        if name == "__main__":
-            # By value: a script's function means nothing by name in another
-            # process (a Parallel worker's __main__ is not the script), and
-            # the name is this object's, not the function's, which plain
-            # pickle (multiprocessing's) would then refuse.
-            import cloudpickle
-
-            func = _Cloudpickled(cloudpickle.dumps(func))
+        # By value (cloudpickle takes a script's function so, and a function
+        # that calls itself through this object, memoized): a script's name
+        # means nothing in a Parallel, loky or dask worker, whose __main__ is
+        # not the script. multiprocessing's pickler takes the name (below).
         return (
             _rebuild_memorized,
             (
-                func,
+                self.func,
                 self.memory,
                 self.ignore,
                 self._verbose,
@@ -608,6 +621,10 @@ class MemorizedFunc:
                 (self._source, self._source_file),
             ),
         )
+
+    def _found_by_name(self) -> bool:
+        module = sys.modules.get(getattr(self, "__module__", ""), None)
+        return module is not None and getattr(module, self.__qualname__, None) is self
 
     # -- keys and entries
 
@@ -625,6 +642,8 @@ class MemorizedFunc:
             # The call does not fit the signature: the caller calls the function uncached,
             # which raises the function's own error.
             return None
+        if self._bound:
+            values = (values, _bound_instance(self.func))
         key = _cache_key_of_scalars(self._prefix, values)
         if key is not None:  # plain values only: hashed without pickling
             return key
@@ -839,19 +858,65 @@ class MemorizedFunc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
 
 
-class _Cloudpickled(bytes):
-    """A function as cloudpickle's bytes, for a pickler that is not cloudpickle."""
+def _held_digest(func) -> str:
+    """A digest of what a callable holds besides its code, as it is cached:
+    a partial's arguments, and a closure's plain values (numbers, strings,
+    tuples of them: a maker's parameters). Other captured objects are left
+    out, as joblib leaves out every closure: a list a closure appends to
+    would make each cached copy of it a stranger to the last. "" for none,
+    or for arguments that cannot be hashed."""
+    held = []
+    while isinstance(func, functools.partial):
+        held.append((func.args, func.keywords))
+        func = func.func
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # (an empty cell: a name its maker had not bound yet)
+            continue
+        if _plain(value):
+            held.append(value)
+    if not held:
+        return ""
+    try:
+        return hash(held)
+    except Exception:  # noqa: BLE001 - pickling raises anything a __reduce__ raises
+        return ""
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (int, float, complex, str, bytes, type(None))):
+        return True
+    return isinstance(value, (tuple, frozenset)) and all(_plain(v) for v in value)
+
+
+def _bound_instance(func):
+    """The instance (or class) a method is bound to; None for a function."""
+    owner = getattr(func, "__self__", None)
+    return None if owner is None or isinstance(owner, types.ModuleType) else owner
 
 
 def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback, identity=None):
-    if isinstance(func, _Cloudpickled):
-        func = pickle.loads(func)
     memorized = MemorizedFunc(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
     if identity is not None:
         # The original's source: a function sent by value (cloudpickle) has
         # none here, and its entries must be the original's.
         memorized._take_identity(*identity)
     return memorized
+
+
+def _reduce_for_multiprocessing(memorized):
+    """multiprocessing's pickler (its pools, and concurrent.futures'): its
+    children run the caller's script as __main__ (forked, or imported again),
+    where a script's cached function is found by the name it has there, as
+    a script's plain function is (plain pickle refuses it by value: the name
+    is the cached function's, not the function's)."""
+    if memorized._found_by_name():
+        return memorized.__qualname__
+    return memorized.__reduce__()
+
+
+ForkingPickler.register(MemorizedFunc, _reduce_for_multiprocessing)
 
 
 def _check_mmap_mode(mmap_mode):

@@ -552,9 +552,14 @@ def _keep_spare_pool(key, pool):
 _exiting = False  # set at the interpreter's exit, when the kept pools go
 
 
-def _shutdown_shared_pool():
-    global _shared_pool, _spare_pool, _exiting
+def _at_exit():
+    global _exiting
     _exiting = True
+    _shutdown_shared_pool()
+
+
+def _shutdown_shared_pool():
+    global _shared_pool, _spare_pool
     if _shared_pool is not None:
         _shared_pool[1].terminate()
         _shared_pool = None
@@ -575,8 +580,9 @@ def _forget_pools_after_fork():
     (A WorkerPool does nothing to its workers outside the process that
     started it: dropping or closing the parent's here leaves them alone.)"""
     global _shared_pool, _pool_lock, _executors_lock, _spare_pool, _spare_lock
-    global _gc_lock, _gc_callers, _gc_saved
+    global _gc_lock, _gc_callers, _gc_saved, _exiting
     _shared_pool = _spare_pool = None
+    _exiting = False  # (a child forked by an exit handler exits on its own)
     # Calls running in the parent's other threads do not run here: CPython's
     # GC thresholds go back to what they were before them.
     _gc_lock = threading.Lock()
@@ -596,7 +602,7 @@ def _forget_pools_after_fork():
 
 import atexit
 
-atexit.register(_shutdown_shared_pool)
+atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
@@ -1032,7 +1038,12 @@ class Parallel:
                 call.close()  # (its own clean-up first: what it left running is stopped)
             if broken and not shared:
                 pool.terminate()
-            if _exiting and isinstance(exc, Exception) and not pool.alive:
+            if (
+                _exiting
+                and threading.current_thread().daemon
+                and isinstance(exc, Exception)
+                and not pool.alive
+            ):
                 # A daemon thread's call, whose workers went with the exiting
                 # interpreter: the thread ends quietly, as daemon threads do.
                 raise SystemExit from None
