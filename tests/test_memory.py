@@ -478,6 +478,57 @@ def test_what_a_cached_callable_holds_is_part_of_its_keys(tmp_path):
 
     assert mem.cache(logged)(5) == 5 and log == [5]
     assert mem.cache(logged)(5) == 5 and log == [5]  # (found, though `log` changed)
+    # A partial of a method: its instance counts. A partial's arguments are
+    # read at each call (a dict changed after caching is another key).
+    by1, by100 = (mem.cache(functools.partial(_Offset(d).add)) for d in (1, 100))
+    assert (by1(1), by100(1)) == (2, 101)
+    params = {"p": 2}
+    powered = mem.cache(functools.partial(_power_of, params))
+    assert powered(3) == 9
+    params["p"] = 3
+    assert powered(3) == 27
+
+
+def _power_of(params, x):
+    return x ** params["p"]
+
+
+class _SelfCachingModel:
+    def __init__(self, mem, scale):
+        self.scale = scale
+        self.predict = mem.cache(self._predict)
+
+    def _predict(self, x):
+        return x * self.scale
+
+
+class _Model:
+    def __init__(self, scale):
+        self.scale = scale
+        self.lock = threading.Lock()
+
+    def _predict(self, x):
+        return x * self.scale
+
+
+def test_a_method_cached_on_its_own_instance_is_cached(tmp_path):
+    """As joblib caches it: the instance, part of the key, holds the cached
+    method (a cycle), or a lock (unpicklable: a warning that says what to
+    do, and ignore=["self"], joblib's answer, works)."""
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    model = _SelfCachingModel(mem, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.predict(2) == 6
+    assert model.predict.check_call_in_cache(2)
+    locked = _Model(5)
+    with pytest.warns(perfkit.memory.CacheWarning, match=r"ignore=\['self'\]"):
+        assert mem.cache(locked._predict)(2) == 10
+    left_out = mem.cache(locked._predict, ignore=["self"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert left_out(2) == 10
+    assert left_out.check_call_in_cache(2)
 
 
 def test_hash_shape_and_identity():

@@ -156,10 +156,15 @@ class _HashPickler(pickle.Pickler):
             # by reference: a script's function is not found under its name,
             # which is the cached function's.
             func = obj.func
+            keywords = []
+            while isinstance(func, functools.partial):
+                keywords.append(func.keywords)
+                func = func.func
             held = (
                 getattr(func, "__defaults__", None),
                 getattr(func, "__kwdefaults__", None),
-                _bound_instance(func),
+                keywords,
+                _call_state(obj.func, obj._leave_out_self),
             )
             return (MemorizedFunc, (obj._prefix, held, obj.mmap_mode))
         if t.__name__ == "ndarray" and t.__module__ == "numpy":
@@ -187,6 +192,11 @@ class _Hasher:
         self.buffers.clear()
         try:
             self.pickler.dump(obj)
+        except RecursionError:
+            # A cycle fast mode did not see as one (through the canonical
+            # lists dicts are written as: an instance whose __dict__ holds
+            # its own cached method, say): the memo can write it.
+            return _dump_with_memo(obj)
         except ValueError as exc:
             if "fast mode" not in str(exc):
                 raise
@@ -276,7 +286,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 def _func_identity(func) -> tuple[str, str]:
     if isinstance(func, functools.partial):  # (its repr names an address: not the same in two runs)
         module, qualname = _func_identity(func.func)
-        return module, f"{qualname}.partial"
+        return module, f"{qualname}(partial)"  # (not a name a method could have)
     module = getattr(func, "__module__", None) or "__unknown__"
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     return module, qualname
@@ -568,10 +578,15 @@ class MemorizedFunc:
         self._compress = memory._compress_level
         self._durable = memory.durable
         functools.update_wrapper(self, func)
-        self._bind, self._arg_names = _make_binder(func, self.ignore)
-        # A method's instance is part of each key, read at each call, as joblib
-        # reads it (its state may change between calls).
-        self._bound = _bound_instance(func) is not None
+        # A method's instance and a partial's positional arguments are part of
+        # each key, read at each call (as joblib reads a method's instance:
+        # either may change between calls); ignore=["self"] leaves the instance
+        # out, as in joblib.
+        self._leave_out_self = "self" in self.ignore and _bound_instance(func) is not None
+        self._bind, self._arg_names = _make_binder(
+            func, [n for n in self.ignore if not self._leave_out_self or n != "self"]
+        )
+        self._per_call = _call_state(func, self._leave_out_self) is not None
         self._take_identity(*_func_source(func))
 
     def _take_identity(self, source: str, source_file: str) -> None:
@@ -624,7 +639,8 @@ class MemorizedFunc:
 
     def _found_by_name(self) -> bool:
         module = sys.modules.get(getattr(self, "__module__", ""), None)
-        return module is not None and getattr(module, self.__qualname__, None) is self
+        name = getattr(self, "__qualname__", None)  # (a partial has none)
+        return module is not None and name is not None and getattr(module, name, None) is self
 
     # -- keys and entries
 
@@ -642,17 +658,22 @@ class MemorizedFunc:
             # The call does not fit the signature: the caller calls the function uncached,
             # which raises the function's own error.
             return None
-        if self._bound:
-            values = (values, _bound_instance(self.func))
+        if self._per_call:
+            values = (values, _call_state(self.func, self._leave_out_self))
         key = _cache_key_of_scalars(self._prefix, values)
         if key is not None:  # plain values only: hashed without pickling
             return key
         try:
             stream, buffers = _pickle_for_hash(values)
         except Exception as exc:  # noqa: BLE001 - pickling raises anything a __reduce__ raises
+            hint = (
+                " (a method's instance is part of its key: ignore=['self'] leaves it out)"
+                if _bound_instance(self.func) is not None and not self._leave_out_self
+                else ""
+            )
             _warn(
                 f"perfkit.Memory: cannot hash the arguments of {self._name}() "
-                f"({type(exc).__name__}: {exc}); calling it without the cache"
+                f"({type(exc).__name__}: {exc}); calling it without the cache{hint}"
             )
             return None
         return _cache_hash(self._prefix, stream, buffers)
@@ -858,16 +879,28 @@ class MemorizedFunc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
 
 
+def _call_state(func, leave_out_self=False):
+    """What a callable holds that is read at each call for its key: a
+    partial's positional arguments (its keywords are defaults of the
+    signature, bound with the call's), a method's instance; None for none."""
+    state = []
+    while isinstance(func, functools.partial):
+        state.append(func.args)
+        func = func.func
+    owner = None if leave_out_self else _bound_instance(func)
+    if owner is not None:
+        state.append(owner)
+    return tuple(state) if state else None
+
+
 def _held_digest(func) -> str:
-    """A digest of what a callable holds besides its code, as it is cached:
-    a partial's arguments, and a closure's plain values (numbers, strings,
-    tuples of them: a maker's parameters). Other captured objects are left
-    out, as joblib leaves out every closure: a list a closure appends to
-    would make each cached copy of it a stranger to the last. "" for none,
-    or for arguments that cannot be hashed."""
+    """A digest of what a closure holds besides its code, when it is cached:
+    its plain values (numbers, strings, tuples of them: its maker's
+    parameters). Other captured objects are left out, as joblib leaves out
+    every closure: a list a closure appends to would make each cached copy
+    of it a stranger to the last. "" for none."""
     held = []
     while isinstance(func, functools.partial):
-        held.append((func.args, func.keywords))
         func = func.func
     for cell in getattr(func, "__closure__", None) or ():
         try:
@@ -891,7 +924,10 @@ def _plain(value) -> bool:
 
 
 def _bound_instance(func):
-    """The instance (or class) a method is bound to; None for a function."""
+    """The instance (or class) a method is bound to, also under partials;
+    None for a function."""
+    while isinstance(func, functools.partial):
+        func = func.func
     owner = getattr(func, "__self__", None)
     return None if owner is None or isinstance(owner, types.ModuleType) else owner
 
