@@ -155,15 +155,11 @@ class _HashPickler(pickle.Pickler):
             # cached (its key prefix), its defaults, a method's instance. Not
             # by reference: a script's function is not found under its name,
             # which is the cached function's.
-            func = obj.func
-            keywords = []
-            while isinstance(func, functools.partial):
-                keywords.append(func.keywords)
-                func = func.func
+            partials, func = _unwrapped(obj.func)
             held = (
                 getattr(func, "__defaults__", None),
                 getattr(func, "__kwdefaults__", None),
-                keywords,
+                [p.keywords for p in partials],
                 _call_state(obj.func, obj._leave_out_self),
             )
             return (MemorizedFunc, (obj._prefix, held, obj.mmap_mode))
@@ -295,7 +291,7 @@ def _func_identity(func) -> tuple[str, str]:
 def _func_source(func) -> tuple[str, str]:
     """(code text for humans and hashing, where it came from)."""
     if isinstance(func, functools.partial):
-        return _func_source(func.func)  # (its arguments are in each key: _held_digest)
+        return _func_source(func.func)  # (its arguments are in each key: _call_state)
     try:
         return inspect.getsource(func), inspect.getsourcefile(func) or "?"
     except (OSError, TypeError):
@@ -883,10 +879,8 @@ def _call_state(func, leave_out_self=False):
     """What a callable holds that is read at each call for its key: a
     partial's positional arguments (its keywords are defaults of the
     signature, bound with the call's), a method's instance; None for none."""
-    state = []
-    while isinstance(func, functools.partial):
-        state.append(func.args)
-        func = func.func
+    partials, func = _unwrapped(func)
+    state = [p.args for p in partials]
     owner = None if leave_out_self else _bound_instance(func)
     if owner is not None:
         state.append(owner)
@@ -900,9 +894,7 @@ def _held_digest(func) -> str:
     every closure: a list a closure appends to would make each cached copy
     of it a stranger to the last. "" for none."""
     held = []
-    while isinstance(func, functools.partial):
-        func = func.func
-    for cell in getattr(func, "__closure__", None) or ():
+    for cell in getattr(_unwrapped(func)[1], "__closure__", None) or ():
         try:
             value = cell.cell_contents
         except ValueError:  # (an empty cell: a name its maker had not bound yet)
@@ -923,12 +915,19 @@ def _plain(value) -> bool:
     return isinstance(value, (tuple, frozenset)) and all(_plain(v) for v in value)
 
 
+def _unwrapped(func):
+    """(the partials wrapping `func`, outermost first; the callable inside them)."""
+    partials = []
+    while isinstance(func, functools.partial):
+        partials.append(func)
+        func = func.func
+    return partials, func
+
+
 def _bound_instance(func):
     """The instance (or class) a method is bound to, also under partials;
     None for a function."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    owner = getattr(func, "__self__", None)
+    owner = getattr(_unwrapped(func)[1], "__self__", None)
     return None if owner is None or isinstance(owner, types.ModuleType) else owner
 
 
