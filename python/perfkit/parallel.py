@@ -525,6 +525,15 @@ def _release_shared_pool(pool, lock, broken: bool):
         lock.release()
 
 
+def _free_kept_pool(key):
+    """``(pool, lock)``: the module's pool and the lock this call took on it;
+    else the spare, with no lock; else ``(None, None)``."""
+    pool, lock = _acquire_shared_pool(key)
+    if pool is None:
+        pool = _take_spare_pool(key)
+    return pool, lock
+
+
 def _take_spare_pool(key):
     """The kept spare pool for `key`, or None. Calls that find the module's
     pool busy (another thread's call, or a generator left unfinished, as in
@@ -986,10 +995,7 @@ class Parallel:
                 raise
             pool, shared = self._private_pool[1], False
         else:
-            pool, shared_lock = _acquire_shared_pool(key)
-            shared = pool is not None
-            if pool is None:
-                pool = _take_spare_pool(key)
+            pool, shared_lock = _free_kept_pool(key)
             if pool is None:
                 # Every kept pool is busy (behind other threads' calls, or
                 # generators not yet drawn): workers of this call's own start
@@ -1011,10 +1017,10 @@ class Parallel:
                     progress.close(False)  # (a print_progress of the caller's is called however it ends)
                     raise
                 _check_caller(owner)
-                pool, shared_lock = _acquire_shared_pool(key)
-                shared = pool is not None
+                pool, shared_lock = _free_kept_pool(key)
                 if pool is None:
-                    pool = _take_spare_pool(key) or _new_pool(*key)
+                    pool = _new_pool(*key)
+            shared = shared_lock is not None
         broken = False
         call = None
         try:
