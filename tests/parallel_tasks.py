@@ -541,3 +541,39 @@ def slow_first_then_raise(x, slow=2.0):
         raise KeyError("task 1 failed at once")
     time.sleep(0.05)
     return x
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+_WATCHED_GARBAGE: list = []  # weak references to cycles a task dropped
+
+
+def garbage_then_module(i):
+    """Drops a cycle that only a full collection finds (it is in the oldest
+    generation), then "imports" a module of 2,000 functions (a new entry in
+    sys.modules). Returns (pid, objects frozen before)."""
+    import gc
+    import sys
+    import types
+    import weakref
+
+    frozen = gc.get_freeze_count()
+    cycle = _Cycle()
+    _WATCHED_GARBAGE.append(weakref.ref(cycle))
+    gc.collect()  # the cycle, alive, goes to the oldest generation
+    del cycle
+    module = types.ModuleType(f"_perfkit_test_module_{os.getpid()}_{i}_{time.monotonic_ns()}")
+    for n in range(2000):
+        setattr(module, f"f{n}", lambda n=n: n)
+    sys.modules[module.__name__] = module
+    return os.getpid(), frozen
+
+
+def gc_report(_x=None):
+    """(pid, objects frozen, watched cycles still alive) in this process."""
+    import gc
+
+    return os.getpid(), gc.get_freeze_count(), sum(ref() is not None for ref in _WATCHED_GARBAGE)
