@@ -167,6 +167,57 @@ def test_record_module_from_current_directory(tmp_path):
     assert json.loads(report.read_text())["name"] == "__main__"
 
 
+def test_record_output_is_where_the_user_meant_though_the_program_changes_directory(tmp_path):
+    # cProfile takes -o's absolute path before the program runs; so does record.
+    (tmp_path / "sub").mkdir()
+    prog = tmp_path / "chdir.py"
+    prog.write_text("import os\n\ndef work():\n    return sum(range(100))\n\nos.chdir('sub')\nwork()\n")
+    r = run_cli("record", "-o", "rel.prof", prog.name, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "sub" / "rel.prof").exists()
+    assert any(k[2] == "work" for k in pstats.Stats(str(tmp_path / "rel.prof")).stats)
+    r = run_cli("record", prog.name, cwd=tmp_path)  # the default name, likewise
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "chdir.prof").exists() and not (tmp_path / "sub" / "chdir.prof").exists()
+
+
+@sensitive
+def test_record_waits_for_the_programs_threads_as_python_does(tmp_path):
+    # The interpreter waits for non-daemon threads before it exits; the
+    # profile must hold what they did after the main code returned.
+    prog = tmp_path / "late.py"
+    prog.write_text(
+        "import threading, time\n\n"
+        "def nap():\n    time.sleep(0.01)\n\n"
+        "def worker():\n    for _ in range(20):\n        nap()\n\n"
+        "threading.Thread(target=worker).start()\n"
+        "threading.Thread(target=nap, daemon=True).start()\n"
+    )
+    out = tmp_path / "late.prof"
+    r = run_cli("record", "-o", out, prog.name, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    naps = [v for k, v in pstats.Stats(str(out)).stats.items() if k[2] == "nap"]
+    assert naps and naps[0][1] >= 20, naps  # the worker's 20 (the daemon's may be cut off, as in Python)
+
+
+def test_record_missing_module_is_one_line_and_writes_nothing(tmp_path):
+    for target in ("no_such_module_pk", "json.no_such_submodule"):
+        r = run_cli("record", "-o", tmp_path / "m.prof", "-m", target, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().startswith(f"perfkit: error: cannot run -m {target}:"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "m.prof").exists()
+    # A module that exists but fails to import something itself is the program's error.
+    (tmp_path / "badimp.py").write_text("import no_such_module_pk_inner\n")
+    r = run_cli(
+        "record", "-o", tmp_path / "b.prof", "-m", "badimp", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}
+    )
+    assert r.returncode == 1
+    assert "No module named 'no_such_module_pk_inner'" in r.stderr
+    assert "runpy" not in r.stderr  # the traceback starts at the program, as `python -m` prints it
+    assert (tmp_path / "b.prof").exists()
+
+
 @sensitive
 def test_record_no_builtins_and_clocks(tmp_path):
     target = script("cli_sleep.py")

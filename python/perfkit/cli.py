@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 import types
 
@@ -27,16 +28,40 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _print_program_traceback(exc: BaseException) -> None:
-    """The traceback as `python script.py` would print it: without the
-    frames of perfkit that ran the program."""
+    """The traceback as `python script.py` or `python -m module` would print
+    it: without the frames of perfkit, and of runpy, that ran the program."""
     tb = exc.__traceback__
     perfkit_dir = os.path.dirname(os.path.abspath(__file__))
     while tb is not None and (
         os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == perfkit_dir
         or tb.tb_frame.f_code.co_filename == "<perfkit>"
+        or tb.tb_frame.f_globals.get("__name__") == "runpy"
     ):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
+
+
+def _not_found_by_runpy(exc: BaseException) -> bool:
+    """An ImportError raised by runpy's own lookup of the module (no such
+    module, a package without __main__), not by the module's code."""
+    if not isinstance(exc, ImportError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") == "runpy"
+
+
+def _wait_for_threads() -> None:
+    """Waits, still recording, for the program's non-daemon threads, as
+    the interpreter does before it exits."""
+    main = threading.main_thread()
+    while True:
+        left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+        if not left:
+            return
+        for thread in left:
+            thread.join()
 
 
 def record(
@@ -53,6 +78,8 @@ def record(
         stem = target.rsplit(".", 1)[-1] if is_module else os.path.splitext(os.path.basename(target))[0]
         output = f"{stem or 'perfkit'}.prof"
     output = os.fspath(output)
+    # Where the user meant, though the program may change directory (as cProfile does).
+    path = os.path.abspath(output)
 
     if is_module:
         import runpy
@@ -86,20 +113,31 @@ def record(
 
     profiler = Profiler(builtins=builtins, clock=clock)
     exit_code = 0
+    profiler.enable()
     try:
-        profiler.runctx(code, namespace, None)
-    except SystemExit as e:
-        exit_code = _exit_code(e)
-    except KeyboardInterrupt as e:
-        _print_program_traceback(e)
-        exit_code = 130
-    except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
-        _print_program_traceback(e)
-        exit_code = 1
+        try:
+            exec(code, namespace)  # noqa: S102 - running the user's program is the point
+        except SystemExit as e:
+            exit_code = _exit_code(e)
+        except KeyboardInterrupt as e:
+            _print_program_traceback(e)
+            exit_code = 130
+        except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
+            if is_module and _not_found_by_runpy(e):
+                print(f"perfkit: error: cannot run -m {target}: {e}", file=sys.stderr)
+                return 2
+            _print_program_traceback(e)
+            exit_code = 1
+        try:
+            _wait_for_threads()
+        except KeyboardInterrupt:
+            exit_code = 130
+    finally:
+        profiler.disable()
     sys.stdout.flush()
     rec = profiler.recording()
     try:
-        rec.dump(output)
+        rec.dump(path)
     except (OSError, _native.ProfileError) as e:
         print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
         return 2

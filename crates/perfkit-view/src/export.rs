@@ -21,9 +21,24 @@ pub fn page(data: Option<&str>) -> String {
         Some(d) => d.replace('<', "\\u003c"),
         None => String::new(),
     };
-    PAGE.replace("/*STYLE*/", STYLE)
-        .replacen("/*DATA*/", &data, 1)
-        .replacen("/*SCRIPT*/", SCRIPT, 1)
+    // One pass over the template, each marker filled once: what goes in (a
+    // profile's names, in the data) may hold a marker's text, which must stay text.
+    let mut out = String::with_capacity(PAGE.len() + STYLE.len() + data.len() + SCRIPT.len());
+    let mut rest = PAGE;
+    for (marker, text) in [
+        ("/*STYLE*/", STYLE),
+        ("/*DATA*/", data.as_str()),
+        ("/*SCRIPT*/", SCRIPT),
+    ] {
+        let at = rest
+            .find(marker)
+            .expect("index.html holds each marker once, in this order");
+        out.push_str(&rest[..at]);
+        out.push_str(text);
+        rest = &rest[at + marker.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One self-contained HTML file: the page and the profile's data.

@@ -149,6 +149,26 @@ fn export_escapes_names_that_look_like_markup() {
 }
 
 #[test]
+fn export_keeps_names_that_hold_the_templates_markers() {
+    // A name is data: the page's markers in it must neither take the script
+    // (leaving the page without one) nor be filled in themselves.
+    let name = "f/*SCRIPT*//*DATA*//*STYLE*/";
+    let p = profile(
+        vec![FuncKey::new("x.py", 1, name)],
+        vec![node(0, 0, 1000, 1000)],
+    );
+    let html = export::html(&Viewer::single("markers".into(), p));
+    let start =
+        html.find("type=\"application/json\">").unwrap() + "type=\"application/json\">".len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: Value = serde_json::from_str(&html[start..end]).unwrap();
+    assert_eq!(data["funcs"]["name"][0], name);
+    let script = &html[end + "</script>".len()..];
+    assert!(script.trim_start().starts_with("<script>"));
+    assert!(script.len() > 1000, "the viewer's script is in the page");
+}
+
+#[test]
 fn diff_slices_carry_both_runs() {
     let before = bushy(2);
     let mut after = bushy(2);
