@@ -543,37 +543,30 @@ def slow_first_then_raise(x, slow=2.0):
     return x
 
 
+def gc_threshold_here(_x=None, set_to=None):
+    """(pid, the youngest generation's GC threshold while this task runs);
+    with ``set_to``, sets it first."""
+    import gc
+
+    if set_to is not None:
+        gc.set_threshold(set_to)
+    return os.getpid(), gc.get_threshold()[0]
+
+
 class _Cycle:
-    def __init__(self):
+    def __init__(self, payload):
         self.me = self
+        self.payload = payload
 
 
-_WATCHED_GARBAGE: list = []  # weak references to cycles a task dropped
+def leave_cyclic_garbage(mb):
+    """Drops a reference cycle around ``mb`` MB (touched, so resident); returns the pid."""
+    _Cycle(bytearray(mb << 20))
+    return os.getpid()
 
 
-def garbage_then_module(i):
-    """Drops a cycle that only a full collection finds (it is in the oldest
-    generation), then "imports" a module of 2,000 functions (a new entry in
-    sys.modules). Returns (pid, objects frozen before)."""
-    import gc
+def argv_and_paths(_x=None):
+    """(sys.argv, the environment's PYTHONPATH, PERFKIT_SYS_PATH, sys.path) here."""
     import sys
-    import types
-    import weakref
 
-    frozen = gc.get_freeze_count()
-    cycle = _Cycle()
-    _WATCHED_GARBAGE.append(weakref.ref(cycle))
-    gc.collect()  # the cycle, alive, goes to the oldest generation
-    del cycle
-    module = types.ModuleType(f"_perfkit_test_module_{os.getpid()}_{i}_{time.monotonic_ns()}")
-    for n in range(2000):
-        setattr(module, f"f{n}", lambda n=n: n)
-    sys.modules[module.__name__] = module
-    return os.getpid(), frozen
-
-
-def gc_report(_x=None):
-    """(pid, objects frozen, watched cycles still alive) in this process."""
-    import gc
-
-    return os.getpid(), gc.get_freeze_count(), sum(ref() is not None for ref in _WATCHED_GARBAGE)
+    return list(sys.argv), os.environ.get("PYTHONPATH"), os.environ.get("PERFKIT_SYS_PATH"), list(sys.path)

@@ -630,6 +630,25 @@ def test_generator_closed_early_leaves_pool_usable():
 # ------------------------------------------------------------------ n_jobs, backends, config
 
 
+def test_joblibs_cpu_environment_variables(monkeypatch):
+    # LOKY_MAX_CPU_COUNT caps the CPUs (scikit-learn's docs suggest it on
+    # shared machines), read at each call as joblib does; JOBLIB_MULTIPROCESSING=0
+    # turns worker processes off (joblib reads it at import: checked by name here).
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
+    assert perfkit.cpu_count() == joblib.cpu_count() == 1
+    assert perfkit.effective_n_jobs(-1) == joblib.effective_n_jobs(-1) == 1
+    assert Parallel(n_jobs=-1)(delayed(T.pid_of)(i) for i in range(4)) == [os.getpid()] * 4
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "lots")
+    with pytest.warns(UserWarning, match="LOKY_MAX_CPU_COUNT"):
+        assert perfkit.cpu_count() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
+    monkeypatch.setenv("JOBLIB_MULTIPROCESSING", "0")
+    assert perfkit.cpu_count() == 1
+    assert Parallel(n_jobs=2)(delayed(T.pid_of)(i) for i in range(4)) == [os.getpid()] * 4
+    threads = Parallel(n_jobs=2, backend="threads")  # threads are not processes: still two
+    assert threads.n_jobs == 2 and threads(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
 def test_n_jobs_semantics():
     cpus = perfkit.cpu_count()
     assert cpus == joblib.cpu_count()
@@ -996,6 +1015,7 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         sys.path.insert(0, sys.argv[1])
         import parallel_tasks as T
         import perfkit.parallel as pp
+        from perfkit import _pool_common
         from perfkit import Parallel, delayed
 
         kept = Parallel(n_jobs=2).__enter__()  # a `with Parallel() as kept` block around the fork
@@ -1090,9 +1110,9 @@ def test_a_forked_child_starts_its_own_pools_and_leaves_the_parents_alone():
         )
         call.start()
         deadline = time.time() + 10
-        while gc.get_threshold()[0] != pp._YOUNG_GC_THRESHOLD and time.time() < deadline:
+        while gc.get_threshold()[0] != _pool_common.YOUNG_GC_THRESHOLD and time.time() < deadline:
             time.sleep(0.005)
-        assert gc.get_threshold()[0] == pp._YOUNG_GC_THRESHOLD
+        assert gc.get_threshold()[0] == _pool_common.YOUNG_GC_THRESHOLD
         pid = os.fork()
         if pid == 0:
             ok = gc.get_threshold() == default
@@ -1981,25 +2001,57 @@ def test_odd_idle_release_settings_leave_workers_working(monkeypatch, value):
     pp._shutdown_shared_pool()
 
 
-@pytest.mark.version_sensitive  # the collector and gc.freeze differ across CPythons
-def test_workers_freeze_what_imports_made_and_no_garbage():
-    # After a batch that grew sys.modules, a worker collects and then freezes
-    # what is left, so that full collections stop walking the modules' objects
-    # (pandas': 20-45 ms each). What was garbage then is collected, not frozen.
+@pytest.mark.version_sensitive  # the collector's thresholds and counts differ across CPythons
+def test_workers_put_off_young_collections_during_a_batch_and_collect_when_idle():
+    # A batch runs with the youngest generation collected every
+    # YOUNG_GC_THRESHOLD allocations (full collections walk pandas' ~50,000
+    # objects at 20-45 ms each); an idle worker then collects what its batches
+    # left: a cycle around 200 MB must not stay in memory until the next batch.
+    def rss_mb(pid):
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]) / 1024
+
     with Parallel(n_jobs=2, batch_size=1) as parallel:
-        made = parallel(delayed(T.garbage_then_module)(i) for i in range(6))
-        reports = parallel(delayed(T.gc_report)(i) for i in range(6))
-    frozen_before: dict = {}
-    for pid, frozen in made:
-        frozen_before[pid] = max(frozen, frozen_before.get(pid, 0))
-    assert os.getpid() not in frozen_before  # ran in workers, not inline
-    checked = 0
-    for pid, frozen, alive in reports:
-        assert alive == 0, f"worker {pid}: a cycle dropped before the freeze was frozen, not collected"
-        if pid in frozen_before:
-            assert frozen >= frozen_before[pid] + 2000, (pid, frozen, frozen_before[pid])
-            checked += 1
-    assert checked, (made, reports)
+        seen = parallel(delayed(T.gc_threshold_here)(i) for i in range(4))
+        assert {threshold for _, threshold in seen} == {_pool_common.YOUNG_GC_THRESHOLD}, seen
+        assert os.getpid() not in {pid for pid, _ in seen}
+        (pid,) = parallel(delayed(T.leave_cyclic_garbage)(200) for _ in range(1))
+        held = rss_mb(pid)
+        assert held > 200, held
+        deadline = time.time() + 10
+        while rss_mb(pid) > held - 150 and time.time() < deadline:
+            time.sleep(0.1)
+        assert rss_mb(pid) < held - 150, (held, rss_mb(pid))
+        # The thresholds are CPython's again between batches: a task that sets
+        # its own keeps them (this one turns automatic collection off).
+        ((_, off),) = parallel(delayed(T.gc_threshold_here)(0, set_to=0) for _ in range(1))
+        assert off == 0
+
+
+@pytest.mark.parametrize("pythonpath", [None, "/nonexistent/pk-a"])
+def test_workers_see_the_callers_argv_and_environment(monkeypatch, pythonpath):
+    # As under multiprocessing and loky: a task that parses sys.argv sees the
+    # caller's; a program a task starts gets the caller's PYTHONPATH, not
+    # perfkit's means of finding itself (a Python of another version failed
+    # to start with the caller's whole sys.path in it).
+    pp._shutdown_shared_pool()
+    if pythonpath is None:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "0.5"])
+    try:
+        seen = Parallel(n_jobs=2, batch_size=1)(delayed(T.argv_and_paths)(i) for i in range(4))
+        monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "0.7"])  # a later call: its own
+        later = Parallel(n_jobs=2)(delayed(T.argv_and_paths)(i) for i in range(2))
+    finally:
+        pp._shutdown_shared_pool()
+    for argv, environ_path, internal, path in seen:
+        assert argv == ["train.py", "--lr", "0.5"]
+        assert environ_path == pythonpath
+        assert internal is None
+        assert [p for p in sys.path if p] == [p for p in path if p]
+    assert {tuple(argv) for argv, *_ in later} == {("train.py", "--lr", "0.7")}
 
 
 def test_idle_workers_keep_no_results_alive():
@@ -2384,6 +2436,10 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
     sizes.clear()
     idents = Parallel(n_jobs=8, backend="threads")(delayed(sleepy)(i, 0.02) for i in range(8))
     assert max(sizes) == 1 and len(set(idents)) == 8, sizes
+    # No length known (a map object): one task a batch until timed.
+    sizes.clear()
+    idents = threads(map(delayed(sleepy), range(4), [0.05] * 4))
+    assert max(sizes) == 1 and len(set(idents)) == 2, sizes
     assert pp._thread_batch_size(0.02, None, 2) == 1  # 20 ms tasks: alone
     assert pp._thread_batch_size(1e-7, None, 2) == 8192
     assert pp._thread_batch_size(1e-4, 100, 2) == 25  # two batches a thread of what is left ...
@@ -2396,8 +2452,10 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
 
 def test_dask_backend_without_client_says_what_to_do():
     pytest.importorskip("distributed")
-    with pytest.raises(RuntimeError, match="needs a running dask.distributed Client"):
+    with pytest.raises(ValueError, match="needs a running dask.distributed Client"):
         Parallel(backend="dask")(delayed(T.square)(i) for i in range(3))
+    with pytest.raises(ValueError), joblib.parallel_config(backend="dask"):  # joblib's type too
+        joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(3))
 
 
 @pytest.fixture(scope="module")
@@ -2824,7 +2882,7 @@ def test_gc_thresholds_raised_while_dispatching_and_restored():
             yield delayed(T.square)(x)
 
     assert Parallel(n_jobs=2)(tasks(50)) == [x * x for x in range(50)]
-    assert seen and min(seen) == pp._YOUNG_GC_THRESHOLD
+    assert seen and min(seen) == _pool_common.YOUNG_GC_THRESHOLD
     assert gc.get_threshold() == before
     # Restored after a failed call and after an abandoned generator too.
     with pytest.raises(ValueError):
@@ -2898,9 +2956,24 @@ def test_a_call_times_its_own_tasks_before_batching_them(batch_sizes):
 
     sizes.clear()
     pids = Parallel(n_jobs=2)(slow(40))
-    assert max(sizes[:2]) <= pp._ProcessCall.UNTIMED_BATCH_TASKS, sizes
+    # No length to take a share of: one task a batch until this call's are timed.
+    assert max(sizes[:4]) == 1, sizes
     assert max(sizes[4:]) <= 2, sizes  # timed: 50 ms tasks, 20 ms batches hold one
     assert len(set(pids)) == 2
+    # Fewer tasks than an untimed batch may hold (helper-33: all 8 ran on one
+    # worker): each worker gets its share, from a map object or a generator.
+    Parallel(n_jobs=2)(map(delayed(T.sleep_then_pid), [0] * 100))
+    assert len(set(Parallel(n_jobs=2)(map(delayed(T.sleep_then_pid), [0.2] * 4)))) == 2
+    assert len(set(Parallel(n_jobs=2)(slow(4)))) == 2
+    # Cheap again: the slow calls' cost must not keep batches at one task
+    # (a first batch far faster than it was taken as agreeing with it).
+    sizes.clear()
+    Parallel(n_jobs=2)(delayed(T.sleep_then_pid)(0) for _ in range(5000))
+    assert max(sizes) > 100, sizes
+    # Where the length is known, an earlier call's cost still sizes the first batches.
+    sizes.clear()
+    Parallel(n_jobs=2)([delayed(T.sleep_then_pid)(0) for _ in range(5000)])
+    assert sizes[0] == pp._ProcessCall.UNTIMED_BATCH_TASKS, sizes
 
 
 def test_batches_shrink_towards_the_end_but_not_below_a_millisecond(batch_sizes):

@@ -8,7 +8,8 @@ process dies). It exits on end of file on fd 3, i.e. when the parent goes.
 Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
 meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
 function table comes once per worker in a FUNCTION frame (with the classes and
-functions of the caller's __main__ that its batches name); each BATCH frame
+functions of the caller's __main__ that its batches name, and the caller's
+sys.argv); each BATCH frame
 is ``pickle((first_index, mode, items))`` with its large buffers out of band
 in the segment (or, meta ``vm:<pid>\taddress:len…``, still in the parent's
 memory, copied in as unpickling reaches them; a STREAMED batch's tasks are
@@ -55,6 +56,7 @@ from perfkit._pool_common import (
     STREAMED,
     MainNames,
     dumps,
+    fewer_young_collections,
     pack_numpy_scalars,
     task_label,
 )
@@ -231,17 +233,31 @@ class RemoteSpans:
 
 class TaskPipe(io.RawIOBase):
     """The task pipe, read through a BufferedReader that calls ``readinto``
-    only when it has no bytes left: while ``idle`` (waiting for a frame) and
-    holding copy buffers, it gives them back after ``IDLE_SECONDS`` without one."""
+    only when it has no bytes left. While ``idle`` (waiting for a frame):
+    after a batch (``collect_when_idle``), it collects garbage once no frame
+    has come for ``COLLECT_AFTER_SECONDS``; holding copy buffers, it gives
+    them back after ``IDLE_SECONDS`` without one."""
+
+    # Batches run with young collections put off (fewer_young_collections),
+    # so cyclic garbage a batch left may not be collected until the next
+    # one: an idle worker must not hold it (a cycle around a large array, say).
+    COLLECT_AFTER_SECONDS = 0.5
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.idle = False
+        self.collect_when_idle = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if self.idle and self.collect_when_idle:
+            ready, _, _ = select.select([self.fd], [], [], self.COLLECT_AFTER_SECONDS)
+            if not ready:
+                self.collect_when_idle = False
+                if gc.isenabled():
+                    gc.collect()
         if self.idle and REMOTE_BUFFERS.free and REMOTE_BUFFERS.IDLE_SECONDS is not None:
             ready, _, _ = select.select([self.fd], [], [], REMOTE_BUFFERS.IDLE_SECONDS)
             if not ready:
@@ -381,28 +397,20 @@ def limit_threads_once(state: dict) -> None:
         pass
 
 
-def freeze_what_imports_made(state: dict) -> None:
-    """After a batch that imported modules (a task's first ``import pandas``,
-    or its unpickling's): collect, then freeze (``gc.freeze``) every object
-    left, so that the collector no longer traverses them.
-
-    What a module import makes (functions, classes, constants) lives as
-    long as the process, yet every full collection walks it again: with
-    pandas loaded, ~50,000 objects, 20–45 ms a collection on the 2-core
-    machine, and the groupby example's tasks set one off in one worker or
-    the other about every 200 ms call. Frozen, a full collection walks only
-    what tasks made since (~2 ms). Nothing that is garbage now is frozen (the
-    collection first); what is alive now and later becomes cyclic garbage is
-    never collected. That is, at most, the functions of the call that was
-    running at each freeze: bounded, as freezes happen only when
-    ``sys.modules`` grows. Left alone while a task has turned the collector
-    off (``gc.disable()``), as that asks for no pauses."""
-    modules = len(sys.modules)
-    if modules == state.get("modules") or not gc.isenabled():
-        return
-    state["modules"] = modules
-    gc.collect()
-    gc.freeze()
+def take_parent_paths() -> None:
+    """sys.path as the parent's (PERFKIT_SYS_PATH), and the parent's own
+    PYTHONPATH back in the environment (PERFKIT_PARENT_PYTHONPATH: ``=value``,
+    or empty when it had none): the one this process started with only
+    found perfkit."""
+    path = os.environ.pop("PERFKIT_SYS_PATH", None)
+    if path is not None:
+        sys.path[:] = path.split(os.pathsep)
+    parent = os.environ.pop("PERFKIT_PARENT_PYTHONPATH", None)
+    if parent is not None:
+        if parent.startswith("="):
+            os.environ["PYTHONPATH"] = parent[1:]
+        else:
+            os.environ.pop("PYTHONPATH", None)
 
 
 RUNNING = False  # True in a worker process, once main() runs (perfkit.memory asks)
@@ -411,6 +419,7 @@ RUNNING = False  # True in a worker process, once main() runs (perfkit.memory as
 def main() -> int:
     global RUNNING
     RUNNING = True
+    take_parent_paths()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
     kill_group_when_parent_dies()  # a parent killed outright (by SIGTERM, say) cleans nothing up
     # This file runs as __main__ (python -m): the caller's classes and
@@ -434,10 +443,6 @@ def main() -> int:
     sent_main: dict = {}
     function_error: BaseException | None = None
     thread_state: dict = {}
-    # What this process imported to start is frozen as it is (no collection
-    # first: a fresh interpreter's start leaves next to no garbage).
-    gc.freeze()
-    gc_state = {"modules": len(sys.modules)}
 
     def send(kind: int, call: int, batch: int, meta: bytes, payload: bytes) -> None:
         data = HEADER.pack(kind, len(meta), call, batch, len(payload)) + meta + payload
@@ -466,7 +471,8 @@ def main() -> int:
             continue  # the parent has opened the last reply's results: closed above
         if kind == FUNCTION:
             try:
-                functions, listed = pickle.loads(payload)
+                functions, listed, argv = pickle.loads(payload)
+                sys.argv = list(argv)
                 sent_main, function_error = receive_main_definitions(listed), None
             except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
                 functions, sent_main, function_error = (), {}, exc
@@ -484,19 +490,20 @@ def main() -> int:
         remote = segment[2] if segment is not None and isinstance(segment[2], RemoteSpans) else None
         mapped = segment is not None and remote is None
         children = child_pids() if mapped else None
-        kind, reply_meta, reply = run_batch(
-            payload,
-            segment,
-            functions,
-            function_error,
-            status,
-            parent,
-            threshold,
-            # Not when the arguments came in a segment: results that are views of
-            # it would then keep the parent from reusing it.
-            bool(frame_flags & RESULTS_IN_PLACE) and not mapped,
-            sent_main,
-        )
+        with fewer_young_collections():
+            kind, reply_meta, reply = run_batch(
+                payload,
+                segment,
+                functions,
+                function_error,
+                status,
+                parent,
+                threshold,
+                # Not when the arguments came in a segment: results that are views of
+                # it would then keep the parent from reusing it.
+                bool(frame_flags & RESULTS_IN_PLACE) and not mapped,
+                sent_main,
+            )
         del payload
         flags = 0
         if mapped and not release_segment(*segment):
@@ -513,8 +520,7 @@ def main() -> int:
         remote = None
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
-        del reply_meta, reply  # (not frozen below)
-        freeze_what_imports_made(gc_state)
+        pipe.collect_when_idle = True
 
 
 def _leave_parents_pipes() -> None:

@@ -21,7 +21,6 @@ import collections
 import contextlib
 import contextvars
 import functools
-import gc
 import itertools
 import math
 import mmap
@@ -33,6 +32,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +47,7 @@ from perfkit._pool_common import (
     MainNames,
     MainUnpickler,
     dumps,
+    fewer_young_collections,
     task_label,
     unpack_results,
 )
@@ -111,8 +112,20 @@ class UnpicklableError(pickle.PicklingError, TypeError):
 # --------------------------------------------------------------------------- cpu_count
 
 
+def _multiprocessing_disabled() -> bool:
+    """joblib's JOBLIB_MULTIPROCESSING=0: no worker processes (cpu_count() is
+    1, and the processes backend runs inline)."""
+    try:
+        return int(os.environ.get("JOBLIB_MULTIPROCESSING", "1")) == 0
+    except ValueError:
+        return False
+
+
 def cpu_count(only_physical_cores: bool = False) -> int:
-    """CPUs this process may use: affinity mask and cgroup CPU quota (as joblib's)."""
+    """CPUs this process may use: affinity mask and cgroup CPU quota, and
+    at most LOKY_MAX_CPU_COUNT (as joblib's; 1 under JOBLIB_MULTIPROCESSING=0)."""
+    if _multiprocessing_disabled():
+        return 1
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -139,6 +152,12 @@ def cpu_count(only_physical_cores: bool = False) -> int:
                 n = min(n, len(cores))
         except OSError:
             pass
+    limit = os.environ.get("LOKY_MAX_CPU_COUNT")
+    if limit:
+        try:
+            n = min(n, int(limit))
+        except ValueError:
+            warnings.warn(f"LOKY_MAX_CPU_COUNT={limit!r} is not a whole number; ignored", stacklevel=2)
     return max(1, n)
 
 
@@ -389,9 +408,16 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
     env.append(("PERFKIT_INNER_THREADS", str(threads)))
     env.append(("PERFKIT_WORKER_CPUS", str(max(1, cpu_count() // n_workers))))
     env.append(("PERFKIT_MAX_NBYTES", str(max_nbytes if max_nbytes is not None else 1 << 62)))
-    # Workers must import the same perfkit (and the caller's modules) as the parent.
-    path = os.pathsep.join(p for p in sys.path if p)
-    env.append(("PYTHONPATH", path))
+    # Workers import the same perfkit (and the caller's modules) as the parent:
+    # PYTHONPATH finds perfkit, and the worker then takes the parent's
+    # sys.path and puts the parent's own PYTHONPATH back (see
+    # perfkit._worker.take_parent_paths), so that a program a task starts
+    # (another Python, say) sees the environment it would under the caller.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent_pythonpath = os.environ.get("PYTHONPATH")
+    env.append(("PYTHONPATH", here if parent_pythonpath is None else here + os.pathsep + parent_pythonpath))
+    env.append(("PERFKIT_SYS_PATH", os.pathsep.join(sys.path)))
+    env.append(("PERFKIT_PARENT_PYTHONPATH", "" if parent_pythonpath is None else "=" + parent_pythonpath))
     return env
 
 
@@ -478,7 +504,7 @@ def _probe_remote_read(pool) -> bool:
     address, length = _native.buffer_address(probe)
     call = next(_call_ids)
     try:
-        pool.begin_call(call, cloudpickle.dumps(((probe_remote_read,), []), protocol=5))
+        pool.begin_call(call, cloudpickle.dumps(((probe_remote_read,), [], list(sys.argv)), protocol=5))
         pool.submit(
             call, 0, pickle.dumps((0, 0, [(os.getpid(), address, length, expected)]), protocol=5), [], False
         )
@@ -589,15 +615,9 @@ def _forget_pools_after_fork():
     (A WorkerPool does nothing to its workers outside the process that
     started it: dropping or closing the parent's here leaves them alone.)"""
     global _shared_pool, _pool_lock, _executors_lock, _spare_pool, _spare_lock
-    global _gc_lock, _gc_callers, _gc_saved, _exiting
+    global _exiting
     _shared_pool = _spare_pool = None
     _exiting = False  # (a child forked by an exit handler exits on its own)
-    # Calls running in the parent's other threads do not run here: CPython's
-    # GC thresholds go back to what they were before them.
-    _gc_lock = threading.Lock()
-    if _gc_callers and _gc_saved is not None and gc.get_threshold()[0] == _YOUNG_GC_THRESHOLD:
-        gc.set_threshold(*_gc_saved)
-    _gc_callers, _gc_saved = 0, None
     for kept in list(_with_private_pools):
         kept._private_pool = None
         kept._private_pool_busy = threading.Lock()  # (the call holding it is the parent's)
@@ -847,7 +867,7 @@ class Parallel:
                 n_jobs = min(n_jobs, share)
             if backend == "processes":
                 backend = "threads"
-        if n_jobs == 1 or backend == "sequential":
+        if n_jobs == 1 or backend == "sequential" or (backend == "processes" and _multiprocessing_disabled()):
             return "sequential", 1
         return backend, n_jobs
 
@@ -1026,13 +1046,13 @@ class Parallel:
         try:
             call = _ProcessCall(self, pool, iterable, n_jobs, total, progress, key[2]).run(announce)
             if self.return_as == "list":
-                with _fewer_young_collections():
+                with fewer_young_collections():
                     yield from call
             else:
                 while True:
                     # The GC setting only while the call runs, not while a
                     # returned generator waits for its caller between results.
-                    with _fewer_young_collections():
+                    with fewer_young_collections():
                         batch = next(call, _NO_TASK)
                     if batch is _NO_TASK:
                         break
@@ -1226,7 +1246,7 @@ def _dask_client(config=None):
     try:
         return get_client()
     except ValueError:
-        raise RuntimeError(
+        raise ValueError(  # (joblib's type here: code that falls back to local work catches it)
             "backend='dask' needs a running dask.distributed Client: create one first, "
             "e.g. `from dask.distributed import Client; client = Client()`"
         ) from None
@@ -1521,20 +1541,29 @@ def _confirms(remembered_per_task, elapsed, count):
     """Whether a small batch's time agrees with an earlier call's cost per
     task: within twice that, plus PROBE_SLACK_SECONDS of the batch's own
     overhead (which a batch of a few tiny tasks is mostly made of, and which
-    measured per task would shrink the next batches for nothing)."""
-    return count <= _ProcessCall.UNTIMED_BATCH_TASKS and elapsed <= (
-        2 * remembered_per_task * count + PROBE_SLACK_SECONDS
+    measured per task would shrink the next batches for nothing); and, where
+    the earlier cost is more than that overhead, at least half of it (tasks
+    far cheaper on this call's input must not run one a batch for the
+    slow call's sake)."""
+    expected = remembered_per_task * count
+    return (
+        count <= _ProcessCall.UNTIMED_BATCH_TASKS
+        and elapsed <= 2 * expected + PROBE_SLACK_SECONDS
+        and (elapsed >= expected / 2 or expected <= PROBE_SLACK_SECONDS)
     )
 
 
 def _untimed_batch_size(size, left, n_jobs):
     """A batch size from an earlier call's cost, for a call none of whose
-    batches has been timed yet: at most UNTIMED_BATCH_TASKS, and where it is
-    known what is left, a share of it that gives every worker or thread a
-    batch (the tail's one-millisecond floor would trust the old cost)."""
-    size = min(size, _ProcessCall.UNTIMED_BATCH_TASKS)
-    if left is not None:
-        size = min(size, math.ceil(left / (2 * n_jobs)))
+    batches has been timed yet: at most UNTIMED_BATCH_TASKS, and a share of
+    what is left that gives every worker or thread a batch (the tail's
+    one-millisecond floor would trust the old cost). Where what is left is
+    not known (a generator), one task: the first batch might be all of them,
+    run on one worker, if this call's tasks cost far more than the last
+    call's; a confirming first timing brings the remembered size at once."""
+    if left is None:
+        return 1
+    size = min(size, _ProcessCall.UNTIMED_BATCH_TASKS, math.ceil(left / (2 * n_jobs)))
     return max(1, size)
 
 
@@ -1659,41 +1688,6 @@ def _add_note(exc, note):
 # --------------------------------------------------------------------------- one process call
 
 
-# While a call dispatches, the youngest GC generation is collected every
-# _YOUNG_GC_THRESHOLD allocations instead of CPython's 700: building and pickling
-# 100,000 task tuples otherwise sets off repeated collections of every object in
-# the process (most of such a call's time once pandas is imported). Cyclic
-# garbage is still collected, in bigger steps. Shared by concurrent calls.
-_YOUNG_GC_THRESHOLD = 50_000
-_gc_lock = threading.Lock()
-_gc_callers = 0
-_gc_saved: tuple | None = None
-
-
-@contextlib.contextmanager
-def _fewer_young_collections():
-    global _gc_callers, _gc_saved
-    with _gc_lock:
-        if _gc_callers == 0:
-            saved = gc.get_threshold()
-            # 0 means automatic collection is off; a higher value is the user's choice.
-            if 0 < saved[0] < _YOUNG_GC_THRESHOLD:
-                _gc_saved = saved
-                gc.set_threshold(_YOUNG_GC_THRESHOLD, *saved[1:])
-        _gc_callers += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            # (not below 0: a call copied into a forked child ends there too)
-            _gc_callers = max(0, _gc_callers - 1)
-            if _gc_callers == 0 and _gc_saved is not None:
-                # Unless someone set other thresholds meanwhile, put CPython's back.
-                if gc.get_threshold()[0] == _YOUNG_GC_THRESHOLD:
-                    gc.set_threshold(*_gc_saved)
-                _gc_saved = None
-
-
 def _dispatch_window(pre, n_jobs):
     """How many batches may be in flight: joblib's ``pre_dispatch`` (an int,
     ``"all"`` or an expression of ``n_jobs``)."""
@@ -1788,7 +1782,8 @@ class _ProcessCall:
         sent = list(self.main_names.found.items())
         try:
             # One pickle: a function of the script that is also sent by name is one object there.
-            data = cloudpickle.dumps((tuple(self.functions), sent), protocol=5)
+            # With the caller's sys.argv, which tasks see as multiprocessing's and loky's do.
+            data = cloudpickle.dumps((tuple(self.functions), sent, list(sys.argv)), protocol=5)
         except Exception as exc:
             try:
                 cloudpickle.dumps(tuple(self.functions), protocol=5)
