@@ -218,6 +218,32 @@ def test_record_missing_module_is_one_line_and_writes_nothing(tmp_path):
     assert (tmp_path / "b.prof").exists()
 
 
+def test_record_sort_prints_cprofiles_table_and_python_m_perfkit_runs(tmp_path):
+    # `python -m cProfile -s KEY` prints pstats' table (directories stripped);
+    # record -s does too, besides writing the file. A bad key is refused
+    # before the program runs. And `python -m perfkit` is the command.
+    out = tmp_path / "s.prof"
+    r = run_cli("record", "-s", "tottime", "-o", out, script("cli_sleep.py"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    buf = io.StringIO()
+    pstats.Stats(str(out), stream=buf).strip_dirs().sort_stats("tottime").print_stats()
+    want = [line for line in buf.getvalue().splitlines() if str(out) not in line]
+    assert [line for line in r.stdout.splitlines() if str(out) not in line] == want
+    assert any("cli_sleep.py" in line and "(nap)" in line for line in want)
+    r = run_cli("record", "-s", "bogus", "-o", tmp_path / "never.prof", script("cli_sleep.py"), cwd=tmp_path)
+    assert r.returncode == 2 and "bogus" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "never.prof").exists()
+    r = subprocess.run(
+        [sys.executable, "-m", "perfkit", "stats", str(out), "--limit", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "function calls" in r.stdout and "Ordered by: cumulative time" in r.stdout
+
+
 @sensitive
 def test_record_no_builtins_and_clocks(tmp_path):
     target = script("cli_sleep.py")
@@ -355,6 +381,55 @@ def pstats_text(path, sort, restrictions):
 def without_file_lines(text: str, path) -> list:
     """The printed table without the header line that names the file."""
     return [line for line in text.splitlines() if str(path) not in line and Path(path).name not in line]
+
+
+def test_stats_of_several_files_stripped_callers_and_callees_match_pstats(profiles, tmp_path):
+    # pstats' Stats(a, b, c) (summed: c and b are added in that order),
+    # strip_dirs, print_callers and print_callees, byte for byte but for the
+    # lines naming the files; the files named in pstats' order.
+    a, b = profiles / "perfkit.prof", profiles / "cprofile.prof"
+    c = tmp_path / "recursion.prof"
+    pk = perfkit.Profiler()
+    with gc_disabled():
+        pk.runcall(program("recursion").main)
+    pk.dump_stats(c)
+    names = [str(a), str(b), str(c)]
+
+    def pstats_out(files, strip, method, sort, amounts):
+        buf = io.StringIO()
+        st = pstats.Stats(*files, stream=buf)
+        if strip:
+            st.strip_dirs()
+        getattr(st.sort_stats(*sort), method)(*amounts)
+        return buf.getvalue()
+
+    cases = [
+        (names, False, "print_stats", ["tottime"], [], []),
+        (names, True, "print_stats", ["cumulative", "name"], ["--limit", "12"], [12]),
+        (names[:1], True, "print_stats", ["ncalls"], [], []),
+        (names[:2], False, "print_callers", ["tottime"], ["--limit", "6"], [6]),
+        (names, True, "print_callees", ["cumulative"], ["--filter", "fib|fact|main"], ["fib|fact|main"]),
+        (names[:1], False, "print_callees", ["calls"], [], []),
+    ]
+    for files, strip, method, sort, extra, amounts in cases:
+        args = ["stats", *files, *[x for key in sort for x in ("--sort", key)], *extra]
+        if strip:
+            args.append("--strip-dirs")
+        if method != "print_stats":
+            args.append("--" + method.split("_")[1])
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        want = pstats_out(files, strip, method, sort, amounts)
+        got_lines, want_lines = r.stdout.splitlines(), want.splitlines()
+        labels = [line for line in got_lines if any(line.endswith(name) for name in files)]
+        assert [line.split()[-1] for line in labels] == (
+            [files[0], *reversed(files[1:])] if method == "print_stats" else []
+        )
+        for name in files:
+            got_lines = without_file_lines("\n".join(got_lines), name)
+            want_lines = without_file_lines("\n".join(want_lines), name)
+        assert got_lines == want_lines, (args, "\n".join(got_lines), "\n".join(want_lines))
+        assert len(want_lines) > 5
 
 
 STATS_IDS = [

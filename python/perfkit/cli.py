@@ -71,6 +71,7 @@ def record(
     output: str | None,
     clock: str,
     builtins: bool,
+    sort: str | None = None,
 ) -> int:
     """Run ``target`` as ``__main__`` under the profiler; write the profile
     whatever way the program ends; return the program's exit code."""
@@ -141,6 +142,12 @@ def record(
     except (OSError, _native.ProfileError) as e:
         print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
         return 2
+    if sort is not None:
+        import pstats
+
+        # What `python -m cProfile -s KEY` prints.
+        pstats.Stats(path).strip_dirs().sort_stats(sort).print_stats()
+        sys.stdout.flush()
     print(
         f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded). "
         f"Hot spots: perfkit stats {output} --sort tottime --limit 15",

@@ -63,6 +63,84 @@ impl StatsTable {
     pub fn get(&self, func: &FuncKey) -> Option<&FuncStats> {
         self.entries.iter().find(|e| &e.func == func)
     }
+
+    /// pstats' `Stats.add`: `other`'s rows summed into this table's, those
+    /// new here appended in `other`'s order (`add_func_stats`, `add_callers`).
+    pub fn add(&mut self, other: &StatsTable) {
+        let mut at: FxHashMap<FuncKey, usize> = FxHashMap::default();
+        for (i, e) in self.entries.iter().enumerate() {
+            at.entry(e.func.clone()).or_insert(i);
+        }
+        for e in &other.entries {
+            match at.get(&e.func) {
+                Some(&i) => self.entries[i].absorb(e.cc, e.nc, e.tt, e.ct, &e.callers),
+                None => {
+                    at.insert(e.func.clone(), self.entries.len());
+                    self.entries.push(e.clone());
+                }
+            }
+        }
+    }
+
+    /// pstats' `strip_dirs`: each file reduced to its base name, rows that
+    /// then share a key summed. Within one row's callers a later caller
+    /// replaces an earlier one of the same stripped key, as in pstats.
+    pub fn strip_dirs(&self) -> StatsTable {
+        let mut out = StatsTable::default();
+        let mut at: FxHashMap<FuncKey, usize> = FxHashMap::default();
+        for e in &self.entries {
+            let func = e.func.strip_dir();
+            let mut callers: Vec<(FuncKey, EdgeStats)> = Vec::with_capacity(e.callers.len());
+            let mut caller_at: FxHashMap<FuncKey, usize> = FxHashMap::default();
+            for (caller, edge) in &e.callers {
+                let caller = caller.strip_dir();
+                match caller_at.get(&caller) {
+                    Some(&i) => callers[i].1 = *edge,
+                    None => {
+                        caller_at.insert(caller.clone(), callers.len());
+                        callers.push((caller, *edge));
+                    }
+                }
+            }
+            match at.get(&func) {
+                Some(&i) => out.entries[i].absorb(e.cc, e.nc, e.tt, e.ct, &callers),
+                None => {
+                    at.insert(func.clone(), out.entries.len());
+                    out.entries.push(FuncStats {
+                        func,
+                        cc: e.cc,
+                        nc: e.nc,
+                        tt: e.tt,
+                        ct: e.ct,
+                        callers,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+impl FuncStats {
+    /// pstats' `add_func_stats(self, source)`: counts and times summed;
+    /// callers merged by `add_callers` (this row's order, then new ones).
+    fn absorb(&mut self, cc: u64, nc: u64, tt: f64, ct: f64, callers: &[(FuncKey, EdgeStats)]) {
+        self.cc += cc;
+        self.nc += nc;
+        self.tt += tt;
+        self.ct += ct;
+        for (caller, edge) in callers {
+            match self.callers.iter_mut().find(|(k, _)| k == caller) {
+                Some((_, mine)) => {
+                    mine.nc += edge.nc;
+                    mine.cc += edge.cc;
+                    mine.tt += edge.tt;
+                    mine.ct += edge.ct;
+                }
+                None => self.callers.push((caller.clone(), *edge)),
+            }
+        }
+    }
 }
 
 fn seconds(ns: u128) -> f64 {

@@ -556,10 +556,27 @@ pub fn print_stats(
     sort: &[SortKey],
     restrictions: &[Restriction],
 ) -> String {
+    let labels: Vec<&str> = file_label.into_iter().collect();
+    print_stats_of_files(stats, &labels, stats.total_tt(), sort, restrictions)
+}
+
+/// [`print_stats`] for a table read from several files (pstats' `Stats(a, b,
+/// …)`, see [`StatsTable::add`]): one label per file, and the total own time
+/// as pstats adds it, file by file.
+pub fn print_stats_of_files(
+    stats: &StatsTable,
+    file_labels: &[&str],
+    total_tt: f64,
+    sort: &[SortKey],
+    restrictions: &[Restriction],
+) -> String {
     let mut out = String::new();
-    if let Some(label) = file_label {
+    for label in file_labels {
         out.push_str(label);
-        out.push_str("\n\n");
+        out.push('\n');
+    }
+    if !file_labels.is_empty() {
+        out.push('\n');
     }
     let jprofile = FuncKey::new("jprofile", 0, "profiler");
     for e in &stats.entries {
@@ -572,7 +589,7 @@ pub fn print_stats(
     if total != prim {
         let _ = write!(out, "({prim} primitive calls) ");
     }
-    let _ = writeln!(out, "in {} seconds", py_fixed(stats.total_tt(), 3));
+    let _ = writeln!(out, "in {} seconds", py_fixed(total_tt, 3));
     out.push('\n');
     let (_, list, msg) = print_list(stats, sort, restrictions);
     if !list.is_empty() {

@@ -44,6 +44,12 @@ impl FuncKey {
         self.file == "~" && self.line == 0
     }
 
+    /// pstats' `func_strip_path`: the file's base name (`os.path.basename`).
+    pub fn strip_dir(&self) -> FuncKey {
+        let base = self.file.rsplit('/').next().unwrap_or("");
+        FuncKey::new(base, self.line, self.name.clone())
+    }
+
     /// pstats' `func_std_string`: `file:line(name)`, or `{name}` for `<name>` built-ins.
     pub fn std_string(&self) -> String {
         if self.is_builtin() {

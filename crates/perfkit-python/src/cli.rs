@@ -51,6 +51,9 @@ enum Command {
         /// Run a library module as a script, like `python -m`.
         #[arg(short = 'm')]
         module: bool,
+        /// Also print the pstats table sorted by this key, as `python -m cProfile -s` does.
+        #[arg(short = 's', long = "sort", value_name = "KEY")]
+        sort: Option<String>,
         /// The script (or, with -m, the module) and its arguments.
         #[arg(
             required = true,
@@ -60,9 +63,11 @@ enum Command {
         )]
         command: Vec<String>,
     },
-    /// Print the pstats table of a profile (perfkit or cProfile file).
+    /// Print the pstats table of a profile (perfkit or cProfile file); of several, summed
+    /// as pstats' `Stats(a, b, …)` sums them.
     Stats {
-        file: PathBuf,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
         /// Sort key, as pstats names them (cumulative, tottime, calls, name, …); repeat for ties.
         #[arg(short, long, default_value = "cumulative")]
         sort: Vec<String>,
@@ -72,6 +77,15 @@ enum Command {
         /// Show only rows whose `file:line(function)` matches this regular expression.
         #[arg(short, long)]
         filter: Option<String>,
+        /// File names without their directories, rows that then coincide summed (pstats' strip_dirs).
+        #[arg(long)]
+        strip_dirs: bool,
+        /// For each listed function, who called it (pstats' print_callers), instead of the table.
+        #[arg(long)]
+        callers: bool,
+        /// For each listed function, what it called (pstats' print_callees), instead of the table.
+        #[arg(long)]
+        callees: bool,
     },
     /// Convert a profile to another format, chosen by --format or by the output's extension.
     Export {
@@ -118,8 +132,16 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             clock,
             no_builtins,
             module,
+            sort,
             command,
         } => {
+            if let Some(key) = &sort {
+                // Refused before the program runs, not after.
+                if let Err(e) = SortKey::parse(key) {
+                    eprintln!("perfkit: error: {e}");
+                    return Ok(2);
+                }
+            }
             let clock = match clock {
                 ClockArg::Wall => "wall",
                 ClockArg::Cpu => "cpu",
@@ -129,7 +151,15 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
                 .import("perfkit.cli")?
                 .call_method1(
                     "record",
-                    (target, module, args.to_vec(), output, clock, !no_builtins),
+                    (
+                        target,
+                        module,
+                        args.to_vec(),
+                        output,
+                        clock,
+                        !no_builtins,
+                        sort,
+                    ),
                 )?
                 .extract();
         }
@@ -144,11 +174,21 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             Err(msg) => Err(msg),
         },
         Command::Stats {
-            file,
+            files,
             sort,
             limit,
             filter,
-        } => py.detach(|| stats(&file, &sort, limit.as_deref(), filter.as_deref())),
+            strip_dirs,
+            callers,
+            callees,
+        } => py.detach(|| {
+            let shown = Shown {
+                strip_dirs,
+                callers,
+                callees,
+            };
+            stats(&files, &sort, limit.as_deref(), filter.as_deref(), shown)
+        }),
         Command::Export {
             file,
             output,
@@ -164,11 +204,19 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
     })
 }
 
+/// What `perfkit stats` prints besides its sort and restrictions.
+struct Shown {
+    strip_dirs: bool,
+    callers: bool,
+    callees: bool,
+}
+
 fn stats(
-    file: &Path,
+    files: &[PathBuf],
     sort: &[String],
     limit: Option<&str>,
     filter: Option<&str>,
+    shown: Shown,
 ) -> Result<(), String> {
     let keys = sort
         .iter()
@@ -188,9 +236,33 @@ fn stats(
             r => restrictions.push(r),
         }
     }
-    let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
-    let label = table::file_label(file);
-    let text = table::print_stats(&profile.stats, Some(&label), &keys, &restrictions);
+    // pstats' Stats(a, b, c): a, then the others added last first (its
+    // `add` walks its arguments reversed), files and totals likewise.
+    let mut order: Vec<&PathBuf> = files.iter().take(1).collect();
+    order.extend(files.iter().skip(1).rev());
+    let mut combined = perfkit_profile::StatsTable::default();
+    let mut labels = Vec::with_capacity(order.len());
+    let mut total_tt = 0.0;
+    for file in order {
+        let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
+        total_tt += profile.stats.total_tt();
+        combined.add(&profile.stats);
+        labels.push(table::file_label(file));
+    }
+    if shown.strip_dirs {
+        combined = combined.strip_dirs();
+    }
+    let mut text = String::new();
+    if !shown.callers && !shown.callees {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        text = table::print_stats_of_files(&combined, &labels, total_tt, &keys, &restrictions);
+    }
+    if shown.callers {
+        text.push_str(&table::print_callers(&combined, &keys, &restrictions));
+    }
+    if shown.callees {
+        text.push_str(&table::print_callees(&combined, &keys, &restrictions));
+    }
     write_stdout(text.as_bytes())
 }
 

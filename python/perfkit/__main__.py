@@ -1,0 +1,5 @@
+"""``python -m perfkit``: the ``perfkit`` command."""
+
+from perfkit.cli import main
+
+main()
