@@ -71,6 +71,18 @@
 
   // ---------- formatting ----------
   const f3 = (x) => (Math.round(x * 1000) / 1000).toFixed(3);
+  // Python's format(x, ".4g"), as snakeviz shows times: a short profile's
+  // rows read 1.234e-05, not pstats' 0.000.
+  function g4(x) {
+    if (x === 0) return "0";
+    if (!isFinite(x)) return String(x);
+    const [mant, exp] = x.toExponential(3).split("e");
+    const e = parseInt(exp, 10);
+    if (e < -4 || e >= 4) {
+      return mant.replace(/\.?0+$/, "") + "e" + (e < 0 ? "-" : "+") + String(Math.abs(e)).padStart(2, "0");
+    }
+    return x.toFixed(3 - e).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
+  }
   function fmtNs(ns) {
     const s = ns / 1e9;
     if (s >= 1) return s.toFixed(3) + " s";
@@ -429,10 +441,10 @@
       tr.dataset.func = f;
       if (f === S.selected) tr.className = "selected";
       tr.appendChild(el("td", ncallsText(rows.nc[r], rows.cc[r]), "num"));
-      tr.appendChild(el("td", f3(rows.tt[r]), "num"));
-      tr.appendChild(el("td", rows.nc[r] ? f3(rows.tpc[r]) : "", "num"));
-      tr.appendChild(el("td", f3(rows.ct[r]), "num"));
-      tr.appendChild(el("td", rows.cc[r] ? f3(rows.cpc[r]) : "", "num"));
+      tr.appendChild(el("td", g4(rows.tt[r]), "num"));
+      tr.appendChild(el("td", rows.nc[r] ? g4(rows.tpc[r]) : "", "num"));
+      tr.appendChild(el("td", g4(rows.ct[r]), "num"));
+      tr.appendChild(el("td", rows.cc[r] ? g4(rows.cpc[r]) : "", "num"));
       tr.appendChild(el("td", label(f), "mono"));
       body.appendChild(tr);
     }
@@ -456,7 +468,7 @@
     info.replaceChildren();
     if (f >= 0 && st && st.rowOf.has(f)) {
       const r = st.rowOf.get(f), rows = st.rows;
-      info.textContent = "ncalls " + ncallsText(rows.nc[r], rows.cc[r]) + " · tottime " + f3(rows.tt[r]) + " s · cumtime " + f3(rows.ct[r]) + " s";
+      info.textContent = "ncalls " + ncallsText(rows.nc[r], rows.cc[r]) + " · tottime " + g4(rows.tt[r]) + " s · cumtime " + g4(rows.ct[r]) + " s";
     }
     for (const tr of $("stats").tBodies[0].rows) tr.classList.toggle("selected", Number(tr.dataset.func) === f);
     if (redraw !== false && S.slice) draw();
@@ -468,8 +480,8 @@
         const other = side.f[k], tr = document.createElement("tr");
         tr.dataset.func = other;
         tr.appendChild(el("td", ncallsText(side.nc[k], side.cc[k]), "num"));
-        tr.appendChild(el("td", f3(side.tt[k]), "num"));
-        tr.appendChild(el("td", f3(side.ct[k]), "num"));
+        tr.appendChild(el("td", g4(side.tt[k]), "num"));
+        tr.appendChild(el("td", g4(side.ct[k]), "num"));
         tr.appendChild(el("td", label(other), "mono link"));
         tr.addEventListener("click", () => select(other));
         tbody.appendChild(tr);
