@@ -184,7 +184,17 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Profile, Error> {
     let tree = if rest.is_empty() {
         stats.infer_tree()
     } else {
-        read_trailer(rest)?
+        // Reported, not read around: a damaged file is not quietly shown as
+        // an approximation. But the table before it is intact, and says so.
+        read_trailer(rest).map_err(|e| {
+            let hint = "; the pstats table before it is intact (pstats.Stats reads it)";
+            match e {
+                Error::Damaged(m) => Error::Damaged(m + hint),
+                Error::Truncated(m) => Error::Truncated(m + hint),
+                Error::Unsupported(m) => Error::Unsupported(m + hint),
+                other => other,
+            }
+        })?
     };
     Ok(Profile { stats, tree })
 }

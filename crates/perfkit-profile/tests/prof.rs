@@ -151,6 +151,8 @@ fn a_damaged_trailer_is_an_error_not_a_fallback() {
         msg.starts_with("damaged profile:") && msg.contains("checksum"),
         "{msg}"
     );
+    // ... and says where the data still is (pstats reads the dict before it).
+    assert!(msg.ends_with("the pstats table before it is intact (pstats.Stats reads it)"));
     // A wrong end marker.
     let mut b = bytes.clone();
     let last = b.len() - 1;
