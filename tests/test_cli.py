@@ -7,6 +7,7 @@ import json
 import os
 import pstats
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -242,6 +243,60 @@ def test_record_sort_prints_cprofiles_table_and_python_m_perfkit_runs(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "function calls" in r.stdout and "Ordered by: cumulative time" in r.stdout
+
+
+@sensitive
+def test_record_ends_as_python_does_and_keeps_its_own_work_out(tmp_path):
+    # helper-35's cases. An executor left open: the interpreter's exit hooks
+    # wake its threads (record used to join them and wait for ever).
+    (tmp_path / "tpe.py").write_text(
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "ex = ThreadPoolExecutor(2)\nprint(ex.submit(pow, 2, 10).result())\n"
+    )
+    r = run_cli("record", "-o", tmp_path / "tpe.prof", "tpe.py", cwd=tmp_path, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "1024", r.stderr
+    # perfkit's own work (printing the traceback, waiting for threads) is not
+    # in the program's profile.
+    (tmp_path / "boom.py").write_text("def f():\n    raise ValueError('boom')\n\nf()\n")
+    r = run_cli("record", "-o", tmp_path / "boom.prof", "boom.py", cwd=tmp_path)
+    assert r.returncode == 1 and "ValueError: boom" in r.stderr
+    files = {k[0] for k in pstats.Stats(str(tmp_path / "boom.prof")).stats}
+    assert not [f for f in files if "perfkit" in f or f.endswith("traceback.py")], files
+    # A program that closes stdout still gets its profile.
+    (tmp_path / "closeout.py").write_text("import sys\nprint('bye')\nsys.stdout.close()\n")
+    r = run_cli("record", "-s", "0", "-o", tmp_path / "c.prof", "closeout.py", cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    pstats.Stats(str(tmp_path / "c.prof"))
+    # pstats' old integer sort keys, as -s takes them.
+    for key in ("-1", "0", "1", "2"):
+        r = run_cli("record", "-s", key, "-o", tmp_path / "k.prof", "boom.py", cwd=tmp_path)
+        assert r.returncode == 1 and "function calls" in r.stdout and "KeyError" not in r.stderr, (
+            key,
+            r.stderr,
+        )
+    # A module that itself fails through runpy ran: its profile is kept.
+    (tmp_path / "launcher.py").write_text(
+        "import runpy, sys\nprint('launched')\nrunpy.run_module(sys.argv[1], run_name='__main__')\n"
+    )
+    r = run_cli("record", "-o", tmp_path / "l.prof", "-m", "launcher", "no_such_mod_pk", cwd=tmp_path)
+    assert r.returncode == 1 and "launched" in r.stdout and "No module named" in r.stderr, r.stderr
+    assert (tmp_path / "l.prof").exists()
+    # -s into a closed pipe: cProfile's exit code (EPIPE), no traceback.
+    cmd = " ".join(
+        map(
+            shlex.quote,
+            [*perfkit_command(), "record", "-s", "calls", "-o", str(tmp_path / "p.prof"), "tpe.py"],
+        )
+    )
+    r = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {cmd} | head -1"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 32 and "Traceback" not in r.stderr, r.stderr
 
 
 @sensitive

@@ -21,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -639,14 +640,28 @@ def test_joblibs_cpu_environment_variables(monkeypatch):
     assert perfkit.effective_n_jobs(-1) == joblib.effective_n_jobs(-1) == 1
     assert Parallel(n_jobs=-1)(delayed(T.pid_of)(i) for i in range(4)) == [os.getpid()] * 4
     monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "lots")
-    with pytest.warns(UserWarning, match="LOKY_MAX_CPU_COUNT"):
-        assert perfkit.cpu_count() == len(os.sched_getaffinity(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counts = [perfkit.cpu_count() for _ in range(3)]
+    assert counts == [len(os.sched_getaffinity(0))] * 3
+    # Once, though read at every call.
+    assert [str(w.message) for w in caught if "LOKY_MAX_CPU_COUNT='lots'" in str(w.message)] == [
+        "LOKY_MAX_CPU_COUNT='lots' is not a whole number; ignored (joblib raises ValueError)"
+    ]
     monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
     monkeypatch.setenv("JOBLIB_MULTIPROCESSING", "0")
     assert perfkit.cpu_count() == 1
     assert Parallel(n_jobs=2)(delayed(T.pid_of)(i) for i in range(4)) == [os.getpid()] * 4
     threads = Parallel(n_jobs=2, backend="threads")  # threads are not processes: still two
     assert threads.n_jobs == 2 and threads(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+def test_parallel_config_refuses_unknown_keywords_without_a_backend():
+    # A misspelt keyword is not silently dropped; joblib raises ValueError too.
+    for config in (parallel_config, joblib.parallel_config):
+        with pytest.raises(ValueError):
+            config(n_job=2)
+    assert Parallel().n_jobs == 1  # (nothing stayed configured)
 
 
 def test_n_jobs_semantics():
@@ -2022,14 +2037,16 @@ def test_workers_put_off_young_collections_during_a_batch_and_collect_when_idle(
         while rss_mb(pid) > held - 150 and time.time() < deadline:
             time.sleep(0.1)
         assert rss_mb(pid) < held - 150, (held, rss_mb(pid))
-        # The thresholds are CPython's again between batches: a task that sets
-        # its own keeps them (this one turns automatic collection off).
-        ((_, off),) = parallel(delayed(T.gc_threshold_here)(0, set_to=0) for _ in range(1))
-        assert off == 0
+        # A task that sets thresholds of its own keeps them, in that batch and
+        # in the worker's later ones (helper-35: they were raised again).
+        own = parallel(delayed(T.gc_threshold_here)(i, set_to=100) for i in range(6))
+        assert {threshold for _, threshold in own} == {100}
+        later = parallel(delayed(T.gc_threshold_here)(i) for i in range(6))
+        assert {threshold for pid, threshold in later if pid in {p for p, _ in own}} == {100}, later
 
 
 @pytest.mark.parametrize("pythonpath", [None, "/nonexistent/pk-a"])
-def test_workers_see_the_callers_argv_and_environment(monkeypatch, pythonpath):
+def test_workers_see_the_callers_argv_and_environment(monkeypatch, pythonpath, tmp_path):
     # As under multiprocessing and loky: a task that parses sys.argv sees the
     # caller's; a program a task starts gets the caller's PYTHONPATH, not
     # perfkit's means of finding itself (a Python of another version failed
@@ -2052,6 +2069,18 @@ def test_workers_see_the_callers_argv_and_environment(monkeypatch, pythonpath):
         assert internal is None
         assert [p for p in sys.path if p] == [p for p in path if p]
     assert {tuple(argv) for argv, *_ in later} == {("train.py", "--lr", "0.7")}
+    # sys.path as it is at each call: a directory put on it after the pool
+    # started, with a ':' in its name (no PYTHONPATH-style splitting).
+    late = tmp_path / "co:lon"
+    late.mkdir()
+    (late / "late_module_pk.py").write_text("def plus_one(x):\n    return x + 1\n")
+    with Parallel(n_jobs=2) as parallel:
+        assert parallel(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]  # the workers are up
+        monkeypatch.syspath_prepend(str(late))
+        import late_module_pk
+
+        assert parallel(delayed(late_module_pk.plus_one)(i) for i in range(4)) == [1, 2, 3, 4]
+    monkeypatch.delitem(sys.modules, "late_module_pk")
 
 
 def test_idle_workers_keep_no_results_alive():

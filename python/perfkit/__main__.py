@@ -1,5 +1,6 @@
 """``python -m perfkit``: the ``perfkit`` command."""
 
-from perfkit.cli import main
+if __name__ == "__main__":
+    from perfkit.cli import main
 
-main()
+    main()

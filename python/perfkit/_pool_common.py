@@ -31,9 +31,10 @@ from perfkit import _frames, _native
 # Results travel packed the same way, or by pack_numpy_scalars.
 ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, STREAMED = 0, 1, 2, 3, 4
 
-# A call's FUNCTION frame is the pickle of (functions, [(name, object), ...],
-# argv): its functions, the classes and functions of the caller's __main__
-# that its batches name (see MainNames), and the caller's sys.argv.
+# A call's FUNCTION frame is the pickle of (argv, path, pickled): the caller's
+# sys.argv and sys.path, then the pickle of (functions, [(name, object), ...]),
+# the call's functions and the classes and functions of the caller's
+# __main__ that its batches name (see MainNames).
 
 
 # While perfkit's own work runs, in the caller (a call's dispatch) and in a
@@ -44,9 +45,12 @@ ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, STREAMED = 0, 1, 2, 3, 4
 # them the full collections that walk every object in the process: ~50,000
 # once pandas is imported, 20-45 ms each on the 2-core machine. Cyclic
 # garbage is still collected, in bigger steps, and as usual once the work
-# is done. Shared by concurrent calls; a threshold the user set (0, or above
-# this) is left alone.
+# is done. Shared by concurrent calls. Only the thresholds the process had
+# when this module was imported (CPython's, in a worker) are raised: ones the
+# program or a task set since, before or during the work, are theirs and
+# are left alone from then on.
 YOUNG_GC_THRESHOLD = 50_000
+_gc_baseline = gc.get_threshold()
 _gc_lock = threading.Lock()
 _gc_callers = 0
 _gc_saved: tuple | None = None
@@ -58,7 +62,7 @@ def fewer_young_collections():
     with _gc_lock:
         if _gc_callers == 0:
             saved = gc.get_threshold()
-            if 0 < saved[0] < YOUNG_GC_THRESHOLD:
+            if saved == _gc_baseline and 0 < saved[0] < YOUNG_GC_THRESHOLD:
                 _gc_saved = saved
                 gc.set_threshold(YOUNG_GC_THRESHOLD, *saved[1:])
         _gc_callers += 1

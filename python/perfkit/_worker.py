@@ -8,8 +8,8 @@ process dies). It exits on end of file on fd 3, i.e. when the parent goes.
 Frames: a ``<IIQQQ`` header (kind, meta_len, call, batch, payload_len), the
 meta (a shared-memory segment: ``name\\toff:len…``), the payload. A call's
 function table comes once per worker in a FUNCTION frame (with the classes and
-functions of the caller's __main__ that its batches name, and the caller's
-sys.argv); each BATCH frame
+functions of the caller's __main__ that its batches name, after the caller's
+sys.argv and sys.path); each BATCH frame
 is ``pickle((first_index, mode, items))`` with its large buffers out of band
 in the segment (or, meta ``vm:<pid>\taddress:len…``, still in the parent's
 memory, copied in as unpickling reaches them; a STREAMED batch's tasks are
@@ -397,14 +397,10 @@ def limit_threads_once(state: dict) -> None:
         pass
 
 
-def take_parent_paths() -> None:
-    """sys.path as the parent's (PERFKIT_SYS_PATH), and the parent's own
-    PYTHONPATH back in the environment (PERFKIT_PARENT_PYTHONPATH: ``=value``,
-    or empty when it had none): the one this process started with only
-    found perfkit."""
-    path = os.environ.pop("PERFKIT_SYS_PATH", None)
-    if path is not None:
-        sys.path[:] = path.split(os.pathsep)
+def take_parent_pythonpath() -> None:
+    """The parent's own PYTHONPATH back in the environment
+    (PERFKIT_PARENT_PYTHONPATH: ``=value``, or empty when it had none): the
+    one this process started with only found perfkit."""
     parent = os.environ.pop("PERFKIT_PARENT_PYTHONPATH", None)
     if parent is not None:
         if parent.startswith("="):
@@ -419,7 +415,7 @@ RUNNING = False  # True in a worker process, once main() runs (perfkit.memory as
 def main() -> int:
     global RUNNING
     RUNNING = True
-    take_parent_paths()
+    take_parent_pythonpath()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; no tracebacks on Ctrl-C
     kill_group_when_parent_dies()  # a parent killed outright (by SIGTERM, say) cleans nothing up
     # This file runs as __main__ (python -m): the caller's classes and
@@ -471,8 +467,11 @@ def main() -> int:
             continue  # the parent has opened the last reply's results: closed above
         if kind == FUNCTION:
             try:
-                functions, listed, argv = pickle.loads(payload)
-                sys.argv = list(argv)
+                argv, path, pickled = pickle.loads(payload)
+                # The caller's, as multiprocessing's and loky's workers have them;
+                # the path before the functions, which may need it.
+                sys.argv, sys.path[:] = argv, path
+                functions, listed = pickle.loads(pickled)
                 sent_main, function_error = receive_main_definitions(listed), None
             except BaseException as exc:  # reported with each batch of this call  # noqa: BLE001
                 functions, sent_main, function_error = (), {}, exc

@@ -12,6 +12,8 @@ import types
 from perfkit import _native
 from perfkit.profiler import Profiler
 
+_PERFKIT_DIR = os.path.dirname(os.path.abspath(__file__))
+
 
 def main() -> None:
     sys.exit(_native.cli_main(["perfkit", *sys.argv[1:]]))
@@ -31,30 +33,39 @@ def _print_program_traceback(exc: BaseException) -> None:
     """The traceback as `python script.py` or `python -m module` would print
     it: without the frames of perfkit, and of runpy, that ran the program."""
     tb = exc.__traceback__
-    perfkit_dir = os.path.dirname(os.path.abspath(__file__))
-    while tb is not None and (
-        os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == perfkit_dir
-        or tb.tb_frame.f_code.co_filename == "<perfkit>"
-        or tb.tb_frame.f_globals.get("__name__") == "runpy"
-    ):
+    while tb is not None and _runs_the_program(tb.tb_frame):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
 
 
 def _not_found_by_runpy(exc: BaseException) -> bool:
-    """An ImportError raised by runpy's own lookup of the module (no such
-    module, a package without __main__), not by the module's code."""
+    """An ImportError raised by runpy's own lookup of the ``-m`` module (no
+    such module, a package without __main__): every frame of its traceback
+    is perfkit's or runpy's. (One the module raised, even through runpy,
+    passes through the module's own frames.)"""
     if not isinstance(exc, ImportError):
         return False
     tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None:
+        if not _runs_the_program(tb.tb_frame):
+            return False
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__") == "runpy"
+    return True
 
 
-def _wait_for_threads() -> None:
-    """Waits, still recording, for the program's non-daemon threads, as
-    the interpreter does before it exits."""
+def _runs_the_program(frame) -> bool:
+    """A frame of perfkit's, or of runpy's, that runs the user's program."""
+    file = frame.f_code.co_filename
+    return (
+        file == "<perfkit>"
+        or os.path.dirname(os.path.abspath(file)) == _PERFKIT_DIR
+        or frame.f_globals.get("__name__") == "runpy"
+    )
+
+
+def _join_threads() -> None:
+    """Joins the program's non-daemon threads (where threading has no
+    ``_shutdown``)."""
     main = threading.main_thread()
     while True:
         left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
@@ -62,6 +73,13 @@ def _wait_for_threads() -> None:
             return
         for thread in left:
             thread.join()
+
+
+# The interpreter's wait for the program's threads before it exits (3.9–3.13):
+# it runs the executors' exit hooks, which wake their threads, then joins the
+# non-daemon threads; the interpreter's own call at exit then returns at once.
+# Looked up here so that the lookup is not recorded as the program's.
+_shutdown_threads = getattr(threading, "_shutdown", None) or _join_threads
 
 
 def record(
@@ -113,29 +131,31 @@ def record(
         namespace = main_module.__dict__
 
     profiler = Profiler(builtins=builtins, clock=clock)
-    exit_code = 0
+    ended: BaseException | None = None  # how the program ended, reported once recording stops
     profiler.enable()
     try:
         try:
             exec(code, namespace)  # noqa: S102 - running the user's program is the point
-        except SystemExit as e:
-            exit_code = _exit_code(e)
-        except KeyboardInterrupt as e:
-            _print_program_traceback(e)
-            exit_code = 130
         except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
-            if is_module and _not_found_by_runpy(e):
-                print(f"perfkit: error: cannot run -m {target}: {e}", file=sys.stderr)
-                return 2
-            _print_program_traceback(e)
-            exit_code = 1
+            ended = e
         try:
-            _wait_for_threads()
-        except KeyboardInterrupt:
-            exit_code = 130
+            # What the interpreter does before it exits, recorded as the program's.
+            _shutdown_threads()
+        except KeyboardInterrupt as e:
+            ended = e
     finally:
         profiler.disable()
-    sys.stdout.flush()
+    if is_module and ended is not None and _not_found_by_runpy(ended):
+        print(f"perfkit: error: cannot run -m {target}: {ended}", file=sys.stderr)
+        return 2
+    if ended is None:
+        exit_code = 0
+    elif isinstance(ended, SystemExit):
+        exit_code = _exit_code(ended)
+    else:
+        _print_program_traceback(ended)
+        exit_code = 130 if isinstance(ended, KeyboardInterrupt) else 1
+    _flush_stdout()
     rec = profiler.recording()
     try:
         rec.dump(path)
@@ -143,14 +163,36 @@ def record(
         print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
         return 2
     if sort is not None:
-        import pstats
-
-        # What `python -m cProfile -s KEY` prints.
-        pstats.Stats(path).strip_dirs().sort_stats(sort).print_stats()
-        sys.stdout.flush()
+        exit_code = _print_table(path, sort) or exit_code
     print(
         f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded). "
         f"Hot spots: perfkit stats {output} --sort tottime --limit 15",
         file=sys.stderr,
     )
     return exit_code
+
+
+def _print_table(path: str, sort: str) -> int | None:
+    """What `python -m cProfile -s KEY` prints; on a closed pipe (`| head`),
+    cProfile's exit code (EPIPE), not a traceback."""
+    import pstats
+
+    try:
+        # pstats takes its old integer keys as ints only.
+        key: str | int = int(sort) if sort.lstrip("-").isdigit() else sort
+        pstats.Stats(path).strip_dirs().sort_stats(key).print_stats()
+        sys.stdout.flush()
+    except BrokenPipeError as e:
+        sys.stdout = None  # (nothing more to flush at exit)
+        return e.errno
+    except (ValueError, AttributeError):  # the program closed stdout (or set it to None)
+        return None
+    return None
+
+
+def _flush_stdout() -> None:
+    """Flushes what the program printed; a program may have closed stdout."""
+    try:
+        sys.stdout.flush()
+    except (ValueError, OSError, AttributeError):
+        pass

@@ -157,8 +157,21 @@ def cpu_count(only_physical_cores: bool = False) -> int:
         try:
             n = min(n, int(limit))
         except ValueError:
-            warnings.warn(f"LOKY_MAX_CPU_COUNT={limit!r} is not a whole number; ignored", stacklevel=2)
+            _warn_once(
+                f"LOKY_MAX_CPU_COUNT={limit!r} is not a whole number; ignored (joblib raises ValueError)"
+            )
     return max(1, n)
+
+
+_warned: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning about the environment, once per process and message (it is
+    read at every call)."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- delayed
@@ -280,6 +293,12 @@ class parallel_config:
             "progress": progress,
         }
         self._values = {k: v for k, v in given.items() if v is not None}
+        if backend_params and backend is None:
+            # joblib's check too: a misspelt keyword (n_job=4) is not a backend's parameter.
+            raise ValueError(
+                f"parallel_config: unknown keyword(s) {', '.join(sorted(backend_params))}; "
+                "a backend's parameters go with backend=..."
+            )
         if backend_params.get("scatter") is not None:
             from perfkit._dask import GivenData
 
@@ -408,15 +427,14 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
     env.append(("PERFKIT_INNER_THREADS", str(threads)))
     env.append(("PERFKIT_WORKER_CPUS", str(max(1, cpu_count() // n_workers))))
     env.append(("PERFKIT_MAX_NBYTES", str(max_nbytes if max_nbytes is not None else 1 << 62)))
-    # Workers import the same perfkit (and the caller's modules) as the parent:
-    # PYTHONPATH finds perfkit, and the worker then takes the parent's
-    # sys.path and puts the parent's own PYTHONPATH back (see
-    # perfkit._worker.take_parent_paths), so that a program a task starts
-    # (another Python, say) sees the environment it would under the caller.
+    # Workers import the same perfkit as the parent: PYTHONPATH finds it; the
+    # worker then puts the parent's own PYTHONPATH back (see
+    # perfkit._worker.take_parent_pythonpath), so that a program a task starts
+    # (another Python, say) sees the environment it would under the caller,
+    # and takes the caller's sys.path with each call (_function_frame).
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parent_pythonpath = os.environ.get("PYTHONPATH")
     env.append(("PYTHONPATH", here if parent_pythonpath is None else here + os.pathsep + parent_pythonpath))
-    env.append(("PERFKIT_SYS_PATH", os.pathsep.join(sys.path)))
     env.append(("PERFKIT_PARENT_PYTHONPATH", "" if parent_pythonpath is None else "=" + parent_pythonpath))
     return env
 
@@ -485,6 +503,14 @@ def _remote_read_works(pool) -> bool:
         return False
 
 
+def _function_frame(functions: bytes) -> bytes:
+    """A call's FUNCTION frame (see perfkit._pool_common): the caller's
+    sys.argv and sys.path as they are now, which the worker takes before it
+    unpickles the functions (a module of a directory the caller put on its
+    path since the pool started), and the pickled functions."""
+    return pickle.dumps((list(sys.argv), list(sys.path), functions), protocol=5)
+
+
 def _yama_ptrace_scope():
     """Yama's ptrace_scope (0–3), or None where there is no Yama."""
     try:
@@ -504,7 +530,7 @@ def _probe_remote_read(pool) -> bool:
     address, length = _native.buffer_address(probe)
     call = next(_call_ids)
     try:
-        pool.begin_call(call, cloudpickle.dumps(((probe_remote_read,), [], list(sys.argv)), protocol=5))
+        pool.begin_call(call, _function_frame(cloudpickle.dumps(((probe_remote_read,), []), protocol=5)))
         pool.submit(
             call, 0, pickle.dumps((0, 0, [(os.getpid(), address, length, expected)]), protocol=5), [], False
         )
@@ -1782,8 +1808,7 @@ class _ProcessCall:
         sent = list(self.main_names.found.items())
         try:
             # One pickle: a function of the script that is also sent by name is one object there.
-            # With the caller's sys.argv, which tasks see as multiprocessing's and loky's do.
-            data = cloudpickle.dumps((tuple(self.functions), sent, list(sys.argv)), protocol=5)
+            data = _function_frame(cloudpickle.dumps((tuple(self.functions), sent), protocol=5))
         except Exception as exc:
             try:
                 cloudpickle.dumps(tuple(self.functions), protocol=5)
