@@ -300,6 +300,84 @@ def test_record_ends_as_python_does_and_keeps_its_own_work_out(tmp_path):
 
 
 @sensitive
+def test_record_reports_the_end_before_waiting_and_writes_the_profile_whatever_the_wait(tmp_path):
+    # helper-36's cases. The traceback comes before the wait for the
+    # program's threads, as Python prints it: here the thread waits for it.
+    marker = tmp_path / "seen"
+    (tmp_path / "crash.py").write_text(
+        "import os, sys, threading, time\n"
+        f"marker = {str(marker)!r}\n"
+        "def waiter():\n"
+        "    deadline = time.time() + 10\n"
+        "    while not os.path.exists(marker):\n"
+        "        if time.time() > deadline:\n"
+        "            print('the thread gave up waiting', file=sys.stderr, flush=True)\n"
+        "            return\n"
+        "        time.sleep(0.01)\n"
+        "threading.Thread(target=waiter).start()\n"
+        "sys.excepthook = lambda t, e, tb: print('custom crash report:', t.__name__, e, file=sys.stderr)\n"
+        "raise ValueError('boom')\n"
+    )
+    proc = subprocess.Popen(
+        [*perfkit_command(), "record", "-o", str(tmp_path / "crash.prof"), "crash.py"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stderr.readline()  # blocks until something is printed: the thread is still waiting
+        marker.write_text("")
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # ... through the program's own sys.excepthook.
+    assert first.strip() == "custom crash report: ValueError boom", first + rest
+    assert proc.returncode == 1
+    assert any(k[2] == "waiter" for k in pstats.Stats(str(tmp_path / "crash.prof")).stats)
+    # A signal handler's exception during the wait: reported as Python does,
+    # and the profile is still written.
+    (tmp_path / "term.py").write_text(
+        "import signal, sys, threading\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))\n"
+        "threading.Thread(target=threading.Event().wait, daemon=False).start()\n"
+        "print('ready', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [*perfkit_command(), "record", "-o", str(tmp_path / "term.prof"), "term.py"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Exception ignored" in err and "SystemExit: 3" in err, err
+    assert "perfkit/cli.py" not in err, err
+    pstats.Stats(str(tmp_path / "term.prof"))
+    # threading._shutdown looked up when the program has ended (gevent's
+    # monkey-patching replaces it, and the original then waits for ever).
+    (tmp_path / "patched.py").write_text(
+        "import threading\n"
+        "original = threading._shutdown\n"
+        "def patched():\n"
+        "    print('patched shutdown ran', flush=True)\n"
+        "    original()\n"
+        "threading._shutdown = patched\n"
+    )
+    r = run_cli("record", "-o", tmp_path / "p.prof", "patched.py", cwd=tmp_path, timeout=30)
+    assert r.returncode == 0 and "patched shutdown ran" in r.stdout, r.stderr
+
+
+@sensitive
 def test_record_no_builtins_and_clocks(tmp_path):
     target = script("cli_sleep.py")
     wall, cpu, py = tmp_path / "wall.prof", tmp_path / "cpu.prof", tmp_path / "py.prof"

@@ -664,6 +664,32 @@ def test_parallel_config_refuses_unknown_keywords_without_a_backend():
     assert Parallel().n_jobs == 1  # (nothing stayed configured)
 
 
+def test_thresholds_a_program_set_before_importing_perfkit_are_left_alone(tmp_path):
+    # Only CPython's own thresholds are raised while a call dispatches.
+    code = (
+        "import gc, sys\n"
+        "gc.set_threshold(500, 10, 10)\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import parallel_tasks as T\n"
+        "from perfkit import Parallel, delayed\n"
+        "seen = []\n"
+        "def tasks():\n"
+        "    for i in range(20):\n"
+        "        seen.append(gc.get_threshold())\n"
+        "        yield delayed(T.square)(i)\n"
+        "if __name__ == '__main__':\n"
+        "    assert Parallel(n_jobs=2)(tasks()) == [i * i for i in range(20)]\n"
+        "    print(sorted(set(seen)), gc.get_threshold())\n"
+    )
+    script = tmp_path / "own_thresholds.py"
+    script.write_text(code)
+    r = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[(500, 10, 10)] (500, 10, 10)"
+
+
 def test_n_jobs_semantics():
     cpus = perfkit.cpu_count()
     assert cpus == joblib.cpu_count()
@@ -2080,7 +2106,18 @@ def test_workers_see_the_callers_argv_and_environment(monkeypatch, pythonpath, t
         import late_module_pk
 
         assert parallel(delayed(late_module_pk.plus_one)(i) for i in range(4)) == [1, 2, 3, 4]
+        # A relative entry (after a chdir) names a directory here; what is not
+        # a path at all (importlib skips it) does not stop the call.
+        (tmp_path / "proj" / "src").mkdir(parents=True)
+        (tmp_path / "proj" / "src" / "rel_module_pk.py").write_text("def minus_one(x):\n    return x - 1\n")
+        monkeypatch.chdir(tmp_path / "proj")
+        monkeypatch.syspath_prepend("src")
+        monkeypatch.setattr(sys, "path", [*sys.path, Path("/nonexistent/pk-b"), threading.Lock()])
+        import rel_module_pk
+
+        assert parallel(delayed(rel_module_pk.minus_one)(i) for i in range(4)) == [-1, 0, 1, 2]
     monkeypatch.delitem(sys.modules, "late_module_pk")
+    monkeypatch.delitem(sys.modules, "rel_module_pk")
 
 
 def test_idle_workers_keep_no_results_alive():

@@ -29,12 +29,21 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _print_program_traceback(exc: BaseException) -> None:
+def _report_exception(exc: BaseException, hook: bool = True) -> None:
     """The traceback as `python script.py` or `python -m module` would print
-    it: without the frames of perfkit, and of runpy, that ran the program."""
+    it, without the frames of perfkit, and of runpy, that ran the program:
+    through the program's ``sys.excepthook`` (a crash reporter's, say) where
+    Python would call it."""
     tb = exc.__traceback__
     while tb is not None and _runs_the_program(tb.tb_frame):
         tb = tb.tb_next
+    exc.__traceback__ = tb  # (the default hook prints the exception's own)
+    if hook:
+        try:
+            sys.excepthook(type(exc), exc, tb)
+            return
+        except Exception:  # noqa: BLE001, S110 - a hook that fails: the plain traceback, as Python falls back
+            pass
     traceback.print_exception(type(exc), exc, tb)
 
 
@@ -73,13 +82,6 @@ def _join_threads() -> None:
             return
         for thread in left:
             thread.join()
-
-
-# The interpreter's wait for the program's threads before it exits (3.9–3.13):
-# it runs the executors' exit hooks, which wake their threads, then joins the
-# non-daemon threads; the interpreter's own call at exit then returns at once.
-# Looked up here so that the lookup is not recorded as the program's.
-_shutdown_threads = getattr(threading, "_shutdown", None) or _join_threads
 
 
 def record(
@@ -131,20 +133,15 @@ def record(
         namespace = main_module.__dict__
 
     profiler = Profiler(builtins=builtins, clock=clock)
-    ended: BaseException | None = None  # how the program ended, reported once recording stops
+    ended: BaseException | None = None  # how the program ended
     profiler.enable()
     try:
-        try:
-            exec(code, namespace)  # noqa: S102 - running the user's program is the point
-        except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
-            ended = e
-        try:
-            # What the interpreter does before it exits, recorded as the program's.
-            _shutdown_threads()
-        except KeyboardInterrupt as e:
-            ended = e
-    finally:
-        profiler.disable()
+        exec(code, namespace)  # noqa: S102 - running the user's program is the point
+    except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
+        ended = e
+    # How it ended is reported now, as Python reports it before it waits for
+    # the program's threads, and outside the recording: it is perfkit's work.
+    profiler.disable()
     if is_module and ended is not None and _not_found_by_runpy(ended):
         print(f"perfkit: error: cannot run -m {target}: {ended}", file=sys.stderr)
         return 2
@@ -153,8 +150,27 @@ def record(
     elif isinstance(ended, SystemExit):
         exit_code = _exit_code(ended)
     else:
-        _print_program_traceback(ended)
+        _report_exception(ended)
         exit_code = 130 if isinstance(ended, KeyboardInterrupt) else 1
+    profiler.enable()
+    try:
+        # What the interpreter does before it exits, recorded as the program's:
+        # threading._shutdown (looked up now: gevent's monkey-patching replaces
+        # it) runs the executors' exit hooks, which wake their threads, then
+        # joins the non-daemon threads; the interpreter's own call at exit then
+        # returns at once.
+        try:
+            shutdown = threading._shutdown
+        except AttributeError:
+            shutdown = _join_threads
+        shutdown()
+    except BaseException as e:  # noqa: BLE001 - Ctrl-C, or a signal handler's exception, while waiting
+        # As Python reports it there; the exit status stays the program's.
+        profiler.disable()
+        print("Exception ignored in: <module 'threading'>", file=sys.stderr)
+        _report_exception(e, hook=False)
+    finally:
+        profiler.disable()
     _flush_stdout()
     rec = profiler.recording()
     try:

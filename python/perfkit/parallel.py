@@ -507,8 +507,17 @@ def _function_frame(functions: bytes) -> bytes:
     """A call's FUNCTION frame (see perfkit._pool_common): the caller's
     sys.argv and sys.path as they are now, which the worker takes before it
     unpickles the functions (a module of a directory the caller put on its
-    path since the pool started), and the pickled functions."""
-    return pickle.dumps((list(sys.argv), list(sys.path), functions), protocol=5)
+    path since the pool started), and the pickled functions. Path entries go
+    as the absolute paths they name here (a relative one, after a chdir);
+    what is not a path (importlib skips it too) is left out."""
+    path = []
+    for entry in sys.path:
+        try:
+            entry = os.fsdecode(entry)
+        except TypeError:
+            continue
+        path.append(entry if entry.startswith("/") or "://" in entry else os.path.abspath(entry))
+    return pickle.dumps(([str(arg) for arg in sys.argv], path, functions), protocol=5)
 
 
 def _yama_ptrace_scope():
