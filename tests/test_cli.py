@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -33,6 +34,24 @@ sensitive = pytest.mark.version_sensitive
 
 def script(name: str) -> str:
     return str(PROGRAMS_DIR / name)
+
+
+@contextlib.contextmanager
+def recording_in_background(*args, cwd, stdout=subprocess.PIPE):
+    """``perfkit record ARGS`` running while the block runs; killed if still running after it."""
+    proc = subprocess.Popen(
+        [*perfkit_command(), "record", *map(str, args)],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def file_rows(path, file: str):
@@ -318,20 +337,12 @@ def test_record_reports_the_end_before_waiting_and_writes_the_profile_whatever_t
         "sys.excepthook = lambda t, e, tb: print('custom crash report:', t.__name__, e, file=sys.stderr)\n"
         "raise ValueError('boom')\n"
     )
-    proc = subprocess.Popen(
-        [*perfkit_command(), "record", "-o", str(tmp_path / "crash.prof"), "crash.py"],
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with recording_in_background(
+        "-o", tmp_path / "crash.prof", "crash.py", cwd=tmp_path, stdout=None
+    ) as proc:
         first = proc.stderr.readline()  # blocks until something is printed: the thread is still waiting
         marker.write_text("")
         rest = proc.communicate(timeout=60)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     # ... through the program's own sys.excepthook.
     assert first.strip() == "custom crash report: ValueError boom", first + rest
     assert proc.returncode == 1
@@ -344,22 +355,11 @@ def test_record_reports_the_end_before_waiting_and_writes_the_profile_whatever_t
         "threading.Thread(target=threading.Event().wait, daemon=False).start()\n"
         "print('ready', flush=True)\n"
     )
-    proc = subprocess.Popen(
-        [*perfkit_command(), "record", "-o", str(tmp_path / "term.prof"), "term.py"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with recording_in_background("-o", tmp_path / "term.prof", "term.py", cwd=tmp_path) as proc:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "Exception ignored" in err and "SystemExit: 3" in err, err
     assert "perfkit/cli.py" not in err, err
     pstats.Stats(str(tmp_path / "term.prof"))
@@ -422,22 +422,11 @@ def test_record_program_that_exits_3(tmp_path):
 @sensitive
 def test_record_ctrl_c(tmp_path):
     out = tmp_path / "int.prof"
-    proc = subprocess.Popen(
-        [*perfkit_command(), "record", "-o", str(out), script("cli_loop.py")],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with recording_in_background("-o", out, script("cli_loop.py"), cwd=tmp_path) as proc:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         _stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, stderr
     for own in ("perfkit/cli.py", "perfkit/profiler.py", "panicked"):
         assert own not in stderr, f"perfkit's own traceback on Ctrl-C:\n{stderr}"

@@ -141,11 +141,17 @@ fn export_escapes_names_that_look_like_markup() {
     let html = export::html(&Viewer::single("evil".into(), p));
     assert!(!html.contains(evil));
     assert!(!html.contains("<b>x.py"));
-    let start =
-        html.find("type=\"application/json\">").unwrap() + "type=\"application/json\">".len();
-    let end = start + html[start..].find("</script>").unwrap();
-    let data: Value = serde_json::from_str(&html[start..end]).unwrap();
+    let (data, _) = embedded_data(&html);
     assert_eq!(data["funcs"]["name"][0], evil);
+}
+
+/// An export's embedded JSON, parsed, and the page after its element.
+fn embedded_data(html: &str) -> (Value, &str) {
+    let open = "type=\"application/json\">";
+    let start = html.find(open).unwrap() + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data = serde_json::from_str(&html[start..end]).unwrap();
+    (data, &html[end + "</script>".len()..])
 }
 
 #[test]
@@ -158,12 +164,8 @@ fn export_keeps_names_that_hold_the_templates_markers() {
         vec![node(0, 0, 1000, 1000)],
     );
     let html = export::html(&Viewer::single("markers".into(), p));
-    let start =
-        html.find("type=\"application/json\">").unwrap() + "type=\"application/json\">".len();
-    let end = start + html[start..].find("</script>").unwrap();
-    let data: Value = serde_json::from_str(&html[start..end]).unwrap();
+    let (data, script) = embedded_data(&html);
     assert_eq!(data["funcs"]["name"][0], name);
-    let script = &html[end + "</script>".len()..];
     assert!(script.trim_start().starts_with("<script>"));
     assert!(script.len() > 1000, "the viewer's script is in the page");
 }
