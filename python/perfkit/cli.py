@@ -152,25 +152,24 @@ def record(
     else:
         _report_exception(ended)
         exit_code = 130 if isinstance(ended, KeyboardInterrupt) else 1
+    # What the interpreter does before it exits, recorded as the program's:
+    # threading._shutdown (looked up now: gevent's monkey-patching replaces
+    # it) runs the executors' exit hooks, which wake their threads, then joins
+    # the non-daemon threads; the interpreter's own call at exit then returns
+    # at once.
+    shutdown = getattr(threading, "_shutdown", None) or _join_threads
+    interrupted: BaseException | None = None
     profiler.enable()
     try:
-        # What the interpreter does before it exits, recorded as the program's:
-        # threading._shutdown (looked up now: gevent's monkey-patching replaces
-        # it) runs the executors' exit hooks, which wake their threads, then
-        # joins the non-daemon threads; the interpreter's own call at exit then
-        # returns at once.
-        try:
-            shutdown = threading._shutdown
-        except AttributeError:
-            shutdown = _join_threads
         shutdown()
     except BaseException as e:  # noqa: BLE001 - Ctrl-C, or a signal handler's exception, while waiting
-        # As Python reports it there; the exit status stays the program's.
-        profiler.disable()
-        print("Exception ignored in: <module 'threading'>", file=sys.stderr)
-        _report_exception(e, hook=False)
+        interrupted = e
     finally:
         profiler.disable()
+    if interrupted is not None:
+        # As Python reports it there; the exit status stays the program's.
+        print("Exception ignored in: <module 'threading'>", file=sys.stderr)
+        _report_exception(interrupted, hook=False)
     _flush_stdout()
     rec = profiler.recording()
     try:

@@ -516,7 +516,7 @@ def _function_frame(functions: bytes) -> bytes:
             entry = os.fsdecode(entry)
         except TypeError:
             continue
-        path.append(entry if entry.startswith("/") or "://" in entry else os.path.abspath(entry))
+        path.append(entry if os.path.isabs(entry) or "://" in entry else os.path.abspath(entry))
     return pickle.dumps(([str(arg) for arg in sys.argv], path, functions), protocol=5)
 
 
