@@ -360,7 +360,9 @@ def test_record_reports_the_end_before_waiting_and_writes_the_profile_whatever_t
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1]
-    assert "Exception ignored" in err and "SystemExit: 3" in err, err
+    assert "SystemExit: 3" in err, err
+    # (3.13's threading._shutdown, in C, prints the traceback itself, as under plain python.)
+    assert ("Exception ignored" in err) == (sys.version_info < (3, 13)), err
     assert "perfkit/cli.py" not in err, err
     pstats.Stats(str(tmp_path / "term.prof"))
     # threading._shutdown looked up when the program has ended (gevent's
