@@ -1,6 +1,9 @@
 //! Comparing two profiles: call trees matched path by path, and function
 //! tables matched function by function. Functions are matched by their
-//! [`FuncKey`], so the two profiles may intern them in different orders.
+//! [`FuncKey`], so the two profiles may intern them in different orders;
+//! those left over are matched by file name and function name (see
+//! [`match_functions`]), so that an edit that moves lines, or a path spelt
+//! differently, does not make every function of a file "new" and "gone".
 
 use rustc_hash::FxHashMap;
 
@@ -28,6 +31,49 @@ fn zero_node(func: FuncId, parent: NodeId) -> Node {
     }
 }
 
+/// For the functions of `before` that `after` has under another key, that
+/// key. First keys that agree exactly; then, among the rest, by base file
+/// name and function name: where both runs have the same number of such
+/// functions (one `helper` in `prog.py`, or three `__init__`), they pair
+/// in line order. A group whose counts differ stays unmatched (new and gone).
+pub fn match_functions<'a>(
+    before: impl IntoIterator<Item = &'a FuncKey>,
+    after: impl IntoIterator<Item = &'a FuncKey>,
+) -> FxHashMap<FuncKey, FuncKey> {
+    let after: Vec<&FuncKey> = after.into_iter().collect();
+    let exact: rustc_hash::FxHashSet<&FuncKey> = after.iter().copied().collect();
+    let before_keys: Vec<&FuncKey> = before.into_iter().collect();
+    let in_before: rustc_hash::FxHashSet<&FuncKey> = before_keys.iter().copied().collect();
+    type Group<'k> = (Vec<&'k FuncKey>, Vec<&'k FuncKey>);
+    let mut groups: FxHashMap<(String, &str), Group> = FxHashMap::default();
+    for key in before_keys.iter().copied().filter(|k| !exact.contains(k)) {
+        groups
+            .entry((key.strip_dir().file, &key.name))
+            .or_default()
+            .0
+            .push(key);
+    }
+    for key in after.iter().copied().filter(|k| !in_before.contains(k)) {
+        groups
+            .entry((key.strip_dir().file, &key.name))
+            .or_default()
+            .1
+            .push(key);
+    }
+    let mut map = FxHashMap::default();
+    for (mut gone, mut new) in groups.into_values() {
+        if gone.len() != new.len() {
+            continue;
+        }
+        gone.sort_by_key(|k| (k.line, &k.file));
+        new.sort_by_key(|k| (k.line, &k.file));
+        for (b, a) in gone.into_iter().zip(new) {
+            map.insert(b.clone(), a.clone());
+        }
+    }
+    map
+}
+
 /// Lays `after` over `before` path by path (threads merged first).
 /// Malformed nodes (parent not before them, unknown function) are dropped
 /// with their descendants.
@@ -37,6 +83,7 @@ pub fn diff_trees(before: &CallTree, after: &CallTree) -> TreeDiff {
     let mut union = ThreadTree::new("all threads", 0, 0);
     let mut before_values: Vec<Node> = vec![zero_node(ROOT_FUNC, 0)];
     let mut index: FxHashMap<(NodeId, FuncId), NodeId> = FxHashMap::default();
+    let renamed = match_functions(&before.funcs, &after.funcs);
 
     for (side, tree) in [(1u8, after), (0u8, before)] {
         let merged = tree.merged();
@@ -44,6 +91,7 @@ pub fn diff_trees(before: &CallTree, after: &CallTree) -> TreeDiff {
             .funcs
             .iter()
             .map(|key| {
+                let key = renamed.get(key).unwrap_or(key);
                 let next = funcs.len() as FuncId;
                 *func_ids.entry(key.clone()).or_insert_with(|| {
                     funcs.push(key.clone());
@@ -120,11 +168,16 @@ impl FuncDelta {
 pub fn diff_stats(before: &StatsTable, after: &StatsTable) -> Vec<FuncDelta> {
     let mut rows: Vec<FuncDelta> = Vec::new();
     let mut row_of: FxHashMap<&FuncKey, usize> = FxHashMap::default();
+    let renamed = match_functions(
+        before.entries.iter().map(|e| &e.func),
+        after.entries.iter().map(|e| &e.func),
+    );
     for (side, table) in [(1u8, after), (0u8, before)] {
         for e in &table.entries {
-            let i = *row_of.entry(&e.func).or_insert_with(|| {
+            let key = renamed.get(&e.func).unwrap_or(&e.func);
+            let i = *row_of.entry(key).or_insert_with(|| {
                 rows.push(FuncDelta {
-                    func: e.func.clone(),
+                    func: key.clone(),
                     before_nc: 0,
                     after_nc: 0,
                     before_tt: 0.0,
@@ -212,6 +265,50 @@ mod tests {
         assert_eq!((t.nodes[new].total_ns, d.before[new].total_ns), (7, 0));
         let main = find("main");
         assert_eq!((t.nodes[main].total_ns, d.before[main].total_ns), (37, 15));
+    }
+
+    #[test]
+    fn moved_lines_and_respelt_paths_still_match() {
+        // helper-37: five lines added at the top, and the path spelt another
+        // way, made every function of the file "new" and "gone".
+        let key = |file: &str, line, name: &str| FuncKey::new(file, line, name);
+        let mut before = tree(&[(&["main", "helper"], 10), (&["main", "__init__"], 4)]);
+        before.funcs = vec![
+            key("prog.py", 20, "main"),
+            key("prog.py", 3, "helper"),
+            key("prog.py", 8, "__init__"),
+        ];
+        before.funcs.push(key("prog.py", 12, "__init__")); // a second class's, not called
+        let mut after = tree(&[(&["main", "helper"], 30), (&["main", "__init__"], 4)]);
+        after.funcs = vec![
+            key("/src/prog.py", 25, "main"),
+            key("/src/prog.py", 8, "helper"),
+            key("/src/prog.py", 13, "__init__"),
+        ];
+        after.funcs.push(key("/src/prog.py", 17, "__init__"));
+        let d = diff_trees(&before, &after);
+        let t = &d.after.threads[0];
+        assert_eq!(t.nodes.len(), 4, "main, helper and __init__ once each");
+        let helper = (1..t.nodes.len())
+            .find(|&i| d.after.funcs[t.nodes[i].func as usize].name == "helper")
+            .unwrap();
+        assert_eq!(
+            (t.nodes[helper].total_ns, d.before[helper].total_ns),
+            (30, 10)
+        );
+        assert_eq!(d.after.funcs[t.nodes[helper].func as usize].line, 8); // shown as after has it
+        let rows = diff_stats(&before.to_stats(), &after.to_stats());
+        assert_eq!(rows.len(), 3);
+        assert!(
+            rows.iter().all(|r| r.before_ct > 0.0 && r.after_ct > 0.0),
+            "{rows:?}"
+        );
+        // A group whose counts differ is left alone: one `f` before, two after.
+        let m = match_functions(
+            &[key("a.py", 1, "f")],
+            &[key("a.py", 5, "f"), key("a.py", 9, "f")],
+        );
+        assert!(m.is_empty());
     }
 
     #[test]
