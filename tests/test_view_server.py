@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import pstats
+import signal
 import socket
+import subprocess
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
-from conftest import no_crash_noise, run_cli
+from conftest import no_crash_noise, perfkit_command, run_cli
 from view_support import (
     HOSTILE_FILE,
     HOSTILE_NAME,
@@ -205,6 +210,37 @@ def test_ctrl_c_stops_cleanly_and_frees_the_port(profiles):
     assert not no_crash_noise(err) and "KeyboardInterrupt" not in err
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.port), timeout=2).close()
+
+
+@pytest.mark.parametrize("command", ["view", "stats", "export"])
+def test_ctrl_c_while_a_file_is_read_stops_without_a_traceback(tmp_path, profiles, command):
+    # helper-37: Ctrl-C while view read its files still served them (and,
+    # opening a browser, swallowed it); in stats and export it printed a
+    # traceback. A FIFO holds the read until the interrupt has arrived.
+    fifo = tmp_path / "slow.prof"
+    os.mkfifo(fifo)
+    args = {
+        "view": ["view", str(fifo), "--no-browser"],
+        "stats": ["stats", str(fifo)],
+        "export": ["export", str(fifo), "-o", str(tmp_path / "out.collapsed")],
+    }[command]
+    proc = subprocess.Popen(
+        [*perfkit_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.0)  # perfkit is blocked opening the FIFO for reading
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        with open(fifo, "wb") as writer:
+            writer.write(Path(profiles["perfkit"]).read_bytes())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "viewing" not in out  # the viewer did not start serving
 
 
 def test_port_option_and_busy_port(profiles):

@@ -16,7 +16,11 @@ _PERFKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def main() -> None:
-    sys.exit(_native.cli_main(["perfkit", *sys.argv[1:]]))
+    try:
+        code = _native.cli_main(["perfkit", *sys.argv[1:]])
+    except KeyboardInterrupt:  # Ctrl-C in stats or export: the shell's code, not a traceback
+        code = 130
+    sys.exit(code)
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -44,6 +44,11 @@ pub(crate) fn serve(
         viewer.prepare();
         Ok::<_, String>(viewer)
     })?;
+    // Ctrl-C while the files were read: stop before serving them.
+    if py.check_signals().is_err() {
+        eprintln!("perfkit: viewer stopped");
+        return Ok(130);
+    }
     let server = Server::start(Arc::new(viewer), host, port)?;
     let url = server.url();
     if !server.addr().ip().is_loopback() {
@@ -65,11 +70,15 @@ pub(crate) fn serve(
         // Python's webbrowser knows the platform's ways to open a page.
         let opened = py
             .import("webbrowser")
-            .and_then(|wb| wb.call_method1("open", (url.as_str(),)))
-            .map(|r| r.is_truthy().unwrap_or(false))
-            .unwrap_or(false);
-        if !opened {
-            eprintln!("perfkit: could not open a browser; open {url} yourself");
+            .and_then(|wb| wb.call_method1("open", (url.as_str(),)));
+        match opened {
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => {
+                py.detach(|| server.stop());
+                eprintln!("perfkit: viewer stopped");
+                return Ok(130);
+            }
+            Ok(r) if r.is_truthy().unwrap_or(false) => {}
+            _ => eprintln!("perfkit: could not open a browser; open {url} yourself"),
         }
     }
     // The server answers on its own threads; this thread only waits, without

@@ -38,18 +38,7 @@ impl Server {
             .ok_or_else(|| "the server has no IP address".to_string())?;
         let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
-        // On loopback, only requests addressed to loopback names (and to the
-        // address it listens on, 127.0.0.2 say) are answered: a web page
-        // elsewhere cannot reach the data through DNS rebinding.
-        let allowed_hosts = ip.is_loopback().then(|| {
-            let p = addr.port();
-            vec![
-                format!("127.0.0.1:{p}"),
-                format!("localhost:{p}"),
-                format!("[::1]:{p}"),
-                addr.to_string(),
-            ]
-        });
+        let allowed_hosts = allowed_hosts(addr);
         let workers = (0..WORKERS)
             .map(|_| {
                 let http = Arc::clone(&http);
@@ -105,6 +94,30 @@ impl Drop for Server {
 fn header(name: &str, value: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
         .expect("static header is valid")
+}
+
+/// The Host headers a server on `addr` answers: on loopback, only loopback
+/// names (and the address it listens on, 127.0.0.2 say), so that a web page
+/// elsewhere cannot reach the data through DNS rebinding; elsewhere, any.
+pub fn allowed_hosts(addr: std::net::SocketAddr) -> Option<Vec<String>> {
+    addr.ip().is_loopback().then(|| {
+        let p = addr.port();
+        let mut hosts = vec![
+            format!("127.0.0.1:{p}"),
+            format!("localhost:{p}"),
+            format!("[::1]:{p}"),
+            addr.to_string(),
+        ];
+        if p == 80 {
+            // Browsers leave HTTP's default port out of the Host header.
+            let bare: Vec<String> = hosts
+                .iter()
+                .filter_map(|h| h.strip_suffix(":80").map(str::to_string))
+                .collect();
+            hosts.extend(bare);
+        }
+        hosts
+    })
 }
 
 fn answer(viewer: &Viewer, allowed_hosts: Option<&[String]>, request: tiny_http::Request) {

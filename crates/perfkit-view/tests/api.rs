@@ -203,3 +203,16 @@ fn flame_graph_svg_is_drawn_and_escaped() {
     let empty = profile(vec![], vec![]);
     assert!(export::flamegraph_svg(&empty.tree, "t").is_err());
 }
+
+#[test]
+fn loopback_hosts_answered_include_the_bare_name_on_port_80() {
+    use perfkit_view::server::allowed_hosts;
+    let on = |a: &str| allowed_hosts(a.parse().unwrap());
+    let hosts = on("127.0.0.1:80").unwrap();
+    // helper-37: browsers send `Host: 127.0.0.1` for port 80, and got 403.
+    assert!(hosts.iter().any(|h| h == "127.0.0.1") && hosts.iter().any(|h| h == "localhost"));
+    let hosts = on("127.0.0.1:8080").unwrap();
+    assert!(!hosts.iter().any(|h| h == "127.0.0.1" || h == "localhost"));
+    assert!(hosts.iter().any(|h| h == "localhost:8080"));
+    assert!(on("0.0.0.0:8080").is_none());
+}
