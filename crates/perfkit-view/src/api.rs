@@ -20,6 +20,8 @@ pub const MAX_SLICE_NODES: usize = 120_000;
 pub const DEFAULT_MIN_FRACTION: f64 = 1.0 / 4000.0;
 /// Default depth of a slice below its root.
 pub const DEFAULT_SLICE_DEPTH: u32 = 400;
+/// The deepest slice laid out, asked for or exported.
+pub const MAX_SLICE_DEPTH: u32 = 100_000;
 
 /// One tree the page can show: all threads merged, one thread, or a diff.
 pub struct View {
@@ -497,12 +499,13 @@ impl Viewer {
         } else {
             DEFAULT_MIN_FRACTION
         };
-        let max_depth = max_depth.min(100_000);
+        let max_depth = max_depth.min(MAX_SLICE_DEPTH);
 
         // First pass: how many frames each level would bring, to cut the
-        // depth so the slice stays within `max_nodes`.
+        // depth so the slice stays within `max_nodes`; one level more than
+        // asked for, to know whether the depth asked for cuts frames off.
         let mut per_level: Vec<usize> = Vec::new();
-        layout(v, root, max_depth, min_frac, |_, depth, _, _, _| {
+        layout(v, root, max_depth + 1, min_frac, |_, depth, _, _, _| {
             let d = depth as usize;
             if per_level.len() <= d {
                 per_level.resize(d + 1, 0);
@@ -519,7 +522,7 @@ impl Viewer {
                 break;
             }
         }
-        let truncated = depth_cut < max_depth && (depth_cut as usize + 1) < per_level.len();
+        let truncated = (depth_cut as usize + 1) < per_level.len();
 
         let mut cols = SliceColumns::default();
         let diff = v.before.is_some();
@@ -590,8 +593,10 @@ impl Viewer {
             if v > 0 {
                 out.push(',');
             }
+            // As deep as the node budget allows: an export has no server to
+            // fetch deeper levels from (a deep recursion's leaf would be lost).
             let slice = self
-                .slice_json(v, 0, DEFAULT_SLICE_DEPTH, min_frac, max_nodes)
+                .slice_json(v, 0, MAX_SLICE_DEPTH, min_frac, max_nodes)
                 .unwrap_or_else(|_| "null".into());
             out.push_str(&slice);
         }

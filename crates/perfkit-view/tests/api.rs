@@ -98,11 +98,18 @@ fn ten_thousand_deep_recursion_slices_and_paths() {
         s["d"].as_array().unwrap().last().unwrap(),
         &Value::from(depth)
     );
+    assert_eq!(s["truncated"], false);
+    // The default depth cuts it, and says so (helper-37: it did not).
+    let shallow = slice(&viewer, "view=0&root=0&min=0");
+    assert_eq!(shallow["truncated"], true);
     let bottom = slice(&viewer, &format!("view=0&root={depth}&depth=3"));
     assert_eq!(bottom["path"].as_array().unwrap().len(), depth as usize);
-    // The export and the SVG cope too.
+    // The export holds the whole depth: it has no server to ask for more.
     let html = export::html(&viewer);
-    assert!(html.contains("perfkit-data"));
+    let (data, _) = embedded_data(&html);
+    let d = data["slices"][0]["d"].as_array().unwrap();
+    assert_eq!(d.last().unwrap(), &Value::from(depth));
+    assert_eq!(data["slices"][0]["truncated"], false);
 }
 
 #[test]
