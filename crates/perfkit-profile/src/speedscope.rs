@@ -1,9 +1,12 @@
 //! speedscope's JSON format (<https://www.speedscope.app/file-format-schema.json>).
 //!
-//! Written as one "sampled" profile per thread: each sample is a call path
-//! (frame indices, outermost first) and its weight is the path's own time in
-//! nanoseconds. Frames carry name, file and line; built-ins carry only their
-//! name.
+//! Written as one "evented" profile per thread: each node of the tree opens
+//! and closes once, in nanoseconds, its children laid end to end from its
+//! start and its own time after them (its span is its own time plus its
+//! children's, as a sampled profile's totals are), so the file grows with the number of
+//! nodes (a "sampled" profile, each sample a full call path, grew with
+//! nodes × depth: 100 MB for a 10,000-frame recursion). Frames carry name,
+//! file and line; built-ins carry only their name.
 //!
 //! Read: "sampled" profiles (py-spy, perfkit) and "evented" ones
 //! (pyinstrument), one thread per profile. Sampled profiles have no call
@@ -58,7 +61,7 @@ struct Frame {
 }
 
 #[derive(Serialize)]
-struct SampledOut<'a> {
+struct EventedOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     name: &'a str,
@@ -67,8 +70,15 @@ struct SampledOut<'a> {
     start_value: u64,
     #[serde(rename = "endValue")]
     end_value: u64,
-    samples: Vec<Vec<u32>>,
-    weights: Vec<u64>,
+    events: Vec<EventOut>,
+}
+
+#[derive(Serialize)]
+struct EventOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    at: u64,
+    frame: u32,
 }
 
 #[derive(Deserialize)]
@@ -107,9 +117,10 @@ pub fn write(tree: &CallTree) -> String {
     let mut frame_of: FxHashMap<&FuncKey, u32> = FxHashMap::default();
     let mut profiles = Vec::with_capacity(tree.threads.len());
     for thread in &tree.threads {
-        let mut samples = Vec::new();
-        let mut weights = Vec::new();
-        let mut path: Vec<u32> = Vec::new();
+        let mut events = Vec::new();
+        // The frame of each open node, outermost first.
+        let mut open: Vec<u32> = Vec::new();
+        let mut clock = 0u64;
         let children = thread.children();
         let mut walk = Walk::new(&children);
         let mut skip_below: Option<usize> = None;
@@ -138,32 +149,42 @@ pub fn write(tree: &CallTree) -> String {
                         });
                         (frames.len() - 1) as u32
                     });
-                    path.push(frame);
-                    if node.own_ns > 0 {
-                        samples.push(path.clone());
-                        weights.push(node.own_ns);
-                    }
+                    open.push(frame);
+                    events.push(EventOut {
+                        kind: "O",
+                        at: clock,
+                        frame,
+                    });
                 }
-                Visit::Leave(_) => {
+                Visit::Leave(id) => {
                     if let Some(depth) = skip_below {
                         if walk.depth() + 1 == depth {
                             skip_below = None;
                         }
                         continue;
                     }
-                    path.pop();
+                    let Some(frame) = open.pop() else {
+                        continue;
+                    };
+                    // Its own time after its children's: a reader gets each
+                    // node's own time back exactly, as from the samples'
+                    // weights, and its total as own plus its children's.
+                    clock = clock.saturating_add(thread.nodes[id as usize].own_ns);
+                    events.push(EventOut {
+                        kind: "C",
+                        at: clock,
+                        frame,
+                    });
                 }
             }
         }
-        let end_value = weights.iter().fold(0u64, |a, &w| a.saturating_add(w));
-        let profile = SampledOut {
-            kind: "sampled",
+        let profile = EventedOut {
+            kind: "evented",
             name: &thread.name,
             unit: "nanoseconds",
             start_value: 0,
-            end_value,
-            samples,
-            weights,
+            end_value: clock,
+            events,
         };
         profiles.push(serde_json::to_value(profile).unwrap_or_default());
     }

@@ -140,7 +140,17 @@ fn speedscope_round_trip() {
         v["$schema"],
         "https://www.speedscope.app/file-format-schema.json"
     );
-    assert_eq!(v["profiles"][0]["type"], "sampled");
+    assert_eq!(v["profiles"][0]["type"], "evented");
+    // One open and one close per node: the file grows with the tree, not
+    // with nodes × depth (a sampled profile's full stack per node).
+    let nodes: usize = tree.threads.iter().map(|t| t.nodes.len() - 1).sum();
+    let events: usize = v["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["events"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(events, 2 * nodes);
     assert_eq!(v["profiles"][0]["unit"], "nanoseconds");
     assert_eq!(v["profiles"][1]["name"], "Worker-1");
     // Built-ins carry only a name.
