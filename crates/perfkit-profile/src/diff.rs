@@ -32,46 +32,103 @@ fn zero_node(func: FuncId, parent: NodeId) -> Node {
 }
 
 /// For the functions of `before` that `after` has under another key, that
-/// key. First keys that agree exactly; then, among the rest, by base file
-/// name and function name: where both runs have the same number of such
-/// functions (one `helper` in `prog.py`, or three `__init__`), they pair
-/// in line order. A group whose counts differ stays unmatched (new and gone).
+/// key. First keys that agree exactly. Then files: a file of `before` and
+/// one of `after` correspond when each is the other's unique best match by
+/// trailing path components, and they share at least two (`pkg_a/utils.py`)
+/// or one is the whole of the other's tail (`prog.py`, `/src/prog.py`); so
+/// `pkg_a/utils.py` never stands for `pkg_b/utils.py`. Within corresponding
+/// files, functions of one name pair in line order where both runs have as
+/// many (one `helper`, or three `__init__`); the rest stay new and gone.
 pub fn match_functions<'a>(
     before: impl IntoIterator<Item = &'a FuncKey>,
     after: impl IntoIterator<Item = &'a FuncKey>,
 ) -> FxHashMap<FuncKey, FuncKey> {
     let after: Vec<&FuncKey> = after.into_iter().collect();
-    let exact: rustc_hash::FxHashSet<&FuncKey> = after.iter().copied().collect();
-    let before_keys: Vec<&FuncKey> = before.into_iter().collect();
-    let in_before: rustc_hash::FxHashSet<&FuncKey> = before_keys.iter().copied().collect();
-    type Group<'k> = (Vec<&'k FuncKey>, Vec<&'k FuncKey>);
-    let mut groups: FxHashMap<(String, &str), Group> = FxHashMap::default();
-    for key in before_keys.iter().copied().filter(|k| !exact.contains(k)) {
-        groups
-            .entry((key.strip_dir().file, &key.name))
-            .or_default()
-            .0
-            .push(key);
-    }
-    for key in after.iter().copied().filter(|k| !in_before.contains(k)) {
-        groups
-            .entry((key.strip_dir().file, &key.name))
-            .or_default()
-            .1
-            .push(key);
-    }
+    let before: Vec<&FuncKey> = before.into_iter().collect();
+    let in_after: rustc_hash::FxHashSet<&FuncKey> = after.iter().copied().collect();
+    let in_before: rustc_hash::FxHashSet<&FuncKey> = before.iter().copied().collect();
+    let gone: Vec<&FuncKey> = before
+        .iter()
+        .copied()
+        .filter(|k| !in_after.contains(k))
+        .collect();
+    let new: Vec<&FuncKey> = after
+        .iter()
+        .copied()
+        .filter(|k| !in_before.contains(k))
+        .collect();
+    let by_file = |keys: &[&'a FuncKey]| {
+        let mut m: FxHashMap<&'a str, Vec<&'a FuncKey>> = FxHashMap::default();
+        for &k in keys {
+            m.entry(k.file.as_str()).or_default().push(k);
+        }
+        m
+    };
+    let (gone_in, new_in) = (by_file(&gone), by_file(&new));
+    let sorted_files = |m: &FxHashMap<&'a str, Vec<&'a FuncKey>>| {
+        let mut f: Vec<&'a str> = m.keys().copied().collect();
+        f.sort_unstable();
+        f
+    };
+    let (gone_files, new_files) = (sorted_files(&gone_in), sorted_files(&new_in));
+    // Each file's unique best counterpart on the other side, if any.
+    let best = |file: &str, others: &[&'a str]| -> Option<&'a str> {
+        let mut found: Option<&'a str> = None;
+        let mut top = 0;
+        let mut tie = false;
+        for &other in others {
+            let shared = shared_tail(file, other);
+            if shared > top {
+                (found, top, tie) = (Some(other), shared, false);
+            } else if shared == top && shared > 0 {
+                tie = true;
+            }
+        }
+        found.filter(|&other| !tie && corresponds(file, other, top))
+    };
     let mut map = FxHashMap::default();
-    for (mut gone, mut new) in groups.into_values() {
-        if gone.len() != new.len() {
+    for &file in &gone_files {
+        let Some(counterpart) = best(file, &new_files) else {
+            continue;
+        };
+        if best(counterpart, &gone_files) != Some(file) {
             continue;
         }
-        gone.sort_by_key(|k| (k.line, &k.file));
-        new.sort_by_key(|k| (k.line, &k.file));
-        for (b, a) in gone.into_iter().zip(new) {
-            map.insert(b.clone(), a.clone());
+        let mut by_name: FxHashMap<&str, (Vec<&FuncKey>, Vec<&FuncKey>)> = FxHashMap::default();
+        for &k in &gone_in[file] {
+            by_name.entry(&k.name).or_default().0.push(k);
+        }
+        for &k in &new_in[counterpart] {
+            by_name.entry(&k.name).or_default().1.push(k);
+        }
+        for (mut b, mut a) in by_name.into_values() {
+            if b.len() != a.len() {
+                continue;
+            }
+            b.sort_by_key(|k| k.line);
+            a.sort_by_key(|k| k.line);
+            for (b, a) in b.into_iter().zip(a) {
+                map.insert(b.clone(), a.clone());
+            }
         }
     }
     map
+}
+
+/// How many trailing path components `a` and `b` share.
+fn shared_tail(a: &str, b: &str) -> usize {
+    a.rsplit('/')
+        .zip(b.rsplit('/'))
+        .take_while(|(x, y)| x == y && !x.is_empty())
+        .count()
+}
+
+/// Whether two files sharing `shared` trailing components are one file:
+/// the same path, or at least two components alike, or one path the whole
+/// of the other's tail (a relative path and its absolute spelling).
+fn corresponds(a: &str, b: &str, shared: usize) -> bool {
+    let parts = |p: &str| p.split('/').filter(|c| !c.is_empty()).count();
+    a == b || shared >= 2 || (shared >= 1 && (parts(a) == shared || parts(b) == shared))
 }
 
 /// Lays `after` over `before` path by path (threads merged first).
@@ -309,6 +366,37 @@ mod tests {
             &[key("a.py", 5, "f"), key("a.py", 9, "f")],
         );
         assert!(m.is_empty());
+        // helper-38: one checkout moved and lines added; each package's
+        // `helper` stays its own, though their lines now sort the other way.
+        let m = match_functions(
+            &[
+                key("/b/pkg_a/utils.py", 10, "helper"),
+                key("/b/pkg_b/utils.py", 20, "helper"),
+            ],
+            &[
+                key("/a/pkg_a/utils.py", 30, "helper"),
+                key("/a/pkg_b/utils.py", 25, "helper"),
+            ],
+        );
+        assert_eq!(
+            m[&key("/b/pkg_a/utils.py", 10, "helper")].file,
+            "/a/pkg_a/utils.py"
+        );
+        assert_eq!(
+            m[&key("/b/pkg_b/utils.py", 20, "helper")].file,
+            "/a/pkg_b/utils.py"
+        );
+        // ... and one package's function is not another's that replaced it.
+        let m = match_functions(
+            &[key("/c1/pkg_a/utils.py", 1, "helper")],
+            &[key("/c2/pkg_b/utils.py", 1, "helper")],
+        );
+        assert!(m.is_empty(), "{m:?}");
+        let m = match_functions(
+            &[key("/p/a/__init__.py", 1, "<module>")],
+            &[key("/p/b/__init__.py", 1, "<module>")],
+        );
+        assert!(m.is_empty(), "{m:?}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!
 //! Read: "sampled" profiles (py-spy, perfkit) and "evented" ones
 //! (pyinstrument), one thread per profile. Sampled profiles have no call
-//! counts (`calls = 0`); evented ones count each open/close pair as a call.
+//! counts (`calls = 0`); evented ones count each open/close pair as a call,
+//! except perfkit's own, which open each node once (`calls = 0` too).
 //! Units convert to nanoseconds; "none" and "bytes" (sample counts) read as
 //! one microsecond per unit, as collapsed stacks do.
 
@@ -275,6 +276,12 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
             })
     };
 
+    // perfkit's own evented profiles open each node once, whatever its
+    // calls: their counts are unknown (0), as a sampled profile's are.
+    let counts_calls = !file
+        .exporter
+        .as_deref()
+        .is_some_and(|e| e.starts_with("perfkit "));
     let mut threads = Vec::with_capacity(file.profiles.len());
     let mut duration_ns = 0u64;
     for (p, raw) in file.profiles.into_iter().enumerate() {
@@ -372,6 +379,9 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
                     if let Some(parent) = open.last_mut() {
                         parent.3 += elapsed;
                     }
+                }
+                if !counts_calls {
+                    t.tree.nodes.iter_mut().for_each(|n| n.calls = 0);
                 }
                 duration_ns = duration_ns.max(t.tree.total_ns());
                 threads.push(t.tree);

@@ -151,6 +151,14 @@ fn speedscope_round_trip() {
         .map(|p| p["events"].as_array().unwrap().len())
         .sum();
     assert_eq!(events, 2 * nodes);
+    // Read back, a node's calls are unknown (0), not the one open per node.
+    let back_calls: u64 = speedscope::read(&json)
+        .unwrap()
+        .threads
+        .iter()
+        .flat_map(|t| t.nodes.iter().map(|n| n.calls))
+        .sum();
+    assert_eq!(back_calls, 0);
     assert_eq!(v["profiles"][0]["unit"], "nanoseconds");
     assert_eq!(v["profiles"][1]["name"], "Worker-1");
     // Built-ins carry only a name.
