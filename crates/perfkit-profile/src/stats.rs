@@ -73,7 +73,7 @@ impl StatsTable {
         }
         for e in &other.entries {
             match at.get(&e.func) {
-                Some(&i) => self.entries[i].absorb(e.cc, e.nc, e.tt, e.ct, &e.callers),
+                Some(&i) => self.entries[i].absorb(e),
                 None => {
                     at.insert(e.func.clone(), self.entries.len());
                     self.entries.push(e.clone());
@@ -83,40 +83,41 @@ impl StatsTable {
     }
 
     /// pstats' `strip_dirs`: each file reduced to its base name, rows that
-    /// then share a key summed. Within one row's callers a later caller
-    /// replaces an earlier one of the same stripped key, as in pstats.
+    /// then share a key summed (as [`add`](Self::add) sums them). Within one
+    /// row's callers a later caller replaces an earlier one of the same
+    /// stripped key, as in pstats.
     pub fn strip_dirs(&self) -> StatsTable {
-        let mut out = StatsTable::default();
-        let mut at: FxHashMap<FuncKey, usize> = FxHashMap::default();
-        for e in &self.entries {
-            let func = e.func.strip_dir();
-            let mut callers: Vec<(FuncKey, EdgeStats)> = Vec::with_capacity(e.callers.len());
-            let mut caller_at: FxHashMap<FuncKey, usize> = FxHashMap::default();
-            for (caller, edge) in &e.callers {
-                let caller = caller.strip_dir();
-                match caller_at.get(&caller) {
-                    Some(&i) => callers[i].1 = *edge,
-                    None => {
-                        caller_at.insert(caller.clone(), callers.len());
-                        callers.push((caller, *edge));
+        let stripped = StatsTable {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| {
+                    let mut callers: Vec<(FuncKey, EdgeStats)> =
+                        Vec::with_capacity(e.callers.len());
+                    let mut caller_at: FxHashMap<FuncKey, usize> = FxHashMap::default();
+                    for (caller, edge) in &e.callers {
+                        let caller = caller.strip_dir();
+                        match caller_at.get(&caller) {
+                            Some(&i) => callers[i].1 = *edge,
+                            None => {
+                                caller_at.insert(caller.clone(), callers.len());
+                                callers.push((caller, *edge));
+                            }
+                        }
                     }
-                }
-            }
-            match at.get(&func) {
-                Some(&i) => out.entries[i].absorb(e.cc, e.nc, e.tt, e.ct, &callers),
-                None => {
-                    at.insert(func.clone(), out.entries.len());
-                    out.entries.push(FuncStats {
-                        func,
+                    FuncStats {
+                        func: e.func.strip_dir(),
                         cc: e.cc,
                         nc: e.nc,
                         tt: e.tt,
                         ct: e.ct,
                         callers,
-                    });
-                }
-            }
-        }
+                    }
+                })
+                .collect(),
+        };
+        let mut out = StatsTable::default();
+        out.add(&stripped);
         out
     }
 }
@@ -124,12 +125,12 @@ impl StatsTable {
 impl FuncStats {
     /// pstats' `add_func_stats(self, source)`: counts and times summed;
     /// callers merged by `add_callers` (this row's order, then new ones).
-    fn absorb(&mut self, cc: u64, nc: u64, tt: f64, ct: f64, callers: &[(FuncKey, EdgeStats)]) {
-        self.cc += cc;
-        self.nc += nc;
-        self.tt += tt;
-        self.ct += ct;
-        for (caller, edge) in callers {
+    fn absorb(&mut self, source: &FuncStats) {
+        self.cc += source.cc;
+        self.nc += source.nc;
+        self.tt += source.tt;
+        self.ct += source.ct;
+        for (caller, edge) in &source.callers {
             match self.callers.iter_mut().find(|(k, _)| k == caller) {
                 Some((_, mine)) => {
                     mine.nc += edge.nc;
