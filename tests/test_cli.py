@@ -703,3 +703,23 @@ def test_export_format_option_and_unknown_extension(profiles, tmp_path):
     r = run_cli("export", src, "-o", tmp_path / "out.weird", "--format", "collapsed")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.weird").read_text().strip()
+
+
+def test_export_to_stdout_and_through_a_link(profiles, tmp_path):
+    src = profiles / "perfkit.prof"
+    by_file = tmp_path / "out.txt"
+    assert run_cli("export", src, "-o", by_file).returncode == 0
+    r = run_cli("export", src, "-o", "-", "--format", "collapsed")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == by_file.read_text() and not (Path.cwd() / "-").exists()
+    r = run_cli("export", src, "-o", "-")
+    assert r.returncode == 2 and "--format" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # A link is written through, as cProfile's open() does: the link stays a link.
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("old")
+    link.symlink_to(target.name)
+    assert run_cli("export", src, "-o", link).returncode == 0
+    assert link.is_symlink() and target.read_text() == by_file.read_text()
+    # A directory is named as one.
+    r = run_cli("export", src, "-o", tmp_path, "--format", "collapsed")
+    assert r.returncode == 2 and "Is a directory" in r.stderr, r.stderr

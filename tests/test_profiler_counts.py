@@ -6,8 +6,12 @@ file on 3.9 to 3.13, each time against that interpreter's own cProfile.
 
 from __future__ import annotations
 
+import cProfile
 import os
 import pstats
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -89,6 +93,81 @@ def test_mutual_recursion_edge_counts():
         edge = (keys[caller], keys[callee])
         assert both.cp.edges[edge][0] < both.cp.edges[edge][1], "expected recursive calls on this edge"
         assert both.pk.edges.get(edge) == both.cp.edges[edge], f"{caller} -> {callee}"
+
+
+def _recurse(n):
+    return 0 if n == 0 else _recurse(n - 1) + 1
+
+
+@pytest.mark.parametrize("builtins", [True, False])
+def test_recursion_runs_as_deep_as_unprofiled(builtins):
+    """Under the frame-evaluation hook (3.12+, and Python-frames mode on every
+    version) each Python call is also a C call. 3.12 and 3.13 charge those to
+    their C recursion budget, which used to end a recursion of ~750 calls
+    (3.12) or ~5,000 (3.13) that runs unprofiled and under cProfile."""
+    depth, limit = 6000, sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 500)
+    try:
+        assert _recurse(depth) == depth
+        with perfkit.Profiler(builtins=builtins) as prof:
+            assert _recurse(depth) == depth
+        cp = cProfile.Profile(builtins=builtins)
+        cp.enable()
+        _recurse(depth)
+        cp.disable()
+    finally:
+        sys.setrecursionlimit(limit)
+
+    def row(stats):
+        return next(v[:2] for k, v in pstats.Stats(stats).stats.items() if k[2] == "_recurse")
+
+    assert row(prof) == row(cp) == (1, depth + 1)
+
+
+@pytest.mark.parametrize(
+    "builtins",
+    # Full mode on 3.9-3.11 is a profile function: no C call per Python call to guard.
+    [False, True] if sys.version_info >= (3, 12) else [False],
+)
+def test_recursion_past_the_c_stack_is_a_recursion_error(builtins):
+    """A recursion deeper than the thread's C stack allows under the hook ends
+    in a RecursionError that says why, not a crash (3.11 used to segfault),
+    and the recording goes on. Run in a child, so a regression cannot take
+    pytest down with it."""
+    code = textwrap.dedent(
+        f"""
+        import pstats, sys, threading, perfkit
+        sys.setrecursionlimit(1_000_000)
+        def recurse(n):
+            return 0 if n == 0 else recurse(n - 1) + 1
+        out = []
+        def deep():
+            try:
+                out.append(recurse(200_000))
+            except RecursionError as e:
+                out.append(str(e))
+            out.append(recurse(50))
+        threading.stack_size(1 << 20)
+        with perfkit.Profiler(builtins={builtins}) as prof:
+            t = threading.Thread(target=deep)
+            t.start()
+            t.join()
+        print(out[0])
+        print(out[1])
+        print(sorted(v[1] for k, v in pstats.Stats(prof).stats.items() if k[2] == "recurse"))
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    message, after, calls = run.stdout.splitlines()
+    assert message.startswith("maximum recursion depth exceeded while profiling"), message
+    assert "C stack" in message
+    assert after == "50"
+    # The refused call is not counted; the ones that ran and the later 51 are.
+    (ncalls,) = eval(calls)
+    assert 51 < ncalls < 200_000, calls
 
 
 def test_no_profiler_rows():

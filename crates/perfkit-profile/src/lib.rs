@@ -207,9 +207,35 @@ pub(crate) fn describe_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// Where a write to `path` lands when it does not exist yet: the end of its
+/// chain of symbolic links, if it is a link to nowhere (`open` creates that
+/// file), else `path` itself.
+fn dangling_link_target(path: &Path) -> PathBuf {
+    let mut at = path.to_path_buf();
+    // The kernel's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        match std::fs::read_link(&at) {
+            Ok(target) => {
+                at = match at.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                }
+            }
+            Err(_) => return at,
+        }
+    }
+    path.to_path_buf()
+}
+
 /// Writes `bytes` to `path` so that a crash leaves either the old file or
 /// the new one: a temporary file next to it, flushed to disk, then renamed
 /// over it.
+///
+/// As `open(path, "wb")` would, a symbolic link is written through (the
+/// file it names is replaced, not the link), and what is not a regular file
+/// (a FIFO, a terminal, `/dev/null`, `/dev/stdout`) is written into, since
+/// it cannot be replaced; so is anything named through `/dev` or `/proc`
+/// (`/dev/stdout` redirected to a file: the shell's descriptor keeps it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
@@ -217,6 +243,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             action,
             path: p,
             source,
+        }
+    };
+    let resolved;
+    let path = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(Error::Io {
+                action: "cannot write",
+                path: path.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::EISDIR),
+            })
+        }
+        Ok(meta) if !meta.is_file() || path.starts_with("/dev") || path.starts_with("/proc") => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map_err(io("cannot open", path))?;
+            return f.write_all(bytes).map_err(io("cannot write", path));
+        }
+        Ok(_) => {
+            resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            &resolved
+        }
+        Err(_) => {
+            resolved = dangling_link_target(path);
+            &resolved
         }
     };
     let dir = match path.parent() {

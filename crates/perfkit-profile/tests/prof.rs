@@ -279,6 +279,65 @@ fn write_file_is_atomic_and_replaces() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
+    let dir = temp_dir("through");
+    let tree = common::rich_tree();
+    // A link to a file: the file is replaced, the link stays a link.
+    let target = dir.join("target.prof");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.join("link.prof");
+    std::os::unix::fs::symlink("target.prof", &link).unwrap();
+    prof::write_file(&link, &tree).unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(prof::read_file(&target).unwrap().tree, tree);
+    // A link to nowhere: the file it names is created, as open() does.
+    let dangling = dir.join("dangling.prof");
+    std::os::unix::fs::symlink("made.prof", &dangling).unwrap();
+    prof::write_file(&dangling, &tree).unwrap();
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(prof::read_file(&dir.join("made.prof")).unwrap().tree, tree);
+    // A FIFO is written into and stays a FIFO.
+    let fifo = dir.join("pipe");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    prof::write_file(&fifo, &tree).unwrap();
+    assert_eq!(reader.join().unwrap(), prof::to_bytes(&tree));
+    use std::os::unix::fs::FileTypeExt as _;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // A directory is refused by name, as open() refuses it.
+    let msg = prof::write_file(&dir, &tree).unwrap_err().to_string();
+    assert!(msg.contains("Is a directory"), "{msg}");
+    let names: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "dangling.prof",
+            "link.prof",
+            "made.prof",
+            "pipe",
+            "target.prof"
+        ]
+        .map(String::from)
+        .into()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn load_err(path: &Path) -> String {
     let msg = load(path).unwrap_err().to_string();
     assert!(!msg.contains('\n'), "{msg}");

@@ -87,9 +87,12 @@ enum Command {
         #[arg(long)]
         callees: bool,
     },
-    /// Convert a profile to another format, chosen by --format or by the output's extension.
+    /// Convert a profile to another format, chosen by --format or by the output's extension
+    /// (.prof, .txt/.collapsed/.folded, .speedscope.json, .html, .svg).
     Export {
+        /// The profile to convert (.prof from perfkit or cProfile, collapsed stacks, speedscope JSON).
         file: PathBuf,
+        /// Where to write it; - for stdout (with --format).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
         #[arg(long, value_enum)]
@@ -267,34 +270,32 @@ fn stats(
 }
 
 fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<(), String> {
+    let to_stdout = output.as_os_str() == "-";
     let format = match format {
         Some(f) => f,
+        None if to_stdout => {
+            return Err("-o - writes to stdout: name the format with --format".into())
+        }
         None => format_from_extension(output)?,
     };
     let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
-    let written = match format {
-        ExportFormat::Prof => {
-            perfkit_profile::prof::write_profile(output, &profile).map_err(|e| e.to_string())
-        }
-        ExportFormat::Collapsed => write_atomic(
-            output,
-            perfkit_profile::collapsed::write(&profile.tree).as_bytes(),
-        ),
-        ExportFormat::Speedscope => write_atomic(
-            output,
-            perfkit_profile::speedscope::write(&profile.tree).as_bytes(),
-        ),
+    let bytes = match format {
+        ExportFormat::Prof => perfkit_profile::prof::profile_to_bytes(&profile),
+        ExportFormat::Collapsed => perfkit_profile::collapsed::write(&profile.tree).into_bytes(),
+        ExportFormat::Speedscope => perfkit_profile::speedscope::write(&profile.tree).into_bytes(),
         ExportFormat::Html => {
             let viewer = perfkit_view::Viewer::single(file.display().to_string(), profile);
-            write_atomic(output, perfkit_view::export::html(&viewer).as_bytes())
+            perfkit_view::export::html(&viewer).into_bytes()
         }
         ExportFormat::Svg => {
             let title = format!("perfkit: {}", file.display());
-            let svg = perfkit_view::export::flamegraph_svg(&profile.tree, &title)?;
-            write_atomic(output, &svg)
+            perfkit_view::export::flamegraph_svg(&profile.tree, &title)?
         }
     };
-    written?;
+    if to_stdout {
+        return write_stdout(&bytes);
+    }
+    write_atomic(output, &bytes)?;
     eprintln!("perfkit: wrote {}", output.display());
     Ok(())
 }

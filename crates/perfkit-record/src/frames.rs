@@ -128,6 +128,51 @@ pub unsafe fn is_generator_resume(frame: *mut EvalFrame) -> bool {
     }
 }
 
+/// `PyThreadState` (`Include/cpython/pystate.h`) up to its C recursion budget.
+#[cfg(all(Py_3_12, not(Py_3_13)))]
+#[repr(C)]
+struct ThreadState {
+    prev: *mut ffi::PyThreadState,
+    next: *mut ffi::PyThreadState,
+    interp: *mut ffi::PyInterpreterState,
+    status: libc::c_uint,
+    py_recursion_remaining: libc::c_int,
+    py_recursion_limit: libc::c_int,
+    c_recursion_remaining: libc::c_int,
+}
+
+#[cfg(Py_3_13)]
+#[repr(C)]
+struct ThreadState {
+    prev: *mut ffi::PyThreadState,
+    next: *mut ffi::PyThreadState,
+    interp: *mut ffi::PyInterpreterState,
+    eval_breaker: libc::uintptr_t,
+    status: libc::c_uint,
+    whence: libc::c_int,
+    state: libc::c_int,
+    py_recursion_remaining: libc::c_int,
+    py_recursion_limit: libc::c_int,
+    c_recursion_remaining: libc::c_int,
+}
+
+/// What one entry into `_PyEval_EvalFrameDefault` takes from a thread's C
+/// recursion budget (`PY_EVAL_C_STACK_UNITS`, `Include/internal/pycore_ceval.h`).
+#[cfg(Py_3_12)]
+pub const EVAL_C_STACK_UNITS: libc::c_int = 2;
+
+/// The thread's C recursion budget (`c_recursion_remaining`), which 3.12+
+/// spends on each entry into the evaluator but not on the Python calls it
+/// inlines.
+///
+/// # Safety
+/// `tstate` must be the current thread state, GIL held.
+#[cfg(Py_3_12)]
+#[inline(always)]
+pub unsafe fn c_recursion_remaining(tstate: *mut ffi::PyThreadState) -> *mut libc::c_int {
+    &raw mut (*(tstate as *mut ThreadState)).c_recursion_remaining
+}
+
 extern "C" {
     /// The interpreter's own frame evaluator, exported on every supported version.
     pub fn _PyEval_EvalFrameDefault(

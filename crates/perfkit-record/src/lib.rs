@@ -18,6 +18,7 @@ mod hooks;
 mod names;
 mod recorder;
 pub mod session;
+mod stack;
 
 pub use clock::ClockKind;
 pub use session::{Mode, Session, StartError};

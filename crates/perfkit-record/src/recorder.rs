@@ -38,6 +38,8 @@ struct Frame {
 pub(crate) struct ThreadRecorder {
     pub(crate) thread_id: u64,
     pub(crate) name: Option<String>,
+    /// Where the frame-evaluation hook stops recursing ([`crate::stack::guard_address`]).
+    pub(crate) stack_guard: usize,
     nodes: Vec<NodeRec>,
     children: FxHashMap<(u32, usize), u32>,
     /// `stack[0]` stands for the thread's root and is never popped.
@@ -60,6 +62,7 @@ impl ThreadRecorder {
         ThreadRecorder {
             thread_id,
             name: None,
+            stack_guard: 0,
             nodes: vec![root],
             children: FxHashMap::default(),
             stack: vec![Frame {

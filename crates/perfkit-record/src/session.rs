@@ -122,6 +122,7 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
         let ident = ffi::PyThread_get_thread_ident() as u64;
         let mut rec = ThreadRecorder::new(ident);
         rec.name = session.known_names.get(&ident).cloned();
+        rec.stack_guard = crate::stack::guard_address();
         session.threads.push(Box::new(rec));
         &mut **session.threads.last_mut().unwrap() as *mut ThreadRecorder
     };
