@@ -220,6 +220,32 @@ def test_record_waits_for_the_programs_threads_as_python_does(tmp_path):
     assert naps and naps[0][1] >= 20, naps  # the worker's 20 (the daemon's may be cut off, as in Python)
 
 
+@sensitive
+@pytest.mark.parametrize("builtins", [True, False])
+def test_record_times_a_thread_running_when_the_program_ends(tmp_path, builtins):
+    # A thread still in a call when the main code returns goes on being
+    # recorded: the call keeps its time and its callees stay under it. The
+    # main thread's own wait for it (threading._shutdown) is perfkit's work,
+    # not the program's, and is not a row, as under cProfile.
+    prog = tmp_path / "running.py"
+    prog.write_text(
+        "import threading, time\n\n"
+        "def worker():\n    time.sleep(0.2)\n    time.sleep(0.1)\n\n"
+        "threading.Thread(target=worker).start()\n"
+    )
+    out = tmp_path / "running.prof"
+    args = ["record", "-o", out] + ([] if builtins else ["--no-builtins"]) + [prog.name]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    stats = pstats.Stats(str(out)).stats
+    (worker,) = [v for k, v in stats.items() if k[2] == "worker"]
+    assert worker[1] == 1 and worker[3] >= 0.25, worker
+    if builtins:
+        (sleep,) = [v for k, v in stats.items() if "time.sleep" in k[2]]
+        assert sleep[1] == 2 and [k[2] for k in sleep[4]] == ["worker"], sleep
+    assert not [k for k in stats if k[2] in ("_shutdown", "<built-in method _thread._shutdown>")]
+
+
 def test_record_missing_module_is_one_line_and_writes_nothing(tmp_path):
     for target in ("no_such_module_pk", "json.no_such_submodule"):
         r = run_cli("record", "-o", tmp_path / "m.prof", "-m", target, cwd=tmp_path)

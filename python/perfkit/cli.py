@@ -143,10 +143,13 @@ def record(
         exec(code, namespace)  # noqa: S102 - running the user's program is the point
     except BaseException as e:  # noqa: BLE001 - any way the program ends, the profile is written
         ended = e
-    # How it ended is reported now, as Python reports it before it waits for
-    # the program's threads, and outside the recording: it is perfkit's work.
-    profiler.disable()
+    # From here the main thread does perfkit's work, not the program's: it
+    # reports how the program ended (as Python does, before it waits for the
+    # program's threads) and waits for those threads. Only the main thread
+    # leaves the recording; the others go on being recorded until they end.
+    profiler._session.leave_this_thread()
     if is_module and ended is not None and _not_found_by_runpy(ended):
+        profiler.disable()
         print(f"perfkit: error: cannot run -m {target}: {ended}", file=sys.stderr)
         return 2
     if ended is None:
@@ -156,14 +159,12 @@ def record(
     else:
         _report_exception(ended)
         exit_code = 130 if isinstance(ended, KeyboardInterrupt) else 1
-    # What the interpreter does before it exits, recorded as the program's:
-    # threading._shutdown (looked up now: gevent's monkey-patching replaces
-    # it) runs the executors' exit hooks, which wake their threads, then joins
-    # the non-daemon threads; the interpreter's own call at exit then returns
-    # at once.
+    # What the interpreter does before it exits: threading._shutdown (looked
+    # up now: gevent's monkey-patching replaces it) runs the executors' exit
+    # hooks, which wake their threads, then joins the non-daemon threads; the
+    # interpreter's own call at exit then returns at once.
     shutdown = getattr(threading, "_shutdown", None) or _join_threads
     interrupted: BaseException | None = None
-    profiler.enable()
     try:
         shutdown()
     except BaseException as e:  # noqa: BLE001 - Ctrl-C, or a signal handler's exception, while waiting

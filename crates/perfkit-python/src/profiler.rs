@@ -97,6 +97,11 @@ impl Session {
         self.inner.clear(py);
     }
 
+    /// Stops recording the calling thread until the next disable; the others go on.
+    fn leave_this_thread(&mut self) {
+        self.inner.leave_this_thread();
+    }
+
     #[getter]
     fn enabled(&self) -> bool {
         self.inner.is_enabled()

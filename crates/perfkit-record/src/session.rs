@@ -325,6 +325,33 @@ impl Session {
         }
     }
 
+    /// Stops recording the calling thread until the next disable, while the
+    /// other threads go on being recorded: `perfkit record` reports how the
+    /// program ended, and waits for its threads, on the main thread once the
+    /// program is done, and neither is the program's work. The thread's calls
+    /// in flight end now. A later enable records it again, in a new tree.
+    pub fn leave_this_thread(&mut self) {
+        if !self.data.enabled {
+            return;
+        }
+        // SAFETY: GIL held; this session is the active one, so a recorder the
+        // slot holds is one of its own.
+        unsafe {
+            let rec = recorder();
+            if !rec.is_null() {
+                (*rec).flush(clock::read(self.data.clock));
+            }
+            // A slot of this generation with no recorder: the hooks skip this thread.
+            SLOT.with(|s| {
+                s.set(Slot {
+                    gen: GEN,
+                    session: self.data.id,
+                    rec: ptr::null_mut(),
+                })
+            });
+        }
+    }
+
     /// Names the recorded threads that have no name yet and are still alive.
     pub fn name_live_threads(&mut self, py: Python<'_>) {
         if self.data.threads.iter().all(|r| r.name.is_some()) {
