@@ -51,6 +51,8 @@ PROGRAMS = [
     "comprehensions",
     "callsites",
     "hot_paths",
+    "finalizers",
+    "recursion_limit",
 ]
 
 

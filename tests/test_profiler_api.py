@@ -17,6 +17,7 @@ from conftest import (
     gc_disabled,
     is_profiler_key,
     program,
+    run_cli,
     run_cprofile,
     summarize,
 )
@@ -598,3 +599,72 @@ def test_cprofile_refused_while_perfkit_runs():
         again = perfkit.Profiler()
         again.runcall(_body)
     assert_same_counts(want, summarize(pstats.Stats(again).stats))
+
+
+@sensitive
+@pytest.mark.parametrize("builtins", [True, False])
+def test_a_profile_with_nothing_recorded_is_still_a_table(tmp_path, capsys, builtins):
+    # cProfile's tables always hold its own disable; pstats refuses an empty
+    # one (TypeError from print_stats, Stats(prof), Stats(file)). With nothing
+    # of the program's recorded, perfkit's disable is the one row.
+    with perfkit.Profiler(builtins=builtins) as prof:
+        pass
+    prof.print_stats()
+    assert "1 function calls" in capsys.readouterr().out
+    (key,) = pstats.Stats(prof).stats
+    assert key == ("~", 0, "<method 'disable' of 'perfkit.Profiler' objects>")
+    path = tmp_path / "empty.prof"
+    prof.dump_stats(path)
+    assert list(pstats.Stats(str(path)).stats) == [key]
+    r = run_cli("stats", path)
+    assert r.returncode == 0 and "perfkit.Profiler" in r.stdout, r.stderr
+    # C work alone, in Python-frames mode, records nothing either.
+    with perfkit.profile(print_stats=5, builtins=False):
+        sum(range(10))
+    assert "1 function calls" in capsys.readouterr().out
+
+
+def test_profile_decorates_a_coroutine_function():
+    import asyncio
+    import inspect
+
+    def work():
+        return sum(range(100))
+
+    @perfkit.profile
+    async def handler(n):
+        await asyncio.sleep(0)
+        return work() + n
+
+    assert inspect.iscoroutinefunction(handler)
+    assert asyncio.run(handler(1)) == 4951
+    stats = pstats.Stats(handler.profiler).stats
+    (row,) = [v for k, v in stats.items() if k[2] == "handler"]
+    assert row[1] == 2 and row[3] > 0, (
+        row
+    )  # started, then resumed after the await: two calls, as cProfile counts
+    (work_row,) = [v for k, v in stats.items() if k[2] == "work"]
+    assert [k[2] for k in work_row[4]] == ["handler"]
+
+
+def test_enable_takes_cprofiles_keywords():
+    def f():
+        return len([1, 2])
+
+    # As cProfile: enable(builtins=False) before recording switches the mode.
+    prof = perfkit.Profiler()
+    prof.enable(subcalls=True, builtins=False)
+    f()
+    prof.disable()
+    names = {k[2] for k in pstats.Stats(prof).stats}
+    assert "f" in names and not any("len" in n for n in names), names
+    # One recording has one mode: switching later is refused until clear().
+    with pytest.raises(ValueError, match="clear"):
+        prof.enable(builtins=True)
+    prof.enable(builtins=False)  # the same mode goes on
+    prof.disable()
+    prof.clear()
+    prof.enable(builtins=True)
+    f()
+    prof.disable()
+    assert any("len" in k[2] for k in pstats.Stats(prof).stats)

@@ -98,13 +98,30 @@ class Profiler:
             if clock is not None and clock != timer_clock:
                 raise ValueError(f"timer={timer.__name__} measures {timer_clock} time, but clock={clock!r}")
             clock = timer_clock
-        self._session = _native.Session(builtins=builtins, clock=clock or "wall", hidden_files=_HIDDEN_FILES)
+        self._clock = clock or "wall"
+        self._session = _native.Session(builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES)
+        self._started = False  # enabled since construction or the last clear()
         self.stats: dict = {}
 
     # -- recording -------------------------------------------------------
-    def enable(self) -> None:
-        """Start recording. Raises RuntimeError if another profiler is active."""
+    def enable(self, subcalls: bool | None = None, builtins: bool | None = None) -> None:
+        """Start recording. Raises RuntimeError if another profiler is active.
+
+        cProfile's keywords: ``builtins`` switches the mode before anything
+        is recorded (one recording has one mode: after that, ValueError until
+        ``clear()``); ``subcalls`` is accepted, and callers and callees are
+        recorded either way."""
+        if builtins is not None and bool(builtins) != self._session.builtins:
+            if self._started:
+                raise ValueError(
+                    f"perfkit.Profiler: cannot switch to builtins={bool(builtins)} in a recording made with "
+                    f"builtins={self._session.builtins}; call clear() first, or use another Profiler"
+                )
+            self._session = _native.Session(
+                builtins=bool(builtins), clock=self._clock, hidden_files=_HIDDEN_FILES
+            )
         self._session.enable()
+        self._started = True
 
     def disable(self) -> None:
         """Stop recording; calls still in flight count as ending now."""
@@ -118,6 +135,7 @@ class Profiler:
         """Forget everything recorded so far."""
         self._session.disable()
         self._session.clear()
+        self._started = False
         self.stats = {}
 
     def __enter__(self) -> Self:
@@ -218,7 +236,26 @@ class _ProfileBlock:
             pstats.Stats(self.profiler).sort_stats(self.sort).print_stats(self.print_limit)
 
     def __call__(self, func: F) -> F:
+        import inspect
+
         profiler = self.profiler
+        if inspect.iscoroutinefunction(func):
+            # Recording spans the awaits: what the thread runs meanwhile (the
+            # event loop's other tasks) is in it, as around an awaited call
+            # between enable() and disable().
+            @functools.wraps(func)
+            async def awaiting(*args: Any, **kwargs: Any) -> Any:
+                if profiler.enabled:  # a nested call: the outer call records it
+                    return await func(*args, **kwargs)
+                profiler.enable()
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    profiler.disable()
+                    self._report()
+
+            awaiting.profiler = profiler  # type: ignore[attr-defined]
+            return awaiting  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

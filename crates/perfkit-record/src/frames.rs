@@ -128,7 +128,48 @@ pub unsafe fn is_generator_resume(frame: *mut EvalFrame) -> bool {
     }
 }
 
-/// `PyThreadState` (`Include/cpython/pystate.h`) up to its C recursion budget.
+/// `PyThreadState` (`Include/cpython/pystate.h`) up to `tracing`.
+#[cfg(not(Py_3_10))]
+#[repr(C)]
+struct ThreadState {
+    prev: *mut ffi::PyThreadState,
+    next: *mut ffi::PyThreadState,
+    interp: *mut ffi::PyInterpreterState,
+    frame: *mut ffi::PyFrameObject,
+    recursion_depth: libc::c_int,
+    overflowed: libc::c_char,
+    recursion_critical: libc::c_char,
+    stackcheck_counter: libc::c_int,
+    tracing: libc::c_int,
+}
+
+#[cfg(all(Py_3_10, not(Py_3_11)))]
+#[repr(C)]
+struct ThreadState {
+    prev: *mut ffi::PyThreadState,
+    next: *mut ffi::PyThreadState,
+    interp: *mut ffi::PyInterpreterState,
+    frame: *mut ffi::PyFrameObject,
+    recursion_depth: libc::c_int,
+    recursion_headroom: libc::c_int,
+    stackcheck_counter: libc::c_int,
+    tracing: libc::c_int,
+}
+
+#[cfg(all(Py_3_11, not(Py_3_12)))]
+#[repr(C)]
+struct ThreadState {
+    prev: *mut ffi::PyThreadState,
+    next: *mut ffi::PyThreadState,
+    interp: *mut ffi::PyInterpreterState,
+    initialized: libc::c_int,
+    is_static: libc::c_int,
+    recursion_remaining: libc::c_int,
+    recursion_limit: libc::c_int,
+    recursion_headroom: libc::c_int,
+    tracing: libc::c_int,
+}
+
 #[cfg(all(Py_3_12, not(Py_3_13)))]
 #[repr(C)]
 struct ThreadState {
@@ -139,6 +180,17 @@ struct ThreadState {
     py_recursion_remaining: libc::c_int,
     py_recursion_limit: libc::c_int,
     c_recursion_remaining: libc::c_int,
+    recursion_headroom: libc::c_int,
+    tracing: libc::c_int,
+    what_event: libc::c_int,
+    cframe: *mut CFrame,
+}
+
+/// `_PyCFrame` (3.12): the thread's link to the frame it runs.
+#[cfg(all(Py_3_12, not(Py_3_13)))]
+#[repr(C)]
+struct CFrame {
+    current_frame: *mut InterpreterFrame,
 }
 
 #[cfg(Py_3_13)]
@@ -154,6 +206,61 @@ struct ThreadState {
     py_recursion_remaining: libc::c_int,
     py_recursion_limit: libc::c_int,
     c_recursion_remaining: libc::c_int,
+    recursion_headroom: libc::c_int,
+    tracing: libc::c_int,
+    what_event: libc::c_int,
+    current_frame: *mut InterpreterFrame,
+}
+
+/// Whether the thread is inside a trace, profile or `sys.monitoring`
+/// callback (a debugger's or coverage's tracer, or our own C-call events
+/// naming a function): what runs there is the tool's, and cProfile never
+/// sees it, since the interpreter sends no events while `tracing` is set.
+///
+/// # Safety
+/// `tstate` must be the current thread state, GIL held.
+#[inline(always)]
+pub unsafe fn is_tracing(tstate: *mut ffi::PyThreadState) -> bool {
+    (*(tstate as *mut ThreadState)).tracing > 0
+}
+
+/// Whether `frame`, which the hook is still evaluating, has already
+/// returned and is being freed: its return made the thread's current frame
+/// the evaluator's entry shim that `frame->previous` points to, and that is
+/// where code run by freeing its locals (a `__del__`, a weakref callback, a
+/// generator's `finally`) is called from. cProfile's return event came
+/// before that code; the hook's own return comes after it.
+///
+/// # Safety
+/// `tstate` current, GIL held; `frame` a frame this thread's hook is evaluating.
+#[cfg(Py_3_12)]
+#[inline(always)]
+pub unsafe fn has_returned(tstate: *mut ffi::PyThreadState, frame: *mut EvalFrame) -> bool {
+    let ts = tstate as *mut ThreadState;
+    #[cfg(not(Py_3_13))]
+    let current = (*(*ts).cframe).current_frame;
+    #[cfg(Py_3_13)]
+    let current = (*ts).current_frame;
+    let frame = frame as *mut InterpreterFrame;
+    current != frame && current == (*frame).previous
+}
+
+/// Whether the interpreter will refuse to run the frame it is about to
+/// evaluate because the Python recursion limit is reached (and no
+/// RecursionError is being handled, which grants headroom): cProfile never
+/// sees such a frame start, so it is not a call.
+///
+/// # Safety
+/// `tstate` current, GIL held.
+#[cfg(Py_3_11)]
+#[inline(always)]
+pub unsafe fn at_recursion_limit(tstate: *mut ffi::PyThreadState) -> bool {
+    let ts = tstate as *mut ThreadState;
+    #[cfg(not(Py_3_12))]
+    let remaining = (*ts).recursion_remaining;
+    #[cfg(Py_3_12)]
+    let remaining = (*ts).py_recursion_remaining;
+    remaining <= 0 && (*ts).recursion_headroom == 0
 }
 
 /// What one entry into `_PyEval_EvalFrameDefault` takes from a thread's C

@@ -33,6 +33,9 @@ struct Frame {
     start: u64,
     /// Time spent in completed callees of this call.
     children: u64,
+    /// The interpreter frame of the innermost Python call (this one, or for
+    /// a C call the Python call it runs in); 0 when not known.
+    frame: usize,
 }
 
 pub(crate) struct ThreadRecorder {
@@ -69,6 +72,7 @@ impl ThreadRecorder {
                 node: 0,
                 start: 0,
                 children: 0,
+                frame: 0,
             }],
         }
     }
@@ -127,12 +131,40 @@ impl ThreadRecorder {
     /// Starts a call of `node` at time `now`; returns the depth to give back to [`Self::exit_to`].
     #[inline(always)]
     pub(crate) fn enter(&mut self, node: u32, now: u64) -> usize {
+        // SAFETY: the stack always holds the root frame.
+        let frame = unsafe { self.stack.last().unwrap_unchecked().frame };
+        self.enter_frame(node, now, frame)
+    }
+
+    /// [`Self::enter`] for a Python call whose interpreter frame is `frame`.
+    #[inline(always)]
+    pub(crate) fn enter_frame(&mut self, node: u32, now: u64, frame: usize) -> usize {
         self.stack.push(Frame {
             node,
             start: now,
             children: 0,
+            frame,
         });
         self.stack.len() - 1
+    }
+
+    /// The interpreter frame of the innermost Python call in flight (0: none known).
+    #[cfg(Py_3_12)]
+    #[inline(always)]
+    pub(crate) fn top_frame(&self) -> usize {
+        // SAFETY: the stack always holds the root frame.
+        unsafe { self.stack.last().unwrap_unchecked().frame }
+    }
+
+    /// Ends the innermost Python call, whose frame is `frame`, and any call
+    /// still open in it, at `now`: it has returned though its evaluation
+    /// has not (see `frames::has_returned`).
+    #[cfg(Py_3_12)]
+    #[cold]
+    pub(crate) fn end_returned(&mut self, frame: usize, now: u64) {
+        while self.stack.len() > 1 && self.top_frame() == frame {
+            self.pop(now);
+        }
     }
 
     /// Ends the innermost call. A return with no call in flight (a frame that

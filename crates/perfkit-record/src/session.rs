@@ -10,7 +10,7 @@ use crate::clock::{self, ClockKind};
 use crate::hooks;
 use crate::names;
 use crate::recorder::{ThreadRecorder, FLAG_C, FLAG_GENERATOR};
-use perfkit_profile::{CallTree, FuncId, FuncKey, Meta};
+use perfkit_profile::{CallTree, FuncId, FuncKey, Meta, Node, ThreadTree};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use rustc_hash::FxHashMap;
@@ -379,7 +379,8 @@ impl Session {
         } else {
             d.nanos_per_tick
         };
-        let threads = d
+        let mut funcs = d.funcs.clone();
+        let mut threads: Vec<ThreadTree> = d
             .threads
             .iter()
             .map(|r| {
@@ -391,12 +392,33 @@ impl Session {
             })
             .filter(|t| t.nodes.len() > 1)
             .collect();
+        if threads.is_empty() {
+            // cProfile records its own `disable`, so its tables are never
+            // empty, and pstats refuses an empty one (print_stats, Stats(file)
+            // raise TypeError). Where nothing of the program's was recorded,
+            // perfkit's disable is the row.
+            let func = funcs.len() as FuncId;
+            funcs.push(FuncKey::new(
+                "~",
+                0,
+                "<method 'disable' of 'perfkit.Profiler' objects>",
+            ));
+            let mut tree = ThreadTree::new("MainThread", 0, pid);
+            tree.nodes.push(Node {
+                func,
+                parent: 0,
+                calls: 1,
+                own_ns: 0,
+                total_ns: 0,
+            });
+            threads.push(tree);
+        }
         let mut duration = d.recorded_ns;
         if d.enabled {
             duration += clock::monotonic_ns().saturating_sub(d.enabled_at_ns);
         }
         CallTree {
-            funcs: d.funcs.clone(),
+            funcs,
             threads,
             meta: Meta {
                 exact: true,

@@ -21,11 +21,22 @@ unsafe extern "C" fn eval_frame(
     throwflag: libc::c_int,
 ) -> *mut ffi::PyObject {
     let rec = recorder();
-    if rec.is_null() {
+    if rec.is_null() || frames::is_tracing(tstate) {
+        return evaluate(tstate, frame, throwflag);
+    }
+    #[cfg(Py_3_11)]
+    if frames::at_recursion_limit(tstate) {
         return evaluate(tstate, frame, throwflag);
     }
     if stack::is_below((*rec).stack_guard) {
         return refuse_deeper(tstate, frame);
+    }
+    #[cfg(Py_3_12)]
+    {
+        let top = (*rec).top_frame();
+        if top != 0 && frames::has_returned(tstate, top as *mut EvalFrame) {
+            (*rec).end_returned(top, now());
+        }
     }
     let code = frames::code_of_eval_frame(frame);
     if code.is_null() {
@@ -36,7 +47,7 @@ unsafe extern "C" fn eval_frame(
         return evaluate(tstate, frame, throwflag);
     }
     let gen = session::GEN;
-    let depth = (*rec).enter(node, now());
+    let depth = (*rec).enter_frame(node, now(), frame as usize);
     let result = evaluate(tstate, frame, throwflag);
     let t = now();
     // A disable (and maybe a new enable) inside this frame flushed or replaced
