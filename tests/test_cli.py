@@ -86,6 +86,27 @@ def test_demo_profiles_parallelizes_and_caches(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["perfkit-demo.prof"]  # the cache went to a temp dir
 
 
+def test_demo_writes_its_profile_to_the_temp_dir_where_it_cannot_write(tmp_path, monkeypatch, capsys):
+    # A read-only checkout (here: the name taken by a directory) must not end
+    # the demo in a traceback. The slow steps are not what this checks.
+    from perfkit import demo
+
+    monkeypatch.setattr(demo, "parallel_step", lambda docs, name: 1.0)
+    monkeypatch.setattr(demo, "cache_step", lambda docs, step: 0.0)
+    monkeypatch.setattr(demo, "make_corpus", lambda n, _make=demo.make_corpus: _make(20))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(demo.tempfile, "gettempdir", lambda: str(temp))
+    work = tmp_path / "work"
+    (work / demo.DEMO_PROFILE).mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert demo.main() == 0
+    out = capsys.readouterr().out
+    assert f"cannot write {demo.DEMO_PROFILE} here" in out
+    assert f"Next: perfkit view {temp / demo.DEMO_PROFILE}" in out
+    assert pstats.Stats(str(temp / demo.DEMO_PROFILE)).stats
+
+
 # -- record ------------------------------------------------------------------------------
 
 
@@ -244,6 +265,33 @@ def test_record_times_a_thread_running_when_the_program_ends(tmp_path, builtins)
         (sleep,) = [v for k, v in stats.items() if "time.sleep" in k[2]]
         assert sleep[1] == 2 and [k[2] for k in sleep[4]] == ["worker"], sleep
     assert not [k for k in stats if k[2] in ("_shutdown", "<built-in method _thread._shutdown>")]
+
+
+def test_record_runs_a_directory_refuses_an_unwritable_output_first_and_prints_syntax_errors_as_python(
+    tmp_path,
+):
+    # `python dir` runs dir/__main__.py with the directory on the path.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "__main__.py").write_text("import sys\nprint('ran', sys.argv[1:], __name__)\n")
+    r = run_cli("record", "-o", tmp_path / "d.prof", "app", "x", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ran ['x'] __main__" in r.stdout and (tmp_path / "d.prof").exists()
+    # An output that cannot be written is one line before the program runs.
+    r = run_cli("record", "-o", tmp_path / "missing" / "x.prof", "app", cwd=tmp_path)
+    assert r.returncode == 2 and "ran" not in r.stdout
+    assert (
+        r.stderr.strip()
+        == f"perfkit: error: cannot write the profile to {tmp_path / 'missing' / 'x.prof'}: no such directory"
+    )
+    # A syntax error is printed as python prints it: no traceback through perfkit.
+    (tmp_path / "syn.py").write_text("def (\n")
+    r = run_cli("record", "-o", tmp_path / "s.prof", "syn.py", cwd=tmp_path)
+    plain = subprocess.run(
+        [sys.executable, "syn.py"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert r.returncode == plain.returncode == 1
+    assert r.stderr.strip() == plain.stderr.strip()
 
 
 def test_record_missing_module_is_one_line_and_writes_nothing(tmp_path):

@@ -626,9 +626,21 @@ def test_unpicklable_result_is_returned_with_warning(tmp_path):
 
     with pytest.warns(
         CacheWarning, match=r"result of .*make_lock\(\) cannot be pickled.*returned but not cached"
-    ):
+    ) as caught:
         lk = make_lock(1)
     assert hasattr(lk, "acquire") and entries(tmp_path) == []
+    # The warning points at the caller's line, not into perfkit.
+    assert [w.filename for w in caught] == [__file__], [(w.filename, w.lineno) for w in caught]
+
+
+def test_hash_takes_joblibs_arguments():
+    assert (
+        perfkit.hash([1, 2], hash_name="sha1")
+        == perfkit.hash([1, 2], coerce_mmap=True)
+        == perfkit.hash([1, 2])
+    )
+    with pytest.raises(ValueError, match="md5"):
+        perfkit.hash([1, 2], hash_name="sha256")
 
 
 def test_lambdas_and_local_functions_as_arguments_hash_by_code(tmp_path):

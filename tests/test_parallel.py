@@ -3326,3 +3326,17 @@ def test_a_result_whose_class_is_unhashable_is_a_pickling_error_not_a_crash():
     with pytest.raises(pickle.PicklingError, match="could not be pickled"):
         Parallel(n_jobs=2)(delayed(T.unhashable_class_result)(i) for i in range(4))
     assert Parallel(n_jobs=2)(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+def test_exceptions_are_perfkits_own_names():
+    # Users catch these without knowing perfkit's module layout.
+    import perfkit.memory
+    import perfkit.parallel
+
+    assert perfkit.WorkerCrashedError is perfkit.parallel.WorkerCrashedError
+    assert perfkit.ParallelTimeoutError is perfkit.parallel.ParallelTimeoutError
+    assert perfkit.UnpicklableError is perfkit.parallel.UnpicklableError
+    assert perfkit.CacheWarning is perfkit.memory.CacheWarning
+    assert {"WorkerCrashedError", "ParallelTimeoutError", "UnpicklableError", "CacheWarning"} <= set(
+        perfkit.__all__
+    )

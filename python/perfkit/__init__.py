@@ -20,9 +20,13 @@ from perfkit._native import cache_after_fork as _cache_after_fork
 # perfkit.Parallel (started as `python -m perfkit._worker`, which imports this
 # package first) and every `perfkit stats` would otherwise pay without using them.
 _LAZY = {
+    "CacheWarning": "perfkit.memory",
     "Memory": "perfkit.memory",
     "hash": "perfkit.memory",
     "Parallel": "perfkit.parallel",
+    "ParallelTimeoutError": "perfkit.parallel",
+    "UnpicklableError": "perfkit.parallel",
+    "WorkerCrashedError": "perfkit.parallel",
     "cpu_count": "perfkit.parallel",
     "delayed": "perfkit.parallel",
     "effective_n_jobs": "perfkit.parallel",
@@ -39,9 +43,12 @@ _LAZY = {
 # read a module's own TYPE_CHECKING = False the same way)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from perfkit.memory import Memory, hash
+    from perfkit.memory import CacheWarning, Memory, hash
     from perfkit.parallel import (
         Parallel,
+        ParallelTimeoutError,
+        UnpicklableError,
+        WorkerCrashedError,
         cpu_count,
         delayed,
         effective_n_jobs,
@@ -107,11 +114,15 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 __all__ = [
+    "CacheWarning",
     "Memory",
     "Parallel",
+    "ParallelTimeoutError",
     "ProfileError",
     "Profiler",
     "Recording",
+    "UnpicklableError",
+    "WorkerCrashedError",
     "__version__",
     "cpu_count",
     "delayed",

@@ -3,6 +3,7 @@ this module runs the parts that need the interpreter: ``perfkit record``."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import sys
 import threading
@@ -105,6 +106,12 @@ def record(
     output = os.fspath(output)
     # Where the user meant, though the program may change directory (as cProfile does).
     path = os.path.abspath(output)
+    # A profile that cannot be written is said before the program runs, not after.
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+        reason = "no such directory" if not os.path.isdir(directory) else "the directory is not writable"
+        print(f"perfkit: error: cannot write the profile to {output}: {reason}", file=sys.stderr)
+        return 2
 
     if is_module:
         import runpy
@@ -114,6 +121,16 @@ def record(
         sys.argv[:] = [target, *args]
         code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
         namespace = {"_run_module": runpy.run_module, "_modname": target}
+    elif os.path.isdir(target):
+        # As `python dir` does: the directory's __main__.py, with the directory first on the path.
+        import runpy
+
+        if not os.path.isfile(os.path.join(target, "__main__.py")):
+            print(f"perfkit: error: cannot run {target}: a directory without __main__.py", file=sys.stderr)
+            return 2
+        sys.argv[:] = [target, *args]
+        code = compile("_run_path(_target, run_name='__main__')", "<perfkit>", "exec")
+        namespace = {"_run_path": runpy.run_path, "_target": target}
     else:
         try:
             with open(target, "rb") as fp:
@@ -122,16 +139,21 @@ def record(
             print(f"perfkit: error: cannot run {target}: {e.strerror}", file=sys.stderr)
             return 2
         sys.argv[:] = [target, *args]
-        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+        # As `python script.py` (3.9+): the script's absolute path is its __file__ and its code's file name.
+        script = os.path.abspath(target)
+        sys.path.insert(0, os.path.dirname(script))
         try:
-            code = compile(source, target, "exec")
-        except SyntaxError:
-            traceback.print_exc()
+            code = compile(source, script, "exec")
+        except (SyntaxError, ValueError) as e:  # ValueError: null bytes in the source
+            # As Python prints it: the error alone, no traceback through perfkit.
+            traceback.print_exception(type(e), e, None)
             return 1
         # A real module object as __main__, so that pickling functions and
         # classes defined in the script works as it does under `python script.py`.
         main_module = types.ModuleType("__main__")
-        main_module.__file__ = target
+        main_module.__file__ = script
+        main_module.__cached__ = None
+        main_module.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
         main_module.__builtins__ = __builtins__
         sys.modules["__main__"] = main_module
         namespace = main_module.__dict__

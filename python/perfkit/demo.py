@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+import tempfile
 import time
 
 from perfkit import _native
@@ -81,11 +83,19 @@ def main() -> int:
     with profiler:
         run_pipeline(docs)
     elapsed = time.perf_counter() - t0
-    profiler.dump_stats(DEMO_PROFILE)
-    print(f"done in {elapsed:.2f} s; profile written to {DEMO_PROFILE}\n")
+    path = DEMO_PROFILE
+    try:
+        profiler.dump_stats(path)
+    except OSError as e:
+        # A directory the user cannot write to (a read-only checkout): the
+        # demo goes on with its profile in the temporary directory.
+        path = os.path.join(tempfile.gettempdir(), DEMO_PROFILE)
+        print(f"(cannot write {DEMO_PROFILE} here: {e.strerror}; writing {path} instead)")
+        profiler.dump_stats(path)
+    print(f"done in {elapsed:.2f} s; profile written to {path}\n")
     print("Hot spots (own time):")
     sys.stdout.flush()
-    code = _native.cli_main(["perfkit", "stats", DEMO_PROFILE, "--sort", "tottime", "--limit", "8"])
+    code = _native.cli_main(["perfkit", "stats", path, "--sort", "tottime", "--limit", "8"])
     if code != 0:
         return code
     stats = profiler.recording().stats_dict()
@@ -100,8 +110,8 @@ def main() -> int:
     parallel_step(big, name)
     cache_step(big, step=run_pipeline_parallel)
     print(
-        f"\nNext: perfkit view {DEMO_PROFILE}   (icicle, sunburst and the stats table in your browser; "
-        f"perfkit stats {DEMO_PROFILE} in the terminal)"
+        f"\nNext: perfkit view {path}   (icicle, sunburst and the stats table in your browser; "
+        f"perfkit stats {path} in the terminal)"
     )
     return 0
 

@@ -231,14 +231,21 @@ def _replace_shared_hasher() -> None:
     _shared_hasher = _Hasher()
 
 
-def hash(obj: Any) -> str:  # joblib.hash's name, on purpose
+def hash(
+    obj: Any, hash_name: str = "md5", coerce_mmap: bool = False
+) -> str:  # joblib.hash's name, on purpose
     """A stable content hash of any picklable object (32 hex digits, xxh3-128).
 
     Equal across processes and runs; equal for equal numpy arrays and pandas
     objects, different when their dtype, shape, memory order or values differ.
     Large buffers (numpy arrays, bytes, memoryviews) are hashed in place from
-    their memory, never copied into the pickle stream.
+    their memory, never copied into the pickle stream. ``hash_name`` and
+    ``coerce_mmap`` are joblib's: any of joblib's names is accepted (the
+    digest is xxh3-128 whatever it says, so it is not joblib's digest), and a
+    memory-mapped array always hashes as its values.
     """
+    if hash_name not in ("md5", "sha1"):
+        raise ValueError(f"hash_name={hash_name!r}: valid options are 'md5' and 'sha1' (as joblib.hash)")
     stream, buffers = _pickle_for_hash(obj)
     return _cache_hash(b"", stream, buffers)
 
@@ -513,7 +520,12 @@ _MISSING = object()
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, CacheWarning, stacklevel=4)
+    """A CacheWarning pointing at the user's line: the first frame outside
+    this module, however deep in it the problem was found."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CacheWarning, stacklevel=level)
 
 
 def _warn_failed_writes(failures) -> None:
