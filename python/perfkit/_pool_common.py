@@ -37,16 +37,17 @@ ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, STREAMED = 0, 1, 2, 3, 4
 # __main__ that its batches name (see MainNames).
 
 
-# While perfkit's own work runs, in the caller (a call's dispatch) and in a
-# worker (a batch), the youngest GC generation is collected every
-# YOUNG_GC_THRESHOLD allocations instead of CPython's 700. Building and
-# pickling 100,000 task tuples, or unpickling and running a batch of 100
-# groupby groups, otherwise sets off collection after collection, and with
-# them the full collections that walk every object in the process: ~50,000
-# once pandas is imported, 20-45 ms each on the 2-core machine. Cyclic
-# garbage is still collected, in bigger steps, and as usual once the work
-# is done. Shared by concurrent calls. Only CPython's own thresholds are
-# raised: ones a program or a task set, at any time, are theirs and are left
+# While the caller dispatches a call (draws, packs and pickles its tasks),
+# the youngest GC generation is collected every YOUNG_GC_THRESHOLD
+# allocations instead of CPython's 700. Building and pickling 100,000 task
+# tuples otherwise sets off collection after collection, and with them the
+# full collections that walk every object in the process: ~50,000 once
+# pandas is imported, 20-45 ms each on the 2-core machine. Cyclic garbage is
+# still collected, in bigger steps, and as usual once the work is done.
+# (Workers run their batches with CPython's thresholds: there the user's
+# tasks allocate, and a task leaving cycles around arrays made a worker hold
+# 4x the memory.) Shared by concurrent calls. Only CPython's own thresholds
+# are raised: ones a program set, at any time, are its own and are left
 # alone. (For an interpreter not listed, those it had when perfkit came.)
 YOUNG_GC_THRESHOLD = 50_000
 _CPYTHON_GC_THRESHOLDS = {(3, 9): (700, 10, 10), (3, 10): (700, 10, 10), (3, 11): (700, 10, 10)}

@@ -412,8 +412,11 @@ _call_ids = itertools.count(1)
 
 def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | None) -> list:
     threads = inner_threads if inner_threads else max(1, cpu_count() // n_workers)
+    # As joblib: an explicit inner_max_num_threads wins; else a limit the
+    # user set in the environment is kept, and the share of the CPUs fills in
+    # the others. The worker applies the result to loaded libraries too.
     env = [
-        (name, str(threads))
+        (name, str(inner_threads) if inner_threads else os.environ.get(name, str(threads)))
         for name in (
             "OMP_NUM_THREADS",
             "OPENBLAS_NUM_THREADS",
@@ -424,6 +427,8 @@ def _worker_env(n_workers: int, inner_threads: int | None, max_nbytes: int | Non
             "NUMBA_NUM_THREADS",
         )
     ]
+    if "ENABLE_IPC" not in os.environ:
+        env.append(("ENABLE_IPC", "1"))  # TBB's schedulers of all workers share the CPUs
     env.append(("PERFKIT_INNER_THREADS", str(threads)))
     env.append(("PERFKIT_WORKER_CPUS", str(max(1, cpu_count() // n_workers))))
     env.append(("PERFKIT_MAX_NBYTES", str(max_nbytes if max_nbytes is not None else 1 << 62)))
@@ -622,21 +627,34 @@ def _keep_spare_pool(key, pool):
 _exiting = False  # set at the interpreter's exit, when the kept pools go
 
 
-def _at_exit():
-    global _exiting
-    _exiting = True
-    _shutdown_shared_pool()
-
-
-def _shutdown_shared_pool():
+def _take_kept_pools() -> list:
+    """The kept pools (the shared one and the spare), no longer kept."""
     global _shared_pool, _spare_pool
+    pools = []
     if _shared_pool is not None:
-        _shared_pool[1].terminate()
+        pools.append(_shared_pool[1])
         _shared_pool = None
     with _spare_lock:
         spare, _spare_pool = _spare_pool, None
     if spare is not None:
-        spare[1].terminate()
+        pools.append(spare[1])
+    return pools
+
+
+def _shutdown_shared_pool():
+    """Kills the kept pools' workers now (the next call starts afresh)."""
+    for pool in _take_kept_pools():
+        pool.terminate()
+
+
+def _at_exit():
+    """Ends the kept pools as the process ends: their idle workers exit as
+    processes do (what their tasks printed is flushed, their atexit handlers
+    run); a worker still busy with an abandoned call is killed."""
+    global _exiting
+    _exiting = True
+    for pool in _take_kept_pools():
+        pool.close_at_exit()
 
 
 _with_private_pools: weakref.WeakSet = weakref.WeakSet()  # Parallel objects holding workers of their own
@@ -1170,7 +1188,7 @@ class Parallel:
                             left = total - dispatched if total is not None else _tasks_left(iterable)
                             size = _thread_batch_size(known, left, n_jobs)
                             if per_task is None:
-                                size = _untimed_batch_size(size, left, n_jobs)
+                                size = _untimed_batch_size(size, left, n_jobs, self.timeout)
                     if getattr(_nested, "executor", None) is None:
                         chunk, mode, items = _native.draw_uniform_batch(tasks, size, function, head, False)
                     else:
@@ -1588,15 +1606,18 @@ def _confirms(remembered_per_task, elapsed, count):
     )
 
 
-def _untimed_batch_size(size, left, n_jobs):
+def _untimed_batch_size(size, left, n_jobs, timeout):
     """A batch size from an earlier call's cost, for a call none of whose
     batches has been timed yet: at most UNTIMED_BATCH_TASKS, and a share of
     what is left that gives every worker or thread a batch (the tail's
     one-millisecond floor would trust the old cost). Where what is left is
     not known (a generator), one task: the first batch might be all of them,
     run on one worker, if this call's tasks cost far more than the last
-    call's; a confirming first timing brings the remembered size at once."""
-    if left is None:
+    call's; a confirming first timing brings the remembered size at once.
+    With a timeout, one task too: the timeout is per batch, and tasks that
+    cost far more than the last call's, grouped, would overrun it together
+    where each alone would not."""
+    if left is None or timeout is not None:
         return 1
     size = min(size, _ProcessCall.UNTIMED_BATCH_TASKS, math.ceil(left / (2 * n_jobs)))
     return max(1, size)
@@ -1897,6 +1918,7 @@ class _ProcessCall:
                                 ),
                                 left,
                                 self.n_jobs,
+                                self.parallel.timeout,
                             )
                     mode = None
                     if len(self.functions) == 1:
@@ -2259,9 +2281,16 @@ _NO_TASK = object()
 
 
 def _cost_key(function):
+    """What a function's cost is remembered under between calls: its module,
+    name and first line (the lambdas of a module are as many keys), through
+    any partials to the function they wrap."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    code = getattr(function, "__code__", None)
     return (
         getattr(function, "__module__", None),
         getattr(function, "__qualname__", None) or repr(type(function)),
+        getattr(code, "co_firstlineno", None),
     )
 
 

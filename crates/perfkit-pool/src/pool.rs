@@ -344,18 +344,23 @@ impl Pool {
         self.events.recv_timeout(timeout)
     }
 
-    fn stop(&self, kill: bool) {
-        let pids = {
+    fn stop(&self, kill: Stop) {
+        let pids: Vec<i32> = {
             let mut st = self.shared.state.lock().unwrap();
             st.shutdown = true;
             st.jobs.clear();
-            st.pids.clone()
+            match kill {
+                Stop::All => st.pids.clone(),
+                Stop::Busy => (0..st.pids.len())
+                    .filter(|&slot| st.busy[slot].is_some() || st.held[slot].is_some())
+                    .map(|slot| st.pids[slot])
+                    .collect(),
+                Stop::None => Vec::new(),
+            }
         };
         self.shared.wake.notify_all();
-        if kill {
-            for pid in pids {
-                kill_pid(pid);
-            }
+        for pid in pids {
+            kill_pid(pid);
         }
         let threads: Vec<JoinHandle<()>> = self.threads.lock().unwrap().drain(..).collect();
         for t in threads {
@@ -367,13 +372,29 @@ impl Pool {
 
     /// Kills every worker now (Ctrl-C, drop) and joins the slot threads.
     pub fn terminate(&self) {
-        self.stop(true)
+        self.stop(Stop::All)
     }
 
     /// Lets workers finish their batch and exit on end of file (SIGKILL after a grace period).
     pub fn close(&self) {
-        self.stop(false)
+        self.stop(Stop::None)
     }
+
+    /// What the end of the process does: idle workers exit on end of file,
+    /// as from `close` (their tasks' buffered output is flushed, their
+    /// `atexit` handlers run); a worker still running a batch, which nothing
+    /// will wait for, is killed.
+    pub fn close_idle_kill_busy(&self) {
+        self.stop(Stop::Busy)
+    }
+}
+
+/// Which workers [`Pool::stop`] kills rather than lets exit.
+#[derive(Clone, Copy)]
+enum Stop {
+    All,
+    Busy,
+    None,
 }
 
 impl Drop for Pool {

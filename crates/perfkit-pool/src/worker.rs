@@ -49,7 +49,7 @@ impl StatusWord {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })?;
         // SAFETY: plain syscalls on our own descriptor; results checked.
         let ptr = unsafe {
             if libc::ftruncate(fd.as_raw_fd(), 8) != 0 {
@@ -95,6 +95,22 @@ impl Drop for StatusWord {
     }
 }
 
+/// `fd`, moved to a number above 2 if it is 0, 1 or 2: when the caller runs
+/// with stdin (or stdout, stderr) closed, a new descriptor takes that number,
+/// and the child's standard streams, set up after it, would replace it.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on our own descriptor; the result is checked and owned.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `moved` is a fresh descriptor we own; `fd` closes on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints.
@@ -103,6 +119,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors are fresh and ours.
     let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let pair = (above_stdio(pair.0)?, above_stdio(pair.1)?);
     // Larger pipes: fewer wake-ups for batch payloads (best effort; the limit may be lower).
     for fd in [&pair.0, &pair.1] {
         // SAFETY: fcntl on our own descriptor.

@@ -266,6 +266,14 @@ impl WorkerPool {
             py.detach(|| p.close());
         }
     }
+
+    /// At the end of the process: idle workers exit on end of file (their
+    /// output flushed, their atexit handlers run); busy ones are killed.
+    fn close_at_exit(&self, py: Python<'_>) {
+        if let Some(p) = self.take_own() {
+            py.detach(|| p.close_idle_kill_busy());
+        }
+    }
 }
 
 impl Drop for WorkerPool {

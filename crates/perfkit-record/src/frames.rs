@@ -252,15 +252,26 @@ pub unsafe fn has_returned(tstate: *mut ffi::PyThreadState, frame: *mut EvalFram
 ///
 /// # Safety
 /// `tstate` current, GIL held.
-#[cfg(Py_3_11)]
 #[inline(always)]
 pub unsafe fn at_recursion_limit(tstate: *mut ffi::PyThreadState) -> bool {
     let ts = tstate as *mut ThreadState;
-    #[cfg(not(Py_3_12))]
+    #[cfg(not(Py_3_11))]
+    {
+        // The evaluator counts the frame in, then compares with the limit.
+        if (*ts).recursion_depth < ffi::Py_GetRecursionLimit() {
+            return false;
+        }
+        #[cfg(not(Py_3_10))]
+        return (*ts).overflowed == 0 && (*ts).recursion_critical == 0;
+        #[cfg(Py_3_10)]
+        return (*ts).recursion_headroom == 0;
+    }
+    #[cfg(all(Py_3_11, not(Py_3_12)))]
     let remaining = (*ts).recursion_remaining;
     #[cfg(Py_3_12)]
     let remaining = (*ts).py_recursion_remaining;
-    remaining <= 0 && (*ts).recursion_headroom == 0
+    #[cfg(Py_3_11)]
+    return remaining <= 0 && (*ts).recursion_headroom == 0;
 }
 
 /// What one entry into `_PyEval_EvalFrameDefault` takes from a thread's C

@@ -24,7 +24,6 @@ unsafe extern "C" fn eval_frame(
     if rec.is_null() || frames::is_tracing(tstate) {
         return evaluate(tstate, frame, throwflag);
     }
-    #[cfg(Py_3_11)]
     if frames::at_recursion_limit(tstate) {
         return evaluate(tstate, frame, throwflag);
     }
