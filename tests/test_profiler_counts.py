@@ -483,6 +483,50 @@ def test_main_thread_is_named():
     assert name == threading.main_thread().name
 
 
+@pytest.mark.parametrize("builtins", [True, False])
+def test_threads_that_reuse_an_ident_get_their_own_names(builtins):
+    # A thread that ends leaves its ident to the next one started: each
+    # recording must carry the name of the thread it recorded (helper-39:
+    # "alpha", "alpha", "alpha" for alpha, beta and gamma).
+    def work():
+        return sum(range(100))
+
+    go = threading.Event()
+    first = threading.Thread(target=lambda: (go.wait(), work()), name="alpha")
+    first.start()
+    prof = perfkit.Profiler(builtins=builtins)
+    prof.enable()
+    go.set()
+    first.join()
+    for name in ("beta", "gamma"):
+        t = threading.Thread(target=work, name=name)
+        t.start()
+        t.join()
+    prof.disable()
+    names = [name for name, *_ in prof.recording().threads()]
+    assert sorted(names) == sorted([threading.main_thread().name, "alpha", "beta", "gamma"]), names
+
+
+@pytest.mark.parametrize("builtins", [True, False])
+def test_a_programs_thread_profile_hook_outlives_the_recording(builtins):
+    def hook(frame, event, arg):
+        return None
+
+    before = threading._profile_hook
+    try:
+        with perfkit.Profiler(builtins=builtins):
+            threading.setprofile(hook)
+        # The program's hook, set while perfkit recorded, is not replaced by the one from before.
+        assert threading._profile_hook is hook
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(sys.getprofile()))
+        t.start()
+        t.join()
+        assert seen == [hook]
+    finally:
+        threading.setprofile(before)
+
+
 # -- clocks ----------------------------------------------------------------------------
 
 

@@ -136,6 +136,20 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
     rec
 }
 
+/// Names the calling thread's recorder, if it has one in the session now
+/// recording: a thread that started after enable, whose first frames
+/// (threading's bootstrap) were recorded before threading told us its name,
+/// under the name of an earlier thread with the same ident.
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn name_this_thread(name: &str) {
+    let slot = SLOT.with(Cell::get);
+    if slot.gen == GEN && !slot.rec.is_null() {
+        (*slot.rec).name = Some(name.to_owned());
+    }
+}
+
 /// Runs `f` with any pending exception set aside: interning calls into the
 /// C API, and a hook may run while an exception is being thrown or raised.
 unsafe fn preserving_exception<T>(f: impl FnOnce(Python<'_>) -> T) -> T {
@@ -188,7 +202,10 @@ pub(crate) unsafe fn intern_cfunction(key: usize, func: *mut ffi::PyObject) -> (
 }
 
 impl SessionData {
+    /// Names the recorders of `thread_id` that have no name, and the next
+    /// one made for it (a thread started now takes the ident of one that ended).
     pub(crate) fn name_thread(&mut self, thread_id: u64, name: &str) {
+        self.known_names.insert(thread_id, name.to_owned());
         for rec in self
             .threads
             .iter_mut()

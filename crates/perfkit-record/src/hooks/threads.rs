@@ -31,6 +31,16 @@ unsafe extern "C" fn thread_started(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     let py = Python::assume_attached();
+    // Named first: the thread's recorder, made at its first event (passed on
+    // below, before 3.12), takes the name its ident has now, not that of an
+    // earlier thread that had the same ident.
+    if !ACTIVE.is_null() {
+        let ident = ffi::PyThread_get_thread_ident() as u64;
+        if let Some(name) = thread_name(py, ident) {
+            (*ACTIVE).name_thread(ident, &name);
+            crate::session::name_this_thread(&name);
+        }
+    }
     #[cfg(not(Py_3_12))]
     if INSTALL_PROFILE_HOOK && !ACTIVE.is_null() {
         super::profile_hook::install_this_thread();
@@ -45,12 +55,6 @@ unsafe extern "C" fn thread_started(
     {
         let _ = (args, nargs);
         ffi::PyEval_SetProfile(None, ptr::null_mut());
-    }
-    if !ACTIVE.is_null() {
-        let ident = ffi::PyThread_get_thread_ident() as u64;
-        if let Some(name) = thread_name(py, ident) {
-            (*ACTIVE).name_thread(ident, &name);
-        }
     }
     if !ffi::PyErr_Occurred().is_null() {
         ffi::PyErr_Clear();
@@ -97,6 +101,12 @@ pub(super) unsafe fn uninstall(py: Python<'_>) {
     };
     SAVED_HOOK = ptr::null_mut();
     if let Ok(threading) = py.import("threading") {
-        let _ = threading.setattr("_profile_hook", saved);
+        // Unless the program set a hook of its own meanwhile (threading.setprofile): that one stays.
+        let ours = threading
+            .getattr("_profile_hook")
+            .is_ok_and(|hook| hook.as_ptr() == REGISTRAR);
+        if ours {
+            let _ = threading.setattr("_profile_hook", saved);
+        }
     }
 }
