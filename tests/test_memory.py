@@ -298,6 +298,32 @@ def test_mmap_mode_maps_arrays_instead_of_reading(tmp_path):
     np.testing.assert_array_equal(big(200_000)["a"][:2], [0.0, 1.0])
 
 
+def _ones(n):
+    return np.ones(n)
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_writes_through_an_r_plus_mapping_are_the_cached_value_as_in_joblib(tmp_path, library):
+    # joblib returns what was written into an "r+" mapping on later reads,
+    # mapped or not; perfkit used to report the entry corrupt and recompute.
+    import gc
+    import warnings
+
+    import joblib
+
+    Memory = perfkit.Memory if library == "perfkit" else joblib.Memory
+    writable = Memory(tmp_path / library, mmap_mode="r+", verbose=0).cache(_ones)
+    writable(300_000)
+    mapped = writable(300_000)
+    mapped[0] = 42.0
+    del mapped
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CacheWarning about a corrupt entry
+        assert writable(300_000)[0] == 42.0
+        assert Memory(tmp_path / library, verbose=0).cache(_ones)(300_000)[0] == 42.0
+
+
 def test_compress(tmp_path):
     mem = perfkit.Memory(tmp_path, compress=True)
     f = mem.cache(lambda n: np.zeros(n))

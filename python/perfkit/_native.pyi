@@ -75,7 +75,9 @@ def cache_load(
     buffers), the size (a large entry, without alloc), or (bytes holder, stream offset,
     stream length, buffer ranges)."""
 
-def cache_load_head(entry: str, touch: bool = True) -> None | str | tuple[bytes, _Ranges, bytes]:
+def cache_load_head(
+    entry: str, touch: bool = True, writable: bool = False
+) -> None | str | tuple[bytes, _Ranges, bytes]:
     """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read."""
 
 def cache_store(

@@ -495,7 +495,10 @@ def _map_private(entry: str, size: int):
 
 
 def _load_mmap(entry: str, mmap_mode: str):
-    r = _cache_load_head(entry)
+    access = _MMAP_ACCESS[mmap_mode]
+    # Mapped writable ("r+", "w+"), the buffers may be changed in place, as in
+    # joblib: the entry then stops checking their checksum (its head still is).
+    r = _cache_load_head(entry, True, access == mmap.ACCESS_WRITE)
     if r is None:
         return _MISSING
     if type(r) is str:
@@ -505,7 +508,6 @@ def _load_mmap(entry: str, mmap_mode: str):
         return _loads(zlib.decompress(stream))
     if not bufs:
         return _loads(stream)
-    access = _MMAP_ACCESS[mmap_mode]
     with open(entry, "rb" if access != mmap.ACCESS_WRITE else "r+b") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=access)
     mv = memoryview(mapped)

@@ -49,6 +49,10 @@ pub const ENTRY_EXT: &str = "pkc";
 /// Prefix of the files an entry is written to before it is published.
 pub const TMP_PREFIX: &str = ".tmp-";
 const MAGIC: &[u8; 8] = b"PKCENT02";
+/// Header flag: the buffers were mapped writable (`mmap_mode="r+"`) and may
+/// have been changed in place, as the caller may: their checksum no longer
+/// describes them and is not checked (the head still is).
+pub const FLAG_BUFFERS_WRITABLE: u32 = 1 << 31;
 const HEADER_LEN: u64 = 64;
 const ALIGN: u64 = 64;
 /// The metadata line is searched for this far; longer metadata is refused when writing.
@@ -611,7 +615,7 @@ impl EntryReader {
                 "non-zero bytes in alignment padding".into(),
             ));
         }
-        if verifier.hasher.digest128() != body_ck {
+        if verifier.hasher.digest128() != body_ck && layout.flags & FLAG_BUFFERS_WRITABLE == 0 {
             return Ok(ReadOutcome::Corrupt(
                 "checksum mismatch in the data buffers".into(),
             ));
@@ -906,7 +910,7 @@ pub fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
     if !verifier.padding_ok {
         return Err("non-zero bytes in alignment padding".into());
     }
-    if verifier.hasher.digest128() != body_ck {
+    if verifier.hasher.digest128() != body_ck && layout.flags & FLAG_BUFFERS_WRITABLE == 0 {
         return Err("checksum mismatch in the data buffers".into());
     }
     Ok(layout)
@@ -923,8 +927,13 @@ pub struct EntryHead {
 /// Reads and verifies the metadata, header, table and pickle stream only (for
 /// `mmap_mode`: the buffers are mapped, not read, so their checksum is not
 /// verified; their extent is, through the file length). `touch`: count this
-/// read as a use of the entry.
-pub fn read_entry_head(entry: &Path, touch: bool) -> Result<ReadOutcome<EntryHead>, CacheError> {
+/// read as a use of the entry. `writable`: the buffers are about to be
+/// mapped writable, so the entry is marked [`FLAG_BUFFERS_WRITABLE`].
+pub fn read_entry_head(
+    entry: &Path,
+    touch: bool,
+    writable: bool,
+) -> Result<ReadOutcome<EntryHead>, CacheError> {
     let reader = match open_entry(entry)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
@@ -963,6 +972,24 @@ pub fn read_entry_head(entry: &Path, touch: bool) -> Result<ReadOutcome<EntryHea
     }
     if touch {
         reader.touch();
+    }
+    let mut layout = layout;
+    if writable && layout.flags & FLAG_BUFFERS_WRITABLE == 0 {
+        // Flag and head checksum rewritten in place; a crash between the two
+        // writes leaves a head that fails its checksum: recomputed, never trusted.
+        let h = layout.header_offset() as usize;
+        layout.flags |= FLAG_BUFFERS_WRITABLE;
+        prefix[h + 8..h + 12].copy_from_slice(&layout.flags.to_le_bytes());
+        let head = head_checksum(&prefix[..s0], h, &prefix[s0..]);
+        let werr = |e| CacheError::io("mark writable", reader.path.clone(), e);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&reader.path)
+            .map_err(werr)?;
+        file.write_all_at(&prefix[h + 8..h + 12], (h + 8) as u64)
+            .map_err(werr)?;
+        file.write_all_at(&head.to_le_bytes(), (h + 32) as u64)
+            .map_err(werr)?;
     }
     let stream = prefix[s0..].to_vec();
     prefix.truncate(layout.metadata.1 as usize);
@@ -1036,7 +1063,7 @@ mod tests {
             ReadOutcome::Found(None) => assert!(bytes.len() > 1 << 16),
             other => panic!("{other:?}"),
         }
-        let ReadOutcome::Found(head) = read_entry_head(&entry, true).unwrap() else {
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true, false).unwrap() else {
             panic!()
         };
         assert_eq!(head.stream, stream);
@@ -1105,7 +1132,7 @@ mod tests {
             ReadOutcome::Missing
         ));
         assert!(matches!(
-            read_entry_head(&d.join("a/b/c.pkc"), false).unwrap(),
+            read_entry_head(&d.join("a/b/c.pkc"), false, false).unwrap(),
             ReadOutcome::Missing
         ));
     }
@@ -1187,7 +1214,7 @@ mod tests {
             fs::write(&entry, &b).unwrap();
             assert!(
                 matches!(
-                    read_entry_head(&entry, true).unwrap(),
+                    read_entry_head(&entry, true, false).unwrap(),
                     ReadOutcome::Corrupt(_)
                 ),
                 "{pos}"
@@ -1197,7 +1224,57 @@ mod tests {
         b.truncate(b.len() - 1);
         fs::write(&entry, &b).unwrap();
         assert!(matches!(
-            read_entry_head(&entry, true).unwrap(),
+            read_entry_head(&entry, true, false).unwrap(),
+            ReadOutcome::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn buffers_mapped_writable_may_change_without_the_entry_turning_corrupt() {
+        let d = tmpdir("writable");
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 1, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
+        let buffer_at = |e: &Path| match read_entry(e).unwrap() {
+            ReadOutcome::Found((layout, _)) => layout.buffers[0].0 as usize,
+            ReadOutcome::Corrupt(c) => panic!("{c}"),
+            ReadOutcome::Missing => panic!("missing"),
+        };
+        let at = buffer_at(&entry);
+        let change_buffer = |e: &Path| {
+            let mut b = fs::read(e).unwrap();
+            b[at + 10] = 42;
+            fs::write(e, &b).unwrap();
+        };
+        // Read-only heads leave the entry as it was: a changed buffer is damage.
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true, false).unwrap() else {
+            panic!()
+        };
+        assert_eq!(head.layout.flags, 1);
+        let original = fs::read(&entry).unwrap();
+        change_buffer(&entry);
+        assert!(matches!(
+            read_entry(&entry).unwrap(),
+            ReadOutcome::Corrupt(_)
+        ));
+        // Marked writable (mmap_mode r+): the change is the caller's, and stands.
+        fs::write(&entry, &original).unwrap();
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(head.layout.flags, 1 | FLAG_BUFFERS_WRITABLE);
+        change_buffer(&entry);
+        let ReadOutcome::Found((layout, bytes)) = read_entry(&entry).unwrap() else {
+            panic!("a changed buffer of an entry mapped writable was refused")
+        };
+        assert_eq!(layout.flags, 1 | FLAG_BUFFERS_WRITABLE);
+        assert_eq!(bytes[at + 10], 42);
+        assert!(verify_complete(&bytes).is_ok());
+        // The head stays checked.
+        let mut b = bytes.clone();
+        b[3] ^= 1;
+        fs::write(&entry, &b).unwrap();
+        assert!(matches!(
+            read_entry(&entry).unwrap(),
             ReadOutcome::Corrupt(_)
         ));
     }

@@ -338,10 +338,15 @@ fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>
 /// [(buffer_offset, buffer_length), ...], metadata JSON bytes).
 /// `touch`: count this read as a use of the entry (eviction is least recently used first).
 #[pyfunction]
-#[pyo3(signature = (entry, touch=true))]
-fn cache_load_head(py: Python<'_>, entry: &str, touch: bool) -> PyResult<Py<PyAny>> {
+#[pyo3(signature = (entry, touch=true, writable=false))]
+fn cache_load_head(
+    py: Python<'_>,
+    entry: &str,
+    touch: bool,
+    writable: bool,
+) -> PyResult<Py<PyAny>> {
     wait_for_write(py, entry);
-    match entry::read_entry_head(Path::new(entry), touch).map_err(os_error)? {
+    match entry::read_entry_head(Path::new(entry), touch, writable).map_err(os_error)? {
         ReadOutcome::Found(head) => {
             let t = PyTuple::new(
                 py,
