@@ -3452,3 +3452,14 @@ def test_tasks_leaving_cycles_around_arrays_take_no_more_memory_than_under_jobli
         joblib.Parallel(n_jobs=2)(joblib.delayed(T.cycles_around_arrays_peak_mb)(3000) for _ in range(2))
     )
     assert ours <= 1.5 * theirs + 30, (ours, theirs)
+
+
+def test_a_task_closing_the_workers_pipes_is_named_as_such():
+    # The worker lived on without its pipes; the parent killed it after its
+    # grace, and used to report that SIGKILL as how it died.
+    with pytest.raises(
+        pp.WorkerCrashedError, match=r"closed its pipes to perfkit but went on running"
+    ) as info:
+        Parallel(n_jobs=2)(delayed(T.close_descriptors_then_sleep)(i, 5) for i in range(4))
+    assert "task 1" in str(info.value)
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]

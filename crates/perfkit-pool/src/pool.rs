@@ -575,13 +575,19 @@ fn slot_main(
                     // Alive and out of step: no use waiting for it to exit.
                     kill_pid(w.pid);
                 }
-                let (pid, task, status) = retire(slot, &mut worker, &shared, &prefix);
+                let (pid, task, status, killed_here) = retire(slot, &mut worker, &shared, &prefix);
                 if shutting_down {
                     break;
                 }
                 let reason = match error {
                     // Its SIGKILL (above) is not the news.
                     JobError::Protocol(what) => format!("sent a reply out of protocol ({what})"),
+                    // Nor is the one after its grace: its pipe closed while it lived on.
+                    _ if killed_here => {
+                        "closed its pipes to perfkit but went on running (a task that \
+                         closes file descriptors it does not own, say), and was killed"
+                            .to_string()
+                    }
                     _ => describe_exit(status),
                 };
                 events.0.send(Event::WorkerDied {
@@ -621,7 +627,7 @@ fn retire(
     worker: &mut Option<Worker>,
     shared: &Shared,
     prefix: &str,
-) -> (i32, i64, Option<std::process::ExitStatus>) {
+) -> (i32, i64, Option<std::process::ExitStatus>, bool) {
     let mut dead = worker.take().expect("a slot retires the worker it has");
     let task = dead.current_task();
     // Forgotten before it is reaped, after which its pid may be reused by an
@@ -635,7 +641,7 @@ fn retire(
     drop(st);
     let status = dead.reap(REAP_GRACE, true);
     shm::remove_prefix(&format!("{prefix}r{}-", dead.pid));
-    (dead.pid, task, status)
+    (dead.pid, task, status, dead.killed_after_grace)
 }
 
 /// Starts a slot's next worker; false if it could not be started.

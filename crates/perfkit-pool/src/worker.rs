@@ -138,6 +138,8 @@ pub struct Worker {
     pub function_of_call: Option<u64>,
     /// Its batches go with FLAG_RESULTS_IN_PLACE: asked for, and this process can read it.
     pub results_in_place: bool,
+    /// [`Worker::reap`] had to kill it: it was still running when its grace ran out.
+    pub killed_after_grace: bool,
 }
 
 impl Worker {
@@ -213,6 +215,7 @@ impl Worker {
             from_worker: BufReader::with_capacity(1 << 16, File::from(reply_r)),
             status,
             function_of_call: None,
+            killed_after_grace: false,
         })
     }
 
@@ -267,6 +270,7 @@ impl Worker {
                 }
                 Ok(false) => {
                     kill_pid(self.pid);
+                    self.killed_after_grace = true;
                     break;
                 }
                 Err(_) => return None,
