@@ -598,3 +598,13 @@ def close_descriptors_then_sleep(i, seconds):
         os.closerange(3, 256)
         time.sleep(seconds)
     return i
+
+
+def interrupt_main_later(seconds):
+    """A watchdog that fires after the task has returned: SIGINT's handling in
+    a worker that is idle by then."""
+    import _thread
+    import threading
+
+    threading.Timer(seconds, _thread.interrupt_main).start()
+    return os.getpid()

@@ -10,6 +10,7 @@ import pstats
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -270,13 +271,33 @@ def test_record_times_a_thread_running_when_the_program_ends(tmp_path, builtins)
 def test_record_runs_a_directory_refuses_an_unwritable_output_first_and_prints_syntax_errors_as_python(
     tmp_path,
 ):
-    # `python dir` runs dir/__main__.py with the directory on the path.
+    # `python dir` runs dir/__main__.py with the directory on the path, which
+    # stays there (and __main__ stays the program's) for the program's threads
+    # still running when its main code ends.
     app = tmp_path / "app"
     app.mkdir()
-    (app / "__main__.py").write_text("import sys\nprint('ran', sys.argv[1:], __name__)\n")
+    (app / "helper.py").write_text("VALUE = 7\n")
+    (app / "__main__.py").write_text(
+        "import sys, threading, time\n"
+        "print('ran', sys.argv[1:], __name__, sys.path[0] == __file__.rsplit('/', 1)[0])\n"
+        "def late():\n    time.sleep(0.2)\n    import helper\n"
+        "    print('late', helper.VALUE, sys.modules['__main__'].__file__ == __file__, flush=True)\n"
+        "threading.Thread(target=late).start()\n"
+    )
     r = run_cli("record", "-o", tmp_path / "d.prof", "app", "x", cwd=tmp_path)
+    plain = subprocess.run(
+        [sys.executable, "app", "x"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert r.returncode == plain.returncode == 0, r.stderr
+    assert r.stdout == plain.stdout == "ran ['x'] __main__ True\nlate 7 True\n", (r.stdout, plain.stdout)
+    assert (tmp_path / "d.prof").exists()
+    # A device or a link is a fine output (perfkit writes through them), a
+    # directory is not; /dev/null stays /dev/null.
+    r = run_cli("record", "-o", "/dev/null", "app", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "ran ['x'] __main__" in r.stdout and (tmp_path / "d.prof").exists()
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    r = run_cli("record", "-o", tmp_path, "app", cwd=tmp_path)
+    assert r.returncode == 2 and "it is a directory" in r.stderr and "ran" not in r.stdout
     # An output that cannot be written is one line before the program runs.
     r = run_cli("record", "-o", tmp_path / "missing" / "x.prof", "app", cwd=tmp_path)
     assert r.returncode == 2 and "ran" not in r.stdout

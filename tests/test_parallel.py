@@ -3387,17 +3387,19 @@ def test_workers_exit_as_processes_do_when_the_program_ends(tmp_path):
         def task(i):
             print(f"task {{i}} ran")  # no flush: stdout is a pipe here
             atexit.register(lambda: open(os.path.join({str(marks)!r}, str(os.getpid())), "w").close())
-            return i
+            return os.getpid()
 
         if __name__ == "__main__":
-            print(perfkit.Parallel(n_jobs=2)(perfkit.delayed(task)(i) for i in range(10)))
+            pids = perfkit.Parallel(n_jobs=2, batch_size=1)(perfkit.delayed(task)(i) for i in range(10))
+            print("pids", *sorted(set(pids)))
         """,
     )
     assert r.returncode == 0, r.stderr
     assert sorted(line for line in r.stdout.splitlines() if line.startswith("task")) == sorted(
         f"task {i} ran" for i in range(10)
     )
-    assert len(list(marks.iterdir())) >= 1  # each worker that ran a task ran its handlers
+    (pids,) = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("pids")]
+    assert sorted(p.name for p in marks.iterdir()) == pids  # each worker ran its handlers
 
 
 def test_a_program_started_with_stdin_closed_gets_working_workers(tmp_path):
@@ -3463,3 +3465,36 @@ def test_a_task_closing_the_workers_pipes_is_named_as_such():
         Parallel(n_jobs=2)(delayed(T.close_descriptors_then_sleep)(i, 5) for i in range(4))
     assert "task 1" in str(info.value)
     assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+
+def test_a_sigint_reaching_an_idle_worker_is_let_go(capfd):
+    # Workers keep Python's SIGINT handling (for the programs their tasks
+    # start); one that arrives when no task runs must not kill the worker.
+    with Parallel(n_jobs=2, batch_size=1) as parallel:
+        before = set(parallel(delayed(os.getpid)() for _ in range(8)))
+        parallel(delayed(T.interrupt_main_later)(0.2) for _ in range(2))
+        time.sleep(0.8)
+        after = set(parallel(delayed(os.getpid)() for _ in range(8)))
+    assert after == before
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+
+
+def test_workers_limit_each_blas_by_its_own_variable(monkeypatch):
+    # A user's MKL_NUM_THREADS=4 is kept in the workers' environment (as
+    # joblib keeps it), and loaded libraries are limited by library from it:
+    # the first BLAS variable found used to stand for all of them.
+    import types
+
+    from perfkit import _worker
+
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    for name, value in pp._worker_env(2, None, None):
+        monkeypatch.setenv(name, value)
+    seen = {}
+    fake = types.ModuleType("threadpoolctl")
+    fake.threadpool_limits = lambda limits: seen.update(limits)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", fake)
+    _worker.limit_threads_once({})
+    share = str(max(1, perfkit.cpu_count() // 2))
+    assert seen["mkl"] == 4 and str(seen["openblas"]) == share and str(seen["openmp"]) == share, seen

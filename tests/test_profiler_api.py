@@ -668,3 +668,30 @@ def test_enable_takes_cprofiles_keywords():
     f()
     prof.disable()
     assert any("len" in k[2] for k in pstats.Stats(prof).stats)
+
+
+def test_profiled_coroutines_awaited_together():
+    # helper-42: overlapping calls of one decorated coroutine lost all but the
+    # first to end; two decorated coroutines at once raised RuntimeError.
+    import asyncio
+
+    def busy():
+        return sum(range(1000))
+
+    @perfkit.profile
+    async def same(n):
+        await asyncio.sleep(0.01 * n)
+        return busy()
+
+    @perfkit.profile
+    async def other():
+        await asyncio.sleep(0.01)
+        return "other"
+
+    async def main():
+        return await asyncio.gather(same(1), same(3), other())
+
+    assert asyncio.run(main()) == [499500, 499500, "other"]
+    stats = pstats.Stats(same.profiler).stats
+    (busy_row,) = [v for k, v in stats.items() if k[2] == "busy"]
+    assert busy_row[1] == 2  # both calls, recorded by the one recording they shared

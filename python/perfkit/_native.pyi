@@ -75,6 +75,10 @@ def cache_load(
     buffers), the size (a large entry, without alloc), or (bytes holder, stream offset,
     stream length, buffer ranges)."""
 
+def cache_verify(buffer: Any) -> str | tuple[int, int, _Ranges, bool]:
+    """The reason an entry held in memory is corrupt, or (stream offset, stream
+    length, buffer ranges, whether its buffers were mapped writable)."""
+
 def cache_load_head(
     entry: str, touch: bool = True, writable: bool = False
 ) -> None | str | tuple[bytes, _Ranges, bytes]:

@@ -250,6 +250,17 @@ class TaskPipe(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
+        while True:
+            try:
+                return self._wait_and_read(buffer)
+            except KeyboardInterrupt:
+                # A SIGINT that comes while no task runs (a task's watchdog
+                # firing late, say) has no one to interrupt: the worker waits on.
+                # (Nothing was read: the signal cut the wait or the read short.)
+                if not self.idle:
+                    raise
+
+    def _wait_and_read(self, buffer) -> int:
         if self.idle and self.collect_when_idle:
             ready, _, _ = select.select([self.fd], [], [], self.COLLECT_AFTER_SECONDS)
             if not ready:
@@ -400,10 +411,13 @@ def limit_threads_once(state: dict) -> None:
     try:
         from threadpoolctl import threadpool_limits
 
+        # By library, each from its own variable (a user's MKL_NUM_THREADS is MKL's).
         threadpool_limits(
             limits={
                 "openmp": first_limit("OMP_NUM_THREADS"),
-                "blas": first_limit("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"),
+                "openblas": first_limit("OPENBLAS_NUM_THREADS"),
+                "mkl": first_limit("MKL_NUM_THREADS"),
+                "blis": first_limit("BLIS_NUM_THREADS"),
             }
         )
     except Exception:  # noqa: BLE001, S110

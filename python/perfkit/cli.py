@@ -9,6 +9,7 @@ import sys
 import threading
 import traceback
 import types
+import zipfile
 
 from perfkit import _native
 from perfkit.profiler import Profiler
@@ -89,6 +90,20 @@ def _join_threads() -> None:
             thread.join()
 
 
+def _unwritable(path: str) -> str | None:
+    """Why the profile could not be written to ``path``, or None: an existing
+    file (a device, a FIFO, through a link) must be writable, a new one needs
+    a writable directory."""
+    if os.path.isdir(path):
+        return "it is a directory"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "it is not writable"
+    directory = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(directory):
+        return "no such directory"
+    return None if os.access(directory, os.W_OK | os.X_OK) else "the directory is not writable"
+
+
 def record(
     target: str,
     is_module: bool,
@@ -107,9 +122,8 @@ def record(
     # Where the user meant, though the program may change directory (as cProfile does).
     path = os.path.abspath(output)
     # A profile that cannot be written is said before the program runs, not after.
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
-        reason = "no such directory" if not os.path.isdir(directory) else "the directory is not writable"
+    reason = _unwritable(path)
+    if reason is not None:
         print(f"perfkit: error: cannot write the profile to {output}: {reason}", file=sys.stderr)
         return 2
 
@@ -121,26 +135,26 @@ def record(
         sys.argv[:] = [target, *args]
         code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
         namespace = {"_run_module": runpy.run_module, "_modname": target}
-    elif os.path.isdir(target):
-        # As `python dir` does: the directory's __main__.py, with the directory first on the path.
+    elif zipfile.is_zipfile(target):
+        # A zipapp, as `python app.pyz` runs it.
         import runpy
 
-        if not os.path.isfile(os.path.join(target, "__main__.py")):
-            print(f"perfkit: error: cannot run {target}: a directory without __main__.py", file=sys.stderr)
-            return 2
         sys.argv[:] = [target, *args]
         code = compile("_run_path(_target, run_name='__main__')", "<perfkit>", "exec")
         namespace = {"_run_path": runpy.run_path, "_target": target}
     else:
+        # As `python dir` does: the directory's __main__.py, with the directory first on the path.
+        script = os.path.join(target, "__main__.py") if os.path.isdir(target) else target
         try:
-            with open(target, "rb") as fp:
+            with open(script, "rb") as fp:
                 source = fp.read()
         except OSError as e:
-            print(f"perfkit: error: cannot run {target}: {e.strerror}", file=sys.stderr)
+            why = "no __main__.py in it" if script != target else e.strerror
+            print(f"perfkit: error: cannot run {target}: {why}", file=sys.stderr)
             return 2
         sys.argv[:] = [target, *args]
         # As `python script.py` (3.9+): the script's absolute path is its __file__ and its code's file name.
-        script = os.path.abspath(target)
+        script = os.path.abspath(script)
         sys.path.insert(0, os.path.dirname(script))
         try:
             code = compile(source, script, "exec")

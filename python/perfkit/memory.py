@@ -476,7 +476,9 @@ def _map_private(entry: str, size: int):
     the page cache is mapped instead of copied, so a hit costs about one pass of the
     checksum over the data. The result is private memory as after a read: writes to it
     never reach the cache, and replacing or evicting the entry never reaches it (the
-    store only ever renames or unlinks entry files, never rewrites one in place)."""
+    store only ever renames or unlinks entry files, never rewrites their data in place).
+    An entry whose arrays were mapped ``"r+"`` may be written in place, by its
+    user, and is read into memory instead, as joblib reads every entry."""
     try:
         with open(entry, "rb") as f:
             if os.fstat(f.fileno()).st_size != size:
@@ -487,6 +489,10 @@ def _map_private(entry: str, size: int):
     verdict = _native.cache_verify(mapped)
     if type(verdict) is str:
         return verdict
+    *verdict, writable = verdict
+    if writable:
+        mapped.close()
+        return _cache_load(entry, _alloc_for_large_entry)
     try:
         os.utime(entry)  # a use, for eviction
     except OSError:

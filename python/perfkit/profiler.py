@@ -218,6 +218,7 @@ class _ProfileBlock:
         self.print_limit = print_stats
         self.sort = sort
         self.profiler = Profiler(builtins=builtins, clock=clock)
+        self._calls = 0  # calls of the decorated function in flight
 
     def __enter__(self) -> Profiler:
         self.profiler.enable()
@@ -245,31 +246,47 @@ class _ProfileBlock:
             # between enable() and disable().
             @functools.wraps(func)
             async def awaiting(*args: Any, **kwargs: Any) -> Any:
-                if profiler.enabled:  # a nested call: the outer call records it
-                    return await func(*args, **kwargs)
-                profiler.enable()
+                started = self._call_starts()
                 try:
                     return await func(*args, **kwargs)
                 finally:
-                    profiler.disable()
-                    self._report()
+                    self._call_ends(started)
 
             awaiting.profiler = profiler  # type: ignore[attr-defined]
             return awaiting  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if profiler.enabled:  # a recursive call: the outer call records it
-                return func(*args, **kwargs)
-            profiler.enable()
+            started = self._call_starts()
             try:
                 return func(*args, **kwargs)
             finally:
-                profiler.disable()
-                self._report()
+                self._call_ends(started)
 
         wrapper.profiler = profiler  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
+
+    def _call_starts(self) -> bool:
+        """A call of the decorated function begins. The first of calls that
+        overlap (recursive ones, or coroutines awaited together) starts the
+        recording and the last one to end stops and reports it. Whether this
+        call counts: while another perfkit profiler records (one recording
+        at a time), it runs unrecorded here rather than fail."""
+        if self._calls == 0:
+            try:
+                self.profiler.enable()
+            except RuntimeError:
+                return False
+        self._calls += 1
+        return True
+
+    def _call_ends(self, started: bool) -> None:
+        if not started:
+            return
+        self._calls -= 1
+        if self._calls == 0:
+            self.profiler.disable()
+            self._report()
 
 
 def profile(

@@ -928,7 +928,8 @@ pub struct EntryHead {
 /// `mmap_mode`: the buffers are mapped, not read, so their checksum is not
 /// verified; their extent is, through the file length). `touch`: count this
 /// read as a use of the entry. `writable`: the buffers are about to be
-/// mapped writable, so the entry is marked [`FLAG_BUFFERS_WRITABLE`].
+/// mapped writable, so the entry is marked [`FLAG_BUFFERS_WRITABLE`] (once:
+/// rewritten as a new file, see inside).
 pub fn read_entry_head(
     entry: &Path,
     touch: bool,
@@ -975,21 +976,27 @@ pub fn read_entry_head(
     }
     let mut layout = layout;
     if writable && layout.flags & FLAG_BUFFERS_WRITABLE == 0 {
-        // Flag and head checksum rewritten in place; a crash between the two
-        // writes leaves a head that fails its checksum: recomputed, never trusted.
+        // The flagged entry is a new file, a copy published by rename, as
+        // every write of the store is: readers see the old file or the new
+        // one, never a half-rewritten header, and results already mapped
+        // privately from the old file (large hits) keep the values they had
+        // when the caller then writes into the new one.
         let h = layout.header_offset() as usize;
         layout.flags |= FLAG_BUFFERS_WRITABLE;
         prefix[h + 8..h + 12].copy_from_slice(&layout.flags.to_le_bytes());
         let head = head_checksum(&prefix[..s0], h, &prefix[s0..]);
-        let werr = |e| CacheError::io("mark writable", reader.path.clone(), e);
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(&reader.path)
-            .map_err(werr)?;
-        file.write_all_at(&prefix[h + 8..h + 12], (h + 8) as u64)
-            .map_err(werr)?;
-        file.write_all_at(&head.to_le_bytes(), (h + 32) as u64)
-            .map_err(werr)?;
+        prefix[h + 32..h + 48].copy_from_slice(&head.to_le_bytes());
+        let tmp = tmp_path_for(entry);
+        let published = (|| {
+            fs::copy(entry, &tmp)?;
+            let file = fs::OpenOptions::new().write(true).open(&tmp)?;
+            file.write_all_at(&prefix[h + 8..h + 48], (h + 8) as u64)?;
+            fs::rename(&tmp, entry)
+        })();
+        if let Err(e) = published {
+            let _ = fs::remove_file(&tmp);
+            return Err(CacheError::io("mark writable", entry.to_path_buf(), e));
+        }
     }
     let stream = prefix[s0..].to_vec();
     prefix.truncate(layout.metadata.1 as usize);

@@ -207,6 +207,44 @@ pub(crate) fn describe_bytes(bytes: &[u8]) -> String {
     }
 }
 
+fn write_in_place(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |action: &'static str| {
+        let p = path.to_path_buf();
+        move |source| Error::Io {
+            action,
+            path: p,
+            source,
+        }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io("cannot open"))?;
+    f.write_all(bytes).map_err(io("cannot write"))
+}
+
+/// Whether this process may write to `path` (access(2) with W_OK).
+fn may_write(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// `/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N` and the like: an open
+/// descriptor of this process, written into even when it is a regular file
+/// (the shell's `> out.txt`), since replacing that file would leave the
+/// descriptor writing into a file that is gone.
+fn names_a_descriptor(path: &Path) -> bool {
+    let s = path.as_os_str().as_encoded_bytes();
+    ["/dev/stdout", "/dev/stderr", "/dev/stdin", "/dev/fd/"]
+        .iter()
+        .any(|p| s.starts_with(p.as_bytes()))
+        || (s.starts_with(b"/proc/") && s.windows(4).any(|w| w == b"/fd/"))
+}
+
 /// Where a write to `path` lands when it does not exist yet: the end of its
 /// chain of symbolic links, if it is a link to nowhere (`open` creates that
 /// file), else `path` itself.
@@ -234,8 +272,10 @@ fn dangling_link_target(path: &Path) -> PathBuf {
 /// As `open(path, "wb")` would, a symbolic link is written through (the
 /// file it names is replaced, not the link), and what is not a regular file
 /// (a FIFO, a terminal, `/dev/null`, `/dev/stdout`) is written into, since
-/// it cannot be replaced; so is anything named through `/dev` or `/proc`
+/// it cannot be replaced; so is an open descriptor named as a file
 /// (`/dev/stdout` redirected to a file: the shell's descriptor keeps it).
+/// An existing file in a directory that cannot take the temporary file
+/// (read-only for this user) is written into as well, as `open()` would.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
@@ -254,17 +294,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
                 source: std::io::Error::from_raw_os_error(libc::EISDIR),
             })
         }
-        Ok(meta) if !meta.is_file() || path.starts_with("/dev") || path.starts_with("/proc") => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(path)
-                .map_err(io("cannot open", path))?;
-            return f.write_all(bytes).map_err(io("cannot write", path));
+        Ok(meta) if !meta.is_file() || names_a_descriptor(path) => {
+            return write_in_place(path, bytes);
         }
         Ok(_) => {
             resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            let dir = resolved.parent().unwrap_or(Path::new("/"));
+            if !may_write(dir) && may_write(&resolved) {
+                return write_in_place(&resolved, bytes);
+            }
             &resolved
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::Io {
+                action: "cannot write",
+                path: path.to_path_buf(),
+                source: e,
+            })
         }
         Err(_) => {
             resolved = dangling_link_target(path);

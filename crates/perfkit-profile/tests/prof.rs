@@ -316,9 +316,19 @@ fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
     assert_eq!(reader.join().unwrap(), prof::to_bytes(&tree));
     use std::os::unix::fs::FileTypeExt as _;
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
-    // A directory is refused by name, as open() refuses it.
+    // A directory is refused by name, as open() refuses it; a loop of links too.
     let msg = prof::write_file(&dir, &tree).unwrap_err().to_string();
     assert!(msg.contains("Is a directory"), "{msg}");
+    std::os::unix::fs::symlink("loop2", dir.join("loop1")).unwrap();
+    std::os::unix::fs::symlink("loop1", dir.join("loop2")).unwrap();
+    let msg = prof::write_file(&dir.join("loop1"), &tree)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("symbolic links"), "{msg}");
+    assert!(std::fs::symlink_metadata(dir.join("loop1"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let names: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -328,6 +338,8 @@ fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
         [
             "dangling.prof",
             "link.prof",
+            "loop1",
+            "loop2",
             "made.prof",
             "pipe",
             "target.prof"

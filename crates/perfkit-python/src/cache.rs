@@ -306,7 +306,8 @@ fn cache_load(
 }
 
 /// Verifies an entry held in a buffer (e.g. a private memory map of its file).
-/// Returns a str (corrupt: why) or (stream_offset, stream_length, [(buffer_offset, buffer_length), ...]).
+/// Returns a str (corrupt: why) or (stream_offset, stream_length,
+/// [(buffer_offset, buffer_length), ...], whether its buffers were mapped writable).
 #[pyfunction]
 fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let one = PyTuple::new(py, [buffer])?;
@@ -325,6 +326,9 @@ fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>
                 layout.stream.0.into_pyobject(py)?.into_any(),
                 layout.stream.1.into_pyobject(py)?.into_any(),
                 ranges(py, &layout)?.into_any(),
+                PyBool::new(py, layout.flags & entry::FLAG_BUFFERS_WRITABLE != 0)
+                    .to_owned()
+                    .into_any(),
             ],
         )?
         .into_any()

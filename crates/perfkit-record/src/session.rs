@@ -121,7 +121,9 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
     } else {
         let ident = ffi::PyThread_get_thread_ident() as u64;
         let mut rec = ThreadRecorder::new(ident);
-        rec.name = session.known_names.get(&ident).cloned();
+        // The name the thread had at enable, once: a later thread with this
+        // ident (one ended, another started) is not that thread.
+        rec.name = session.known_names.remove(&ident);
         rec.stack_guard = crate::stack::guard_address();
         session.threads.push(Box::new(rec));
         &mut **session.threads.last_mut().unwrap() as *mut ThreadRecorder
@@ -136,17 +138,17 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
     rec
 }
 
-/// Names the calling thread's recorder, if it has one in the session now
-/// recording: a thread that started after enable, whose first frames
-/// (threading's bootstrap) were recorded before threading told us its name,
-/// under the name of an earlier thread with the same ident.
+/// Names the calling thread's recorder in the session now recording (made
+/// now if the thread has none yet): a thread threading has just started,
+/// whose first frames (its bootstrap) may already have been recorded under
+/// no name, or one an earlier thread of the same ident had.
 ///
 /// # Safety
 /// GIL held.
 pub(crate) unsafe fn name_this_thread(name: &str) {
-    let slot = SLOT.with(Cell::get);
-    if slot.gen == GEN && !slot.rec.is_null() {
-        (*slot.rec).name = Some(name.to_owned());
+    let rec = recorder();
+    if !rec.is_null() {
+        (*rec).name = Some(name.to_owned());
     }
 }
 
@@ -202,10 +204,7 @@ pub(crate) unsafe fn intern_cfunction(key: usize, func: *mut ffi::PyObject) -> (
 }
 
 impl SessionData {
-    /// Names the recorders of `thread_id` that have no name, and the next
-    /// one made for it (a thread started now takes the ident of one that ended).
     pub(crate) fn name_thread(&mut self, thread_id: u64, name: &str) {
-        self.known_names.insert(thread_id, name.to_owned());
         for rec in self
             .threads
             .iter_mut()

@@ -37,3 +37,19 @@ pub(crate) fn is_below(guard: usize) -> bool {
     let here = 0u8;
     (std::hint::black_box(&here) as *const u8 as usize) < guard
 }
+
+thread_local! {
+    /// [`guard_address`] of a thread the hook runs on but does not record
+    /// (one that left the recording, or inside a tracing callback).
+    static UNRECORDED_GUARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// [`guard_address`] of the calling thread, read once per thread.
+pub(crate) fn this_thread_guard() -> usize {
+    UNRECORDED_GUARD.with(|g| {
+        if g.get() == usize::MAX {
+            g.set(guard_address());
+        }
+        g.get()
+    })
+}

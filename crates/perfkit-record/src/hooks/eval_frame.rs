@@ -22,6 +22,10 @@ unsafe extern "C" fn eval_frame(
 ) -> *mut ffi::PyObject {
     let rec = recorder();
     if rec.is_null() || frames::is_tracing(tstate) {
+        // Not recorded, but still a C call per Python call: guarded all the same.
+        if stack::is_below(stack::this_thread_guard()) {
+            return refuse_deeper(tstate, frame);
+        }
         return evaluate(tstate, frame, throwflag);
     }
     if frames::at_recursion_limit(tstate) {

@@ -31,13 +31,11 @@ unsafe extern "C" fn thread_started(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     let py = Python::assume_attached();
-    // Named first: the thread's recorder, made at its first event (passed on
-    // below, before 3.12), takes the name its ident has now, not that of an
-    // earlier thread that had the same ident.
+    // This thread's recorder is named here, first: recorders of earlier
+    // threads that had the same ident (ended) are not this thread.
     if !ACTIVE.is_null() {
         let ident = ffi::PyThread_get_thread_ident() as u64;
         if let Some(name) = thread_name(py, ident) {
-            (*ACTIVE).name_thread(ident, &name);
             crate::session::name_this_thread(&name);
         }
     }
