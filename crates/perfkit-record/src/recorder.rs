@@ -41,7 +41,7 @@ struct Frame {
 pub(crate) struct ThreadRecorder {
     pub(crate) thread_id: u64,
     pub(crate) name: Option<String>,
-    /// Where the frame-evaluation hook stops recursing ([`crate::stack::guard_address`]).
+    /// Where the frame-evaluation hook stops recursing (a copy of [`crate::stack::this_thread_guard`]).
     pub(crate) stack_guard: usize,
     nodes: Vec<NodeRec>,
     children: FxHashMap<(u32, usize), u32>,

@@ -124,7 +124,7 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
         // The name the thread had at enable, once: a later thread with this
         // ident (one ended, another started) is not that thread.
         rec.name = session.known_names.remove(&ident);
-        rec.stack_guard = crate::stack::guard_address();
+        rec.stack_guard = crate::stack::this_thread_guard();
         session.threads.push(Box::new(rec));
         &mut **session.threads.last_mut().unwrap() as *mut ThreadRecorder
     };

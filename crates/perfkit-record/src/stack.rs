@@ -39,14 +39,15 @@ pub(crate) fn is_below(guard: usize) -> bool {
 }
 
 thread_local! {
-    /// [`guard_address`] of a thread the hook runs on but does not record
-    /// (one that left the recording, or inside a tracing callback).
-    static UNRECORDED_GUARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    static GUARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
-/// [`guard_address`] of the calling thread, read once per thread.
+/// [`guard_address`] of the calling thread, read once per thread (a
+/// recorder keeps a copy, for the hook's hot path; a thread the hook runs on
+/// but does not record, one that left the recording or inside a tracing
+/// callback, reads it here).
 pub(crate) fn this_thread_guard() -> usize {
-    UNRECORDED_GUARD.with(|g| {
+    GUARD.with(|g| {
         if g.get() == usize::MAX {
             g.set(guard_address());
         }
