@@ -579,16 +579,22 @@ class _Node:
 
 
 def cycles_around_arrays_peak_mb(n):
-    """How far this process's peak memory grew (MB) while `n` cycles, each
-    around a 200 KB array, were made and dropped."""
-    import resource
-
+    """How far this process's resident memory grew (MB, at its highest) while
+    `n` cycles, each around a 200 KB array, were made and dropped. (Sampled,
+    not the process's lifetime peak: a reused worker may have been higher
+    before, in an earlier test.)"""
     import numpy as np
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(n):
+    def resident_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    base = highest = resident_mb()
+    for i in range(n):
         _Node(np.ones(25_000))
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        if i % 25 == 0:
+            highest = max(highest, resident_mb())
+    return highest - base
 
 
 def close_descriptors_then_sleep(i, seconds):

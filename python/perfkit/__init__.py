@@ -22,6 +22,7 @@ from perfkit._native import cache_after_fork as _cache_after_fork
 _LAZY = {
     "CacheWarning": "perfkit.memory",
     "Memory": "perfkit.memory",
+    "expires_after": "perfkit.memory",
     "hash": "perfkit.memory",
     "Parallel": "perfkit.parallel",
     "ParallelTimeoutError": "perfkit.parallel",
@@ -43,7 +44,7 @@ _LAZY = {
 # read a module's own TYPE_CHECKING = False the same way)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from perfkit.memory import CacheWarning, Memory, hash
+    from perfkit.memory import CacheWarning, Memory, expires_after, hash
     from perfkit.parallel import (
         Parallel,
         ParallelTimeoutError,
@@ -127,6 +128,7 @@ __all__ = [
     "cpu_count",
     "delayed",
     "effective_n_jobs",
+    "expires_after",
     "hash",
     "load",
     "parallel_backend",

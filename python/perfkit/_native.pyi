@@ -80,9 +80,10 @@ def cache_verify(buffer: Any) -> str | tuple[int, int, _Ranges, bool]:
     length, buffer ranges, whether its buffers were mapped writable)."""
 
 def cache_load_head(
-    entry: str, touch: bool = True, writable: bool = False
-) -> None | str | tuple[bytes, _Ranges, bytes]:
-    """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read."""
+    entry: str, touch: bool = True, writable: bool = False, keep_open: bool = False
+) -> None | str | tuple[bytes, _Ranges, bytes] | tuple[bytes, _Ranges, bytes, int | None]:
+    """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read.
+    ``keep_open``: and a descriptor of the file read (the caller maps and closes it)."""
 
 def cache_store(
     entry: str,

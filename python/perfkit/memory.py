@@ -96,7 +96,13 @@ class CacheWarning(UserWarning):
 
 def _sorted_canonically(items, key=None):
     try:
-        return sorted(items, key=key)
+        ordered = sorted(items, key=key)
+        if ordered and type(ordered[0] if key is None else key(ordered[0])) is frozenset:
+            # Frozensets compare by inclusion, a partial order: sorted() kept
+            # much of the set's own (hash-seeded) order. (Anything else
+            # beside a frozenset raised.)
+            raise TypeError
+        return ordered
     except TypeError:
         # An unorderable mix: order by type, then by content hash (this module's hash(),
         # not builtins.hash, which is salted per process for strings).
@@ -108,6 +114,19 @@ def _item_key(kv):
     return kv[0]
 
 
+# Lists, tuples, dicts and sets of at least this many items are written as
+# the digest of their contents, computed once per object in a dump: an object
+# referred to from many places (a schema dict in every record) is pickled
+# once, not once per reference. Written so whether shared or not, equal
+# contents hash equal whatever their identity.
+_DIGEST_MIN = 64
+
+
+_WRITTEN_OWN_WAY = frozenset(
+    (dict, list, tuple, set, frozenset, bytes, bytearray, memoryview, types.FunctionType)
+)
+
+
 class _HashPickler(pickle.Pickler):
     """Pickles by value for hashing.
 
@@ -115,26 +134,43 @@ class _HashPickler(pickle.Pickler):
     whatever their identity (``["aa", "aa"]`` with one string object or with
     two); dicts and sets are written in a canonical order, so equal ones hash
     equal whatever their insertion order or the process's string-hash seed;
+    large containers are written as their contents' digest (_DIGEST_MIN);
     large bytes-like objects go out of band to be hashed in place; functions
     that cannot be pickled by reference (lambdas, local functions) are hashed
     by name and code.
     """
 
+    # id -> (object, digest or None while it is being written) for this dump;
+    # None: no digests (the memo's fallback).
+    digests: dict | None = None
+    root = None  # the object being written (not to be written as its own digest)
+    nested: _Hasher | None = None  # the pickler of the contents of this one's large containers
+
     def persistent_id(self, obj):  # called for every object: keep the common path short
         t = type(obj)
+        if t not in _WRITTEN_OWN_WAY:  # (one set lookup for ints, floats, strings, ...)
+            return None
         if t is dict:
+            if len(obj) >= _DIGEST_MIN and self.digests is not None and obj is not self.root:
+                return self._digest(obj, t)
             return ("perfkit.dict", _sorted_canonically(obj.items(), key=_item_key))
+        if t is list or t is tuple:
+            if len(obj) >= _DIGEST_MIN and self.digests is not None and obj is not self.root:
+                return self._digest(obj, t)
+            return None
         if t is set or t is frozenset:
+            if len(obj) >= _DIGEST_MIN and self.digests is not None:
+                return self._digest(obj, t)
             return ("perfkit." + t.__name__, _sorted_canonically(obj))
-        if t is bytes or t is bytearray:
+        if t is memoryview:
+            if obj.c_contiguous:  # (a Fortran-ordered view's bytes are in another order)
+                return ("perfkit.memoryview", obj.format, obj.shape, _PickleBuffer(obj))
+            return ("perfkit.memoryview", obj.format, obj.shape, obj.tobytes())
+        if t is not types.FunctionType:  # bytes, bytearray
             if len(obj) >= _INPLACE_MIN:
                 return ("perfkit." + t.__name__, _PickleBuffer(obj))
             return None
-        if t is memoryview:
-            if obj.contiguous:
-                return ("perfkit.memoryview", obj.format, obj.shape, _PickleBuffer(obj))
-            return ("perfkit.memoryview", obj.format, obj.shape, obj.tobytes())
-        if t is types.FunctionType and ("<" in obj.__qualname__):
+        if "<" in obj.__qualname__:
             # Not picklable by reference: hash what determines its behaviour.
             closure = tuple(c.cell_contents for c in obj.__closure__ or ())
             return (
@@ -148,9 +184,38 @@ class _HashPickler(pickle.Pickler):
             )
         return None
 
+    def _digest(self, obj, t):
+        digests = self.digests
+        known = digests.get(id(obj))
+        if known is not None:
+            if known[1] is None:
+                raise ValueError("fast mode: a container holds itself")  # (the memo writes cycles)
+            return ("perfkit.digest", t.__name__, known[1])
+        digests[id(obj)] = (obj, None)  # (held: its id is not reused during the dump)
+        if t is dict:
+            content = _sorted_canonically(obj.items(), key=_item_key)
+        elif t is set or t is frozenset:
+            content = _sorted_canonically(obj)
+        else:
+            content = obj
+        if self.nested is None:
+            self.nested = _Hasher()
+        nested = self.nested
+        nested.file.seek(0)
+        nested.file.truncate()
+        nested.buffers.clear()
+        nested.pickler.digests, nested.pickler.root = digests, content
+        try:
+            nested.pickler.dump(content)
+        finally:
+            nested.pickler.digests = nested.pickler.root = None
+        digest = _cache_hash(b"perfkit.digest", nested.file.getvalue(), nested.buffers)
+        digests[id(obj)] = (obj, digest)
+        return ("perfkit.digest", t.__name__, digest)
+
     def reducer_override(self, obj):  # called for objects of non-builtin types only
         t = type(obj)
-        if t is MemorizedFunc:
+        if t is MemorizedFunc or t is AsyncMemorizedFunc:
             # By what it computes: its name, source and what it held when
             # cached (its key prefix), its defaults, a method's instance. Not
             # by reference: a script's function is not found under its name,
@@ -186,8 +251,10 @@ class _Hasher:
         self.file.seek(0)
         self.file.truncate()
         self.buffers.clear()
+        pickler = self.pickler
+        pickler.digests, pickler.root = {}, obj
         try:
-            self.pickler.dump(obj)
+            pickler.dump(obj)
         except RecursionError:
             # A cycle fast mode did not see as one (through the canonical
             # lists dicts are written as: an instance whose __dict__ holds
@@ -198,6 +265,8 @@ class _Hasher:
                 raise
             # A cycle: fast mode cannot write it; the memo (identity-sensitive) can.
             return _dump_with_memo(obj)
+        finally:
+            pickler.digests = pickler.root = None  # (not holding the caller's objects)
         return self.file.getvalue(), list(self.buffers)
 
 
@@ -286,12 +355,47 @@ def _code_parts(code: types.CodeType, position_independent: bool) -> tuple:
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
+def _dir_name(name: str) -> str:
+    """A directory name for a module or function name: the name itself where it
+    is plain, else its plain characters and a digest of the whole (names that
+    differ only in other characters must not share a directory, whose entries
+    of another code each would clear)."""
+    safe = _SAFE_NAME.sub("_", name)
+    if safe == name:
+        return name
+    return f"{safe[:80]}-{_cache_hash(b'dir-name', name.encode(), ())[:8]}"
+
+
+def _script_module_name(source_file: str) -> str:
+    """A script's module name, as joblib names it: ``__main__`` and the
+    script's path, so that two scripts' functions of one name are two
+    functions; a notebook's cell stays one across kernel restarts and runs.
+    ``__main__`` alone where there is no file (``python -c``, a REPL)."""
+    if source_file in ("", "?") or (
+        source_file.startswith("<") and not source_file.startswith("<ipython-input")
+    ):
+        return "__main__"
+    parts = os.path.abspath(source_file).split(os.sep)
+    if parts[-1].startswith("<ipython-input"):
+        # IPython's <ipython-input-N-digest>: the cell's number N changes from run to run.
+        pieces = parts[-1].split("-")
+        parts[-1] = "-".join(pieces[:2] + pieces[3:])
+    elif len(parts) > 2 and parts[-2].startswith("ipykernel_"):
+        parts[-2] = "ipykernel"  # (ipykernel_<pid>: the kernel's process)
+    name = "-".join(parts)
+    return "__main__-" + name.removesuffix(".py")
+
+
 def _func_identity(func) -> tuple[str, str]:
     if isinstance(func, functools.partial):  # (its repr names an address: not the same in two runs)
         module, qualname = _func_identity(func.func)
         return module, f"{qualname}(partial)"  # (not a name a method could have)
     module = getattr(func, "__module__", None) or "__unknown__"
-    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if qualname is None:
+        # A callable instance: by its class (its repr names an address, not the same in two runs).
+        module = type(func).__module__
+        qualname = f"{type(func).__qualname__}.__call__"
     return module, qualname
 
 
@@ -303,10 +407,41 @@ def _func_source(func) -> tuple[str, str]:
         return inspect.getsource(func), inspect.getsourcefile(func) or "?"
     except (OSError, TypeError):
         pass
+    if not hasattr(func, "__code__") and callable(func) and not isinstance(func, type):
+        try:  # a callable instance: its class's __call__
+            call = type(func).__call__
+            return inspect.getsource(call), inspect.getsourcefile(call) or "?"
+        except (OSError, TypeError):
+            pass
     code = getattr(func, "__code__", None)
     if code is not None:
         return f"# source not available; code digest {_code_digest(code)}\n", code.co_filename
     return f"# source not available: {func!r}\n", "?"
+
+
+def _instance_parameter(func) -> str | None:
+    """The name of a bound method's first parameter (``self``, ``cls``, ...), which
+    ``ignore`` may name as joblib allows; None for a function."""
+    if _bound_instance(func) is None:
+        return None
+    try:
+        return next(iter(inspect.signature(_unwrapped(func)[1].__func__).parameters), "self")
+    except (AttributeError, TypeError, ValueError):
+        return "self"
+
+
+def _star_names(func, ignore: list[str]) -> list[str]:
+    """``ignore`` with joblib's ``"*"`` and ``"**"`` read as the names of ``func``'s
+    ``*args`` and ``**kwargs``."""
+    if "*" not in ignore and "**" not in ignore:
+        return ignore
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return ignore
+    star = {p.kind: p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    kinds = {"*": inspect.Parameter.VAR_POSITIONAL, "**": inspect.Parameter.VAR_KEYWORD}
+    return [star.get(kinds[n], n) if n in kinds else n for n in ignore]
 
 
 def _make_binder(func, ignore: list[str]) -> tuple[Callable[..., tuple], list[str]]:
@@ -504,18 +639,22 @@ def _load_mmap(entry: str, mmap_mode: str):
     access = _MMAP_ACCESS[mmap_mode]
     # Mapped writable ("r+", "w+"), the buffers may be changed in place, as in
     # joblib: the entry then stops checking their checksum (its head still is).
-    r = _cache_load_head(entry, True, access == mmap.ACCESS_WRITE)
+    r = _cache_load_head(entry, True, access == mmap.ACCESS_WRITE, True)
     if r is None:
         return _MISSING
     if type(r) is str:
         raise _Corrupt(r)
-    stream, bufs, _metadata = r
-    if stream[:1] != b"\x80":
-        return _loads(zlib.decompress(stream))
-    if not bufs:
-        return _loads(stream)
-    with open(entry, "rb" if access != mmap.ACCESS_WRITE else "r+b") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=access)
+    stream, bufs, _metadata, fd = r
+    try:
+        if stream[:1] != b"\x80":
+            return _loads(zlib.decompress(stream))
+        if not bufs:
+            return _loads(stream)
+        # The file whose head was read: by name, it may be a newer version by now.
+        mapped = mmap.mmap(fd, 0, access=access)
+    finally:
+        if fd is not None:
+            os.close(fd)
     mv = memoryview(mapped)
     return _loads(stream, buffers=[mv[o : o + n] for o, n in bufs])
 
@@ -598,9 +737,11 @@ class MemorizedFunc:
         # each key, read at each call (as joblib reads a method's instance:
         # either may change between calls); ignore=["self"] leaves the instance
         # out, as in joblib.
-        self._leave_out_self = "self" in self.ignore and _bound_instance(func) is not None
+        instance_name = _instance_parameter(func)
+        self._leave_out_self = instance_name is not None and instance_name in self.ignore
         self._bind, self._arg_names = _make_binder(
-            func, [n for n in self.ignore if not self._leave_out_self or n != "self"]
+            func,
+            [n for n in _star_names(func, self.ignore) if not self._leave_out_self or n != instance_name],
         )
         self._per_call = _call_state(func, self._leave_out_self) is not None
         self._take_identity(*_func_source(func))
@@ -610,16 +751,26 @@ class MemorizedFunc:
         an unpickled copy takes from the original, as it may have none)."""
         memory = self.memory
         module, qualname = _func_identity(self.func)
+        if module in ("__main__", "__mp_main__"):
+            module = _script_module_name(source_file)
         self._name = f"{module}.{qualname}"
         self._source = source
         self._source_file = source_file
-        code_hash = _cache_hash(b"func-code", f"{module}\0{qualname}\0{source}".encode(), ())
+        code = f"{module}\0{qualname}\0{source}"
+        func_name = qualname
+        inner = _unwrapped(self.func)[1]
+        if qualname.rpartition(".")[2] == "<lambda>" and hasattr(inner, "__code__"):
+            # Lambdas share one name (and lambdas on one line their source):
+            # each is its own function, by where it starts and what it does.
+            code += f"\0{_code_digest(inner.__code__, position_independent=True)}"
+            func_name = f"{qualname}-{inner.__code__.co_firstlineno}"
+        code_hash = _cache_hash(b"func-code", code.encode(), ())
         # What it holds when it is cached, in its keys (not its directory: a
         # directory of another code is an older version of it, cleared):
         # two closures of one maker, two partials of one function, share
         # name and source, not results.
         self._prefix = f"{self._name}\0{code_hash}\0{_held_digest(self.func)}".encode()
-        self.func_dir = os.path.join(memory._root, _SAFE_NAME.sub("_", module), _SAFE_NAME.sub("_", qualname))
+        self.func_dir = os.path.join(memory._root, _dir_name(module), _dir_name(func_name))
         self._code_dir = os.path.join(self.func_dir, code_hash[:16])
         self._entry_prefix = self._code_dir + os.sep
         self._code_checked = False
@@ -767,10 +918,15 @@ class MemorizedFunc:
 
     def _compute_and_store(self, entry: str | None, key: str | None, args, kwargs):
         """Runs the function and stores its result; returns (result, metadata, stored)."""
+        t0 = self._before_call()
+        return self._after_call(entry, key, args, kwargs, self.func(*args, **kwargs), t0)
+
+    def _before_call(self) -> float:
         if self._verbose > 0:
             print(f"[Memory] Calling {self._name}(...)")
-        t0 = time.time()
-        out = self.func(*args, **kwargs)
+        return time.time()
+
+    def _after_call(self, entry, key, args, kwargs, out, t0: float):
         duration = time.time() - t0
         metadata = {"duration": duration, "time": t0}
         if entry is None:
@@ -841,14 +997,15 @@ class MemorizedFunc:
         if key is None:
             return self.func(*args, **kwargs)
         entry = self._entry_path(key)
-        mmap_mode = self.mmap_mode
-        out = self._load(entry, mmap_mode)
+        out = self._load(entry, self.mmap_mode)
         if out is not _MISSING:
             return out
-        out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
-        if stored and mmap_mode is not None:
+        return self._as_loaded(entry, *self._compute_and_store(entry, key, args, kwargs))
+
+    def _as_loaded(self, entry: str, out, _metadata, stored: bool):
+        if stored and self.mmap_mode is not None:
             # As joblib: the first call returns the memory-mapped result too, like later ones.
-            again = self._load(entry, mmap_mode)
+            again = self._load(entry, self.mmap_mode)
             if again is not _MISSING:
                 return again
         return out
@@ -861,15 +1018,25 @@ class MemorizedFunc:
         return out, metadata
 
     def check_call_in_cache(self, *args, **kwargs) -> bool:
-        """Whether this call's result is in the cache (and its entry intact)."""
+        """Whether this call's result is in the cache, its entry intact and,
+        with a ``cache_validation_callback``, still valid."""
         key = self._key(args, kwargs)
-        if key is None:
-            return False
+        return key is not None and self._is_cached(self._entry_path(key))
+
+    def _is_cached(self, entry: str) -> bool:
         try:
-            r = _cache_load_head(self._entry_path(key), False)  # a look is not a use
+            r = _cache_load_head(entry, False)  # a look is not a use
         except OSError:
             return False
-        return type(r) is tuple
+        if type(r) is not tuple:
+            return False
+        if self.cache_validation_callback is None:
+            return True
+        try:
+            metadata = json.loads(r[2])
+        except ValueError:
+            return False
+        return bool(self.cache_validation_callback(metadata))
 
     def call_and_shelve(self, *args, **kwargs):
         """Computes the result if needed and returns a reference to it in the cache
@@ -878,11 +1045,14 @@ class MemorizedFunc:
         if key is None:
             return NotMemorizedResult(self.func(*args, **kwargs))
         entry = self._entry_path(key)
-        if not self.check_call_in_cache(*args, **kwargs):
-            out, _meta, stored = self._compute_and_store(entry, key, args, kwargs)
-            if not stored:
-                return NotMemorizedResult(out)
-            _native.cache_wait(entry)  # the reference may be used by another process at once
+        if self._is_cached(entry):
+            return self._shelved(entry, key)
+        return self._shelved(entry, key, *self._compute_and_store(entry, key, args, kwargs))
+
+    def _shelved(self, entry: str, key: str, out=None, _metadata=None, stored: bool = True):
+        if not stored:
+            return NotMemorizedResult(out)
+        _native.cache_wait(entry)  # the reference may be used by another process at once
         return MemorizedResult(self.memory.location, self._name, key, entry, self.mmap_mode)
 
     def clear(self, warn: bool = True) -> None:
@@ -893,6 +1063,63 @@ class MemorizedFunc:
             _native.cache_remove(self.func_dir)
         except OSError as exc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
+
+
+class AsyncMemorizedFunc(MemorizedFunc):
+    """``Memory.cache`` of an ``async def`` function (joblib's AsyncMemorizedFunc):
+    calling it returns a coroutine, and what is cached is the awaited result."""
+
+    async def __call__(self, *args, **kwargs):
+        key = self._key(args, kwargs)
+        if key is None:
+            return await self.func(*args, **kwargs)
+        entry = self._entry_path(key)
+        out = self._load(entry, self.mmap_mode)
+        if out is not _MISSING:
+            return out
+        return self._as_loaded(entry, *await self._compute_and_store_async(entry, key, args, kwargs))
+
+    async def _compute_and_store_async(self, entry, key, args, kwargs):
+        t0 = self._before_call()
+        return self._after_call(entry, key, args, kwargs, await self.func(*args, **kwargs), t0)
+
+    async def call(self, *args, **kwargs):
+        key = self._key(args, kwargs)
+        entry = None if key is None else self._entry_path(key)
+        out, metadata, _stored = await self._compute_and_store_async(entry, key, args, kwargs)
+        return out, metadata
+
+    async def call_and_shelve(self, *args, **kwargs):
+        key = self._key(args, kwargs)
+        if key is None:
+            return NotMemorizedResult(await self.func(*args, **kwargs))
+        entry = self._entry_path(key)
+        if self._is_cached(entry):
+            return self._shelved(entry, key)
+        return self._shelved(entry, key, *await self._compute_and_store_async(entry, key, args, kwargs))
+
+
+def _memorized_class(func) -> type:
+    return AsyncMemorizedFunc if inspect.iscoroutinefunction(func) else MemorizedFunc
+
+
+def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, hours=0, weeks=0):
+    """A ``cache_validation_callback`` that recomputes results older than the
+    given time (joblib's ``expires_after``: the arguments are timedelta's)."""
+    limit = datetime.timedelta(
+        days=days,
+        seconds=seconds,
+        microseconds=microseconds,
+        milliseconds=milliseconds,
+        minutes=minutes,
+        hours=hours,
+        weeks=weeks,
+    ).total_seconds()
+
+    def cache_validation_callback(metadata: dict) -> bool:
+        return time.time() - metadata["time"] < limit
+
+    return cache_validation_callback
 
 
 def _call_state(func, leave_out_self=False):
@@ -952,7 +1179,7 @@ def _bound_instance(func):
 
 
 def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback, identity=None):
-    memorized = MemorizedFunc(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
+    memorized = _memorized_class(func)(func, memory, ignore, verbose, mmap_mode, cache_validation_callback)
     if identity is not None:
         # The original's source: a function sent by value (cloudpickle) has
         # none here, and its entries must be the original's.
@@ -972,6 +1199,7 @@ def _reduce_for_multiprocessing(memorized):
 
 
 ForkingPickler.register(MemorizedFunc, _reduce_for_multiprocessing)
+ForkingPickler.register(AsyncMemorizedFunc, _reduce_for_multiprocessing)
 
 
 def _check_mmap_mode(mmap_mode):
@@ -1065,6 +1293,16 @@ class NotMemorizedFunc:
         return f"NotMemorizedFunc(func={self.func!r})"
 
 
+class AsyncNotMemorizedFunc(NotMemorizedFunc):
+    """``Memory(location=None).cache`` of an ``async def`` function."""
+
+    async def call(self, *args, **kwargs):
+        return await self.func(*args, **kwargs), {}
+
+    async def call_and_shelve(self, *args, **kwargs):
+        return NotMemorizedResult(await self.func(*args, **kwargs))
+
+
 # -- Memory --------------------------------------------------------------------------------------
 
 
@@ -1128,10 +1366,10 @@ class Memory:
         if isinstance(func, (MemorizedFunc, NotMemorizedFunc)):
             func = func.func
         if self._root is None:
-            return NotMemorizedFunc(func)
+            return (AsyncNotMemorizedFunc if inspect.iscoroutinefunction(func) else NotMemorizedFunc)(func)
         if ignore is not None and not isinstance(ignore, (list, tuple)):
             raise TypeError(f"ignore must be a list of argument names, not {type(ignore).__name__}")
-        return MemorizedFunc(func, self, ignore, verbose, mmap_mode, cache_validation_callback)
+        return _memorized_class(func)(func, self, ignore, verbose, mmap_mode, cache_validation_callback)
 
     def eval(self, func: Callable, *args, **kwargs):
         """``self.cache(func)(*args, **kwargs)``."""

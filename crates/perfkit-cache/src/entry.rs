@@ -454,7 +454,12 @@ pub struct EntryReader {
 
 /// Opens an entry file; `Missing` when there is none.
 pub fn open_entry(entry: &Path) -> Result<ReadOutcome<EntryReader>, CacheError> {
-    let file = match File::open(entry) {
+    open_entry_for(entry, false)
+}
+
+/// [`open_entry`], for writing too when `write` (an "r+" mapping's file).
+fn open_entry_for(entry: &Path, write: bool) -> Result<ReadOutcome<EntryReader>, CacheError> {
+    let file = match fs::OpenOptions::new().read(true).write(write).open(entry) {
         Ok(f) => f,
         Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
         Err(e) => return Err(CacheError::io("open", entry, e)),
@@ -757,8 +762,13 @@ pub fn read_small_entry(
     let whole = Arc::new(whole);
     // A use of the entry, for eviction (best effort: a read-only location still serves hits).
     let _ = file.set_times(FileTimes::new().set_modified(SystemTime::now()));
-    if let Ok(m) = file.metadata() {
-        RecentReads::put(entry, FileId::of(&m), Arc::clone(&whole), now);
+    // Not an entry whose buffers are written in place through an "r+"
+    // mapping: a second write to a page already dirty changes neither its
+    // size nor its times, so a kept copy could not tell it is stale.
+    if whole.0.flags & FLAG_BUFFERS_WRITABLE == 0 {
+        if let Ok(m) = file.metadata() {
+            RecentReads::put(entry, FileId::of(&m), Arc::clone(&whole), now);
+        }
     }
     Ok(ReadOutcome::Found(Some(whole)))
 }
@@ -922,6 +932,11 @@ pub struct EntryHead {
     pub layout: Layout,
     pub metadata: Vec<u8>,
     pub stream: Vec<u8>,
+    /// The file this head was read from (open for writing too when it was
+    /// asked for writable), for the caller to map its buffers from: opened
+    /// again by name, it could be a newer version of the entry, whose
+    /// buffers are elsewhere. None for an entry read from memory.
+    pub file: Option<File>,
 }
 
 /// Reads and verifies the metadata, header, table and pickle stream only (for
@@ -935,7 +950,7 @@ pub fn read_entry_head(
     touch: bool,
     writable: bool,
 ) -> Result<ReadOutcome<EntryHead>, CacheError> {
-    let reader = match open_entry(entry)? {
+    let reader = match open_entry_for(entry, writable)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
         ReadOutcome::Corrupt(c) => return Ok(ReadOutcome::Corrupt(c)),
@@ -975,6 +990,7 @@ pub fn read_entry_head(
         reader.touch();
     }
     let mut layout = layout;
+    let mut file = reader.file;
     if writable && layout.flags & FLAG_BUFFERS_WRITABLE == 0 {
         // The flagged entry is a new file, a copy published by rename, as
         // every write of the store is: readers see the old file or the new
@@ -988,14 +1004,23 @@ pub fn read_entry_head(
         prefix[h + 32..h + 48].copy_from_slice(&head.to_le_bytes());
         let tmp = tmp_path_for(entry);
         let published = (|| {
-            fs::copy(entry, &tmp)?;
-            let file = fs::OpenOptions::new().write(true).open(&tmp)?;
-            file.write_all_at(&prefix[h + 8..h + 48], (h + 8) as u64)?;
-            fs::rename(&tmp, entry)
+            // A copy of the file read (not of whatever is at `entry` by now).
+            let mut copy = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            io::copy(&mut (&file).take(reader.len), &mut copy)?;
+            copy.write_all_at(&prefix[h + 8..h + 48], (h + 8) as u64)?;
+            fs::rename(&tmp, entry)?;
+            Ok::<File, io::Error>(copy)
         })();
-        if let Err(e) = published {
-            let _ = fs::remove_file(&tmp);
-            return Err(CacheError::io("mark writable", entry.to_path_buf(), e));
+        match published {
+            Ok(copy) => file = copy,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(CacheError::io("mark writable", entry.to_path_buf(), e));
+            }
         }
     }
     let stream = prefix[s0..].to_vec();
@@ -1004,6 +1029,7 @@ pub fn read_entry_head(
         layout,
         metadata: prefix,
         stream,
+        file: Some(file),
     }))
 }
 
@@ -1016,6 +1042,7 @@ pub fn head_of_encoded(bytes: &[u8]) -> Result<EntryHead, String> {
         metadata: bytes[..layout.metadata.1 as usize].to_vec(),
         stream: bytes[s0..s0 + sl].to_vec(),
         layout,
+        file: None,
     })
 }
 

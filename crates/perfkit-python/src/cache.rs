@@ -339,28 +339,33 @@ fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>
 
 /// Reads and verifies an entry's metadata, header and pickle stream only (for
 /// mmap_mode). Returns None, a str (corrupt: why), or (stream bytes,
-/// [(buffer_offset, buffer_length), ...], metadata JSON bytes).
+/// [(buffer_offset, buffer_length), ...], metadata JSON bytes), and with
+/// `keep_open` a fourth item: a descriptor of the file read, the caller's to
+/// map and close (the entry's name may meanwhile be another version's).
 /// `touch`: count this read as a use of the entry (eviction is least recently used first).
 #[pyfunction]
-#[pyo3(signature = (entry, touch=true, writable=false))]
+#[pyo3(signature = (entry, touch=true, writable=false, keep_open=false))]
 fn cache_load_head(
     py: Python<'_>,
     entry: &str,
     touch: bool,
     writable: bool,
+    keep_open: bool,
 ) -> PyResult<Py<PyAny>> {
+    use std::os::fd::IntoRawFd;
     wait_for_write(py, entry);
     match entry::read_entry_head(Path::new(entry), touch, writable).map_err(os_error)? {
         ReadOutcome::Found(head) => {
-            let t = PyTuple::new(
-                py,
-                [
-                    PyBytes::new(py, &head.stream).into_any(),
-                    ranges(py, &head.layout)?.into_any(),
-                    PyBytes::new(py, &head.metadata).into_any(),
-                ],
-            )?;
-            Ok(t.into_any().unbind())
+            let mut items = vec![
+                PyBytes::new(py, &head.stream).into_any(),
+                ranges(py, &head.layout)?.into_any(),
+                PyBytes::new(py, &head.metadata).into_any(),
+            ];
+            if keep_open {
+                let fd = head.file.map(|f| f.into_raw_fd());
+                items.push(fd.into_pyobject(py)?.into_any());
+            }
+            Ok(PyTuple::new(py, items)?.into_any().unbind())
         }
         ReadOutcome::Missing => Ok(py.None()),
         ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),

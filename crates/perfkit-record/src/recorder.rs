@@ -204,10 +204,13 @@ impl ThreadRecorder {
         // SAFETY: callers check that more than the root frame is on the stack.
         let f = unsafe { self.stack.pop().unwrap_unchecked() };
         let elapsed = now.saturating_sub(f.start);
+        // SAFETY: a frame's node index was returned by this recorder's own
+        // `nodes.push`, and nodes are never removed while frames are open.
         let n = unsafe { self.nodes.get_unchecked_mut(f.node as usize) };
         n.calls += 1;
         n.total += elapsed;
         n.own += elapsed.saturating_sub(f.children);
+        // SAFETY: the root frame is never popped, so one frame is still below.
         let parent = unsafe { self.stack.last_mut().unwrap_unchecked() };
         parent.children += elapsed;
     }

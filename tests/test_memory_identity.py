@@ -1,0 +1,328 @@
+"""perfkit.Memory: which function an entry belongs to, what a key is made of,
+and joblib's less common API (async functions, validation callbacks, ignore
+names), side by side with joblib.Memory where joblib gets it right."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import perfkit
+import pytest
+from perfkit import memory as pk_memory
+
+# Identities and keys rest on code objects, signatures and pickling, which
+# differ between interpreters: CI runs this file on each.
+pytestmark = pytest.mark.version_sensitive
+
+
+def run_script(path: Path, *args: str, env=None) -> str:
+    out = subprocess.run(
+        [sys.executable, str(path), *args], check=False, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# -- which function an entry belongs to ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_functions_of_two_scripts_are_two_functions(tmp_path, library):
+    """One location, two scripts, each with a feature() of the same text
+    calling its own helper: each gets its own results, and running them in
+    turn recomputes nothing (joblib names a script's module by its path)."""
+    location = tmp_path / "cache"
+    for name, factor in (("train", 2), ("evaluate", 100)):
+        (tmp_path / f"{name}.py").write_text(
+            textwrap.dedent(
+                f"""
+                import sys
+                from {library} import Memory
+
+                def helper(x):
+                    return x * {factor}
+
+                def feature(x):
+                    print("computed", flush=True)
+                    return helper(x)
+
+                print(Memory(sys.argv[1], verbose=0).cache(feature)(1))
+                """
+            )
+        )
+    runs = [run_script(tmp_path / f"{name}.py", str(location)) for name in ("train", "evaluate") * 2]
+    assert [r.split()[-1] for r in runs] == ["2", "100", "2", "100"]
+    assert [("computed" in r) for r in runs] == [True, True, False, False]
+
+
+def test_a_scripts_module_is_named_as_joblib_names_it():
+    name = pk_memory._script_module_name
+    assert name("/tmp/x/train.py") == "__main__--tmp-x-train"
+    assert name("<stdin>") == name("<string>") == name("?") == "__main__"
+    # A notebook's cell: the same name whatever the kernel's process or the cell's run.
+    assert name("/tmp/ipykernel_1234/567.py") == name("/tmp/ipykernel_99/567.py")
+    assert name("<ipython-input-3-abc>") == name("<ipython-input-7-abc>")
+    assert name("<ipython-input-3-abc>") != name("<ipython-input-3-abd>")
+
+
+def test_lambdas_are_each_their_own_function(tmp_path):
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    calls = []
+    # fmt: off
+    square = mem.cache(lambda x: x ** 2); cube = mem.cache(lambda x: x ** 3)
+    # fmt: on
+    double = mem.cache(lambda x: calls.append("double") or 2 * x)
+    triple = mem.cache(lambda x: calls.append("triple") or 3 * x)
+    # One line, one source text: still two functions (joblib returns 9 for both).
+    assert [square(3), cube(3), square(3), cube(3)] == [9, 27, 9, 27]
+    # On lines of their own: two functions that keep each other's entries.
+    assert [double(5), triple(5), double(5), triple(5)] == [10, 15, 10, 15]
+    assert calls == ["double", "triple"]
+
+
+def test_names_that_differ_in_unusual_characters_keep_their_entries(tmp_path):
+    source = "def café(x):\n    return ('café', x)\n\ndef cafè(x):\n    return ('cafè', x)\n"
+    namespace: dict = {"__name__": "unusual_names"}
+    exec(compile(source, str(tmp_path / "unusual_names.py"), "exec"), namespace)  # noqa: S102
+    mem = perfkit.Memory(tmp_path / "cache", verbose=0)
+    a, b = mem.cache(namespace["café"]), mem.cache(namespace["cafè"])
+    assert (a(1), b(1)) == (("café", 1), ("cafè", 1))
+    assert a.func_dir != b.func_dir
+    assert (a.check_call_in_cache(1), b.check_call_in_cache(1)) == (True, True)
+
+
+def test_a_callable_instance_keeps_one_directory_across_runs(tmp_path):
+    script = tmp_path / "callable.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import perfkit
+
+            class Scale:
+                def __call__(self, x):
+                    print("computed", flush=True)
+                    return 2 * x
+
+            f = perfkit.Memory(sys.argv[1], verbose=0).cache(Scale())
+            print(f(3), f.func_dir)
+            """
+        )
+    )
+    first, second = (run_script(script, str(tmp_path / "cache")) for _ in range(2))
+    assert "computed" in first and "computed" not in second
+    assert first.split()[-1] == second.split()[-1]
+    assert "0x" not in first.split()[-1]
+
+
+# -- what a key is made of -------------------------------------------------------------------------
+
+
+def test_fortran_and_c_ordered_memoryviews_of_the_same_bytes_differ():
+    a = np.arange(6).reshape(2, 3)
+    f_order = memoryview(np.asfortranarray(a))
+    in_memory_order = np.asfortranarray(a).ravel(order="K")
+    c_order = memoryview(in_memory_order.reshape(2, 3))
+    assert c_order.c_contiguous and f_order.f_contiguous and not f_order.c_contiguous
+    assert in_memory_order.tolist() == [0, 3, 1, 4, 2, 5]  # both views' raw bytes
+    assert f_order.tolist() != c_order.tolist()
+    assert perfkit.hash(f_order) != perfkit.hash(c_order)
+    assert perfkit.hash(f_order) == perfkit.hash(memoryview(a.copy(order="F")))
+
+
+def test_shared_containers_hash_as_their_copies():
+    """Large containers are written as their contents' digest, once per
+    object: whether one object is referred to twice or two equal objects
+    once each, the hash is the same, and a change anywhere changes it."""
+    schema = {f"column{i}": ("float64", i) for i in range(500)}
+    shared = [{"id": i, "schema": schema} for i in range(300)]
+    copies = [{"id": i, "schema": copy.deepcopy(schema)} for i in range(300)]
+    assert perfkit.hash(shared) == perfkit.hash(copies)
+    copies[150]["schema"]["column7"] = ("float32", 7)
+    assert perfkit.hash(shared) != perfkit.hash(copies)
+    row = list(range(100))
+    assert perfkit.hash([row, row]) == perfkit.hash([row, list(row)]) != perfkit.hash([row, row[::-1]])
+    assert perfkit.hash(tuple(row)) != perfkit.hash(row)
+    big_set = set(range(100))
+    assert perfkit.hash([big_set, big_set]) == perfkit.hash([big_set, set(big_set)])
+
+
+def test_a_large_container_that_holds_itself_still_hashes():
+    cycle = list(range(100))
+    cycle.append(cycle)
+    assert perfkit.hash(cycle) == perfkit.hash(cycle)
+    holder = {"a": cycle}
+    assert perfkit.hash([holder]) == perfkit.hash([holder])
+
+
+def test_sets_of_frozensets_hash_alike_whatever_the_seed(tmp_path):
+    script = tmp_path / "seeds.py"
+    script.write_text(
+        "import perfkit\n"
+        "print(perfkit.hash({frozenset({'a'}), frozenset({'b'}), frozenset({'c'}), frozenset({'d'})}),\n"
+        "      perfkit.hash({frozenset({'a'}): 1, frozenset({'b'}): 2, frozenset({'c'}): 3}))\n"
+    )
+    outputs = {
+        run_script(script, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in (0, 1, 2, 3, 4)
+    }
+    assert len(outputs) == 1
+
+
+# -- joblib's API: validation, async functions, ignore ---------------------------------------------
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_validation_callback_also_decides_check_and_shelve(tmp_path, library):
+    lib = perfkit if library == "perfkit" else joblib
+    mem = lib.Memory(str(tmp_path), verbose=0)
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        return (x, len(calls))
+
+    never = mem.cache(f, cache_validation_callback=lambda metadata: False)
+    assert never(1) == (1, 1)
+    assert never.check_call_in_cache(1) is False
+    assert never.call_and_shelve(1).get() == (1, 2)
+    fresh = mem.cache(f, cache_validation_callback=lib.expires_after(hours=1))
+    assert fresh.check_call_in_cache(1) is True
+    assert fresh(1) == (1, 2)
+    expired = mem.cache(f, cache_validation_callback=lib.expires_after(seconds=0))
+    assert expired.check_call_in_cache(1) is False
+
+
+def test_expires_after_recomputes_old_results(tmp_path):
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    calls = []
+    f = mem.cache(
+        lambda x: calls.append(x) or x, cache_validation_callback=perfkit.expires_after(seconds=0.5)
+    )
+    f(1), f(1)
+    assert calls == [1]
+    time.sleep(0.6)
+    f(1)
+    assert calls == [1, 1]
+
+
+async def _fetch(x):
+    await asyncio.sleep(0)
+    _fetch.calls.append(x)
+    return {"x": x, "squared": x * x}
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_async_functions_cache_their_awaited_result(tmp_path, library):
+    lib = perfkit if library == "perfkit" else joblib
+    _fetch.calls = []
+    fetch = lib.Memory(str(tmp_path), verbose=0).cache(_fetch)
+
+    async def main():
+        first, second = await fetch(3), await fetch(3)
+        shelved = await fetch.call_and_shelve(4)
+        return first, second, shelved.get(), await fetch.call(3)
+
+    first, second, shelved, (called, metadata) = asyncio.run(main())
+    assert first == second == called == {"x": 3, "squared": 9}
+    assert shelved == {"x": 4, "squared": 16}
+    assert _fetch.calls == [3, 4, 3]
+    assert metadata["duration"] >= 0
+    assert fetch.check_call_in_cache(3) and not fetch.check_call_in_cache(5)
+
+
+def test_async_functions_without_a_location(tmp_path):
+    _fetch.calls = []
+    fetch = perfkit.Memory(None).cache(_fetch)
+
+    async def main():
+        return await fetch(2), (await fetch.call_and_shelve(2)).get(), await fetch.call(2)
+
+    assert asyncio.run(main()) == ({"x": 2, "squared": 4},) * 2 + (({"x": 2, "squared": 4}, {}),)
+    assert _fetch.calls == [2, 2, 2]
+
+
+class _Model:
+    @classmethod
+    def fit(cls, data, seed):
+        _Model.calls.append(seed)
+        return sum(data)
+
+
+def _with_extras(a, *args, **kwargs):
+    _with_extras.calls.append((args, kwargs))
+    return a
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_ignore_names_joblib_accepts(tmp_path, library):
+    lib = perfkit if library == "perfkit" else joblib
+    mem = lib.Memory(str(tmp_path), verbose=0)
+    _Model.calls, _with_extras.calls = [], []
+    fit = mem.cache(_Model.fit, ignore=["cls", "seed"])
+    assert (fit([1, 2], seed=1), fit([1, 2], seed=2)) == (3, 3)
+    assert _Model.calls == [1]
+    extras = mem.cache(_with_extras, ignore=["*", "**"])
+    assert (extras(1, 2, k=3), extras(1, 4, k=5), extras(2)) == (1, 1, 2)
+    assert _with_extras.calls == [((2,), {"k": 3}), ((), {})]
+
+
+# -- entries read while others replace them --------------------------------------------------------
+
+
+def test_a_mapped_read_maps_the_version_whose_head_it_read(tmp_path, monkeypatch):
+    """Another process replaces the entry between the head's read and the
+    mapping (an entry recomputed by call()): the result is the version whose
+    head was read, never its pickle stream over the other's buffers."""
+    mem = perfkit.Memory(tmp_path, mmap_mode="r", verbose=0)
+    version = [0]
+
+    def make(n):
+        version[0] += 1
+        # Each version lays its buffers out differently (another stream length).
+        return {"meta": "v" * (10_000 * version[0]), "data": np.full(n, version[0], dtype=np.int64)}
+
+    f = mem.cache(make)
+    f(50_000)
+    real_head = pk_memory._cache_load_head
+    replaced = []
+
+    def head_then_replace(entry, *args):
+        r = real_head(entry, *args)
+        if not replaced:
+            replaced.append(True)
+            f.call(50_000)  # version 2 published under the same name
+            pk_memory._native.cache_wait(entry)  # (on disk, not left to the background writer)
+        return r
+
+    monkeypatch.setattr(pk_memory, "_cache_load_head", head_then_replace)
+    out = f(50_000)
+    assert replaced
+    assert out["meta"] == "v" * 10_000 and np.all(out["data"] == 1)
+    monkeypatch.setattr(pk_memory, "_cache_load_head", real_head)
+    again = f(50_000)
+    assert again["meta"] == "v" * 20_000 and np.all(again["data"] == 2)
+
+
+def _identity(x):
+    return x
+
+
+def test_writes_through_r_plus_are_seen_at_once_by_plain_reads(tmp_path):
+    writer = perfkit.Memory(tmp_path, mmap_mode="r+", verbose=0).cache(_identity)
+    reader = perfkit.Memory(tmp_path, verbose=0).cache(_identity)
+    writer(np.zeros(4))
+    mapped = writer(np.zeros(4))
+    seen = []
+    for value in (1.0, 2.0, 3.0):  # the second write to a page already dirty changes no file time
+        mapped[0] = value
+        seen.append(float(reader(np.zeros(4))[0]))
+    assert seen == [1.0, 2.0, 3.0]
