@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import perfkit
@@ -663,6 +664,9 @@ STATS_IDS = [
     "nfl",
     "stdname-limit7",
     "module+cumulative",
+    "python-re-brace",
+    "python-re-Z-method",
+    "python-re-repeat-class",
 ]
 STATS_CASES = [
     ([], [], []),
@@ -676,6 +680,10 @@ STATS_CASES = [
     (["nfl"], [], []),
     (["stdname"], ["--limit", "7"], [7]),
     (["module", "cumulative"], [], []),
+    # Python's re syntax, as pstats reads it: a `{` that repeats nothing is a literal.
+    (["tottime"], ["--filter", "{built-in"], ["{built-in"]),
+    (["calls"], ["--filter", r"fib\)\Z|{method 'a"], [r"fib\)\Z|{method 'a"]),
+    (["name"], ["--filter", "f{,1}ib|[{]b|(ma){1}in"], ["f{,1}ib|[{]b|(ma){1}in"]),
 ]
 
 
@@ -711,6 +719,61 @@ def test_stats_unknown_sort_key(profiles):
 
 
 # -- export ------------------------------------------------------------------------------
+
+
+def test_an_unwritable_stdout_or_stderr_loses_the_message_not_the_command(profiles, tmp_path):
+    # helper-44: println!/eprintln! panicked on /dev/full (and on a pipe
+    # whose reader had gone), turning each command into a traceback, exit 1.
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+
+    def run(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        return subprocess.run(
+            [*perfkit_command(), *map(str, args)],
+            check=False,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            timeout=60,
+        ).returncode
+
+    with open("/dev/full", "w") as full:
+        out = tmp_path / "x.txt"
+        assert run("export", profiles / "perfkit.prof", "-o", out, stderr=full) == 0
+        assert out.read_text().strip()
+        assert run("stats", tmp_path / "missing.prof", stderr=full) == 2
+        port = free_port()
+        viewer = subprocess.Popen(
+            [*perfkit_command(), "view", profiles / "perfkit.prof", "--no-browser", "--port", str(port)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # serving, though it could not say where
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                        assert page.status == 200
+                    break
+                except OSError:
+                    assert viewer.poll() is None, viewer.stderr.read()
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+        finally:
+            viewer.send_signal(signal.SIGINT)
+            _, err = viewer.communicate(timeout=30)
+    assert viewer.returncode == 130, err
+    assert no_crash_noise(err) == []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @sensitive

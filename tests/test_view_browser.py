@@ -300,6 +300,26 @@ def test_click_on_focused_frame_zooms_out(browser, files):
         assert crumbs(browser) == path[:-2]
 
 
+def test_lowering_the_minimum_size_brings_back_narrow_frames(browser, files):
+    # helper-44: the slice had come over without the frames under the raised
+    # minimum, and lowering it only redrew what was there.
+    with ViewServer(files["perfkit"]) as server:
+        open_ready(browser, server.url)
+        everything = len(frames(browser))
+        browser.get("about:blank")  # (a new hash alone would not load the page again)
+        open_ready(browser, server.url + "#min=10")
+        settle(browser)
+        culled = len(frames(browser))
+        browser.execute_script(
+            "const m = document.getElementById('minsize'); m.value = '0';"
+            "m.dispatchEvent(new Event('change'));"
+        )
+        time.sleep(0.1)
+        settle(browser)
+        assert culled < everything
+        assert len(frames(browser)) == everything
+
+
 def test_table_agrees_with_pstats_and_perfkit_stats(browser, files):
     src = files["cprofile"]
     want = pstats.Stats(str(src))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import marshal
 import os
 import pstats
 import signal
@@ -116,6 +117,20 @@ def test_edges_api_matches_pstats_callers(server, profiles):
             want[(tuple(caller), tuple(callee))] = (edge[0], edge[1])
     assert got_callers == want
     assert got_callees == want
+
+
+def test_a_caller_without_a_row_is_named(tmp_path):
+    # A filtered or foreign dump may name a caller that has no row of its
+    # own; pstats prints its name, and the viewer labelled it "(all)".
+    f, hidden = ("/x/a.py", 1, "f"), ("/x/hidden.py", 5, "g")
+    path = tmp_path / "orphan.prof"
+    path.write_bytes(marshal.dumps({f: (2, 2, 0.1, 0.2, {hidden: (2, 2, 0.1, 0.2)})}))
+    assert list(pstats.Stats(str(path)).stats[f][4]) == [hidden]
+    with ViewServer(path) as server:
+        funcs = server.get_json("api/funcs")
+        (row,) = server.get_json("api/stats?view=0")["rows"]["f"]
+        callers = server.get_json(f"api/edges?view=0&f={row}")["callers"]["f"]
+        assert [(funcs["file"][c], funcs["line"][c], funcs["name"][c]) for c in callers] == [hidden]
 
 
 def test_meta_marks_cprofile_tree_approximate(server, profiles):

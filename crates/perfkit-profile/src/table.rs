@@ -146,6 +146,91 @@ impl SortKey {
     }
 }
 
+/// Compiles a pattern written for Python's `re` (as pstats' restrictions
+/// are), where its syntax differs from the regex crate's in ways people
+/// type: a `{` that does not start a repetition is a literal (`{built-in`,
+/// `{method 'append'` pick out C functions), `{,n}` is `{0,n}`, and `\Z` is
+/// the end of the text. Look-around and back-references have no equivalent
+/// and are refused.
+pub fn compile_python_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&python_regex_to_rust(pattern))
+}
+
+fn python_regex_to_rust(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut i = 0;
+    let mut in_class = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\\' if i + 1 < chars.len() => {
+                if chars[i + 1] == 'Z' && !in_class {
+                    out.push_str("\\z");
+                } else {
+                    out.push(c);
+                    out.push(chars[i + 1]);
+                }
+                i += 2;
+                continue;
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+                i += 1;
+                // A `]` first in the class (after an optional `^`) is a literal.
+                if chars.get(i) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if chars.get(i) == Some(&']') {
+                    out.push_str("\\]");
+                    i += 1;
+                }
+                continue;
+            }
+            '[' if in_class => out.push_str("\\["), // (nested class syntax in the regex crate)
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            '{' if !in_class => {
+                // Python's rule (sre_parse): `{` digits [`,` digits] `}` repeats; else a literal.
+                let mut j = i + 1;
+                let lo_start = j;
+                while j < chars.len() && chars[j].is_ascii_digit() {
+                    j += 1;
+                }
+                let lo: String = chars[lo_start..j].iter().collect();
+                let mut hi: Option<String> = None;
+                if j < chars.len() && chars[j] == ',' {
+                    j += 1;
+                    let hi_start = j;
+                    while j < chars.len() && chars[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    hi = Some(chars[hi_start..j].iter().collect());
+                }
+                let closes = j < chars.len() && chars[j] == '}';
+                if closes && !(lo.is_empty() && hi.is_none()) {
+                    let lo = if lo.is_empty() { "0".to_string() } else { lo };
+                    match hi {
+                        None => out.push_str(&format!("{{{lo}}}")),
+                        Some(h) => out.push_str(&format!("{{{lo},{h}}}")),
+                    }
+                    i = j + 1;
+                    continue;
+                }
+                out.push_str("\\{");
+            }
+            '}' if !in_class => out.push_str("\\}"),
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// An argument of `print_stats(*amount)`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Restriction {
@@ -173,7 +258,7 @@ impl Restriction {
     /// A regex restriction, checked now so a bad pattern is reported up
     /// front (pstats itself only notes it in the report).
     pub fn regex(pattern: &str) -> Result<Restriction, Error> {
-        match regex::Regex::new(pattern) {
+        match compile_python_regex(pattern) {
             Ok(_) => Ok(Restriction::Regex(pattern.to_string())),
             Err(e) => {
                 // The regex crate explains over several lines; keep the gist.
@@ -395,7 +480,7 @@ fn print_list(
     for sel in restrictions {
         let before = list.len();
         match sel {
-            Restriction::Regex(pattern) => match regex::Regex::new(pattern) {
+            Restriction::Regex(pattern) => match compile_python_regex(pattern) {
                 Ok(re) => list.retain(|&i| re.is_match(&stats.entries[i].func.std_string())),
                 Err(_) => {
                     let _ = writeln!(

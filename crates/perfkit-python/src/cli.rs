@@ -141,7 +141,7 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             if let Some(key) = &sort {
                 // Refused before the program runs, not after.
                 if let Err(e) = SortKey::parse(key) {
-                    eprintln!("perfkit: error: {e}");
+                    note(format_args!("perfkit: error: {e}"));
                     return Ok(2);
                 }
             }
@@ -201,7 +201,7 @@ pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
     Ok(match result {
         Ok(()) => 0,
         Err(msg) => {
-            eprintln!("perfkit: error: {msg}");
+            note(format_args!("perfkit: error: {msg}"));
             2
         }
     })
@@ -296,7 +296,7 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
         return write_stdout(&bytes);
     }
     write_atomic(output, &bytes)?;
-    eprintln!("perfkit: wrote {}", output.display());
+    note(format_args!("perfkit: wrote {}", output.display()));
     Ok(())
 }
 
@@ -325,6 +325,12 @@ fn format_from_extension(output: &Path) -> Result<ExportFormat, String> {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     perfkit_profile::write_atomic(path, bytes).map_err(|e| e.to_string())
+}
+
+/// A line for the user on stderr. One that cannot be written (stderr closed,
+/// or /dev/full) is lost rather than ending the command in a panic.
+pub(crate) fn note(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), String> {

@@ -1,11 +1,14 @@
 //! Bindings to perfkit-view: loading the files for the viewer, and serving
 //! them with the GIL released while Ctrl-C stays responsive.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use perfkit_view::{Server, Viewer};
+
+use crate::cli::note;
 use pyo3::prelude::*;
 
 pub(crate) fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -46,19 +49,21 @@ pub(crate) fn serve(
     })?;
     // Ctrl-C while the files were read: stop before serving them.
     if py.check_signals().is_err() {
-        eprintln!("perfkit: viewer stopped");
+        note(format_args!("perfkit: viewer stopped"));
         return Ok(130);
     }
     let server = Server::start(Arc::new(viewer), host, port)?;
     let url = server.url();
     if !server.addr().ip().is_loopback() {
-        eprintln!(
+        note(format_args!(
             "perfkit: warning: listening on {} — anyone who can reach this address can read the profile",
             server.addr()
-        );
+        ));
     }
     let shown: Vec<String> = files.iter().map(|f| label(f)).collect();
-    println!(
+    // (A stdout that cannot be written loses the line; the viewer still serves.)
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "perfkit: viewing {} at {url} (press Ctrl-C to stop)",
         shown.join(" → ")
     );
@@ -74,11 +79,13 @@ pub(crate) fn serve(
         match opened {
             Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => {
                 py.detach(|| server.stop());
-                eprintln!("perfkit: viewer stopped");
+                note(format_args!("perfkit: viewer stopped"));
                 return Ok(130);
             }
             Ok(r) if r.is_truthy().unwrap_or(false) => {}
-            _ => eprintln!("perfkit: could not open a browser; open {url} yourself"),
+            _ => note(format_args!(
+                "perfkit: could not open a browser; open {url} yourself"
+            )),
         }
     }
     // The server answers on its own threads; this thread only waits, without
@@ -90,6 +97,6 @@ pub(crate) fn serve(
         }
     }
     py.detach(|| server.stop());
-    eprintln!("perfkit: viewer stopped");
+    note(format_args!("perfkit: viewer stopped"));
     Ok(130)
 }

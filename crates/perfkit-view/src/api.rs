@@ -176,7 +176,7 @@ impl Viewer {
             views.push(view);
         }
         // The whole profile's table is the file's own, exactly as pstats reads it.
-        viewer.add_keys(stats.entries.iter().map(|e| &e.func));
+        viewer.add_table_keys(&stats);
         let _ = views[0].stats.set(stats);
         viewer.views = views;
         viewer.finish_ids();
@@ -194,8 +194,8 @@ impl Viewer {
         let mut viewer = Viewer::empty(vec![before_label, after_label], &after.tree);
         viewer.exact = before.tree.meta.exact && after.tree.meta.exact;
         viewer.funcs = d.after.funcs.clone();
-        viewer.add_keys(after.stats.entries.iter().map(|e| &e.func));
-        viewer.add_keys(before.stats.entries.iter().map(|e| &e.func));
+        viewer.add_table_keys(&after.stats);
+        viewer.add_table_keys(&before.stats);
         viewer.diff_rows = Some(diff_stats(&before.stats, &after.stats));
         let thread = d
             .after
@@ -229,6 +229,15 @@ impl Viewer {
     }
 
     /// Makes sure every key of a table has a function id.
+    /// A table's functions and their callers: a file may name a caller that
+    /// has no row of its own (a filtered or foreign dump), which must still
+    /// be labelled by its name.
+    fn add_table_keys(&mut self, stats: &StatsTable) {
+        self.add_keys(stats.entries.iter().flat_map(|e| {
+            std::iter::once(&e.func).chain(e.callers.iter().map(|(caller, _)| caller))
+        }));
+    }
+
     fn add_keys<'a>(&mut self, keys: impl Iterator<Item = &'a FuncKey>) {
         let mut known: rustc_hash::FxHashSet<&FuncKey> = self.funcs.iter().collect();
         let mut extra = Vec::new();

@@ -565,7 +565,8 @@
       filterTimer = setTimeout(() => { S.filter = $("filter").value; writeHash(); renderTable(); }, 80);
     });
     $("depth").addEventListener("change", () => { S.depth = clampInt($("depth").value, 1, 2000, 60); writeHash(); redrawWithDetail().catch(fail); });
-    $("minsize").addEventListener("change", () => { S.minPct = Math.min(50, Math.max(0, parseFloat($("minsize").value) || 0)); writeHash(); draw(); });
+    // The slice came over without frames narrower than the minimum then: fetch it again.
+    $("minsize").addEventListener("change", () => { S.minPct = Math.min(50, Math.max(0, parseFloat($("minsize").value) || 0)); writeHash(); redrawWithDetail().catch(fail); });
     $("theme").addEventListener("click", () => {
       S.theme = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
       applyTheme(); writeHash(); draw();
