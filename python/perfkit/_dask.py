@@ -77,13 +77,18 @@ class DaskCall:
         self.iterable = iterable
         self.total = total
         self.progress = progress
-        workers = client.scheduler_info().get("workers", {})
-        self.workers = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        from distributed.comm import get_address_host
+
+        # Every worker's threads: client.nthreads(), not scheduler_info(),
+        # which lists only the first 5 workers in distributed 2025.4-2026.6.
+        threads = client.nthreads()
+        self.workers = max(1, sum(threads.values()))
         # Worker threads per host: a Parallel inside a task shares its machine with all of them.
         self.host_threads = {}
-        for w in workers.values():
-            self.host_threads[w.get("host")] = self.host_threads.get(w.get("host"), 0) + w.get("nthreads", 1)
-        self.addresses = sorted(workers)
+        for address, n in threads.items():
+            host = get_address_host(address)
+            self.host_threads[host] = self.host_threads.get(host, 0) + n
+        self.addresses = sorted(threads)
         self.window = pp._dispatch_window(parallel.pre_dispatch, self.workers)
         self.at_once = _large_graph_bytes()
         self.max_batch_bytes = min(MAX_BATCH_BYTES, self.at_once * 3 // 4)
@@ -223,7 +228,7 @@ class DaskCall:
                     del self.known[id(value)]
         if self.given is not None:
             self._know_given()  # sent again if lost
-        self.addresses = sorted(self.client.scheduler_info().get("workers", {}))
+        self.addresses = sorted(self.client.nthreads())
         self._submit(iter(chunk), len(chunk), False, sent)
 
     def _prepared(self, tasks, size, auto, batch):

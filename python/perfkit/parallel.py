@@ -121,6 +121,33 @@ def _multiprocessing_disabled() -> bool:
         return False
 
 
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """The CPUs a cgroup's bandwidth limit allows (v2's cpu.max, else v1's
+    cfs quota and period, as loky reads them: ``docker --cpus=2``); None
+    where there is none."""
+    try:
+        with open(os.path.join(_CGROUP_ROOT, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(_CGROUP_ROOT, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(_CGROUP_ROOT, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)  # ("max" in v2, -1 in v1: no limit)
+    except ValueError:
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return max(1, math.ceil(quota_us / period_us))
+
+
 def cpu_count(only_physical_cores: bool = False) -> int:
     """CPUs this process may use: affinity mask and cgroup CPU quota, and
     at most LOKY_MAX_CPU_COUNT (as joblib's; 1 under JOBLIB_MULTIPROCESSING=0)."""
@@ -130,13 +157,9 @@ def cpu_count(only_physical_cores: bool = False) -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, quota)
     if only_physical_cores:
         try:
             cores = set()
@@ -266,7 +289,7 @@ class parallel_config:
         self,
         backend=None,
         *,
-        n_jobs=None,
+        n_jobs=_UNSET,
         verbose=None,
         temp_folder=None,
         max_nbytes=None,
@@ -284,7 +307,6 @@ class parallel_config:
         _check_prefer_require(prefer, require)
         given = {
             "backend": backend,
-            "n_jobs": n_jobs,
             "verbose": verbose,
             "max_nbytes": max_nbytes,
             "prefer": prefer,
@@ -293,6 +315,9 @@ class parallel_config:
             "progress": progress,
         }
         self._values = {k: v for k, v in given.items() if v is not None}
+        if n_jobs is not _UNSET:
+            # (an explicit None too, as in joblib: an inner config's n_jobs=None is 1 again)
+            self._values["n_jobs"] = n_jobs
         if backend_params and backend is None:
             # joblib's check too: a misspelt keyword (n_job=4) is not a backend's parameter.
             raise ValueError(
@@ -676,6 +701,7 @@ def _forget_pools_after_fork():
         kept._private_pool_busy = threading.Lock()  # (the call holding it is the parent's)
     _executors.clear()  # (their threads are gone: dropping them joins nothing)
     _running_batches.clear()
+    _executor_users.clear()
     # A thread of the parent may have held these at the fork.
     _pool_lock = threading.Lock()
     _executors_lock = threading.Lock()
@@ -704,6 +730,7 @@ class _Progress:
         self.last_draw = self.start  # first line after one interval, when the rate means something
         self.stream = sys.stderr
         self.on_screen = False
+        self.drawn_done = -1  # the count the last line showed
         try:
             self.tty = self.stream.isatty()
         except (AttributeError, ValueError):
@@ -743,13 +770,14 @@ class _Progress:
         self.stream.write(line)
         self.stream.flush()
         self.on_screen = True
+        self.drawn_done = self.done
 
     def close(self, completed: bool) -> None:
         if self.closing is not None:
             self.closing()
         if not self.enabled:
             return
-        if completed:
+        if completed and (self.tty or self.drawn_done != self.done):  # (a line is not printed twice)
             self._draw(time.perf_counter(), final=True)
         if self.tty and self.on_screen:
             self.stream.write("\n")  # (ends the bar's line)
@@ -863,7 +891,7 @@ class Parallel:
             # A dask call runs on every thread of the cluster, whatever n_jobs says.
             try:
                 return _dask_threads(_dask_client(self._config))
-            except (ImportError, RuntimeError):
+            except (ImportError, RuntimeError, ValueError):
                 return n_jobs  # (no cluster yet: the call itself says what is missing)
         return n_jobs
 
@@ -1144,7 +1172,6 @@ class Parallel:
     def _run_threads(self, iterable, n_jobs, share, total, progress):
         """Batches of tasks on a kept thread pool: one hand-off per batch, not
         per task; the tasks' own nested calls within `share` CPUs each."""
-        executor, own_pool = _thread_executor(n_jobs)
         ordered = self.return_as != "generator_unordered"
         auto = self.batch_size == "auto"
         # Auto: one task per batch until a batch of this call has been timed
@@ -1170,6 +1197,7 @@ class Parallel:
         completed = False
         started_call = False
         owner = os.getpid()
+        executor, own_pool = _thread_executor(n_jobs)
         try:
             while True:
                 while not exhausted and len(pending) < window:
@@ -1246,6 +1274,8 @@ class Parallel:
                 fut.cancel()
             if own_pool:
                 executor.shutdown(wait=False)  # (a batch still running ends in its thread)
+            else:
+                _release_thread_executor(executor)
             progress.close(completed)
 
     def _next_completion(self, completions, pending, started):
@@ -1494,10 +1524,26 @@ def _thread_executor(n_jobs):
     with _executors_lock:
         ex = _executors.get((n_jobs, depth))
         if ex is None:
+            # Kept: the pools of this depth that calls are using, and this
+            # one. An idle pool of another size goes (calls of n_jobs=len(urls)
+            # used to keep a pool, and its threads, for every length).
+            for key, idle in list(_executors.items()):
+                if key[1] == depth and not _executor_users[idle] and not _running_batches[idle]:
+                    del _executors[key]
+                    idle.shutdown(wait=False)
             ex = _executors[(n_jobs, depth)] = _new_thread_pool(n_jobs, depth)
         if _running_batches[ex] < n_jobs:
+            _executor_users[ex] += 1
             return ex, False
     return _new_thread_pool(n_jobs, depth), True
+
+
+def _release_thread_executor(pool) -> None:
+    """A call is done with the kept `pool` `_thread_executor` gave it."""
+    with _executors_lock:
+        _executor_users[pool] -= 1
+        if _executor_users[pool] <= 0:
+            del _executor_users[pool]
 
 
 def _new_thread_pool(n_jobs, depth):
@@ -1577,6 +1623,8 @@ def _mark_pool_thread(depth, made):
 
 # thread pool -> how many of its threads are running a batch now (under _executors_lock).
 _running_batches: collections.Counter = collections.Counter()
+# kept thread pool -> how many calls are using it now (under _executors_lock).
+_executor_users: collections.Counter = collections.Counter()
 
 
 # Aim for batches of threads-backend tasks this long (wall time: threads wait on I/O).
