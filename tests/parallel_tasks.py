@@ -614,3 +614,19 @@ def interrupt_main_later(seconds):
 
     threading.Timer(seconds, _thread.interrupt_main).start()
     return os.getpid()
+
+
+class ErrorHoldingALock(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, message):
+        import threading
+
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(x):
+    if x == 1:
+        raise ErrorHoldingALock(f"task value {x} holds a lock")
+    return x

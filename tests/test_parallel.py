@@ -2672,6 +2672,23 @@ def test_dask_counts_every_worker_when_scheduler_info_lists_a_few(dask_client, m
     assert sum(call.host_threads.values()) == 2
 
 
+def test_dask_task_errors_come_back_with_their_traceback_and_no_worker_log(dask_client, capfd):
+    # helper-45: a task's exception escaped the batch, so each worker logged
+    # it at ERROR level ("Compute Failed", with the arguments in older dask);
+    # joblib's dask backend is silent.
+    with parallel_config(backend="dask"), pytest.raises(ValueError, match="task value 7") as info:
+        Parallel(batch_size=1)(delayed(T.raise_at)(i) for i in range(20))
+    cause = info.value.__cause__
+    assert isinstance(cause, pp.RemoteTraceback)
+    assert "task 7 on a dask worker" in str(cause) and "raise_at" in str(cause)
+    time.sleep(0.5)  # (a worker's log line would come from its own process)
+    assert "Compute Failed" not in capfd.readouterr().err
+    with parallel_config(backend="dask"):
+        with pytest.raises(pp.TaskError, match="ErrorHoldingALock: task value 1 holds a lock"):
+            Parallel(batch_size=1)(delayed(T.raise_unpicklable)(i) for i in range(3))
+        assert Parallel()(delayed(T.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+
+
 def test_dask_generator_starts_its_tasks_at_the_call(dask_client, tmp_path):
     with parallel_config(backend="dask"):
         gen = Parallel(return_as="generator")(

@@ -166,6 +166,8 @@ class DaskCall:
                         pp._add_note(exc, _died_note(first, chunk, sent if lost else None))
                     raise  # (its future stays in flight, so that `finally` releases it: dask
                     # keeps the exception, whose traceback holds this frame, which holds the future)
+                if type(results) is TaskRaised:
+                    results.raise_here(first, chunk)  # (its future stays in flight, as above)
                 del in_flight[future.key]
                 if auto:
                     per_task = costs.add(max(elapsed, 1e-7) / max(len(chunk), 1))
@@ -406,8 +408,46 @@ def run_chunk(chunk, host_threads):
         threads = 1
     with pp._within_cpus(pp._share_of_one_of(threads)):
         started = time.perf_counter()
-        results = pp._run_chunk(chunk)
+        try:
+            results = pp._run_chunk(chunk)
+        except Exception as exc:  # noqa: BLE001 - the caller raises it (below)
+            # Returned, not raised: dask logs a task's exception on its
+            # worker at ERROR level (with the task's arguments, in older
+            # versions), where joblib's dask backend is silent.
+            return None, TaskRaised.of(exc)
         return time.perf_counter() - started, results
+
+
+class TaskRaised:
+    """A task's exception, as a batch's result: the exception (or a stand-in
+    when it cannot be pickled) and the worker's traceback."""
+
+    def __init__(self, exc, traceback_text):
+        self.exc = exc
+        self.traceback_text = traceback_text
+
+    @classmethod
+    def of(cls, exc):
+        import traceback
+
+        import cloudpickle
+
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        exc.__traceback__ = None  # (not sent: it holds the worker's frames)
+        try:
+            cloudpickle.loads(cloudpickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - any __reduce__ may fail, either way
+            exc = pp.TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+        return cls(exc, text)
+
+    def raise_here(self, first, chunk):
+        exc = self.exc
+        where = f"{pp._tasks_text(first, len(chunk))} on a dask worker"
+        exc.__cause__ = pp.RemoteTraceback(f"\n{where}; its traceback there:\n\n{self.traceback_text}")
+        try:
+            raise exc
+        finally:
+            del exc  # (this frame and the exception would hold each other)
 
 
 def _secede():
