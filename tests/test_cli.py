@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -719,6 +720,59 @@ def test_stats_unknown_sort_key(profiles):
 
 
 # -- export ------------------------------------------------------------------------------
+
+
+@sensitive  # marshal's code objects differ by CPython
+def test_files_of_the_pure_python_profile_module_read_as_pstats_reads_them(tmp_path):
+    # helper-44: `python -m profile -o` names the profiled code object in a
+    # key (refused as "code objects are not read"), and the profile module
+    # stores each edge as a bare call count, which pstats prints its own way.
+    prog = tmp_path / "prog.py"
+    prog.write_text(
+        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
+        "def main():\n    return [fib(12) for _ in range(3)]\n\nmain()\n"
+    )
+    by_cli = tmp_path / "cli.prof"
+    r = subprocess.run(
+        [sys.executable, "-m", "profile", "-o", str(by_cli), str(prog)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    without_address = functools.partial(re.sub, r" at 0x[0-9a-f]+", "")
+    # (The callers' column width comes from the names listed: not the code
+    # object's, whose name here has no address.)
+    for args, method, pattern in (
+        ([], "print_stats", "fib|main|code object"),
+        (["--callers"], "print_callers", "fib|main"),
+        (["--callees"], "print_callees", "fib|main"),
+    ):
+        got = run_cli("stats", by_cli, "--sort", "cumulative", "--filter", pattern, *args)
+        assert got.returncode == 0, got.stderr
+        buf = io.StringIO()
+        getattr(pstats.Stats(str(by_cli), stream=buf).sort_stats("cumulative"), method)(pattern)
+        want = without_address(buf.getvalue())
+        assert without_file_lines(got.stdout, by_cli) == without_file_lines(want, by_cli), method
+        assert "fib" in got.stdout
+    # pstats' way for a bare count: "file:line(caller)(count)  cumtime".
+    assert re.search(
+        r"\(fib\)\(\d+\) +\d+\.\d{3}$", run_cli("stats", by_cli, "--callers").stdout, re.MULTILINE
+    )
+    # Re-exported, each edge stays a bare count (pstats reads it back the same).
+    copy = tmp_path / "copy.prof"
+    assert run_cli("export", by_cli, "-o", copy).returncode == 0
+
+    def edges(path):
+        name = lambda key: without_address(pstats.func_std_string(key))
+        return {
+            name(k): {name(c): e for c, e in v[4].items()} for k, v in pstats.Stats(str(path)).stats.items()
+        }
+
+    assert edges(copy) == edges(by_cli)
+    assert all(type(e) is int for callers in edges(copy).values() for e in callers.values())
 
 
 def test_an_unwritable_stdout_or_stderr_loses_the_message_not_the_command(profiles, tmp_path):

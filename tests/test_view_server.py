@@ -158,6 +158,30 @@ def test_slice_layout_is_consistent(server):
     assert len(z["path"]) == s["d"][deep] and z["path"][-1] == s["id"][deep]
 
 
+def test_a_pure_python_profile_modules_file_draws_its_calls(tmp_path):
+    # The profile module stores each edge as a bare count, with no time: the
+    # chart inferred from them drew only "all".
+    import profile
+
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    def main():
+        return [fib(10) for _ in range(3)]
+
+    path = tmp_path / "profile-module.prof"
+    prof = profile.Profile()
+    prof.runcall(main)
+    prof.dump_stats(str(path))
+    with ViewServer(path) as server:
+        funcs = server.get_json("api/funcs")
+        s = server.get_json("api/slice?view=0&root=0&depth=50&min=0")
+        drawn = {funcs["name"][f] for f in s["f"] if f >= 0}
+        assert {"main", "fib"} <= drawn
+        main_width = max(w for f, w in zip(s["f"], s["w"]) if f >= 0 and funcs["name"][f] == "main")
+        assert main_width > 0.5
+
+
 def test_level_of_detail_culls_narrow_frames(server):
     everything = server.get_json("api/slice?view=0&root=0&min=0")
     coarse = server.get_json("api/slice?view=0&root=0&min=0.05")

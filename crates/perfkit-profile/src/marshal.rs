@@ -109,7 +109,7 @@ pub enum Error {
     Truncated { inside: &'static str, offset: usize },
     /// The bytes cannot be marshal data.
     Bad { message: String, offset: usize },
-    /// Valid marshal data that this reader refuses (code objects, …).
+    /// Valid marshal data that this reader refuses (slice objects, …).
     Unsupported { message: String, offset: usize },
     /// The data nests deeper or expands to more objects than [`Limits`] allow.
     Limit { message: String, offset: usize },
@@ -319,6 +319,33 @@ impl Reader<'_> {
         Ok(v)
     }
 
+    /// A code object's fields, read past, as Python's repr names it (without
+    /// its address): `<code object f, file "x.py", line 3>`. `modern`: the
+    /// layout of 3.11 and later (5 ints, 8 objects, an int, 2 objects), else
+    /// of 3.8-3.10 (6 ints, 8 objects, an int, 1 object).
+    fn code_label(&mut self, depth: usize, modern: bool) -> Result<String, Error> {
+        let at = self.pos;
+        let inside = "a code object";
+        for _ in 0..(if modern { 5 } else { 6 }) {
+            self.i32(inside)?;
+        }
+        let fields = self.items(8, depth)?;
+        let (file, name) = if modern {
+            (&fields[5], &fields[6])
+        } else {
+            (&fields[6], &fields[7])
+        };
+        let (Value::Str(file), Value::Str(name)) = (file, name) else {
+            return Err(self.bad(at, "a code object without a file and a name"));
+        };
+        let (file, name) = (file.clone(), name.clone());
+        let line = self.i32(inside)?;
+        self.items(if modern { 2 } else { 1 }, depth)?;
+        Ok(format!(
+            "<code object {name}, file \"{file}\", line {line}>"
+        ))
+    }
+
     fn object(&mut self, depth: usize) -> Result<Value, Error> {
         let at = self.pos;
         if depth > self.limits.max_depth {
@@ -471,10 +498,22 @@ impl Reader<'_> {
                 Value::Dict(entries)
             }
             b'c' => {
-                return Err(Error::Unsupported {
-                    message: "code objects are not read".into(),
-                    offset: at,
-                })
+                // A code object: the pure-Python `profile` module names the
+                // profiled command's code in one key (`python -m profile -o`).
+                // Read for a label only. Its layout changed in 3.11 and the
+                // file does not say which Python wrote it: the newer is tried
+                // first, then the older.
+                let (start, refs, objects) = (self.pos, self.refs.len(), self.objects);
+                let label = match self.code_label(depth, true) {
+                    Ok(label) => label,
+                    Err(newer) => {
+                        self.pos = start;
+                        self.refs.truncate(refs);
+                        self.objects = objects;
+                        self.code_label(depth, false).map_err(|_| newer)?
+                    }
+                };
+                Value::Str(Arc::from(label))
             }
             b':' => {
                 return Err(Error::Unsupported {

@@ -113,6 +113,10 @@ pub fn stats_to_marshal(stats: &StatsTable) -> Vec<u8> {
         w.dict();
         for (caller, edge) in &e.callers {
             key(&mut w, caller, &mut keys);
+            if edge.count_only {
+                w.int(edge.nc as i128); // (as the pure-Python `profile` module wrote it)
+                continue;
+            }
             w.tuple(4, false);
             w.int(edge.nc as i128);
             w.int(edge.cc as i128);
@@ -440,6 +444,7 @@ pub(crate) fn stats_from_value(value: &Value, budget: &mut usize) -> Result<Stat
                     cc: count(&t[1], &|| format!("cc of {}", what()))?,
                     tt: time(&t[2], &|| format!("tt of {}", what()))?,
                     ct: time(&t[3], &|| format!("ct of {}", what()))?,
+                    count_only: false,
                 },
                 // The pure-Python `profile` module stores only a call count.
                 Value::Int(_) | Value::BigInt { .. } => {
@@ -449,6 +454,7 @@ pub(crate) fn stats_from_value(value: &Value, budget: &mut usize) -> Result<Stat
                         cc: n,
                         tt: 0.0,
                         ct: 0.0,
+                        count_only: true,
                     }
                 }
                 other => {

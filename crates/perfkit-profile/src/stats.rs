@@ -34,6 +34,22 @@ pub struct EdgeStats {
     /// The callee's cumulative time during the calls that were not recursive
     /// for this caller→callee pair.
     pub ct: f64,
+    /// Only the call count is known: the pure-Python `profile` module stores
+    /// an edge as a bare int (`nc`, `cc` both that count; `tt`, `ct` 0), and
+    /// pstats prints such edges their own way.
+    pub count_only: bool,
+}
+
+impl EdgeStats {
+    /// The edge's cumulative time, or for a count-only edge the callee's
+    /// (`callee_ct` over `callee_nc` calls) in proportion to its calls.
+    pub fn ct_or_share(&self, callee_ct: f64, callee_nc: u64) -> f64 {
+        if self.count_only && callee_nc > 0 {
+            callee_ct * self.nc as f64 / callee_nc as f64
+        } else {
+            self.ct
+        }
+    }
 }
 
 /// The pstats dict as an ordered table; order is the dict's iteration order.
@@ -137,6 +153,7 @@ impl FuncStats {
                     mine.cc += edge.cc;
                     mine.tt += edge.tt;
                     mine.ct += edge.ct;
+                    mine.count_only &= edge.count_only;
                 }
                 None => self.callers.push((caller.clone(), *edge)),
             }
@@ -262,6 +279,7 @@ impl CallTree {
                     cc: acc.cc,
                     tt: seconds(acc.tt),
                     ct: seconds(acc.ct),
+                    count_only: false,
                 },
             ));
         }
@@ -349,8 +367,15 @@ impl StatsTable {
         let mut top_calls: Vec<u64> = row.iter().map(|e| e.nc).collect();
         for (c, e) in row.iter().enumerate() {
             for (caller, edge) in &e.callers {
+                let g = id_of.get(caller).copied();
+                // A caller never called itself (the pure-Python `profile`
+                // module's `profiler` frame: no calls, no time) does not hold
+                // its callees: they are top-level calls.
+                if g.is_some_and(|g| row[g as usize].nc == 0) {
+                    continue;
+                }
                 top_calls[c] = top_calls[c].saturating_sub(edge.nc);
-                if let Some(&g) = id_of.get(caller) {
+                if let Some(g) = g {
                     if g as usize != c {
                         callees[g as usize].push((c as FuncId, *edge));
                         has_caller[c] = true;
@@ -448,7 +473,8 @@ impl StatsTable {
                 let callee = row[c as usize];
                 // A call cannot outlast its caller; capping also keeps odd
                 // tables from growing times down the tree.
-                let total = scaled(edge.ct, s).min(thread.nodes[id].total_ns as f64 / 1e9);
+                let total = scaled(edge.ct_or_share(callee.ct, callee.nc), s)
+                    .min(thread.nodes[id].total_ns as f64 / 1e9);
                 let total_ns = to_ns(total);
                 let calls = scaled(edge.nc as f64, s).round().min(u64::MAX as f64) as u64;
                 if total_ns < min_ns || (total_ns == 0 && calls == 0) {

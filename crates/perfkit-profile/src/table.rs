@@ -711,11 +711,18 @@ fn print_line(out: &mut String, e: &FuncStats) {
 
 fn print_call_heading(out: &mut String, stats: &StatsTable, width: usize, title: &str) {
     let _ = writeln!(out, "{}{title}", ljust("Function ", width));
-    // pstats checks the first non-empty callers dict for cProfile's tuples;
-    // every edge here is one.
-    if stats.entries.iter().any(|e| !e.callers.is_empty()) {
+    // pstats looks at the first non-empty callers dict's first edge: a
+    // cProfile tuple gets the column titles, a bare count (the pure-Python
+    // `profile` module's) none.
+    let first = stats.entries.iter().find_map(|e| e.callers.first());
+    if first.is_some_and(|(_, edge)| !edge.count_only) {
         let _ = writeln!(out, "{}    ncalls  tottime  cumtime", " ".repeat(width));
     }
+}
+
+/// `ct` of each function that has a row (pstats' `self.stats[func][3]`).
+fn cumulative_times(stats: &StatsTable) -> rustc_hash::FxHashMap<&FuncKey, f64> {
+    stats.entries.iter().map(|e| (&e.func, e.ct)).collect()
 }
 
 fn print_call_line(
@@ -724,6 +731,7 @@ fn print_call_line(
     source: &FuncKey,
     calls: &[(&FuncKey, &EdgeStats)],
     arrow: &str,
+    cumulative: &rustc_hash::FxHashMap<&FuncKey, f64>,
 ) {
     let _ = write!(out, "{}{arrow} ", ljust(&source.std_string(), width));
     if calls.is_empty() {
@@ -733,6 +741,20 @@ fn print_call_line(
     let mut sorted: Vec<&(&FuncKey, &EdgeStats)> = calls.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (n, (func, edge)) in sorted.into_iter().enumerate() {
+        if edge.count_only {
+            // pstats: '%s(%r) %s' % (name, count, f8(stats[func][3])), lined up past the arrow.
+            let indent = if n == 0 { 0 } else { width + 3 };
+            let ct = cumulative.get(func).copied().unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "{}{}({}) {}",
+                " ".repeat(indent),
+                func.std_string(),
+                edge.nc,
+                f8(ct)
+            );
+            continue;
+        }
         let counts = if edge.nc != edge.cc {
             format!("{}/{}", edge.nc, edge.cc)
         } else {
@@ -760,10 +782,11 @@ pub fn print_callers(stats: &StatsTable, sort: &[SortKey], restrictions: &[Restr
     out.push_str(&msg);
     out.push('\n');
     print_call_heading(&mut out, stats, width, "was called by...");
+    let cumulative = cumulative_times(stats);
     for &i in &list {
         let e = &stats.entries[i];
         let calls: Vec<(&FuncKey, &EdgeStats)> = e.callers.iter().map(|(k, s)| (k, s)).collect();
-        print_call_line(&mut out, width, &e.func, &calls, "<-");
+        print_call_line(&mut out, width, &e.func, &calls, "<-", &cumulative);
     }
     out.push_str("\n\n");
     out
@@ -795,10 +818,11 @@ pub fn print_callees(stats: &StatsTable, sort: &[SortKey], restrictions: &[Restr
     out.push_str(&msg);
     out.push('\n');
     print_call_heading(&mut out, stats, width, "called...");
+    let cumulative = cumulative_times(stats);
     for &i in &list {
         let func = &stats.entries[i].func;
         let calls = callees.get(func).map(Vec::as_slice).unwrap_or(&[]);
-        print_call_line(&mut out, width, func, calls, "->");
+        print_call_line(&mut out, width, func, calls, "->", &cumulative);
     }
     out.push_str("\n\n");
     out

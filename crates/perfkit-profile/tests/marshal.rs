@@ -168,7 +168,9 @@ fn errors_say_what_is_wrong() {
     let err = marshal::read(&[b'r', 0, 0, 0, 0]).unwrap_err().to_string();
     assert!(err.contains("reference 0"), "{err}");
     let err = marshal::read(b"c").unwrap_err().to_string();
-    assert!(err.contains("code objects"), "{err}");
+    assert!(err.contains("inside a code object"), "{err}");
+    let err = marshal::read(b":").unwrap_err().to_string();
+    assert!(err.contains("slice objects"), "{err}");
     // A container that refers to itself.
     let err = marshal::read(&[b'[' | 0x80, 1, 0, 0, 0, b'r', 0, 0, 0, 0])
         .unwrap_err()

@@ -360,6 +360,7 @@ fn inferring_a_cycle_without_entry_terminates() {
         cc: 5,
         tt: 1.0,
         ct: 2.0,
+        count_only: false,
     };
     let stats = StatsTable {
         entries: vec![
@@ -410,6 +411,7 @@ fn inferring_a_dense_graph_is_bounded() {
                             cc: 1,
                             tt: 1.0,
                             ct: 50.0,
+                            count_only: false,
                         },
                     )
                 })
