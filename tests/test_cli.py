@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import json
+import marshal
 import os
 import pstats
 import re
@@ -709,6 +710,28 @@ def test_stats_matches_pstats_on_perfkit_file(profiles, sort, cli_extra, restric
 @pytest.mark.parametrize("sort,cli_extra,restrictions", STATS_CASES, ids=STATS_IDS)
 def test_stats_matches_pstats_on_cprofile_file(profiles, sort, cli_extra, restrictions):
     _stats_case(profiles / "cprofile.prof", sort, cli_extra, restrictions)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"\<lambda\>", "[&]", "x[~]y", "q{2}", "{built-in", "fib\\Z", "(?i)FIB", r"\bfib\b"],
+)
+def test_filter_patterns_select_what_pstats_selects(tmp_path, pattern):
+    # Python's re and the regex crate read these differently: \< and \> are
+    # literals in Python, word boundaries in the crate; &, ~ and -- are set
+    # operators inside a crate's class.
+    names = ["<lambda>", "lambda", "f&g", "x~y", "a-b", "q{2}", "qq", "fib", "FIB2"]
+    table = {
+        ("/a/mod.py", i, name): (1, 1, 0.001 * (i + 1), 0.001 * (i + 1), {}) for i, name in enumerate(names)
+    }
+    table[("~", 0, "<built-in method builtins.len>")] = (1, 1, 0.5, 0.5, {})
+    path = tmp_path / "crafted.prof"
+    path.write_bytes(marshal.dumps(table))
+    buf = io.StringIO()
+    pstats.Stats(str(path), stream=buf).sort_stats("cumulative").print_stats(pattern)
+    got = run_cli("stats", path, "--filter", pattern)
+    assert got.returncode == 0, got.stderr
+    assert without_file_lines(got.stdout, path) == without_file_lines(buf.getvalue(), path)
 
 
 @sensitive

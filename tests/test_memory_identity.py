@@ -89,6 +89,54 @@ def test_lambdas_are_each_their_own_function(tmp_path):
     assert calls == ["double", "triple"]
 
 
+def test_lambdas_on_one_line_keep_their_entries_across_runs(tmp_path):
+    script = tmp_path / "lambdas.py"
+    script.write_text(
+        "import sys, perfkit\n"
+        "mem = perfkit.Memory(sys.argv[1], verbose=0)\n"
+        "calls = []\n"
+        "f = mem.cache(lambda x: calls.append('f') or x + 1); g = mem.cache(lambda x: calls.append('g') or x * 2)\n"
+        "print(f(3), g(3), f(3), g(3), calls)\n"
+    )
+    runs = [run_script(script, str(tmp_path / "cache")) for _ in range(2)]
+    assert runs == ["4 6 4 6 ['f', 'g']\n", "4 6 4 6 []\n"]
+
+
+class _Scale:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, x):
+        return self.factor * x
+
+
+def test_two_instances_of_a_callable_class_are_two_functions(tmp_path):
+    # helper-46: named by their class, with the instance in no key, Scale(3)
+    # returned Scale(2)'s results (joblib: 15).
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    assert (mem.cache(_Scale(2))(5), mem.cache(_Scale(3))(5), mem.cache(_Scale(2))(5)) == (10, 15, 10)
+    assert mem.cache(_Scale(3)).check_call_in_cache(5)
+    # ignore=["self"] leaves the instance out, as for a method.
+    shared = mem.cache(_Scale(4), ignore=["self"])
+    assert shared(1) == 4 and mem.cache(_Scale(5), ignore=["self"])(1) == 4
+
+
+def test_a_script_with_a_long_path_is_still_cached(tmp_path):
+    deep = tmp_path.joinpath(*["a_rather_long_directory_name_" + str(i) for i in range(8)])
+    deep.mkdir(parents=True)
+    script = deep / "script.py"
+    script.write_text(
+        "import sys, warnings, perfkit\n"
+        "warnings.simplefilter('error')\n"
+        "calls = []\n"
+        "f = perfkit.Memory(sys.argv[1], verbose=0).cache(lambda x: calls.append(x) or x)\n"
+        "f(1); f(1)\n"
+        "print(calls)\n"
+    )
+    assert len(str(script)) > 255
+    assert run_script(script, str(tmp_path / "cache")) == "[1]\n"
+
+
 def test_names_that_differ_in_unusual_characters_keep_their_entries(tmp_path):
     source = "def café(x):\n    return ('café', x)\n\ndef cafè(x):\n    return ('cafè', x)\n"
     namespace: dict = {"__name__": "unusual_names"}
@@ -156,6 +204,23 @@ def test_shared_containers_hash_as_their_copies():
     assert perfkit.hash([big_set, big_set]) == perfkit.hash([big_set, set(big_set)])
 
 
+def test_deeply_nested_large_containers_hash_as_their_copies():
+    # Digests inside digests stop at a depth: each level holds stack frames,
+    # and the recursion limit sent deep data to the memo's identity-sensitive
+    # fallback at half the depth plain pickling reaches.
+    shared_leaf = list(range(64))
+
+    def nest(depth, leaf):
+        value = [leaf] + list(range(63))
+        for _ in range(depth):
+            value = [value] + list(range(63))
+        return value
+
+    deep_shared = [nest(300, shared_leaf), nest(300, shared_leaf)]
+    deep_copies = [nest(300, list(range(64))), nest(300, list(range(64)))]
+    assert perfkit.hash(deep_shared) == perfkit.hash(deep_copies)
+
+
 def test_a_large_container_that_holds_itself_still_hashes():
     cycle = list(range(100))
     cycle.append(cycle)
@@ -169,7 +234,8 @@ def test_sets_of_frozensets_hash_alike_whatever_the_seed(tmp_path):
     script.write_text(
         "import perfkit\n"
         "print(perfkit.hash({frozenset({'a'}), frozenset({'b'}), frozenset({'c'}), frozenset({'d'})}),\n"
-        "      perfkit.hash({frozenset({'a'}): 1, frozenset({'b'}): 2, frozenset({'c'}): 3}))\n"
+        "      perfkit.hash({frozenset({'a'}): 1, frozenset({'b'}): 2, frozenset({'c'}): 3}),\n"
+        "      perfkit.hash({(frozenset({t}), 'x') for t in 'abcdefgh'}))\n"
     )
     outputs = {
         run_script(script, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in (0, 1, 2, 3, 4)

@@ -38,8 +38,10 @@ import datetime
 import functools
 import inspect
 import io
+import itertools
 import json
 import mmap
+import operator
 import os
 import pickle
 import re
@@ -94,13 +96,19 @@ class CacheWarning(UserWarning):
 # -- hashing -------------------------------------------------------------------------------------
 
 
+_TOTALLY_ORDERED = frozenset((str, int, bytes))
+
+
 def _sorted_canonically(items, key=None):
     try:
         ordered = sorted(items, key=key)
-        if ordered and type(ordered[0] if key is None else key(ordered[0])) is frozenset:
-            # Frozensets compare by inclusion, a partial order: sorted() kept
-            # much of the set's own (hash-seeded) order. (Anything else
-            # beside a frozenset raised.)
+        if not ordered or type(ordered[0] if key is None else key(ordered[0])) in _TOTALLY_ORDERED:
+            return ordered  # (what sorted with a str or an int is one too)
+        keys = ordered if key is None else list(map(key, ordered))
+        if not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
+            # A partial order (frozensets compare by inclusion, also inside
+            # tuples; NaN by nothing): sorted() kept much of the set's own,
+            # hash-seeded, order. (A set's items and a dict's keys are distinct.)
             raise TypeError
         return ordered
     except TypeError:
@@ -120,6 +128,10 @@ def _item_key(kv):
 # once, not once per reference. Written so whether shared or not, equal
 # contents hash equal whatever their identity.
 _DIGEST_MIN = 64
+# Digests inside digests at most this deep (each level holds a few frames of
+# the stack): deeper large containers are written in line, so that deep
+# data does not reach the recursion limit sooner than plain pickling does.
+_DIGEST_LEVELS = 24
 
 
 _WRITTEN_OWN_WAY = frozenset(
@@ -145,21 +157,32 @@ class _HashPickler(pickle.Pickler):
     digests: dict | None = None
     root = None  # the object being written (not to be written as its own digest)
     nested: _Hasher | None = None  # the pickler of the contents of this one's large containers
+    level = 0  # how many digests this pickler's output is inside
 
     def persistent_id(self, obj):  # called for every object: keep the common path short
         t = type(obj)
         if t not in _WRITTEN_OWN_WAY:  # (one set lookup for ints, floats, strings, ...)
             return None
         if t is dict:
-            if len(obj) >= _DIGEST_MIN and self.digests is not None and obj is not self.root:
+            if (
+                len(obj) >= _DIGEST_MIN
+                and self.level < _DIGEST_LEVELS
+                and self.digests is not None
+                and obj is not self.root
+            ):
                 return self._digest(obj, t)
             return ("perfkit.dict", _sorted_canonically(obj.items(), key=_item_key))
         if t is list or t is tuple:
-            if len(obj) >= _DIGEST_MIN and self.digests is not None and obj is not self.root:
+            if (
+                len(obj) >= _DIGEST_MIN
+                and self.level < _DIGEST_LEVELS
+                and self.digests is not None
+                and obj is not self.root
+            ):
                 return self._digest(obj, t)
             return None
         if t is set or t is frozenset:
-            if len(obj) >= _DIGEST_MIN and self.digests is not None:
+            if len(obj) >= _DIGEST_MIN and self.level < _DIGEST_LEVELS and self.digests is not None:
                 return self._digest(obj, t)
             return ("perfkit." + t.__name__, _sorted_canonically(obj))
         if t is memoryview:
@@ -200,6 +223,7 @@ class _HashPickler(pickle.Pickler):
             content = obj
         if self.nested is None:
             self.nested = _Hasher()
+            self.nested.pickler.level = self.level + 1
         nested = self.nested
         nested.file.seek(0)
         nested.file.truncate()
@@ -209,7 +233,10 @@ class _HashPickler(pickle.Pickler):
             nested.pickler.dump(content)
         finally:
             nested.pickler.digests = nested.pickler.root = None
-        digest = _cache_hash(b"perfkit.digest", nested.file.getvalue(), nested.buffers)
+        try:
+            digest = _cache_hash(b"perfkit.digest", nested.file.getvalue(), nested.buffers)
+        finally:
+            nested.release()
         digests[id(obj)] = (obj, digest)
         return ("perfkit.digest", t.__name__, digest)
 
@@ -267,7 +294,16 @@ class _Hasher:
             return _dump_with_memo(obj)
         finally:
             pickler.digests = pickler.root = None  # (not holding the caller's objects)
-        return self.file.getvalue(), list(self.buffers)
+        try:
+            return self.file.getvalue(), list(self.buffers)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Drops the last dump's stream and buffers (the hashed arrays)."""
+        self.file.seek(0)
+        self.file.truncate()
+        self.buffers.clear()
 
 
 def _dump_with_memo(obj) -> tuple[bytes, list]:
@@ -361,9 +397,21 @@ def _dir_name(name: str) -> str:
     differ only in other characters must not share a directory, whose entries
     of another code each would clear)."""
     safe = _SAFE_NAME.sub("_", name)
-    if safe == name:
+    if safe == name and len(name) <= 120:  # (a script's long path: a file name is at most 255 bytes)
         return name
     return f"{safe[:80]}-{_cache_hash(b'dir-name', name.encode(), ())[:8]}"
+
+
+def _lambda_place(code: types.CodeType) -> str:
+    """Where a lambda starts: its line and column (3.11+; before, the line and
+    a digest of its code), so that two lambdas on one line are two
+    directories, and an edited lambda's older entries are cleared."""
+    positions = getattr(code, "co_positions", None)
+    if positions is not None:
+        for line, _end, column, end_column in positions():
+            if column is not None and (column, end_column) != (0, 0):  # (not RESUME's made-up place)
+                return f"{line}-{column}"
+    return f"{code.co_firstlineno}-{_code_digest(code, position_independent=True)[:8]}"
 
 
 def _script_module_name(source_file: str) -> str:
@@ -422,10 +470,13 @@ def _func_source(func) -> tuple[str, str]:
 def _instance_parameter(func) -> str | None:
     """The name of a bound method's first parameter (``self``, ``cls``, ...), which
     ``ignore`` may name as joblib allows; None for a function."""
-    if _bound_instance(func) is None:
+    owner = _bound_instance(func)
+    if owner is None:
         return None
+    inner = _unwrapped(func)[1]
     try:
-        return next(iter(inspect.signature(_unwrapped(func)[1].__func__).parameters), "self")
+        method = inner.__func__ if owner is not inner else type(inner).__call__
+        return next(iter(inspect.signature(method).parameters), "self")
     except (AttributeError, TypeError, ValueError):
         return "self"
 
@@ -763,7 +814,7 @@ class MemorizedFunc:
             # Lambdas share one name (and lambdas on one line their source):
             # each is its own function, by where it starts and what it does.
             code += f"\0{_code_digest(inner.__code__, position_independent=True)}"
-            func_name = f"{qualname}-{inner.__code__.co_firstlineno}"
+            func_name = f"{qualname}-{_lambda_place(inner.__code__)}"
         code_hash = _cache_hash(b"func-code", code.encode(), ())
         # What it holds when it is cached, in its keys (not its directory: a
         # directory of another code is an older version of it, cleared):
@@ -1171,10 +1222,26 @@ def _unwrapped(func):
     return partials, func
 
 
+_NOT_INSTANCES = (
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    type,
+)
+
+
 def _bound_instance(func):
-    """The instance (or class) a method is bound to, also under partials;
-    None for a function."""
-    owner = getattr(_unwrapped(func)[1], "__self__", None)
+    """The instance (or class) a method is bound to, also under partials; a
+    callable instance is bound to itself (two instances of one class are two
+    functions, as two bound methods are); None for a function."""
+    inner = _unwrapped(func)[1]
+    owner = getattr(inner, "__self__", None)
+    if owner is None and not isinstance(inner, _NOT_INSTANCES) and callable(inner):
+        return inner
     return None if owner is None or isinstance(owner, types.ModuleType) else owner
 
 

@@ -704,7 +704,7 @@ def _forget_pools_after_fork():
     _executor_users.clear()
     # A thread of the parent may have held these at the fork.
     _pool_lock = threading.Lock()
-    _executors_lock = threading.Lock()
+    _executors_lock = threading.RLock()
     _spare_lock = threading.Lock()
 
 
@@ -1508,8 +1508,13 @@ def _run_sequential(iterable, progress, parallel):
 # -- threads helpers
 
 
-_executors: dict = {}
-_executors_lock = threading.Lock()
+_executors: dict = {}  # (n_jobs, depth) -> kept thread pool, least recently used first
+# Idle thread pools kept per depth, besides those calls are using.
+KEPT_IDLE_THREAD_POOLS = 2
+# Reentrant: a call's generator dropped in a reference cycle may be finalized
+# by a collection that starts inside the lock (an allocation in
+# _thread_executor), and its `finally` releases its pool under the lock.
+_executors_lock = threading.RLock()
 
 
 def _thread_executor(n_jobs):
@@ -1522,16 +1527,21 @@ def _thread_executor(n_jobs):
     and wait for it)."""
     depth = getattr(_nested, "executor_depth", -1) + 1
     with _executors_lock:
-        ex = _executors.get((n_jobs, depth))
+        ex = _executors.pop((n_jobs, depth), None)
         if ex is None:
-            # Kept: the pools of this depth that calls are using, and this
-            # one. An idle pool of another size goes (calls of n_jobs=len(urls)
-            # used to keep a pool, and its threads, for every length).
-            for key, idle in list(_executors.items()):
-                if key[1] == depth and not _executor_users[idle] and not _running_batches[idle]:
-                    del _executors[key]
-                    idle.shutdown(wait=False)
-            ex = _executors[(n_jobs, depth)] = _new_thread_pool(n_jobs, depth)
+            # Kept: the pools of this depth that calls are using, and the
+            # most recently used idle one besides this (calls alternating two
+            # sizes keep both). The others go: calls of n_jobs=len(urls) used
+            # to keep a pool, and its threads, for every length.
+            idle = [
+                key
+                for key, pool in _executors.items()
+                if key[1] == depth and not _executor_users[pool] and not _running_batches[pool]
+            ]
+            for key in idle[: max(0, len(idle) - KEPT_IDLE_THREAD_POOLS + 1)]:  # (oldest first)
+                _executors.pop(key).shutdown(wait=False)
+            ex = _new_thread_pool(n_jobs, depth)
+        _executors[(n_jobs, depth)] = ex  # (last: the most recently used)
         if _running_batches[ex] < n_jobs:
             _executor_users[ex] += 1
             return ex, False

@@ -165,15 +165,24 @@ fn python_regex_to_rust(pattern: &str) -> String {
         let c = chars[i];
         match c {
             '\\' if i + 1 < chars.len() => {
-                if chars[i + 1] == 'Z' && !in_class {
-                    out.push_str("\\z");
-                } else {
-                    out.push(c);
-                    out.push(chars[i + 1]);
+                match chars[i + 1] {
+                    'Z' if !in_class => out.push_str("\\z"),
+                    // Literals in Python; word boundaries in the regex crate.
+                    '<' | '>' => out.push(chars[i + 1]),
+                    next => {
+                        out.push(c);
+                        out.push(next);
+                    }
                 }
                 i += 2;
                 continue;
             }
+            // Set operators inside a class in the regex crate; literals in Python.
+            '&' | '~' if in_class => {
+                out.push('\\');
+                out.push(c);
+            }
+            '-' if in_class && chars.get(i + 1) == Some(&'-') => out.push_str("\\-"),
             '[' if !in_class => {
                 in_class = true;
                 out.push(c);
