@@ -392,3 +392,20 @@ def test_writes_through_r_plus_are_seen_at_once_by_plain_reads(tmp_path):
         mapped[0] = value
         seen.append(float(reader(np.zeros(4))[0]))
     assert seen == [1.0, 2.0, 3.0]
+
+
+def test_a_relative_location_stays_where_it_was_after_a_chdir(tmp_path, monkeypatch):
+    # helper-47: entries queued for the background writer were written
+    # relative to the directory of the moment (a notebook's %cd): most of a
+    # thousand misses landed in another cache.
+    monkeypatch.chdir(tmp_path)
+    mem = perfkit.Memory("cache", verbose=0)
+    f = mem.cache(_identity)
+    for i in range(300):
+        f(i)
+    (tmp_path / "sub").mkdir()
+    os.chdir(tmp_path / "sub")
+    pk_memory._flush_writes()
+    assert len(list((tmp_path / "cache").rglob("*.pkc"))) == 300
+    assert not (tmp_path / "sub" / "cache").exists()
+    assert all(f.check_call_in_cache(i) for i in range(300))

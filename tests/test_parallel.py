@@ -2260,11 +2260,27 @@ def test_progress_lines_and_callback(tmp_path):
     assert "60/60 tasks (100%)" in lines[-1] and "tasks/s" in lines[-1] and "ETA" in lines[-1]
 
 
+def test_a_jupyter_cell_gets_one_bar_redrawn_in_place(monkeypatch):
+    # helper-47: ipykernel's output stream says it is no terminal, so a call
+    # printed a new line every second (600 lines for ten minutes).
+    OutStream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})
+    cell = OutStream()
+    monkeypatch.setattr(sys, "stderr", cell)
+    progress = pp._Progress(total=10, enabled=True)
+    for _ in range(10):
+        progress.last_draw -= 1.0
+        progress.update(1)
+    progress.close(completed=True)
+    text = cell.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert text.count("\r") >= 10 and "10/10" in text.rsplit("\r", 1)[1]
+
+
 def test_the_last_progress_line_is_not_printed_twice():
     # helper-45: when the last update drew its line (it crossed the draw
     # interval), closing printed the same "10/10" line again.
     progress = pp._Progress(total=10, enabled=True)
-    progress.stream, progress.tty = io.StringIO(), False
+    progress.stream, progress.in_place = io.StringIO(), False
     progress.update(7)  # (within the interval: not drawn)
     progress.last_draw -= 2.0
     progress.update(3)
@@ -2272,7 +2288,7 @@ def test_the_last_progress_line_is_not_printed_twice():
     lines = progress.stream.getvalue().splitlines()
     assert len(lines) == 1 and "10/10 tasks (100%)" in lines[0]
     finished_between_draws = pp._Progress(total=4, enabled=True)
-    finished_between_draws.stream, finished_between_draws.tty = io.StringIO(), False
+    finished_between_draws.stream, finished_between_draws.in_place = io.StringIO(), False
     finished_between_draws.update(4)
     finished_between_draws.close(completed=True)
     assert "4/4 tasks (100%)" in finished_between_draws.stream.getvalue()
@@ -3652,3 +3668,39 @@ def test_a_generator_finalized_by_a_collection_inside_the_pool_lock_does_not_dea
     caller.start()
     caller.join(30)
     assert outcome == [list(range(10))]
+
+
+def test_a_module_found_through_the_start_directory_is_found_after_a_chdir(tmp_path):
+    # helper-47: a notebook (or python -c) imports a module of its directory
+    # through sys.path's "" entry, then %cd's elsewhere: the workers looked
+    # for it in the new directory only (loky and multiprocessing send the
+    # directory the process started in too).
+    (tmp_path / "nb_helpers.py").write_text("def h(x):\n    return 1000 + x\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = textwrap.dedent(
+        f"""
+        import os
+        import nb_helpers
+        from perfkit import Parallel, delayed
+
+        def task(x):
+            return nb_helpers.h(x)
+
+        os.chdir({str(elsewhere)!r})
+        print(Parallel(n_jobs=2)(delayed(task)(i) for i in range(4)))
+        """
+    )
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[1000, 1001, 1002, 1003]"

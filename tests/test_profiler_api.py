@@ -695,3 +695,19 @@ def test_profiled_coroutines_awaited_together():
     stats = pstats.Stats(same.profiler).stats
     (busy_row,) = [v for k, v in stats.items() if k[2] == "busy"]
     assert busy_row[1] == 2  # both calls, recorded by the one recording they shared
+
+
+def test_a_profiler_refuses_pickling_with_a_hint():
+    # A @perfkit.profile function sent to another process by value (defined
+    # in a notebook) failed on "cannot pickle 'perfkit._native.Session'".
+    import pickle
+
+    @perfkit.profile
+    def task(x):
+        return x
+
+    for thing in (perfkit.Profiler(), task):
+        with pytest.raises(TypeError, match="profile inside it"):
+            __import__("cloudpickle").dumps(thing)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(perfkit.Profiler())

@@ -566,3 +566,73 @@ def test_cpu_clock_ignores_sleep_wall_clock_counts_it():
     assert wall_main >= 0.19, "the main thread waited in join() for the sleep"
     assert cpu_sleep < 0.02 and cpu_fn < 0.02
     assert cpu_main < 0.05
+
+
+def _busy_until(stop: threading.Event) -> None:
+    while not stop.is_set():
+        sum(range(200))
+        time.sleep(0.001)
+
+
+def _short_work() -> int:
+    return sum(i * i for i in range(2000))
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_threads_new_leaves_out_the_threads_already_running(builtins):
+    # helper-47: in a Jupyter kernel every profile also recorded the kernel's
+    # own threads (epoll.poll on top, 4x the cell's time). threads="new"
+    # records the enabling thread and the threads started while recording.
+    stop = threading.Event()
+    before = threading.Thread(target=_busy_until, args=(stop,), name="already-running")
+    before.start()
+    try:
+        recordings = {}
+        for threads in ("new", "all"):
+            prof = perfkit.Profiler(builtins=builtins, threads=threads)
+            with prof:
+                time.sleep(0.05)
+                started = threading.Thread(target=_short_work, name=f"started-{threads}")
+                started.start()
+                started.join()
+                _short_work()
+            recordings[threads] = {t[0] for t in prof.recording().threads()}
+    finally:
+        stop.set()
+        before.join()
+    assert recordings["new"] == {"MainThread", "started-new"}
+    assert recordings["all"] == {"MainThread", "started-all", "already-running"}
+
+
+def test_a_thread_started_while_recording_is_recorded_whatever_ident_it_reuses():
+    stop = threading.Event()
+    ended = threading.Thread(target=_busy_until, args=(stop,), name="ends-while-recording")
+    ended.start()
+    prof = perfkit.Profiler(threads="new")
+    with prof:
+        stop.set()
+        ended.join()
+        for i in range(5):  # (one of them likely takes the ended thread's ident)
+            t = threading.Thread(target=_short_work, name=f"later-{i}")
+            t.start()
+            t.join()
+    names = {t[0] for t in prof.recording().threads()}
+    assert names == {"MainThread", *(f"later-{i}" for i in range(5))}
+
+
+def test_the_default_is_new_threads_only_inside_ipython(monkeypatch):
+    import types
+
+    from perfkit import profiler
+
+    assert perfkit.Profiler()._threads == "all"
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: object()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert profiler._default_threads() == "new"
+    assert perfkit.Profiler()._threads == "new"
+    assert perfkit.Profiler(threads="all")._threads == "all"
+    fake.get_ipython = lambda: None  # (IPython imported, but no shell running)
+    assert profiler._default_threads() == "all"
+    with pytest.raises(ValueError, match="threads must be 'all' or 'new'"):
+        perfkit.Profiler(threads="some")

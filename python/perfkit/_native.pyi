@@ -22,8 +22,13 @@ class Session:
     """A recording that hooks into the interpreter while enabled (one at a time per process)."""
 
     def __init__(
-        self, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...
-    ) -> None: ...
+        self,
+        builtins: bool = True,
+        clock: str = "wall",
+        hidden_files: Sequence[str] = ...,
+        threads: str = "all",
+    ) -> None:
+        """``threads``: "all", or "new" (the enabling thread and threads started while recording)."""
     def enable(self) -> None:
         """Start recording; RuntimeError if another profiler or frame-evaluation hook is active."""
     def disable(self) -> None: ...

@@ -1410,7 +1410,11 @@ class Memory:
         self.durable = bool(durable)
         if self._compress_level and mmap_mode is not None:
             warnings.warn("Compressed results cannot be memmapped", stacklevel=2)
-        self._root = None if location is None else os.path.join(os.fspath(location), _STORE_DIR)
+        # Absolute from here on: a chdir (a notebook's %cd) must not move the
+        # cache, nor the entries the background writer has yet to write.
+        self._root = (
+            None if location is None else os.path.join(os.path.abspath(os.fspath(location)), _STORE_DIR)
+        )
 
     def cache(
         self,

@@ -539,7 +539,13 @@ def _function_frame(functions: bytes) -> bytes:
     unpickles the functions (a module of a directory the caller put on its
     path since the pool started), and the pickled functions. Path entries go
     as the absolute paths they name here (a relative one, after a chdir);
-    what is not a path (importlib skips it too) is left out."""
+    what is not a path (importlib skips it too) is left out. The script's
+    own entry, "" (the current directory), goes as the directory it names
+    now and the one the process started in, as loky and multiprocessing
+    send it: a notebook's module imported before a %cd is still found."""
+    import multiprocessing.process
+
+    started_in = multiprocessing.process.ORIGINAL_DIR
     path = []
     for entry in sys.path:
         try:
@@ -547,6 +553,8 @@ def _function_frame(functions: bytes) -> bytes:
         except TypeError:
             continue
         path.append(entry if os.path.isabs(entry) or "://" in entry else os.path.abspath(entry))
+        if entry == "" and started_in and started_in != path[-1]:
+            path.append(started_in)
     return pickle.dumps(([str(arg) for arg in sys.argv], path, functions), protocol=5)
 
 
@@ -735,6 +743,11 @@ class _Progress:
             self.tty = self.stream.isatty()
         except (AttributeError, ValueError):
             self.tty = False
+        # A Jupyter cell's output is no terminal, but redraws a line after
+        # "\r" as tqdm's bars rely on: one bar, not a line every second.
+        notebook = not self.tty and type(self.stream).__module__.startswith("ipykernel")
+        self.in_place = self.tty or notebook  # (the bar, redrawn after "\r")
+        self.interval = 0.1 if self.tty else 0.25 if notebook else 1.0
 
     def update(self, n: int) -> None:
         self.done += n
@@ -743,7 +756,7 @@ class _Progress:
         if not self.enabled:
             return
         now = time.perf_counter()
-        if now - self.last_draw >= (0.1 if self.tty else 1.0):
+        if now - self.last_draw >= self.interval:
             self.last_draw = now
             self._draw(now)
 
@@ -754,7 +767,7 @@ class _Progress:
             frac = min(1.0, self.done / self.total)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta_text = "0:00" if final else _clock(eta)
-            if self.tty:
+            if self.in_place:
                 bar = "#" * int(frac * 30)
                 line = (
                     f"\r[{bar:<30}] {self.done}/{self.total} {100 * frac:3.0f}% {_rate(rate)} ETA {eta_text} "
@@ -766,7 +779,7 @@ class _Progress:
                 )
         else:
             line = f"perfkit.Parallel: {self.done} tasks, {_rate(rate)}"
-            line = "\r" + line + " " if self.tty else line + "\n"
+            line = "\r" + line + " " if self.in_place else line + "\n"
         self.stream.write(line)
         self.stream.flush()
         self.on_screen = True
@@ -777,9 +790,9 @@ class _Progress:
             self.closing()
         if not self.enabled:
             return
-        if completed and (self.tty or self.drawn_done != self.done):  # (a line is not printed twice)
+        if completed and (self.in_place or self.drawn_done != self.done):  # (a line is not printed twice)
             self._draw(time.perf_counter(), final=True)
-        if self.tty and self.on_screen:
+        if self.in_place and self.on_screen:
             self.stream.write("\n")  # (ends the bar's line)
             self.stream.flush()
 

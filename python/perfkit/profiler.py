@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
@@ -67,13 +68,29 @@ _TIMER_CLOCKS = {
 }
 
 
+def _default_threads() -> str:
+    """ "new" in IPython and Jupyter (a kernel's own threads poll its sockets
+    and save its history: recorded, they made a 0.5 s cell a 2 s profile
+    led by epoll.poll), else "all"."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    try:
+        return "new" if get is not None and get() is not None else "all"
+    except Exception:  # noqa: BLE001 - an odd IPython: record every thread
+        return "all"
+
+
 class Profiler:
     """A deterministic call-tree profiler with ``cProfile.Profile``'s interface.
 
     Takes cProfile's arguments (``timer, timeunit, subcalls, builtins``).
     ``builtins=False`` records Python frames only (C calls are not rows, and
     cost far less); ``clock`` is ``"wall"`` (monotonic) or ``"cpu"`` (each
-    thread's CPU time). All threads are recorded, each with its own tree.
+    thread's CPU time). ``threads="all"`` records every thread, each with its
+    own tree; ``threads="new"`` the thread that enables it and the threads
+    started while it records, not the others already running. The default
+    is ``"all"``, and ``"new"`` in IPython and Jupyter, whose kernel runs
+    threads of its own.
     perfkit reads its clock itself: a ``timer`` of the standard library's
     selects the matching clock (``time.process_time``: ``"cpu"``), any other
     is refused. Callers and callees are always recorded (``subcalls``).
@@ -87,6 +104,7 @@ class Profiler:
         builtins: bool = True,
         *,
         clock: str | None = None,
+        threads: str | None = None,
     ) -> None:
         if timer is not None:
             timer_clock = _TIMER_CLOCKS.get(timer)
@@ -99,7 +117,8 @@ class Profiler:
                 raise ValueError(f"timer={timer.__name__} measures {timer_clock} time, but clock={clock!r}")
             clock = timer_clock
         self._clock = clock or "wall"
-        self._session = _native.Session(builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES)
+        self._threads = threads or _default_threads()
+        self._session = self._new_session(builtins)
         self._started = False  # enabled since construction or the last clear()
         self.stats: dict = {}
 
@@ -117,11 +136,22 @@ class Profiler:
                     f"perfkit.Profiler: cannot switch to builtins={bool(builtins)} in a recording made with "
                     f"builtins={self._session.builtins}; call clear() first, or use another Profiler"
                 )
-            self._session = _native.Session(
-                builtins=bool(builtins), clock=self._clock, hidden_files=_HIDDEN_FILES
-            )
+            self._session = self._new_session(bool(builtins))
         self._session.enable()
         self._started = True
+
+    def __reduce__(self):
+        # (else pickle's own "cannot pickle 'perfkit._native.Session' object")
+        raise TypeError(
+            "a perfkit.Profiler cannot be pickled, nor a function decorated with @perfkit.profile "
+            "that holds one: to profile a task sent to other processes, profile inside it "
+            "(with perfkit.profile(...): ...)"
+        )
+
+    def _new_session(self, builtins: bool) -> _native.Session:
+        return _native.Session(
+            builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES, threads=self._threads
+        )
 
     def disable(self) -> None:
         """Stop recording; calls still in flight count as ending now."""
@@ -213,11 +243,13 @@ class _ProfileBlock:
     """What :func:`profile` returns when not given a function: a context
     manager, and a decorator whose calls accumulate in one profile."""
 
-    def __init__(self, output, builtins: bool, clock: str, print_stats: int | None, sort: str) -> None:
+    def __init__(
+        self, output, builtins: bool, clock: str, print_stats: int | None, sort: str, threads: str | None
+    ) -> None:
         self.output = output
         self.print_limit = print_stats
         self.sort = sort
-        self.profiler = Profiler(builtins=builtins, clock=clock)
+        self.profiler = Profiler(builtins=builtins, clock=clock, threads=threads)
         self._calls = 0  # calls of the decorated function in flight
 
     def __enter__(self) -> Profiler:
@@ -296,19 +328,21 @@ def profile(
     clock: str = "wall",
     print_stats: int | None = None,
     sort: str = "cumulative",
+    threads: str | None = None,
 ) -> Any:
     """Profile a block, or every call of a function.
 
     ``with perfkit.profile("out.prof") as prof: ...``, ``@perfkit.profile``
     or ``@perfkit.profile("out.prof", builtins=False)``. The file (if named)
     is written atomically when the block or each call ends; ``print_stats=N``
-    prints the top N rows sorted by ``sort``. The decorated function keeps
+    prints the top N rows sorted by ``sort``; ``threads`` is
+    :class:`Profiler`'s. The decorated function keeps
     its name and docstring, works on methods, and has a ``.profiler``
     attribute holding every call's results.
     """
     if callable(output):  # used bare: @perfkit.profile
-        return _ProfileBlock(None, builtins, clock, print_stats, sort)(output)
-    return _ProfileBlock(output, builtins, clock, print_stats, sort)
+        return _ProfileBlock(None, builtins, clock, print_stats, sort, threads)(output)
+    return _ProfileBlock(output, builtins, clock, print_stats, sort, threads)
 
 
 def run(statement: str, filename: str | None = None, sort: str | int = -1) -> None:

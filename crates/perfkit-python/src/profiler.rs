@@ -66,18 +66,34 @@ pub struct Session {
 #[pymethods]
 impl Session {
     #[new]
-    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new()))]
-    fn new(builtins: bool, clock: &str, hidden_files: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), threads = "all"))]
+    fn new(
+        builtins: bool,
+        clock: &str,
+        hidden_files: Vec<String>,
+        threads: &str,
+    ) -> PyResult<Self> {
         let clock = ClockKind::parse(clock).ok_or_else(|| {
             PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}"))
         })?;
+        let only_new_threads = match threads {
+            "all" => false,
+            "new" => true,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "threads must be 'all' or 'new', not {other:?}"
+                )))
+            }
+        };
         let mode = if builtins {
             Mode::Full
         } else {
             Mode::PythonFrames
         };
+        let mut inner = perfkit_record::Session::new(mode, clock);
+        inner.set_only_new_threads(only_new_threads);
         Ok(Session {
-            inner: perfkit_record::Session::new(mode, clock),
+            inner,
             hidden_files,
         })
     }

@@ -56,6 +56,11 @@ pub(crate) struct SessionData {
     /// `threading` names of the threads alive at enable, for the ones that
     /// never pass through our thread-start hook.
     known_names: FxHashMap<u64, String>,
+    /// Record only the enabling thread and threads started while recording
+    /// (not the others already running: a Jupyter kernel's own threads).
+    only_new_threads: bool,
+    /// Threads left out, by ident, while recording (see `only_new_threads`).
+    left_out: rustc_hash::FxHashSet<u64>,
     enabled: bool,
     enabled_at_ns: u64,
     recorded_ns: u64,
@@ -120,6 +125,17 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
         slot.rec
     } else {
         let ident = ffi::PyThread_get_thread_ident() as u64;
+        if session.left_out.contains(&ident) {
+            // A slot of this generation with no recorder: the hooks skip this thread.
+            SLOT.with(|s| {
+                s.set(Slot {
+                    gen: GEN,
+                    session: session.id,
+                    rec: ptr::null_mut(),
+                })
+            });
+            return ptr::null_mut();
+        }
         let mut rec = ThreadRecorder::new(ident);
         // The name the thread had at enable, once: a later thread with this
         // ident (one ended, another started) is not that thread.
@@ -146,6 +162,20 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
 /// # Safety
 /// GIL held.
 pub(crate) unsafe fn name_this_thread(name: &str) {
+    if !ACTIVE.is_null() {
+        // Started while recording: not one of the threads left out, though it
+        // may have the ident of one that ended.
+        let ident = ffi::PyThread_get_thread_ident() as u64;
+        if (*ACTIVE).left_out.remove(&ident) {
+            SLOT.with(|s| {
+                s.set(Slot {
+                    gen: 0,
+                    session: 0,
+                    rec: ptr::null_mut(),
+                })
+            });
+        }
+    }
     let rec = recorder();
     if !rec.is_null() {
         (*rec).name = Some(name.to_owned());
@@ -250,6 +280,8 @@ impl Session {
                 held: Vec::new(),
                 threads: Vec::new(),
                 known_names: FxHashMap::default(),
+                only_new_threads: false,
+                left_out: Default::default(),
                 enabled: false,
                 enabled_at_ns: 0,
                 recorded_ns: 0,
@@ -271,6 +303,13 @@ impl Session {
         self.data.enabled
     }
 
+    /// Whether to record only the enabling thread and the threads started
+    /// while recording, leaving out the others running at enable (a Jupyter
+    /// kernel's threads, say), rather than every thread. Read at enable.
+    pub fn set_only_new_threads(&mut self, only_new: bool) {
+        self.data.only_new_threads = only_new;
+    }
+
     /// Starts recording: installs the hooks for this interpreter's version and mode.
     pub fn enable(&mut self, py: Python<'_>) -> Result<(), StartError> {
         if self.data.enabled {
@@ -287,6 +326,21 @@ impl Session {
             hooks::check_free(py, self.data.mode)?;
             clock::init();
             self.data.known_names = live_thread_names(py);
+            self.data.left_out.clear();
+            if self.data.only_new_threads {
+                // The threads running now but this one, unless this session
+                // recorded them before (started during an earlier enable).
+                let me = ffi::PyThread_get_thread_ident() as u64;
+                let recorded: rustc_hash::FxHashSet<u64> =
+                    self.data.threads.iter().map(|r| r.thread_id).collect();
+                self.data.left_out = self
+                    .data
+                    .known_names
+                    .keys()
+                    .copied()
+                    .filter(|&t| t != me && !recorded.contains(&t))
+                    .collect();
+            }
             let gen = NEXT_GEN;
             NEXT_GEN += 1;
             ACTIVE = &mut *self.data;
