@@ -282,6 +282,7 @@ class _Hasher:
         pickler.digests, pickler.root = {}, obj
         try:
             pickler.dump(obj)
+            return self.file.getvalue(), list(self.buffers)
         except RecursionError:
             # A cycle fast mode did not see as one (through the canonical
             # lists dicts are written as: an instance whose __dict__ holds
@@ -294,9 +295,6 @@ class _Hasher:
             return _dump_with_memo(obj)
         finally:
             pickler.digests = pickler.root = None  # (not holding the caller's objects)
-        try:
-            return self.file.getvalue(), list(self.buffers)
-        finally:
             self.release()
 
     def release(self) -> None:
