@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import joblib
@@ -119,6 +121,39 @@ def test_two_instances_of_a_callable_class_are_two_functions(tmp_path):
     # ignore=["self"] leaves the instance out, as for a method.
     shared = mem.cache(_Scale(4), ignore=["self"])
     assert shared(1) == 4 and mem.cache(_Scale(5), ignore=["self"])(1) == 4
+
+
+class _Logged:
+    """A decorator class, as people write them (functools.update_wrapper)."""
+
+    def __init__(self, func):
+        self._func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args):
+        return self._func(*args)
+
+
+@_Logged
+def _logged_square(x):
+    _logged_square.runs.append(x)
+    return x * x
+
+
+def test_wrappers_of_a_function_are_that_function_not_an_instance(tmp_path):
+    # helper-48: a decorator class's instance (or an lru_cache) went into
+    # every key as a callable instance would; its function cannot be pickled
+    # by its name, so every call warned and ran uncached.
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    _logged_square.runs = []
+    cached = mem.cache(_logged_square)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [cached(4), cached(4), cached(4)] == [16, 16, 16]
+        runs = []
+        lru = mem.cache(functools.lru_cache(maxsize=None)(lambda x: runs.append(x) or x * 3))
+        assert [lru(3), lru(3)] == [9, 9]
+    assert _logged_square.runs == [4] and runs == [3]
 
 
 def test_a_script_with_a_long_path_is_still_cached(tmp_path):

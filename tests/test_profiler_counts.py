@@ -620,19 +620,67 @@ def test_a_thread_started_while_recording_is_recorded_whatever_ident_it_reuses()
     assert names == {"MainThread", *(f"later-{i}" for i in range(5))}
 
 
-def test_the_default_is_new_threads_only_inside_ipython(monkeypatch):
-    import types
+def _kernel_loop(stop: threading.Event) -> None:
+    _busy_until(stop)
 
-    from perfkit import profiler
 
-    assert perfkit.Profiler()._threads == "all"
-    fake = types.ModuleType("IPython")
-    fake.get_ipython = lambda: object()
-    monkeypatch.setitem(sys.modules, "IPython", fake)
-    assert profiler._default_threads() == "new"
-    assert perfkit.Profiler()._threads == "new"
-    assert perfkit.Profiler(threads="all")._threads == "all"
-    fake.get_ipython = lambda: None  # (IPython imported, but no shell running)
-    assert profiler._default_threads() == "all"
-    with pytest.raises(ValueError, match="threads must be 'all' or 'new'"):
+_kernel_loop.__module__ = "ipykernel.iostream"  # (as a Jupyter kernel's IOPub thread's target)
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_a_jupyter_kernels_own_threads_are_left_out_unless_all_are_asked_for(builtins):
+    # helper-47: in a notebook every profile also recorded the kernel's
+    # threads (its sockets' polling, its history): a 0.5 s cell read 2 s.
+    # helper-48: leaving out every thread running at enable dropped a kept
+    # pool's work too, so only the kernel's own are left out.
+    stop = threading.Event()
+    kernel = threading.Thread(target=_kernel_loop, args=(stop,), name="IOPub")
+    pool = threading.Thread(target=_busy_until, args=(stop,), name="a-kept-pool")
+    kernel.start()
+    pool.start()
+    try:
+        seen = {}
+        for threads in (None, "all", "new"):
+            prof = perfkit.Profiler(builtins=builtins, threads=threads)
+            with prof:
+                time.sleep(0.05)
+                _short_work()
+            seen[threads] = {t[0] for t in prof.recording().threads()}
+    finally:
+        stop.set()
+        kernel.join()
+        pool.join()
+    assert seen[None] == {"MainThread", "a-kept-pool"}
+    assert seen["all"] == {"MainThread", "a-kept-pool", "IOPub"}
+    assert seen["new"] == {"MainThread"}
+    with pytest.raises(ValueError, match="threads must be None, 'all' or 'new'"):
         perfkit.Profiler(threads="some")
+
+
+def test_a_thread_started_just_before_enable_runs_its_target():
+    # helper-48: on 3.9-3.11 (full mode) enable hooks every thread, so a
+    # thread still in threading's bootstrap then had its
+    # sys.setprofile(threading's hook) refused by perfkit's guard against
+    # other profilers, and died before running its target (over half of them
+    # while another thread kept threading's lock busy).
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            threading.enumerate()
+
+    busy = threading.Thread(target=hammer, daemon=True)
+    busy.start()
+    ran = []
+    try:
+        for i in range(60):
+            t = threading.Thread(target=ran.append, args=(i,))
+            t.start()
+            prof = perfkit.Profiler(threads="all")
+            prof.enable()
+            t.join()
+            prof.disable()
+    finally:
+        stop.set()
+        busy.join()
+    assert sorted(ran) == list(range(60))

@@ -178,8 +178,12 @@ def test_a_pure_python_profile_modules_file_draws_its_calls(tmp_path):
         s = server.get_json("api/slice?view=0&root=0&depth=50&min=0")
         drawn = {funcs["name"][f] for f in s["f"] if f >= 0}
         assert {"main", "fib"} <= drawn
-        main_width = max(w for f, w in zip(s["f"], s["w"]) if f >= 0 and funcs["name"][f] == "main")
-        assert main_width > 0.5
+
+        def widest(name):
+            return max(w for f, w in zip(s["f"], s["w"]) if f >= 0 and funcs["name"][f] == name)
+
+        # fib's recursive calls are most of its calls, not of its time (pstats: fib ~all of main).
+        assert widest("main") > 0.5 and widest("fib") > 0.8 * widest("main")
 
 
 def test_level_of_detail_culls_narrow_frames(server):

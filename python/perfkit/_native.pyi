@@ -22,15 +22,11 @@ class Session:
     """A recording that hooks into the interpreter while enabled (one at a time per process)."""
 
     def __init__(
-        self,
-        builtins: bool = True,
-        clock: str = "wall",
-        hidden_files: Sequence[str] = ...,
-        threads: str = "all",
-    ) -> None:
-        """``threads``: "all", or "new" (the enabling thread and threads started while recording)."""
-    def enable(self) -> None:
-        """Start recording; RuntimeError if another profiler or frame-evaluation hook is active."""
+        self, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...
+    ) -> None: ...
+    def enable(self, left_out: Sequence[int] = ...) -> None:
+        """Start recording, but not the running threads of these idents; RuntimeError if
+        another profiler or frame-evaluation hook is active."""
     def disable(self) -> None: ...
     def clear(self) -> None: ...
     def leave_this_thread(self) -> None:

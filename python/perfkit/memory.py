@@ -1238,9 +1238,21 @@ def _bound_instance(func):
     functions, as two bound methods are); None for a function."""
     inner = _unwrapped(func)[1]
     owner = getattr(inner, "__self__", None)
-    if owner is None and not isinstance(inner, _NOT_INSTANCES) and callable(inner):
+    if owner is None and _is_callable_instance(inner):
         return inner
     return None if owner is None or isinstance(owner, types.ModuleType) else owner
+
+
+def _is_callable_instance(obj) -> bool:
+    """An instance of a class of the program's with a ``__call__`` (its state
+    is its behaviour), but not a wrapper of a function (a decorator class
+    using functools.update_wrapper, lru_cache: that function is what it
+    computes, as joblib takes it)."""
+    return (
+        not isinstance(obj, _NOT_INSTANCES)
+        and isinstance(inspect.getattr_static(type(obj), "__call__", None), types.FunctionType)
+        and not hasattr(obj, "__wrapped__")
+    )
 
 
 def _rebuild_memorized(func, memory, ignore, verbose, mmap_mode, cache_validation_callback, identity=None):

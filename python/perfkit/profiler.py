@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
@@ -68,16 +67,31 @@ _TIMER_CLOCKS = {
 }
 
 
-def _default_threads() -> str:
-    """ "new" in IPython and Jupyter (a kernel's own threads poll its sockets
-    and save its history: recorded, they made a 0.5 s cell a 2 s profile
-    led by epoll.poll), else "all"."""
-    ipython = sys.modules.get("IPython")
-    get = getattr(ipython, "get_ipython", None)
-    try:
-        return "new" if get is not None and get() is not None else "all"
-    except Exception:  # noqa: BLE001 - an odd IPython: record every thread
-        return "all"
+# The modules of a Jupyter or IPython kernel's own threads (its sockets'
+# polling, its history, its heartbeat): recorded, they made a 0.5 s cell a
+# 2 s profile led by epoll.poll.
+_KERNEL_MODULES = ("ipykernel.", "IPython.", "jupyter_client.", "zmq.", "tornado.", "debugpy.")
+
+
+def _threads_left_out(threads: str | None) -> list[int]:
+    """Idents of the running threads a recording enabled now leaves out."""
+    import threading
+
+    if threads == "all":
+        return []
+    me = threading.get_ident()
+    if threads == "new":
+        return [t.ident for t in threading.enumerate() if t.ident is not None and t.ident != me]
+    return [t.ident for t in threading.enumerate() if t.ident is not None and _is_kernel_thread(t)]
+
+
+def _is_kernel_thread(thread) -> bool:
+    target = getattr(thread, "_target", None)
+    for owner in (type(thread), target):
+        module = getattr(owner, "__module__", None) or ""
+        if (module + ".").startswith(_KERNEL_MODULES):
+            return True
+    return False
 
 
 class Profiler:
@@ -86,11 +100,10 @@ class Profiler:
     Takes cProfile's arguments (``timer, timeunit, subcalls, builtins``).
     ``builtins=False`` records Python frames only (C calls are not rows, and
     cost far less); ``clock`` is ``"wall"`` (monotonic) or ``"cpu"`` (each
-    thread's CPU time). ``threads="all"`` records every thread, each with its
-    own tree; ``threads="new"`` the thread that enables it and the threads
-    started while it records, not the others already running. The default
-    is ``"all"``, and ``"new"`` in IPython and Jupyter, whose kernel runs
-    threads of its own.
+    thread's CPU time). Every thread is recorded, each with its own tree,
+    but for a Jupyter or IPython kernel's own threads (``threads="all"``
+    records those too); ``threads="new"`` records the thread that enables
+    it and the threads started while it records, none of the others.
     perfkit reads its clock itself: a ``timer`` of the standard library's
     selects the matching clock (``time.process_time``: ``"cpu"``), any other
     is refused. Callers and callees are always recorded (``subcalls``).
@@ -117,7 +130,9 @@ class Profiler:
                 raise ValueError(f"timer={timer.__name__} measures {timer_clock} time, but clock={clock!r}")
             clock = timer_clock
         self._clock = clock or "wall"
-        self._threads = threads or _default_threads()
+        if threads not in (None, "all", "new"):
+            raise ValueError(f"threads must be None, 'all' or 'new', not {threads!r}")
+        self._threads = threads
         self._session = self._new_session(builtins)
         self._started = False  # enabled since construction or the last clear()
         self.stats: dict = {}
@@ -137,7 +152,7 @@ class Profiler:
                     f"builtins={self._session.builtins}; call clear() first, or use another Profiler"
                 )
             self._session = self._new_session(bool(builtins))
-        self._session.enable()
+        self._session.enable(_threads_left_out(self._threads))
         self._started = True
 
     def __reduce__(self):
@@ -149,9 +164,7 @@ class Profiler:
         )
 
     def _new_session(self, builtins: bool) -> _native.Session:
-        return _native.Session(
-            builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES, threads=self._threads
-        )
+        return _native.Session(builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES)
 
     def disable(self) -> None:
         """Stop recording; calls still in flight count as ending now."""

@@ -200,6 +200,7 @@ pub fn read_with_limits(bytes: &[u8], limits: Limits) -> Result<(Value, usize), 
         refs: Vec::new(),
         objects: 0,
         limits,
+        code_layout: None,
     };
     let value = r.object(0)?;
     Ok((value, r.pos))
@@ -213,6 +214,8 @@ struct Reader<'a> {
     refs: Vec<Option<(Value, usize)>>,
     objects: usize,
     limits: Limits,
+    /// The code objects' layout once one was read: 3.11+'s (true) or older.
+    code_layout: Option<bool>,
 }
 
 impl Reader<'_> {
@@ -503,14 +506,27 @@ impl Reader<'_> {
                 // Read for a label only. Its layout changed in 3.11 and the
                 // file does not say which Python wrote it: the newer is tried
                 // first, then the older.
-                let (start, refs, objects) = (self.pos, self.refs.len(), self.objects);
-                let label = match self.code_label(depth, true) {
-                    Ok(label) => label,
-                    Err(newer) => {
-                        self.pos = start;
-                        self.refs.truncate(refs);
-                        self.objects = objects;
-                        self.code_label(depth, false).map_err(|_| newer)?
+                // The first code object decides the layout for the others (a
+                // file is one Python's): each is read once, and the retry
+                // counts against the object limit too.
+                let label = match self.code_layout {
+                    Some(modern) => self.code_label(depth, modern)?,
+                    None => {
+                        let (start, refs) = (self.pos, self.refs.len());
+                        self.code_layout = Some(true);
+                        match self.code_label(depth, true) {
+                            Ok(label) => label,
+                            Err(newer) => {
+                                self.pos = start;
+                                self.refs.truncate(refs);
+                                self.code_layout = Some(false);
+                                let older = self.code_label(depth, false);
+                                if older.is_err() {
+                                    self.code_layout = None;
+                                }
+                                older.map_err(|_| newer)?
+                            }
+                        }
                     }
                 };
                 Value::Str(Arc::from(label))

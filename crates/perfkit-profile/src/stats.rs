@@ -42,10 +42,11 @@ pub struct EdgeStats {
 
 impl EdgeStats {
     /// The edge's cumulative time, or for a count-only edge the callee's
-    /// (`callee_ct` over `callee_nc` calls) in proportion to its calls.
-    pub fn ct_or_share(&self, callee_ct: f64, callee_nc: u64) -> f64 {
-        if self.count_only && callee_nc > 0 {
-            callee_ct * self.nc as f64 / callee_nc as f64
+    /// (`callee_ct` over its `callee_cc` primitive calls, the ones its
+    /// cumulative time is counted over) in proportion to these calls.
+    pub fn ct_or_share(&self, callee_ct: f64, callee_cc: u64) -> f64 {
+        if self.count_only && callee_cc > 0 {
+            callee_ct * self.nc.min(callee_cc) as f64 / callee_cc as f64
         } else {
             self.ct
         }
@@ -473,7 +474,7 @@ impl StatsTable {
                 let callee = row[c as usize];
                 // A call cannot outlast its caller; capping also keeps odd
                 // tables from growing times down the tree.
-                let total = scaled(edge.ct_or_share(callee.ct, callee.nc), s)
+                let total = scaled(edge.ct_or_share(callee.ct, callee.cc), s)
                     .min(thread.nodes[id].total_ns as f64 / 1e9);
                 let total_ns = to_ns(total);
                 let calls = scaled(edge.nc as f64, s).round().min(u64::MAX as f64) as u64;

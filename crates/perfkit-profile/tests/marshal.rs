@@ -296,3 +296,88 @@ proptest! {
         prop_assert_eq!(g.to_bits(), f.to_bits());
     }
 }
+
+/// A code object nested `depth` deep in its constants, in the layout of
+/// 3.11+ (`modern`) or of 3.8–3.10, as `marshal.dumps` writes them.
+fn code_object(depth: usize, modern: bool) -> Vec<u8> {
+    fn bytes_obj(b: &mut Vec<u8>, data: &[u8]) {
+        b.push(b's');
+        b.extend((data.len() as i32).to_le_bytes());
+        b.extend(data);
+    }
+    fn str_obj(b: &mut Vec<u8>, s: &str) {
+        b.push(b'z');
+        b.push(s.len() as u8);
+        b.extend(s.as_bytes());
+    }
+    fn empty_tuple(b: &mut Vec<u8>) {
+        b.extend([b')', 0]);
+    }
+    let mut b = vec![b'c'];
+    for _ in 0..(if modern { 5 } else { 6 }) {
+        b.extend(0i32.to_le_bytes());
+    }
+    bytes_obj(&mut b, b"\x97\x00");
+    b.extend([b')', 1]);
+    if depth > 0 {
+        b.extend(code_object(depth - 1, modern));
+    } else {
+        b.push(b'N');
+    }
+    empty_tuple(&mut b); // names
+    empty_tuple(&mut b); // localsplusnames / varnames
+    if modern {
+        bytes_obj(&mut b, b""); // localspluskinds
+    } else {
+        empty_tuple(&mut b); // freevars
+        empty_tuple(&mut b); // cellvars
+    }
+    str_obj(&mut b, "f.py");
+    str_obj(&mut b, &format!("f{depth}"));
+    if modern {
+        str_obj(&mut b, "qualname");
+    }
+    b.extend(7i32.to_le_bytes()); // firstlineno
+    bytes_obj(&mut b, b""); // linetable (lnotab)
+    if modern {
+        bytes_obj(&mut b, b""); // exceptiontable
+    }
+    b
+}
+
+#[test]
+fn code_objects_are_read_as_their_label_in_either_layout_once_each() {
+    for modern in [true, false] {
+        // Deep enough that reading each nested one in both layouts (as the
+        // first version did for older files) would never end.
+        let (value, read) = marshal::read(&code_object(30, modern)).unwrap();
+        assert_eq!(
+            value,
+            marshal::Value::Str("<code object f30, file \"f.py\", line 7>".into()),
+            "modern={modern}"
+        );
+        assert_eq!(read, code_object(30, modern).len());
+    }
+}
+
+#[test]
+fn a_code_object_read_in_neither_layout_fails_without_trying_both_at_every_level() {
+    // helper-48: each nested code object was read in the newer layout, then
+    // the older, with the object budget reset between: 2^depth steps.
+    // "z\x02ab" is a string to one layout and part of an int to the other.
+    fn blob(depth: usize) -> Vec<u8> {
+        let mut b = vec![b'c'];
+        b.extend([0u8; 20]);
+        if depth == 0 {
+            b.push(0xff); // (neither layout's)
+        } else {
+            b.extend(b"z\x02ab");
+            b.extend(blob(depth - 1));
+        }
+        b
+    }
+    let mut data = vec![b'{'];
+    data.extend(blob(40));
+    data.extend(b"N0");
+    assert!(marshal::read(&data).is_err());
+}

@@ -66,40 +66,26 @@ pub struct Session {
 #[pymethods]
 impl Session {
     #[new]
-    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), threads = "all"))]
-    fn new(
-        builtins: bool,
-        clock: &str,
-        hidden_files: Vec<String>,
-        threads: &str,
-    ) -> PyResult<Self> {
+    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new()))]
+    fn new(builtins: bool, clock: &str, hidden_files: Vec<String>) -> PyResult<Self> {
         let clock = ClockKind::parse(clock).ok_or_else(|| {
             PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}"))
         })?;
-        let only_new_threads = match threads {
-            "all" => false,
-            "new" => true,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "threads must be 'all' or 'new', not {other:?}"
-                )))
-            }
-        };
         let mode = if builtins {
             Mode::Full
         } else {
             Mode::PythonFrames
         };
-        let mut inner = perfkit_record::Session::new(mode, clock);
-        inner.set_only_new_threads(only_new_threads);
         Ok(Session {
-            inner,
+            inner: perfkit_record::Session::new(mode, clock),
             hidden_files,
         })
     }
 
-    fn enable(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.inner.enable(py).map_err(|e| match e {
+    /// Starts recording; `left_out`: idents of running threads not to record.
+    #[pyo3(signature = (left_out = Vec::new()))]
+    fn enable(&mut self, py: Python<'_>, left_out: Vec<u64>) -> PyResult<()> {
+        self.inner.enable(py, &left_out).map_err(|e| match e {
             StartError::Busy(msg) => PyRuntimeError::new_err(msg),
             StartError::Python(e) => e,
         })

@@ -56,10 +56,7 @@ pub(crate) struct SessionData {
     /// `threading` names of the threads alive at enable, for the ones that
     /// never pass through our thread-start hook.
     known_names: FxHashMap<u64, String>,
-    /// Record only the enabling thread and threads started while recording
-    /// (not the others already running: a Jupyter kernel's own threads).
-    only_new_threads: bool,
-    /// Threads left out, by ident, while recording (see `only_new_threads`).
+    /// Threads left out, by ident, while recording (see [`Session::enable`]).
     left_out: rustc_hash::FxHashSet<u64>,
     enabled: bool,
     enabled_at_ns: u64,
@@ -280,7 +277,6 @@ impl Session {
                 held: Vec::new(),
                 threads: Vec::new(),
                 known_names: FxHashMap::default(),
-                only_new_threads: false,
                 left_out: Default::default(),
                 enabled: false,
                 enabled_at_ns: 0,
@@ -303,15 +299,12 @@ impl Session {
         self.data.enabled
     }
 
-    /// Whether to record only the enabling thread and the threads started
-    /// while recording, leaving out the others running at enable (a Jupyter
-    /// kernel's threads, say), rather than every thread. Read at enable.
-    pub fn set_only_new_threads(&mut self, only_new: bool) {
-        self.data.only_new_threads = only_new;
-    }
-
-    /// Starts recording: installs the hooks for this interpreter's version and mode.
-    pub fn enable(&mut self, py: Python<'_>) -> Result<(), StartError> {
+    /// Starts recording: installs the hooks for this interpreter's version
+    /// and mode. `left_out`: idents of threads running now not to record (a
+    /// Jupyter kernel's own threads, say), except this one and those this
+    /// session recorded before; a thread `threading` starts while recording
+    /// is recorded even if it takes one of their idents.
+    pub fn enable(&mut self, py: Python<'_>, left_out: &[u64]) -> Result<(), StartError> {
         if self.data.enabled {
             return Ok(());
         }
@@ -326,21 +319,14 @@ impl Session {
             hooks::check_free(py, self.data.mode)?;
             clock::init();
             self.data.known_names = live_thread_names(py);
-            self.data.left_out.clear();
-            if self.data.only_new_threads {
-                // The threads running now but this one, unless this session
-                // recorded them before (started during an earlier enable).
-                let me = ffi::PyThread_get_thread_ident() as u64;
-                let recorded: rustc_hash::FxHashSet<u64> =
-                    self.data.threads.iter().map(|r| r.thread_id).collect();
-                self.data.left_out = self
-                    .data
-                    .known_names
-                    .keys()
-                    .copied()
-                    .filter(|&t| t != me && !recorded.contains(&t))
-                    .collect();
-            }
+            let me = ffi::PyThread_get_thread_ident() as u64;
+            let recorded: rustc_hash::FxHashSet<u64> =
+                self.data.threads.iter().map(|r| r.thread_id).collect();
+            self.data.left_out = left_out
+                .iter()
+                .copied()
+                .filter(|&t| t != me && !recorded.contains(&t))
+                .collect();
             let gen = NEXT_GEN;
             NEXT_GEN += 1;
             ACTIVE = &mut *self.data;

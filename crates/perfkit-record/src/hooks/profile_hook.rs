@@ -45,7 +45,7 @@ unsafe extern "C" fn refuse_foreign_setprofile(
         return 0;
     }
     let id = ffi::PyThreadState_GetID(ffi::PyThreadState_Get());
-    if !hooked_threads().contains(&id) {
+    if !hooked_threads().contains(&id) || in_thread_bootstrap() {
         return 0;
     }
     ffi::PyErr_SetString(
@@ -53,6 +53,28 @@ unsafe extern "C" fn refuse_foreign_setprofile(
         c"perfkit is profiling this thread; a second profiler (cProfile, sys.setprofile) would take its hook away. Disable perfkit's profiler first".as_ptr(),
     );
     -1
+}
+
+/// Whether the caller is `threading`'s thread bootstrap, which sets the
+/// thread-start profile hook (perfkit's own, while it records) as its thread's
+/// profile function. A thread started just before enable reaches it with our
+/// C hook already set (enable hooks every thread); refused, the thread died
+/// before running its target.
+unsafe fn in_thread_bootstrap() -> bool {
+    let frame = ffi::PyEval_GetFrame();
+    if frame.is_null() {
+        return false;
+    }
+    let code = ffi::PyFrame_GetCode(frame);
+    let name = ffi::PyObject_GetAttrString(code as *mut ffi::PyObject, c"co_name".as_ptr());
+    ffi::Py_DECREF(code as *mut ffi::PyObject);
+    if name.is_null() {
+        ffi::PyErr_Clear();
+        return false;
+    }
+    let is = ffi::PyUnicode_CompareWithASCIIString(name, c"_bootstrap_inner".as_ptr()) == 0;
+    ffi::Py_DECREF(name);
+    is
 }
 
 /// Runs `f`, which sets a profile function of ours, past the audit guard.
