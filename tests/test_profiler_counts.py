@@ -684,3 +684,37 @@ def test_a_thread_started_just_before_enable_runs_its_target():
         stop.set()
         busy.join()
     assert sorted(ran) == list(range(60))
+
+
+def _set_own_profiler_then_wait(stop: threading.Event, errors: list) -> None:
+    try:
+        sys.setprofile(lambda *a: None)
+        sys.setprofile(None)
+    except RuntimeError as exc:
+        errors.append(str(exc))
+    _busy_until(stop)
+
+
+def test_a_thread_left_out_may_set_its_own_profiler():
+    # helper-48: on 3.9-3.11, enable hooks every thread; one the recording
+    # leaves out (a Jupyter kernel's) was refused sys.setprofile as though
+    # perfkit profiled it.
+    stop, started = threading.Event(), threading.Event()
+    errors: list = []
+
+    def kernel_thread():
+        started.wait()
+        _set_own_profiler_then_wait(stop, errors)
+
+    kernel_thread.__module__ = "ipykernel.debugger"
+    t = threading.Thread(target=kernel_thread)
+    t.start()
+    prof = perfkit.Profiler()
+    with prof:
+        started.set()
+        time.sleep(0.1)
+        _short_work()
+    stop.set()
+    t.join()
+    assert errors == []
+    assert {name for name, *_ in prof.recording().threads()} == {"MainThread"}

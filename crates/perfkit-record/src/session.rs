@@ -151,6 +151,18 @@ unsafe fn register_thread(slot: Slot) -> *mut ThreadRecorder {
     rec
 }
 
+/// Whether the session now recording leaves the calling thread out.
+///
+/// # Safety
+/// GIL held.
+#[cfg(not(Py_3_12))] // (only the C profile hook of 3.9-3.11 asks)
+pub(crate) unsafe fn this_thread_left_out() -> bool {
+    !ACTIVE.is_null()
+        && (*ACTIVE)
+            .left_out
+            .contains(&(ffi::PyThread_get_thread_ident() as u64))
+}
+
 /// Names the calling thread's recorder in the session now recording (made
 /// now if the thread has none yet): a thread threading has just started,
 /// whose first frames (its bootstrap) may already have been recorded under

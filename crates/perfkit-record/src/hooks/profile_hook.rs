@@ -3,7 +3,7 @@
 //! thread that exists at enable, and on new ones by `threads`.
 
 use crate::frames::{self, _PyEval_SetProfile, CFunction};
-use crate::session::{intern_cfunction, intern_code, now, recorder};
+use crate::session::{intern_cfunction, intern_code, now, recorder, this_thread_left_out};
 use pyo3::ffi;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
@@ -45,7 +45,9 @@ unsafe extern "C" fn refuse_foreign_setprofile(
         return 0;
     }
     let id = ffi::PyThreadState_GetID(ffi::PyThreadState_Get());
-    if !hooked_threads().contains(&id) || in_thread_bootstrap() {
+    // (A thread the recording leaves out, a Jupyter kernel's, keeps our hook
+    // only because enable hooks every thread: its own profiler may take it.)
+    if !hooked_threads().contains(&id) || in_thread_bootstrap() || this_thread_left_out() {
         return 0;
     }
     ffi::PyErr_SetString(
