@@ -225,17 +225,12 @@ class _HashPickler(pickle.Pickler):
             self.nested = _Hasher()
             self.nested.pickler.level = self.level + 1
         nested = self.nested
-        nested.file.seek(0)
-        nested.file.truncate()
-        nested.buffers.clear()
         nested.pickler.digests, nested.pickler.root = digests, content
         try:
             nested.pickler.dump(content)
-        finally:
-            nested.pickler.digests = nested.pickler.root = None
-        try:
             digest = _cache_hash(b"perfkit.digest", nested.file.getvalue(), nested.buffers)
         finally:
+            nested.pickler.digests = nested.pickler.root = None
             nested.release()
         digests[id(obj)] = (obj, digest)
         return ("perfkit.digest", t.__name__, digest)
@@ -274,10 +269,9 @@ class _Hasher:
         self.lock = threading.Lock()
 
     def dump(self, obj) -> tuple[bytes, list]:
-        """(pickle stream, out-of-band buffers) of ``obj``; the caller holds ``lock``."""
-        self.file.seek(0)
-        self.file.truncate()
-        self.buffers.clear()
+        """(pickle stream, out-of-band buffers) of ``obj``; the caller holds ``lock``.
+        Every dump ends with :meth:`release` (an interrupted one's hasher is
+        replaced: ``_pickle_for_hash``), so each starts empty."""
         pickler = self.pickler
         pickler.digests, pickler.root = {}, obj
         try:
