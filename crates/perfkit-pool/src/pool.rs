@@ -351,8 +351,13 @@ impl Pool {
             st.jobs.clear();
             match kill {
                 Stop::All => st.pids.clone(),
+                // Only a worker running a batch: one whose slot still holds
+                // the batch it answered (the slot has not looped back to let
+                // it go; the caller may already have its results and be
+                // exiting) is idle, and one about to be handed a batch sees
+                // `shutdown` under this lock first and is not handed it.
                 Stop::Busy => (0..st.pids.len())
-                    .filter(|&slot| st.busy[slot].is_some() || st.held[slot].is_some())
+                    .filter(|&slot| st.busy[slot].is_some())
                     .map(|slot| st.pids[slot])
                     .collect(),
                 Stop::None => Vec::new(),
@@ -878,6 +883,40 @@ mod tests {
             "a call no slot holds any more was kept"
         );
         pool.terminate();
+    }
+
+    #[test]
+    fn at_exit_a_worker_whose_slot_still_holds_its_answered_batch_exits_on_end_of_file() {
+        // The last reply reaches the caller before its slot thread lets the
+        // batch go; a program exiting in that window had its idle worker
+        // SIGKILLed, losing its buffered output and atexit handlers (CI saw it).
+        let marker = std::env::temp_dir().join(format!("perfkit-eof-exit-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let script = format!("cat <&3 >/dev/null; touch '{}'", marker.display());
+        let pool = Pool::start(1, sh(&script)).unwrap();
+        // The window, held open: an idle worker whose slot holds a batch.
+        pool.shared.state.lock().unwrap().held[0] = Some(9);
+        pool.close_idle_kill_busy();
+        assert!(marker.exists(), "the idle worker was killed, not let exit");
+        let _ = std::fs::remove_file(&marker);
+        // A worker running a batch is killed at once.
+        let pool = Pool::start(
+            1,
+            sh(&format!(
+                "head -c 1 <&3 >/dev/null; sleep 30; touch '{}'",
+                marker.display()
+            )),
+        )
+        .unwrap();
+        pool.submit(job(1, 0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.state.lock().unwrap().busy[0].is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let t0 = Instant::now();
+        pool.close_idle_kill_busy();
+        assert!(t0.elapsed() < REAP_GRACE, "{:?}", t0.elapsed());
+        assert!(!marker.exists());
     }
 
     #[test]
