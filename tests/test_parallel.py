@@ -3591,11 +3591,18 @@ def test_a_task_closing_the_workers_pipes_is_named_as_such():
 def test_a_sigint_reaching_an_idle_worker_is_let_go(capfd):
     # Workers keep Python's SIGINT handling (for the programs their tasks
     # start); one that arrives when no task runs must not kill the worker.
+    # (The pool's own list of workers: which ones a call's tasks reach is
+    # the machine's draw, one worker can run them all under load.)
     with Parallel(n_jobs=2, batch_size=1) as parallel:
-        before = set(parallel(delayed(os.getpid)() for _ in range(8)))
-        parallel(delayed(T.interrupt_main_later)(0.2) for _ in range(2))
+        assert sorted(parallel(delayed(abs)(-i) for i in range(8))) == list(range(8))
+        before = set(parallel._private_pool[1].pids())
+        assert len(before) == 2
+        ran_on = set(parallel(delayed(T.interrupt_main_later)(0.2) for _ in range(2)))
+        for pid in before - ran_on:
+            os.kill(pid, signal.SIGINT)  # (what the watchdog does, from outside)
         time.sleep(0.8)
-        after = set(parallel(delayed(os.getpid)() for _ in range(8)))
+        assert sorted(parallel(delayed(abs)(-i) for i in range(8))) == list(range(8))
+        after = set(parallel._private_pool[1].pids())
     assert after == before
     assert "KeyboardInterrupt" not in capfd.readouterr().err
 
