@@ -9,6 +9,7 @@ import json
 import marshal
 import os
 import pstats
+import re
 import signal
 import socket
 import subprocess
@@ -427,3 +428,55 @@ def test_million_node_profile_opens(tmp_path):
         assert len(full["id"]) <= 120_001 and full["truncated"] is True
         stats = s.get_json("api/stats?view=0")
         assert len(stats["rows"]["f"]) == 3000
+
+
+def test_clients_that_read_nothing_hold_neither_the_server_nor_ctrl_c(tmp_path):
+    # helper-49: two clients asking for a large answer and never reading it
+    # held both workers (every other request waited), and Ctrl-C waited on
+    # them for as long as they stayed connected.
+    src = tmp_path / "wide.txt"
+    write_synthetic_tree(src, 200_000, names=50_000)
+    s = ViewServer(src)
+    stalled = []
+    try:
+        for i in range(2):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.connect(("127.0.0.1", s.port))
+            c.sendall(
+                f"GET /api/slice?view=0&root=0&min=0&x={i} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\n\r\n".encode()
+            )
+            stalled.append(c)
+        time.sleep(1.0)  # both answers are being written, and stuck
+        t0 = time.monotonic()
+        assert s.get_json("api/meta")["views"][0]["nodes"] == 200_000
+        assert time.monotonic() - t0 < 5
+        t0 = time.monotonic()
+        code, err = s.stop()
+        assert time.monotonic() - t0 < 5, "Ctrl-C waited on the stalled clients"
+        assert code == 130 and not no_crash_noise(err), err
+    finally:
+        for c in stalled:
+            c.close()
+        s.stop()
+
+
+def test_threads_share_one_function_list(tmp_path):
+    # helper-49: each thread's view kept its own copy of the profile's
+    # function list, so memory grew with threads x functions: 512 MB for
+    # 200 threads over 20,000 functions (42 MB for one thread).
+    def peak_kb(threads):
+        src = tmp_path / f"t{threads}.txt"
+        with open(src, "w") as out:
+            out.writelines(
+                f"thread (0x1): T0;main (/app/m.py:1);f{i} (/app/mod{i % 100}.py:{i}) 5\n"
+                for i in range(20_000)
+            )
+            out.writelines(f"thread (0x{t + 1:x}): T{t};main (/app/m.py:1) 7\n" for t in range(1, threads))
+        with ViewServer(src) as s:
+            assert len(s.get_json("api/meta")["views"]) == threads + (threads > 1)
+            status = Path(f"/proc/{s.proc.pid}/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+    one, many = peak_kb(1), peak_kb(200)
+    assert many < one + 60_000, (one, many)

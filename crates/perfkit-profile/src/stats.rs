@@ -201,103 +201,110 @@ impl CallTree {
     /// children by index); callers likewise. Functions are keyed by
     /// [`FuncKey`], so duplicate entries in [`CallTree::funcs`] fold together.
     pub fn to_stats(&self) -> StatsTable {
-        let canon = self.canonical_ids();
-        let nfuncs = self.funcs.len();
-        let mut row_of = vec![NOT_SEEN; nfuncs];
-        let mut rows: Vec<(FuncId, Acc)> = Vec::new();
-        let mut on_path = vec![0u32; nfuncs];
+        table_of(&self.funcs, &self.threads)
+    }
+}
 
-        let mut edge_of: FxHashMap<(FuncId, FuncId), u32> = FxHashMap::default();
-        let mut edges: Vec<(FuncId, FuncId, Acc)> = Vec::new();
-        let mut edge_on_path: Vec<u32> = Vec::new();
+/// [`CallTree::to_stats`] of some threads over a function list, for a
+/// caller that shares one list among many threads' tables rather than
+/// copying it into a tree for each.
+pub fn table_of(funcs: &[FuncKey], threads: &[ThreadTree]) -> StatsTable {
+    let canon = crate::tree::canonical_ids(funcs);
+    let nfuncs = funcs.len();
+    let mut row_of = vec![NOT_SEEN; nfuncs];
+    let mut rows: Vec<(FuncId, Acc)> = Vec::new();
+    let mut on_path = vec![0u32; nfuncs];
 
-        for thread in &self.threads {
-            let children = thread.children();
-            // Per node: its canonical function and its edge index, valid only
-            // while the node is on the path.
-            let mut func_at = vec![ROOT_FUNC; thread.nodes.len()];
-            let mut edge_at = vec![NOT_SEEN; thread.nodes.len()];
-            let mut skip_depth: Option<usize> = None;
-            let mut walk = Walk::new(&children);
-            while let Some(visit) = walk.next() {
-                match visit {
-                    Visit::Enter(id) => {
-                        if skip_depth.is_some() {
-                            continue;
-                        }
-                        let node = &thread.nodes[id as usize];
-                        let Some(&f) = canon.get(node.func as usize) else {
-                            // An unknown function: leave its whole subtree out.
-                            skip_depth = Some(walk.depth());
-                            continue;
-                        };
-                        func_at[id as usize] = f;
-                        let fi = f as usize;
-                        if row_of[fi] == NOT_SEEN {
-                            row_of[fi] = rows.len() as u32;
-                            rows.push((f, Acc::default()));
-                        }
-                        rows[row_of[fi] as usize].1.add(node, on_path[fi] == 0);
-                        on_path[fi] += 1;
+    let mut edge_of: FxHashMap<(FuncId, FuncId), u32> = FxHashMap::default();
+    let mut edges: Vec<(FuncId, FuncId, Acc)> = Vec::new();
+    let mut edge_on_path: Vec<u32> = Vec::new();
 
-                        let g = func_at[node.parent as usize];
-                        if node.parent != 0 && g != ROOT_FUNC {
-                            let e = *edge_of.entry((g, f)).or_insert_with(|| {
-                                edges.push((g, f, Acc::default()));
-                                edge_on_path.push(0);
-                                (edges.len() - 1) as u32
-                            });
-                            edges[e as usize].2.add(node, edge_on_path[e as usize] == 0);
-                            edge_on_path[e as usize] += 1;
-                            edge_at[id as usize] = e;
-                        }
+    for thread in threads {
+        let children = thread.children();
+        // Per node: its canonical function and its edge index, valid only
+        // while the node is on the path.
+        let mut func_at = vec![ROOT_FUNC; thread.nodes.len()];
+        let mut edge_at = vec![NOT_SEEN; thread.nodes.len()];
+        let mut skip_depth: Option<usize> = None;
+        let mut walk = Walk::new(&children);
+        while let Some(visit) = walk.next() {
+            match visit {
+                Visit::Enter(id) => {
+                    if skip_depth.is_some() {
+                        continue;
                     }
-                    Visit::Leave(id) => {
-                        if let Some(depth) = skip_depth {
-                            // `depth()` counts the node being left.
-                            if walk.depth() + 1 == depth {
-                                skip_depth = None;
-                            }
-                            continue;
+                    let node = &thread.nodes[id as usize];
+                    let Some(&f) = canon.get(node.func as usize) else {
+                        // An unknown function: leave its whole subtree out.
+                        skip_depth = Some(walk.depth());
+                        continue;
+                    };
+                    func_at[id as usize] = f;
+                    let fi = f as usize;
+                    if row_of[fi] == NOT_SEEN {
+                        row_of[fi] = rows.len() as u32;
+                        rows.push((f, Acc::default()));
+                    }
+                    rows[row_of[fi] as usize].1.add(node, on_path[fi] == 0);
+                    on_path[fi] += 1;
+
+                    let g = func_at[node.parent as usize];
+                    if node.parent != 0 && g != ROOT_FUNC {
+                        let e = *edge_of.entry((g, f)).or_insert_with(|| {
+                            edges.push((g, f, Acc::default()));
+                            edge_on_path.push(0);
+                            (edges.len() - 1) as u32
+                        });
+                        edges[e as usize].2.add(node, edge_on_path[e as usize] == 0);
+                        edge_on_path[e as usize] += 1;
+                        edge_at[id as usize] = e;
+                    }
+                }
+                Visit::Leave(id) => {
+                    if let Some(depth) = skip_depth {
+                        // `depth()` counts the node being left.
+                        if walk.depth() + 1 == depth {
+                            skip_depth = None;
                         }
-                        let f = func_at[id as usize];
-                        on_path[f as usize] -= 1;
-                        let e = edge_at[id as usize];
-                        if e != NOT_SEEN {
-                            edge_on_path[e as usize] -= 1;
-                        }
+                        continue;
+                    }
+                    let f = func_at[id as usize];
+                    on_path[f as usize] -= 1;
+                    let e = edge_at[id as usize];
+                    if e != NOT_SEEN {
+                        edge_on_path[e as usize] -= 1;
                     }
                 }
             }
         }
+    }
 
-        let mut callers: Vec<Vec<(FuncKey, EdgeStats)>> = vec![Vec::new(); rows.len()];
-        for (g, f, acc) in &edges {
-            callers[row_of[*f as usize] as usize].push((
-                self.funcs[*g as usize].clone(),
-                EdgeStats {
-                    nc: acc.nc,
-                    cc: acc.cc,
-                    tt: seconds(acc.tt),
-                    ct: seconds(acc.ct),
-                    count_only: false,
-                },
-            ));
-        }
-        let entries = rows
-            .into_iter()
-            .zip(callers)
-            .map(|((f, acc), callers)| FuncStats {
-                func: self.funcs[f as usize].clone(),
-                cc: acc.cc,
+    let mut callers: Vec<Vec<(FuncKey, EdgeStats)>> = vec![Vec::new(); rows.len()];
+    for (g, f, acc) in &edges {
+        callers[row_of[*f as usize] as usize].push((
+            funcs[*g as usize].clone(),
+            EdgeStats {
                 nc: acc.nc,
+                cc: acc.cc,
                 tt: seconds(acc.tt),
                 ct: seconds(acc.ct),
-                callers,
-            })
-            .collect();
-        StatsTable { entries }
+                count_only: false,
+            },
+        ));
     }
+    let entries = rows
+        .into_iter()
+        .zip(callers)
+        .map(|((f, acc), callers)| FuncStats {
+            func: funcs[f as usize].clone(),
+            cc: acc.cc,
+            nc: acc.nc,
+            tt: seconds(acc.tt),
+            ct: seconds(acc.ct),
+            callers,
+        })
+        .collect();
+    StatsTable { entries }
 }
 
 /// Limits of [`StatsTable::infer_tree`].

@@ -309,18 +309,6 @@ impl CallTree {
         Ok(())
     }
 
-    /// Every function that appears in any thread, as an index per [`FuncId`]:
-    /// the first id with an equal [`FuncKey`]. Keeps per-function tables
-    /// correct even when a recorder interned one function twice.
-    pub(crate) fn canonical_ids(&self) -> Vec<FuncId> {
-        let mut first: rustc_hash::FxHashMap<&FuncKey, FuncId> = Default::default();
-        self.funcs
-            .iter()
-            .enumerate()
-            .map(|(i, key)| *first.entry(key).or_insert(i as FuncId))
-            .collect()
-    }
-
     /// All threads merged into one tree by call path (calls and times summed),
     /// so views can show the whole program at once. A tree with at most one
     /// thread is returned unchanged; nodes of a malformed tree that cannot be placed
@@ -372,4 +360,16 @@ impl CallTree {
             meta: self.meta.clone(),
         }
     }
+}
+
+/// Every function of a tree's list as an index per [`FuncId`]: the first id
+/// with an equal [`FuncKey`]. Keeps per-function tables correct even when a
+/// recorder interned one function twice.
+pub(crate) fn canonical_ids(funcs: &[FuncKey]) -> Vec<FuncId> {
+    let mut first: rustc_hash::FxHashMap<&FuncKey, FuncId> = Default::default();
+    funcs
+        .iter()
+        .enumerate()
+        .map(|(i, key)| *first.entry(key).or_insert(i as FuncId))
+        .collect()
 }

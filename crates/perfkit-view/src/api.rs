@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use perfkit_profile::diff::{diff_stats, diff_trees, FuncDelta};
+use perfkit_profile::stats::table_of;
 use perfkit_profile::{
     CallTree, Children, FuncId, FuncKey, Node, NodeId, Profile, StatsTable, ThreadTree,
 };
@@ -32,8 +33,9 @@ pub struct View {
     before: Option<Vec<Node>>,
     /// The pstats table of this view (the file's own for the whole profile).
     stats: OnceLock<StatsTable>,
-    /// The tree the lazy table is derived from, for a single thread.
-    stats_source: Option<CallTree>,
+    /// The profile's function list, shared by every thread's view, from
+    /// which a single thread's lazy table is derived.
+    stats_source: Option<Arc<Vec<FuncKey>>>,
     /// Callers and callees per function, indexed on first use.
     edges: OnceLock<EdgeIndex>,
 }
@@ -60,7 +62,7 @@ impl View {
 
     fn stats(&self) -> &StatsTable {
         self.stats.get_or_init(|| match &self.stats_source {
-            Some(tree) => tree.to_stats(),
+            Some(funcs) => table_of(funcs, std::slice::from_ref(&self.thread)),
             None => StatsTable::default(),
         })
     }
@@ -156,6 +158,9 @@ impl Viewer {
             ));
         }
         let several_processes = tree.threads.windows(2).any(|w| w[0].pid != w[1].pid);
+        // One list for all: a copy per thread made a profile of 200 threads
+        // over 20,000 functions take half a gigabyte (helper-49).
+        let shared_funcs = Arc::new(tree.funcs.clone());
         for thread in &tree.threads {
             let mut name = if thread.name.is_empty() {
                 format!("thread {}", thread.thread_id)
@@ -167,11 +172,7 @@ impl Viewer {
             }
             let mut view = View::new(name, thread.clone(), None);
             if several {
-                view.stats_source = Some(CallTree {
-                    funcs: tree.funcs.clone(),
-                    threads: vec![thread.clone()],
-                    meta: tree.meta.clone(),
-                });
+                view.stats_source = Some(Arc::clone(&shared_funcs));
             }
             views.push(view);
         }

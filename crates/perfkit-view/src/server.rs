@@ -1,23 +1,33 @@
 //! The local HTTP server: answers the page and the API from a [`Viewer`]
 //! on a couple of worker threads until stopped. It never opens a file.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::Viewer;
 
 /// How often the workers look at the stop flag.
 const POLL: Duration = Duration::from_millis(100);
-const WORKERS: usize = 2;
+const WORKERS: usize = 4;
+/// How long a write to a client that reads nothing may block a worker: a
+/// stalled client of a large answer held a worker, and the server's stop,
+/// for as long as it stayed connected (helper-49).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stop waits for workers still writing before leaving them.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// A running server; stops (and joins its threads) when dropped.
 pub struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// One message per worker that has ended.
+    ended: Receiver<()>,
 }
 
 impl Server {
@@ -30,7 +40,11 @@ impl Server {
                 format!("--host must be an IP address such as 127.0.0.1, not {host:?}")
             })?
         };
-        let http = tiny_http::Server::http(SocketAddr::new(ip, port))
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        set_write_timeout(&listener, WRITE_TIMEOUT)
+            .map_err(|e| format!("cannot set up the socket on {host}:{port}: {e}"))?;
+        let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
         let addr = http
             .server_addr()
@@ -39,12 +53,14 @@ impl Server {
         let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
         let allowed_hosts = allowed_hosts(addr);
+        let (ended_tx, ended) = mpsc::channel();
         let workers = (0..WORKERS)
             .map(|_| {
                 let http = Arc::clone(&http);
                 let stop = Arc::clone(&stop);
                 let viewer = Arc::clone(&viewer);
                 let allowed = allowed_hosts.clone();
+                let ended = ended_tx.clone();
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         match http.recv_timeout(POLL) {
@@ -53,6 +69,7 @@ impl Server {
                             Err(_) => std::thread::sleep(POLL),
                         }
                     }
+                    let _ = ended.send(());
                 })
             })
             .collect();
@@ -60,6 +77,7 @@ impl Server {
             addr,
             stop,
             workers,
+            ended,
         })
     }
 
@@ -77,10 +95,24 @@ impl Server {
         self.shutdown();
     }
 
+    /// Joins the workers that end within [`STOP_WAIT`]; one still blocked
+    /// writing to a client is left to end on its own (its write times out)
+    /// rather than holding up Ctrl-C.
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + STOP_WAIT;
+        let mut ended = 0;
+        while ended < self.workers.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ended.recv_timeout(left) {
+                Ok(()) => ended += 1,
+                Err(_) => break,
+            }
+        }
         for w in self.workers.drain(..) {
-            let _ = w.join();
+            if w.is_finished() {
+                let _ = w.join();
+            }
         }
     }
 }
@@ -88,6 +120,31 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Sets SO_SNDTIMEO on the listening socket; Linux copies it to every
+/// socket `accept` returns, which tiny_http keeps to itself.
+fn set_write_timeout(listener: &TcpListener, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt on a socket this listener owns, with a timeval of
+    // the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
