@@ -4,7 +4,9 @@ names the file and says what is wrong, exit code 2, no traceback, no panic."""
 from __future__ import annotations
 
 import ctypes
+import marshal
 import os
+import pstats
 import random
 import re
 import shutil
@@ -235,3 +237,35 @@ def test_dump_stats_into_readonly_directory(readonly_dir):
     assert str(out) in r.stdout and "written" not in r.stdout
     assert len(r.stdout.strip().splitlines()) == 1
     assert list(readonly_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("seconds", [100.0, 0.0])
+def test_a_foreign_file_with_many_paths_into_a_wide_function_is_read(tmp_path, seconds):
+    # helper-50: 2**19 paths into a function of 20,000 callees made the
+    # inferred tree cost nodes x callees; `perfkit stats` on this 1 MB file
+    # ran for minutes (pstats reads it at once). With all times zero nothing
+    # is too small to expand, so only the expansion's own bound stops it.
+    layers = [[("m.py", 10 + 2 * k + j, f"L{k}_{j}") for j in range(2)] for k in range(19)]
+    root, hub = ("m.py", 1, "root"), ("m.py", 5, "hub")
+    table = {root: (1, 1, 0.0, seconds, {})}
+    for k, layer in enumerate(layers):
+        for f in layer:
+            table[f] = (
+                1,
+                1,
+                0.0,
+                seconds,
+                {p: (1, 1, 0.0, seconds) for p in ([root] if k == 0 else layers[k - 1])},
+            )
+    table[hub] = (1, 1, 0.0, seconds, {p: (1, 1, 0.0, seconds) for p in layers[-1]})
+    calls = 0 if seconds else 1
+    for i in range(20_000):
+        table[("m.py", 1000 + i, f"leaf{i}")] = (calls, calls, 0.0, 0.0, {hub: (calls, calls, 0.0, 0.0)})
+    path = tmp_path / "wide.prof"
+    path.write_bytes(marshal.dumps(table))
+    r = run_cli("stats", path, "-s", "name", "-l", "5", timeout=60)
+    assert r.returncode == 0, r.stderr
+    expected = pstats.Stats(str(path))
+    assert f"{expected.total_calls} function calls" in r.stdout
+    loaded = perfkit.load(path)
+    assert len(loaded.stats_dict()) == len(table)

@@ -256,10 +256,13 @@ pub fn diff_stats(before: &StatsTable, after: &StatsTable) -> Vec<FuncDelta> {
             }
         }
     }
+    // A total order, NaN last: a file's NaN or infinite times made the
+    // comparison inconsistent, and the sort panicked (helper-50).
     rows.sort_by(|a, b| {
-        b.tt_delta()
-            .partial_cmp(&a.tt_delta())
-            .unwrap_or(std::cmp::Ordering::Equal)
+        let (x, y) = (a.tt_delta(), b.tt_delta());
+        x.is_nan()
+            .cmp(&y.is_nan())
+            .then_with(|| y.total_cmp(&x))
             .then_with(|| a.func.cmp(&b.func))
     });
     rows
@@ -407,5 +410,35 @@ mod tests {
         assert_eq!(rows.first().unwrap().func.name, "a");
         assert_eq!(rows.last().unwrap().func.name, "b");
         assert!((rows[0].tt_delta() - 30e-9).abs() < 1e-15);
+    }
+
+    #[test]
+    fn stats_diff_sorts_nan_times_last_without_panicking() {
+        let table = |seed: u64| {
+            let mut t = StatsTable::default();
+            for i in 0..200u64 {
+                let v = (i * 7919 + seed * 104_729) % 13;
+                t.entries.push(crate::FuncStats {
+                    func: FuncKey::new("m.py", i as u32 + 1, format!("f{i}")),
+                    cc: 1,
+                    nc: 1,
+                    tt: match v {
+                        0 => f64::NAN,
+                        1 => f64::INFINITY,
+                        _ => v as f64,
+                    },
+                    ct: 1.0,
+                    callers: Vec::new(),
+                });
+            }
+            t
+        };
+        let rows = diff_stats(&table(1), &table(2));
+        assert_eq!(rows.len(), 200);
+        let first_nan = rows.iter().position(|r| r.tt_delta().is_nan()).unwrap();
+        assert!(rows[first_nan..].iter().all(|r| r.tt_delta().is_nan()));
+        assert!(rows[..first_nan]
+            .windows(2)
+            .all(|w| w[0].tt_delta() >= w[1].tt_delta()));
     }
 }

@@ -55,8 +55,12 @@ pub fn to_bytes(tree: &CallTree) -> Vec<u8> {
 /// The `.prof` bytes for a profile whose table is kept as it is (for
 /// instance one read from a foreign file) rather than derived from the tree.
 pub fn profile_to_bytes(profile: &Profile) -> Vec<u8> {
-    let mut out = stats_to_marshal(&profile.stats);
-    append_trailer(&mut out, &profile.tree);
+    table_and_tree_to_bytes(&profile.stats, &profile.tree)
+}
+
+fn table_and_tree_to_bytes(stats: &StatsTable, tree: &CallTree) -> Vec<u8> {
+    let mut out = stats_to_marshal(stats);
+    append_trailer(&mut out, tree);
     out
 }
 
@@ -70,7 +74,12 @@ pub fn write_file(path: &Path, tree: &CallTree) -> Result<(), Error> {
 /// a foreign file this keeps its table as it was instead of deriving one from
 /// the inferred tree.
 pub fn write_profile(path: &Path, profile: &Profile) -> Result<(), Error> {
-    crate::write_atomic(path, &profile_to_bytes(profile))
+    write_table_and_tree(path, &profile.stats, &profile.tree)
+}
+
+/// [`write_profile`] of a table and a tree held apart.
+pub fn write_table_and_tree(path: &Path, stats: &StatsTable, tree: &CallTree) -> Result<(), Error> {
+    crate::write_atomic(path, &table_and_tree_to_bytes(stats, tree))
 }
 
 /// Reads a `.prof` file; errors name the file.

@@ -313,6 +313,10 @@ const INFER_MAX_NODES: usize = 2_000_000;
 /// corrupted) table with a dense call graph cannot spend the whole budget.
 const INFER_NODES_PER_ITEM: usize = 1_000;
 const INFER_MAX_DEPTH: usize = 256;
+/// Steps (callees looked at, ancestors marked) the expansion may take in all:
+/// a table with many paths into a function of many callees cost nodes x
+/// callees, minutes for a 1 MB file (helper-50).
+const INFER_MAX_WORK: usize = 50_000_000;
 /// Children whose estimated time is below this share of the roots' time are
 /// not expanded: they are invisible in any view and would multiply the paths.
 const INFER_MIN_SHARE: f64 = 1e-6;
@@ -458,10 +462,29 @@ impl StatsTable {
             scale.push(share);
         }
 
+        // Each function's callees by their time, largest first: below a
+        // node, the callees too small to draw are a tail that is never looked at.
+        let edge_time = |f: usize, k: usize| {
+            let (c, edge) = callees[f][k];
+            let callee = row[c as usize];
+            scaled(edge.ct_or_share(callee.ct, callee.cc), 1.0)
+        };
+        let by_time: Vec<Vec<u32>> = (0..nfuncs)
+            .map(|f| {
+                let mut order: Vec<u32> = (0..callees[f].len() as u32).collect();
+                order.sort_by(|&a, &b| {
+                    edge_time(f, b as usize).total_cmp(&edge_time(f, a as usize))
+                });
+                order
+            })
+            .collect();
+
         // Marks the functions on the path of the node being expanded.
         let mut mark = vec![NOT_SEEN; nfuncs];
         let mut next = 1usize;
-        while next < thread.nodes.len() && thread.nodes.len() < max_nodes {
+        let mut work = 0usize;
+        let mut kept: Vec<u32> = Vec::new();
+        while next < thread.nodes.len() && thread.nodes.len() < max_nodes && work < INFER_MAX_WORK {
             let id = next;
             next += 1;
             if depth[id] as usize >= INFER_MAX_DEPTH {
@@ -472,20 +495,33 @@ impl StatsTable {
                 mark[thread.nodes[at].func as usize] = id as u32;
                 at = thread.nodes[at].parent as usize;
             }
+            work += depth[id] as usize;
             let f = thread.nodes[id].func as usize;
             let s = scale[id];
-            for &(c, edge) in &callees[f] {
+            // A call cannot outlast its caller; capping also keeps odd
+            // tables from growing times down the tree.
+            let cap = thread.nodes[id].total_ns as f64 / 1e9;
+            let total_of = |k: usize| scaled(edge_time(f, k), s).min(cap);
+            kept.clear();
+            for &k in &by_time[f] {
+                work += 1;
+                if to_ns(total_of(k as usize)) < min_ns {
+                    break;
+                }
+                kept.push(k);
+            }
+            // Children in the table's order, as before the time order.
+            kept.sort_unstable();
+            for &k in &kept {
+                let (c, edge) = callees[f][k as usize];
                 if mark[c as usize] == id as u32 {
                     continue;
                 }
                 let callee = row[c as usize];
-                // A call cannot outlast its caller; capping also keeps odd
-                // tables from growing times down the tree.
-                let total = scaled(edge.ct_or_share(callee.ct, callee.cc), s)
-                    .min(thread.nodes[id].total_ns as f64 / 1e9);
+                let total = total_of(k as usize);
                 let total_ns = to_ns(total);
                 let calls = scaled(edge.nc as f64, s).round().min(u64::MAX as f64) as u64;
-                if total_ns < min_ns || (total_ns == 0 && calls == 0) {
+                if total_ns == 0 && calls == 0 {
                     continue;
                 }
                 let share = if callee.ct > 0.0 && callee.ct.is_finite() {

@@ -1,7 +1,7 @@
 //! `Session` (a recording in progress) and `Recording` (a CallTree in hand).
 
 use crate::ProfileError;
-use perfkit_profile::{CallTree, FuncKey};
+use perfkit_profile::{CallTree, FuncKey, StatsTable};
 use perfkit_record::{ClockKind, Mode, StartError};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -138,6 +138,7 @@ impl Session {
         );
         Recording {
             tree: self.inner.tree(&recorder, &hidden),
+            table: None,
         }
     }
 }
@@ -146,6 +147,10 @@ impl Session {
 #[pyclass(module = "perfkit._native", frozen)]
 pub struct Recording {
     pub(crate) tree: CallTree,
+    /// The table a file held, kept as it was: a foreign file's tree is
+    /// inferred, and a table derived from it would not be the file's
+    /// (helper-50: fib's 36 primitive calls came back as 2,220).
+    table: Option<StatsTable>,
 }
 
 /// `(name, thread_id, pid, [(func, parent, calls, own_ns, total_ns)])`.
@@ -166,12 +171,25 @@ fn key_tuple<'py>(py: Python<'py>, k: &FuncKey) -> PyResult<Bound<'py, PyTuple>>
 impl Recording {
     /// The pstats dictionary: `{(file, line, name): (cc, nc, tt, ct, {caller: (nc, cc, tt, ct)})}`.
     fn stats_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let table = self.tree.to_stats();
+        let derived;
+        let table = match &self.table {
+            Some(table) => table,
+            None => {
+                derived = self.tree.to_stats();
+                &derived
+            }
+        };
         let out = PyDict::new(py);
         for e in &table.entries {
             let callers = PyDict::new(py);
             for (caller, s) in &e.callers {
-                callers.set_item(key_tuple(py, caller)?, (s.nc, s.cc, s.tt, s.ct))?;
+                let key = key_tuple(py, caller)?;
+                if s.count_only {
+                    // The pure-Python `profile` module's callers hold a count alone.
+                    callers.set_item(key, s.nc)?;
+                } else {
+                    callers.set_item(key, (s.nc, s.cc, s.tt, s.ct))?;
+                }
             }
             out.set_item(key_tuple(py, &e.func)?, (e.cc, e.nc, e.tt, e.ct, callers))?;
         }
@@ -180,8 +198,11 @@ impl Recording {
 
     /// Writes a `.prof` file (pstats-compatible, with the exact tree), atomically.
     fn dump(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| perfkit_profile::prof::write_file(&path, &self.tree))
-            .map_err(profile_error)
+        py.detach(|| match &self.table {
+            Some(table) => perfkit_profile::prof::write_table_and_tree(&path, table, &self.tree),
+            None => perfkit_profile::prof::write_file(&path, &self.tree),
+        })
+        .map_err(profile_error)
     }
 
     /// Each thread as `(name, thread_id, pid, nodes)` with nodes as
@@ -243,5 +264,8 @@ pub fn load(py: Python<'_>, path: PathBuf) -> PyResult<Recording> {
     let profile = py
         .detach(|| perfkit_profile::load(&path))
         .map_err(profile_error)?;
-    Ok(Recording { tree: profile.tree })
+    Ok(Recording {
+        tree: profile.tree,
+        table: Some(profile.stats),
+    })
 }
