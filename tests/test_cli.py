@@ -958,3 +958,23 @@ def test_export_to_stdout_and_through_a_link(profiles, tmp_path):
     # A directory is named as one.
     r = run_cli("export", src, "-o", tmp_path, "--format", "collapsed")
     assert r.returncode == 2 and "Is a directory" in r.stderr, r.stderr
+
+
+def test_arguments_that_are_not_utf8_pass_through(tmp_path):
+    # helper-50: a byte that is not UTF-8 anywhere on the command line (a
+    # file name, a program's argument) was a UnicodeEncodeError traceback.
+    # cProfile and pstats take such names as the OS gave them.
+    script = tmp_path / "args.py"
+    script.write_text(
+        "import sys\nprint(repr([a.encode('utf-8', 'surrogateescape') for a in sys.argv[1:]]))\n"
+    )
+    odd = os.fsdecode(b"caf\xe9.txt")
+    out = os.fsdecode(b"out\xff.prof")
+    r = run_cli("record", "-o", tmp_path / out, script, odd, "x", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "[b'caf\\xe9.txt', b'x']" in r.stdout
+    r = run_cli("stats", tmp_path / out, "-l", "3")
+    assert r.returncode == 0, r.stderr
+    assert "function calls" in r.stdout
+    r = run_cli("stats", tmp_path / os.fsdecode(b"missing\xff.prof"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use perfkit_profile::table::{self, Restriction, SortKey};
 use pyo3::prelude::*;
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -61,7 +62,7 @@ enum Command {
             allow_hyphen_values = true,
             value_name = "SCRIPT [ARGS]..."
         )]
-        command: Vec<String>,
+        command: Vec<OsString>,
     },
     /// Print the pstats table of a profile (perfkit or cProfile file); of several, summed
     /// as pstats' `Stats(a, b, …)` sums them.
@@ -119,9 +120,11 @@ enum Command {
     Demo,
 }
 
-/// Runs the command line; returns the process exit code.
+/// Runs the command line; returns the process exit code. Arguments come as
+/// the OS gave them (sys.argv's surrogate escapes): a file name that is not
+/// UTF-8 is a file name, not a traceback.
 #[pyfunction]
-pub fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => {
