@@ -4,6 +4,7 @@ names the file and says what is wrong, exit code 2, no traceback, no panic."""
 from __future__ import annotations
 
 import ctypes
+import json
 import marshal
 import os
 import pstats
@@ -269,3 +270,35 @@ def test_a_foreign_file_with_many_paths_into_a_wide_function_is_read(tmp_path, s
     assert f"{expected.total_calls} function calls" in r.stdout
     loaded = perfkit.load(path)
     assert len(loaded.stats_dict()) == len(table)
+
+
+@pytest.mark.parametrize("ext", [".svg", ".txt"])
+def test_a_tree_too_deep_for_collapsed_stacks_is_refused_in_one_line(tmp_path, ext):
+    # helper-50: collapsed stacks repeat each path on its line, so a chain
+    # 50,000 frames deep (a 1.6 MB speedscope file) is ~14 GB of text: the
+    # export died on allocation. The .html export and the viewer take it.
+    n = 50_000
+    src = tmp_path / "deep.speedscope.json"
+    events = [{"type": "O", "frame": 0, "at": i} for i in range(n)]
+    src.write_text(
+        json.dumps(
+            {
+                "shared": {"frames": [{"name": "f", "file": "m.py", "line": 1}]},
+                "profiles": [
+                    {
+                        "type": "evented",
+                        "unit": "microseconds",
+                        "startValue": 0,
+                        "endValue": n + 1,
+                        "events": events,
+                    }
+                ],
+            }
+        )
+    )
+    out = tmp_path / f"out{ext}"
+    r = run_cli("export", src, "-o", out, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "too deep for collapsed stacks" in r.stderr, r.stderr
+    assert not out.exists()
+    assert run_cli("export", src, "-o", tmp_path / "out.html", timeout=60).returncode == 0

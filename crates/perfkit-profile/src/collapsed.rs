@@ -49,6 +49,40 @@ fn frame_text(key: &FuncKey, out: &mut String) {
 /// The collapsed-stacks text for a tree.
 pub fn write(tree: &CallTree) -> String {
     let mut out = String::new();
+    for_each_line(tree, |path, weight, _| {
+        let _ = writeln!(out, "{path} {weight}");
+    });
+    out
+}
+
+/// The most text [`write_bounded`] writes: each line repeats its whole path,
+/// so a deep tree's text grows with the square of its depth (a 60,000-deep
+/// chain from a 640 KB file: tens of gigabytes).
+pub const MAX_TEXT_BYTES: u64 = 512 << 20;
+
+/// [`write`], or an error saying why not when the text would pass
+/// [`MAX_TEXT_BYTES`]; its size is counted before any of it is written.
+pub fn write_bounded(tree: &CallTree) -> Result<String, String> {
+    let mut size = 0u64;
+    let mut deepest = 0usize;
+    for_each_line(tree, |path, weight, depth| {
+        size += path.len() as u64 + 2 + u64::from(weight.checked_ilog10().unwrap_or(0) + 1);
+        deepest = deepest.max(depth);
+    });
+    if size > MAX_TEXT_BYTES {
+        return Err(format!(
+            "the tree is too deep for collapsed stacks: every line repeats its whole \
+             path, {} levels deep at most, {:.1} GB of text in all; export it as .html or \
+             .speedscope.json, or open it with `perfkit view`",
+            deepest,
+            size as f64 / 1e9
+        ));
+    }
+    Ok(write(tree))
+}
+
+/// Calls `line(path, weight, depth)` for each line of [`write`]'s text.
+fn for_each_line(tree: &CallTree, mut line: impl FnMut(&str, u64, usize)) {
     let threaded = tree.threads.len() > 1;
     let mut path = String::new();
     let mut lens: Vec<usize> = Vec::new();
@@ -80,7 +114,7 @@ pub fn write(tree: &CallTree) -> String {
                     frame_text(key, &mut path);
                     let weight = (node.own_ns / 1000) + u64::from(node.own_ns % 1000 >= 500);
                     if weight > 0 {
-                        let _ = writeln!(out, "{path} {weight}");
+                        line(&path, weight, lens.len());
                     }
                 }
                 Visit::Leave(_) => {
@@ -97,7 +131,6 @@ pub fn write(tree: &CallTree) -> String {
             }
         }
     }
-    out
 }
 
 /// Whether a line has the shape `frames weight`, for format detection.

@@ -284,7 +284,9 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
     let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
     let bytes = match format {
         ExportFormat::Prof => perfkit_profile::prof::profile_to_bytes(&profile),
-        ExportFormat::Collapsed => perfkit_profile::collapsed::write(&profile.tree).into_bytes(),
+        ExportFormat::Collapsed => {
+            perfkit_profile::collapsed::write_bounded(&profile.tree)?.into_bytes()
+        }
         ExportFormat::Speedscope => perfkit_profile::speedscope::write(&profile.tree).into_bytes(),
         ExportFormat::Html => {
             let viewer = perfkit_view::Viewer::single(file.display().to_string(), profile);

@@ -50,7 +50,7 @@ pub fn html(viewer: &Viewer) -> String {
 
 /// A flame graph of the whole profile (threads side by side), as SVG.
 pub fn flamegraph_svg(tree: &CallTree, title: &str) -> Result<Vec<u8>, String> {
-    let text = perfkit_profile::collapsed::write(tree);
+    let text = perfkit_profile::collapsed::write_bounded(tree)?;
     if text.trim().is_empty() {
         return Err("the profile records no time, so there is nothing to draw".into());
     }
