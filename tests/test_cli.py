@@ -978,3 +978,26 @@ def test_arguments_that_are_not_utf8_pass_through(tmp_path):
     assert "function calls" in r.stdout
     r = run_cli("stats", tmp_path / os.fsdecode(b"missing\xff.prof"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_stats_escapes_what_a_file_could_do_to_a_terminal(tmp_path):
+    # helper-50: names reach the terminal as they are (pstats prints them
+    # raw): an escape sequence recolours or clears it, a carriage return or
+    # newline fakes rows. They are written as escapes; the table stays aligned.
+    evil = "f\x1b[2J\x1b[31mred\rfake\nrow\u202etxt.exe"
+    table = {
+        ("m.py", 1, evil): (1, 1, 0.5, 0.5, {}),
+        ("m.py", 2, "plain"): (1, 1, 0.25, 0.25, {("m.py", 1, evil): (1, 1, 0.25, 0.25)}),
+    }
+    path = tmp_path / "evil.prof"
+    path.write_bytes(marshal.dumps(table))
+    for extra in ((), ("--callers",), ("--callees",)):
+        r = run_cli("stats", path, *extra)
+        assert r.returncode == 0, r.stderr
+        assert not any(c in r.stdout for c in "\x1b\r\u202e"), repr(r.stdout)
+        assert "\\x1b[2J\\x1b[31mred\\rfake\\nrow\\u202etxt.exe" in r.stdout
+    rows = [line for line in run_cli("stats", path).stdout.splitlines() if "m.py:" in line]
+    assert len(rows) == 2 and rows[0].index("m.py:") == rows[1].index("m.py:")
+    # A file's name in an error stays on its one line.
+    r = run_cli("stats", tmp_path / "no\nsuch\x1b[31m.prof")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr, repr(r.stderr)

@@ -143,15 +143,17 @@ impl FuncStats {
     /// pstats' `add_func_stats(self, source)`: counts and times summed;
     /// callers merged by `add_callers` (this row's order, then new ones).
     fn absorb(&mut self, source: &FuncStats) {
-        self.cc += source.cc;
-        self.nc += source.nc;
+        // Saturating: counts past 2^64 (only a crafted file has them) stop
+        // there rather than wrap to small numbers (or panic in a debug build).
+        self.cc = self.cc.saturating_add(source.cc);
+        self.nc = self.nc.saturating_add(source.nc);
         self.tt += source.tt;
         self.ct += source.ct;
         for (caller, edge) in &source.callers {
             match self.callers.iter_mut().find(|(k, _)| k == caller) {
                 Some((_, mine)) => {
-                    mine.nc += edge.nc;
-                    mine.cc += edge.cc;
+                    mine.nc = mine.nc.saturating_add(edge.nc);
+                    mine.cc = mine.cc.saturating_add(edge.cc);
                     mine.tt += edge.tt;
                     mine.ct += edge.ct;
                     mine.count_only &= edge.count_only;

@@ -540,7 +540,7 @@ fn print_list(
 
 /// `len(func_std_string(func))`: Python counts code points.
 fn name_len(func: &FuncKey) -> usize {
-    func.std_string().chars().count()
+    func.shown_string().chars().count()
 }
 
 fn ljust(s: &str, width: usize) -> String {
@@ -715,7 +715,7 @@ fn print_line(out: &mut String, e: &FuncStats) {
     } else {
         let _ = write!(out, "{} ", f8(e.ct / e.cc as f64));
     }
-    let _ = writeln!(out, "{}", e.func.std_string());
+    let _ = writeln!(out, "{}", e.func.shown_string());
 }
 
 fn print_call_heading(out: &mut String, stats: &StatsTable, width: usize, title: &str) {
@@ -742,7 +742,7 @@ fn print_call_line(
     arrow: &str,
     cumulative: &rustc_hash::FxHashMap<&FuncKey, f64>,
 ) {
-    let _ = write!(out, "{}{arrow} ", ljust(&source.std_string(), width));
+    let _ = write!(out, "{}{arrow} ", ljust(&source.shown_string(), width));
     if calls.is_empty() {
         out.push('\n');
         return;
@@ -758,7 +758,7 @@ fn print_call_line(
                 out,
                 "{}{}({}) {}",
                 " ".repeat(indent),
-                func.std_string(),
+                func.shown_string(),
                 edge.nc,
                 f8(ct)
             );
@@ -776,7 +776,7 @@ fn print_call_line(
             " ".repeat(indent),
             f8(edge.tt),
             f8(edge.ct),
-            func.std_string()
+            func.shown_string()
         );
     }
 }

@@ -50,6 +50,35 @@ impl FuncKey {
         FuncKey::new(base, self.line, self.name.clone())
     }
 
+    /// [`FuncKey::std_string`] made safe for a terminal: control characters
+    /// and bidirectional overrides, which a crafted file can put in a name to
+    /// move the cursor, recolour or fake lines of a report, are written as
+    /// escapes (`\x1b`, `\n`, `\u202e`). pstats prints them raw.
+    pub fn shown_string(&self) -> String {
+        let raw = self.std_string();
+        if !raw.chars().any(is_unsafe_on_terminal) {
+            return raw;
+        }
+        let mut out = String::with_capacity(raw.len() + 8);
+        for c in raw.chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if is_unsafe_on_terminal(c) && (c as u32) < 0x100 => {
+                    let _ =
+                        std::fmt::Write::write_fmt(&mut out, format_args!("\\x{:02x}", c as u32));
+                }
+                c if is_unsafe_on_terminal(c) => {
+                    let _ =
+                        std::fmt::Write::write_fmt(&mut out, format_args!("\\u{:04x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
     /// pstats' `func_std_string`: `file:line(name)`, or `{name}` for `<name>` built-ins.
     pub fn std_string(&self) -> String {
         if self.is_builtin() {
@@ -372,4 +401,10 @@ pub(crate) fn canonical_ids(funcs: &[FuncKey]) -> Vec<FuncId> {
         .enumerate()
         .map(|(i, key)| *first.entry(key).or_insert(i as FuncId))
         .collect()
+}
+
+/// Characters a report must not hand a terminal as they are.
+fn is_unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -451,3 +451,33 @@ fn merged_sums_threads_by_path() {
         2 * tree.threads[0].nodes[1].calls
     );
 }
+
+#[test]
+fn adding_tables_saturates_counts_instead_of_wrapping() {
+    let key = FuncKey::new("m.py", 1, "f");
+    let row = FuncStats {
+        func: key.clone(),
+        cc: u64::MAX - 1,
+        nc: u64::MAX - 1,
+        tt: 1.0,
+        ct: 1.0,
+        callers: vec![(
+            key.clone(),
+            EdgeStats {
+                nc: u64::MAX - 1,
+                cc: u64::MAX - 1,
+                tt: 1.0,
+                ct: 1.0,
+                count_only: false,
+            },
+        )],
+    };
+    let mut table = StatsTable {
+        entries: vec![row.clone()],
+    };
+    table.add(&StatsTable { entries: vec![row] });
+    let e = &table.entries[0];
+    assert_eq!((e.cc, e.nc), (u64::MAX, u64::MAX));
+    assert_eq!((e.callers[0].1.nc, e.callers[0].1.cc), (u64::MAX, u64::MAX));
+    assert_eq!(e.tt, 2.0);
+}

@@ -334,8 +334,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// A line for the user on stderr. One that cannot be written (stderr closed,
 /// or /dev/full) is lost rather than ending the command in a panic.
+/// Writes one line to stderr; a control character in it (from a file's
+/// name, say) is written as an escape, so the line stays one line.
 pub(crate) fn note(line: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let text = line.to_string();
+    let text: String = if text.chars().any(char::is_control) {
+        text.chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect()
+    } else {
+        text
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), String> {
