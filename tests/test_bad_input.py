@@ -302,3 +302,19 @@ def test_a_tree_too_deep_for_collapsed_stacks_is_refused_in_one_line(tmp_path, e
     assert r.stderr.count("\n") == 1 and "too deep for collapsed stacks" in r.stderr, r.stderr
     assert not out.exists()
     assert run_cli("export", src, "-o", tmp_path / "out.html", timeout=60).returncode == 0
+
+
+def test_a_device_or_pipe_that_opens_like_no_profile_is_refused_at_once(tmp_path):
+    # helper-50: `perfkit stats /dev/zero` read on until memory ran out.
+    r = run_cli("stats", "/dev/zero", timeout=30)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "not a profile" in r.stderr and "perfkit reads" in r.stderr
+
+
+def test_collapsed_stacks_with_a_byte_that_is_not_utf8_say_so(tmp_path):
+    # It was "not a profile file ... found bytes 0x61 0x3b ...".
+    path = tmp_path / "stacks.txt"
+    path.write_bytes(b"a;b 10\na;\xff 5\n")
+    r = run_cli("stats", path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "not UTF-8: byte 0xff at offset 9, line 2" in r.stderr, r.stderr

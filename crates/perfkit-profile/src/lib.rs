@@ -66,8 +66,8 @@ pub enum Error {
     /// A bad argument to a report (unknown sort key, …).
     #[error("{0}")]
     InvalidArgument(String),
-    /// Another error, about the file at `path`.
-    #[error("{}: {source}", path.display())]
+    /// Another error, about the file at `path`, with what the user can do.
+    #[error("{}: {source}{}", path.display(), source.what_to_do())]
     InFile {
         path: PathBuf,
         #[source]
@@ -77,6 +77,24 @@ pub enum Error {
 
 impl Error {
     /// This error, said about the file at `path`.
+    /// What the user can do about an error in a file's contents, as the end
+    /// of its one line.
+    fn what_to_do(&self) -> &'static str {
+        match self {
+            Error::NotProfile(_) => {
+                " (perfkit reads pstats .prof files from cProfile, profile or perfkit record, \
+                 collapsed stacks and speedscope JSON)"
+            }
+            Error::Truncated(m) | Error::Damaged(m) if m.contains("pstats.Stats reads it") => "",
+            Error::Truncated(_) => {
+                " (a partial copy, or a program that did not finish writing it: copy it again \
+                 or record the profile again)"
+            }
+            Error::Damaged(_) => " (the file is corrupted: record the profile again)",
+            _ => "",
+        }
+    }
+
     pub fn in_file(self, path: &Path) -> Error {
         match self {
             Error::Io { .. } | Error::InFile { .. } => self,
@@ -114,7 +132,12 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
             Format::Prof
         });
     }
-    let text = std::str::from_utf8(bytes).ok()?;
+    // The text up to a first byte that is not UTF-8, so that one bad byte
+    // further on is reported as that, not as "not a profile".
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()?,
+    };
     let text = text.trim_start_matches('\u{feff}').trim_start();
     if text.starts_with('{') {
         return Some(Format::Speedscope);
@@ -167,9 +190,11 @@ pub fn from_any_bytes(bytes: &[u8]) -> Result<Profile, Error> {
 
 fn utf8(bytes: &[u8]) -> Result<&str, Error> {
     std::str::from_utf8(bytes).map_err(|e| {
-        Error::NotProfile(format!(
-            "text is not UTF-8 (bad byte at offset {})",
-            e.valid_up_to()
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::Damaged(format!(
+            "text that is not UTF-8: byte 0x{:02x} at offset {at}, line {line}",
+            bytes[at]
         ))
     })
 }
@@ -189,11 +214,57 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
             source: std::io::Error::from_raw_os_error(libc::EISDIR),
         });
     }
-    std::fs::read(path).map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         action: "cannot read",
         path: path.into(),
         source,
-    })
+    };
+    if meta.is_file() {
+        return std::fs::read(path).map_err(io);
+    }
+    // A pipe or a device has no size to trust: read it in bounded steps, and
+    // stop at once when it opens like no profile (`/dev/zero` read on until
+    // memory ran out, helper-50).
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        bytes.extend_from_slice(&chunk[..n]);
+        if bytes.len() == n && !could_open_a_profile(&bytes) {
+            return Err(Error::NotProfile(format!(
+                "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}",
+                describe_bytes(&bytes)
+            ))
+            .in_file(path));
+        }
+        if bytes.len() as u64 > MAX_STREAM_BYTES {
+            return Err(Error::TooLarge(format!(
+                "more than {} GB came from this pipe or device without an end",
+                MAX_STREAM_BYTES >> 30
+            ))
+            .in_file(path));
+        }
+    }
+}
+
+/// The most read from a pipe or a device.
+const MAX_STREAM_BYTES: u64 = 4 << 30;
+
+/// Whether a file's first bytes can start any format [`load`] reads.
+fn could_open_a_profile(head: &[u8]) -> bool {
+    match head.first() {
+        None => true,
+        Some(&b) if b & !marshal::FLAG_REF == b'{' => true,
+        // Text (collapsed stacks, JSON), possibly after a byte-order mark.
+        Some(&b) => b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'),
+    }
 }
 
 /// The first few bytes in hex, for "found …" messages.
