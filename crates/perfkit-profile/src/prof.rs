@@ -358,10 +358,16 @@ fn func_key(v: &Value, what: &dyn Fn() -> String, budget: &mut usize) -> Result<
     let [Value::Str(file), line, Value::Str(name)] = items.as_slice() else {
         return Err(fail());
     };
-    let line = line
-        .as_i128()
-        .and_then(|l| u32::try_from(l).ok())
-        .ok_or_else(fail)?;
+    let line = match line.as_i128() {
+        Some(l) => u32::try_from(l).map_err(|_| {
+            shape(format!(
+                "{} has the line number {l}, which perfkit cannot hold (0 to {})",
+                what(),
+                u32::MAX
+            ))
+        })?,
+        None => return Err(fail()),
+    };
     let key = FuncKey {
         file: file.to_string(),
         line,

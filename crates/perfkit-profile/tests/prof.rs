@@ -244,6 +244,17 @@ fn wrong_shapes_are_named() {
             )]),
             "f:1(g) is a tuple of 1 items, expected (cc, nc, tt, ct, callers)",
         ),
+        (
+            marshal::Value::Dict(vec![(
+                marshal::Value::Tuple(vec![
+                    marshal::Value::str("f"),
+                    marshal::Value::Int(-3),
+                    marshal::Value::str("g"),
+                ]),
+                marshal::Value::None,
+            )]),
+            "key 0 has the line number -3, which perfkit cannot hold",
+        ),
     ];
     for (value, want) in cases {
         let bytes = marshal::write(&value);
