@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -1001,3 +1002,78 @@ def test_stats_escapes_what_a_file_could_do_to_a_terminal(tmp_path):
     # A file's name in an error stays on its one line.
     r = run_cli("stats", tmp_path / "no\nsuch\x1b[31m.prof")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr, repr(r.stderr)
+
+
+def test_record_runs_a_program_exactly_as_python_does(tmp_path):
+    # helper-51: perfkit's own `from __future__ import annotations` reached
+    # the program through compile() (its annotations became strings:
+    # singledispatch on a local class failed); __builtins__ was a dict, and
+    # perfkit's launcher directory stayed on sys.path.
+    (tmp_path / "prog.py").write_text(
+        textwrap.dedent(
+            """
+            import functools, inspect, json, sys
+
+            class Point:
+                pass
+
+            @functools.singledispatch
+            def show(x): return "other"
+
+            @show.register
+            def _(x: Point): return "point"
+
+            def f(x: int, y: "float" = 1.0) -> list: ...
+
+            print(json.dumps({
+                "annotations": {k: repr(v) for k, v in f.__annotations__.items()},
+                "dispatch": show(Point()),
+                "builtins": type(__builtins__).__name__,
+                "path": sys.path,
+                "file": __file__,
+            }))
+            """
+        )
+    )
+    python = subprocess.run(
+        [sys.executable, "prog.py"], check=False, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert python.returncode == 0, python.stderr
+    r = run_cli("record", "-o", tmp_path / "p.prof", "prog.py", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0]) == json.loads(python.stdout)
+    assert json.loads(python.stdout)["annotations"]["x"] == "<class 'int'>"
+
+
+def test_runctx_does_not_pass_perfkits_future_imports_to_the_code(tmp_path):
+    namespace: dict = {}
+    perfkit.Profiler().runctx("def f(x: int): pass\nresult = f.__annotations__", namespace, namespace)
+    assert namespace["result"] == {"x": int}
+
+
+def test_profile_inside_a_recording_warns_and_runs_the_same_way_both_forms(tmp_path):
+    # helper-51: under `perfkit record`, @perfkit.profile ran unrecorded
+    # without a word and `with perfkit.profile(...)` raised, ending the program.
+    (tmp_path / "prog.py").write_text(
+        textwrap.dedent(
+            """
+            import perfkit
+
+            @perfkit.profile("step.prof")
+            def step():
+                return sum(range(1000))
+
+            print(step())
+            with perfkit.profile("block.prof"):
+                print(sum(range(10)))
+            """
+        )
+    )
+    r = run_cli("record", "-o", tmp_path / "outer.prof", "prog.py", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:2] == ["499500", "45"]
+    warned = [line for line in r.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warned) == 2 and all("prog.py" in line for line in warned), r.stderr
+    assert "step.prof" in warned[0] and "block.prof" in warned[1]
+    assert not (tmp_path / "step.prof").exists() and not (tmp_path / "block.prof").exists()
+    assert (tmp_path / "outer.prof").exists()

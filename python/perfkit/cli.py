@@ -3,6 +3,7 @@ this module runs the parts that need the interpreter: ``perfkit record``."""
 
 from __future__ import annotations
 
+import builtins as _builtins
 import importlib.machinery
 import os
 import sys
@@ -130,8 +131,10 @@ def record(
     if is_module:
         import runpy
 
-        # As `python -m` does: the current directory comes first on the path.
-        sys.path.insert(0, os.getcwd())
+        # As `python -m` does: the current directory comes first on the path
+        # (in place of perfkit's own entry: the directory of the `perfkit`
+        # launcher, or the directory `python -m perfkit` ran in).
+        sys.path[0] = os.getcwd()
         sys.argv[:] = [target, *args]
         code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
         namespace = {"_run_module": runpy.run_module, "_modname": target}
@@ -141,7 +144,9 @@ def record(
 
         sys.argv[:] = [target, *args]
         code = compile("_run_path(_target, run_name='__main__')", "<perfkit>", "exec")
-        namespace = {"_run_path": runpy.run_path, "_target": target}
+        # Absolute, as `python app.pyz` makes its path entry and __file__: a
+        # program that changes directory still imports from the archive.
+        namespace = {"_run_path": runpy.run_path, "_target": os.path.abspath(target)}
     else:
         # As `python dir` does: the directory's __main__.py, with the directory first on the path.
         script = os.path.join(target, "__main__.py") if os.path.isdir(target) else target
@@ -155,9 +160,11 @@ def record(
         sys.argv[:] = [target, *args]
         # As `python script.py` (3.9+): the script's absolute path is its __file__ and its code's file name.
         script = os.path.abspath(script)
-        sys.path.insert(0, os.path.dirname(script))
+        sys.path[0] = os.path.dirname(script)  # (in place of perfkit's own entry, as above)
         try:
-            code = compile(source, script, "exec")
+            # dont_inherit: this module's `from __future__ import annotations`
+            # must not reach the program (its annotations became strings).
+            code = compile(source, script, "exec", dont_inherit=True)
         except (SyntaxError, ValueError) as e:  # ValueError: null bytes in the source
             # As Python prints it: the error alone, no traceback through perfkit.
             traceback.print_exception(type(e), e, None)
@@ -168,7 +175,7 @@ def record(
         main_module.__file__ = script
         main_module.__cached__ = None
         main_module.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
-        main_module.__builtins__ = __builtins__
+        main_module.__builtins__ = _builtins  # the module, as in `python script.py`
         sys.modules["__main__"] = main_module
         namespace = main_module.__dict__
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
@@ -202,6 +203,11 @@ class Profiler:
         return self.runctx(cmd, namespace, namespace)
 
     def runctx(self, cmd: Any, globals: dict, locals: dict | None) -> Profiler:
+        if isinstance(cmd, str):
+            # Compiled without this module's `from __future__ import
+            # annotations`, which exec() of a string would pass on to the
+            # caller's code (its annotations turned into strings).
+            cmd = compile(cmd, "<string>", "exec", dont_inherit=True)
         self.enable()
         try:
             exec(cmd, globals, locals)  # noqa: S102 - running the caller's code is the point, as in cProfile
@@ -264,14 +270,45 @@ class _ProfileBlock:
         self.sort = sort
         self.profiler = Profiler(builtins=builtins, clock=clock, threads=threads)
         self._calls = 0  # calls of the decorated function in flight
+        # Per `with` in flight, innermost first: whether it records, as nested
+        # pairs (no method call runs while recording: it would be in the profile).
+        self._entered: tuple = ()
+        self._warned = False
+
+    def _enable(self, stacklevel: int) -> bool:
+        """Starts recording; False, with one warning, while another profiler
+        records (`perfkit record` around the program, say): the block or call
+        then runs unrecorded. A program must not behave differently, or fail,
+        because it is being profiled; the context form raised, and the
+        decorator said nothing."""
+        try:
+            self.profiler.enable()
+        except RuntimeError as e:
+            if not self._warned:
+                self._warned = True
+                what = (
+                    f"no profile is written to {os.fspath(self.output)!r}"
+                    if self.output is not None
+                    else "nothing is reported"
+                )
+                warnings.warn(
+                    f"perfkit.profile cannot record here ({e}): the code runs unrecorded and {what}",
+                    RuntimeWarning,
+                    stacklevel=stacklevel + 1,
+                )
+            return False
+        return True
 
     def __enter__(self) -> Profiler:
-        self.profiler.enable()
+        recording = self._enable(stacklevel=2)
+        self._entered = (recording, self._entered)
         return self.profiler
 
     def __exit__(self, *exc_info: object) -> None:
-        self.profiler.disable()
-        self._report()
+        recording, self._entered = self._entered
+        if recording:
+            self.profiler.disable()
+            self._report()
 
     def _report(self) -> None:
         if self.output is not None:
@@ -317,11 +354,8 @@ class _ProfileBlock:
         recording and the last one to end stops and reports it. Whether this
         call counts: while another perfkit profiler records (one recording
         at a time), it runs unrecorded here rather than fail."""
-        if self._calls == 0:
-            try:
-                self.profiler.enable()
-            except RuntimeError:
-                return False
+        if self._calls == 0 and not self._enable(stacklevel=3):
+            return False
         self._calls += 1
         return True
 
