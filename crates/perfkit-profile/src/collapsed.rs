@@ -292,7 +292,10 @@ pub fn read(text: &str) -> Result<CallTree, Error> {
             err(format!("expected a non-negative number as the weight at the end of the line, found {found:?}"))
         })?;
         if stack.is_empty() {
-            return Err(err("the line has a weight but no frames".into()));
+            // A sample with no frames (py-spy writes ` 1` for one caught
+            // between Python frames): nothing to draw, and no reason to
+            // refuse the whole file.
+            continue;
         }
         lines.push((i + 1, stack, weight));
     }

@@ -142,7 +142,10 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     if text.starts_with('{') {
         return Some(Format::Speedscope);
     }
-    let first_line = text.lines().find(|l| !l.trim().is_empty())?;
+    // (Lines of a weight alone, samples without frames, say nothing.)
+    let first_line = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim().bytes().all(|b| b.is_ascii_digit()))?;
     if collapsed::looks_like(first_line) {
         return Some(Format::Collapsed);
     }
