@@ -436,12 +436,11 @@ impl Viewer {
                         .push((callee, *edge));
                 }
             }
+            // Sorted as the page shows them: a time that is not finite counts
+            // as 0, and total_cmp is a total order (partial_cmp with NaN was
+            // not, and the sort panicked: /api/edges answered 500).
             for list in index.callers.values_mut().chain(index.callees.values_mut()) {
-                list.sort_by(|a, b| {
-                    b.1.ct
-                        .partial_cmp(&a.1.ct)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                });
+                list.sort_by(|a, b| finite(b.1.ct).total_cmp(&finite(a.1.ct)));
             }
             index
         });

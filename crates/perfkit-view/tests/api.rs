@@ -223,3 +223,60 @@ fn loopback_hosts_answered_include_the_bare_name_on_port_80() {
     assert!(hosts.iter().any(|h| h == "localhost:8080"));
     assert!(on("0.0.0.0:8080").is_none());
 }
+
+#[test]
+fn edges_with_nan_times_are_sorted_not_a_panic() {
+    // f0 called by 35 functions, some edges' cumulative time NaN (a fuzzed
+    // pstats file): the sort's partial_cmp was no total order, the sort
+    // panicked and /api/edges answered 500 for every function of the view.
+    let n = 35u32;
+    let funcs: Vec<FuncKey> = (0..=n)
+        .map(|i| FuncKey::new("m.py", i + 1, format!("f{i}")))
+        .collect();
+    let mut nodes = Vec::new();
+    for caller in 1..=n {
+        nodes.push(node(caller, 0, 2000, 1000));
+        nodes.push(node(0, nodes.len() as u32, 1000, 1000));
+    }
+    let mut p = profile(funcs, nodes);
+    let f0 = p
+        .stats
+        .entries
+        .iter_mut()
+        .find(|e| e.func.name == "f0")
+        .unwrap();
+    assert_eq!(f0.callers.len(), n as usize);
+    for (k, (_, edge)) in f0.callers.iter_mut().enumerate() {
+        edge.ct = if k % 11 == 3 {
+            f64::NAN
+        } else {
+            ((k * 7919) % 1000) as f64
+        };
+    }
+    let viewer = Viewer::single("nan".into(), p);
+    let funcs: Value = serde_json::from_str(&viewer.funcs_json()).unwrap();
+    let id = |name: &str| {
+        funcs["name"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|x| x == name)
+            .unwrap()
+    };
+    for f in 0..=n as usize {
+        let r = viewer.handle("GET", &format!("/api/edges?view=0&f={f}"));
+        assert_eq!(r.status, 200, "f={f}: {}", r.body);
+    }
+    let r = viewer.handle("GET", &format!("/api/edges?view=0&f={}", id("f0")));
+    let e: Value = serde_json::from_str(&r.body).unwrap();
+    let ct: Vec<f64> = e["callers"]["ct"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(ct.len(), n as usize);
+    // Largest first; a NaN is shown (and sorted) as 0.
+    assert!(ct.windows(2).all(|w| w[0] >= w[1]), "{ct:?}");
+    assert_eq!(ct.iter().filter(|&&x| x == 0.0).count(), 4);
+}
