@@ -246,6 +246,39 @@ def test_bad_api_parameters_are_errors_not_crashes(server):
     assert raw_get(server.port, "/api/meta")[0] == 200  # still serving
 
 
+def test_other_methods_are_405_with_allow(server):
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request(method, "/api/meta", body=b"" if method != "OPTIONS" else None)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 405, method
+        assert resp.getheader("Allow") == "GET, HEAD", (method, resp.getheaders())
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("HEAD", "/api/meta")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read() == b""
+    conn.close()
+
+
+def test_out_of_range_numbers_are_400_not_view_0(server):
+    # They fell back to 0: view=-1 answered view 0's table, root=1e400 the top slice.
+    for path in (
+        "/api/stats?view=-1",
+        "/api/stats?view=7",
+        "/api/slice?view=-1",
+        "/api/slice?view=0&root=1e400",
+        "/api/slice?view=0&root=-1",
+        "/api/slice?view=0&depth=1e400",
+        "/api/slice?view=0&min=nan",
+        "/api/edges?view=0&f=abc",
+    ):
+        status, body, _ = raw_get(server.port, path)
+        assert status == 400, (path, status, body[:200])
+        assert json.loads(body)["error"]
+
+
 def test_ctrl_c_stops_cleanly_and_frees_the_port(profiles):
     s = ViewServer(profiles["perfkit"])
     assert s.get_json("api/meta")["views"]

@@ -273,7 +273,7 @@ impl Viewer {
     /// Only the page and the API exist; anything else is 404.
     pub fn handle(&self, method: &str, path_and_query: &str) -> Reply {
         if method != "GET" && method != "HEAD" {
-            return Reply::error(405, "only GET is supported");
+            return Reply::error(405, "only GET and HEAD are supported");
         }
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, q),
@@ -294,26 +294,36 @@ impl Viewer {
                 }
                 Err(e) => Reply::error(400, &e),
             },
-            "/api/edges" => match params.view(self) {
-                Ok(v) => {
+            "/api/edges" => {
+                let answer = params.view(self).and_then(|v| {
                     let f = params
                         .get("f")
                         .and_then(|f| f.parse::<i64>().ok())
-                        .unwrap_or(-1);
-                    Reply::json(self.edges_json(v, f))
+                        .ok_or("f must be a function number")?;
+                    Ok(self.edges_json(v, f))
+                });
+                match answer {
+                    Ok(body) => Reply::json(body),
+                    Err(e) => Reply::error(400, &e),
                 }
-                Err(e) => Reply::error(400, &e),
-            },
+            }
             "/api/diff" => Reply::json(self.cached("diff", || self.diff_json())),
             "/api/slice" => {
                 let view = match params.view(self) {
                     Ok(v) => v,
                     Err(e) => return Reply::error(400, &e),
                 };
-                let root = params.number("root", 0.0);
-                let depth = params.number("depth", DEFAULT_SLICE_DEPTH as f64);
-                let min = params.number("min", DEFAULT_MIN_FRACTION);
-                match self.slice_json(view, root as u64, depth as u32, min, MAX_SLICE_NODES) {
+                let numbers = params.whole("root", 0).and_then(|root| {
+                    let depth = params.whole("depth", u64::from(DEFAULT_SLICE_DEPTH))?;
+                    let min = params.fraction("min", DEFAULT_MIN_FRACTION)?;
+                    // Deeper than the deepest slice is the deepest slice.
+                    Ok((root, depth.min(u64::from(MAX_SLICE_DEPTH)) as u32, min))
+                });
+                let (root, depth, min) = match numbers {
+                    Ok(n) => n,
+                    Err(e) => return Reply::error(400, &e),
+                };
+                match self.slice_json(view, root, depth, min, MAX_SLICE_NODES) {
                     Ok(body) => Reply::json(body),
                     Err(e) => Reply::error(404, &e),
                 }
@@ -763,18 +773,44 @@ impl<'a> Params<'a> {
     fn get(&self, name: &str) -> Option<&'a str> {
         self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
-    fn number(&self, name: &str, default: f64) -> f64 {
-        self.get(name)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .unwrap_or(default)
-    }
-    fn view(&self, viewer: &Viewer) -> Result<usize, String> {
-        let v = self.number("view", 0.0) as usize;
-        if v < viewer.views.len() {
-            Ok(v)
-        } else {
-            Err(format!("no view {v}"))
+    /// A whole number `name=N` (`default` when absent). Anything else, a
+    /// negative number, a fraction or one beyond u64 (`1e400`), is an error:
+    /// it used to fall back to the default silently, so `view=-1` showed view 0.
+    fn whole(&self, name: &str, default: u64) -> Result<u64, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| format!("{name} must be a whole number, not {}", shown(v))),
         }
     }
+    /// A share `name=X` between 0 and 1 (`default` when absent); more than 1
+    /// is 1, anything that is not a number from 0 up is an error.
+    fn fraction(&self, name: &str, default: f64) -> Result<f64, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .map(|x| x.min(1.0))
+                .ok_or_else(|| format!("{name} must be a number from 0 to 1, not {}", shown(v))),
+        }
+    }
+    fn view(&self, viewer: &Viewer) -> Result<usize, String> {
+        let v = self.whole("view", 0)?;
+        match usize::try_from(v) {
+            Ok(v) if v < viewer.views.len() => Ok(v),
+            _ => Err(format!("no view {v}")),
+        }
+    }
+}
+
+/// A parameter's value in an error message: quoted, and cut short.
+fn shown(v: &str) -> String {
+    let mut cut: String = v.chars().take(40).collect();
+    if cut.len() < v.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
 }

@@ -210,12 +210,16 @@ fn answer(viewer: &Viewer, allowed_hosts: Option<&[String]>, request: tiny_http:
     };
     let csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
                connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-    let response = tiny_http::Response::from_string(reply.body)
+    let mut response = tiny_http::Response::from_string(reply.body)
         .with_status_code(reply.status)
         .with_header(header("Content-Type", reply.content_type))
         .with_header(header("Cache-Control", "no-store"))
         .with_header(header("X-Content-Type-Options", "nosniff"))
         .with_header(header("Referrer-Policy", "no-referrer"))
         .with_header(header("Content-Security-Policy", csp));
+    if reply.status == 405 {
+        // RFC 9110: a 405 names the methods the resource has.
+        response.add_header(header("Allow", "GET, HEAD"));
+    }
     let _ = request.respond(response);
 }

@@ -280,3 +280,46 @@ fn edges_with_nan_times_are_sorted_not_a_panic() {
     assert!(ct.windows(2).all(|w| w[0] >= w[1]), "{ct:?}");
     assert_eq!(ct.iter().filter(|&&x| x == 0.0).count(), 4);
 }
+
+#[test]
+fn bad_numbers_in_parameters_are_400_not_a_default() {
+    let viewer = Viewer::single("small".into(), bushy(2));
+    for path in [
+        "/api/stats?view=-1",
+        "/api/stats?view=7",
+        "/api/stats?view=1.5",
+        "/api/stats?view=abc",
+        "/api/stats?view=99999999999999999999999",
+        "/api/slice?view=-1",
+        "/api/slice?root=1e400",
+        "/api/slice?root=-1",
+        "/api/slice?root=2.5",
+        "/api/slice?depth=x",
+        "/api/slice?depth=-3",
+        "/api/slice?min=nan",
+        "/api/slice?min=-0.5",
+        "/api/slice?min=inf",
+        "/api/edges?view=0",
+        "/api/edges?view=0&f=x",
+        "/api/edges?view=-1&f=1",
+    ] {
+        let r = viewer.handle("GET", path);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(body["error"].as_str().unwrap().len() > 3, "{path}");
+    }
+    // Absent parameters take their defaults; well-formed ones are answered.
+    for path in [
+        "/api/stats",
+        "/api/slice",
+        "/api/slice?view=0&root=0&depth=5&min=0.001",
+        "/api/slice?view=0&root=1&depth=100000000000&min=2",
+        "/api/slice?min=4e-7",
+        "/api/edges?view=0&f=-1",
+        "/api/edges?view=0&f=3",
+    ] {
+        assert_eq!(viewer.handle("GET", path).status, 200, "{path}");
+    }
+    let r = viewer.handle("POST", "/api/meta");
+    assert_eq!(r.status, 405);
+}
