@@ -161,6 +161,21 @@ def pixel(driver, x: float, y: float) -> list[int]:
     )
 
 
+def tip_at(driver, frame: dict) -> dict:
+    """The tooltip of a drawn frame (a mouse move over it), as {row: value}."""
+    driver.execute_script(
+        "const c = document.getElementById('chart'), r = c.getBoundingClientRect();"
+        "c.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + arguments[0],"
+        " clientY: r.top + arguments[1], bubbles: true}));",
+        frame["x"],
+        frame["y"],
+    )
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#tip tr')]"
+        ".map(tr => [tr.cells[0].textContent, tr.cells[1].textContent]))"
+    )
+
+
 def assert_no_alert(driver) -> None:
     time.sleep(0.3)
     try:
@@ -298,6 +313,26 @@ def test_click_on_focused_frame_zooms_out(browser, files):
         ActionChains(browser).send_keys(Keys.ESCAPE).perform()
         settle(browser)
         assert crumbs(browser) == path[:-2]
+
+
+def test_percent_of_parent_is_kept_after_zooming(browser, files):
+    # The zoomed frame is the slice's root, its parent outside the slice:
+    # its "% of parent" was of the view's total (its "% of root").
+    with ViewServer(files["perfkit"]) as server:
+        open_ready(browser, server.url)
+        target = frame_named(browser, "leaf")
+        before = tip_at(browser, target)
+        assert before["% of parent"] != before["% of root"], before
+        click_canvas(browser, target["x"], target["y"])
+        top = next(f for f in frames(browser) if f["depth"] == 0)
+        assert top["name"] == "leaf" and top["id"] == target["id"]
+        after = tip_at(browser, top)
+        assert after["% of parent"] == before["% of parent"], (before, after)
+        assert after["% of root"] == before["% of root"]
+        # The view's root has no parent.
+        click_crumb(browser, 0)
+        top = next(f for f in frames(browser) if f["depth"] == 0)
+        assert tip_at(browser, top)["% of parent"] == "–"
 
 
 def test_lowering_the_minimum_size_brings_back_narrow_frames(browser, files):

@@ -499,7 +499,9 @@ impl Viewer {
     /// `max_depth` levels below it, without frames narrower than `min_frac`
     /// of the root, and at most `max_nodes` frames (the deepest levels go
     /// first). Frames come in preorder with their parent's index in the
-    /// slice, depth, and horizontal extent `x`, `w` as fractions of the root.
+    /// slice, depth, and horizontal extent `x`, `w` as fractions of the root;
+    /// with the path from the view's root down to it (`path`, `path_funcs`)
+    /// and the total of its parent (`parent_total`, null for the view's root).
     pub fn slice_json(
         &self,
         view: usize,
@@ -578,12 +580,17 @@ impl Viewer {
             .map(|&n| self.canon(v.thread.nodes[n as usize].func))
             .collect();
 
+        // The total of the root's caller, for its "% of parent" (none for the
+        // view's own root).
+        let parent_total = (root != 0).then(|| v.total(v.thread.nodes[root as usize].parent));
+
         let mut out = String::with_capacity(cols.id.len() * 64 + 256);
         let _ = write!(
             out,
-            r#"{{"view":{view},"root":{root},"min":{min_frac},"depth":{depth_cut},"truncated":{truncated},"path":{},"path_funcs":{},"#,
+            r#"{{"view":{view},"root":{root},"min":{min_frac},"depth":{depth_cut},"truncated":{truncated},"path":{},"path_funcs":{},"parent_total":{},"#,
             json!(path),
-            json!(path_funcs)
+            json!(path_funcs),
+            json!(parent_total)
         );
         cols.write(&mut out, diff);
         out.push('}');

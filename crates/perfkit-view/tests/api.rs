@@ -323,3 +323,34 @@ fn bad_numbers_in_parameters_are_400_not_a_default() {
     let r = viewer.handle("POST", "/api/meta");
     assert_eq!(r.status, 405);
 }
+
+#[test]
+fn a_slice_carries_its_roots_parent_total() {
+    let viewer = Viewer::single("small".into(), bushy(3));
+    let top = slice(&viewer, "view=0&root=0&min=0");
+    assert_eq!(top["parent_total"], Value::Null);
+    // Node 1 is a child of the view's root: its parent total is the view's.
+    let total_of = |s: &Value, id: u64| {
+        let k = s["id"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|x| x == id)
+            .unwrap();
+        s["total"][k].as_u64().unwrap()
+    };
+    let one = slice(&viewer, "view=0&root=1&min=0");
+    assert_eq!(one["parent_total"].as_u64(), Some(total_of(&top, 0)));
+    // A grandchild: its parent's total, not the view's.
+    let child = top["id"].as_array().unwrap()[top["p"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|p| p == 1)
+        .unwrap()]
+    .as_u64()
+    .unwrap();
+    let deeper = slice(&viewer, &format!("view=0&root={child}&min=0"));
+    assert_eq!(deeper["parent_total"].as_u64(), Some(total_of(&top, 1)));
+    assert_ne!(total_of(&top, 1), total_of(&top, 0));
+}

@@ -364,7 +364,9 @@
     const tip = $("tip");
     if (i < 0) { tip.hidden = true; return; }
     const s = S.slice, f = s.f[i], rootTotal = S.meta.views[S.view].total_ns;
-    const parentTotal = s.p[i] >= 0 ? s.total[s.p[i]] : rootTotal;
+    // The slice's root has its parent outside the slice: the server sends
+    // that total (none for the view's root, which has no parent).
+    const parentTotal = s.p[i] >= 0 ? s.total[s.p[i]] : s.parent_total;
     tip.replaceChildren();
     tip.appendChild(el("div", label(f), "mono strong"));
     const lines = [
@@ -372,7 +374,7 @@
       ["own time", fmtNs(s.own[i])],
       ["total time", fmtNs(s.total[i])],
       ["% of root", pct(s.total[i], rootTotal)],
-      ["% of parent", pct(s.total[i], parentTotal)],
+      ["% of parent", parentTotal == null ? "–" : pct(s.total[i], parentTotal)],
     ];
     if (s.btotal) {
       lines.push(["before (total)", fmtNs(s.btotal[i])]);
