@@ -34,6 +34,7 @@ from view_support import (
     write_deep_recursion,
     write_hostile,
     write_perfkit,
+    write_threaded,
 )
 
 CHROMIUM = os.environ.get("PERFKIT_CHROMIUM", "/usr/bin/chromium")
@@ -497,6 +498,63 @@ def test_thread_selector(browser, tmp_path):
         assert hash_state(browser)["view"] == str(options.index("worker-thread"))
         assert "worker" in {f["name"] for f in frames(browser)}
         shot(browser, "11-thread")
+
+
+def dispatch_click(driver, frame: dict) -> None:
+    """A click on a drawn frame, without waiting for what it asks the server."""
+    driver.execute_script(
+        "const c = document.getElementById('chart'), r = c.getBoundingClientRect();"
+        "c.dispatchEvent(new MouseEvent('click', {clientX: r.left + arguments[0],"
+        " clientY: r.top + arguments[1], bubbles: true}));",
+        frame["x"],
+        frame["y"],
+    )
+
+
+def test_thread_switch_drops_a_zoom_still_in_flight(browser, tmp_path):
+    # The zoom's late answer replaced the new thread's slice: the selector
+    # said worker-thread, the chart showed the zoom into the other view, and
+    # Icicle/Sunburst stopped redrawing (the focus was in neither).
+    src = write_threaded(tmp_path / "threads.prof")
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        options = [o.text for o in Select(browser.find_element(By.ID, "thread")).options]
+        worker = options.index("worker-thread")
+        # The server answers zooms late, as a busy one would.
+        browser.execute_script(
+            "const real = window.fetch;"
+            "window.fetch = async (u, o) => { const r = await real(u, o);"
+            " if (/api\\/slice/.test(u) && !/[?&]root=0&/.test(u)) await new Promise(res => setTimeout(res, 700));"
+            " return r; };"
+        )
+        target = frame_named(browser, "workload")
+        dispatch_click(browser, target)
+        time.sleep(0.05)
+        assert browser.execute_script("return window.perfkitView.state().busy")
+        browser.execute_script(
+            "const s = document.getElementById('thread'); s.value = arguments[0];"
+            "s.dispatchEvent(new Event('change'));",
+            str(worker),
+        )
+        time.sleep(1.2)
+        settle(browser)
+        state = browser.execute_script("return window.perfkitView.state()")
+        assert (state["view"], state["focus"], state["sliceRoot"]) == (worker, 0, 0), state
+        names = {f["name"] for f in frames(browser)}
+        assert "worker" in names and "workload" not in names, names
+        assert crumbs(browser) == ["all"]
+        assert hash_state(browser)["view"] == str(worker)
+        # The mode buttons draw the new view.
+        draws = browser.execute_script("return window.perfkitTiming.draws")
+        browser.find_element(By.ID, "mode-sunburst").click()
+        assert browser.execute_script("return window.perfkitTiming.draws") > draws
+        assert [f["name"] for f in frames(browser) if f["depth"] == 0] == ["all"]
+        # A click on the old view's drawing while a switch loads is no zoom of the new one.
+        browser.execute_script(
+            "const s = document.getElementById('thread'); s.value = '0';s.dispatchEvent(new Event('change'));"
+        )
+        settle(browser)
+        assert browser.execute_script("return window.perfkitView.state()")["view"] == 0
 
 
 def test_deep_recursion_in_browser(browser, tmp_path):

@@ -83,6 +83,23 @@ def write_hostile(path: Path) -> Path:
     return write_cprofile(path, outer)
 
 
+def write_threaded(path: Path) -> Path:
+    """A perfkit profile of the main thread running `workload` while a thread
+    named worker-thread runs `worker` (views: all threads, then each thread)."""
+
+    def worker():
+        for _ in range(30):
+            leaf(3000)
+
+    def run():
+        t = threading.Thread(target=worker, name="worker-thread")
+        t.start()
+        workload(500, 500)
+        t.join()
+
+    return write_perfkit(path, run)
+
+
 def write_deep_recursion(path: Path, depth: int = 10_000) -> Path:
     """A perfkit profile of one recursion `depth` calls deep (exact tree)."""
 

@@ -156,9 +156,20 @@
     const min = Math.max(S.minPct / 100, 0.4 / width);
     return { view: S.view, root: root, depth: S.depth + 1, min: min };
   }
-  async function loadSlice(root) {
+  // Every slice asked for gets a number: an answer is used only if no other
+  // slice was asked for since (a later zoom, a thread switch, a new depth)
+  // and its view is still the one shown; null otherwise. A zoom's answer
+  // that came after a thread switch replaced the new thread's slice.
+  let sliceSeq = 0;
+  async function fetchSlice(root) {
+    const seq = ++sliceSeq, view = S.view;
     const slice = await api("slice", sliceParams(root));
-    useSlice(slice);
+    return seq === sliceSeq && view === S.view ? slice : null;
+  }
+  // The slice of frame `root`, or of the view's root if there is no such frame.
+  async function fetchFocus(root) {
+    try { return await fetchSlice(root); } catch (e) { if (root === 0) throw e; }
+    return fetchSlice(0);
   }
   // End (exclusive) of the subtree of slice index i: preorder keeps it contiguous.
   function subtreeEnd(i) {
@@ -195,6 +206,8 @@
   // ---------- drawing ----------
   function draw() {
     const t0 = performance.now();
+    // (Until a thread switch's slice is in, the old one is left as drawn.)
+    if (!S.slice || S.slice.view !== S.view) return false;
     const fi = S.index.get(S.focus);
     if (fi === undefined) return false;
     if (S.mode === "sunburst") drawSunburst(fi); else drawIcicle(fi);
@@ -324,9 +337,10 @@
   }
 
   // ---------- zoom ----------
-  let zoomSeq = 0;
   async function zoom(id) {
-    const seq = ++zoomSeq;
+    // A frame of another view's slice (clicked while a thread switch loads)
+    // is no frame of this view.
+    if (!S.slice || S.slice.view !== S.view) return;
     S.focus = id;
     writeHash();
     const drewNow = S.index.has(id) && draw();
@@ -334,8 +348,8 @@
     if (!EMBED && S.slice.id[0] !== id) {
       S.pending++;
       try {
-        const slice = await api("slice", sliceParams(id));
-        if (seq !== zoomSeq) return;
+        const slice = await fetchSlice(id);
+        if (!slice) return;
         useSlice(slice);
         draw();
       } catch (e) {
@@ -348,10 +362,16 @@
       draw();
     }
   }
+  // Fetches the focus's slice again (a new depth or minimum size), or the
+  // view's root's if the focus is no frame of the view.
   async function redrawWithDetail() {
     S.pending++;
     try {
-      if (!EMBED) await loadSlice(S.focus);
+      if (!EMBED) {
+        const slice = await fetchFocus(S.focus);
+        if (!slice) return;
+        useSlice(slice);
+      }
       if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
       draw();
     } finally {
@@ -429,7 +449,9 @@
   const MAX_ROWS = 400;
   function ncallsText(nc, cc) { return nc !== cc ? nc + "/" + cc : String(nc); }
   function renderTable() {
-    const st = S.stats[S.view], rows = st.rows, n = rows.f.length;
+    const st = S.stats[S.view];
+    if (!st) return; // (a thread switch's table is on its way)
+    const rows = st.rows, n = rows.f.length;
     const re = compileQuery(S.filter);
     let order = [];
     for (let r = 0; r < n; r++) if (!re || re.test(label(rows.f[r]))) order.push(r);
@@ -493,8 +515,9 @@
     };
     if (f < 0) { fill("callers", null); fill("callees", null); return Promise.resolve(); }
     S.pending++;
-    return api("edges", { view: S.view, f: f })
-      .then((edges) => { if (seq === selectSeq) { fill("callers", edges.callers); fill("callees", edges.callees); } })
+    const view = S.view;
+    return api("edges", { view: view, f: f })
+      .then((edges) => { if (seq === selectSeq && view === S.view) { fill("callers", edges.callers); fill("callees", edges.callees); } })
       .catch(fail)
       .finally(() => { S.pending--; });
   }
@@ -545,7 +568,7 @@
     chart.addEventListener("mouseleave", () => { $("tip").hidden = true; });
     chart.addEventListener("click", (ev) => {
       const i = hit(ev);
-      if (i < 0) return;
+      if (i < 0 || S.slice.view !== S.view) return;
       const s = S.slice, id = s.id[i], f = s.f[i];
       // The zoom draws (with the selection outlined); the panel fills after.
       if (f >= 0) S.selected = f;
@@ -604,12 +627,18 @@
       else if (before[2] !== S.mode) setMode(S.mode);
     });
   }
+  let switchSeq = 0;
   async function switchView(v) {
+    const seq = ++switchSeq;
     S.view = v; S.focus = 0; S.selected = -1;
+    // Edges asked for in the old view are not this one's.
+    selectSeq++;
     S.pending++;
     try {
-      await Promise.all([ensureStats(v), loadSlice(0)]);
-      writeHash(); renderTable(); select(-1); draw();
+      const [, slice] = await Promise.all([ensureStats(v), fetchSlice(0)]);
+      if (seq !== switchSeq || !slice) return;
+      useSlice(slice);
+      writeHash(); renderTable(); select(-1, false); draw();
     } finally {
       S.pending--;
     }
@@ -637,11 +666,14 @@
     $("mode-sunburst").classList.toggle("on", S.mode === "sunburst");
     applySearch();
     wire();
-    const wanted = S.focus;
     const statsReady = ensureStats(S.view);
-    try { await loadSlice(wanted); } catch (e) { if (wanted === 0) throw e; await loadSlice(0); }
-    if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
-    draw();
+    const slice = await fetchFocus(S.focus);
+    // (A thread switched to meanwhile has loaded its own.)
+    if (slice) {
+      useSlice(slice);
+      if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
+      draw();
+    }
     await statsReady;
     renderTable();
     if (S.selected >= 0) select(S.selected);
