@@ -557,6 +557,81 @@ def test_thread_switch_drops_a_zoom_still_in_flight(browser, tmp_path):
         assert browser.execute_script("return window.perfkitView.state()")["view"] == 0
 
 
+def page_summary(driver) -> dict:
+    """What a user sees of the view state: the controls, table, chart and panel."""
+    return driver.execute_script(
+        """const $ = (id) => document.getElementById(id), th = document.querySelector('#stats th.sorted');
+        const st = window.perfkitView.state();
+        return {
+          thread: $('thread').value, search: $('search').value, matches: $('search-count').textContent,
+          filter: $('filter').value, count: $('table-count').textContent,
+          rows: [...document.querySelectorAll('#stats tbody tr')].map(tr => tr.cells[5].textContent),
+          sorted: th && th.dataset.key, asc: !!th && th.classList.contains('asc'),
+          depth: $('depth').value, min: $('minsize').value,
+          theme: document.documentElement.dataset.theme,
+          icicle: $('mode-icicle').classList.contains('on'), sunburst: $('mode-sunburst').classList.contains('on'),
+          state: [st.view, st.focus, st.mode, st.selected, st.sliceRoot],
+          frames: window.perfkitView.frames().map(f => f.name + '@' + f.depth).sort(),
+          crumbs: [...document.querySelectorAll('#crumbs .crumb')].map(b => b.textContent),
+          selName: $('sel-name').textContent,
+          callers: [...document.querySelectorAll('#callers tbody tr')].map(tr => tr.textContent),
+          hash: location.hash,
+        };"""
+    )
+
+
+def test_following_a_link_applies_its_whole_state(browser, tmp_path):
+    # A hash change applied only the view, the focus and the mode: search,
+    # filter, sort, depth, minimum size, selection and theme went into the
+    # page's state without reaching the boxes, the table or the chart.
+    src = write_threaded(tmp_path / "threads.prof")
+    with ViewServer(src) as server:
+        funcs = server.get_json("api/funcs")
+        leaf_id, workload_id = funcs["name"].index("leaf"), funcs["name"].index("workload")
+        views = [v["name"] for v in server.get_json("api/meta")["views"]]
+        worker = views.index("worker-thread")
+
+        def node_of(view, func):
+            s = server.get_json(f"api/slice?view={view}&root=0&min=0")
+            return s["id"][s["f"].index(func)]
+
+        links = [
+            (
+                f"view={worker}&focus=0&mode=sunburst&q=leaf&depth=2&min=1&sort=tt&desc=0"
+                f"&filter=leaf%7Cworker&sel={leaf_id}&theme=dark"
+            ),
+            f"view={worker}&focus={node_of(worker, leaf_id)}&depth=4&sort=nc",
+            f"view=0&focus={node_of(0, workload_id)}&mode=sunburst&q=path&sel={workload_id}&theme=light",
+            "view=0&focus=0&mode=icicle&filter=fib&min=5",
+        ]
+        open_ready(browser, server.url)
+        for link in links:
+            browser.execute_script("location.hash = arguments[0]", link)
+            time.sleep(0.3)
+            settle(browser)
+            followed = page_summary(browser)
+            browser.get("about:blank")
+            open_ready(browser, server.url + "#" + link)
+            settle(browser)
+            reopened = page_summary(browser)
+            assert followed == reopened, link
+        # The first link, as the page showed it once followed.
+        browser.execute_script("location.hash = arguments[0]", links[0])
+        time.sleep(0.3)
+        settle(browser)
+        p = page_summary(browser)
+        assert p["thread"] == str(worker) and p["search"] == "leaf" and p["matches"] == "1 function matches"
+        assert p["filter"] == "leaf|worker" and {r.rsplit("(", 1)[1] for r in p["rows"]} == {
+            "leaf)",
+            "worker)",
+        }
+        assert (p["sorted"], p["asc"]) == ("tt", True)
+        assert (p["depth"], p["min"], p["theme"]) == ("2", "1", "dark")
+        assert p["sunburst"] and not p["icicle"] and p["state"][2] == "sunburst"
+        assert p["selName"].endswith("(leaf)") and p["callers"]
+        assert max(int(f.rsplit("@", 1)[1]) for f in p["frames"]) == 1
+
+
 def test_deep_recursion_in_browser(browser, tmp_path):
     src = write_deep_recursion(tmp_path / "deep.prof", 10_000)
     with ViewServer(src) as server:

@@ -110,7 +110,16 @@
   }
 
   // ---------- URL hash (view state) ----------
+  // What the hash holds, as a page opened without one has it.
+  const HASH_DEFAULTS = {
+    view: 0, focus: 0, mode: "icicle", q: "", depth: 60, minPct: 0, sortKey: "ct", sortDesc: true,
+    filter: "", selected: -1, theme: "",
+  };
+  const SORT_KEYS = ["nc", "tt", "tpc", "ct", "cpc", "name"];
+  // The whole state from the hash: what it leaves out is the default, so a
+  // link followed in an open tab shows what it shows in a new one.
   function readHash() {
+    Object.assign(S, HASH_DEFAULTS);
     const h = new URLSearchParams(location.hash.slice(1));
     if (h.has("view")) S.view = Math.max(0, parseInt(h.get("view"), 10) || 0);
     if (h.has("focus")) S.focus = Math.max(0, parseInt(h.get("focus"), 10) || 0);
@@ -118,11 +127,11 @@
     if (h.has("q")) S.q = h.get("q");
     if (h.has("depth")) S.depth = clampInt(h.get("depth"), 1, 2000, 60);
     if (h.has("min")) S.minPct = Math.min(50, Math.max(0, parseFloat(h.get("min")) || 0));
-    if (h.has("sort")) S.sortKey = h.get("sort");
+    if (SORT_KEYS.includes(h.get("sort"))) S.sortKey = h.get("sort");
     if (h.has("desc")) S.sortDesc = h.get("desc") !== "0";
     if (h.has("filter")) S.filter = h.get("filter");
-    if (h.has("sel")) S.selected = parseInt(h.get("sel"), 10);
-    if (h.has("theme")) S.theme = h.get("theme");
+    if (h.has("sel")) S.selected = clampInt(h.get("sel"), -1, Number.MAX_SAFE_INTEGER, -1);
+    if (h.get("theme") === "dark" || h.get("theme") === "light") S.theme = h.get("theme");
   }
   function clampInt(v, lo, hi, dflt) {
     const n = parseInt(v, 10);
@@ -579,12 +588,10 @@
     });
     $("mode-icicle").addEventListener("click", () => setMode("icicle"));
     $("mode-sunburst").addEventListener("click", () => setMode("sunburst"));
-    let searchTimer = 0;
     $("search").addEventListener("input", () => {
       clearTimeout(searchTimer);
       searchTimer = setTimeout(() => { S.q = $("search").value; applySearch(); writeHash(); draw(); }, 80);
     });
-    let filterTimer = 0;
     $("filter").addEventListener("input", () => {
       clearTimeout(filterTimer);
       filterTimer = setTimeout(() => { S.filter = $("filter").value; writeHash(); renderTable(); }, 80);
@@ -619,26 +626,54 @@
     });
     let resizeTimer = 0;
     window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(draw, 100); });
-    window.addEventListener("hashchange", () => {
-      const before = [S.view, S.focus, S.mode];
-      readHash();
-      if (before[0] !== S.view) switchView(S.view).catch(fail);
-      else if (before[1] !== S.focus) zoom(S.focus);
-      else if (before[2] !== S.mode) setMode(S.mode);
-    });
   }
+  // Typing in the search or filter box applies after a pause.
+  let searchTimer = 0, filterTimer = 0;
+  // The controls as S has them (on opening, and when a link is followed).
+  function showState() {
+    clearTimeout(searchTimer); clearTimeout(filterTimer);
+    $("thread").value = S.view;
+    $("search").value = S.q; $("filter").value = S.filter;
+    $("depth").value = S.depth; $("minsize").value = S.minPct;
+    $("mode-icicle").classList.toggle("on", S.mode === "icicle");
+    $("mode-sunburst").classList.toggle("on", S.mode === "sunburst");
+    applyTheme();
+    applySearch();
+  }
+  // A link to this page followed in the open tab (only the hash changes):
+  // the whole state it holds is applied, as on opening it. Only the view,
+  // focus and mode were, while search, filter, sort, depth, minimum size,
+  // selection and theme went into S without reaching the page.
+  async function followHash() {
+    const before = { view: S.view, focus: S.focus, depth: S.depth, minPct: S.minPct, selected: S.selected };
+    readHash();
+    if (!(S.view < S.meta.views.length)) S.view = 0;
+    showState();
+    if (S.view !== before.view) {
+      await switchView(S.view, S.focus, S.selected);
+      return;
+    }
+    renderTable();
+    if (S.selected !== before.selected) select(S.selected, false);
+    if (S.focus !== before.focus || S.depth !== before.depth || S.minPct !== before.minPct) await redrawWithDetail();
+    else draw();
+    writeHash();
+  }
+  // Shows view `v`, zoomed to frame `focus` (its root if it has no such frame).
   let switchSeq = 0;
-  async function switchView(v) {
+  async function switchView(v, focus = 0, selected = -1) {
     const seq = ++switchSeq;
-    S.view = v; S.focus = 0; S.selected = -1;
+    S.view = v; S.focus = focus; S.selected = selected;
+    $("thread").value = v;
     // Edges asked for in the old view are not this one's.
     selectSeq++;
     S.pending++;
     try {
-      const [, slice] = await Promise.all([ensureStats(v), fetchSlice(0)]);
+      const [, slice] = await Promise.all([ensureStats(v), fetchFocus(focus)]);
       if (seq !== switchSeq || !slice) return;
       useSlice(slice);
-      writeHash(); renderTable(); select(-1, false); draw();
+      if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
+      writeHash(); renderTable(); select(S.selected, false); draw();
     } finally {
       S.pending--;
     }
@@ -658,17 +693,12 @@
     badge.classList.toggle("approx", !meta.exact);
     const sel = $("thread");
     meta.views.forEach((v, k) => { const o = el("option", v.name); o.value = k; sel.appendChild(o); });
-    sel.value = S.view;
     sel.disabled = meta.views.length < 2;
-    $("search").value = S.q; $("filter").value = S.filter;
-    $("depth").value = S.depth; $("minsize").value = S.minPct;
-    $("mode-icicle").classList.toggle("on", S.mode === "icicle");
-    $("mode-sunburst").classList.toggle("on", S.mode === "sunburst");
-    applySearch();
+    showState();
     wire();
     const statsReady = ensureStats(S.view);
     const slice = await fetchFocus(S.focus);
-    // (A thread switched to meanwhile has loaded its own.)
+    // (A link followed meanwhile has loaded its own.)
     if (slice) {
       useSlice(slice);
       if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
@@ -679,6 +709,8 @@
     if (S.selected >= 0) select(S.selected);
     if (meta.diff) renderDiff(await api("diff"));
     writeHash();
+    // Links followed from here on (before, the page was still opening the hash's state).
+    window.addEventListener("hashchange", () => followHash().catch(fail));
     timing.readyAt = performance.now();
     setState("ready");
   }
