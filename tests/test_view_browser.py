@@ -140,6 +140,17 @@ def crumbs(driver) -> list[str]:
     return [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#crumbs .crumb")]
 
 
+def crumb_path(driver) -> tuple[list[tuple[str, int]], int]:
+    """The breadcrumbs shown, as (name, node), and how many levels the "…" stands for."""
+    shown = driver.execute_script(
+        "return [...document.querySelectorAll('#crumbs .crumb')].map(b => [b.textContent, Number(b.dataset.node)])"
+    )
+    hidden = driver.execute_script(
+        "const g = document.querySelector('#crumbs .crumb-gap'); return g ? Number(g.dataset.hidden) : 0"
+    )
+    return [tuple(c) for c in shown], hidden
+
+
 def hash_state(driver) -> dict:
     h = driver.execute_script("return location.hash").lstrip("#")
     return {k: v[0] for k, v in parse_qs(h).items()}
@@ -648,9 +659,43 @@ def test_deep_recursion_in_browser(browser, tmp_path):
             bottom["y"],
         )
         settle(browser)
-        assert len(crumbs(browser)) > 55
+        # "all" and 59 levels down: the first few and the last several are crumbs.
+        shown, hidden = crumb_path(browser)
+        assert len(shown) + hidden == 60 and hidden > 40
+        assert shown[-1] == ("down", bottom["id"])
         assert browser.execute_script("return document.body.dataset.state") == "ready"
         shot(browser, "12-deep")
+
+
+def test_deep_path_breadcrumbs_are_collapsed(browser, tmp_path):
+    # A crumb per level: 9,000 buttons for a frame 9,000 calls deep (5,900 px
+    # of breadcrumbs above the chart; 50,000 took 1.4 s a redraw).
+    src = write_deep_recursion(tmp_path / "deep.prof", 10_000)
+    with ViewServer(src) as server:
+        s = server.get_json("api/slice?view=0&root=0&min=0&depth=20000")
+        node = s["id"][s["d"].index(9000)]
+        open_ready(browser, server.url + f"#focus={node}")
+        shown, hidden = crumb_path(browser)
+        assert len(shown) <= 14 and len(shown) + hidden == 9001, (shown, hidden)
+        assert shown[0] == ("all", 0) and shown[-1] == ("down", node)
+        # The first levels, then the last ones, each a step down.
+        ids = [n for _, n in shown[1:]]
+        assert ids[1] > ids[0] and ids[-1] - ids[-2] == 1
+        assert browser.execute_script("return document.getElementById('crumbs').offsetHeight") < 80
+        gap = browser.find_element(By.CSS_SELECTOR, "#crumbs .crumb-gap")
+        assert gap.text == "…" and f"{hidden:,} levels" in gap.get_attribute("title")
+        # The "…" goes to the middle level left out.
+        middle = int(gap.get_attribute("data-node"))
+        gap.click()
+        settle(browser)
+        state = browser.execute_script("return window.perfkitView.state()")
+        assert state["focus"] == middle == state["sliceRoot"]
+        shown, hidden = crumb_path(browser)
+        assert shown[-1] == ("down", middle) and ids[2] < middle < ids[-8]
+        # A crumb before the "…" zooms as ever.
+        click_crumb(browser, 2)
+        assert browser.execute_script("return window.perfkitView.state()")["focus"] == shown[2][1]
+        assert crumb_path(browser) == (shown[:3], 0)
 
 
 def test_error_state_instead_of_blank_page(browser, files, tmp_path):

@@ -325,6 +325,8 @@
     }
     return -1;
   }
+  // Levels a long breadcrumb path shows before and after its "…" ("all" aside).
+  const CRUMBS_HEAD = 3, CRUMBS_TAIL = 8;
   function drawCrumbs(fi) {
     const s = S.slice, nav = $("crumbs");
     nav.replaceChildren();
@@ -334,15 +336,31 @@
     const above = [];
     for (let k = 0; k < s.path.length; k++) if (s.path[k] !== s.id[0]) above.push([s.path[k], s.path_funcs[k]]);
     const crumbs = [[0, -1]].concat(above, chain.reverse()).filter((c, k, all) => k === 0 || c[0] !== 0);
-    crumbs.forEach((c, k) => {
+    // A deep path shows its first and last levels around a "…" that tells
+    // how many are left out and goes to the middle one: a crumb per level
+    // was 50,000 buttons (1.4 s a redraw) in a deep recursion.
+    const last = crumbs.length - 1, cut = crumbs.length > 2 + CRUMBS_HEAD + CRUMBS_TAIL;
+    const hidden = cut ? crumbs.slice(1 + CRUMBS_HEAD, crumbs.length - CRUMBS_TAIL) : [];
+    const crumb = (c, k) => {
       if (k > 0) nav.appendChild(el("span", " › ", "sep"));
       const b = el("button", c[1] < 0 ? "all" : shortName(c[1]), "crumb");
       b.title = label(c[1]);
       b.dataset.node = c[0];
-      if (k === crumbs.length - 1) b.classList.add("here");
+      if (k === last) b.classList.add("here");
       b.addEventListener("click", () => zoom(c[0]));
       nav.appendChild(b);
-    });
+    };
+    if (!cut) { crumbs.forEach(crumb); return; }
+    for (let k = 0; k <= CRUMBS_HEAD; k++) crumb(crumbs[k], k);
+    const middle = hidden[Math.floor(hidden.length / 2)];
+    nav.appendChild(el("span", " › ", "sep"));
+    const gap = el("button", "…", "crumb-gap");
+    gap.title = hidden.length.toLocaleString("en-US") + " levels not shown: click to go to the middle one, " + label(middle[1]);
+    gap.dataset.hidden = hidden.length;
+    gap.dataset.node = middle[0];
+    gap.addEventListener("click", () => zoom(middle[0]));
+    nav.appendChild(gap);
+    for (let k = crumbs.length - CRUMBS_TAIL; k <= last; k++) crumb(crumbs[k], k);
   }
 
   // ---------- zoom ----------
