@@ -667,6 +667,45 @@ def test_deep_recursion_in_browser(browser, tmp_path):
         shot(browser, "12-deep")
 
 
+def test_tall_chart_on_a_2x_display_is_drawn_and_says_what_it_leaves_out(browser, tmp_path):
+    # depth 2000 on a 2x display: a canvas 72,000 device pixels tall, which
+    # Chromium does not draw; the page was blank and said "ready".
+    src = write_deep_recursion(tmp_path / "deep.prof", 3000)
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1400, "height": 1000, "deviceScaleFactor": 2, "mobile": False},
+    )
+    try:
+        with ViewServer(src) as server:
+            open_ready(browser, server.url + "#depth=2000")
+            settle(browser)
+            c = browser.execute_script(
+                "const c = document.getElementById('chart'), ctx = c.getContext('2d');"
+                "const at = (y) => [...ctx.getImageData(5, y, 1, 1).data];"
+                "return {dpr: window.devicePixelRatio, w: c.width, h: c.height, top: at(5), bottom: at(c.height - 10)};"
+            )
+            assert c["dpr"] == 2
+            assert c["h"] <= 32767 and c["w"] * c["h"] <= 1 << 26, c
+            assert c["top"][3] == 255 and c["bottom"][3] == 255, c  # drawn, top to bottom
+            levels = 1 + max(f["depth"] for f in frames(browser))
+            assert levels * 18 * 2 <= c["h"] < (levels + 1) * 18 * 2
+            note = browser.find_element(By.ID, "chart-note")
+            assert note.is_displayed()
+            assert f"showing {levels} of 2000 levels" in note.text and "zoom in" in note.text
+            shot(browser, "14-tall-2x")
+            # Zoomed in far enough, everything fits and the note goes.
+            s = server.get_json("api/slice?view=0&root=0&min=0&depth=5000")
+            browser.execute_script(
+                "location.hash = arguments[0]", f"focus={s['id'][s['d'].index(2800)]}&depth=2000"
+            )
+            time.sleep(0.2)
+            settle(browser)
+            assert 1 + max(f["depth"] for f in frames(browser)) == 1 + max(s["d"]) - 2800
+            assert not browser.find_element(By.ID, "chart-note").is_displayed()
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def test_deep_path_breadcrumbs_are_collapsed(browser, tmp_path):
     # A crumb per level: 9,000 buttons for a frame 9,000 calls deep (5,900 px
     # of breadcrumbs above the chart; 50,000 took 1.4 s a redraw).

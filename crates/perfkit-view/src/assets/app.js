@@ -219,11 +219,27 @@
     if (!S.slice || S.slice.view !== S.view) return false;
     const fi = S.index.get(S.focus);
     if (fi === undefined) return false;
-    if (S.mode === "sunburst") drawSunburst(fi); else drawIcicle(fi);
+    const notes = [];
+    if (S.mode === "sunburst") drawSunburst(fi); else drawIcicle(fi, notes);
     drawCrumbs(fi);
+    const note = $("chart-note");
+    note.textContent = notes.join(" · ");
+    note.hidden = !notes.length;
     timing.lastDrawMs = performance.now() - t0;
     timing.draws++;
     return true;
+  }
+  // The largest canvas every browser draws: 32,767 device pixels a side
+  // (Firefox's limit; Chromium drew nothing at 72,000, depth 2000 on a 2x
+  // display, and the page said "ready"), and an area of 64 Mi pixels
+  // (256 MiB; a quarter of Chromium's limit), which 2,000 device pixels
+  // wide is the full 32,767.
+  const CANVAS_MAX_SIDE = 32767, CANVAS_MAX_AREA = 1 << 26;
+  // How many icicle rows a canvas `width` CSS pixels wide can hold.
+  function rowsThatFit(width) {
+    const ratio = window.devicePixelRatio || 1, deviceWidth = Math.max(1, Math.round(width * ratio));
+    const height = Math.min(CANVAS_MAX_SIDE, Math.floor(CANVAS_MAX_AREA / deviceWidth));
+    return Math.max(1, Math.floor(height / (ROW * ratio)));
   }
   function prepareCanvas(width, height) {
     const c = $("chart"), ratio = window.devicePixelRatio || 1;
@@ -234,12 +250,17 @@
     ctx.clearRect(0, 0, width, height);
     return ctx;
   }
-  function drawIcicle(fi) {
+  function drawIcicle(fi, notes) {
     const s = S.slice, end = subtreeEnd(fi), fx = s.x[fi], fw = s.w[fi] || 1, fd = s.d[fi];
     const W = Math.max(300, $("chart-box").clientWidth - 2);
     let rows = 1;
     for (let i = fi; i < end; i++) if (s.d[i] - fd + 1 > rows) rows = s.d[i] - fd + 1;
     rows = Math.min(rows, S.depth);
+    const fit = rowsThatFit(W);
+    if (rows > fit) {
+      notes.push("showing " + fit + " of " + rows + " levels (the most a canvas holds) — zoom in to see deeper");
+      rows = fit;
+    }
     const ctx = prepareCanvas(W, rows * ROW);
     ctx.font = "12px system-ui, sans-serif";
     ctx.textBaseline = "middle";
