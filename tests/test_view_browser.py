@@ -706,6 +706,32 @@ def test_tall_chart_on_a_2x_display_is_drawn_and_says_what_it_leaves_out(browser
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def test_levels_the_server_left_out_are_told(browser, tmp_path):
+    # 2,100 call chains 62 deep, every frame wide enough to send: more frames
+    # than a slice holds, so the server cuts the deepest levels and says so
+    # (`truncated`); the page drew 57 of the 60 levels asked for and said nothing.
+    src = tmp_path / "wide.txt"
+    src.write_text("".join(";".join(f"c{i}_{d}" for d in range(62)) + " 100\n" for i in range(2100)))
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        levels = 1 + max(f["depth"] for f in frames(browser))
+        assert levels < 60
+        note = browser.find_element(By.ID, "chart-note")
+        assert note.is_displayed() and f"showing {levels} of the 60 levels asked for" in note.text, note.text
+        assert "zoom in" in note.text
+        # The sunburst draws 16 rings, and says so too.
+        browser.find_element(By.ID, "mode-sunburst").click()
+        assert f"the sunburst shows 16 of {levels} levels" in note.text, note.text
+        browser.find_element(By.ID, "mode-icicle").click()
+        # One chain holds all its levels: nothing left out, no note.
+        target = next(f for f in frames(browser) if f["depth"] == 1)
+        dispatch_click(browser, target)
+        time.sleep(0.1)
+        settle(browser)
+        assert 1 + max(f["depth"] for f in frames(browser)) == 60
+        assert not note.is_displayed()
+
+
 def test_deep_path_breadcrumbs_are_collapsed(browser, tmp_path):
     # A crumb per level: 9,000 buttons for a frame 9,000 calls deep (5,900 px
     # of breadcrumbs above the chart; 50,000 took 1.4 s a redraw).

@@ -220,7 +220,7 @@
     const fi = S.index.get(S.focus);
     if (fi === undefined) return false;
     const notes = [];
-    if (S.mode === "sunburst") drawSunburst(fi); else drawIcicle(fi, notes);
+    if (S.mode === "sunburst") drawSunburst(fi, notes); else drawIcicle(fi, notes);
     drawCrumbs(fi);
     const note = $("chart-note");
     note.textContent = notes.join(" · ");
@@ -250,11 +250,25 @@
     ctx.clearRect(0, 0, width, height);
     return ctx;
   }
+  const SUNBURST_RINGS = 16;
+  // A note when the slice stops short of the depth asked for: the server
+  // sends a bounded number of frames, leaving the deepest levels out (an
+  // export holds what fitted), and said so in `truncated`, which the page
+  // never showed (57 levels drawn, the depth box saying 60). `levels` is
+  // how many levels below the focus at slice depth `fd` came over.
+  function cutNote(fd, levels, wanted, notes) {
+    const s = S.slice;
+    if (!s.truncated || fd + levels - 1 < s.depth || levels >= wanted) return;
+    notes.push("showing " + levels + " of the " + wanted + " levels asked for: " +
+      (EMBED ? "this export holds no deeper ones here (too many frames) — perfkit view shows them"
+        : "the deeper ones are too many frames to send at once — zoom in to see them"));
+  }
   function drawIcicle(fi, notes) {
     const s = S.slice, end = subtreeEnd(fi), fx = s.x[fi], fw = s.w[fi] || 1, fd = s.d[fi];
     const W = Math.max(300, $("chart-box").clientWidth - 2);
     let rows = 1;
     for (let i = fi; i < end; i++) if (s.d[i] - fd + 1 > rows) rows = s.d[i] - fd + 1;
+    cutNote(fd, rows, S.depth, notes);
     rows = Math.min(rows, S.depth);
     const fit = rowsThatFit(W);
     if (rows > fit) {
@@ -291,13 +305,17 @@
     S.drawn = drawn;
     S.geo = { kind: "icicle", W: W };
   }
-  function drawSunburst(fi) {
+  function drawSunburst(fi, notes) {
     const s = S.slice, end = subtreeEnd(fi), fx = s.x[fi], fw = s.w[fi] || 1, fd = s.d[fi];
     const W = Math.max(300, $("chart-box").clientWidth - 2);
     const size = Math.min(W, 760), cx = W / 2, cy = size / 2;
     let rings = 1;
     for (let i = fi; i < end; i++) if (s.d[i] - fd + 1 > rings) rings = s.d[i] - fd + 1;
-    rings = Math.min(rings, S.depth, 16);
+    cutNote(fd, rings, Math.min(S.depth, SUNBURST_RINGS), notes);
+    if (rings > SUNBURST_RINGS && S.depth > SUNBURST_RINGS) {
+      notes.push("the sunburst shows " + SUNBURST_RINGS + " of " + Math.min(rings, S.depth) + " levels — zoom in or switch to Icicle to see deeper");
+    }
+    rings = Math.min(rings, S.depth, SUNBURST_RINGS);
     const ringW = (size / 2 - 4) / rings;
     const ctx = prepareCanvas(W, size);
     const minFrac = S.minPct / 100, drawn = [], TAU = Math.PI * 2;
