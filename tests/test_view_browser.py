@@ -732,6 +732,36 @@ def test_levels_the_server_left_out_are_told(browser, tmp_path):
         assert not note.is_displayed()
 
 
+def test_callees_panel_says_how_many_and_shows_more(browser, tmp_path):
+    # It stopped at 200 rows without a word (main had 1,000 callees).
+    src = tmp_path / "fan.txt"
+    src.write_text("".join(f"main;callee{i} {i + 1}\n" for i in range(1500)))
+    with ViewServer(src) as server:
+        main = server.get_json("api/funcs")["name"].index("main")
+        open_ready(browser, server.url + f"#sel={main}")
+        settle(browser)
+
+        def callees():
+            rows = table_rows(browser, "callees")
+            names = [r[3].rsplit("(", 1)[1].rstrip(")") for r in rows if len(r) == 4]
+            return names, [r for r in rows if len(r) != 4]
+
+        rows, more = callees()
+        assert len(rows) == 200 and rows[0] == "callee1499" and rows[-1] == "callee1300"
+        assert [m[0] for m in more] == ["showing 200 of 1,500 show 1,000 more"]
+        browser.find_element(By.CSS_SELECTOR, "#callees tr.more button").click()
+        rows, more = callees()
+        assert len(rows) == 1200 and [m[0] for m in more] == ["showing 1,200 of 1,500 show the other 300"]
+        browser.find_element(By.CSS_SELECTOR, "#callees tr.more button").click()
+        rows, more = callees()
+        assert len(rows) == 1500 and not more
+        assert rows == [f"callee{i}" for i in reversed(range(1500))]
+        # A row still selects its function.
+        browser.find_element(By.CSS_SELECTOR, "#callees tbody tr:last-child td:last-child").click()
+        settle(browser)
+        assert browser.find_element(By.ID, "sel-name").text.endswith("(callee0)")
+
+
 def test_deep_path_breadcrumbs_are_collapsed(browser, tmp_path):
     # A crumb per level: 9,000 buttons for a frame 9,000 calls deep (5,900 px
     # of breadcrumbs above the chart; 50,000 took 1.4 s a redraw).

@@ -548,6 +548,8 @@
   }
 
   // ---------- selection: callers / callees ----------
+  const EDGE_ROWS = 200, EDGE_STEP = 1000;
+  const thousands = (n) => n.toLocaleString("en-US");
   let selectSeq = 0;
   function select(f, redraw) {
     S.selected = f;
@@ -563,10 +565,12 @@
     for (const tr of $("stats").tBodies[0].rows) tr.classList.toggle("selected", Number(tr.dataset.func) === f);
     if (redraw !== false && S.slice) draw();
     const seq = ++selectSeq;
-    const fill = (id, side) => {
-      const tbody = document.createElement("tbody");
-      const n = side ? side.f.length : 0;
-      for (let k = 0; k < Math.min(n, 200); k++) {
+    // The first EDGE_ROWS callers (callees), then a row saying how many
+    // there are, with a button for more: the panel stopped at 200 rows
+    // without a word.
+    const more = (tbody, side, from) => {
+      const n = side.f.length, to = Math.min(n, from + (from ? EDGE_STEP : EDGE_ROWS));
+      for (let k = from; k < to; k++) {
         const other = side.f[k], tr = document.createElement("tr");
         tr.dataset.func = other;
         tr.appendChild(el("td", ncallsText(side.nc[k], side.cc[k]), "num"));
@@ -576,7 +580,18 @@
         tr.addEventListener("click", () => select(other));
         tbody.appendChild(tr);
       }
-      if (side && !n) { const tr = el("tr"); tr.appendChild(el("td", "(none)")); tbody.appendChild(tr); }
+      if (to >= n) return;
+      const tr = el("tr", undefined, "more"), td = el("td", "showing " + thousands(to) + " of " + thousands(n) + " ");
+      td.colSpan = 4;
+      const step = Math.min(EDGE_STEP, n - to);
+      const b = el("button", step === n - to ? "show the other " + thousands(step) : "show " + thousands(step) + " more");
+      b.addEventListener("click", () => { tr.remove(); more(tbody, side, to); });
+      td.appendChild(b); tr.appendChild(td); tbody.appendChild(tr);
+    };
+    const fill = (id, side) => {
+      const tbody = document.createElement("tbody");
+      if (side && side.f.length) more(tbody, side, 0);
+      else if (side) { const tr = el("tr"); tr.appendChild(el("td", "(none)")); tbody.appendChild(tr); }
       $(id).replaceChild(tbody, $(id).tBodies[0]);
     };
     if (f < 0) { fill("callers", null); fill("callees", null); return Promise.resolve(); }
