@@ -762,6 +762,99 @@ def test_callees_panel_says_how_many_and_shows_more(browser, tmp_path):
         assert browser.find_element(By.ID, "sel-name").text.endswith("(callee0)")
 
 
+def test_every_row_of_a_big_table_can_be_scrolled_to(browser, tmp_path):
+    # The table stopped at 400 rows ("showing 400 of N") with no way to see
+    # the others; putting them all in the page takes seconds (12 s for 100,000).
+    n = 20_000
+    long = "a_very_long_module_name_" * 12
+    src = tmp_path / "wide.txt"
+    src.write_text("".join(f"main;{long if i == 17_000 else ''}fn{i} {100_000 - i}\n" for i in range(n)))
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        assert browser.find_element(By.ID, "table-count").text.startswith(f"{n + 1:,} functions ·")
+        want = ["main"] + [f"{long if i == 17_000 else ''}fn{i}" for i in range(n)]  # cumtime order
+
+        def rows_in_page():
+            return browser.execute_script(
+                "return document.querySelectorAll('#stats tbody tr:not(.spacer)').length"
+            )
+
+        def row_in_sight(dy=40):
+            """The row at the top of the table's box, its function and its place in the order."""
+            return browser.execute_script(
+                "const b = document.getElementById('table-scroll'), r = b.getBoundingClientRect();"
+                "const tr = document.elementFromPoint(r.left + 60, r.top + arguments[0]).closest('tr');"
+                "const next = tr.nextElementSibling;"
+                "return [tr.cells[5].textContent, next && next.cells.length === 6 ? next.cells[5].textContent : null,"
+                " b.scrollTop, b.scrollHeight];",
+                dy,
+            )
+
+        def name(label):
+            return label.rsplit("(", 1)[1].rstrip(")") if label else label
+
+        assert rows_in_page() <= 400
+        for frac in (0.5, 0.1, 0.86, 0.999, 0.3):
+            browser.execute_script(
+                "const b = document.getElementById('table-scroll'); b.scrollTop = arguments[0] * b.scrollHeight",
+                frac,
+            )
+            time.sleep(0.1)
+            label, after, _, _ = row_in_sight()
+            k = want.index(name(label))
+            assert abs(k - frac * (n + 1)) < 30, (frac, k)
+            if after is not None:
+                assert want[k + 1] == name(after)
+            assert rows_in_page() <= 400
+        # The last row is there at the bottom.
+        browser.execute_script(
+            "const b = document.getElementById('table-scroll'); b.scrollTop = b.scrollHeight"
+        )
+        time.sleep(0.1)
+        box_h = browser.execute_script("return document.getElementById('table-scroll').clientHeight")
+        assert name(row_in_sight(box_h - 8)[0]) == f"fn{n - 1}"
+        # A row far down selects its function, and stays marked as the window moves.
+        row = browser.execute_script(
+            "const b = document.getElementById('table-scroll'), r = b.getBoundingClientRect();"
+            "return document.elementFromPoint(r.left + 60, r.top + 100).closest('tr')"
+        )
+        picked = row.find_elements(By.TAG_NAME, "td")[5].get_attribute("textContent")
+        row.click()
+        settle(browser)
+        assert browser.find_element(By.ID, "sel-name").text == picked
+        browser.execute_script("document.getElementById('table-scroll').scrollTop = 0")
+        time.sleep(0.1)
+        browser.execute_script("document.getElementById('table-scroll').scrollTop = 1e9")
+        time.sleep(0.1)
+        marked = browser.execute_script(
+            "return [...document.querySelectorAll('#stats tbody tr.selected')].map(tr => tr.cells[5].textContent)"
+        )
+        assert marked == [picked]
+        # A long label is cut at its start, the function's name showing.
+        browser.execute_script(
+            "const b = document.getElementById('table-scroll'); b.scrollTop = arguments[0] * b.scrollHeight",
+            17_000 / (n + 1),
+        )
+        time.sleep(0.1)
+        cell = browser.execute_script(
+            "const td = [...document.querySelectorAll('#stats tbody td.name')]"
+            ".find(td => td.textContent.endsWith('fn17000)'));"
+            "const r = td.getBoundingClientRect(), t = td.firstChild.getBoundingClientRect();"
+            "return {text: td.textContent, title: td.title, cut: td.scrollWidth > td.clientWidth,"
+            " textRight: t.right, cellRight: r.right, textLeft: t.left, cellLeft: r.left}"
+        )
+        assert cell["text"] == cell["title"] and cell["text"].endswith(long + "fn17000)") and cell["cut"]
+        assert cell["textRight"] <= cell["cellRight"] and cell["textLeft"] < cell["cellLeft"], cell
+        shot(browser, "15-big-table")
+        # Sorting and filtering the 20,001 rows: still a window of them.
+        browser.find_element(By.CSS_SELECTOR, '#stats th[data-key="name"]').click()
+        assert rows_in_page() <= 400
+        assert name(row_in_sight()[0]) == "fn0"
+        browser.find_element(By.ID, "filter").send_keys("fn1")
+        time.sleep(0.4)
+        assert browser.find_element(By.ID, "table-count").text.startswith("11,111 functions ·")
+
+
 def test_deep_path_breadcrumbs_are_collapsed(browser, tmp_path):
     # A crumb per level: 9,000 buttons for a frame 9,000 calls deep (5,900 px
     # of breadcrumbs above the chart; 50,000 took 1.4 s a redraw).

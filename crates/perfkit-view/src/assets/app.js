@@ -89,6 +89,7 @@
     if (s >= 1e-3) return (s * 1e3).toFixed(3) + " ms";
     return (s * 1e6).toFixed(1) + " µs";
   }
+  const thousands = (n) => n.toLocaleString("en-US");
   const pct = (a, b) => (b > 0 ? ((100 * a) / b).toFixed(2) + "%" : "–");
   function label(f) { return f < 0 ? "(all)" : S.funcs.label[f]; }
   // pstats' func_std_string: file:line(name), or {name} for a <built-in>.
@@ -512,7 +513,15 @@
     }
     return S.stats[view];
   }
-  const MAX_ROWS = 400;
+  // Every row of the table can be scrolled to, but only a window of
+  // TABLE_WINDOW of them is in the page at a time, between two empty rows
+  // as tall as the rows they stand for, and the window moves as the table
+  // scrolls: 100,000 rows in the page took 12 s to lay out (the table used
+  // to stop at 400, "showing 400 of N", with no way to see the others).
+  // Rows are one line each (long labels are cut at the start), so all
+  // are as tall as the first one measured.
+  const TABLE_WINDOW = 400;
+  let tableOrder = [], tableFirst = 0, tableRowH = 0;
   function ncallsText(nc, cc) { return nc !== cc ? nc + "/" + cc : String(nc); }
   function renderTable() {
     const st = S.stats[S.view];
@@ -524,9 +533,30 @@
     const key = S.sortKey, sign = S.sortDesc ? -1 : 1;
     if (key === "name") order.sort((a, b) => sign * (label(rows.f[a]) < label(rows.f[b]) ? -1 : label(rows.f[a]) > label(rows.f[b]) ? 1 : 0));
     else { const col = rows[key] || rows.ct; order.sort((a, b) => sign * (col[a] - col[b]) || a - b); }
-    const body = document.createElement("tbody");
-    const shown = Math.min(order.length, MAX_ROWS);
-    for (let k = 0; k < shown; k++) {
+    tableOrder = order;
+    $("table-scroll").scrollTop = 0;
+    renderTableRows(0);
+    $("table-count").textContent = thousands(order.length) + (order.length === 1 ? " function" : " functions") + " · " +
+      st.total_calls + " function calls (" + st.primitive_calls + " primitive calls) in " + f3(st.total_tt) + " seconds";
+    for (const th of document.querySelectorAll("#stats th")) {
+      th.classList.toggle("sorted", th.dataset.key === key);
+      th.classList.toggle("asc", th.dataset.key === key && !S.sortDesc);
+    }
+  }
+  // Puts rows first .. first + TABLE_WINDOW of the order in the page.
+  function renderTableRows(first) {
+    const st = S.stats[S.view], rows = st.rows, order = tableOrder, n = order.length;
+    first = Math.max(0, Math.min(first, n - TABLE_WINDOW));
+    const end = Math.min(n, first + TABLE_WINDOW), body = document.createElement("tbody");
+    const spacer = (count) => {
+      const tr = el("tr", undefined, "spacer"), td = el("td");
+      td.colSpan = 6;
+      td.style.height = count * tableRowH + "px";
+      tr.appendChild(td);
+      return tr;
+    };
+    if (first > 0) body.appendChild(spacer(first));
+    for (let k = first; k < end; k++) {
       const r = order[k], f = rows.f[r], tr = document.createElement("tr");
       tr.dataset.func = f;
       if (f === S.selected) tr.className = "selected";
@@ -535,21 +565,36 @@
       tr.appendChild(el("td", rows.nc[r] ? g4(rows.tpc[r]) : "", "num"));
       tr.appendChild(el("td", g4(rows.ct[r]), "num"));
       tr.appendChild(el("td", rows.cc[r] ? g4(rows.cpc[r]) : "", "num"));
-      tr.appendChild(el("td", label(f), "mono"));
+      // (An isolated left-to-right run, so that cut at the start it reads the same.)
+      const name = el("td", undefined, "mono name");
+      name.appendChild(el("bdi", label(f)));
+      name.title = label(f);
+      tr.appendChild(name);
       body.appendChild(tr);
     }
+    if (end < n) body.appendChild(spacer(n - end));
     $("stats").replaceChild(body, $("stats").tBodies[0]);
-    $("table-count").textContent = (shown < order.length ? "showing " + shown + " of " : "") + order.length + " functions · " +
-      st.total_calls + " function calls (" + st.primitive_calls + " primitive calls) in " + f3(st.total_tt) + " seconds";
-    for (const th of document.querySelectorAll("#stats th")) {
-      th.classList.toggle("sorted", th.dataset.key === key);
-      th.classList.toggle("asc", th.dataset.key === key && !S.sortDesc);
+    tableFirst = first;
+    if (!tableRowH && end > first && n > TABLE_WINDOW) {
+      const a = body.rows[first > 0 ? 1 : 0].getBoundingClientRect(), b = body.rows[end - first - (first > 0 ? 0 : 1)].getBoundingClientRect();
+      tableRowH = (b.bottom - a.top) / (end - first);
+      if (tableRowH > 0) renderTableRows(first);
+    }
+  }
+  // Moves the window when the rows in sight come near one of its ends.
+  function scrollTable() {
+    const n = tableOrder.length;
+    if (n <= TABLE_WINDOW || !tableRowH) return;
+    const box = $("table-scroll"), head = $("stats").tHead.offsetHeight;
+    const top = Math.max(0, box.scrollTop - head) / tableRowH, seen = box.clientHeight / tableRowH;
+    const margin = TABLE_WINDOW / 4;
+    if ((top < tableFirst + margin && tableFirst > 0) || (top + seen > tableFirst + TABLE_WINDOW - margin && tableFirst + TABLE_WINDOW < n)) {
+      renderTableRows(Math.floor(top + seen / 2 - TABLE_WINDOW / 2));
     }
   }
 
   // ---------- selection: callers / callees ----------
   const EDGE_ROWS = 200, EDGE_STEP = 1000;
-  const thousands = (n) => n.toLocaleString("en-US");
   let selectSeq = 0;
   function select(f, redraw) {
     S.selected = f;
@@ -683,6 +728,7 @@
         writeHash(); renderTable();
       });
     }
+    $("table-scroll").addEventListener("scroll", scrollTable, { passive: true });
     $("stats").addEventListener("click", (ev) => {
       const tr = ev.target.closest("tr");
       if (tr && tr.dataset.func !== undefined) select(Number(tr.dataset.func));
