@@ -207,11 +207,31 @@ impl CallTree {
     }
 }
 
-/// [`CallTree::to_stats`] of some threads over a function list, for a
-/// caller that shares one list among many threads' tables rather than
-/// copying it into a tree for each.
+/// A function list with each function's canonical id (see [`CallTree`]'s
+/// tables), shared by many threads' tables: one copy, hashed once.
+pub struct SharedFuncs {
+    funcs: Vec<FuncKey>,
+    canon: Vec<FuncId>,
+}
+
+impl SharedFuncs {
+    pub fn new(funcs: Vec<FuncKey>) -> SharedFuncs {
+        let canon = crate::tree::canonical_ids(&funcs);
+        SharedFuncs { funcs, canon }
+    }
+
+    /// [`CallTree::to_stats`] of some threads over this list.
+    pub fn table_of(&self, threads: &[ThreadTree]) -> StatsTable {
+        table_with(&self.funcs, &self.canon, threads)
+    }
+}
+
+/// [`CallTree::to_stats`] of some threads over a function list.
 pub fn table_of(funcs: &[FuncKey], threads: &[ThreadTree]) -> StatsTable {
-    let canon = crate::tree::canonical_ids(funcs);
+    table_with(funcs, &crate::tree::canonical_ids(funcs), threads)
+}
+
+fn table_with(funcs: &[FuncKey], canon: &[FuncId], threads: &[ThreadTree]) -> StatsTable {
     let nfuncs = funcs.len();
     let mut row_of = vec![NOT_SEEN; nfuncs];
     let mut rows: Vec<(FuncId, Acc)> = Vec::new();

@@ -334,7 +334,12 @@ fn a_sample_without_frames_is_skipped_not_the_whole_file() {
     // Python frame; the file was refused as "not a profile".
     let text = " 1\n<module> (spin.py:6);b (spin.py:5);a (spin.py:3) 24\n<module> (spin.py:6) 3\n";
     let profile = perfkit_profile::from_any_bytes(text.as_bytes()).unwrap();
-    let a = profile.stats.entries.iter().find(|e| e.func.name == "a").unwrap();
+    let a = profile
+        .stats
+        .entries
+        .iter()
+        .find(|e| e.func.name == "a")
+        .unwrap();
     assert!((a.tt - 24e-6).abs() < 1e-12, "{}", a.tt);
     assert_eq!(collapsed::write(&profile.tree).lines().count(), 2);
 }

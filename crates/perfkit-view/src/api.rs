@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use perfkit_profile::diff::{diff_stats, diff_trees, FuncDelta};
-use perfkit_profile::stats::table_of;
+use perfkit_profile::stats::SharedFuncs;
 use perfkit_profile::{
     CallTree, Children, FuncId, FuncKey, Node, NodeId, Profile, StatsTable, ThreadTree,
 };
@@ -35,7 +35,7 @@ pub struct View {
     stats: OnceLock<StatsTable>,
     /// The profile's function list, shared by every thread's view, from
     /// which a single thread's lazy table is derived.
-    stats_source: Option<Arc<Vec<FuncKey>>>,
+    stats_source: Option<Arc<SharedFuncs>>,
     /// Callers and callees per function, indexed on first use.
     edges: OnceLock<EdgeIndex>,
 }
@@ -62,7 +62,7 @@ impl View {
 
     fn stats(&self) -> &StatsTable {
         self.stats.get_or_init(|| match &self.stats_source {
-            Some(funcs) => table_of(funcs, std::slice::from_ref(&self.thread)),
+            Some(funcs) => funcs.table_of(std::slice::from_ref(&self.thread)),
             None => StatsTable::default(),
         })
     }
@@ -160,7 +160,7 @@ impl Viewer {
         let several_processes = tree.threads.windows(2).any(|w| w[0].pid != w[1].pid);
         // One list for all: a copy per thread made a profile of 200 threads
         // over 20,000 functions take half a gigabyte (helper-49).
-        let shared_funcs = Arc::new(tree.funcs.clone());
+        let shared_funcs = Arc::new(SharedFuncs::new(tree.funcs.clone()));
         for thread in &tree.threads {
             let mut name = if thread.name.is_empty() {
                 format!("thread {}", thread.thread_id)
