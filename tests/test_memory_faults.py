@@ -298,6 +298,77 @@ def test_shelved_result_of_damaged_entry_raises_key_error(tmp_path):
         ref.get()
 
 
+# What replaces an entry file in the child below: each case runs in a child
+# process, so that a cached call blocked for ever fails the test (timeout)
+# instead of hanging the run.
+SPECIAL_FILE_CHILD = textwrap.dedent(
+    """
+    import glob, os, sys, warnings
+    import numpy as np, perfkit
+    from perfkit.memory import CacheWarning
+
+    location, kind, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    for config in configs:
+        mmap_mode, validated = config.split(",")
+        loc = os.path.join(location, config.replace(",", "-"))
+        mem = perfkit.Memory(loc, mmap_mode=None if mmap_mode == "none" else mmap_mode)
+        callback = perfkit.expires_after(hours=1) if validated == "callback" else None
+        calls = []
+
+        @mem.cache(cache_validation_callback=callback)
+        def f(n):
+            calls.append(n)
+            return np.arange(n)
+
+        for n in (10, 100_000):  # a small entry (one read) and a large one
+            f(n)
+            perfkit.memory._flush_writes()
+            [entry] = [
+                p
+                for p in glob.glob(loc + "/**/*.pkc", recursive=True)
+                if b'"n": "%d"' % n in open(p, "rb").readline()
+            ]
+            os.remove(entry)
+            if kind == "fifo":
+                os.mkfifo(entry)
+            else:
+                os.symlink("/dev/zero", entry)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert not f.check_call_in_cache(n)
+                out = f(n)  # warned about, recomputed and stored again
+            assert np.array_equal(out, np.arange(n)) and calls.count(n) == 2, (config, n, calls)
+            msgs = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+            assert len(msgs) == 1 and "not a regular file" in msgs[0] and "recomputing" in msgs[0], msgs
+            perfkit.memory._flush_writes()
+            assert os.path.isfile(entry) and not os.path.islink(entry)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", CacheWarning)
+                assert np.array_equal(f(n), np.arange(n)) and calls.count(n) == 2  # a hit again
+    print("OK")
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_fifo_or_device_in_an_entrys_place_is_damage_not_a_hang(tmp_path, kind):
+    """A FIFO at an entry's path blocked open() for ever (joblib hangs too: it
+    opens output.pkl plainly); a link to /dev/zero never ends. Both are refused
+    without blocking, as damaged entries: warned about and recomputed."""
+    configs = ["none,plain", "r,plain"]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SPECIAL_FILE_CHILD, str(tmp_path), kind.strip("/"), *configs],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a cached call blocked on {kind} in an entry's place")
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stdout + done.stderr
+
+
 # -- read-only and full locations ----------------------------------------------------------------
 
 

@@ -459,20 +459,82 @@ pub fn open_entry(entry: &Path) -> Result<ReadOutcome<EntryReader>, CacheError> 
 
 /// [`open_entry`], for writing too when `write` (an "r+" mapping's file).
 fn open_entry_for(entry: &Path, write: bool) -> Result<ReadOutcome<EntryReader>, CacheError> {
-    let file = match fs::OpenOptions::new().read(true).write(write).open(entry) {
-        Ok(f) => f,
-        Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
-        Err(e) => return Err(CacheError::io("open", entry, e)),
+    let (file, meta) = match open_regular(entry, write)? {
+        ReadOutcome::Found(v) => v,
+        ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
+        ReadOutcome::Corrupt(c) => return Ok(ReadOutcome::Corrupt(c)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| CacheError::io("stat", entry, e))?;
     Ok(ReadOutcome::Found(EntryReader {
         file,
         path: entry.to_path_buf(),
         len: meta.len(),
         last_used: meta.modified().ok(),
     }))
+}
+
+/// Opens the file at an entry's path (for writing too when `write`) and
+/// makes sure it is a regular file, without blocking on one that is not: a
+/// FIFO put in an entry's place would block a plain `open` until some writer
+/// opened it (forever), and a device (`/dev/zero`) would never end. The file
+/// is opened `O_NONBLOCK`, checked with `fstat`, then set back to blocking.
+/// Anything but a regular file is `Corrupt` (a damaged entry). A symbolic
+/// link is followed: what it leads to is checked like any entry.
+fn open_regular(
+    entry: &Path,
+    write: bool,
+) -> Result<ReadOutcome<(File, fs::Metadata)>, CacheError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(entry)
+    {
+        Ok(f) => f,
+        Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
+        // A socket (ENXIO), or a directory opened for writing (EISDIR).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::EISDIR)) => {
+            return Ok(ReadOutcome::Corrupt(format!("not a regular file ({e})")))
+        }
+        Err(e) => return Err(CacheError::io("open", entry, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| CacheError::io("stat", entry, e))?;
+    if !meta.file_type().is_file() {
+        return Ok(ReadOutcome::Corrupt(format!(
+            "not a regular file but {}",
+            file_kind(&meta.file_type())
+        )));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(CacheError::io("open", entry, io::Error::last_os_error()));
+    }
+    Ok(ReadOutcome::Found((file, meta)))
+}
+
+fn file_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
 }
 
 impl EntryReader {
@@ -781,10 +843,10 @@ fn read_small_file(
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let mut file = match File::open(entry) {
-        Ok(f) => f,
-        Err(e) if is_missing(&e) => return Ok(ReadOutcome::Missing),
-        Err(e) => return Err(CacheError::io("open", entry, e)),
+    let mut file = match open_regular(entry, false)? {
+        ReadOutcome::Found((f, _)) => f,
+        ReadOutcome::Missing => return Ok(ReadOutcome::Missing),
+        ReadOutcome::Corrupt(c) => return Ok(ReadOutcome::Corrupt(c)),
     };
     SCRATCH.with_borrow_mut(|buf| {
         // One byte more than `max`: a full buffer means "larger than max".
@@ -1311,6 +1373,59 @@ mod tests {
             read_entry(&entry).unwrap(),
             ReadOutcome::Corrupt(_)
         ));
+    }
+
+    fn unit<T>(o: ReadOutcome<T>) -> ReadOutcome<()> {
+        match o {
+            ReadOutcome::Missing => ReadOutcome::Missing,
+            ReadOutcome::Corrupt(c) => ReadOutcome::Corrupt(c),
+            ReadOutcome::Found(_) => ReadOutcome::Found(()),
+        }
+    }
+
+    /// Runs `f` on another thread; panics if it does not return within 10 s
+    /// (a reader blocked on a FIFO would hang the test run instead of failing it).
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("blocked on a file that is not a regular file")
+    }
+
+    #[test]
+    fn a_fifo_device_or_directory_in_an_entrys_place_is_corrupt_without_blocking() {
+        let d = tmpdir("special");
+        let fifo = d.join("fifo.pkc");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let zero = d.join("zero.pkc");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let dir = d.join("dir.pkc");
+        fs::create_dir(&dir).unwrap();
+        for (path, kind) in [(fifo, "a FIFO"), (zero, "a character device"), (dir, "")] {
+            let p = path.clone();
+            let outcomes = within_10s(move || {
+                [
+                    unit(read_small_entry(&p, 1 << 16).unwrap()),
+                    unit(read_entry(&p).unwrap()),
+                    unit(read_entry_head(&p, true, false).unwrap()),
+                    unit(read_entry_head(&p, true, true).unwrap()),
+                ]
+            });
+            for outcome in outcomes {
+                match outcome {
+                    ReadOutcome::Corrupt(reason) => {
+                        assert!(reason.contains("not a regular file"), "{reason}");
+                        assert!(reason.contains(kind), "{reason}");
+                    }
+                    other => panic!("{}: {other:?}", path.display()),
+                }
+            }
+        }
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
