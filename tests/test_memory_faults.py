@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -256,6 +257,87 @@ def test_damaged_entry_warns_and_recomputes(tmp_path, damage, mmap_mode):
     assert calls == [5000, 5000]
 
 
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_entry_with_a_validation_callback_warns_and_recomputes(tmp_path, damage):
+    """The callback sees only metadata that passed the entry's checksum: damage
+    (a flipped bit in the metadata's "time" key, say) is reported as a damaged
+    entry and recomputed, never handed to the callback (which then raised
+    KeyError: 'time', reported as "could not be unpickled"). joblib gives a
+    damaged metadata.json to the callback as {} (expires_after raises)."""
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+
+    @mem.cache(cache_validation_callback=perfkit.expires_after(hours=1))
+    def make(n):
+        calls.append(n)
+        return {"array": np.arange(n, dtype=np.float64), "label": "x" * 50}
+
+    make(5000)
+    perfkit.memory._flush_writes()
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    ref = make.call_and_shelve(5000)
+    assert ref.metadata["input_args"] == {"n": "5000"}
+    DAMAGES[damage](entry)
+    if damage != "bit flip in the data":  # (the head is intact: the full read finds it)
+        assert ref.metadata == {}  # (joblib's MemorizedResult.metadata of a damaged entry)
+        assert not make.check_call_in_cache(5000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = make(5000)
+    [warning] = [w for w in caught if issubclass(w.category, CacheWarning)]
+    assert re.search(
+        r"cache entry of .*make\(\) at .* is corrupted \(.+\); recomputing", str(warning.message)
+    )
+    assert "unpickled" not in str(warning.message) and "KeyError" not in str(warning.message)
+    np.testing.assert_array_equal(out["array"], np.arange(5000, dtype=np.float64))
+    assert calls == [5000, 5000]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert make.check_call_in_cache(5000)
+        make(5000)  # repaired: a clean hit
+    assert calls == [5000, 5000]
+
+
+def test_metadata_damage_in_the_key_the_callback_reads(tmp_path):
+    """The reviewer's case: "time" turned into "uime" by one flipped bit."""
+    mem = perfkit.Memory(tmp_path)
+    calls = []
+    f = mem.cache(
+        lambda x: calls.append(x) or x * 2, cache_validation_callback=perfkit.expires_after(hours=1)
+    )
+    f(3)
+    perfkit.memory._flush_writes()
+    [entry] = sorted(Path(tmp_path).rglob("*.pkc"))
+    data = bytearray(entry.read_bytes())
+    data[data.index(b'"time"') + 1] ^= 0x01
+    entry.write_bytes(bytes(data))
+    with pytest.warns(
+        CacheWarning, match=r"is corrupted \(checksum mismatch in the metadata.*\); recomputing"
+    ):
+        assert f(3) == 6
+    assert calls == [3, 3]
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_what_the_callback_raises_on_intact_metadata_is_the_callers(tmp_path, library):
+    """As in joblib: an error of the callback itself (not of the entry) reaches the caller."""
+    import joblib
+
+    lib = perfkit if library == "perfkit" else joblib
+
+    def picky(metadata):
+        return metadata["no such field"]
+
+    f = lib.Memory(str(tmp_path), verbose=0).cache(lambda x: x + 1, cache_validation_callback=picky)
+    assert f(1) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        with pytest.raises(KeyError, match="no such field"):
+            f(1)
+        with pytest.raises(KeyError, match="no such field"):
+            f.check_call_in_cache(1)
+
+
 def test_mmap_does_not_read_data(tmp_path):
     """The documented limit of mmap_mode: the mapped buffers are not read, so a flipped
     bit in them is not detected there (a full read detects it)."""
@@ -307,6 +389,10 @@ SPECIAL_FILE_CHILD = textwrap.dedent(
     import numpy as np, perfkit
     from perfkit.memory import CacheWarning
 
+    import resource
+    # An unbounded read of /dev/zero would end in MemoryError here, not fill the machine's memory.
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
     location, kind, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
     for config in configs:
         mmap_mode, validated = config.split(",")
@@ -353,9 +439,11 @@ SPECIAL_FILE_CHILD = textwrap.dedent(
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
 def test_fifo_or_device_in_an_entrys_place_is_damage_not_a_hang(tmp_path, kind):
     """A FIFO at an entry's path blocked open() for ever (joblib hangs too: it
-    opens output.pkl plainly); a link to /dev/zero never ends. Both are refused
-    without blocking, as damaged entries: warned about and recomputed."""
-    configs = ["none,plain", "r,plain"]
+    opens output.pkl plainly); a link to /dev/zero never ends (with a
+    cache_validation_callback, the metadata line was read by an unbounded
+    readline() until MemoryError). Both are refused without blocking, as
+    damaged entries: warned about and recomputed."""
+    configs = ["none,plain", "r,plain", "none,callback", "r,callback"]
     try:
         done = subprocess.run(
             [sys.executable, "-c", SPECIAL_FILE_CHILD, str(tmp_path), kind.strip("/"), *configs],

@@ -702,6 +702,25 @@ def _load_mmap(entry: str, mmap_mode: str):
     return _loads(stream, buffers=[mv[o : o + n] for o, n in bufs])
 
 
+def _verified_metadata(entry: str) -> dict | None:
+    """The metadata of the entry at ``entry``, once the entry's head (metadata
+    line, header, table and pickle stream) has passed its checksum; every read
+    is bounded by the file's length and the header's sizes. None if there is
+    no entry; raises _Corrupt (or OSError)."""
+    r = _cache_load_head(entry, False)  # a look is not a use
+    if r is None:
+        return None
+    if type(r) is str:
+        raise _Corrupt(r)
+    try:
+        metadata = json.loads(r[2])
+    except ValueError as exc:
+        raise _Corrupt(f"its metadata is not JSON ({exc})") from None
+    if type(metadata) is not dict:
+        raise _Corrupt("its metadata is not a JSON object")
+    return metadata
+
+
 class _Corrupt(Exception):
     pass
 
@@ -927,37 +946,52 @@ class MemorizedFunc:
 
     def _load(self, entry: str, mmap_mode):
         """The cached result at ``entry`` or _MISSING; a damaged entry is warned about and removed."""
+        if self.cache_validation_callback is not None and not self._still_valid(entry):
+            return _MISSING
         try:
-            if self.cache_validation_callback is not None:
-                meta = self._read_metadata(entry)
-                if meta is not None and not self.cache_validation_callback(meta):
-                    return _MISSING
             if mmap_mode is None:
                 return _load_full(entry)
             return _load_mmap(entry, mmap_mode)
         except _Corrupt as exc:
             problem = f"is corrupted ({exc})"
         except OSError as exc:
-            problem = f"could not be read ({exc})"
-            _warn(f"perfkit.Memory: the cache entry of {self._name}() at {entry} {problem}; recomputing")
+            self._unreadable(entry, exc)
             return _MISSING
         except Exception as exc:  # noqa: BLE001 - unpickling failed: a class moved, a module is gone, ...
             problem = f"could not be unpickled ({type(exc).__name__}: {exc})"
+        self._discard(entry, problem)
+        return _MISSING
+
+    def _still_valid(self, entry: str) -> bool:
+        """Whether the cache_validation_callback accepts the entry's metadata. The
+        callback sees only metadata that passed its checksum, read within the
+        bounds the entry's header gives: a damaged entry is warned about,
+        removed and recomputed (False), never handed to the callback. What the
+        callback raises on intact metadata is the caller's, as in joblib."""
+        try:
+            metadata = _verified_metadata(entry)
+        except _Corrupt as exc:
+            self._discard(entry, f"is corrupted ({exc})")
+            return False
+        except OSError as exc:
+            self._unreadable(entry, exc)
+            return False
+        return metadata is not None and bool(self.cache_validation_callback(metadata))
+
+    def _unreadable(self, entry: str, exc: OSError) -> None:
+        """Warns that the entry at ``entry`` could not be read (left in place: the
+        location may be unreadable for now, the entry intact)."""
+        _warn(
+            f"perfkit.Memory: the cache entry of {self._name}() at {entry} could not be read ({exc}); recomputing"
+        )
+
+    def _discard(self, entry: str, problem: str) -> None:
+        """Warns that the entry at ``entry`` is damaged (``problem``) and removes it."""
         _warn(f"perfkit.Memory: the cache entry of {self._name}() at {entry} {problem}; recomputing")
         try:
             _native.cache_remove(entry)
         except OSError:
             pass
-        return _MISSING
-
-    @staticmethod
-    def _read_metadata(entry: str) -> dict | None:
-        _native.cache_wait(entry)
-        try:
-            with open(entry, "rb") as f:
-                return json.loads(f.readline())
-        except (OSError, ValueError):
-            return None
 
     def _compute_and_store(self, entry: str | None, key: str | None, args, kwargs):
         """Runs the function and stores its result; returns (result, metadata, stored)."""
@@ -1068,17 +1102,13 @@ class MemorizedFunc:
 
     def _is_cached(self, entry: str) -> bool:
         try:
-            r = _cache_load_head(entry, False)  # a look is not a use
-        except OSError:
+            metadata = _verified_metadata(entry)
+        except (OSError, _Corrupt):
             return False
-        if type(r) is not tuple:
+        if metadata is None:
             return False
         if self.cache_validation_callback is None:
             return True
-        try:
-            metadata = json.loads(r[2])
-        except ValueError:
-            return False
         return bool(self.cache_validation_callback(metadata))
 
     def call_and_shelve(self, *args, **kwargs):
@@ -1312,7 +1342,10 @@ class MemorizedResult:
 
     @property
     def metadata(self) -> dict:
-        return MemorizedFunc._read_metadata(self.entry) or {}
+        try:
+            return _verified_metadata(self.entry) or {}
+        except (OSError, _Corrupt):
+            return {}
 
     def __repr__(self) -> str:
         return f"MemorizedResult(location={self.location!r}, func={self.func!r}, args_id={self.args_id!r})"

@@ -546,6 +546,37 @@ impl EntryReader {
         self.len == 0
     }
 
+    /// Checks the entry's head before its whole length is allocated for
+    /// [`EntryReader::read_into`]: reads (`pread`: the file position stays
+    /// where it is) the metadata line, at most [`MAX_METADATA_LEN`] bytes,
+    /// and the header, and checks that the header describes a file of this
+    /// length. `Some(reason)` when it does not: a file that is not an entry
+    /// (however large) costs one short read, not an allocation of its size.
+    pub fn check_head(&self) -> Result<Option<String>, CacheError> {
+        let bound = (MAX_METADATA_LEN + 1 + HEADER_LEN as usize).min(self.len as usize);
+        let mut prefix = vec![0u8; bound.min(PREFIX_READ)];
+        let mut n = self.pread_fill(&mut prefix, 0)?;
+        if n == prefix.len() && n < bound && !prefix.contains(&b'\n') {
+            prefix.resize(bound, 0);
+            n += self.pread_fill(&mut prefix[n..], n as u64)?;
+        }
+        Ok(parse_prefix(&prefix[..n], self.len).err())
+    }
+
+    /// Fills `buf` from offset `at` (fewer bytes only at the end of the file).
+    fn pread_fill(&self, buf: &mut [u8], at: u64) -> Result<usize, CacheError> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.file.read_at(&mut buf[n..], at + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
+            }
+        }
+        Ok(n)
+    }
+
     /// Marks the entry as just used (eviction is least recently used first) by
     /// setting its modification time: unlike the access time, no kernel mount
     /// option (relatime, noatime) changes it behind our back, and entries are
@@ -571,6 +602,11 @@ impl EntryReader {
         let len = dest.len();
         // 1. The prefix (metadata line, header, table, stream), read straight into `dest`.
         let mut filled = self.read_direct(dest, 0, len.min(PREFIX_READ))?;
+        if filled == len.min(PREFIX_READ) && !dest[..filled].contains(&b'\n') {
+            // A metadata line longer than the first read (it may be up to MAX_METADATA_LEN).
+            let bound = (MAX_METADATA_LEN + 1 + HEADER_LEN as usize).min(len);
+            filled = self.read_direct(dest, filled, bound)?;
+        }
         let (layout, head_ck, body_ck) = match parse_prefix(&dest[..filled], self.len) {
             Ok((layout, _, _))
                 if layout.buffers.is_empty() && (filled as u64) < layout.stream.0 =>
@@ -1381,6 +1417,53 @@ mod tests {
             ReadOutcome::Corrupt(c) => ReadOutcome::Corrupt(c),
             ReadOutcome::Found(_) => ReadOutcome::Found(()),
         }
+    }
+
+    #[test]
+    fn metadata_longer_than_the_first_read_is_read_whole() {
+        let d = tmpdir("longmeta");
+        let entry = d.join("k.pkc");
+        let meta = format!(
+            r#"{{"function": "m.f", "input_args": {{"x": "{}"}}}}"#,
+            "y".repeat(200_000)
+        );
+        let data = vec![5u8; 300_000];
+        write_entry(&entry, 0, &meta, b"stream", &[&data], false).unwrap();
+        let ReadOutcome::Found((layout, bytes)) = read_entry(&entry).unwrap() else {
+            panic!("an entry with 200 kB of metadata was refused")
+        };
+        assert_eq!(layout.metadata.1 as usize, meta.len());
+        assert_eq!(&bytes[layout.buffers[0].0 as usize..], &data[..]);
+        let ReadOutcome::Found(reader) = open_entry(&entry).unwrap() else {
+            panic!()
+        };
+        assert_eq!(reader.check_head().unwrap(), None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn check_head_refuses_what_is_not_an_entry_of_this_length_without_reading_it() {
+        let d = tmpdir("checkhead");
+        let entry = d.join("k.pkc");
+        write_entry(&entry, 0, META, b"stream", &[&[1u8; 100_000]], false).unwrap();
+        let head_of = |e: &Path| match open_entry(e).unwrap() {
+            ReadOutcome::Found(reader) => reader.check_head().unwrap(),
+            _ => panic!(),
+        };
+        assert_eq!(head_of(&entry), None);
+        let good = fs::read(&entry).unwrap();
+        let mut longer = good.clone();
+        longer.extend_from_slice(&[0u8; 4096]);
+        fs::write(&entry, &longer).unwrap();
+        assert!(head_of(&entry).unwrap().contains("header says"));
+        // A large file that is not an entry at all (sparse: nothing is read past its start).
+        let f = File::create(&entry).unwrap();
+        f.set_len(64 << 30).unwrap();
+        drop(f);
+        assert!(head_of(&entry).unwrap().contains("metadata line"));
+        fs::write(&entry, vec![b'x'; 3 << 20]).unwrap(); // no newline within the bound
+        assert!(head_of(&entry).unwrap().contains("metadata line too long"));
+        fs::remove_dir_all(&d).unwrap();
     }
 
     /// Runs `f` on another thread; panics if it does not return within 10 s

@@ -261,6 +261,10 @@ fn cache_load(
         ReadOutcome::Missing => return Ok(py.None()),
         ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
     };
+    // Not an entry (however large the file), or not one of this length: no allocation.
+    if let Some(reason) = reader.check_head().map_err(os_error)? {
+        return Ok(reason.into_pyobject(py)?.into_any().unbind());
+    }
     let len = reader.len() as usize;
     let (holder, outcome) = match Some(alloc) {
         Some(alloc) if len >= DETACH_MIN => {
