@@ -262,8 +262,9 @@ def run(args) -> tuple[list[list[str]], list[str]]:
         )
         notes.append(
             "perfkit verifies the entry's checksums on every hit without mmap_mode (the big-array row "
-            "includes that pass over the data: the entry is mapped copy-on-write, not copied); with "
-            "mmap_mode only the metadata, header and pickle stream are verified."
+            "includes that pass over the data, made by a second thread while the entry is read into "
+            "memory the process owns, as joblib reads it); with mmap_mode only the metadata, header "
+            "and pickle stream are verified."
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -316,7 +316,7 @@ def test_writes_through_an_r_plus_mapping_are_the_cached_value_as_in_joblib(tmp_
     plain = Memory(tmp_path / library, verbose=0).cache(_ones)
     plain(300_000)
     if library == "perfkit":
-        perfkit.memory._flush_writes()  # on disk: a large hit maps the file (copy-on-write)
+        perfkit.memory._flush_writes()  # on disk: a large hit reads the file
     held = plain(300_000)  # a plain hit, taken before: the caller's own value
     mapped = writable(300_000)
     mapped[0] = 42.0

@@ -554,7 +554,7 @@ def test_full_location_warns_returns_result_and_leaves_no_partial_file(tmp_path)
 
 @pytest.mark.parametrize("damage", ["truncated by one byte", "bit flip in the data", "appended bytes"])
 def test_damaged_large_entry_warns_and_recomputes(tmp_path, damage):
-    """Large results are mapped copy-on-write and verified through the map: the same checks."""
+    """Large results are read by the pipelined reader (checksummed by a second thread): the same checks."""
     mem = perfkit.Memory(tmp_path)
     calls = []
 
@@ -578,8 +578,75 @@ def test_large_hit_is_private_writable_memory(tmp_path):
     f(200_000)
     a = f(200_000)
     assert a.flags.writeable
-    a[:] = -1  # copy-on-write: the cache is untouched
+    a[:] = -1  # the process's own memory: the cache is untouched
     b = f(200_000)
     assert b[0] == 0 and b[-1] == 199_999
     mem.clear()  # evicting the entry does not touch results already returned
     assert b[123] == 123 and a[5] == -1
+
+
+# A result returned without mmap_mode must not depend on its entry file once
+# the call has returned. Each library runs in a child: a result still mapped
+# from a truncated file kills the process with SIGBUS when touched.
+INDEPENDENT_CHILD = textwrap.dedent(
+    """
+    import glob, os, shutil, sys
+    import numpy as np
+
+    library, location, change = sys.argv[1:4]
+    if library == "perfkit":
+        import perfkit
+
+        mem, flush = perfkit.Memory(location), perfkit.memory._flush_writes
+    else:
+        import joblib
+
+        mem, flush = joblib.Memory(location, verbose=0), lambda: None
+
+    @mem.cache
+    def f(n, v):
+        return np.full(n, float(v))
+
+    def entry_file_of(n, v):
+        def files():
+            flush()
+            return {p for p in glob.glob(location + "/**/*", recursive=True) if p.endswith((".pkc", "output.pkl"))}
+
+        before = files()
+        f(n, v)
+        [new] = files() - before
+        return new
+
+    # 0.8 MB (read in one thread into a bytearray), 8 MB (into numpy's memory), 40 MB (pipelined read)
+    for n in (100_000, 1_000_000, 5_000_000):
+        mine, other = entry_file_of(n, 1), entry_file_of(n, 2)
+        hit = f(n, 1)
+        shelved = f.call_and_shelve(n, 1).get()
+        if change == "overwritten":
+            shutil.copyfile(other, mine)  # in place: O_TRUNC, then write (what cp does)
+        else:
+            os.truncate(mine, 0)
+        for a in (hit, shelved):
+            assert a[0] == 1.0 and a[-1] == 1.0 and a.sum() == n, (n, a[:3], a.sum())
+            a[:] = 3.0  # and it is writable, private memory
+        assert hit.sum() == 3 * n and shelved.sum() == 3 * n
+    print("OK")
+    """
+)
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+@pytest.mark.parametrize("change", ["overwritten", "truncated"])
+def test_a_returned_result_does_not_depend_on_its_entry_file(tmp_path, library, change):
+    """As joblib's: once returned (no mmap_mode), a large result is the
+    process's own memory. It was a view of a MAP_PRIVATE mapping of the entry
+    file: a file overwritten in place (cp, rsync --inplace) changed the array's
+    values, and a truncated one killed the process with SIGBUS."""
+    done = subprocess.run(
+        [sys.executable, "-c", INDEPENDENT_CHILD, library, str(tmp_path / "cache"), change],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "OK", (done.returncode, done.stdout + done.stderr)

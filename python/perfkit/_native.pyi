@@ -71,14 +71,10 @@ def cache_key_of_scalars(prefix: bytes, values: tuple[object, ...]) -> str | Non
 
 def cache_load(
     entry: str, alloc: Callable[[int], object] | None = None
-) -> None | str | bytes | int | tuple[bytearray | object, int, int, _Ranges]:
+) -> None | str | bytes | tuple[bytearray | object, int, int, _Ranges]:
     """None (no entry), the reason it is corrupt, the pickle stream (a small entry without
-    buffers), the size (a large entry, without alloc), or (bytes holder, stream offset,
-    stream length, buffer ranges)."""
-
-def cache_verify(buffer: Any) -> str | tuple[int, int, _Ranges, bool]:
-    """The reason an entry held in memory is corrupt, or (stream offset, stream
-    length, buffer ranges, whether its buffers were mapped writable)."""
+    buffers), or (bytes holder, stream offset, stream length, buffer ranges): memory the
+    caller owns (a bytearray, or alloc(n) for entries of 1 MiB or more)."""
 
 def cache_load_head(
     entry: str, touch: bool = True, writable: bool = False, keep_open: bool = False

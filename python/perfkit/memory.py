@@ -628,18 +628,17 @@ def _alloc_for_large_entry(n: int):
 
 
 def _load_full(entry: str):
-    """Result of a verified entry; _MISSING if there is none; raises _Corrupt."""
-    r = _cache_load(entry)
+    """Result of a verified entry; _MISSING if there is none; raises _Corrupt.
+    The entry is read into memory this process owns (never mapped: a result
+    must not change, nor fault, when something later rewrites or truncates
+    the file in place, as joblib's results do not)."""
+    r = _cache_load(entry, _alloc_for_large_entry)
     if type(r) is bytes:  # the pickle stream of a small entry without buffers: most hits
         return _loads(r) if r[0] == _PICKLE_PROTO5_FIRST_BYTE else _loads(zlib.decompress(r))
     if r is None:
         return _MISSING
     if type(r) is str:
         raise _Corrupt(r)
-    if type(r) is int:  # a large entry: map it rather than read it
-        r = _map_private(entry, r)
-        if type(r) is str:
-            raise _Corrupt(r)
     data, s0, slen, bufs = r
     mv = memoryview(data)  # a bytearray or a 1-D uint8 array: format "B" either way
     if mv[s0] != _PICKLE_PROTO5_FIRST_BYTE:
@@ -647,35 +646,6 @@ def _load_full(entry: str):
     if bufs:
         return _loads(mv[s0 : s0 + slen], buffers=[mv[o : o + n] for o, n in bufs])
     return _loads(mv[s0 : s0 + slen])
-
-
-def _map_private(entry: str, size: int):
-    """A large entry mapped copy-on-write (MAP_PRIVATE) and verified through the map:
-    the page cache is mapped instead of copied, so a hit costs about one pass of the
-    checksum over the data. The result is private memory as after a read: writes to it
-    never reach the cache, and replacing or evicting the entry never reaches it (the
-    store only ever renames or unlinks entry files, never rewrites their data in place).
-    An entry whose arrays were mapped ``"r+"`` may be written in place, by its
-    user, and is read into memory instead, as joblib reads every entry."""
-    try:
-        with open(entry, "rb") as f:
-            if os.fstat(f.fileno()).st_size != size:
-                return "the file changed while being opened"
-            mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    except (OSError, ValueError, AttributeError):  # no mmap here: read it into memory instead
-        return _cache_load(entry, _alloc_for_large_entry)
-    verdict = _native.cache_verify(mapped)
-    if type(verdict) is str:
-        return verdict
-    *verdict, writable = verdict
-    if writable:
-        mapped.close()
-        return _cache_load(entry, _alloc_for_large_entry)
-    try:
-        os.utime(entry)  # a use, for eviction
-    except OSError:
-        pass
-    return (mapped, *verdict)
 
 
 def _load_mmap(entry: str, mmap_mode: str):

@@ -60,14 +60,17 @@ pub const MAX_METADATA_LEN: usize = 1 << 20;
 /// Files up to this size are assembled in memory and written with one call.
 const ONE_WRITE_MAX: u64 = 1 << 20;
 const CHUNK: usize = 4 << 20;
-/// Size of the bounce buffer large entries are read through.
+/// Size of the bounce buffer entries below `PIPELINE_MIN` are read through.
 const BOUNCE: usize = 256 << 10;
 /// How much of an entry is read first, straight into place: the whole of a small one.
 const PREFIX_READ: usize = 64 << 10;
-/// From this size on, a read is checksummed by a second thread as it goes.
+/// From this size on, a read goes straight into place and is checksummed by a
+/// second thread as it goes.
 const PIPELINE_MIN: usize = 16 << 20;
-/// Bounce buffers in flight between the reading and the checksumming thread.
-const PIPELINE_BUFFERS: usize = 4;
+/// The pipelined read reads this much at a time, and the checksumming thread
+/// lags at most `PIPELINE_CHUNKS` of them behind (16 MiB: still in cache).
+const PIPELINE_CHUNK: usize = 4 << 20;
+const PIPELINE_CHUNKS: usize = 4;
 /// A hit refreshes the entry's access time (what eviction orders by) only when
 /// it is older than this: most hits of a hot entry then cost no extra system call.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(1);
@@ -641,47 +644,35 @@ impl EntryReader {
                 "checksum mismatch in the metadata, header or pickle stream".into(),
             ));
         }
-        // 2. The buffers, verified as they arrive (while in cache). Large entries are read
-        // through a small bounce buffer that stays mapped, then copied: reading straight
-        // into freshly allocated memory makes the kernel fault its pages in one by one
-        // during the copy-out, which costs several times the extra memcpy (measured 3-5x
-        // on the CI machines).
+        // 2. The buffers, verified as they arrive (while in cache).
         let mut verifier = BodyVerifier::new(&layout.buffers, (s0 + sl) as u64);
         verifier.feed(&dest[s0 + sl..filled]);
         let rest = &mut dest[filled..];
-        let mut bounce = vec![0u8; BOUNCE.min(rest.len())];
         if rest.len() >= PIPELINE_MIN {
-            // Large: this thread only reads (the kernel's copy into a small bounce buffer);
-            // a second thread checksums each bounce buffer while it is in cache and copies it
-            // into place (where the page faults of fresh memory are paid). Buffers circulate
-            // between the two through channels.
+            // Large: this thread reads straight into place (the destination is
+            // the caller's, e.g. numpy's allocation, which asks for huge pages:
+            // the kernel's copy faults it in cheaply), while a second thread
+            // checksums each chunk right behind the read, while it is in cache.
+            // The checksum then costs (almost) nothing on top of the read when a
+            // second CPU is free; a read through a bounce buffer copied into
+            // place by the checksumming thread cost a third more (measured).
             let (got, v) = std::thread::scope(|scope| {
-                let (full_tx, full_rx) =
-                    std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
-                let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
-                for _ in 0..PIPELINE_BUFFERS {
-                    let _ = free_tx.send(vec![0u8; BOUNCE]);
-                }
-                let placer = scope.spawn(move || {
-                    let mut pos = 0;
-                    for (buf, n) in full_rx {
-                        verifier.feed(&buf[..n]);
-                        rest[pos..pos + n].copy_from_slice(&buf[..n]);
-                        pos += n;
-                        let _ = free_tx.send(buf);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<&[u8]>(PIPELINE_CHUNKS);
+                let checker = scope.spawn(move || {
+                    for chunk in rx {
+                        verifier.feed(chunk);
                     }
-                    (pos, verifier)
+                    verifier
                 });
-                let total = len - filled;
-                let mut sent = 0;
+                let mut got = 0;
                 let mut result = Ok(());
-                while sent < total {
-                    let Ok(mut buf) = free_rx.recv() else { break };
-                    let want = BOUNCE.min(total - sent);
-                    match self.fill(&mut buf[..want]) {
+                for chunk in rest.chunks_mut(PIPELINE_CHUNK) {
+                    let want = chunk.len();
+                    match self.read_direct(chunk, 0, want) {
                         Ok(n) => {
-                            sent += n;
-                            let _ = full_tx.send((buf, n));
+                            got += n;
+                            let chunk: &[u8] = chunk;
+                            let _ = tx.send(&chunk[..n]);
                             if n < want {
                                 break;
                             }
@@ -692,13 +683,19 @@ impl EntryReader {
                         }
                     }
                 }
-                drop(full_tx);
-                let placed = placer.join().expect("checksum thread panicked");
-                result.map(|()| placed)
+                drop(tx);
+                let verifier = checker.join().expect("checksum thread panicked");
+                result.map(|()| (got, verifier))
             })?;
             filled += got;
             verifier = v;
         } else {
+            // Smaller: read through a small bounce buffer that stays mapped, then
+            // copied: reading straight into freshly allocated memory without huge
+            // pages (a bytearray) makes the kernel fault its pages in one by one
+            // during the copy-out, which costs several times the extra memcpy
+            // (measured 3-5x on the CI machines).
+            let mut bounce = vec![0u8; BOUNCE.min(rest.len())];
             for chunk in rest.chunks_mut(BOUNCE) {
                 let n = self.read_via(&mut bounce, chunk)?;
                 verifier.feed(&chunk[..n]);
@@ -725,20 +722,6 @@ impl EntryReader {
         }
         self.touch();
         Ok(ReadOutcome::Found(layout))
-    }
-
-    /// Fills `buf` from the file; returns the bytes read (fewer only at end of file).
-    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CacheError> {
-        let mut n = 0;
-        while n < buf.len() {
-            match self.file.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(CacheError::io("read", self.path.clone(), e)),
-            }
-        }
-        Ok(n)
     }
 
     /// Fills `chunk` through `bounce` (see `read_into`); returns the bytes read (fewer only at end of file).
@@ -1000,8 +983,9 @@ impl RecentReads {
     }
 }
 
-/// Verifies a whole entry held in memory, e.g. a memory map of its file
-/// (length, checksums, padding); the error says what is wrong.
+/// Verifies a whole entry held in memory (a small entry read whole, one
+/// queued for the background writer): length, checksums, padding; the error
+/// says what is wrong.
 pub fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
     let (layout, head_ck, body_ck) = parse_prefix(bytes, bytes.len() as u64)?;
     let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
@@ -1093,7 +1077,7 @@ pub fn read_entry_head(
         // The flagged entry is a new file, a copy published by rename, as
         // every write of the store is: readers see the old file or the new
         // one, never a half-rewritten header, and results already mapped
-        // privately from the old file (large hits) keep the values they had
+        // from the old file (mmap_mode "r" or "c") keep the values they had
         // when the caller then writes into the new one.
         let h = layout.header_offset() as usize;
         layout.flags |= FLAG_BUFFERS_WRITABLE;

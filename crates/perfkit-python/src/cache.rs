@@ -215,8 +215,7 @@ fn loaded_small(py: Python<'_>, bytes: &[u8], layout: &entry::Layout) -> PyResul
 /// a bytearray, or for entries of at least 1 MiB, `alloc(n)` when given (a
 /// writable n-byte buffer, e.g. numpy.empty(n, uint8), whose allocator maps
 /// large blocks with huge pages: far fewer page faults than a bytearray).
-/// Without `alloc`, an entry larger than 64 KiB is not read: its size (an int)
-/// is returned, for the caller to map it and check it with `cache_verify`.
+/// The result is memory the caller owns, whatever later happens to the file.
 #[pyfunction]
 #[pyo3(signature = (entry, alloc=None))]
 fn cache_load(
@@ -241,21 +240,6 @@ fn cache_load(
         }
         ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
     }
-    let Some(alloc) = alloc else {
-        // The caller maps large entries itself: tell it the size.
-        return Ok(std::fs::metadata(entry)
-            .map_err(|e| {
-                os_error(CacheError::Io {
-                    action: "stat",
-                    path: entry.into(),
-                    source: e,
-                })
-            })?
-            .len()
-            .into_pyobject(py)?
-            .into_any()
-            .unbind());
-    };
     let reader = match entry::open_entry(Path::new(entry)).map_err(os_error)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(py.None()),
@@ -266,7 +250,7 @@ fn cache_load(
         return Ok(reason.into_pyobject(py)?.into_any().unbind());
     }
     let len = reader.len() as usize;
-    let (holder, outcome) = match Some(alloc) {
+    let (holder, outcome) = match alloc {
         Some(alloc) if len >= DETACH_MIN => {
             let holder = alloc.call1((len,))?;
             let mut view = WritableView::of(&holder, len)?;
@@ -306,38 +290,6 @@ fn cache_load(
         ReadOutcome::Found(layout) => loaded(holder, &layout),
         ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
         ReadOutcome::Missing => Ok(py.None()),
-    }
-}
-
-/// Verifies an entry held in a buffer (e.g. a private memory map of its file).
-/// Returns a str (corrupt: why) or (stream_offset, stream_length,
-/// [(buffer_offset, buffer_length), ...], whether its buffers were mapped writable).
-#[pyfunction]
-fn cache_verify(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let one = PyTuple::new(py, [buffer])?;
-    let views = Views::of(one.as_any())?;
-    let slices = views.slices();
-    let bytes = slices[0];
-    let verdict = if bytes.len() >= DETACH_MIN {
-        py.detach(|| entry::verify_complete(bytes))
-    } else {
-        entry::verify_complete(bytes)
-    };
-    match verdict {
-        Ok(layout) => Ok(PyTuple::new(
-            py,
-            [
-                layout.stream.0.into_pyobject(py)?.into_any(),
-                layout.stream.1.into_pyobject(py)?.into_any(),
-                ranges(py, &layout)?.into_any(),
-                PyBool::new(py, layout.flags & entry::FLAG_BUFFERS_WRITABLE != 0)
-                    .to_owned()
-                    .into_any(),
-            ],
-        )?
-        .into_any()
-        .unbind()),
-        Err(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
     }
 }
 
@@ -548,7 +500,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cache_key_of_scalars, m)?)?;
     m.add_function(wrap_pyfunction!(cache_load, m)?)?;
     m.add_function(wrap_pyfunction!(cache_load_head, m)?)?;
-    m.add_function(wrap_pyfunction!(cache_verify, m)?)?;
     m.add_function(wrap_pyfunction!(cache_store, m)?)?;
     m.add_function(wrap_pyfunction!(cache_store_later, m)?)?;
     m.add_function(wrap_pyfunction!(cache_wait, m)?)?;
