@@ -257,6 +257,62 @@ def test_damaged_entry_warns_and_recomputes(tmp_path, damage, mmap_mode):
     assert calls == [5000, 5000]
 
 
+@pytest.mark.parametrize("how", ["symlink", "copy"])
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+@pytest.mark.parametrize("n", [10, 200_000])  # a small entry (kept in memory a second) and a large one
+@pytest.mark.parametrize("validated", [False, True])
+def test_another_calls_entry_at_this_calls_path_is_a_miss(tmp_path, how, mmap_mode, n, validated):
+    """A valid entry of another call put at this call's path (``ln -s`` or ``cp
+    --remove-destination`` of another argument's entry over this one) was
+    returned as this call's result: its checksums hold. The key its metadata
+    names is now compared with the call's: a mismatch is warned about and
+    recomputed, and the other entry is left alone. (joblib does not check: it
+    returns the other call's result.) Symbolic links are followed, so a link
+    to this call's own entry still serves hits."""
+    mem = perfkit.Memory(tmp_path, mmap_mode=mmap_mode)
+    calls = []
+
+    @mem.cache(cache_validation_callback=perfkit.expires_after(hours=1) if validated else None)
+    def f(x, n):
+        calls.append(x)
+        return np.full(n, float(x))
+
+    f(1, n), f(2, n)
+    perfkit.memory._flush_writes()
+    ref1, ref2 = f.call_and_shelve(1, n), f.call_and_shelve(2, n)
+    mine, other = Path(ref1.entry), Path(ref2.entry)
+    assert f(1, n)[0] == 1.0  # a hit (and, small, kept in memory)
+    mine.unlink()
+    if how == "symlink":
+        mine.symlink_to(other)
+    else:
+        mine.write_bytes(other.read_bytes())
+    assert not f.check_call_in_cache(1, n)
+    assert ref1.metadata == {}
+    with pytest.raises(KeyError, match="another call's entry"):
+        ref1.get()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = f(1, n)
+    assert out[0] == 1.0 and out.shape == (n,) and calls == [1, 2, 1]
+    [warning] = [w for w in caught if issubclass(w.category, CacheWarning)]
+    assert re.search(
+        r"entry of .*f\(\) at .* is corrupted \(it is another call's entry: .*\); recomputing",
+        str(warning.message),
+    )
+    perfkit.memory._flush_writes()
+    assert mine.is_file() and not mine.is_symlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert f(1, n)[0] == 1.0 and f(2, n)[0] == 2.0 and calls == [1, 2, 1]  # both hits
+        assert ref2.get()[0] == 2.0
+        # A link to the call's own entry (a layout that links files) is followed and served.
+        moved = mine.with_name("elsewhere")
+        mine.rename(moved)
+        mine.symlink_to(moved)
+        assert f(1, n)[0] == 1.0 and f.check_call_in_cache(1, n) and calls == [1, 2, 1]
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_damaged_entry_with_a_validation_callback_warns_and_recomputes(tmp_path, damage):
     """The callback sees only metadata that passed the entry's checksum: damage

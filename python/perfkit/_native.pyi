@@ -70,17 +70,19 @@ def cache_key_of_scalars(prefix: bytes, values: tuple[object, ...]) -> str | Non
     without pickling; None when any value is of another type."""
 
 def cache_load(
-    entry: str, alloc: Callable[[int], object] | None = None
+    entry: str, alloc: Callable[[int], object] | None = None, key: str | None = None
 ) -> None | str | bytes | tuple[bytearray | object, int, int, _Ranges]:
     """None (no entry), the reason it is corrupt, the pickle stream (a small entry without
     buffers), or (bytes holder, stream offset, stream length, buffer ranges): memory the
-    caller owns (a bytearray, or alloc(n) for entries of 1 MiB or more)."""
+    caller owns (a bytearray, or alloc(n) for entries of 1 MiB or more). ``key``: the key
+    the entry's metadata must name (an entry of another call at this path is corrupt)."""
 
 def cache_load_head(
-    entry: str, touch: bool = True, writable: bool = False, keep_open: bool = False
+    entry: str, touch: bool = True, writable: bool = False, keep_open: bool = False, key: str | None = None
 ) -> None | str | tuple[bytes, _Ranges, bytes] | tuple[bytes, _Ranges, bytes, int | None]:
     """None, the reason it is corrupt, or (pickle stream, buffer ranges, metadata JSON); buffers are not read.
-    ``keep_open``: and a descriptor of the file read (the caller maps and closes it)."""
+    ``keep_open``: and a descriptor of the file read (the caller maps and closes it). ``key``:
+    the key the entry's metadata must name (checked before the entry is touched or marked)."""
 
 def cache_store(
     entry: str,

@@ -627,12 +627,13 @@ def _alloc_for_large_entry(n: int):
     return numpy.empty(n, dtype=numpy.uint8)
 
 
-def _load_full(entry: str):
-    """Result of a verified entry; _MISSING if there is none; raises _Corrupt.
+def _load_full(entry: str, key: str | None):
+    """Result of a verified entry; _MISSING if there is none; raises _Corrupt
+    (also when its metadata does not name ``key``: another call's entry).
     The entry is read into memory this process owns (never mapped: a result
     must not change, nor fault, when something later rewrites or truncates
     the file in place, as joblib's results do not)."""
-    r = _cache_load(entry, _alloc_for_large_entry)
+    r = _cache_load(entry, _alloc_for_large_entry, key)
     if type(r) is bytes:  # the pickle stream of a small entry without buffers: most hits
         return _loads(r) if r[0] == _PICKLE_PROTO5_FIRST_BYTE else _loads(zlib.decompress(r))
     if r is None:
@@ -648,11 +649,11 @@ def _load_full(entry: str):
     return _loads(mv[s0 : s0 + slen])
 
 
-def _load_mmap(entry: str, mmap_mode: str):
+def _load_mmap(entry: str, mmap_mode: str, key: str | None):
     access = _MMAP_ACCESS[mmap_mode]
     # Mapped writable ("r+", "w+"), the buffers may be changed in place, as in
     # joblib: the entry then stops checking their checksum (its head still is).
-    r = _cache_load_head(entry, True, access == mmap.ACCESS_WRITE, True)
+    r = _cache_load_head(entry, True, access == mmap.ACCESS_WRITE, True, key)
     if r is None:
         return _MISSING
     if type(r) is str:
@@ -672,12 +673,12 @@ def _load_mmap(entry: str, mmap_mode: str):
     return _loads(stream, buffers=[mv[o : o + n] for o, n in bufs])
 
 
-def _verified_metadata(entry: str) -> dict | None:
+def _verified_metadata(entry: str, key: str | None) -> dict | None:
     """The metadata of the entry at ``entry``, once the entry's head (metadata
-    line, header, table and pickle stream) has passed its checksum; every read
-    is bounded by the file's length and the header's sizes. None if there is
-    no entry; raises _Corrupt (or OSError)."""
-    r = _cache_load_head(entry, False)  # a look is not a use
+    line, header, table and pickle stream) has passed its checksum and its
+    metadata named ``key``; every read is bounded by the file's length and the
+    header's sizes. None if there is no entry; raises _Corrupt (or OSError)."""
+    r = _cache_load_head(entry, False, False, False, key)  # a look is not a use
     if r is None:
         return None
     if type(r) is str:
@@ -914,14 +915,15 @@ class MemorizedFunc:
             except OSError:
                 pass
 
-    def _load(self, entry: str, mmap_mode):
-        """The cached result at ``entry`` or _MISSING; a damaged entry is warned about and removed."""
-        if self.cache_validation_callback is not None and not self._still_valid(entry):
+    def _load(self, entry: str, key: str, mmap_mode):
+        """The cached result of the call ``key`` at ``entry``, or _MISSING; a damaged
+        entry, or another call's, is warned about and removed."""
+        if self.cache_validation_callback is not None and not self._still_valid(entry, key):
             return _MISSING
         try:
             if mmap_mode is None:
-                return _load_full(entry)
-            return _load_mmap(entry, mmap_mode)
+                return _load_full(entry, key)
+            return _load_mmap(entry, mmap_mode, key)
         except _Corrupt as exc:
             problem = f"is corrupted ({exc})"
         except OSError as exc:
@@ -932,14 +934,14 @@ class MemorizedFunc:
         self._discard(entry, problem)
         return _MISSING
 
-    def _still_valid(self, entry: str) -> bool:
+    def _still_valid(self, entry: str, key: str) -> bool:
         """Whether the cache_validation_callback accepts the entry's metadata. The
         callback sees only metadata that passed its checksum, read within the
         bounds the entry's header gives: a damaged entry is warned about,
         removed and recomputed (False), never handed to the callback. What the
         callback raises on intact metadata is the caller's, as in joblib."""
         try:
-            metadata = _verified_metadata(entry)
+            metadata = _verified_metadata(entry, key)
         except _Corrupt as exc:
             self._discard(entry, f"is corrupted ({exc})")
             return False
@@ -1044,15 +1046,15 @@ class MemorizedFunc:
         if key is None:
             return self.func(*args, **kwargs)
         entry = self._entry_path(key)
-        out = self._load(entry, self.mmap_mode)
+        out = self._load(entry, key, self.mmap_mode)
         if out is not _MISSING:
             return out
-        return self._as_loaded(entry, *self._compute_and_store(entry, key, args, kwargs))
+        return self._as_loaded(entry, key, *self._compute_and_store(entry, key, args, kwargs))
 
-    def _as_loaded(self, entry: str, out, _metadata, stored: bool):
+    def _as_loaded(self, entry: str, key: str, out, _metadata, stored: bool):
         if stored and self.mmap_mode is not None:
             # As joblib: the first call returns the memory-mapped result too, like later ones.
-            again = self._load(entry, self.mmap_mode)
+            again = self._load(entry, key, self.mmap_mode)
             if again is not _MISSING:
                 return again
         return out
@@ -1068,11 +1070,11 @@ class MemorizedFunc:
         """Whether this call's result is in the cache, its entry intact and,
         with a ``cache_validation_callback``, still valid."""
         key = self._key(args, kwargs)
-        return key is not None and self._is_cached(self._entry_path(key))
+        return key is not None and self._is_cached(self._entry_path(key), key)
 
-    def _is_cached(self, entry: str) -> bool:
+    def _is_cached(self, entry: str, key: str) -> bool:
         try:
-            metadata = _verified_metadata(entry)
+            metadata = _verified_metadata(entry, key)
         except (OSError, _Corrupt):
             return False
         if metadata is None:
@@ -1088,7 +1090,7 @@ class MemorizedFunc:
         if key is None:
             return NotMemorizedResult(self.func(*args, **kwargs))
         entry = self._entry_path(key)
-        if self._is_cached(entry):
+        if self._is_cached(entry, key):
             return self._shelved(entry, key)
         return self._shelved(entry, key, *self._compute_and_store(entry, key, args, kwargs))
 
@@ -1117,10 +1119,10 @@ class AsyncMemorizedFunc(MemorizedFunc):
         if key is None:
             return await self.func(*args, **kwargs)
         entry = self._entry_path(key)
-        out = self._load(entry, self.mmap_mode)
+        out = self._load(entry, key, self.mmap_mode)
         if out is not _MISSING:
             return out
-        return self._as_loaded(entry, *await self._compute_and_store_async(entry, key, args, kwargs))
+        return self._as_loaded(entry, key, *await self._compute_and_store_async(entry, key, args, kwargs))
 
     async def _compute_and_store_async(self, entry, key, args, kwargs):
         t0 = self._before_call()
@@ -1137,7 +1139,7 @@ class AsyncMemorizedFunc(MemorizedFunc):
         if key is None:
             return NotMemorizedResult(await self.func(*args, **kwargs))
         entry = self._entry_path(key)
-        if self._is_cached(entry):
+        if self._is_cached(entry, key):
             return self._shelved(entry, key)
         return self._shelved(entry, key, *await self._compute_and_store_async(entry, key, args, kwargs))
 
@@ -1296,9 +1298,9 @@ class MemorizedResult:
     def get(self):
         try:
             if self.mmap_mode is None:
-                out = _load_full(self.entry)
+                out = _load_full(self.entry, self.args_id)
             else:
-                out = _load_mmap(self.entry, self.mmap_mode)
+                out = _load_mmap(self.entry, self.mmap_mode, self.args_id)
         except _Corrupt as exc:
             raise KeyError(
                 f"the cached result of {self.func}() at {self.entry} is corrupted ({exc})"
@@ -1313,7 +1315,7 @@ class MemorizedResult:
     @property
     def metadata(self) -> dict:
         try:
-            return _verified_metadata(self.entry) or {}
+            return _verified_metadata(self.entry, self.args_id) or {}
         except (OSError, _Corrupt):
             return {}
 

@@ -86,6 +86,10 @@ pub struct Layout {
     pub flags: u32,
     /// (offset, length) of the metadata JSON (without its newline).
     pub metadata: (u64, u64),
+    /// (offset, length) of the value of the metadata's top-level `"key"`
+    /// field (see [`metadata_key`]), found once when the layout is parsed so
+    /// that each hit compares it with [`Layout::check_key`] without a scan.
+    pub key: Option<(u64, u64)>,
     /// (offset, length) of the pickle stream.
     pub stream: (u64, u64),
     /// (offset, length) of each out-of-band buffer.
@@ -107,7 +111,8 @@ fn align_up(v: u64) -> u64 {
 }
 
 impl Layout {
-    fn plan(flags: u32, meta_len: u64, stream_len: u64, buffer_lens: &[u64]) -> Layout {
+    fn plan(flags: u32, metadata: &[u8], stream_len: u64, buffer_lens: &[u64]) -> Layout {
+        let meta_len = metadata.len() as u64;
         let header = meta_len + 1;
         let table_end = header + HEADER_LEN + 16 * buffer_lens.len() as u64;
         let mut pos = table_end + stream_len;
@@ -120,10 +125,22 @@ impl Layout {
         Layout {
             flags,
             metadata: (0, meta_len),
+            key: key_range(metadata),
             stream: (table_end, stream_len),
             buffers,
             total_len: pos,
         }
+    }
+
+    /// Checks that the metadata in `bytes` (the entry's file from its start)
+    /// names `expected` as its key: an entry of another call put at this
+    /// call's path (a link to it, a copy of it) is a valid entry, checksums
+    /// and all, but not this call's result.
+    pub fn check_key(&self, bytes: &[u8], expected: &str) -> Result<(), String> {
+        let found = self
+            .key
+            .and_then(|(o, l)| bytes.get(o as usize..(o + l) as usize));
+        key_verdict(found, expected)
     }
 
     fn header_offset(&self) -> u64 {
@@ -193,6 +210,7 @@ fn parse_prefix(prefix: &[u8], file_len: u64) -> Result<(Layout, u128, u128), St
     let mut layout = Layout {
         flags,
         metadata: (0, nl as u64),
+        key: key_range(&prefix[..nl]),
         stream: (table_end, stream_len),
         buffers: Vec::new(),
         total_len,
@@ -335,7 +353,7 @@ fn plan_entry(
     let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
     Ok(Layout::plan(
         flags,
-        metadata_json.len() as u64,
+        metadata_json.as_bytes(),
         stream.len() as u64,
         &lens,
     ))
@@ -1008,6 +1026,102 @@ pub fn verify_complete(bytes: &[u8]) -> Result<Layout, String> {
     Ok(layout)
 }
 
+/// The value of the top-level `"key"` field of an entry's metadata line (the
+/// call's argument hash, which also names the entry's file), or None when it
+/// has none. A small scanner, not a JSON parser: it follows strings (and
+/// their escapes) and nesting, so that a `"key"` inside the arguments'
+/// object is not taken for it; the value is returned as written (a key is
+/// plain hex digits, never escaped).
+pub fn metadata_key(metadata: &[u8]) -> Option<&[u8]> {
+    let n = metadata.len();
+    let skip_ws = |mut i: usize| {
+        while i < n && matches!(metadata[i], b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+        }
+        i
+    };
+    // The end (index of the closing quote) of the string whose opening quote is at `i`.
+    let string_end = |i: usize| {
+        let mut j = i + 1;
+        while j < n {
+            match metadata[j] {
+                b'"' => return Some(j),
+                b'\\' => j += 2,
+                _ => j += 1,
+            }
+        }
+        None
+    };
+    let mut i = skip_ws(0);
+    if metadata.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut depth = 1usize;
+    let mut name_next = true; // at depth 1, the next string is a field's name
+    while i < n {
+        match metadata[i] {
+            b'"' => {
+                let end = string_end(i)?;
+                let is_key_name = depth == 1 && name_next && &metadata[i + 1..end] == b"key";
+                let was_name = depth == 1 && name_next;
+                i = end + 1;
+                if was_name {
+                    name_next = false;
+                    i = skip_ws(i);
+                    if metadata.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i = skip_ws(i + 1);
+                    if is_key_name {
+                        if metadata.get(i) != Some(&b'"') {
+                            return None;
+                        }
+                        let end = string_end(i)?;
+                        return Some(&metadata[i + 1..end]);
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b',' if depth == 1 => name_next = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// (offset, length) in `metadata` of [`metadata_key`]'s value.
+fn key_range(metadata: &[u8]) -> Option<(u64, u64)> {
+    let k = metadata_key(metadata)?;
+    let offset = k.as_ptr() as usize - metadata.as_ptr() as usize;
+    Some((offset as u64, k.len() as u64))
+}
+
+/// Checks that an entry's metadata names `expected` as its key (see
+/// [`Layout::check_key`], which does not scan the metadata again).
+pub fn check_key(metadata: &[u8], expected: &str) -> Result<(), String> {
+    key_verdict(metadata_key(metadata), expected)
+}
+
+fn key_verdict(found: Option<&[u8]>, expected: &str) -> Result<(), String> {
+    match found {
+        Some(k) if k == expected.as_bytes() => Ok(()),
+        Some(k) => Err(format!(
+            "it is another call's entry: its key is {}, this call's is {expected}",
+            String::from_utf8_lossy(&k[..k.len().min(64)])
+        )),
+        None => Err("its metadata names no key: not this call's entry".into()),
+    }
+}
+
 /// What a memory-mapping reader needs: the layout and the pickle stream.
 #[derive(Debug)]
 pub struct EntryHead {
@@ -1026,11 +1140,14 @@ pub struct EntryHead {
 /// verified; their extent is, through the file length). `touch`: count this
 /// read as a use of the entry. `writable`: the buffers are about to be
 /// mapped writable, so the entry is marked [`FLAG_BUFFERS_WRITABLE`] (once:
-/// rewritten as a new file, see inside).
+/// rewritten as a new file, see inside). `key`: the call's key, which the
+/// metadata must name (see [`check_key`]), checked before the entry is
+/// touched or marked.
 pub fn read_entry_head(
     entry: &Path,
     touch: bool,
     writable: bool,
+    key: Option<&str>,
 ) -> Result<ReadOutcome<EntryHead>, CacheError> {
     let reader = match open_entry_for(entry, writable)? {
         ReadOutcome::Found(r) => r,
@@ -1067,6 +1184,11 @@ pub fn read_entry_head(
         return Ok(ReadOutcome::Corrupt(
             "checksum mismatch in the metadata, header or pickle stream".into(),
         ));
+    }
+    if let Some(key) = key {
+        if let Err(reason) = layout.check_key(&prefix, key) {
+            return Ok(ReadOutcome::Corrupt(reason));
+        }
     }
     if touch {
         reader.touch();
@@ -1179,7 +1301,7 @@ mod tests {
             ReadOutcome::Found(None) => assert!(bytes.len() > 1 << 16),
             other => panic!("{other:?}"),
         }
-        let ReadOutcome::Found(head) = read_entry_head(&entry, true, false).unwrap() else {
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true, false, None).unwrap() else {
             panic!()
         };
         assert_eq!(head.stream, stream);
@@ -1248,7 +1370,7 @@ mod tests {
             ReadOutcome::Missing
         ));
         assert!(matches!(
-            read_entry_head(&d.join("a/b/c.pkc"), false, false).unwrap(),
+            read_entry_head(&d.join("a/b/c.pkc"), false, false, None).unwrap(),
             ReadOutcome::Missing
         ));
     }
@@ -1330,7 +1452,7 @@ mod tests {
             fs::write(&entry, &b).unwrap();
             assert!(
                 matches!(
-                    read_entry_head(&entry, true, false).unwrap(),
+                    read_entry_head(&entry, true, false, None).unwrap(),
                     ReadOutcome::Corrupt(_)
                 ),
                 "{pos}"
@@ -1340,7 +1462,7 @@ mod tests {
         b.truncate(b.len() - 1);
         fs::write(&entry, &b).unwrap();
         assert!(matches!(
-            read_entry_head(&entry, true, false).unwrap(),
+            read_entry_head(&entry, true, false, None).unwrap(),
             ReadOutcome::Corrupt(_)
         ));
     }
@@ -1362,7 +1484,7 @@ mod tests {
             fs::write(e, &b).unwrap();
         };
         // Read-only heads leave the entry as it was: a changed buffer is damage.
-        let ReadOutcome::Found(head) = read_entry_head(&entry, true, false).unwrap() else {
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true, false, None).unwrap() else {
             panic!()
         };
         assert_eq!(head.layout.flags, 1);
@@ -1374,7 +1496,7 @@ mod tests {
         ));
         // Marked writable (mmap_mode r+): the change is the caller's, and stands.
         fs::write(&entry, &original).unwrap();
-        let ReadOutcome::Found(head) = read_entry_head(&entry, true, true).unwrap() else {
+        let ReadOutcome::Found(head) = read_entry_head(&entry, true, true, None).unwrap() else {
             panic!()
         };
         assert_eq!(head.layout.flags, 1 | FLAG_BUFFERS_WRITABLE);
@@ -1401,6 +1523,74 @@ mod tests {
             ReadOutcome::Corrupt(c) => ReadOutcome::Corrupt(c),
             ReadOutcome::Found(_) => ReadOutcome::Found(()),
         }
+    }
+
+    #[test]
+    fn metadata_key_is_the_top_level_field_only() {
+        let k =
+            |m: &str| metadata_key(m.as_bytes()).map(|v| String::from_utf8(v.to_vec()).unwrap());
+        let written = r#"{"duration": 0.5, "time": 1.0, "function": "m.f", "key": "ab12", "input_args": {"key": "'x'"}, "output_bytes": 3, "compressed": false}"#;
+        assert_eq!(k(written).as_deref(), Some("ab12"));
+        // Whatever the order, and whatever the strings before it hold.
+        let tricky = r#"{"say \"key": "no", "input_args": {"key": "'no'", "y": "[{\"key\": \"no\"}"}, "function": "key\": \"no", "list": ["key", {"key": "no"}], "key" : "cd34"}"#;
+        assert_eq!(k(tricky).as_deref(), Some("cd34"));
+        assert_eq!(k(r#"{"input_args": {"key": "'x'"}}"#), None);
+        assert_eq!(k(r#"{"key": 12}"#), None);
+        assert_eq!(k(r#"["key", "ab12"]"#), None);
+        assert_eq!(k(r#"{"key": "ab1"#), None); // cut short
+        assert_eq!(k(""), None);
+        assert!(check_key(written.as_bytes(), "ab12").is_ok());
+        let other = check_key(written.as_bytes(), "ffff").unwrap_err();
+        assert!(
+            other.contains("another call's entry") && other.contains("ab12"),
+            "{other}"
+        );
+        assert!(check_key(b"{}", "ab12").unwrap_err().contains("no key"));
+    }
+
+    #[test]
+    fn a_head_read_for_a_key_refuses_another_calls_entry_before_touching_or_marking_it() {
+        let d = tmpdir("headkey");
+        let entry = d.join("k.pkc");
+        let meta = r#"{"function": "m.f", "key": "0123abcd", "input_args": {}}"#;
+        write_entry(&entry, 0, meta, b"stream", &[&[3u8; 1000]], false).unwrap();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        File::options()
+            .write(true)
+            .open(&entry)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let before = fs::read(&entry).unwrap();
+        for writable in [false, true] {
+            match read_entry_head(&entry, true, writable, Some("99999999")).unwrap() {
+                ReadOutcome::Corrupt(reason) => {
+                    assert!(reason.contains("another call's entry"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(fs::read(&entry).unwrap(), before, "not marked writable");
+        assert_eq!(
+            fs::metadata(&entry).unwrap().modified().unwrap(),
+            old,
+            "not touched"
+        );
+        assert!(matches!(
+            read_entry_head(&entry, false, false, Some("0123abcd")).unwrap(),
+            ReadOutcome::Found(_)
+        ));
+        // A whole read's layout locates the key once; each check compares it.
+        let ReadOutcome::Found((layout, bytes)) = read_entry(&entry).unwrap() else {
+            panic!()
+        };
+        let (o, l) = layout.key.unwrap();
+        assert_eq!(&bytes[o as usize..(o + l) as usize], b"0123abcd");
+        assert!(layout.check_key(&bytes, "0123abcd").is_ok());
+        assert!(layout.check_key(&bytes, "0123abce").is_err());
+        let planned = plan_entry(&entry, 0, meta, b"stream", &[&[3u8; 1000]]).unwrap();
+        assert_eq!(planned, layout);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -1478,8 +1668,8 @@ mod tests {
                 [
                     unit(read_small_entry(&p, 1 << 16).unwrap()),
                     unit(read_entry(&p).unwrap()),
-                    unit(read_entry_head(&p, true, false).unwrap()),
-                    unit(read_entry_head(&p, true, true).unwrap()),
+                    unit(read_entry_head(&p, true, false, None).unwrap()),
+                    unit(read_entry_head(&p, true, true, None).unwrap()),
                 ]
             });
             for outcome in outcomes {

@@ -19,8 +19,9 @@ pub mod store;
 pub mod writer;
 
 pub use entry::{
-    encode_entry, head_of_encoded, open_entry, read_entry, read_entry_head, read_small_entry,
-    write_encoded, write_entry, EntryHead, EntryReader, Layout, ReadOutcome,
+    check_key, encode_entry, head_of_encoded, metadata_key, open_entry, read_entry,
+    read_entry_head, read_small_entry, write_encoded, write_entry, EntryHead, EntryReader, Layout,
+    ReadOutcome,
 };
 pub use error::CacheError;
 pub use hash::{content_hash, hex128, scalars_hash, ContentHasher, Scalar};

@@ -216,38 +216,52 @@ fn loaded_small(py: Python<'_>, bytes: &[u8], layout: &entry::Layout) -> PyResul
 /// writable n-byte buffer, e.g. numpy.empty(n, uint8), whose allocator maps
 /// large blocks with huge pages: far fewer page faults than a bytearray).
 /// The result is memory the caller owns, whatever later happens to the file.
+/// `key`: the call's key, which the entry's metadata must name (an entry of
+/// another call at this path is corrupt: see `entry::check_key`).
 #[pyfunction]
-#[pyo3(signature = (entry, alloc=None))]
+#[pyo3(signature = (entry, alloc=None, key=None))]
 fn cache_load(
     py: Python<'_>,
     entry: &str,
     alloc: Option<&Bound<'_, PyAny>>,
+    key: Option<&str>,
 ) -> PyResult<Py<PyAny>> {
+    let corrupt = |reason: String| Ok(reason.into_pyobject(py)?.into_any().unbind());
+    let check_key = |layout: &entry::Layout, bytes: &[u8]| match key {
+        Some(key) => layout.check_key(bytes, key),
+        None => Ok(()),
+    };
     if let Some(bytes) = writer::global().get(Path::new(entry)) {
         // Not written yet: the queued bytes are what the file will hold.
         return match entry::verify_complete(&bytes) {
-            Ok(layout) => loaded_small(py, &bytes, &layout),
-            Err(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
+            Ok(layout) => match check_key(&layout, &bytes) {
+                Ok(()) => loaded_small(py, &bytes, &layout),
+                Err(reason) => corrupt(reason),
+            },
+            Err(reason) => corrupt(reason),
         };
     }
     // Most hits are small: open and read, nothing else.
     match entry::read_small_entry(Path::new(entry), SMALL_ENTRY_MAX).map_err(os_error)? {
         ReadOutcome::Missing => return Ok(py.None()),
-        ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        ReadOutcome::Corrupt(reason) => return corrupt(reason),
         ReadOutcome::Found(Some(whole)) => {
             let (layout, bytes) = &*whole;
-            return loaded_small(py, bytes, layout);
+            return match check_key(layout, bytes) {
+                Ok(()) => loaded_small(py, bytes, layout),
+                Err(reason) => corrupt(reason),
+            };
         }
         ReadOutcome::Found(None) => {} // larger: read below, into memory sized for it
     }
     let reader = match entry::open_entry(Path::new(entry)).map_err(os_error)? {
         ReadOutcome::Found(r) => r,
         ReadOutcome::Missing => return Ok(py.None()),
-        ReadOutcome::Corrupt(reason) => return Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        ReadOutcome::Corrupt(reason) => return corrupt(reason),
     };
     // Not an entry (however large the file), or not one of this length: no allocation.
     if let Some(reason) = reader.check_head().map_err(os_error)? {
-        return Ok(reason.into_pyobject(py)?.into_any().unbind());
+        return corrupt(reason);
     }
     let len = reader.len() as usize;
     let (holder, outcome) = match alloc {
@@ -256,6 +270,7 @@ fn cache_load(
             let mut view = WritableView::of(&holder, len)?;
             let dest = view.as_mut_slice();
             let outcome = py.detach(|| reader.read_into(dest)).map_err(os_error)?;
+            let outcome = keyed(outcome, dest, key);
             drop(view);
             (holder, outcome)
         }
@@ -283,13 +298,29 @@ fn cache_load(
                 reader.read_into(dest)
             }
             .map_err(os_error)?;
-            (array.into_any(), outcome)
+            (array.into_any(), keyed(outcome, dest, key))
         }
     };
     match outcome {
         ReadOutcome::Found(layout) => loaded(holder, &layout),
-        ReadOutcome::Corrupt(reason) => Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        ReadOutcome::Corrupt(reason) => corrupt(reason),
         ReadOutcome::Missing => Ok(py.None()),
+    }
+}
+
+/// A whole entry read into `bytes`, refused (corrupt) when its metadata does
+/// not name `key`.
+fn keyed(
+    outcome: ReadOutcome<entry::Layout>,
+    bytes: &[u8],
+    key: Option<&str>,
+) -> ReadOutcome<entry::Layout> {
+    match (outcome, key) {
+        (ReadOutcome::Found(layout), Some(key)) => match layout.check_key(bytes, key) {
+            Ok(()) => ReadOutcome::Found(layout),
+            Err(reason) => ReadOutcome::Corrupt(reason),
+        },
+        (outcome, _) => outcome,
     }
 }
 
@@ -299,18 +330,20 @@ fn cache_load(
 /// `keep_open` a fourth item: a descriptor of the file read, the caller's to
 /// map and close (the entry's name may meanwhile be another version's).
 /// `touch`: count this read as a use of the entry (eviction is least recently used first).
+/// `key`: the call's key, which the entry's metadata must name (else it is corrupt).
 #[pyfunction]
-#[pyo3(signature = (entry, touch=true, writable=false, keep_open=false))]
+#[pyo3(signature = (entry, touch=true, writable=false, keep_open=false, key=None))]
 fn cache_load_head(
     py: Python<'_>,
     entry: &str,
     touch: bool,
     writable: bool,
     keep_open: bool,
+    key: Option<&str>,
 ) -> PyResult<Py<PyAny>> {
     use std::os::fd::IntoRawFd;
     wait_for_write(py, entry);
-    match entry::read_entry_head(Path::new(entry), touch, writable).map_err(os_error)? {
+    match entry::read_entry_head(Path::new(entry), touch, writable, key).map_err(os_error)? {
         ReadOutcome::Found(head) => {
             let mut items = vec![
                 PyBytes::new(py, &head.stream).into_any(),
