@@ -488,12 +488,23 @@ fn slot_main(
         if let Err(JobError::NotDelivered) = &outcome {
             // The worker died while idle (the OOM killer, a signal from
             // outside, `kill_busy` for an earlier batch): it never saw this
-            // batch, so a fresh one runs it, unless its call was given up meanwhile.
+            // batch, so a fresh one runs it, unless its call was given up
+            // meanwhile or the pool is stopping. One killed on purpose while
+            // this batch was still being written to it (`kill_busy`, a stop:
+            // a batch larger than the pipe) did not die idle: its batch is
+            // not resent (helper-55: at exit it ran on a fresh worker while
+            // the program waited).
+            let killed_on_purpose = {
+                let st = shared.state.lock().unwrap();
+                st.killed[slot] || st.shutdown
+            };
             retire(slot, &mut worker, &shared, &prefix);
-            if respawn(slot, &mut worker, &shared, &command) {
+            if killed_on_purpose {
+                outcome = Err(JobError::Dropped);
+            } else if respawn(slot, &mut worker, &shared, &command) {
                 let w = worker.as_mut().unwrap();
                 let mut st = shared.state.lock().unwrap();
-                if st.cancelled.contains(&job.call) {
+                if st.cancelled.contains(&job.call) || st.shutdown {
                     outcome = Err(JobError::Dropped);
                 } else {
                     st.busy[slot] = Some(Running::new(&job, w.pid));
@@ -1105,5 +1116,138 @@ mod tests {
         assert_eq!(&buf[4..8], &1u32.to_le_bytes());
         assert_eq!(&buf[8..16], &0x0102u64.to_le_bytes());
         assert_eq!(read_frame(&mut &buf[..]).unwrap().unwrap().batch, 0x0304);
+    }
+
+    /// A stop that lands while the slot reaps a worker that died idle: the
+    /// batch it could not deliver is not handed to a fresh worker (helper-55).
+    #[test]
+    fn a_batch_for_a_worker_that_died_idle_is_not_resent_once_the_pool_stops() {
+        let dir = std::env::temp_dir().join(format!("perfkit-no-resend-1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("first");
+        let ran = dir.join("ran");
+        // First worker: closes its task pipe (the batch write fails: not
+        // delivered) but lives on, so that its reap takes the grace period.
+        // Later workers: take a batch, note it, exit.
+        let script = format!(
+            "if [ -e '{f}' ]; then [ \"$(head -c 1 <&3 | wc -c)\" = 1 ] && touch '{r}'; else touch '{f}'; exec 3<&-; sleep 5; fi",
+            f = first.display(),
+            r = ran.display()
+        );
+        let pool = Pool::start(1, sh(&script)).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // (its pipe is closed by now)
+        let call = 1;
+        let j = Job {
+            call,
+            batch: 0,
+            function: Arc::new(b"f".to_vec()),
+            payload: b"x".to_vec(),
+            segment: None,
+            remote: Vec::new(),
+        };
+        pool.submit(j);
+        // Wait for the window: the slot holds the batch, is retiring its worker (pid 0), not busy.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = pool.shared.state.lock().unwrap();
+            if st.held[0].is_some() && st.busy[0].is_none() && st.pids[0] == 0 {
+                break;
+            }
+            drop(st);
+            assert!(Instant::now() < deadline, "never saw the window");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t0 = Instant::now();
+        pool.close_idle_kill_busy(); // the program's end
+        let took = t0.elapsed();
+        let handed = ran.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !handed,
+            "a batch was handed to a fresh worker after the pool's shutdown at exit (stop took {took:?})"
+        );
+    }
+
+    /// At exit, a worker killed as busy while its batch was still being
+    /// written (more than a pipe holds) failed the write as though it had
+    /// died idle: the batch was resent and ran while the exit waited.
+    #[test]
+    fn a_worker_killed_at_exit_while_its_batch_is_written_does_not_get_it_resent() {
+        let dir = std::env::temp_dir().join(format!("perfkit-no-resend-2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("first");
+        let ran = dir.join("ran");
+        let script = format!(
+            "if [ -e '{f}' ]; then [ \"$(head -c 1 <&3 | wc -c)\" = 1 ] && touch '{r}'; sleep 2; else touch '{f}'; exec sleep 30; fi",
+            f = first.display(),
+            r = ran.display()
+        );
+        let pool = Pool::start(1, sh(&script)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        pool.submit(Job {
+            call: 1,
+            batch: 0,
+            function: Arc::new(b"f".to_vec()),
+            payload: vec![b'x'; 4 << 20], // more than a pipe holds: the write blocks
+            segment: None,
+            remote: Vec::new(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.state.lock().unwrap().busy[0].is_none() {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        pool.close_idle_kill_busy();
+        let took = t0.elapsed();
+        let handed = ran.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !handed,
+            "the killed busy worker's batch ran on a fresh worker at exit; the stop took {took:?}"
+        );
+    }
+
+    /// `terminate` likewise.
+    #[test]
+    fn terminate_while_a_batch_is_written_does_not_resend_it() {
+        let dir = std::env::temp_dir().join(format!("perfkit-no-resend-3-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("first");
+        let ran = dir.join("ran");
+        let script = format!(
+            "if [ -e '{f}' ]; then [ \"$(head -c 1 <&3 | wc -c)\" = 1 ] && touch '{r}'; sleep 2; else touch '{f}'; exec sleep 30; fi",
+            f = first.display(),
+            r = ran.display()
+        );
+        let pool = Pool::start(1, sh(&script)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        pool.submit(Job {
+            call: 1,
+            batch: 0,
+            function: Arc::new(b"f".to_vec()),
+            payload: vec![b'x'; 4 << 20], // more than a pipe holds: the write blocks
+            segment: None,
+            remote: Vec::new(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.state.lock().unwrap().busy[0].is_none() {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        pool.terminate();
+        let took = t0.elapsed();
+        let handed = ran.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !handed,
+            "the killed busy worker's batch ran on a fresh worker at exit; the stop took {took:?}"
+        );
     }
 }
