@@ -1077,3 +1077,52 @@ def test_profile_inside_a_recording_warns_and_runs_the_same_way_both_forms(tmp_p
     assert "step.prof" in warned[0] and "block.prof" in warned[1]
     assert not (tmp_path / "step.prof").exists() and not (tmp_path / "block.prof").exists()
     assert (tmp_path / "outer.prof").exists()
+
+
+@pytest.mark.parametrize("case", ["safe-path", "symlink", "zipapp"])
+def test_record_puts_on_sys_path_what_python_puts_there(tmp_path, case):
+    # helper-55: under PYTHONSAFEPATH perfkit replaced the program's own first
+    # path entry (a PYTHONPATH one: ModuleNotFoundError); a symlinked script's
+    # path entry was the link's directory, not its target's; a zipapp kept
+    # perfkit's launcher entry, so a module in the current directory shadowed
+    # the standard library.
+    show = "import sys, json; print(json.dumps(sys.path[:3]))\n"
+    env = {}
+    if case == "safe-path":
+        (tmp_path / "libs").mkdir()
+        (tmp_path / "libs" / "mylib.py").write_text("Y = 2\n")
+        target = tmp_path / "prog.py"
+        target.write_text("import mylib\n" + show)
+        env = {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tmp_path / "libs")}
+    elif case == "symlink":
+        (tmp_path / "real").mkdir()
+        (tmp_path / "real" / "sibling.py").write_text("Y = 2\n")
+        (tmp_path / "real" / "prog.py").write_text("import sibling\n" + show)
+        target = tmp_path / "link.py"
+        target.symlink_to(tmp_path / "real" / "prog.py")
+    else:
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "__main__.py").write_text("import colorsys\n" + show)
+        target = tmp_path / "app.pyz"
+        subprocess.run([sys.executable, "-m", "zipapp", tmp_path / "src", "-o", target], check=True)
+        (tmp_path / "colorsys.py").write_text("raise SystemExit('shadowed')\n")
+    python = subprocess.run(
+        [sys.executable, str(target)],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert python.returncode == 0, python.stderr
+    for launch in (perfkit_command(), [sys.executable, "-m", "perfkit"]):
+        r = subprocess.run(
+            [*launch, "record", "-o", str(tmp_path / "o.prof"), str(target)],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.splitlines()[0]) == json.loads(python.stdout), launch

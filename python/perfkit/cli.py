@@ -26,6 +26,21 @@ def main() -> None:
     sys.exit(code)
 
 
+def _put_first_on_path(entry: str | None) -> None:
+    """Puts `entry` first on sys.path in place of the one the interpreter
+    put there for perfkit's launcher (the `perfkit` script's directory, or
+    the directory `python -m perfkit` ran in), as `python script.py` or
+    `python -m` would have it. Under -P, -I or PYTHONSAFEPATH the interpreter
+    put nothing there, and adds nothing for the program either: the path is
+    left as it is (its first entry is then one of the program's)."""
+    if getattr(sys.flags, "safe_path", False) or sys.flags.isolated:
+        return
+    if entry is None:
+        del sys.path[0]
+    else:
+        sys.path[0] = entry
+
+
 def _exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
@@ -131,10 +146,8 @@ def record(
     if is_module:
         import runpy
 
-        # As `python -m` does: the current directory comes first on the path
-        # (in place of perfkit's own entry: the directory of the `perfkit`
-        # launcher, or the directory `python -m perfkit` ran in).
-        sys.path[0] = os.getcwd()
+        # As `python -m` does: the current directory comes first on the path.
+        _put_first_on_path(os.getcwd())
         sys.argv[:] = [target, *args]
         code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
         namespace = {"_run_module": runpy.run_module, "_modname": target}
@@ -143,6 +156,7 @@ def record(
         import runpy
 
         sys.argv[:] = [target, *args]
+        _put_first_on_path(None)  # (run_path puts the archive there)
         code = compile("_run_path(_target, run_name='__main__')", "<perfkit>", "exec")
         # Absolute, as `python app.pyz` makes its path entry and __file__: a
         # program that changes directory still imports from the archive.
@@ -160,7 +174,8 @@ def record(
         sys.argv[:] = [target, *args]
         # As `python script.py` (3.9+): the script's absolute path is its __file__ and its code's file name.
         script = os.path.abspath(script)
-        sys.path[0] = os.path.dirname(script)  # (in place of perfkit's own entry, as above)
+        # The directory of the file a symbolic link leads to, as python takes it.
+        _put_first_on_path(os.path.dirname(os.path.realpath(script)))
         try:
             # dont_inherit: this module's `from __future__ import annotations`
             # must not reach the program (its annotations became strings).
