@@ -1047,8 +1047,13 @@ def test_record_runs_a_program_exactly_as_python_does(tmp_path):
 
 def test_runctx_does_not_pass_perfkits_future_imports_to_the_code(tmp_path):
     namespace: dict = {}
-    perfkit.Profiler().runctx("def f(x: int): pass\nresult = f.__annotations__", namespace, namespace)
-    assert namespace["result"] == {"x": int}
+    for statement in (
+        "def f(x: int): pass\nresult = f.__annotations__",
+        b"def f(x: int): pass\nresult = f.__annotations__",
+    ):
+        namespace.clear()
+        perfkit.Profiler().runctx(statement, namespace, namespace)
+        assert namespace["result"] == {"x": int}
 
 
 def test_profile_inside_a_recording_warns_and_runs_the_same_way_both_forms(tmp_path):
@@ -1066,16 +1071,24 @@ def test_profile_inside_a_recording_warns_and_runs_the_same_way_both_forms(tmp_p
             print(step())
             with perfkit.profile("block.prof"):
                 print(sum(range(10)))
+
+            @perfkit.profile("co.prof")
+            async def co():
+                return 7
+
+            import asyncio
+            print(asyncio.run(co()))
             """
         )
     )
     r = run_cli("record", "-o", tmp_path / "outer.prof", "prog.py", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[:2] == ["499500", "45"]
+    assert r.stdout.splitlines()[:3] == ["499500", "45", "7"]
     warned = [line for line in r.stderr.splitlines() if "RuntimeWarning" in line]
-    assert len(warned) == 2 and all("prog.py" in line for line in warned), r.stderr
-    assert "step.prof" in warned[0] and "block.prof" in warned[1]
-    assert not (tmp_path / "step.prof").exists() and not (tmp_path / "block.prof").exists()
+    # Each at the program's line: the call, the with, the coroutine function's definition.
+    assert len(warned) == 3 and all("prog.py" in line for line in warned), r.stderr
+    assert "step.prof" in warned[0] and "block.prof" in warned[1] and "co.prof" in warned[2]
+    assert not any((tmp_path / name).exists() for name in ("step.prof", "block.prof", "co.prof"))
     assert (tmp_path / "outer.prof").exists()
 
 

@@ -203,7 +203,7 @@ class Profiler:
         return self.runctx(cmd, namespace, namespace)
 
     def runctx(self, cmd: Any, globals: dict, locals: dict | None) -> Profiler:
-        if isinstance(cmd, str):
+        if isinstance(cmd, (str, bytes)):
             # Compiled without this module's `from __future__ import
             # annotations`, which exec() of a string would pass on to the
             # caller's code (its annotations turned into strings).
@@ -275,7 +275,7 @@ class _ProfileBlock:
         self._entered: tuple = ()
         self._warned = False
 
-    def _enable(self, stacklevel: int) -> bool:
+    def _enable(self, stacklevel: int, where: Any = None) -> bool:
         """Starts recording; False, with one warning, while another profiler
         records (`perfkit record` around the program, say): the block or call
         then runs unrecorded. A program must not behave differently, or fail,
@@ -291,11 +291,16 @@ class _ProfileBlock:
                     if self.output is not None
                     else "nothing is reported"
                 )
-                warnings.warn(
-                    f"perfkit.profile cannot record here ({e}): the code runs unrecorded and {what}",
-                    RuntimeWarning,
-                    stacklevel=stacklevel + 1,
-                )
+                message = f"perfkit.profile cannot record here ({e}): the code runs unrecorded and {what}"
+                if where is None:
+                    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+                else:
+                    # A coroutine's first step runs from the event loop: the
+                    # warning names the decorated function instead.
+                    code = where.__code__
+                    warnings.warn_explicit(
+                        message, RuntimeWarning, code.co_filename, code.co_firstlineno, where.__module__
+                    )
             return False
         return True
 
@@ -328,7 +333,7 @@ class _ProfileBlock:
             # between enable() and disable().
             @functools.wraps(func)
             async def awaiting(*args: Any, **kwargs: Any) -> Any:
-                started = self._call_starts()
+                started = self._call_starts(func)
                 try:
                     return await func(*args, **kwargs)
                 finally:
@@ -348,13 +353,13 @@ class _ProfileBlock:
         wrapper.profiler = profiler  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
-    def _call_starts(self) -> bool:
+    def _call_starts(self, coroutine_function: Any = None) -> bool:
         """A call of the decorated function begins. The first of calls that
         overlap (recursive ones, or coroutines awaited together) starts the
         recording and the last one to end stops and reports it. Whether this
         call counts: while another perfkit profiler records (one recording
         at a time), it runs unrecorded here rather than fail."""
-        if self._calls == 0 and not self._enable(stacklevel=3):
+        if self._calls == 0 and not self._enable(stacklevel=3, where=coroutine_function):
             return False
         self._calls += 1
         return True
