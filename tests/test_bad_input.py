@@ -311,10 +311,33 @@ def test_a_device_or_pipe_that_opens_like_no_profile_is_refused_at_once(tmp_path
     assert "not a profile" in r.stderr and "perfkit reads" in r.stderr
 
 
-def test_collapsed_stacks_with_a_byte_that_is_not_utf8_say_so(tmp_path):
-    # It was "not a profile file ... found bytes 0x61 0x3b ...".
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [(b"a;b 10\na;\xff 5\n", "0xff at offset 9, line 2"), (b"caf\xe9;b 10\n", "0xe9 at offset 3, line 1")],
+)
+def test_collapsed_stacks_with_a_byte_that_is_not_utf8_say_so(tmp_path, data, where):
+    # It was "not a profile file ... found bytes 0x61 0x3b ..."; then, on a
+    # later line, advice to record again (which makes the same bytes).
     path = tmp_path / "stacks.txt"
-    path.write_bytes(b"a;b 10\na;\xff 5\n")
+    path.write_bytes(data)
     r = run_cli("stats", path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "not UTF-8: byte 0xff at offset 9, line 2" in r.stderr, r.stderr
+    assert f"not UTF-8: byte {where}" in r.stderr and "iconv" in r.stderr, r.stderr
+
+
+def test_an_endless_stream_of_text_is_refused_once_its_first_lines_are_in(tmp_path):
+    # helper-55: `yes | perfkit stats /dev/stdin` read up to the size limit.
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    try:
+        r = subprocess.run(
+            [*perfkit_command(), "stats", "/dev/stdin"],
+            check=False,
+            stdin=yes.stdout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        yes.kill()
+        yes.wait()
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a profile" in r.stderr, r.stderr

@@ -132,13 +132,10 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
             Format::Prof
         });
     }
-    // The text up to a first byte that is not UTF-8, so that one bad byte
-    // further on is reported as that, not as "not a profile".
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()?,
-    };
-    let text = text.trim_start_matches('\u{feff}').trim_start();
+    // A byte that is not UTF-8 is looked past (as U+FFFD) to tell the
+    // format, so that the reader reports it as what it is, not "not a profile".
+    let lossy = String::from_utf8_lossy(bytes);
+    let text = lossy.trim_start_matches('\u{feff}').trim_start();
     if text.starts_with('{') {
         return Some(Format::Speedscope);
     }
@@ -151,6 +148,9 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     }
     None
 }
+
+/// How much of a pipe or device is read before its format is looked at.
+const SNIFF_BYTES: usize = 1 << 16;
 
 /// Reads a profile in any known format, detected from its content: a
 /// pstats/`.prof` file, collapsed stacks or speedscope JSON. For the text
@@ -195,8 +195,9 @@ fn utf8(bytes: &[u8]) -> Result<&str, Error> {
     std::str::from_utf8(bytes).map_err(|e| {
         let at = e.valid_up_to();
         let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-        Error::Damaged(format!(
-            "text that is not UTF-8: byte 0x{:02x} at offset {at}, line {line}",
+        Error::Unsupported(format!(
+            "text that is not UTF-8: byte 0x{:02x} at offset {at}, line {line}; \
+             perfkit reads UTF-8 text (convert the file, e.g. with iconv -t UTF-8)",
             bytes[at]
         ))
     })
@@ -239,8 +240,23 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io(e)),
         };
+        let before = bytes.len();
+        if bytes.try_reserve(n).is_err() {
+            return Err(Error::TooLarge(format!(
+                "out of memory after {} MB from this pipe or device",
+                before >> 20
+            ))
+            .in_file(path));
+        }
         bytes.extend_from_slice(&chunk[..n]);
-        if bytes.len() == n && !could_open_a_profile(&bytes) {
+        // Looked at once its first bytes are in: an endless stream of text
+        // (`yes`) or noise (/dev/urandom) is no profile either.
+        let looked = (before == 0 && !could_open_a_profile(&bytes))
+            || (before < SNIFF_BYTES
+                && bytes.len() >= SNIFF_BYTES
+                && bytes.contains(&b'\n')
+                && sniff(&bytes).is_none());
+        if looked {
             return Err(Error::NotProfile(format!(
                 "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}",
                 describe_bytes(&bytes)
@@ -258,7 +274,7 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// The most read from a pipe or a device.
-const MAX_STREAM_BYTES: u64 = 4 << 30;
+const MAX_STREAM_BYTES: u64 = 2 << 30;
 
 /// Whether a file's first bytes can start any format [`load`] reads.
 fn could_open_a_profile(head: &[u8]) -> bool {
