@@ -568,6 +568,75 @@ def test_thread_switch_drops_a_zoom_still_in_flight(browser, tmp_path):
         assert browser.execute_script("return window.perfkitView.state()")["view"] == 0
 
 
+def test_a_depth_change_during_a_thread_switch_keeps_the_new_threads_table(browser, tmp_path):
+    # helper-55: the new depth's slice superseded the switch's, and the
+    # switch returned before filling the table: the selector said
+    # worker-thread over the "all threads" table.
+    src = write_threaded(tmp_path / "threads.prof")
+    with ViewServer(src) as server:
+        options = [v["name"] for v in server.get_json("api/meta")["views"]]
+        worker = options.index("worker-thread")
+        open_ready(browser, server.url + f"#view={worker}")
+        settle(browser)
+        reference = page_summary(browser)["count"]
+        open_ready(browser, server.url + "#view=0")
+        settle(browser)
+        assert page_summary(browser)["count"] != reference
+        browser.execute_script(
+            "const real = window.fetch;"
+            "window.fetch = async (u, o) => { const r = await real(u, o);"
+            " if (/api\\/slice/.test(u) && /depth=61/.test(u)) await new Promise(res => setTimeout(res, 800));"
+            " return r; };"
+        )
+        browser.execute_script(
+            "const s = document.getElementById('thread'); s.value = arguments[0];"
+            "s.dispatchEvent(new Event('change'));",
+            str(worker),
+        )
+        time.sleep(0.05)
+        browser.execute_script(
+            "const x = document.getElementById('depth'); x.value = '30'; x.dispatchEvent(new Event('change'));"
+        )
+        time.sleep(1.5)
+        settle(browser)
+        p = page_summary(browser)
+        assert p["thread"] == str(worker) and p["state"][0] == worker
+        assert p["count"] == reference, p["count"]
+        assert "worker" in {f.rsplit("@", 1)[0] for f in p["frames"]}
+
+
+def test_a_link_followed_while_the_page_opens_is_applied(browser, tmp_path):
+    # helper-55: a hash change before the page was ready was dropped, and the
+    # page then wrote its old state back into the address.
+    src = write_threaded(tmp_path / "threads.prof")
+    with ViewServer(src) as server:
+        views = [v["name"] for v in server.get_json("api/meta")["views"]]
+        worker = views.index("worker-thread")
+        slow = browser.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument",
+            {
+                "source": "const real = window.fetch;"
+                "window.fetch = async (u, o) => { const r = await real(u, o);"
+                " if (/api\\/stats/.test(u)) await new Promise(res => setTimeout(res, 1500)); return r; };"
+            },
+        )
+        try:
+            browser.get(server.url + "#view=0&focus=0")
+            time.sleep(0.5)
+            assert browser.execute_script("return document.body.dataset.state") == "loading"
+            browser.execute_script("location.hash = arguments[0]", f"view={worker}&focus=0&filter=leaf")
+            wait_state(browser)
+            time.sleep(0.3)
+            settle(browser)
+            p = page_summary(browser)
+        finally:
+            browser.execute_cdp_cmd(
+                "Page.removeScriptToEvaluateOnNewDocument", {"identifier": slow["identifier"]}
+            )
+        assert p["thread"] == str(worker) and p["state"][0] == worker, p
+        assert p["filter"] == "leaf" and f"view={worker}" in p["hash"] and "filter=leaf" in p["hash"], p
+
+
 def page_summary(driver) -> dict:
     """What a user sees of the view state: the controls, table, chart and panel."""
     return driver.execute_script(

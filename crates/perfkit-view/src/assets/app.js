@@ -788,18 +788,30 @@
     S.pending++;
     try {
       const [, slice] = await Promise.all([ensureStats(v), fetchFocus(focus)]);
-      if (seq !== switchSeq || !slice) return;
-      useSlice(slice);
-      if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
-      writeHash(); renderTable(); select(S.selected, false); draw();
+      if (seq !== switchSeq) return; // (a later switch shows its own view)
+      // The table and the selection are this view's whatever happened to
+      // the slice: one superseded by a newer request (the depth changed
+      // meanwhile) is drawn when that one comes in (helper-55: the old
+      // thread's table stayed).
+      renderTable(); select(S.selected, false);
+      if (slice) {
+        useSlice(slice);
+        if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
+        draw();
+      }
+      writeHash();
     } finally {
       S.pending--;
     }
   }
 
+  // A link followed before the page is ready: kept to be applied once it is.
+  let linkFollowed = null;
+  function noteLinkFollowed() { linkFollowed = location.hash; }
   async function main() {
     readHash();
     applyTheme();
+    window.addEventListener("hashchange", noteLinkFollowed);
     const [meta, funcs] = await Promise.all([api("meta"), api("funcs")]);
     S.meta = meta; S.funcs = funcs;
     makeLabels(funcs);
@@ -816,7 +828,7 @@
     wire();
     const statsReady = ensureStats(S.view);
     const slice = await fetchFocus(S.focus);
-    // (A link followed meanwhile has loaded its own.)
+    // (null: a newer slice was asked for meanwhile, a new depth say, which draws itself.)
     if (slice) {
       useSlice(slice);
       if (!S.index.has(S.focus)) S.focus = S.slice.id[0];
@@ -826,9 +838,17 @@
     renderTable();
     if (S.selected >= 0) select(S.selected);
     if (meta.diff) renderDiff(await api("diff"));
-    writeHash();
-    // Links followed from here on (before, the page was still opening the hash's state).
+    window.removeEventListener("hashchange", noteLinkFollowed);
     window.addEventListener("hashchange", () => followHash().catch(fail));
+    if (linkFollowed !== null) {
+      // A link followed while the page opened (helper-55: it was dropped, and
+      // the address rewritten to the old view): applied now. (The page's own
+      // address writes meanwhile may have replaced it.)
+      if (location.hash !== linkFollowed) history.replaceState(null, "", linkFollowed);
+      await followHash();
+    } else {
+      writeHash();
+    }
     timing.readyAt = performance.now();
     setState("ready");
   }
