@@ -210,6 +210,7 @@ fn answer(viewer: &Viewer, allowed_hosts: Option<&[String]>, request: tiny_http:
     };
     let csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
                connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+    let large = reply.body.len() > SMALL_ANSWER;
     let mut response = tiny_http::Response::from_string(reply.body)
         .with_status_code(reply.status)
         .with_header(header("Content-Type", reply.content_type))
@@ -221,5 +222,37 @@ fn answer(viewer: &Viewer, allowed_hosts: Option<&[String]>, request: tiny_http:
         // RFC 9110: a 405 names the methods the resource has.
         response.add_header(header("Allow", "GET, HEAD"));
     }
+    // A large answer is written by a thread of its own, so that a client
+    // that reads slowly or not at all holds that thread, not a worker: the
+    // write timeout is per send, and a send that moves a little at a time
+    // held a worker for as long as the client liked (helper-55: four such
+    // clients held every request for 15 s). Small answers fit the socket's
+    // buffer and are written here.
+    let reserved = large
+        && WRITERS
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_WRITERS).then_some(n + 1)
+            })
+            .is_ok();
+    if reserved {
+        let spawned = std::thread::Builder::new()
+            .name("perfkit-view-writer".into())
+            .spawn(move || {
+                let _ = request.respond(response);
+                WRITERS.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            // (No thread to be had: the request is dropped, which tiny_http
+            // answers with an error status.)
+            WRITERS.fetch_sub(1, Ordering::SeqCst);
+        }
+        return;
+    }
     let _ = request.respond(response);
 }
+
+/// Answers up to this size are written by the worker that made them.
+const SMALL_ANSWER: usize = 64 << 10;
+/// Threads writing large answers at once, at most; past it a worker writes.
+const MAX_WRITERS: usize = 32;
+static WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
