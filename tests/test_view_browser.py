@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pstats
 import re
-import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -28,7 +27,6 @@ from view_support import (
     HOSTILE_FILE,
     HOSTILE_NAME,
     ViewServer,
-    leaf,
     workload,
     write_cprofile,
     write_deep_recursion,
@@ -482,17 +480,7 @@ def test_exported_html_works_from_disk(browser, files, tmp_path):
 
 
 def test_thread_selector(browser, tmp_path):
-    def worker():
-        for _ in range(30):
-            leaf(3000)
-
-    def run():
-        t = threading.Thread(target=worker, name="worker-thread")
-        t.start()
-        workload(500, 500)
-        t.join()
-
-    src = write_perfkit(tmp_path / "threads.prof", run)
+    src = write_threaded(tmp_path / "threads.prof")
     with ViewServer(src) as server:
         open_ready(browser, server.url)
         select = Select(browser.find_element(By.ID, "thread"))

@@ -1169,16 +1169,14 @@ mod tests {
         );
     }
 
-    /// At exit, a worker killed as busy while its batch was still being
-    /// written (more than a pipe holds) failed the write as though it had
-    /// died idle: the batch was resent and ran while the exit waited.
-    #[test]
-    fn a_worker_killed_at_exit_while_its_batch_is_written_does_not_get_it_resent() {
-        let dir = std::env::temp_dir().join(format!("perfkit-no-resend-2-{}", std::process::id()));
+    /// Stops the pool (`stop`) while its worker is busy because the batch is
+    /// still being written to it (more than a pipe holds): whether a fresh
+    /// worker was handed the batch after all.
+    fn batch_resent_after_a_stop_mid_write(name: &str, stop: impl FnOnce(&Pool)) -> bool {
+        let dir = std::env::temp_dir().join(format!("perfkit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let first = dir.join("first");
-        let ran = dir.join("ran");
+        let (first, ran) = (dir.join("first"), dir.join("ran"));
         let script = format!(
             "if [ -e '{f}' ]; then [ \"$(head -c 1 <&3 | wc -c)\" = 1 ] && touch '{r}'; sleep 2; else touch '{f}'; exec sleep 30; fi",
             f = first.display(),
@@ -1187,12 +1185,8 @@ mod tests {
         let pool = Pool::start(1, sh(&script)).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         pool.submit(Job {
-            call: 1,
-            batch: 0,
-            function: Arc::new(b"f".to_vec()),
-            payload: vec![b'x'; 4 << 20], // more than a pipe holds: the write blocks
-            segment: None,
-            remote: Vec::new(),
+            payload: vec![b'x'; 4 << 20],
+            ..job(1, 0)
         });
         let deadline = Instant::now() + Duration::from_secs(5);
         while pool.shared.state.lock().unwrap().busy[0].is_none() {
@@ -1200,54 +1194,29 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(100));
-        let t0 = Instant::now();
-        pool.close_idle_kill_busy();
-        let took = t0.elapsed();
+        stop(&pool);
         let handed = ran.exists();
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            !handed,
-            "the killed busy worker's batch ran on a fresh worker at exit; the stop took {took:?}"
-        );
+        handed
+    }
+
+    /// At exit, a worker killed as busy while its batch was still being
+    /// written failed the write as though it had died idle: the batch was
+    /// resent and ran while the exit waited (helper-55).
+    #[test]
+    fn a_worker_killed_at_exit_while_its_batch_is_written_does_not_get_it_resent() {
+        assert!(!batch_resent_after_a_stop_mid_write(
+            "no-resend-exit",
+            Pool::close_idle_kill_busy
+        ));
     }
 
     /// `terminate` likewise.
     #[test]
     fn terminate_while_a_batch_is_written_does_not_resend_it() {
-        let dir = std::env::temp_dir().join(format!("perfkit-no-resend-3-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let first = dir.join("first");
-        let ran = dir.join("ran");
-        let script = format!(
-            "if [ -e '{f}' ]; then [ \"$(head -c 1 <&3 | wc -c)\" = 1 ] && touch '{r}'; sleep 2; else touch '{f}'; exec sleep 30; fi",
-            f = first.display(),
-            r = ran.display()
-        );
-        let pool = Pool::start(1, sh(&script)).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        pool.submit(Job {
-            call: 1,
-            batch: 0,
-            function: Arc::new(b"f".to_vec()),
-            payload: vec![b'x'; 4 << 20], // more than a pipe holds: the write blocks
-            segment: None,
-            remote: Vec::new(),
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.shared.state.lock().unwrap().busy[0].is_none() {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let t0 = Instant::now();
-        pool.terminate();
-        let took = t0.elapsed();
-        let handed = ran.exists();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            !handed,
-            "the killed busy worker's batch ran on a fresh worker at exit; the stop took {took:?}"
-        );
+        assert!(!batch_resent_after_a_stop_mid_write(
+            "no-resend-terminate",
+            Pool::terminate
+        ));
     }
 }
