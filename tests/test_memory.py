@@ -398,6 +398,14 @@ CASES_DIFFERENT = [
     (lambda: pd.DataFrame({"a": [1.0, 2.0]}), lambda: pd.DataFrame({"b": [1.0, 2.0]})),
     (lambda: [1, 2], lambda: (1, 2)),
     (lambda: 1, lambda: 1.0),
+    (  # one value, in a dtype the buffer protocol does not describe
+        lambda: np.array(["2020-01-01", "2020-01-02"], dtype="M8[ns]"),
+        lambda: np.array(["2020-01-01", "2020-01-03"], dtype="M8[ns]"),
+    ),
+    (  # unit
+        lambda: np.array(["2020-01-01"], dtype="M8[ns]"),
+        lambda: np.array(["2020-01-01"], dtype="M8[us]"),
+    ),
 ]
 
 
@@ -560,6 +568,108 @@ def test_a_method_cached_on_its_own_instance_is_cached(tmp_path):
         warnings.simplefilter("error")
         assert left_out(2) == 10
     assert left_out.check_call_in_cache(2)
+
+
+def _read_only(a):
+    a = a.copy(order="K")
+    a.flags.writeable = False
+    return a
+
+
+def _memmap_of(path, a, mode):
+    """An np.memmap of mode ``mode`` holding ``a``'s values, in its memory order."""
+    order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    w = np.memmap(path, dtype=a.dtype, mode="w+", shape=a.shape, order=order)
+    w[...] = a
+    w.flush()
+    return w if mode == "w+" else np.memmap(path, dtype=a.dtype, mode=mode, shape=a.shape, order=order)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(12.0),
+        lambda: np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        lambda: np.arange(24, dtype=np.int32).reshape(2, 3, 4),
+        lambda: np.array(3.5),
+        lambda: np.array(["2020-01-01", "2021-06-30"], dtype="M8[ns]"),
+        lambda: np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),
+    ],
+    ids=["1d", "fortran", "3d-int32", "0d", "datetime64", "structured"],
+)
+def test_read_only_and_memory_mapped_arrays_hash_as_their_values_like_joblib(tmp_path, make):
+    """A read-only array (np.frombuffer, pandas 3's to_numpy(), a mapped
+    cache result) and an np.memmap hash like the equal writable array, as
+    joblib.hash(coerce_mmap=True) has them: writeability and the memmap
+    class used to enter the hashed stream."""
+    a = make()
+    same = {
+        "read-only copy": _read_only(a),
+        "frombuffer": np.frombuffer(a.tobytes(order="A"), dtype=a.dtype).reshape(
+            a.shape, order="F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+        ),
+        "memmap r": _memmap_of(tmp_path / "r.dat", a, "r"),
+        "memmap r+": _memmap_of(tmp_path / "rplus.dat", a, "r+"),
+        "memmap c": _memmap_of(tmp_path / "c.dat", a, "c"),
+        "memmap w+": _memmap_of(tmp_path / "wplus.dat", a, "w+"),
+    }
+    want, want_joblib = perfkit.hash(a), joblib.hash(a)
+    for name, b in same.items():
+        np.testing.assert_array_equal(b, a)
+        assert (b.flags.c_contiguous, b.flags.f_contiguous) == (a.flags.c_contiguous, a.flags.f_contiguous)
+        assert joblib.hash(b, coerce_mmap=True) == want_joblib, name  # the anchor agrees they are equal
+        assert perfkit.hash(b) == want, name
+        assert perfkit.hash(b, coerce_mmap=True) == want, name
+        assert perfkit.hash([b, {"k": b}]) == perfkit.hash([a, {"k": a}]), name
+    # What still tells arrays apart does so for read-only ones and memmaps too.
+    ro = same["read-only copy"]
+    if a.ndim >= 2:
+        other_order = np.ascontiguousarray(a) if a.flags.f_contiguous else np.asfortranarray(a)
+        assert perfkit.hash(_read_only(other_order)) != want
+        assert perfkit.hash(_read_only(a.reshape(-1))) != want
+    if a.dtype.kind in "if":
+        assert perfkit.hash(_read_only(a.astype(np.float32 if a.dtype != np.float32 else np.float64))) != want
+        changed = ro.copy()
+        changed.flat[0] += 1
+        assert perfkit.hash(_memmap_of(tmp_path / "changed.dat", changed, "r")) != want
+
+
+def test_frames_on_read_only_arrays_hash_as_their_values_like_joblib():
+    """pandas 3 (copy-on-write) frames can hold read-only arrays, and its
+    to_numpy() hands out read-only views: equal frames and arrays hash equal."""
+    rw = np.arange(12.0).reshape(6, 2)
+    d1 = pd.DataFrame(rw, columns=["a", "b"], copy=False)
+    d2 = pd.DataFrame(_read_only(rw), columns=["a", "b"], copy=False)
+    assert d1.equals(d2)
+    assert joblib.hash(d1) == joblib.hash(d2)
+    assert perfkit.hash(d1) == perfkit.hash(d2)
+    v = pd.Series(np.arange(5.0)).to_numpy()
+    v.flags.writeable = False  # (pandas 3 returns it so already)
+    assert perfkit.hash(v) == perfkit.hash(np.arange(5.0))
+    assert perfkit.hash(d1) != perfkit.hash(pd.DataFrame(rw + 1, columns=["a", "b"]))
+
+
+def test_memoryviews_of_read_only_and_writable_memory_hash_alike():
+    data = bytes(range(256)) * 40
+    assert perfkit.hash(memoryview(data)) == perfkit.hash(memoryview(bytearray(data)))
+    assert perfkit.hash(memoryview(data)[:16]) == perfkit.hash(memoryview(bytearray(data))[:16])
+    assert perfkit.hash(memoryview(data)) != perfkit.hash(memoryview(data[:-1] + b"x"))
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_a_read_only_argument_is_a_hit_for_its_writable_twin_as_in_joblib(tmp_path, library):
+    Memory = perfkit.Memory if library == "perfkit" else joblib.Memory
+    calls = []
+
+    @Memory(tmp_path / library, verbose=0).cache
+    def total(x):
+        calls.append(1)
+        return float(np.sum(x))
+
+    frame = pd.DataFrame({"a": np.arange(1000.0)})
+    assert total(np.arange(1000.0)) == total(_read_only(np.arange(1000.0)))
+    assert total(frame["a"].to_numpy(copy=False)) == total(np.frombuffer(np.arange(1000.0).tobytes()))
+    assert len(calls) == 1
 
 
 def test_hash_shape_and_identity():

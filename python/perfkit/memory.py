@@ -147,7 +147,9 @@ class _HashPickler(pickle.Pickler):
     two); dicts and sets are written in a canonical order, so equal ones hash
     equal whatever their insertion order or the process's string-hash seed;
     large containers are written as their contents' digest (_DIGEST_MIN);
-    large bytes-like objects go out of band to be hashed in place; functions
+    numpy arrays (np.memmap too) and memoryviews as the digest of their
+    bytes, read in place (so that neither writeability nor the memmap class
+    counts); large bytes go out of band to be hashed in place; functions
     that cannot be pickled by reference (lambdas, local functions) are hashed
     by name and code.
     """
@@ -186,9 +188,17 @@ class _HashPickler(pickle.Pickler):
                 return self._digest(obj, t)
             return ("perfkit." + t.__name__, _sorted_canonically(obj))
         if t is memoryview:
-            if obj.c_contiguous:  # (a Fortran-ordered view's bytes are in another order)
-                return ("perfkit.memoryview", obj.format, obj.shape, _PickleBuffer(obj))
-            return ("perfkit.memoryview", obj.format, obj.shape, obj.tobytes())
+            # Its bytes' digest, not the view (a read-only view would be
+            # written as READONLY_BUFFER: not by its values alone).
+            data = (
+                obj if obj.c_contiguous else obj.tobytes()
+            )  # (a Fortran-ordered view's bytes are in another order)
+            return (
+                "perfkit.memoryview",
+                obj.format,
+                obj.shape,
+                _cache_hash(b"perfkit.memoryview", b"", (data,)),
+            )
         if t is not types.FunctionType:  # bytes, bytearray
             if len(obj) >= _INPLACE_MIN:
                 return ("perfkit." + t.__name__, _PickleBuffer(obj))
@@ -250,12 +260,47 @@ class _HashPickler(pickle.Pickler):
                 _call_state(obj.func, obj._leave_out_self),
             )
             return (MemorizedFunc, (obj._prefix, held, obj.mmap_mode))
-        if t.__name__ == "ndarray" and t.__module__ == "numpy":
+        if t.__module__ == "numpy" and (t.__name__ == "ndarray" or t.__name__ == "memmap"):
             flags = obj.flags
+            if obj.dtype.kind in _RAW_KINDS and not obj.dtype.hasobject:
+                # By its dtype, shape, memory order and the digest of its
+                # bytes, hashed now in place: not by numpy's reduction, which
+                # would tell a read-only array (pickle's READONLY_BUFFER) and
+                # an np.memmap (its class, its bytes copied) from an equal array.
+                if flags.c_contiguous:
+                    order = "C"
+                elif flags.f_contiguous:
+                    order = "F"
+                else:  # a strided view hashes like its (C-ordered) copy: equal arrays, equal hashes
+                    obj, order = obj.copy(), "C"
+                return (_hashed_array, (obj.dtype, obj.shape, order, _array_digest(obj)))
             if not (flags.c_contiguous or flags.f_contiguous):
                 # A strided view hashes like its (C-ordered) copy: equal arrays, equal hashes.
                 return obj.copy().__reduce_ex__(5)
         return NotImplemented
+
+
+# Kinds of numpy dtypes whose values are their bytes (no pointers to other memory):
+# bool, integers, floats, complex, datetime64, timedelta64, bytes, str, void/structured.
+_RAW_KINDS = frozenset("biufcmMSUV")
+
+
+def _array_digest(a) -> str:
+    """The digest of a C- or F-contiguous array's bytes, in memory order, read in place."""
+    try:
+        data = memoryview(a)
+    except (TypeError, ValueError, BufferError):
+        # A dtype the buffer protocol does not describe (datetime64, timedelta64): its bytes as uint8.
+        try:
+            data = a.reshape(-1, order="A").view("u1")
+        except (TypeError, ValueError):
+            data = a.tobytes(order="A")
+    return _cache_hash(b"perfkit.ndarray", b"", (data,))
+
+
+def _hashed_array(dtype, shape, order, digest):
+    """What stands for a numpy array in a hash's pickle stream (a hash's stream is never unpickled)."""
+    raise TypeError("perfkit.memory._hashed_array: a hashed array's stand-in, not an array")
 
 
 class _Hasher:
@@ -333,8 +378,9 @@ def hash(
 ) -> str:  # joblib.hash's name, on purpose
     """A stable content hash of any picklable object (32 hex digits, xxh3-128).
 
-    Equal across processes and runs; equal for equal numpy arrays and pandas
-    objects, different when their dtype, shape, memory order or values differ.
+    Equal across processes and runs; equal for equal numpy arrays (writable,
+    read-only or np.memmap) and pandas objects, different when their dtype,
+    shape, memory order or values differ.
     Large buffers (numpy arrays, bytes, memoryviews) are hashed in place from
     their memory, never copied into the pickle stream. ``hash_name`` and
     ``coerce_mmap`` are joblib's: any of joblib's names is accepted (the
