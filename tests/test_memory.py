@@ -532,6 +532,37 @@ def _power_of(params, x):
     return x ** params["p"]
 
 
+def test_a_partials_keywords_are_read_at_each_call(tmp_path):
+    """A partial's keywords changed after caching (``p.keywords["p"] = 3``)
+    are the call's arguments from then on, as its positional arguments are
+    (README: "a partial's arguments (read at each call)"): each call returns
+    what the partial itself returns, and each computes once. (joblib.Memory
+    keeps the keywords it first saw: it returns 9 where the partial gives 27.)"""
+    mem = perfkit.Memory(tmp_path, verbose=0)
+    calls = []
+
+    def power(x, p):
+        calls.append((x, p))
+        return x**p
+
+    part = functools.partial(power, p=2)
+    cached = mem.cache(part)
+    for _ in range(2):  # the second round from the cache
+        assert cached(3) == 9
+        part.keywords["p"] = 3
+        assert cached(3) == 27
+        assert cached(3, p=2) == 9  # the keyword's old value, passed: the first entry
+        del part.keywords["p"]
+        with pytest.raises(TypeError):
+            cached(3)  # as part(3): p is missing
+        part.keywords.update(p=2)
+    assert calls == [(3, 2), (3, 3)]
+    part.keywords["p"] = 3
+    assert cached.check_call_in_cache(3) and not cached.check_call_in_cache(4)
+    assert cached.call_and_shelve(3).metadata["input_args"] == {"x": "3", "p": "3"}
+    assert part.keywords == {"p": 3} and calls == [(3, 2), (3, 3)]
+
+
 class _SelfCachingModel:
     def __init__(self, mem, scale):
         self.scale = scale

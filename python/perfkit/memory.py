@@ -818,12 +818,33 @@ class MemorizedFunc:
         # out, as in joblib.
         instance_name = _instance_parameter(func)
         self._leave_out_self = instance_name is not None and instance_name in self.ignore
-        self._bind, self._arg_names = _make_binder(
-            func,
-            [n for n in _star_names(func, self.ignore) if not self._leave_out_self or n != instance_name],
-        )
+        self._bound_ignore = [
+            n for n in _star_names(func, self.ignore) if not self._leave_out_self or n != instance_name
+        ]
+        self._bind_to_signature()
         self._per_call = _call_state(func, self._leave_out_self) is not None
         self._take_identity(*_func_source(func))
+
+    def _bind_to_signature(self) -> None:
+        """(Re)makes the binder from the function's signature as it is now:
+        a partial's keywords are its signature's defaults, and they may be
+        changed after caching (``p.keywords["y"] = 2``)."""
+        self._bind, self._arg_names = _make_binder(self.func, self._bound_ignore)
+        partials = _unwrapped(self.func)[0]
+        # The keywords bound into the binder: (partial, ((name, value), ...)) each.
+        self._bound_keywords = tuple((p, tuple(p.keywords.items())) for p in partials)
+
+    def _keywords_changed(self) -> bool:
+        """Whether a partial's keywords are not those bound into the binder
+        (compared by identity: an argument changed in place is hashed anyway)."""
+        for p, items in self._bound_keywords:
+            keywords = p.keywords
+            if len(keywords) != len(items):
+                return True
+            for name, value in items:
+                if keywords.get(name, _MISSING) is not value:
+                    return True
+        return False
 
     def _take_identity(self, source: str, source_file: str) -> None:
         """Where its entries go: by the function's name and source text (which
@@ -898,6 +919,8 @@ class MemorizedFunc:
 
     def _key(self, args, kwargs) -> str | None:
         """The argument hash, or None (with a warning) when the arguments cannot be hashed."""
+        if self._bound_keywords and self._keywords_changed():
+            self._bind_to_signature()  # (a partial's keywords are read at each call)
         try:
             values = self._bind(*args, **kwargs)
         except TypeError:
@@ -1216,7 +1239,8 @@ def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, 
 def _call_state(func, leave_out_self=False):
     """What a callable holds that is read at each call for its key: a
     partial's positional arguments (its keywords are defaults of the
-    signature, bound with the call's), a method's instance; None for none."""
+    signature, bound with the call's: MemorizedFunc._key rebinds when they
+    change), a method's instance; None for none."""
     partials, func = _unwrapped(func)
     state = [p.args for p in partials]
     owner = None if leave_out_self else _bound_instance(func)
