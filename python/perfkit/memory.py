@@ -40,6 +40,7 @@ import inspect
 import io
 import itertools
 import json
+import math
 import mmap
 import operator
 import os
@@ -715,8 +716,86 @@ def _load_mmap(entry: str, mmap_mode: str, key: str | None):
     finally:
         if fd is not None:
             os.close(fd)
-    mv = memoryview(mapped)
-    return _loads(stream, buffers=[mv[o : o + n] for o, n in bufs])
+    return _MappedUnpickler(stream, mapped, bufs, entry, mmap_mode).load()
+
+
+# numpy's reconstructor of an array pickled out of band (protocol 5), by numpy version.
+_NUMPY_FROMBUFFER = frozenset((("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer")))
+# np.memmap's mode for a Memory's mmap_mode ("w+" maps the entry as "r+" does: it is not created anew).
+_MEMMAP_MODE = {"r": "r", "r+": "r+", "w+": "r+", "c": "c"}
+
+
+class _MappedUnpickler(pickle.Unpickler):
+    """Unpickles a result whose buffers are in ``mapped``, the map of an
+    entry file: its numpy arrays come back as np.memmap objects, as joblib
+    returns them (``filename``, ``mode``, ``flush()``). Each is a view of one
+    np.memmap of the whole file (``offset`` 0, its base the mmap), as a slice
+    of an np.memmap is: that file is the one whose head was read (mapped by
+    its descriptor), not whatever its name may meanwhile name."""
+
+    def __init__(self, stream: bytes, mapped: mmap.mmap, bufs, entry: str, mmap_mode: str) -> None:
+        mv = memoryview(mapped)
+        buffers = [mv[o : o + n] for o, n in bufs]
+        super().__init__(io.BytesIO(stream), buffers=buffers)
+        # The buffers handed out, by identity (held by the list while loading): their offsets.
+        self._offsets = {id(b): o for b, (o, _n) in zip(buffers, bufs)}
+        self._mapped = mapped
+        self._entry = entry
+        self._mode = _MEMMAP_MODE[mmap_mode]
+        self._whole = None
+
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_FROMBUFFER:
+            return self._memmap_from_buffer
+        return super().find_class(module, name)
+
+    def _whole_file(self, np):
+        """One np.memmap of the whole mapped file, which the arrays view."""
+        whole = self._whole
+        if whole is None:
+            mapped = self._mapped
+            whole = np.ndarray.__new__(np.memmap, (len(mapped),), dtype=np.uint8, buffer=mapped)
+            whole._mmap, whole.filename, whole.offset, whole.mode = mapped, self._entry, 0, self._mode
+            self._whole = whole
+        return whole
+
+    def _memmap_from_buffer(self, buf, dtype, shape, order, axis_order=None):
+        """numpy's ``_frombuffer`` (same arguments), as a view of the file's np.memmap."""
+        np = sys.modules["numpy"]  # (imported by the stream's dtype already)
+        whole = self._whole
+        if whole is None:
+            whole = self._whole_file(np)
+        offset = self._offsets.get(id(buf))
+        if offset is None:  # a stored read-only array: pickle wrapped the buffer handed out
+            offset = self._offset_in_file(np, buf, whole)
+        if offset is None:  # (not in this file: never expected) numpy's own way
+            array = np.frombuffer(buf, dtype=dtype)
+            if order == "K" and axis_order is not None:
+                return array.reshape(shape, order="C").transpose(axis_order)
+            return array.reshape(shape, order=order)
+        dtype = np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize != memoryview(buf).nbytes:
+            raise ValueError(
+                f"a buffer of {memoryview(buf).nbytes} bytes does not hold a {dtype} array of shape {shape}"
+            )
+        transposed = order == "K" and axis_order is not None
+        array = np.ndarray.__new__(
+            np.memmap, shape, dtype=dtype, buffer=whole, offset=offset, order="C" if transposed else order
+        )
+        array._mmap, array.filename, array.offset, array.mode = whole._mmap, whole.filename, 0, whole.mode
+        return array.transpose(axis_order) if transposed else array
+
+    @staticmethod
+    def _offset_in_file(np, buf, whole) -> int | None:
+        """Where ``buf``, a view of the mapped file, starts in it (None if it is not in it)."""
+        data = memoryview(buf)
+        if not data.nbytes:
+            return 0
+        offset = (
+            np.frombuffer(data, dtype=np.uint8).__array_interface__["data"][0]
+            - whole.__array_interface__["data"][0]
+        )
+        return offset if 0 <= offset <= len(whole) - data.nbytes else None
 
 
 def _verified_metadata(entry: str, key: str | None) -> dict | None:
@@ -1457,7 +1536,8 @@ class Memory:
 
     ``location`` is a directory (created on first store; ``None`` disables
     caching). ``mmap_mode`` ('r', 'r+', 'w+', 'c') memory-maps the numpy
-    arrays of cached results instead of reading them. ``bytes_limit`` is
+    arrays of cached results instead of reading them (np.memmap objects, as
+    joblib returns). ``bytes_limit`` is
     the default limit of :meth:`reduce_size`. ``compress`` (True or a zlib
     level) compresses results; compressed results are not memory-mapped.
     ``durable=True`` (perfkit's addition) fsyncs each entry before it is
