@@ -101,6 +101,105 @@ def test_function_clear_drops_its_queued_results_only(tmp_path):
     assert all("cube" in e for e in entries(tmp_path)) and len(entries(tmp_path)) == 200
 
 
+def _identity(x):
+    return x
+
+
+_TEMPORARY_DIRECTORY_SCRIPT = textwrap.dedent(
+    """
+    import sys, tempfile, warnings
+    import joblib, perfkit
+    warnings.simplefilter("error")  # (a CacheWarning at exit fails the run too)
+    library = joblib if sys.argv[1] == "joblib" else perfkit
+    def f(x):
+        return x
+    for repetition in range(10):
+        with tempfile.TemporaryDirectory(dir=sys.argv[2]) as d:
+            g = library.Memory(d, verbose=0).cache(f)
+            for j in range(200):
+                assert g(j) == j
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_a_temporary_directory_holding_a_cache_is_removed_cleanly_as_with_joblib(tmp_path, library):
+    """``with TemporaryDirectory() as d:`` and 200 misses: the cleanup at the
+    block's end removed the folder while the background writer still wrote
+    into it ("OSError: [Errno 39] Directory not empty", the folder left
+    behind). joblib, which writes synchronously, finishes cleanly."""
+    script = tmp_path / "tempdir_cache.py"
+    script.write_text(_TEMPORARY_DIRECTORY_SCRIPT)
+    where = tmp_path / "tmp"
+    where.mkdir()
+    out = subprocess.run(
+        [sys.executable, str(script), library, str(where)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert list(where.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("library", "removed"),
+    [("joblib", "location")]  # (the anchor: synchronous writes, slow on a slow disk)
+    + [
+        ("perfkit", removed)
+        for removed in ("location", "its parent", "its store", "a function", "relative", "through a symlink")
+    ],
+)
+@pytest.mark.parametrize("ignore_errors", [False, True])
+def test_shutil_rmtree_after_misses_removes_the_cache_for_good_as_with_joblib(
+    tmp_path, monkeypatch, library, removed, ignore_errors
+):
+    """shutil.rmtree of a cache location (or of a directory above or inside
+    it) right after misses: it failed ("Directory not empty") and, with
+    ignore_errors=True, the folder came back with up to 199 entries written
+    by the background writer after the removal. Now the removal drops what
+    is queued there and waits for the write in progress; nothing comes back.
+    The Memory goes on working afterwards: its next miss is stored again."""
+    Memory = perfkit.Memory if library == "perfkit" else joblib_memory()
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    for repetition in range(10):
+        parent = tmp_path / "real" / f"parent{repetition}"
+        location = parent / "cache"
+        location.mkdir(parents=True)
+        g = Memory(str(location), verbose=0).cache(_identity)
+        for j in range(200):
+            assert g(j) == j
+        target = {
+            "location": location,
+            "its parent": parent,
+            "its store": location / ("perfkit" if library == "perfkit" else "joblib"),
+            "a function": Path(
+                g.func_dir if library == "perfkit" else os.path.join(g.store_backend.location, g.func_id)
+            ),
+            "relative": Path(os.path.relpath(location, tmp_path)),
+            "through a symlink": tmp_path / "link" / f"parent{repetition}" / "cache",
+        }[removed]
+        shutil.rmtree(target, ignore_errors=ignore_errors)
+        if library == "perfkit":
+            pk_memory._flush_writes()  # (what was queued and not dropped is on disk now)
+        assert not (tmp_path / target).exists(), f"repetition {repetition}: {target} came back"
+        assert not os.path.exists(location) or removed in ("its store", "a function")
+        assert g(1000 + repetition) == 1000 + repetition  # a miss after it: stored again
+        if library == "perfkit":
+            pk_memory._flush_writes()
+        assert g.check_call_in_cache(1000 + repetition)
+
+
+def joblib_memory():
+    import joblib
+
+    return joblib.Memory
+
+
 def test_a_background_write_failure_is_reported(tmp_path):
     mem = perfkit.Memory(tmp_path)
     f, calls = counted(mem)

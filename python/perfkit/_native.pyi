@@ -101,8 +101,12 @@ def cache_store_later(
     stream: bytes,
     buffers: Iterable[object],
     label: str,
+    root: str,
 ) -> list[tuple[str, str]] | None:
     """Store an entry, in the background when small (readable at once by this process).
+    ``root``: the cache's location (absolute), which the background writer never creates
+    again once removed (shutil.rmtree of it, or of a directory above or below it, drops
+    the entries queued there first: an audit hook, installed at the first such store).
     Returns the failures of earlier background writes as [(label, message)], or None."""
 
 def cache_wait(entry: str) -> None:

@@ -23,7 +23,13 @@ memory until it is on disk, and the queue is flushed at exit. Another process
 sees the entry once it is written (a miss for it until then). A process killed
 before the write loses the entry, never half of it; forked and multiprocessing
 children, which often end without running atexit, and perfkit.Parallel's
-workers, whose siblings share the location, write at once.
+workers, whose siblings share the location, write at once. A location
+removed by ``shutil.rmtree`` (a ``TemporaryDirectory``'s cleanup too), or
+a directory above or inside it, first has the entries queued there dropped
+and the one being written finished (an audit hook, installed with the first
+queued write), so the removal neither fails nor sees files come back; and
+the writer never creates a removed location again (its next store does, as
+a direct store would).
 
 Crash safety comes from the rename (an entry is complete or absent) and the
 checksums (damage is detected on read, warned about and recomputed), not from
@@ -1170,7 +1176,9 @@ class MemorizedFunc:
                     # A small entry is written by a background thread (read from memory by this
                     # process until then); the first store of a function is written at once, so
                     # an unwritable location is reported by the call that met it.
-                    failures = _cache_store_later(entry, flags, meta_json, stream, buffers, self._name)
+                    failures = _cache_store_later(
+                        entry, flags, meta_json, stream, buffers, self._name, self.memory._location
+                    )
                     if failures:
                         _warn_failed_writes(failures)
                 else:
@@ -1571,9 +1579,8 @@ class Memory:
             warnings.warn("Compressed results cannot be memmapped", stacklevel=2)
         # Absolute from here on: a chdir (a notebook's %cd) must not move the
         # cache, nor the entries the background writer has yet to write.
-        self._root = (
-            None if location is None else os.path.join(os.path.abspath(os.fspath(location)), _STORE_DIR)
-        )
+        self._location = None if location is None else os.path.abspath(os.fspath(location))
+        self._root = None if location is None else os.path.join(self._location, _STORE_DIR)
 
     def cache(
         self,

@@ -320,18 +320,62 @@ pub fn encode_entry(
 /// Publishes an entry encoded by [`encode_entry`] (temporary file, one
 /// write, atomic rename). Returns its size in bytes.
 pub fn write_encoded(entry: &Path, bytes: &[u8], durable: bool) -> Result<u64, CacheError> {
-    publish(entry, durable, |file, tmp| {
-        let werr = |e| CacheError::io("write", tmp, e);
-        if std::env::var_os(PAUSE_HOOK_ENV).is_some() {
-            let half = bytes.len() / 2;
-            file.write_all(&bytes[..half]).map_err(werr)?;
-            pause_hook();
-            file.write_all(&bytes[half..]).map_err(werr)?;
-        } else {
-            file.write_all(bytes).map_err(werr)?;
+    publish(entry, durable, |file, tmp| fill_encoded(file, tmp, bytes))
+}
+
+/// [`write_encoded`] for an entry under `root`, a directory that must still
+/// exist: the directories between `root` and the entry are created as
+/// needed, `root` itself never is. `Ok(None)` when `root` is gone, or a
+/// directory on the way vanished while the entry was written (removed
+/// since the entry was queued, or being removed: nothing is written,
+/// nothing re-created, and it is not a failure).
+pub fn write_encoded_below(
+    root: &Path,
+    entry: &Path,
+    bytes: &[u8],
+) -> Result<Option<u64>, CacheError> {
+    match publish_in(entry, false, Some(root), |file, tmp| {
+        fill_encoded(file, tmp, bytes)
+    }) {
+        Ok(len) => Ok(Some(len)),
+        Err(e) if e.kind() == Some(io::ErrorKind::NotFound) || !root.is_dir() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn fill_encoded(file: &mut File, tmp: &Path, bytes: &[u8]) -> Result<u64, CacheError> {
+    let werr = |e| CacheError::io("write", tmp, e);
+    if std::env::var_os(PAUSE_HOOK_ENV).is_some() {
+        let half = bytes.len() / 2;
+        file.write_all(&bytes[..half]).map_err(werr)?;
+        pause_hook();
+        file.write_all(&bytes[half..]).map_err(werr)?;
+    } else {
+        file.write_all(bytes).map_err(werr)?;
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// Creates the directories from `root` (exclusive: it must exist) down to
+/// `dir`, one `mkdir` each, so that a `root` removed meanwhile is not created
+/// again (the `mkdir` below it fails instead).
+fn create_dirs_below(root: &Path, dir: &Path) -> io::Result<()> {
+    let rest = dir.strip_prefix(root).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not below {}", dir.display(), root.display()),
+        )
+    })?;
+    let mut at = root.to_path_buf();
+    for part in rest.components() {
+        at.push(part);
+        match fs::create_dir(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
         }
-        Ok(bytes.len() as u64)
-    })
+    }
+    Ok(())
 }
 
 /// Where each part of an entry goes; an error if the metadata is not one
@@ -367,13 +411,27 @@ fn publish(
     durable: bool,
     fill: impl FnOnce(&mut File, &Path) -> Result<u64, CacheError>,
 ) -> Result<u64, CacheError> {
+    publish_in(entry, durable, None, fill)
+}
+
+/// [`publish`], creating missing directories only below `root` when given
+/// (else every missing one).
+fn publish_in(
+    entry: &Path,
+    durable: bool,
+    root: Option<&Path>,
+    fill: impl FnOnce(&mut File, &Path) -> Result<u64, CacheError>,
+) -> Result<u64, CacheError> {
     let tmp = tmp_path_for(entry);
     let mut file = match File::create(&tmp) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = entry.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(parent)
-                .map_err(|e| CacheError::io("create the cache directory", parent, e))?;
+            match root {
+                Some(root) => create_dirs_below(root, parent),
+                None => fs::create_dir_all(parent),
+            }
+            .map_err(|e| CacheError::io("create the cache directory", parent, e))?;
             File::create(&tmp).map_err(|e| CacheError::io("create", &tmp, e))?
         }
         Err(e) => return Err(CacheError::io("create", &tmp, e)),

@@ -24,6 +24,13 @@ impl CacheError {
         }
     }
 
+    /// The kind of the underlying I/O error.
+    pub fn kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            CacheError::Io { source, .. } => Some(source.kind()),
+        }
+    }
+
     /// The OS error number, when there is one (for the Python side's OSError).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {

@@ -20,8 +20,8 @@ pub mod writer;
 
 pub use entry::{
     check_key, encode_entry, head_of_encoded, metadata_key, open_entry, read_entry,
-    read_entry_head, read_small_entry, write_encoded, write_entry, EntryHead, EntryReader, Layout,
-    ReadOutcome,
+    read_entry_head, read_small_entry, write_encoded, write_encoded_below, write_entry, EntryHead,
+    EntryReader, Layout, ReadOutcome,
 };
 pub use error::CacheError;
 pub use hash::{content_hash, hex128, scalars_hash, ContentHasher, Scalar};

@@ -15,13 +15,23 @@
 //! The thread ends when idle for a moment and starts again on demand.
 //! After `fork(2)` the child must call [`reset_after_fork`]: the parent's
 //! thread does not exist there, and its lock may have been held.
+//!
+//! Each entry is queued with its root, the cache's location: the writer
+//! creates the directories below it as needed, never the root itself, so
+//! that a location removed while entries were queued for it (a temporary
+//! directory cleaned up) does not come back; such entries are dropped, and
+//! the next submit under that root writes at once, creating it again (as a
+//! direct store does). [`WriteBehind::removing`] is told of a removal about
+//! to start (`shutil.rmtree`, through the Python side's audit hook): it
+//! drops the entries queued under the path and waits for one being written
+//! there, so the removal does not race the writer.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::entry::write_encoded;
+use crate::entry::{write_encoded, write_encoded_below};
 use crate::error::CacheError;
 
 /// Bytes of encoded entries queued at most; beyond, a submitter waits.
@@ -45,8 +55,21 @@ pub struct WriteFailure {
 struct Pending {
     bytes: Arc<Vec<u8>>,
     label: Arc<str>,
+    /// The directory it is written below (never created by the writer).
+    root: Arc<Path>,
     /// Waiting in `order` (false while the writer has it in hand).
     queued: bool,
+}
+
+/// A root entries were submitted under.
+struct Root {
+    /// The root with its symbolic links resolved (when it could be): a
+    /// removal may name it so.
+    canonical: Option<PathBuf>,
+    /// It was removed, or is about to be: the next submit under it writes
+    /// at once, creating it again, rather than queue an entry the writer
+    /// would drop.
+    recreate: bool,
 }
 
 #[derive(Default)]
@@ -63,6 +86,8 @@ struct State {
     writer_idle: bool,
     /// Callers sleep until something is written (wait_for, flush, a full queue).
     waiters: usize,
+    /// Every root submitted under (a few: one per cache location).
+    roots: HashMap<Arc<Path>, Root>,
 }
 
 struct Shared {
@@ -113,15 +138,46 @@ impl WriteBehind {
     }
 
     /// Queues `bytes` (an entry encoded by [`crate::entry::encode_entry`]) to
-    /// be published at `path`, replacing any entry queued there. Waits while
-    /// the queue is full. Without a writer thread (it could not be started),
-    /// writes it before returning.
-    pub fn submit(&self, path: PathBuf, bytes: Vec<u8>, label: &str) {
+    /// be published at `path`, below `root` (an existing directory: the
+    /// cache's location), replacing any entry queued there. Waits while the
+    /// queue is full. Without a writer thread (it could not be started), or
+    /// when `root` was removed since the last submit under it, writes it
+    /// before returning (creating `root` again, as a direct store does).
+    pub fn submit(&self, path: PathBuf, bytes: Vec<u8>, label: &str, root: &Path) {
         let len = bytes.len();
         let mut st = self.lock();
         while st.is_full(len) {
             st = self.wait(st);
         }
+        let root = match st.roots.get_key_value(root) {
+            Some((root, known)) if !known.recreate => Arc::clone(root),
+            Some(_) => {
+                // Removed since: written at once, re-creating it (after any
+                // older version of this entry, which must not replace it).
+                self.forget(st, std::slice::from_ref(&path));
+                let result = write_encoded(&path, &bytes, false);
+                let mut st = self.lock();
+                if let Some(known) = st.roots.get_mut(root) {
+                    known.recreate = false;
+                }
+                if let Err(error) = result {
+                    st.record(label.into(), error);
+                }
+                return;
+            }
+            None => {
+                let root: Arc<Path> = root.into();
+                let canonical = std::fs::canonicalize(&root).ok();
+                st.roots.insert(
+                    Arc::clone(&root),
+                    Root {
+                        canonical,
+                        recreate: false,
+                    },
+                );
+                root
+            }
+        };
         if !st.writer_started {
             let shared = Arc::clone(&self.shared);
             let spawned = std::thread::Builder::new()
@@ -142,6 +198,7 @@ impl WriteBehind {
             Some(p) if p.queued => {
                 let old = std::mem::replace(&mut p.bytes, bytes);
                 p.label = label;
+                p.root = root;
                 st.queued_bytes = st.queued_bytes - old.len() + len;
             }
             _ => {
@@ -151,6 +208,7 @@ impl WriteBehind {
                     Pending {
                         bytes,
                         label,
+                        root,
                         queued: true,
                     },
                 );
@@ -200,17 +258,70 @@ impl WriteBehind {
     /// about to be removed) and waits for one being written there, so that
     /// nothing is published under `prefix` after this returns.
     pub fn forget_under(&self, prefix: &Path) {
+        let st = self.lock();
+        self.forget(st, &[prefix.to_path_buf()]);
+    }
+
+    /// `path` (absolute) is about to be removed, with everything under it
+    /// (`shutil.rmtree`): drops the entries queued under it and waits for
+    /// one being written there, as [`forget_under`](Self::forget_under), and
+    /// marks the roots at or under it to be created again by their next
+    /// submit. `path` may name a root through a symbolic link, or the other
+    /// way round: it is also compared with each root's canonical path.
+    /// Cheap when no root is at, under or above `path`.
+    pub fn removing(&self, path: &Path) {
+        let path = lexically_normal(path);
+        let mut canonical: Option<Option<PathBuf>> = None; // resolved on demand
         let mut st = self.lock();
+        if st.roots.is_empty() {
+            return;
+        }
+        // For each root concerned, the prefix its entries are removed under (as they are named).
+        let mut prefixes = Vec::new();
+        for (root, known) in st.roots.iter_mut() {
+            if root.starts_with(&path) {
+                known.recreate = true;
+                prefixes.push(root.to_path_buf());
+                continue;
+            }
+            if path.starts_with(root) {
+                prefixes.push(path.clone());
+                continue;
+            }
+            let Some(root_canonical) = &known.canonical else {
+                continue;
+            };
+            let Some(path_canonical) =
+                canonical.get_or_insert_with(|| std::fs::canonicalize(&path).ok())
+            else {
+                continue;
+            };
+            if root_canonical.starts_with(&*path_canonical) {
+                known.recreate = true;
+                prefixes.push(root.to_path_buf());
+            } else if let Ok(rest) = path_canonical.strip_prefix(root_canonical) {
+                prefixes.push(root.join(rest));
+            }
+        }
+        if !prefixes.is_empty() {
+            self.forget(st, &prefixes);
+        }
+    }
+
+    /// Drops the queued entries under any of `prefixes` and waits for one
+    /// being written there.
+    fn forget<'a>(&'a self, mut st: MutexGuard<'a, State>, prefixes: &[PathBuf]) {
+        let under = |path: &Path| prefixes.iter().any(|prefix| path.starts_with(prefix));
         let mut freed = 0;
         st.pending.retain(|path, p| {
-            let keep = !(p.queued && path.starts_with(prefix));
+            let keep = !(p.queued && under(path));
             if !keep {
                 freed += p.bytes.len();
             }
             keep
         });
         st.queued_bytes -= freed;
-        while st.writing.as_deref().is_some_and(|w| w.starts_with(prefix)) {
+        while st.writing.as_deref().is_some_and(&under) {
             st = self.wait(st);
         }
         let wake = st.waiters > 0; // a submitter may wait for the room just freed
@@ -268,13 +379,26 @@ fn run_writer(shared: &Shared) {
             continue; // forgotten, or a duplicate of an entry already written
         };
         p.queued = false;
-        let (bytes, label) = (Arc::clone(&p.bytes), Arc::clone(&p.label));
+        let (bytes, label, root) = (
+            Arc::clone(&p.bytes),
+            Arc::clone(&p.label),
+            Arc::clone(&p.root),
+        );
         st.queued_bytes -= bytes.len();
         st.writing = Some(path.clone());
         drop(st);
-        let result = write_encoded(&path, &bytes, false);
+        let result = write_encoded_below(&root, &path, &bytes);
         st = lock();
         st.writing = None;
+        if let Ok(None) = result {
+            // Removed meanwhile: dropped. If its root is gone, it is not
+            // re-created here (the next submit under it does).
+            if !root.is_dir() {
+                if let Some(known) = st.roots.get_mut(&root) {
+                    known.recreate = true;
+                }
+            }
+        }
         if st
             .pending
             .get(&path)
@@ -289,6 +413,35 @@ fn run_writer(shared: &Shared) {
             shared.changed.notify_all();
         }
     }
+}
+
+/// `path` made absolute (against `cwd` when relative) and lexically normal,
+/// as Python's `os.path.abspath` makes it: `.` and `..` resolved by name
+/// (not through symbolic links), no repeated or trailing separators.
+pub fn absolute_path(path: &Path, cwd: &Path) -> PathBuf {
+    if path.is_absolute() {
+        lexically_normal(path)
+    } else {
+        lexically_normal(&cwd.join(path))
+    }
+}
+
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 static GLOBAL: Mutex<Option<Arc<WriteBehind>>> = Mutex::new(None);
@@ -330,7 +483,7 @@ mod tests {
         let paths: Vec<PathBuf> = (0..200).map(|i| d.join(format!("e{i}.pkc"))).collect();
         for (i, p) in paths.iter().enumerate() {
             let bytes = encoded(p, format!("value {i}").as_bytes());
-            wb.submit(p.clone(), bytes.clone(), "f");
+            wb.submit(p.clone(), bytes.clone(), "f", &d);
             // Readable at once, from memory or (already written) from disk.
             let from_queue = wb.get(p);
             let on_disk = || match read_entry(p).unwrap() {
@@ -359,12 +512,12 @@ mod tests {
         let d = tmpdir("idle");
         let wb = WriteBehind::new();
         let p = d.join("a.pkc");
-        wb.submit(p.clone(), encoded(&p, b"a"), "f");
+        wb.submit(p.clone(), encoded(&p, b"a"), "f", &d);
         wb.flush();
         std::thread::sleep(IDLE_EXIT * 3);
         assert!(!wb.lock().writer_started, "the idle writer did not end");
         let q = d.join("b.pkc");
-        wb.submit(q.clone(), encoded(&q, b"b"), "f");
+        wb.submit(q.clone(), encoded(&q, b"b"), "f", &d);
         wb.flush();
         assert!(q.exists() && wb.take_failures().is_empty());
         fs::remove_dir_all(&d).unwrap();
@@ -377,7 +530,7 @@ mod tests {
         let n = MAX_QUEUED_ENTRIES + 500;
         for i in 0..n {
             let p = d.join(format!("e{i}.pkc"));
-            wb.submit(p.clone(), encoded(&p, b"x"), "f");
+            wb.submit(p.clone(), encoded(&p, b"x"), "f", &d);
             assert!(wb.lock().pending.len() <= MAX_QUEUED_ENTRIES);
         }
         wb.flush();
@@ -391,7 +544,7 @@ mod tests {
         let wb = WriteBehind::new();
         let p = d.join("same.pkc");
         for i in 0..500 {
-            wb.submit(p.clone(), encoded(&p, format!("v{i}").as_bytes()), "f");
+            wb.submit(p.clone(), encoded(&p, format!("v{i}").as_bytes()), "f", &d);
         }
         wb.flush();
         let ReadOutcome::Found((layout, b)) = read_entry(&p).unwrap() else {
@@ -409,7 +562,7 @@ mod tests {
         let sub = d.join("func");
         for i in 0..300 {
             let p = sub.join(format!("e{i}.pkc"));
-            wb.submit(p.clone(), encoded(&p, b"x"), "f");
+            wb.submit(p.clone(), encoded(&p, b"x"), "f", &d);
         }
         wb.forget_under(&sub);
         // Whatever was published before is removed now; nothing may appear afterwards.
@@ -426,7 +579,7 @@ mod tests {
         fs::write(&blocker, b"a file where a directory should be").unwrap();
         let wb = WriteBehind::new();
         let p = blocker.join("e.pkc");
-        wb.submit(p.clone(), encoded(&p, b"x"), "my_func");
+        wb.submit(p.clone(), encoded(&p, b"x"), "my_func", &d);
         wb.flush();
         let failures = wb.take_failures();
         assert_eq!(failures.len(), 1);
@@ -434,5 +587,147 @@ mod tests {
         assert!(failures[0].error.to_string().contains("not-a-dir"));
         assert!(wb.take_failures().is_empty());
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_removed_root_is_not_created_again_and_its_next_submit_creates_it() {
+        let d = tmpdir("root-gone");
+        let root = d.join("location"); // not there: as if removed before the writer came
+        let wb = WriteBehind::new();
+        let p = root.join("perfkit/func/code/00/e.pkc");
+        wb.submit(p.clone(), encoded(&p, b"x"), "f", &root);
+        wb.flush();
+        assert!(!root.exists(), "the writer created a removed root again");
+        let failures = wb.take_failures();
+        assert!(
+            failures.is_empty(),
+            "a dropped entry is not a failure: {failures:?}"
+        );
+        // The program goes on using the location: the next entry creates it, at once.
+        let p = root.join("perfkit/func/code/00/again.pkc");
+        wb.submit(p.clone(), encoded(&p, b"again"), "f", &root);
+        assert!(
+            p.exists(),
+            "the next submit under a removed root was not written at once"
+        );
+        let q = root.join("perfkit/func/code/00/later.pkc");
+        wb.submit(q.clone(), encoded(&q, b"later"), "f", &root);
+        wb.flush();
+        assert!(q.exists() && wb.take_failures().is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_root_removed_while_entries_are_queued_stays_removed() {
+        let d = tmpdir("root-removed");
+        let root = d.join("location");
+        for round in 0..5 {
+            fs::create_dir(&root).unwrap();
+            let wb = WriteBehind::new();
+            for i in 0..500 {
+                let p = root.join(format!("perfkit/func/code/{:02x}/e{i}.pkc", i % 16));
+                wb.submit(p.clone(), encoded(&p, b"x"), "f", &root);
+            }
+            // Removed behind the writer's back (no `removing`): it may put a file
+            // in a directory being emptied, so the removal is tried until it holds.
+            loop {
+                match fs::remove_dir_all(&root) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => continue,
+                }
+            }
+            wb.flush();
+            assert!(
+                !root.exists(),
+                "round {round}: the writer created the removed root again"
+            );
+            let failures = wb.take_failures();
+            assert!(failures.is_empty(), "round {round}: {failures:?}");
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn directories_below_the_root_are_created_again() {
+        let d = tmpdir("below-root");
+        let root = d.join("location");
+        fs::create_dir(&root).unwrap();
+        let wb = WriteBehind::new();
+        let p = root.join("perfkit/func/code/ab/e.pkc");
+        wb.submit(p.clone(), encoded(&p, b"x"), "f", &root);
+        wb.flush();
+        assert!(p.exists() && wb.take_failures().is_empty());
+        fs::remove_dir_all(root.join("perfkit")).unwrap(); // (as Memory.clear() does)
+        wb.submit(p.clone(), encoded(&p, b"y"), "f", &root);
+        wb.flush();
+        assert!(p.exists() && wb.take_failures().is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn removing_a_path_drops_what_is_queued_under_it_and_nothing_comes_back() {
+        let d = tmpdir("removing");
+        let (a, b) = (d.join("tmp-a/location"), d.join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(d.join("tmp-a"), &link).unwrap();
+        for (k, (removed, root)) in [
+            (d.join("tmp-a"), a.clone()),                // an ancestor of the root
+            (a.clone(), a.clone()),                      // the root
+            (a.join("perfkit/f1"), a.clone()),           // a directory below it
+            (link.join("location"), a.clone()),          // the root by another name
+            (d.join("tmp-a/x/../location/"), a.clone()), // the root, named with ".."
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            fs::create_dir_all(&root).unwrap();
+            let wb = WriteBehind::new();
+            let other = b.join(format!("perfkit/f/code/00/{k}.pkc"));
+            wb.submit(other.clone(), encoded(&other, b"x"), "f", &b);
+            for i in 0..300 {
+                let p = root.join(format!("perfkit/f{}/code/{:02x}/e{i}.pkc", i % 2, i % 7));
+                wb.submit(p.clone(), encoded(&p, b"x"), "f", &root);
+            }
+            wb.removing(&absolute_path(&removed, &d));
+            // Nothing is written under it from here on: the removal succeeds at once.
+            let removed = absolute_path(&removed, &d);
+            match fs::remove_dir_all(&removed) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("case {k}: {e}"),
+                _ => {} // (a directory below the root may not be there yet)
+            }
+            wb.flush();
+            assert!(
+                !removed.exists(),
+                "case {k}: an entry was published under a removed path"
+            );
+            assert!(wb.take_failures().is_empty(), "case {k}");
+            assert!(
+                other.exists(),
+                "case {k}: an entry of another location was dropped"
+            );
+            fs::create_dir_all(&a).unwrap();
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn paths_are_made_absolute_as_pythons_abspath_makes_them() {
+        let cwd = Path::new("/home/me/work");
+        for (given, want) in [
+            ("cache", "/home/me/work/cache"),
+            ("./cache/", "/home/me/work/cache"),
+            ("../x//y/./z", "/home/me/x/y/z"),
+            ("/a/b/../../..", "/"),
+            ("/tmp/d/", "/tmp/d"),
+        ] {
+            assert_eq!(
+                absolute_path(Path::new(given), cwd),
+                Path::new(want),
+                "{given}"
+            );
+        }
     }
 }

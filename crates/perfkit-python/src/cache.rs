@@ -3,8 +3,11 @@
 //! GIL released for large ones), and the entry store. Python
 //! (`perfkit/memory.py`) does the pickling and the joblib-compatible API.
 
-use std::os::raw::c_char;
-use std::path::Path;
+use std::ffi::{c_void, CStr, OsStr};
+use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use perfkit_cache::entry::{self, ReadOutcome};
@@ -389,9 +392,11 @@ fn cache_store(
 
 /// Writes an entry like `cache_store`, but in the background when it is
 /// small (see perfkit_cache::writer): this process reads it from memory until
-/// it is on disk. Returns the failures of earlier background writes, as
-/// [(label, message)], or None (the usual case).
+/// it is on disk. `root` is the cache's location (absolute): the background
+/// writer never creates it again once removed. Returns the failures of
+/// earlier background writes, as [(label, message)], or None (the usual case).
 #[pyfunction]
+#[allow(clippy::too_many_arguments)]
 fn cache_store_later(
     py: Python<'_>,
     entry: &str,
@@ -400,6 +405,7 @@ fn cache_store_later(
     stream: &[u8],
     buffers: &Bound<'_, PyAny>,
     label: &str,
+    root: &str,
 ) -> PyResult<Option<Vec<(String, String)>>> {
     let views = Views::of(buffers)?;
     let slices = views.slices();
@@ -413,13 +419,138 @@ fn cache_store_later(
         let bytes =
             entry::encode_entry(path, flags, metadata_json, stream, &slices).map_err(os_error)?;
         drop(views);
+        watch_removals();
+        let root = Path::new(root);
         if wb.would_wait(bytes.len()) {
-            py.detach(|| wb.submit(path.to_path_buf(), bytes, label));
+            py.detach(|| wb.submit(path.to_path_buf(), bytes, label, root));
         } else {
-            wb.submit(path.to_path_buf(), bytes, label);
+            wb.submit(path.to_path_buf(), bytes, label, root);
         }
     }
     Ok(failures(wb.take_failures()))
+}
+
+extern "C" {
+    fn PySys_AddAuditHook(
+        hook: unsafe extern "C" fn(*const c_char, *mut ffi::PyObject, *mut c_void) -> c_int,
+        user_data: *mut c_void,
+    ) -> c_int;
+}
+
+static WATCHING_REMOVALS: AtomicBool = AtomicBool::new(false);
+
+/// Installs (once, at the first write left to the background writer) the
+/// audit hook that tells the writer of directories about to be removed.
+fn watch_removals() {
+    if WATCHING_REMOVALS.load(Ordering::Relaxed) || WATCHING_REMOVALS.swap(true, Ordering::Relaxed)
+    {
+        return;
+    }
+    // SAFETY: called with the GIL held (from a #[pyfunction]); the hook is a
+    // plain function that lives as long as the process.
+    unsafe {
+        if PySys_AddAuditHook(on_audit_event, std::ptr::null_mut()) != 0 {
+            // Another audit hook refused ours: removals are then not watched.
+            ffi::PyErr_Clear();
+        }
+    }
+}
+
+/// The audit hook: `shutil.rmtree(path)` (also `TemporaryDirectory`'s
+/// cleanup) and `os.rmdir(path)` announce a removal before it starts; the
+/// background writer then drops what it has queued under `path` and waits
+/// for a write in progress there, so that the removal does not meet files
+/// written meanwhile (`Directory not empty`) nor a location written again
+/// after it. Every audited event of the process comes here: anything else
+/// costs a comparison of its name.
+unsafe extern "C" fn on_audit_event(
+    event: *const c_char,
+    args: *mut ffi::PyObject,
+    _data: *mut c_void,
+) -> c_int {
+    // SAFETY: the interpreter passes a NUL-terminated event name and a tuple
+    // of arguments, with the GIL held.
+    let name = CStr::from_ptr(event).to_bytes();
+    let is_rmdir = match name {
+        b"shutil.rmtree" => false,
+        b"os.rmdir" => true,
+        _ => return 0,
+    };
+    if let Some(path) = removed_path(args, is_rmdir) {
+        writer::global().removing(&path);
+    }
+    0
+}
+
+/// The absolute path an rmtree/rmdir audit event names: (path[, dir_fd]).
+/// None if it cannot be told (or, for `os.rmdir`, for one relative to a
+/// directory descriptor: `shutil.rmtree`'s own, announced by its event).
+/// Leaves no Python exception set.
+unsafe fn removed_path(args: *mut ffi::PyObject, is_rmdir: bool) -> Option<PathBuf> {
+    if ffi::PyTuple_Check(args) == 0 || ffi::PyTuple_Size(args) < 1 {
+        return None;
+    }
+    let dir_fd = if ffi::PyTuple_Size(args) >= 2 {
+        let fd = ffi::PyTuple_GetItem(args, 1);
+        if fd.is_null() || fd == ffi::Py_None() {
+            None
+        } else {
+            let fd = ffi::PyLong_AsLong(fd);
+            if fd == -1 && !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            Some(fd)
+        }
+    } else {
+        None
+    };
+    let given = fs_path(ffi::PyTuple_GetItem(args, 0))?;
+    let base = if given.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        match dir_fd {
+            None => std::env::current_dir().ok()?,
+            Some(_) if is_rmdir => return None,
+            Some(fd) => std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?,
+        }
+    };
+    Some(writer::absolute_path(&given, &base))
+}
+
+/// `os.fspath(obj)` as a path (str encoded as the file system encodes it).
+unsafe fn fs_path(obj: *mut ffi::PyObject) -> Option<PathBuf> {
+    if obj.is_null() {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    let path = ffi::PyOS_FSPath(obj);
+    if path.is_null() {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    let bytes = if ffi::PyUnicode_Check(path) != 0 {
+        let encoded = ffi::PyUnicode_EncodeFSDefault(path);
+        ffi::Py_DECREF(path);
+        if encoded.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        encoded
+    } else {
+        path
+    };
+    let mut data: *mut c_char = std::ptr::null_mut();
+    let mut len: ffi::Py_ssize_t = 0;
+    let out = if ffi::PyBytes_AsStringAndSize(bytes, &mut data, &mut len) == 0 {
+        let raw = std::slice::from_raw_parts(data as *const u8, len as usize);
+        Some(PathBuf::from(OsStr::from_bytes(raw)))
+    } else {
+        ffi::PyErr_Clear();
+        None
+    };
+    ffi::Py_DECREF(bytes);
+    out
 }
 
 fn failures(list: Vec<writer::WriteFailure>) -> Option<Vec<(String, String)>> {
