@@ -315,8 +315,8 @@ def _arrays(n):
     }
 
 
-def _total(a):
-    return float(np.sum(a)), type(a).__name__
+def _values(a):
+    return a.tolist(), type(a).__name__
 
 
 def _pickled_out_of_band(a) -> bool:
@@ -364,12 +364,19 @@ def test_mmap_mode_returns_np_memmaps_as_joblib_does(tmp_path, library, mmap_mod
         assert (make(200_000)["a"][0] == 42.0) == (mmap_mode == "r+")  # "c": changes stay private
     del big, out
     out = make(200_000)
-    parallel, delayed = (
-        (perfkit.Parallel, perfkit.delayed) if library == "perfkit" else (joblib.Parallel, joblib.delayed)
-    )
     names = ["f", "t", "0d", "ro", "i8", "a"]
-    got = parallel(n_jobs=2)(delayed(_total)(out[k]) for k in names)
-    assert [g[0] for g in got] == [float(np.sum(out[k])) for k in names]
+    # Element by element, in both libraries' workers (helper-56: a
+    # Fortran-ordered array reached a joblib worker transposed; a sum did
+    # not see it).
+    for parallel, delayed in ((perfkit.Parallel, perfkit.delayed), (joblib.Parallel, joblib.delayed)):
+        got = parallel(n_jobs=2)(delayed(_values)(out[k]) for k in names)
+        assert [g[0] for g in got] == [out[k].tolist() for k in names], parallel
+    # Where it is in its file, as joblib's memmaps say: opened again there, the same values.
+    for name in ("a", "f", "i8"):
+        a = out[name]
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+        again = np.memmap(a.filename, dtype=a.dtype, mode="r", offset=a.offset, shape=a.shape, order=order)
+        np.testing.assert_array_equal(again, a)
 
 
 @pytest.mark.parametrize("library", ["perfkit", "joblib"])

@@ -383,8 +383,11 @@ def _reduce_memmap(array):
         base_address = np.frombuffer(backing, dtype=np.uint8).ctypes.data
     except (ValueError, TypeError):  # its mapping was closed
         return array.__reduce_ex__(5)
-    # numpy maps the file from the offset rounded down to the allocation granularity.
-    mapped_from = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+    # numpy maps the file from the offset rounded down to the allocation
+    # granularity; a cache entry's map (perfkit.Memory's mmap_mode) says where it starts.
+    mapped_from = getattr(backing, "perfkit_map_start", None)
+    if mapped_from is None:
+        mapped_from = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
     first = array.__array_interface__["data"][0]
     # The bytes the array's elements span, relative to its first element (strides may be negative).
     low = sum(min(0, (n - 1) * st) for n, st in zip(array.shape, array.strides))

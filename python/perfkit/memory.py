@@ -718,7 +718,7 @@ def _load_mmap(entry: str, mmap_mode: str, key: str | None):
         if not bufs:
             return _loads(stream)
         # The file whose head was read: by name, it may be a newer version by now.
-        mapped = mmap.mmap(fd, 0, access=access)
+        mapped = _EntryMap(fd, 0, access=access)
     finally:
         if fd is not None:
             os.close(fd)
@@ -731,13 +731,23 @@ _NUMPY_FROMBUFFER = frozenset((("numpy._core.numeric", "_frombuffer"), ("numpy.c
 _MEMMAP_MODE = {"r": "r", "r+": "r+", "w+": "r+", "c": "c"}
 
 
+class _EntryMap(mmap.mmap):
+    """The map of a whole entry file, from its first byte: what
+    _pool_common._reduce_memmap needs to place an array of it in the file
+    (numpy's own memmaps map from their offset, rounded down)."""
+
+    perfkit_map_start = 0
+
+
 class _MappedUnpickler(pickle.Unpickler):
     """Unpickles a result whose buffers are in ``mapped``, the map of an
     entry file: its numpy arrays come back as np.memmap objects, as joblib
-    returns them (``filename``, ``mode``, ``flush()``). Each is a view of one
-    np.memmap of the whole file (``offset`` 0, its base the mmap), as a slice
-    of an np.memmap is: that file is the one whose head was read (mapped by
-    its descriptor), not whatever its name may meanwhile name."""
+    returns them (``filename``, ``mode``, ``offset``, ``flush()``), each on
+    the map itself (its ``base``), so that joblib's reducers take the array as
+    its own backing memmap, with its own order and offset (helper-56: as a
+    view of one 1-D memmap of the file, a Fortran-ordered array reached a
+    joblib worker transposed). The file is the one whose head was read
+    (mapped by its descriptor), not whatever its name may meanwhile name."""
 
     def __init__(self, stream: bytes, mapped: mmap.mmap, bufs, entry: str, mmap_mode: str) -> None:
         mv = memoryview(mapped)
@@ -748,32 +758,18 @@ class _MappedUnpickler(pickle.Unpickler):
         self._mapped = mapped
         self._entry = entry
         self._mode = _MEMMAP_MODE[mmap_mode]
-        self._whole = None
 
     def find_class(self, module, name):
         if (module, name) in _NUMPY_FROMBUFFER:
             return self._memmap_from_buffer
         return super().find_class(module, name)
 
-    def _whole_file(self, np):
-        """One np.memmap of the whole mapped file, which the arrays view."""
-        whole = self._whole
-        if whole is None:
-            mapped = self._mapped
-            whole = np.ndarray.__new__(np.memmap, (len(mapped),), dtype=np.uint8, buffer=mapped)
-            whole._mmap, whole.filename, whole.offset, whole.mode = mapped, self._entry, 0, self._mode
-            self._whole = whole
-        return whole
-
     def _memmap_from_buffer(self, buf, dtype, shape, order, axis_order=None):
-        """numpy's ``_frombuffer`` (same arguments), as a view of the file's np.memmap."""
+        """numpy's ``_frombuffer`` (same arguments), as an np.memmap on the file's map."""
         np = sys.modules["numpy"]  # (imported by the stream's dtype already)
-        whole = self._whole
-        if whole is None:
-            whole = self._whole_file(np)
         offset = self._offsets.get(id(buf))
         if offset is None:  # a stored read-only array: pickle wrapped the buffer handed out
-            offset = self._offset_in_file(np, buf, whole)
+            offset = self._offset_in_file(np, buf)
         if offset is None:  # (not in this file: never expected) numpy's own way
             array = np.frombuffer(buf, dtype=dtype)
             if order == "K" and axis_order is not None:
@@ -785,23 +781,24 @@ class _MappedUnpickler(pickle.Unpickler):
                 f"a buffer of {memoryview(buf).nbytes} bytes does not hold a {dtype} array of shape {shape}"
             )
         transposed = order == "K" and axis_order is not None
+        mapped = self._mapped
         array = np.ndarray.__new__(
-            np.memmap, shape, dtype=dtype, buffer=whole, offset=offset, order="C" if transposed else order
+            np.memmap, shape, dtype=dtype, buffer=mapped, offset=offset, order="C" if transposed else order
         )
-        array._mmap, array.filename, array.offset, array.mode = whole._mmap, whole.filename, 0, whole.mode
+        array._mmap, array.filename, array.offset, array.mode = mapped, self._entry, offset, self._mode
         return array.transpose(axis_order) if transposed else array
 
-    @staticmethod
-    def _offset_in_file(np, buf, whole) -> int | None:
+    def _offset_in_file(self, np, buf) -> int | None:
         """Where ``buf``, a view of the mapped file, starts in it (None if it is not in it)."""
         data = memoryview(buf)
         if not data.nbytes:
             return 0
+        mapped = self._mapped
         offset = (
             np.frombuffer(data, dtype=np.uint8).__array_interface__["data"][0]
-            - whole.__array_interface__["data"][0]
+            - np.frombuffer(mapped, dtype=np.uint8).__array_interface__["data"][0]
         )
-        return offset if 0 <= offset <= len(whole) - data.nbytes else None
+        return offset if 0 <= offset <= len(mapped) - data.nbytes else None
 
 
 def _verified_metadata(entry: str, key: str | None) -> dict | None:
