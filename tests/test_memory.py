@@ -977,3 +977,20 @@ def test_durable_and_verbose(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("[Memory] Calling") == 1 and "_add" in out
     assert len(entries(tmp_path)) == 1
+
+
+def _square(x):
+    return x * x
+
+
+def test_a_memory_pickled_by_an_older_perfkit_still_caches(tmp_path):
+    # helper-56: a Memory pickled before `_location` existed (inside a saved
+    # sklearn pipeline, say) failed its first background write on it.
+    old_state = {k: v for k, v in vars(perfkit.Memory(tmp_path / "c", verbose=0)).items() if k != "_location"}
+    memory = perfkit.Memory.__new__(perfkit.Memory)  # what unpickling the old state does
+    memory.__setstate__(old_state)
+    cached = memory.cache(_square)
+    assert [cached(i) for i in range(3)] == [0, 1, 4]
+    perfkit.memory._flush_writes()
+    assert len(list((tmp_path / "c").rglob("*.pkc"))) == 3
+    assert pickle.loads(pickle.dumps(memory)).cache(_square)(2) == 4

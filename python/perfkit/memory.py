@@ -1579,6 +1579,23 @@ class Memory:
         self._location = None if location is None else os.path.abspath(os.fspath(location))
         self._root = None if location is None else os.path.join(self._location, _STORE_DIR)
 
+    def __setstate__(self, state: dict) -> None:
+        # A Memory pickled by an older perfkit (a saved sklearn pipeline's
+        # `memory=`) lacks what later versions added: derived here, as the
+        # constructor derives it (helper-56: the first background write
+        # failed on `_location`).
+        self.__dict__.update(state)
+        if "_location" not in state:
+            root = state.get("_root")
+            self._location = (
+                os.path.dirname(root)
+                if root
+                else (None if self.location is None else os.path.abspath(os.fspath(self.location)))
+            )
+        if "_root" not in state:
+            self._root = None if self._location is None else os.path.join(self._location, _STORE_DIR)
+        self.__dict__.setdefault("durable", False)
+
     def cache(
         self,
         func: Callable | None = None,
