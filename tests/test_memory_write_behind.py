@@ -556,3 +556,37 @@ def test_a_scripts_cached_function_pickles_and_hashes_as_any_function(tmp_path):
     assert runs[0].stdout.split()[:2] == ["computed", "3"] and len(runs[0].stdout.split()) == 3
     assert "computed" not in runs[1].stdout  # (found by the first run's key)
     assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+
+
+@pytest.mark.parametrize(
+    "removal", ["os.removedirs above", "os.rmdir of the location", "rmtree of a symlink"]
+)
+def test_a_removal_that_fails_loses_nothing_queued(tmp_path, removal):
+    # helper-56: the audit hook dropped the queued results as the removal was
+    # announced, though it then failed (os.removedirs stopping at a non-empty
+    # parent, os.rmdir of a non-empty location, rmtree refusing a symbolic
+    # link): 213-285 of 300 results were recomputed.
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        return x
+
+    location = tmp_path / "cache"
+    (tmp_path / "scratch" / "a").mkdir(parents=True)
+    os.symlink(location, tmp_path / "link")
+    g = perfkit.Memory(str(location), verbose=0).cache(f)
+    for i in range(300):
+        g(i)
+    if removal == "os.removedirs above":
+        os.removedirs(tmp_path / "scratch" / "a")  # its last rmdir, of tmp_path, fails: not empty
+    elif removal == "os.rmdir of the location":
+        with pytest.raises(OSError):
+            os.rmdir(location)
+    else:
+        with pytest.raises(OSError):
+            shutil.rmtree(tmp_path / "link")
+    perfkit.memory._flush_writes()
+    calls.clear()
+    assert [g(i) for i in range(300)] == list(range(300))
+    assert calls == []

@@ -269,7 +269,13 @@ impl WriteBehind {
     /// submit. `path` may name a root through a symbolic link, or the other
     /// way round: it is also compared with each root's canonical path.
     /// Cheap when no root is at, under or above `path`.
-    pub fn removing(&self, path: &Path) {
+    ///
+    /// Not `whole_tree` (`os.rmdir`, which removes only an empty directory
+    /// and fails on any other): the entries queued under `path` are written
+    /// first instead, so that the removal fails, or not, as it would have
+    /// once they were written, and a failing one loses nothing (helper-56:
+    /// `os.removedirs` meeting a non-empty parent lost the queued results).
+    pub fn removing(&self, path: &Path, whole_tree: bool) {
         let path = lexically_normal(path);
         let mut canonical: Option<Option<PathBuf>> = None; // resolved on demand
         let mut st = self.lock();
@@ -280,7 +286,7 @@ impl WriteBehind {
         let mut prefixes = Vec::new();
         for (root, known) in st.roots.iter_mut() {
             if root.starts_with(&path) {
-                known.recreate = true;
+                known.recreate |= whole_tree;
                 prefixes.push(root.to_path_buf());
                 continue;
             }
@@ -297,14 +303,29 @@ impl WriteBehind {
                 continue;
             };
             if root_canonical.starts_with(&*path_canonical) {
-                known.recreate = true;
+                known.recreate |= whole_tree;
                 prefixes.push(root.to_path_buf());
             } else if let Ok(rest) = path_canonical.strip_prefix(root_canonical) {
                 prefixes.push(root.join(rest));
             }
         }
-        if !prefixes.is_empty() {
+        if prefixes.is_empty() {
+            return;
+        }
+        if whole_tree {
             self.forget(st, &prefixes);
+        } else {
+            self.settle(st, &prefixes);
+        }
+    }
+
+    /// Waits until nothing is queued or being written under any of `prefixes`.
+    fn settle<'a>(&'a self, mut st: MutexGuard<'a, State>, prefixes: &[PathBuf]) {
+        let under = |path: &Path| prefixes.iter().any(|prefix| path.starts_with(prefix));
+        while st.pending.iter().any(|(path, p)| p.queued && under(path))
+            || st.writing.as_deref().is_some_and(&under)
+        {
+            st = self.wait(st);
         }
     }
 
@@ -691,7 +712,7 @@ mod tests {
                 let p = root.join(format!("perfkit/f{}/code/{:02x}/e{i}.pkc", i % 2, i % 7));
                 wb.submit(p.clone(), encoded(&p, b"x"), "f", &root);
             }
-            wb.removing(&absolute_path(&removed, &d));
+            wb.removing(&absolute_path(&removed, &d), true);
             // Nothing is written under it from here on: the removal succeeds at once.
             let removed = absolute_path(&removed, &d);
             match fs::remove_dir_all(&removed) {

@@ -457,11 +457,12 @@ fn watch_removals() {
 }
 
 /// The audit hook: `shutil.rmtree(path)` (also `TemporaryDirectory`'s
-/// cleanup) and `os.rmdir(path)` announce a removal before it starts; the
-/// background writer then drops what it has queued under `path` and waits
-/// for a write in progress there, so that the removal does not meet files
-/// written meanwhile (`Directory not empty`) nor a location written again
-/// after it. Every audited event of the process comes here: anything else
+/// cleanup) and `os.rmdir(path)` announce a removal before it starts. For
+/// rmtree the background writer drops what it has queued under `path` and
+/// waits for a write in progress there, so that the removal does not meet
+/// files written meanwhile (`Directory not empty`) nor a location written
+/// again after it; for rmdir, which removes only an empty directory, it
+/// writes them first (a removal that fails then loses nothing). Every audited event of the process comes here: anything else
 /// costs a comparison of its name.
 unsafe extern "C" fn on_audit_event(
     event: *const c_char,
@@ -477,7 +478,12 @@ unsafe extern "C" fn on_audit_event(
         _ => return 0,
     };
     if let Some(path) = removed_path(args, is_rmdir) {
-        writer::global().removing(&path);
+        // shutil.rmtree refuses a symbolic link (it raises after the event):
+        // nothing will be removed, so nothing queued is dropped.
+        let refused = !is_rmdir && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink());
+        if !refused {
+            writer::global().removing(&path, !is_rmdir);
+        }
     }
     0
 }
