@@ -752,3 +752,23 @@ def test_load_keeps_a_foreign_files_table(tmp_path, module):
     assert plain(pstats.Stats(str(again)).stats) == expected
     fib = next(k for k in expected if k[2] == "fib")
     assert expected[fib][0] < expected[fib][1]  # (the case that showed it: recursion)
+
+
+def test_a_decorated_async_partial_inside_a_recording_warns_and_runs():
+    # helper-56: the warning looked for the partial's __code__ and raised
+    # AttributeError instead of running the coroutine.
+    import asyncio
+    import functools
+
+    async def work(x, y):
+        return x + y
+
+    decorated = perfkit.profile()(functools.partial(work, y=1))
+    outer = perfkit.Profiler()
+    outer.enable()
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot record here") as caught:
+            assert asyncio.run(decorated(41)) == 42
+    finally:
+        outer.disable()
+    assert caught[0].filename == __file__

@@ -292,14 +292,20 @@ class _ProfileBlock:
                     else "nothing is reported"
                 )
                 message = f"perfkit.profile cannot record here ({e}): the code runs unrecorded and {what}"
-                if where is None:
+                while isinstance(where, functools.partial):
+                    where = where.func
+                code = getattr(where, "__code__", None)
+                if code is None:
                     warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
                 else:
                     # A coroutine's first step runs from the event loop: the
                     # warning names the decorated function instead.
-                    code = where.__code__
                     warnings.warn_explicit(
-                        message, RuntimeWarning, code.co_filename, code.co_firstlineno, where.__module__
+                        message,
+                        RuntimeWarning,
+                        code.co_filename,
+                        code.co_firstlineno,
+                        getattr(where, "__module__", None),
                     )
             return False
         return True
