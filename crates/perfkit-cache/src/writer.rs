@@ -262,8 +262,8 @@ impl WriteBehind {
         self.forget(st, &[prefix.to_path_buf()]);
     }
 
-    /// `path` (absolute) is about to be removed, with everything under it
-    /// (`shutil.rmtree`): drops the entries queued under it and waits for
+    /// `path` (absolute) is about to be removed. With `whole_tree`, with
+    /// everything under it (`shutil.rmtree`): drops the entries queued under it and waits for
     /// one being written there, as [`forget_under`](Self::forget_under), and
     /// marks the roots at or under it to be created again by their next
     /// submit. `path` may name a root through a symbolic link, or the other
