@@ -819,6 +819,35 @@ def test_callees_panel_says_how_many_and_shows_more(browser, tmp_path):
         assert browser.find_element(By.ID, "sel-name").text.endswith("(callee0)")
 
 
+def test_diff_tables_say_how_many_and_show_more(browser, tmp_path):
+    # The regressions and improvements tables stopped at 25 rows without a
+    # word. 40 functions got slower (f39 the most), 20 faster.
+    before, after = tmp_path / "before.txt", tmp_path / "after.txt"
+    before.write_text("".join(f"main;f{i} 1000\n" for i in range(60)))
+    delta = {i: (i + 1) * 10 if i < 40 else -(i - 39) * 10 for i in range(60)}
+    after.write_text("".join(f"main;f{i} {1000 + delta[i]}\n" for i in range(60)))
+    with ViewServer(before, after) as server:
+        open_ready(browser, server.url)
+
+        def table(name):
+            rows = table_rows(browser, name)
+            funcs = [r[4].rsplit("(", 1)[1].rstrip(")") for r in rows if len(r) == 5]
+            return funcs, [r[0] for r in rows if len(r) != 5]
+
+        slower = [f"f{i}" for i in sorted(delta, key=lambda i: -delta[i]) if delta[i] > 0]
+        faster = [f"f{i}" for i in sorted(delta, key=lambda i: delta[i]) if delta[i] < 0]
+        funcs, more = table("regressions")
+        assert funcs == slower[:25] and more == ["showing 25 of 40 show the other 15"]
+        browser.find_element(By.CSS_SELECTOR, "#regressions tr.more button").click()
+        funcs, more = table("regressions")
+        assert funcs == slower and not more
+        funcs, more = table("improvements")
+        assert funcs == faster and not more
+        browser.find_element(By.CSS_SELECTOR, "#regressions tbody tr:last-child td:last-child").click()
+        settle(browser)
+        assert browser.find_element(By.ID, "sel-name").text.endswith(f"({slower[-1]})")
+
+
 def test_every_row_of_a_big_table_can_be_scrolled_to(browser, tmp_path):
     # The table stopped at 400 rows ("showing 400 of N") with no way to see
     # the others; putting them all in the page takes seconds (12 s for 100,000).

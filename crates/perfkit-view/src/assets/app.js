@@ -595,6 +595,20 @@
 
   // ---------- selection: callers / callees ----------
   const EDGE_ROWS = 200, EDGE_STEP = 1000;
+  // Appends rows 0..first of n to tbody, then a row saying how many there
+  // are, with a button for `step` more: the callers/callees panels stopped
+  // at 200 rows and the diff tables at 25 without a word.
+  function pagedRows(tbody, n, first, step, colSpan, rowAt, from = 0) {
+    const to = Math.min(n, from + (from ? step : first));
+    for (let k = from; k < to; k++) tbody.appendChild(rowAt(k));
+    if (to >= n) return;
+    const tr = el("tr", undefined, "more"), td = el("td", "showing " + thousands(to) + " of " + thousands(n) + " ");
+    td.colSpan = colSpan;
+    const next = Math.min(step, n - to);
+    const b = el("button", next === n - to ? "show the other " + thousands(next) : "show " + thousands(next) + " more");
+    b.addEventListener("click", () => { tr.remove(); pagedRows(tbody, n, first, step, colSpan, rowAt, to); });
+    td.appendChild(b); tr.appendChild(td); tbody.appendChild(tr);
+  }
   let selectSeq = 0;
   function select(f, redraw) {
     S.selected = f;
@@ -610,32 +624,19 @@
     for (const tr of $("stats").tBodies[0].rows) tr.classList.toggle("selected", Number(tr.dataset.func) === f);
     if (redraw !== false && S.slice) draw();
     const seq = ++selectSeq;
-    // The first EDGE_ROWS callers (callees), then a row saying how many
-    // there are, with a button for more: the panel stopped at 200 rows
-    // without a word.
-    const more = (tbody, side, from) => {
-      const n = side.f.length, to = Math.min(n, from + (from ? EDGE_STEP : EDGE_ROWS));
-      for (let k = from; k < to; k++) {
-        const other = side.f[k], tr = document.createElement("tr");
-        tr.dataset.func = other;
-        tr.appendChild(el("td", ncallsText(side.nc[k], side.cc[k]), "num"));
-        tr.appendChild(el("td", g4(side.tt[k]), "num"));
-        tr.appendChild(el("td", g4(side.ct[k]), "num"));
-        tr.appendChild(el("td", label(other), "mono link"));
-        tr.addEventListener("click", () => select(other));
-        tbody.appendChild(tr);
-      }
-      if (to >= n) return;
-      const tr = el("tr", undefined, "more"), td = el("td", "showing " + thousands(to) + " of " + thousands(n) + " ");
-      td.colSpan = 4;
-      const step = Math.min(EDGE_STEP, n - to);
-      const b = el("button", step === n - to ? "show the other " + thousands(step) : "show " + thousands(step) + " more");
-      b.addEventListener("click", () => { tr.remove(); more(tbody, side, to); });
-      td.appendChild(b); tr.appendChild(td); tbody.appendChild(tr);
+    const edgeRow = (side) => (k) => {
+      const other = side.f[k], tr = document.createElement("tr");
+      tr.dataset.func = other;
+      tr.appendChild(el("td", ncallsText(side.nc[k], side.cc[k]), "num"));
+      tr.appendChild(el("td", g4(side.tt[k]), "num"));
+      tr.appendChild(el("td", g4(side.ct[k]), "num"));
+      tr.appendChild(el("td", label(other), "mono link"));
+      tr.addEventListener("click", () => select(other));
+      return tr;
     };
     const fill = (id, side) => {
       const tbody = document.createElement("tbody");
-      if (side && side.f.length) more(tbody, side, 0);
+      if (side && side.f.length) pagedRows(tbody, side.f.length, EDGE_ROWS, EDGE_STEP, 4, edgeRow(side));
       else if (side) { const tr = el("tr"); tr.appendChild(el("td", "(none)")); tbody.appendChild(tr); }
       $(id).replaceChild(tbody, $(id).tBodies[0]);
     };
@@ -649,29 +650,34 @@
   }
 
   // ---------- diff tables ----------
+  const DIFF_ROWS = 25, DIFF_STEP = 100;
   function renderDiff(diff) {
     $("diff-box").hidden = false;
     const n = diff.f.length;
+    const ms = (x) => (x * 1e3).toFixed(3);
     const fill = (id, rows) => {
       const tbody = document.createElement("tbody");
-      for (const r of rows) {
-        const tr = document.createElement("tr");
+      const rowAt = (k) => {
+        const r = rows[k], tr = document.createElement("tr");
         const dtt = diff.after_tt[r] - diff.before_tt[r], dct = diff.after_ct[r] - diff.before_ct[r];
         tr.dataset.func = diff.f[r];
-        const ms = (x) => (x * 1e3).toFixed(3);
         tr.appendChild(el("td", (dtt >= 0 ? "+" : "−") + ms(Math.abs(dtt)), "num " + (dtt > 0 ? "worse" : "better")));
         tr.appendChild(el("td", ms(diff.before_tt[r]), "num"));
         tr.appendChild(el("td", ms(diff.after_tt[r]), "num"));
         tr.appendChild(el("td", (dct >= 0 ? "+" : "−") + ms(Math.abs(dct)), "num"));
         tr.appendChild(el("td", label(diff.f[r]), "mono link"));
         tr.addEventListener("click", () => select(diff.f[r]));
-        tbody.appendChild(tr);
-      }
+        return tr;
+      };
+      if (rows.length) pagedRows(tbody, rows.length, DIFF_ROWS, DIFF_STEP, 5, rowAt);
+      else { const tr = el("tr"); tr.appendChild(el("td", "(none)")); tbody.appendChild(tr); }
       $(id).replaceChild(tbody, $(id).tBodies[0]);
     };
+    // Rows come regressions first (largest Δ tottime first), so the
+    // improvements are read from the end.
     const worse = [], better = [];
-    for (let r = 0; r < n && worse.length < 25; r++) if (diff.after_tt[r] - diff.before_tt[r] > 0) worse.push(r);
-    for (let r = n - 1; r >= 0 && better.length < 25; r--) if (diff.after_tt[r] - diff.before_tt[r] < 0) better.push(r);
+    for (let r = 0; r < n; r++) if (diff.after_tt[r] - diff.before_tt[r] > 0) worse.push(r);
+    for (let r = n - 1; r >= 0; r--) if (diff.after_tt[r] - diff.before_tt[r] < 0) better.push(r);
     fill("regressions", worse);
     fill("improvements", better);
   }
