@@ -1,12 +1,54 @@
 """Type stubs for perfkit's Rust extension module."""
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from os import PathLike
-from typing import Any, final
+from typing import Any, Generic, TypeVar, final
 
-from typing_extensions import TypeAlias
+from typing_extensions import ParamSpec, TypeAlias
 
 __version__: str
+# (PyO3 lists every name the module adds)
+__all__ = [
+    "CopiedBuffer",
+    "Delayed",
+    "ProfileError",
+    "Recording",
+    "Session",
+    "WorkerPool",
+    "__version__",
+    "buffer_address",
+    "cache_after_fork",
+    "cache_entries",
+    "cache_flush",
+    "cache_hash",
+    "cache_key_of_scalars",
+    "cache_load",
+    "cache_load_head",
+    "cache_reduce_size",
+    "cache_remove",
+    "cache_store",
+    "cache_store_later",
+    "cache_wait",
+    "cli_main",
+    "contains_bytes",
+    "delayed",
+    "delayed_forget",
+    "draw_uniform_batch",
+    "kill_group_when_parent_dies",
+    "load",
+    "pack_values",
+    "read_process_memory",
+    "run_packed",
+    "run_tasks",
+    "set_self_ptracer",
+    "shm_dir",
+    "shm_segments",
+    "unpack_values",
+]
+
+_P = ParamSpec("_P")
+_R_co = TypeVar("_R_co", covariant=True)
 
 _Key: TypeAlias = tuple[str, int, str]
 _Edge: TypeAlias = tuple[int, int, float, float]
@@ -18,12 +60,13 @@ class ProfileError(ValueError):
     damaged) or written. A file the system refuses (missing, a directory, no
     permission, disk full) is the OSError subclass ``open()`` would raise."""
 
+@final
 class Session:
     """A recording that hooks into the interpreter while enabled (one at a time per process)."""
 
-    def __init__(
-        self, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...
-    ) -> None: ...
+    def __new__(
+        cls, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...
+    ) -> Session: ...
     def enable(self, left_out: Sequence[int] = ...) -> None:
         """Start recording, but not the running threads of these idents; RuntimeError if
         another profiler or frame-evaluation hook is active."""
@@ -37,6 +80,7 @@ class Session:
     def builtins(self) -> bool: ...
     def recording(self) -> Recording: ...
 
+@final
 class Recording:
     """An exact (or, from a foreign cProfile file, inferred) call tree."""
 
@@ -132,23 +176,27 @@ def cache_reduce_size(
 
 # --- perfkit.Parallel's engine (crates/perfkit-pool; driven by perfkit/parallel.py) ---
 
+@final
 class CopiedBuffer:
     """One of a reply's large buffers copied out of a worker: a writable buffer (``memoryview(it)``)."""
 
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
+    # (the buffer protocol is a Python-level method from 3.12 on, PEP 688)
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
 
+@final
 class WorkerPool:
     """Worker processes (``program args…``) kept alive across calls; GIL released while waiting."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         n_workers: int,
         program: str | PathLike[str],
         args: list[str],
         env: list[tuple[str, str]],
         copy_results: bool = True,
-    ) -> None:
+    ) -> WorkerPool:
         """``copy_results``: large result buffers are copied straight out of the workers
         where the kernel allows it (else they come in shared-memory segments)."""
     @property
@@ -180,7 +228,7 @@ class WorkerPool:
     def close_at_exit(self) -> None:
         """Idle workers exit on end of file (output flushed, atexit run); busy ones are killed."""
 
-def delayed(function: Callable[..., Any], /) -> Delayed:
+def delayed(function: Callable[_P, _R_co]) -> Delayed[_P, _R_co]:
     """``delayed(f)(*args, **kwargs)`` returns ``(f, args, kwargs)`` (joblib's task format).
     The same wrapper is handed out again for the same plain function (until ``delayed_forget``)."""
 
@@ -188,14 +236,16 @@ def delayed_forget() -> None:
     """Drops the wrapper ``delayed`` keeps for reuse."""
 
 @final
-class Delayed:
-    """What ``delayed(f)`` returns (made only by ``delayed``)."""
+class Delayed(Generic[_P, _R_co]):
+    """What ``delayed(f)`` returns (made only by ``delayed``). Type checkers
+    hold it to ``f``'s parameters, and ``Parallel`` reads ``f``'s result type
+    from the task."""
 
     def __call__(
-        self, *args: Any, **kwargs: Any
-    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
+        self, *args: _P.args, **kwargs: _P.kwargs
+    ) -> tuple[Callable[_P, _R_co], tuple[Any, ...], dict[str, Any]]: ...
     @property
-    def __wrapped__(self) -> Callable[..., Any]: ...
+    def __wrapped__(self) -> Callable[_P, _R_co]: ...
     # The wrapped function's (as functools.wraps gives joblib's wrapper); absent where it lacks them.
     __name__: str
     __qualname__: str
