@@ -60,10 +60,27 @@ import types
 import warnings
 import zlib
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import perfkit
 from perfkit import _native
+from perfkit._typing import Generic, P, R, T, overload
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from typing_extensions import Protocol
+
+    class _CacheDecorator(Protocol):
+        """What ``memory.cache(ignore=...)`` returns: a decorator, as ``memory.cache`` is."""
+
+        @overload
+        def __call__(  # type: ignore[overload-overlap]
+            self, func: Callable[P, Coroutine[Any, Any, T]]
+        ) -> AsyncMemorizedFunc[P, T] | AsyncNotMemorizedFunc[P, T]: ...
+        @overload
+        def __call__(self, func: Callable[P, R]) -> MemorizedFunc[P, R] | NotMemorizedFunc[P, R]: ...
+
 
 __all__ = [
     "CacheWarning",
@@ -873,12 +890,12 @@ def _may_write_behind() -> bool:
 # -- the cached function ---------------------------------------------------------------------------
 
 
-class MemorizedFunc:
+class MemorizedFunc(Generic[P, R]):
     """A function whose results are cached on disk (``Memory.cache``'s result; joblib's MemorizedFunc)."""
 
     def __init__(
         self,
-        func: Callable,
+        func: Callable[P, R],
         memory: Memory,
         ignore: list[str] | None = None,
         verbose: int | None = None,
@@ -1194,7 +1211,7 @@ class MemorizedFunc:
 
     # -- joblib's API
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._key(args, kwargs)
         if key is None:
             return self.func(*args, **kwargs)
@@ -1212,14 +1229,14 @@ class MemorizedFunc:
                 return again
         return out
 
-    def call(self, *args, **kwargs):
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R, dict[str, Any]]:
         """Runs the function (even if cached), stores the result; returns (result, metadata)."""
         key = self._key(args, kwargs)
         entry = None if key is None else self._entry_path(key)
         out, metadata, _stored = self._compute_and_store(entry, key, args, kwargs)
         return out, metadata
 
-    def check_call_in_cache(self, *args, **kwargs) -> bool:
+    def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Whether this call's result is in the cache, its entry intact and,
         with a ``cache_validation_callback``, still valid."""
         key = self._key(args, kwargs)
@@ -1236,7 +1253,9 @@ class MemorizedFunc:
             return True
         return bool(self.cache_validation_callback(metadata))
 
-    def call_and_shelve(self, *args, **kwargs):
+    def call_and_shelve(
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> MemorizedResult[R] | NotMemorizedResult[R]:
         """Computes the result if needed and returns a reference to it in the cache
         (a MemorizedResult whose ``get()`` loads it)."""
         key = self._key(args, kwargs)
@@ -1263,11 +1282,12 @@ class MemorizedFunc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
 
 
-class AsyncMemorizedFunc(MemorizedFunc):
+class AsyncMemorizedFunc(MemorizedFunc[P, "Coroutine[Any, Any, T]"]):
     """``Memory.cache`` of an ``async def`` function (joblib's AsyncMemorizedFunc):
     calling it returns a coroutine, and what is cached is the awaited result."""
 
-    async def __call__(self, *args, **kwargs):
+    # (its methods are the coroutines of MemorizedFunc's: not overrides to a type checker)
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:  # type: ignore[override]
         key = self._key(args, kwargs)
         if key is None:
             return await self.func(*args, **kwargs)
@@ -1281,13 +1301,15 @@ class AsyncMemorizedFunc(MemorizedFunc):
         t0 = self._before_call()
         return self._after_call(entry, key, args, kwargs, await self.func(*args, **kwargs), t0)
 
-    async def call(self, *args, **kwargs):
+    async def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[T, dict[str, Any]]:  # type: ignore[override]
         key = self._key(args, kwargs)
         entry = None if key is None else self._entry_path(key)
         out, metadata, _stored = await self._compute_and_store_async(entry, key, args, kwargs)
         return out, metadata
 
-    async def call_and_shelve(self, *args, **kwargs):
+    async def call_and_shelve(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> MemorizedResult[T] | NotMemorizedResult[T]:
         key = self._key(args, kwargs)
         if key is None:
             return NotMemorizedResult(await self.func(*args, **kwargs))
@@ -1301,7 +1323,15 @@ def _memorized_class(func) -> type:
     return AsyncMemorizedFunc if inspect.iscoroutinefunction(func) else MemorizedFunc
 
 
-def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, hours=0, weeks=0):
+def expires_after(
+    days: float = 0,
+    seconds: float = 0,
+    microseconds: float = 0,
+    milliseconds: float = 0,
+    minutes: float = 0,
+    hours: float = 0,
+    weeks: float = 0,
+) -> Callable[[dict[str, Any]], bool]:
     """A ``cache_validation_callback`` that recomputes results older than the
     given time (joblib's ``expires_after``: the arguments are timedelta's)."""
     limit = datetime.timedelta(
@@ -1435,7 +1465,7 @@ def _check_mmap_mode(mmap_mode):
     return mmap_mode
 
 
-class MemorizedResult:
+class MemorizedResult(Generic[R]):
     """A reference to one cached result (``call_and_shelve``'s result): ``get()`` loads it, ``clear()`` drops it."""
 
     def __init__(self, location, func: str, args_id: str, entry: str, mmap_mode=None) -> None:
@@ -1449,7 +1479,7 @@ class MemorizedResult:
     def func_id(self) -> str:
         return self.func
 
-    def get(self):
+    def get(self) -> R:
         try:
             if self.mmap_mode is None:
                 out = _load_full(self.entry, self.args_id)
@@ -1477,14 +1507,14 @@ class MemorizedResult:
         return f"MemorizedResult(location={self.location!r}, func={self.func!r}, args_id={self.args_id!r})"
 
 
-class NotMemorizedResult:
+class NotMemorizedResult(Generic[R]):
     """A result that is not in a cache (no location, or it could not be stored): ``get()`` returns it."""
 
-    def __init__(self, value) -> None:
-        self.value = value
+    def __init__(self, value: R) -> None:
+        self.value: R | None = value
         self.valid = True
 
-    def get(self):
+    def get(self) -> R:
         if not self.valid:
             raise KeyError("no value: it was cleared")
         return self.value
@@ -1497,23 +1527,23 @@ class NotMemorizedResult:
         return f"NotMemorizedResult(value={self.value!r})" if self.valid else "NotMemorizedResult(cleared)"
 
 
-class NotMemorizedFunc:
+class NotMemorizedFunc(Generic[P, R]):
     """What ``Memory(location=None).cache`` returns: the function, uncached, with MemorizedFunc's methods."""
 
-    def __init__(self, func: Callable) -> None:
+    def __init__(self, func: Callable[P, R]) -> None:
         self.func = func
         functools.update_wrapper(self, func)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
-    def call(self, *args, **kwargs):
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R, dict[str, Any]]:
         return self.func(*args, **kwargs), {}
 
-    def call_and_shelve(self, *args, **kwargs):
+    def call_and_shelve(self, *args: P.args, **kwargs: P.kwargs) -> NotMemorizedResult[R]:
         return NotMemorizedResult(self.func(*args, **kwargs))
 
-    def check_call_in_cache(self, *args, **kwargs) -> bool:
+    def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         return False
 
     def clear(self, warn: bool = True) -> None:
@@ -1523,13 +1553,15 @@ class NotMemorizedFunc:
         return f"NotMemorizedFunc(func={self.func!r})"
 
 
-class AsyncNotMemorizedFunc(NotMemorizedFunc):
+class AsyncNotMemorizedFunc(NotMemorizedFunc[P, "Coroutine[Any, Any, T]"]):
     """``Memory(location=None).cache`` of an ``async def`` function."""
 
-    async def call(self, *args, **kwargs):
+    async def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[T, dict[str, Any]]:  # type: ignore[override]
         return await self.func(*args, **kwargs), {}
 
-    async def call_and_shelve(self, *args, **kwargs):
+    async def call_and_shelve(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> NotMemorizedResult[T]:
         return NotMemorizedResult(await self.func(*args, **kwargs))
 
 
@@ -1596,14 +1628,41 @@ class Memory:
             self._root = None if self._location is None else os.path.join(self._location, _STORE_DIR)
         self.__dict__.setdefault("durable", False)
 
-    def cache(
+    @overload
+    def cache(  # type: ignore[overload-overlap]
         self,
-        func: Callable | None = None,
+        func: Callable[P, Coroutine[Any, Any, T]],
         ignore: list[str] | None = None,
         verbose: int | None = None,
         mmap_mode: str | None | bool = False,
-        cache_validation_callback: Callable[[dict], bool] | None = None,
-    ):
+        cache_validation_callback: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> AsyncMemorizedFunc[P, T] | AsyncNotMemorizedFunc[P, T]: ...
+    @overload
+    def cache(
+        self,
+        func: Callable[P, R],
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: str | None | bool = False,
+        cache_validation_callback: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> MemorizedFunc[P, R] | NotMemorizedFunc[P, R]: ...
+    @overload
+    def cache(
+        self,
+        func: None = None,
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: str | None | bool = False,
+        cache_validation_callback: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> _CacheDecorator: ...
+    def cache(
+        self,
+        func: Callable[..., Any] | None = None,
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: str | None | bool = False,
+        cache_validation_callback: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Any:
         """Decorates ``func`` so that its results are cached: ``@memory.cache``,
         ``@memory.cache(ignore=["verbose"])`` or ``memory.cache(func)``."""
         if func is None:
@@ -1622,7 +1681,7 @@ class Memory:
             raise TypeError(f"ignore must be a list of argument names, not {type(ignore).__name__}")
         return _memorized_class(func)(func, self, ignore, verbose, mmap_mode, cache_validation_callback)
 
-    def eval(self, func: Callable, *args, **kwargs):
+    def eval(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """``self.cache(func)(*args, **kwargs)``."""
         return self.cache(func)(*args, **kwargs)
 
@@ -1634,7 +1693,12 @@ class Memory:
             print(f"[Memory] Clearing the cache at {self._root}")
         _native.cache_remove(self._root)
 
-    def reduce_size(self, bytes_limit=None, items_limit: int | None = None, age_limit=None) -> None:
+    def reduce_size(
+        self,
+        bytes_limit: int | str | None = None,
+        items_limit: int | None = None,
+        age_limit: datetime.timedelta | None = None,
+    ) -> None:
         """Evicts least recently used results until the cache holds at most ``bytes_limit``
         bytes (default: the Memory's ``bytes_limit``) and ``items_limit`` results, and
         removes every result not used within ``age_limit`` (a datetime.timedelta)."""

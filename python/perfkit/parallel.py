@@ -51,6 +51,7 @@ from perfkit._pool_common import (
     task_label,
     unpack_results,
 )
+from perfkit._typing import Generic, R, ReturnAs, overload
 
 __all__ = [
     "Parallel",
@@ -76,6 +77,17 @@ BACKEND_ALIASES = {
     "dask": "dask",
 }
 RETURN_AS = ("list", "generator", "generator_unordered")
+
+# (not typing's at run time: see perfkit._typing)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Iterable
+    from typing import Any, Literal
+
+    from typing_extensions import Self, TypeAlias
+
+    # A task: what delayed(f)(*args, **kwargs) returns.
+    _Task: TypeAlias = "tuple[Callable[..., R], tuple[Any, ...], dict[str, Any]]"
 
 
 class WorkerCrashedError(BrokenProcessPool):
@@ -271,7 +283,7 @@ def _load_cloudpickled(data, keep_wrapper):
 
 # The active parallel_config values; never mutated in place (each level sets a merged copy).
 _config = contextvars.ContextVar("perfkit_parallel_config", default=MappingProxyType({}))
-_UNSET = object()
+_UNSET: Any = object()
 # Set in worker processes (by the pool) and in threads-backend tasks: nested calls stay inside this share.
 _nested = threading.local()
 
@@ -287,19 +299,19 @@ class parallel_config:
 
     def __init__(
         self,
-        backend=None,
+        backend: str | None = None,
         *,
-        n_jobs=_UNSET,
-        verbose=None,
-        temp_folder=None,
-        max_nbytes=None,
-        mmap_mode=None,
-        prefer=None,
-        require=None,
-        inner_max_num_threads=None,
-        progress=None,
-        **backend_params,
-    ):
+        n_jobs: int | None = _UNSET,
+        verbose: int | None = None,
+        temp_folder: str | os.PathLike[str] | None = None,
+        max_nbytes: int | str | None = None,
+        mmap_mode: str | None = None,
+        prefer: Literal["processes", "threads"] | None = None,
+        require: Literal["sharedmem"] | None = None,
+        inner_max_num_threads: int | None = None,
+        progress: bool | None = None,
+        **backend_params: Any,
+    ) -> None:
         if backend is not None and not isinstance(backend, str):
             raise TypeError("parallel_config(backend=...) takes a backend name")
         if backend is not None and backend not in BACKEND_ALIASES:
@@ -335,18 +347,17 @@ class parallel_config:
         # Like joblib, the configuration is also active without a `with` (until unregister).
         self.__enter__()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self._token is None:
             merged = dict(_config.get())
             merged.update(self._values)
             self._token = _config.set(merged)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.unregister()
-        return False
 
-    def unregister(self):
+    def unregister(self) -> None:
         if self._token is not None:
             _config.reset(self._token)
             self._token = None
@@ -357,19 +368,25 @@ class parallel_backend(parallel_config):
     -1); ``with parallel_backend(...) as (backend, n_jobs)`` gives the
     backend's name and n_jobs, where joblib gives its backend object."""
 
-    def __init__(self, backend, n_jobs=-1, inner_max_num_threads=None, **backend_params):
+    def __init__(
+        self,
+        backend: str,
+        n_jobs: int | None = -1,
+        inner_max_num_threads: int | None = None,
+        **backend_params: Any,
+    ) -> None:
         # (set first: the base class's __init__ enters, as joblib's is active without a `with`)
         self._backend_and_n_jobs = (BACKEND_ALIASES.get(backend, backend), n_jobs)
         super().__init__(
             backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
         )
 
-    def __enter__(self):
+    def __enter__(self) -> tuple[str, int | None]:  # type: ignore[override]  # (joblib's too)
         super().__enter__()
         return self._backend_and_n_jobs
 
 
-def effective_n_jobs(n_jobs=-1) -> int:
+def effective_n_jobs(n_jobs: int | None = -1) -> int:
     """How many tasks ``Parallel(n_jobs=n_jobs)`` runs at once here (joblib's
     ``effective_n_jobs``): negative values count back from the CPUs, None
     takes the active ``parallel_config``'s n_jobs, the sequential backend and
@@ -813,7 +830,7 @@ def _clock(seconds: float) -> str:
 # --------------------------------------------------------------------------- Parallel
 
 
-class Parallel:
+class Parallel(Generic[ReturnAs]):
     """joblib's ``Parallel``: call it on an iterable of ``delayed(f)(...)`` items.
 
     Extra parameters: ``progress=True`` (a progress bar on stderr) and
@@ -823,22 +840,23 @@ class Parallel:
 
     def __init__(
         self,
-        n_jobs=_UNSET,
-        backend=_UNSET,
-        return_as="list",
-        verbose=_UNSET,
-        timeout=None,
-        pre_dispatch="2 * n_jobs",
-        batch_size="auto",
-        temp_folder=None,
-        max_nbytes=_UNSET,
-        mmap_mode="r",
-        prefer=_UNSET,
-        require=_UNSET,
-        progress=_UNSET,
-        callback=None,
-        inner_max_num_threads=_UNSET,
-    ):
+        n_jobs: int | None = _UNSET,
+        backend: str | None = _UNSET,
+        # (mypy does not take a TypeVar's default for the parameter's)
+        return_as: ReturnAs = "list",  # type: ignore[assignment]
+        verbose: int = _UNSET,
+        timeout: float | None = None,
+        pre_dispatch: int | str = "2 * n_jobs",
+        batch_size: int | Literal["auto"] = "auto",
+        temp_folder: str | os.PathLike[str] | None = None,
+        max_nbytes: int | str | None = _UNSET,
+        mmap_mode: str | None = "r",
+        prefer: Literal["processes", "threads"] | None = _UNSET,
+        require: Literal["sharedmem"] | None = _UNSET,
+        progress: bool = _UNSET,
+        callback: Callable[[int, int | None], object] | None = None,
+        inner_max_num_threads: int | None = _UNSET,
+    ) -> None:
         if return_as not in RETURN_AS:
             raise ValueError(f"return_as={return_as!r}: use one of {', '.join(map(repr, RETURN_AS))}")
         if backend not in (_UNSET, None) and (not isinstance(backend, str) or backend not in BACKEND_ALIASES):
@@ -913,7 +931,7 @@ class Parallel:
         return int(self._setting("verbose", 0) or 0)
 
     @verbose.setter
-    def verbose(self, value):
+    def verbose(self, value: int) -> None:
         self._args["verbose"] = value  # (as joblib's plain attribute may be set)
 
     def _effective_n_jobs(self) -> int:
@@ -967,15 +985,14 @@ class Parallel:
 
     # -- context manager: keep the workers ---------------------------------------------
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self._in_context = True
         _with_private_pools.add(self)  # (before any call: a fork during one finds it)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._in_context = False
         self._close_private_pool()
-        return False
 
     def _close_private_pool(self):
         """Closes the kept workers, unless a call (a generator made inside the
@@ -1005,12 +1022,21 @@ class Parallel:
 
     # -- the call --------------------------------------------------------------------
 
-    def print_progress(self):
+    def print_progress(self) -> None:
         """Called after each finished batch, as joblib calls it: override it
         (reading ``n_completed_tasks`` and ``n_dispatched_tasks``) to show
         progress your own way, as joblib's tqdm recipes do."""
 
-    def __call__(self, iterable):
+    @overload
+    def __call__(self: Parallel[Literal["list"]], iterable: Iterable[_Task[R]]) -> list[R]: ...
+    @overload
+    def __call__(
+        self: Parallel[Literal["generator"]] | Parallel[Literal["generator_unordered"]],
+        iterable: Iterable[_Task[R]],
+    ) -> Generator[R, None, None]: ...
+    @overload
+    def __call__(self, iterable: Iterable[_Task[R]]) -> list[R] | Generator[R, None, None]: ...
+    def __call__(self, iterable):  # type: ignore[no-untyped-def]
         backend, n_jobs = self._resolve()
         total = _length(iterable)
         if backend != "sequential":

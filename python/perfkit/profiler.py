@@ -13,7 +13,7 @@ import functools
 import os
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar, overload
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -263,7 +263,13 @@ class _ProfileBlock:
     manager, and a decorator whose calls accumulate in one profile."""
 
     def __init__(
-        self, output, builtins: bool, clock: str, print_stats: int | None, sort: str, threads: str | None
+        self,
+        output: str | os.PathLike[str] | None,
+        builtins: bool,
+        clock: str,
+        print_stats: int | None,
+        sort: str,
+        threads: str | None,
     ) -> None:
         self.output = output
         self.print_limit = print_stats
@@ -379,6 +385,18 @@ class _ProfileBlock:
             self._report()
 
 
+@overload
+def profile(output: F) -> F: ...
+@overload
+def profile(
+    output: str | os.PathLike[str] | None = None,
+    *,
+    builtins: bool = True,
+    clock: str = "wall",
+    print_stats: int | None = None,
+    sort: str = "cumulative",
+    threads: str | None = None,
+) -> _ProfileBlock: ...
 def profile(
     output: str | os.PathLike[str] | Callable[..., Any] | None = None,
     *,
