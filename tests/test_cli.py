@@ -520,15 +520,41 @@ def test_record_program_that_exits_3(tmp_path):
     assert any(k[2] == "work" for k in pstats.Stats(str(out)).stats)
 
 
-@sensitive
-def test_record_ctrl_c(tmp_path):
-    out = tmp_path / "int.prof"
-    with recording_in_background("-o", out, script("cli_loop.py"), cwd=tmp_path) as proc:
+def interrupted_status(command: list[str], cwd) -> tuple[int, str]:
+    """The exit status and stderr of ``command`` (a cli_loop.py run) after a Ctrl-C."""
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         _stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stderr
+
+
+@sensitive
+@pytest.mark.parametrize("launcher", ["perfkit", "python -m perfkit"])
+def test_record_ctrl_c(tmp_path, launcher):
+    out = tmp_path / "int.prof"
+    # Python ends a program that Ctrl-C stopped by SIGINT itself, not by
+    # exiting 130: a shell loop or make that runs it stops too.
+    # And only once the interpreter has exited: the program's atexit handlers have run.
+    (tmp_path / "loop_atexit.py").write_text(
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('atexit handler ran', file=sys.stderr))\n"
+        f"runpy.run_path({script('cli_loop.py')!r}, run_name='__main__')\n"
+    )
+    python_status, python_err = interrupted_status([sys.executable, "loop_atexit.py"], tmp_path)
+    assert python_status == -signal.SIGINT and "atexit handler ran" in python_err
+    command = perfkit_command() if launcher == "perfkit" else [sys.executable, "-m", "perfkit"]
+    status, stderr = interrupted_status([*command, "record", "-o", str(out), "loop_atexit.py"], tmp_path)
+    assert status == python_status, stderr
+    assert "atexit handler ran" in stderr
+    assert stderr.count("KeyboardInterrupt") == 1, stderr
+    assert "perfkit: profile written to" in stderr
     for own in ("perfkit/cli.py", "perfkit/profiler.py", "panicked"):
         assert own not in stderr, f"perfkit's own traceback on Ctrl-C:\n{stderr}"
     stats = pstats.Stats(str(out)).stats

@@ -18,12 +18,31 @@ from perfkit.profiler import Profiler
 _PERFKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+# Set by `record` when the program it ran ended by Ctrl-C (an uncaught KeyboardInterrupt).
+_program_interrupted = False
+
+
 def main() -> None:
     try:
         code = _native.cli_main(["perfkit", *sys.argv[1:]])
     except KeyboardInterrupt:  # Ctrl-C in stats or export: the shell's code, not a traceback
         code = 130
+    if _program_interrupted:
+        _end_as_interrupted()
     sys.exit(code)
+
+
+def _end_as_interrupted() -> None:
+    """Ends as Python ends a program that Ctrl-C stopped: after the
+    interpreter's exit (threads joined, atexit handlers run), killed by
+    SIGINT rather than exiting with 130, so that a shell loop or make running
+    `perfkit record` stops too (a shell takes an exit status of 130 for a
+    program that handled the Ctrl-C itself, and goes on). Python does that
+    for a KeyboardInterrupt that leaves the main module (the `perfkit`
+    script's, or `python -m perfkit`'s runpy); the traceback was printed
+    already, where Python prints it, so it is not printed again."""
+    sys.excepthook = lambda *exc_info: None
+    raise KeyboardInterrupt
 
 
 def _put_first_on_path(entry: str | None) -> None:
@@ -247,6 +266,9 @@ def record(
         f"Hot spots: perfkit stats {output} --sort tottime --limit 15",
         file=sys.stderr,
     )
+    if isinstance(ended, KeyboardInterrupt) and exit_code == 130:  # (not the table's EPIPE)
+        global _program_interrupted
+        _program_interrupted = True
     return exit_code
 
 
