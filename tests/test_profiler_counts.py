@@ -453,6 +453,37 @@ def test_threads_started_after_enable(builtins):
     assert got == want
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="cProfile records its own thread only before 3.12 (test_threads_started_after_enable compares per thread)",
+)
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_thread_pool_rows_equal_cprofiles_which_records_every_thread_too(builtins):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prog = program("threads_prog")
+
+    def run():
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(prog.work, [2, 3, 4, 5]))
+
+    both = profile_both(run, builtins=builtins)
+    mine = os.path.abspath(prog.__file__)
+
+    def in_program(k):
+        return os.path.abspath(k[0]) == mine
+
+    def in_program_or_c(k):  # (C functions: which of the program's calls went through one)
+        return k[0] == "~" or in_program(k)
+
+    work = next(k for k in both.cp.funcs if in_program(k) and k[2] == "work")
+    assert both.cp.funcs[work][1] == 4, "cProfile missed the pool's threads"
+    if builtins:
+        assert_same_counts(both.cp.only(in_program), both.pk.only(in_program))
+    else:
+        assert_same_python_counts(both.cp.only(in_program_or_c), both.pk.only(in_program))
+
+
 @pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
 def test_thread_running_before_enable(builtins):
     prog = program("threads_prog")
