@@ -564,6 +564,35 @@ def test_record_ctrl_c(tmp_path, launcher):
 
 
 @sensitive
+def test_record_sigterm_ends_the_program_there_as_under_cprofile(tmp_path):
+    """SIGTERM, unhandled, kills the program on the spot under both profilers:
+    the status is the signal's and neither leaves a file (README: send SIGINT
+    to stop a program with its profile written)."""
+    ended = {}
+    for name, command in (
+        ("cProfile", [sys.executable, "-m", "cProfile", "-o"]),
+        ("perfkit", [*perfkit_command(), "record", "-o"]),
+    ):
+        d = tmp_path / name
+        d.mkdir()
+        proc = subprocess.Popen(
+            [*command, str(d / "out.prof"), script("cli_loop.py")], cwd=d, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        ended[name] = (proc.returncode, sorted(f.name for f in d.iterdir()))
+    assert ended["perfkit"] == ended["cProfile"] == (-signal.SIGTERM, [])
+
+
+@sensitive
 def test_record_killed_leaves_no_partial_file(tmp_path):
     """Killed at any moment, record leaves no output or a complete one."""
     loaded = 0
