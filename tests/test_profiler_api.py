@@ -772,3 +772,113 @@ def test_a_decorated_async_partial_inside_a_recording_warns_and_runs():
     finally:
         outer.disable()
     assert caught[0].filename == __file__
+
+
+def _item(i):
+    return i * 2
+
+
+def _numbers(n):
+    for i in range(n):
+        yield _item(i)
+
+
+def _consumed(i):
+    return i + 1
+
+
+def _program_rows(stats: dict, names: set) -> dict:
+    return {k[2]: v[:2] for k, v in stats.items() if k[0] == __file__ and k[2] in names}
+
+
+def _echo(received: list):
+    try:
+        while True:
+            received.append((yield len(received)))
+    except KeyError:
+        yield "caught"
+    finally:
+        received.append("closed")
+
+
+async def _async_echo(received: list):
+    try:
+        while True:
+            received.append((yield len(received)))
+    except KeyError:
+        yield "caught"
+    finally:
+        received.append("closed")
+
+
+@sensitive  # generator frames' resumptions, seen by each CPython's hook
+def test_profile_decorates_a_generator_function_for_its_whole_iteration(tmp_path):
+    """A generator's body runs after the call returns: the decorator records
+    from its first resumption to its end (or close), as cProfile enabled
+    around the loop that consumes it sees it. It recorded nothing."""
+    import inspect
+
+    def consume(gen):
+        return [_consumed(x) for x in gen]
+
+    names = {"_numbers", "_item", "_consumed", "_echo"}
+    want = _program_rows(run_cprofile(lambda: consume(_numbers(50))).stats, names)
+    assert want["_numbers"] == (51, 51) and want["_item"] == (50, 50)
+    decorated = perfkit.profile(tmp_path / "gen.prof")(_numbers)
+    assert inspect.isgeneratorfunction(decorated)
+    with gc_disabled():
+        assert consume(decorated(50)) == consume(_numbers(50))
+    assert _program_rows(pstats.Stats(str(tmp_path / "gen.prof")).stats, names) == want
+
+    # send(), throw() and close() reach the generator itself.
+    def drive(echo):
+        received = []
+        g = echo(received)
+        out = [next(g), g.send("a"), g.throw(KeyError)]
+        g.close()
+        return out, received
+
+    want = _program_rows(run_cprofile(lambda: drive(_echo)).stats, names)
+    assert want["_echo"][1] == 4  # started, resumed by send, throw and close
+    decorated = perfkit.profile(_echo)
+    with gc_disabled():
+        assert drive(decorated) == drive(_echo) == ([0, 1, "caught"], ["a", "closed"])
+    assert _program_rows(pstats.Stats(decorated.profiler).stats, names) == want
+
+
+@sensitive
+def test_profile_decorates_an_async_generator_function_for_its_whole_iteration():
+    import asyncio
+    import inspect
+
+    async def ticks(n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield _item(i)
+
+    async def consume(agen):
+        return [_consumed(x) async for x in agen]
+
+    names = {"ticks", "_item", "_consumed", "_async_echo"}
+    want = _program_rows(run_cprofile(lambda: asyncio.run(consume(ticks(5)))).stats, names)
+    assert want["_item"] == (5, 5)
+    decorated = perfkit.profile(ticks)
+    assert inspect.isasyncgenfunction(decorated)
+    with gc_disabled():
+        assert asyncio.run(consume(decorated(5))) == [1, 3, 5, 7, 9]
+    assert _program_rows(pstats.Stats(decorated.profiler).stats, names) == want
+
+    # asend(), athrow() and aclose() reach the generator itself.
+    async def drive(echo):
+        received = []
+        g = echo(received)
+        out = [await g.__anext__(), await g.asend("a"), await g.athrow(KeyError)]
+        await g.aclose()
+        return out, received
+
+    want = _program_rows(run_cprofile(lambda: asyncio.run(drive(_async_echo))).stats, names)
+    assert "_async_echo" in want
+    decorated = perfkit.profile(_async_echo)
+    with gc_disabled():
+        assert asyncio.run(drive(decorated)) == ([0, 1, "caught"], ["a", "closed"])
+    assert _program_rows(pstats.Stats(decorated.profiler).stats, names) == want

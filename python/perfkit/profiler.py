@@ -339,6 +339,51 @@ class _ProfileBlock:
         import inspect
 
         profiler = self.profiler
+        if inspect.isgeneratorfunction(func):
+            # The body runs after the call has returned the generator: the
+            # recording spans its iteration, from its first resumption to its
+            # end or close (and what the consumer runs between items, as
+            # around a loop between enable() and disable()).
+            @functools.wraps(func)
+            def generating(*args: Any, **kwargs: Any) -> Any:
+                started = self._call_starts(func)
+                try:
+                    return (yield from func(*args, **kwargs))
+                finally:
+                    self._call_ends(started)
+
+            generating.profiler = profiler  # type: ignore[attr-defined]
+            return generating  # type: ignore[return-value]
+        if inspect.isasyncgenfunction(func):
+
+            @functools.wraps(func)
+            async def async_generating(*args: Any, **kwargs: Any) -> Any:
+                started = self._call_starts(func)
+                try:
+                    # `yield from` for an async generator: what the consumer
+                    # sends or throws in (asend, athrow; aclose through the
+                    # finally) reaches the decorated one.
+                    inner = func(*args, **kwargs)
+                    try:
+                        item = await inner.__anext__()
+                        while True:
+                            try:
+                                sent = yield item
+                            except GeneratorExit:
+                                raise
+                            except BaseException as e:  # noqa: BLE001 - thrown in by athrow: passed on
+                                item = await inner.athrow(e)
+                            else:
+                                item = await inner.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        await inner.aclose()
+                finally:
+                    self._call_ends(started)
+
+            async_generating.profiler = profiler  # type: ignore[attr-defined]
+            return async_generating  # type: ignore[return-value]
         if inspect.iscoroutinefunction(func):
             # Recording spans the awaits: what the thread runs meanwhile (the
             # event loop's other tasks) is in it, as around an awaited call
@@ -414,7 +459,9 @@ def profile(
     prints the top N rows sorted by ``sort``; ``threads`` is
     :class:`Profiler`'s. The decorated function keeps
     its name and docstring, works on methods, and has a ``.profiler``
-    attribute holding every call's results.
+    attribute holding every call's results. A decorated generator (or
+    async generator) function is recorded from its first resumption to its
+    end or close: its body runs after the call has returned.
     """
     if callable(output):  # used bare: @perfkit.profile
         return _ProfileBlock(None, builtins, clock, print_stats, sort, threads)(output)
