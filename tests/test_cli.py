@@ -564,6 +564,42 @@ def test_record_ctrl_c(tmp_path, launcher):
 
 
 @sensitive
+def test_record_a_ctrl_c_while_the_profile_is_written_does_not_lose_it(tmp_path):
+    """A large profile takes seconds to write; an impatient second Ctrl-C
+    then raised KeyboardInterrupt in perfkit's own code: the profile was
+    lost if it came before the write, the report and the program's exit
+    status after it. Written into a FIFO, the write waits for its reader:
+    the Ctrl-C comes while it waits."""
+    fifo = tmp_path / "out.prof"
+    os.mkfifo(fifo)
+    (tmp_path / "prog.py").write_text("def work():\n    return sum(range(1000))\nwork()\n")
+    proc = subprocess.Popen(
+        [*perfkit_command(), "record", "-o", str(fifo), "prog.py"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # the program has ended; perfkit waits for the FIFO's reader
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        with open(fifo, "rb") as reader:
+            written = reader.read()
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr  # the program's
+    assert "perfkit: profile written to" in stderr and "Traceback" not in stderr, stderr
+    copy = tmp_path / "copy.prof"
+    copy.write_bytes(written)
+    assert any(k[2] == "work" for k in pstats.Stats(str(copy)).stats)
+
+
+@sensitive
 def test_record_sigterm_ends_the_program_there_as_under_cprofile(tmp_path):
     """SIGTERM, unhandled, kills the program on the spot under both profilers:
     the status is the signal's and neither leaves a file (README: send SIGINT

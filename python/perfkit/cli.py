@@ -4,8 +4,10 @@ this module runs the parts that need the interpreter: ``perfkit record``."""
 from __future__ import annotations
 
 import builtins as _builtins
+import contextlib
 import importlib.machinery
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -253,23 +255,42 @@ def record(
         print("Exception ignored in: <module 'threading'>", file=sys.stderr)
         _report_exception(interrupted, hook=False)
     _flush_stdout()
-    rec = profiler.recording()
-    try:
-        rec.dump(path)
-    except (OSError, _native.ProfileError) as e:
-        print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
-        return 2
+    with _ctrl_c_ignored():
+        rec = profiler.recording()
+        try:
+            rec.dump(path)
+        except (OSError, _native.ProfileError) as e:
+            print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
+            return 2
+        print(
+            f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded). "
+            f"Hot spots: perfkit stats {output} --sort tottime --limit 15",
+            file=sys.stderr,
+        )
     if sort is not None:
         exit_code = _print_table(path, sort) or exit_code
-    print(
-        f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded). "
-        f"Hot spots: perfkit stats {output} --sort tottime --limit 15",
-        file=sys.stderr,
-    )
     if isinstance(ended, KeyboardInterrupt) and exit_code == 130:  # (not the table's EPIPE)
         global _program_interrupted
         _program_interrupted = True
     return exit_code
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """Ctrl-C is ignored inside, once the program has ended: writing a large
+    profile takes seconds, and an impatient Ctrl-C there raised
+    KeyboardInterrupt in perfkit's own code, which lost the profile, or its
+    report and the program's exit status. (Left alone where a handler
+    installed from C holds SIGINT: Python could not put it back.)"""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_table(path: str, sort: str) -> int | None:
