@@ -74,6 +74,15 @@ def test_a_scripts_module_is_named_as_joblib_names_it():
     assert name("/tmp/ipykernel_1234/567.py") == name("/tmp/ipykernel_99/567.py")
     assert name("<ipython-input-3-abc>") == name("<ipython-input-7-abc>")
     assert name("<ipython-input-3-abc>") != name("<ipython-input-3-abd>")
+    # Where the notebook is known: named by it, whatever the cell (whose digest any edit changes).
+    notebook = "/home/me/eda.ipynb"
+    assert name("/tmp/ipykernel_12/567.py", notebook) == name("/tmp/ipykernel_99/890.py", notebook)
+    assert name("/tmp/ipykernel_12/567.py", notebook) == "__main__--home-me-eda.ipynb"
+    assert name("/tmp/ipykernel_12/567.py", notebook) != name("/tmp/ipykernel_12/567.py", "/home/me/b.ipynb")
+    assert name("<ipython-input-3-abc>", notebook) == name("<ipython-input-7-abd>", notebook)
+    assert name("/tmp/x/train.py", notebook) == "__main__--tmp-x-train"  # (a module %run or imported)
+    # Jupyter's path is relative to its server's root: the kernel's current directory does not matter.
+    assert name("/tmp/ipykernel_12/567.py", "work/eda.ipynb") == "__main__-work-eda.ipynb"
 
 
 def test_lambdas_are_each_their_own_function(tmp_path):

@@ -476,11 +476,39 @@ def _lambda_place(code: types.CodeType) -> str:
     return f"{code.co_firstlineno}-{_code_digest(code, position_independent=True)[:8]}"
 
 
-def _script_module_name(source_file: str) -> str:
+def _is_notebook_cell(source_file: str) -> bool:
+    """Whether code was compiled from an IPython or Jupyter cell, whose
+    "file" is named by a digest of the whole cell's text."""
+    return source_file.startswith("<ipython-input") or (
+        os.path.basename(os.path.dirname(source_file)).startswith("ipykernel_")
+    )
+
+
+def _notebook_path(func) -> str | None:
+    """The notebook a cell's function belongs to, where the front end says:
+    Jupyter's server gives the kernel the notebook's path (ipykernel's
+    ``__session__``), VS Code sets ``__vsc_ipynb_file__``."""
+    namespace = getattr(_unwrapped(func)[1], "__globals__", None) or {}
+    for name in ("__vsc_ipynb_file__", "__session__"):
+        path = namespace.get(name)
+        if isinstance(path, str) and path:
+            return path
+    return None
+
+
+def _script_module_name(source_file: str, notebook: str | None = None) -> str:
     """A script's module name, as joblib names it: ``__main__`` and the
     script's path, so that two scripts' functions of one name are two
-    functions; a notebook's cell stays one across kernel restarts and runs.
+    functions. A notebook's function is named by the notebook where it is
+    known (``notebook``): its cell's name is a digest of the cell's whole
+    text, which any edit of the cell changes, the function's or not.
+    Elsewhere (a kernel run by nbclient or papermill, IPython in a terminal)
+    by its cell, which stays one across kernel restarts and runs.
     ``__main__`` alone where there is no file (``python -c``, a REPL)."""
+    if notebook is not None and _is_notebook_cell(source_file):
+        # As the front end gives it: Jupyter's is relative to its server's
+        # root, which the kernel's current directory (a %cd) must not change.
+        return "__main__-" + "-".join(notebook.split(os.sep))
     if source_file in ("", "?") or (
         source_file.startswith("<") and not source_file.startswith("<ipython-input")
     ):
@@ -945,13 +973,21 @@ class MemorizedFunc(Generic[P, R]):
                     return True
         return False
 
-    def _take_identity(self, source: str, source_file: str) -> None:
-        """Where its entries go: by the function's name and source text (which
-        an unpickled copy takes from the original, as it may have none)."""
+    def _take_identity(self, source: str, source_file: str, module: str | None = None) -> None:
+        """Where its entries go: by the function's module, name and source text
+        (which an unpickled copy takes from the original, as it may have none,
+        nor the notebook's name in its globals)."""
         memory = self.memory
-        module, qualname = _func_identity(self.func)
-        if module in ("__main__", "__mp_main__"):
-            module = _script_module_name(source_file)
+        own_module, qualname = _func_identity(self.func)
+        if module is None:
+            module = own_module
+            if module in ("__main__", "__mp_main__"):
+                module = _script_module_name(source_file, _notebook_path(self.func))
+        self._module = module
+        # A notebook's cells may each define a function of one name (a helper
+        # redefined further down): each body keeps its entries, rather than
+        # running one cell's after another's clearing them in turn.
+        self._keeps_other_code = _is_notebook_cell(source_file)
         self._name = f"{module}.{qualname}"
         self._source = source
         self._source_file = source_file
@@ -999,7 +1035,7 @@ class MemorizedFunc(Generic[P, R]):
                 self._verbose,
                 self.mmap_mode,
                 self.cache_validation_callback,
-                (self._source, self._source_file),
+                (self._source, self._source_file, self._module),
             ),
         )
 
@@ -1050,6 +1086,8 @@ class MemorizedFunc(Generic[P, R]):
         """First use in this process: drop entries of older versions of the function's code
         (as joblib does when a function changes) and leave its code for people to read."""
         self._code_checked = True
+        if self._keeps_other_code:
+            return
         try:
             with os.scandir(self.func_dir) as it:
                 stale = [
