@@ -5,6 +5,7 @@ with joblib where joblib has the same feature."""
 
 from __future__ import annotations
 
+import ast
 import os
 import textwrap
 
@@ -12,8 +13,9 @@ import nbformat
 from nbclient import NotebookClient
 
 
-def run_cells(cells: list[str], cwd, env_extra: dict[str, str] | None = None) -> list[str]:
-    """Runs the cells in one fresh kernel; each cell's stdout (an error fails the test)."""
+def run_cells(cells: list[str], cwd, env_extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Runs the cells in one fresh kernel; what each cell wrote, by stream
+    ("stdout", "stderr"); an error in a cell fails the test."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(textwrap.dedent(cell).strip()) for cell in cells]
     client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
@@ -22,9 +24,11 @@ def run_cells(cells: list[str], cwd, env_extra: dict[str, str] | None = None) ->
     for cell in nb.cells:
         errors = [out for out in cell.outputs if out.output_type == "error"]
         assert not errors, "\n".join(errors[0].traceback)
-        outputs.append(
-            "".join(out.text for out in cell.outputs if out.output_type == "stream" and out.name == "stdout")
-        )
+        streams = {"stdout": "", "stderr": ""}
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                streams[out.name] += out.text
+        outputs.append(streams)
     return outputs
 
 
@@ -83,7 +87,7 @@ def test_a_cached_function_keeps_its_entries_when_its_cell_is_edited(tmp_path):
         tmp_path,
         session,
     )
-    first, edited_cell, edited_body, body_back, parallel = out[1:]
+    first, edited_cell, edited_body, body_back, parallel = (cell["stdout"] for cell in out[1:])
     assert first.split() == ["6", "6", "1", "1"]
     assert edited_cell.split()[:3] == ["6", "6", "0"]  # (perfkit: a hit)
     assert edited_body.split() == ["30", "30", "1", "1"]
@@ -94,4 +98,55 @@ def test_a_cached_function_keeps_its_entries_when_its_cell_is_edited(tmp_path):
     again = run_cells(
         [CACHE_SETUP, cached_cell("x * 2", extra="summary = 'edited again'")], tmp_path, session
     )
-    assert again[1].split()[:3] == ["6", "6", "0"]
+    assert again[1]["stdout"].split()[:3] == ["6", "6", "0"]
+
+
+TASK_CELL = """
+    import traceback, warnings
+    from perfkit import Parallel, delayed
+
+    def check(x):
+        if x < 0:
+            warnings.warn(f"negative: {x}")
+        if x == 3:
+            raise ValueError(f"bad value {x}")
+        return x
+
+    def where_it_warns(x):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check(x)
+        return f"{caught[0].filename}:{caught[0].lineno}"
+"""
+
+
+def test_a_cells_task_that_raises_or_warns_in_a_worker_points_at_the_cell(tmp_path):
+    """cloudpickle names the code it sends ``<dynamic-code>``: the worker's
+    traceback said ``File "<dynamic-code>", line 3, in check`` (joblib's
+    still does), with no line of code, and a warning ``<dynamic-code>:6``.
+    Both now name the cell and its line as Python does running the task
+    in the kernel itself, and the traceback shows the cell's line."""
+    out = run_cells(
+        [
+            TASK_CELL,
+            """
+            try:
+                check(3)
+            except ValueError as exc:
+                here = traceback.extract_tb(exc.__traceback__)[-1]
+            print(repr((here.filename, here.lineno, here.line)))
+            print(where_it_warns(-1))
+            try:
+                Parallel(n_jobs=2)(delayed(check)(x) for x in range(6))
+            except ValueError as exc:
+                print(exc.__cause__)
+            """,
+            "print(*Parallel(n_jobs=2)(delayed(where_it_warns)(x) for x in (-1, -2)))",
+        ],
+        tmp_path,
+    )
+    place, warns_at, remote = out[1]["stdout"].split("\n", 2)
+    filename, lineno, line = ast.literal_eval(place)
+    assert f'File "{filename}", line {lineno}, in check\n    {line}\n' in remote
+    assert "<dynamic-code>" not in remote
+    assert out[2]["stdout"].split() == [warns_at, warns_at]

@@ -6,6 +6,7 @@ table afterwards. Speed is measured in bench/parallel_bench.py, not here.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copyreg
 import functools
@@ -1007,6 +1008,40 @@ def test_task_error_type_traceback_and_task_name():
     # An exception that can't be rebuilt as itself still names its type and task.
     with pytest.raises(pp.TaskError, match=r"task \d \(raise_odd\(\d\)\).*OddError"):
         Parallel(n_jobs=2)(delayed(T.raise_odd)(i) for i in range(2))
+
+
+def test_a_scripts_task_error_shows_the_scripts_file_and_line(tmp_path):
+    """A script's function goes to the workers by value (cloudpickle), which
+    named its code ``<dynamic-code>``: the worker's traceback had neither
+    the script's name nor the line. It names both, as Python's own traceback
+    of the same call does in the script."""
+    out = run_script(
+        tmp_path / "task_error.py",
+        """
+        import traceback
+        from perfkit import Parallel, delayed
+
+        def check(x):
+            if x == 3:
+                raise ValueError(f"bad value {x}")
+            return x
+
+        if __name__ == "__main__":
+            try:
+                check(3)
+            except ValueError as exc:
+                here = traceback.extract_tb(exc.__traceback__)[-1]
+            print(repr((here.filename, here.lineno, here.line)))
+            try:
+                Parallel(n_jobs=2)(delayed(check)(x) for x in range(6))
+            except ValueError as exc:
+                print(exc.__cause__)
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    place, remote = out.stdout.split("\n", 1)
+    filename, lineno, line = ast.literal_eval(place)
+    assert f'File "{filename}", line {lineno}, in check\n    {line}\n' in remote
 
 
 def test_perfkits_own_error_comes_back_from_a_worker_as_itself(tmp_path):

@@ -270,18 +270,50 @@ def _dumps(obj, out_of_band_from, fast_frames, main_names):
     # cloudpickle sends them by value, and one sent back and forth comes back
     # as the original. What an earlier attempt set apart must not precede its own.
     buffers.clear()
-    import cloudpickle
-
-    pickler_class = cloudpickle.Pickler
+    pickler_class = cloud_pickler()
     reducers = _reducers(fast_frames)  # a fresh memo for the frames
     if reducers is not None:
         # The C Pickler reads `dispatch_table` once, in __init__: an instance
         # attribute set afterwards is ignored when the class defines one (as
         # cloudpickle's does), so the table goes on a subclass. cloudpickle's
         # own reducers keep precedence over copyreg's, as in cloudpickle.
-        table = collections.ChainMap(reducers, cloudpickle.Pickler.dispatch_table)
-        pickler_class = type("_FramesCloudPickler", (cloudpickle.Pickler,), {"dispatch_table": table})
+        table = collections.ChainMap(reducers, pickler_class.dispatch_table)
+        pickler_class = type("_FramesCloudPickler", (pickler_class,), {"dispatch_table": table})
     return _dump(pickler_class, None, obj, callback), buffers
+
+
+def cloudpickle_dumps(obj) -> bytes:
+    """``cloudpickle.dumps(obj, protocol=5)``, its code keeping its file's name (see cloud_pickler)."""
+    return _dump(cloud_pickler(), None, obj, None)
+
+
+_CLOUD_PICKLER = None
+
+
+def cloud_pickler():
+    """cloudpickle's Pickler, but code sent by value keeps ``co_filename``.
+    cloudpickle writes ``<dynamic-code>`` there (for pickles that do not
+    depend on where the code was defined), so a task of a script or of a
+    notebook's cell that raised or warned in a worker said ``File
+    "<dynamic-code>", line 3``: neither the script nor the cell, and no line
+    of code. With the name, the worker shows a script's lines and the
+    caller a cell's (see parallel._with_source_lines)."""
+    global _CLOUD_PICKLER
+    if _CLOUD_PICKLER is None:
+        import cloudpickle
+
+        reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+        def reduce_code_keeping_filename(code):
+            rebuild, args = reduce_code(code)
+            # (the one argument cloudpickle replaced, wherever this version puts it)
+            return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+        table = collections.ChainMap(
+            {types.CodeType: reduce_code_keeping_filename}, cloudpickle.Pickler.dispatch_table
+        )
+        _CLOUD_PICKLER = type("_CloudPickler", (cloudpickle.Pickler,), {"dispatch_table": table})
+    return _CLOUD_PICKLER
 
 
 def _dump(pickler_class, dispatch_table, obj, buffer_callback, names=None) -> bytes:

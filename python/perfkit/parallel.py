@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import functools
 import itertools
+import linecache
 import math
 import mmap
 import multiprocessing
@@ -29,6 +30,7 @@ import numbers
 import os
 import pickle
 import queue
+import re
 import sys
 import threading
 import time
@@ -46,6 +48,7 @@ from perfkit._pool_common import (
     STREAMED,
     MainNames,
     MainUnpickler,
+    cloudpickle_dumps,
     dumps,
     fewer_young_collections,
     task_label,
@@ -585,8 +588,6 @@ def _yama_ptrace_scope():
 
 
 def _probe_remote_read(pool) -> bool:
-    import cloudpickle
-
     from perfkit._pool_common import probe_remote_read
 
     expected = os.urandom(32)
@@ -594,7 +595,7 @@ def _probe_remote_read(pool) -> bool:
     address, length = _native.buffer_address(probe)
     call = next(_call_ids)
     try:
-        pool.begin_call(call, _function_frame(cloudpickle.dumps(((probe_remote_read,), []), protocol=5)))
+        pool.begin_call(call, _function_frame(cloudpickle_dumps(((probe_remote_read,), []))))
         pool.submit(
             call, 0, pickle.dumps((0, 0, [(os.getpid(), address, length, expected)]), protocol=5), [], False
         )
@@ -1930,15 +1931,13 @@ class _ProcessCall:
         return slot
 
     def _begin(self):
-        import cloudpickle
-
         sent = list(self.main_names.found.items())
         try:
             # One pickle: a function of the script that is also sent by name is one object there.
-            data = _function_frame(cloudpickle.dumps((tuple(self.functions), sent), protocol=5))
+            data = _function_frame(cloudpickle_dumps((tuple(self.functions), sent)))
         except Exception as exc:
             try:
-                cloudpickle.dumps(tuple(self.functions), protocol=5)
+                cloudpickle_dumps(tuple(self.functions))
             except Exception:  # noqa: BLE001
                 names = ", ".join(task_label(f, limit=0).rstrip("()") for f in self.functions)
                 raise UnpicklableError(f"the function(s) {names} could not be pickled: {exc}") from exc
@@ -2281,7 +2280,7 @@ class _ProcessCall:
             else:
                 cls = TaskError
             exc = cls(f"{where}: {info['type']}: {info['message']}")
-        cause = RemoteTraceback(f"\n{where}; its traceback there:\n\n{info['traceback']}")
+        cause = RemoteTraceback(f"\n{where}; its traceback there:\n\n{_with_source_lines(info['traceback'])}")
         exc.__cause__ = cause
         _add_note(exc, f"perfkit.Parallel: {where} (worker traceback above)")
         try:
@@ -2375,6 +2374,26 @@ class _RecentCosts:
 
 
 _NO_TASK = object()
+
+
+_FRAME_LINE = re.compile(r'  File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def _with_source_lines(traceback: str) -> str:
+    """A worker's traceback text, with the lines of code it could not show
+    taken from this process's linecache: a notebook's cells are there (IPython
+    keeps them), not in a file a worker could read."""
+    lines = traceback.splitlines(keepends=True)
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        found = _FRAME_LINE.match(line)
+        shown = i + 1 < len(lines) and lines[i + 1].startswith("    ")
+        if found is not None and not shown:
+            source = linecache.getline(found["file"], int(found["line"])).strip()
+            if source:
+                out.append(f"    {source}\n")
+    return "".join(out)
 
 
 def _cost_key(function):
