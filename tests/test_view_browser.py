@@ -6,6 +6,7 @@ test asserts on what is on the page; screenshots go to test-artifacts/view/."""
 
 from __future__ import annotations
 
+import html
 import os
 import pstats
 import re
@@ -427,6 +428,29 @@ def test_hostile_names_render_as_text(browser, tmp_path):
     assert_no_alert(browser)
     assert any(HOSTILE_NAME in r[5] for r in table_rows(browser))
     assert browser.execute_script("return document.querySelectorAll('img').length") == 0
+
+
+def test_exported_page_works_inside_an_iframe_srcdoc(browser, files, tmp_path):
+    """The export inlined as notebooks inline HTML (``<iframe srcdoc>``, the
+    document's address about:srcdoc): the page rewrote its address with a
+    bare "#...", which resolves against the parent's address and is refused:
+    the page stopped in its error state."""
+    out = tmp_path / "report.html"
+    assert run_cli("export", files["perfkit"], "-o", out).returncode == 0
+    holder = tmp_path / "holder.html"
+    holder.write_text(
+        f'<iframe style="width:100%;height:800px" srcdoc="{html.escape(out.read_text())}"></iframe>'
+    )
+    browser.get(holder.as_uri())
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+    try:
+        assert wait_state(browser) == "ready", browser.find_element(By.ID, "error").text
+        target = frame_named(browser, "fast_path")
+        click_canvas(browser, target["x"], target["y"])
+        assert crumbs(browser)[-1] == "fast_path"
+        assert browser.execute_script("return location.hash").startswith("#view=0&focus=")
+    finally:
+        browser.switch_to.default_content()
 
 
 def test_diff_view(browser, tmp_path):

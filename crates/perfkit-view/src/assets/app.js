@@ -149,7 +149,18 @@
     if (S.selected >= 0) h.set("sel", S.selected);
     if (S.theme) h.set("theme", S.theme);
     const next = "#" + h.toString();
-    if (next !== location.hash) history.replaceState(null, "", next);
+    if (next !== location.hash) replaceHash(next);
+  }
+  // On the document's own address: a bare "#..." resolves against the base
+  // URL, which for a page inlined in a notebook (<iframe srcdoc>, address
+  // about:srcdoc) is the notebook's, and rewriting to it is refused.
+  function replaceHash(hash) {
+    try {
+      history.replaceState(null, "", location.href.split("#")[0] + hash);
+    } catch (e) {
+      // (a sandboxed frame may refuse even that: the view then has no link, and still works)
+      if (e.name !== "SecurityError") throw e;
+    }
   }
 
   // ---------- slices ----------
@@ -850,7 +861,7 @@
       // A link followed while the page opened (helper-55: it was dropped, and
       // the address rewritten to the old view): applied now. (The page's own
       // address writes meanwhile may have replaced it.)
-      if (location.hash !== linkFollowed) history.replaceState(null, "", linkFollowed);
+      if (location.hash !== linkFollowed) replaceHash(linkFollowed);
       await followHash();
     } else {
       writeHash();
