@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import perfkit
 import pytest
 from conftest import run_cli
+from ipython_support import WORK, run_shell
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
@@ -451,6 +452,44 @@ def test_exported_page_works_inside_an_iframe_srcdoc(browser, files, tmp_path):
         assert browser.execute_script("return location.hash").startswith("#view=0&focus=")
     finally:
         browser.switch_to.default_content()
+
+
+def test_viewer_shown_by_the_magic_draws_inside_a_notebook_page(browser, tmp_path):
+    """What %perfkit displays, put in a page as a notebook puts an HTML output:
+    the viewer draws in its iframe, and a function named like markup stays a
+    name (nothing of it reaches the notebook's page, nor runs in the frame)."""
+    evil = (
+        "def evil():\n    return leaf(3000)\n"
+        f"evil.__code__ = evil.__code__.replace(co_name={HOSTILE_NAME!r}, co_filename={HOSTILE_FILE!r})\n"
+        "def notebook_step():\n    for _ in range(5):\n        evil()\n    return work(12)"
+    )
+    out = run_shell(["%load_ext perfkit", WORK, evil, "%perfkit notebook_step()"], tmp_path)
+    assert out[3]["error"] is None, out[3]
+    output = out[3]["outputs"][0]["text/html"]
+    notebook = tmp_path / "notebook.html"
+    notebook.write_text(
+        f'<!doctype html><html><head><meta charset="utf-8"></head><body><p id="cell">In [4]</p>{output}</body></html>'
+    )
+    browser.get(notebook.as_uri())
+    iframe = browser.find_element(By.TAG_NAME, "iframe")
+    assert iframe.size["height"] >= 600
+    assert iframe.size["width"] >= 0.9 * browser.execute_script("return document.body.clientWidth")
+    browser.switch_to.frame(iframe)
+    try:
+        assert wait_state(browser) == "ready", browser.find_element(By.ID, "error").text
+        assert frame_named(browser, "notebook_step")["w"] > 100
+        hostile = frame_named(browser, HOSTILE_NAME)
+        assert browser.execute_script("return document.querySelectorAll('img').length") == 0
+        # Zooming (which rewrites the frame's address) works in the sandbox.
+        click_canvas(browser, hostile["x"], hostile["y"])
+        assert crumbs(browser)[-1] == HOSTILE_NAME
+        assert any(HOSTILE_NAME in r[5] for r in table_rows(browser))
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    finally:
+        browser.switch_to.default_content()
+    assert_no_alert(browser)
+    assert browser.execute_script("return [...document.body.children].map(e => e.tagName)") == ["P", "IFRAME"]
+    shot(browser, "11-notebook-iframe")
 
 
 def test_diff_view(browser, tmp_path):

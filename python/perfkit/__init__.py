@@ -84,6 +84,17 @@ else:
         return sorted({*globals(), *_LAZY} - {"TYPE_CHECKING", "atexit", "os", "sys"})
 
 
+def load_ipython_extension(ipython):
+    """``%load_ext perfkit``: the ``%perfkit`` and ``%%perfkit`` magics.
+
+    IPython looks for this function in the package it is given; the magics
+    live in ``perfkit._ipython``, imported here only, so that ``import
+    perfkit`` does not import IPython."""
+    from perfkit._ipython import load_ipython_extension
+
+    load_ipython_extension(ipython)
+
+
 def _import(name):
     import importlib
 

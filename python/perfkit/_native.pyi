@@ -86,6 +86,9 @@ class Recording:
 
     def stats_dict(self) -> _StatsDict:
         """The pstats dictionary, as ``cProfile.Profile().stats`` holds it."""
+    def to_html(self, label: str | None = None, iframe: bool = False) -> str:
+        """The viewer's self-contained page (``perfkit export``'s); ``iframe``: inside an ``<iframe srcdoc>``."""
+    def _repr_html_(self) -> str: ...
     def dump(self, path: str | PathLike[str]) -> None:
         """Write a pstats-compatible ``.prof`` that also carries the exact tree (atomic)."""
     def threads(self) -> list[tuple[str, int, int, list[_Node]]]:

@@ -216,6 +216,12 @@ class Profiler:
         return self
 
     # -- results ---------------------------------------------------------
+    def _repr_html_(self) -> str | None:
+        """Jupyter's rich display: the viewer inline, once something was recorded."""
+        if not self._started:
+            return None
+        return self.recording().to_html(iframe=True)
+
     def recording(self) -> _native.Recording:
         """The exact call tree recorded so far (all threads)."""
         return self._session.recording()

@@ -139,6 +139,7 @@ impl Session {
         Recording {
             tree: self.inner.tree(&recorder, &hidden),
             table: None,
+            label: "recorded profile".into(),
         }
     }
 }
@@ -151,6 +152,9 @@ pub struct Recording {
     /// inferred, and a table derived from it would not be the file's
     /// (helper-50: fib's 36 primitive calls came back as 2,220).
     table: Option<StatsTable>,
+    /// What the viewer's page calls it: the file it was read from, as
+    /// `perfkit export` names it.
+    label: String,
 }
 
 /// `(name, thread_id, pid, [(func, parent, calls, own_ns, total_ns)])`.
@@ -194,6 +198,31 @@ impl Recording {
             out.set_item(key_tuple(py, &e.func)?, (e.cc, e.nc, e.tt, e.ct, callers))?;
         }
         Ok(out)
+    }
+
+    /// The viewer's page with this profile in it, as `perfkit export x.html`
+    /// writes it (works from disk, no server); `iframe=True`: that page
+    /// inside an `<iframe srcdoc>`, to show in a notebook's output.
+    #[pyo3(signature = (label = None, iframe = false))]
+    fn to_html(&self, py: Python<'_>, label: Option<String>, iframe: bool) -> String {
+        py.detach(|| {
+            let profile = perfkit_profile::Profile {
+                stats: self.table.clone().unwrap_or_else(|| self.tree.to_stats()),
+                tree: self.tree.clone(),
+            };
+            let label = label.unwrap_or_else(|| self.label.clone());
+            let page = perfkit_view::export::html(&perfkit_view::Viewer::single(label, profile));
+            if iframe {
+                perfkit_view::export::iframe(&page)
+            } else {
+                page
+            }
+        })
+    }
+
+    /// Jupyter's rich display: the viewer, inline.
+    fn _repr_html_(&self, py: Python<'_>) -> String {
+        self.to_html(py, None, true)
     }
 
     /// Writes a `.prof` file (pstats-compatible, with the exact tree), atomically.
@@ -267,5 +296,6 @@ pub fn load(py: Python<'_>, path: PathBuf) -> PyResult<Recording> {
     Ok(Recording {
         tree: profile.tree,
         table: Some(profile.stats),
+        label: path.display().to_string(),
     })
 }

@@ -48,6 +48,29 @@ pub fn html(viewer: &Viewer) -> String {
     ))
 }
 
+/// The page (`page`'s output) inline in a notebook's output, where no
+/// server can be reached (remote Jupyter, Colab, VS Code): an `<iframe>`
+/// holding it in `srcdoc`. Sandboxed to its scripts: the page needs nothing
+/// else, and a profile read from someone else's file gets no access to the
+/// notebook it is shown in.
+pub fn iframe(page: &str) -> String {
+    let mut out = String::with_capacity(page.len() + page.len() / 8 + 160);
+    out.push_str(
+        r#"<iframe sandbox="allow-scripts" title="perfkit profile" style="width: 100%; height: 820px; border: 1px solid #8886;" srcdoc=""#,
+    );
+    for c in page.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out.push_str(r#""></iframe>"#);
+    out
+}
+
 /// A flame graph of the whole profile (threads side by side), as SVG.
 pub fn flamegraph_svg(tree: &CallTree, title: &str) -> Result<Vec<u8>, String> {
     let text = perfkit_profile::collapsed::write_bounded(tree)?;

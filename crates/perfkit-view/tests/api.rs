@@ -152,6 +152,30 @@ fn export_escapes_names_that_look_like_markup() {
     assert_eq!(data["funcs"]["name"][0], evil);
 }
 
+#[test]
+fn iframe_holds_the_page_as_one_attribute() {
+    let evil = "\"></iframe><script>alert(1)</script>&amp;";
+    let p = profile(
+        vec![FuncKey::new("x.py\"'", 1, evil)],
+        vec![node(0, 0, 1000, 1000)],
+    );
+    let page = export::html(&Viewer::single("evil".into(), p));
+    let iframe = export::iframe(&page);
+    let open = "srcdoc=\"";
+    let start = iframe.find(open).unwrap() + open.len();
+    // The attribute's value runs to the element's end: nothing in it closes
+    // the quote or opens a tag.
+    let value = iframe[start..].strip_suffix("\"></iframe>").unwrap();
+    assert!(iframe[..start].starts_with("<iframe "));
+    assert!(!value.contains(['"', '<', '>']));
+    let unescaped = value
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    assert_eq!(unescaped, page);
+}
+
 /// An export's embedded JSON, parsed, and the page after its element.
 fn embedded_data(html: &str) -> (Value, &str) {
     let open = "type=\"application/json\">";
