@@ -3068,6 +3068,80 @@ def test_dask_configured_data_keeps_no_closed_client_alive(dask_client):
     assert ref() is None
 
 
+def _sleeping_arrays(n, size, seconds):
+    return (delayed(T.sleep_item_at)(np.full(size, float(i)), 0, seconds) for i in range(n))
+
+
+@pytest.mark.parametrize("size", [10, 1 << 18], ids=["sent-in-batches", "scattered"])
+def test_dask_client_closed_during_a_call_says_so(dask_client, size):
+    # It raised dask's "Client is closed. Can't send cancel-keys message" or
+    # "IOLoop is closed" from the call's own clean-up (over "'NoneType' object
+    # has no attribute 'ncores'" where a batch with scattered data was sent again).
+    import dask
+    import distributed
+    from distributed.client import ClosedClientError
+
+    other = distributed.Client(dask_client.scheduler.address)
+    try:
+        with (
+            dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+            parallel_config(backend="dask", client=other),
+            pytest.raises(ClosedClientError, match="dask Client was closed during the call"),
+        ):
+            threading.Timer(0.5, other.close).start()
+            Parallel(batch_size=1)(_sleeping_arrays(20, size, 0.2))
+    finally:
+        other.close()
+    # Given closed: said at the call (not "'NoneType' object has no attribute 'ncores'", as joblib's).
+    with (
+        parallel_config(backend="dask", client=other),
+        pytest.raises(ValueError, match="dask Client given to parallel_config.* is closed"),
+    ):
+        Parallel()(delayed(T.square)(i) for i in range(3))
+
+
+def test_dask_scheduler_lost_during_a_call_is_not_resent(tmp_path):
+    # A batch whose scattered data was cancelled because the Client lost its
+    # scheduler was sent again: the call waited out the Client's reconnect
+    # timeout and raised "Timed out trying to connect" (OSError).
+    import concurrent.futures
+
+    import dask
+    import distributed
+
+    code = textwrap.dedent(
+        """
+        import sys
+        from distributed import LocalCluster
+        if __name__ == "__main__":
+            cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
+                                   host="127.0.0.1", dashboard_address=None)
+            print(cluster.scheduler_address, flush=True)
+            sys.stdin.read()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        client = distributed.Client(scheduler.stdout.readline().strip(), timeout=3, set_as_default=False)
+        try:
+            with (
+                dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+                parallel_config(backend="dask", client=client),
+                pytest.raises(concurrent.futures.CancelledError, match="lost its scheduler during the call"),
+            ):
+                # (all 4 in flight at once, the window of 2 × 2 threads: none is scattered after the kill)
+                threading.Timer(0.5, scheduler.kill).start()
+                Parallel(batch_size=1)(_sleeping_arrays(4, 1 << 18, 3.0))
+        finally:
+            client.close()
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+
+
 # ------------------------------------------------------------------ soak
 
 

@@ -152,9 +152,17 @@ class DaskCall:
                 if entry is None:
                     continue
                 first, chunk, _, sent, scattered = entry
+                if self.client.status in ("closing", "closed"):
+                    # Not future.result(): dask's call into a Client's event loop
+                    # can wait forever when the loop stops while the Client closes.
+                    _raise_cut_off(None, _CLOSED, first, chunk)
                 try:
                     elapsed, results = future.result()  # a task's error is raised here
                 except Exception as exc:
+                    cut_off = _client_cut_off(self.client, exc)
+                    if cut_off is not None:
+                        # Nothing can be sent again: say so, not dask's bare "cancelled for reason: unknown".
+                        _raise_cut_off(exc, cut_off, first, chunk)
                     # Cancelled by dask (not raised by a task): data scattered for it
                     # went with its worker, and dask cannot recompute scattered data.
                     lost = scattered and future.status == "cancelled"
@@ -184,9 +192,12 @@ class DaskCall:
                     yield results
             completed = True
         finally:
-            if not completed and in_flight:
-                # Fail fast (an error, a timeout, a closed generator, Ctrl-C):
-                # queued batches are dropped; one already running runs to its end.
+            # Fail fast (an error, a timeout, a closed generator, Ctrl-C):
+            # queued batches are dropped; one already running runs to its end.
+            # Not on a Client closed or cut off from its scheduler: it holds no
+            # futures any more, and a call into one closing can wait forever
+            # (its event loop stops with the call's callback unrun).
+            if not completed and in_flight and self.client.status == "running":
                 self.client.cancel([entry[2] for entry in in_flight.values()])
             in_flight.clear()
             self.known.clear()  # the scattered futures go now (their weak references' callbacks form cycles)
@@ -213,6 +224,7 @@ class DaskCall:
         except Exception:
             # dask could not serialize the batch ("Could not serialize object of
             # type LLGExpr"): name the task; anything else as dask raised it.
+            self._check_client()
             self._check_tasks_picklable(chunk)
             raise
         self.completed.add(future)
@@ -228,6 +240,7 @@ class DaskCall:
                 entry = self.known.get(id(value))
                 if entry is not None and entry[1] != -1 and entry[0]() is value:
                     del self.known[id(value)]
+        self._check_client()
         if self.given is not None:
             self._know_given()  # sent again if lost
         self.addresses = sorted(self.client.nthreads())
@@ -283,9 +296,10 @@ class DaskCall:
         try:
             futures = self.client.scatter(values, workers=where, hash=False)
         except Exception:
+            self._check_client()
             self._check_tasks_picklable(chunk)
-            if where is None:
-                raise
+            if where is None or self.client.status != "running":
+                raise  # (not again to a Client waiting for its scheduler: it would wait its timeout again)
             self.addresses = []  # that worker left the cluster: let dask place the data
             futures = self.client.scatter(values, hash=False)
         out = {}
@@ -341,6 +355,15 @@ class DaskCall:
             return entry[2]
         return value
 
+    def _check_client(self):
+        """Raises dask's ClosedClientError, saying so, when the Client was
+        closed during the call (dask's own calls on it fail with
+        "'NoneType' object has no attribute 'scatter'" and the like)."""
+        if self.client.status in ("closing", "closed"):
+            from distributed.client import ClosedClientError
+
+            raise ClosedClientError(f"perfkit.Parallel: the dask Client {_CLOSED} during the call")
+
     def _check_tasks_picklable(self, chunk):
         """Raises UnpicklableError naming the first task of `chunk` that cannot be pickled."""
         import cloudpickle
@@ -375,6 +398,42 @@ def _died_note(first, chunk, times_lost):
         f"perfkit.Parallel: {which} sent {times_lost} times, and each time the worker holding the "
         "data scattered for them died (a task that kills its worker does that)"
     )
+
+
+def _client_cut_off(client, exc):
+    """What the Client did when it, not the scheduler, ended a future of the
+    call (words for a message): closed, cut off from its scheduler, or
+    restarted; None otherwise."""
+    if client.status in ("closing", "closed"):
+        return _CLOSED
+    reason = getattr(exc, "reason", None)  # (dask's FutureCancelledError's)
+    if reason == "scheduler-restart":
+        return "was restarted (its workers and the call's tasks with them)"
+    if reason == "scheduler-connection-lost" or client.status != "running":
+        return "lost its scheduler"
+    return None
+
+
+_CLOSED = "was closed"
+
+
+def _raise_cut_off(exc, what, first, chunk):
+    label = task_label(*pp._unpack(chunk[0][1], first))
+    message = (
+        f"perfkit.Parallel: the dask Client {what} during the call; "
+        f"{pp._tasks_text(first, len(chunk))} ({label}) and any others still on the cluster did not finish"
+    )
+    from distributed.client import ClosedClientError, FutureCancelledError
+
+    # (in the message, not a note, which Python before 3.11 does not show; and
+    # without dask's own error: a closed Client's is "IOLoop is closed" or a
+    # future "cancelled for reason: unknown", whichever its closing reached first)
+    if what is _CLOSED:
+        raise ClosedClientError(message) from None
+    if isinstance(exc, FutureCancelledError):
+        raise FutureCancelledError(key=exc.key, reason=exc.reason, msg=message) from None
+    pp._add_note(exc, message)
+    raise exc
 
 
 def _large_graph_bytes():

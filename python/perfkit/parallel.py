@@ -1361,6 +1361,11 @@ def _dask_client(config=None):
     ``config``, else the active one), else the current one."""
     client = (config if config is not None else _config.get()).get("backend_params", {}).get("client")
     if client is not None:
+        if client.status in ("closing", "closed"):
+            # (dask's own calls on it fail with "'NoneType' object has no attribute 'ncores'")
+            raise ValueError(
+                f"backend='dask': the dask Client given to parallel_config(client=...) is {client.status}"
+            )
         return client
     try:
         from distributed import get_client
