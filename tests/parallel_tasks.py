@@ -630,3 +630,14 @@ def raise_unpicklable(x):
     if x == 1:
         raise ErrorHoldingALock(f"task value {x} holds a lock")
     return x
+
+
+def fails_the_first_runs(i, directory, failing_runs):
+    """Raises on its first `failing_runs` runs (counted by files in `directory`), then returns i."""
+    import tempfile
+
+    tempfile.mkstemp(dir=directory, prefix=f"{i}-")
+    runs = sum(name.startswith(f"{i}-") for name in os.listdir(directory))
+    if runs <= failing_runs:
+        raise RuntimeError(f"run {runs} of task {i} fails")
+    return i

@@ -3142,6 +3142,66 @@ def test_dask_scheduler_lost_during_a_call_is_not_resent(tmp_path):
         scheduler.wait()
 
 
+def test_dask_waits_for_a_first_worker_as_joblib_does():
+    # A cluster without workers: the call waited forever (its tasks queued on
+    # the scheduler); joblib's waits wait_for_workers_timeout (10 s), then
+    # raises TimeoutError.
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=0, processes=False, dashboard_address=None, worker_dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        with (
+            parallel_config(backend="dask", client=client, wait_for_workers_timeout=0.5),
+            pytest.raises(TimeoutError, match="no worker after 0.5 s") as info,
+        ):
+            Parallel(timeout=30)(delayed(T.square)(i) for i in range(3))
+        assert not isinstance(info.value, pp.ParallelTimeoutError)  # (the wait's, not the call's timeout=)
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
+        # A worker that comes within the wait runs the call.
+        threading.Timer(0.5, cluster.scale, (1,)).start()
+        with parallel_config(backend="dask", client=client, wait_for_workers_timeout=60):
+            assert Parallel(timeout=30)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
+
+
+def test_dask_takes_joblibs_backend_parameters(dask_client, tmp_path):
+    # They were silently ignored: workers=/resources= ran the batches anywhere,
+    # retries= ran a failing task once, and a misspelt keyword went unnoticed.
+    first = min(dask_client.nthreads())
+    pid = dask_client.run(os.getpid, workers=[first])[first]
+    for lib in (perfkit, joblib):
+        with lib.parallel_config(backend="dask", workers=[first]):
+            assert set(lib.Parallel(batch_size=1)(lib.delayed(T.pid_of)(i) for i in range(8))) == {pid}
+    # retries= as dask's client.submit has it: a failing task runs again. (joblib
+    # passes it on, but its batches return their error, which dask never retries.)
+    for where in ("dask", "perfkit"):
+        runs = tmp_path / where
+        runs.mkdir()
+        if where == "dask":
+            futures = dask_client.map(T.fails_the_first_runs, range(4), [str(runs)] * 4, [1] * 4, retries=1)
+            out = dask_client.gather(futures)
+        else:
+            with parallel_config(backend="dask", retries=1):
+                out = Parallel(batch_size=1)(
+                    delayed(T.fails_the_first_runs)(i, str(runs), 1) for i in range(4)
+                )
+        assert out == [0, 1, 2, 3]
+        assert len(os.listdir(runs)) == 8
+    with (
+        parallel_config(backend="dask", retries=1),
+        pytest.raises(RuntimeError, match="run 2 of task 0 fails"),
+    ):
+        Parallel(batch_size=1)(delayed(T.fails_the_first_runs)(i, str(tmp_path), 2) for i in range(1))
+    with pytest.raises(ValueError, match="unknown keyword.*n_job"):
+        parallel_config(backend="dask", n_job=2)
+    with pytest.raises(ValueError, match="scheduler_host.*client=Client"):
+        parallel_config(backend="dask", scheduler_host="tcp://127.0.0.1:8786")
+    with pytest.raises(ValueError, match="wait_for_workers_timeout='10'"):
+        parallel_config(backend="dask", wait_for_workers_timeout="10")
+
+
 # ------------------------------------------------------------------ soak
 
 

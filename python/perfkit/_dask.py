@@ -12,6 +12,7 @@ the cluster after a call but what ``parallel_config(scatter=...)`` asked for.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import queue
 import time
@@ -40,6 +41,35 @@ MAX_BATCH_BYTES = 8 << 20
 RESUBMITS = 3
 # Argument types never worth sizing or scattering (small).
 _PLAIN = (int, float, complex, bool, type(None))
+# How long a call waits for a cluster without workers to get one, as joblib's
+# dask backend does (its default, and its parameter's name).
+WAIT_FOR_WORKERS_SECONDS = 10
+# parallel_config(backend="dask", ...)'s keywords: perfkit's own, and those of
+# client.submit that joblib's dask backend passes on to each batch.
+OWN_PARAMS = ("client", "scatter", "wait_for_workers_timeout")
+SUBMIT_PARAMS = ("workers", "resources", "retries", "priority", "fifo_timeout", "allow_other_workers")
+
+
+def check_params(params):
+    """Raises for a parallel_config(backend="dask", ...) keyword the backend
+    does not take, which would otherwise be silently ignored."""
+    if "scheduler_host" in params or "loop" in params:
+        raise ValueError(
+            "parallel_config(backend='dask'): scheduler_host= and loop= (joblib's) are not taken: "
+            "perfkit uses the Client you make and close, "
+            "parallel_config(backend='dask', client=Client('tcp://host:8786'))"
+        )
+    unknown = sorted(set(params) - set(OWN_PARAMS) - set(SUBMIT_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"parallel_config(backend='dask'): unknown keyword(s) {', '.join(unknown)}; it takes "
+            f"{', '.join(OWN_PARAMS)}, and client.submit's {', '.join(SUBMIT_PARAMS)}"
+        )
+    wait = params.get("wait_for_workers_timeout")
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
+        raise ValueError(
+            f"wait_for_workers_timeout={wait!r}: seconds (a number, 0 or more), or None not to wait"
+        )
 
 
 class GivenData:
@@ -79,9 +109,16 @@ class DaskCall:
         self.progress = progress
         from distributed.comm import get_address_host
 
+        params = parallel._setting("backend_params", {})
         # Every worker's threads: client.nthreads(), not scheduler_info(),
         # which lists only the first 5 workers in distributed 2025.4-2026.6.
-        threads = client.nthreads()
+        threads = client.nthreads() or _wait_for_workers(
+            client, params.get("wait_for_workers_timeout", WAIT_FOR_WORKERS_SECONDS)
+        )
+        self.submit_params = {k: v for k, v in params.items() if k in SUBMIT_PARAMS}
+        # dask's retries would never apply to a task's error (the batch
+        # returns it): the call sends a failed batch again itself.
+        self.retries = self.submit_params.pop("retries", None) or 0
         self.workers = max(1, sum(threads.values()))
         # Worker threads per host: a Parallel inside a task shares its machine with all of them.
         self.host_threads = {}
@@ -110,7 +147,7 @@ class DaskCall:
         self.known = {}
         # future key -> (first index, tasks as drawn, future, times sent, whether it uses scattered data)
         self.in_flight = {}
-        self.given = parallel._setting("backend_params", {}).get("scatter")
+        self.given = params.get("scatter")
 
     def run(self):
         size = self.parallel.batch_size
@@ -175,6 +212,10 @@ class DaskCall:
                     raise  # (its future stays in flight, so that `finally` releases it: dask
                     # keeps the exception, whose traceback holds this frame, which holds the future)
                 if type(results) is TaskRaised:
+                    if sent <= self.retries:
+                        del in_flight[future.key]
+                        self._submit(iter(chunk), len(chunk), False, sent)
+                        continue
                     results.raise_here(first, chunk)  # (its future stays in flight, as above)
                 del in_flight[future.key]
                 if auto:
@@ -220,7 +261,9 @@ class DaskCall:
         function = prepared[0][1][0]
         key = f"perfkit.Parallel-{task_label(function, limit=0).rstrip('()')}-{uuid.uuid4().hex}"
         try:
-            future = self.client.submit(run_chunk, prepared, self.host_threads, key=key, pure=False)
+            future = self.client.submit(
+                run_chunk, prepared, self.host_threads, key=key, pure=False, **self.submit_params
+            )
         except Exception:
             # dask could not serialize the batch ("Could not serialize object of
             # type LLGExpr"): name the task; anything else as dask raised it.
@@ -434,6 +477,32 @@ def _raise_cut_off(exc, what, first, chunk):
         raise FutureCancelledError(key=exc.key, reason=exc.reason, msg=message) from None
     pp._add_note(exc, message)
     raise exc
+
+
+def _wait_for_workers(client, seconds):
+    """Waits up to `seconds` for the cluster's first worker (an adaptive
+    cluster starts one for a task waiting), as joblib's dask backend does:
+    a call on a cluster without workers would otherwise wait forever. The
+    workers' threads then, or {} when `seconds` is 0 or None (no wait)."""
+    if not seconds:
+        return {}
+    probe = client.submit(_probe, key=f"perfkit.Parallel-wait-for-workers-{uuid.uuid4().hex}", pure=False)
+    try:
+        probe.result(timeout=seconds)
+    except (TimeoutError, asyncio.TimeoutError):  # (the same class from Python 3.11 on)
+        raise TimeoutError(
+            f"perfkit.Parallel: the dask cluster has no worker after {seconds} s "
+            "(are its workers started, and can they reach the scheduler?); to wait longer: "
+            f"parallel_config(backend='dask', wait_for_workers_timeout={max(10, 2 * seconds)})"
+        ) from None
+    finally:
+        if client.status == "running":
+            client.cancel([probe])
+    return client.nthreads()
+
+
+def _probe():
+    return None
 
 
 def _large_graph_bytes():

@@ -339,6 +339,10 @@ class parallel_config:
                 f"parallel_config: unknown keyword(s) {', '.join(sorted(backend_params))}; "
                 "a backend's parameters go with backend=..."
             )
+        if backend_params and BACKEND_ALIASES.get(backend) == "dask":
+            from perfkit._dask import check_params
+
+            check_params(backend_params)
         if backend_params.get("scatter") is not None:
             from perfkit._dask import GivenData
 
