@@ -641,3 +641,8 @@ def fails_the_first_runs(i, directory, failing_runs):
     if runs <= failing_runs:
         raise RuntimeError(f"run {runs} of task {i} fails")
     return i
+
+
+def lock_at(i, bad):
+    """An unpicklable result (a lock) from task `bad`, `i` from the others."""
+    return make_lock() if i == bad else i

@@ -3202,6 +3202,33 @@ def test_dask_takes_joblibs_backend_parameters(dask_client, tmp_path):
         parallel_config(backend="dask", wait_for_workers_timeout="10")
 
 
+def test_dask_names_a_task_whose_result_cannot_come_back(dask_client):
+    # A result the worker cannot pickle was dask's TypeError "Could not
+    # serialize object of type list" and a traceback, naming no task (joblib's
+    # call waits forever there); one that does not load here named none either.
+    # Both are worded as the processes backend words them.
+    with parallel_config(backend="dask"):
+        for batch_size, which in (
+            (
+                1,
+                r"the result of task 1 \(lock_at\(1, bad=1\)\) could not be pickled on the dask worker to send it",
+            ),
+            (
+                4,
+                r"the results of tasks 0–3 \(the first: lock_at\(0, bad=1\)\) could not be pickled on the dask ",
+            ),
+        ):
+            with pytest.raises(
+                pp.UnpicklableError, match=which + r".* back: TypeError: cannot pickle '_thread.lock'"
+            ):
+                Parallel(batch_size=batch_size)(delayed(T.lock_at)(i, bad=1) for i in range(4))
+        with pytest.raises(ValueError, match="cannot be rebuilt here") as info:
+            Parallel(batch_size=1)(delayed(T.result_unloadable_by_the_caller)(i, bad=2) for i in range(4))
+        if sys.version_info >= (3, 11):
+            assert any("task 2 came back from a dask worker" in n for n in info.value.__notes__)
+        assert Parallel()(delayed(T.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
 # ------------------------------------------------------------------ soak
 
 

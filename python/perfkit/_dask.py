@@ -207,6 +207,16 @@ class DaskCall:
                         del in_flight[future.key]
                         self._resend(chunk, sent)
                         continue
+                    if _is_unsendable_result(exc):
+                        self._raise_unsendable(exc, first, chunk)
+                    if future.status == "finished":
+                        # (the batch ran and its results reached this process: they did not load here)
+                        pp._add_note(
+                            exc,
+                            f"perfkit.Parallel: the results of {pp._tasks_text(first, len(chunk))} came back "
+                            "from a dask worker but could not be taken in here",
+                        )
+                        raise
                     if lost or _is_killed_worker(exc):
                         pp._add_note(exc, _died_note(first, chunk, sent if lost else None))
                     raise  # (its future stays in flight, so that `finally` releases it: dask
@@ -407,6 +417,22 @@ class DaskCall:
 
             raise ClosedClientError(f"perfkit.Parallel: the dask Client {_CLOSED} during the call")
 
+    def _raise_unsendable(self, exc, first, chunk):
+        """dask's error for a batch whose results its worker could not pickle
+        (a TypeError with the worker's traceback as text), as the processes
+        backend names that: UnpicklableError, naming the tasks."""
+        label = task_label(*pp._unpack(chunk[0][1], first))
+        which = (
+            f"the result of task {first} ({label})"
+            if len(chunk) == 1
+            else f"the results of {pp._tasks_text(first, len(chunk))} (the first: {label})"
+        )
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise pp.UnpicklableError(
+            f"perfkit.Parallel: {which} could not be pickled on the dask worker to send "
+            f"{'it' if len(chunk) == 1 else 'them'} back: {lines[-1].strip()}"
+        ) from exc
+
     def _check_tasks_picklable(self, chunk):
         """Raises UnpicklableError naming the first task of `chunk` that cannot be pickled."""
         import cloudpickle
@@ -513,6 +539,11 @@ def _large_graph_bytes():
         return parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold"))
     except Exception:  # noqa: BLE001 - an older dask without the setting: its default
         return 10_000_000
+
+
+def _is_unsendable_result(exc):
+    # (distributed.protocol.serialize's message, a worker's pickling error as text)
+    return type(exc) is TypeError and str(exc).startswith("Could not serialize object of type")
 
 
 def _is_killed_worker(exc):
