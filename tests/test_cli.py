@@ -599,6 +599,56 @@ def test_record_a_ctrl_c_while_the_profile_is_written_does_not_lose_it(tmp_path)
     assert any(k[2] == "work" for k in pstats.Stats(str(copy)).stats)
 
 
+_CHILD_SIGINT = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+
+
+def test_record_a_child_started_while_the_profile_is_written_stops_on_ctrl_c(tmp_path):
+    """While the profile is written the program's daemon threads still run;
+    a process one of them started then inherited SIGINT ignored (SIG_IGN
+    survives exec, and Python then installs no Ctrl-C handler), and ignored
+    Ctrl-C for its whole life. It must take it as a child that Python
+    starts takes it, and so must a fork (which keeps the parent's handlers)."""
+    fifo = tmp_path / "out.prof"
+    os.mkfifo(fifo)
+    spawn_child = f"subprocess.run([sys.executable, '-c', {_CHILD_SIGINT!r}], stdout=out)"
+    (tmp_path / "prog.py").write_text(
+        "import os, signal, subprocess, sys, threading, time\n"
+        "def later():\n"
+        "    time.sleep(0.5)  # the program has ended: perfkit is writing its profile\n"
+        "    with open('child.txt', 'w') as out:\n"
+        f"        {spawn_child}\n"
+        "    if os.fork() == 0:\n"
+        "        with open('forked.txt', 'w') as out:\n"
+        "            out.write(f'{signal.getsignal(signal.SIGINT) is signal.default_int_handler}\\n')\n"
+        "        os._exit(0)\n"
+        "threading.Thread(target=later, daemon=True).start()\n"
+    )
+    anchor = subprocess.run([sys.executable, "-c", _CHILD_SIGINT], capture_output=True, text=True, check=True)
+    proc = subprocess.Popen(
+        [*perfkit_command(), "record", "-o", str(fifo), "prog.py"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child_said = tmp_path / "child.txt"
+        deadline = time.monotonic() + 30
+        # (the write waits for its reader meanwhile)
+        while not all(f.exists() and f.read_text() for f in (child_said, tmp_path / "forked.txt")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        with open(fifo, "rb") as reader:
+            reader.read()
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert child_said.read_text() == anchor.stdout == "True\n"
+    assert (tmp_path / "forked.txt").read_text() == "True\n"
+
+
 @sensitive
 def test_record_sigterm_ends_the_program_there_as_under_cprofile(tmp_path):
     """SIGTERM, unhandled, kills the program on the spot under both profilers:

@@ -281,16 +281,43 @@ def _ctrl_c_ignored():
     profile takes seconds, and an impatient Ctrl-C there raised
     KeyboardInterrupt in perfkit's own code, which lost the profile, or its
     report and the program's exit status. (Left alone where a handler
-    installed from C holds SIGINT: Python could not put it back.)"""
+    installed from C holds SIGINT: Python could not put it back.)
+
+    Ignored by a handler that does nothing, not SIG_IGN: the program's daemon
+    threads still run, and a process one of them starts would inherit
+    SIG_IGN through exec (a Python one then installs no Ctrl-C handler) and
+    ignore Ctrl-C for its whole life; exec resets a handler to the default.
+    A fork keeps the handler, so the child gets the program's back."""
+    global _sigint_outside, _fork_hook_registered
     previous = signal.getsignal(signal.SIGINT)
     if previous is None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_restore_sigint_in_child)
+        _fork_hook_registered = True
+    _sigint_outside = previous
+    signal.signal(signal.SIGINT, _ignore_signal)
     try:
         yield
     finally:
+        _sigint_outside = None
+        # (signal.signal first runs a Ctrl-C still pending, with the handler that ignores it)
         signal.signal(signal.SIGINT, previous)
+
+
+# The program's SIGINT handler while _ctrl_c_ignored holds SIGINT.
+_sigint_outside: object = None
+_fork_hook_registered = False
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    pass
+
+
+def _restore_sigint_in_child() -> None:
+    if _sigint_outside is not None:
+        signal.signal(signal.SIGINT, _sigint_outside)
 
 
 def _print_table(path: str, sort: str) -> int | None:
