@@ -76,11 +76,11 @@ def shm_leftovers(pid=None):
     return [n for n in os.listdir(_native.shm_dir()) if n.startswith(prefix)]
 
 
-def run_script(path, source):
-    """Writes `source` (dedented) to `path` and runs it in a fresh interpreter."""
+def run_script(path, source, flags=()):
+    """Writes `source` (dedented) to `path` and runs it in a fresh interpreter (given `flags`)."""
     path.write_text(textwrap.dedent(source))
     return subprocess.run(
-        [sys.executable, str(path)], check=False, capture_output=True, text=True, timeout=60
+        [sys.executable, *flags, str(path)], check=False, capture_output=True, text=True, timeout=60
     )
 
 
@@ -1010,7 +1010,10 @@ def test_task_error_type_traceback_and_task_name():
         Parallel(n_jobs=2)(delayed(T.raise_odd)(i) for i in range(2))
 
 
-def test_a_scripts_task_error_shows_the_scripts_file_and_line(tmp_path):
+# -bb: comparing bytes with str raises (perfkit's cloudpickling compared a
+# code object's bytes with "<dynamic-code>": no task of a script could be sent).
+@pytest.mark.parametrize("flags", [(), ("-bb",)], ids=["plain", "bytes-warnings-raise"])
+def test_a_scripts_task_error_shows_the_scripts_file_and_line(tmp_path, flags):
     """A script's function goes to the workers by value (cloudpickle), which
     named its code ``<dynamic-code>``: the worker's traceback had neither
     the script's name nor the line. It names both, as Python's own traceback
@@ -1037,6 +1040,7 @@ def test_a_scripts_task_error_shows_the_scripts_file_and_line(tmp_path):
             except ValueError as exc:
                 print(exc.__cause__)
         """,
+        flags,
     )
     assert out.returncode == 0, out.stderr
     place, remote = out.stdout.split("\n", 1)

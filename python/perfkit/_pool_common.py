@@ -306,8 +306,11 @@ def cloud_pickler():
 
         def reduce_code_keeping_filename(code):
             rebuild, args = reduce_code(code)
-            # (the one argument cloudpickle replaced, wherever this version puts it)
-            return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+            # (the one argument cloudpickle replaced, wherever this version puts
+            # it; a str only: bytes == str warns, or raises under `python -bb`)
+            return rebuild, tuple(
+                code.co_filename if type(arg) is str and arg == "<dynamic-code>" else arg for arg in args
+            )
 
         table = collections.ChainMap(
             {types.CodeType: reduce_code_keeping_filename}, cloudpickle.Pickler.dispatch_table
