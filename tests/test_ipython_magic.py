@@ -118,6 +118,7 @@ def test_namespace_and_exceptions_as_prun_keeps_them(tmp_path):
         ("%perfkit -s sideways ran = work(2)", "%perfkit: -s sideways: not one of pstats' sort keys"),
         ("%perfkit -o missing/x.prof ran = work(2)", "%perfkit: -o missing/x.prof: no directory "),
         ("%perfkit -o . ran = work(2)", "%perfkit: -o .: is a directory"),
+        ('%perfkit -o "" ran = work(2)', "%perfkit: -o: no file name"),
         ("%perfkit %perfkit ran = work(2)", "%perfkit: another perfkit profiler is already recording"),
     ],
 )
@@ -131,6 +132,22 @@ def test_bad_use_is_one_line(tmp_path, cell_text, message):
     assert out[2]["outputs"] == []
     # Refused before the code ran.
     assert out[3]["stdout"] == "False\n"
+
+
+def test_the_profile_goes_where_the_user_meant_though_the_code_changes_directory(tmp_path):
+    """As ``python -m cProfile -o`` and ``perfkit record -o`` take it: the
+    file named before the code ran, which is where it was checked for being
+    writable (it went to the directory the code moved to, unchecked)."""
+    (tmp_path / "sub").mkdir()
+    out = run_shell(
+        ["%load_ext perfkit", WORK, "import os", "%perfkit -o moved.prof os.chdir('sub'); work(3)"], tmp_path
+    )
+    assert out[3]["error"] is None, out[3]
+    (tmp_path / "moves.py").write_text("import os\nos.chdir('sub')\n")
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", "cp.prof", "moves.py"], check=True, cwd=tmp_path)
+    assert (tmp_path / "cp.prof").is_file() and not (tmp_path / "sub" / "cp.prof").exists()
+    assert (tmp_path / "moved.prof").is_file() and not (tmp_path / "sub" / "moved.prof").exists()
+    assert any(k[2] == "work" for k in pstats.Stats(str(tmp_path / "moved.prof")).stats)
 
 
 def test_displayed_viewer_is_the_exported_page(tmp_path):

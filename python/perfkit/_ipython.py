@@ -54,8 +54,13 @@ class PerfkitMagics(Magics):
             raise UsageError(f"%perfkit: nothing to profile; {_USAGE}")
         output = _unquoted(opts["o"]) if "o" in opts else None
         sort = opts.get("s")
+        path = None
         if output is not None:
             _check_writable(output)
+            # Where the user meant, though the code may change directory (as
+            # `python -m cProfile -o` and `perfkit record -o` take it), and
+            # where it was checked.
+            path = os.path.abspath(output)
         if sort is not None:
             try:
                 pstats.Stats().sort_stats(sort)
@@ -83,9 +88,9 @@ class PerfkitMagics(Magics):
                 first_line = first_line[: _LABEL_CHARS - 1] + "…"
             page = recording.to_html(label=output or first_line, iframe=True)
             display({"text/html": page, "text/plain": repr(recording)}, raw=True)
-        if output is not None:
+        if path is not None:
             try:
-                recording.dump(output)
+                recording.dump(path)
             except (OSError, ProfileError) as e:
                 raise UsageError(f"%perfkit: cannot write the profile: {e}") from None
 
@@ -99,6 +104,8 @@ def _unquoted(path: str) -> str:
 
 def _check_writable(output: str) -> None:
     """Refuses, before the code runs, a file that could not be written after it."""
+    if not output:
+        raise UsageError("%perfkit: -o: no file name")
     folder = os.path.dirname(os.path.abspath(output))
     if os.path.isdir(output):
         raise UsageError(f"%perfkit: -o {output}: is a directory")
