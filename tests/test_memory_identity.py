@@ -81,7 +81,7 @@ def test_a_scripts_module_is_named_as_joblib_names_it():
     assert name("/tmp/ipykernel_12/567.py", notebook) != name("/tmp/ipykernel_12/567.py", "/home/me/b.ipynb")
     assert name("<ipython-input-3-abc>", notebook) == name("<ipython-input-7-abd>", notebook)
     assert name("/tmp/x/train.py", notebook) == "__main__--tmp-x-train"  # (a module %run or imported)
-    # Jupyter's path is relative to its server's root: the kernel's current directory does not matter.
+    # A relative path (Jupyter Server's before 2.0.7) is kept: the kernel's current directory does not matter.
     assert name("/tmp/ipykernel_12/567.py", "work/eda.ipynb") == "__main__-work-eda.ipynb"
 
 

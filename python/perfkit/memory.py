@@ -506,8 +506,9 @@ def _script_module_name(source_file: str, notebook: str | None = None) -> str:
     by its cell, which stays one across kernel restarts and runs.
     ``__main__`` alone where there is no file (``python -c``, a REPL)."""
     if notebook is not None and _is_notebook_cell(source_file):
-        # As the front end gives it: Jupyter's is relative to its server's
-        # root, which the kernel's current directory (a %cd) must not change.
+        # As the front end gives it, not made absolute: Jupyter Server gave a
+        # path relative to its root before 2.0.7 (the full path since), which
+        # the kernel's current directory (a %cd) must not change.
         return "__main__-" + "-".join(notebook.split(os.sep))
     if source_file in ("", "?") or (
         source_file.startswith("<") and not source_file.startswith("<ipython-input")
