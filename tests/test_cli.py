@@ -599,42 +599,53 @@ def test_record_a_ctrl_c_while_the_profile_is_written_does_not_lose_it(tmp_path)
     assert any(k[2] == "work" for k in pstats.Stats(str(copy)).stats)
 
 
-_CHILD_SIGINT = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+_SIGINT_SAID = "print(repr(signal.getsignal(signal.SIGINT)), file=out)"
 
 
-def test_record_a_child_started_while_the_profile_is_written_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("sigint", ["SIG_DFL", "SIG_IGN"], ids=["ctrl-c-default", "started-ignoring-it"])
+def test_record_a_child_started_while_the_profile_is_written_takes_ctrl_c_as_under_python(tmp_path, sigint):
     """While the profile is written the program's daemon threads still run;
     a process one of them started then inherited SIGINT ignored (SIG_IGN
     survives exec, and Python then installs no Ctrl-C handler), and ignored
     Ctrl-C for its whole life. It must take it as a child that Python
-    starts takes it, and so must a fork (which keeps the parent's handlers)."""
-    fifo = tmp_path / "out.prof"
-    os.mkfifo(fifo)
-    spawn_child = f"subprocess.run([sys.executable, '-c', {_CHILD_SIGINT!r}], stdout=out)"
+    starts takes it, and a fork (which keeps its parent's handlers) must have
+    the program's; both whether perfkit was started with SIGINT at its
+    default or ignored (as a shell starts a command in the background)."""
+    launch = [
+        sys.executable,
+        "-c",
+        f"import os, signal, sys; signal.signal(signal.SIGINT, signal.{sigint}); os.execv(sys.argv[1], sys.argv[1:])",
+    ]
+    child = f"import signal, sys; out = sys.stdout; {_SIGINT_SAID}"
     (tmp_path / "prog.py").write_text(
         "import os, signal, subprocess, sys, threading, time\n"
+        f"with open('program.txt', 'w') as out:\n    {_SIGINT_SAID}\n"
         "def later():\n"
         "    time.sleep(0.5)  # the program has ended: perfkit is writing its profile\n"
         "    with open('child.txt', 'w') as out:\n"
-        f"        {spawn_child}\n"
+        f"        subprocess.run([sys.executable, '-c', {child!r}], stdout=out)\n"
         "    if os.fork() == 0:\n"
         "        with open('forked.txt', 'w') as out:\n"
-        "            out.write(f'{signal.getsignal(signal.SIGINT) is signal.default_int_handler}\\n')\n"
+        f"            {_SIGINT_SAID}\n"
         "        os._exit(0)\n"
         "threading.Thread(target=later, daemon=True).start()\n"
     )
-    anchor = subprocess.run([sys.executable, "-c", _CHILD_SIGINT], capture_output=True, text=True, check=True)
+    anchor = subprocess.run(
+        [*launch, sys.executable, "-c", child], capture_output=True, text=True, check=True
+    )
+    fifo = tmp_path / "out.prof"
+    os.mkfifo(fifo)
     proc = subprocess.Popen(
-        [*perfkit_command(), "record", "-o", str(fifo), "prog.py"],
+        [*launch, *perfkit_command(), "record", "-o", str(fifo), "prog.py"],
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
     )
+    said = {name: tmp_path / f"{name}.txt" for name in ("program", "child", "forked")}
     try:
-        child_said = tmp_path / "child.txt"
         deadline = time.monotonic() + 30
         # (the write waits for its reader meanwhile)
-        while not all(f.exists() and f.read_text() for f in (child_said, tmp_path / "forked.txt")):
+        while not all(f.exists() and f.read_text() for f in said.values()):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         with open(fifo, "rb") as reader:
@@ -645,8 +656,9 @@ def test_record_a_child_started_while_the_profile_is_written_stops_on_ctrl_c(tmp
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    assert child_said.read_text() == anchor.stdout == "True\n"
-    assert (tmp_path / "forked.txt").read_text() == "True\n"
+    assert said["child"].read_text() == anchor.stdout
+    assert said["forked"].read_text() == said["program"].read_text()
+    assert ("SIG_IGN" in anchor.stdout) == (sigint == "SIG_IGN")
 
 
 @sensitive

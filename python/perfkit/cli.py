@@ -290,7 +290,11 @@ def _ctrl_c_ignored():
     A fork keeps the handler, so the child gets the program's back."""
     global _sigint_outside, _fork_hook_registered
     previous = signal.getsignal(signal.SIGINT)
-    if previous is None or threading.current_thread() is not threading.main_thread():
+    if (
+        previous is None
+        or previous is signal.SIG_IGN  # (already: started in the background, say; children inherit it)
+        or threading.current_thread() is not threading.main_thread()
+    ):
         yield
         return
     if not _fork_hook_registered:
