@@ -994,7 +994,12 @@ def test_an_unwritable_stdout_or_stderr_loses_the_message_not_the_command(profil
                     time.sleep(0.1)
         finally:
             viewer.send_signal(signal.SIGINT)
-            _, err = viewer.communicate(timeout=30)
+            try:
+                _, err = viewer.communicate(timeout=30)
+            finally:
+                if viewer.poll() is None:  # (no orphan viewer when it did not stop)
+                    viewer.kill()
+                    viewer.communicate()
     assert viewer.returncode == 130, err
     assert no_crash_noise(err) == []
 
