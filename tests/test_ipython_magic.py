@@ -116,8 +116,11 @@ def test_namespace_and_exceptions_as_prun_keeps_them(tmp_path):
         ("%perfkit -o x.prof", "%perfkit: nothing to profile"),
         ("%%perfkit\n\n", "%perfkit: nothing to profile"),
         ("%perfkit -s sideways ran = work(2)", "%perfkit: -s sideways: not one of pstats' sort keys"),
-        ("%perfkit -o missing/x.prof ran = work(2)", "%perfkit: -o missing/x.prof: no directory "),
-        ("%perfkit -o . ran = work(2)", "%perfkit: -o .: is a directory"),
+        (
+            "%perfkit -o missing/x.prof ran = work(2)",
+            "%perfkit: cannot write the profile to missing/x.prof: no such directory",
+        ),
+        ("%perfkit -o . ran = work(2)", "%perfkit: cannot write the profile to .: it is a directory"),
         ('%perfkit -o "" ran = work(2)', "%perfkit: -o: no file name"),
         ("%perfkit %perfkit ran = work(2)", "%perfkit: another perfkit profiler is already recording"),
     ],
@@ -131,6 +134,25 @@ def test_bad_use_is_one_line(tmp_path, cell_text, message):
     assert len(lines) == 1 and lines[0].startswith("UsageError: %perfkit: "), out[2]["stderr"]
     assert out[2]["outputs"] == []
     # Refused before the code ran.
+    assert out[3]["stdout"] == "False\n"
+
+
+def test_an_output_is_refused_before_the_code_runs_where_perfkit_record_refuses_it(tmp_path):
+    """A link is written through (README): one into a missing directory
+    cannot be written, and the check looked at the link's own directory, so
+    the code ran and the write failed after it. The magic refuses what
+    `perfkit record -o` refuses, before anything runs."""
+    (tmp_path / "link.prof").symlink_to(tmp_path / "missing" / "x.prof")
+    (tmp_path / "prog.py").write_text("print('ran')\n")
+    record = run_cli("record", "-o", "link.prof", "prog.py", cwd=tmp_path)
+    assert record.returncode == 2 and "ran" not in record.stdout, record.stderr
+    out = run_shell(
+        ["%load_ext perfkit", WORK, "%perfkit -o link.prof ran = work(2)", "print('ran' in dir())"], tmp_path
+    )
+    assert out[2]["error"] is not None and out[2]["error"][0] == "UsageError", out[2]
+    assert out[2]["stderr"].strip().splitlines() == [
+        "UsageError: %perfkit: " + record.stderr.strip().removeprefix("perfkit: error: ")
+    ]
     assert out[3]["stdout"] == "False\n"
 
 

@@ -19,6 +19,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.display import display
 
 from perfkit._native import ProfileError
+from perfkit.cli import _unwritable
 from perfkit.profiler import Profiler
 
 _USAGE = "usage: %perfkit [-o FILE] [-s SORT] statement, or %%perfkit [-o FILE] [-s SORT] atop a cell"
@@ -103,16 +104,13 @@ def _unquoted(path: str) -> str:
 
 
 def _check_writable(output: str) -> None:
-    """Refuses, before the code runs, a file that could not be written after it."""
+    """Refuses, before the code runs, a file that could not be written after
+    it: what `perfkit record -o` refuses."""
     if not output:
         raise UsageError("%perfkit: -o: no file name")
-    folder = os.path.dirname(os.path.abspath(output))
-    if os.path.isdir(output):
-        raise UsageError(f"%perfkit: -o {output}: is a directory")
-    if not os.path.isdir(folder):
-        raise UsageError(f"%perfkit: -o {output}: no directory {folder}")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"%perfkit: -o {output}: cannot write in {folder}")
+    reason = _unwritable(os.path.abspath(output))
+    if reason is not None:
+        raise UsageError(f"%perfkit: cannot write the profile to {output}: {reason}")
 
 
 def load_ipython_extension(ipython) -> None:
