@@ -3170,6 +3170,47 @@ def test_dask_waits_for_a_first_worker_as_joblib_does():
             assert Parallel(timeout=30)(delayed(T.square)(i) for i in range(3)) == [0, 1, 4]
 
 
+def test_dask_wait_for_workers_ends_with_the_call():
+    # The wait for a first worker took its 10 s though the call's timeout= was
+    # shorter (a call without the wait raises ParallelTimeoutError at its
+    # timeout=); and a Client closed during the wait raised dask's
+    # "perfkit.Parallel-wait-for-workers-… cancelled for reason: unknown".
+    distributed = pytest.importorskip("distributed")
+    from distributed.client import ClosedClientError
+
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, dashboard_address=None, worker_dashboard_address=None
+    ) as cluster:
+        with distributed.Client(cluster, set_as_default=False) as client:
+            for wait in (0, 30):  # (0: no wait, the call's timeout= as it was)
+                with (
+                    parallel_config(backend="dask", client=client, wait_for_workers_timeout=wait),
+                    pytest.raises(pp.ParallelTimeoutError, match="timeout=0.5 s"),
+                ):
+                    Parallel(timeout=0.5)(delayed(T.square)(i) for i in range(3))
+        client = distributed.Client(cluster, set_as_default=False)
+
+        def close_once_waiting():
+            # (the probe on the scheduler: the call is waiting, whatever the machine's load)
+            while not any(
+                str(key).startswith("perfkit.Parallel-wait-for-workers") for key in cluster.scheduler.tasks
+            ):
+                time.sleep(0.01)
+            client.close()
+
+        closer = threading.Thread(target=close_once_waiting)
+        closer.start()
+        try:
+            with (
+                parallel_config(backend="dask", client=client, wait_for_workers_timeout=3600),
+                pytest.raises(ClosedClientError, match="Client was closed during the call, while it waited"),
+            ):
+                Parallel()(delayed(T.square)(i) for i in range(3))
+        finally:
+            closer.join(timeout=60)
+            client.close()
+
+
 def test_dask_takes_joblibs_backend_parameters(dask_client, tmp_path):
     # They were silently ignored: workers=/resources= ran the batches anywhere,
     # retries= ran a failing task once, and a misspelt keyword went unnoticed.

@@ -113,7 +113,7 @@ class DaskCall:
         # Every worker's threads: client.nthreads(), not scheduler_info(),
         # which lists only the first 5 workers in distributed 2025.4-2026.6.
         threads = client.nthreads() or _wait_for_workers(
-            client, params.get("wait_for_workers_timeout", WAIT_FOR_WORKERS_SECONDS)
+            client, params.get("wait_for_workers_timeout", WAIT_FOR_WORKERS_SECONDS), parallel.timeout
         )
         self.submit_params = {k: v for k, v in params.items() if k in SUBMIT_PARAMS}
         # dask's retries would never apply to a task's error (the batch
@@ -505,22 +505,39 @@ def _raise_cut_off(exc, what, first, chunk):
     raise exc
 
 
-def _wait_for_workers(client, seconds):
+def _wait_for_workers(client, seconds, call_timeout):
     """Waits up to `seconds` for the cluster's first worker (an adaptive
     cluster starts one for a task waiting), as joblib's dask backend does:
     a call on a cluster without workers would otherwise wait forever. The
-    workers' threads then, or {} when `seconds` is 0 or None (no wait)."""
+    workers' threads then, or {} when `seconds` is 0 or None (no wait).
+    Never longer than the call's `timeout=` (ParallelTimeoutError then, as
+    when its tasks wait on a cluster without workers with no wait)."""
     if not seconds:
         return {}
+    call_runs_out = call_timeout is not None and call_timeout < seconds
     probe = client.submit(_probe, key=f"perfkit.Parallel-wait-for-workers-{uuid.uuid4().hex}", pure=False)
     try:
-        probe.result(timeout=seconds)
+        probe.result(timeout=call_timeout if call_runs_out else seconds)
     except (TimeoutError, asyncio.TimeoutError):  # (the same class from Python 3.11 on)
+        if call_runs_out:
+            raise pp.ParallelTimeoutError(
+                f"perfkit.Parallel: no task started within timeout={call_timeout} s: the dask cluster "
+                "has no worker (are its workers started, and can they reach the scheduler?)"
+            ) from None
         raise TimeoutError(
             f"perfkit.Parallel: the dask cluster has no worker after {seconds} s "
             "(are its workers started, and can they reach the scheduler?); to wait longer: "
             f"parallel_config(backend='dask', wait_for_workers_timeout={max(10, 2 * seconds)})"
         ) from None
+    except Exception:
+        if client.status in ("closing", "closed"):
+            # (dask's own: the probe "cancelled for reason: unknown", naming perfkit's key)
+            from distributed.client import ClosedClientError
+
+            raise ClosedClientError(
+                f"perfkit.Parallel: the dask Client {_CLOSED} during the call, while it waited for a worker"
+            ) from None
+        raise
     finally:
         if client.status == "running":
             client.cancel([probe])
