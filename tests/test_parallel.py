@@ -3247,6 +3247,27 @@ def test_dask_takes_joblibs_backend_parameters(dask_client, tmp_path):
         parallel_config(backend="dask", wait_for_workers_timeout="10")
 
 
+def test_dask_retries_run_again_only_the_task_that_failed(dask_client, tmp_path):
+    # retries= sent a failed batch again whole: the tasks before the failed
+    # one in it ran twice, where dask's retries run again only the task that
+    # failed. Task 2 fails on its first run, in a batch of 4 (and task 5 in a
+    # second batch, on its first two runs, with retries=2).
+    failing_runs = [0, 0, 1, 0, 0, 2, 0, 0]
+    runs = {}
+    for where in ("dask", "perfkit"):
+        directory = tmp_path / where
+        directory.mkdir()
+        args = [range(8), [str(directory)] * 8, failing_runs]
+        if where == "dask":
+            out = dask_client.gather(dask_client.map(T.fails_the_first_runs, *args, retries=2))
+        else:
+            with parallel_config(backend="dask", retries=2):
+                out = Parallel(batch_size=4)(delayed(T.fails_the_first_runs)(*a) for a in zip(*args))
+        assert out == list(range(8))
+        runs[where] = sorted(name.split("-")[0] for name in os.listdir(directory))
+    assert runs["perfkit"] == runs["dask"]
+
+
 def test_dask_names_a_task_whose_result_cannot_come_back(dask_client):
     # A result the worker cannot pickle was dask's TypeError "Could not
     # serialize object of type list" and a traceback, naming no task (joblib's

@@ -147,6 +147,10 @@ class DaskCall:
         self.known = {}
         # future key -> (first index, tasks as drawn, future, times sent, whether it uses scattered data)
         self.in_flight = {}
+        # future key of a batch sent again by retries= from its failed task
+        # -> (first index, tasks before that one, their results): those ran
+        # once and are not run again, as dask's retries rerun only the task that failed.
+        self.done_before = {}
         self.given = params.get("scatter")
 
     def run(self):
@@ -205,7 +209,7 @@ class DaskCall:
                     lost = scattered and future.status == "cancelled"
                     if lost and sent <= RESUBMITS:
                         del in_flight[future.key]
-                        self._resend(chunk, sent)
+                        self._resend(chunk, sent, self.done_before.pop(future.key, None))
                         continue
                     if _is_unsendable_result(exc):
                         self._raise_unsendable(exc, first, chunk)
@@ -224,7 +228,10 @@ class DaskCall:
                 if type(results) is TaskRaised:
                     if sent <= self.retries:
                         del in_flight[future.key]
-                        self._submit(iter(chunk), len(chunk), False, sent)
+                        ran = len(results.done)
+                        before = self.done_before.pop(future.key, None) or (first, [], [])
+                        before = (before[0], before[1] + chunk[:ran], before[2] + results.done)
+                        self._submit(iter(chunk[ran:]), len(chunk) - ran, False, sent, before)
                         continue
                     results.raise_here(first, chunk)  # (its future stays in flight, as above)
                 del in_flight[future.key]
@@ -236,6 +243,9 @@ class DaskCall:
                     size = pp._share_batch_size(
                         per_task, left, self.workers, TARGET_BATCH_SECONDS, MIN_TAIL_BATCH_SECONDS, 100_000
                     )
+                before = self.done_before.pop(future.key, None)
+                if before is not None:
+                    first, chunk, results = before[0], before[1] + chunk, before[2] + results
                 self.progress.update(len(chunk))
                 if self.ordered:
                     yield from in_order.add(first, results)
@@ -251,6 +261,7 @@ class DaskCall:
             if not completed and in_flight and self.client.status == "running":
                 self.client.cancel([entry[2] for entry in in_flight.values()])
             in_flight.clear()
+            self.done_before.clear()
             self.known.clear()  # the scattered futures go now (their weak references' callbacks form cycles)
             if seceded:
                 _rejoin()
@@ -261,9 +272,10 @@ class DaskCall:
             # (the configuration holds it: a plain callable stands in for a weak reference)
             self.known[id(value)] = [lambda value=value: value, -1, future]
 
-    def _submit(self, tasks, size, auto, sent):
+    def _submit(self, tasks, size, auto, sent, before=None):
         """Draws a batch of at most `size` tasks from `tasks` (`(index,
-        task)` pairs) and sends it; the count sent (0: none left)."""
+        task)` pairs) and sends it; the count sent (0: none left). `before`:
+        what self.done_before keeps for it."""
         batch = next(self.batches)
         chunk, prepared, scattered = self._prepared(tasks, size, auto, batch)
         if not chunk:
@@ -272,7 +284,13 @@ class DaskCall:
         key = f"perfkit.Parallel-{task_label(function, limit=0).rstrip('()')}-{uuid.uuid4().hex}"
         try:
             future = self.client.submit(
-                run_chunk, prepared, self.host_threads, key=key, pure=False, **self.submit_params
+                run_chunk,
+                prepared,
+                self.host_threads,
+                self.retries > 0,
+                key=key,
+                pure=False,
+                **self.submit_params,
             )
         except Exception:
             # dask could not serialize the batch ("Could not serialize object of
@@ -281,10 +299,12 @@ class DaskCall:
             self._check_tasks_picklable(chunk)
             raise
         self.completed.add(future)
+        if before is not None:
+            self.done_before[future.key] = before
         self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1, scattered)
         return len(chunk)
 
-    def _resend(self, chunk, sent):
+    def _resend(self, chunk, sent, before):
         # Its scattered copies are forgotten, and the batch goes again with its
         # arguments (they are scattered afresh where they are large).
         for index, task in chunk:
@@ -297,7 +317,7 @@ class DaskCall:
         if self.given is not None:
             self._know_given()  # sent again if lost
         self.addresses = sorted(self.client.nthreads())
-        self._submit(iter(chunk), len(chunk), False, sent)
+        self._submit(iter(chunk), len(chunk), False, sent, before)
 
     def _prepared(self, tasks, size, auto, batch):
         """Draws up to `size` tasks: (the tasks as drawn, the tasks to send,
@@ -571,10 +591,12 @@ def _is_killed_worker(exc):
     return isinstance(exc, KilledWorker)
 
 
-def run_chunk(chunk, host_threads):
+def run_chunk(chunk, host_threads, keep_done=False):
     """A batch on a dask worker: ``(seconds it took, results)``. A Parallel
     inside a task stays within this task's share of its machine's CPUs
-    (shared with every worker thread on the machine)."""
+    (shared with every worker thread on the machine). `keep_done`: a task's
+    error comes back with the results of the tasks before it (the call's
+    retries= sends the batch again from the task that failed)."""
     try:
         from distributed import get_worker
 
@@ -584,26 +606,33 @@ def run_chunk(chunk, host_threads):
         threads = 1
     with pp._within_cpus(pp._share_of_one_of(threads)):
         started = time.perf_counter()
+        results = []
         try:
-            results = pp._run_chunk(chunk)
+            if keep_done:
+                for item in chunk:
+                    results += pp._run_chunk((item,))
+            else:
+                results = pp._run_chunk(chunk)
         except Exception as exc:  # noqa: BLE001 - the caller raises it (below)
             # Returned, not raised: dask logs a task's exception on its
             # worker at ERROR level (with the task's arguments, in older
             # versions), where joblib's dask backend is silent.
-            return None, TaskRaised.of(exc)
+            return None, TaskRaised.of(exc, results)
         return time.perf_counter() - started, results
 
 
 class TaskRaised:
     """A task's exception, as a batch's result: the exception (or a stand-in
-    when it cannot be pickled) and the worker's traceback."""
+    when it cannot be pickled), the worker's traceback, and the results of
+    the batch's tasks before it when the call asked for them (else [])."""
 
-    def __init__(self, exc, traceback_text):
+    def __init__(self, exc, traceback_text, done=()):
         self.exc = exc
         self.traceback_text = traceback_text
+        self.done = list(done)
 
     @classmethod
-    def of(cls, exc):
+    def of(cls, exc, done=()):
         import traceback
 
         import cloudpickle
@@ -614,7 +643,7 @@ class TaskRaised:
             cloudpickle.loads(cloudpickle.dumps(exc))
         except Exception:  # noqa: BLE001 - any __reduce__ may fail, either way
             exc = pp.TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return cls(exc, text)
+        return cls(exc, text, done)
 
     def raise_here(self, first, chunk):
         exc = self.exc
