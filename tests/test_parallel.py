@@ -3076,6 +3076,31 @@ def _sleeping_arrays(n, size, seconds):
     return (delayed(T.sleep_item_at)(np.full(size, float(i)), 0, seconds) for i in range(n))
 
 
+def _once_batches_are_sent(client, caller, count, action):
+    """Runs `action` in a thread once `count` of perfkit's batches from the
+    Client `caller` are on `client`'s scheduler: during the call however long
+    it takes to start on a loaded machine (a timer started before it could
+    fire before it)."""
+    caller_id = caller.id
+
+    def batches(dask_scheduler):
+        state = dask_scheduler.clients.get(caller_id)
+        wanted = state.wants_what if state is not None else ()
+        return sum(str(task.key).startswith("perfkit.Parallel-sleep_item_at") for task in wanted)
+
+    def wait_then_act():
+        deadline = time.monotonic() + 60  # (a call that failed before sending as many)
+        while client.run_on_scheduler(batches) < count:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.mark.parametrize("size", [10, 1 << 18], ids=["sent-in-batches", "scattered"])
 def test_dask_client_closed_during_a_call_says_so(dask_client, size):
     # It raised dask's "Client is closed. Can't send cancel-keys message" or
@@ -3092,9 +3117,10 @@ def test_dask_client_closed_during_a_call_says_so(dask_client, size):
             parallel_config(backend="dask", client=other),
             pytest.raises(ClosedClientError, match="dask Client was closed during the call"),
         ):
-            threading.Timer(0.5, other.close).start()
+            closer = _once_batches_are_sent(dask_client, other, 1, other.close)
             Parallel(batch_size=1)(_sleeping_arrays(20, size, 0.2))
     finally:
+        closer.join(timeout=60)
         other.close()
     # Given closed: said at the call (not "'NoneType' object has no attribute 'ncores'", as joblib's).
     with (
@@ -3137,8 +3163,9 @@ def test_dask_scheduler_lost_during_a_call_is_not_resent(tmp_path):
                 pytest.raises(concurrent.futures.CancelledError, match="lost its scheduler during the call"),
             ):
                 # (all 4 in flight at once, the window of 2 × 2 threads: none is scattered after the kill)
-                threading.Timer(0.5, scheduler.kill).start()
+                killer = _once_batches_are_sent(client, client, 4, scheduler.kill)
                 Parallel(batch_size=1)(_sleeping_arrays(4, 1 << 18, 3.0))
+            killer.join(timeout=60)
         finally:
             client.close()
     finally:
