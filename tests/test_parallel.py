@@ -3272,6 +3272,9 @@ def test_dask_takes_joblibs_backend_parameters(dask_client, tmp_path):
         parallel_config(backend="dask", scheduler_host="tcp://127.0.0.1:8786")
     with pytest.raises(ValueError, match="wait_for_workers_timeout='10'"):
         parallel_config(backend="dask", wait_for_workers_timeout="10")
+    for retries in ("1", 1.5, -1, True):
+        with pytest.raises(ValueError, match=re.escape(f"retries={retries!r}: a whole number")):
+            parallel_config(backend="dask", retries=retries)
 
 
 def test_dask_retries_run_again_only_the_task_that_failed(dask_client, tmp_path):

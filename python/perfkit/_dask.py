@@ -65,6 +65,10 @@ def check_params(params):
             f"parallel_config(backend='dask'): unknown keyword(s) {', '.join(unknown)}; it takes "
             f"{', '.join(OWN_PARAMS)}, and client.submit's {', '.join(SUBMIT_PARAMS)}"
         )
+    retries = params.get("retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        # (the call counts them itself: a str failed mid-call, comparing it with a count)
+        raise ValueError(f"retries={retries!r}: a whole number of runs again (0 or more), or None")
     wait = params.get("wait_for_workers_timeout")
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
         raise ValueError(
