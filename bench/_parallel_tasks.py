@@ -60,6 +60,26 @@ def calibrate_cpu(seconds):
         n *= 2
 
 
+_MIX = None
+
+
+def pyperformance_mix(_):
+    """One CPU-bound task made of real Python programs: pyperformance's
+    call-heavy benchmarks (bench/_pyperformance.py, --quick sizes), each run
+    once. Loaded on first use in each process. Returns what each returned,
+    where that is a plain value (else its type's name), for the bench's check."""
+    global _MIX
+    if _MIX is None:
+        import _pyperformance
+
+        _MIX = [_pyperformance.load(name, quick=True) for name in _pyperformance.BENCHMARKS]
+    out = []
+    for w in _MIX:
+        r = w.run()
+        out.append(r if r is None or isinstance(r, (bool, int, float, str)) else type(r).__name__)
+    return tuple(out)
+
+
 def featurize(key, group):
     """Features of one group, as the issue's featurizeSubDF computes them."""
     a = group["a"]

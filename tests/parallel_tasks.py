@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 KEPT = []  # references a task keeps on purpose (segment-retention test)
@@ -646,3 +647,37 @@ def fails_the_first_runs(i, directory, failing_runs):
 def lock_at(i, bad):
     """An unpicklable result (a lock) from task `bad`, `i` from the others."""
     return make_lock() if i == bad else i
+
+
+# pymalloc's pool size: 4 KiB in 3.9, 16 KiB from 3.10 (64-bit, radix tree).
+POOL_BITS = 14 if sys.version_info >= (3, 10) else 12
+_INTS = iter(range(10**9, 10**9 + 10**7))  # each next() makes one new int (32-byte class)
+_HELD: dict = {"ints": []}
+
+
+def one_free_block_at_the_head(_x=None):
+    """Leaves pymalloc's 32-byte class as a task's hot loop should not find it:
+    its head pool full but for one block (freed into it just now). Fills pools
+    with ints until one is full, then frees one of its ints. Returns that
+    pool's number as text (an int would take the block back). Everything else
+    it makes is freed before that last free, or kept."""
+    held = _HELD
+    ints = held["ints"]
+    while True:
+        x = next(_INTS)
+        held["pool"] = id(x) >> POOL_BITS
+        if len(ints) > 1 and held["pool"] != held["last"]:
+            break
+        ints.append(x)
+        held["last"] = held["pool"]
+    ints.append(x)
+    del x
+    held["answer"] = format(held["last"], "x")
+    del ints[-2]  # the last int of the full pool: the pool heads the list with one free block
+    return held["answer"]
+
+
+def pool_of_next_int(_x=None):
+    """The pool (as text) of the first int this task makes."""
+    x = next(_INTS)
+    return format(id(x) >> POOL_BITS, "x")

@@ -35,9 +35,12 @@ __all__ = [
     "delayed",
     "delayed_forget",
     "draw_uniform_batch",
+    "keep_pool_room",
     "kill_group_when_parent_dies",
     "load",
+    "make_pool_room",
     "pack_values",
+    "pool_room_held",
     "read_process_memory",
     "run_packed",
     "run_tasks",
@@ -297,6 +300,17 @@ def buffer_address(buffer: Any) -> tuple[int, int]:
 def read_process_memory(pid: int, address: int, length: int, into: Any = None) -> Any:
     """Copy bytes out of another process (process_vm_readv) into ``into`` (a writable
     buffer of ``length`` bytes) or a new bytearray, and return it; OSError if refused."""
+
+def keep_pool_room(on: bool) -> None:
+    """In a worker: before each task (each batch's first, for large batches),
+    make room in pymalloc's head pools of the 32-128 byte classes, so that a
+    task's hot loop does not start on a pool's last free block."""
+
+def make_pool_room() -> None:
+    """What ``keep_pool_room(True)`` does before a task, now (tests, measurements)."""
+
+def pool_room_held() -> int:
+    """How many pymalloc blocks this process keeps to hold short pools full."""
 
 def kill_group_when_parent_dies() -> None:
     """In a worker that leads its process group: the signal it receives when its

@@ -40,6 +40,7 @@ import types
 
 from perfkit._native import (
     buffer_address,
+    keep_pool_room,
     kill_group_when_parent_dies,
     pack_values,
     read_process_memory,
@@ -439,6 +440,16 @@ def take_parent_pythonpath() -> None:
 RUNNING = False  # True in a worker process, once main() runs (perfkit.memory asks)
 
 
+def pool_room_wanted() -> bool:
+    """Whether tasks start with room in pymalloc's pools (``_native``'s
+    pool_room: a hot loop of ints or floats could otherwise run 15–25 %
+    slower for good). Only under pymalloc itself; PERFKIT_POOL_ROOM=0 turns
+    it off (to measure what it does)."""
+    if os.environ.get("PERFKIT_POOL_ROOM", "1") == "0" or sys.flags.dev_mode:
+        return False
+    return os.environ.get("PYTHONMALLOC", "pymalloc") in ("", "pymalloc")
+
+
 def main() -> int:
     global RUNNING
     RUNNING = True
@@ -448,6 +459,7 @@ def main() -> int:
     # rely on it (`_thread.interrupt_main()` as a watchdog), and an ignored
     # SIGINT would pass to every program a task starts.
     kill_group_when_parent_dies()  # a parent killed outright (by SIGTERM, say) cleans nothing up
+    keep_pool_room(pool_room_wanted())
     # This file runs as __main__ (python -m): the caller's classes and
     # functions get a module of their own under that name (see
     # receive_main_definitions), and this one is `perfkit._worker` (an

@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod delayed;
 mod pool;
+mod pool_room;
 mod profiler;
 mod tasks;
 mod view;
@@ -40,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     delayed::register(m)?;
     pool::register(m)?;
     tasks::register(m)?;
+    pool_room::register(m)?;
     cache::register(m)?;
     Ok(())
 }

@@ -1,0 +1,70 @@
+"""A worker makes room in pymalloc's pools before a task (``_native``'s pool_room).
+
+A task whose hot loop makes and frees ints runs 15-25 % slower for as long as
+it runs when it starts with its class's head pool full but for one block
+(each step then moves that pool out of and back into the allocator's list).
+These tests build that state on purpose and check where the next task's
+first int lands: in that pool without the room-making, elsewhere with it.
+pymalloc's pool size differs by version, hence version_sensitive.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import perfkit.parallel as pp
+import pytest
+from perfkit import Parallel, _native, delayed
+
+sys.path.insert(0, str(Path(__file__).parent))
+import parallel_tasks as T
+
+pytestmark = pytest.mark.version_sensitive
+
+
+def test_the_state_is_real_and_room_moves_the_next_int_off_that_pool():
+    # Without room: the next int takes the one free block of the full pool.
+    pool = T.one_free_block_at_the_head()
+    assert T.pool_of_next_int() == pool
+    # With room: that pool's last block is kept, the next int goes elsewhere.
+    held = _native.pool_room_held()
+    pool = T.one_free_block_at_the_head()
+    _native.make_pool_room()
+    assert T.pool_of_next_int() != pool
+    assert _native.pool_room_held() > held
+
+
+def test_blocks_kept_for_room_stay_bounded():
+    for i in range(3000):
+        # Frees scattered through full pools, as a worker's replies leave them.
+        junk = [(j, float(j), 10**7 + j) for j in range(200)]
+        del junk[::2]
+        _native.make_pool_room()
+        # 512 at most before a prep gives them all back, plus one prep's worth
+        # (7 classes x 4 rounds x 8 blocks).
+        assert _native.pool_room_held() <= 512 + 7 * 4 * 8, i
+
+
+def first_task_lands(monkeypatch, room):
+    """In a fresh worker with PERFKIT_POOL_ROOM=`room`: the pool left with one
+    free block by a task, and the pool of the next task's first int (one
+    batch: nothing of the worker's runs between the two tasks)."""
+    pp._shutdown_shared_pool()
+    monkeypatch.setenv("PERFKIT_POOL_ROOM", room)
+    try:
+        # The first task's result makes the batch's result list allocate its
+        # slots, so that nothing is allocated between the last two tasks.
+        # n_jobs=2 (n_jobs=1 runs inline, as joblib's); one batch of 3 goes to one worker.
+        tasks = [delayed(T.square)(1), delayed(T.one_free_block_at_the_head)(), delayed(T.pool_of_next_int)()]
+        _, left, lands = Parallel(n_jobs=2, batch_size=3)(tasks)
+        return left, lands
+    finally:
+        pp._shutdown_shared_pool()
+
+
+def test_a_worker_starts_each_task_with_room(monkeypatch):
+    left, lands = first_task_lands(monkeypatch, "0")
+    assert lands == left  # the control: without room, the state reaches the next task
+    left, lands = first_task_lands(monkeypatch, "1")
+    assert lands != left
