@@ -1,6 +1,6 @@
 """perfkit.Parallel against joblib, multiprocessing.Pool, concurrent.futures and mpire, in one run.
 
-    python bench/parallel_bench.py                # all eight workloads, 5 rounds
+    python bench/parallel_bench.py                # all nine workloads, 5 rounds
     python bench/parallel_bench.py --quick        # 1 round, smaller pandas/CPU workloads
     python bench/parallel_bench.py --workloads tiny,arrays --rounds 5
 
@@ -15,6 +15,9 @@ dropped. Before each timed run: a GC pass and --settle seconds (0.3) of quiet.
 After the goals, for the CPU-bound workload, from 3 more calls per pool
 whose tasks time themselves: the share of a call its workers spent inside
 tasks, and a task's CPU time in its workers against this process alone.
+Two CPU-bound workloads: `cpu`, one tight loop of int arithmetic, and
+`cpumix`, tasks made of pyperformance's call-heavy benchmarks (real programs;
+pyperformance comes with bench/requirements.txt).
 """
 
 from __future__ import annotations
