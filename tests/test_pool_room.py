@@ -1,6 +1,6 @@
 """A worker makes room in pymalloc's pools before a task (``_native``'s pool_room).
 
-A task whose hot loop makes and frees ints runs 15-25 % slower for as long as
+A task whose hot loop makes and frees ints runs 20-40 % slower for as long as
 it runs when it starts with its class's head pool full but for one block
 (each step then moves that pool out of and back into the allocator's list).
 These tests build that state on purpose and check where the next task's

@@ -442,7 +442,7 @@ RUNNING = False  # True in a worker process, once main() runs (perfkit.memory as
 
 def pool_room_wanted() -> bool:
     """Whether tasks start with room in pymalloc's pools (``_native``'s
-    pool_room: a hot loop of ints or floats could otherwise run 15–25 %
+    pool_room: a hot loop of ints or floats could otherwise run 20–40 %
     slower for good). Only under pymalloc itself; PERFKIT_POOL_ROOM=0 turns
     it off (to measure what it does)."""
     if os.environ.get("PERFKIT_POOL_ROOM", "1") == "0" or sys.flags.dev_mode:

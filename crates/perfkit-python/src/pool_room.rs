@@ -6,7 +6,7 @@
 //! pool is full again, so it leaves the list. A task whose hot loop frees and
 //! makes objects of one class (ints and floats in arithmetic: `total +=
 //! (i * i) % 7`) then pays a list insertion and removal at every step, for as
-//! long as the loop runs: 15–25 % of such a loop's time (CPython 3.11, 2-core
+//! long as the loop runs: it took 20–40 % longer (CPython 3.11, 2-core
 //! VM; bench/README.md, *What limits each*). Whether a task starts in that
 //! state depends on what the process freed just before, here the previous
 //! task's arguments and results: half of a perfkit worker's fresh processes
