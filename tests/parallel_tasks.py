@@ -681,3 +681,44 @@ def pool_of_next_int(_x=None):
     """The pool (as text) of the first int this task makes."""
     x = next(_INTS)
     return format(id(x) >> POOL_BITS, "x")
+
+
+def free_blocks_at_the_head(k):
+    """Leaves pymalloc's 32-byte class with its head pool full but for `k`
+    blocks (freed into it just now), as one_free_block_at_the_head does for
+    one. The pool's last `k` ints wait in a list of their own, to be freed
+    without resizing a list (a small list's slots are 32-byte blocks too).
+    Returns that pool's number as text."""
+    held = _HELD
+    ints = held["ints"]
+    held["tail"] = tail = [None] * k  # the current pool's last k ints, in turn
+    held["count"] = 0  # ints of the current pool seen, up to k (small ints are cached)
+    slot = 0
+    while True:
+        x = next(_INTS)
+        held["pool"] = id(x) >> POOL_BITS
+        if held["pool"] != held.get("last"):
+            if held["count"] == k:
+                break
+            held["count"] = 0
+        ints.append(tail[slot])
+        tail[slot] = x
+        slot = slot + 1 if slot + 1 < k else 0
+        held["count"] = min(held["count"] + 1, k)
+        held["last"] = held["pool"]
+    ints.append(x)  # kept, in the next pool (a list this long grows in raw memory)
+    del x
+    held["answer"] = format(held["last"], "x")
+    for slot in range(k):
+        tail[slot] = None
+    return held["answer"]
+
+
+def pools_of_next_ints(n):
+    """The pools (as text) of the first `n` ints this task makes, all kept
+    until the last is made (in a list of 8 slots at least: up to 4 would be
+    a 32-byte block)."""
+    ints = [None] * max(n, 8)
+    for i in range(n):
+        ints[i] = next(_INTS)
+    return [format(id(x) >> POOL_BITS, "x") for x in ints[:n]]

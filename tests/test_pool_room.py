@@ -35,6 +35,21 @@ def test_the_state_is_real_and_room_moves_the_next_int_off_that_pool():
     assert _native.pool_room_held() > held
 
 
+@pytest.mark.parametrize("room", [8, 9, 12])
+def test_a_head_pool_with_room_keeps_it(room):
+    # The control: the head pool has exactly `room` free blocks.
+    pool = T.free_blocks_at_the_head(room)
+    lands = T.pools_of_next_ints(room + 1)
+    assert lands[:room] == [pool] * room
+    assert lands[room] != pool
+    # ROOM (8) free blocks or more are room: the blocks taken from that pool
+    # go back, all there for the next ints (kept, they would leave it short,
+    # with 9 free the one free block the room-making is there to prevent).
+    pool = T.free_blocks_at_the_head(room)
+    _native.make_pool_room()
+    assert T.pools_of_next_ints(room) == [pool] * room
+
+
 def test_blocks_kept_for_room_stay_bounded():
     for i in range(3000):
         # Frees scattered through full pools, as a worker's replies leave them.

@@ -118,14 +118,19 @@ fn make_room_now(_py: Python<'_>) {
                 n += 1;
             }
             let first_pool = pool_of(taken[0]);
+            // The head pool's blocks among those taken: all of them when it
+            // has room (then nothing is kept: keeping them would take that
+            // room away, and leave a pool of exactly ROOM + 1 free blocks
+            // with the one free block this prevents).
             let short = taken[..n]
                 .iter()
                 .position(|&b| pool_of(b) != first_pool)
                 .unwrap_or(n);
-            held.extend(taken[..short].iter().map(|&b| b as usize));
+            let kept = if short == n { 0 } else { short };
+            held.extend(taken[..kept].iter().map(|&b| b as usize));
             // Given back last-taken first, so the pool hands them out again
             // in the order it gave them.
-            for &block in taken[short..n].iter().rev() {
+            for &block in taken[kept..n].iter().rev() {
                 // SAFETY: from PyObject_Malloc above, freed once; GIL held.
                 unsafe { ffi::PyObject_Free(block) };
             }
