@@ -10,7 +10,9 @@ pymalloc's pool size differs by version, hence version_sensitive.
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import perfkit.parallel as pp
@@ -59,6 +61,42 @@ def test_blocks_kept_for_room_stay_bounded():
         # 512 at most before a prep gives them all back, plus one prep's worth
         # (7 classes x 4 rounds x 8 blocks).
         assert _native.pool_room_held() <= 512 + 7 * 4 * 8, i
+
+
+def test_room_making_out_of_memory_leaves_the_process_alive():
+    # With the address space capped and filled, then objects freed here and
+    # there (head pools short of room, one after another, and no memory
+    # beyond pymalloc's), the room-making keeps blocks while nothing else can
+    # be allocated: it must not abort the process (as a Rust Vec that cannot
+    # grow does) where Python would raise MemoryError.
+    program = textwrap.dedent(
+        """
+        import resource
+        from perfkit import _native
+        _native.make_pool_room()
+        pages = int(open("/proc/self/statm").read().split()[0])
+        cap = pages * resource.getpagesize() + (64 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        junk = []
+        try:
+            while True:
+                junk.append((1.5 * len(junk), len(junk) + 10**9))
+        except MemoryError:
+            pass
+        for i in range(1, 200):
+            try:
+                del junk[-50 * i :: 7]
+            except MemoryError:
+                pass
+            _native.make_pool_room()
+        del junk
+        print("alive")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr[-2000:]
 
 
 def first_task_lands(monkeypatch, room):

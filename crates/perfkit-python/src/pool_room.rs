@@ -104,6 +104,12 @@ fn make_room_now(_py: Python<'_>) {
         }
         held.clear();
     }
+    // Room for all one call can keep, asked for now: a Vec that cannot grow
+    // aborts the process, and this runs when pymalloc may be out of memory
+    // too (a task's MemoryError just before). Without it, no room is made.
+    if held.try_reserve(CLASSES.len() * ROUNDS * ROOM).is_err() {
+        return;
+    }
     for size in CLASSES {
         for _ in 0..ROUNDS {
             let mut taken = [std::ptr::null_mut::<c_void>(); ROOM];
