@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -715,10 +716,65 @@ def free_blocks_at_the_head(k):
 
 
 def pools_of_next_ints(n):
-    """The pools (as text) of the first `n` ints this task makes, all kept
-    until the last is made (in a list of 8 slots at least: up to 4 would be
-    a 32-byte block)."""
+    """The pools (as text, in a tuple) of the first `n` ints this task makes,
+    all kept until the last is made. Nothing of what it returns or frees is
+    a 32-byte block (a list of up to 4 slots would be one)."""
     ints = [None] * max(n, 8)
     for i in range(n):
         ints[i] = next(_INTS)
-    return [format(id(x) >> POOL_BITS, "x") for x in ints[:n]]
+    return tuple(format(id(x) >> POOL_BITS, "x") for x in itertools.islice(ints, n))
+
+
+_CHAINS: list = []  # what short_pools_at_the_head made, kept until drop_short_pools()
+
+
+def short_pools_at_the_head(n):
+    """Leaves pymalloc's 32-byte class with a chain of `n` full pools at the
+    head of its list, each with one free block (one int freed in each, the
+    head's last), as frees scattered through full pools leave them. Fills
+    pools with ints and takes n pools holding only these (whole pools of
+    them: nothing else there to be freed); ints that went into the free
+    blocks of pools in use do not count, and when too few whole pools came,
+    more ints are made (the first ones kept). All it makes is kept until
+    drop_short_pools(). Returns the chain's pool numbers as text (a tuple),
+    head first."""
+    made = {"size": (2 * n + 8) * ((1 << POOL_BITS) // 32)}
+    while True:
+        _CHAINS.append(made)
+        made["ints"] = ints = list(itertools.islice(_INTS, made["size"]))
+        made["pools"] = pools = [id(x) >> POOL_BITS for x in ints]
+        made["counts"] = counts = {}
+        for pool in pools:
+            counts[pool] = counts.get(pool, 0) + 1
+        made["whole"] = whole = [pool for pool in counts if counts[pool] == max(counts.values())][:n]
+        if len(whole) == n:
+            break
+        made = {"size": 2 * made["size"]}
+    made["picks"] = picks = [pools.index(pool) + counts[pool] // 2 for pool in whole]
+    made["answer"] = tuple(format(pool, "x") for pool in whole)
+    for i in reversed(picks):
+        ints[i] = None
+    return made["answer"]
+
+
+def free_the_rest_of_short_pools():
+    """Frees the other ints of the chains' pools (nothing else): those pools
+    have room again."""
+    for made in (made for made in _CHAINS if "picks" in made):
+        ints, pools, counts = made["ints"], made["pools"], made["counts"]
+        for pool in made["whole"]:
+            start = pools.index(pool)
+            for i in range(start, start + counts[pool]):
+                ints[i] = None
+
+
+def drop_short_pools():
+    """Frees all that short_pools_at_the_head made: their pools have room again."""
+    _CHAINS.clear()
+
+
+def drop_pool_states():
+    """Frees all that the pool-state helpers above kept (their ints)."""
+    drop_short_pools()
+    _HELD.clear()
+    _HELD["ints"] = []

@@ -3,8 +3,10 @@
 A task whose hot loop makes and frees ints runs 20-40 % slower for as long as
 it runs when it starts with its class's head pool full but for one block
 (each step then moves that pool out of and back into the allocator's list).
-These tests build that state on purpose and check where the next task's
-first int lands: in that pool without the room-making, elsewhere with it.
+These tests build that state (and chains of such pools, as scattered frees
+leave them) on purpose and check where the next ints land: in those pools
+without the room-making, in one pool with room with it; and which blocks
+the room-making keeps (only while their pools are full, MAX_HELD at most).
 pymalloc's pool size differs by version, hence version_sensitive.
 """
 
@@ -24,18 +26,39 @@ import parallel_tasks as T
 
 pytestmark = pytest.mark.version_sensitive
 
+MAX_HELD = 1024  # pool_room.rs: kept blocks at most
+
+
+def settle():
+    """Frees what the tests made (so that the pools of the kept blocks have
+    room), gives the kept blocks back, then makes room until nothing changes:
+    blocks given back into pools still full (the interpreter's own objects)
+    left short pools at the heads, kept again now."""
+    T.drop_pool_states()
+    _native.keep_pool_room(False)
+    for _ in range(MAX_HELD):
+        held = _native.pool_room_held()
+        _native.make_pool_room()
+        if _native.pool_room_held() == held:
+            break
+
+
+@pytest.fixture(autouse=True)
+def settled():
+    """Each test starts from settle() and leaves settled."""
+    settle()
+    yield
+    settle()
+
 
 def test_the_state_is_real_and_room_moves_the_next_int_off_that_pool():
     # Without room: the next int takes the one free block of the full pool.
     pool = T.one_free_block_at_the_head()
     assert T.pool_of_next_int() == pool
     # With room: that pool's last block is kept, the next int goes elsewhere.
-    held = _native.pool_room_held()
     pool = T.one_free_block_at_the_head()
     _native.make_pool_room()
     assert T.pool_of_next_int() != pool
-    # (Past 512 kept blocks, a room-making first gives them all back.)
-    assert _native.pool_room_held() > (held if held <= 512 else 0)
 
 
 @pytest.mark.parametrize("room", [8, 9, 12])
@@ -43,34 +66,79 @@ def test_a_head_pool_with_room_keeps_it(room):
     # The control: the head pool has exactly `room` free blocks.
     pool = T.free_blocks_at_the_head(room)
     lands = T.pools_of_next_ints(room + 1)
-    assert lands[:room] == [pool] * room
+    assert lands[:room] == (pool,) * room
     assert lands[room] != pool
     # ROOM (8) free blocks or more are room: the blocks taken from that pool
     # go back, all there for the next ints (kept, they would leave it short,
     # with 9 free the one free block the room-making is there to prevent).
     pool = T.free_blocks_at_the_head(room)
     _native.make_pool_room()
-    assert T.pools_of_next_ints(room) == [pool] * room
+    assert T.pools_of_next_ints(room) == (pool,) * room
+
+
+@pytest.mark.parametrize("length", [1, 6, 20])
+def test_a_chain_of_short_pools_is_kept_out_of_the_way(length):
+    # The control: `length` full pools with one free block each head the
+    # list, one after the other (frees scattered through full pools).
+    chain = T.short_pools_at_the_head(length)
+    assert T.pools_of_next_ints(length) == chain
+    T.drop_short_pools()
+    # With room: their blocks are kept, and the next ints all land in one
+    # pool with room, none of the chain's.
+    chain = T.short_pools_at_the_head(length)
+    _native.make_pool_room()
+    lands = T.pools_of_next_ints(8)
+    assert len(set(lands)) == 1
+    assert lands[0] not in chain
+
+
+def test_kept_blocks_never_go_back_into_full_pools():
+    # Short heads made room for over and over, their pools staying full (the
+    # ints of free_blocks_at_the_head live on), past the 512 blocks where
+    # all kept ones used to be given back at once: each went back into its
+    # full pool, which headed the list again with one free block (a chain of
+    # ~512 short pools). Every time, the head must have room after.
+    for i in range(600):
+        T.free_blocks_at_the_head(1)
+        _native.make_pool_room()
+        lands = T.pools_of_next_ints(8)
+        assert len(set(lands)) == 1, (i, _native.pool_room_held())
+
+
+def test_blocks_kept_in_pools_with_room_since_are_given_back():
+    _native.make_pool_room()  # what is short now, kept first
+    T.short_pools_at_the_head(6)
+    _native.make_pool_room()
+    held = _native.pool_room_held()
+    assert held >= 6
+    # Each room-making looks at 8 kept blocks again, oldest first: all of
+    # them after these rounds. Their pools are still full: all kept.
+    for _ in range(held // 8 + 2):
+        _native.make_pool_room()
+    assert _native.pool_room_held() == held
+    # The chain's other ints are freed: its pools have room, the kept blocks
+    # are not needed any more (and would hold those pools' memory).
+    T.free_the_rest_of_short_pools()
+    for _ in range(held // 8 + 2):
+        _native.make_pool_room()
+    assert _native.pool_room_held() == held - 6
 
 
 def test_blocks_kept_for_room_stay_bounded():
     # Each round leaves a chain of full pools with one free block each (one
-    # int in every pool's worth freed, the rest kept: frees scattered through
-    # full pools, as a worker's replies can leave them), so that each
-    # room-making keeps blocks: past 512 it must give them all back.
+    # int in every pool's worth freed, the rest kept alive), so that each
+    # room-making keeps ~5 blocks whose pools stay full: they add up to
+    # MAX_HELD, and then no more are kept.
     per_pool = (1 << T.POOL_BITS) // 32
     alive, seen = [], []
-    for _ in range(250):
+    for _ in range(MAX_HELD // 4):
         ints = [10**9 + j for j in range(5 * per_pool)]
         del ints[::per_pool]
         alive.append(ints)
         _native.make_pool_room()
         seen.append(_native.pool_room_held())
-    # 512 at most before a room-making gives them all back, plus one's worth
-    # (7 classes x 4 rounds x 7 blocks at most from a short pool).
-    assert max(seen) <= 512 + 7 * 4 * 7
-    assert max(seen) > 512
-    assert any(later < earlier for earlier, later in zip(seen, seen[1:]))
+    assert max(seen) <= MAX_HELD
+    assert max(seen) > MAX_HELD - 32
 
 
 def test_room_making_out_of_memory_leaves_the_process_alive():

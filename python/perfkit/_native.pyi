@@ -303,14 +303,17 @@ def read_process_memory(pid: int, address: int, length: int, into: Any = None) -
 
 def keep_pool_room(on: bool) -> None:
     """In a worker: before each task (each batch's first, for large batches),
-    make room in pymalloc's head pools of the 32-128 byte classes, so that a
-    task's hot loop does not start on a pool's last free block."""
+    make room in pymalloc's head pools of the 32-128 byte classes (blocks of
+    the short pools ahead of the first with 8 free, up to 24 blocks, kept while
+    those pools stay full), so that a task's hot loop does not start on a
+    pool's last free block. Off also gives back every block kept."""
 
 def make_pool_room() -> None:
     """What ``keep_pool_room(True)`` does before a task, now (tests, measurements)."""
 
 def pool_room_held() -> int:
-    """How many pymalloc blocks this process keeps to hold short pools full."""
+    """How many pymalloc blocks this process keeps to hold short pools full
+    (1,024 at most)."""
 
 def kill_group_when_parent_dies() -> None:
     """In a worker that leads its process group: the signal it receives when its
