@@ -772,9 +772,3 @@ def drop_short_pools():
     """Frees all that short_pools_at_the_head made: their pools have room again."""
     _CHAINS.clear()
 
-
-def drop_pool_states():
-    """Frees all that the pool-state helpers above kept (their ints)."""
-    drop_short_pools()
-    _HELD.clear()
-    _HELD["ints"] = []
