@@ -771,4 +771,3 @@ def free_the_rest_of_short_pools():
 def drop_short_pools():
     """Frees all that short_pools_at_the_head made: their pools have room again."""
     _CHAINS.clear()
-

@@ -138,16 +138,20 @@ def test_blocks_kept_in_pools_with_room_since_are_given_back():
     held = _native.pool_room_held()
     assert held >= 6
     # Each room-making looks at 8 kept blocks again, oldest first: all of
-    # them after these rounds. Their pools are still full: all kept.
+    # them after these rounds. The chain's pools are still full: its blocks
+    # stay kept. (A block kept for the interpreter's own pools, in the first
+    # room-making, may go back meanwhile: what this test allocates and frees
+    # may have given its pool room; hence at most 2 fewer.)
     for _ in range(held // 8 + 2):
         _native.make_pool_room()
-    assert _native.pool_room_held() == held
+    reviewed = _native.pool_room_held()
+    assert held - 2 <= reviewed <= held, (reviewed, held)
     # The chain's other ints are freed: its pools have room, the kept blocks
     # are not needed any more (and would hold those pools' memory).
     T.free_the_rest_of_short_pools()
     for _ in range(held // 8 + 2):
         _native.make_pool_room()
-    assert _native.pool_room_held() == held - 6
+    assert _native.pool_room_held() <= reviewed - 6, (_native.pool_room_held(), reviewed)
 
 
 @fresh
