@@ -658,24 +658,9 @@ _HELD: dict = {"ints": []}
 
 def one_free_block_at_the_head(_x=None):
     """Leaves pymalloc's 32-byte class as a task's hot loop should not find it:
-    its head pool full but for one block (freed into it just now). Fills pools
-    with ints until one is full, then frees one of its ints. Returns that
-    pool's number as text (an int would take the block back). Everything else
-    it makes is freed before that last free, or kept."""
-    held = _HELD
-    ints = held["ints"]
-    while True:
-        x = next(_INTS)
-        held["pool"] = id(x) >> POOL_BITS
-        if len(ints) > 1 and held["pool"] != held["last"]:
-            break
-        ints.append(x)
-        held["last"] = held["pool"]
-    ints.append(x)
-    del x
-    held["answer"] = format(held["last"], "x")
-    del ints[-2]  # the last int of the full pool: the pool heads the list with one free block
-    return held["answer"]
+    its head pool full but for one block (freed into it just now); returns
+    that pool's number as text. free_blocks_at_the_head(1), as a task."""
+    return free_blocks_at_the_head(1)
 
 
 def pool_of_next_int(_x=None):
@@ -686,9 +671,9 @@ def pool_of_next_int(_x=None):
 
 def free_blocks_at_the_head(k):
     """Leaves pymalloc's 32-byte class with its head pool full but for `k`
-    blocks (freed into it just now), as one_free_block_at_the_head does for
-    one. The pool's last `k` ints wait in a list of their own, to be freed
-    without resizing a list (a small list's slots are 32-byte blocks too).
+    blocks (freed into it just now). The pool's last `k` ints wait in a list
+    of their own, to be freed without resizing a list (a small list's slots
+    are 32-byte blocks too).
     Returns that pool's number as text."""
     held = _HELD
     ints = held["ints"]
