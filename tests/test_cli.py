@@ -82,13 +82,24 @@ def test_demo_profiles_parallelizes_and_caches(tmp_path):
     assert "Hot spots (own time):" in out and "ncalls  tottime" in out
     assert "The hottest function is word_score()" in out
     assert re.search(
-        r"perfkit\.Parallel on \d+ worker processes [\d.]+ s: [\d.]+x faster \(same results\)", out
+        r"perfkit\.Parallel on \d+ worker processes [\d.]+ s: [\d.]+x (faster|slower) \(same results\)", out
     )
     assert re.search(r"Cached with perfkit\.Memory: run_pipeline_parallel\(\) .* s saved", out)
     assert "Next: perfkit view perfkit-demo.prof" in out
     stats = pstats.Stats(str(tmp_path / "perfkit-demo.prof")).stats
     assert any(k[2] == "word_score" and v[1] > 1000 for k, v in stats.items())
     assert [p.name for p in tmp_path.iterdir()] == ["perfkit-demo.prof"]  # the cache went to a temp dir
+
+
+def test_demo_says_slower_rather_than_a_speedup_under_one(monkeypatch):
+    from perfkit import demo
+
+    assert demo.speedup_words(1.84) == "1.84x faster"
+    assert demo.speedup_words(0.5) == "2.00x slower"
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (5.0, 1.0, 1.0))
+    assert "load average of 5.0" in demo.busy_cpus_hint(2)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (2.5, 1.0, 1.0))
+    assert demo.busy_cpus_hint(2) is None  # the demo's own two workers and caller
 
 
 def test_demo_writes_its_profile_to_the_temp_dir_where_it_cannot_write(tmp_path, monkeypatch, capsys):

@@ -150,11 +150,36 @@ def parallel_step(docs: list[str], hottest: str = "word_score", n_jobs: int = -1
     speedup = t_seq / t_par if t_par > 0 else float("inf")
     print(
         f"sequential {t_seq:.2f} s, perfkit.Parallel on {n} worker processes {t_par:.2f} s: "
-        f"{speedup:.2f}x faster (same results)."
+        f"{speedup_words(speedup)} (same results)."
     )
     if n < 2:
         print("(this machine offers one CPU to this process, so there is nothing to gain here)")
+    elif speedup < 1 and (busy := busy_cpus_hint(n)):
+        print(busy)
     return speedup
+
+
+def speedup_words(speedup: float) -> str:
+    """'1.84x faster', or '1.08x slower' rather than a speedup under 1."""
+    if speedup >= 1:
+        return f"{speedup:.2f}x faster"
+    return f"{1 / speedup:.2f}x slower"
+
+
+def busy_cpus_hint(n_workers: int) -> str | None:
+    """Why a parallel run came out slower, when the machine says so: more
+    runnable processes over the last minute than the demo's own workers and
+    caller (the load average counts those too)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+    if load <= n_workers + 1:
+        return None
+    return (
+        f"(other programs were using the CPUs: a load average of {load:.1f} over the last minute, "
+        f"on {os.cpu_count()} CPUs; run the demo again on an idle machine to see the speedup)"
+    )
 
 
 if __name__ == "__main__":
