@@ -645,6 +645,20 @@ def fails_the_first_runs(i, directory, failing_runs):
     return i
 
 
+def dies_then_fails_then_returns(array, directory):
+    """Kills its worker on its first run, raises on its second, then returns array[0]
+    (runs counted by files in `directory`)."""
+    import tempfile
+
+    tempfile.mkstemp(dir=directory, prefix="run-")
+    runs = len(os.listdir(directory))
+    if runs == 1:
+        os._exit(1)
+    if runs == 2:
+        raise RuntimeError(f"run {runs} fails")
+    return float(array[0])
+
+
 def lock_at(i, bad):
     """An unpicklable result (a lock) from task `bad`, `i` from the others."""
     return make_lock() if i == bad else i

@@ -2988,6 +2988,28 @@ def test_dask_sends_a_batch_again_when_its_scattered_data_was_lost(dask_client):
         dask_client.wait_for_workers(2, timeout=60)
 
 
+def test_dask_retries_are_not_used_up_by_sending_again_for_lost_data(dask_client, tmp_path):
+    # A batch sent again because its scattered data went with its worker, and
+    # a failed task run again for retries=, counted as one: with retries=1, a
+    # task whose first run killed its worker (and the data) did not get its
+    # retry when its second run raised.
+    import dask
+
+    try:
+        with (
+            dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+            parallel_config(backend="dask", retries=1),
+        ):
+            out = Parallel(batch_size=1, timeout=60)(
+                delayed(T.dies_then_fails_then_returns)(np.full(1 << 18, 7.0), str(tmp_path))
+                for _ in range(1)
+            )
+        assert out == [7.0]
+        assert len(os.listdir(tmp_path)) == 3
+    finally:
+        dask_client.wait_for_workers(2, timeout=60)
+
+
 def test_dask_nested_calls_do_not_deadlock_or_oversubscribe(dask_client):
     with parallel_config(backend="dask"):
         # A Parallel inside a task stays within its share of the machine's CPUs:

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import queue
 import time
+import typing
 import uuid
 import weakref
 
@@ -149,7 +150,7 @@ class DaskCall:
         # (and their data on the cluster) go when their batches are done.
         # Only weak-referenceable arguments of SCATTER_FROM_BYTES or more are entered.
         self.known = {}
-        # future key -> (first index, tasks as drawn, future, times sent, whether it uses scattered data)
+        # future key -> (first index, tasks as drawn, future, Sends, whether it uses scattered data)
         self.in_flight = {}
         # future key of a batch sent again by retries= from its failed task
         # -> (first index, tasks before that one, their results): those ran
@@ -176,7 +177,7 @@ class DaskCall:
         try:
             while True:
                 while not exhausted and len(in_flight) < self.window:
-                    count = self._submit(tasks, size, auto, 0)
+                    count = self._submit(tasks, size, auto, Sends())
                     if not count:
                         exhausted = True
                         break
@@ -196,7 +197,7 @@ class DaskCall:
                 entry = in_flight.get(future.key)
                 if entry is None:
                     continue
-                first, chunk, _, sent, scattered = entry
+                first, chunk, _, sends, scattered = entry
                 if self.client.status in ("closing", "closed"):
                     # Not future.result(): dask's call into a Client's event loop
                     # can wait forever when the loop stops while the Client closes.
@@ -211,9 +212,9 @@ class DaskCall:
                     # Cancelled by dask (not raised by a task): data scattered for it
                     # went with its worker, and dask cannot recompute scattered data.
                     lost = scattered and future.status == "cancelled"
-                    if lost and sent <= RESUBMITS:
+                    if lost and sends.lost < RESUBMITS:
                         del in_flight[future.key]
-                        self._resend(chunk, sent, self.done_before.pop(future.key, None))
+                        self._resend(chunk, sends.after_loss(), self.done_before.pop(future.key, None))
                         continue
                     if _is_unsendable_result(exc):
                         self._raise_unsendable(exc, first, chunk)
@@ -226,16 +227,16 @@ class DaskCall:
                         )
                         raise
                     if lost or _is_killed_worker(exc):
-                        pp._add_note(exc, _died_note(first, chunk, sent if lost else None))
+                        pp._add_note(exc, _died_note(first, chunk, sends.lost + 1 if lost else None))
                     raise  # (its future stays in flight, so that `finally` releases it: dask
                     # keeps the exception, whose traceback holds this frame, which holds the future)
                 if type(results) is TaskRaised:
-                    if sent <= self.retries:
+                    if sends.retried < self.retries:
                         del in_flight[future.key]
                         ran = len(results.done)
                         before = self.done_before.pop(future.key, None) or (first, [], [])
                         before = (before[0], before[1] + chunk[:ran], before[2] + results.done)
-                        self._submit(iter(chunk[ran:]), len(chunk) - ran, False, sent, before)
+                        self._submit(iter(chunk[ran:]), len(chunk) - ran, False, sends.after_retry(), before)
                         continue
                     results.raise_here(first, chunk)  # (its future stays in flight, as above)
                 del in_flight[future.key]
@@ -276,10 +277,10 @@ class DaskCall:
             # (the configuration holds it: a plain callable stands in for a weak reference)
             self.known[id(value)] = [lambda value=value: value, -1, future]
 
-    def _submit(self, tasks, size, auto, sent, before=None):
+    def _submit(self, tasks, size, auto, sends, before=None):
         """Draws a batch of at most `size` tasks from `tasks` (`(index,
-        task)` pairs) and sends it; the count sent (0: none left). `before`:
-        what self.done_before keeps for it."""
+        task)` pairs) and sends it; the count sent (0: none left). `sends`:
+        why its tasks were sent before; `before`: what self.done_before keeps for it."""
         batch = next(self.batches)
         chunk, prepared, scattered = self._prepared(tasks, size, auto, batch)
         if not chunk:
@@ -305,10 +306,10 @@ class DaskCall:
         self.completed.add(future)
         if before is not None:
             self.done_before[future.key] = before
-        self.in_flight[future.key] = (chunk[0][0], chunk, future, sent + 1, scattered)
+        self.in_flight[future.key] = (chunk[0][0], chunk, future, sends, scattered)
         return len(chunk)
 
-    def _resend(self, chunk, sent, before):
+    def _resend(self, chunk, sends, before):
         # Its scattered copies are forgotten, and the batch goes again with its
         # arguments (they are scattered afresh where they are large).
         for index, task in chunk:
@@ -321,7 +322,7 @@ class DaskCall:
         if self.given is not None:
             self._know_given()  # sent again if lost
         self.addresses = sorted(self.client.nthreads())
-        self._submit(iter(chunk), len(chunk), False, sent, before)
+        self._submit(iter(chunk), len(chunk), False, sends, before)
 
     def _prepared(self, tasks, size, auto, batch):
         """Draws up to `size` tasks: (the tasks as drawn, the tasks to send,
@@ -474,6 +475,21 @@ class DaskCall:
             f"perfkit.Parallel: {what} did not finish within timeout={self.parallel.timeout} s on the "
             "dask cluster; they were cancelled (a task already running there runs to its end)"
         )
+
+
+class Sends(typing.NamedTuple):
+    """How often a batch's tasks were sent again, for each of the two reasons,
+    each with its own limit: their scattered data lost with a worker
+    (RESUBMITS), a task's error (retries=)."""
+
+    lost: int = 0
+    retried: int = 0
+
+    def after_loss(self):
+        return self._replace(lost=self.lost + 1)
+
+    def after_retry(self):
+        return self._replace(retried=self.retried + 1)
 
 
 def _died_note(first, chunk, times_lost):
