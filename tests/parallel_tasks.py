@@ -251,6 +251,13 @@ def big_array(i):
     return np.full(100_000, float(i))  # 800 kB: comes back in a memfd the caller opens
 
 
+def small_arrays(n):
+    """`n` arrays of 16 bytes each: with ``max_nbytes=1`` each is a buffer of its own."""
+    import numpy as np
+
+    return [np.full(2, i) for i in range(n)]
+
+
 KEPT_FRAMES = []
 
 

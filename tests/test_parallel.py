@@ -1696,6 +1696,23 @@ def test_numpy_arrays_through_shared_memory(remote_read, monkeypatch):
     pp._shutdown_shared_pool()
 
 
+@pytest.mark.parametrize("remote_read", [True, False], ids=["process_vm_readv", "shared-memory"])
+def test_a_result_of_many_out_of_band_buffers_comes_back(remote_read, monkeypatch):
+    # A reply names each of its large buffers in the frame's meta (~10–20
+    # bytes each); 100,000 of them (max_nbytes=1 here, or as many arrays of
+    # 64 KiB) once made a meta the pool refused as out of protocol, and the
+    # call failed as a worker crash. joblib returns them.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", remote_read)
+    sizes = (100_000, 3)
+    out = Parallel(n_jobs=2, max_nbytes=1)(delayed(T.small_arrays)(n) for n in sizes)
+    expected = joblib.Parallel(n_jobs=2, max_nbytes=1)(joblib.delayed(T.small_arrays)(n) for n in sizes)
+    assert [len(r) for r in out] == [len(r) for r in expected] == list(sizes)
+    for got, want in zip(out, expected):
+        np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    pp._shutdown_shared_pool()
+
+
 def _remote_read_expected() -> bool:
     """Whether the kernel lets workers read their parent: no Yama, or Yama's
     ptrace_scope 0, or 1 once the parent names itself its ptracer."""

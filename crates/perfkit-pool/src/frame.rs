@@ -8,9 +8,12 @@
 use std::io::{self, Read, Write};
 
 pub const HEADER_LEN: usize = 32;
-/// Largest meta section accepted: a segment description is a few hundred bytes.
-const MAX_META: u32 = 1 << 20;
 /// Largest payload accepted (large buffers travel in segments, not in frames).
+/// The meta is not limited beyond its u32 length: it names each large buffer
+/// of a batch (`offset:length` or `address:length`, 10–40 bytes each), and a
+/// result may hold any number of them (100,000 arrays over `max_nbytes`
+/// made 2 MB), so any cap below the payload's would refuse replies that are
+/// well within it.
 const MAX_PAYLOAD: u64 = 1 << 36;
 
 /// On a Result/Error frame: the worker still holds buffers of the batch's
@@ -135,7 +138,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
     let call = u64::from_le_bytes(h[8..16].try_into().unwrap());
     let batch = u64::from_le_bytes(h[16..24].try_into().unwrap());
     let payload_len = u64::from_le_bytes(h[24..32].try_into().unwrap());
-    if meta_len > MAX_META || payload_len > MAX_PAYLOAD {
+    if payload_len > MAX_PAYLOAD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "frame length out of range",
@@ -206,6 +209,16 @@ mod tests {
         .unwrap();
         let f = read_frame(&mut &buf[..]).unwrap().unwrap();
         assert_eq!((f.kind, f.flags), (FrameKind::Batch, FLAG_RESULTS_IN_PLACE));
+    }
+
+    #[test]
+    fn a_meta_naming_many_buffers_is_read() {
+        // 100,000 spans of `address:length`: a result of that many arrays.
+        let meta = "vm:1\t140737488355328:16".repeat(100_000);
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Result, 0, 1, 1, meta.as_bytes(), b"x").unwrap();
+        let f = read_frame(&mut &buf[..]).unwrap().unwrap();
+        assert_eq!((f.meta.len(), &f.payload[..]), (meta.len(), &b"x"[..]));
     }
 
     #[test]
