@@ -298,6 +298,51 @@ def test_classes_and_functions_of_main_travel_as_arguments_results_and_errors(tm
     assert outputs["perfkit"] == [*common, "['Color', 'Job', 'double'] False", "[] True", "[] True"]
 
 
+SLOTS_SCRIPT = """
+import dataclasses
+from perfkit import Parallel, delayed
+
+@dataclasses.dataclass(slots=True)
+class Point:
+    x: int
+    y: float = 0.0
+
+class Pair:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __repr__(self):
+        return f"Pair({self.a}, {self.b})"
+
+def make(i):
+    return Point(i, i / 2), Pair(i, -i)
+
+def moved(point, pair):
+    return Point(point.x + 1, point.y), Pair(pair.b, pair.a)
+
+if __name__ == "__main__":
+    for n_jobs in (1, 2):
+        made = Parallel(n_jobs=n_jobs)(delayed(make)(i) for i in range(3))
+        print(made, type(made[0][0]) is Point)
+        print(Parallel(n_jobs=n_jobs)(delayed(moved)(*m) for m in made))
+"""
+
+
+def test_slotted_classes_of_main_travel_as_arguments_and_results(tmp_path):
+    # A script's dataclass(slots=True) went to the workers by value through
+    # cloudpickle, which rebuilt it without its slots: instances there had a
+    # __dict__, and the caller's own slotted class could not take the state
+    # they came back with (AttributeError: no attribute '__dict__'). joblib
+    # fails the same way; perfkit now returns what the inline run returns.
+    out = run_script(tmp_path / "slots_script.py", SLOTS_SCRIPT)
+    assert out.returncode == 0, out.stderr
+    inline, parallel = out.stdout.splitlines()[:2], out.stdout.splitlines()[2:]
+    assert parallel == inline
+    assert inline[0].endswith("True") and "Pair(-2, 2)" in inline[1]
+
+
 def test_delayed_matches_joblib_format():
     f, args, kwargs = delayed(T.add)(1, 2, z=3)
     jf, jargs, jkwargs = joblib.delayed(T.add)(1, 2, z=3)

@@ -315,7 +315,26 @@ def cloud_pickler():
         table = collections.ChainMap(
             {types.CodeType: reduce_code_keeping_filename}, cloudpickle.Pickler.dispatch_table
         )
-        _CLOUD_PICKLER = type("_CloudPickler", (cloudpickle.Pickler,), {"dispatch_table": table})
+
+        def reducer_override(self, obj):
+            # cloudpickle rebuilds a class sent by value without its
+            # __slots__ (they are set on the finished class, where they do
+            # nothing): a script's dataclass(slots=True) had a __dict__ in the
+            # workers, and its instances came back with a state the caller's
+            # own class cannot take. Given to the class statement, they are slots.
+            reduced = cloudpickle.Pickler.reducer_override(self, obj)
+            if isinstance(obj, type) and "__slots__" in vars(obj) and type(reduced) is tuple:
+                rebuild, args, *rest = reduced
+                if rebuild is getattr(cloudpickle.cloudpickle, "_make_skeleton_class", None):
+                    type_kwargs = {**args[3], "__slots__": obj.__slots__}
+                    reduced = (rebuild, (*args[:3], type_kwargs, *args[4:]), *rest)
+            return reduced
+
+        _CLOUD_PICKLER = type(
+            "_CloudPickler",
+            (cloudpickle.Pickler,),
+            {"dispatch_table": table, "reducer_override": reducer_override},
+        )
     return _CLOUD_PICKLER
 
 
