@@ -744,8 +744,30 @@ def _load_full(entry: str, key: str | None):
     if mv[s0] != _PICKLE_PROTO5_FIRST_BYTE:
         return _loads(zlib.decompress(mv[s0 : s0 + slen]))
     if bufs:
-        return _loads(mv[s0 : s0 + slen], buffers=[mv[o : o + n] for o, n in bufs])
+        return _loads(mv[s0 : s0 + slen], buffers=_own_buffers(mv, bufs))
     return _loads(mv[s0 : s0 + slen])
+
+
+def _own_buffers(mv: memoryview, bufs) -> list:
+    """The out-of-band buffers of an entry read into ``mv``, for unpickling.
+    A buffer that is at least half of the entry is a view of it (no copy:
+    the array it becomes keeps at most as much again alive); any other is
+    copied into memory of its own, as joblib reads each array, so that an
+    array kept from a result (``f(x)["metrics"]``) does not keep the whole
+    entry, its large arrays included, alive."""
+    whole = mv.nbytes
+    return [mv[o : o + n] if 2 * n >= whole else _copied(mv[o : o + n]) for o, n in bufs]
+
+
+def _copied(view: memoryview):
+    if view.nbytes < _COPY_WITH_NUMPY_MIN:
+        return bytearray(view)
+    out = _alloc_for_large_entry(view.nbytes)  # (huge pages: see there)
+    memoryview(out)[:] = view
+    return out
+
+
+_COPY_WITH_NUMPY_MIN = 1 << 20
 
 
 def _load_mmap(entry: str, mmap_mode: str, key: str | None):
