@@ -287,6 +287,32 @@ def test_sets_of_frozensets_hash_alike_whatever_the_seed(tmp_path):
     assert len(outputs) == 1
 
 
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_a_dict_subclass_built_in_a_seeded_order_hashes_alike_whatever_the_seed(tmp_path, library):
+    """A defaultdict (or any dict subclass) filled from a set of strings has a
+    different insertion order under each PYTHONHASHSEED, so in each run: it
+    is the same dict, and joblib's hash (which writes a dict-like's items
+    sorted) is the same in every run, so a cached function taking one is a
+    hit from run to run. perfkit's sorted exact dicts only, so such a call
+    was a miss in every new process."""
+    script = tmp_path / "seeds.py"
+    script.write_text(
+        f"import collections, {library}\n"
+        "class Scores(dict):\n"
+        "    pass\n"
+        "words = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta'}\n"
+        "counts = collections.defaultdict(int)\n"
+        "scores = Scores()\n"
+        "for w in words:\n"
+        "    counts[w] += len(w)\n"
+        "    scores[w] = len(w)\n"
+        "print(list(counts)[:2], " + library + ".hash(counts), " + library + ".hash(scores))\n"
+    )
+    outputs = [run_script(script, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in range(6)]
+    assert len({o.split("]")[0] for o in outputs}) > 1, "the seeds should give several insertion orders"
+    assert len({o.split("]")[1] for o in outputs}) == 1
+
+
 # -- joblib's API: validation, async functions, ignore ---------------------------------------------
 
 

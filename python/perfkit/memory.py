@@ -40,6 +40,7 @@ fsyncs for those who also want a stored entry to survive a power loss.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import inspect
@@ -301,6 +302,16 @@ class _HashPickler(pickle.Pickler):
             if not (flags.c_contiguous or flags.f_contiguous):
                 # A strided view hashes like its (C-ordered) copy: equal arrays, equal hashes.
                 return obj.copy().__reduce_ex__(5)
+        elif isinstance(obj, dict) and not isinstance(obj, collections.OrderedDict):
+            # A dict subclass (defaultdict, a class of the program's): its
+            # items in the canonical order, as an exact dict's, so that equal
+            # ones hash equal whatever their insertion order (joblib sorts
+            # them too). Not an OrderedDict, whose order is part of its value.
+            reduction = obj.__reduce_ex__(5)
+            if type(reduction) is tuple and len(reduction) >= 5 and reduction[4] is not None:
+                items = _sorted_canonically(list(reduction[4]), key=_item_key)
+                return (*reduction[:4], iter(items), *reduction[5:])
+            return reduction
         return NotImplemented
 
 
