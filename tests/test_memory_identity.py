@@ -66,6 +66,50 @@ def test_functions_of_two_scripts_are_two_functions(tmp_path, library):
     assert [("computed" in r) for r in runs] == [True, True, False, False]
 
 
+def test_decorated_functions_of_two_scripts_are_two_functions(tmp_path):
+    """As above, with feature() under a decorator of a shared module
+    (functools.wraps): a script's module is named by the script that defines
+    the function, not by the decorator's file (which named both scripts'
+    feature() alike: each run removed the other's entries, or, with one text
+    and one helper name, was served the other's result; joblib, which names
+    it by the wrapper's file too, returns the first script's result to the
+    second)."""
+    (tmp_path / "decorators.py").write_text(
+        "import functools\n\n"
+        "def logged(func):\n"
+        "    @functools.wraps(func)\n"
+        "    def wrapper(*args, **kwargs):\n"
+        "        return func(*args, **kwargs)\n"
+        "    return wrapper\n"
+    )
+    location = tmp_path / "cache"
+    for name, factor in (("train", 2), ("evaluate", 100)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.py").write_text(
+            textwrap.dedent(
+                f"""
+                import sys
+                sys.path.insert(0, {str(tmp_path)!r})
+                from decorators import logged
+                from perfkit import Memory
+
+                def helper(x):
+                    return x * {factor}
+
+                @logged
+                def feature(x):
+                    print("computed", flush=True)
+                    return helper(x)
+
+                print(Memory(sys.argv[1], verbose=0).cache(feature)(1))
+                """
+            )
+        )
+    runs = [run_script(tmp_path / name / "run.py", str(location)) for name in ("train", "evaluate") * 2]
+    assert [r.split()[-1] for r in runs] == ["2", "100", "2", "100"]
+    assert [("computed" in r) for r in runs] == [True, True, False, False]
+
+
 def test_a_scripts_module_is_named_as_joblib_names_it():
     name = pk_memory._script_module_name
     assert name("/tmp/x/train.py") == "__main__--tmp-x-train"
@@ -163,6 +207,64 @@ def test_wrappers_of_a_function_are_that_function_not_an_instance(tmp_path):
         lru = mem.cache(functools.lru_cache(maxsize=None)(lambda x: runs.append(x) or x * 3))
         assert [lru(3), lru(3)] == [9, 9]
     assert _logged_square.runs == [4] and runs == [3]
+
+
+DECORATED_SCRIPT = """
+import functools, sys
+import {library} as lib
+
+
+class traced:  # a decorator class, as a library may define one
+    def __init__(self, func):
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args, **kwargs):
+        return self.func(*args, **kwargs)
+
+
+mem = lib.Memory(sys.argv[1], verbose=0)
+
+
+@mem.cache
+@traced
+def feature(x):
+    return x + {addend}
+
+
+print(feature(1))
+"""
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_editing_a_function_under_a_decorator_class_invalidates_its_entries(tmp_path, library):
+    """The source of a function wrapped by a decorator class is the function's,
+    as inspect.getsource gives it: editing its body recomputes, as in joblib.
+    perfkit took the decorator's ``__call__`` (the wrapper's source file could
+    not be found), which does not change with the function: the old result
+    was returned."""
+    script = tmp_path / "train.py"
+    location = str(tmp_path / "cache")
+    script.write_text(DECORATED_SCRIPT.format(library=library, addend=1))
+    assert run_script(script, location) == "2\n"
+    script.write_text(DECORATED_SCRIPT.format(library=library, addend=2))
+    assert run_script(script, location) == "3\n"
+
+
+def test_numpys_dispatched_functions_keep_their_entries_across_runs(tmp_path):
+    """np.linalg.norm, np.unique, ... are dispatchers wrapping a Python function
+    (``__wrapped__``): they are that function, named by its source, not by a
+    repr that holds an address, new in each process (which made every run a
+    miss, and each run's first store remove the last run's entries)."""
+    script = tmp_path / "norms.py"
+    script.write_text(
+        "import sys, numpy as np, perfkit\n"
+        "norm = perfkit.Memory(sys.argv[1], verbose=0).cache(np.linalg.norm)\n"
+        "print(norm.check_call_in_cache([3.0, 4.0]), norm([3.0, 4.0]))\n"
+    )
+    location = str(tmp_path / "cache")
+    assert run_script(script, location) == "False 5.0\n"
+    assert run_script(script, location) == "True 5.0\n"
 
 
 def test_a_script_with_a_long_path_is_still_cached(tmp_path):

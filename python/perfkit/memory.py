@@ -554,16 +554,24 @@ def _func_source(func) -> tuple[str, str]:
     if isinstance(func, functools.partial):
         return _func_source(func.func)  # (its arguments are in each key: _call_state)
     try:
-        return inspect.getsource(func), inspect.getsourcefile(func) or "?"
+        # A wrapper (functools.wraps, a decorator class, lru_cache, numpy's
+        # dispatchers) by the function it wraps, as inspect.getsource takes
+        # it: the wrapper's own file is its decorator's (or it has none), and
+        # a decorator class's __call__ does not change when the function does.
+        inner = inspect.unwrap(func)
+    except ValueError:  # (a cycle of __wrapped__)
+        inner = func
+    try:
+        return inspect.getsource(inner), inspect.getsourcefile(inner) or "?"
     except (OSError, TypeError):
         pass
-    if not hasattr(func, "__code__") and callable(func) and not isinstance(func, type):
+    if inner is func and not hasattr(func, "__code__") and callable(func) and not isinstance(func, type):
         try:  # a callable instance: its class's __call__
             call = type(func).__call__
             return inspect.getsource(call), inspect.getsourcefile(call) or "?"
         except (OSError, TypeError):
             pass
-    code = getattr(func, "__code__", None)
+    code = getattr(inner, "__code__", None)
     if code is not None:
         return f"# source not available; code digest {_code_digest(code)}\n", code.co_filename
     return f"# source not available: {func!r}\n", "?"
