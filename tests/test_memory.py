@@ -609,6 +609,33 @@ def _power_of(params, x):
     return x ** params["p"]
 
 
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_defaults_changed_after_caching_are_the_calls_arguments_as_in_joblib(tmp_path, library):
+    """A function's defaults reassigned after caching (``f.__defaults__ = ...``,
+    a keyword-only one changed in ``__kwdefaults__``) are what a call without
+    that argument passes from then on: joblib binds each call to the function's
+    signature as it is then, and returns what the function returns. perfkit
+    bound every call to the defaults seen when it was cached: the old default's
+    entry was returned for the new default (and a miss stored the new
+    default's result under the old one's key)."""
+    mem = (perfkit if library == "perfkit" else joblib).Memory(str(tmp_path), verbose=0)
+    calls = []
+
+    def scale(x, factor=2, *, offset=0):
+        calls.append((x, factor, offset))
+        return x * factor + offset
+
+    cached = mem.cache(scale)
+    for _ in range(2):  # the second round from the cache
+        assert cached(10) == 20
+        scale.__defaults__ = (3,)
+        assert cached(10) == 30
+        scale.__kwdefaults__["offset"] = 1  # (changed in place)
+        assert cached(10) == 31
+        scale.__defaults__, scale.__kwdefaults__ = (2,), {"offset": 0}
+    assert calls == [(10, 2, 0), (10, 3, 0), (10, 3, 1)]
+
+
 def test_a_partials_keywords_are_read_at_each_call(tmp_path):
     """A partial's keywords changed after caching (``p.keywords["p"] = 3``)
     are the call's arguments from then on, as its positional arguments are

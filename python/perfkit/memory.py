@@ -1002,6 +1002,23 @@ class MemorizedFunc(Generic[P, R]):
         partials = _unwrapped(self.func)[0]
         # The keywords bound into the binder: (partial, ((name, value), ...)) each.
         self._bound_keywords = tuple((p, tuple(p.keywords.items())) for p in partials)
+        # The function whose defaults the binder holds, and those defaults:
+        # they may be reassigned after caching (``f.__defaults__ = ...``, a
+        # keyword-only one changed in ``__kwdefaults__``), as joblib, which
+        # binds each call to the signature as it is then, sees.
+        holder = self._defaults_holder = _defaults_holder(self.func)
+        self._bound_defaults = None if holder is None else holder.__defaults__
+        self._bound_kwdefaults = None if holder is None else holder.__kwdefaults__
+        self._bound_kwdefault_items = tuple((self._bound_kwdefaults or {}).items())
+
+    def _kwdefaults_changed(self) -> bool:
+        """Whether a keyword-only default was changed in place (``__kwdefaults__``
+        is a dict), compared by identity: a default changed in place is hashed anyway."""
+        kwdefaults = self._bound_kwdefaults
+        items = self._bound_kwdefault_items
+        return len(kwdefaults) != len(items) or any(
+            kwdefaults.get(name, _MISSING) is not value for name, value in items
+        )
 
     def _keywords_changed(self) -> bool:
         """Whether a partial's keywords are not those bound into the binder
@@ -1096,8 +1113,16 @@ class MemorizedFunc(Generic[P, R]):
 
     def _key(self, args, kwargs) -> str | None:
         """The argument hash, or None (with a warning) when the arguments cannot be hashed."""
-        if self._bound_keywords and self._keywords_changed():
-            self._bind_to_signature()  # (a partial's keywords are read at each call)
+        holder = self._defaults_holder
+        if (self._bound_keywords and self._keywords_changed()) or (
+            holder is not None
+            and (
+                holder.__defaults__ is not self._bound_defaults
+                or holder.__kwdefaults__ is not self._bound_kwdefaults
+                or (self._bound_kwdefaults is not None and self._kwdefaults_changed())
+            )
+        ):
+            self._bind_to_signature()  # (a partial's keywords and the defaults are read at each call)
         try:
             values = self._bind(*args, **kwargs)
         except TypeError:
@@ -1469,6 +1494,18 @@ def _plain(value) -> bool:
     if isinstance(value, (int, float, complex, str, bytes, type(None))):
         return True
     return isinstance(value, (tuple, frozenset)) and all(_plain(v) for v in value)
+
+
+def _defaults_holder(func) -> types.FunctionType | None:
+    """The Python function whose ``__defaults__`` and ``__kwdefaults__`` the
+    signature of ``func`` shows (under partials, a bound method, wrappers), or None."""
+    inner = _unwrapped(func)[1]
+    inner = getattr(inner, "__func__", inner)  # (a bound method's function)
+    try:
+        inner = inspect.unwrap(inner)  # (as inspect.signature follows __wrapped__)
+    except ValueError:
+        pass
+    return inner if isinstance(inner, types.FunctionType) else None
 
 
 def _unwrapped(func):
