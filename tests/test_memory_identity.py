@@ -581,3 +581,24 @@ def test_a_relative_location_stays_where_it_was_after_a_chdir(tmp_path, monkeypa
     assert len(list((tmp_path / "cache").rglob("*.pkc"))) == 300
     assert not (tmp_path / "sub" / "cache").exists()
     assert all(f.check_call_in_cache(i) for i in range(300))
+
+
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_a_location_under_the_home_directory_is_there_as_in_joblib(tmp_path, monkeypatch, library):
+    """``Memory("~/.cache/project")`` is in the home directory: joblib expands
+    the ``~``. perfkit took it as a directory named ``~`` in the current one,
+    so the cache moved with the working directory (a miss from elsewhere)."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    mem = (perfkit if library == "perfkit" else joblib).Memory("~/cache", verbose=0)
+    f = mem.cache(_identity)
+    f(1)
+    if library == "perfkit":
+        pk_memory._flush_writes()
+    assert (home / "cache").is_dir()
+    assert list(elsewhere.iterdir()) == []
+    monkeypatch.chdir(home)
+    assert f.check_call_in_cache(1)

@@ -1685,13 +1685,18 @@ class AsyncNotMemorizedFunc(NotMemorizedFunc[P, "Coroutine[Any, Any, T]"]):
 # -- Memory --------------------------------------------------------------------------------------
 
 
+def _absolute_location(location: str | os.PathLike) -> str:
+    """A location as an absolute path, ``~`` expanded as joblib expands it."""
+    return os.path.abspath(os.path.expanduser(os.fspath(location)))
+
+
 class Memory:
     """A disk cache for function results, with joblib.Memory's API.
 
-    ``location`` is a directory (created on first store; ``None`` disables
-    caching). ``mmap_mode`` ('r', 'r+', 'w+', 'c') memory-maps the numpy
-    arrays of cached results instead of reading them (np.memmap objects, as
-    joblib returns). ``bytes_limit`` is
+    ``location`` is a directory (``~`` expanded, as joblib does; created on
+    first store; ``None`` disables caching). ``mmap_mode`` ('r', 'r+', 'w+',
+    'c') memory-maps the numpy arrays of cached results instead of reading
+    them (np.memmap objects, as joblib returns). ``bytes_limit`` is
     the default limit of :meth:`reduce_size`. ``compress`` (True or a zlib
     level) compresses results; compressed results are not memory-mapped.
     ``durable=True`` (perfkit's addition) fsyncs each entry before it is
@@ -1725,7 +1730,7 @@ class Memory:
             warnings.warn("Compressed results cannot be memmapped", stacklevel=2)
         # Absolute from here on: a chdir (a notebook's %cd) must not move the
         # cache, nor the entries the background writer has yet to write.
-        self._location = None if location is None else os.path.abspath(os.fspath(location))
+        self._location = None if location is None else _absolute_location(location)
         self._root = None if location is None else os.path.join(self._location, _STORE_DIR)
 
     def __setstate__(self, state: dict) -> None:
@@ -1739,7 +1744,7 @@ class Memory:
             self._location = (
                 os.path.dirname(root)
                 if root
-                else (None if self.location is None else os.path.abspath(os.fspath(self.location)))
+                else (None if self.location is None else _absolute_location(self.location))
             )
         if "_root" not in state:
             self._root = None if self._location is None else os.path.join(self._location, _STORE_DIR)
