@@ -73,6 +73,56 @@ def test_results_are_served_at_once_and_on_disk_after_exit(tmp_path):
     subprocess.run([sys.executable, str(script), "check"], check=True, timeout=120)
 
 
+@pytest.mark.parametrize("library", ["perfkit", "joblib"])
+def test_exit_while_daemon_threads_keep_storing_does_not_hang_as_with_joblib(tmp_path, library):
+    """A program whose daemon threads keep caching new results when the main
+    thread ends exits, as with joblib (whose writes are done when each call
+    returns). The flush at exit waited until nothing at all was queued, which
+    the daemon threads, storing while it waited, never let happen: the
+    process did not end for as long as they outpaced the writer, often for
+    good (so did any flush: ``reduce_size`` while other threads kept
+    storing; the writer's own test shows it reliably). What was stored
+    before the exit is on disk."""
+    script = tmp_path / "daemons.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import itertools, sys, threading
+            import {library} as lib
+
+            mem = lib.Memory(sys.argv[1], verbose=0)
+
+            @mem.cache
+            def square(x):
+                return x * x, b"x" * 16384  # (written more slowly than computed)
+
+            square(-1)
+            started = threading.Barrier(3)
+
+            def keep_storing(start):
+                for i in itertools.count(start, 2):
+                    square(i)
+                    if i == start + 200:
+                        started.wait()
+
+            for start in (0, 1):
+                threading.Thread(target=keep_storing, args=(start,), daemon=True).start()
+            started.wait()  # both threads are storing
+            if {library!r} == "perfkit":
+                mem.reduce_size(items_limit=10**9)  # a flush, with the threads storing
+            print(square(-1)[0], square.check_call_in_cache(-1), flush=True)
+            """
+        )
+    )
+    location = str(tmp_path / "cache")
+    out = subprocess.run(
+        [sys.executable, str(script), location], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "1 True\n"
+    assert len(list(Path(location).rglob("*.pkc" if library == "perfkit" else "output.pkl"))) > 200
+
+
 def test_clear_drops_results_still_queued(tmp_path):
     mem = perfkit.Memory(tmp_path)
     f, calls = counted(mem)

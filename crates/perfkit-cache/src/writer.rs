@@ -59,6 +59,9 @@ struct Pending {
     root: Arc<Path>,
     /// Waiting in `order` (false while the writer has it in hand).
     queued: bool,
+    /// When it took its place in `order` (a count of submits): a flush waits
+    /// for the entries queued before it began, and only those.
+    seq: u64,
 }
 
 /// A root entries were submitted under.
@@ -78,6 +81,10 @@ struct State {
     /// Every entry not yet on disk, queued or being written, by path.
     pending: HashMap<PathBuf, Pending>,
     writing: Option<PathBuf>,
+    /// The `seq` of the entry being written.
+    writing_seq: Option<u64>,
+    /// Submits that took a place in `order` so far: the next one's `seq`.
+    next_seq: u64,
     queued_bytes: usize,
     failures: VecDeque<WriteFailure>,
     writer_started: bool,
@@ -203,6 +210,8 @@ impl WriteBehind {
             }
             _ => {
                 // New, or the writer holds an older version: queue this one after it.
+                let seq = st.next_seq;
+                st.next_seq += 1;
                 st.pending.insert(
                     path.clone(),
                     Pending {
@@ -210,6 +219,7 @@ impl WriteBehind {
                         label,
                         root,
                         queued: true,
+                        seq,
                     },
                 );
                 st.order.push_back(path);
@@ -245,11 +255,17 @@ impl WriteBehind {
         }
     }
 
-    /// Waits until every queued entry is on disk (or failed: see
-    /// [`take_failures`](Self::take_failures)).
+    /// Waits until every entry queued before this call is on disk (or
+    /// failed: see [`take_failures`](Self::take_failures)); a later version
+    /// of one replaces it, and is written in its place. Not for those queued
+    /// meanwhile: other threads that keep storing (a program's daemon
+    /// threads, at exit) would never let the queue be empty.
     pub fn flush(&self) {
         let mut st = self.lock();
-        while !st.pending.is_empty() {
+        let end = st.next_seq;
+        while st.writing_seq.is_some_and(|seq| seq < end)
+            || st.pending.values().any(|p| p.seq < end)
+        {
             st = self.wait(st);
         }
     }
@@ -400,17 +416,20 @@ fn run_writer(shared: &Shared) {
             continue; // forgotten, or a duplicate of an entry already written
         };
         p.queued = false;
-        let (bytes, label, root) = (
+        let (bytes, label, root, seq) = (
             Arc::clone(&p.bytes),
             Arc::clone(&p.label),
             Arc::clone(&p.root),
+            p.seq,
         );
         st.queued_bytes -= bytes.len();
         st.writing = Some(path.clone());
+        st.writing_seq = Some(seq);
         drop(st);
         let result = write_encoded_below(&root, &path, &bytes);
         st = lock();
         st.writing = None;
+        st.writing_seq = None;
         if let Ok(None) = result {
             // Removed meanwhile: dropped. If its root is gone, it is not
             // re-created here (the next submit under it does).
@@ -556,6 +575,56 @@ mod tests {
         }
         wb.flush();
         assert_eq!(fs::read_dir(&d).unwrap().count(), n);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_flush_returns_while_other_threads_keep_submitting() {
+        // A flush waits for what was queued when it began, not for the queue
+        // to be empty: threads that keep storing (a program's daemon threads
+        // at exit) never let it be, and the flush at exit never returned.
+        let d = tmpdir("flush-busy");
+        let wb = Arc::new(WriteBehind::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let before = d.join("before.pkc");
+        wb.submit(before.clone(), encoded(&before, b"queued before"), "f", &d);
+        let submitters: Vec<_> = (0..2)
+            .map(|t| {
+                let (wb, stop, d) = (Arc::clone(&wb), Arc::clone(&stop), d.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let p = d.join(format!("t{t}-{i}.pkc"));
+                        wb.submit(p.clone(), encoded(&p, b"x"), "f", &d);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        // The submitters have filled the queue: from here on it is never empty.
+        while wb.lock().pending.len() < MAX_QUEUED_ENTRIES / 2 {
+            std::thread::yield_now();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flusher = Arc::clone(&wb);
+        std::thread::spawn(move || {
+            flusher.flush();
+            let _ = tx.send(());
+        });
+        let flushed = rx.recv_timeout(Duration::from_secs(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in submitters {
+            s.join().unwrap();
+        }
+        assert!(
+            flushed.is_ok(),
+            "the flush waited for the other threads to stop"
+        );
+        assert!(
+            before.exists(),
+            "an entry queued before the flush was not written by it"
+        );
+        wb.flush();
         fs::remove_dir_all(&d).unwrap();
     }
 
