@@ -116,6 +116,23 @@ def test_enable_disable_cycles_accumulate():
 
 
 @sensitive
+def test_enable_while_recording_records_none_of_its_own_work():
+    """A second enable() while recording (a nested `with prof:`, runcall
+    inside a recording) changes nothing, as in cProfile 3.9-3.11 (3.12+
+    refuses it). It used to look for the threads to leave out again, and
+    that work (threading.enumerate, _thread.get_ident, getattr, ...) was
+    recorded as the program's rows."""
+    cp = _cprofile_summary()
+    p = perfkit.Profiler()
+    with gc_disabled():
+        p.enable()
+        p.enable()
+        _body()
+        p.disable()
+    assert_same_counts(cp, summarize(pstats.Stats(p).stats))
+
+
+@sensitive
 def test_clear_forgets():
     p = perfkit.Profiler()
     p.runcall(_body)

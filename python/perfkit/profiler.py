@@ -153,6 +153,10 @@ class Profiler:
                     f"builtins={self._session.builtins}; call clear() first, or use another Profiler"
                 )
             self._session = self._new_session(bool(builtins))
+        if self._session.enabled:
+            # Already recording: nothing to do, and the threads are not looked
+            # up again, which would be recorded as the program's calls.
+            return
         self._session.enable(_threads_left_out(self._threads))
         self._started = True
 
