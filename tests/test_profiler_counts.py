@@ -237,6 +237,27 @@ def test_pstats_files_agree(tmp_path, name):
     assert_same_counts(cp, pk)
 
 
+def test_a_file_name_that_is_not_utf8_is_kept_as_perfkit_reads_cprofiles(tmp_path):
+    """A script in a directory whose name is not UTF-8 (Latin-1 bytes, which
+    Python decodes with surrogateescape): its functions were all named
+    `?:line(name)`, file and directory lost. They are named as perfkit reads
+    cProfile's file of the same run, the rest of the path kept."""
+    path = "/tmp/caf\udce9/mod.py"  # what os.fsdecode(b"/tmp/caf\xe9/mod.py") gives
+    namespace: dict = {}
+    exec(compile("def work():\n    return sum(range(10))\n", path, "exec"), namespace)  # noqa: S102 - code under a made-up file name
+    both = profile_both(namespace["work"])
+    cp_path, pk_path = tmp_path / "c.prof", tmp_path / "p.prof"
+    both.cprofile.dump_stats(str(cp_path))
+    both.profiler.dump_stats(pk_path)
+
+    def work_keys(file):
+        return [k for k in perfkit.load(file).stats_dict() if k[2] == "work"]
+
+    (mine,) = work_keys(pk_path)
+    assert mine[0].startswith("/tmp/caf") and mine[0].endswith("/mod.py")
+    assert work_keys(pk_path) == work_keys(cp_path)
+
+
 def test_pstats_on_profiler_objects():
     prog = program("mixed")
     prog.main()

@@ -13,7 +13,18 @@ use std::ffi::CStr;
 pub(crate) fn code_key(code: &Bound<'_, PyAny>) -> FuncKey {
     let get_str = |attr: &str| {
         code.getattr(attr)
-            .and_then(|v| v.extract::<String>())
+            .and_then(|v| match v.extract::<String>() {
+                Ok(s) => Ok(s),
+                // A lone surrogate: a path that is not UTF-8 on disk, which
+                // Python decodes with surrogateescape. Written the way
+                // marshal writes it ("surrogatepass") and read back as
+                // perfkit reads a cProfile file holding it, so the rest of the
+                // name is kept and both profilers' files name it alike.
+                Err(_) => v
+                    .call_method1("encode", ("utf-8", "surrogatepass"))
+                    .and_then(|b| b.extract::<Vec<u8>>())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            })
             .unwrap_or_else(|_| "?".to_owned())
     };
     let line = code
