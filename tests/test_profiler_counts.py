@@ -505,6 +505,28 @@ def test_thread_pool_rows_equal_cprofiles_which_records_every_thread_too(builtin
         assert_same_python_counts(both.cp.only(in_program_or_c), both.pk.only(in_program))
 
 
+def test_a_thread_started_while_recording_has_no_row_of_perfkits_hook():
+    """perfkit names each thread started while it records through
+    threading.setprofile, so threading calls sys.setprofile(perfkit's hook)
+    first thing in every new thread. On 3.12+ that C call was recorded:
+    a `<built-in method sys.setprofile>` row, a call per thread, that
+    cProfile's table (which records every thread there too) has not."""
+
+    def run():
+        threads = [threading.Thread(target=sum, args=(range(10),)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    both = profile_both(run)
+
+    def setprofile_rows(summary):
+        return {k: v for k, v in summary.funcs.items() if "setprofile" in k[2]}
+
+    assert setprofile_rows(both.pk) == setprofile_rows(both.cp)
+
+
 @pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
 def test_thread_running_before_enable(builtins):
     prog = program("threads_prog")

@@ -57,6 +57,12 @@ unsafe fn c_key(callable: *mut ffi::PyObject, arg0: *mut ffi::PyObject) -> usize
         return (*descr).d_method as usize;
     }
     if frames::is_cfunction(callable) {
+        // threading's `sys.setprofile(hook)` at the start of each new thread,
+        // with perfkit's hook (which names the thread): perfkit's own call,
+        // not the program's, and cProfile has no such row.
+        if arg0 == super::threads::REGISTRAR {
+            return 0;
+        }
         return (*(callable as *mut CFunction)).m_ml as usize;
     }
     0

@@ -12,7 +12,8 @@ use pyo3::prelude::*;
 use std::ptr;
 
 static mut SAVED_HOOK: *mut ffi::PyObject = ptr::null_mut();
-static mut REGISTRAR: *mut ffi::PyObject = ptr::null_mut();
+/// The hook handed to `threading.setprofile` (null until first installed).
+pub(super) static mut REGISTRAR: *mut ffi::PyObject = ptr::null_mut();
 #[cfg(not(Py_3_12))]
 static mut INSTALL_PROFILE_HOOK: bool = false;
 
