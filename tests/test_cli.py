@@ -900,6 +900,17 @@ def test_filter_patterns_select_what_pstats_selects(tmp_path, pattern):
 
 
 @sensitive
+def test_stats_takes_pstats_old_integer_sort_keys_as_record_s_does(profiles):
+    """`perfkit stats f --sort -1` (pstats' sort_stats(-1): standard name)
+    was refused by the argument parser as an unknown option, where
+    `perfkit record -s -1` took it."""
+    path = profiles / "perfkit.prof"
+    for key in (-1, 0, 1, 2):
+        r = run_cli("stats", path, "--sort", str(key))
+        assert r.returncode == 0, r.stderr
+        assert without_file_lines(r.stdout, path) == without_file_lines(pstats_text(path, [key], []), path)
+
+
 def test_stats_unknown_sort_key(profiles):
     r = run_cli("stats", profiles / "perfkit.prof", "--sort", "bogus")
     assert r.returncode == 2

@@ -70,7 +70,13 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Sort key, as pstats names them (cumulative, tottime, calls, name, …); repeat for ties.
-        #[arg(short, long, default_value = "cumulative")]
+        // (allow_negative_numbers: pstats' old key -1, as `record -s -1` takes it)
+        #[arg(
+            short,
+            long,
+            default_value = "cumulative",
+            allow_negative_numbers = true
+        )]
         sort: Vec<String>,
         /// Show at most N rows (or a fraction such as 0.1).
         #[arg(short, long)]
