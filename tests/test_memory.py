@@ -1021,3 +1021,37 @@ def test_a_memory_pickled_by_an_older_perfkit_still_caches(tmp_path):
     perfkit.memory._flush_writes()
     assert len(list((tmp_path / "c").rglob("*.pkc"))) == 3
     assert pickle.loads(pickle.dumps(memory)).cache(_square)(2) == 4
+
+
+def test_a_call_only_its_decorators_wrapper_takes_warns_that_it_ran_uncached(tmp_path):
+    # functools.wraps makes the signature the wrapped function's; a wrapper
+    # that takes an argument of its own (retries=) got calls that do not fit
+    # it, which ran without the cache and said nothing. A call that the
+    # function's own signature refuses (no wrapper) is its error, with no warning.
+    runs = []
+
+    def with_retries(f):
+        @functools.wraps(f)
+        def wrapper(*args, retries=0, **kwargs):
+            runs.append(retries)
+            return f(*args, **kwargs)
+
+        return wrapper
+
+    @with_retries
+    def double(x):
+        return 2 * x
+
+    cached = perfkit.Memory(tmp_path).cache(double)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cached(3) == 6 and cached(3) == 6
+    assert runs == [0]  # the second call was a hit
+    with pytest.warns(CacheWarning, match=r"double\(\).*retries.*without the cache"):
+        assert cached(3, retries=2) == 6
+    assert runs == [0, 2]
+    plain = perfkit.Memory(tmp_path).cache(lambda x: 2 * x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError):
+            plain(3, 4)

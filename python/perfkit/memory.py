@@ -1125,9 +1125,15 @@ class MemorizedFunc(Generic[P, R]):
             self._bind_to_signature()  # (a partial's keywords and the defaults are read at each call)
         try:
             values = self._bind(*args, **kwargs)
-        except TypeError:
+        except TypeError as exc:
             # The call does not fit the signature: the caller calls the function uncached,
-            # which raises the function's own error.
+            # which raises the function's own error; or, where only a wrapper's own
+            # signature takes it (functools.wraps shows the wrapped one), runs.
+            if _own_signature_takes(self.func, args, kwargs):
+                _warn(
+                    f"perfkit.Memory: {self._name}() was called with arguments that only its "
+                    f"wrapper takes, not the function it wraps ({exc}); calling it without the cache"
+                )
             return None
         if self._per_call:
             values = (values, _call_state(self.func, self._leave_out_self))
@@ -1494,6 +1500,17 @@ def _plain(value) -> bool:
     if isinstance(value, (int, float, complex, str, bytes, type(None))):
         return True
     return isinstance(value, (tuple, frozenset)) and all(_plain(v) for v in value)
+
+
+def _own_signature_takes(func, args, kwargs) -> bool:
+    """Whether ``func``'s own signature, not the one its ``__wrapped__`` shows, takes the call."""
+    if getattr(func, "__wrapped__", None) is None:
+        return False
+    try:
+        inspect.signature(func, follow_wrapped=False).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _defaults_holder(func) -> types.FunctionType | None:
