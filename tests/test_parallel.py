@@ -2730,7 +2730,7 @@ def dask_client():
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -2831,7 +2831,7 @@ def test_dask_call_left_unfinished_at_exit_prints_nothing(tmp_path):
             return i
 
         if __name__ == "__main__":
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
             client = Client(cluster)
             with parallel_config(backend="dask"):
                 gen = Parallel(return_as="generator")(delayed(slow)(i) for i in range(6))
@@ -3238,7 +3238,7 @@ def test_dask_scheduler_lost_during_a_call_is_not_resent(tmp_path):
         from distributed import LocalCluster
         if __name__ == "__main__":
             cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
-                                   host="127.0.0.1", dashboard_address=None)
+                                   host="127.0.0.1", dashboard_address=":0")
             print(cluster.scheduler_address, flush=True)
             sys.stdin.read()
         """
@@ -3273,7 +3273,7 @@ def test_dask_waits_for_a_first_worker_as_joblib_does():
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
-            n_workers=0, processes=False, dashboard_address=None, worker_dashboard_address=None
+            n_workers=0, processes=False, dashboard_address=":0", worker_dashboard_address=None
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
@@ -3299,7 +3299,7 @@ def test_dask_wait_for_workers_ends_with_the_call():
     from distributed.client import ClosedClientError
 
     with distributed.LocalCluster(
-        n_workers=0, processes=False, dashboard_address=None, worker_dashboard_address=None
+        n_workers=0, processes=False, dashboard_address=":0", worker_dashboard_address=None
     ) as cluster:
         with distributed.Client(cluster, set_as_default=False) as client:
             for wait in (0, 30):  # (0: no wait, the call's timeout= as it was)
