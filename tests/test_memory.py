@@ -221,6 +221,24 @@ def test_call_and_shelve_result_is_picklable_reference(tmp_path):
         again.get()
 
 
+def _nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("impl", ["perfkit", "joblib"])
+def test_shelved_result_tells_how_long_the_call_took(tmp_path, impl):
+    # joblib's MemorizedResult has .duration (the call's, from its metadata):
+    # code reading it failed with AttributeError on perfkit's.
+    Mem = perfkit.Memory if impl == "perfkit" else joblib.Memory
+    nap = Mem(tmp_path, verbose=0).cache(_nap)
+    first = nap.call_and_shelve(0.2)
+    again = nap.call_and_shelve(0.2)  # a hit: the same entry, the same duration
+    assert 0.2 <= first.duration < 5
+    assert again.duration == first.duration == first.metadata["duration"]
+    assert pickle.loads(pickle.dumps(again)).duration == first.duration
+
+
 def test_memorized_func_pickles(tmp_path):
     mem = perfkit.Memory(tmp_path)
     f = mem.cache(_add)

@@ -1637,6 +1637,12 @@ class MemorizedResult(Generic[R]):
         except (OSError, _Corrupt):
             return {}
 
+    @property
+    def duration(self) -> float | None:
+        """How long the call took, in seconds (joblib's ``duration``); None once the entry is gone."""
+        duration = self.metadata.get("duration")
+        return float(duration) if isinstance(duration, (int, float)) else None
+
     def __repr__(self) -> str:
         return f"MemorizedResult(location={self.location!r}, func={self.func!r}, args_id={self.args_id!r})"
 
