@@ -1020,6 +1020,19 @@ class MemorizedFunc(Generic[P, R]):
             kwdefaults.get(name, _MISSING) is not value for name, value in items
         )
 
+    def _signature_changed(self) -> bool:
+        """Whether a partial's keywords or the function's defaults are not those
+        the binder was made with (reassigned since: read at each call, as the
+        call itself reads them; three identity checks when nothing changed)."""
+        if self._bound_keywords and self._keywords_changed():
+            return True
+        holder = self._defaults_holder
+        return holder is not None and (
+            holder.__defaults__ is not self._bound_defaults
+            or holder.__kwdefaults__ is not self._bound_kwdefaults
+            or (self._bound_kwdefaults is not None and self._kwdefaults_changed())
+        )
+
     def _keywords_changed(self) -> bool:
         """Whether a partial's keywords are not those bound into the binder
         (compared by identity: an argument changed in place is hashed anyway)."""
@@ -1113,16 +1126,8 @@ class MemorizedFunc(Generic[P, R]):
 
     def _key(self, args, kwargs) -> str | None:
         """The argument hash, or None (with a warning) when the arguments cannot be hashed."""
-        holder = self._defaults_holder
-        if (self._bound_keywords and self._keywords_changed()) or (
-            holder is not None
-            and (
-                holder.__defaults__ is not self._bound_defaults
-                or holder.__kwdefaults__ is not self._bound_kwdefaults
-                or (self._bound_kwdefaults is not None and self._kwdefaults_changed())
-            )
-        ):
-            self._bind_to_signature()  # (a partial's keywords and the defaults are read at each call)
+        if self._signature_changed():
+            self._bind_to_signature()
         try:
             values = self._bind(*args, **kwargs)
         except TypeError as exc:
