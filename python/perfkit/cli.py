@@ -85,8 +85,11 @@ def _report_exception(exc: BaseException, hook: bool = True) -> None:
         try:
             sys.excepthook(type(exc), exc, tb)
             return
-        except Exception:  # noqa: BLE001, S110 - a hook that fails: the plain traceback, as Python falls back
-            pass
+        except BaseException as failed:  # noqa: BLE001 - Ctrl-C in the hook too, as Python reports it
+            print("Error in sys.excepthook:", file=sys.stderr)
+            # (from the hook's own frame: the first is this function's)
+            traceback.print_exception(type(failed), failed, failed.__traceback__.tb_next)
+            print("\nOriginal exception was:", file=sys.stderr)
     traceback.print_exception(type(exc), exc, tb)
 
 
@@ -236,8 +239,15 @@ def record(
     elif isinstance(ended, SystemExit):
         exit_code = _exit_code(ended)
     else:
-        _report_exception(ended)
         exit_code = 130 if isinstance(ended, KeyboardInterrupt) else 1
+        try:
+            _report_exception(ended)
+        except KeyboardInterrupt:
+            # A second Ctrl-C, pressed right after the one that ended the
+            # program, lands here (Python's own report is C code, which a
+            # signal does not interrupt): it cuts the report short, and must
+            # not cost the profile or the program's exit status.
+            pass
     # What the interpreter does before it exits: threading._shutdown (looked
     # up now: gevent's monkey-patching replaces it) runs the executors' exit
     # hooks, which wake their threads, then joins the non-daemon threads; the
