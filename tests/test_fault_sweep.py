@@ -9,6 +9,7 @@ import pstats
 import signal
 import subprocess
 import sys
+import time
 
 from conftest import perfkit_command
 
@@ -82,3 +83,30 @@ def test_ctrl_c_in_the_programs_excepthook_keeps_the_profile_and_reports_as_pyth
     assert not [own for own in OWN if own in stderr], stderr
     assert "perfkit: profile written to" in stderr
     assert any(k[2] == "work" for k in pstats.Stats(str(out)).stats)
+
+
+def test_ctrl_c_before_the_program_runs_ends_as_python_ends(tmp_path):
+    """Ctrl-C while the script is still being compiled (a large one): Python
+    and cProfile are killed by SIGINT after printing KeyboardInterrupt (a
+    shell loop stops). perfkit printed nothing and exited 130, which a shell
+    loop takes for a program that handled the Ctrl-C itself."""
+    # Compiling this takes seconds (Python notices a signal only once it is
+    # compiled): every run below is interrupted during it.
+    line = "x = [" + ", ".join(map(str, range(40))) + "]\n"
+    (tmp_path / "big.py").write_text(line * 40_000 + "print('ran')\n")
+    ended = {}
+    for name, command in (
+        ("python", [sys.executable, "big.py"]),
+        ("cProfile", [sys.executable, "-m", "cProfile", "-o", str(tmp_path / "cp.prof"), "big.py"]),
+        ("perfkit", [*perfkit_command(), "record", "-o", str(tmp_path / "pk.prof"), "big.py"]),
+    ):
+        proc = _start(command, tmp_path)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        stderr = _finish(proc)
+        ended[name] = (proc.returncode, stderr.strip().splitlines()[-1:])
+        if name == "perfkit":
+            assert not [own for own in OWN if own in stderr], stderr
+    assert ended["python"] == (-signal.SIGINT, ["KeyboardInterrupt"])
+    assert ended["perfkit"] == ended["cProfile"] == ended["python"]
+    assert not (tmp_path / "pk.prof").exists() and not (tmp_path / "cp.prof").exists()

@@ -22,6 +22,8 @@ _PERFKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Set by `record` when the program it ran ended by Ctrl-C (an uncaught KeyboardInterrupt).
 _program_interrupted = False
+# Set by `record` from its start: a Ctrl-C before the program runs ends it as Python would end.
+_recording = False
 
 
 def main() -> None:
@@ -29,6 +31,11 @@ def main() -> None:
         code = _native.cli_main(["perfkit", *sys.argv[1:]])
     except KeyboardInterrupt:  # Ctrl-C in stats or export: the shell's code, not a traceback
         code = 130
+        if _recording:
+            # While the script was compiled, say: `python script.py` prints
+            # this and is killed by SIGINT, so a shell loop running it stops.
+            print("KeyboardInterrupt", file=sys.stderr)
+            _end_as_interrupted()
     if _program_interrupted:
         _end_as_interrupted()
     sys.exit(code)
@@ -155,6 +162,8 @@ def record(
 ) -> int:
     """Run ``target`` as ``__main__`` under the profiler; write the profile
     whatever way the program ends; return the program's exit code."""
+    global _recording
+    _recording = True
     if output is None:
         stem = target.rsplit(".", 1)[-1] if is_module else os.path.splitext(os.path.basename(target))[0]
         output = f"{stem or 'perfkit'}.prof"
