@@ -165,7 +165,12 @@ def record(
     global _recording
     _recording = True
     if output is None:
-        stem = target.rsplit(".", 1)[-1] if is_module else os.path.splitext(os.path.basename(target))[0]
+        if is_module:
+            stem = target.rsplit(".", 1)[-1]
+        else:
+            # Through abspath: `perfkit record .` and a tab-completed `proj/` name
+            # the directory, not "" or "." (a hidden "..prof").
+            stem = os.path.splitext(os.path.basename(os.path.abspath(target)))[0]
         output = f"{stem or 'perfkit'}.prof"
     output = os.fspath(output)
     # Where the user meant, though the program may change directory (as cProfile does).
