@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import marshal
+import os
 import pstats
+import subprocess
+import sys
+import threading
 
 import pytest
 from conftest import run_cli
@@ -25,3 +30,55 @@ def test_record_of_a_directory_names_the_profile_after_it(tmp_path, spelled):
     assert "proj.prof" in r.stderr
     rows = pstats.Stats(str(cwd / "proj.prof")).stats
     assert any(name == "main" and file.endswith("__main__.py") for file, _, name in rows)
+
+
+def _table_rows(text: str) -> list[str]:
+    """The table's rows, without their times (which differ from run to run)."""
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["ncalls"])
+    return [
+        f"{fields[0]} {' '.join(fields[5:])}"
+        for fields in (line.split() for line in lines[header + 1 :])
+        if fields
+    ]
+
+
+@pytest.mark.parametrize("output", ["/dev/null", "fifo"])
+def test_record_sort_prints_the_table_when_the_profile_goes_to_a_device_or_fifo(tmp_path, output):
+    # README: `-s` is cProfile's -s, "the table too, on stdout", and an -o of
+    # /dev/null or a FIFO is written through. The table was read back from
+    # the -o file: /dev/null gave an EOFError traceback (exit 1), a FIFO
+    # waited for a writer that never came.
+    (tmp_path / "prog.py").write_text(
+        "def leaf(i):\n    return i * 2\n\ndef main():\n    return [leaf(i) for i in range(50)]\n\nmain()\n"
+    )
+    received = []
+    if output == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+
+        def drain():
+            with open(tmp_path / "fifo", "rb") as f:
+                received.append(f.read())
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+    r = run_cli("record", "-o", output, "-s", "calls", "prog.py", cwd=tmp_path, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    c = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-s", "calls", "prog.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "Ordered by: call count" in r.stdout
+    pk_rows = [row for row in _table_rows(r.stdout) if "_lsprof" not in row]
+    cp_rows = [row for row in _table_rows(c.stdout) if "_lsprof" not in row]
+    assert sorted(pk_rows) == sorted(cp_rows), (r.stdout, c.stdout)
+    if output == "fifo":
+        reader.join(10)
+        assert received and received[0], "nothing came through the FIFO"
+        # (a .prof's head is pstats' marshalled dictionary)
+        assert any(name == "leaf" for _, _, name in marshal.loads(received[0]))

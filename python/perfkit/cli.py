@@ -292,7 +292,7 @@ def record(
             file=sys.stderr,
         )
     if sort is not None:
-        exit_code = _print_table(path, sort) or exit_code
+        exit_code = _print_table(profiler, sort) or exit_code
     if isinstance(ended, KeyboardInterrupt) and exit_code == 130:  # (not the table's EPIPE)
         global _program_interrupted
         _program_interrupted = True
@@ -348,15 +348,17 @@ def _restore_sigint_in_child() -> None:
         signal.signal(signal.SIGINT, _sigint_outside)
 
 
-def _print_table(path: str, sort: str) -> int | None:
+def _print_table(profiler: Profiler, sort: str) -> int | None:
     """What `python -m cProfile -s KEY` prints; on a closed pipe (`| head`),
-    cProfile's exit code (EPIPE), not a traceback."""
+    cProfile's exit code (EPIPE), not a traceback. From the recording, as
+    cProfile prints it, not from the file: -o may be /dev/null or a FIFO,
+    which give nothing back."""
     import pstats
 
     try:
         # pstats takes its old integer keys as ints only.
         key: str | int = int(sort) if sort.lstrip("-").isdigit() else sort
-        pstats.Stats(path).strip_dirs().sort_stats(key).print_stats()
+        pstats.Stats(profiler).strip_dirs().sort_stats(key).print_stats()
         sys.stdout.flush()
     except BrokenPipeError as e:
         sys.stdout = None  # (nothing more to flush at exit)
