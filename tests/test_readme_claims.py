@@ -82,3 +82,29 @@ def test_record_sort_prints_the_table_when_the_profile_goes_to_a_device_or_fifo(
         assert received and received[0], "nothing came through the FIFO"
         # (a .prof's head is pstats' marshalled dictionary)
         assert any(name == "leaf" for _, _, name in marshal.loads(received[0]))
+
+
+@pytest.mark.parametrize("output", ["my run.prof", "/dev/null"])
+def test_record_suggests_a_stats_command_that_runs(tmp_path, output):
+    # After writing, record names the `perfkit stats` command to run next: it
+    # must run as printed (a name with a space was not quoted), and it is not
+    # suggested for what cannot be read back (/dev/null, which README lets -o name).
+    (tmp_path / "prog.py").write_text("def main():\n    return sum(range(100))\n\nmain()\n")
+    r = run_cli("record", "-o", output, "prog.py", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    if output == "/dev/null":
+        assert "perfkit stats" not in r.stderr, r.stderr
+        return
+    suggested = r.stderr.split("Hot spots: ", 1)[1].strip()
+    assert suggested.startswith("perfkit stats ")
+    ran = subprocess.run(
+        ["bash", "-c", suggested],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "prog.py:1(main)" in ran.stdout

@@ -287,8 +287,7 @@ def record(
             print(f"perfkit: error: cannot write the profile to {output}: {e}", file=sys.stderr)
             return 2
         print(
-            f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded). "
-            f"Hot spots: perfkit stats {output} --sort tottime --limit 15",
+            f"perfkit: profile written to {output} ({rec.duration:.3f} s recorded).{_next_step(path, output)}",
             file=sys.stderr,
         )
     if sort is not None:
@@ -346,6 +345,20 @@ def _ignore_signal(signum: int, frame: object) -> None:
 def _restore_sigint_in_child() -> None:
     if _sigint_outside is not None:
         signal.signal(signal.SIGINT, _sigint_outside)
+
+
+def _next_step(path: str, output: str) -> str:
+    """The command that shows the profile's hot spots, quoted to run as
+    printed; none for a device or a FIFO (-o /dev/null), which give nothing back."""
+    import shlex
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ""
+    except OSError:
+        return ""
+    return f" Hot spots: perfkit stats {shlex.quote(output)} --sort tottime --limit 15"
 
 
 def _print_table(profiler: Profiler, sort: str) -> int | None:
