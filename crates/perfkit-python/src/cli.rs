@@ -40,7 +40,7 @@ enum ExportFormat {
 enum Command {
     /// Profile a Python script or module, like `python -m cProfile`.
     Record {
-        /// Where to write the profile [default: <script>.prof]
+        /// Where to write the profile [default: <script>.prof in the current directory]
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
         /// Clock that times calls: wall time or the thread's CPU time.
@@ -67,6 +67,7 @@ enum Command {
     /// Print the pstats table of a profile (perfkit or cProfile file); of several, summed
     /// as pstats' `Stats(a, b, …)` sums them.
     Stats {
+        /// Profiles (perfkit or cProfile .prof, collapsed stacks, speedscope JSON); several are summed.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Sort key, as pstats names them (cumulative, tottime, calls, name, …); repeat for ties.
@@ -81,7 +82,8 @@ enum Command {
         /// Show at most N rows (or a fraction such as 0.1).
         #[arg(short, long)]
         limit: Option<String>,
-        /// Show only rows whose `file:line(function)` matches this regular expression.
+        /// Show only rows whose `file:line(function)` matches this regular expression (Python's
+        /// re syntax, less look-around and back-references).
         #[arg(short, long)]
         filter: Option<String>,
         /// File names without their directories, rows that then coincide summed (pstats' strip_dirs).
