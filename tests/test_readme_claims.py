@@ -108,3 +108,34 @@ def test_record_suggests_a_stats_command_that_runs(tmp_path, output):
     )
     assert ran.returncode == 0, ran.stderr
     assert "prog.py:1(main)" in ran.stdout
+
+
+def test_profile_refuses_a_bad_sort_key_before_anything_runs():
+    # perfkit.profile(print_stats=N, sort=KEY) sorts as pstats does. A key
+    # pstats refuses ('cum' is ambiguous there) was found only when the first
+    # call ended: the function had run, and every call raised pstats'
+    # KeyError instead of returning its result.
+    import perfkit
+
+    with pytest.raises(KeyError):
+        pstats.Stats().sort_stats("cum")
+    ran = []
+    with pytest.raises(ValueError, match="'cum'"):
+
+        @perfkit.profile(print_stats=3, sort="cum")
+        def f():
+            ran.append(1)
+            return 42
+
+    assert not ran
+    with pytest.raises(ValueError, match="'cum'"):
+        perfkit.profile("never.prof", sort="cum")
+    # What pstats takes passes: an unambiguous prefix, and its old integer keys.
+    pstats.Stats().sort_stats("cumtim")
+    for key in ("cumtim", -1, 2):
+
+        @perfkit.profile(print_stats=1, sort=key)
+        def g():
+            return 42
+
+        assert g() == 42

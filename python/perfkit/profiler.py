@@ -278,7 +278,7 @@ class _ProfileBlock:
         builtins: bool,
         clock: str,
         print_stats: int | None,
-        sort: str,
+        sort: str | int,
         threads: str | None,
     ) -> None:
         self.output = output
@@ -449,7 +449,7 @@ def profile(
     builtins: bool = True,
     clock: str = "wall",
     print_stats: int | None = None,
-    sort: str = "cumulative",
+    sort: str | int = "cumulative",
     threads: str | None = None,
 ) -> _ProfileBlock: ...
 def profile(
@@ -458,7 +458,7 @@ def profile(
     builtins: bool = True,
     clock: str = "wall",
     print_stats: int | None = None,
-    sort: str = "cumulative",
+    sort: str | int = "cumulative",
     threads: str | None = None,
 ) -> Any:
     """Profile a block, or every call of a function.
@@ -473,9 +473,21 @@ def profile(
     async generator) function is recorded from its first resumption to its
     end or close: its body runs after the call has returned.
     """
+    _check_sort_key(sort)
     if callable(output):  # used bare: @perfkit.profile
         return _ProfileBlock(None, builtins, clock, print_stats, sort, threads)(output)
     return _ProfileBlock(output, builtins, clock, print_stats, sort, threads)
+
+
+def _check_sort_key(sort: str | int) -> None:
+    """Refuses now a key pstats would refuse only when the profile is
+    printed: after the profiled code ran, in place of its result."""
+    import pstats
+
+    try:
+        pstats.Stats().sort_stats(sort)
+    except (KeyError, TypeError):
+        raise ValueError(f"perfkit.profile: sort={sort!r} is not one of pstats' sort keys") from None
 
 
 def run(statement: str, filename: str | None = None, sort: str | int = -1) -> None:
