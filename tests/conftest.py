@@ -14,6 +14,7 @@ import cProfile
 import gc
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,13 @@ import perfkit
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+# Started as a shell's background job (`scripts/test &`, nohup), pytest
+# inherits SIGINT ignored, and so would every program the tests start, which
+# the Ctrl-C tests then cannot stop. Python's own handler is what a program
+# started from a terminal has (a child gets SIGINT at its default).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 PROGRAMS_DIR = TESTS_DIR / "programs"
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
