@@ -1976,6 +1976,7 @@ class _ProcessCall:
         # worker's first task) must not shrink the next batches to one task.
         worker_costs, parent_costs = _RecentCosts(), _RecentCosts()
         remembered = None
+        previous = (set(), [])  # the last batch's buffer spans, and the buffers
         in_flight = {}  # batch id -> (first index, mode, items)
         in_order = _InOrder()
         batch_ids = itertools.count()
@@ -2050,15 +2051,30 @@ class _ProcessCall:
                         t_produce += time.thread_time() - t_begin  # once per call, not per task
                     batch = next(batch_ids)
                     remote = self.remote and bool(buffers)
+                    # A buffer the previous batch sent too (the data set every task
+                    # indexes) goes once per batch whatever the batch's size: it is
+                    # not its tasks' own. Counted as theirs, in bytes or in the time
+                    # to copy it into shared memory, it cut batches to one task, and
+                    # so sent it once per task.
+                    spans = [_native.buffer_address(b) for b in buffers]
+                    buffer_bytes = sum(b.nbytes for b in buffers)
+                    own = sum(b.nbytes for b, span in zip(buffers, spans) if span not in previous[0])
+                    t_submit = time.thread_time()
                     pool.submit(self.pool_call, batch, payload, buffers, remote)
+                    t_submit = time.thread_time() - t_submit
                     if remote:
                         self.keep_alive[batch] = buffers  # the worker reads them from here
                     if not (remembered and per_task is None):
-                        parent_per_task = parent_costs.add((time.thread_time() - t_produce) / count)
+                        produced = time.thread_time() - t_produce
+                        if buffer_bytes:
+                            produced -= t_submit * (buffer_bytes - own) / buffer_bytes
+                        parent_per_task = parent_costs.add(produced / count)
                     # (else a few-task batch of a known function: its cost is mostly
                     # the batch's own, and would shrink the next ones for three batches)
-                    nbytes = len(payload) + sum(b.nbytes for b in buffers)
-                    bytes_per_task = nbytes / count
+                    bytes_per_task = (len(payload) + own) / count
+                    # The buffers are held until the next batch is pickled: freed, their
+                    # memory could be the next array's, and it would seem sent before.
+                    previous = (set(spans), buffers)
                     # Only the encoded items stay (they name a task that fails): the
                     # caller's task tuples die young, which keeps the GC's work small.
                     in_flight[batch] = (first, mode, items)
