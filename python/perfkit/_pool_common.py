@@ -404,14 +404,60 @@ def _numpy_reducers():
 def _reduce_array(array):
     """An exact, contiguous numpy array of numbers pickles as _frames encodes
     a frame's blocks: its dtype as a one-letter code, not as a dtype object
-    (~5 µs saved each way, most of pickling an array); anything else as
-    numpy does (which keeps a strided array's layout)."""
+    (~5 µs saved each way, most of pickling an array); so does a large
+    strided one a call's batches send (see StridedCopies); anything else as
+    numpy does."""
     flags = array.flags
     if flags.c_contiguous or flags.f_contiguous:
         encoded = _frames._encode_array(array)
         if encoded is not array:
             return _frames._decode_array, (encoded,)
+    else:
+        copies = getattr(_strided_copies, "current", None)
+        if copies is not None and array.nbytes >= copies.threshold:
+            encoded = copies.encode(array)
+            if encoded is not array:
+                return _frames._decode_array, (encoded,)
     return array.__reduce_ex__(5)
+
+
+_strided_copies = threading.local()  # .current: the StridedCopies of the batch this thread pickles
+
+
+class StridedCopies:
+    """A call's contiguous copies of the large strided arrays its batches send
+    (a column, every other row: ``X[::2]``). numpy pickles such a view by
+    copying its bytes into the pickle itself, for every batch: 8 MB of
+    pickle and 20 ms a batch for a view every task gets, whose size then cut
+    the batches to one task each. Copied once, the copy goes out of band as
+    any array does, and is kept while the next batch sends it too (its
+    memory seen as what the batch before sent; see perfkit.parallel). As
+    numpy's pickle, the copy is C-contiguous. ``with copies:`` around one
+    batch's pickling."""
+
+    def __init__(self, threshold) -> None:
+        self.threshold = threshold
+        self.batch: dict = {}  # id -> (view, encoded copy): this batch's
+        self.before: dict = {}  # ... and the previous batch's (the views kept alive: ids stay theirs)
+
+    def encode(self, array):
+        key = id(array)
+        known = self.batch.get(key) or self.before.get(key)
+        if known is None:
+            encoded = _frames._encode_array(array)
+            if encoded is array:
+                return array
+            known = (array, encoded)
+        self.batch[key] = known
+        return known[1]
+
+    def __enter__(self):
+        _strided_copies.current = self
+        return self
+
+    def __exit__(self, *exc_info):
+        _strided_copies.current = None
+        self.before, self.batch = self.batch, {}
 
 
 # A memmap's mode in the caller -> the mode the worker maps its file with

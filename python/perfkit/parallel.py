@@ -48,6 +48,7 @@ from perfkit._pool_common import (
     STREAMED,
     MainNames,
     MainUnpickler,
+    StridedCopies,
     cloudpickle_dumps,
     dumps,
     fewer_young_collections,
@@ -1914,6 +1915,7 @@ class _ProcessCall:
         self.function_dirty = True
         self.remote = _remote_read_pools.get(pool, False)
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
+        self.strided_copies = StridedCopies(self.threshold)
         # Batches go STREAMED (True) once the call's tasks turn out to carry
         # large buffers that workers copy out of this process; None: not yet
         # seen; False: tasks share buffers, so batches go whole.
@@ -2195,6 +2197,10 @@ class _ProcessCall:
             # Plain ints or floats as bytes: nothing for perfkit's reducers, no
             # __main__ name to seek through (as the workers pickle such results).
             return pickle.dumps((first, mode, items), protocol=5), []
+        with self.strided_copies:
+            return self._pickle_objects(first, mode, items)
+
+    def _pickle_objects(self, first, mode, items):
         streamed = None
         if self.streaming and len(items) > 1:
             streamed = self._pickle_streamed(first, mode, items)
