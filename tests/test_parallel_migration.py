@@ -3,7 +3,9 @@ results, errors and costs, side by side with joblib."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import joblib
@@ -66,3 +68,55 @@ def test_tiny_tasks_sharing_one_strided_view_go_in_growing_batches(batch_sizes):
     # A view given once per task is still each task's own (a copy each).
     rows = [data[i : i + 100_000] for i in range(8)]
     assert Parallel(n_jobs=2)(delayed(T.array_sum)(r) for r in rows) == [float(r.sum()) for r in rows]
+
+
+def run_both(tmp_path, source):
+    """Runs the script `source` once importing from joblib and once from
+    perfkit (its `LIB` line says which): (joblib's run, perfkit's run)."""
+    runs = []
+    for lib in ("joblib", "perfkit"):
+        path = tmp_path / f"with_{lib}.py"
+        path.write_text(textwrap.dedent(source).replace("LIB", lib))
+        runs.append(
+            subprocess.run(
+                [sys.executable, str(path)], check=False, capture_output=True, text=True, timeout=120
+            )
+        )
+    return runs
+
+
+def test_a_scripts_typing_namedtuple_travels_as_argument_and_result(tmp_path):
+    # A script's typing.NamedTuple went to the workers by cloudpickle with
+    # its __slots__ given to the class statement, which NamedTuple refuses
+    # ("Cannot overwrite NamedTuple attribute __slots__"): every call that
+    # passed one failed, where joblib's ran.
+    joblib_run, perfkit_run = run_both(
+        tmp_path,
+        """
+        import collections, typing
+        from LIB import Parallel, delayed
+
+        class Point(typing.NamedTuple):
+            x: int
+            y: float = 0.0
+
+        Pair = collections.namedtuple("Pair", "a b")
+
+        def moved(p, pair):
+            return Point(p.x + 1, p.y), Pair(pair.b, pair.a)
+
+        def made(i):
+            return Point(i), Pair(i, -i)
+
+        if __name__ == "__main__":
+            args = [(Point(i, i / 2), Pair(i, 0)) for i in range(4)]
+            out = Parallel(n_jobs=2)(delayed(moved)(*a) for a in args)
+            print(out, type(out[0][0]) is Point, type(out[0][1]) is Pair)
+            out = Parallel(n_jobs=2)(delayed(made)(i) for i in range(4))
+            print(out, type(out[0][0]) is Point, type(out[0][1]) is Pair)
+        """,
+    )
+    assert joblib_run.returncode == 0, joblib_run.stderr
+    assert perfkit_run.returncode == 0, perfkit_run.stderr[-3000:]
+    assert perfkit_run.stdout == joblib_run.stdout
+    assert perfkit_run.stdout.count("True True") == 2

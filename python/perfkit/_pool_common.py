@@ -327,7 +327,7 @@ def cloud_pickler():
                 rebuild, args, *rest = reduced
                 if rebuild is getattr(cloudpickle.cloudpickle, "_make_skeleton_class", None):
                     type_kwargs = {**args[3], "__slots__": obj.__slots__}
-                    reduced = (rebuild, (*args[:3], type_kwargs, *args[4:]), *rest)
+                    reduced = (_make_slotted_class, (rebuild, *args[:3], type_kwargs, *args[4:]), *rest)
             return reduced
 
         _CLOUD_PICKLER = type(
@@ -336,6 +336,18 @@ def cloud_pickler():
             {"dispatch_table": table, "reducer_override": reducer_override},
         )
     return _CLOUD_PICKLER
+
+
+def _make_slotted_class(make_skeleton_class, *args):
+    """cloudpickle's class rebuilt with its __slots__ given to the class
+    statement (see cloud_pickler); without them where its metaclass refuses
+    them (typing.NamedTuple's, whose class makes its own), as cloudpickle
+    rebuilds it."""
+    try:
+        return make_skeleton_class(*args)
+    except (AttributeError, TypeError):
+        type_kwargs = {k: v for k, v in args[3].items() if k != "__slots__"}
+        return make_skeleton_class(*args[:3], type_kwargs, *args[4:])
 
 
 def _dump(pickler_class, dispatch_table, obj, buffer_callback, names=None) -> bytes:
