@@ -120,3 +120,41 @@ def test_a_scripts_typing_namedtuple_travels_as_argument_and_result(tmp_path):
     assert perfkit_run.returncode == 0, perfkit_run.stderr[-3000:]
     assert perfkit_run.stdout == joblib_run.stdout
     assert perfkit_run.stdout.count("True True") == 2
+
+
+def test_a_script_class_that_cannot_be_made_in_a_worker_is_the_error_shown(tmp_path):
+    # When what the call sends of the script (its classes, with its
+    # functions) cannot be rebuilt in a worker, the error said only that the
+    # arguments named a class the worker lacked ("Can't get attribute 'Job'
+    # on <module '__main__'>"). joblib's error has the real one as its cause.
+    joblib_run, perfkit_run = run_both(
+        tmp_path,
+        """
+        import os
+        from LIB import Parallel, delayed
+
+        PARENT = os.getpid()
+
+        class Meta(type):
+            def __new__(mcls, name, bases, ns, **kw):
+                if os.getpid() != PARENT:
+                    raise RuntimeError("Meta classes are made in the caller only")
+                return super().__new__(mcls, name, bases, ns, **kw)
+
+        class Job(metaclass=Meta):
+            pass
+
+        def run(job):
+            return 1
+
+        if __name__ == "__main__":
+            try:
+                Parallel(n_jobs=2)(delayed(run)(Job()) for _ in range(2))
+            except Exception as e:
+                cause = [line for line in str(e.__cause__).splitlines() if "Error: " in line]
+                print(type(e).__name__, "|", e, "|", cause[-1])
+        """,
+    )
+    why = "RuntimeError: Meta classes are made in the caller only"
+    assert joblib_run.stdout.startswith("BrokenProcessPool") and joblib_run.stdout.strip().endswith(why)
+    assert perfkit_run.stdout.strip() == f"RuntimeError | Meta classes are made in the caller only | {why}"

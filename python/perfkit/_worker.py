@@ -593,7 +593,15 @@ def run_batch(
     first, mode, items = -1, ARGS_ONLY, []  # -1: the parent's own first index of the batch
     t0 = time.perf_counter()
     try:
-        first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
+        try:
+            first, mode, items = pickle.loads(payload, buffers=segment[2] if segment else None)
+        except Exception:
+            # The arguments may name what the call's functions brought of the
+            # caller's __main__: their failure is the one to report, not the
+            # "Can't get attribute" it leads to here.
+            if function_error is None:
+                raise
+            raise function_error from None
         if function_error is not None:
             raise function_error
     except RemoteReadError as exc:
