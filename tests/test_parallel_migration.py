@@ -3,6 +3,7 @@ results, errors and costs, side by side with joblib."""
 
 from __future__ import annotations
 
+import operator
 import subprocess
 import sys
 import textwrap
@@ -158,3 +159,17 @@ def test_a_script_class_that_cannot_be_made_in_a_worker_is_the_error_shown(tmp_p
     why = "RuntimeError: Meta classes are made in the caller only"
     assert joblib_run.stdout.startswith("BrokenProcessPool") and joblib_run.stdout.strip().endswith(why)
     assert perfkit_run.stdout.strip() == f"RuntimeError | Meta classes are made in the caller only | {why}"
+
+
+def test_tiny_tasks_sharing_one_large_python_object_go_in_growing_batches(batch_sizes):
+    # A lookup table of Python objects every task gets (a vocabulary, a list
+    # of names) is pickled into each batch, in band, once whatever the
+    # batch's size; its cost, here and in the worker that unpickles it, was
+    # taken as every task's own, so each batch held one task and pickled it
+    # again: 400 tasks on a list of 200,000 names took 13.6 s against
+    # joblib's 1.7.
+    table = [f"name{i}" for i in range(150_000)]
+    n = 200
+    expected = joblib.Parallel(n_jobs=2)(joblib.delayed(operator.getitem)(table, i) for i in range(n))
+    assert Parallel(n_jobs=2)(delayed(operator.getitem)(table, i) for i in range(n)) == expected
+    assert len(batch_sizes) < 40, batch_sizes

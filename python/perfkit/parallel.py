@@ -1916,6 +1916,10 @@ class _ProcessCall:
         self.remote = _remote_read_pools.get(pool, False)
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
         self.strided_copies = StridedCopies(self.threshold)
+        # Batches whose tasks share an argument object with the batch before
+        # (see _shared_arguments), and the size of each such object's pickle.
+        self.sharing = set()
+        self.shared_sizes = {}
         # Batches go STREAMED (True) once the call's tasks turn out to carry
         # large buffers that workers copy out of this process; None: not yet
         # seen; False: tasks share buffers, so batches go whole.
@@ -1978,7 +1982,9 @@ class _ProcessCall:
         # worker's first task) must not shrink the next batches to one task.
         worker_costs, parent_costs = _RecentCosts(), _RecentCosts()
         remembered = None
-        previous = (set(), [])  # the last batch's buffer spans, and the buffers
+        # The last batch's buffer spans, its buffers, its arguments by id, and
+        # whether it shared some with the batch before it.
+        previous = (set(), [], {}, False)
         in_flight = {}  # batch id -> (first index, mode, items)
         in_order = _InOrder()
         batch_ids = itertools.count()
@@ -2066,17 +2072,39 @@ class _ProcessCall:
                     t_submit = time.thread_time() - t_submit
                     if remote:
                         self.keep_alive[batch] = buffers  # the worker reads them from here
+                    produced = time.thread_time() - t_produce
+                    if buffer_bytes:
+                        produced -= t_submit * (buffer_bytes - own) / buffer_bytes
+                    batch_bytes = len(payload) + own
+                    arguments, shared_bytes = {}, 0
+                    if mode != SINGLE_PACKED and (
+                        batch_bytes >= count * self.threshold
+                        or produced >= count * self.PARENT_BATCH_SECONDS / 4
+                        or previous[3]
+                    ):
+                        # Costly tasks (or the last batch's shared an argument): an
+                        # argument object the batch before had too (a lookup table
+                        # every task gets) is pickled in band once a batch, and
+                        # unpickled once a batch in the worker, whatever the batch's
+                        # size: not its tasks' own cost either. Its share of the
+                        # batch's pickle is taken as its share of the time here
+                        # (pickling, copying: per byte; timed apart, one pickle of
+                        # it jitters as much as the tasks' cost).
+                        shared_bytes, arguments = self._shared_arguments(mode, items, previous[2])
+                        if shared_bytes:
+                            self.sharing.add(batch)
+                            shared_bytes = min(shared_bytes, len(payload))
+                            produced *= 1 - shared_bytes / len(payload)
+                            batch_bytes -= shared_bytes
                     if not (remembered and per_task is None):
-                        produced = time.thread_time() - t_produce
-                        if buffer_bytes:
-                            produced -= t_submit * (buffer_bytes - own) / buffer_bytes
                         parent_per_task = parent_costs.add(produced / count)
                     # (else a few-task batch of a known function: its cost is mostly
                     # the batch's own, and would shrink the next ones for three batches)
-                    bytes_per_task = (len(payload) + own) / count
-                    # The buffers are held until the next batch is pickled: freed, their
-                    # memory could be the next array's, and it would seem sent before.
-                    previous = (set(spans), buffers)
+                    bytes_per_task = batch_bytes / count
+                    # The buffers and arguments are held until the next batch is
+                    # pickled: freed, their memory could be the next array's, and
+                    # their ids the next objects', which would seem sent before.
+                    previous = (set(spans), buffers, arguments, shared_bytes > 0)
                     # Only the encoded items stay (they name a task that fails): the
                     # caller's task tuples die young, which keeps the GC's work small.
                     in_flight[batch] = (first, mode, items)
@@ -2111,6 +2139,10 @@ class _ProcessCall:
                             "but could not be taken in here",
                         )
                         raise
+                    elapsed, loading = elapsed
+                    if event[2] in self.sharing:
+                        self.sharing.discard(event[2])
+                        elapsed -= loading  # (mostly the object the batch's tasks share)
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
@@ -2149,6 +2181,30 @@ class _ProcessCall:
                     except RuntimeError:
                         pass
             self.progress.close(completed)
+
+    def _shared_arguments(self, mode, items, before):
+        """``(bytes, arguments)``: the size in the pickle of the argument
+        objects of this batch that the batch before had too (each pickled
+        apart once a call), and this batch's argument objects by id
+        (`before`: the previous batch's; both held, so that an id stays its
+        object's)."""
+        arguments = {}
+        for item in items:
+            for argument in _argument_objects(mode, item):
+                arguments[id(argument)] = argument
+        nbytes = 0
+        sizes = {}
+        for key in arguments.keys() & before.keys():
+            size = self.shared_sizes.get(key)
+            if size is None:
+                try:
+                    size = len(dumps(arguments[key], self.threshold)[0])
+                except Exception:  # noqa: BLE001 - the batch's own pickling says what failed
+                    size = 0
+            sizes[key] = size
+            nbytes += size
+        self.shared_sizes = sizes  # (keyed by ids the arguments held keep theirs)
+        return nbytes, arguments
 
     def _auto_size(self, per_task, bytes_per_task, parent_per_task, dispatched):
         # A batch is about TARGET_BATCH_SECONDS of a worker's time, so that
