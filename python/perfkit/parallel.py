@@ -2185,11 +2185,14 @@ class _ProcessCall:
     def _shared_arguments(self, mode, items, before):
         """``(bytes, arguments)``: the size in the pickle of the argument
         objects of this batch that the batch before had too (each pickled
-        apart once a call), and this batch's argument objects by id
+        apart once a call), and the argument objects looked at here by id
         (`before`: the previous batch's; both held, so that an id stays its
         object's)."""
         arguments = {}
-        for item in items:
+        # The first task's and the last's: an object every task gets is in
+        # both, and a look at each task would cost tiny tasks more than their
+        # pickling.
+        for item in (items[0], items[-1]):
             for argument in _argument_objects(mode, item):
                 arguments[id(argument)] = argument
         nbytes = 0
