@@ -1917,8 +1917,9 @@ class _ProcessCall:
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
         self.strided_copies = StridedCopies(self.threshold)
         # Batches whose tasks share an argument object with the batch before
-        # (see _shared_arguments), and the size of each such object's pickle.
-        self.sharing = set()
+        # (see _shared_arguments): their share of the batch's pickle; and the
+        # size of each such object's pickle.
+        self.sharing = {}
         self.shared_sizes = {}
         # Batches go STREAMED (True) once the call's tasks turn out to carry
         # large buffers that workers copy out of this process; None: not yet
@@ -2092,9 +2093,9 @@ class _ProcessCall:
                         # it jitters as much as the tasks' cost).
                         shared_bytes, arguments = self._shared_arguments(mode, items, previous[2])
                         if shared_bytes:
-                            self.sharing.add(batch)
                             shared_bytes = min(shared_bytes, len(payload))
-                            produced *= 1 - shared_bytes / len(payload)
+                            self.sharing[batch] = shared_bytes / len(payload)
+                            produced *= 1 - self.sharing[batch]
                             batch_bytes -= shared_bytes
                     if not (remembered and per_task is None):
                         parent_per_task = parent_costs.add(produced / count)
@@ -2140,9 +2141,8 @@ class _ProcessCall:
                         )
                         raise
                     elapsed, loading = elapsed
-                    if event[2] in self.sharing:
-                        self.sharing.discard(event[2])
-                        elapsed -= loading  # (mostly the object the batch's tasks share)
+                    # (the shared objects' share of unpickling the batch, as here)
+                    elapsed -= loading * self.sharing.pop(event[2], 0.0)
                     if auto:
                         # Per-task cost as the worker measured it (unpickling, running, no queueing):
                         # stable, unlike round trips, which include waiting behind other batches.
