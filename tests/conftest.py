@@ -375,5 +375,24 @@ def no_crash_noise(stderr: str) -> list[str]:
 
 
 @pytest.fixture
+def batch_sizes(monkeypatch):
+    """The size of each batch perfkit.Parallel draws from here on (no costs
+    remembered from earlier calls)."""
+    import perfkit.parallel as pp
+    from perfkit import _native
+
+    sizes = []
+    draw = _native.draw_uniform_batch
+
+    def recording_draw(tasks, n, function, head=None, pack=True):
+        sizes.append(n)
+        return draw(tasks, n, function, head, pack)
+
+    monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
+    monkeypatch.setattr(pp, "_cost_memory", {})
+    return sizes
+
+
+@pytest.fixture
 def programs_dir() -> Path:
     return PROGRAMS_DIR

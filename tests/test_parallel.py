@@ -2680,7 +2680,9 @@ def test_threads_backend_sizes_batches_by_measured_task_time(monkeypatch):
     idents = threads(delayed(sleepy)(i, 0.02) for i in range(8))
     assert max(sizes) <= 2 and len(set(idents)) == 2, sizes
     sizes.clear()
-    idents = Parallel(n_jobs=8, backend="threads")(delayed(sleepy)(i, 0.02) for i in range(8))
+    # (Tasks long enough that all eight threads have started before the first
+    # is done: at 20 ms, a loaded machine let one thread run two, 2 runs in 3.)
+    idents = Parallel(n_jobs=8, backend="threads")(delayed(sleepy)(i, 0.2) for i in range(8))
     assert max(sizes) == 1 and len(set(idents)) == 8, sizes
     # No length known (a map object): one task a batch until timed.
     sizes.clear()
@@ -3504,21 +3506,6 @@ def test_gc_thresholds_raised_while_dispatching_and_restored():
         assert set(seen) == {200_000}
     finally:
         gc.set_threshold(*before)
-
-
-@pytest.fixture
-def batch_sizes(monkeypatch):
-    """The size of each batch drawn from here on (no costs remembered from earlier calls)."""
-    sizes = []
-    draw = _native.draw_uniform_batch
-
-    def recording_draw(tasks, n, function, head=None, pack=True):
-        sizes.append(n)
-        return draw(tasks, n, function, head, pack)
-
-    monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
-    monkeypatch.setattr(pp, "_cost_memory", {})
-    return sizes
 
 
 def test_one_slow_draw_does_not_shrink_the_following_batches(batch_sizes):

@@ -13,25 +13,10 @@ import joblib
 import numpy as np
 import perfkit.parallel as pp
 import pytest
-from perfkit import Parallel, _native, delayed
+from perfkit import Parallel, delayed
 
 sys.path.insert(0, str(Path(__file__).parent))
 import parallel_tasks as T
-
-
-@pytest.fixture
-def batch_sizes(monkeypatch):
-    """The size of each batch drawn from here on (no costs remembered from earlier calls)."""
-    sizes = []
-    draw = _native.draw_uniform_batch
-
-    def recording_draw(tasks, n, function, head=None, pack=True):
-        sizes.append(n)
-        return draw(tasks, n, function, head, pack)
-
-    monkeypatch.setattr(_native, "draw_uniform_batch", recording_draw)
-    monkeypatch.setattr(pp, "_cost_memory", {})
-    return sizes
 
 
 @pytest.mark.parametrize("remote_read", [True, False])
