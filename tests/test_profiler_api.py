@@ -85,6 +85,18 @@ def test_profiler_defaults_and_state():
     assert p.enabled is False
 
 
+def test_recording_repr_counts_in_words():
+    # It said "1 threads" for a one-thread recording.
+    p = perfkit.Profiler()
+    p.enable()
+    sorted([3, 1, 2])
+    p.disable()
+    rec = p.recording()
+    shown = repr(rec)
+    assert ", 1 thread>" in shown, shown
+    assert f"{len(rec.funcs())} functions, " in shown, shown
+
+
 def test_profiler_rejects_unknown_clock():
     with pytest.raises(ValueError, match="clock"):
         perfkit.Profiler(clock="sundial")

@@ -273,11 +273,12 @@ impl Recording {
 
     fn __repr__(&self) -> String {
         let nodes: usize = self.tree.threads.iter().map(|t| t.nodes.len() - 1).sum();
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         format!(
-            "<perfkit Recording: {} functions, {} call paths, {} threads{}>",
-            self.tree.funcs.len(),
-            nodes,
-            self.tree.threads.len(),
+            "<perfkit Recording: {}, {}, {}{}>",
+            count(self.tree.funcs.len(), "function"),
+            count(nodes, "call path"),
+            count(self.tree.threads.len(), "thread"),
             if self.tree.meta.exact {
                 ""
             } else {
