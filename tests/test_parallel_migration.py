@@ -158,3 +158,55 @@ def test_tiny_tasks_sharing_one_large_python_object_go_in_growing_batches(batch_
     expected = joblib.Parallel(n_jobs=2)(joblib.delayed(operator.getitem)(table, i) for i in range(n))
     assert Parallel(n_jobs=2)(delayed(operator.getitem)(table, i) for i in range(n)) == expected
     assert len(batch_sizes) < 40, batch_sizes
+
+
+def test_a_scripts_cached_functions_run_in_the_workers(tmp_path):
+    # A script's @functools.cache / @lru_cache function pickles by reference
+    # (the C wrapper's own way), and a worker has no such __main__ name:
+    # every call given one, or a function whose globals name one, failed
+    # with "Can't get attribute 'fib' on <module '__main__'>" (joblib's
+    # fail too, BrokenProcessPool). Each worker now has its own cache of it,
+    # as a forked Pool's, whose children inherit the script, do.
+    script = tmp_path / "cached.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import functools, os
+            from perfkit import Parallel, delayed
+
+            @functools.lru_cache(maxsize=128, typed=True)
+            def fib(n):
+                return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+            @functools.cache
+            def square(n):
+                return n * n
+
+            def uses_them(n):
+                return fib(n) + square(n)
+
+            def how_cached(n):
+                fib(n)
+                # The recursion went through this worker's one cache: its
+                # global is the wrapper that was called.
+                return (
+                    fib.cache_info().hits > 0,
+                    fib.__wrapped__.__globals__["fib"] is fib,
+                    sorted(fib.cache_parameters().items()) == [("maxsize", 128), ("typed", True)],
+                )
+
+            if __name__ == "__main__":
+                expected = [uses_them(n) for n in range(40)]
+                fib.cache_clear(); square.cache_clear()
+                for f in (uses_them, functools.partial(uses_them)):
+                    assert Parallel(n_jobs=2)(delayed(f)(n) for n in range(40)) == expected
+                assert Parallel(n_jobs=2)(delayed(fib)(n) for n in range(40)) == [fib(n) for n in range(40)]
+                print(set(Parallel(n_jobs=2)(delayed(how_cached)(n) for n in range(20, 24))))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "{(True, True, True)}"

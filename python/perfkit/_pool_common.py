@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copyreg
+import functools
 import gc
 import io
 import mmap
@@ -313,7 +314,8 @@ def cloud_pickler():
             )
 
         table = collections.ChainMap(
-            {types.CodeType: reduce_code_keeping_filename}, cloudpickle.Pickler.dispatch_table
+            {types.CodeType: reduce_code_keeping_filename, _LRU_CACHE_WRAPPER: _reduce_lru_cache},
+            cloudpickle.Pickler.dispatch_table,
         )
 
         def reducer_override(self, obj):
@@ -336,6 +338,37 @@ def cloud_pickler():
             {"dispatch_table": table, "reducer_override": reducer_override},
         )
     return _CLOUD_PICKLER
+
+
+_LRU_CACHE_WRAPPER = type(functools.lru_cache(maxsize=None)(len))
+
+
+def _found_by_reference(obj) -> bool:
+    """Whether a worker finds ``obj`` by its module and qualified name: not
+    in a script's ``__main__``, nor among a function's locals."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    if module is None or module.__name__ in ("__main__", "__mp_main__"):
+        return False
+    found = module
+    for part in getattr(obj, "__qualname__", "<locals>").split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+def _reduce_lru_cache(wrapper):
+    """A @functools.cache / @lru_cache function pickles by reference (the C
+    wrapper's own way), which a worker cannot find for a script's: that one
+    goes by value, and each worker wraps it in a cache of its own, as
+    importing the script would."""
+    if _found_by_reference(wrapper):
+        return wrapper.__reduce__()
+    params = wrapper.cache_parameters()
+    return _make_lru_cache, (wrapper.__wrapped__, params["maxsize"], params["typed"])
+
+
+def _make_lru_cache(func, maxsize, typed):
+    """A worker's own ``functools.lru_cache`` of a function sent by value (see cloud_pickler)."""
+    return functools.update_wrapper(functools.lru_cache(maxsize=maxsize, typed=typed)(func), func)
 
 
 def _make_slotted_class(make_skeleton_class, *args):
