@@ -12,7 +12,6 @@ does not import IPython.
 from __future__ import annotations
 
 import os
-import pstats
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -20,7 +19,7 @@ from IPython.display import display
 
 from perfkit._native import ProfileError
 from perfkit.cli import _unwritable
-from perfkit.profiler import Profiler
+from perfkit.profiler import Profiler, _check_sort_key
 
 _USAGE = "usage: %perfkit [-o FILE] [-s SORT] statement, or %%perfkit [-o FILE] [-s SORT] atop a cell"
 # How much of the profiled code names the page (its title) when no -o file does.
@@ -64,8 +63,8 @@ class PerfkitMagics(Magics):
             path = os.path.abspath(output)
         if sort is not None:
             try:
-                pstats.Stats().sort_stats(sort)
-            except KeyError:
+                _check_sort_key(sort)
+            except ValueError:
                 raise UsageError(f"%perfkit: -s {sort}: not one of pstats' sort keys") from None
 
         profiler = Profiler()
