@@ -5,6 +5,7 @@ when two profilers collide."""
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import re
 import sys
@@ -911,3 +912,38 @@ def test_profile_decorates_an_async_generator_function_for_its_whole_iteration()
     with gc_disabled():
         assert asyncio.run(drive(decorated)) == ([0, 1, "caught"], ["a", "closed"])
     assert _program_rows(pstats.Stats(decorated.profiler).stats, names) == want
+
+
+def test_profile_refuses_a_file_it_could_not_write_before_the_code_runs(tmp_path):
+    """A profile that could not be written is said when `perfkit.profile` is
+    made, with the OSError cProfile's dump_stats raises for that path: found
+    when the first call ended, it took the place of that call's result."""
+    theirs = cProfile.Profile()
+    ran = []
+    for target in (tmp_path / "missing" / "out.prof", tmp_path, ""):
+        with pytest.raises(OSError) as expected:
+            theirs.dump_stats(target)
+        with pytest.raises(OSError) as info:
+
+            @perfkit.profile(target)
+            def work():
+                ran.append(1)
+
+        assert type(info.value) is type(expected.value) and info.value.errno == expected.value.errno
+        assert info.value.filename == str(target) and "perfkit.profile" in str(info.value)
+        with pytest.raises(type(expected.value)), perfkit.profile(target):
+            ran.append(2)
+    assert ran == []
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        if not os.access(readonly, os.W_OK):  # (root writes anywhere)
+            with pytest.raises(PermissionError):
+                perfkit.profile(readonly / "out.prof")
+    finally:
+        readonly.chmod(0o700)
+    # What can be written still is, when the block ends.
+    with perfkit.profile(tmp_path / "ok.prof"):
+        sum(range(10))
+    assert pstats.Stats(str(tmp_path / "ok.prof")).total_calls > 0

@@ -15,7 +15,7 @@ import types
 import zipfile
 
 from perfkit import _native
-from perfkit.profiler import Profiler
+from perfkit.profiler import Profiler, _unwritable
 
 _PERFKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -135,20 +135,6 @@ def _join_threads() -> None:
             return
         for thread in left:
             thread.join()
-
-
-def _unwritable(path: str) -> str | None:
-    """Why the profile could not be written to ``path``, or None: an existing
-    file (a device, a FIFO, through a link) must be writable, a new one needs
-    a writable directory."""
-    if os.path.isdir(path):
-        return "it is a directory"
-    if os.path.exists(path):
-        return None if os.access(path, os.W_OK) else "it is not writable"
-    directory = os.path.dirname(os.path.realpath(path))
-    if not os.path.isdir(directory):
-        return "no such directory"
-    return None if os.access(directory, os.W_OK | os.X_OK) else "the directory is not writable"
 
 
 def record(

@@ -9,6 +9,7 @@ in Rust (``perfkit._native.Session``); this module only adapts the API.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import time
@@ -268,6 +269,20 @@ class Profiler:
         self.recording().dump(os.fspath(file))
 
 
+def _unwritable(path: str) -> str | None:
+    """Why the profile could not be written to ``path``, or None: an existing
+    file (a device, a FIFO, through a link) must be writable, a new one needs
+    a writable directory."""
+    if os.path.isdir(path):
+        return "it is a directory"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "it is not writable"
+    directory = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(directory):
+        return "no such directory"
+    return None if os.access(directory, os.W_OK | os.X_OK) else "the directory is not writable"
+
+
 class _ProfileBlock:
     """What :func:`profile` returns when not given a function: a context
     manager, and a decorator whose calls accumulate in one profile."""
@@ -281,6 +296,24 @@ class _ProfileBlock:
         sort: str | int,
         threads: str | None,
     ) -> None:
+        if output is not None:
+            # Said now, as `perfkit record` says it before the program runs:
+            # found only when the first call ended, it took that call's result.
+            path = os.fspath(output)
+            reason = _unwritable(os.path.abspath(path)) if path else "the name is empty"
+            if reason is not None:
+                code = (
+                    errno.EISDIR
+                    if "a directory" in reason
+                    else errno.EACCES
+                    if "writable" in reason
+                    else errno.ENOENT
+                )
+                raise OSError(
+                    code,
+                    f"perfkit.profile cannot write the profile: {reason}",
+                    path,
+                )
         self.output = output
         self.print_limit = print_stats
         self.sort = sort
