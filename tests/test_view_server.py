@@ -32,9 +32,11 @@ from view_support import (
 )
 
 
-def raw_get(port: int, path: str, host: str | None = None) -> tuple[int, bytes, dict]:
+def raw_get(
+    port: int, path: str, host: str | None = None, address: str = "127.0.0.1"
+) -> tuple[int, bytes, dict]:
     """A GET with the path sent exactly as given (no client-side normalisation)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = http.client.HTTPConnection(address, port, timeout=30)
     conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
     conn.putheader("Host", host if host is not None else f"127.0.0.1:{port}")
     conn.endheaders()
@@ -232,6 +234,25 @@ def test_another_loopback_address_serves_its_own_page(profiles):
         conn.close()
         _, err = s.stop()
     assert "warning" not in err  # (loopback: no other machine reaches it)
+
+
+def test_host_takes_a_name_this_machine_resolves(profiles):
+    """As snakeviz's -H: a host name is resolved (its IPv4 address first), and
+    requests naming it in their Host header are answered."""
+    name = socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        r = run_cli("view", profiles["cprofile"], "--host", name, "--no-browser", timeout=30)
+        assert r.returncode == 2 and f"--host {name!r}".replace("'", '"') in r.stderr
+        return
+    ips = [i[4][0] for i in infos]
+    ip = next((a for a in ips if ":" not in a), ips[0])
+    with ViewServer(profiles["cprofile"], extra=("--host", name)) as s:
+        assert s.url.startswith(f"http://{ip}:") or s.url.startswith(f"http://[{ip}]:"), (s.url, ips)
+        status, body, _ = raw_get(s.port, "/api/meta", host=f"{name}:{s.port}", address=ip)
+        assert status == 200 and b"views" in body
+        s.stop()
 
 
 def test_bad_api_parameters_are_errors_not_crashes(server):

@@ -1,7 +1,7 @@
 //! The local HTTP server: answers the page and the API from a [`Viewer`]
 //! on a couple of worker threads until stopped. It never opens a file.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -33,14 +33,7 @@ pub struct Server {
 impl Server {
     /// Binds `host:port` (port 0: a free one) and starts answering.
     pub fn start(viewer: Arc<Viewer>, host: &str, port: u16) -> Result<Server, String> {
-        let ip: IpAddr = if host == "localhost" {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            host.parse().map_err(|_| {
-                format!("--host must be an IP address such as 127.0.0.1, not {host:?}")
-            })?
-        };
-        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+        let listener = TcpListener::bind(resolve(host, port)?)
             .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
         set_write_timeout(&listener, WRITE_TIMEOUT)
             .map_err(|e| format!("cannot set up the socket on {host}:{port}: {e}"))?;
@@ -52,7 +45,7 @@ impl Server {
             .ok_or_else(|| "the server has no IP address".to_string())?;
         let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
-        let allowed_hosts = allowed_hosts(addr);
+        let allowed_hosts = allowed_hosts(addr, host);
         let (ended_tx, ended) = mpsc::channel();
         let workers = (0..WORKERS)
             .map(|_| {
@@ -153,10 +146,36 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
         .expect("static header is valid")
 }
 
+/// The address `--host` names: an IP address, or a name this machine
+/// resolves (as snakeviz's `-H` takes), its IPv4 address first as browsers
+/// try it. `localhost` is 127.0.0.1 whatever the resolver says first.
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if host == "localhost" {
+        return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let unknown = |why: String| {
+        format!("--host {host:?} is neither an IP address such as 127.0.0.1 nor a name this machine resolves{why}")
+    };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| unknown(format!(" ({e})")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| unknown(String::new()))
+}
+
 /// The Host headers a server on `addr` answers: on loopback, only loopback
-/// names (and the address it listens on, 127.0.0.2 say), so that a web page
-/// elsewhere cannot reach the data through DNS rebinding; elsewhere, any.
-pub fn allowed_hosts(addr: std::net::SocketAddr) -> Option<Vec<String>> {
+/// names, the address it listens on (127.0.0.2 say) and the name it was
+/// given (`--host`), so that a web page elsewhere cannot reach the data
+/// through DNS rebinding; elsewhere, any.
+pub fn allowed_hosts(addr: std::net::SocketAddr, given: &str) -> Option<Vec<String>> {
     addr.ip().is_loopback().then(|| {
         let p = addr.port();
         let mut hosts = vec![
@@ -165,6 +184,9 @@ pub fn allowed_hosts(addr: std::net::SocketAddr) -> Option<Vec<String>> {
             format!("[::1]:{p}"),
             addr.to_string(),
         ];
+        if given.parse::<IpAddr>().is_err() {
+            hosts.push(format!("{given}:{p}"));
+        }
         if p == 80 {
             // Browsers leave HTTP's default port out of the Host header.
             let bare: Vec<String> = hosts

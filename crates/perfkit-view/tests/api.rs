@@ -238,7 +238,7 @@ fn flame_graph_svg_is_drawn_and_escaped() {
 #[test]
 fn loopback_hosts_answered_include_the_bare_name_on_port_80() {
     use perfkit_view::server::allowed_hosts;
-    let on = |a: &str| allowed_hosts(a.parse().unwrap());
+    let on = |a: &str| allowed_hosts(a.parse().unwrap(), "127.0.0.1");
     let hosts = on("127.0.0.1:80").unwrap();
     // helper-37: browsers send `Host: 127.0.0.1` for port 80, and got 403.
     assert!(hosts.iter().any(|h| h == "127.0.0.1") && hosts.iter().any(|h| h == "localhost"));
@@ -246,6 +246,10 @@ fn loopback_hosts_answered_include_the_bare_name_on_port_80() {
     assert!(!hosts.iter().any(|h| h == "127.0.0.1" || h == "localhost"));
     assert!(hosts.iter().any(|h| h == "localhost:8080"));
     assert!(on("0.0.0.0:8080").is_none());
+    // A name given to --host that resolves to loopback is answered as well.
+    let named = allowed_hosts("127.0.0.1:8080".parse().unwrap(), "myhost").unwrap();
+    assert!(named.iter().any(|h| h == "myhost:8080"));
+    assert!(!hosts.iter().any(|h| h.starts_with("myhost")));
 }
 
 #[test]
