@@ -69,6 +69,13 @@ def _put_first_on_path(entry: str | None) -> None:
         sys.path[0] = entry
 
 
+def _new_main_module() -> types.ModuleType:
+    """A fresh ``__main__`` module for the program, as the interpreter makes one."""
+    module = types.ModuleType("__main__")
+    module.__builtins__ = _builtins  # the module, as in `python script.py`
+    return module
+
+
 def _exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
@@ -100,19 +107,21 @@ def _report_exception(exc: BaseException, hook: bool = True) -> None:
     traceback.print_exception(type(exc), exc, tb)
 
 
-def _not_found_by_runpy(exc: BaseException) -> bool:
-    """An ImportError raised by runpy's own lookup of the ``-m`` module (no
-    such module, a package without __main__): every frame of its traceback
-    is perfkit's or runpy's. (One the module raised, even through runpy,
-    passes through the module's own frames.)"""
-    if not isinstance(exc, ImportError):
-        return False
+def _not_found_by_runpy(exc: BaseException) -> str | None:
+    """Why runpy's own lookup of the ``-m`` module failed (no such module, a
+    package without __main__), or None: runpy ends with the SystemExit
+    ``python -m`` prints ("<python>: No module named ..."), every frame of
+    its traceback perfkit's or runpy's. (One the module raised, even through
+    runpy, passes through the module's own frames.)"""
+    if not isinstance(exc, SystemExit) or not isinstance(exc.code, str):
+        return None
     tb = exc.__traceback__
     while tb is not None:
         if not _runs_the_program(tb.tb_frame):
-            return False
+            return None
         tb = tb.tb_next
-    return True
+    prefix = f"{sys.executable}: "
+    return exc.code[len(prefix) :] if exc.code.startswith(prefix) else exc.code
 
 
 def _runs_the_program(frame) -> bool:
@@ -167,24 +176,31 @@ def record(
         print(f"perfkit: error: cannot write the profile to {output}: {reason}", file=sys.stderr)
         return 2
 
-    if is_module:
+    if is_module or zipfile.is_zipfile(target):
+        # A module, or a zipapp's __main__ module, run as `python -m` and
+        # `python app.pyz` run them: by runpy._run_module_as_main, in the
+        # module that is __main__, which stays __main__ (and sys.argv as it
+        # set it) for the program's threads and atexit handlers once its
+        # main code has returned. (runpy.run_module and run_path put the
+        # caller's __main__ and argv[0] back at that point.)
         import runpy
 
-        # As `python -m` does: the current directory comes first on the path.
-        _put_first_on_path(os.getcwd())
-        sys.argv[:] = [target, *args]
-        code = compile("_run_module(_modname, run_name='__main__', alter_sys=True)", "<perfkit>", "exec")
-        namespace = {"_run_module": runpy.run_module, "_modname": target}
-    elif zipfile.is_zipfile(target):
-        # A zipapp, as `python app.pyz` runs it.
-        import runpy
-
-        sys.argv[:] = [target, *args]
-        _put_first_on_path(None)  # (run_path puts the archive there)
-        code = compile("_run_path(_target, run_name='__main__')", "<perfkit>", "exec")
-        # Absolute, as `python app.pyz` makes its path entry and __file__: a
-        # program that changes directory still imports from the archive.
-        namespace = {"_run_path": runpy.run_path, "_target": os.path.abspath(target)}
+        sys.modules["__main__"] = _new_main_module()
+        if is_module:
+            # The current directory first on the path; argv[0] is "-m" until
+            # the module is found, then its file.
+            _put_first_on_path(os.getcwd())
+            sys.argv[:] = ["-m", *args]
+            code = compile("_run_module_as_main(_modname)", "<perfkit>", "exec")
+        else:
+            sys.argv[:] = [target, *args]
+            # The archive first on the path (whatever -P says, as python puts
+            # it there), absolute as python makes it and so __file__: a
+            # program that changes directory still imports from it.
+            _put_first_on_path(None)
+            sys.path.insert(0, os.path.abspath(target))
+            code = compile("_run_module_as_main('__main__', alter_argv=False)", "<perfkit>", "exec")
+        namespace = {"_run_module_as_main": runpy._run_module_as_main, "_modname": target}
     else:
         # As `python dir` does: the directory's __main__.py, with the directory first on the path.
         script = os.path.join(target, "__main__.py") if os.path.isdir(target) else target
@@ -210,11 +226,10 @@ def record(
             return 1
         # A real module object as __main__, so that pickling functions and
         # classes defined in the script works as it does under `python script.py`.
-        main_module = types.ModuleType("__main__")
+        main_module = _new_main_module()
         main_module.__file__ = script
         main_module.__cached__ = None
         main_module.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
-        main_module.__builtins__ = _builtins  # the module, as in `python script.py`
         sys.modules["__main__"] = main_module
         namespace = main_module.__dict__
 
@@ -230,9 +245,10 @@ def record(
     # program's threads) and waits for those threads. Only the main thread
     # leaves the recording; the others go on being recorded until they end.
     profiler._session.leave_this_thread()
-    if is_module and ended is not None and _not_found_by_runpy(ended):
+    not_found = _not_found_by_runpy(ended) if is_module and ended is not None else None
+    if not_found is not None:
         profiler.disable()
-        print(f"perfkit: error: cannot run -m {target}: {ended}", file=sys.stderr)
+        print(f"perfkit: error: cannot run -m {target}: {not_found}", file=sys.stderr)
         return 2
     if ended is None:
         exit_code = 0
