@@ -27,13 +27,14 @@ _SELF_REPORT = textwrap.dedent(
             pickled = pickle.loads(pickle.dumps(task))()
         except Exception as e:
             pickled = type(e).__name__
-        print(where, sys.argv, main.__name__, main.__file__, main.__dict__.get("task") is task, pickled, flush=True)
+        print(where, sys.argv, main.__name__, main.__dict__.get("task") is task, pickled, flush=True)
 
     def late():
         time.sleep(0.2)
         report("thread")
 
     report("main")
+    print(sorted(name for name in globals() if name.startswith("__")))
     threading.Thread(target=late).start()
     atexit.register(report, "atexit")
     """
@@ -42,6 +43,9 @@ _SELF_REPORT = textwrap.dedent(
 
 def _layout(tmp_path, kind):
     """The program laid out as `kind` runs it, and the command-line arguments naming it."""
+    if kind == "script":
+        (tmp_path / "prog.py").write_text(_SELF_REPORT)
+        return ["prog.py", "a1"]
     if kind == "module":
         (tmp_path / "pkg").mkdir()
         (tmp_path / "pkg" / "__init__.py").write_text("")
@@ -54,8 +58,8 @@ def _layout(tmp_path, kind):
     return ["app.pyz", "a1"]
 
 
-@pytest.mark.parametrize("kind", ["module", "zipapp"])
-def test_a_module_or_zipapp_stays_main_for_its_threads_and_atexit(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["script", "module", "zipapp"])
+def test_the_program_is_main_as_under_python_for_its_threads_and_atexit_too(tmp_path, kind):
     # `python -m pkg.tool` and `python app.pyz` leave the program's module as
     # __main__ (and sys.argv as it set it) until the process exits. perfkit
     # record ran them through runpy.run_module / run_path, which put
@@ -63,7 +67,9 @@ def test_a_module_or_zipapp_stays_main_for_its_threads_and_atexit(tmp_path, kind
     # a thread still running then, or an atexit handler, saw sys.argv[0] ==
     # "pkg.tool" and could not pickle the program's functions
     # ("attribute lookup task on __main__ failed"). A zipapp's argv[0] was
-    # also its absolute path, where python keeps it as typed.
+    # also its absolute path, where python keeps it as typed. And the
+    # interpreter's __main__ has an __annotations__ dict from the start
+    # (reading it in a program without annotations was a NameError).
     args = _layout(tmp_path, kind)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
@@ -72,8 +78,8 @@ def test_a_module_or_zipapp_stays_main_for_its_threads_and_atexit(tmp_path, kind
     )
     assert python.returncode == 0, python.stderr
     lines = python.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["main", "thread", "atexit"], python.stdout
-    assert all(line.endswith("True 42") for line in lines), python.stdout
+    assert [line.split()[0] for line in lines] == ["main", "['__annotations__',", "thread", "atexit"], python.stdout
+    assert all(line.endswith("True 42") for line in lines if not line.startswith("[")), python.stdout
     r = run_cli("record", "-o", tmp_path / "o.prof", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == python.stdout

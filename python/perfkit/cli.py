@@ -73,6 +73,7 @@ def _new_main_module() -> types.ModuleType:
     """A fresh ``__main__`` module for the program, as the interpreter makes one."""
     module = types.ModuleType("__main__")
     module.__builtins__ = _builtins  # the module, as in `python script.py`
+    module.__annotations__ = {}  # (the interpreter's __main__ has one from the start)
     return module
 
 
