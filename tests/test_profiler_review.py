@@ -78,7 +78,8 @@ def test_the_program_is_main_as_under_python_for_its_threads_and_atexit_too(tmp_
     )
     assert python.returncode == 0, python.stderr
     lines = python.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["main", "['__annotations__',", "thread", "atexit"], python.stdout
+    firsts = [line.split()[0] for line in lines]
+    assert firsts == ["main", "['__annotations__',", "thread", "atexit"], python.stdout
     assert all(line.endswith("True 42") for line in lines if not line.startswith("[")), python.stdout
     r = run_cli("record", "-o", tmp_path / "o.prof", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -122,7 +122,7 @@ def _not_found_by_runpy(exc: BaseException) -> str | None:
             return None
         tb = tb.tb_next
     prefix = f"{sys.executable}: "
-    return exc.code[len(prefix) :] if exc.code.startswith(prefix) else exc.code
+    return exc.code.removeprefix(prefix)
 
 
 def _runs_the_program(frame) -> bool:
