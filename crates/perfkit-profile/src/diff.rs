@@ -39,6 +39,7 @@ fn zero_node(func: FuncId, parent: NodeId) -> Node {
 /// `pkg_a/utils.py` never stands for `pkg_b/utils.py`. Within corresponding
 /// files, functions of one name pair in line order where both runs have as
 /// many (one `helper`, or three `__init__`); the rest stay new and gone.
+/// Addresses in a name (`... at 0x7f...`) do not count: they differ from run to run.
 pub fn match_functions<'a>(
     before: impl IntoIterator<Item = &'a FuncKey>,
     after: impl IntoIterator<Item = &'a FuncKey>,
@@ -94,25 +95,69 @@ pub fn match_functions<'a>(
         if best(counterpart, &gone_files) != Some(file) {
             continue;
         }
-        let mut by_name: FxHashMap<&str, (Vec<&FuncKey>, Vec<&FuncKey>)> = FxHashMap::default();
+        let mut by_name: FxHashMap<String, (Vec<&FuncKey>, Vec<&FuncKey>)> = FxHashMap::default();
         for &k in &gone_in[file] {
-            by_name.entry(&k.name).or_default().0.push(k);
+            by_name
+                .entry(without_addresses(&k.name))
+                .or_default()
+                .0
+                .push(k);
         }
         for &k in &new_in[counterpart] {
-            by_name.entry(&k.name).or_default().1.push(k);
+            by_name
+                .entry(without_addresses(&k.name))
+                .or_default()
+                .1
+                .push(k);
         }
         for (mut b, mut a) in by_name.into_values() {
             if b.len() != a.len() {
                 continue;
             }
-            b.sort_by_key(|k| k.line);
-            a.sort_by_key(|k| k.line);
+            b.sort_by_key(|k| (k.line, addresses(&k.name)));
+            a.sort_by_key(|k| (k.line, addresses(&k.name)));
             for (b, a) in b.into_iter().zip(a) {
                 map.insert(b.clone(), a.clone());
             }
         }
     }
     map
+}
+
+/// A name without the addresses in it: cProfile names some built-ins by
+/// an object's address (`<built-in method __new__ of type object at
+/// 0x7f8c0ea5ea00>`, `<function FrozenList.__getitem__ at 0x7f…>`), which
+/// moves from run to run.
+fn without_addresses(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(at) = rest.find(" at 0x") {
+        let start = at + " at 0x".len();
+        let digits = rest[start..]
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len() - start);
+        out.push_str(&rest[..start]);
+        if digits == 0 {
+            rest = &rest[start..];
+            continue;
+        }
+        out.push('…');
+        rest = &rest[start + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The addresses in a name, in order: functions named alike but for them
+/// pair in address order (a binary's objects move together, keeping it).
+fn addresses(name: &str) -> Vec<u64> {
+    name.split(" at 0x")
+        .skip(1)
+        .map(|s| {
+            let end = s.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(s.len());
+            u64::from_str_radix(&s[..end], 16).unwrap_or(0)
+        })
+        .collect()
 }
 
 /// How many trailing path components `a` and `b` share.
@@ -400,6 +445,70 @@ mod tests {
             &[key("/p/b/__init__.py", 1, "<module>")],
         );
         assert!(m.is_empty(), "{m:?}");
+    }
+
+    #[test]
+    fn builtins_named_by_address_match_across_runs() {
+        // A real pandas run against another: cProfile names some built-ins
+        // by an address ("__new__ of type object at 0x7f8c0ea5ea00") that
+        // moves from run to run, so the same function was listed as a
+        // regression (new) and as an improvement (gone).
+        let key = |name: &str| FuncKey::new("~", 0, name);
+        let m = match_functions(
+            &[
+                key("<built-in method __new__ of type object at 0x7f8c0ea5ea00>"),
+                key("<function FrozenList.__getitem__ at 0x7f8c0444fa60>"),
+                key("<method 'append' of 'list' objects>"),
+            ],
+            &[
+                key("<built-in method __new__ of type object at 0x7fa9b485ea00>"),
+                key("<function FrozenList.__getitem__ at 0x7fa9aa1e7a60>"),
+                key("<method 'append' of 'list' objects>"),
+            ],
+        );
+        assert_eq!(
+            m[&key("<built-in method __new__ of type object at 0x7f8c0ea5ea00>")].name,
+            "<built-in method __new__ of type object at 0x7fa9b485ea00>"
+        );
+        assert_eq!(
+            m[&key("<function FrozenList.__getitem__ at 0x7f8c0444fa60>")].name,
+            "<function FrozenList.__getitem__ at 0x7fa9aa1e7a60>"
+        );
+        // Several of one name pair in address order (a binary's objects move together).
+        let m = match_functions(
+            &[
+                key("<built-in method __new__ of type object at 0x7f0000002000>"),
+                key("<built-in method __new__ of type object at 0x7f0000001000>"),
+            ],
+            &[
+                key("<built-in method __new__ of type object at 0x7e0000001000>"),
+                key("<built-in method __new__ of type object at 0x7e0000002000>"),
+            ],
+        );
+        assert_eq!(
+            m[&key("<built-in method __new__ of type object at 0x7f0000001000>")].name,
+            "<built-in method __new__ of type object at 0x7e0000001000>"
+        );
+        assert_eq!(
+            m[&key("<built-in method __new__ of type object at 0x7f0000002000>")].name,
+            "<built-in method __new__ of type object at 0x7e0000002000>"
+        );
+        let before = StatsTable {
+            entries: vec![crate::FuncStats {
+                func: key("<built-in method __new__ of type object at 0x7f8c0ea5ea00>"),
+                cc: 2,
+                nc: 2,
+                tt: 1.0,
+                ct: 1.0,
+                callers: Vec::new(),
+            }],
+        };
+        let mut after = before.clone();
+        after.entries[0].func = key("<built-in method __new__ of type object at 0x7fa9b485ea00>");
+        after.entries[0].tt = 3.0;
+        let rows = diff_stats(&before, &after);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].before_tt, rows[0].after_tt), (1.0, 3.0));
     }
 
     #[test]

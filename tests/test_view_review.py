@@ -1,0 +1,66 @@
+"""`perfkit view` used on real profiles as a snakeviz user would, checked
+against pstats for the same files: what a review of the viewer found."""
+
+from __future__ import annotations
+
+import pstats
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from view_support import ViewServer
+
+ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def cprofile_run(path: Path, source: str) -> Path:
+    """A script profiled by `python -m cProfile -o path` in a process of its own."""
+    script = path.with_suffix(".py")
+    script.write_text(source)
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(path), str(script)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+NEW_AND_DUNDER = """
+class Point:
+    def __new__(cls, x):
+        return object.__new__(cls)
+
+for i in range({n}):
+    Point(i)
+"""
+
+
+def test_diff_matches_builtins_named_by_an_address(tmp_path):
+    # cProfile names some built-ins by an object's address, which moves from
+    # run to run: "{built-in method __new__ of type object at 0x7f8c0ea5ea00}".
+    # A diff of two runs of one program listed it twice, as a new function
+    # among the regressions and as a gone one among the improvements.
+    before = cprofile_run(tmp_path / "before.prof", NEW_AND_DUNDER.format(n=300))
+    after = cprofile_run(tmp_path / "after.prof", NEW_AND_DUNDER.format(n=700))
+
+    def addressed(path):
+        return {k: v for k, v in pstats.Stats(str(path)).stats.items() if ADDRESS.search(k[2])}
+
+    b, a = addressed(before), addressed(after)
+    assert b and a, "cProfile named no built-in by an address"
+    if set(b) == set(a):
+        pytest.skip("both runs had the same addresses (no address randomization here)")
+    with ViewServer(before, after) as server:
+        funcs = server.get_json("api/funcs")
+        diff = server.get_json("api/diff")
+    names = [funcs["name"][f] for f in diff["f"]]
+    for key, (_, nc_before, *_rest) in b.items():
+        (key_after,) = [k for k in a if ADDRESS.sub("", k[2]) == ADDRESS.sub("", key[2])]
+        rows = [r for r, n in enumerate(names) if ADDRESS.sub("", n) == ADDRESS.sub("", key[2])]
+        assert len(rows) == 1, [names[r] for r in rows]
+        r = rows[0]
+        assert (diff["before_nc"][r], diff["after_nc"][r]) == (nc_before, a[key_after][1])
+        assert diff["before_tt"][r] == pytest.approx(b[key][2])
+        assert diff["after_tt"][r] == pytest.approx(a[key_after][2])
