@@ -64,3 +64,37 @@ def test_diff_matches_builtins_named_by_an_address(tmp_path):
         assert (diff["before_nc"][r], diff["after_nc"][r]) == (nc_before, a[key_after][1])
         assert diff["before_tt"][r] == pytest.approx(b[key][2])
         assert diff["after_tt"][r] == pytest.approx(a[key_after][2])
+
+
+# -- in the browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from test_view_browser import make_driver
+
+    driver = make_driver()
+    yield driver
+    driver.quit()
+
+
+def test_a_profile_with_no_time_says_why_the_chart_is_empty(browser, tmp_path):
+    # A profile whose every time is 0 (a coarse clock, a run too short to
+    # measure) drew a lone "all" bar and nothing else, without a word; its
+    # table lists the functions, as pstats does.
+    import marshal
+
+    from test_view_browser import open_ready
+
+    path = tmp_path / "zero.prof"
+    main, leaf = ("a.py", 1, "main"), ("a.py", 5, "leaf")
+    marshal.dump(
+        {main: (1, 1, 0.0, 0.0, {}), leaf: (3, 3, 0.0, 0.0, {main: (3, 3, 0.0, 0.0)})}, path.open("wb")
+    )
+    assert pstats.Stats(str(path)).total_tt == 0
+    with ViewServer(path) as server:
+        open_ready(browser, server.url)
+        note = browser.find_element("id", "chart-note")
+        assert note.is_displayed() and "no time" in note.text, note.text
+        rows = browser.execute_script("return document.querySelectorAll('#stats tbody tr').length")
+        assert rows == len(pstats.Stats(str(path)).stats)

@@ -233,6 +233,11 @@
     if (fi === undefined) return false;
     const notes = [];
     if (S.mode === "sunburst") drawSunburst(fi, notes); else drawIcicle(fi, notes);
+    // A lone bar said nothing of why (a profile whose every time is 0).
+    if (!(S.slice.total[fi] > 0)) {
+      notes.push(S.focus === 0 ? "this profile records no time, so the chart has nothing to draw: the table lists its functions"
+        : "this frame records no time, so nothing below it is drawn");
+    }
     drawCrumbs(fi);
     const note = $("chart-note");
     note.textContent = notes.join(" · ");
