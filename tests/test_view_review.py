@@ -98,3 +98,16 @@ def test_a_profile_with_no_time_says_why_the_chart_is_empty(browser, tmp_path):
         assert note.is_displayed() and "no time" in note.text, note.text
         rows = browser.execute_script("return document.querySelectorAll('#stats tbody tr').length")
         assert rows == len(pstats.Stats(str(path)).stats)
+
+
+def test_snakeviz_hostname_flag(tmp_path):
+    # snakeviz -s -H ADDR -p PORT is how a remote box's profile is served;
+    # perfkit view took -s and -p but refused -H/--hostname ("unexpected
+    # argument '-H'").
+    from view_support import write_cprofile
+
+    path = write_cprofile(tmp_path / "w.prof")
+    for flag in ("-H", "--hostname"):
+        with ViewServer(path, extra=(flag, "127.0.0.2")) as server:
+            assert server.url.startswith("http://127.0.0.2:"), server.url
+            assert server.get_json("api/meta")["files"] == [str(path)]

@@ -113,8 +113,13 @@ enum Command {
         /// One profile (perfkit, cProfile, collapsed stacks, speedscope), or two to compare.
         #[arg(required = true, num_args = 1..=2, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Address or host name to listen on; the default serves this machine only.
-        #[arg(long, default_value = "127.0.0.1")]
+        /// Address or host name to listen on; the default serves this machine only (snakeviz's -H/--hostname).
+        #[arg(
+            short = 'H',
+            long,
+            visible_alias = "hostname",
+            default_value = "127.0.0.1"
+        )]
         host: String,
         /// Port to listen on [default: a free one].
         #[arg(short, long)]
