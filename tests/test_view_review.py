@@ -7,6 +7,7 @@ import pstats
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,35 @@ def test_snakeviz_hostname_flag(tmp_path):
         with ViewServer(path, extra=(flag, "127.0.0.2")) as server:
             assert server.url.startswith("http://127.0.0.2:"), server.url
             assert server.get_json("api/meta")["files"] == [str(path)]
+
+
+def test_the_selected_function_stays_selected_on_a_thread_switch(browser, tmp_path):
+    # A function picked in "all threads" (its callers, its row) was dropped
+    # when another thread was chosen, though the function is the same one in
+    # every thread: to see how a thread calls it meant finding it again.
+    from selenium.webdriver.support.ui import Select
+    from test_view_browser import hash_state, open_ready, settle, table_rows
+    from view_support import write_threaded
+
+    src = write_threaded(tmp_path / "threads.prof")
+    with ViewServer(src) as server:
+        open_ready(browser, server.url)
+        row = next(
+            r for r in browser.find_elements("css selector", "#stats tbody tr") if r.text.endswith("(leaf)")
+        )
+        row.click()
+        settle(browser)
+        label = browser.find_element("id", "sel-name").text
+        assert label.endswith("(leaf)")
+        Select(browser.find_element("id", "thread")).select_by_visible_text("worker-thread")
+        time.sleep(0.1)
+        settle(browser)
+        assert browser.find_element("id", "sel-name").text == label
+        assert "sel" in hash_state(browser)
+        # This thread's callers of it: the worker only, as its own table says.
+        callers = [r[3] for r in table_rows(browser, "callers")]
+        assert callers and all(c.endswith("(worker)") for c in callers), callers
+        selected = browser.execute_script(
+            "return [...document.querySelectorAll('#stats tr.selected')].map(r => r.cells[5].textContent)"
+        )
+        assert selected == [label]

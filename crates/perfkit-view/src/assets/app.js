@@ -755,7 +755,9 @@
       const tr = ev.target.closest("tr");
       if (tr && tr.dataset.func !== undefined) select(Number(tr.dataset.func));
     });
-    $("thread").addEventListener("change", () => switchView(Number($("thread").value)).catch(fail));
+    // The selected function is the same one in every thread: it stays selected
+    // (its callers and callees then this thread's); the zoom is of the old tree.
+    $("thread").addEventListener("change", () => switchView(Number($("thread").value), 0, S.selected).catch(fail));
     // Escape zooms out one level, as a click on the top frame does.
     document.addEventListener("keydown", (ev) => {
       if (ev.key !== "Escape" || !S.slice || ev.target.tagName === "INPUT") return;
