@@ -1348,9 +1348,12 @@ class MemorizedFunc(Generic[P, R]):
     def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R, dict[str, Any]]:
         """Runs the function (even if cached), stores the result; returns (result, metadata)."""
         key = self._key(args, kwargs)
-        entry = None if key is None else self._entry_path(key)
-        out, metadata, _stored = self._compute_and_store(entry, key, args, kwargs)
-        return out, metadata
+        if key is None:
+            return self._compute_and_store(None, None, args, kwargs)[:2]
+        entry = self._entry_path(key)
+        out, metadata, stored = self._compute_and_store(entry, key, args, kwargs)
+        # Under mmap_mode, the result as the cache gives it back (memmaps), as joblib's call returns it.
+        return self._as_loaded(entry, key, out, metadata, stored), metadata
 
     def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Whether this call's result is in the cache, its entry intact and,
@@ -1419,9 +1422,11 @@ class AsyncMemorizedFunc(MemorizedFunc[P, "Coroutine[Any, Any, T]"]):
 
     async def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[T, dict[str, Any]]:  # type: ignore[override]
         key = self._key(args, kwargs)
-        entry = None if key is None else self._entry_path(key)
-        out, metadata, _stored = await self._compute_and_store_async(entry, key, args, kwargs)
-        return out, metadata
+        if key is None:
+            return (await self._compute_and_store_async(None, None, args, kwargs))[:2]
+        entry = self._entry_path(key)
+        out, metadata, stored = await self._compute_and_store_async(entry, key, args, kwargs)
+        return self._as_loaded(entry, key, out, metadata, stored), metadata
 
     async def call_and_shelve(  # type: ignore[override]
         self, *args: P.args, **kwargs: P.kwargs

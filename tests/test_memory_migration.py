@@ -1,0 +1,54 @@
+"""Programs written for joblib.Memory, run with perfkit.Memory instead: the
+same results, hits and kinds of arrays, side by side with joblib."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import perfkit
+import pytest
+
+# Binding and pickling details differ between interpreters: CI runs this file on each.
+pytestmark = pytest.mark.version_sensitive
+
+
+def both_memories(tmp_path, **kw):
+    return [
+        ("joblib", joblib.Memory(tmp_path / "joblib", verbose=0, **kw)),
+        ("perfkit", perfkit.Memory(tmp_path / "perfkit", verbose=0, **kw)),
+    ]
+
+
+def kinds(arrays):
+    """What a caller sees of each array: its class and whether it can be written."""
+    return [(type(a).__name__, a.flags.writeable) for a in arrays]
+
+
+def splits(n):
+    return np.arange(n, dtype=float), np.ones((n, 4))
+
+
+def test_call_returns_the_memory_mapped_result_as_joblib_does(tmp_path):
+    # joblib's MemorizedFunc.call (always computes and stores) returns the
+    # result loaded back from the cache under mmap_mode, as the cached call
+    # does: read-only memmaps. perfkit's returned the function's own writable
+    # arrays.
+    seen = {}
+    for name, memory in both_memories(tmp_path, mmap_mode="r"):
+        f = memory.cache(splits)
+        out, _meta = f.call(1000)
+        seen[name] = (kinds(out), kinds(f(1000)), kinds(f.call(1000)[0]))
+    assert seen["perfkit"] == seen["joblib"]
+    assert seen["perfkit"][0] == [("memmap", False)] * 2
+
+
+async def async_splits(n):
+    return splits(n)
+
+
+def test_async_call_returns_the_memory_mapped_result(tmp_path):
+    import asyncio
+
+    f = perfkit.Memory(tmp_path, mmap_mode="r").cache(async_splits)
+    out, _meta = asyncio.run(f.call(1000))
+    assert kinds(out) == kinds(asyncio.run(f(1000))) == [("memmap", False)] * 2
