@@ -28,6 +28,13 @@ def splits(n):
     return np.arange(n, dtype=float), np.ones((n, 4))
 
 
+def views(n):
+    # Results that are views of a larger array: a few columns, every other
+    # row, a transposed copy (X[:, :k] after a feature selection, a subsample).
+    a = np.arange(n * 10, dtype=float).reshape(n, 10)
+    return a[:, :3], a[::2], a.T
+
+
 def test_call_returns_the_memory_mapped_result_as_joblib_does(tmp_path):
     # joblib's MemorizedFunc.call (always computes and stores) returns the
     # result loaded back from the cache under mmap_mode, as the cached call
@@ -52,3 +59,17 @@ def test_async_call_returns_the_memory_mapped_result(tmp_path):
     f = perfkit.Memory(tmp_path, mmap_mode="r").cache(async_splits)
     out, _meta = asyncio.run(f.call(1000))
     assert kinds(out) == kinds(asyncio.run(f(1000))) == [("memmap", False)] * 2
+
+
+def test_views_in_a_result_are_memory_mapped_as_joblib_maps_them(tmp_path):
+    # joblib writes every array of a result contiguously and maps each under
+    # mmap_mode="r". perfkit's store kept a strided view (columns, every other
+    # row) inside the pickle stream: it came back as a writable copy in memory,
+    # the whole array read on every hit, however large.
+    seen = {}
+    for name, memory in both_memories(tmp_path, mmap_mode="r"):
+        f = memory.cache(views)
+        seen[name] = [kinds(f(1000)), kinds(f(1000))]
+        assert all(np.array_equal(a, b) for a, b in zip(f(1000), views(1000)))
+    assert seen["perfkit"] == seen["joblib"]
+    assert seen["perfkit"][1] == [("memmap", False)] * 3

@@ -41,6 +41,7 @@ fsyncs for those who also want a stored entry to survive a power loss.
 from __future__ import annotations
 
 import collections
+import copyreg
 import datetime
 import functools
 import inspect
@@ -745,6 +746,38 @@ def _alloc_for_large_entry(n: int):
     return numpy.empty(n, dtype=numpy.uint8)
 
 
+def _dumps_result(out, buffer_callback) -> bytes:
+    """The pickle stream of a result to store (protocol 5, numpy's buffers out
+    of band). A strided numpy view in it (a few columns, every other row) is
+    written as its contiguous copy, out of band, as joblib writes every array:
+    numpy pickles it into the stream, where mmap_mode cannot map it (it came
+    back a writable copy in memory) and a hit copies it out of the stream."""
+    np = sys.modules.get("numpy")
+    if np is None or type(out) in _PLAIN_REPR or type(out) is str or type(out) is bytes:
+        return pickle.dumps(out, protocol=5, buffer_callback=buffer_callback)
+    f = io.BytesIO()
+    pickler = pickle.Pickler(f, protocol=5, buffer_callback=buffer_callback)
+    # By exact type, as copyreg's table (a copy: registrations made since count too).
+    table = copyreg.dispatch_table.copy()
+    table[np.ndarray] = table[np.memmap] = _reduce_contiguous
+    pickler.dispatch_table = table
+    pickler.dump(out)
+    return f.getvalue()
+
+
+def _reduce_contiguous(a):
+    if not (a.flags.c_contiguous or a.flags.f_contiguous or a.dtype.hasobject or _is_dense(a)):
+        a = sys.modules["numpy"].ascontiguousarray(a)
+    return a.__reduce_ex__(5)
+
+
+def _is_dense(a) -> bool:
+    """Whether ``a`` is a dense array with its axes in another order (``x.transpose(2, 0, 1)``),
+    which numpy (from 2.1) pickles out of band as it is, its memory order kept."""
+    strides = a.strides
+    return a.transpose(sorted(range(a.ndim), key=lambda i: -abs(strides[i]))).flags.c_contiguous
+
+
 def _load_full(entry: str, key: str | None):
     """Result of a verified entry; _MISSING if there is none; raises _Corrupt
     (also when its metadata does not name ``key``: another call's entry).
@@ -1276,7 +1309,7 @@ class MemorizedFunc(Generic[P, R]):
             if self._compress:
                 stream = zlib.compress(pickle.dumps(out, protocol=5), self._compress)
             else:
-                stream = pickle.dumps(out, protocol=5, buffer_callback=buffers.append)
+                stream = _dumps_result(out, buffers.append)
         except Exception as exc:  # noqa: BLE001 - pickling raises anything a __reduce__ raises
             _warn(
                 f"perfkit.Memory: the result of {self._name}() cannot be pickled "
