@@ -73,3 +73,36 @@ def test_views_in_a_result_are_memory_mapped_as_joblib_maps_them(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(f(1000), views(1000)))
     assert seen["perfkit"] == seen["joblib"]
     assert seen["perfkit"][1] == [("memmap", False)] * 3
+
+
+def opened_mapped(path):
+    # A loader's idiom: the data set opened memory-mapped, returned whole or in part.
+    x = np.load(path, mmap_mode="r")
+    return x, x[:100], x[:, :3]
+
+
+def test_memmaps_in_a_result_come_back_as_joblib_returns_them(tmp_path):
+    # numpy pickles an np.memmap (a subclass) into the pickle stream, as an
+    # np.memmap of no file: under mmap_mode="r" perfkit's hits returned
+    # writable in-memory "memmaps" (filename None), each read whole from the
+    # stream; joblib returns read-only memmaps of its cache entry.
+    path = tmp_path / "data.npy"
+    np.save(path, np.arange(20_000.0).reshape(2_000, 10))
+    seen = {}
+    for name, memory in both_memories(tmp_path, mmap_mode="r"):
+        f = memory.cache(opened_mapped)
+        f(path)
+        hit = f(path)
+        # (kind, writable, mapped from the cache's own entry)
+        seen[name] = [
+            (*kind, str(tmp_path / name) in (getattr(a, "filename", None) or ""))
+            for kind, a in zip(kinds(hit), hit)
+        ]
+        assert all(np.array_equal(a, b) for a, b in zip(hit, opened_mapped(path)))
+    assert seen["perfkit"] == seen["joblib"] == [("memmap", False, True)] * 3
+    # Without mmap_mode, plain arrays in memory, as joblib's.
+    f = perfkit.Memory(tmp_path / "unmapped").cache(opened_mapped)
+    first = f(path)
+    hit = f(path)
+    assert [type(a) for a in hit] == [np.ndarray] * 3
+    assert all(np.array_equal(a, b) for a, b in zip(hit, first))

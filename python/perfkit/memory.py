@@ -749,9 +749,10 @@ def _alloc_for_large_entry(n: int):
 def _dumps_result(out, buffer_callback) -> bytes:
     """The pickle stream of a result to store (protocol 5, numpy's buffers out
     of band). A strided numpy view in it (a few columns, every other row) is
-    written as its contiguous copy, out of band, as joblib writes every array:
-    numpy pickles it into the stream, where mmap_mode cannot map it (it came
-    back a writable copy in memory) and a hit copies it out of the stream."""
+    written as its contiguous copy, and an np.memmap as an array, out of band,
+    as joblib writes every array: numpy pickles either into the stream, where
+    mmap_mode cannot map it (it came back a writable copy in memory) and a hit
+    copies it out of the stream."""
     np = sys.modules.get("numpy")
     if np is None or type(out) in _PLAIN_REPR or type(out) is str or type(out) is bytes:
         return pickle.dumps(out, protocol=5, buffer_callback=buffer_callback)
@@ -759,15 +760,21 @@ def _dumps_result(out, buffer_callback) -> bytes:
     pickler = pickle.Pickler(f, protocol=5, buffer_callback=buffer_callback)
     # By exact type, as copyreg's table (a copy: registrations made since count too).
     table = copyreg.dispatch_table.copy()
-    table[np.ndarray] = table[np.memmap] = _reduce_contiguous
+    table[np.ndarray] = table[np.memmap] = _reduce_array
     pickler.dispatch_table = table
     pickler.dump(out)
     return f.getvalue()
 
 
-def _reduce_contiguous(a):
-    if not (a.flags.c_contiguous or a.flags.f_contiguous or a.dtype.hasobject or _is_dense(a)):
-        a = sys.modules["numpy"].ascontiguousarray(a)
+def _reduce_array(a):
+    np = sys.modules["numpy"]
+    if not a.dtype.hasobject:
+        if not (a.flags.c_contiguous or a.flags.f_contiguous or _is_dense(a)):
+            a = np.ascontiguousarray(a)
+        elif type(a) is not np.ndarray:
+            # An np.memmap (np.load(path, mmap_mode="r"), another cached function's
+            # mapped result): numpy pickles a subclass in band, as a memmap of no file.
+            a = a.view(np.ndarray)
     return a.__reduce_ex__(5)
 
 
