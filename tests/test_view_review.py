@@ -144,3 +144,29 @@ def test_the_selected_function_stays_selected_on_a_thread_switch(browser, tmp_pa
             "return [...document.querySelectorAll('#stats tr.selected')].map(r => r.cells[5].textContent)"
         )
         assert selected == [label]
+
+
+def test_diff_tables_show_small_changes_and_say_which_run_is_shown(browser, tmp_path):
+    # A change under 0.5 µs read "+0.000" (milliseconds to 3 decimals), and
+    # nothing said that the table and chart under the diff are the after run's.
+    import marshal
+
+    from test_view_browser import open_ready, table_rows
+
+    main, big, tiny = ("a.py", 1, "main"), ("a.py", 5, "big"), ("a.py", 9, "tiny")
+    runs = {}
+    for name, tiny_tt in (("before", 1.0e-6), ("after", 1.3e-6)):
+        runs[name] = tmp_path / f"{name}.prof"
+        stats = {
+            main: (1, 1, 0.001, 0.5 + tiny_tt + 0.001, {}),
+            big: (1, 1, 0.5, 0.5, {main: (1, 1, 0.5, 0.5)}),
+            tiny: (1, 1, tiny_tt, tiny_tt, {main: (1, 1, tiny_tt, tiny_tt)}),
+        }
+        marshal.dump(stats, runs[name].open("wb"))
+    change = pstats.Stats(str(runs["after"])).stats[tiny][2] - pstats.Stats(str(runs["before"])).stats[tiny][2]
+    with ViewServer(runs["before"], runs["after"]) as server:
+        open_ready(browser, server.url)
+        row = next(r for r in table_rows(browser, "regressions") if r[4].endswith("(tiny)"))
+        assert row[0].startswith("+") and float(row[0][1:]) == pytest.approx(change * 1e3, rel=1e-3), row
+        note = browser.find_element("id", "diff-note").text
+        assert "after run's (" + str(runs["after"]) in note and str(runs["before"]) in note, note
