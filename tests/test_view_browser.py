@@ -542,6 +542,31 @@ def test_exported_html_works_from_disk(browser, files, tmp_path):
     assert resources == []
 
 
+def test_exported_diff_is_the_served_diff(browser, tmp_path):
+    # `perfkit export before after -o d.html` is the page `perfkit view before
+    # after` serves, offline: it failed with "unexpected argument".
+    before = write_perfkit(tmp_path / "before.prof", workload, 1000, 1000)
+    after = write_perfkit(tmp_path / "after.prof", workload, 20000, 1000)
+    with ViewServer(before, after) as server:
+        open_ready(browser, server.url)
+        served = table_rows(browser, "regressions"), table_rows(browser, "improvements")
+    out = tmp_path / "diff.html"
+    r = run_cli("export", before, after, "-o", out)
+    assert r.returncode == 0, r.stderr
+    open_ready(browser, out.as_uri())
+    assert browser.find_element(By.ID, "diff-box").is_displayed()
+    assert (table_rows(browser, "regressions"), table_rows(browser, "improvements")) == served
+    assert served[0] and served[0][0][0].startswith("+")
+    slow = frame_named(browser, "slow_path")
+    r, g, b, _ = pixel(browser, slow["x"], slow["y"] + 6)
+    assert r > b + 40, (r, g, b)
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    # Only a page can show two runs.
+    r = run_cli("export", before, after, "-o", tmp_path / "d.txt")
+    assert r.returncode == 2 and "only to HTML" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "d.txt").exists()
+
+
 def test_thread_selector(browser, tmp_path):
     src = write_threaded(tmp_path / "threads.prof")
     with ViewServer(src) as server:

@@ -97,10 +97,13 @@ enum Command {
         callees: bool,
     },
     /// Convert a profile to another format, chosen by --format or by the output's extension
-    /// (.prof, .txt/.collapsed/.folded, .speedscope.json, .html, .svg).
+    /// (.prof, .txt/.collapsed/.folded, .speedscope.json, .html, .svg). Two profiles and
+    /// .html: the page of `perfkit view before after`, the diff.
     Export {
-        /// The profile to convert (.prof from perfkit or cProfile, collapsed stacks, speedscope JSON).
-        file: PathBuf,
+        /// The profile to convert (.prof from perfkit or cProfile, collapsed stacks, speedscope
+        /// JSON); or, for an HTML diff, the run before and the run after.
+        #[arg(required = true, num_args = 1..=2, value_name = "FILE")]
+        files: Vec<PathBuf>,
         /// Where to write it; - for stdout (with --format).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
@@ -209,10 +212,10 @@ pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
             stats(&files, &sort, limit.as_deref(), filter.as_deref(), shown)
         }),
         Command::Export {
-            file,
+            files,
             output,
             format,
-        } => py.detach(|| export(&file, &output, format)),
+        } => py.detach(|| export(&files, &output, format)),
     };
     Ok(match result {
         Ok(()) => 0,
@@ -285,7 +288,7 @@ fn stats(
     write_stdout(text.as_bytes())
 }
 
-fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<(), String> {
+fn export(files: &[PathBuf], output: &Path, format: Option<ExportFormat>) -> Result<(), String> {
     let to_stdout = output.as_os_str() == "-";
     let format = match format {
         Some(f) => f,
@@ -293,6 +296,18 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
             return Err("-o - writes to stdout: name the format with --format".into())
         }
         None => format_from_extension(output)?,
+    };
+    let file = match (files, format) {
+        ([file], _) => file,
+        (_, ExportFormat::Html) => {
+            let viewer = crate::view::load_viewer(files)?;
+            return write_export(output, &perfkit_view::export::html(&viewer).into_bytes());
+        }
+        _ => {
+            return Err(
+                "two profiles export only to HTML (a diff page, as perfkit view shows two)".into(),
+            )
+        }
     };
     let profile = perfkit_profile::load(file).map_err(|e| e.to_string())?;
     let bytes = match format {
@@ -310,10 +325,15 @@ fn export(file: &Path, output: &Path, format: Option<ExportFormat>) -> Result<()
             perfkit_view::export::flamegraph_svg(&profile.tree, &title)?
         }
     };
-    if to_stdout {
-        return write_stdout(&bytes);
+    write_export(output, &bytes)
+}
+
+/// Writes an export to `output` (atomically), or to stdout for `-`.
+fn write_export(output: &Path, bytes: &[u8]) -> Result<(), String> {
+    if output.as_os_str() == "-" {
+        return write_stdout(bytes);
     }
-    write_atomic(output, &bytes)?;
+    write_atomic(output, bytes)?;
     note(format_args!("perfkit: wrote {}", output.display()));
     Ok(())
 }
