@@ -947,3 +947,92 @@ def test_profile_refuses_a_file_it_could_not_write_before_the_code_runs(tmp_path
     with perfkit.profile(tmp_path / "ok.prof"):
         sum(range(10))
     assert pstats.Stats(str(tmp_path / "ok.prof")).total_calls > 0
+
+
+@sensitive
+def test_one_decorated_function_called_from_many_threads_records_every_call(tmp_path):
+    """Threads calling one `@perfkit.profile` function at once (a thread
+    pool's tasks): the first call in flight starts the recording, the last
+    one stops and writes it. The count of calls in flight was not thread-safe:
+    calls were lost (up to 60 % of 24,000), a recording stopped under a call
+    still running, and two enabling at once warned "cannot record here
+    (Already mutably borrowed)"."""
+    import threading
+    import warnings
+
+    out = tmp_path / "threads.prof"
+
+    @perfkit.profile(out)
+    def task(i):
+        return sum(range(i % 50))
+
+    per_thread, n_threads = 2000, 8
+
+    def worker():
+        for i in range(per_thread):
+            task(i)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # (thread switches inside the wrapper, as on a busy machine)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not task.profiler.enabled
+    for stats in (pstats.Stats(task.profiler), pstats.Stats(str(out))):
+        calls = {k[2]: v[0] for k, v in stats.stats.items()}
+        assert calls["task"] == per_thread * n_threads
+        assert calls["<built-in method builtins.sum>"] == per_thread * n_threads
+        # The lock that counts calls in flight is not the program's: what
+        # lock calls there are, are the threads' start and join.
+        assert not any("unrecorded" in name for name in calls), sorted(calls)
+        lock_calls = sum(n for name, n in calls.items() if "_thread.lock" in name)
+        assert lock_calls < per_thread, calls
+
+
+@sensitive
+def test_nested_and_threaded_blocks_of_one_profile_record_until_the_last_ends(tmp_path):
+    """`with block:` inside `with block:` (or in several threads) records
+    until the outermost ends, as the decorator's overlapping calls do: the
+    inner exit stopped the recording and wrote the file, and the outer
+    block's remaining work was lost."""
+    import threading
+
+    out = tmp_path / "nested.prof"
+    block = perfkit.profile(out)
+    with block:
+        sum(range(3))
+        with block:
+            sum(range(4))
+        assert block.profiler.enabled and not out.exists()
+        sorted(range(5))
+    assert not block.profiler.enabled
+    calls = {k[2]: v[0] for k, v in pstats.Stats(str(out)).stats.items()}
+    # (and what the check that no file is written yet calls)
+    assert calls["<built-in method builtins.sum>"] == 2 and calls["<built-in method builtins.sorted>"] == 1
+
+    inside, leave = threading.Barrier(3), threading.Event()
+
+    def worker():
+        with block:
+            inside.wait()
+            leave.wait()
+            sorted(range(7))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()
+    assert block.profiler.enabled
+    leave.set()
+    for t in threads:
+        t.join()
+    assert not block.profiler.enabled
+    calls = {k[2]: v[0] for k, v in pstats.Stats(str(out)).stats.items()}
+    assert calls["<built-in method builtins.sorted>"] == 1 + 2

@@ -163,7 +163,9 @@ def test_diff_tables_show_small_changes_and_say_which_run_is_shown(browser, tmp_
             tiny: (1, 1, tiny_tt, tiny_tt, {main: (1, 1, tiny_tt, tiny_tt)}),
         }
         marshal.dump(stats, runs[name].open("wb"))
-    change = pstats.Stats(str(runs["after"])).stats[tiny][2] - pstats.Stats(str(runs["before"])).stats[tiny][2]
+    change = (
+        pstats.Stats(str(runs["after"])).stats[tiny][2] - pstats.Stats(str(runs["before"])).stats[tiny][2]
+    )
     with ViewServer(runs["before"], runs["after"]) as server:
         open_ready(browser, server.url)
         row = next(r for r in table_rows(browser, "regressions") if r[4].endswith("(tiny)"))

@@ -105,6 +105,12 @@ class Recording:
 def load(path: str | PathLike[str]) -> Recording:
     """Read a perfkit or cProfile ``.prof``, collapsed stacks or speedscope JSON."""
 
+def acquire_unrecorded(lock: Any) -> None:
+    """Take ``lock`` (``perfkit.profile``'s count of calls in flight) with no call event for its methods."""
+
+def release_unrecorded(lock: Any) -> None:
+    """Release ``lock`` as :func:`acquire_unrecorded` takes it."""
+
 def cli_main(argv: list[str]) -> int:
     """Run the ``perfkit`` command line; returns the exit code."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import threading
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar, overload
@@ -318,10 +319,18 @@ class _ProfileBlock:
         self.print_limit = print_stats
         self.sort = sort
         self.profiler = Profiler(builtins=builtins, clock=clock, threads=threads)
-        self._calls = 0  # calls of the decorated function in flight
-        # Per `with` in flight, innermost first: whether it records, as nested
-        # pairs (no method call runs while recording: it would be in the profile).
-        self._entered: tuple = ()
+        # Calls of the decorated function and `with`s in flight, in every
+        # thread: the first starts the recording, the last stops and reports
+        # it. Counted under a lock (taken from Rust: its methods would be
+        # recorded): threads calling one decorated function at once lost
+        # calls, a recording stopped under a call still running, and two
+        # enabling at once saw "cannot record here (Already mutably borrowed)".
+        self._calls = 0
+        self._calls_lock = threading.Lock()
+        # Per thread, its `with`s in flight, innermost first: whether each
+        # counts, as nested pairs (no method call runs while recording: it
+        # would be in the profile).
+        self._entered = threading.local()
         self._warned = False
 
     def _enable(self, stacklevel: int, where: Any = None) -> bool:
@@ -360,15 +369,17 @@ class _ProfileBlock:
         return True
 
     def __enter__(self) -> Profiler:
-        recording = self._enable(stacklevel=2)
-        self._entered = (recording, self._entered)
+        started = self._call_starts()
+        try:
+            outer = self._entered.pairs
+        except AttributeError:  # (this thread's first)
+            outer = ()
+        self._entered.pairs = (started, outer)
         return self.profiler
 
     def __exit__(self, *exc_info: object) -> None:
-        recording, self._entered = self._entered
-        if recording:
-            self.profiler.disable()
-            self._report()
+        started, self._entered.pairs = self._entered.pairs
+        self._call_ends(started)
 
     def _report(self) -> None:
         if self.output is not None:
@@ -454,23 +465,32 @@ class _ProfileBlock:
         return wrapper  # type: ignore[return-value]
 
     def _call_starts(self, coroutine_function: Any = None) -> bool:
-        """A call of the decorated function begins. The first of calls that
-        overlap (recursive ones, or coroutines awaited together) starts the
-        recording and the last one to end stops and reports it. Whether this
-        call counts: while another perfkit profiler records (one recording
-        at a time), it runs unrecorded here rather than fail."""
-        if self._calls == 0 and not self._enable(stacklevel=3, where=coroutine_function):
-            return False
-        self._calls += 1
-        return True
+        """A call of the decorated function, or a `with`, begins. The first
+        of those that overlap (recursive calls, nested blocks, coroutines
+        awaited together, calls in other threads) starts the recording and
+        the last one to end stops and reports it. Whether this one counts:
+        while another perfkit profiler records (one recording at a time), it
+        runs unrecorded here rather than fail."""
+        _native.acquire_unrecorded(self._calls_lock)
+        try:
+            if self._calls == 0 and not self._enable(stacklevel=3, where=coroutine_function):
+                return False
+            self._calls += 1
+            return True
+        finally:
+            _native.release_unrecorded(self._calls_lock)
 
     def _call_ends(self, started: bool) -> None:
         if not started:
             return
-        self._calls -= 1
-        if self._calls == 0:
-            self.profiler.disable()
-            self._report()
+        _native.acquire_unrecorded(self._calls_lock)
+        try:
+            self._calls -= 1
+            if self._calls == 0:
+                self.profiler.disable()
+                self._report()
+        finally:
+            _native.release_unrecorded(self._calls_lock)
 
 
 @overload

@@ -36,6 +36,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<profiler::Session>()?;
     m.add_class::<profiler::Recording>()?;
     m.add_function(wrap_pyfunction!(profiler::load, m)?)?;
+    m.add_function(wrap_pyfunction!(profiler::acquire_unrecorded, m)?)?;
+    m.add_function(wrap_pyfunction!(profiler::release_unrecorded, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     view::register(m)?;
     delayed::register(m)?;

@@ -120,10 +120,7 @@ impl Session {
         let hidden_files = &self.hidden_files;
         let hidden = |k: &FuncKey| {
             if k.is_builtin() {
-                // The session's own methods (enable/disable) only: perfkit's
-                // other natives (a Parallel call's waits, a cache's reads) are
-                // the profiled program's time, as cProfile shows them.
-                k.name.contains("'perfkit._native.Session'")
+                is_profilers_own_builtin(&k.name)
             } else {
                 hidden_files.contains(&k.file)
             }
@@ -289,6 +286,32 @@ impl Recording {
 }
 
 /// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).
+/// Takes `lock` (perfkit.profile's lock on its count of calls in flight).
+/// Called from here rather than from Python, the lock's own methods make no
+/// call event: a recording running in this thread or another would show
+/// them as the program's calls. This function itself is one of the
+/// profiler's own, left out of profiles as the session's methods are.
+#[pyfunction]
+pub fn acquire_unrecorded(lock: &Bound<'_, PyAny>) -> PyResult<()> {
+    lock.call_method0("acquire").map(drop)
+}
+
+/// Releases `lock`, as [`acquire_unrecorded`] takes it.
+#[pyfunction]
+pub fn release_unrecorded(lock: &Bound<'_, PyAny>) -> PyResult<()> {
+    lock.call_method0("release").map(drop)
+}
+
+/// Whether a C function's name is one of the profiler's own: the session's
+/// methods (enable/disable) and the lock functions above. perfkit's other
+/// natives (a Parallel call's waits, a cache's reads) are the profiled
+/// program's time, as cProfile shows them.
+fn is_profilers_own_builtin(name: &str) -> bool {
+    name.contains("'perfkit._native.Session'")
+        || name.ends_with("perfkit._native.acquire_unrecorded>")
+        || name.ends_with("perfkit._native.release_unrecorded>")
+}
+
 #[pyfunction]
 pub fn load(py: Python<'_>, path: PathBuf) -> PyResult<Recording> {
     let profile = py
