@@ -1036,3 +1036,39 @@ def test_nested_and_threaded_blocks_of_one_profile_record_until_the_last_ends(tm
     assert not block.profiler.enabled
     calls = {k[2]: v[0] for k, v in pstats.Stats(str(out)).stats.items()}
     assert calls["<built-in method builtins.sorted>"] == 1 + 2
+
+
+def test_a_decorated_call_from_the_warning_hook_does_not_hang():
+    """perfkit.profile's lock is re-entrant: a warning hook (or a signal
+    handler) that calls the decorated function while this thread holds the
+    lock gets its call, not a deadlock."""
+    import threading
+    import warnings
+
+    @perfkit.profile()
+    def step(x):
+        return x + 1
+
+    seen = []
+
+    def hook(message, category, filename, lineno, file=None, line=None):
+        seen.append((str(message), step(41)))
+
+    other = perfkit.Profiler()
+    result = []
+
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = hook
+            other.enable()
+            try:
+                result.append(step(1))
+            finally:
+                other.disable()
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "the decorated call from the warning hook hung"
+    assert result == [2] and len(seen) == 1 and seen[0][1] == 42 and "cannot record here" in seen[0][0]

@@ -326,7 +326,9 @@ class _ProfileBlock:
         # calls, a recording stopped under a call still running, and two
         # enabling at once saw "cannot record here (Already mutably borrowed)".
         self._calls = 0
-        self._calls_lock = threading.Lock()
+        # (re-entrant: a signal handler or a warning hook may call the
+        # decorated function while this thread holds it)
+        self._calls_lock = threading.RLock()
         # Per thread, its `with`s in flight, innermost first: whether each
         # counts, as nested pairs (no method call runs while recording: it
         # would be in the profile).
