@@ -27,7 +27,9 @@ _SELF_REPORT = textwrap.dedent(
             pickled = pickle.loads(pickle.dumps(task))()
         except Exception as e:
             pickled = type(e).__name__
-        print(where, sys.argv, main.__name__, main.__dict__.get("task") is task, pickled, flush=True)
+        spec = main.__dict__.get("__spec__")
+        package = main.__dict__.get("__package__")
+        print(where, sys.argv, main.__name__, spec and spec.name, repr(package), main.__dict__.get("task") is task, pickled, flush=True)
 
     def late():
         time.sleep(0.2)
@@ -54,11 +56,13 @@ def _layout(tmp_path, kind):
     src = tmp_path / "src"
     src.mkdir()
     (src / "__main__.py").write_text(_SELF_REPORT)
+    if kind == "directory":
+        return ["src", "a1"]
     subprocess.run([sys.executable, "-m", "zipapp", src, "-o", tmp_path / "app.pyz"], check=True)
     return ["app.pyz", "a1"]
 
 
-@pytest.mark.parametrize("kind", ["script", "module", "zipapp"])
+@pytest.mark.parametrize("kind", ["script", "module", "zipapp", "directory"])
 def test_the_program_is_main_as_under_python_for_its_threads_and_atexit_too(tmp_path, kind):
     # `python -m pkg.tool` and `python app.pyz` leave the program's module as
     # __main__ (and sys.argv as it set it) until the process exits. perfkit
@@ -69,7 +73,9 @@ def test_the_program_is_main_as_under_python_for_its_threads_and_atexit_too(tmp_
     # ("attribute lookup task on __main__ failed"). A zipapp's argv[0] was
     # also its absolute path, where python keeps it as typed. And the
     # interpreter's __main__ has an __annotations__ dict from the start
-    # (reading it in a program without annotations was a NameError).
+    # (reading it in a program without annotations was a NameError). A
+    # directory's __main__.py had no __spec__ and __package__ None, where
+    # `python dir` gives it the spec of __main__ and __package__ "".
     args = _layout(tmp_path, kind)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)

@@ -177,9 +177,13 @@ def record(
         print(f"perfkit: error: cannot write the profile to {output}: {reason}", file=sys.stderr)
         return 2
 
-    if is_module or zipfile.is_zipfile(target):
-        # A module, or a zipapp's __main__ module, run as `python -m` and
-        # `python app.pyz` run them: by runpy._run_module_as_main, in the
+    if not is_module and os.path.isdir(target) and not os.path.isfile(os.path.join(target, "__main__.py")):
+        print(f"perfkit: error: cannot run {target}: no __main__.py in it", file=sys.stderr)
+        return 2
+    if is_module or zipfile.is_zipfile(target) or os.path.isdir(target):
+        # A module, or a zipapp's or directory's __main__ module, run as
+        # `python -m`, `python app.pyz` and `python dir` run them (a real
+        # __spec__, __package__ ""): by runpy._run_module_as_main, in the
         # module that is __main__, which stays __main__ (and sys.argv as it
         # set it) for the program's threads and atexit handlers once its
         # main code has returned. (runpy.run_module and run_path put the
@@ -195,22 +199,20 @@ def record(
             code = compile("_run_module_as_main(_modname)", "<perfkit>", "exec")
         else:
             sys.argv[:] = [target, *args]
-            # The archive first on the path (whatever -P says, as python puts
-            # it there), absolute as python makes it and so __file__: a
-            # program that changes directory still imports from it.
+            # The archive or directory first on the path (whatever -P says, as
+            # python puts it there), absolute as python makes it and so
+            # __file__: a program that changes directory still imports from it.
             _put_first_on_path(None)
             sys.path.insert(0, os.path.abspath(target))
             code = compile("_run_module_as_main('__main__', alter_argv=False)", "<perfkit>", "exec")
         namespace = {"_run_module_as_main": runpy._run_module_as_main, "_modname": target}
     else:
-        # As `python dir` does: the directory's __main__.py, with the directory first on the path.
-        script = os.path.join(target, "__main__.py") if os.path.isdir(target) else target
+        script = target
         try:
             with open(script, "rb") as fp:
                 source = fp.read()
         except OSError as e:
-            why = "no __main__.py in it" if script != target else e.strerror
-            print(f"perfkit: error: cannot run {target}: {why}", file=sys.stderr)
+            print(f"perfkit: error: cannot run {target}: {e.strerror}", file=sys.stderr)
             return 2
         sys.argv[:] = [target, *args]
         # As `python script.py` (3.9+): the script's absolute path is its __file__ and its code's file name.
