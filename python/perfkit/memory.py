@@ -1003,6 +1003,11 @@ def _may_write_behind() -> bool:
 class MemorizedFunc(Generic[P, R]):
     """A function whose results are cached on disk (``Memory.cache``'s result; joblib's MemorizedFunc)."""
 
+    # Set by functools.update_wrapper, as on joblib's: declared for type checkers.
+    __wrapped__: Callable[P, R]
+    __name__: str
+    __qualname__: str
+
     def __init__(
         self,
         func: Callable[P, R],
@@ -1719,6 +1724,11 @@ class NotMemorizedResult(Generic[R]):
 
 class NotMemorizedFunc(Generic[P, R]):
     """What ``Memory(location=None).cache`` returns: the function, uncached, with MemorizedFunc's methods."""
+
+    # Set by functools.update_wrapper (joblib's NotMemorizedFunc has none of them).
+    __wrapped__: Callable[P, R]
+    __name__: str
+    __qualname__: str
 
     def __init__(self, func: Callable[P, R]) -> None:
         self.func = func

@@ -1,0 +1,61 @@
+"""perfkit's public names and signatures against the ones users come from
+(joblib, cProfile): what ``help()``/``inspect.signature`` show, what a type
+checker sees of them, and the names a migrating user imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import perfkit
+
+
+def _mypy_strict(tmp_path, source: str) -> str:
+    program = tmp_path / "user.py"
+    program.write_text(textwrap.dedent(source))
+    # (outside the checkout: from its root mypy would also find python/perfkit)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), str(program)],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.stdout + result.stderr
+
+
+def _square(x: int) -> int:
+    """Squares x."""
+    return x * x
+
+
+def test_cached_function_keeps_the_wrapped_functions_attributes(tmp_path):
+    # joblib's MemorizedFunc carries the function's __name__, __qualname__,
+    # __module__ and __wrapped__, as functools.wraps sets them; code that logs
+    # `f.__name__` or unwraps a cached function must run, and type-check, with
+    # perfkit's too (whose Memory(None).cache result carries them as well).
+    anchor = joblib.Memory(str(tmp_path / "j"), verbose=0).cache(_square)
+    for ours in (perfkit.Memory(str(tmp_path / "p")).cache(_square), perfkit.Memory(None).cache(_square)):
+        for attr in ("__name__", "__qualname__", "__module__", "__wrapped__", "__doc__"):
+            assert getattr(ours, attr) == (_square if attr == "__wrapped__" else getattr(_square, attr)), attr
+            if attr != "__doc__":  # (joblib's: "Memoized version of ...")
+                assert getattr(ours, attr) == getattr(anchor, attr), attr
+    output = _mypy_strict(
+        tmp_path,
+        """
+        import perfkit
+
+        def square(x: int) -> int:
+            return x * x
+
+        def names(location: str | None) -> list[str]:
+            cached = perfkit.Memory(location).cache(square)
+            original = cached.__wrapped__
+            n: int = original(3)
+            return [cached.__name__, cached.__qualname__, cached.__module__, str(n)]
+        """,
+    )
+    assert "Success" in output, output
