@@ -4,12 +4,48 @@ checker sees of them, and the names a migrating user imports."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
 
 import joblib
 import perfkit
+import pytest
+
+
+def _public_callables():
+    """Each public callable of perfkit and its public methods: (name, object)."""
+    for name in perfkit.__all__:
+        obj = getattr(perfkit, name)
+        if not callable(obj) or (isinstance(obj, type) and issubclass(obj, BaseException)):
+            continue  # (exceptions: inspect finds no signature for the builtin ones either)
+        yield name, obj
+        if isinstance(obj, type):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_") and attr not in ("__call__", "__enter__", "__exit__"):
+                    continue
+                if isinstance(value, property):
+                    yield f"{name}.{attr}", value.fget
+                elif callable(value):
+                    yield f"{name}.{attr}", getattr(obj, attr)
+
+
+@pytest.mark.parametrize(
+    "name, obj", list(_public_callables()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_help_shows_a_signature_and_a_docstring(name, obj):
+    # joblib's signatures read as Python (`n_jobs=default(None)`); a default
+    # shown as `<object object at 0x7f…>` tells the reader nothing.
+    for anchor in (joblib.Parallel, joblib.parallel_config, joblib.Memory):
+        assert " at 0x" not in str(inspect.signature(anchor))
+    if isinstance(obj, type) and obj.__init__ is object.__init__ and obj.__new__ is object.__new__:
+        pass  # (not made by the user: perfkit.Recording comes from load() or a Profiler)
+    else:
+        signature = str(inspect.signature(obj))
+        assert " at 0x" not in signature, f"{name}{signature}"
+    if not name.endswith(("__enter__", "__exit__")):  # (cProfile's and joblib's have none either)
+        assert inspect.getdoc(obj), f"help(perfkit.{name}) shows no docstring"
 
 
 def _mypy_strict(tmp_path, source: str) -> str:

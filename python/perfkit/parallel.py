@@ -287,7 +287,19 @@ def _load_cloudpickled(data, keep_wrapper):
 
 # The active parallel_config values; never mutated in place (each level sets a merged copy).
 _config = contextvars.ContextVar("perfkit_parallel_config", default=MappingProxyType({}))
-_UNSET: Any = object()
+
+
+class _Unset:
+    """The default of a parameter left to the enclosing ``parallel_config``
+    (joblib shows ``default(None)`` there); a name in ``help()``, not an address."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<parallel_config's>"
+
+
+_UNSET: Any = _Unset()
 # Set in worker processes (by the pool) and in threads-backend tasks: nested calls stay inside this share.
 _nested = threading.local()
 
@@ -366,6 +378,7 @@ class parallel_config:
         self.unregister()
 
     def unregister(self) -> None:
+        """Ends this configuration, as leaving its ``with`` block does (joblib's)."""
         if self._token is not None:
             _config.reset(self._token)
             self._token = None
@@ -923,6 +936,7 @@ class Parallel(Generic[ReturnAs]):
 
     @property
     def n_jobs(self) -> int:
+        """How many tasks a call runs at once (joblib keeps the number given: -1, say)."""
         backend, n_jobs = self._resolve()
         if backend == "dask":
             # A dask call runs on every thread of the cluster, whatever n_jobs says.
@@ -934,6 +948,7 @@ class Parallel(Generic[ReturnAs]):
 
     @property
     def verbose(self) -> int:
+        """The verbosity: from 1, a line per call on stderr (tasks, rate)."""
         return int(self._setting("verbose", 0) or 0)
 
     @verbose.setter

@@ -179,6 +179,7 @@ class Profiler:
 
     @property
     def enabled(self) -> bool:
+        """Whether it is recording now (perfkit's; cProfile has no such attribute)."""
         return self._session.enabled
 
     def clear(self) -> None:
@@ -196,6 +197,7 @@ class Profiler:
         self.disable()
 
     def runcall(self, func: Callable[..., Any], /, *args: Any, **kw: Any) -> Any:
+        """Record ``func(*args, **kw)`` and return its result (cProfile's)."""
         self.enable()
         try:
             return func(*args, **kw)
@@ -203,12 +205,14 @@ class Profiler:
             self.disable()
 
     def run(self, cmd: str) -> Profiler:
+        """Record ``exec(cmd)`` in ``__main__``'s namespace; returns the profiler (cProfile's)."""
         import __main__
 
         namespace = __main__.__dict__
         return self.runctx(cmd, namespace, namespace)
 
     def runctx(self, cmd: Any, globals: dict, locals: dict | None) -> Profiler:
+        """Record ``exec(cmd, globals, locals)``; returns the profiler (cProfile's)."""
         if isinstance(cmd, (str, bytes)):
             # Compiled without this module's `from __future__ import
             # annotations`, which exec() of a string would pass on to the
@@ -238,6 +242,7 @@ class Profiler:
         self.snapshot_stats()
 
     def snapshot_stats(self) -> None:
+        """Fill ``self.stats`` with the pstats dictionary of what was recorded so far."""
         self.stats = self.recording().stats_dict()
 
     def getstats(self) -> list[ProfilerEntry]:
@@ -258,6 +263,7 @@ class Profiler:
         ]
 
     def print_stats(self, sort: str | int | tuple = -1) -> None:
+        """Print pstats' table, directories stripped, sorted by ``sort`` (cProfile's)."""
         import pstats
 
         if not isinstance(sort, tuple):
