@@ -15,9 +15,13 @@ import pytest
 
 
 def _public_callables():
-    """Each public callable of perfkit and its public methods: (name, object)."""
-    for name in perfkit.__all__:
-        obj = getattr(perfkit, name)
+    """Each public callable of perfkit and its public methods, and those of
+    what ``Memory.cache`` returns: (name, object)."""
+    import perfkit.memory
+
+    returned = ("MemorizedFunc", "NotMemorizedFunc", "NotMemorizedResult")
+    for name in [*perfkit.__all__, *returned]:
+        obj = getattr(perfkit, name) if name in perfkit.__all__ else getattr(perfkit.memory, name)
         if not callable(obj) or (isinstance(obj, type) and issubclass(obj, BaseException)):
             continue  # (exceptions: inspect finds no signature for the builtin ones either)
         yield name, obj
@@ -95,3 +99,16 @@ def test_cached_function_keeps_the_wrapped_functions_attributes(tmp_path):
         """,
     )
     assert "Success" in output, output
+
+
+def test_joblibs_memory_names_import_from_perfkit(tmp_path):
+    # `from joblib import Memory, MemorizedResult` (an isinstance check on what
+    # call_and_shelve returned) becomes `from perfkit import ...`.
+    for name in ("Memory", "MemorizedResult", "expires_after", "hash"):
+        assert name in joblib.__all__, name
+        assert name in perfkit.__all__, name
+    anchor = joblib.Memory(str(tmp_path / "j"), verbose=0).cache(_square).call_and_shelve(3)
+    ours = perfkit.Memory(str(tmp_path / "p")).cache(_square).call_and_shelve(3)
+    assert isinstance(anchor, joblib.MemorizedResult)
+    assert isinstance(ours, perfkit.MemorizedResult)
+    assert ours.get() == anchor.get() == 9

@@ -21,6 +21,7 @@ from perfkit._native import cache_after_fork as _cache_after_fork
 # package first) and every `perfkit stats` would otherwise pay without using them.
 _LAZY = {
     "CacheWarning": "perfkit.memory",
+    "MemorizedResult": "perfkit.memory",
     "Memory": "perfkit.memory",
     "expires_after": "perfkit.memory",
     "hash": "perfkit.memory",
@@ -44,7 +45,7 @@ _LAZY = {
 # read a module's own TYPE_CHECKING = False the same way)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from perfkit.memory import CacheWarning, Memory, expires_after, hash
+    from perfkit.memory import CacheWarning, MemorizedResult, Memory, expires_after, hash
     from perfkit.parallel import (
         Parallel,
         ParallelTimeoutError,
@@ -127,6 +128,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = [
     "CacheWarning",
+    "MemorizedResult",
     "Memory",
     "Parallel",
     "ParallelTimeoutError",

@@ -1131,6 +1131,7 @@ class MemorizedFunc(Generic[P, R]):
     # joblib's attribute names
     @property
     def func_id(self) -> str:
+        """The function's identifier in the cache: its module and qualified name (joblib's ``func_id``)."""
         return self._name
 
     def __repr__(self) -> str:
@@ -1666,9 +1667,11 @@ class MemorizedResult(Generic[R]):
 
     @property
     def func_id(self) -> str:
+        """The cached function's identifier (joblib's ``func_id``)."""
         return self.func
 
     def get(self) -> R:
+        """The cached result; KeyError once it is no longer in the cache."""
         try:
             if self.mmap_mode is None:
                 out = _load_full(self.entry, self.args_id)
@@ -1683,10 +1686,12 @@ class MemorizedResult(Generic[R]):
         return out
 
     def clear(self) -> None:
+        """Removes this result from the cache."""
         _native.cache_remove(self.entry)
 
     @property
     def metadata(self) -> dict:
+        """The entry's metadata (duration, arguments, ...); ``{}`` once the entry is gone."""
         try:
             return _verified_metadata(self.entry, self.args_id) or {}
         except (OSError, _Corrupt):
@@ -1710,11 +1715,13 @@ class NotMemorizedResult(Generic[R]):
         self.valid = True
 
     def get(self) -> R:
+        """The result; KeyError once cleared."""
         if not self.valid:
             raise KeyError("no value: it was cleared")
         return self.value
 
     def clear(self) -> None:
+        """Drops the result."""
         self.valid = False
         self.value = None
 
@@ -1738,16 +1745,19 @@ class NotMemorizedFunc(Generic[P, R]):
         return self.func(*args, **kwargs)
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R, dict[str, Any]]:
+        """The function's result and empty metadata: ``(func(*args, **kwargs), {})``."""
         return self.func(*args, **kwargs), {}
 
     def call_and_shelve(self, *args: P.args, **kwargs: P.kwargs) -> NotMemorizedResult[R]:
+        """The function's result, held by a :class:`NotMemorizedResult`."""
         return NotMemorizedResult(self.func(*args, **kwargs))
 
     def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """False: nothing is cached."""
         return False
 
     def clear(self, warn: bool = True) -> None:
-        pass
+        """Nothing to remove."""
 
     def __repr__(self) -> str:
         return f"NotMemorizedFunc(func={self.func!r})"
