@@ -112,3 +112,35 @@ def test_joblibs_memory_names_import_from_perfkit(tmp_path):
     assert isinstance(anchor, joblib.MemorizedResult)
     assert isinstance(ours, perfkit.MemorizedResult)
     assert ours.get() == anchor.get() == 9
+
+
+def _work() -> int:
+    return sum(_square(i) for i in range(200))
+
+
+def test_pstats_reads_what_perfkit_load_returns(tmp_path):
+    # pstats.Stats takes a cProfile.Profile and a file; perfkit.load's
+    # recording (of a .prof, or of collapsed stacks pstats cannot read) is
+    # taken as a profiler is, with the table pstats reads from the file.
+    import cProfile
+    import io
+    import pstats
+
+    prof = tmp_path / "work.prof"
+    with perfkit.Profiler() as profiler:
+        _work()
+    profiler.dump_stats(prof)
+    anchor = pstats.Stats(str(prof), stream=io.StringIO())
+    recording = perfkit.load(prof)
+    ours = pstats.Stats(recording, stream=io.StringIO())
+    assert ours.stats == anchor.stats
+    assert ours.total_calls == anchor.total_calls
+    assert pstats.Stats(recording, stream=io.StringIO()).stats == anchor.stats  # (read twice)
+    cprofile = cProfile.Profile()
+    cprofile.runcall(_work)
+    assert pstats.Stats(cprofile, stream=io.StringIO()).add(recording).total_calls > anchor.total_calls
+
+    collapsed = tmp_path / "stacks.txt"
+    collapsed.write_text("main;work;square 30\nmain;work 10\n")
+    table = pstats.Stats(perfkit.load(collapsed), stream=io.StringIO()).stats
+    assert {name for (_, _, name) in table} == {"main", "work", "square"}

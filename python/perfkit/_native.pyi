@@ -89,6 +89,13 @@ class Recording:
 
     def stats_dict(self) -> _StatsDict:
         """The pstats dictionary, as ``cProfile.Profile().stats`` holds it."""
+    def create_stats(self) -> None:
+        """Nothing to do: ``pstats.Stats(recording)`` calls it, as on a ``cProfile.Profile``."""
+    @property
+    def stats(self) -> _StatsDict:
+        """``stats_dict()``, where ``pstats.Stats(recording)`` reads it."""
+    @stats.setter
+    def stats(self, value: object) -> None: ...
     def to_html(self, label: str | None = None, iframe: bool = False) -> str:
         """The viewer's self-contained page (``perfkit export``'s); ``iframe``: inside an ``<iframe srcdoc>``."""
     def _repr_html_(self) -> str: ...

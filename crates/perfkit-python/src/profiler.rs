@@ -197,6 +197,22 @@ impl Recording {
         Ok(out)
     }
 
+    /// What `pstats.Stats(recording)` calls first, as on a `cProfile.Profile`:
+    /// the table is ready, nothing to do.
+    fn create_stats(&self) {}
+
+    /// The pstats dictionary (`stats_dict()`), under the name
+    /// `pstats.Stats(recording)` reads, as it reads a `cProfile.Profile`'s.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.stats_dict(py)
+    }
+
+    /// `pstats.Stats` empties a profiler's `stats` once it has read them; a
+    /// recording keeps its tree, and its table stays readable.
+    #[setter]
+    fn set_stats(&self, _value: Bound<'_, PyAny>) {}
+
     /// The viewer's page with this profile in it, as `perfkit export x.html`
     /// writes it (works from disk, no server); `iframe=True`: that page
     /// inside an `<iframe srcdoc>`, to show in a notebook's output.
