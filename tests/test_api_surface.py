@@ -144,3 +144,13 @@ def test_pstats_reads_what_perfkit_load_returns(tmp_path):
     collapsed.write_text("main;work;square 30\nmain;work 10\n")
     table = pstats.Stats(perfkit.load(collapsed), stream=io.StringIO()).stats
     assert {name for (_, _, name) in table} == {"main", "work", "square"}
+
+
+def test_perfkit_load_names_a_pickle_as_one(tmp_path):
+    # `from joblib import load` -> `from perfkit import load` reads profiles,
+    # not what joblib.dump wrote: the error says what the file is and what reads it.
+    path = tmp_path / "model.joblib"
+    joblib.dump({"weights": [1, 2, 3]}, path)
+    assert joblib.load(path) == {"weights": [1, 2, 3]}
+    with pytest.raises(perfkit.ProfileError, match=r"a Python pickle.*joblib\.load"):
+        perfkit.load(path)

@@ -184,10 +184,7 @@ pub fn from_any_bytes(bytes: &[u8]) -> Result<Profile, Error> {
             })
         }
         Some(Format::Collapsed) => collapsed::read(utf8(bytes)?).map(from_tree),
-        None => Err(Error::NotProfile(format!(
-            "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}",
-            describe_bytes(bytes)
-        ))),
+        None => Err(not_profile(bytes)),
     }
 }
 
@@ -257,11 +254,7 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, Error> {
                 && bytes.contains(&b'\n')
                 && sniff(&bytes).is_none());
         if looked {
-            return Err(Error::NotProfile(format!(
-                "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}",
-                describe_bytes(&bytes)
-            ))
-            .in_file(path));
+            return Err(not_profile(&bytes).in_file(path));
         }
         if bytes.len() as u64 > MAX_STREAM_BYTES {
             return Err(Error::TooLarge(format!(
@@ -287,6 +280,22 @@ fn could_open_a_profile(head: &[u8]) -> bool {
 }
 
 /// The first few bytes in hex, for "found …" messages.
+/// A file none of the readers takes, described by its first bytes. A pickle
+/// is named as one: `perfkit.load` is also joblib's name for reading what
+/// `joblib.dump` wrote, and a user coming from joblib may call it on one.
+fn not_profile(bytes: &[u8]) -> Error {
+    let pickle = if matches!(bytes, [0x80, 2..=5, ..]) {
+        ": a Python pickle, as pickle.dump and joblib.dump write (read it with pickle.load or \
+         joblib.load)"
+    } else {
+        ""
+    };
+    Error::NotProfile(format!(
+        "expected a pstats/.prof file, collapsed stacks or speedscope JSON, found {}{pickle}",
+        describe_bytes(bytes)
+    ))
+}
+
 pub(crate) fn describe_bytes(bytes: &[u8]) -> String {
     let shown: Vec<String> = bytes.iter().take(8).map(|b| format!("0x{b:02x}")).collect();
     let more = if bytes.len() > 8 { " …" } else { "" };
