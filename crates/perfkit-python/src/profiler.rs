@@ -301,7 +301,6 @@ impl Recording {
     }
 }
 
-/// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).
 /// Takes `lock` (perfkit.profile's lock on its count of calls in flight).
 /// Called from here rather than from Python, the lock's own methods make no
 /// call event: a recording running in this thread or another would show
@@ -328,6 +327,7 @@ fn is_profilers_own_builtin(name: &str) -> bool {
         || name.ends_with("perfkit._native.release_unrecorded>")
 }
 
+/// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).
 #[pyfunction]
 pub fn load(py: Python<'_>, path: PathBuf) -> PyResult<Recording> {
     let profile = py
