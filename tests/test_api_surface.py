@@ -154,3 +154,33 @@ def test_perfkit_load_names_a_pickle_as_one(tmp_path):
     assert joblib.load(path) == {"weights": [1, 2, 3]}
     with pytest.raises(perfkit.ProfileError, match=r"a Python pickle.*joblib\.load"):
         perfkit.load(path)
+
+
+def test_runctx_takes_any_mapping_for_locals_as_cprofile_does(tmp_path):
+    # exec takes any mapping for locals, and typeshed's cProfile.runctx says
+    # Mapping[str, Any]: perfkit's runctx said dict, so a ChainMap that runs
+    # failed type checking.
+    import collections
+    import cProfile
+
+    for runctx in (cProfile.runctx, perfkit.runctx):
+        scope = collections.ChainMap({"y": 2})
+        runctx("x = y + 1", {}, scope, str(tmp_path / "r.prof"))
+        assert scope["x"] == 3
+    output = _mypy_strict(
+        tmp_path,
+        """
+        import cProfile
+        import collections
+        from collections.abc import Mapping
+        from typing import Any
+
+        import perfkit
+
+        scope: Mapping[str, Any] = collections.ChainMap({})
+        cProfile.runctx("x = 1", {}, scope)
+        perfkit.runctx("x = 1", {}, scope)
+        perfkit.Profiler().runctx("x = 1", {}, scope)
+        """,
+    )
+    assert "Success" in output, output

@@ -18,6 +18,8 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar, overload
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from typing_extensions import Self
 
 from perfkit import _native
@@ -211,7 +213,7 @@ class Profiler:
         namespace = __main__.__dict__
         return self.runctx(cmd, namespace, namespace)
 
-    def runctx(self, cmd: Any, globals: dict, locals: dict | None) -> Profiler:
+    def runctx(self, cmd: Any, globals: dict[str, Any], locals: Mapping[str, Any] | None) -> Profiler:
         """Record ``exec(cmd, globals, locals)``; returns the profiler (cProfile's)."""
         if isinstance(cmd, (str, bytes)):
             # Compiled without this module's `from __future__ import
@@ -561,8 +563,8 @@ def run(statement: str, filename: str | None = None, sort: str | int = -1) -> No
 
 def runctx(
     statement: str,
-    globals: dict,
-    locals: dict | None,
+    globals: dict[str, Any],
+    locals: Mapping[str, Any] | None,
     filename: str | None = None,
     sort: str | int = -1,
 ) -> None:
