@@ -633,10 +633,12 @@ def run_chunk(chunk, host_threads, keep_done=False):
                     results += pp._run_chunk((item,))
             else:
                 results = pp._run_chunk(chunk)
-        except Exception as exc:  # noqa: BLE001 - the caller raises it (below)
+        except BaseException as exc:  # noqa: BLE001 - the caller raises it (below)
             # Returned, not raised: dask logs a task's exception on its
             # worker at ERROR level (with the task's arguments, in older
-            # versions), where joblib's dask backend is silent.
+            # versions), where joblib's dask backend is silent; and a
+            # SystemExit or KeyboardInterrupt raised through dask ends its
+            # worker (and the next three it is given to: KilledWorker).
             return None, TaskRaised.of(exc, results)
         return time.perf_counter() - started, results
 
