@@ -172,9 +172,9 @@ def record(
     # Where the user meant, though the program may change directory (as cProfile does).
     path = os.path.abspath(output)
     # A profile that cannot be written is said before the program runs, not after.
-    reason = _unwritable(path)
-    if reason is not None:
-        print(f"perfkit: error: cannot write the profile to {output}: {reason}", file=sys.stderr)
+    refused = _unwritable(path)
+    if refused is not None:
+        print(f"perfkit: error: cannot write the profile to {output}: {refused[1]}", file=sys.stderr)
         return 2
 
     if not is_module and os.path.isdir(target) and not os.path.isfile(os.path.join(target, "__main__.py")):

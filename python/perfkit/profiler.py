@@ -278,18 +278,21 @@ class Profiler:
         self.recording().dump(os.fspath(file))
 
 
-def _unwritable(path: str) -> str | None:
-    """Why the profile could not be written to ``path``, or None: an existing
-    file (a device, a FIFO, through a link) must be writable, a new one needs
-    a writable directory."""
+def _unwritable(path: str) -> tuple[int, str] | None:
+    """Why the profile could not be written to ``path`` (the errno open()
+    would raise, and the reason in words), or None: an existing file (a
+    device, a FIFO, through a link) must be writable, a new one needs a
+    writable directory."""
     if os.path.isdir(path):
-        return "it is a directory"
+        return errno.EISDIR, "it is a directory"
     if os.path.exists(path):
-        return None if os.access(path, os.W_OK) else "it is not writable"
+        return None if os.access(path, os.W_OK) else (errno.EACCES, "it is not writable")
     directory = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(directory):
-        return "no such directory"
-    return None if os.access(directory, os.W_OK | os.X_OK) else "the directory is not writable"
+        return errno.ENOENT, "no such directory"
+    return (
+        None if os.access(directory, os.W_OK | os.X_OK) else (errno.EACCES, "the directory is not writable")
+    )
 
 
 class _ProfileBlock:
@@ -309,20 +312,10 @@ class _ProfileBlock:
             # Said now, as `perfkit record` says it before the program runs:
             # found only when the first call ended, it took that call's result.
             path = os.fspath(output)
-            reason = _unwritable(os.path.abspath(path)) if path else "the name is empty"
-            if reason is not None:
-                code = (
-                    errno.EISDIR
-                    if "a directory" in reason
-                    else errno.EACCES
-                    if "writable" in reason
-                    else errno.ENOENT
-                )
-                raise OSError(
-                    code,
-                    f"perfkit.profile cannot write the profile: {reason}",
-                    path,
-                )
+            refused = _unwritable(os.path.abspath(path)) if path else (errno.ENOENT, "the name is empty")
+            if refused is not None:
+                code, reason = refused
+                raise OSError(code, f"perfkit.profile cannot write the profile: {reason}", path)
         self.output = output
         self.print_limit = print_stats
         self.sort = sort
