@@ -396,3 +396,17 @@ def batch_sizes(monkeypatch):
 @pytest.fixture
 def programs_dir() -> Path:
     return PROGRAMS_DIR
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A Client of a small LocalCluster on loopback (2 single-thread worker
+    processes), one per test module, closed at its end."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client

@@ -6,24 +6,10 @@ joblib gives."""
 from __future__ import annotations
 
 import sys
-import time
 
 import joblib
 import perfkit
 import pytest
-
-distributed = pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
 
 
 def exit_at(i, at=1):
@@ -51,7 +37,7 @@ def _raised(call):
 
 
 @pytest.mark.parametrize("task", [exit_at, interrupt_at])
-def test_a_task_raising_system_exit_or_keyboard_interrupt_raises_it_and_keeps_the_workers(client, task):
+def test_a_task_raising_system_exit_or_keyboard_interrupt_raises_it_and_keeps_the_workers(dask_client, task):
     # A task calling sys.exit() (a CLI entry point reused as a task, say) or
     # raising KeyboardInterrupt killed its dask worker, then the three it was
     # given to after that, and the call ended ~9 s later in dask's
@@ -60,12 +46,10 @@ def test_a_task_raising_system_exit_or_keyboard_interrupt_raises_it_and_keeps_th
     with joblib.parallel_config(backend="dask"):
         expected = _raised(lambda: joblib.Parallel()(joblib.delayed(task)(i) for i in range(4)))
     assert expected in (SystemExit, KeyboardInterrupt)
-    workers = set(client.nthreads())
-    started = time.monotonic()
-    with perfkit.parallel_config(backend="dask", client=client):
+    workers = set(dask_client.nthreads())
+    with perfkit.parallel_config(backend="dask", client=dask_client):
         got = _raised(lambda: perfkit.Parallel()(perfkit.delayed(task)(i) for i in range(4)))
-    assert got is expected
-    assert time.monotonic() - started < 5
-    assert set(client.nthreads()) == workers  # (no worker died)
-    with perfkit.parallel_config(backend="dask", client=client):
+    assert got is expected  # (not dask's KilledWorker)
+    assert set(dask_client.nthreads()) == workers  # (no worker died)
+    with perfkit.parallel_config(backend="dask", client=dask_client):
         assert perfkit.Parallel()(perfkit.delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]

@@ -2727,18 +2727,6 @@ def test_dask_backend_without_client_says_what_to_do():
         joblib.Parallel()(joblib.delayed(T.square)(i) for i in range(3))
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
-
-
 def test_dask_n_jobs_without_a_client_is_what_was_given():
     # (in a fresh interpreter: this one may hold a client from another test)
     code = (
