@@ -18,8 +18,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.display import display
 
 from perfkit._native import ProfileError
-from perfkit.cli import _unwritable
-from perfkit.profiler import Profiler, _check_sort_key
+from perfkit.profiler import Profiler, _check_sort_key, _unwritable
 
 _USAGE = "usage: %perfkit [-o FILE] [-s SORT] statement, or %%perfkit [-o FILE] [-s SORT] atop a cell"
 # How much of the profiled code names the page (its title) when no -o file does.
@@ -107,9 +106,9 @@ def _check_writable(output: str) -> None:
     it: what `perfkit record -o` refuses."""
     if not output:
         raise UsageError("%perfkit: -o: no file name")
-    reason = _unwritable(os.path.abspath(output))
-    if reason is not None:
-        raise UsageError(f"%perfkit: cannot write the profile to {output}: {reason}")
+    refused = _unwritable(os.path.abspath(output))
+    if refused is not None:
+        raise UsageError(f"%perfkit: cannot write the profile to {output}: {refused[1]}")
 
 
 def load_ipython_extension(ipython) -> None:
