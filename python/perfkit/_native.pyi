@@ -10,6 +10,7 @@ from typing_extensions import ParamSpec, TypeAlias
 __version__: str
 # (PyO3 lists every name the module adds)
 __all__ = [
+    "WORKER_TREE_MARK",
     "CopiedBuffer",
     "Delayed",
     "ProfileError",
@@ -18,6 +19,7 @@ __all__ = [
     "WorkerPool",
     "__version__",
     "acquire_unrecorded",
+    "adopt_worker_tree",
     "buffer_address",
     "cache_after_fork",
     "cache_entries",
@@ -43,6 +45,7 @@ __all__ = [
     "pack_values",
     "pool_room_held",
     "read_process_memory",
+    "recording_now",
     "release_unrecorded",
     "run_packed",
     "run_tasks",
@@ -70,7 +73,11 @@ class Session:
     """A recording that hooks into the interpreter while enabled (one at a time per process)."""
 
     def __new__(
-        cls, builtins: bool = True, clock: str = "wall", hidden_files: Sequence[str] = ...
+        cls,
+        builtins: bool = True,
+        clock: str = "wall",
+        hidden_files: Sequence[str] = ...,
+        hidden_builtins: Sequence[str] = ...,
     ) -> Session: ...
     def enable(self, left_out: Sequence[int] = ...) -> None:
         """Start recording, but not the running threads of these idents; RuntimeError if
@@ -84,6 +91,8 @@ class Session:
     @property
     def builtins(self) -> bool: ...
     def recording(self) -> Recording: ...
+    def tree_bytes(self) -> bytes:
+        """The tree recorded so far, for :func:`adopt_worker_tree` in the process this one works for."""
 
 @final
 class Recording:
@@ -119,6 +128,15 @@ def acquire_unrecorded(lock: Any) -> None:
 
 def release_unrecorded(lock: Any) -> None:
     """Release ``lock`` as :func:`acquire_unrecorded` takes it."""
+
+def recording_now() -> tuple[bool, str] | None:
+    """``(builtins, clock)`` of the profiler recording in this process, or None."""
+
+WORKER_TREE_MARK: bytes
+
+def adopt_worker_tree(payload: bytes | memoryview, pid: int) -> int:
+    """Take the call tree a worker put after a reply's pickle into the profiler recording
+    here; returns the length of the pickle (the whole payload when it carries no tree)."""
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``perfkit`` command line; returns the exit code."""

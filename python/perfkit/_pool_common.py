@@ -32,10 +32,18 @@ from perfkit import _frames, _native
 # Results travel packed the same way, or by pack_numpy_scalars.
 ARGS_ONLY, FULL, SINGLE, SINGLE_PACKED, STREAMED = 0, 1, 2, 3, 4
 
-# A call's FUNCTION frame is the pickle of (argv, path, pickled): the caller's
-# sys.argv and sys.path, then the pickle of (functions, [(name, object), ...]),
-# the call's functions and the classes and functions of the caller's
-# __main__ that its batches name (see MainNames).
+# A call's FUNCTION frame is the pickle of (argv, path, pickled, recording):
+# the caller's sys.argv and sys.path, then the pickle of (functions,
+# [(name, object), ...]), the call's functions and the classes and functions
+# of the caller's __main__ that its batches name (see MainNames), and
+# `recording`: None, or (builtins, clock) of the profiler recording in the
+# caller, with which the worker records each batch of the call.
+
+
+def with_worker_tree(reply: bytes, tree: bytes) -> bytes:
+    """`reply` with the worker's call tree for its batch after it, as
+    _native.adopt_worker_tree takes it in the caller (see WORKER_TREE_MARK there)."""
+    return b"".join((reply, tree, len(tree).to_bytes(8, "little"), _native.WORKER_TREE_MARK))
 
 
 # While the caller dispatches a call (draws, packs and pickles its tasks),

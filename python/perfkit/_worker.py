@@ -34,10 +34,12 @@ import pickle
 import select
 import struct
 import sys
+import threading
 import time
 import traceback
 import types
 
+from perfkit import _native
 from perfkit._native import (
     buffer_address,
     keep_pool_room,
@@ -58,6 +60,7 @@ from perfkit._pool_common import (
     dumps,
     pack_numpy_scalars,
     task_label,
+    with_worker_tree,
 )
 
 HEADER = struct.Struct("<IIQQQ")
@@ -480,6 +483,7 @@ def main() -> int:
     functions: tuple = ()
     sent_main: dict = {}
     function_error: BaseException | None = None
+    recording = None  # the caller's profiler's (builtins, clock) while it records the call
     thread_state: dict = {}
 
     def send(kind: int, call: int, batch: int, meta: bytes, payload: bytes) -> None:
@@ -508,8 +512,9 @@ def main() -> int:
         if kind == RELEASE:
             continue  # the parent has opened the last reply's results: closed above
         if kind == FUNCTION:
+            recording = None
             try:
-                argv, path, pickled = pickle.loads(payload)
+                argv, path, pickled, recording = pickle.loads(payload)
                 # The caller's, as multiprocessing's and loky's workers have them;
                 # the path before the functions, which may need it.
                 sys.argv, sys.path[:] = argv, path
@@ -535,6 +540,7 @@ def main() -> int:
         # workers do: putting young collections off (as the caller does while
         # it dispatches) made a worker whose tasks leave cycles around arrays
         # hold 4x the memory, for ~5 % on the pandas groupby (helper-40).
+        session = start_recording(recording) if recording is not None else None
         kind, reply_meta, reply = run_batch(
             payload,
             segment,
@@ -548,6 +554,11 @@ def main() -> int:
             bool(frame_flags & RESULTS_IN_PLACE) and not mapped,
             sent_main,
         )
+        if session is not None:
+            tree = stop_recording(session)
+            if kind == RESULT and tree is not None:
+                reply = with_worker_tree(reply, tree)
+            session = tree = None
         del payload
         flags = 0
         if mapped and not release_segment(*segment):
@@ -565,6 +576,46 @@ def main() -> int:
         segment = None
         send(kind | flags << 8, call, batch, reply_meta, reply)
         pipe.collect_when_idle = True
+
+
+# What a recorded batch's tree leaves out as the worker's own: this loop
+# and the native functions that run the tasks. Left in: unpickling the
+# batch, the tasks, pickling their results (perfkit._pool_common's
+# reducers among it), which are the batch's cost here.
+_OWN_FILES = [__file__, os.path.abspath(__file__)]
+_OWN_BUILTINS = [
+    f"<built-in method perfkit._native.{function.__name__}>" for function in (run_tasks, run_packed)
+]
+
+
+def start_recording(recording):
+    """A profiler recording this batch with the caller's (builtins, clock),
+    or None when one cannot start here (a task's own profiler recording)."""
+    from perfkit import profiler
+
+    builtins, clock = recording
+    me = threading.get_ident()
+    try:
+        session = _native.Session(
+            builtins=builtins, clock=clock, hidden_files=_OWN_FILES, hidden_builtins=_OWN_BUILTINS
+        )
+        # This worker's own threads are not its tasks'; the ones tasks start are.
+        session.enable([t.ident for t in threading.enumerate() if t.ident is not None and t.ident != me])
+    except Exception:  # noqa: BLE001 - the batch then runs unrecorded
+        return None
+    profiler._yields_to_a_task = session  # a task's own Profiler takes over (see Profiler.enable)
+    return session
+
+
+def stop_recording(session):
+    """The batch's call tree, as bytes for the caller (None if it cannot be had)."""
+    try:
+        session.disable()
+        return session.tree_bytes()
+    except Exception:  # noqa: BLE001 - the batch's results still go back
+        return None
+    finally:
+        sys.modules["perfkit.profiler"]._yields_to_a_task = None  # (imported by start_recording)
 
 
 def _leave_parents_pipes() -> None:

@@ -571,7 +571,7 @@ def _remote_read_works(pool) -> bool:
         return False
 
 
-def _function_frame(functions: bytes) -> bytes:
+def _function_frame(functions: bytes, recording=None) -> bytes:
     """A call's FUNCTION frame (see perfkit._pool_common): the caller's
     sys.argv and sys.path as they are now, which the worker takes before it
     unpickles the functions (a module of a directory the caller put on its
@@ -580,7 +580,9 @@ def _function_frame(functions: bytes) -> bytes:
     what is not a path (importlib skips it too) is left out. The script's
     own entry, "" (the current directory), goes as the directory it names
     now and the one the process started in, as loky and multiprocessing
-    send it: a notebook's module imported before a %cd is still found."""
+    send it: a notebook's module imported before a %cd is still found.
+    `recording`: the (builtins, clock) of the profiler recording here, with
+    which the workers record the call's batches for it, or None."""
     import multiprocessing.process
 
     started_in = multiprocessing.process.ORIGINAL_DIR
@@ -593,7 +595,7 @@ def _function_frame(functions: bytes) -> bytes:
         path.append(entry if os.path.isabs(entry) or "://" in entry else os.path.abspath(entry))
         if entry == "" and started_in and started_in != path[-1]:
             path.append(started_in)
-    return pickle.dumps(([str(arg) for arg in sys.argv], path, functions), protocol=5)
+    return pickle.dumps(([str(arg) for arg in sys.argv], path, functions, recording), protocol=5)
 
 
 def _yama_ptrace_scope():
@@ -1928,6 +1930,7 @@ class _ProcessCall:
         self.call_ids = set()
         self.pool_call = None
         self.function_dirty = True
+        self.recorded = False  # whether workers record batches of this call for a profiler here
         self.remote = _remote_read_pools.get(pool, False)
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
         self.strided_copies = StridedCopies(self.threshold)
@@ -1965,7 +1968,9 @@ class _ProcessCall:
         sent = list(self.main_names.found.items())
         try:
             # One pickle: a function of the script that is also sent by name is one object there.
-            data = _function_frame(cloudpickle_dumps((tuple(self.functions), sent)))
+            recording = _native.recording_now()
+            self.recorded = self.recorded or recording is not None
+            data = _function_frame(cloudpickle_dumps((tuple(self.functions), sent)), recording)
         except Exception as exc:
             try:
                 cloudpickle_dumps(tuple(self.functions))
@@ -2145,6 +2150,12 @@ class _ProcessCall:
                     if is_error:
                         _drop_segment(segment)
                         self._task_failed(payload, pid, first, mode, items)
+                    if self.recorded:
+                        # (a reply of a batch recorded for this process's profiler
+                        # carries the worker's call tree after its pickle)
+                        size = _native.adopt_worker_tree(payload, pid)
+                        if size != len(payload):
+                            payload = memoryview(payload)[:size]
                     try:
                         elapsed, results = _load_reply(payload, segment, spans, self.main_names.found)
                     except Exception as exc:

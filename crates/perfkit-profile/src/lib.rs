@@ -19,11 +19,13 @@ pub mod marshal;
 pub mod prof;
 pub mod speedscope;
 pub mod stats;
+pub mod sum;
 pub mod table;
 pub mod tree;
 
 pub use prof::Profile;
 pub use stats::{EdgeStats, FuncStats, StatsTable};
+pub use sum::TreeSum;
 pub use table::{Restriction, SortKey};
 pub use tree::{
     CallTree, Children, Clock, FuncId, FuncKey, Meta, Node, NodeId, ThreadTree, Visit, Walk,

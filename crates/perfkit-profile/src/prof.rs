@@ -138,6 +138,19 @@ pub fn stats_to_marshal(stats: &StatsTable) -> Vec<u8> {
     w.finish()
 }
 
+/// The trailer alone: a tree sent to another process of the same perfkit
+/// (a pool's worker sends its tree to the caller), read by [`tree_from_trailer`].
+pub fn tree_to_trailer(tree: &CallTree) -> Vec<u8> {
+    let mut out = Vec::new();
+    append_trailer(&mut out, tree);
+    out
+}
+
+/// The tree of [`tree_to_trailer`]'s bytes, checked as a file's trailer is.
+pub fn tree_from_trailer(bytes: &[u8]) -> Result<CallTree, Error> {
+    read_trailer(bytes)
+}
+
 fn append_trailer(out: &mut Vec<u8>, tree: &CallTree) {
     // Serializing plain structs into a Vec cannot fail.
     let payload = postcard::to_allocvec(tree).unwrap_or_default();

@@ -352,36 +352,12 @@ impl CallTree {
             _ => 0,
         };
         let mut out = ThreadTree::new("all threads", 0, pid);
-        let mut index: rustc_hash::FxHashMap<(NodeId, FuncId), NodeId> = Default::default();
+        let mut paths = Default::default();
+        let known = self.funcs.len();
         for thread in &self.threads {
-            const UNPLACED: NodeId = NodeId::MAX;
-            let mut map = vec![UNPLACED; thread.nodes.len()];
-            if !map.is_empty() {
-                map[0] = 0;
-            }
-            for (i, node) in thread.nodes.iter().enumerate().skip(1) {
-                let parent = node.parent as usize;
-                if parent >= i || map[parent] == UNPLACED || node.func as usize >= self.funcs.len()
-                {
-                    continue;
-                }
-                let key = (map[parent], node.func);
-                let id = *index.entry(key).or_insert_with(|| {
-                    out.nodes.push(Node {
-                        func: node.func,
-                        parent: key.0,
-                        calls: 0,
-                        own_ns: 0,
-                        total_ns: 0,
-                    });
-                    (out.nodes.len() - 1) as NodeId
-                });
-                let merged = &mut out.nodes[id as usize];
-                merged.calls = merged.calls.saturating_add(node.calls);
-                merged.own_ns = merged.own_ns.saturating_add(node.own_ns);
-                merged.total_ns = merged.total_ns.saturating_add(node.total_ns);
-                map[i] = id;
-            }
+            crate::sum::add_by_path(&mut out, &mut paths, thread, |f| {
+                ((f as usize) < known).then_some(f)
+            });
         }
         CallTree {
             funcs: self.funcs.clone(),

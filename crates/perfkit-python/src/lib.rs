@@ -38,6 +38,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(profiler::load, m)?)?;
     m.add_function(wrap_pyfunction!(profiler::acquire_unrecorded, m)?)?;
     m.add_function(wrap_pyfunction!(profiler::release_unrecorded, m)?)?;
+    m.add_function(wrap_pyfunction!(profiler::recording_now, m)?)?;
+    m.add_function(wrap_pyfunction!(profiler::adopt_worker_tree, m)?)?;
+    m.add(
+        "WORKER_TREE_MARK",
+        pyo3::types::PyBytes::new(m.py(), profiler::WORKER_TREE_MARK),
+    )?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     view::register(m)?;
     delayed::register(m)?;

@@ -3,9 +3,10 @@
 use crate::ProfileError;
 use perfkit_profile::{CallTree, FuncKey, StatsTable};
 use perfkit_record::{ClockKind, Mode, StartError};
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use std::path::PathBuf;
 
 /// A file the system refused (missing, a directory, no permission, disk
@@ -61,13 +62,21 @@ pub struct Session {
     inner: perfkit_record::Session,
     /// Files whose functions are the profiler's own API (perfkit/profiler.py).
     hidden_files: Vec<String>,
+    /// C functions left out as the profiler's own, by name (a pool worker's
+    /// loop, which is not its tasks').
+    hidden_builtins: Vec<String>,
 }
 
 #[pymethods]
 impl Session {
     #[new]
-    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new()))]
-    fn new(builtins: bool, clock: &str, hidden_files: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), hidden_builtins = Vec::new()))]
+    fn new(
+        builtins: bool,
+        clock: &str,
+        hidden_files: Vec<String>,
+        hidden_builtins: Vec<String>,
+    ) -> PyResult<Self> {
         let clock = ClockKind::parse(clock).ok_or_else(|| {
             PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}"))
         })?;
@@ -79,6 +88,7 @@ impl Session {
         Ok(Session {
             inner: perfkit_record::Session::new(mode, clock),
             hidden_files,
+            hidden_builtins,
         })
     }
 
@@ -116,11 +126,28 @@ impl Session {
 
     /// The tree recorded so far, as a `Recording`.
     fn recording(&mut self, py: Python<'_>) -> Recording {
+        Recording {
+            tree: self.tree(py),
+            table: None,
+            label: "recorded profile".into(),
+        }
+    }
+
+    /// The tree recorded so far, as bytes for [`adopt_worker_tree`] in the
+    /// process this one works for.
+    fn tree_bytes<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = perfkit_profile::prof::tree_to_trailer(&self.tree(py));
+        PyBytes::new(py, &bytes)
+    }
+}
+
+impl Session {
+    fn tree(&mut self, py: Python<'_>) -> CallTree {
         self.inner.name_live_threads(py);
-        let hidden_files = &self.hidden_files;
+        let (hidden_files, hidden_builtins) = (&self.hidden_files, &self.hidden_builtins);
         let hidden = |k: &FuncKey| {
             if k.is_builtin() {
-                is_profilers_own_builtin(&k.name)
+                is_profilers_own_builtin(&k.name) || hidden_builtins.contains(&k.name)
             } else {
                 hidden_files.contains(&k.file)
             }
@@ -133,11 +160,7 @@ impl Session {
             v.minor,
             v.patch
         );
-        Recording {
-            tree: self.inner.tree(&recorder, &hidden),
-            table: None,
-            label: "recorded profile".into(),
-        }
+        self.inner.tree(&recorder, &hidden)
     }
 }
 
@@ -317,6 +340,73 @@ pub fn release_unrecorded(lock: &Bound<'_, PyAny>) -> PyResult<()> {
     lock.call_method0("release").map(drop)
 }
 
+/// `(builtins, clock)` of the profiler recording in this process now, or
+/// None: what a `perfkit.Parallel` call asks its workers to record with.
+#[pyfunction]
+pub fn recording_now(py: Python<'_>) -> Option<(bool, &'static str)> {
+    perfkit_record::recording_now(py).map(|(mode, clock)| (mode == Mode::Full, clock.name()))
+}
+
+/// What ends a worker's reply that carries its call tree for the batch
+/// after the reply's pickle: the tree ([`Session::tree_bytes`]), its length
+/// (8 bytes, little-endian), then this mark, which a pickle (ending with its
+/// STOP opcode, ".") never ends with.
+pub const WORKER_TREE_MARK: &[u8; 8] = b"\x1aPKTREE\x01";
+
+/// Takes the call tree a worker process put at the end of a reply
+/// (`WORKER_TREE_MARK`) into the profiler recording here, its threads named
+/// after the worker, and returns the length of the reply's pickle before it
+/// (the whole payload when it carries no tree). A tree that cannot be read
+/// is left out with a warning: the call's results matter more. One of the
+/// profiler's own functions, left out of profiles.
+#[pyfunction]
+pub fn adopt_worker_tree(py: Python<'_>, payload: PyBuffer<u8>, pid: u32) -> PyResult<usize> {
+    if !payload.is_c_contiguous() {
+        return Err(PyValueError::new_err("a reply payload must be contiguous"));
+    }
+    // SAFETY: the buffer is C-contiguous (checked above), `len_bytes` long,
+    // and `payload` holds it (the exporter cannot free or resize it) until
+    // this function returns; it is only read.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(payload.buf_ptr() as *const u8, payload.len_bytes()) };
+    let len = bytes.len();
+    let tail = WORKER_TREE_MARK.len() + 8;
+    if len < tail || &bytes[len - WORKER_TREE_MARK.len()..] != WORKER_TREE_MARK {
+        return Ok(len);
+    }
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&bytes[len - tail..len - WORKER_TREE_MARK.len()]);
+    let Some(start) = (len - tail).checked_sub(u64::from_le_bytes(size) as usize) else {
+        return Ok(len);
+    };
+    match perfkit_profile::prof::tree_from_trailer(&bytes[start..len - tail]) {
+        Ok(mut tree) => {
+            for thread in &mut tree.threads {
+                thread.name = if thread.name == "MainThread" {
+                    format!("worker process {}", thread.pid)
+                } else {
+                    format!("worker process {}: {}", thread.pid, thread.name)
+                };
+            }
+            perfkit_record::adopt(py, &tree);
+        }
+        Err(e) => {
+            let message = format!(
+                "perfkit.Parallel: the profile of a batch that worker process {pid} recorded could not be read, \
+                 and is left out of the profile ({e})"
+            );
+            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            PyErr::warn(
+                py,
+                &category,
+                &std::ffi::CString::new(message).unwrap_or_default(),
+                1,
+            )?;
+        }
+    }
+    Ok(start)
+}
+
 /// Whether a C function's name is one of the profiler's own: the session's
 /// methods (enable/disable) and the lock functions above. perfkit's other
 /// natives (a Parallel call's waits, a cache's reads) are the profiled
@@ -325,6 +415,7 @@ fn is_profilers_own_builtin(name: &str) -> bool {
     name.contains("'perfkit._native.Session'")
         || name.ends_with("perfkit._native.acquire_unrecorded>")
         || name.ends_with("perfkit._native.release_unrecorded>")
+        || name.ends_with("perfkit._native.adopt_worker_tree>")
 }
 
 /// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).

@@ -28,6 +28,14 @@ impl ClockKind {
             _ => None,
         }
     }
+
+    /// The name [`ClockKind::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClockKind::Wall => "wall",
+            ClockKind::Cpu => "cpu",
+        }
+    }
 }
 
 struct Origin {

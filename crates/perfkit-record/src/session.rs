@@ -10,7 +10,7 @@ use crate::clock::{self, ClockKind};
 use crate::hooks;
 use crate::names;
 use crate::recorder::{ThreadRecorder, FLAG_C, FLAG_GENERATOR};
-use perfkit_profile::{CallTree, FuncId, FuncKey, Meta, Node, ThreadTree};
+use perfkit_profile::{CallTree, FuncId, FuncKey, Meta, Node, ThreadTree, TreeSum};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use rustc_hash::FxHashMap;
@@ -66,6 +66,9 @@ pub(crate) struct SessionData {
     /// tree taken from a stopped session (table, file, threads) agrees to the
     /// nanosecond; while enabled it is measured afresh.
     nanos_per_tick: f64,
+    /// What other processes recorded for this session while it recorded: a
+    /// `perfkit.Parallel` call's workers, one tree per batch (see [`adopt`]).
+    adopted: TreeSum,
 }
 
 #[derive(Clone, Copy)]
@@ -295,6 +298,7 @@ impl Session {
                 recorded_ns: 0,
                 started_unix: 0.0,
                 nanos_per_tick: 1.0,
+                adopted: TreeSum::default(),
             }),
         }
     }
@@ -481,6 +485,18 @@ impl Session {
             });
             threads.push(tree);
         }
+        let (funcs, threads) = if d.adopted.is_empty() {
+            (funcs, threads)
+        } else {
+            let mut sum = TreeSum::from_tree(CallTree {
+                funcs,
+                threads,
+                meta: Meta::default(),
+            });
+            sum.add(d.adopted.tree());
+            let tree = sum.into_tree();
+            (tree.funcs, tree.threads)
+        };
         let mut duration = d.recorded_ns;
         if d.enabled {
             duration += clock::monotonic_ns().saturating_sub(d.enabled_at_ns);
@@ -490,10 +506,7 @@ impl Session {
             threads,
             meta: Meta {
                 exact: true,
-                clock: match d.clock {
-                    ClockKind::Wall => perfkit_profile::Clock::Wall,
-                    ClockKind::Cpu => perfkit_profile::Clock::Cpu,
-                },
+                clock: profile_clock(d.clock),
                 builtins: d.mode == Mode::Full,
                 recorder: recorder_name.to_owned(),
                 duration_ns: duration,
@@ -514,6 +527,7 @@ impl Session {
         release(py, &mut d.held);
         d.recorded_ns = 0;
         d.started_unix = 0.0;
+        d.adopted = TreeSum::default();
         // A fresh id so that no thread slot points into the cleared recorders.
         // SAFETY: GIL held.
         unsafe {
@@ -557,5 +571,36 @@ impl Drop for Session {
             self.disable(py);
             release(py, &mut self.data.held);
         });
+    }
+}
+
+/// The mode and clock of the session recording now, if one is: what a
+/// process that works for this one (a pool's worker) records with, so that
+/// its tree can be [`adopt`]ed.
+pub fn recording_now(_py: Python<'_>) -> Option<(Mode, ClockKind)> {
+    // SAFETY: GIL held (we have the token); ACTIVE is only set or cleared with it.
+    unsafe { ACTIVE.as_ref().map(|d| (d.mode, d.clock)) }
+}
+
+/// Adds `tree`, recorded by another process for the session recording now,
+/// to that session (by process, thread and call path). Returns false, and
+/// drops the tree, when no session is recording or the tree's clock or mode
+/// is not its own: times on another clock would not add up.
+pub fn adopt(_py: Python<'_>, tree: &CallTree) -> bool {
+    // SAFETY: GIL held (we have the token); ACTIVE is only set or cleared with it.
+    let Some(d) = (unsafe { ACTIVE.as_mut() }) else {
+        return false;
+    };
+    if tree.meta.clock != profile_clock(d.clock) || tree.meta.builtins != (d.mode == Mode::Full) {
+        return false;
+    }
+    d.adopted.add(tree);
+    true
+}
+
+fn profile_clock(clock: ClockKind) -> perfkit_profile::Clock {
+    match clock {
+        ClockKind::Wall => perfkit_profile::Clock::Wall,
+        ClockKind::Cpu => perfkit_profile::Clock::Cpu,
     }
 }

@@ -183,6 +183,10 @@ unsafe fn register(py: Python<'_>, callbacks: &[(&str, *mut ffi::PyMethodDef)]) 
     Ok(())
 }
 
+/// Whether a Python-frames session on 3.13 may have disabled CALL sites
+/// (see [`install_call_guard`]); GIL held for every use.
+static mut SITES_DISABLED: bool = false;
+
 pub(super) unsafe fn install_c_calls(py: Python<'_>) -> PyResult<()> {
     register(
         py,
@@ -210,6 +214,7 @@ pub(super) unsafe fn install_call_guard(py: Python<'_>) -> PyResult<()> {
     }
     // Sites disabled in an earlier session must see classes again.
     m.call_method0("restart_events")?;
+    SITES_DISABLED = true;
     register(py, &[("CALL", &raw mut GUARD_DEF)])
 }
 
@@ -217,6 +222,13 @@ pub(super) unsafe fn install_call_guard(py: Python<'_>) -> PyResult<()> {
 pub(super) unsafe fn release(py: Python<'_>) {
     let Ok(m) = monitoring(py) else { return };
     let _ = m.call_method1("set_events", (PROFILER_TOOL_ID, 0));
+    if SITES_DISABLED {
+        // The sites the guard disabled stay disabled for this tool id (which
+        // is cProfile's): a later full session, or cProfile, would miss every
+        // C call made there.
+        let _ = m.call_method0("restart_events");
+        SITES_DISABLED = false;
+    }
     if let Ok(events) = m.getattr("events") {
         for name in ["CALL", "C_RETURN", "C_RAISE"] {
             if let Ok(e) = events.getattr(name) {
