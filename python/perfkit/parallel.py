@@ -777,6 +777,7 @@ class _Progress:
         self.stream = sys.stderr
         self.on_screen = False
         self.drawn_done = -1  # the count the last line showed
+        self.drawn_width = 0  # the characters the bar last drawn in place takes on its line
         try:
             self.tty = self.stream.isatty()
         except (AttributeError, ValueError):
@@ -818,6 +819,11 @@ class _Progress:
         else:
             line = f"perfkit.Parallel: {self.done} tasks, {_rate(rate)}"
             line = "\r" + line + " " if self.in_place else line + "\n"
+        if self.in_place:
+            # Spaces over what a longer bar left (ETA 1:00:00 -> 59:59, 100.0 -> 99.9 tasks/s).
+            width = len(line) - 1
+            line += " " * (self.drawn_width - width)
+            self.drawn_width = width
         self.stream.write(line)
         self.stream.flush()
         self.on_screen = True
