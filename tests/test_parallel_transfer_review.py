@@ -4,9 +4,12 @@ generators, reviewed side by side with joblib (helper review: transfer)."""
 from __future__ import annotations
 
 import io
+import pickle
 import sys
 
+import joblib
 import perfkit.parallel as pp
+from perfkit import Parallel, delayed
 
 
 def _screen(text: str) -> str:
@@ -53,3 +56,38 @@ def test_a_progress_bar_that_gets_shorter_leaves_no_characters_of_the_longer_one
     assert _screen(sys.stderr.getvalue()).rstrip() == drawn.rstrip()
     progress.close(completed=False)
     assert sys.stderr.getvalue().endswith("\n")
+
+
+_KEPT: list = []
+
+
+def _keep_buffer(data, i):
+    """A task that keeps its argument (a cache, say), then reads all it kept."""
+    _KEPT.append((i, data))
+    return [(j, bytes(memoryview(kept)[:2])) for j, kept in _KEPT if j <= i]
+
+
+def test_a_pickle_buffer_argument_a_task_keeps_stays_readable_with_shared_memory(monkeypatch):
+    # A pickle.PickleBuffer (what an object with a protocol-5 __reduce_ex__
+    # sends zero-copy) comes out of pickle as the buffer object itself. With
+    # the arguments in shared memory (PERFKIT_REMOTE_READ=0, or Yama's
+    # ptrace_scope >= 2), that was the worker's view of the segment, which
+    # the worker released after the batch: a task that had kept it saw
+    # "ValueError: operation forbidden on released memoryview object".
+    # joblib's tasks keep what they were given.
+    pp._shutdown_shared_pool()
+    monkeypatch.setattr(pp, "_remote_read_allowed", False)
+    try:
+
+        def tasks():
+            return (delayed(_keep_buffer)(pickle.PickleBuffer(bytearray([i]) * 200_000), i) for i in range(6))
+
+        ours = Parallel(n_jobs=2, batch_size=1)(tasks())
+        theirs = joblib.Parallel(n_jobs=2, batch_size=1)(tasks())
+        for mine, joblibs in zip(ours, theirs):
+            # (each worker kept its own tasks' buffers: compare what each kept)
+            assert all(kept == bytes([j]) * 2 for j, kept in mine), mine
+            assert all(kept == bytes([j]) * 2 for j, kept in joblibs), joblibs
+        assert Parallel(n_jobs=2)(delayed(len)(b"x" * i) for i in range(3)) == [0, 1, 2]
+    finally:
+        pp._shutdown_shared_pool()

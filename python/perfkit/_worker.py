@@ -297,6 +297,13 @@ def child_pids() -> set:
 def release_segment(mapping, view, buffers) -> bool:
     """Unmaps a batch's segment; False if a task kept a reference into it
     (then the mapping stays, and the parent must not reuse the segment)."""
+    for b in buffers:
+        # A buffer a task kept as it is: pickle hands a PickleBuffer over as
+        # the buffer object itself. Released, it would fail in the task's
+        # hands ("released memoryview"); as in RemoteBuffers.give_back, only
+        # `buffers`, `b` and getrefcount's argument hold one that was not kept.
+        if isinstance(b, memoryview) and sys.getrefcount(b) > RemoteBuffers.UNKEPT_REFS:
+            return False
     try:
         for b in buffers:
             if isinstance(b, memoryview):
