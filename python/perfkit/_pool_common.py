@@ -531,11 +531,11 @@ def _reduce_memmap(array):
     filename = getattr(array, "filename", None)
     backing = getattr(array, "_mmap", None)
     if mode is None or filename is None or backing is None or array.size == 0:
-        return array.__reduce_ex__(5)
+        return _memmap_by_value(array)
     try:
         base_address = np.frombuffer(backing, dtype=np.uint8).ctypes.data
     except (ValueError, TypeError):  # its mapping was closed
-        return array.__reduce_ex__(5)
+        return _memmap_by_value(array)
     # numpy maps the file from the offset rounded down to the allocation
     # granularity; a cache entry's map (perfkit.Memory's mmap_mode) says where it starts.
     mapped_from = getattr(backing, "perfkit_map_start", None)
@@ -549,9 +549,9 @@ def _reduce_memmap(array):
     try:
         sent = os.stat(filename)
     except OSError:
-        return array.__reduce_ex__(5)
+        return _memmap_by_value(array)
     if sent.st_size < start + (high - low):
-        return array.__reduce_ex__(5)
+        return _memmap_by_value(array)
     return _load_memmap, (
         filename,
         mode,
@@ -563,6 +563,19 @@ def _reduce_memmap(array):
         array.strides,
         (sent.st_dev, sent.st_ino),
     )
+
+
+def _memmap_by_value(array):
+    """A memmap sent as its values: as the plain array it views (out of band
+    when large, its dtype as it is), a memmap again at the other end, with no
+    file, as numpy's unpickling makes one. numpy pickles a memmap, an ndarray
+    subclass, with its bytes in band, and unpickles a big-endian dtype as the
+    native one (a copy-on-write memmap of '>f4' arrived as '<f4')."""
+    return _view_as_memmap, (array.view(sys.modules["numpy"].ndarray),)
+
+
+def _view_as_memmap(values):
+    return values.view(_frames._numpy().memmap)
 
 
 def _load_memmap(filename, mode, start, length, first, dtype, shape, strides, sent_file):
