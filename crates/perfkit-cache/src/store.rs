@@ -19,6 +19,9 @@ const TRASH_PREFIX: &str = ".trash-";
 /// A `.tmp-*` directory older than this belongs to a writer that died.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 const MAX_DEPTH: usize = 8;
+/// How many times a renamed-away tree that a late writer put a file in is
+/// removed again (1 + 2 + ... + 12 ms of waiting at most).
+const TRASH_RETRIES: u64 = 12;
 
 static TRASH_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -56,8 +59,28 @@ pub fn remove_atomically(path: &Path) -> Result<bool, CacheError> {
         Err(e) if is_missing(&e) => return Ok(false),
         Err(e) => return Err(CacheError::io("remove", path, e)),
     }
-    fs::remove_dir_all(&trash).map_err(|e| CacheError::io("remove", &trash, e))?;
+    remove_trash(&trash)?;
     Ok(true)
+}
+
+/// Deletes a directory tree renamed away by [`remove_atomically`]. Another
+/// process's writer whose path lookup passed the directory before the rename
+/// may still create a file in it (one per writer, within microseconds), and
+/// the removal then meets a directory that is not empty: it is tried again,
+/// a few times, before giving up.
+fn remove_trash(trash: &Path) -> Result<(), CacheError> {
+    let mut attempt: u64 = 0;
+    loop {
+        match fs::remove_dir_all(trash) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < TRASH_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(attempt));
+            }
+            Err(e) => return Err(CacheError::io("remove", trash, e)),
+        }
+    }
 }
 
 /// One published entry, as eviction sees it.
