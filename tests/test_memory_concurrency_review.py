@@ -7,11 +7,19 @@ written, side by side with joblib.Memory where joblib behaves sensibly.
   "Directory not empty" and ``clear()`` raised, though every entry was
   already out of the cache. (joblib's ``clear()`` raises the same error in
   this race: its ``rmtree`` works on the live directory.)
+- A location that cannot be written (full, read-only, a file where a
+  directory should be): each miss warned with a message naming its own
+  temporary file, so Python's default filter showed every one, a hundred
+  misses a hundred two-line warnings; joblib's message is the same each
+  time and the filter shows it once.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -76,3 +84,76 @@ def test_clear_while_a_late_writer_creates_files_in_the_removed_directory_does_n
         assert sorted(Path(tmp_path).rglob("*.pkc")) == []
         assert sorted(p.name for p in Path(tmp_path).iterdir()) == []  # no trash left either
     assert work(1)[0] == 1 and calls.count(1) == 4 and work.check_call_in_cache(1)
+
+
+UNWRITABLE_CHILD = textwrap.dedent(
+    """
+    import os, resource, shutil, signal, sys
+    import numpy as np
+
+    library, location, case = sys.argv[1:4]
+    if library == "perfkit":
+        import perfkit
+        mem = perfkit.Memory(location)
+    else:
+        import joblib
+        mem = joblib.Memory(location, verbose=0)
+
+    @mem.cache
+    def work(i, n):
+        return np.full(n, i)
+
+    if case == "full":
+        # A full disk without root: a file-size limit makes every large write fail (EFBIG).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+        n = 100_000  # 800 kB
+    else:
+        # Small results, written by perfkit's background writer once a first one was
+        # stored; then the function's directory is replaced by a file.
+        n = 10
+        work(-1, n)
+        if library == "perfkit":
+            perfkit.memory._flush_writes()
+        [code_dir] = {os.path.dirname(os.path.dirname(os.path.join(d, f)))
+                      for d, _, fs in os.walk(location) for f in fs if f.endswith((".pkc", "output.pkl"))}
+        shutil.rmtree(code_dir)
+        open(code_dir, "w").close()
+    for i in range(30):
+        out = work(i, n)
+        assert out.shape == (n,) and out[0] == i
+    print("OK")
+    """
+)
+
+
+def _warnings_shown(library: str, location: Path, case: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", UNWRITABLE_CHILD, library, str(location), case],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stdout + done.stderr
+    return [line for line in done.stderr.splitlines() if "CacheWarning" in line]
+
+
+def test_a_full_location_warns_once_not_at_every_miss_as_joblib(tmp_path):
+    joblibs = _warnings_shown("joblib", tmp_path / "j", "full")
+    perfkits = _warnings_shown("perfkit", tmp_path / "p", "full")
+    assert len(joblibs) == 1, joblibs
+    assert len(perfkits) == 1, perfkits
+    assert "could not store the result of" in perfkits[0] and "File too large" in perfkits[0]
+    assert "it is returned but not cached" in perfkits[0]
+    assert ".tmp-" not in perfkits[0]
+
+
+def test_background_write_failures_warn_once_not_once_per_result(tmp_path):
+    """30 results fail in the background: reported at a later store (at the
+    caller's line) or at exit (at perfkit's), each place once."""
+    perfkits = _warnings_shown("perfkit", tmp_path / "p", "blocked")
+    assert 1 <= len(perfkits) <= 2, perfkits
+    [message] = {line.split("CacheWarning: ", 1)[1] for line in perfkits}
+    assert "could not store a result of" in message and "Not a directory" in message
+    assert ".tmp-" not in message

@@ -185,18 +185,18 @@ def cache_store_later(
     buffers: Iterable[object],
     label: str,
     root: str,
-) -> list[tuple[str, str]] | None:
+) -> list[tuple[str, int | None, str]] | None:
     """Store an entry, in the background when small (readable at once by this process).
     ``root``: the cache's location (absolute), which the background writer never creates
     again once removed (shutil.rmtree of it, or of a directory above or below it, drops
     the entries queued there first: an audit hook, installed at the first such store).
-    Returns the failures of earlier background writes as [(label, message)], or None."""
+    Returns the failures of earlier background writes as [(label, errno or None, message)], or None."""
 
 def cache_wait(entry: str) -> None:
     """Wait until this entry, if queued for the background writer, is on disk."""
 
-def cache_flush() -> list[tuple[str, str]] | None:
-    """Wait until every queued entry is on disk; the failures as [(label, message)], or None."""
+def cache_flush() -> list[tuple[str, int | None, str]] | None:
+    """Wait until every queued entry is on disk; the failures as [(label, errno or None, message)], or None."""
 
 def cache_after_fork() -> None:
     """In a forked child: start with an empty write queue (the parent writes its own)."""

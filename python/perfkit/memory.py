@@ -963,11 +963,18 @@ def _warn(message: str) -> None:
     warnings.warn(message, CacheWarning, stacklevel=level)
 
 
+def _failure_reason(errno: int | None, message: str) -> str:
+    """Why a store failed, the same words for every entry it failed for (not the
+    message naming each entry's temporary file): Python's warning filter then shows
+    a full or read-only location once, not at every miss, as it shows joblib's."""
+    return f"[Errno {errno}] {os.strerror(errno)}" if errno else message
+
+
 def _warn_failed_writes(failures) -> None:
-    for name, error in failures:
+    for name, errno, error in failures:
         _warn(
-            f"perfkit.Memory: could not store a result of {name}() in the background ({error}); "
-            "it was returned but not cached"
+            f"perfkit.Memory: could not store a result of {name}() in the background "
+            f"({_failure_reason(errno, error)}); it was returned but not cached"
         )
 
 
@@ -1366,7 +1373,7 @@ class MemorizedFunc(Generic[P, R]):
         except OSError as exc:
             _warn(
                 f"perfkit.Memory: could not store the result of {self._name}() in {self.memory.location} "
-                f"({exc}); it is returned but not cached"
+                f"({_failure_reason(exc.errno, str(exc))}); it is returned but not cached"
             )
             return False
         return True

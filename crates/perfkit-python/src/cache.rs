@@ -394,7 +394,8 @@ fn cache_store(
 /// small (see perfkit_cache::writer): this process reads it from memory until
 /// it is on disk. `root` is the cache's location (absolute): the background
 /// writer never creates it again once removed. Returns the failures of
-/// earlier background writes, as [(label, message)], or None (the usual case).
+/// earlier background writes, as [(label, errno or None, message)], or None
+/// (the usual case).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn cache_store_later(
@@ -406,7 +407,7 @@ fn cache_store_later(
     buffers: &Bound<'_, PyAny>,
     label: &str,
     root: &str,
-) -> PyResult<Option<Vec<(String, String)>>> {
+) -> PyResult<Option<Vec<Failure>>> {
     let views = Views::of(buffers)?;
     let slices = views.slices();
     let total: usize = stream.len() + slices.iter().map(|s| s.len()).sum::<usize>();
@@ -559,13 +560,23 @@ unsafe fn fs_path(obj: *mut ffi::PyObject) -> Option<PathBuf> {
     out
 }
 
-fn failures(list: Vec<writer::WriteFailure>) -> Option<Vec<(String, String)>> {
+/// A failed background write for Python: (label, errno or None, message).
+type Failure = (String, Option<i32>, String);
+
+/// Failed background writes, for Python.
+fn failures(list: Vec<writer::WriteFailure>) -> Option<Vec<Failure>> {
     if list.is_empty() {
         return None;
     }
     Some(
         list.into_iter()
-            .map(|f| (f.label.to_string(), f.error.to_string()))
+            .map(|f| {
+                (
+                    f.label.to_string(),
+                    f.error.raw_os_error(),
+                    f.error.to_string(),
+                )
+            })
             .collect(),
     )
 }
@@ -591,9 +602,9 @@ fn cache_wait(py: Python<'_>, entry: &str) {
 }
 
 /// Waits until every entry queued by `cache_store_later` is on disk; returns
-/// the failures as [(label, message)], or None.
+/// the failures as [(label, errno or None, message)], or None.
 #[pyfunction]
-fn cache_flush(py: Python<'_>) -> Option<Vec<(String, String)>> {
+fn cache_flush(py: Python<'_>) -> Option<Vec<Failure>> {
     flush_writes(py);
     failures(writer::global().take_failures())
 }
