@@ -54,7 +54,7 @@ pub(crate) fn serve(
     }
     let server = Server::start(Arc::new(viewer), host, port)?;
     let url = server.url();
-    if !server.addr().ip().is_loopback() {
+    if !perfkit_view::server::is_loopback(server.addr().ip()) {
         note(format_args!(
             "perfkit: warning: listening on {} — anyone who can reach this address can read the profile",
             server.addr()

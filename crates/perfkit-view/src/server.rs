@@ -171,12 +171,19 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| unknown(String::new()))
 }
 
+/// Whether only this machine can reach `ip`: a loopback address, also when
+/// written as an IPv4-mapped IPv6 one (`::ffff:127.0.0.1`), on which the
+/// server listens on 127.0.0.1 only.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 /// The Host headers a server on `addr` answers: on loopback, only loopback
 /// names, the address it listens on (127.0.0.2 say) and the name it was
 /// given (`--host`), so that a web page elsewhere cannot reach the data
 /// through DNS rebinding; elsewhere, any.
 pub fn allowed_hosts(addr: std::net::SocketAddr, given: &str) -> Option<Vec<String>> {
-    addr.ip().is_loopback().then(|| {
+    is_loopback(addr.ip()).then(|| {
         let p = addr.port();
         let mut hosts = vec![
             format!("127.0.0.1:{p}"),
