@@ -1,11 +1,12 @@
 //! The local HTTP server: answers the page and the API from a [`Viewer`]
 //! on a couple of worker threads until stopped. It never opens a file.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,29 +38,42 @@ impl Server {
             .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
         set_write_timeout(&listener, WRITE_TIMEOUT)
             .map_err(|e| format!("cannot set up the socket on {host}:{port}: {e}"))?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-        let addr = http
+        let accepting = Arc::new(
+            Accepting::new(listener).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?,
+        );
+        let addr = accepting
+            .servers()
+            .0
+            .http
             .server_addr()
             .to_ip()
             .ok_or_else(|| "the server has no IP address".to_string())?;
-        let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
         let allowed_hosts = allowed_hosts(addr, host);
         let (ended_tx, ended) = mpsc::channel();
         let workers = (0..WORKERS)
             .map(|_| {
-                let http = Arc::clone(&http);
+                let accepting = Arc::clone(&accepting);
                 let stop = Arc::clone(&stop);
                 let viewer = Arc::clone(&viewer);
                 let allowed = allowed_hosts.clone();
                 let ended = ended_tx.clone();
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        let (http, earlier) = accepting.servers();
+                        // Requests on connections a replaced server accepted (keep-alive).
+                        for old in &earlier {
+                            if let Ok(Some(request)) = old.try_recv() {
+                                answer(&viewer, allowed.as_deref(), request);
+                            }
+                        }
                         match http.recv_timeout(POLL) {
                             Ok(Some(request)) => answer(&viewer, allowed.as_deref(), request),
                             Ok(None) => {}
-                            Err(_) => std::thread::sleep(POLL),
+                            Err(_) => {
+                                accepting.failed(&http);
+                                std::thread::sleep(POLL);
+                            }
                         }
                     }
                     let _ = ended.send(());
@@ -114,6 +128,181 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The tiny_http servers that accept on the listening socket. tiny_http's
+/// accept thread ends at the first `accept` that fails, and panics when the
+/// descriptor it then needs for the connection cannot be had; its server
+/// then listens no more. So when as many clients had connected as the
+/// process may open files (each costs two: about 510 clients that send
+/// nothing under the usual limit of 1024), the viewer refused every
+/// connection from then on, even once they had gone. The socket is kept
+/// here, so that connections wait in its backlog, and a server whose accept
+/// thread has ended is replaced by a new one on the same socket (tried again
+/// at each poll while no file can be opened).
+struct Accepting {
+    state: Mutex<AcceptState>,
+    listener: TcpListener,
+    /// The listening socket's identity (`st_dev`, `st_ino`).
+    socket: (u64, u64),
+}
+
+struct AcceptState {
+    current: Arc<HttpServer>,
+    /// The descriptor of the socket `current`'s accept thread owns; closed
+    /// (or another file's) once that thread has ended.
+    accept_fd: RawFd,
+    /// `current` reported that it accepts no more.
+    failed: bool,
+    /// Servers replaced, still asked for requests on the connections they
+    /// accepted before (a browser's keep-alive connection): those that
+    /// answered a request, and the latest of the others.
+    earlier: VecDeque<Arc<HttpServer>>,
+}
+
+/// A tiny_http server, and whether it has given a request to answer.
+struct HttpServer {
+    http: tiny_http::Server,
+    served: AtomicBool,
+}
+
+impl HttpServer {
+    fn new(http: tiny_http::Server) -> HttpServer {
+        HttpServer {
+            http,
+            served: AtomicBool::new(false),
+        }
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> std::io::Result<Option<tiny_http::Request>> {
+        self.note(self.http.recv_timeout(timeout))
+    }
+
+    fn try_recv(&self) -> std::io::Result<Option<tiny_http::Request>> {
+        self.note(self.http.try_recv())
+    }
+
+    fn note(
+        &self,
+        got: std::io::Result<Option<tiny_http::Request>>,
+    ) -> std::io::Result<Option<tiny_http::Request>> {
+        if matches!(got, Ok(Some(_))) {
+            self.served.store(true, Ordering::Relaxed);
+        }
+        got
+    }
+}
+
+/// Replaced servers still asked for requests. Past it, one that never gave
+/// a request (its clients sent nothing) is let go first: a request on a
+/// connection of a server let go would wait for ever.
+const EARLIER_KEPT: usize = 16;
+
+impl Accepting {
+    fn new(listener: TcpListener) -> std::io::Result<Accepting> {
+        silence_tiny_http_panics();
+        let socket = file_identity(listener.as_raw_fd())?;
+        let (http, accept_fd) = serve_on(&listener)?;
+        Ok(Accepting {
+            state: Mutex::new(AcceptState {
+                current: Arc::new(HttpServer::new(http)),
+                accept_fd,
+                failed: false,
+                earlier: VecDeque::new(),
+            }),
+            listener,
+            socket,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AcceptState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The server accepting now (a new one if the last stopped), and those it replaced.
+    fn servers(&self) -> (Arc<HttpServer>, Vec<Arc<HttpServer>>) {
+        let mut state = self.lock();
+        if state.failed || file_identity(state.accept_fd).ok() != Some(self.socket) {
+            self.replace(&mut state);
+        }
+        (
+            Arc::clone(&state.current),
+            state.earlier.iter().cloned().collect(),
+        )
+    }
+
+    /// `http` reported that it stopped accepting.
+    fn failed(&self, http: &Arc<HttpServer>) {
+        let mut state = self.lock();
+        if Arc::ptr_eq(&state.current, http) {
+            state.failed = true;
+        }
+    }
+
+    fn replace(&self, state: &mut AcceptState) {
+        // (No file or thread to be had yet: tried again at the next poll.)
+        let Ok((http, accept_fd)) = serve_on(&self.listener) else {
+            return;
+        };
+        let old = std::mem::replace(&mut state.current, Arc::new(HttpServer::new(http)));
+        state.accept_fd = accept_fd;
+        state.failed = false;
+        state.earlier.push_back(old);
+        if state.earlier.len() > EARLIER_KEPT {
+            let idle = state
+                .earlier
+                .iter()
+                .position(|e| !e.served.load(Ordering::Relaxed));
+            state.earlier.remove(idle.unwrap_or(0));
+        }
+    }
+}
+
+/// A tiny_http server accepting on a copy of `listener`, and that copy's descriptor.
+fn serve_on(listener: &TcpListener) -> std::io::Result<(tiny_http::Server, RawFd)> {
+    let copy = listener.try_clone()?;
+    let fd = copy.as_raw_fd();
+    // (tiny_http panics when it cannot start its accept thread)
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tiny_http::Server::from_listener(copy, None)
+    })) {
+        Ok(Ok(http)) => Ok((http, fd)),
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other("cannot start a thread")),
+    }
+}
+
+/// The file a descriptor is open on, as (`st_dev`, `st_ino`).
+fn file_identity(fd: RawFd) -> std::io::Result<(u64, u64)> {
+    // SAFETY: fstat writes only the `stat` we own; a descriptor that is not
+    // open is an error (EBADF), not undefined behaviour.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        st
+    };
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// tiny_http's accept thread panics when a connection's second descriptor
+/// cannot be had; [`Accepting`] replaces that thread, so the panic is no
+/// crash, and its message (a Rust panic on the viewer's stderr) is left
+/// out. Any other panic is reported as before.
+fn silence_tiny_http_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tiny_http = info.location().is_some_and(|l| {
+                l.file().contains("/tiny_http-") || l.file().contains("\\tiny_http-")
+            });
+            if !in_tiny_http {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Sets SO_SNDTIMEO on the listening socket; Linux copies it to every
