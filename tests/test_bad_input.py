@@ -341,3 +341,19 @@ def test_an_endless_stream_of_text_is_refused_once_its_first_lines_are_in(tmp_pa
         yes.kill()
         yes.wait()
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a profile" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("stats", "problem"),
+    [
+        # An int too large for a count is said to be one, not "a int" as if it were not an int.
+        ({("f.py", 1, "x"): (2**70, 1, 0.0, 0.0, {})}, r"cc of f\.py:1\(x\) is the int 1180591620717411303424,"),
+        ({("f.py", 1, "x"): (2**200, 1, 0.0, 0.0, {})}, r"is an int of more than 38 digits,"),
+        ({("f.py", 1, "x"): (1, 1, 0.0, ..., {})}, r"ct of f\.py:1\(x\) is an Ellipsis, expected a time"),
+    ],
+    ids=["count-past-u64", "count-past-i128", "time-ellipsis"],
+)
+def test_a_pstats_dict_with_a_value_out_of_range_says_which_and_what(tmp_path, stats, problem):
+    path = tmp_path / "odd.prof"
+    path.write_bytes(marshal.dumps(stats))
+    assert_one_line_error(run_cli("stats", path), path, problem)

@@ -836,6 +836,7 @@ STATS_IDS = [
     "python-re-brace",
     "python-re-Z-method",
     "python-re-repeat-class",
+    "negative-limit",
 ]
 STATS_CASES = [
     ([], [], []),
@@ -853,6 +854,8 @@ STATS_CASES = [
     (["tottime"], ["--filter", "{built-in"], ["{built-in"]),
     (["calls"], ["--filter", r"fib\)\Z|{method 'a"], [r"fib\)\Z|{method 'a"]),
     (["name"], ["--filter", "f{,1}ib|[{]b|(ma){1}in"], ["f{,1}ib|[{]b|(ma){1}in"]),
+    # pstats' print_stats(-3): the list but its last 3 rows (-l -3, not an unknown option).
+    (["tottime"], ["-l", "-3"], [-3]),
 ]
 
 

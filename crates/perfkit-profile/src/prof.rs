@@ -307,9 +307,20 @@ fn describe(v: &Value) -> String {
         Value::Tuple(items) => format!("a tuple of {} items", items.len()),
         Value::List(items) => format!("a list of {} items", items.len()),
         Value::Dict(items) => format!("a dict of {} items", items.len()),
-        Value::Int(i) => format!("the int {i}"),
+        Value::Int(_) | Value::BigInt { .. } => match v.as_i128() {
+            Some(i) => format!("the int {i}"),
+            None => "an int of more than 38 digits".into(),
+        },
         Value::Float(f) => format!("the float {f}"),
-        other => format!("a {}", other.type_name()),
+        other => {
+            let name = other.type_name();
+            let article = if name.starts_with(['a', 'e', 'i', 'o', 'u', 'E']) {
+                "an"
+            } else {
+                "a"
+            };
+            format!("{article} {name}")
+        }
     }
 }
 

@@ -79,8 +79,8 @@ enum Command {
             allow_negative_numbers = true
         )]
         sort: Vec<String>,
-        /// Show at most N rows (or a fraction such as 0.1).
-        #[arg(short, long)]
+        /// Show at most N rows (or a fraction such as 0.1; as in pstats, -N leaves out the last N).
+        #[arg(short, long, allow_negative_numbers = true)]
         limit: Option<String>,
         /// Show only rows whose `file:line(function)` matches this regular expression (Python's
         /// re syntax, less look-around and back-references).
