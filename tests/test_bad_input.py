@@ -347,7 +347,10 @@ def test_an_endless_stream_of_text_is_refused_once_its_first_lines_are_in(tmp_pa
     ("stats", "problem"),
     [
         # An int too large for a count is said to be one, not "a int" as if it were not an int.
-        ({("f.py", 1, "x"): (2**70, 1, 0.0, 0.0, {})}, r"cc of f\.py:1\(x\) is the int 1180591620717411303424,"),
+        (
+            {("f.py", 1, "x"): (2**70, 1, 0.0, 0.0, {})},
+            r"cc of f\.py:1\(x\) is the int 1180591620717411303424,",
+        ),
         ({("f.py", 1, "x"): (2**200, 1, 0.0, 0.0, {})}, r"is an int of more than 38 digits,"),
         ({("f.py", 1, "x"): (1, 1, 0.0, ..., {})}, r"ct of f\.py:1\(x\) is an Ellipsis, expected a time"),
     ],
