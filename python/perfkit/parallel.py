@@ -2159,9 +2159,10 @@ class _ProcessCall:
                     if self.recorded:
                         # (a reply of a batch recorded for this process's profiler
                         # carries the worker's call tree after its pickle)
-                        size = _native.adopt_worker_tree(payload, pid)
-                        if size != len(payload):
-                            payload = memoryview(payload)[:size]
+                        # (not `size`: that is the next batch's number of tasks)
+                        pickle_size = _native.adopt_worker_tree(payload, pid)
+                        if pickle_size != len(payload):
+                            payload = memoryview(payload)[:pickle_size]
                     try:
                         elapsed, results = _load_reply(payload, segment, spans, self.main_names.found)
                     except Exception as exc:
