@@ -81,6 +81,42 @@ def test_an_explicit_batch_size_holds_in_a_recording(replies):
     assert counts(prof.stats)["task"] == counts(cprofile_of_tasks(task, range(n)))["task"] == (n, n)
 
 
+def test_a_generator_made_before_a_recording_is_recorded_from_the_batches_dispatched_in_it():
+    # A generator's first batches go out when it is made; the rest as it is
+    # drawn. Drawn inside a recording, those later batches ran in the workers
+    # unrecorded: the profile had no worker thread at all.
+    n = 80
+    par = Parallel(n_jobs=2, return_as="generator", batch_size=1)
+    gen = par(delayed(task)(i) for i in range(n))
+    before = par.n_dispatched_tasks
+    assert 0 < before < n
+    with perfkit.Profiler() as prof:
+        out = list(gen)
+    assert out == [fib(10) + i for i in range(n)]
+    prof.create_stats()
+    anchor = counts(cprofile_of_tasks(task, range(before, n)))
+    got = counts(prof.stats)
+    assert got.get("task") == anchor["task"] == (n - before, n - before)
+    assert got.get("fib") == anchor["fib"]
+
+
+def test_a_generator_drawn_after_its_recording_sends_no_more_trees(replies):
+    # Made in a recording and drawn after it, a generator's workers went on
+    # recording every batch and sending its tree, which the caller dropped.
+    n = 80
+    par = Parallel(n_jobs=2, return_as="generator_unordered", batch_size=1)
+    with perfkit.Profiler() as prof:
+        gen = par(delayed(task)(i) for i in range(n))
+        first = [next(gen) for _ in range(3)]
+    dispatched_while_recording = par.n_dispatched_tasks
+    rest = list(gen)
+    assert sorted(first + rest) == [fib(10) + i for i in range(n)]
+    assert len(replies) == n
+    assert 0 < sum(replies) <= dispatched_while_recording < n
+    prof.create_stats()
+    assert 3 <= counts(prof.stats)["task"][0] <= dispatched_while_recording
+
+
 def test_a_call_outside_any_recording_sends_no_tree(replies):
     with Parallel(n_jobs=2) as par:
         with perfkit.Profiler():

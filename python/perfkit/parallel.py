@@ -1937,6 +1937,8 @@ class _ProcessCall:
         self.pool_call = None
         self.function_dirty = True
         self.recorded = False  # whether workers record batches of this call for a profiler here
+        # What the last FUNCTION frame told the workers to record with (see _begin).
+        self.recording_sent = None
         self.remote = _remote_read_pools.get(pool, False)
         self.keep_alive = {}  # batch -> buffers a worker copies out of this process
         self.strided_copies = StridedCopies(self.threshold)
@@ -1976,6 +1978,7 @@ class _ProcessCall:
             # One pickle: a function of the script that is also sent by name is one object there.
             recording = _native.recording_now()
             self.recorded = self.recorded or recording is not None
+            self.recording_sent = recording
             data = _function_frame(cloudpickle_dumps((tuple(self.functions), sent)), recording)
         except Exception as exc:
             try:
@@ -2077,6 +2080,12 @@ class _ProcessCall:
                     dispatched += count
                     self.parallel.n_dispatched_tasks = dispatched
                     payload, buffers = self._pickle_batch(first, mode, items)
+                    if _native.recording_now() != self.recording_sent:
+                        # A profiler started or stopped here since the workers were
+                        # told: a generator made before a recording and drawn in it
+                        # is recorded from this batch on, one drawn after it no
+                        # longer costs the workers a recording (a new FUNCTION frame).
+                        self.function_dirty = True
                     if self.function_dirty or len(self.main_names.found) != self.main_names_sent:
                         # After pickling the batch: the workers get what it names of
                         # __main__ with the functions, in one FUNCTION frame (each new
