@@ -47,6 +47,30 @@ def profiled_inside(path):
         return fib(10)
 
 
+def cprofiled_inside(x):
+    """A task that profiles itself with cProfile: what it saw of fib."""
+    prof = cProfile.Profile()
+    prof.enable()
+    fib(10)
+    prof.disable()
+    prof.create_stats()
+    return counts(prof.stats)["fib"]
+
+
+def setprofile_inside(x):
+    """A task that sets its own profile function (as pyinstrument and line
+    profilers do): the calls it saw."""
+    import sys
+
+    seen = []
+    sys.setprofile(lambda frame, event, arg: seen.append(event) if event == "call" else None)
+    try:
+        fib(5)
+    finally:
+        sys.setprofile(None)
+    return len(seen)
+
+
 def counts(stats: dict, file: str = THIS_FILE) -> dict:
     """{function name: (primitive calls, all calls)} of a pstats dict, for `file`'s functions."""
     return {name: (cc, nc) for (f, _, name), (cc, nc, *_rest) in stats.items() if f == file}
@@ -245,3 +269,31 @@ def test_perfkit_record_of_a_parallel_script(tmp_path):
     assert got[(5, "work")] == expected[(5, "work")] == (40, 40)
     assert got[(6, "<genexpr>")] == expected[(6, "<genexpr>")]  # the generator in work(), run in the workers
     assert len([n for n, *_ in perfkit.load(str(out)).threads() if n.startswith("worker process")]) >= 1
+
+
+@pytest.mark.parametrize("builtins", [True, False], ids=["full", "python-frames"])
+def test_a_task_that_starts_cprofile_runs_as_unprofiled(parallel, builtins):
+    # Before: with the caller recording, a task's cProfile.enable() failed the
+    # call ("perfkit is profiling this thread" before 3.12, "Another profiling
+    # tool is already active" after). The worker's recording gives way.
+    unprofiled = parallel(delayed(cprofiled_inside)(i) for i in range(4))
+    with perfkit.Profiler(builtins=builtins) as prof:
+        profiled = parallel(delayed(cprofiled_inside)(i) for i in range(4))
+    assert profiled == unprofiled == [counts(cprofile_of_tasks(fib, [10]))["fib"]] * 4
+    prof.create_stats()
+    assert counts(prof.stats)["cprofiled_inside"] == (4, 4)
+    # The caller's own profiler can still start and stop after.
+    with perfkit.Profiler() as again:
+        parallel(delayed(task)(i) for i in range(4))
+    again.create_stats()
+    assert counts(again.stats)["task"] == (4, 4)
+
+
+def test_a_task_that_sets_its_own_profile_function_runs_as_unprofiled(parallel):
+    unprofiled = parallel(delayed(setprofile_inside)(i) for i in range(4))
+    with perfkit.Profiler() as prof:
+        profiled = parallel(delayed(setprofile_inside)(i) for i in range(4))
+    assert profiled == unprofiled
+    assert unprofiled[0] >= 15  # fib(5)'s 15 calls at least
+    prof.create_stats()
+    assert counts(prof.stats)["setprofile_inside"] == (4, 4)

@@ -78,6 +78,7 @@ class Session:
         clock: str = "wall",
         hidden_files: Sequence[str] = ...,
         hidden_builtins: Sequence[str] = ...,
+        yields: bool = False,
     ) -> Session: ...
     def enable(self, left_out: Sequence[int] = ...) -> None:
         """Start recording, but not the running threads of these idents; RuntimeError if

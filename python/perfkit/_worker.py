@@ -597,20 +597,22 @@ _OWN_BUILTINS = [
 
 def start_recording(recording):
     """A profiler recording this batch with the caller's (builtins, clock),
-    or None when one cannot start here (a task's own profiler recording)."""
-    from perfkit import profiler
-
+    or None when one cannot start here. It yields: a profiler a task starts
+    (perfkit's, cProfile, sys.setprofile) stops it and records from there."""
     builtins, clock = recording
     me = threading.get_ident()
     try:
         session = _native.Session(
-            builtins=builtins, clock=clock, hidden_files=_OWN_FILES, hidden_builtins=_OWN_BUILTINS
+            builtins=builtins,
+            clock=clock,
+            hidden_files=_OWN_FILES,
+            hidden_builtins=_OWN_BUILTINS,
+            yields=True,
         )
         # This worker's own threads are not its tasks'; the ones tasks start are.
         session.enable([t.ident for t in threading.enumerate() if t.ident is not None and t.ident != me])
     except Exception:  # noqa: BLE001 - the batch then runs unrecorded
         return None
-    profiler._yields_to_a_task = session  # a task's own Profiler takes over (see Profiler.enable)
     return session
 
 
@@ -621,8 +623,6 @@ def stop_recording(session):
         return session.tree_bytes()
     except Exception:  # noqa: BLE001 - the batch's results still go back
         return None
-    finally:
-        sys.modules["perfkit.profiler"]._yields_to_a_task = None  # (imported by start_recording)
 
 
 def _leave_parents_pipes() -> None:

@@ -28,11 +28,6 @@ __all__ = ["Profiler", "profile", "run", "runctx"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# In a perfkit.Parallel worker recording a batch for its caller's profile:
-# that recording (perfkit._worker.start_recording), which gives way to a
-# Profiler a task enables.
-_yields_to_a_task: _native.Session | None = None
-
 # The profiler's own frames (enable/disable/__exit__) are left out of profiles.
 _THIS_FILE = os.path.abspath(__file__)
 _HIDDEN_FILES = [__file__, _THIS_FILE]
@@ -166,11 +161,6 @@ class Profiler:
             # Already recording: nothing to do, and the threads are not looked
             # up again, which would be recorded as the program's calls.
             return
-        if _yields_to_a_task is not None:
-            # In a pool's worker, which records this batch for its caller's
-            # profile: the task's own profiler takes over (the batch's tree
-            # ends here), as it would record were the caller not recording.
-            _yields_to_a_task.disable()
         self._session.enable(_threads_left_out(self._threads))
         self._started = True
 

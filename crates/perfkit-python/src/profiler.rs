@@ -70,12 +70,15 @@ pub struct Session {
 #[pymethods]
 impl Session {
     #[new]
-    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), hidden_builtins = Vec::new()))]
+    /// `yields`: stop recording when another profiler starts, rather than
+    /// make it fail (a pool worker's recording for its caller).
+    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), hidden_builtins = Vec::new(), yields = false))]
     fn new(
         builtins: bool,
         clock: &str,
         hidden_files: Vec<String>,
         hidden_builtins: Vec<String>,
+        yields: bool,
     ) -> PyResult<Self> {
         let clock = ClockKind::parse(clock).ok_or_else(|| {
             PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}"))
@@ -85,8 +88,10 @@ impl Session {
         } else {
             Mode::PythonFrames
         };
+        let mut inner = perfkit_record::Session::new(mode, clock);
+        inner.set_yields(yields);
         Ok(Session {
-            inner: perfkit_record::Session::new(mode, clock),
+            inner,
             hidden_files,
             hidden_builtins,
         })

@@ -66,6 +66,10 @@ pub(crate) struct SessionData {
     /// tree taken from a stopped session (table, file, threads) agrees to the
     /// nanosecond; while enabled it is measured afresh.
     nanos_per_tick: f64,
+    /// Whether this session gives way to another profiler that starts while
+    /// it records (a pool worker's recording for its caller; see
+    /// [`Session::set_yields`]).
+    yields: bool,
     /// What other processes recorded for this session while it recorded: a
     /// `perfkit.Parallel` call's workers, one tree per batch (see [`adopt`]).
     adopted: TreeSum,
@@ -299,6 +303,7 @@ impl Session {
                 started_unix: 0.0,
                 nanos_per_tick: 1.0,
                 adopted: TreeSum::default(),
+                yields: false,
             }),
         }
     }
@@ -315,6 +320,16 @@ impl Session {
         self.data.enabled
     }
 
+    /// A session that yields stops recording, instead of refusing, when
+    /// another profiler starts in the process: another perfkit session, or
+    /// cProfile or `sys.setprofile` (before 3.12: they would take its hook;
+    /// from 3.12 it takes another `sys.monitoring` tool id than cProfile's,
+    /// so cProfile starts beside it). A pool worker records its batches this
+    /// way for its caller's profile: a task's own profiler must not fail.
+    pub fn set_yields(&mut self, yields: bool) {
+        self.data.yields = yields;
+    }
+
     /// Starts recording: installs the hooks for this interpreter's version
     /// and mode. `left_out`: idents of threads running now not to record (a
     /// Jupyter kernel's own threads, say), except this one and those this
@@ -327,10 +342,18 @@ impl Session {
         // SAFETY: GIL held (we have `py`); the hooks are not installed yet, so
         // nothing reads the globals while we set them.
         unsafe {
-            if !ACTIVE.is_null() {
+            if !give_way(py) && !ACTIVE.is_null() {
                 return Err(StartError::Busy(
                     "another perfkit profiler is already recording in this process; disable it first".into(),
                 ));
+            }
+            #[cfg(Py_3_12)]
+            {
+                hooks::TOOL_ID = if self.data.yields {
+                    hooks::YIELDING_TOOL_ID
+                } else {
+                    hooks::PROFILER_TOOL_ID
+                };
             }
             hooks::check_free(py, self.data.mode)?;
             clock::init();
@@ -368,32 +391,9 @@ impl Session {
 
     /// Stops recording. Calls still in flight end now, as in cProfile.
     pub fn disable(&mut self, py: Python<'_>) {
-        if !self.data.enabled {
-            return;
-        }
-        // SAFETY: GIL held; this session is the active one.
-        unsafe {
-            hooks::uninstall(py, self.data.mode);
-            GEN = INACTIVE;
-            ACTIVE = ptr::null_mut();
-        }
-        let d = &mut self.data;
-        d.enabled = false;
-        let wall = clock::monotonic_ns();
-        d.recorded_ns += wall.saturating_sub(d.enabled_at_ns);
-        d.nanos_per_tick = clock::nanos_per_tick(d.clock);
-        // Each thread's calls end at its own clock's now (for the CPU clock that
-        // is this thread's CPU time, so other threads' stacks end at their last
-        // event's time instead; see ThreadRecorder::flush).
-        let t = clock::read(d.clock);
-        for rec in d.threads.iter_mut() {
-            if d.clock == ClockKind::Wall
-                || rec.thread_id == unsafe { ffi::PyThread_get_thread_ident() } as u64
-            {
-                rec.flush(t);
-            } else {
-                rec.flush_at_last_event();
-            }
+        if self.data.enabled {
+            // SAFETY: GIL held; an enabled session is the active one.
+            unsafe { disable_active(py, &mut self.data) };
         }
     }
 
@@ -602,5 +602,46 @@ fn profile_clock(clock: ClockKind) -> perfkit_profile::Clock {
     match clock {
         ClockKind::Wall => perfkit_profile::Clock::Wall,
         ClockKind::Cpu => perfkit_profile::Clock::Cpu,
+    }
+}
+
+/// Stops the session recording now, `d` (ACTIVE): the hooks out, calls still
+/// in flight ended now.
+///
+/// # Safety
+/// GIL held; `d` is the active session's data.
+unsafe fn disable_active(py: Python<'_>, d: &mut SessionData) {
+    hooks::uninstall(py, d.mode);
+    GEN = INACTIVE;
+    ACTIVE = ptr::null_mut();
+    d.enabled = false;
+    let wall = clock::monotonic_ns();
+    d.recorded_ns += wall.saturating_sub(d.enabled_at_ns);
+    d.nanos_per_tick = clock::nanos_per_tick(d.clock);
+    // Each thread's calls end at its own clock's now (for the CPU clock that
+    // is this thread's CPU time, so other threads' stacks end at their last
+    // event's time instead; see ThreadRecorder::flush).
+    let t = clock::read(d.clock);
+    for rec in d.threads.iter_mut() {
+        if d.clock == ClockKind::Wall || rec.thread_id == ffi::PyThread_get_thread_ident() as u64 {
+            rec.flush(t);
+        } else {
+            rec.flush_at_last_event();
+        }
+    }
+}
+
+/// Stops the session recording now if it yields to another profiler
+/// ([`Session::set_yields`]); returns whether it did.
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn give_way(py: Python<'_>) -> bool {
+    match ACTIVE.as_mut() {
+        Some(d) if d.yields => {
+            disable_active(py, d);
+            true
+        }
+        _ => false,
     }
 }

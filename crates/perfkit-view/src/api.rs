@@ -167,7 +167,8 @@ impl Viewer {
             } else {
                 thread.name.clone()
             };
-            if several_processes {
+            // (not twice: a pool worker's thread is named "worker process PID")
+            if several_processes && !name.contains(&format!("process {}", thread.pid)) {
                 name = format!("{name} (pid {})", thread.pid);
             }
             let mut view = View::new(name, thread.clone(), None);

@@ -382,3 +382,28 @@ fn a_slice_carries_its_roots_parent_total() {
     assert_eq!(deeper["parent_total"].as_u64(), Some(total_of(&top, 1)));
     assert_ne!(total_of(&top, 1), total_of(&top, 0));
 }
+
+#[test]
+fn threads_of_several_processes_name_their_pid_once() {
+    let mut p = profile(
+        vec![FuncKey::new("m.py", 1, "f")],
+        vec![node(0, 0, 1000, 1000)],
+    );
+    // A perfkit.Parallel worker's thread, as adopted into its caller's profile.
+    let mut worker = ThreadTree::new("worker process 7", 1, 7);
+    worker.nodes.push(node(0, 0, 500, 500));
+    p.tree.threads.push(worker);
+    p.stats = p.tree.to_stats();
+    let viewer = Viewer::single("p.prof".into(), p);
+    let meta: Value = serde_json::from_str(&viewer.meta_json()).unwrap();
+    let names: Vec<&str> = meta["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["all threads", "MainThread (pid 1)", "worker process 7"]
+    );
+}

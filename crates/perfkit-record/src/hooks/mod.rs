@@ -24,6 +24,13 @@ use pyo3::prelude::*;
 /// two can never record at once without an error.
 #[cfg(Py_3_12)]
 pub(crate) const PROFILER_TOOL_ID: u8 = 2;
+/// The tool id of a session that yields (see `Session::set_yields`): one no
+/// tool is assigned, so that cProfile can start beside it.
+#[cfg(Py_3_12)]
+pub(crate) const YIELDING_TOOL_ID: u8 = 4;
+/// The tool id the session recording now holds (set at enable, GIL held).
+#[cfg(Py_3_12)]
+pub(crate) static mut TOOL_ID: u8 = PROFILER_TOOL_ID;
 
 fn uses_eval_frame(mode: Mode) -> bool {
     cfg!(Py_3_12) || mode == Mode::PythonFrames
@@ -42,7 +49,8 @@ pub(crate) fn check_free(py: Python<'_>, mode: Mode) -> Result<(), StartError> {
     {
         let tool = sys
             .getattr("monitoring")?
-            .call_method1("get_tool", (PROFILER_TOOL_ID,))?;
+            // SAFETY: GIL held (we have `py`); written only at enable.
+            .call_method1("get_tool", (unsafe { TOOL_ID },))?;
         if !tool.is_none() {
             return Err(StartError::Busy(format!(
                 "sys.monitoring's profiler slot is held by {} (cProfile?); disable it first",

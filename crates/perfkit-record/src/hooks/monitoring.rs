@@ -3,7 +3,7 @@
 //! cProfile's own callbacks do (Modules/_lsprof.c, `get_cfunc_from_callable`).
 //! Python calls come from the frame-evaluation hook instead.
 
-use super::PROFILER_TOOL_ID;
+use super::TOOL_ID;
 use crate::frames::{self, CFunction};
 use crate::session::{intern_cfunction, now, recorder};
 use pyo3::ffi;
@@ -157,7 +157,7 @@ fn monitoring(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 /// Takes cProfile's tool id, so that cProfile cannot start while we record.
 pub(super) unsafe fn claim(py: Python<'_>) -> PyResult<()> {
     let m = monitoring(py)?;
-    m.call_method1("use_tool_id", (PROFILER_TOOL_ID, "perfkit"))?;
+    m.call_method1("use_tool_id", (TOOL_ID, "perfkit"))?;
     if MISSING.is_null() {
         MISSING = m.getattr("MISSING")?.into_ptr();
     }
@@ -176,10 +176,10 @@ unsafe fn register(py: Python<'_>, callbacks: &[(&str, *mut ffi::PyMethodDef)]) 
         }
         let func = Bound::from_owned_ptr(py, func);
         let id: i64 = events.getattr(event)?.extract()?;
-        m.call_method1("register_callback", (PROFILER_TOOL_ID, id, &func))?;
+        m.call_method1("register_callback", (TOOL_ID, id, &func))?;
         all |= id;
     }
-    m.call_method1("set_events", (PROFILER_TOOL_ID, all))?;
+    m.call_method1("set_events", (TOOL_ID, all))?;
     Ok(())
 }
 
@@ -221,7 +221,7 @@ pub(super) unsafe fn install_call_guard(py: Python<'_>) -> PyResult<()> {
 /// Removes our callbacks and frees the tool id; safe to call in any state.
 pub(super) unsafe fn release(py: Python<'_>) {
     let Ok(m) = monitoring(py) else { return };
-    let _ = m.call_method1("set_events", (PROFILER_TOOL_ID, 0));
+    let _ = m.call_method1("set_events", (TOOL_ID, 0));
     if SITES_DISABLED {
         // The sites the guard disabled stay disabled for this tool id (which
         // is cProfile's): a later full session, or cProfile, would miss every
@@ -232,13 +232,13 @@ pub(super) unsafe fn release(py: Python<'_>) {
     if let Ok(events) = m.getattr("events") {
         for name in ["CALL", "C_RETURN", "C_RAISE"] {
             if let Ok(e) = events.getattr(name) {
-                let _ = m.call_method1("register_callback", (PROFILER_TOOL_ID, e, py.None()));
+                let _ = m.call_method1("register_callback", (TOOL_ID, e, py.None()));
             }
         }
     }
-    if let Ok(tool) = m.call_method1("get_tool", (PROFILER_TOOL_ID,)) {
+    if let Ok(tool) = m.call_method1("get_tool", (TOOL_ID,)) {
         if tool.extract::<String>().ok().as_deref() == Some("perfkit") {
-            let _ = m.call_method1("free_tool_id", (PROFILER_TOOL_ID,));
+            let _ = m.call_method1("free_tool_id", (TOOL_ID,));
         }
     }
 }

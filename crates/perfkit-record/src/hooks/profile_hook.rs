@@ -50,6 +50,10 @@ unsafe extern "C" fn refuse_foreign_setprofile(
     if !hooked_threads().contains(&id) || in_thread_bootstrap() || this_thread_left_out() {
         return 0;
     }
+    // A session that yields (a pool worker's) stops, and the new profiler starts.
+    if crate::session::give_way(pyo3::Python::assume_attached()) {
+        return 0;
+    }
     ffi::PyErr_SetString(
         ffi::PyExc_RuntimeError,
         c"perfkit is profiling this thread; a second profiler (cProfile, sys.setprofile) would take its hook away. Disable perfkit's profiler first".as_ptr(),
