@@ -12,6 +12,8 @@ does not import IPython.
 from __future__ import annotations
 
 import os
+import pstats
+import re
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -20,7 +22,7 @@ from IPython.display import display
 from perfkit._native import ProfileError
 from perfkit.profiler import Profiler, _check_sort_key, _unwritable
 
-_USAGE = "usage: %perfkit [-o FILE] [-s SORT] statement, or %%perfkit [-o FILE] [-s SORT] atop a cell"
+_USAGE = "usage: %perfkit [-o FILE] [-s SORT [-l LIMIT]] statement, or %%perfkit [...] atop a cell"
 # How much of the profiled code names the page (its title) when no -o file does.
 _LABEL_CHARS = 60
 
@@ -42,17 +44,28 @@ class PerfkitMagics(Magics):
                    ``perfkit view`` open it)
           -s SORT  print pstats' table sorted by SORT (``cumulative``,
                    ``tottime``, ... as ``pstats.Stats.sort_stats`` takes it)
-                   instead of showing the viewer
+                   instead of showing the viewer; given again, the next key
+                   breaks ties (``-s cumulative -s tottime``), as in %prun
+          -l LIMIT with -s: the rows printed, as %prun's -l (an integer: that
+                   many; a fraction: that share; else a regular expression
+                   on filename:lineno(function); given again, one after
+                   the other)
         """
         try:
-            opts, statement = self.parse_options(line, "o:s:", posix=False)
+            # (list_all, as %prun parses: each option's values, in order)
+            opts, statement = self.parse_options(line, "o:s:l:", list_all=True, posix=False)
         except UsageError as e:
             raise UsageError(f"%perfkit: {e}; {_USAGE}") from None
         source = statement if cell is None else statement + "\n" + cell
         if not source.strip():
             raise UsageError(f"%perfkit: nothing to profile; {_USAGE}")
-        output = _unquoted(opts["o"]) if "o" in opts else None
-        sort = opts.get("s")
+        if len(opts.get("o", ())) > 1:
+            raise UsageError(f"%perfkit: -o given {len(opts['o'])} times: the profile goes to one file")
+        output = _unquoted(opts["o"][0]) if "o" in opts else None
+        sort = tuple(opts["s"]) if "s" in opts else None
+        limits = tuple(_limit(text) for text in opts.get("l", ()))
+        if limits and sort is None:
+            raise UsageError("%perfkit: -l limits the table that -s prints: give -s SORT too")
         path = None
         if output is not None:
             _check_writable(output)
@@ -60,11 +73,11 @@ class PerfkitMagics(Magics):
             # `python -m cProfile -o` and `perfkit record -o` take it), and
             # where it was checked.
             path = os.path.abspath(output)
-        if sort is not None:
+        for key in sort or ():
             try:
-                _check_sort_key(sort)
+                _check_sort_key(key)
             except ValueError:
-                raise UsageError(f"%perfkit: -s {sort}: not one of pstats' sort keys") from None
+                raise UsageError(f"%perfkit: -s {key}: not one of pstats' sort keys") from None
 
         profiler = Profiler()
         try:
@@ -80,7 +93,8 @@ class PerfkitMagics(Magics):
 
         recording = profiler.recording()
         if sort is not None:
-            profiler.print_stats(sort)
+            # (Profiler.print_stats's table, with %prun's restrictions)
+            pstats.Stats(profiler).strip_dirs().sort_stats(*sort).print_stats(*limits)
         else:
             first_line = next((s.strip() for s in source.splitlines() if s.strip()), "")
             if len(first_line) > _LABEL_CHARS:
@@ -92,6 +106,20 @@ class PerfkitMagics(Magics):
                 recording.dump(path)
             except (OSError, ProfileError) as e:
                 raise UsageError(f"%perfkit: cannot write the profile: {e}") from None
+
+
+def _limit(text: str) -> int | float | str:
+    """A -l LIMIT as %prun reads it: an int, else a float, else a regular expression."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise UsageError(f"%perfkit: -l {text}: not a regular expression ({e})") from None
+    return text
 
 
 def _unquoted(path: str) -> str:
