@@ -532,7 +532,14 @@ def _new_pool(n_workers: int, inner_threads, max_nbytes):
         _worker_env(n_workers, inner_threads, max_nbytes),
         copy_results=_remote_read_allowed,
     )
-    _remote_read_pools[pool] = _remote_read_allowed and _remote_read_works(pool)
+    try:
+        _remote_read_pools[pool] = _remote_read_allowed and _remote_read_works(pool)
+    except BaseException:
+        # Ctrl-C (a notebook's stop button) while the workers start: the
+        # probe waits for them. Held by the traceback only (IPython keeps
+        # the last one), the pool would keep them, idle, until collected.
+        pool.terminate()
+        raise
     return pool
 
 
