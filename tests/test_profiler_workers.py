@@ -20,7 +20,7 @@ import warnings
 
 import perfkit
 import pytest
-from conftest import run_cli
+from conftest import cprofile_of_tasks, run_cli
 from perfkit import Parallel, delayed
 
 pytestmark = pytest.mark.version_sensitive  # each CPython's hooks record in the workers
@@ -89,16 +89,6 @@ def calls_from(stats: dict, name: str, caller: str) -> int:
 
 def worker_threads(rec: perfkit.Recording) -> dict:
     return {pid: name for name, _tid, pid, _rows in rec.threads() if name.startswith("worker process")}
-
-
-def cprofile_of_tasks(func, items) -> dict:
-    prof = cProfile.Profile()
-    prof.enable()
-    for x in items:
-        func(x)
-    prof.disable()
-    prof.create_stats()
-    return prof.stats
 
 
 @pytest.fixture(scope="module")

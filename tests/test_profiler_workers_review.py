@@ -8,12 +8,12 @@ ending with WORKER_TREE_MARK).
 
 from __future__ import annotations
 
-import cProfile
 import os
 
 import perfkit
 import perfkit.parallel
 import pytest
+from conftest import cprofile_of_tasks
 from perfkit import Parallel, _native, delayed
 
 pytestmark = pytest.mark.version_sensitive  # each CPython's hooks record in the workers
@@ -32,16 +32,6 @@ def task(x):
 def counts(stats: dict) -> dict:
     """{function name: (primitive calls, all calls)} of a pstats dict, for this file's functions."""
     return {name: (cc, nc) for (f, _, name), (cc, nc, *_rest) in stats.items() if f == THIS_FILE}
-
-
-def cprofile_of_tasks(func, items) -> dict:
-    prof = cProfile.Profile()
-    prof.enable()
-    for x in items:
-        func(x)
-    prof.disable()
-    prof.create_stats()
-    return prof.stats
 
 
 @pytest.fixture
