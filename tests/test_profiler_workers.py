@@ -9,6 +9,7 @@ call has the same number of calls in the parallel run's profile.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import os
@@ -40,6 +41,11 @@ def fails_at(x):
     if x == 5:
         raise ValueError("task 5 fails")
     return fib(8)
+
+
+def fails_after_fib(n):
+    fib(n)
+    raise ValueError("fails after fib")
 
 
 def profiled_inside(path):
@@ -287,3 +293,19 @@ def test_a_task_that_sets_its_own_profile_function_runs_as_unprofiled(parallel):
     assert unprofiled[0] >= 15  # fib(5)'s 15 calls at least
     prof.create_stats()
     assert counts(prof.stats)["setprofile_inside"] == (4, 4)
+
+
+def test_a_batch_that_raises_keeps_the_calls_up_to_its_error(parallel):
+    # As cProfile's profile of a loop that raises keeps the calls made up to
+    # the exception. Before, a failed batch's tree was not sent.
+    with perfkit.Profiler() as prof, pytest.raises(ValueError, match="fails after fib"):
+        parallel(delayed(fails_after_fib)(9) for _ in range(1))
+    prof.create_stats()
+
+    def anchor_task(n):
+        with contextlib.suppress(ValueError):
+            fails_after_fib(n)
+
+    anchor = cprofile_of_tasks(anchor_task, [9])
+    assert counts(prof.stats)["fails_after_fib"] == counts(anchor)["fails_after_fib"] == (1, 1)
+    assert counts(prof.stats)["fib"] == counts(anchor)["fib"]

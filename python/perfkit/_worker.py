@@ -563,7 +563,7 @@ def main() -> int:
         )
         if session is not None:
             tree = stop_recording(session)
-            if kind == RESULT and tree is not None:
+            if tree is not None:
                 reply = with_worker_tree(reply, tree)
             session = tree = None
         del payload

@@ -2169,16 +2169,17 @@ class _ProcessCall:
                 kind = event[0]
                 if kind == "reply":
                     _, _, _, is_error, payload, segment, spans, pid = event
-                    if is_error:
-                        _drop_segment(segment)
-                        self._task_failed(payload, pid, first, mode, items)
                     if self.recorded:
                         # (a reply of a batch recorded for this process's profiler
-                        # carries the worker's call tree after its pickle)
+                        # carries the worker's call tree after its pickle; a failed
+                        # batch's too: the calls up to the error, as cProfile keeps them)
                         # (not `size`: that is the next batch's number of tasks)
                         pickle_size = _native.adopt_worker_tree(payload, pid)
                         if pickle_size != len(payload):
                             payload = memoryview(payload)[:pickle_size]
+                    if is_error:
+                        _drop_segment(segment)
+                        self._task_failed(payload, pid, first, mode, items)
                     try:
                         elapsed, results = _load_reply(payload, segment, spans, self.main_names.found)
                     except Exception as exc:
