@@ -6,10 +6,13 @@ test asserts on what is on the page; screenshots go to test-artifacts/view/."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import pstats
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -51,25 +54,38 @@ CHROME_FLAGS = [
 ]
 
 
-def make_driver():
+@contextlib.contextmanager
+def chromium_session():
+    """A headless Chromium driven by chromedriver, and afterwards nothing left
+    of it: Chromium keeps its profile and its singleton socket in the temp
+    directory, and left an org.chromium.Chromium.* directory there per run."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail(
             f"the browser tests need {CHROMIUM} and {CHROMEDRIVER}: "
             "apt-get install -y chromium chromium-driver (.ci/run does this)"
         )
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    own_tmp = tempfile.mkdtemp(prefix="perfkit-chromium-")
+    try:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in CHROME_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={own_tmp}/profile")
+        service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": own_tmp})
+        driver = webdriver.Chrome(service=service, options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver = make_driver()
-    yield driver
-    driver.quit()
+    with chromium_session() as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")

@@ -72,11 +72,10 @@ def test_diff_matches_builtins_named_by_an_address(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    from test_view_browser import make_driver
+    from test_view_browser import chromium_session
 
-    driver = make_driver()
-    yield driver
-    driver.quit()
+    with chromium_session() as driver:
+        yield driver
 
 
 def test_a_profile_with_no_time_says_why_the_chart_is_empty(browser, tmp_path):

@@ -1328,14 +1328,15 @@ pub fn read_entry(entry: &Path) -> Result<ReadOutcome<(Layout, Vec<u8>)>, CacheE
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> PathBuf {
+    fn tmpdir(name: &str) -> tempfile::TempDir {
         crate::test_dir("cache", name)
     }
 
     const META: &str = r#"{"function": "m.f", "input_args": {"x": "1"}}"#;
 
     fn roundtrip(name: &str, stream: &[u8], buffers: &[&[u8]]) {
-        let d = tmpdir(name);
+        let dir = tmpdir(name);
+        let d = dir.path();
         let entry = d.join("f").join("abc.pkc");
         let len = write_entry(&entry, 0, META, stream, buffers, false).unwrap();
         assert_eq!(len, fs::metadata(&entry).unwrap().len());
@@ -1397,7 +1398,8 @@ mod tests {
     }
 
     fn damage_deep(size: usize) {
-        let d = tmpdir(&format!("deep{size}"));
+        let dir = tmpdir(&format!("deep{size}"));
+        let d = dir.path();
         let entry = d.join("k.pkc");
         let big: Vec<u8> = (0..size as u32).map(|i| (i % 249) as u8).collect();
         write_entry(&entry, 0, META, b"s", &[b"x", &big, b"tail"], false).unwrap();
@@ -1422,7 +1424,8 @@ mod tests {
 
     #[test]
     fn missing_entry() {
-        let d = tmpdir("missing");
+        let dir = tmpdir("missing");
+        let d = dir.path();
         assert!(matches!(
             read_entry(&d.join("nope.pkc")).unwrap(),
             ReadOutcome::Missing
@@ -1435,7 +1438,8 @@ mod tests {
 
     #[test]
     fn rewrite_replaces() {
-        let d = tmpdir("replace");
+        let dir = tmpdir("replace");
+        let d = dir.path();
         let entry = d.join("k.pkc");
         write_entry(&entry, 0, META, b"first", &[], true).unwrap();
         write_entry(&entry, 0, META, b"second", &[], false).unwrap();
@@ -1447,7 +1451,8 @@ mod tests {
     }
 
     fn corrupt_with(name: &str, damage: impl Fn(&Path)) -> String {
-        let d = tmpdir(name);
+        let dir = tmpdir(name);
+        let d = dir.path();
         let entry = d.join("k.pkc");
         write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
         damage(&entry);
@@ -1472,7 +1477,8 @@ mod tests {
         });
         assert!(r.contains("truncated"), "{r}");
         let len = {
-            let d = tmpdir("len");
+            let dir = tmpdir("len");
+            let d = dir.path();
             let e = d.join("k.pkc");
             write_entry(&e, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
             fs::metadata(e).unwrap().len() as usize
@@ -1500,7 +1506,8 @@ mod tests {
 
     #[test]
     fn head_reader_checks_metadata_stream_and_length() {
-        let d = tmpdir("head");
+        let dir = tmpdir("head");
+        let d = dir.path();
         let entry = d.join("k.pkc");
         write_entry(&entry, 0, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
         let good = fs::read(&entry).unwrap();
@@ -1527,7 +1534,8 @@ mod tests {
 
     #[test]
     fn buffers_mapped_writable_may_change_without_the_entry_turning_corrupt() {
-        let d = tmpdir("writable");
+        let dir = tmpdir("writable");
+        let d = dir.path();
         let entry = d.join("k.pkc");
         write_entry(&entry, 1, META, b"the stream", &[&[7u8; 1000]], false).unwrap();
         let buffer_at = |e: &Path| match read_entry(e).unwrap() {
@@ -1608,7 +1616,8 @@ mod tests {
 
     #[test]
     fn a_head_read_for_a_key_refuses_another_calls_entry_before_touching_or_marking_it() {
-        let d = tmpdir("headkey");
+        let dir = tmpdir("headkey");
+        let d = dir.path();
         let entry = d.join("k.pkc");
         let meta = r#"{"function": "m.f", "key": "0123abcd", "input_args": {}}"#;
         write_entry(&entry, 0, meta, b"stream", &[&[3u8; 1000]], false).unwrap();
@@ -1653,7 +1662,8 @@ mod tests {
 
     #[test]
     fn metadata_longer_than_the_first_read_is_read_whole() {
-        let d = tmpdir("longmeta");
+        let dir = tmpdir("longmeta");
+        let d = dir.path();
         let entry = d.join("k.pkc");
         let meta = format!(
             r#"{{"function": "m.f", "input_args": {{"x": "{}"}}}}"#,
@@ -1675,7 +1685,8 @@ mod tests {
 
     #[test]
     fn check_head_refuses_what_is_not_an_entry_of_this_length_without_reading_it() {
-        let d = tmpdir("checkhead");
+        let dir = tmpdir("checkhead");
+        let d = dir.path();
         let entry = d.join("k.pkc");
         write_entry(&entry, 0, META, b"stream", &[&[1u8; 100_000]], false).unwrap();
         let head_of = |e: &Path| match open_entry(e).unwrap() {
@@ -1711,7 +1722,8 @@ mod tests {
 
     #[test]
     fn a_fifo_device_or_directory_in_an_entrys_place_is_corrupt_without_blocking() {
-        let d = tmpdir("special");
+        let dir = tmpdir("special");
+        let d = dir.path();
         let fifo = d.join("fifo.pkc");
         let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
@@ -1745,7 +1757,8 @@ mod tests {
 
     #[test]
     fn bad_metadata_and_unwritable_location_are_errors_naming_the_path() {
-        let d = tmpdir("unwritable");
+        let dir = tmpdir("unwritable");
+        let d = dir.path();
         let blocker = d.join("file");
         fs::write(&blocker, b"x").unwrap();
         let err = write_entry(

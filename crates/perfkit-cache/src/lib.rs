@@ -27,14 +27,13 @@ pub use error::CacheError;
 pub use hash::{content_hash, hex128, scalars_hash, ContentHasher, Scalar};
 pub use store::{list_entries, reduce_size, remove_atomically, EntryInfo, Limits};
 
-/// A fresh, empty directory for one test (`module` and `name` keep tests apart).
+/// A fresh, empty directory for one test, removed when dropped (every
+/// `cargo test` run left its entries, some of a megabyte, in the temp
+/// directory). `module` and `name` say whose it is.
 #[cfg(test)]
-pub(crate) fn test_dir(module: &str, name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "perfkit-{module}-test-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+pub(crate) fn test_dir(module: &str, name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("perfkit-{module}-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }

@@ -196,7 +196,7 @@ mod tests {
     use crate::entry::write_entry;
     use std::fs::{File, FileTimes};
 
-    fn tmpdir(name: &str) -> PathBuf {
+    fn tmpdir(name: &str) -> tempfile::TempDir {
         crate::test_dir("store", name)
     }
 
@@ -226,7 +226,8 @@ mod tests {
 
     #[test]
     fn lists_lru_first_and_skips_tmp() {
-        let d = tmpdir("list");
+        let dir = tmpdir("list");
+        let d = dir.path();
         make(&d, "b", 10, 100);
         make(&d, "a", 10, 10);
         make(&d, "c", 10, 1000);
@@ -237,7 +238,8 @@ mod tests {
 
     #[test]
     fn reduce_by_items_bytes_and_age() {
-        let d = tmpdir("reduce");
+        let dir = tmpdir("reduce");
+        let d = dir.path();
         for (i, k) in ["e1", "e2", "e3", "e4", "e5"].iter().enumerate() {
             make(&d, k, 1000, 1000 - 100 * i as u64);
         }
@@ -287,7 +289,8 @@ mod tests {
 
     #[test]
     fn remove_missing_is_not_an_error() {
-        let d = tmpdir("rm");
+        let dir = tmpdir("rm");
+        let d = dir.path();
         assert!(!remove_atomically(&d.join("nothing")).unwrap());
         let e = make(&d, "k", 1, 0);
         assert!(remove_atomically(&e).unwrap());

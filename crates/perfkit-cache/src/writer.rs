@@ -508,7 +508,7 @@ mod tests {
     use crate::entry::{encode_entry, read_entry, ReadOutcome};
     use std::fs;
 
-    fn tmpdir(name: &str) -> PathBuf {
+    fn tmpdir(name: &str) -> tempfile::TempDir {
         crate::test_dir("writer", name)
     }
 
@@ -518,7 +518,8 @@ mod tests {
 
     #[test]
     fn queued_entries_are_served_then_published_in_full() {
-        let d = tmpdir("publish");
+        let dir = tmpdir("publish");
+        let d = dir.path();
         let wb = WriteBehind::new();
         let paths: Vec<PathBuf> = (0..200).map(|i| d.join(format!("e{i}.pkc"))).collect();
         for (i, p) in paths.iter().enumerate() {
@@ -549,7 +550,8 @@ mod tests {
 
     #[test]
     fn the_writer_ends_when_idle_and_starts_again() {
-        let d = tmpdir("idle");
+        let dir = tmpdir("idle");
+        let d = dir.path();
         let wb = WriteBehind::new();
         let p = d.join("a.pkc");
         wb.submit(p.clone(), encoded(&p, b"a"), "f", &d);
@@ -565,7 +567,8 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_and_loses_nothing() {
-        let d = tmpdir("bounded");
+        let dir = tmpdir("bounded");
+        let d = dir.path();
         let wb = WriteBehind::new();
         let n = MAX_QUEUED_ENTRIES + 500;
         for i in 0..n {
@@ -583,14 +586,15 @@ mod tests {
         // A flush waits for what was queued when it began, not for the queue
         // to be empty: threads that keep storing (a program's daemon threads
         // at exit) never let it be, and the flush at exit never returned.
-        let d = tmpdir("flush-busy");
+        let dir = tmpdir("flush-busy");
+        let d = dir.path();
         let wb = Arc::new(WriteBehind::new());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let before = d.join("before.pkc");
         wb.submit(before.clone(), encoded(&before, b"queued before"), "f", &d);
         let submitters: Vec<_> = (0..2)
             .map(|t| {
-                let (wb, stop, d) = (Arc::clone(&wb), Arc::clone(&stop), d.clone());
+                let (wb, stop, d) = (Arc::clone(&wb), Arc::clone(&stop), d.to_path_buf());
                 std::thread::spawn(move || {
                     let mut i = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -630,7 +634,8 @@ mod tests {
 
     #[test]
     fn a_resubmitted_entry_ends_with_the_last_value() {
-        let d = tmpdir("resubmit");
+        let dir = tmpdir("resubmit");
+        let d = dir.path();
         let wb = WriteBehind::new();
         let p = d.join("same.pkc");
         for i in 0..500 {
@@ -647,7 +652,8 @@ mod tests {
 
     #[test]
     fn forgotten_entries_are_never_published() {
-        let d = tmpdir("forget");
+        let dir = tmpdir("forget");
+        let d = dir.path();
         let wb = WriteBehind::new();
         let sub = d.join("func");
         for i in 0..300 {
@@ -664,7 +670,8 @@ mod tests {
 
     #[test]
     fn failures_are_kept_for_the_submitter() {
-        let d = tmpdir("fail");
+        let dir = tmpdir("fail");
+        let d = dir.path();
         let blocker = d.join("not-a-dir");
         fs::write(&blocker, b"a file where a directory should be").unwrap();
         let wb = WriteBehind::new();
@@ -681,7 +688,8 @@ mod tests {
 
     #[test]
     fn a_removed_root_is_not_created_again_and_its_next_submit_creates_it() {
-        let d = tmpdir("root-gone");
+        let dir = tmpdir("root-gone");
+        let d = dir.path();
         let root = d.join("location"); // not there: as if removed before the writer came
         let wb = WriteBehind::new();
         let p = root.join("perfkit/func/code/00/e.pkc");
@@ -709,7 +717,8 @@ mod tests {
 
     #[test]
     fn a_root_removed_while_entries_are_queued_stays_removed() {
-        let d = tmpdir("root-removed");
+        let dir = tmpdir("root-removed");
+        let d = dir.path();
         let root = d.join("location");
         for round in 0..5 {
             fs::create_dir(&root).unwrap();
@@ -740,7 +749,8 @@ mod tests {
 
     #[test]
     fn directories_below_the_root_are_created_again() {
-        let d = tmpdir("below-root");
+        let dir = tmpdir("below-root");
+        let d = dir.path();
         let root = d.join("location");
         fs::create_dir(&root).unwrap();
         let wb = WriteBehind::new();
@@ -757,7 +767,8 @@ mod tests {
 
     #[test]
     fn removing_a_path_drops_what_is_queued_under_it_and_nothing_comes_back() {
-        let d = tmpdir("removing");
+        let dir = tmpdir("removing");
+        let d = dir.path();
         let (a, b) = (d.join("tmp-a/location"), d.join("b"));
         fs::create_dir_all(&a).unwrap();
         fs::create_dir_all(&b).unwrap();

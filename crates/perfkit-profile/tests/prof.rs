@@ -3,20 +3,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use perfkit_profile::prof::{self, END_MAGIC, START_MAGIC, TRAILER_VERSION};
 use perfkit_profile::{load, marshal, CallTree, Error, FuncKey, Node, ThreadTree};
 use proptest::prelude::*;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "perfkit-profile-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed when dropped.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("perfkit-profile-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Where the marshalled dict ends in a perfkit file.
@@ -215,10 +213,10 @@ fn foreign_files_get_an_inferred_tree() {
         // Re-written with perfkit, the table stays and the tree is added.
         let again = prof::from_bytes(&prof::profile_to_bytes(&p)).unwrap();
         assert_eq!(again, p);
-        let dir = temp_dir(&format!("rewrite-{file}"));
+        let tmp = temp_dir(&format!("rewrite-{file}"));
+        let dir = tmp.path();
         prof::write_profile(&dir.join("x.prof"), &p).unwrap();
         assert_eq!(prof::read_file(&dir.join("x.prof")).unwrap(), p);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
@@ -270,7 +268,8 @@ fn wrong_shapes_are_named() {
 
 #[test]
 fn write_file_is_atomic_and_replaces() {
-    let dir = temp_dir("atomic");
+    let tmp = temp_dir("atomic");
+    let dir = tmp.path();
     let path = dir.join("out.prof");
     std::fs::write(&path, b"old contents").unwrap();
     let tree = common::rich_tree();
@@ -287,12 +286,12 @@ fn write_file_is_atomic_and_replaces() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("missing") && !msg.contains('\n'), "{msg}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
-    let dir = temp_dir("through");
+    let tmp = temp_dir("through");
+    let dir = tmp.path();
     let tree = common::rich_tree();
     // A link to a file: the file is replaced, the link stays a link.
     let target = dir.join("target.prof");
@@ -358,7 +357,6 @@ fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
         .map(String::from)
         .into()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn load_err(path: &Path) -> String {
@@ -370,7 +368,8 @@ fn load_err(path: &Path) -> String {
 
 #[test]
 fn load_errors_name_the_file() {
-    let dir = temp_dir("errors");
+    let tmp = temp_dir("errors");
+    let dir = tmp.path();
     let msg = load_err(&dir.join("nope.prof"));
     assert!(
         msg.starts_with("cannot read") && msg.contains("No such file"),
@@ -395,12 +394,12 @@ fn load_errors_name_the_file() {
     let text = dir.join("notes.txt");
     std::fs::write(&text, "hello world\n").unwrap();
     assert!(load_err(&text).contains("not a profile file"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn load_sniffs_every_format() {
-    let dir = temp_dir("sniff");
+    let tmp = temp_dir("sniff");
+    let dir = tmp.path();
     let tree = common::rich_tree();
     let prof_path = dir.join("a.prof");
     prof::write_file(&prof_path, &tree).unwrap();
@@ -415,7 +414,6 @@ fn load_sniffs_every_format() {
     assert_eq!(load(&json).unwrap().tree.threads.len(), 2);
     let foreign = load(&common::fixture("recursive_py313.prof")).unwrap();
     assert!(!foreign.tree.meta.exact);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A chain of `depth` nested calls (f0 -> f1 -> … with 7 functions, so
