@@ -91,13 +91,15 @@ def profiling(directory: str) -> None:
     with perfkit.Profiler() as prof:
         work()
     prof.dump_stats(f"{directory}/work.prof")
+    with perfkit.Profiler(workers=False):
+        work()
     reveal_type(prof)
 
     @perfkit.profile
     def step(n: int) -> str:
         return str(n)
 
-    @perfkit.profile(f"{directory}/step.prof", builtins=False)
+    @perfkit.profile(f"{directory}/step.prof", builtins=False, workers=False)
     def step2(n: int) -> str:
         return str(n)
 

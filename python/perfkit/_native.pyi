@@ -79,6 +79,7 @@ class Session:
         hidden_files: Sequence[str] = ...,
         hidden_builtins: Sequence[str] = ...,
         yields: bool = False,
+        workers: bool = True,
     ) -> Session: ...
     def enable(self, left_out: Sequence[int] = ...) -> None:
         """Start recording, but not the running threads of these idents; RuntimeError if
@@ -131,7 +132,8 @@ def release_unrecorded(lock: Any) -> None:
     """Release ``lock`` as :func:`acquire_unrecorded` takes it."""
 
 def recording_now() -> tuple[bool, str] | None:
-    """``(builtins, clock)`` of the profiler recording in this process, or None."""
+    """``(builtins, clock)`` of the profiler recording in this process, or None (also when
+    it was made with ``workers=False``: a ``perfkit.Parallel`` call's workers do not record)."""
 
 WORKER_TREE_MARK: bytes
 

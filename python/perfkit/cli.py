@@ -155,9 +155,11 @@ def record(
     clock: str,
     builtins: bool,
     sort: str | None = None,
+    workers: bool = True,
 ) -> int:
     """Run ``target`` as ``__main__`` under the profiler; write the profile
-    whatever way the program ends; return the program's exit code."""
+    whatever way the program ends; return the program's exit code.
+    ``workers``: whether perfkit.Parallel's worker processes record too."""
     global _recording
     _recording = True
     if output is None:
@@ -236,7 +238,7 @@ def record(
         sys.modules["__main__"] = main_module
         namespace = main_module.__dict__
 
-    profiler = Profiler(builtins=builtins, clock=clock)
+    profiler = Profiler(builtins=builtins, clock=clock, workers=workers)
     ended: BaseException | None = None  # how the program ended
     profiler.enable()
     try:

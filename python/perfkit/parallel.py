@@ -589,7 +589,8 @@ def _function_frame(functions: bytes, recording=None) -> bytes:
     now and the one the process started in, as loky and multiprocessing
     send it: a notebook's module imported before a %cd is still found.
     `recording`: the (builtins, clock) of the profiler recording here, with
-    which the workers record the call's batches for it, or None."""
+    which the workers record the call's batches for it, or None (none
+    records, or it was made with workers=False)."""
     import multiprocessing.process
 
     started_in = multiprocessing.process.ORIGINAL_DIR
@@ -2089,9 +2090,11 @@ class _ProcessCall:
                     payload, buffers = self._pickle_batch(first, mode, items)
                     if _native.recording_now() != self.recording_sent:
                         # A profiler started or stopped here since the workers were
-                        # told: a generator made before a recording and drawn in it
-                        # is recorded from this batch on, one drawn after it no
-                        # longer costs the workers a recording (a new FUNCTION frame).
+                        # told, or one made with workers=False followed one made
+                        # without: a generator made before a recording and drawn in it
+                        # is recorded from this batch on, one drawn after it (or in
+                        # a recording that leaves the workers out) no longer costs
+                        # the workers a recording (a new FUNCTION frame).
                         self.function_dirty = True
                     if self.function_dirty or len(self.main_names.found) != self.main_names_sent:
                         # After pickling the batch: the workers get what it names of

@@ -112,6 +112,11 @@ class Profiler:
     perfkit reads its clock itself: a ``timer`` of the standard library's
     selects the matching clock (``time.process_time``: ``"cpu"``), any other
     is refused. Callers and callees are always recorded (``subcalls``).
+    ``workers=False`` leaves ``perfkit.Parallel``'s worker processes out:
+    by default, while it records, each worker records the batches sent to
+    it and the profile holds one thread per worker ("worker process PID");
+    without them it holds the caller alone, as cProfile's does, and the
+    workers run their tasks at full speed.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class Profiler:
         *,
         clock: str | None = None,
         threads: str | None = None,
+        workers: bool = True,
     ) -> None:
         if timer is not None:
             timer_clock = _TIMER_CLOCKS.get(timer)
@@ -138,6 +144,7 @@ class Profiler:
         if threads not in (None, "all", "new"):
             raise ValueError(f"threads must be None, 'all' or 'new', not {threads!r}")
         self._threads = threads
+        self._workers = bool(workers)
         self._session = self._new_session(builtins)
         self._started = False  # enabled since construction or the last clear()
         self.stats: dict = {}
@@ -173,7 +180,9 @@ class Profiler:
         )
 
     def _new_session(self, builtins: bool) -> _native.Session:
-        return _native.Session(builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES)
+        return _native.Session(
+            builtins=builtins, clock=self._clock, hidden_files=_HIDDEN_FILES, workers=self._workers
+        )
 
     def disable(self) -> None:
         """Stop recording; calls still in flight count as ending now."""
@@ -307,6 +316,7 @@ class _ProfileBlock:
         print_stats: int | None,
         sort: str | int,
         threads: str | None,
+        workers: bool = True,
     ) -> None:
         if output is not None:
             # Said now, as `perfkit record` says it before the program runs:
@@ -319,7 +329,7 @@ class _ProfileBlock:
         self.output = output
         self.print_limit = print_stats
         self.sort = sort
-        self.profiler = Profiler(builtins=builtins, clock=clock, threads=threads)
+        self.profiler = Profiler(builtins=builtins, clock=clock, threads=threads, workers=workers)
         # Calls of the decorated function and `with`s in flight, in every
         # thread: the first starts the recording, the last stops and reports
         # it. Counted under a lock (taken from Rust: its methods would be
@@ -507,6 +517,7 @@ def profile(
     print_stats: int | None = None,
     sort: str | int = "cumulative",
     threads: str | None = None,
+    workers: bool = True,
 ) -> _ProfileBlock: ...
 def profile(
     output: str | os.PathLike[str] | Callable[..., Any] | None = None,
@@ -516,14 +527,15 @@ def profile(
     print_stats: int | None = None,
     sort: str | int = "cumulative",
     threads: str | None = None,
+    workers: bool = True,
 ) -> Any:
     """Profile a block, or every call of a function.
 
     ``with perfkit.profile("out.prof") as prof: ...``, ``@perfkit.profile``
     or ``@perfkit.profile("out.prof", builtins=False)``. The file (if named)
     is written atomically when the block or each call ends; ``print_stats=N``
-    prints the top N rows sorted by ``sort``; ``threads`` is
-    :class:`Profiler`'s. The decorated function keeps
+    prints the top N rows sorted by ``sort``; ``threads`` and ``workers``
+    are :class:`Profiler`'s. The decorated function keeps
     its name and docstring, works on methods, and has a ``.profiler``
     attribute holding every call's results. A decorated generator (or
     async generator) function is recorded from its first resumption to its
@@ -531,8 +543,8 @@ def profile(
     """
     _check_sort_key(sort)
     if callable(output):  # used bare: @perfkit.profile
-        return _ProfileBlock(None, builtins, clock, print_stats, sort, threads)(output)
-    return _ProfileBlock(output, builtins, clock, print_stats, sort, threads)
+        return _ProfileBlock(None, builtins, clock, print_stats, sort, threads, workers)(output)
+    return _ProfileBlock(output, builtins, clock, print_stats, sort, threads, workers)
 
 
 def _check_sort_key(sort: str | int) -> None:

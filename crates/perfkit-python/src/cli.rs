@@ -49,6 +49,10 @@ enum Command {
         /// Record Python frames only; time in C functions stays in their callers.
         #[arg(long)]
         no_builtins: bool,
+        /// Record this process alone, as cProfile does: perfkit.Parallel's worker processes run
+        /// their tasks unrecorded.
+        #[arg(long)]
+        no_workers: bool,
         /// Run a library module as a script, like `python -m`.
         #[arg(short = 'm')]
         module: bool,
@@ -153,6 +157,7 @@ pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
             output,
             clock,
             no_builtins,
+            no_workers,
             module,
             sort,
             command,
@@ -181,6 +186,7 @@ pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
                         clock,
                         !no_builtins,
                         sort,
+                        !no_workers,
                     ),
                 )?
                 .extract();

@@ -71,14 +71,17 @@ pub struct Session {
 impl Session {
     #[new]
     /// `yields`: stop recording when another profiler starts, rather than
-    /// make it fail (a pool worker's recording for its caller).
-    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), hidden_builtins = Vec::new(), yields = false))]
+    /// make it fail (a pool worker's recording for its caller). `workers`:
+    /// whether a `perfkit.Parallel` call's worker processes record for it
+    /// too ([`recording_now`]).
+    #[pyo3(signature = (builtins = true, clock = "wall", hidden_files = Vec::new(), hidden_builtins = Vec::new(), yields = false, workers = true))]
     fn new(
         builtins: bool,
         clock: &str,
         hidden_files: Vec<String>,
         hidden_builtins: Vec<String>,
         yields: bool,
+        workers: bool,
     ) -> PyResult<Self> {
         let clock = ClockKind::parse(clock).ok_or_else(|| {
             PyValueError::new_err(format!("clock must be 'wall' or 'cpu', not {clock:?}"))
@@ -90,6 +93,7 @@ impl Session {
         };
         let mut inner = perfkit_record::Session::new(mode, clock);
         inner.set_yields(yields);
+        inner.set_workers(workers);
         Ok(Session {
             inner,
             hidden_files,
@@ -346,7 +350,8 @@ pub fn release_unrecorded(lock: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// `(builtins, clock)` of the profiler recording in this process now, or
-/// None: what a `perfkit.Parallel` call asks its workers to record with.
+/// None (none records, or the one recording leaves its workers out): what a
+/// `perfkit.Parallel` call asks its workers to record with.
 #[pyfunction]
 pub fn recording_now(py: Python<'_>) -> Option<(bool, &'static str)> {
     perfkit_record::recording_now(py).map(|(mode, clock)| (mode == Mode::Full, clock.name()))

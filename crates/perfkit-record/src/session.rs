@@ -70,6 +70,9 @@ pub(crate) struct SessionData {
     /// it records (a pool worker's recording for its caller; see
     /// [`Session::set_yields`]).
     yields: bool,
+    /// Whether the processes that work for this one (a `perfkit.Parallel`
+    /// call's workers) record for it too (see [`Session::set_workers`]).
+    workers: bool,
     /// What other processes recorded for this session while it recorded: a
     /// `perfkit.Parallel` call's workers, one tree per batch (see [`adopt`]).
     adopted: TreeSum,
@@ -304,6 +307,7 @@ impl Session {
                 nanos_per_tick: 1.0,
                 adopted: TreeSum::default(),
                 yields: false,
+                workers: true,
             }),
         }
     }
@@ -328,6 +332,14 @@ impl Session {
     /// way for its caller's profile: a task's own profiler must not fail.
     pub fn set_yields(&mut self, yields: bool) {
         self.data.yields = yields;
+    }
+
+    /// Whether the processes that work for this one record for it too (the
+    /// default): [`recording_now`] tells them to while this session records,
+    /// and [`adopt`] takes what they send. Without, it records this process
+    /// alone, as cProfile does, and its workers run unrecorded.
+    pub fn set_workers(&mut self, workers: bool) {
+        self.data.workers = workers;
     }
 
     /// Starts recording: installs the hooks for this interpreter's version
@@ -574,24 +586,35 @@ impl Drop for Session {
     }
 }
 
-/// The mode and clock of the session recording now, if one is: what a
-/// process that works for this one (a pool's worker) records with, so that
-/// its tree can be [`adopt`]ed.
+/// The mode and clock of the session recording now, if one is and its
+/// workers record for it ([`Session::set_workers`]): what a process that
+/// works for this one (a pool's worker) records with, so that its tree can
+/// be [`adopt`]ed.
 pub fn recording_now(_py: Python<'_>) -> Option<(Mode, ClockKind)> {
     // SAFETY: GIL held (we have the token); ACTIVE is only set or cleared with it.
-    unsafe { ACTIVE.as_ref().map(|d| (d.mode, d.clock)) }
+    unsafe {
+        ACTIVE
+            .as_ref()
+            .filter(|d| d.workers)
+            .map(|d| (d.mode, d.clock))
+    }
 }
 
 /// Adds `tree`, recorded by another process for the session recording now,
 /// to that session (by process, thread and call path). Returns false, and
-/// drops the tree, when no session is recording or the tree's clock or mode
-/// is not its own: times on another clock would not add up.
+/// drops the tree, when no session is recording, the one recording leaves
+/// its workers out (a batch recorded for an earlier session arrives in it),
+/// or the tree's clock or mode is not its own: times on another clock would
+/// not add up.
 pub fn adopt(_py: Python<'_>, tree: &CallTree) -> bool {
     // SAFETY: GIL held (we have the token); ACTIVE is only set or cleared with it.
     let Some(d) = (unsafe { ACTIVE.as_mut() }) else {
         return false;
     };
-    if tree.meta.clock != profile_clock(d.clock) || tree.meta.builtins != (d.mode == Mode::Full) {
+    if !d.workers
+        || tree.meta.clock != profile_clock(d.clock)
+        || tree.meta.builtins != (d.mode == Mode::Full)
+    {
         return false;
     }
     d.adopted.add(tree);
