@@ -4,8 +4,10 @@
 //! (call-tree slices laid out and culled for the current zoom, the pstats
 //! table with its caller/callee edges, the diff of two runs) computed from
 //! perfkit-profile's [`CallTree`](perfkit_profile::CallTree), the local HTTP
-//! server that answers it, the self-contained HTML export (the same page with
-//! the data embedded) and the flame-graph SVG. The front end (plain
+//! server that answers it (hyper on a small tokio runtime of its own, which
+//! bounds what one client may cost: head size, time to send it, unread
+//! answers, open connections), the self-contained HTML export (the same page
+//! with the data embedded) and the flame-graph SVG. The front end (plain
 //! HTML/JS/CSS, drawn on canvas) is embedded at compile time.
 //!
 //! It must not parse profile files itself (that is perfkit-profile's job),

@@ -1,90 +1,138 @@
 //! The local HTTP server: answers the page and the API from a [`Viewer`]
-//! on a couple of worker threads until stopped. It never opens a file.
+//! until stopped. It never opens a file.
+//!
+//! HTTP/1.1 is hyper's, on a small tokio runtime that the [`Server`] owns.
+//! What one client can cost the viewer is bounded: a request's head is at
+//! most 64 KiB and must arrive within 10 s, a connection whose answer is not
+//! read for 5 s is closed, and at most 256 connections (fewer when the
+//! process may open fewer files) are open at once: later ones wait in the
+//! listening socket's backlog, and a failed `accept` is tried again, never
+//! the end of serving.
 
-use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use crate::api::Viewer;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
-/// How often the workers look at the stop flag.
-const POLL: Duration = Duration::from_millis(100);
-const WORKERS: usize = 4;
-/// How long a write to a client that reads nothing may block a worker: a
-/// stalled client of a large answer held a worker, and the server's stop,
-/// for as long as it stayed connected (helper-49).
+use crate::api::{Reply, Viewer};
+
+/// How long a client may take to send a request's head, counted from when
+/// the server waits for it (also on an idle keep-alive connection): clients
+/// that connect and send nothing are closed after it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an answer may make no progress before its connection is closed:
+/// a client that asks for a large answer and reads none of it (helper-49).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a stop waits for workers still writing before leaving them.
+/// A request's head (request line and headers), at most; past it the
+/// client gets 431 and the connection is closed. tiny_http read a header
+/// line of any length: 300 MB without a newline grew the viewer by as much.
+const MAX_HEAD: usize = 64 << 10;
+/// Connections open at once, at most (see [`connection_cap`]).
+const MAX_CONNECTIONS: usize = 256;
+/// Threads computing answers at once, at most (the tokio blocking pool).
+const WORKERS: usize = 4;
+/// How long a stop waits for answers being computed before leaving them.
 const STOP_WAIT: Duration = Duration::from_secs(1);
+/// The pause before an `accept` that failed is tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// A running server; stops (and joins its threads) when dropped.
+/// What one client may cost; [`Limits::for_this_process`] but in tests.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header_read_timeout: Duration,
+    write_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Limits {
+    fn for_this_process() -> Limits {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            max_connections: connection_cap(),
+        }
+    }
+}
+
+/// [`MAX_CONNECTIONS`], or half the files this process may open if that is
+/// fewer: each connection costs one descriptor, and the rest of the process
+/// (Python, the profile's files) needs some too.
+fn connection_cap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the `rlimit` we own and pass by pointer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let files = if ok { limit.rlim_cur } else { 1024 };
+    usize::try_from(files / 2)
+        .unwrap_or(MAX_CONNECTIONS)
+        .clamp(8, MAX_CONNECTIONS)
+}
+
+/// A running server; stops when dropped.
 pub struct Server {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-    /// One message per worker that has ended.
-    ended: Receiver<()>,
+    /// The runtime that accepts, reads and writes. Multi-threaded with two
+    /// workers rather than current_thread: it then needs no thread of ours
+    /// to drive it, and stopping is one `shutdown_timeout` that drops every
+    /// connection (a stalled one included) and the listening socket.
+    /// Two workers, because I/O for one browser's few connections is light;
+    /// the answers themselves (a slice of a million-node tree takes a while)
+    /// are computed on the blocking pool, [`WORKERS`] threads at most, so
+    /// that they never hold up the reading and writing of other requests.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Server {
     /// Binds `host:port` (port 0: a free one) and starts answering.
     pub fn start(viewer: Arc<Viewer>, host: &str, port: u16) -> Result<Server, String> {
-        let listener = TcpListener::bind(resolve(host, port)?)
-            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-        set_write_timeout(&listener, WRITE_TIMEOUT)
-            .map_err(|e| format!("cannot set up the socket on {host}:{port}: {e}"))?;
-        let accepting = Arc::new(
-            Accepting::new(listener).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?,
-        );
-        let addr = accepting
-            .servers()
-            .0
-            .http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| "the server has no IP address".to_string())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let allowed_hosts = allowed_hosts(addr, host);
-        let (ended_tx, ended) = mpsc::channel();
-        let workers = (0..WORKERS)
-            .map(|_| {
-                let accepting = Arc::clone(&accepting);
-                let stop = Arc::clone(&stop);
-                let viewer = Arc::clone(&viewer);
-                let allowed = allowed_hosts.clone();
-                let ended = ended_tx.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let (http, earlier) = accepting.servers();
-                        // Requests on connections a replaced server accepted (keep-alive).
-                        for old in &earlier {
-                            if let Ok(Some(request)) = old.try_recv() {
-                                answer(&viewer, allowed.as_deref(), request);
-                            }
-                        }
-                        match http.recv_timeout(POLL) {
-                            Ok(Some(request)) => answer(&viewer, allowed.as_deref(), request),
-                            Ok(None) => {}
-                            Err(_) => {
-                                accepting.failed(&http);
-                                std::thread::sleep(POLL);
-                            }
-                        }
-                    }
-                    let _ = ended.send(());
-                })
-            })
-            .collect();
+        Server::start_with(viewer, host, port, Limits::for_this_process())
+    }
+
+    fn start_with(
+        viewer: Arc<Viewer>,
+        host: &str,
+        port: u16,
+        limits: Limits,
+    ) -> Result<Server, String> {
+        let cannot_listen = |e: io::Error| format!("cannot listen on {host}:{port}: {e}");
+        let listener = std::net::TcpListener::bind(resolve(host, port)?).map_err(cannot_listen)?;
+        listener.set_nonblocking(true).map_err(cannot_listen)?;
+        let addr = listener.local_addr().map_err(cannot_listen)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(WORKERS)
+            .thread_name("perfkit-view")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the viewer's threads: {e}"))?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener).map_err(cannot_listen)?
+        };
+        let site = Arc::new(Site {
+            viewer,
+            allowed_hosts: allowed_hosts(addr, host),
+        });
+        runtime.spawn(accept(listener, site, limits));
         Ok(Server {
             addr,
-            stop,
-            workers,
-            ended,
+            runtime: Some(runtime),
         })
     }
 
@@ -97,28 +145,21 @@ impl Server {
         format!("http://{}/", self.addr)
     }
 
-    /// Stops answering and waits for the workers.
+    /// Stops answering: closes the listening socket and every connection.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
-    /// Joins the workers that end within [`STOP_WAIT`]; one still blocked
-    /// writing to a client is left to end on its own (its write times out)
-    /// rather than holding up Ctrl-C.
+    /// Waits at most [`STOP_WAIT`] for answers still being computed; one that
+    /// takes longer ends on its own and is sent to no one, rather than
+    /// holding up Ctrl-C.
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + STOP_WAIT;
-        let mut ended = 0;
-        while ended < self.workers.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.ended.recv_timeout(left) {
-                Ok(()) => ended += 1,
-                Err(_) => break,
-            }
-        }
-        for w in self.workers.drain(..) {
-            if w.is_finished() {
-                let _ = w.join();
+        if let Some(runtime) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // (Dropped inside another runtime, where waiting is not allowed.)
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(STOP_WAIT);
             }
         }
     }
@@ -130,209 +171,59 @@ impl Drop for Server {
     }
 }
 
-/// The tiny_http servers that accept on the listening socket. tiny_http's
-/// accept thread ends at the first `accept` that fails, and panics when the
-/// descriptor it then needs for the connection cannot be had; its server
-/// then listens no more. So when as many clients had connected as the
-/// process may open files (each costs two: about 510 clients that send
-/// nothing under the usual limit of 1024), the viewer refused every
-/// connection from then on, even once they had gone. The socket is kept
-/// here, so that connections wait in its backlog, and a server whose accept
-/// thread has ended is replaced by a new one on the same socket (tried again
-/// at each poll while no file can be opened).
-struct Accepting {
-    state: Mutex<AcceptState>,
-    listener: TcpListener,
-    /// The listening socket's identity (`st_dev`, `st_ino`).
-    socket: (u64, u64),
+/// What every connection answers from.
+struct Site {
+    viewer: Arc<Viewer>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
-struct AcceptState {
-    current: Arc<HttpServer>,
-    /// The descriptor of the socket `current`'s accept thread owns; closed
-    /// (or another file's) once that thread has ended.
-    accept_fd: RawFd,
-    /// `current` reported that it accepts no more.
-    failed: bool,
-    /// Servers replaced, still asked for requests on the connections they
-    /// accepted before (a browser's keep-alive connection): those that
-    /// answered a request, and the latest of the others.
-    earlier: VecDeque<Arc<HttpServer>>,
-}
-
-/// A tiny_http server, and whether it has given a request to answer.
-struct HttpServer {
-    http: tiny_http::Server,
-    served: AtomicBool,
-}
-
-impl HttpServer {
-    fn new(http: tiny_http::Server) -> HttpServer {
-        HttpServer {
-            http,
-            served: AtomicBool::new(false),
-        }
-    }
-
-    fn recv_timeout(&self, timeout: Duration) -> std::io::Result<Option<tiny_http::Request>> {
-        self.note(self.http.recv_timeout(timeout))
-    }
-
-    fn try_recv(&self) -> std::io::Result<Option<tiny_http::Request>> {
-        self.note(self.http.try_recv())
-    }
-
-    fn note(
-        &self,
-        got: std::io::Result<Option<tiny_http::Request>>,
-    ) -> std::io::Result<Option<tiny_http::Request>> {
-        if matches!(got, Ok(Some(_))) {
-            self.served.store(true, Ordering::Relaxed);
-        }
-        got
-    }
-}
-
-/// Replaced servers still asked for requests. Past it, one that never gave
-/// a request (its clients sent nothing) is let go first: a request on a
-/// connection of a server let go would wait for ever.
-const EARLIER_KEPT: usize = 16;
-
-impl Accepting {
-    fn new(listener: TcpListener) -> std::io::Result<Accepting> {
-        silence_tiny_http_panics();
-        let socket = file_identity(listener.as_raw_fd())?;
-        let (http, accept_fd) = serve_on(&listener)?;
-        Ok(Accepting {
-            state: Mutex::new(AcceptState {
-                current: Arc::new(HttpServer::new(http)),
-                accept_fd,
-                failed: false,
-                earlier: VecDeque::new(),
-            }),
-            listener,
-            socket,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, AcceptState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The server accepting now (a new one if the last stopped), and those it replaced.
-    fn servers(&self) -> (Arc<HttpServer>, Vec<Arc<HttpServer>>) {
-        let mut state = self.lock();
-        if state.failed || file_identity(state.accept_fd).ok() != Some(self.socket) {
-            self.replace(&mut state);
-        }
-        (
-            Arc::clone(&state.current),
-            state.earlier.iter().cloned().collect(),
-        )
-    }
-
-    /// `http` reported that it stopped accepting.
-    fn failed(&self, http: &Arc<HttpServer>) {
-        let mut state = self.lock();
-        if Arc::ptr_eq(&state.current, http) {
-            state.failed = true;
-        }
-    }
-
-    fn replace(&self, state: &mut AcceptState) {
-        // (No file or thread to be had yet: tried again at the next poll.)
-        let Ok((http, accept_fd)) = serve_on(&self.listener) else {
-            return;
+/// Accepts connections until the runtime stops, [`Limits::max_connections`]
+/// at once. A failed `accept` (EMFILE or ENFILE when no file can be opened,
+/// ECONNABORTED, ...) leaves the socket listening: it is tried again after a
+/// pause, and the connection waits in the backlog meanwhile. (tiny_http's
+/// accept thread ended at the first failure, and the viewer with it.)
+async fn accept(listener: TcpListener, site: Arc<Site>, limits: Limits) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let Ok(permit) = Arc::clone(&open).acquire_owned().await else {
+            return; // (never: the semaphore is not closed)
         };
-        let old = std::mem::replace(&mut state.current, Arc::new(HttpServer::new(http)));
-        state.accept_fd = accept_fd;
-        state.failed = false;
-        state.earlier.push_back(old);
-        if state.earlier.len() > EARLIER_KEPT {
-            let idle = state
-                .earlier
-                .iter()
-                .position(|e| !e.served.load(Ordering::Relaxed));
-            state.earlier.remove(idle.unwrap_or(0));
-        }
-    }
-}
-
-/// A tiny_http server accepting on a copy of `listener`, and that copy's descriptor.
-fn serve_on(listener: &TcpListener) -> std::io::Result<(tiny_http::Server, RawFd)> {
-    let copy = listener.try_clone()?;
-    let fd = copy.as_raw_fd();
-    // (tiny_http panics when it cannot start its accept thread)
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tiny_http::Server::from_listener(copy, None)
-    })) {
-        Ok(Ok(http)) => Ok((http, fd)),
-        Ok(Err(e)) => Err(std::io::Error::other(e)),
-        Err(_) => Err(std::io::Error::other("cannot start a thread")),
-    }
-}
-
-/// The file a descriptor is open on, as (`st_dev`, `st_ino`).
-fn file_identity(fd: RawFd) -> std::io::Result<(u64, u64)> {
-    // SAFETY: fstat writes only the `stat` we own; a descriptor that is not
-    // open is an error (EBADF), not undefined behaviour.
-    let st = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st
-    };
-    Ok((st.st_dev as u64, st.st_ino as u64))
-}
-
-/// tiny_http's accept thread panics when a connection's second descriptor
-/// cannot be had; [`Accepting`] replaces that thread, so the panic is no
-/// crash, and its message (a Rust panic on the viewer's stderr) is left
-/// out. Any other panic is reported as before.
-fn silence_tiny_http_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let in_tiny_http = info.location().is_some_and(|l| {
-                l.file().contains("/tiny_http-") || l.file().contains("\\tiny_http-")
-            });
-            if !in_tiny_http {
-                previous(info);
+        let stream = loop {
+            match listener.accept().await {
+                Ok((stream, _)) => break stream,
+                Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
             }
-        }));
-    });
-}
-
-/// Sets SO_SNDTIMEO on the listening socket; Linux copies it to every
-/// socket `accept` returns, which tiny_http keeps to itself.
-fn set_write_timeout(listener: &TcpListener, timeout: Duration) -> std::io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt on a socket this listener owns, with a timeval of
-    // the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+        };
+        // Answers are written whole at once; Nagle would hold their last
+        // segment back until the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let site = Arc::clone(&site);
+        tokio::spawn(async move {
+            serve(stream, site, limits).await;
+            drop(permit);
+        });
     }
 }
 
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("static header is valid")
+/// Answers the requests of one connection until it closes or fails.
+async fn serve(stream: TcpStream, site: Arc<Site>, limits: Limits) {
+    let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+    let service = hyper::service::service_fn(move |request| {
+        let site = Arc::clone(&site);
+        async move { Ok::<_, Infallible>(answer(site, request).await) }
+    });
+    // (An error is the connection's end: the client left, sent no head in
+    // time or too large a one, or read nothing; hyper answered what it could.)
+    let _ = hyper::server::conn::http1::Builder::new()
+        // (Header names as they were written before, `Content-Type`:
+        // clients that look them up case-sensitively find them.)
+        .title_case_headers(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(io, service)
+        .await;
 }
 
 /// The address `--host` names: an IP address, or a name this machine
@@ -395,82 +286,553 @@ pub fn allowed_hosts(addr: std::net::SocketAddr, given: &str) -> Option<Vec<Stri
     })
 }
 
-fn answer(viewer: &Viewer, allowed_hosts: Option<&[String]>, request: tiny_http::Request) {
-    let host_ok = match allowed_hosts {
-        None => true,
-        Some(allowed) => request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Host"))
-            .is_none_or(|h| {
-                allowed
-                    .iter()
-                    .any(|a| h.value.as_str().eq_ignore_ascii_case(a))
-            }),
-    };
-    let reply = if host_ok {
-        let method = request.method().as_str().to_string();
-        // A panic while answering is a bug; it must cost one request, not the server.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            viewer.handle(&method, request.url())
-        }))
-        .unwrap_or_else(|_| crate::api::Reply {
-            status: 500,
-            content_type: "application/json",
-            body: r#"{"error":"internal error"}"#.into(),
+/// The Host check: on loopback (`allowed` given) a request is answered only
+/// if its Host header names this server (DNS rebinding); a request with
+/// several Host headers is refused everywhere (RFC 9112 asks for 400), as
+/// only the first was checked before.
+fn check_host(allowed: Option<&[String]>, headers: &HeaderMap) -> Result<(), Reply> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Reply {
+            status: 400,
+            content_type: "text/plain; charset=utf-8",
+            body: "bad request: several Host headers\n".into(),
+        });
+    }
+    let known = |host: &HeaderValue| {
+        allowed.is_none_or(|allowed| {
+            allowed
+                .iter()
+                .any(|a| host.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
         })
+    };
+    if first.is_none_or(known) {
+        Ok(())
     } else {
-        crate::api::Reply {
+        Err(Reply {
             status: 403,
             content_type: "text/plain; charset=utf-8",
             body: "forbidden: unknown Host\n".into(),
-        }
-    };
-    let csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-               connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-    let large = reply.body.len() > SMALL_ANSWER;
-    let mut response = tiny_http::Response::from_string(reply.body)
-        .with_status_code(reply.status)
-        .with_header(header("Content-Type", reply.content_type))
-        .with_header(header("Cache-Control", "no-store"))
-        .with_header(header("X-Content-Type-Options", "nosniff"))
-        .with_header(header("Referrer-Policy", "no-referrer"))
-        .with_header(header("Content-Security-Policy", csp));
-    if reply.status == 405 {
-        // RFC 9110: a 405 names the methods the resource has.
-        response.add_header(header("Allow", "GET, HEAD"));
+        })
     }
-    // A large answer is written by a thread of its own, so that a client
-    // that reads slowly or not at all holds that thread, not a worker: the
-    // write timeout is per send, and a send that moves a little at a time
-    // held a worker for as long as the client liked (helper-55: four such
-    // clients held every request for 15 s). Small answers fit the socket's
-    // buffer and are written here.
-    let reserved = large
-        && WRITERS
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < MAX_WRITERS).then_some(n + 1)
-            })
-            .is_ok();
-    if reserved {
-        let spawned = std::thread::Builder::new()
-            .name("perfkit-view-writer".into())
-            .spawn(move || {
-                let _ = request.respond(response);
-                WRITERS.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            // (No thread to be had: the request is dropped, which tiny_http
-            // answers with an error status.)
-            WRITERS.fetch_sub(1, Ordering::SeqCst);
-        }
-        return;
-    }
-    let _ = request.respond(response);
 }
 
-/// Answers up to this size are written by the worker that made them.
-const SMALL_ANSWER: usize = 64 << 10;
-/// Threads writing large answers at once, at most; past it a worker writes.
-const MAX_WRITERS: usize = 32;
-static WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+fn internal_error() -> Reply {
+    Reply {
+        status: 500,
+        content_type: "application/json",
+        body: r#"{"error":"internal error"}"#.into(),
+    }
+}
+
+async fn answer(site: Arc<Site>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let head_only = request.method() == Method::HEAD;
+    let reply = match check_host(site.allowed_hosts.as_deref(), request.headers()) {
+        Err(refused) => refused,
+        Ok(()) => {
+            let method = request.method().as_str().to_string();
+            // The request target as sent: an absolute one (`http://h/p`) is
+            // no route, as before.
+            let target = request.uri().to_string();
+            // Computed off the I/O threads (see `Server::runtime`).
+            tokio::task::spawn_blocking(move || {
+                // A panic while answering is a bug; it must cost one request, not the server.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    site.viewer.handle(&method, &target)
+                }))
+                .unwrap_or_else(|_| internal_error())
+            })
+            .await
+            .unwrap_or_else(|_| internal_error())
+        }
+    };
+    response(reply, head_only)
+}
+
+/// The reply with the headers every answer carries. The answer to a HEAD
+/// request has the head of the GET's, its Content-Length too, and no body.
+fn response(reply: Reply, head_only: bool) -> Response<Full<Bytes>> {
+    const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                       connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+    let length = reply.body.len();
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        Bytes::from(reply.body)
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(reply.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    if reply.status == 405 {
+        // RFC 9110: a 405 names the methods the resource has.
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    if head_only {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    response
+}
+
+/// A connection whose writes fail once none has made progress for `limit`:
+/// hyper has no write timeout, and a client that asks for a large answer
+/// and reads none of it would keep its connection, and the answer's memory,
+/// for as long as it stays connected. It holds no thread meanwhile.
+struct WriteDeadline {
+    stream: TcpStream,
+    limit: Duration,
+    /// Started when a write could not go on; reset by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: TcpStream, limit: Duration) -> WriteDeadline {
+        WriteDeadline {
+            stream,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `polled`, a write's outcome; an error once it has waited for `limit`.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing of its answer",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perfkit_profile::{CallTree, FuncKey, Meta, Node, Profile, ThreadTree};
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    /// A viewer of `funcs` functions each called once from the first:
+    /// `/api/funcs` answers about 80 bytes a function.
+    fn viewer(funcs: u32) -> Arc<Viewer> {
+        let keys: Vec<FuncKey> = (0..funcs)
+            .map(|i| {
+                FuncKey::new(
+                    "some/rather/long/path/module.py",
+                    i + 1,
+                    format!("function_{i:08}"),
+                )
+            })
+            .collect();
+        let mut thread = ThreadTree::new("MainThread", 1, 1);
+        thread.nodes.push(Node {
+            func: 0,
+            parent: 0,
+            calls: 1,
+            own_ns: 1000,
+            total_ns: 1000 * u64::from(funcs),
+        });
+        for f in 1..funcs {
+            thread.nodes.push(Node {
+                func: f,
+                parent: 1,
+                calls: 1,
+                own_ns: 1000,
+                total_ns: 1000,
+            });
+        }
+        let tree = CallTree {
+            funcs: keys,
+            threads: vec![thread],
+            meta: Meta {
+                exact: true,
+                ..Meta::default()
+            },
+        };
+        let viewer = Viewer::single(
+            "t.prof".into(),
+            Profile {
+                stats: tree.to_stats(),
+                tree,
+            },
+        );
+        viewer.prepare();
+        Arc::new(viewer)
+    }
+
+    fn limits() -> Limits {
+        Limits::for_this_process()
+    }
+
+    fn connect(server: &Server) -> TcpStream {
+        let c = TcpStream::connect(server.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    }
+
+    /// Everything the server sends until it closes the connection.
+    fn read_all(c: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        got
+    }
+
+    fn request(server: &Server, lines: &[&str]) -> String {
+        let mut c = connect(server);
+        let text = format!("{}\r\nConnection: close\r\n\r\n", lines.join("\r\n"));
+        c.write_all(text.as_bytes()).unwrap();
+        String::from_utf8_lossy(&read_all(&mut c)).into_owned()
+    }
+
+    fn host(server: &Server) -> String {
+        format!("Host: {}", server.addr())
+    }
+
+    fn status(answer: &str) -> u16 {
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {answer:?}"))
+    }
+
+    #[test]
+    fn a_head_that_never_ends_is_refused_not_kept() {
+        let server = Server::start(viewer(10), "127.0.0.1", 0).unwrap();
+        let mut c = connect(&server);
+        c.write_all(b"GET /").unwrap();
+        let chunk = vec![b'a'; 64 << 10];
+        let mut sent = 0usize;
+        while sent < 50 << 20 {
+            if c.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        // (The kernel's buffers take some megabytes before the server's
+        // close is seen; the server itself reads 64 KiB of it.)
+        assert!(
+            sent < 32 << 20,
+            "the server read {} MB of one header line",
+            sent >> 20
+        );
+        let answer = String::from_utf8_lossy(&read_all(&mut c)).into_owned();
+        assert!(answer.is_empty() || status(&answer) == 431, "{answer:?}");
+        let ok = request(&server, &["GET /api/meta HTTP/1.1", &host(&server)]);
+        assert!(answer.is_empty() || ok.starts_with("HTTP/1.1"));
+    }
+
+    #[test]
+    fn clients_that_send_nothing_are_closed_after_the_header_read_timeout() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..limits()
+        };
+        let server = Server::start_with(viewer(10), "127.0.0.1", 0, limits).unwrap();
+        let t0 = Instant::now();
+        let mut idle = connect(&server);
+        assert!(read_all(&mut idle).is_empty());
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        // A keep-alive connection that asks nothing more is closed too.
+        let mut kept = connect(&server);
+        let host = format!("Host: {}", server.addr());
+        kept.write_all(format!("GET /api/meta HTTP/1.1\r\n{host}\r\n\r\n").as_bytes())
+            .unwrap();
+        let t0 = Instant::now();
+        let answer = String::from_utf8_lossy(&read_all(&mut kept)).into_owned();
+        assert_eq!(status(&answer), 200, "{answer}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn connections_past_the_cap_wait_for_one_to_close() {
+        let limits = Limits {
+            max_connections: 2,
+            ..limits()
+        };
+        let server = Server::start_with(viewer(10), "127.0.0.1", 0, limits).unwrap();
+        let idle: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut waiting = connect(&server);
+        waiting
+            .write_all(
+                format!(
+                    "GET /api/meta HTTP/1.1\r\n{}\r\nConnection: close\r\n\r\n",
+                    host(&server)
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let early = waiting.read(&mut byte);
+        assert!(
+            matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+            "answered past the cap: {early:?}"
+        );
+        drop(idle);
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&read_all(&mut waiting)).into_owned();
+        assert_eq!(status(&answer), 200, "{answer}");
+    }
+
+    /// Asks for a large answer (several MB) on a socket with a small
+    /// receive buffer (set before connecting, so that the window stays
+    /// small), and reads none of it.
+    fn stalled_client(server: &Server) -> TcpStream {
+        use std::os::fd::FromRawFd;
+        let SocketAddr::V4(addr) = server.addr() else {
+            panic!("not IPv4: {}", server.addr());
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let size: libc::c_int = 4096;
+        // SAFETY: a new socket (checked), given an int and a sockaddr_in of
+        // the sizes passed, then owned by the TcpStream alone.
+        let mut c = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "{}", io::Error::last_os_error());
+            let c = TcpStream::from_raw_fd(fd);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            let rc = libc::connect(
+                fd,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            c
+        };
+        c.write_all(format!("GET /api/funcs HTTP/1.1\r\n{}\r\n\r\n", host(server)).as_bytes())
+            .unwrap();
+        c
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_is_dropped_and_holds_no_one_up() {
+        let limits = Limits {
+            write_timeout: Duration::from_millis(500),
+            ..limits()
+        };
+        let server = Server::start_with(viewer(100_000), "127.0.0.1", 0, limits).unwrap();
+        let mut stalled: Vec<_> = (0..8).map(|_| stalled_client(&server)).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // Others are answered meanwhile.
+        let t0 = Instant::now();
+        let answer = request(&server, &["GET /api/meta HTTP/1.1", &host(&server)]);
+        assert_eq!(status(&answer), 200);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        std::thread::sleep(Duration::from_millis(2000));
+        // Past the write timeout the server has closed them: what they read
+        // is a part of the answer, then the end.
+        for s in &mut stalled {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let got = read_all(s);
+            let end = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(got.len());
+            let text = String::from_utf8_lossy(&got[..end]).into_owned();
+            assert_eq!(status(&text), 200);
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(length > 4 << 20, "{length}");
+            assert!(got.len() < length, "{} of {length}", got.len());
+        }
+    }
+
+    #[test]
+    fn stop_returns_within_a_second_with_stalled_and_idle_clients() {
+        let server = Server::start(viewer(100_000), "127.0.0.1", 0).unwrap();
+        let addr = server.addr();
+        let stalled: Vec<_> = (0..4).map(|_| stalled_client(&server)).collect();
+        let idle: Vec<TcpStream> = (0..20).map(|_| connect(&server)).collect();
+        let mut half = connect(&server);
+        half.write_all(b"GET /api/meta HTTP/1.1\r\nHost: loc")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let t0 = Instant::now();
+        server.stop();
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Every connection and the listening socket are closed.
+        assert!(read_all(&mut half).is_empty());
+        assert!(TcpStream::connect(addr).is_err());
+        drop((stalled, idle));
+    }
+
+    #[test]
+    fn several_host_headers_or_an_unknown_one_are_refused() {
+        let allowed = allowed_hosts("127.0.0.1:8080".parse().unwrap(), "127.0.0.1");
+        let check = |hosts: &[&str], allowed: Option<&[String]>| {
+            let mut headers = HeaderMap::new();
+            for h in hosts {
+                headers.append(header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            check_host(allowed, &headers).map_err(|r| r.status)
+        };
+        let on_loopback = allowed.as_deref();
+        assert_eq!(check(&["127.0.0.1:8080"], on_loopback), Ok(()));
+        assert_eq!(check(&["LOCALHOST:8080"], on_loopback), Ok(()));
+        assert_eq!(check(&[], on_loopback), Ok(()));
+        assert_eq!(check(&["evil.example:8080"], on_loopback), Err(403));
+        assert_eq!(
+            check(&["127.0.0.1:8080", "evil.example:8080"], on_loopback),
+            Err(400)
+        );
+        assert_eq!(
+            check(&["evil.example:8080", "127.0.0.1:8080"], on_loopback),
+            Err(400)
+        );
+        assert_eq!(
+            check(&["127.0.0.1:8080", "127.0.0.1:8080"], on_loopback),
+            Err(400)
+        );
+        assert_eq!(check(&["anything:8080"], None), Ok(()));
+        assert_eq!(check(&["a:1", "b:2"], None), Err(400));
+    }
+
+    #[test]
+    fn answers_carry_the_security_headers_and_head_has_no_body() {
+        let server = Server::start(viewer(1000), "127.0.0.1", 0).unwrap();
+        let host = format!("Host: {}", server.addr());
+        let get = request(&server, &["GET /api/funcs HTTP/1.1", &host]);
+        let head = request(&server, &["HEAD /api/funcs HTTP/1.1", &host]);
+        let (get_head, get_body) = get.split_once("\r\n\r\n").unwrap();
+        let (head_head, head_body) = head.split_once("\r\n\r\n").unwrap();
+        assert_eq!(head_body, "");
+        assert!(get_body.len() > 10_000);
+        let length = format!("Content-Length: {}", get_body.len());
+        assert!(head_head.contains(&length), "{head_head}");
+        assert!(get_head.contains(&length), "{get_head}");
+        for answer in [
+            head_head.to_string(),
+            get_head.to_string(),
+            request(&server, &["GET /api/meta HTTP/1.1", "Host: evil.example"]),
+            request(
+                &server,
+                &["POST /api/meta HTTP/1.1", &host, "Content-Length: 0"],
+            ),
+            request(&server, &["GET /etc/passwd HTTP/1.1", &host]),
+        ] {
+            for h in [
+                "Cache-Control: no-store",
+                "X-Content-Type-Options: nosniff",
+                "Referrer-Policy: no-referrer",
+                "Content-Security-Policy: default-src 'none';",
+            ] {
+                assert!(answer.contains(h), "{h} missing in {answer}");
+            }
+            assert_eq!(
+                answer.contains("Allow: GET, HEAD"),
+                status(&answer) == 405,
+                "{answer}"
+            );
+        }
+    }
+}
