@@ -1579,8 +1579,13 @@ def _run_sequential(iterable, progress, parallel):
         for i, task in enumerate(iterable):
             function, args, kwargs = _unpack(task, i)
             parallel.n_dispatched_tasks = i + 1
-            yield [function(*args, **kwargs)]
+            result = function(*args, **kwargs)
+            # Counted before it is handed over, as the other backends count a
+            # batch (and joblib's sequential calls call print_progress): a
+            # callback that raises stops the call before the result it counts.
             progress.update(1)
+            yield [result]
+            del result
         completed = True
     finally:
         progress.close(completed)
