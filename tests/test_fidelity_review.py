@@ -67,3 +67,42 @@ def test_a_raising_callback_stops_every_backend_before_the_result_it_counts(sett
         lambda: PerfkitStops(return_as="generator", batch_size=1, **settings), tasks(perfkit.delayed)
     )
     assert ours == theirs
+
+
+def _memmap_facts(a):
+    """What a task sees of a memmap: where it says it is in its file, and
+    whether reopening the file there gives its values."""
+    import numpy as np
+
+    again = np.memmap(a.filename, dtype=a.dtype, mode="r", offset=a.offset, shape=a.shape)
+    return type(a).__name__, a.offset, str(a.filename), a.mode, bool(np.array_equal(again, a))
+
+
+def _view_of(a):
+    return a[10:20]
+
+
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_a_memmap_view_arrives_with_its_offset_in_the_file(tmp_path, mode):
+    # A view of a memmap (X[1000:]), or a memmap opened at an offset, arrived
+    # with .offset 0: reopening its file at its offset, as a task may do
+    # (another library, a subprocess), read the file's first elements.
+    # joblib's reducer gives the offset of the view's first element.
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "data.f8"
+    np.arange(5000, dtype="f8").tofile(path)
+    whole = np.memmap(path, dtype="f8", mode=mode)
+    at_80 = np.memmap(path, dtype="f8", mode=mode, offset=80)
+    arguments = [whole, whole[1000:], at_80, at_80[5:]]
+    theirs = joblib.Parallel(n_jobs=2)(joblib.delayed(_memmap_facts)(a) for a in arguments)
+    assert [t[1] for t in theirs] == [0, 8000, 80, 120]
+    assert all(t[4] for t in theirs)
+    ours = perfkit.Parallel(n_jobs=2, backend="processes")(
+        perfkit.delayed(_memmap_facts)(a) for a in arguments
+    )
+    assert ours == theirs
+    # Sent on from the task (a view of what it got), it still views the right bytes.
+    back = perfkit.Parallel(n_jobs=2, backend="processes")(perfkit.delayed(_view_of)(a) for a in arguments)
+    for a, b in zip(arguments, back):
+        assert np.array_equal(b, a[10:20])
+        assert _memmap_facts(b)[4]

@@ -585,9 +585,21 @@ def _load_memmap(filename, mode, start, length, first, dtype, shape, strides, se
     view = np.ndarray.__new__(
         np.memmap, shape, dtype=dtype, buffer=whole, offset=start + first, strides=strides
     )
-    # A memmap as numpy makes a view of one: sent on (a task's result), it goes by its file again.
-    view._mmap, view.filename, view.offset, view.mode = whole._mmap, whole.filename, 0, whole.mode
+    # A memmap as numpy makes a view of one: sent on (a task's result), it
+    # goes by its file again. Its offset is where its first element is in
+    # the file, as joblib's reducer gives it (a view X[1000:] of a memmap
+    # said 0, the start of the file).
+    view._mmap, view.filename, view.offset, view.mode = whole._mmap, whole.filename, start + first, whole.mode
     return view
+
+
+class _WholeFileMap(mmap.mmap):
+    """The map of a whole file, from its first byte, that the memmaps
+    ``_load_memmap`` makes view: _reduce_memmap places them in the file by
+    it, not by their offset (numpy's own memmaps map from their offset,
+    rounded down)."""
+
+    perfkit_map_start = 0
 
 
 # (file name, mode) -> one mapping of the whole file, while any array views it:
@@ -614,7 +626,16 @@ def _mapped_file(np, filename, mode, needed, sent_file):
                 f"perfkit.Parallel: the memmap's file {filename} is shorter than when it was sent "
                 f"({identity[2]} bytes, {needed} needed): it was truncated or replaced meanwhile"
             )
-        whole = np.memmap(filename, dtype=np.uint8, mode=mode, shape=(identity[2],))
+        with open(filename, "r+b" if mode == "r+" else "rb") as f:
+            backing = _WholeFileMap(
+                f.fileno(), identity[2], access=mmap.ACCESS_WRITE if mode == "r+" else mmap.ACCESS_READ
+            )
+        # (np.memmap(filename, mode=mode) but on that map; its name as np.memmap gives it)
+        whole = np.ndarray.__new__(np.memmap, (identity[2],), dtype=np.uint8, buffer=backing)
+        whole._mmap, whole.offset, whole.mode = backing, 0, mode
+        whole.filename = (
+            filename.resolve() if isinstance(filename, os.PathLike) else os.path.abspath(filename)
+        )
         whole._perfkit_identity = identity
         _MAPPED_FILES[(filename, mode)] = whole
     return whole
