@@ -106,3 +106,48 @@ def test_a_memmap_view_arrives_with_its_offset_in_the_file(tmp_path, mode):
     for a, b in zip(arguments, back):
         assert np.array_equal(b, a[10:20])
         assert _memmap_facts(b)[4]
+
+
+def _kind_and_head(data):
+    return type(data).__name__, bytes(memoryview(data)[:4]), len(data)
+
+
+def _buffer_of(n, writable):
+    import pickle
+
+    return pickle.PickleBuffer((bytearray if writable else bytes)(b"abcd" * n))
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_a_pickle_buffer_arrives_as_pickle_gives_it_whatever_its_size(writable):
+    # A raw pickle.PickleBuffer argument (or result) of a large buffer arrived
+    # as a memoryview or an mmap (out of band), a small one as bytes: code
+    # calling .decode() on it, or testing isinstance(data, bytes), failed
+    # only at scale. pickle gives bytes for a read-only buffer, a bytearray for
+    # a writable one, and so do joblib's workers.
+    import pickle
+
+    sizes = [1, 100_000]  # 4 bytes and 400 kB: in band and out of band
+
+    def make(n):
+        return pickle.PickleBuffer((bytearray if writable else bytes)(b"abcd" * n))
+
+    expected = "bytearray" if writable else "bytes"
+    assert type(pickle.loads(pickle.dumps(make(1), protocol=5))).__name__ == expected
+    theirs = joblib.Parallel(n_jobs=2)(joblib.delayed(_kind_and_head)(make(n)) for n in sizes)
+    assert [t[0] for t in theirs] == [expected, expected]
+    ours = perfkit.Parallel(n_jobs=2, backend="processes")(
+        perfkit.delayed(_kind_and_head)(make(n)) for n in sizes
+    )
+    assert ours == theirs
+    ours = perfkit.Parallel(n_jobs=2, backend="processes")(
+        perfkit.delayed(_kind_and_head)(data=make(n)) for n in sizes
+    )
+    assert ours == theirs
+    # Returned by a task, likewise.
+    theirs = joblib.Parallel(n_jobs=2)(joblib.delayed(_buffer_of)(n, writable) for n in sizes)
+    ours = perfkit.Parallel(n_jobs=2, backend="processes")(
+        perfkit.delayed(_buffer_of)(n, writable) for n in sizes
+    )
+    assert [_kind_and_head(r) for r in ours] == [_kind_and_head(r) for r in theirs]
+    assert [type(r).__name__ for r in theirs] == [expected, expected]

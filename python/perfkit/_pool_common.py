@@ -234,12 +234,19 @@ def dumps(obj, out_of_band_from=None, main_names=None):
         return _dumps(obj, out_of_band_from, False, main_names)
 
 
+_BYTES_TYPES = (bytes, bytearray)
+
+
 def _dumps(obj, out_of_band_from, fast_frames, main_names):
     buffers = []
 
     def out_of_band(pickle_buffer):
         raw = pickle_buffer.raw()
-        if raw.nbytes >= out_of_band_from:
+        # A PickleBuffer of bytes or a bytearray is one the caller made (numpy's
+        # and perfkit's own export arrays): in band, it arrives as pickle gives
+        # it, bytes or a bytearray, as joblib's does, whatever its size (out of
+        # band, a large one arrived as a memoryview or an mmap, a small one as bytes).
+        if raw.nbytes >= out_of_band_from and type(raw.obj) not in _BYTES_TYPES:
             buffers.append(raw)
             return False
         return True
