@@ -296,16 +296,22 @@ impl Viewer {
                 Err(e) => Reply::error(400, &e),
             },
             "/api/edges" => {
-                let answer = params.view(self).and_then(|v| {
+                let asked = params.view(self).and_then(|v| {
                     let f = params
                         .get("f")
                         .and_then(|f| f.parse::<i64>().ok())
                         .ok_or("f must be a function number")?;
-                    Ok(self.edges_json(v, f))
+                    Ok((v, f))
                 });
-                match answer {
-                    Ok(body) => Reply::json(body),
-                    Err(e) => Reply::error(400, &e),
+                let (v, f) = match asked {
+                    Ok(asked) => asked,
+                    Err(e) => return Reply::error(400, &e),
+                };
+                // An id /api/funcs does not list is 404, as a frame /api/slice
+                // does not know is (it answered 200 with no callers and no callees).
+                match u32::try_from(f).ok().map(|f| self.canon(f)) {
+                    Some(f) if f >= 0 => Reply::json(self.edges_json(v, f)),
+                    _ => Reply::error(404, &format!("no function {f}")),
                 }
             }
             "/api/diff" => Reply::json(self.cached("diff", || self.diff_json())),

@@ -343,7 +343,6 @@ fn bad_numbers_in_parameters_are_400_not_a_default() {
         "/api/slice?view=0&root=0&depth=5&min=0.001",
         "/api/slice?view=0&root=1&depth=100000000000&min=2",
         "/api/slice?min=4e-7",
-        "/api/edges?view=0&f=-1",
         "/api/edges?view=0&f=3",
     ] {
         assert_eq!(viewer.handle("GET", path).status, 200, "{path}");
@@ -406,4 +405,39 @@ fn threads_of_several_processes_name_their_pid_once() {
         names,
         ["all threads", "MainThread (pid 1)", "worker process 7"]
     );
+}
+
+#[test]
+fn an_unknown_function_is_404_as_an_unknown_frame_is() {
+    // /api/edges answered 200 with empty callers and callees for a function
+    // id /api/funcs does not list, where /api/slice answers 404 for a frame
+    // it does not know: the page could not tell a typo from a leaf.
+    let viewer = Viewer::single("small".into(), bushy(2));
+    let funcs: Value = serde_json::from_str(&viewer.funcs_json()).unwrap();
+    let n = funcs["name"].as_array().unwrap().len();
+    assert_eq!(
+        viewer.handle("GET", "/api/slice?root=999999999").status,
+        404
+    );
+    for f in [
+        n.to_string(),
+        "999999999".into(),
+        "-1".into(),
+        "4294967295".into(),
+    ] {
+        let r = viewer.handle("GET", &format!("/api/edges?view=0&f={f}"));
+        assert_eq!(r.status, 404, "f={f}: {}", r.body);
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], format!("no function {f}"));
+    }
+    // Every function it lists is answered, with its callers or callees.
+    let mut linked = 0;
+    for f in 0..n {
+        let r = viewer.handle("GET", &format!("/api/edges?view=0&f={f}"));
+        assert_eq!(r.status, 200, "f={f}: {}", r.body);
+        let e: Value = serde_json::from_str(&r.body).unwrap();
+        linked += e["callers"]["f"].as_array().unwrap().len()
+            + e["callees"]["f"].as_array().unwrap().len();
+    }
+    assert!(linked > 0);
 }

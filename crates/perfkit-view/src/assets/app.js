@@ -627,6 +627,8 @@
   }
   let selectSeq = 0;
   function select(f, redraw) {
+    // (a link's sel= from another profile: no function of this one, none selected)
+    if (!(f < S.funcs.name.length)) f = -1;
     S.selected = f;
     writeHash();
     const st = S.stats[S.view];
