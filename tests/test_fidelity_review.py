@@ -151,3 +151,39 @@ def test_a_pickle_buffer_arrives_as_pickle_gives_it_whatever_its_size(writable):
     )
     assert [_kind_and_head(r) for r in ours] == [_kind_and_head(r) for r in theirs]
     assert [type(r).__name__ for r in theirs] == [expected, expected]
+
+
+def _square(x):
+    return x * x
+
+
+def _files_under(root):
+    import os
+
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_a_cleared_function_keeps_its_code_on_disk_as_joblibs_does(tmp_path):
+    # f.clear() removed the function's directory, func_code.py with it, and
+    # this process never wrote it again (once a process), so the cache no
+    # longer showed which code its results came from. joblib's clear()
+    # writes it again at once.
+    import os
+
+    theirs = joblib.Memory(tmp_path / "joblib", verbose=0).cache(_square)
+    ours = perfkit.Memory(tmp_path / "perfkit", verbose=0).cache(_square)
+    for f in (theirs, ours):
+        assert f(3) == 9
+        f.clear()
+    left = [f for f in _files_under(tmp_path / "joblib") if f != ".gitignore"]
+    assert [os.path.basename(f) for f in left] == ["func_code.py"]
+    left = _files_under(tmp_path / "perfkit")
+    assert [os.path.basename(f) for f in left] == ["func_code.py"]
+    assert "return x * x" in (tmp_path / "perfkit" / left[0]).read_text()
+    # Later results are stored beside it, the cleared one a miss again.
+    assert not ours.check_call_in_cache(3)
+    assert ours(4) == 16
+    perfkit.memory._flush_writes()
+    assert ours.check_call_in_cache(4)
+    assert [os.path.basename(f) for f in _files_under(tmp_path / "perfkit")][-1] == "func_code.py"
+    assert len(_files_under(tmp_path / "perfkit")) == 2

@@ -1452,6 +1452,15 @@ class MemorizedFunc(Generic[P, R]):
             _native.cache_remove(self.func_dir)
         except OSError as exc:
             _warn(f"perfkit.Memory: could not clear the cache of {self._name}() ({exc})")
+            return
+        # The function's code stays for people to read, as joblib's clear()
+        # leaves it (this process writes it once: it was gone for good).
+        try:
+            os.makedirs(self._code_dir, exist_ok=True)
+        except OSError:
+            self._code_written = False  # (with the next stored result, then)
+            return
+        self._write_func_code()
 
 
 class AsyncMemorizedFunc(MemorizedFunc[P, "Coroutine[Any, Any, T]"]):
