@@ -187,3 +187,43 @@ def test_a_cleared_function_keeps_its_code_on_disk_as_joblibs_does(tmp_path):
     assert ours.check_call_in_cache(4)
     assert [os.path.basename(f) for f in _files_under(tmp_path / "perfkit")][-1] == "func_code.py"
     assert len(_files_under(tmp_path / "perfkit")) == 2
+
+
+class _Terminal:
+    def __init__(self, tty):
+        self.tty = tty
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+def _screen_lines(text):
+    """The lines a terminal shows after ``text`` ("\\r" rewrites a line)."""
+    return [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n") if line.strip()]
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threads", "processes"])
+def test_a_call_with_no_tasks_shows_one_progress_line_without_a_rate(monkeypatch, capsys, backend):
+    # progress=True on an empty input printed "0 tasks, 0.0 tasks/s", a rate
+    # for a call that ran nothing (tqdm's bar shows "?it/s"). joblib reports
+    # the empty call (verbose, n_jobs=1: "Done 0 out of 0"), with no rate.
+    import sys
+
+    joblib.Parallel(n_jobs=1, verbose=10)([])
+    theirs = capsys.readouterr().err
+    assert "0 out of   0" in theirs and "/s" not in theirs
+    for tty in (False, True):
+        for tasks in ([], (x for x in [])):
+            stream = _Terminal(tty)
+            monkeypatch.setattr(sys, "stderr", stream)
+            assert perfkit.Parallel(n_jobs=2, backend=backend, progress=True)(tasks) == []
+            monkeypatch.undo()
+            assert _screen_lines(stream.text) == ["perfkit.Parallel: 0 tasks"], (tty, stream.text)
+            assert stream.text.endswith("\n")

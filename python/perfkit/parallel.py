@@ -825,7 +825,11 @@ class _Progress:
                     f"{_rate(rate)}, ETA {eta_text}\n"
                 )
         else:
-            line = f"perfkit.Parallel: {self.done} tasks, {_rate(rate)}"
+            line = f"perfkit.Parallel: {self.done} tasks"
+            if not (final and self.done == 0):
+                # (not for a call that had none: "0 tasks, 0.0 tasks/s" said
+                # it ran slowly; tqdm's bar says "?it/s")
+                line += f", {_rate(rate)}"
             line = "\r" + line + " " if self.in_place else line + "\n"
         if self.in_place:
             # Spaces over what a longer bar left (ETA 1:00:00 -> 59:59, 100.0 -> 99.9 tasks/s).
