@@ -227,3 +227,64 @@ def test_a_call_with_no_tasks_shows_one_progress_line_without_a_rate(monkeypatch
             monkeypatch.undo()
             assert _screen_lines(stream.text) == ["perfkit.Parallel: 0 tasks"], (tty, stream.text)
             assert stream.text.endswith("\n")
+
+
+def _fid_leaf(n):
+    return sum(range(n))
+
+
+def _fid_middle(n):
+    return [_fid_leaf(k) for k in range(n)]
+
+
+def _fid_top():
+    return [_fid_middle(k) for k in range(30)], sorted(str(k) for k in range(200))
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["-l", "5", "-f", "_fid_"],
+        ["-f", "_fid_", "-l", "2"],
+        ["-f", "_fid_|built-in", "-l", "0.5", "-f", "leaf|sorted"],
+        ["-l", "8", "-l", "3"],
+        ["--limit", "0.9", "--filter", "_fid_", "--limit", "-1"],
+    ],
+)
+def test_stats_restrictions_repeat_and_apply_in_order_as_print_stats(tmp_path, given):
+    # perfkit stats took -f and -l once each ("the argument '--limit' cannot
+    # be used multiple times") and applied the filter first whatever their
+    # order; pstats' print_stats("foo", 10, 0.5) applies each restriction to
+    # what the ones before it kept, in the order given.
+    import cProfile
+    import io
+    import pstats
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "run.prof"
+    profiler = cProfile.Profile()
+    profiler.runcall(_fid_top)
+    profiler.dump_stats(path)
+    amounts = []
+    for option, value in zip(given[::2], given[1::2]):
+        if option.endswith("f") or option == "--filter":
+            amounts.append(value)
+        else:
+            amounts.append(float(value) if "." in value else int(value))
+    buf = io.StringIO()
+    pstats.Stats(str(path), stream=buf).sort_stats("cumulative").print_stats(*amounts)
+    theirs = buf.getvalue()
+    assert theirs.count("due to restriction") >= 2  # (each of them cut the list)
+    script = Path(sys.executable).parent / "perfkit"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "perfkit"]
+    r = subprocess.run(
+        [*command, "stats", str(path), *given], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+
+    def table(text):
+        return [line for line in text.splitlines() if str(path) not in line]
+
+    assert table(r.stdout) == table(theirs)

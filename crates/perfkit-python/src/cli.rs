@@ -2,7 +2,7 @@
 //! Rust; the commands that run Python code (`record`, `demo`) hand over to
 //! `perfkit.cli`. Every error is one line on stderr and exit code 2.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use perfkit_profile::table::{self, Restriction, SortKey};
 use pyo3::prelude::*;
 use std::ffi::OsString;
@@ -83,13 +83,15 @@ enum Command {
             allow_negative_numbers = true
         )]
         sort: Vec<String>,
-        /// Show at most N rows (or a fraction such as 0.1; as in pstats, -N leaves out the last N).
+        /// Show at most N rows (or a fraction such as 0.1; as in pstats, a negative N keeps them
+        /// all). -l and -f repeat, each applied to what the ones before it kept, in the order
+        /// given, as pstats' print_stats("foo", 10, 0.5) applies its restrictions.
         #[arg(short, long, allow_negative_numbers = true)]
-        limit: Option<String>,
+        limit: Vec<String>,
         /// Show only rows whose `file:line(function)` matches this regular expression (Python's
         /// re syntax, less look-around and back-references).
         #[arg(short, long)]
-        filter: Option<String>,
+        filter: Vec<String>,
         /// File names without their directories, rows that then coincide summed (pstats' strip_dirs).
         #[arg(long)]
         strip_dirs: bool,
@@ -145,8 +147,11 @@ enum Command {
 /// UTF-8 is a file name, not a traceback.
 #[pyfunction]
 pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
-    let cli = match Cli::try_parse_from(&argv) {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches_from(&argv)
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return Ok(e.exit_code());
@@ -209,14 +214,38 @@ pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
             strip_dirs,
             callers,
             callees,
-        } => py.detach(|| {
-            let shown = Shown {
-                strip_dirs,
-                callers,
-                callees,
+        } => {
+            // -l and -f as given, in the order given (clap keeps each's apart, with their places).
+            let at = |id: &str| -> Vec<usize> {
+                matches
+                    .subcommand_matches("stats")
+                    .and_then(|m| m.indices_of(id))
+                    .map(Iterator::collect)
+                    .unwrap_or_default()
             };
-            stats(&files, &sort, limit.as_deref(), filter.as_deref(), shown)
-        }),
+            let mut restrictions: Vec<(usize, RestrictionArg)> = Vec::new();
+            restrictions.extend(
+                at("limit")
+                    .into_iter()
+                    .zip(limit.into_iter().map(RestrictionArg::Limit)),
+            );
+            restrictions.extend(
+                at("filter")
+                    .into_iter()
+                    .zip(filter.into_iter().map(RestrictionArg::Filter)),
+            );
+            restrictions.sort_by_key(|(place, _)| *place);
+            let restrictions: Vec<RestrictionArg> =
+                restrictions.into_iter().map(|(_, r)| r).collect();
+            py.detach(|| {
+                let shown = Shown {
+                    strip_dirs,
+                    callers,
+                    callees,
+                };
+                stats(&files, &sort, &restrictions, shown)
+            })
+        }
         Command::Export {
             files,
             output,
@@ -232,6 +261,12 @@ pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
     })
 }
 
+/// A `perfkit stats` restriction as given: `-l` (a count or a fraction) or `-f` (a regex).
+enum RestrictionArg {
+    Limit(String),
+    Filter(String),
+}
+
 /// What `perfkit stats` prints besides its sort and restrictions.
 struct Shown {
     strip_dirs: bool,
@@ -242,8 +277,7 @@ struct Shown {
 fn stats(
     files: &[PathBuf],
     sort: &[String],
-    limit: Option<&str>,
-    filter: Option<&str>,
+    given: &[RestrictionArg],
     shown: Shown,
 ) -> Result<(), String> {
     let keys = sort
@@ -251,18 +285,21 @@ fn stats(
         .map(|s| SortKey::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    // Applied in pstats' order: the filter first, then the limit on what it kept.
-    let mut restrictions = Vec::new();
-    if let Some(re) = filter {
-        restrictions.push(Restriction::regex(re).map_err(|e| format!("bad --filter: {e}"))?);
-    }
-    if let Some(l) = limit {
-        match Restriction::parse(l) {
-            Restriction::Regex(_) => {
-                return Err(format!("--limit takes a count or a fraction, not {l:?}"))
+    // Applied in the order given, each to what the ones before it kept, as
+    // pstats' print_stats(*amount) applies its arguments.
+    let mut restrictions = Vec::with_capacity(given.len());
+    for r in given {
+        restrictions.push(match r {
+            RestrictionArg::Filter(re) => {
+                Restriction::regex(re).map_err(|e| format!("bad --filter: {e}"))?
             }
-            r => restrictions.push(r),
-        }
+            RestrictionArg::Limit(l) => match Restriction::parse(l) {
+                Restriction::Regex(_) => {
+                    return Err(format!("--limit takes a count or a fraction, not {l:?}"))
+                }
+                r => r,
+            },
+        });
     }
     // pstats' Stats(a, b, c): a, then the others added last first (its
     // `add` walks its arguments reversed), files and totals likewise.
