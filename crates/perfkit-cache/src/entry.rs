@@ -1372,7 +1372,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("abc.pkc")]);
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -1447,7 +1446,7 @@ mod tests {
             panic!()
         };
         assert_eq!(&bytes[l.stream.0 as usize..], b"second");
-        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(d).unwrap().count(), 1);
     }
 
     fn corrupt_with(name: &str, damage: impl Fn(&Path)) -> String {
@@ -1657,7 +1656,6 @@ mod tests {
         assert!(layout.check_key(&bytes, "0123abce").is_err());
         let planned = plan_entry(&entry, 0, meta, b"stream", &[&[3u8; 1000]]).unwrap();
         assert_eq!(planned, layout);
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -1680,7 +1678,6 @@ mod tests {
             panic!()
         };
         assert_eq!(reader.check_head().unwrap(), None);
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -1706,7 +1703,6 @@ mod tests {
         assert!(head_of(&entry).unwrap().contains("metadata line"));
         fs::write(&entry, vec![b'x'; 3 << 20]).unwrap(); // no newline within the bound
         assert!(head_of(&entry).unwrap().contains("metadata line too long"));
-        fs::remove_dir_all(&d).unwrap();
     }
 
     /// Runs `f` on another thread; panics if it does not return within 10 s
@@ -1752,7 +1748,6 @@ mod tests {
                 }
             }
         }
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -1774,7 +1769,7 @@ mod tests {
         let err = write_entry(&d.join("k.pkc"), 0, "two\nlines", b"s", &[], false).unwrap_err();
         assert!(err.to_string().contains("one line"), "{err}");
         assert_eq!(
-            fs::read_dir(&d).unwrap().count(),
+            fs::read_dir(d).unwrap().count(),
             1,
             "no temporary file left"
         );

@@ -228,12 +228,12 @@ mod tests {
     fn lists_lru_first_and_skips_tmp() {
         let dir = tmpdir("list");
         let d = dir.path();
-        make(&d, "b", 10, 100);
-        make(&d, "a", 10, 10);
-        make(&d, "c", 10, 1000);
+        make(d, "b", 10, 100);
+        make(d, "a", 10, 10);
+        make(d, "c", 10, 1000);
         fs::write(d.join("mod/func/code/.tmp-x.pkc-1-2-3"), b"partial").unwrap();
         fs::write(d.join("mod/func/code/func_code.py"), b"def f(): pass").unwrap();
-        assert_eq!(keys(&d), ["c", "b", "a"]);
+        assert_eq!(keys(d), ["c", "b", "a"]);
     }
 
     #[test]
@@ -241,11 +241,11 @@ mod tests {
         let dir = tmpdir("reduce");
         let d = dir.path();
         for (i, k) in ["e1", "e2", "e3", "e4", "e5"].iter().enumerate() {
-            make(&d, k, 1000, 1000 - 100 * i as u64);
+            make(d, k, 1000, 1000 - 100 * i as u64);
         }
         let now = SystemTime::now();
         let removed = reduce_size(
-            &d,
+            d,
             Limits {
                 items: Some(4),
                 ..Default::default()
@@ -254,10 +254,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(removed.len(), 1);
-        assert_eq!(keys(&d), ["e2", "e3", "e4", "e5"]);
-        let one = list_entries(&d)[0].size;
+        assert_eq!(keys(d), ["e2", "e3", "e4", "e5"]);
+        let one = list_entries(d)[0].size;
         let removed = reduce_size(
-            &d,
+            d,
             Limits {
                 bytes: Some(2 * one + 1),
                 ..Default::default()
@@ -266,9 +266,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(removed.len(), 2);
-        assert_eq!(keys(&d), ["e4", "e5"]);
+        assert_eq!(keys(d), ["e4", "e5"]);
         let removed = reduce_size(
-            &d,
+            d,
             Limits {
                 age: Some(Duration::from_secs(650)),
                 ..Default::default()
@@ -277,13 +277,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(removed.len(), 1);
-        assert_eq!(keys(&d), ["e5"]);
-        assert!(reduce_size(&d, Limits::default(), now).unwrap().is_empty());
+        assert_eq!(keys(d), ["e5"]);
+        assert!(reduce_size(d, Limits::default(), now).unwrap().is_empty());
         // Nothing else left behind.
         assert_eq!(fs::read_dir(d.join("mod/func/code")).unwrap().count(), 1);
         // A dead remover's trash is cleaned up by the next listing.
         fs::create_dir_all(d.join("mod/.trash-func-1-2-3/code")).unwrap();
-        list_entries(&d);
+        list_entries(d);
         assert!(!d.join("mod/.trash-func-1-2-3").exists());
     }
 
@@ -292,11 +292,11 @@ mod tests {
         let dir = tmpdir("rm");
         let d = dir.path();
         assert!(!remove_atomically(&d.join("nothing")).unwrap());
-        let e = make(&d, "k", 1, 0);
+        let e = make(d, "k", 1, 0);
         assert!(remove_atomically(&e).unwrap());
         assert!(!e.exists());
-        make(&d, "k2", 1, 0);
+        make(d, "k2", 1, 0);
         assert!(remove_atomically(&d.join("mod")).unwrap());
-        assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(d).unwrap().count(), 0);
     }
 }

@@ -524,7 +524,7 @@ mod tests {
         let paths: Vec<PathBuf> = (0..200).map(|i| d.join(format!("e{i}.pkc"))).collect();
         for (i, p) in paths.iter().enumerate() {
             let bytes = encoded(p, format!("value {i}").as_bytes());
-            wb.submit(p.clone(), bytes.clone(), "f", &d);
+            wb.submit(p.clone(), bytes.clone(), "f", d);
             // Readable at once, from memory or (already written) from disk.
             let from_queue = wb.get(p);
             let on_disk = || match read_entry(p).unwrap() {
@@ -545,7 +545,6 @@ mod tests {
             let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
             assert_eq!(&b[s0..s0 + sl], format!("value {i}").as_bytes());
         }
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -554,15 +553,14 @@ mod tests {
         let d = dir.path();
         let wb = WriteBehind::new();
         let p = d.join("a.pkc");
-        wb.submit(p.clone(), encoded(&p, b"a"), "f", &d);
+        wb.submit(p.clone(), encoded(&p, b"a"), "f", d);
         wb.flush();
         std::thread::sleep(IDLE_EXIT * 3);
         assert!(!wb.lock().writer_started, "the idle writer did not end");
         let q = d.join("b.pkc");
-        wb.submit(q.clone(), encoded(&q, b"b"), "f", &d);
+        wb.submit(q.clone(), encoded(&q, b"b"), "f", d);
         wb.flush();
         assert!(q.exists() && wb.take_failures().is_empty());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -573,12 +571,11 @@ mod tests {
         let n = MAX_QUEUED_ENTRIES + 500;
         for i in 0..n {
             let p = d.join(format!("e{i}.pkc"));
-            wb.submit(p.clone(), encoded(&p, b"x"), "f", &d);
+            wb.submit(p.clone(), encoded(&p, b"x"), "f", d);
             assert!(wb.lock().pending.len() <= MAX_QUEUED_ENTRIES);
         }
         wb.flush();
-        assert_eq!(fs::read_dir(&d).unwrap().count(), n);
-        fs::remove_dir_all(&d).unwrap();
+        assert_eq!(fs::read_dir(d).unwrap().count(), n);
     }
 
     #[test]
@@ -591,7 +588,7 @@ mod tests {
         let wb = Arc::new(WriteBehind::new());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let before = d.join("before.pkc");
-        wb.submit(before.clone(), encoded(&before, b"queued before"), "f", &d);
+        wb.submit(before.clone(), encoded(&before, b"queued before"), "f", d);
         let submitters: Vec<_> = (0..2)
             .map(|t| {
                 let (wb, stop, d) = (Arc::clone(&wb), Arc::clone(&stop), d.to_path_buf());
@@ -629,7 +626,6 @@ mod tests {
             "an entry queued before the flush was not written by it"
         );
         wb.flush();
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -639,7 +635,7 @@ mod tests {
         let wb = WriteBehind::new();
         let p = d.join("same.pkc");
         for i in 0..500 {
-            wb.submit(p.clone(), encoded(&p, format!("v{i}").as_bytes()), "f", &d);
+            wb.submit(p.clone(), encoded(&p, format!("v{i}").as_bytes()), "f", d);
         }
         wb.flush();
         let ReadOutcome::Found((layout, b)) = read_entry(&p).unwrap() else {
@@ -647,7 +643,6 @@ mod tests {
         };
         let (s0, sl) = (layout.stream.0 as usize, layout.stream.1 as usize);
         assert_eq!(&b[s0..s0 + sl], b"v499");
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -658,14 +653,13 @@ mod tests {
         let sub = d.join("func");
         for i in 0..300 {
             let p = sub.join(format!("e{i}.pkc"));
-            wb.submit(p.clone(), encoded(&p, b"x"), "f", &d);
+            wb.submit(p.clone(), encoded(&p, b"x"), "f", d);
         }
         wb.forget_under(&sub);
         // Whatever was published before is removed now; nothing may appear afterwards.
         let _ = fs::remove_dir_all(&sub);
         wb.flush();
         assert!(!sub.exists(), "an entry was published after forget_under");
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -676,14 +670,13 @@ mod tests {
         fs::write(&blocker, b"a file where a directory should be").unwrap();
         let wb = WriteBehind::new();
         let p = blocker.join("e.pkc");
-        wb.submit(p.clone(), encoded(&p, b"x"), "my_func", &d);
+        wb.submit(p.clone(), encoded(&p, b"x"), "my_func", d);
         wb.flush();
         let failures = wb.take_failures();
         assert_eq!(failures.len(), 1);
         assert_eq!(&*failures[0].label, "my_func");
         assert!(failures[0].error.to_string().contains("not-a-dir"));
         assert!(wb.take_failures().is_empty());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -712,7 +705,6 @@ mod tests {
         wb.submit(q.clone(), encoded(&q, b"later"), "f", &root);
         wb.flush();
         assert!(q.exists() && wb.take_failures().is_empty());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -744,7 +736,6 @@ mod tests {
             let failures = wb.take_failures();
             assert!(failures.is_empty(), "round {round}: {failures:?}");
         }
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -762,7 +753,6 @@ mod tests {
         wb.submit(p.clone(), encoded(&p, b"y"), "f", &root);
         wb.flush();
         assert!(p.exists() && wb.take_failures().is_empty());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -792,9 +782,9 @@ mod tests {
                 let p = root.join(format!("perfkit/f{}/code/{:02x}/e{i}.pkc", i % 2, i % 7));
                 wb.submit(p.clone(), encoded(&p, b"x"), "f", &root);
             }
-            wb.removing(&absolute_path(&removed, &d), true);
+            wb.removing(&absolute_path(&removed, d), true);
             // Nothing is written under it from here on: the removal succeeds at once.
-            let removed = absolute_path(&removed, &d);
+            let removed = absolute_path(&removed, d);
             match fs::remove_dir_all(&removed) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("case {k}: {e}"),
                 _ => {} // (a directory below the root may not be there yet)
@@ -811,7 +801,6 @@ mod tests {
             );
             fs::create_dir_all(&a).unwrap();
         }
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

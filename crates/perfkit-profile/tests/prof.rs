@@ -276,7 +276,7 @@ fn write_file_is_atomic_and_replaces() {
     prof::write_file(&path, &tree).unwrap();
     assert_eq!(prof::read_file(&path).unwrap().tree, tree);
     // Nothing but the target is left in the directory.
-    let names: Vec<String> = std::fs::read_dir(&dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -327,7 +327,7 @@ fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
     use std::os::unix::fs::FileTypeExt as _;
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     // A directory is refused by name, as open() refuses it; a loop of links too.
-    let msg = prof::write_file(&dir, &tree).unwrap_err().to_string();
+    let msg = prof::write_file(dir, &tree).unwrap_err().to_string();
     assert!(msg.contains("Is a directory"), "{msg}");
     std::os::unix::fs::symlink("loop2", dir.join("loop1")).unwrap();
     std::os::unix::fs::symlink("loop1", dir.join("loop2")).unwrap();
@@ -339,7 +339,7 @@ fn write_file_goes_through_links_and_into_what_it_cannot_replace() {
         .unwrap()
         .file_type()
         .is_symlink());
-    let names: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+    let names: std::collections::BTreeSet<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -375,7 +375,7 @@ fn load_errors_name_the_file() {
         msg.starts_with("cannot read") && msg.contains("No such file"),
         "{msg}"
     );
-    let msg = load_err(&dir);
+    let msg = load_err(dir);
     assert!(msg.to_lowercase().contains("is a directory"), "{msg}");
     let empty = dir.join("empty.prof");
     std::fs::write(&empty, b"").unwrap();
