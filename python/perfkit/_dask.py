@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import queue
 import time
 import typing
 import uuid
 import weakref
 
+from perfkit import _dask_worker, _native
 from perfkit import parallel as pp
 from perfkit._pool_common import task_label
 
@@ -203,7 +205,7 @@ class DaskCall:
                     # can wait forever when the loop stops while the Client closes.
                     _raise_cut_off(None, _CLOSED, first, chunk)
                 try:
-                    elapsed, results = future.result()  # a task's error is raised here
+                    elapsed, results, tree = future.result()  # a task's error is raised here
                 except Exception as exc:
                     cut_off = _client_cut_off(self.client, exc)
                     if cut_off is not None:
@@ -230,6 +232,11 @@ class DaskCall:
                         pp._add_note(exc, _died_note(first, chunk, sends.lost + 1 if lost else None))
                     raise  # (its future stays in flight, so that `finally` releases it: dask
                     # keeps the exception, whose traceback holds this frame, which holds the future)
+                if tree is not None:
+                    # (a batch recorded for this process's profiler: its tasks' calls; a
+                    # failed batch's too, up to its error)
+                    _native.adopt_dask_tree(tree)
+                    tree = None
                 if type(results) is TaskRaised:
                     if sends.retried < self.retries:
                         del in_flight[future.key]
@@ -293,6 +300,7 @@ class DaskCall:
                 prepared,
                 self.host_threads,
                 self.retries > 0,
+                _recording_for(),
                 key=key,
                 pure=False,
                 **self.submit_params,
@@ -611,21 +619,47 @@ def _is_killed_worker(exc):
     return isinstance(exc, KilledWorker)
 
 
-def run_chunk(chunk, host_threads, keep_done=False):
-    """A batch on a dask worker: ``(seconds it took, results)``. A Parallel
-    inside a task stays within this task's share of its machine's CPUs
-    (shared with every worker thread on the machine). `keep_done`: a task's
-    error comes back with the results of the tasks before it (the call's
-    retries= sends the batch again from the task that failed)."""
+def run_chunk(chunk, host_threads, keep_done=False, recording=None):
+    """A batch on a dask worker: ``(seconds it took, results, tree)``. A
+    Parallel inside a task stays within this task's share of its machine's
+    CPUs (shared with every worker thread on the machine). `keep_done`: a
+    task's error comes back with the results of the tasks before it (the
+    call's retries= sends the batch again from the task that failed).
+    `recording`: ``(builtins, clock, process token)`` of the caller's
+    profiler while it records the call (see _recording_for), else None;
+    `tree`: then the calls of the batch's tasks, as the caller's profiler
+    adopts them (_native.adopt_dask_tree; a failed batch's too: those up to
+    its error, as cProfile keeps them), else None."""
+    address = None
     try:
         from distributed import get_worker
 
         worker = get_worker()
         threads = host_threads.get(worker.ip) or worker.state.nthreads
+        address = worker.address
     except Exception:  # noqa: BLE001 - not in a worker (called directly), or an older dask
         threads = 1
+    if recording is not None and recording[2] == _dask_worker.PROCESS_TOKEN:
+        recording = None  # the caller's own process: its profiler records this thread itself
     with pp._within_cpus(pp._share_of_one_of(threads)):
         started = time.perf_counter()
+        if recording is not None:
+            where = f"{address} " if address else ""
+            results, failed, tree = _dask_worker.run(
+                chunk, recording[:2], f"dask worker {where}(pid {os.getpid()})"
+            )
+            if failed is None:
+                return time.perf_counter() - started, results, tree
+            index, task, exc = failed
+            try:
+                # (as parallel._run_chunk notes it)
+                function, args, kwargs = pp._unpack(task, index)
+                pp._add_note(
+                    exc, f"perfkit.Parallel: raised by task {index} ({task_label(function, args, kwargs)})"
+                )
+            except TypeError as bad:  # (not a task delayed() made)
+                exc = bad
+            return None, TaskRaised.of(exc, results if keep_done else []), tree
         results = []
         try:
             if keep_done:
@@ -639,8 +673,17 @@ def run_chunk(chunk, host_threads, keep_done=False):
             # versions), where joblib's dask backend is silent; and a
             # SystemExit or KeyboardInterrupt raised through dask ends its
             # worker (and the next three it is given to: KilledWorker).
-            return None, TaskRaised.of(exc, results)
-        return time.perf_counter() - started, results
+            return None, TaskRaised.of(exc, results), None
+        return time.perf_counter() - started, results, None
+
+
+def _recording_for():
+    """What a batch sent now tells its worker to record with: the caller's
+    profiler's ``(builtins, clock)`` while it records (and its workers with
+    it), and this process's token (a worker in this very process records
+    nothing); None when nothing records here."""
+    recording = _native.recording_now()
+    return None if recording is None else (*recording, _dask_worker.PROCESS_TOKEN)
 
 
 class TaskRaised:

@@ -19,6 +19,7 @@ __all__ = [
     "WorkerPool",
     "__version__",
     "acquire_unrecorded",
+    "adopt_dask_tree",
     "adopt_worker_tree",
     "buffer_address",
     "cache_after_fork",
@@ -95,6 +96,13 @@ class Session:
     def recording(self) -> Recording: ...
     def tree_bytes(self) -> bytes:
         """The tree recorded so far, for :func:`adopt_worker_tree` in the process this one works for."""
+    def mark_current_call(self) -> tuple[int, int, int] | None:
+        """Mark the calling Python function's call, in this thread, to take the calls below it
+        from later; None when this session is not recording here or did not see it start."""
+    def take_calls_below(self, mark: tuple[int, int, int], name: str) -> bytes | None:
+        """The calls recorded below a marked call since the last take there, taken out of this
+        session, as one thread named `name`, for :func:`adopt_dask_tree`; None for a mark not
+        of this session."""
 
 @final
 class Recording:
@@ -140,6 +148,11 @@ WORKER_TREE_MARK: bytes
 def adopt_worker_tree(payload: bytes | memoryview, pid: int) -> int:
     """Take the call tree a worker put after a reply's pickle into the profiler recording
     here; returns the length of the pickle (the whole payload when it carries no tree)."""
+
+def adopt_dask_tree(tree: bytes) -> bool:
+    """Take a batch's call tree that a dask worker sent into the profiler recording here, as
+    one thread per worker process; False when none records here (or on another clock or
+    mode). RuntimeWarning for a tree that cannot be read."""
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``perfkit`` command line; returns the exit code."""

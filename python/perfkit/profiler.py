@@ -114,8 +114,8 @@ class Profiler:
     is refused. Callers and callees are always recorded (``subcalls``).
     ``workers=False`` leaves ``perfkit.Parallel``'s worker processes out:
     by default, while it records, each worker records the batches sent to
-    it and the profile holds one thread per worker ("worker process PID");
-    without them it holds the caller alone, as cProfile's does, and the
+    it and the profile holds one thread per worker ("worker process PID";
+    a dask worker's: "dask worker ADDRESS (pid PID)"); without them it holds the caller alone, as cProfile's does, and the
     workers run their tasks at full speed.
     """
 

@@ -40,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(profiler::release_unrecorded, m)?)?;
     m.add_function(wrap_pyfunction!(profiler::recording_now, m)?)?;
     m.add_function(wrap_pyfunction!(profiler::adopt_worker_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(profiler::adopt_dask_tree, m)?)?;
     m.add(
         "WORKER_TREE_MARK",
         pyo3::types::PyBytes::new(m.py(), profiler::WORKER_TREE_MARK),

@@ -2,7 +2,7 @@
 
 use crate::ProfileError;
 use perfkit_profile::{CallTree, FuncKey, StatsTable};
-use perfkit_record::{ClockKind, Mode, StartError};
+use perfkit_record::{CallMark, ClockKind, Mode, StartError};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -148,29 +148,66 @@ impl Session {
         let bytes = perfkit_profile::prof::tree_to_trailer(&self.tree(py));
         PyBytes::new(py, &bytes)
     }
+
+    /// Marks the Python function calling this, in the calling thread, to
+    /// take the calls below it from later ([`Self::take_calls_below`]); None
+    /// when this session is not recording there or did not see that call
+    /// start. (A dask worker's one recording for its caller, from which each
+    /// batch takes its own thread's calls.)
+    fn mark_current_call(&mut self, py: Python<'_>) -> Option<(u64, u64, u32)> {
+        self.inner.mark_current_call(py).map(|m| m.to_parts())
+    }
+
+    /// The calls recorded below the marked call since the last take there, as
+    /// bytes for [`adopt_dask_tree`] (one thread, named `name`), taken out of
+    /// this session; None for a mark not of this session.
+    fn take_calls_below<'py>(
+        &mut self,
+        py: Python<'py>,
+        mark: (u64, u64, u32),
+        name: &str,
+    ) -> Option<Bound<'py, PyBytes>> {
+        let mark = CallMark::from_parts(mark.0, mark.1, mark.2);
+        let hidden = hidden_by(&self.hidden_files, &self.hidden_builtins);
+        let tree = self
+            .inner
+            .take_calls_below(mark, name, &recorder_name(py), &hidden)?;
+        let bytes = perfkit_profile::prof::tree_to_trailer(&tree);
+        Some(PyBytes::new(py, &bytes))
+    }
 }
 
 impl Session {
     fn tree(&mut self, py: Python<'_>) -> CallTree {
         self.inner.name_live_threads(py);
-        let (hidden_files, hidden_builtins) = (&self.hidden_files, &self.hidden_builtins);
-        let hidden = |k: &FuncKey| {
-            if k.is_builtin() {
-                is_profilers_own_builtin(&k.name) || hidden_builtins.contains(&k.name)
-            } else {
-                hidden_files.contains(&k.file)
-            }
-        };
-        let v = py.version_info();
-        let recorder = format!(
-            "perfkit {} / CPython {}.{}.{}",
-            crate::VERSION,
-            v.major,
-            v.minor,
-            v.patch
-        );
-        self.inner.tree(&recorder, &hidden)
+        let hidden = hidden_by(&self.hidden_files, &self.hidden_builtins);
+        self.inner.tree(&recorder_name(py), &hidden)
     }
+}
+
+/// Whether a function is left out as the profiler's own (or a worker's loop).
+fn hidden_by<'a>(
+    hidden_files: &'a [String],
+    hidden_builtins: &'a [String],
+) -> impl Fn(&FuncKey) -> bool + 'a {
+    move |k: &FuncKey| {
+        if k.is_builtin() {
+            is_profilers_own_builtin(&k.name) || hidden_builtins.contains(&k.name)
+        } else {
+            hidden_files.contains(&k.file)
+        }
+    }
+}
+
+fn recorder_name(py: Python<'_>) -> String {
+    let v = py.version_info();
+    format!(
+        "perfkit {} / CPython {}.{}.{}",
+        crate::VERSION,
+        v.major,
+        v.minor,
+        v.patch
+    )
 }
 
 /// A call tree in hand: recorded here or read from a file.
@@ -417,6 +454,39 @@ pub fn adopt_worker_tree(py: Python<'_>, payload: PyBuffer<u8>, pid: u32) -> PyR
     Ok(start)
 }
 
+/// Takes a batch's call tree that a dask worker process sent
+/// ([`Session::take_calls_below`]) into the profiler recording here, all of
+/// that process's threads summed into one (a worker's batches, whichever of
+/// its threads ran them, as one thread per worker process, as the processes
+/// backend's). Returns whether it was taken: False when nothing records here
+/// (or not on that clock and mode). A tree that cannot be read is left out
+/// with a warning. One of the profiler's own functions, left out of profiles.
+#[pyfunction]
+pub fn adopt_dask_tree(py: Python<'_>, tree: &[u8]) -> PyResult<bool> {
+    match perfkit_profile::prof::tree_from_trailer(tree) {
+        Ok(mut tree) => {
+            for thread in &mut tree.threads {
+                thread.thread_id = 0;
+            }
+            Ok(perfkit_record::adopt(py, &tree))
+        }
+        Err(e) => {
+            let message = format!(
+                "perfkit.Parallel: the profile of a batch that a dask worker recorded could not be read, \
+                 and is left out of the profile ({e})"
+            );
+            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            PyErr::warn(
+                py,
+                &category,
+                &std::ffi::CString::new(message).unwrap_or_default(),
+                1,
+            )?;
+            Ok(false)
+        }
+    }
+}
+
 /// Whether a C function's name is one of the profiler's own: the session's
 /// methods (enable/disable) and the lock functions above. perfkit's other
 /// natives (a Parallel call's waits, a cache's reads) are the profiled
@@ -426,6 +496,7 @@ fn is_profilers_own_builtin(name: &str) -> bool {
         || name.ends_with("perfkit._native.acquire_unrecorded>")
         || name.ends_with("perfkit._native.release_unrecorded>")
         || name.ends_with("perfkit._native.adopt_worker_tree>")
+        || name.ends_with("perfkit._native.adopt_dask_tree>")
 }
 
 /// Reads any supported profile file (perfkit/cProfile `.prof`, collapsed stacks, speedscope).

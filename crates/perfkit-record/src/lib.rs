@@ -21,4 +21,4 @@ pub mod session;
 mod stack;
 
 pub use clock::ClockKind;
-pub use session::{adopt, recording_now, Mode, Session, StartError};
+pub use session::{adopt, recording_now, CallMark, Mode, Session, StartError};

@@ -233,6 +233,52 @@ impl ThreadRecorder {
         self.stack.len()
     }
 
+    /// The node of the innermost Python call in flight (C calls above it
+    /// skipped: the native function asking, say), or None when none is.
+    pub(crate) fn innermost_python_call(&self) -> Option<u32> {
+        self.stack[1..]
+            .iter()
+            .rev()
+            .map(|f| f.node)
+            .find(|&node| self.nodes[node as usize].flags & FLAG_C == 0)
+    }
+
+    /// The identity the hooks saw for `node` (a code object's address, for a Python call).
+    pub(crate) fn node_key(&self, node: u32) -> usize {
+        self.nodes[node as usize].key
+    }
+
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Which nodes lie below `root` (not `root` itself; every node below the
+    /// thread's root when `root` is 0). Children have larger ids than their
+    /// parents, so one forward pass finds them.
+    fn below(&self, root: u32) -> Vec<bool> {
+        let root = root as usize;
+        let mut inside = vec![false; self.nodes.len()];
+        for i in root + 1..self.nodes.len() {
+            let parent = self.nodes[i].parent as usize;
+            inside[i] = parent == root || inside[parent];
+        }
+        inside
+    }
+
+    /// Forgets the calls recorded below `root` (their counts and times go
+    /// to 0, so that a tree taken later leaves them out); the nodes stay, for
+    /// the same calls made again.
+    pub(crate) fn clear_below(&mut self, root: u32) {
+        let inside = self.below(root);
+        for (node, inside) in self.nodes.iter_mut().zip(inside) {
+            if inside {
+                node.calls = 0;
+                node.own = 0;
+                node.total = 0;
+            }
+        }
+    }
+
     /// The recorded tree, without nodes that never completed a call and have
     /// no such descendant (a generator's creation, say), and without the
     /// `hidden` functions (the profiler's own API): where one leads to no
@@ -249,11 +295,28 @@ impl ThreadRecorder {
         scale: f64,
         hidden: &dyn Fn(FuncId) -> bool,
     ) -> ThreadTree {
+        self.tree_below(0, name, pid, scale, hidden)
+    }
+
+    /// [`Self::to_thread_tree`] of the calls recorded below `root`, which
+    /// become the tree's top-level calls (all of them when `root` is 0).
+    pub(crate) fn tree_below(
+        &self,
+        root: u32,
+        name: String,
+        pid: u32,
+        scale: f64,
+        hidden: &dyn Fn(FuncId) -> bool,
+    ) -> ThreadTree {
         let ns = |ticks: u64| (ticks as f64 * scale).round() as u64;
         let n = self.nodes.len();
+        let inside = self.below(root);
         // Children have larger ids than their parents, so a backward pass sees children first.
         let mut useful = vec![false; n];
         for i in (1..n).rev() {
+            if !inside[i] {
+                continue;
+            }
             let node = &self.nodes[i];
             if node.calls > 0 && !hidden(node.func) {
                 useful[i] = true;
@@ -264,11 +327,12 @@ impl ThreadRecorder {
         }
         let mut tree = ThreadTree::new(name, self.thread_id, pid);
         // Where each recorded node went in the output (a spliced node maps to its caller's).
+        // (`root` maps to the output's root, 0.)
         let mut out_id = vec![0u32; n];
         let mut index: FxHashMap<(u32, FuncId), u32> = FxHashMap::default();
         for i in 1..n {
             let node = &self.nodes[i];
-            if !useful[i] {
+            if !useful[i] || !inside[i] {
                 continue;
             }
             let parent = out_id[node.parent as usize];

@@ -271,6 +271,33 @@ impl SessionData {
     }
 }
 
+/// A Python call in flight on one thread of a session, to take the calls
+/// below it from (see [`Session::mark_current_call`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallMark {
+    session: u64,
+    /// Index of the thread's recorder in the session's.
+    thread: usize,
+    node: u32,
+}
+
+impl CallMark {
+    /// As three numbers, to hand to Python and back ([`Self::from_parts`]).
+    pub fn to_parts(self) -> (u64, u64, u32) {
+        (self.session, self.thread as u64, self.node)
+    }
+
+    /// A mark from [`Self::to_parts`]; one that does not name a marked call
+    /// of the session it is given to takes nothing there.
+    pub fn from_parts(session: u64, thread: u64, node: u32) -> CallMark {
+        CallMark {
+            session,
+            thread: usize::try_from(thread).unwrap_or(usize::MAX),
+            node,
+        }
+    }
+}
+
 /// One profiler's recording. Dropping it stops it.
 pub struct Session {
     data: Box<SessionData>,
@@ -525,6 +552,111 @@ impl Session {
                 started_unix: d.started_unix,
             },
         }
+    }
+
+    /// Marks the Python call that calls this (the innermost one in flight on
+    /// the calling thread) as a place to [`Self::take_calls_below`] from
+    /// later, so that one thread's batch of work can be taken out of a
+    /// session that records every thread of the process. None when this
+    /// session is not recording now, leaves this thread out, or did not see
+    /// that call start (it started before the recording did).
+    pub fn mark_current_call(&mut self, _py: Python<'_>) -> Option<CallMark> {
+        if !self.data.enabled {
+            return None;
+        }
+        // SAFETY: GIL held (we have the token); an enabled session is the
+        // active one, so the recorder the calling thread's slot gives is one
+        // of this session's (boxed, alive until `clear`, which needs it
+        // disabled). PyEval_GetFrame returns a borrowed frame (the Python
+        // code calling us) and PyFrame_GetCode a new reference, released here.
+        unsafe {
+            let rec = recorder();
+            if rec.is_null() {
+                return None;
+            }
+            let thread = self
+                .data
+                .threads
+                .iter()
+                .position(|r| ptr::eq(&**r, rec as *const ThreadRecorder))?;
+            let node = (*rec).innermost_python_call()?;
+            let frame = ffi::PyEval_GetFrame();
+            if frame.is_null() {
+                return None;
+            }
+            let code = ffi::PyFrame_GetCode(frame);
+            let same = (*rec).node_key(node) == code as usize;
+            ffi::Py_DECREF(code as *mut ffi::PyObject);
+            same.then_some(CallMark {
+                session: self.data.id,
+                thread,
+                node,
+            })
+        }
+    }
+
+    /// Takes out of this session the calls it recorded below a marked call
+    /// ([`Self::mark_current_call`]): a tree of one thread, named `name`,
+    /// whose top-level calls are the marked call's callees, on this
+    /// session's clock and with only the functions it names; `hidden` as in
+    /// [`Self::tree`]. They are forgotten here, so that a later take below
+    /// the same call (the same thread's next batch) does not give them again.
+    /// Calls of the marked call still in flight are left out (they are not
+    /// done: the native function taking, say). Works as well after the
+    /// session stopped (it gave way to another profiler): what it recorded
+    /// up to then. None for a mark of another session, or of one since cleared.
+    pub fn take_calls_below(
+        &mut self,
+        mark: CallMark,
+        name: &str,
+        recorder_name: &str,
+        hidden: &dyn Fn(&FuncKey) -> bool,
+    ) -> Option<CallTree> {
+        let d = &mut self.data;
+        if mark.session != d.id {
+            return None;
+        }
+        let hidden_ids: Vec<bool> = d.funcs.iter().map(hidden).collect();
+        let is_hidden = |f: FuncId| hidden_ids.get(f as usize).copied().unwrap_or(false);
+        let scale = if d.enabled {
+            clock::nanos_per_tick(d.clock)
+        } else {
+            d.nanos_per_tick
+        };
+        let rec = d.threads.get_mut(mark.thread)?;
+        if mark.node as usize >= rec.node_count() {
+            return None;
+        }
+        let mut thread = rec.tree_below(
+            mark.node,
+            name.to_owned(),
+            std::process::id(),
+            scale,
+            &is_hidden,
+        );
+        rec.clear_below(mark.node);
+        // Only the functions the tree names, renumbered in order of first use.
+        let mut new_ids: FxHashMap<FuncId, FuncId> = FxHashMap::default();
+        let mut funcs = Vec::new();
+        for node in thread.nodes.iter_mut().skip(1) {
+            node.func = *new_ids.entry(node.func).or_insert_with(|| {
+                funcs.push(d.funcs[node.func as usize].clone());
+                (funcs.len() - 1) as FuncId
+            });
+        }
+        let duration_ns = thread.total_ns();
+        Some(CallTree {
+            funcs,
+            threads: vec![thread],
+            meta: Meta {
+                exact: true,
+                clock: profile_clock(d.clock),
+                builtins: d.mode == Mode::Full,
+                recorder: recorder_name.to_owned(),
+                duration_ns,
+                started_unix: d.started_unix,
+            },
+        })
     }
 
     /// Forgets everything recorded (must be disabled).
