@@ -1,5 +1,6 @@
 """`perfkit view`'s server (hyper) reviewed as an attacker and as a browser
-user would use it: many idle or half-sent connections beside the page."""
+user would use it: many idle or half-sent connections beside the page, and
+requests whose clients left before their answer was computed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import os
 import resource
 import socket
 import time
+from pathlib import Path
 
 import pytest
-from view_support import ViewServer, write_cprofile
+from view_support import ViewServer, write_cprofile, write_synthetic_tree
 
 
 def get(port: int, path: str, timeout: float = 60) -> tuple[int, bytes, float]:
@@ -101,3 +103,29 @@ def test_a_connection_being_answered_is_not_closed_to_make_room(server):
         next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")) if k == b"Content-Length")
     )
     assert head.startswith(b"HTTP/1.1 200") and len(body) == length > 10_000
+
+
+def test_answers_for_clients_that_left_are_not_computed(tmp_path: Path):
+    # A request's answer was computed even when its client had closed the
+    # connection before it was started (a page reloaded or closed while its
+    # slices were being computed): 24 such requests of a large profile kept
+    # the 4 workers busy and the next page's requests waited for all of
+    # them. Those not started when their client leaves are now dropped.
+    src = tmp_path / "big.prof"
+    write_synthetic_tree(src, 1_000_000)
+    with ViewServer(src) as s:
+        status, _, one = get(s.port, "/api/slice?root=0&depth=1000&min=0")
+        assert status == 200
+        n = 24
+        for i in range(n):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(
+                f"GET /api/slice?root=0&depth=1000&min=0.0000001{i:02d} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{s.port}\r\n\r\n".encode()
+            )
+            c.close()
+        time.sleep(0.2)
+        status, _, took = get(s.port, "/api/meta")
+        assert status == 200
+        # (Computing them all takes about n * one / 2 on two cores.)
+        assert took < max(1.0, n * one / 6), f"waited {took:.1f} s; one slice takes {one:.2f} s"

@@ -522,18 +522,33 @@ async fn answer(site: Arc<Site>, request: Request<Incoming>) -> Response<Full<By
             // no route, as before.
             let target = request.uri().to_string();
             // Computed off the I/O threads (see `Server::runtime`).
-            tokio::task::spawn_blocking(move || {
+            let mut computing = Computing(tokio::task::spawn_blocking(move || {
                 // A panic while answering is a bug; it must cost one request, not the server.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     site.viewer.handle(&method, &target)
                 }))
                 .unwrap_or_else(|_| internal_error())
-            })
-            .await
-            .unwrap_or_else(|_| internal_error())
+            }));
+            (&mut computing.0)
+                .await
+                .unwrap_or_else(|_| internal_error())
         }
     };
     response(reply, head_only)
+}
+
+/// An answer being computed on the blocking pool, given up if its client
+/// leaves first (hyper then drops the request's future): one that has not
+/// started is never started. (Its closure stayed queued and was computed
+/// for no one: 24 slices of a large profile whose page was reloaded kept
+/// the [`WORKERS`] busy for seconds, and the new page's requests waited.)
+/// One already started runs to its end; nothing is sent.
+struct Computing(tokio::task::JoinHandle<Reply>);
+
+impl Drop for Computing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The reply with the headers every answer carries. The answer to a HEAD
