@@ -141,6 +141,10 @@ struct ThreadState {
     recursion_critical: libc::c_char,
     stackcheck_counter: libc::c_int,
     tracing: libc::c_int,
+    use_tracing: libc::c_int,
+    c_profilefunc: Option<ffi::Py_tracefunc>,
+    c_tracefunc: Option<ffi::Py_tracefunc>,
+    c_profileobj: *mut ffi::PyObject,
 }
 
 #[cfg(all(Py_3_10, not(Py_3_11)))]
@@ -154,6 +158,10 @@ struct ThreadState {
     recursion_headroom: libc::c_int,
     stackcheck_counter: libc::c_int,
     tracing: libc::c_int,
+    cframe: *mut libc::c_void,
+    c_profilefunc: Option<ffi::Py_tracefunc>,
+    c_tracefunc: Option<ffi::Py_tracefunc>,
+    c_profileobj: *mut ffi::PyObject,
 }
 
 #[cfg(all(Py_3_11, not(Py_3_12)))]
@@ -168,6 +176,11 @@ struct ThreadState {
     recursion_limit: libc::c_int,
     recursion_headroom: libc::c_int,
     tracing: libc::c_int,
+    tracing_what: libc::c_int,
+    cframe: *mut libc::c_void,
+    c_profilefunc: Option<ffi::Py_tracefunc>,
+    c_tracefunc: Option<ffi::Py_tracefunc>,
+    c_profileobj: *mut ffi::PyObject,
 }
 
 #[cfg(all(Py_3_12, not(Py_3_13)))]
@@ -222,6 +235,20 @@ struct ThreadState {
 #[inline(always)]
 pub unsafe fn is_tracing(tstate: *mut ffi::PyThreadState) -> bool {
     (*(tstate as *mut ThreadState)).tracing > 0
+}
+
+/// The C profile function set in `tstate` (`PyEval_SetProfile`), if any,
+/// and the object it was set with (null for a tool that sets none, as yappi
+/// does, so that `sys.getprofile()` is None while it profiles).
+///
+/// # Safety
+/// GIL held; `tstate` a live thread state of this interpreter.
+#[cfg(not(Py_3_12))]
+pub unsafe fn profile_func_of(
+    tstate: *mut ffi::PyThreadState,
+) -> (Option<ffi::Py_tracefunc>, *mut ffi::PyObject) {
+    let ts = tstate as *mut ThreadState;
+    ((*ts).c_profilefunc, (*ts).c_profileobj)
 }
 
 /// Whether `frame`, which the hook is still evaluating, has already

@@ -39,11 +39,23 @@ fn uses_eval_frame(mode: Mode) -> bool {
 /// Refuses to start while another profiler or frame-evaluation hook runs.
 pub(crate) fn check_free(py: Python<'_>, mode: Mode) -> Result<(), StartError> {
     let sys = py.import("sys")?;
-    if !sys.call_method0("getprofile")?.is_none() {
-        return Err(StartError::Busy(
-            "another profiler is active in this thread (sys.getprofile() is set, e.g. by cProfile); disable it first"
-                .into(),
-        ));
+    // Full mode before 3.12 replaces every thread's profile function.
+    #[cfg(not(Py_3_12))]
+    if mode == Mode::Full {
+        // SAFETY: GIL held (we have `py`).
+        if let Some(other) = unsafe { profile_hook::foreign_profiler(py) } {
+            return Err(StartError::Busy(format!(
+                "another profiler is active: {other}; perfkit would take its profile hook away \
+                 (sys.setprofile's, which cProfile, yappi and pyinstrument use too): stop it first"
+            )));
+        }
+    }
+    let other = sys.call_method0("getprofile")?;
+    if !other.is_none() {
+        return Err(StartError::Busy(format!(
+            "another profiler is active in this thread (sys.getprofile() is {}); disable it first",
+            other.repr()?
+        )));
     }
     #[cfg(Py_3_12)]
     {

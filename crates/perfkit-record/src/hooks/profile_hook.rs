@@ -5,6 +5,7 @@
 use crate::frames::{self, _PyEval_SetProfile, CFunction};
 use crate::session::{intern_cfunction, intern_code, now, recorder, this_thread_left_out};
 use pyo3::ffi;
+use pyo3::types::PyAnyMethods;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::Mutex;
@@ -155,6 +156,62 @@ unsafe fn for_each_thread(mut f: impl FnMut(*mut ffi::PyThreadState)) {
         f(ts);
         ts = ffi::PyThreadState_Next(ts);
     }
+}
+
+/// Another tool's profile function, set in some thread now: what full mode
+/// would take away (`install_all_threads` replaces every thread's). Read at
+/// the C level: yappi sets its hook with no object, so `sys.getprofile()`
+/// is None while it profiles, and cProfile running in another thread is not
+/// this thread's `sys.getprofile()`. Returns how to name it in an error.
+pub(super) unsafe fn foreign_profiler(py: pyo3::Python<'_>) -> Option<String> {
+    let mut found = None;
+    for_each_thread(|ts| {
+        if found.is_some() {
+            return;
+        }
+        let (func, obj) = frames::profile_func_of(ts);
+        let Some(func) = func else { return };
+        if func as usize == callback as *const () as usize {
+            return;
+        }
+        let what = if obj.is_null() {
+            format!("a C profile function from {}", library_of(func as usize))
+        } else {
+            let obj = pyo3::Bound::from_borrowed_ptr(py, obj);
+            obj.repr()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| "an object".into())
+        };
+        let thread = if ts == ffi::PyThreadState_Get() {
+            "this thread"
+        } else {
+            "another thread"
+        };
+        found = Some(format!("{what}, in {thread}"));
+    });
+    if !ffi::PyErr_Occurred().is_null() {
+        ffi::PyErr_Clear();
+    }
+    found
+}
+
+/// The file of the shared library that holds code address `addr` (yappi's
+/// extension module, say), as the loader knows it.
+fn library_of(addr: usize) -> String {
+    #[cfg(unix)]
+    // SAFETY: dladdr only reads the loader's tables; dli_fname, when set, is a
+    // NUL-terminated path that lives as long as the library stays loaded.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(addr as *const c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            let path = CStr::from_ptr(info.dli_fname).to_string_lossy();
+            return std::path::Path::new(&*path)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.into_owned());
+        }
+    }
+    format!("address {addr:#x}")
 }
 
 pub(super) unsafe fn install_all_threads() {

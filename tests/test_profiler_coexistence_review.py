@@ -1,0 +1,86 @@
+"""perfkit's profiler beside the other tools a user runs at the same time:
+profilers and tracers that hook the same interpreter (yappi, VizTracer,
+pyinstrument, coverage, debuggers). Each either records beside perfkit, with
+both results right, or one of the two refuses with one line naming the
+other; perfkit never silently breaks the other tool, nor records wrong.
+
+cProfile is the anchor: perfkit does no worse than it does in the same place.
+"""
+
+from __future__ import annotations
+
+import pstats
+import sys
+import threading
+
+import perfkit
+import pytest
+import yappi
+from conftest import gc_disabled, run_cprofile, summarize
+
+pytestmark = pytest.mark.version_sensitive
+
+needs_monitoring = pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+
+
+def _leaf(x):
+    return len(str(x))
+
+
+def _work():
+    total = 0
+    for i in range(40):
+        total += _leaf(i)
+    return total
+
+
+def _rows(stats: dict) -> dict:
+    """(cc, nc) of this file's functions and of the C functions they call."""
+    mine = {k: v for k, v in summarize(stats).funcs.items() if k[0] == __file__}
+    called = summarize(stats).edges
+    for (caller, callee), (_cc, nc) in called.items():
+        if caller[0] == __file__ and callee[0] == "~":
+            mine[callee] = mine.get(callee, (0, 0))[0] + nc, mine.get(callee, (0, 0))[1] + nc
+    return mine
+
+
+def _hooks():
+    state = [sys.getprofile(), sys.gettrace(), threading._profile_hook]
+    if sys.version_info >= (3, 12):
+        m = sys.monitoring
+        state += [(m.get_tool(i), m.get_events(i), m.get_local_events(i, _leaf.__code__)) for i in range(6)]
+    return state
+
+
+def _yappi_counts() -> dict:
+    return {s.name: s.ncall for s in yappi.get_func_stats() if s.module == __file__}
+
+
+def test_perfkit_does_not_silently_take_yappis_hook():
+    """yappi sets its C profile function with no object, so sys.getprofile()
+    is None while it profiles. Before 3.12 perfkit's full mode replaced it in
+    every thread with no word, and stopping left no profile function at all:
+    yappi recorded nothing. perfkit now refuses, naming yappi's module; from
+    3.12 the two hooks differ and both record."""
+    _work()
+    before = _hooks()
+    want = _rows(run_cprofile(_work).stats)
+    yappi.clear_stats()
+    yappi.start(builtins=True)
+    prof = perfkit.Profiler()
+    try:
+        if sys.version_info < (3, 12):
+            with pytest.raises(RuntimeError, match=r"_yappi.*stop it first"):
+                prof.enable()
+        else:
+            prof.enable()
+        with gc_disabled():
+            _work()
+        prof.disable()
+    finally:
+        yappi.stop()
+    assert _yappi_counts() == {"_work": 1, "_leaf": 40}
+    yappi.clear_stats()
+    if sys.version_info >= (3, 12):
+        assert _rows(pstats.Stats(prof).stats) == want
+    assert _hooks() == before
