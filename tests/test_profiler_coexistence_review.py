@@ -12,6 +12,7 @@ from __future__ import annotations
 import pstats
 import sys
 import threading
+import warnings
 
 import perfkit
 import pytest
@@ -84,3 +85,67 @@ def test_perfkit_does_not_silently_take_yappis_hook():
     if sys.version_info >= (3, 12):
         assert _rows(pstats.Stats(prof).stats) == want
     assert _hooks() == before
+
+
+@needs_monitoring
+@pytest.mark.parametrize("other_stops_first", [False, True])
+@pytest.mark.parametrize("builtins", [True, False])
+def test_a_tool_that_takes_the_profiler_slot_keeps_it_when_perfkit_stops(builtins, other_stops_first):
+    """VizTracer (1.x, 3.12+) frees sys.monitoring's profiler id, whoever holds
+    it, and takes it. Started while perfkit recorded, it then lost all its
+    events the moment perfkit stopped (perfkit cleared the id's events and
+    callbacks without asking whose they were): its trace ended there, with no
+    word; and perfkit's profile silently lacked the C calls made meanwhile.
+    Now perfkit leaves the other tool's events alone and warns, in one line
+    naming it, what its own profile lacks."""
+    m, events = sys.monitoring, sys.monitoring.events
+    before = _hooks()
+    seen = []
+
+    def on_start(code, offset):
+        if code is _leaf.__code__:
+            seen.append(offset)
+
+    prof = perfkit.Profiler(builtins=builtins)
+    prof.enable()
+    try:
+        # What VizTracer's tracer does on start (snaptrace.c, enable_monitoring).
+        m.free_tool_id(m.PROFILER_ID)
+        m.use_tool_id(m.PROFILER_ID, "viztracer")
+        m.register_callback(m.PROFILER_ID, events.PY_START, on_start)
+        m.set_events(m.PROFILER_ID, events.PY_START)
+        _work()
+        if other_stops_first:
+            m.set_events(m.PROFILER_ID, 0)
+            m.register_callback(m.PROFILER_ID, events.PY_START, None)
+            m.free_tool_id(m.PROFILER_ID)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prof.disable()
+        _work()  # the other tool records on after perfkit stopped
+    finally:
+        prof.disable()
+        if m.get_tool(m.PROFILER_ID) == "viztracer":
+            m.set_events(m.PROFILER_ID, 0)
+            m.register_callback(m.PROFILER_ID, events.PY_START, None)
+            m.free_tool_id(m.PROFILER_ID)
+    assert len(seen) == (40 if other_stops_first else 80)
+    lines = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if builtins:
+        who = "another tool" if other_stops_first else "'viztracer'"
+        assert len(lines) == 1 and who in lines[0] and "C calls" in lines[0], lines
+    else:
+        assert lines == []  # its profile lacks nothing: Python calls come from the frame hook
+    assert {k[2]: v for k, v in _rows(pstats.Stats(prof).stats).items() if k[0] != "~"} == {
+        "_work": (1, 1),
+        "_leaf": (40, 40),
+    }
+    assert _hooks() == before
+    # perfkit records normally afterwards.
+    again = perfkit.Profiler(builtins=builtins)
+    with gc_disabled():
+        again.runcall(_work)
+    want = _rows(run_cprofile(_work).stats)
+    if not builtins:
+        want = {k: v for k, v in want.items() if k[0] != "~"}
+    assert _rows(pstats.Stats(again).stats) == want

@@ -100,7 +100,7 @@ pub(crate) unsafe fn install(py: Python<'_>, mode: Mode) -> Result<(), StartErro
         };
         {
             if let Err(e) = events {
-                monitoring::release(py);
+                monitoring::release(py, false);
                 threads::uninstall(py);
                 return Err(e.into());
             }
@@ -128,7 +128,7 @@ pub(crate) unsafe fn uninstall(py: Python<'_>, mode: Mode) {
     }
     #[cfg(Py_3_12)]
     {
-        monitoring::release(py);
+        monitoring::release(py, mode == Mode::Full);
     }
     threads::uninstall(py);
     // Whatever a removal could not do must not leave an exception behind.

@@ -219,8 +219,46 @@ pub(super) unsafe fn install_call_guard(py: Python<'_>) -> PyResult<()> {
 }
 
 /// Removes our callbacks and frees the tool id; safe to call in any state.
-pub(super) unsafe fn release(py: Python<'_>) {
+/// If another tool took the id while we recorded (VizTracer frees it, whoever
+/// holds it, and takes it), its events and callbacks are its own now: they
+/// stay, and in full mode (`c_calls`) the user is told that C calls are
+/// missing from the profile.
+pub(super) unsafe fn release(py: Python<'_>, c_calls: bool) {
     let Ok(m) = monitoring(py) else { return };
+    let id = TOOL_ID;
+    let holder = m
+        .call_method1("get_tool", (id,))
+        .ok()
+        .filter(|t| !t.is_none());
+    let ours = holder
+        .as_ref()
+        .is_some_and(|t| t.extract::<String>().ok().as_deref() == Some("perfkit"));
+    if !ours {
+        // Freed (by another tool, which may have used it and stopped since) or taken.
+        let who = holder
+            .as_ref()
+            .and_then(|t| t.repr().ok())
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "another tool".into());
+        let msg = format!(
+            "perfkit: {who} took sys.monitoring's profiler slot (tool id {id}) while perfkit recorded, \
+             so the C calls made since are missing from this profile (its Python calls are all there); \
+             run the two one after the other"
+        );
+        if let Some(msg) = std::ffi::CString::new(msg).ok().filter(|_| c_calls) {
+            if ffi::PyErr_WarnEx(ffi::PyExc_RuntimeWarning, msg.as_ptr(), 1) != 0 {
+                ffi::PyErr_Clear();
+            }
+        }
+        if holder.is_some() {
+            // The other tool's events and callbacks now: they stay.
+            if SITES_DISABLED {
+                let _ = m.call_method0("restart_events");
+                SITES_DISABLED = false;
+            }
+            return;
+        }
+    }
     let _ = m.call_method1("set_events", (TOOL_ID, 0));
     if SITES_DISABLED {
         // The sites the guard disabled stay disabled for this tool id (which
