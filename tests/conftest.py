@@ -422,3 +422,19 @@ def dask_client():
         distributed.Client(cluster) as client,
     ):
         yield client
+
+
+def counts_by_name(stats: dict, file: str) -> dict:
+    """{function name: (primitive calls, all calls)} of a pstats dict, for `file`'s functions."""
+    return {name: (cc, nc) for (f, _, name), (cc, nc, *_rest) in stats.items() if f == file}
+
+
+def c_calls_from(stats: dict, name: str, file: str, caller: str) -> int:
+    """Calls of the C function `name` made by `file`'s function `caller`, in a pstats dict."""
+    return sum(
+        edge[1]
+        for (f, _, n), (*_counts, callers) in stats.items()
+        if f == "~" and n == name
+        for (cf, _, cn), edge in callers.items()
+        if cf == file and cn == caller
+    )

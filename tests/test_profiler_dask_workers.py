@@ -20,7 +20,7 @@ import time
 
 import perfkit
 import pytest
-from conftest import cprofile_of_tasks
+from conftest import c_calls_from, counts_by_name, cprofile_of_tasks
 from perfkit import Parallel, _dask_worker, _native, delayed, parallel_config
 
 pytestmark = pytest.mark.version_sensitive  # each CPython's hooks record in the workers
@@ -95,19 +95,11 @@ def anchors():
 
 
 def counts(stats: dict, file: str = THIS_FILE) -> dict:
-    """{function name: (primitive calls, all calls)} of a pstats dict, for `file`'s functions."""
-    return {name: (cc, nc) for (f, _, name), (cc, nc, *_rest) in stats.items() if f == file}
+    return counts_by_name(stats, file)
 
 
 def calls_from(stats: dict, name: str, caller: str) -> int:
-    """Calls of the C function `name` made by this file's function `caller`."""
-    return sum(
-        edge[1]
-        for (f, _, n), (*_counts, callers) in stats.items()
-        if f == "~" and n == name
-        for (cf, _, cn), edge in callers.items()
-        if cf == THIS_FILE and cn == caller
-    )
+    return c_calls_from(stats, name, THIS_FILE, caller)
 
 
 def dask_threads(rec: perfkit.Recording) -> set:

@@ -13,7 +13,7 @@ import os
 import perfkit
 import perfkit.parallel
 import pytest
-from conftest import cprofile_of_tasks
+from conftest import counts_by_name, cprofile_of_tasks
 from perfkit import Parallel, _native, delayed
 
 pytestmark = pytest.mark.version_sensitive  # each CPython's hooks record in the workers
@@ -30,8 +30,7 @@ def task(x):
 
 
 def counts(stats: dict) -> dict:
-    """{function name: (primitive calls, all calls)} of a pstats dict, for this file's functions."""
-    return {name: (cc, nc) for (f, _, name), (cc, nc, *_rest) in stats.items() if f == THIS_FILE}
+    return counts_by_name(stats, THIS_FILE)
 
 
 @pytest.fixture

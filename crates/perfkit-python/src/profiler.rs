@@ -437,21 +437,25 @@ pub fn adopt_worker_tree(py: Python<'_>, payload: PyBuffer<u8>, pid: u32) -> PyR
             }
             perfkit_record::adopt(py, &tree);
         }
-        Err(e) => {
-            let message = format!(
-                "perfkit.Parallel: the profile of a batch that worker process {pid} recorded could not be read, \
-                 and is left out of the profile ({e})"
-            );
-            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
-            PyErr::warn(
-                py,
-                &category,
-                &std::ffi::CString::new(message).unwrap_or_default(),
-                1,
-            )?;
-        }
+        Err(e) => warn_unreadable_tree(py, &format!("worker process {pid}"), e)?,
     }
     Ok(start)
+}
+
+/// The warning for a batch's tree that `who` sent and that cannot be read:
+/// the call's results matter more, so it is left out, not raised.
+fn warn_unreadable_tree(py: Python<'_>, who: &str, e: impl std::fmt::Display) -> PyResult<()> {
+    let message = format!(
+        "perfkit.Parallel: the profile of a batch that {who} recorded could not be read, \
+         and is left out of the profile ({e})"
+    );
+    let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+    PyErr::warn(
+        py,
+        &category,
+        &std::ffi::CString::new(message).unwrap_or_default(),
+        1,
+    )
 }
 
 /// Takes a batch's call tree that a dask worker process sent
@@ -471,17 +475,7 @@ pub fn adopt_dask_tree(py: Python<'_>, tree: &[u8]) -> PyResult<bool> {
             Ok(perfkit_record::adopt(py, &tree))
         }
         Err(e) => {
-            let message = format!(
-                "perfkit.Parallel: the profile of a batch that a dask worker recorded could not be read, \
-                 and is left out of the profile ({e})"
-            );
-            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
-            PyErr::warn(
-                py,
-                &category,
-                &std::ffi::CString::new(message).unwrap_or_default(),
-                1,
-            )?;
+            warn_unreadable_tree(py, "a dask worker", e)?;
             Ok(false)
         }
     }
