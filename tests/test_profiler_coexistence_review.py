@@ -149,3 +149,20 @@ def test_a_tool_that_takes_the_profiler_slot_keeps_it_when_perfkit_stops(builtin
     if not builtins:
         want = {k: v for k, v in want.items() if k[0] != "~"}
     assert _rows(pstats.Stats(again).stats) == want
+
+
+@needs_monitoring
+def test_a_refusal_for_the_profiler_slot_names_the_tool_holding_it():
+    """line_profiler (kernprof, 3.12+) holds sys.monitoring's profiler id
+    under its own name; perfkit's refusal guessed "(cProfile?)" whoever held
+    it (cProfile's own ValueError names no one). It names the holder."""
+    slot = sys.monitoring.PROFILER_ID
+    sys.monitoring.use_tool_id(slot, "line_profiler")
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            perfkit.Profiler().enable()
+    finally:
+        sys.monitoring.free_tool_id(slot)
+    message = str(refused.value)
+    assert "'line_profiler'" in message and "cProfile" not in message, message
+    assert message.count("\n") == 0

@@ -59,13 +59,13 @@ pub(crate) fn check_free(py: Python<'_>, mode: Mode) -> Result<(), StartError> {
     }
     #[cfg(Py_3_12)]
     {
-        let tool = sys
-            .getattr("monitoring")?
-            // SAFETY: GIL held (we have `py`); written only at enable.
-            .call_method1("get_tool", (unsafe { TOOL_ID },))?;
+        // SAFETY: GIL held (we have `py`); written only at enable.
+        let id = unsafe { TOOL_ID };
+        let tool = sys.getattr("monitoring")?.call_method1("get_tool", (id,))?;
         if !tool.is_none() {
+            // (Named as the holder registered itself: cProfile, line_profiler, …)
             return Err(StartError::Busy(format!(
-                "sys.monitoring's profiler slot is held by {} (cProfile?); disable it first",
+                "sys.monitoring's tool id {id} (the profiler's) is held by {}; stop that tool first",
                 tool.repr()?
             )));
         }
